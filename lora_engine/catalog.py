@@ -1,0 +1,108 @@
+"""What each task is: its data fields, label count, official metrics and training defaults.
+
+Pure data, no torch: the CLI validates submissions against it.
+
+The defaults are per task because the right learning rate and schedule depend on the data size
+and the head: LoRA's low-rank update wants a learning rate ~10x that of full fine-tuning, and a
+freshly initialised classifier head wants its own (higher) rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
+GENERATION_TASKS = ("e2e",)
+CUSTOM_TASKS = ("custom-classification", "custom-generation")
+ALL_TASKS = GLUE_TASKS + GENERATION_TASKS + CUSTOM_TASKS
+
+METHODS = ("lora", "rslora", "dora", "full")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    kind: str  # "classification" | "regression" | "generation"
+    text_fields: tuple[str, ...] = ()
+    num_labels: int | None = None  # None: read from the data (custom classification)
+    label_names: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    primary_metric: str = ""
+    base_model: str = "minilm-l6"
+    max_length: int = 128
+    # Training defaults, overridable by the spec.
+    lora_lr: float = 5e-4
+    full_lr: float = 5e-5
+    head_lr: float | None = 2e-3
+    warmup_ratio: float = 0.06
+    targets: tuple[str, ...] | None = None  # None: the architecture's default targets
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_generation(self) -> bool:
+        return self.kind == "generation"
+
+
+def _glue(name, fields, labels, metrics, **kw) -> TaskInfo:
+    kind = "regression" if name == "stsb" else "classification"
+    return TaskInfo(
+        name=name,
+        kind=kind,
+        text_fields=fields,
+        num_labels=1 if kind == "regression" else len(labels),
+        label_names=labels,
+        metrics=metrics,
+        primary_metric=metrics[0],
+        **kw,
+    )
+
+
+TASKS: dict[str, TaskInfo] = {
+    "cola": _glue("cola", ("sentence",), ("unacceptable", "acceptable"), ("matthews_corr",)),
+    "sst2": _glue("sst2", ("sentence",), ("negative", "positive"), ("accuracy",)),
+    "mrpc": _glue("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1")),
+    "stsb": _glue("stsb", ("sentence1", "sentence2"), (), ("pearson", "spearman")),
+    "rte": _glue("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",)),
+    "qnli": _glue("qnli", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",)),
+    "mnli": _glue(
+        "mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), ("accuracy",)
+    ),
+    "qqp": _glue("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), ("accuracy", "f1")),
+    "e2e": TaskInfo(
+        name="e2e",
+        kind="generation",
+        text_fields=("mr", "ref"),
+        metrics=("bleu", "nist", "meteor", "rouge_l", "cider"),
+        primary_metric="bleu",
+        base_model="smollm2-135m",
+        max_length=128,
+        lora_lr=2e-4,
+        full_lr=2e-5,
+        head_lr=None,
+    ),
+    "custom-classification": TaskInfo(
+        name="custom-classification",
+        kind="classification",
+        text_fields=("text", "text_pair"),
+        metrics=("accuracy", "f1_macro"),
+        primary_metric="accuracy",
+    ),
+    "custom-generation": TaskInfo(
+        name="custom-generation",
+        kind="generation",
+        text_fields=("prompt", "completion"),
+        metrics=("bleu", "rouge_l"),
+        primary_metric="rouge_l",
+        base_model="smollm2-135m",
+        lora_lr=2e-4,
+        full_lr=2e-5,
+        head_lr=None,
+    ),
+}
+
+
+def task_info(name: str) -> TaskInfo:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; allowed: {', '.join(ALL_TASKS)}") from None

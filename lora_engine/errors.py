@@ -1,0 +1,41 @@
+"""Errors the engine raises. All are ValueErrors: they describe bad input, never a bug."""
+
+
+class LoraFleetInputError(ValueError):
+    """Bad input: the message says what was wrong and what is allowed."""
+
+
+class SpecError(LoraFleetInputError):
+    """A training spec with one or more problems, all listed in one message."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid training spec:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class LoraConfigError(LoraFleetInputError):
+    """LoRA settings that do not fit the model (rank, targets, method)."""
+
+
+class AdapterError(LoraFleetInputError):
+    """An adapter folder that cannot be used: missing, corrupt, or made for another base model."""
+
+
+class DataValidationError(LoraFleetInputError):
+    """A data set with bad rows; `problems` holds (line number, reason) pairs."""
+
+    def __init__(self, path: str, problems: list[tuple[int, str]], max_shown: int = 50):
+        self.path = path
+        self.problems = list(problems)
+        shown = "\n".join(f"  line {n}: {why}" for n, why in self.problems[:max_shown])
+        more = len(self.problems) - max_shown
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(f"{path}: {len(self.problems)} invalid row(s), nothing was trained:\n{shown}{tail}")
+
+
+class TrainingStopped(Exception):
+    """Raised by the training loop when the should-stop hook asked it to stop (cooperative cancel)."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"training stopped on request at step {step}")
