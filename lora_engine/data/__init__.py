@@ -1,0 +1,79 @@
+"""Task data: one entry point, `load_examples`, whatever the task and the source.
+
+Sources, in order: the local data folder (`LORAFLEET_DATA_DIR`, laid out like ../shared/data),
+else the Hugging Face hub (optional, see `hub.py`), or for custom tasks the tenant's JSONL file.
+Everything after loading is the same: lists of `ClassificationExample` / `GenerationExample`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lora_engine.catalog import CUSTOM_TASKS, GLUE_TASKS, task_info
+from lora_engine.data import e2e, glue
+from lora_engine.data.custom import CustomDataset, load_custom, validate_jsonl
+from lora_engine.data.e2e import E2E_PROMPT, e2e_prompt, e2e_references
+from lora_engine.data.examples import ClassificationExample, GenerationExample
+
+Example = ClassificationExample | GenerationExample
+SPLITS = ("train", "validation")
+
+__all__ = [
+    "E2E_PROMPT",
+    "SPLITS",
+    "ClassificationExample",
+    "CustomDataset",
+    "Example",
+    "GenerationExample",
+    "custom_label_names",
+    "e2e_prompt",
+    "e2e_references",
+    "load_custom",
+    "load_examples",
+    "validate_jsonl",
+]
+
+
+def _custom_examples(task: str, rows: list[dict], data: CustomDataset) -> list[Example]:
+    if task == "custom-generation":
+        # A custom prompt is its own group: its references are the completions given for it.
+        return [GenerationExample(r["prompt"], r["completion"], r["prompt"]) for r in rows]
+    return [ClassificationExample(r["text"], r["text_pair"], data.label_id(r["label"])) for r in rows]
+
+
+def custom_label_names(dataset: str | Path) -> tuple[str, ...]:
+    """The label names of a custom classification data set; label id i is names[i]."""
+    return load_custom(dataset, "classification").label_names
+
+
+def load_examples(
+    task: str,
+    split: str,
+    *,
+    data_dir: str | Path,
+    dataset: str | Path | None = None,
+    limit: int | None = None,
+) -> list[Example]:
+    """The examples of `task`'s `split` ("train" | "validation"), the first `limit` rows if given.
+
+    GLUE: labels are ints (floats for stsb). E2E: one example per (MR, reference) row, prompt from
+    `E2E_PROMPT`, group = the MR. Custom tasks read `dataset` (validated whole; see `custom.py`
+    for the split and the label-id mapping).
+    """
+    info = task_info(task)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (got {limit})")
+    if task in CUSTOM_TASKS:
+        if dataset is None:
+            raise ValueError(f"task {task!r} needs a dataset (a JSONL file)")
+        data = load_custom(dataset, info.kind)
+        rows = data.train if split == "train" else data.validation
+        return _custom_examples(task, rows[:limit] if limit is not None else rows, data)
+    if dataset is not None:
+        raise ValueError(f"task {task!r} uses its own data; dataset= is for custom tasks")
+    if task in GLUE_TASKS:
+        rows = glue.read_glue_rows(data_dir, task, split, limit)
+        return glue.rows_to_examples(task, rows, str(glue.glue_path(data_dir, task, split)))
+    return e2e.rows_to_examples(e2e.read_e2e_rows(data_dir, split, limit))

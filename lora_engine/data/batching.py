@@ -1,0 +1,300 @@
+"""Tokenise once, batch by length, pad each batch only to its longest row.
+
+Why it is fast: padding everything to a fixed length (64, 128) spends most of the compute on pad
+tokens, since GLUE/E2E rows are mostly short. Here a split is tokenised once with the fast
+tokenizer's batch call, and batches are drawn from length-sorted buckets: indices are shuffled,
+cut into chunks of `bucket_factor × batch_size`, each chunk is sorted by length and cut into
+batches, and the batch order is shuffled. Rows in a batch then have similar lengths, so padding to
+the batch's longest row wastes little, while the chunking keeps batches random across epochs.
+
+Generation rows: the prompt and the completion are tokenised SEPARATELY and concatenated,
+``prompt_ids + completion_ids + [eos]``, because at generation time the model sees exactly the
+prompt's ids and must continue from that boundary; tokenising the joined text could merge the
+last prompt token with the first completion token. Labels are -100 (`IGNORE_INDEX`) on the prompt
+and on padding, so the loss is the completion's (and eos's) negative log-likelihood only.
+
+Padding side: training batches pad on the RIGHT (positions then start at 0 for every row, and the
+causal mask never lets a real token attend to a pad). Prompts for batched generation pad on the
+LEFT (`collate_prompts`), so every row's next token is at the last position.
+
+The sampler is deterministic and resumable: the batches of an epoch are a pure function of
+(seed, epoch, lengths, batch_size, bucket_factor), and its state is (epoch, position), so a run
+restored from `state_dict()` continues with exactly the batches it had not yet seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lora_engine.data.examples import ClassificationExample, GenerationExample
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoded:
+    """One split, tokenised once. For generation, `labels[i]` is a list of label ids per token."""
+
+    kind: str  # "classification" | "generation"
+    input_ids: list[list[int]]
+    labels: list
+    pad_id: int
+    token_type_ids: list[list[int]] | None = None
+    dropped: int = 0  # generation rows dropped because the prompt alone filled max_length
+    kept: list[int] = field(default_factory=list)  # index into the examples of each encoded row
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _pad_id(tokenizer) -> int:
+    # GPT-2 has no pad token; any id works for padding because padding is masked out everywhere.
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; cannot pad batches")
+    return int(pad)
+
+
+def encode_classification(
+    examples: Sequence[ClassificationExample], tokenizer, max_length: int
+) -> Encoded:
+    """Tokenise (text[, text_pair]) with truncation to `max_length`; one batch call per shape."""
+    n = len(examples)
+    input_ids: list[list[int] | None] = [None] * n
+    type_ids: list[list[int] | None] = [None] * n
+    has_types = False
+    # Single texts and pairs go in separate batch calls: the batch API wants one or the other.
+    for paired in (False, True):
+        idx = [i for i, ex in enumerate(examples) if (ex.text_pair is not None) == paired]
+        if not idx:
+            continue
+        texts = [examples[i].text for i in idx]
+        pairs = [examples[i].text_pair for i in idx] if paired else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        types = enc.get("token_type_ids")
+        has_types = has_types or types is not None
+        for j, i in enumerate(idx):
+            input_ids[i] = enc["input_ids"][j]
+            type_ids[i] = types[j] if types is not None else None
+    return Encoded(
+        kind="classification",
+        input_ids=input_ids,
+        labels=[ex.label for ex in examples],
+        pad_id=_pad_id(tokenizer),
+        token_type_ids=type_ids if has_types else None,
+        kept=list(range(n)),
+    )
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Prompt ids exactly as training saw them (no special tokens added): use for generation too."""
+    return tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+
+
+def encode_generation(examples: Sequence[GenerationExample], tokenizer, max_length: int) -> Encoded:
+    """``prompt_ids + completion_ids + [eos]``, cut to `max_length`; labels -100 on the prompt.
+
+    A row whose prompt alone fills `max_length` has no completion token left to learn from and is
+    dropped (counted in `dropped`). A cut row loses its tail (and its eos), never its prompt.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; generation training needs one to learn to stop")
+    prompts = encode_prompts(tokenizer, [ex.prompt for ex in examples])
+    completions = tokenizer([ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
+    input_ids, labels, kept = [], [], []
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        if len(p) >= max_length:
+            continue
+        ids = (p + c + [eos])[:max_length]
+        input_ids.append(ids)
+        labels.append([IGNORE_INDEX] * len(p) + ids[len(p):])
+        kept.append(i)
+    return Encoded(
+        kind="generation",
+        input_ids=input_ids,
+        labels=labels,
+        pad_id=_pad_id(tokenizer),
+        dropped=len(examples) - len(kept),
+        kept=kept,
+    )
+
+
+def encode_examples(examples: Sequence, tokenizer, max_length: int) -> Encoded:
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (got {max_length})")
+    if examples and isinstance(examples[0], GenerationExample):
+        return encode_generation(examples, tokenizer, max_length)
+    return encode_classification(examples, tokenizer, max_length)
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask[, token_type_ids], labels
+    indices: list[int]  # rows of the Encoded split, in batch order
+    examples: int
+    tokens: int  # non-pad tokens (what "tokens trained" counts)
+    target_tokens: int  # tokens that carry a loss (all rows for classification: one label each)
+
+
+def _pad_rows(rows: list[list[int]], width: int, value: int) -> np.ndarray:
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for r, ids in enumerate(rows):
+        out[r, : len(ids)] = ids
+    return out
+
+
+def collate(encoded: Encoded, indices: Sequence[int]) -> Batch:
+    """Right-padded tensors for rows `indices`, padded to the longest of them only."""
+    indices = [int(i) for i in indices]
+    rows = [encoded.input_ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    ids = _pad_rows(rows, width, encoded.pad_id)
+    mask = _pad_rows([[1] * len(r) for r in rows], width, 0)
+    inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if encoded.token_type_ids is not None:
+        inputs["token_type_ids"] = torch.from_numpy(
+            _pad_rows([encoded.token_type_ids[i] for i in indices], width, 0)
+        )
+    if encoded.kind == "generation":
+        labels = torch.from_numpy(_pad_rows([encoded.labels[i] for i in indices], width, IGNORE_INDEX))
+        target = int((labels != IGNORE_INDEX).sum())
+    else:
+        values = [encoded.labels[i] for i in indices]
+        dtype = torch.float32 if isinstance(values[0], float) else torch.long
+        labels = torch.tensor(values, dtype=dtype)
+        target = len(indices)
+    inputs["labels"] = labels
+    return Batch(inputs, indices, len(indices), int(mask.sum()), target)
+
+
+def collate_prompts(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """LEFT-padded prompts for batched generation: every row's next token is at the last position."""
+    width = max(len(p) for p in prompt_ids)
+    ids = np.full((len(prompt_ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompt_ids), width), dtype=np.int64)
+    for r, p in enumerate(prompt_ids):
+        if len(p):
+            ids[r, width - len(p):] = p
+            mask[r, width - len(p):] = 1
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Evaluation order: longest rows first (a memory problem shows at once), no shuffling.
+
+    Callers map outputs back through each batch's indices.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+class BucketBatchSampler:
+    """Length-bucketed random batches; deterministic in (seed, epoch) and resumable by position.
+
+    `position` counts the batches of the current epoch already handed out, so a `state_dict()`
+    taken after training on a batch resumes at the next one. Iterating yields the rest of the
+    current epoch (rolling over to the next epoch first if this one is used up); `forever()`
+    chains epochs for step-budgeted loops.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        bucket_factor: int = 50,
+        drop_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        if bucket_factor < 1:
+            raise ValueError(f"bucket_factor must be >= 1 (got {bucket_factor})")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if len(self.lengths) == 0:
+            raise ValueError("no rows to batch")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.bucket_factor = bucket_factor
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.position = 0
+        self._cache: tuple[int, list[np.ndarray]] | None = None
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """All batches of `epoch` (index arrays), a pure function of the settings and `epoch`."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        n, bs = len(self.lengths), self.batch_size
+        rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        chunk = bs * self.bucket_factor
+        batches = []
+        for start in range(0, n, chunk):
+            part = order[start : start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches.extend(part[i : i + bs] for i in range(0, len(part), bs))
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == bs]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        self._cache = (epoch, batches)
+        return batches
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return len(self.epoch_batches(self.epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        batches = self.epoch_batches(self.epoch)
+        while self.position < len(batches):
+            batch = batches[self.position]
+            self.position += 1  # counted when handed out: a checkpoint taken now resumes after it
+            yield batch.tolist()
+
+    def forever(self) -> Iterator[list[int]]:
+        while True:
+            yield from self
+
+    def state_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.position,
+            "batch_size": self.batch_size,
+            "bucket_factor": self.bucket_factor,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "num_rows": len(self.lengths),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore (epoch, position); the data and batching settings must be the ones saved."""
+        mine = self.state_dict()
+        fixed = ("seed", "batch_size", "bucket_factor", "shuffle", "drop_last", "num_rows")
+        diff = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}" for k in fixed if state.get(k) != mine[k]]
+        if diff:
+            raise ValueError("sampler state does not match this data/batching: " + "; ".join(diff))
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= len(self.epoch_batches(epoch)):
+            raise ValueError(f"sampler state out of range: epoch {epoch}, position {position}")
+        self.epoch, self.position = epoch, position
+
+
+def iterate_batches(encoded: Encoded, sampler: BucketBatchSampler) -> Iterator[Batch]:
+    """The rest of the sampler's current epoch as collated batches."""
+    for indices in sampler:
+        yield collate(encoded, indices)

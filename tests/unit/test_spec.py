@@ -1,0 +1,81 @@
+"""The training spec: every problem of a submission in one error, task defaults filled in."""
+
+import pytest
+
+from lora_engine.catalog import GLUE_TASKS, TASKS
+from lora_engine.errors import SpecError
+from lora_engine.spec import TrainingSpec, validate_spec
+
+
+def test_minimal_spec_resolves_task_defaults():
+    spec = validate_spec({"task": "sst2"}).resolved()
+    assert spec.base_model == "minilm-l6"
+    assert spec.alpha == 16.0  # 2 * rank
+    assert spec.lr == TASKS["sst2"].lora_lr
+    assert spec.epochs == 1.0 and spec.max_steps is None
+
+
+def test_full_finetuning_uses_full_lr_and_no_head_lr():
+    spec = validate_spec({"task": "mrpc", "method": "full"}).resolved()
+    assert spec.lr == TASKS["mrpc"].full_lr
+    assert spec.head_lr is None
+
+
+def test_max_steps_budget_leaves_epochs_unset():
+    spec = validate_spec({"task": "e2e", "max_steps": 300}).resolved()
+    assert spec.epochs is None and spec.max_steps == 300
+    assert spec.base_model == "smollm2-135m"
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SpecError) as info:
+        validate_spec(
+            {"task": "sst3", "method": "qlora", "rank": 0, "lr": -1.0, "dropout": 1.5,
+             "epochs": 1, "max_steps": 10, "colour": "blue"}
+        )
+    problems = "\n".join(info.value.problems)
+    for needle in ("colour: unknown field", "unknown task 'sst3'", "unknown method 'qlora'",
+                   "rank: must be between 1", "lr: must be > 0", "dropout: must be in [0, 1)",
+                   "give one budget"):
+        assert needle in problems
+    assert len(info.value.problems) == 7
+    assert isinstance(info.value, ValueError)
+
+
+def test_custom_task_needs_an_existing_dataset(tmp_path):
+    with pytest.raises(SpecError, match="needs a JSONL data set"):
+        validate_spec({"task": "custom-classification"})
+    with pytest.raises(SpecError, match="no such file"):
+        validate_spec({"task": "custom-classification", "dataset": str(tmp_path / "missing.jsonl")})
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a", "label": 0}\n')
+    assert validate_spec({"task": "custom-classification", "dataset": str(data)}).dataset == str(data)
+
+
+@pytest.mark.parametrize("task", GLUE_TASKS)
+def test_glue_task_rejects_a_dataset(task, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    with pytest.raises(SpecError, match="uses its own data"):
+        validate_spec({"task": task, "dataset": str(data)})
+
+
+def test_generation_needs_a_causal_model_and_base_model_must_resolve():
+    with pytest.raises(SpecError, match="needs a causal LM"):
+        validate_spec({"task": "e2e", "base_model": "minilm-l6"})
+    with pytest.raises(SpecError, match="neither a known alias"):
+        validate_spec({"task": "sst2", "base_model": "../../etc passwd"})
+    assert validate_spec({"task": "sst2", "base_model": "FacebookAI/roberta-base"}).base_model
+
+
+def test_full_method_rejects_targets_and_init_from_must_be_an_adapter(tmp_path):
+    with pytest.raises(SpecError) as info:
+        validate_spec({"task": "rte", "method": "full", "targets": ["query"], "init_from": str(tmp_path)})
+    assert any("not used by method 'full'" in p for p in info.value.problems)
+    assert any("not an adapter folder" in p for p in info.value.problems)
+
+
+def test_spec_round_trips_through_json():
+    spec = validate_spec({"task": "qnli", "rank": 4, "targets": ["query", "key", "value"]})
+    again = TrainingSpec.model_validate_json(spec.model_dump_json())
+    assert again == spec
