@@ -1,0 +1,235 @@
+"""Engines, sessions and schema migration for the registry.
+
+SQLite (the embedded default) is shared by many processes (CLI, worker, reconciler), so every
+connection gets WAL (readers never block the writer), a busy timeout (writers wait instead of
+failing), and foreign keys on. Every writing transaction starts with `BEGIN IMMEDIATE`: a deferred
+SQLite transaction that reads and then writes fails with "database is locked" (no wait) when
+another process wrote in between, and almost every service call reads then writes. Taking the
+write lock up front makes such transactions wait their turn, which also serialises the claim.
+Read-only services ask for `BEGIN DEFERRED` (the `READONLY_OPTION` execution option).
+
+PostgreSQL uses psycopg 3 (`postgresql+psycopg://`; a bare `postgresql://` is mapped to it).
+
+Engines are cached per URL in this process; after a fork call `dispose_engines()` so the child
+never shares the parent's sockets or file handles.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.config import Settings, get_settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Connection execution option set by read-only services: SQLite begins DEFERRED for them.
+READONLY_OPTION = "lorafleet_readonly"
+
+_engines: dict[str, Engine] = {}
+_factories: dict[str, sessionmaker[Session]] = {}
+_schema_ready: set[str] = set()
+_lock = threading.Lock()
+
+
+def normalize_url(url: str) -> str:
+    """Map `postgresql://` / `postgres://` to the psycopg 3 driver; leave others unchanged."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event (below) open transactions, not pysqlite's implicit BEGIN.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        readonly = conn.get_execution_options().get(READONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN DEFERRED" if readonly else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """A new engine for `url` (SQLite pragmas and IMMEDIATE transactions set up); not cached."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, **kwargs)
+        _sqlite_setup(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for `url` (created on first use)."""
+    url = normalize_url(url)
+    with _lock:
+        if url not in _engines:
+            _engines[url] = make_engine(url)
+        return _engines[url]
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    """A sessionmaker bound to the cached engine; objects stay readable after commit."""
+    url = normalize_url(url)
+    engine = get_engine(url)
+    with _lock:
+        if url not in _factories:
+            _factories[url] = sessionmaker(engine, expire_on_commit=False)
+        return _factories[url]
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None, *, url: str | None = None) -> Iterator[Session]:
+    """A session for one unit of work: schema ensured, rolled back on error, always closed.
+
+    Services commit their own transactions; this only guarantees nothing half-done survives
+    an exception and that the connection goes back to the pool.
+    """
+    settings = settings or get_settings()
+    url = url or settings.database_url
+    ensure_schema(settings, url=url)
+    session = session_factory(url)()
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def forget_engine(url: str) -> None:
+    """Close and forget the cached engine of `url` (e.g. before dropping its database)."""
+    url = normalize_url(url)
+    with _lock:
+        engine = _engines.pop(url, None)
+        _factories.pop(url, None)
+        _schema_ready.discard(url)
+    if engine is not None:
+        engine.dispose()
+
+
+def dispose_engines() -> None:
+    """Forget every engine without closing the parent's connections (call after fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+        _engines.clear()
+        _factories.clear()
+
+
+# ---- migrations ------------------------------------------------------------------------------
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config for `url`; env.py reads the URL from `attributes["url"]`."""
+    from alembic.config import Config
+
+    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["url"] = normalize_url(url)
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply migrations up to `revision` (`lorafleet db upgrade`)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    """Revert migrations down to `revision` (`base`: an empty database)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def check(url: str) -> None:
+    """Raise if the models and the migrated database differ (`alembic check`)."""
+    from alembic import command
+
+    command.check(alembic_config(url))
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database is at (None: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "migrations/versions holds no revision"
+    return head
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The (non-embedded) registry is not at the code's migration head."""
+
+
+def ensure_schema(settings: Settings | None = None, *, url: str | None = None) -> None:
+    """Make sure the registry is usable, once per process and URL.
+
+    Embedded SQLite: created and migrated to head on first use, under a file lock so several
+    processes starting together do not migrate concurrently. PostgreSQL: migrations are an
+    operator step (`lorafleet db upgrade`, the compose `migrate` service); a database behind
+    the code's head raises SchemaOutOfDate rather than being altered behind the operator's back.
+    """
+    settings = settings or get_settings()
+    url = normalize_url(url or settings.database_url)
+    if url in _schema_ready:
+        return
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        lock_path = Path(parsed.database).with_name(Path(parsed.database).name + ".migrate.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                if current_revision(url) != head_revision():
+                    upgrade(url)
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    elif parsed.get_backend_name() == "sqlite":
+        raise ValueError("an in-memory SQLite registry cannot be shared; use a file URL")
+    else:
+        current, head = current_revision(url), head_revision()
+        if current != head:
+            raise SchemaOutOfDate(
+                f"registry at {parsed.render_as_string(hide_password=True)} is at revision "
+                f"{current or '(none)'}, the code needs {head}: run `lorafleet db upgrade`"
+            )
+    _schema_ready.add(url)

@@ -1,0 +1,230 @@
+"""The registry's tables: typed SQLAlchemy 2 models on one declarative base.
+
+Conventions (they keep SQLite and PostgreSQL identical and migrations reviewable):
+- ids are UUID strings (`String(36)`): portable, printable, and what the CLI and JSON carry;
+- every timestamp is a tz-aware UTC datetime (`UTCDateTime`: SQLite stores none, so the zone
+  is re-attached on read, and a naive datetime is refused on write);
+- every tenant-owned row has a non-null, indexed `tenant_id`;
+- constraints are named by one convention, so Alembic can drop and compare them by name;
+- relationships are `lazy="raise"`: a query loads what it needs explicitly, never by accident.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+# Event kinds written by the services (job_events.kind). Free text is allowed for forward
+# compatibility, but these are the ones the CLI and reports understand.
+EVENT_KINDS = (
+    "submitted", "dispatched", "claimed", "progress", "checkpoint", "cancel_requested", "cancelled",
+    "succeeded", "failed", "requeued", "retried",
+)
+
+# JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def new_id() -> str:
+    """A fresh UUID4 string: the id of every registry row except events/metrics/usage."""
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A tz-aware UTC timestamp on every backend (SQLite keeps no zone: re-attached on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: registry timestamps must be tz-aware (UTC)")
+        value = value.astimezone(UTC)
+        # SQLite compares timestamps as text: store one fixed format without an offset.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}  # noqa: RUF012
+
+
+def _tenant_fk() -> Mapped[str]:
+    return mapped_column(String(36), ForeignKey("tenants.id"), index=True)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Jobs of this tenant that may run at once (enforced by the claim).
+    max_running: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (CheckConstraint("max_running >= 0", name="max_running_nonneg"),)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # Indexed by ix_jobs_tenant_id_state (tenant_id is its prefix).
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"))
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    spec: Mapped[dict[str, Any]]
+    # Denormalised from the resolved spec so reports and listings need no JSON parsing.
+    task: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(16))
+    rank: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(255))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    init_from_adapter_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("adapters.id", use_alter=True)
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Last time a message was sent for this job, and how many: the reconciler backs off.
+    dispatched_at: Mapped[datetime | None]
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    progress_event_at: Mapped[datetime | None]
+    progress_step: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    last_loss: Mapped[float | None] = mapped_column(Float)
+
+    tenant: Mapped[Tenant] = relationship(lazy="raise")
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN (" + ", ".join(f"'{s}'" for s in JOB_STATES) + ")", name="state_valid"
+        ),
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
+        # The claim counts a tenant's running jobs; the dispatcher scans queued ones.
+        Index("ix_jobs_tenant_id_state", "tenant_id", "state"),
+    )
+
+
+class JobEvent(Base):
+    """Append-only history of a job; `id` orders events (and pages them: `after_id`)."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    ts: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any] | None]
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = _tenant_fk()
+    # The job that trained it; None for an imported adapter. One adapter per job at most.
+    job_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("jobs.id"), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    trainable_params: Mapped[int] = mapped_column(BigInteger)
+    total_params: Mapped[int] = mapped_column(BigInteger)
+    base_model: Mapped[str] = mapped_column(String(255))
+    task: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(16))
+    rank: Mapped[int] = mapped_column(Integer)
+    parent_adapter_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("adapters.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Soft delete: the files are removed, the row stays so jobs and reports keep their history.
+    deleted_at: Mapped[datetime | None]
+
+
+class Metric(Base):
+    """Long form: one row per (job, split, metric name)."""
+
+    __tablename__ = "metrics"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
+    adapter_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("adapters.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    split: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("job_id", "split", "name", name="uq_metrics_job_id_split_name"),)
+
+
+class Usage(Base):
+    """Resources one attempt of a job consumed (failed attempts cost device time too)."""
+
+    __tablename__ = "usage"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    attempt: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(128))
+    device_seconds: Mapped[float] = mapped_column(Float)
+    wall_seconds: Mapped[float] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    examples: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_usage_job_id_attempt"),)

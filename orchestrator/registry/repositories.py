@@ -1,0 +1,236 @@
+"""Queries on the registry. Tenant filtering lives here, never ad hoc in callers.
+
+Every function that reads tenant-owned rows takes `tenant_id`: None means "all tenants" (the
+operator's view), a value restricts the result to that tenant, so a row of another tenant is
+simply not found. Functions only read or stage changes; the services own transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from orchestrator.registry.models import Adapter, Job, JobEvent, Metric, Tenant, Usage
+
+T = TypeVar("T")
+
+
+def _scoped(stmt: Select[Any], model: Any, tenant_id: str | None) -> Select[Any]:
+    return stmt if tenant_id is None else stmt.where(model.tenant_id == tenant_id)
+
+
+# ---- tenants ---------------------------------------------------------------------------------
+
+
+def tenant_by_slug(session: Session, slug: str) -> Tenant | None:
+    return session.scalars(select(Tenant).where(Tenant.slug == slug)).one_or_none()
+
+
+def tenant_by_id(session: Session, tenant_id: str) -> Tenant | None:
+    return session.get(Tenant, tenant_id)
+
+
+def tenants(session: Session) -> Sequence[Tenant]:
+    return session.scalars(select(Tenant).order_by(Tenant.slug)).all()
+
+
+def tenant_slugs(session: Session, tenant_ids: Iterable[str]) -> dict[str, str]:
+    ids = set(tenant_ids)
+    if not ids:
+        return {}
+    rows = session.execute(select(Tenant.id, Tenant.slug).where(Tenant.id.in_(ids)))
+    return {tid: slug for tid, slug in rows}
+
+
+def lock_tenant(session: Session, tenant_id: str) -> Tenant | None:
+    """The tenant row with a row lock (PostgreSQL; SQLite's IMMEDIATE transaction already is one).
+
+    The claim takes it so two workers cannot both see "1 of 2 running" and both start a job.
+    `FOR NO KEY UPDATE`: claims exclude each other, but inserts of events/metrics whose foreign
+    key points at the tenant (they take KEY SHARE) are not blocked.
+    """
+    return session.scalars(
+        select(Tenant).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+    ).one_or_none()
+
+
+# ---- jobs ------------------------------------------------------------------------------------
+
+
+def job(session: Session, job_id: str, tenant_id: str | None = None) -> Job | None:
+    stmt = _scoped(select(Job).where(Job.id == job_id), Job, tenant_id)
+    return session.scalars(stmt).one_or_none()
+
+
+def job_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
+    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    return session.scalars(stmt).one_or_none()
+
+
+def jobs(
+    session: Session,
+    tenant_id: str | None = None,
+    state: str | None = None,
+    limit: int | None = None,
+) -> Sequence[Job]:
+    """Newest first."""
+    stmt = _scoped(select(Job), Job, tenant_id)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return session.scalars(stmt).all()
+
+
+def running_count(session: Session, tenant_id: str) -> int:
+    stmt = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.state == "running")
+    return int(session.scalar(stmt) or 0)
+
+
+def running_subquery() -> Any:
+    """Correlated scalar subquery: running jobs of the outer `jobs` row's tenant."""
+    inner = Job.__table__.alias("running_jobs")
+    return (
+        select(func.count())
+        .select_from(inner)
+        .where(inner.c.tenant_id == Job.tenant_id, inner.c.state == "running")
+        .scalar_subquery()
+    )
+
+
+def claim_candidates(session: Session, limit: int = 20) -> Sequence[tuple[str, str]]:
+    """(job_id, tenant_id) of queued jobs whose tenant is under quota, in fair-share order:
+    the tenant with the fewest running jobs first, then priority (high first), then age."""
+    running = (
+        select(Job.tenant_id, func.count().label("n"))
+        .where(Job.state == "running")
+        .group_by(Job.tenant_id)
+        .subquery()
+    )
+    n_running = func.coalesce(running.c.n, 0)
+    stmt = (
+        select(Job.id, Job.tenant_id)
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .outerjoin(running, running.c.tenant_id == Job.tenant_id)
+        .where(Job.state == "queued", n_running < Tenant.max_running)
+        .order_by(n_running, Job.priority.desc(), Job.created_at, Job.id)
+        .limit(limit)
+    )
+    return [(row[0], row[1]) for row in session.execute(stmt)]
+
+
+def queued_not_dispatched_since(session: Session, cutoff: datetime) -> Sequence[Job]:
+    """Queued jobs last dispatched (or, never dispatched, created) before `cutoff`; fair order."""
+    stmt = (
+        select(Job)
+        .where(Job.state == "queued", func.coalesce(Job.dispatched_at, Job.created_at) < cutoff)
+        .order_by(Job.priority.desc(), Job.created_at)
+    )
+    return session.scalars(stmt).all()
+
+
+def running_with_lease_before(session: Session, cutoff: datetime) -> Sequence[Job]:
+    stmt = select(Job).where(Job.state == "running", Job.lease_expires_at < cutoff).order_by(Job.created_at)
+    return session.scalars(stmt).all()
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+
+def events(
+    session: Session, job_id: str, tenant_id: str | None = None, after_id: int | None = None
+) -> Sequence[JobEvent]:
+    stmt = _scoped(select(JobEvent).where(JobEvent.job_id == job_id), JobEvent, tenant_id)
+    if after_id is not None:
+        stmt = stmt.where(JobEvent.id > after_id)
+    return session.scalars(stmt.order_by(JobEvent.id)).all()
+
+
+# ---- adapters --------------------------------------------------------------------------------
+
+
+def adapter(
+    session: Session, adapter_id: str, tenant_id: str | None = None, include_deleted: bool = False
+) -> Adapter | None:
+    stmt = _scoped(select(Adapter).where(Adapter.id == adapter_id), Adapter, tenant_id)
+    if not include_deleted:
+        stmt = stmt.where(Adapter.deleted_at.is_(None))
+    return session.scalars(stmt).one_or_none()
+
+
+def adapter_of_job(session: Session, job_id: str) -> Adapter | None:
+    return session.scalars(select(Adapter).where(Adapter.job_id == job_id)).one_or_none()
+
+
+def adapters(
+    session: Session,
+    tenant_id: str | None = None,
+    task: str | None = None,
+    base_model: str | None = None,
+    include_deleted: bool = False,
+) -> Sequence[Adapter]:
+    stmt = _scoped(select(Adapter), Adapter, tenant_id)
+    if task is not None:
+        stmt = stmt.where(Adapter.task == task)
+    if base_model is not None:
+        stmt = stmt.where(Adapter.base_model == base_model)
+    if not include_deleted:
+        stmt = stmt.where(Adapter.deleted_at.is_(None))
+    return session.scalars(stmt.order_by(Adapter.created_at, Adapter.id)).all()
+
+
+# ---- metrics and usage -----------------------------------------------------------------------
+
+
+def metrics_of_job(
+    session: Session, job_id: str, tenant_id: str | None = None
+) -> dict[str, dict[str, float]]:
+    stmt = _scoped(select(Metric).where(Metric.job_id == job_id), Metric, tenant_id)
+    out: dict[str, dict[str, float]] = {}
+    for m in session.scalars(stmt.order_by(Metric.split, Metric.name)):
+        out.setdefault(m.split, {})[m.name] = m.value
+    return out
+
+
+def usage_of_job(session: Session, job_id: str, tenant_id: str | None = None) -> Sequence[Usage]:
+    stmt = _scoped(select(Usage).where(Usage.job_id == job_id), Usage, tenant_id)
+    return session.scalars(stmt.order_by(Usage.attempt)).all()
+
+
+def job_state_counts(session: Session, tenant_id: str | None = None) -> dict[tuple[str, str], int]:
+    """{(tenant_id, state): count}."""
+    stmt = _scoped(select(Job.tenant_id, Job.state, func.count()), Job, tenant_id)
+    return {(t, s): int(n) for t, s, n in session.execute(stmt.group_by(Job.tenant_id, Job.state))}
+
+
+def adapter_counts(session: Session, tenant_id: str | None = None) -> dict[str, tuple[int, int]]:
+    """{tenant_id: (live adapters, their bytes)}."""
+    stmt = _scoped(
+        select(Adapter.tenant_id, func.count(), func.coalesce(func.sum(Adapter.bytes), 0)), Adapter, tenant_id
+    ).where(Adapter.deleted_at.is_(None))
+    return {t: (int(n), int(b)) for t, n, b in session.execute(stmt.group_by(Adapter.tenant_id))}
+
+
+def usage_totals(session: Session, tenant_id: str | None = None) -> dict[str, dict[str, float]]:
+    """{tenant_id: {device_seconds, wall_seconds, examples, tokens}} summed over all attempts."""
+    stmt = _scoped(
+        select(
+            Usage.tenant_id,
+            func.sum(Usage.device_seconds),
+            func.sum(Usage.wall_seconds),
+            func.sum(Usage.examples),
+            func.sum(Usage.tokens),
+        ),
+        Usage,
+        tenant_id,
+    )
+    return {
+        t: {"device_seconds": float(d or 0), "wall_seconds": float(w or 0),
+            "examples": int(e or 0), "tokens": int(k or 0)}
+        for t, d, w, e, k in session.execute(stmt.group_by(Usage.tenant_id))
+    }

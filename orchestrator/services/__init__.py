@@ -1,0 +1,110 @@
+"""The job service: what the CLI, the worker tasks and the reconciler call. SQL stays below here.
+
+Conventions: every function takes a SQLAlchemy `Session` first (from
+`orchestrator.registry.db.session_scope(settings)`), runs as ONE transaction and commits it
+(rolls back on error); returned rows stay readable after the commit (expire_on_commit=False).
+Relationships are lazy="raise": use the returned fields/views, not `job.tenant`.
+Ids are UUID strings. Timestamps are tz-aware UTC. `tenant` arguments are slugs; None = all.
+Errors (orchestrator.services.errors): NotFound, Conflict, InvalidState, InvalidInput (a
+LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost; lora_engine SpecError for a
+bad spec. No retry policy here: the caller classifies.
+
+API
+---
+registry.db:      session_scope(settings=None, *, url=None) -> ctx[Session]; ensure_schema(settings);
+                  upgrade(url, "head"); downgrade(url, "base"); check(url); current_revision(url);
+                  dispose_engines()  (after fork); make_engine(url); session_factory(url)
+tenants:          create_tenant(s, slug, name=None, max_running=None) -> Tenant
+                  list_tenants(s) -> [Tenant]; get_tenant(s, slug) -> Tenant
+                  set_tenant_quota(s, slug, max_running) -> Tenant; validate_slug(slug)
+jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_key=None,
+                             init_from_adapter_id=None, max_attempts=None) -> Job (queued)
+                  submit_batch(s, items, max_attempts=None) -> [Job]   items: {"tenant", "spec": {..},
+                             "priority"?, "idempotency_key"?, "init_from_adapter_id"?} or flat
+                             {"tenant", "task", "rank", ...}; all or nothing (BatchError)
+                  list_jobs(s, tenant=None, state=None, limit=None) -> [Job] newest first
+                  get_job(s, job_id, tenant=None) -> JobDetail(job, tenant_slug, adapter, metrics, usage)
+                             .to_dict() -> {"id", "state", "attempts", "metrics",
+                                            "adapter": {"id", "path", ..} | None, ...}
+                  job_events(s, job_id, after_id=None, tenant=None) -> [JobEvent] (ordered by id)
+                  cancel_job(s, job_id, tenant=None) -> Job   (queued: cancelled; running: flag)
+                  retry_job(s, job_id, tenant=None) -> Job    (failed|cancelled -> queued, attempts=0)
+leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Job | None
+                  claim_next(s, worker_id, lease_seconds, now=None) -> Job | None   (fair share)
+                  unclaimable_reason(s, job_id) -> str
+                  heartbeat(s, job_id, worker_id, step, total, loss, lease_seconds, now=None,
+                            event_interval_s=5.0) -> bool (cancel requested)   raises LeaseLost
+                  record_checkpoint(s, job_id, worker_id, step, path=None)
+                  finish_job_success(s, job_id, worker_id, AdapterRecord(id, path, sha256, bytes,
+                            trainable_params, total_params), metrics={split: {name: value}},
+                            usage={device, device_seconds, wall_seconds, peak_memory_bytes,
+                            examples, tokens}) -> Adapter
+                  fail_job(s, job_id, worker_id, reason, usage=None) -> Job
+                  mark_cancelled(s, job_id, worker_id, step=None, usage=None) -> Job
+                  requeue_job(s, job_id, worker_id, reason, usage=None) -> "queued" | "failed"
+reconcile:        reconcile(s, now=None, *, lease_grace_s=30, redispatch_after_s=60)
+                            -> ReconcileResult(dispatch=[ids to send], requeued=[..], failed=[..])
+                  mark_dispatched(s, job_ids)   (after sending the messages for new jobs)
+adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifacts>/<tenant>/<adapter>
+                  checkpoint_path(settings, tenant_id, job_id) -> <artifacts>/<tenant>/checkpoints/<job>
+                  list_adapters(s, tenant=None, task=None, base_model=None, include_deleted=False)
+                  get_adapter(s, adapter_id, tenant=None) -> Adapter
+                  delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)
+summary:          tenant_summary(s, tenant=None) -> [TenantSummary(slug, name, max_running,
+                            jobs={state: n}, adapters, adapter_bytes, device_seconds, wall_seconds,
+                            examples, tokens)] (.to_dict())
+views:            tenant_dict, job_dict, adapter_dict, event_dict, usage_dict (stable JSON keys)
+registry.models:  new_id() (for a new adapter id), JOB_STATES, TERMINAL_STATES
+"""
+
+from orchestrator.services.adapters import (
+    checkpoint_path,
+    delete_adapter,
+    get_adapter,
+    list_adapters,
+    new_adapter_path,
+)
+from orchestrator.services.errors import (
+    BatchError,
+    Conflict,
+    InvalidInput,
+    InvalidState,
+    LeaseLost,
+    NotFound,
+    ServiceError,
+)
+from orchestrator.services.jobs import (
+    cancel_job,
+    get_job,
+    job_events,
+    list_jobs,
+    retry_job,
+    submit_batch,
+    submit_job,
+)
+from orchestrator.services.leases import (
+    AdapterRecord,
+    claim_job,
+    claim_next,
+    fail_job,
+    finish_job_success,
+    heartbeat,
+    mark_cancelled,
+    record_checkpoint,
+    requeue_job,
+    unclaimable_reason,
+)
+from orchestrator.services.reconcile import ReconcileResult, mark_dispatched, reconcile
+from orchestrator.services.summary import TenantSummary, tenant_summary
+from orchestrator.services.tenants import create_tenant, get_tenant, list_tenants, set_tenant_quota
+from orchestrator.services.views import JobDetail
+
+__all__ = [
+    "AdapterRecord", "BatchError", "Conflict", "InvalidInput", "InvalidState", "JobDetail", "LeaseLost",
+    "NotFound", "ReconcileResult", "ServiceError", "TenantSummary", "cancel_job", "checkpoint_path",
+    "claim_job", "claim_next",
+    "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
+    "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
+    "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "requeue_job", "retry_job",
+    "set_tenant_quota", "submit_batch", "submit_job", "tenant_summary", "unclaimable_reason",
+]

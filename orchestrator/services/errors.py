@@ -1,0 +1,44 @@
+"""Typed errors of the services. Each message says what was wrong and what is allowed.
+
+The retry policy is not decided here: callers (the worker's task wrapper, the CLI) classify.
+Permanent for the request: NotFound, Conflict, InvalidState, InvalidInput, BatchError.
+`LeaseLost` tells a worker to stop working on a job (someone else owns it now).
+"""
+
+from __future__ import annotations
+
+from lora_engine.errors import LoraFleetInputError
+
+
+class ServiceError(Exception):
+    """Base class: a request the registry refuses, with a clear message."""
+
+
+class NotFound(ServiceError, LookupError):
+    """No such tenant / job / adapter (or it belongs to another tenant)."""
+
+
+class Conflict(ServiceError):
+    """The request clashes with existing state (duplicate slug, idempotency key reused)."""
+
+
+class InvalidState(ServiceError):
+    """The job or adapter is not in a state that allows this (e.g. cancel a finished job)."""
+
+
+class LeaseLost(ServiceError):
+    """The worker no longer owns the job's lease (expired and reclaimed, or the job ended)."""
+
+
+class InvalidInput(ServiceError, LoraFleetInputError):
+    """Bad input to a service (tenant slug, batch item shape, unknown usage field...)."""
+
+
+class BatchError(InvalidInput):
+    """Some items of a batch are invalid; nothing was queued. `problems`: {index: [problem]}."""
+
+    def __init__(self, problems: dict[int, list[str]]):
+        self.problems = dict(sorted(problems.items()))
+        lines = [f"  item {i}: {p}" for i, ps in self.problems.items() for p in ps]
+        n = len(self.problems)
+        super().__init__(f"batch rejected, nothing was queued: {n} invalid item(s):\n" + "\n".join(lines))

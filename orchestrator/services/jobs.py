@@ -1,0 +1,299 @@
+"""Submitting and managing jobs (the operator's side; the worker's side is in `leases`).
+
+A submission is validated whole before anything is written (`lora_engine.spec.validate_spec`
+lists every problem in one SpecError); the jobs row (state `queued`) and its `submitted` event
+are written in one transaction. The stored spec is the *resolved* spec (task defaults filled
+in), so what runs is recorded even if the defaults change later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from lora_engine.catalog import TASKS
+from lora_engine.errors import SpecError
+from lora_engine.spec import TrainingSpec, validate_spec
+from orchestrator.config import get_settings
+from orchestrator.registry import repositories as repo
+from orchestrator.registry.models import JOB_STATES, Job, JobEvent, Tenant, utcnow
+from orchestrator.services._tx import readonly, transactional
+from orchestrator.services.errors import BatchError, Conflict, InvalidInput, InvalidState, NotFound
+from orchestrator.services.events import add_event
+from orchestrator.services.tenants import tenant_or_404
+from orchestrator.services.views import JobDetail
+
+BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_adapter_id")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    tenant: Tenant
+    spec: TrainingSpec  # resolved
+    priority: int
+    idempotency_key: str | None
+    init_from_adapter_id: str | None
+
+
+def _check_priority(priority: Any) -> int:
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -1000 <= priority <= 1000:
+        raise InvalidInput(f"priority must be an integer between -1000 and 1000 (got {priority!r})")
+    return priority
+
+
+def _prepare(
+    session: Session,
+    tenant_slug: str,
+    spec_dict: Mapping[str, Any],
+    priority: int,
+    idempotency_key: str | None,
+    init_from_adapter_id: str | None,
+) -> _Prepared:
+    """Validate one submission against the registry and the spec; raise on the first kind of
+    problem (InvalidInput/NotFound) or one SpecError listing every spec problem."""
+    tenant = tenant_or_404(session, tenant_slug)
+    _check_priority(priority)
+    key_ok = isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 255
+    if idempotency_key is not None and not key_ok:
+        raise InvalidInput("idempotency_key must be a non-empty string of at most 255 characters")
+    raw = dict(spec_dict)
+    if init_from_adapter_id is not None:
+        if raw.get("init_from"):
+            raise InvalidInput("give either spec.init_from (a folder) or an adapter id to start from, "
+                               "not both")
+        parent = repo.adapter(session, init_from_adapter_id, tenant_id=tenant.id)
+        if parent is None:
+            raise NotFound(f"no adapter {init_from_adapter_id!r} for tenant {tenant.slug!r} to start from")
+        raw["init_from"] = parent.path
+        raw.setdefault("base_model", parent.base_model)
+        spec = validate_spec(raw).resolved()
+        problems = []
+        if spec.base_model != parent.base_model:
+            problems.append(f"init_from: adapter {parent.id} was trained on base model "
+                            f"{parent.base_model!r}, the job uses {spec.base_model!r}")
+        parent_kind = TASKS[parent.task].kind if parent.task in TASKS else None
+        if parent_kind != spec.info.kind:
+            problems.append(f"init_from: adapter {parent.id} is a {parent_kind} adapter ({parent.task}), "
+                            f"task {spec.task!r} is {spec.info.kind}")
+        if problems:
+            raise SpecError(problems)
+    else:
+        spec = validate_spec(raw).resolved()
+    return _Prepared(tenant, spec, priority, idempotency_key, init_from_adapter_id)
+
+
+def _spec_json(spec: TrainingSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+def _existing_for_key(session: Session, p: _Prepared) -> Job | None:
+    """The job already submitted under this idempotency key (Conflict if its spec differs)."""
+    if p.idempotency_key is None:
+        return None
+    existing = repo.job_by_idempotency_key(session, p.tenant.id, p.idempotency_key)
+    if existing is not None and existing.spec != _spec_json(p.spec):
+        raise Conflict(
+            f"idempotency key {p.idempotency_key!r} of tenant {p.tenant.slug!r} was used for job "
+            f"{existing.id} with a different spec; use a new key for a new job"
+        )
+    return existing
+
+
+def _insert(session: Session, p: _Prepared, max_attempts: int) -> Job:
+    spec = p.spec
+    job = Job(
+        tenant_id=p.tenant.id, state="queued", spec=_spec_json(spec), task=spec.task, method=spec.method,
+        rank=spec.rank, base_model=spec.base_model or "", priority=p.priority,
+        idempotency_key=p.idempotency_key, attempts=0, max_attempts=max_attempts,
+        cancel_requested=False, init_from_adapter_id=p.init_from_adapter_id, dispatch_count=0,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job, "submitted", f"{spec.task} {spec.method} r={spec.rank} on {spec.base_model}",
+              {"priority": p.priority, "init_from_adapter_id": p.init_from_adapter_id})
+    return job
+
+
+def _max_attempts(max_attempts: int | None) -> int:
+    value = get_settings().max_attempts if max_attempts is None else max_attempts
+    if not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"max_attempts must be an integer >= 1 (got {value!r})")
+    return value
+
+
+@transactional
+def submit_job(
+    session: Session,
+    tenant_slug: str,
+    spec_dict: Mapping[str, Any],
+    priority: int = 0,
+    idempotency_key: str | None = None,
+    init_from_adapter_id: str | None = None,
+    max_attempts: int | None = None,
+) -> Job:
+    """Queue one job; returns it (state `queued`). Nothing is written when anything is invalid.
+
+    With an idempotency key already used by this tenant for the same spec, the existing job is
+    returned (whatever its state) and nothing new is written; for a different spec: Conflict.
+    """
+    p = _prepare(session, tenant_slug, spec_dict, priority, idempotency_key, init_from_adapter_id)
+    existing = _existing_for_key(session, p)
+    if existing is not None:
+        return existing
+    attempts = _max_attempts(max_attempts)
+    try:
+        with session.begin_nested():
+            return _insert(session, p, attempts)
+    except IntegrityError:
+        # The same key submitted concurrently: the other transaction won, return its job.
+        existing = _existing_for_key(session, p)
+        if existing is None:
+            raise
+        return existing
+
+
+def _split_item(item: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(tenant slug, spec dict, options) of a batch item: `{"tenant", "spec": {...}, ...}` or a
+    flat `{"tenant", "task", "rank", ...}` whose non-option keys are the spec."""
+    if not isinstance(item, Mapping):
+        raise InvalidInput(f"must be a mapping with a 'tenant' and the spec, got {type(item).__name__}")
+    tenant = item.get("tenant")
+    if not isinstance(tenant, str):
+        raise InvalidInput("missing 'tenant' (the tenant's slug)")
+    options = {k: item[k] for k in ("priority", "idempotency_key", "init_from_adapter_id") if k in item}
+    if "spec" in item:
+        extra = sorted(set(item) - set(BATCH_ITEM_KEYS))
+        if extra:
+            raise InvalidInput(f"unknown keys {extra}; allowed next to 'spec': {', '.join(BATCH_ITEM_KEYS)}")
+        spec = item["spec"]
+        if not isinstance(spec, Mapping):
+            raise InvalidInput("'spec' must be a mapping of spec fields")
+        return tenant, dict(spec), options
+    spec = {k: v for k, v in item.items() if k not in BATCH_ITEM_KEYS}
+    return tenant, spec, options
+
+
+@transactional
+def submit_batch(session: Session, items: Sequence[Any], max_attempts: int | None = None) -> list[Job]:
+    """Queue many jobs, all or nothing; every item is validated before anything is written.
+
+    Raises BatchError with the problems of every invalid item by index (0-based). Items with an
+    idempotency key already used (same spec) return the existing job in their place.
+    """
+    if not items:
+        raise InvalidInput("empty batch: nothing to submit")
+    attempts = _max_attempts(max_attempts)
+    problems: dict[int, list[str]] = {}
+    prepared: list[_Prepared] = []
+    seen_keys: dict[tuple[str, str], int] = {}
+    for i, item in enumerate(items):
+        try:
+            tenant, spec, options = _split_item(item)
+            p = _prepare(session, tenant, spec, options.get("priority", 0), options.get("idempotency_key"),
+                         options.get("init_from_adapter_id"))
+            _existing_for_key(session, p)
+        except SpecError as exc:
+            problems[i] = list(exc.problems)
+            continue
+        except (InvalidInput, NotFound, Conflict) as exc:
+            problems[i] = [str(exc)]
+            continue
+        if p.idempotency_key is not None:
+            key = (p.tenant.id, p.idempotency_key)
+            if key in seen_keys:
+                problems[i] = [f"idempotency key {p.idempotency_key!r} repeats item {seen_keys[key]}"]
+                continue
+            seen_keys[key] = i
+        prepared.append(p)
+    if problems:
+        raise BatchError(problems)
+    return [_existing_for_key(session, p) or _insert(session, p, attempts) for p in prepared]
+
+
+@readonly
+def list_jobs(
+    session: Session, tenant: str | None = None, state: str | None = None, limit: int | None = None
+) -> Sequence[Job]:
+    """Jobs, newest first, optionally of one tenant (slug) and/or one state."""
+    if state is not None and state not in JOB_STATES:
+        raise InvalidInput(f"unknown state {state!r}; allowed: {', '.join(JOB_STATES)}")
+    tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
+    return repo.jobs(session, tenant_id=tenant_id, state=state, limit=limit)
+
+
+def job_or_404(session: Session, job_id: str, tenant: str | None = None) -> Job:
+    """Inside a service: the job (of `tenant` when given), or NotFound."""
+    tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
+    job = repo.job(session, job_id, tenant_id=tenant_id)
+    if job is None:
+        scope = f" for tenant {tenant!r}" if tenant is not None else ""
+        raise NotFound(f"no job {job_id!r}{scope} (see `lorafleet job list`)")
+    return job
+
+
+@readonly
+def get_job(session: Session, job_id: str, tenant: str | None = None) -> JobDetail:
+    """A job with its tenant slug, adapter (once trained), metrics and usage."""
+    job = job_or_404(session, job_id, tenant)
+    return JobDetail(
+        job=job,
+        tenant_slug=repo.tenant_slugs(session, [job.tenant_id])[job.tenant_id],
+        adapter=repo.adapter_of_job(session, job.id),
+        metrics=repo.metrics_of_job(session, job.id, tenant_id=job.tenant_id),
+        usage=repo.usage_of_job(session, job.id, tenant_id=job.tenant_id),
+    )
+
+
+@readonly
+def job_events(
+    session: Session, job_id: str, after_id: int | None = None, tenant: str | None = None
+) -> Sequence[JobEvent]:
+    """The job's events in order; `after_id` returns only newer ones (for --follow)."""
+    job = job_or_404(session, job_id, tenant)
+    return repo.events(session, job.id, tenant_id=job.tenant_id, after_id=after_id)
+
+
+@transactional
+def cancel_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
+    """Cancel: a queued job is cancelled now; a running one gets `cancel_requested` (the worker
+    stops at its next progress hook and calls `mark_cancelled`); a finished one: InvalidState.
+    Cancelling a running job twice is a no-op the second time."""
+    job = job_or_404(session, job_id, tenant)
+    session.refresh(job, with_for_update=True)  # serialise with a concurrent claim
+    if job.state == "queued":
+        job.state, job.finished_at = "cancelled", utcnow()
+        add_event(session, job, "cancelled", "cancelled while queued")
+    elif job.state == "running":
+        if not job.cancel_requested:
+            job.cancel_requested = True
+            add_event(session, job, "cancel_requested", f"cancel requested; {job.lease_owner} will stop")
+    else:
+        raise InvalidState(
+            f"job {job.id} is already {job.state}; only queued or running jobs can be cancelled"
+        )
+    return job
+
+
+@transactional
+def retry_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
+    """Put a failed or cancelled job back in the queue.
+
+    An operator's retry is a fresh decision, so `attempts` restarts at 0 (the full
+    `max_attempts` budget again); the history of earlier attempts stays in the events and usage.
+    """
+    job = job_or_404(session, job_id, tenant)
+    session.refresh(job, with_for_update=True)
+    if job.state not in ("failed", "cancelled"):
+        raise InvalidState(f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried")
+    previous = job.state
+    job.state, job.attempts, job.cancel_requested, job.error = "queued", 0, False, None
+    job.lease_owner = job.lease_expires_at = job.finished_at = job.started_at = None
+    job.dispatched_at, job.dispatch_count = None, 0
+    add_event(session, job, "retried", f"retried by the operator (was {previous})")
+    return job
+

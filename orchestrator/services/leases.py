@@ -1,0 +1,301 @@
+"""The worker's side of a job: claim, heartbeat, finish (succeeded / failed / cancelled / requeued).
+
+Claim: one atomic conditional UPDATE moves a job `queued → running` (lease owner and expiry,
+attempts + 1) only if it is still queued and its tenant is under its running quota; zero rows
+updated means "not yours" (duplicate delivery, cancelled, quota full) and the message is dropped.
+Races: on PostgreSQL the tenant row is locked (`SELECT … FOR UPDATE`) before the UPDATE, so two
+claims of one tenant are serialised and the running count the UPDATE reads (a fresh READ
+COMMITTED snapshot) includes the other's committed claim; two claims of the *same* job are
+serialised by its row lock and the loser re-checks `state = 'queued'` and updates nothing. On
+SQLite every writing transaction is `BEGIN IMMEDIATE`, so claims run one at a time.
+
+After the claim, every call names the worker: the job must still be `running` and leased to it,
+or LeaseLost is raised (the reconciler took the job back after the lease expired, or it ended):
+the worker must stop and write nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from orchestrator.registry import repositories as repo
+from orchestrator.registry.models import Adapter, Job, Metric, Tenant, Usage, utcnow
+from orchestrator.services._tx import readonly, transactional
+from orchestrator.services.errors import InvalidInput, LeaseLost
+from orchestrator.services.events import add_event
+
+# Progress events: at most one per PROGRESS_EVENT_INTERVAL_S per job, plus the first and the last
+# step. The lease and the job's progress columns are updated on every heartbeat regardless, so
+# `job show` is always current while the event log stays small (a 10k-step job at 10 steps/s
+# writes ~200 events, not 10k).
+PROGRESS_EVENT_INTERVAL_S = 5.0
+
+USAGE_FIELDS = ("device", "device_seconds", "wall_seconds", "peak_memory_bytes", "examples", "tokens")
+
+
+def _lease(now: datetime, lease_seconds: float) -> datetime:
+    if lease_seconds <= 0:
+        raise InvalidInput(f"lease_seconds must be > 0 (got {lease_seconds})")
+    return now + timedelta(seconds=lease_seconds)
+
+
+@transactional
+def claim_job(
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
+) -> Job | None:
+    """Claim a queued job for `worker_id`; the running Job, or None when it is not claimable
+    (unknown, not queued, or its tenant at quota: it stays queued for a later dispatch)."""
+    now = now or utcnow()
+    expires = _lease(now, lease_seconds)
+    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+    if tenant_id is None:
+        return None
+    repo.lock_tenant(session, tenant_id)
+    max_running = select(Tenant.max_running).where(Tenant.id == Job.tenant_id).scalar_subquery()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued", repo.running_subquery() < max_running)
+        .values(
+            state="running", lease_owner=worker_id, lease_expires_at=expires, attempts=Job.attempts + 1,
+            started_at=now, heartbeat_at=now, cancel_requested=False, error=None,
+            progress_step=None, progress_total=None, last_loss=None, progress_event_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    add_event(session, job, "claimed", f"claimed by {worker_id} (attempt {job.attempts}/{job.max_attempts})",
+              {"worker": worker_id, "attempt": job.attempts, "lease_expires_at": expires.isoformat()}, ts=now)
+    return job
+
+
+def claim_next(
+    session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None, tries: int = 20
+) -> Job | None:
+    """Claim the next job by fair share: the tenant with the fewest running jobs first, then
+    priority (high first), then age. None when nothing is claimable. Each attempt is its own
+    transaction (a candidate taken by another worker in between is skipped)."""
+    candidates = _candidates(session, tries)
+    for job_id in candidates:
+        job = claim_job(session, job_id, worker_id, lease_seconds, now=now)
+        if job is not None:
+            return job
+    return None
+
+
+@readonly
+def _candidates(session: Session, limit: int) -> list[str]:
+    return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit)]
+
+
+@readonly
+def unclaimable_reason(session: Session, job_id: str) -> str:
+    """Why a claim of this job found nothing (for the worker's log)."""
+    job = repo.job(session, job_id)
+    if job is None:
+        return f"no job {job_id}"
+    if job.state != "queued":
+        return f"job {job_id} is {job.state}"
+    tenant = repo.tenant_by_id(session, job.tenant_id)
+    running = repo.running_count(session, job.tenant_id)
+    if tenant is not None and running >= tenant.max_running:
+        return f"tenant {tenant.slug} is at its quota ({running}/{tenant.max_running} running)"
+    return f"job {job_id} is queued and claimable"
+
+
+def _owned(session: Session, job_id: str, worker_id: str) -> Job:
+    """The job, row-locked, if it is running and leased to `worker_id`; else LeaseLost."""
+    job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
+    if job is None:
+        raise LeaseLost(f"job {job_id} does not exist")
+    if job.state != "running" or job.lease_owner != worker_id:
+        owner = f"leased to {job.lease_owner}" if job.lease_owner else "not leased"
+        raise LeaseLost(f"worker {worker_id} lost job {job_id}: it is {job.state}, {owner}")
+    return job
+
+
+@transactional
+def heartbeat(
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    step: int,
+    total: int | None,
+    loss: float | None,
+    lease_seconds: float,
+    now: datetime | None = None,
+    event_interval_s: float = PROGRESS_EVENT_INTERVAL_S,
+) -> bool:
+    """Extend the lease, record progress; True when a cancel was requested (stop training).
+
+    Writes a `progress` event on the first heartbeat, the last step, and otherwise at most once
+    per `event_interval_s`. LeaseLost if the job is no longer this worker's.
+    """
+    now = now or utcnow()
+    job = _owned(session, job_id, worker_id)
+    job.lease_expires_at = _lease(now, lease_seconds)
+    job.heartbeat_at = now
+    job.progress_step, job.progress_total = step, total
+    if loss is not None:
+        job.last_loss = float(loss)
+    last = job.progress_event_at
+    last_step = total is not None and step >= total
+    if last is None or last_step or (now - last).total_seconds() >= event_interval_s:
+        job.progress_event_at = now
+        message = f"step {step}/{total}" + (f" loss {loss:.4f}" if loss is not None else "")
+        add_event(session, job, "progress", message, {"step": step, "total": total, "loss": loss}, ts=now)
+    return job.cancel_requested
+
+
+@transactional
+def record_checkpoint(
+    session: Session, job_id: str, worker_id: str, step: int, path: str | None = None
+) -> None:
+    """A `checkpoint` event (the recipe saved one at `step`: a retry resumes from it)."""
+    job = _owned(session, job_id, worker_id)
+    add_event(session, job, "checkpoint", f"checkpoint at step {step}", {"step": step, "path": path})
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """What the worker knows about the adapter it wrote (base model, task, method and rank are
+    taken from the job; lineage from the job's init_from_adapter_id)."""
+
+    id: str
+    path: str
+    sha256: str
+    bytes: int
+    trainable_params: int
+    total_params: int
+
+
+def _usage_row(job: Job, usage: Mapping[str, Any] | None) -> Usage | None:
+    if usage is None:
+        return None
+    unknown = sorted(set(usage) - set(USAGE_FIELDS))
+    if unknown:
+        raise InvalidInput(f"unknown usage fields {unknown}; allowed: {', '.join(USAGE_FIELDS)}")
+    return Usage(
+        job_id=job.id, tenant_id=job.tenant_id, attempt=job.attempts,
+        device=str(usage.get("device", "cpu")),
+        device_seconds=float(usage.get("device_seconds", 0.0)),
+        wall_seconds=float(usage.get("wall_seconds", 0.0)),
+        peak_memory_bytes=None if usage.get("peak_memory_bytes") is None else int(usage["peak_memory_bytes"]),
+        examples=int(usage.get("examples", 0)),
+        tokens=int(usage.get("tokens", 0)),
+    )
+
+
+def _end(job: Job, state: str, now: datetime, error: str | None = None) -> None:
+    job.state, job.finished_at, job.error = state, now, error
+    job.lease_owner = job.lease_expires_at = None
+
+
+@transactional
+def finish_job_success(
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    adapter: AdapterRecord,
+    metrics: Mapping[str, Mapping[str, float]],
+    usage: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Adapter:
+    """Record the adapter, its metrics ({split: {name: value}}) and usage, and mark the job
+    `succeeded`, all in one transaction. Returns the Adapter row. LeaseLost if not ours."""
+    now = now or utcnow()
+    job = _owned(session, job_id, worker_id)
+    row = Adapter(
+        id=adapter.id, tenant_id=job.tenant_id, job_id=job.id, path=str(adapter.path), sha256=adapter.sha256,
+        bytes=int(adapter.bytes), trainable_params=int(adapter.trainable_params),
+        total_params=int(adapter.total_params), base_model=job.base_model, task=job.task,
+        method=job.method, rank=job.rank, parent_adapter_id=job.init_from_adapter_id, created_at=now,
+    )
+    session.add(row)
+    session.flush()  # the adapter must exist before metrics reference it
+    for split, values in metrics.items():
+        for name, value in values.items():
+            session.add(Metric(job_id=job.id, adapter_id=row.id, tenant_id=job.tenant_id, split=split,
+                               name=name, value=float(value)))
+    usage_row = _usage_row(job, usage)
+    if usage_row is not None:
+        session.add(usage_row)
+    _end(job, "succeeded", now)
+    summary = {split: dict(values) for split, values in metrics.items()}
+    add_event(session, job, "succeeded", f"adapter {row.id} ({row.bytes} bytes)",
+              {"adapter_id": row.id, "metrics": summary}, ts=now)
+    return row
+
+
+@transactional
+def fail_job(
+    session: Session, job_id: str, worker_id: str, reason: str, usage: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Job:
+    """A permanent failure (bad data, invalid config...): `failed` with the reason in the job and
+    its event. LeaseLost if not ours."""
+    now = now or utcnow()
+    job = _owned(session, job_id, worker_id)
+    usage_row = _usage_row(job, usage)
+    if usage_row is not None:
+        session.add(usage_row)
+    _end(job, "failed", now, reason)
+    add_event(session, job, "failed", reason, {"attempt": job.attempts}, ts=now)
+    return job
+
+
+@transactional
+def mark_cancelled(
+    session: Session, job_id: str, worker_id: str, step: int | None = None,
+    usage: Mapping[str, Any] | None = None, now: datetime | None = None,
+) -> Job:
+    """The worker stopped on a cancel request: `cancelled`. LeaseLost if not ours."""
+    now = now or utcnow()
+    job = _owned(session, job_id, worker_id)
+    usage_row = _usage_row(job, usage)
+    if usage_row is not None:
+        session.add(usage_row)
+    _end(job, "cancelled", now)
+    where = f" at step {step}" if step is not None else ""
+    add_event(session, job, "cancelled", f"stopped by {worker_id}{where}", {"step": step}, ts=now)
+    return job
+
+
+def _requeue_or_fail(session: Session, job: Job, reason: str, now: datetime) -> str:
+    """Back to the queue while attempts remain, else failed; returns the new state."""
+    if job.attempts < job.max_attempts:
+        job.state, job.error = "queued", reason
+        job.lease_owner = job.lease_expires_at = None
+        job.dispatched_at, job.dispatch_count = None, 0
+        add_event(session, job, "requeued", f"{reason} (attempt {job.attempts}/{job.max_attempts})",
+                  {"attempt": job.attempts}, ts=now)
+        return "queued"
+    reason = f"{reason}; gave up after {job.attempts} attempt(s)"
+    _end(job, "failed", now, reason)
+    add_event(session, job, "failed", reason, {"attempt": job.attempts}, ts=now)
+    return "failed"
+
+
+@transactional
+def requeue_job(
+    session: Session, job_id: str, worker_id: str, reason: str, usage: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> str:
+    """A transient failure (worker shutting down, device lost, OOM...): back to `queued` while
+    attempts < max_attempts (the retry resumes from the last checkpoint), else `failed`.
+    Returns the new state. LeaseLost if not ours."""
+    now = now or utcnow()
+    job = _owned(session, job_id, worker_id)
+    usage_row = _usage_row(job, usage)
+    if usage_row is not None:
+        session.add(usage_row)
+    return _requeue_or_fail(session, job, reason, now)
+

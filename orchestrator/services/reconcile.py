@@ -1,0 +1,90 @@
+"""The reconciler: no broker redelivery rule is trusted on its own.
+
+Each pass (a periodic task, and `lorafleet reconcile`):
+1. running jobs whose lease expired more than `lease_grace_s` ago (the worker died or hung) go
+   back to `queued` (event `requeued`), or to `failed` once attempts reached max_attempts;
+2. queued jobs that may have lost their message are returned for re-dispatch, and their
+   `dispatched_at` / `dispatch_count` recorded. A job is due when its last dispatch (or, never
+   dispatched, its submission) is older than `redispatch_after_s * 2**min(dispatch_count, 6)`:
+   a job that waits behind busy workers is re-sent with exponential back-off instead of adding a
+   message every pass (extra messages are harmless, the claim drops them, but they pile up).
+The caller sends the Celery messages for the returned ids (orchestrator never imports worker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from orchestrator.registry import repositories as repo
+from orchestrator.registry.models import Job, utcnow
+from orchestrator.services._tx import transactional
+from orchestrator.services.events import add_event
+from orchestrator.services.leases import _requeue_or_fail
+
+MAX_BACKOFF_DOUBLINGS = 6
+
+
+@dataclass
+class ReconcileResult:
+    dispatch: list[str] = field(default_factory=list)  # job ids to send a message for
+    requeued: list[str] = field(default_factory=list)  # expired leases returned to the queue
+    failed: list[str] = field(default_factory=list)  # expired leases out of attempts
+
+
+def _record_dispatch(job: Job, now: datetime) -> None:
+    job.dispatched_at = now
+    job.dispatch_count = (job.dispatch_count or 0) + 1
+
+
+@transactional
+def reconcile(
+    session: Session,
+    now: datetime | None = None,
+    *,
+    lease_grace_s: float = 30.0,
+    redispatch_after_s: float = 60.0,
+) -> ReconcileResult:
+    """One reconciliation pass (see the module doc); returns what to dispatch and what moved."""
+    now = now or utcnow()
+    result = ReconcileResult()
+    for job in repo.running_with_lease_before(session, now - timedelta(seconds=lease_grace_s)):
+        session.refresh(job, with_for_update=True)
+        if job.state != "running" or job.lease_expires_at is None or \
+                job.lease_expires_at >= now - timedelta(seconds=lease_grace_s):
+            continue  # finished or heartbeated meanwhile
+        reason = f"lease of {job.lease_owner} expired at {job.lease_expires_at.isoformat()}"
+        state = _requeue_or_fail(session, job, reason, now)
+        if state == "queued":
+            _record_dispatch(job, now)
+            result.requeued.append(job.id)
+            result.dispatch.append(job.id)
+        else:
+            result.failed.append(job.id)
+    # Never dispatched jobs wait `redispatch_after_s` too: their submitter is about to send.
+    cutoff = now - timedelta(seconds=redispatch_after_s)
+    for job in repo.queued_not_dispatched_since(session, cutoff):
+        if job.id in result.dispatch:
+            continue
+        last = job.dispatched_at or job.created_at
+        wait = redispatch_after_s * 2 ** min(job.dispatch_count or 0, MAX_BACKOFF_DOUBLINGS)
+        if job.dispatched_at is not None and (now - last).total_seconds() < wait:
+            continue
+        _record_dispatch(job, now)
+        result.dispatch.append(job.id)
+        if job.dispatch_count > 1:
+            add_event(session, job, "dispatched", f"re-dispatched by the reconciler (#{job.dispatch_count})",
+                      {"dispatch_count": job.dispatch_count}, ts=now)
+    return result
+
+
+@transactional
+def mark_dispatched(session: Session, job_ids: list[str], now: datetime | None = None) -> None:
+    """Record that a message was sent for these jobs (call after sending, e.g. after submit)."""
+    now = now or utcnow()
+    for job_id in job_ids:
+        job = repo.job(session, job_id)
+        if job is not None and job.state == "queued":
+            _record_dispatch(job, now)

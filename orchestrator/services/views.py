@@ -1,0 +1,85 @@
+"""Plain-dict views of registry rows with stable keys (what `--json` prints)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator.registry.models import Adapter, Job, JobEvent, Tenant, Usage
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def tenant_dict(t: Tenant) -> dict[str, Any]:
+    return {"id": t.id, "slug": t.slug, "name": t.name, "max_running": t.max_running,
+            "created_at": _ts(t.created_at)}
+
+
+def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "tenant_id": job.tenant_id,
+        "tenant": tenant_slug,
+        "state": job.state,
+        "task": job.task,
+        "method": job.method,
+        "rank": job.rank,
+        "base_model": job.base_model,
+        "priority": job.priority,
+        "idempotency_key": job.idempotency_key,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "cancel_requested": job.cancel_requested,
+        "error": job.error,
+        "init_from_adapter_id": job.init_from_adapter_id,
+        "lease_owner": job.lease_owner,
+        "lease_expires_at": _ts(job.lease_expires_at),
+        "progress": {"step": job.progress_step, "total": job.progress_total, "loss": job.last_loss},
+        "created_at": _ts(job.created_at),
+        "started_at": _ts(job.started_at),
+        "finished_at": _ts(job.finished_at),
+        "spec": job.spec,
+    }
+
+
+def adapter_dict(a: Adapter) -> dict[str, Any]:
+    return {
+        "id": a.id, "tenant_id": a.tenant_id, "job_id": a.job_id, "path": a.path, "sha256": a.sha256,
+        "bytes": a.bytes, "trainable_params": a.trainable_params, "total_params": a.total_params,
+        "base_model": a.base_model, "task": a.task, "method": a.method, "rank": a.rank,
+        "parent_adapter_id": a.parent_adapter_id, "created_at": _ts(a.created_at),
+        "deleted_at": _ts(a.deleted_at),
+    }
+
+
+def event_dict(e: JobEvent) -> dict[str, Any]:
+    return {"id": e.id, "job_id": e.job_id, "ts": _ts(e.ts), "kind": e.kind, "message": e.message,
+            "data": e.data}
+
+
+def usage_dict(u: Usage) -> dict[str, Any]:
+    return {"attempt": u.attempt, "device": u.device, "device_seconds": u.device_seconds,
+            "wall_seconds": u.wall_seconds, "peak_memory_bytes": u.peak_memory_bytes,
+            "examples": u.examples, "tokens": u.tokens}
+
+
+@dataclass
+class JobDetail:
+    """A job with what `job show` needs: tenant slug, adapter, metrics {split: {name: value}}, usage."""
+
+    job: Job
+    tenant_slug: str
+    adapter: Adapter | None = None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    usage: Sequence[Usage] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = job_dict(self.job, self.tenant_slug)
+        out["adapter"] = adapter_dict(self.adapter) if self.adapter is not None else None
+        out["metrics"] = self.metrics
+        out["usage"] = [usage_dict(u) for u in self.usage]
+        return out

@@ -1,0 +1,96 @@
+"""Adapters and the per-tenant summary on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import services as svc
+from orchestrator.registry.models import new_id
+
+pytest_plugins = ["registry_fixtures"]
+
+
+def _train(session, settings, adapter_files, tenant: str, spec: dict, usage: dict | None = None):
+    job = svc.submit_job(session, tenant, spec)
+    svc.claim_job(session, job.id, "w1", 60)
+    adapter_id = new_id()
+    path = adapter_files(svc.new_adapter_path(settings, job.tenant_id, adapter_id))
+    record = svc.AdapterRecord(id=adapter_id, path=str(path), sha256="a" * 64, bytes=1000,
+                               trainable_params=10, total_params=100)
+    return svc.finish_job_success(session, job.id, "w1", record, {"validation": {"accuracy": 0.8}}, usage)
+
+
+def test_list_get_delete_adapters_scoped_by_tenant(
+    session, registry_settings, adapter_files, job_spec
+) -> None:
+    svc.create_tenant(session, "acme")
+    svc.create_tenant(session, "other")
+    mine = _train(session, registry_settings, adapter_files, "acme", job_spec)
+    theirs = _train(session, registry_settings, adapter_files, "other", {**job_spec, "task": "mrpc"})
+    assert [a.id for a in svc.list_adapters(session, tenant="acme")] == [mine.id]
+    assert {a.id for a in svc.list_adapters(session)} == {mine.id, theirs.id}
+    assert [a.id for a in svc.list_adapters(session, task="mrpc")] == [theirs.id]
+    assert svc.get_adapter(session, mine.id, tenant="acme").path == mine.path
+    with pytest.raises(svc.NotFound, match="for tenant 'other'"):
+        svc.get_adapter(session, mine.id, tenant="other")
+    with pytest.raises(svc.NotFound):
+        svc.delete_adapter(session, mine.id, tenant="other", settings=registry_settings)
+
+    assert (Path(mine.path) / "adapter_config.json").is_file()
+    svc.delete_adapter(session, mine.id, settings=registry_settings)
+    assert not Path(mine.path).exists() and Path(theirs.path).exists()
+    with pytest.raises(svc.NotFound):
+        svc.get_adapter(session, mine.id)
+    assert svc.list_adapters(session, tenant="acme") == []
+    kept = svc.list_adapters(session, tenant="acme", include_deleted=True)
+    assert [a.id for a in kept] == [mine.id] and kept[0].deleted_at is not None
+    detail = svc.get_job(session, mine.job_id)  # the job keeps its history
+    assert detail.job.state == "succeeded" and detail.metrics == {"validation": {"accuracy": 0.8}}
+
+
+def test_delete_never_touches_files_outside_the_artifacts_root(
+    session, registry_settings, adapter_files, job_spec, tmp_path
+) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec)
+    svc.claim_job(session, job.id, "w1", 60)
+    outside = adapter_files(tmp_path / "elsewhere")
+    record = svc.AdapterRecord(id=new_id(), path=str(outside), sha256="a" * 64, bytes=1, trainable_params=1,
+                               total_params=1)
+    adapter = svc.finish_job_success(session, job.id, "w1", record, {})
+    svc.delete_adapter(session, adapter.id, settings=registry_settings)
+    assert (outside / "adapter_config.json").is_file()
+
+
+def test_adapter_paths_are_built_from_ids_only(registry_settings) -> None:
+    tid, aid = new_id(), new_id()
+    assert svc.new_adapter_path(registry_settings, tid, aid) == registry_settings.artifacts / tid / aid
+    with pytest.raises(svc.InvalidInput, match="adapter_id must be a UUID"):
+        svc.new_adapter_path(registry_settings, tid, "../../etc")
+    jid = new_id()
+    expected = registry_settings.artifacts / tid / "checkpoints" / jid
+    assert svc.checkpoint_path(registry_settings, tid, jid) == expected
+
+
+def test_tenant_summary(session, registry_settings, adapter_files, job_spec) -> None:
+    svc.create_tenant(session, "acme", name="Acme Research")
+    svc.create_tenant(session, "idle")
+    usage = {"device": "cpu", "device_seconds": 10.0, "wall_seconds": 11.0, "examples": 100, "tokens": 900}
+    _train(session, registry_settings, adapter_files, "acme", job_spec, usage)
+    _train(session, registry_settings, adapter_files, "acme", job_spec, usage)
+    failed = svc.submit_job(session, "acme", job_spec)
+    svc.claim_job(session, failed.id, "w1", 60)
+    svc.fail_job(session, failed.id, "w1", "bad data", {"device": "cpu", "device_seconds": 2.5,
+                                                         "wall_seconds": 3.0})
+    svc.submit_job(session, "acme", job_spec)
+    rows = {r.slug: r.to_dict() for r in svc.tenant_summary(session)}
+    acme = rows["acme"]
+    assert acme["name"] == "Acme Research"
+    assert acme["jobs"] == {"queued": 1, "running": 0, "succeeded": 2, "failed": 1, "cancelled": 0}
+    assert (acme["adapters"], acme["adapter_bytes"]) == (2, 2000)
+    assert acme["device_seconds"] == pytest.approx(22.5)  # failed attempts cost device time too
+    assert (acme["examples"], acme["tokens"]) == (200, 1800)
+    assert rows["idle"]["jobs"]["queued"] == 0 and rows["idle"]["device_seconds"] == 0.0
+    assert [r.slug for r in svc.tenant_summary(session, tenant="idle")] == ["idle"]

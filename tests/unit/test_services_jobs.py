@@ -1,0 +1,221 @@
+"""Job service on SQLite and PostgreSQL: submit, batch, idempotency, lineage, cancel, retry."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from lora_engine.errors import LoraFleetInputError, SpecError
+from lora_engine.spec import validate_spec
+from orchestrator import services as svc
+from orchestrator.registry.models import Job, JobEvent, new_id
+
+pytest_plugins = ["registry_fixtures"]
+SPEC = {"task": "sst2", "method": "lora", "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
+
+
+def _count(session, model) -> int:
+    n = session.scalar(select(func.count()).select_from(model))
+    session.commit()
+    return n
+
+
+def _kinds(session, job_id: str) -> list[str]:
+    return [e.kind for e in svc.job_events(session, job_id)]
+
+
+@pytest.mark.parametrize("slug", ["a", "acme", "acme-research-2", "0x", "a" * 40])
+def test_valid_tenant_slugs(session, slug) -> None:
+    t = svc.create_tenant(session, slug, name="Acme", max_running=3)
+    assert (svc.get_tenant(session, slug).id, t.max_running) == (t.id, 3)
+
+
+@pytest.mark.parametrize("slug", ["", "Acme", "a_b", "-lead", "a" * 41, "héllo", "a b", "../x"])
+def test_invalid_tenant_slugs_are_refused_with_the_rule(session, slug) -> None:
+    with pytest.raises(svc.InvalidInput, match="lowercase letters, digits and dashes"):
+        svc.create_tenant(session, slug)
+    assert svc.list_tenants(session) == []
+
+
+def test_tenant_errors(session) -> None:
+    svc.create_tenant(session, "acme")
+    with pytest.raises(svc.Conflict, match="already exists"):
+        svc.create_tenant(session, "acme")
+    with pytest.raises(svc.NotFound, match="no tenant 'nobody'"):
+        svc.get_tenant(session, "nobody")
+    with pytest.raises(svc.InvalidInput, match="max_running"):
+        svc.create_tenant(session, "neg", max_running=-1)
+    assert [t.slug for t in svc.list_tenants(session)] == ["acme"]
+
+
+def test_submit_writes_job_and_event_with_resolved_spec(session) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", SPEC, priority=5)
+    assert (job.state, job.task, job.method, job.rank, job.base_model, job.priority, job.attempts) == (
+        "queued", "sst2", "lora", 4, "tiny-bert", 5, 0)
+    assert job.spec["alpha"] == 8.0 and job.spec["max_steps"] == 5  # task defaults filled in
+    assert validate_spec(job.spec).resolved() == validate_spec(SPEC).resolved()  # what the worker reads
+    assert _kinds(session, job.id) == ["submitted"]
+    detail = svc.get_job(session, job.id).to_dict()
+    assert (detail["state"], detail["tenant"], detail["adapter"]) == ("queued", "acme", None)
+    assert detail["metrics"] == {} and detail["attempts"] == 0
+
+
+def test_bad_spec_writes_nothing_and_lists_every_problem(session) -> None:
+    svc.create_tenant(session, "acme")
+    with pytest.raises(SpecError) as err:
+        svc.submit_job(session, "acme", {"task": "nope", "rank": 0, "lr": -1})
+    assert len(err.value.problems) >= 3
+    assert _count(session, Job) == 0 and _count(session, JobEvent) == 0
+    with pytest.raises(svc.NotFound):
+        svc.submit_job(session, "ghost", SPEC)
+    with pytest.raises(LoraFleetInputError, match="priority"):
+        svc.submit_job(session, "acme", SPEC, priority=10**6)
+    assert _count(session, Job) == 0
+
+
+def test_idempotency_key_returns_the_existing_job(session) -> None:
+    svc.create_tenant(session, "acme")
+    svc.create_tenant(session, "other")
+    first = svc.submit_job(session, "acme", SPEC, idempotency_key="k1")
+    again = svc.submit_job(session, "acme", SPEC, idempotency_key="k1")
+    assert again.id == first.id and _count(session, Job) == 1
+    assert svc.submit_job(session, "other", SPEC, idempotency_key="k1").id != first.id  # keys are per tenant
+    with pytest.raises(svc.Conflict, match="different spec"):
+        svc.submit_job(session, "acme", {**SPEC, "rank": 8}, idempotency_key="k1")
+    assert _count(session, Job) == 2
+
+
+def test_batch_is_all_or_nothing_with_per_item_problems(session) -> None:
+    svc.create_tenant(session, "acme")
+    good = [{"tenant": "acme", "spec": {**SPEC, "task": t}} for t in ("sst2", "mrpc", "rte")]
+    bad = [*good, {"tenant": "acme", "task": "cola", "rank": -2}, {"tenant": "ghost", "spec": SPEC}, "x"]
+    with pytest.raises(svc.BatchError) as err:
+        svc.submit_batch(session, bad)
+    assert sorted(err.value.problems) == [3, 4, 5]
+    assert any("rank" in p for p in err.value.problems[3])
+    assert "no tenant 'ghost'" in err.value.problems[4][0]
+    assert _count(session, Job) == 0
+
+    jobs = svc.submit_batch(session, [*good, {"tenant": "acme", "task": "cola", "rank": 2, "max_steps": 3,
+                                              "base_model": "tiny-bert", "priority": 2}])
+    assert [j.task for j in jobs] == ["sst2", "mrpc", "rte", "cola"] and jobs[3].priority == 2
+    assert _count(session, Job) == 4 and _count(session, JobEvent) == 4
+    with pytest.raises(svc.BatchError, match="repeats item 0"):
+        svc.submit_batch(session, [{"tenant": "acme", "spec": SPEC, "idempotency_key": "x"}] * 2)
+
+
+def _finished_adapter(session, settings, adapter_files, tenant: str, spec=SPEC):
+    """A job run to success by hand (claim + finish) with adapter files on disk."""
+    job = svc.submit_job(session, tenant, spec)
+    assert svc.claim_job(session, job.id, "w1", 60) is not None
+    adapter_id = new_id()
+    path = adapter_files(svc.new_adapter_path(settings, job.tenant_id, adapter_id))
+    record = svc.AdapterRecord(id=adapter_id, path=str(path), sha256="ab" * 32, bytes=64,
+                               trainable_params=100, total_params=1000)
+    return svc.finish_job_success(session, job.id, "w1", record, {"validation": {"accuracy": 0.9}})
+
+
+def test_init_from_records_lineage_and_checks_compatibility(
+    session, registry_settings, adapter_files
+) -> None:
+    svc.create_tenant(session, "acme")
+    svc.create_tenant(session, "other")
+    mnli = _finished_adapter(session, registry_settings, adapter_files, "acme", {**SPEC, "task": "mnli"})
+    child = svc.submit_job(session, "acme", {"task": "mrpc", "rank": 4, "max_steps": 5},
+                           init_from_adapter_id=mnli.id)
+    assert child.init_from_adapter_id == mnli.id
+    assert child.spec["init_from"] == mnli.path and child.base_model == "tiny-bert"  # inherited base
+    with pytest.raises(svc.NotFound, match="for tenant 'other'"):  # another tenant's adapter
+        svc.submit_job(session, "other", {**SPEC, "task": "mrpc"}, init_from_adapter_id=mnli.id)
+    with pytest.raises(SpecError, match="base model"):
+        svc.submit_job(session, "acme", {**SPEC, "base_model": "tiny-roberta"}, init_from_adapter_id=mnli.id)
+    with pytest.raises(SpecError, match="regression"):
+        svc.submit_job(session, "acme", {**SPEC, "task": "stsb"}, init_from_adapter_id=mnli.id)
+
+    assert svc.claim_job(session, child.id, "w2", 60) is not None
+    record = svc.AdapterRecord(id=new_id(), path="/x", sha256="0" * 64, bytes=1, trainable_params=1,
+                               total_params=2)
+    child_adapter = svc.finish_job_success(session, child.id, "w2", record, {})
+    assert child_adapter.parent_adapter_id == mnli.id
+
+
+def test_cancel_queued_is_immediate_running_sets_the_flag(session) -> None:
+    svc.create_tenant(session, "acme")
+    queued = svc.submit_job(session, "acme", SPEC)
+    assert svc.cancel_job(session, queued.id).state == "cancelled"
+    assert svc.claim_job(session, queued.id, "w1", 60) is None  # a late message finds nothing
+    running = svc.submit_job(session, "acme", SPEC)
+    svc.claim_job(session, running.id, "w1", 60)
+    job = svc.cancel_job(session, running.id)
+    assert (job.state, job.cancel_requested) == ("running", True)
+    svc.cancel_job(session, running.id)  # twice: no second event
+    assert _kinds(session, running.id) == ["submitted", "claimed", "cancel_requested"]
+    assert svc.heartbeat(session, running.id, "w1", 1, 5, 0.5, 60) is True  # the worker learns it
+    assert svc.mark_cancelled(session, running.id, "w1", step=1).state == "cancelled"
+    with pytest.raises(svc.InvalidState, match="already cancelled"):
+        svc.cancel_job(session, running.id)
+
+
+def test_retry_failed_or_cancelled_resets_attempts(session) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", SPEC)
+    with pytest.raises(svc.InvalidState, match="only failed or cancelled"):
+        svc.retry_job(session, job.id)
+    svc.claim_job(session, job.id, "w1", 60)
+    svc.fail_job(session, job.id, "w1", "bad data: line 3")
+    retried = svc.retry_job(session, job.id)
+    assert (retried.state, retried.attempts, retried.error, retried.lease_owner) == ("queued", 0, None, None)
+    assert _kinds(session, job.id)[-2:] == ["failed", "retried"]
+
+
+def test_lookups_are_scoped_to_the_tenant(session) -> None:
+    svc.create_tenant(session, "acme")
+    svc.create_tenant(session, "other")
+    job = svc.submit_job(session, "acme", SPEC)
+    assert svc.get_job(session, job.id, tenant="acme").job.id == job.id
+    with pytest.raises(svc.NotFound):
+        svc.get_job(session, job.id, tenant="other")
+    with pytest.raises(svc.NotFound):
+        svc.cancel_job(session, job.id, tenant="other")
+    with pytest.raises(svc.NotFound):
+        svc.job_events(session, job.id, tenant="other")
+    assert svc.list_jobs(session, tenant="other") == []
+    assert [j.id for j in svc.list_jobs(session, tenant="acme", state="queued")] == [job.id]
+    with pytest.raises(svc.InvalidInput, match="allowed: queued"):
+        svc.list_jobs(session, state="done")
+    assert svc.get_job(session, job.id).job.state == "queued"
+
+
+def test_events_page_after_id(session) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", SPEC)
+    first = svc.job_events(session, job.id)
+    svc.claim_job(session, job.id, "w1", 60)
+    newer = svc.job_events(session, job.id, after_id=first[-1].id)
+    assert [e.kind for e in newer] == ["claimed"]
+
+
+def test_concurrent_submits_with_one_idempotency_key_make_one_job(session, session_maker) -> None:
+    import threading
+
+    svc.create_tenant(session, "acme")
+    barrier = threading.Barrier(3)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            with session_maker() as s:
+                barrier.wait(timeout=10)
+                ids.append(svc.submit_job(s, "acme", SPEC, idempotency_key="same").id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(ids) == 3 and len(set(ids)) == 1, (errors, ids)
+    assert _count(session, Job) == 1 and _count(session, JobEvent) == 1

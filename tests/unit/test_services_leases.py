@@ -1,0 +1,213 @@
+"""Worker side on SQLite and PostgreSQL: claim (exclusive, quota, fair share), heartbeat and lease
+loss, finishing (adapter + metrics + usage in one go), requeue, and the reconciler."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from orchestrator import services as svc
+from orchestrator.registry import db
+from orchestrator.registry.models import Adapter, Metric, Usage, new_id, utcnow
+
+pytest_plugins = ["registry_fixtures"]
+
+
+def _kinds(session, job_id: str) -> list[str]:
+    return [e.kind for e in svc.job_events(session, job_id)]
+
+
+def _race(make_session, job_ids: list[str], n_threads: int) -> list[str | None]:
+    """n_threads claim at the same moment (a barrier), each with its own session/connection;
+    thread i claims job_ids[i % len(job_ids)]. Returns the claimed job id (or None) per thread."""
+    barrier = threading.Barrier(n_threads)
+    results: list[str | None] = [None] * n_threads
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            with make_session(i) as s:
+                s.connection()  # check out a connection before the start line
+                s.commit()
+                barrier.wait(timeout=10)
+                job = svc.claim_job(s, job_ids[i % len(job_ids)], f"worker-{i}", 60)
+                results[i] = job.id if job is not None else None
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    return results
+
+
+def test_claim_is_exclusive_under_concurrency(session, session_maker, job_spec) -> None:
+    svc.create_tenant(session, "acme", max_running=10)
+    for _ in range(3):  # a few rounds: a race that loses only sometimes still shows up
+        job = svc.submit_job(session, "acme", job_spec)
+        results = _race(lambda i: session_maker(), [job.id], n_threads=4)
+        assert sum(r is not None for r in results) == 1, results
+        claimed = svc.get_job(session, job.id).job
+        assert (claimed.state, claimed.attempts) == ("running", 1)
+        assert _kinds(session, job.id).count("claimed") == 1
+
+
+def test_claim_respects_the_tenant_quota_under_concurrency(session, session_maker, job_spec) -> None:
+    svc.create_tenant(session, "acme", max_running=1)
+    jobs = [svc.submit_job(session, "acme", job_spec).id for _ in range(4)]
+    results = _race(lambda i: session_maker(), jobs, n_threads=4)
+    assert sum(r is not None for r in results) == 1, results
+    assert len(svc.list_jobs(session, tenant="acme", state="running")) == 1
+    assert "at its quota (1/1 running)" in svc.unclaimable_reason(session, jobs[results.index(None)])
+
+
+def test_claim_exclusive_across_engines(session, registry_url, job_spec) -> None:
+    """Separate engines (separate pools), as separate worker processes would have."""
+    svc.create_tenant(session, "acme", max_running=10)
+    job = svc.submit_job(session, "acme", job_spec)
+    engines = [db.make_engine(registry_url) for _ in range(3)]
+    try:
+        from sqlalchemy.orm import Session
+
+        results = _race(lambda i: Session(engines[i], expire_on_commit=False), [job.id], n_threads=3)
+    finally:
+        for e in engines:
+            e.dispose()
+    assert sum(r is not None for r in results) == 1, results
+
+
+def test_claim_sets_the_lease_and_drops_what_is_not_claimable(session, job_spec) -> None:
+    svc.create_tenant(session, "acme", max_running=1)
+    now = utcnow()
+    a, b = svc.submit_job(session, "acme", job_spec), svc.submit_job(session, "acme", job_spec)
+    job = svc.claim_job(session, a.id, "w1", 120, now=now)
+    assert (job.state, job.lease_owner, job.attempts) == ("running", "w1", 1)
+    assert job.lease_expires_at == now + timedelta(seconds=120) and job.started_at == now
+    assert svc.claim_job(session, a.id, "w2", 60) is None  # duplicate delivery
+    assert svc.claim_job(session, b.id, "w2", 60) is None  # quota 1: b stays queued
+    assert svc.get_job(session, b.id).job.state == "queued"
+    assert svc.claim_job(session, new_id(), "w2", 60) is None  # unknown id
+    svc.fail_job(session, a.id, "w1", "boom")
+    assert svc.claim_job(session, b.id, "w2", 60) is not None  # a slot freed up
+
+
+def test_claim_next_is_fair_across_tenants(session, job_spec) -> None:
+    svc.create_tenant(session, "big", max_running=5)
+    svc.create_tenant(session, "small", max_running=5)
+    big = [svc.submit_job(session, "big", job_spec).id for _ in range(3)]
+    small = svc.submit_job(session, "small", job_spec).id
+    urgent = svc.submit_job(session, "big", job_spec, priority=9).id
+    order = [svc.claim_next(session, f"w{i}", 60).id for i in range(5)]
+    # big's urgent job first (both tenants at 0 running, higher priority), then small (0 running),
+    # then big's oldest first.
+    assert order == [urgent, small, *big]
+    assert svc.claim_next(session, "w9", 60) is None
+
+
+def test_heartbeat_extends_lease_rate_limits_events_and_detects_loss(session, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec)
+    t0 = utcnow()
+    svc.claim_job(session, job.id, "w1", 30, now=t0)
+    for step in range(1, 5):  # 4 heartbeats within 3 s: only the first writes an event
+        at = t0 + timedelta(seconds=step - 1)
+        cancel = svc.heartbeat(session, job.id, "w1", step, 10, 1.0 / step, 30, now=at, event_interval_s=5)
+        assert cancel is False
+    svc.heartbeat(session, job.id, "w1", 8, 10, 0.1, 30, now=t0 + timedelta(seconds=9), event_interval_s=5)
+    svc.heartbeat(session, job.id, "w1", 10, 10, 0.05, 30, now=t0 + timedelta(seconds=10), event_interval_s=5)
+    progress = [e for e in svc.job_events(session, job.id) if e.kind == "progress"]
+    assert [e.data["step"] for e in progress] == [1, 8, 10]  # first, after the interval, last step
+    current = svc.get_job(session, job.id).job
+    assert (current.progress_step, current.progress_total, current.last_loss) == (10, 10, 0.05)
+    assert current.lease_expires_at == t0 + timedelta(seconds=40)
+    with pytest.raises(svc.LeaseLost, match="leased to w1"):
+        svc.heartbeat(session, job.id, "intruder", 11, 10, 0.1, 30)
+
+
+def test_finish_records_adapter_metrics_and_usage_atomically(session, registry_settings, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec)
+    svc.claim_job(session, job.id, "w1", 60)
+    adapter_id = new_id()
+    path = svc.new_adapter_path(registry_settings, job.tenant_id, adapter_id)
+    assert path == registry_settings.artifacts / job.tenant_id / adapter_id
+    record = svc.AdapterRecord(id=adapter_id, path=str(path), sha256="f" * 64, bytes=1234,
+                               trainable_params=1500, total_params=400_000)
+    usage = {"device": "cpu", "device_seconds": 12.5, "wall_seconds": 13.0, "peak_memory_bytes": 2**20,
+             "examples": 160, "tokens": 5000}
+    with pytest.raises(svc.InvalidInput, match="unknown usage fields"):  # nothing half-written
+        svc.finish_job_success(session, job.id, "w1", record, {"validation": {"accuracy": 0.5}}, {"gpus": 1})
+    assert session.scalar(select(func.count()).select_from(Adapter)) == 0
+    session.commit()
+    svc.finish_job_success(session, job.id, "w1", record,
+                           {"validation": {"accuracy": 0.875, "loss": 0.31}, "train": {"loss": 0.2}}, usage)
+    detail = svc.get_job(session, job.id).to_dict()
+    assert detail["state"] == "succeeded" and detail["adapter"]["id"] == adapter_id
+    assert detail["adapter"]["path"] == str(path) and detail["adapter"]["task"] == "sst2"
+    assert detail["metrics"] == {"train": {"loss": 0.2}, "validation": {"accuracy": 0.875, "loss": 0.31}}
+    assert detail["usage"] == [{"attempt": 1, **usage}]
+    assert session.scalar(select(func.count()).select_from(Metric)) == 3
+    assert _kinds(session, job.id)[-1] == "succeeded"
+    with pytest.raises(svc.LeaseLost, match="succeeded"):  # a late duplicate finish writes nothing
+        svc.finish_job_success(session, job.id, "w1", record, {})
+    assert session.scalar(select(func.count()).select_from(Usage)) == 1
+
+
+def test_requeue_on_transient_errors_until_attempts_run_out(session, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec, max_attempts=2)
+    svc.claim_job(session, job.id, "w1", 60)
+    assert svc.requeue_job(session, job.id, "w1", "worker shutting down", {"device_seconds": 3.0}) == "queued"
+    svc.claim_job(session, job.id, "w2", 60)
+    assert svc.requeue_job(session, job.id, "w2", "device lost") == "failed"
+    final = svc.get_job(session, job.id)
+    assert final.job.state == "failed" and "gave up after 2 attempt(s)" in final.job.error
+    assert [u.attempt for u in final.usage] == [1]
+    assert _kinds(session, job.id) == ["submitted", "claimed", "requeued", "claimed", "failed"]
+
+
+def test_reconcile_requeues_expired_leases_then_fails_after_max_attempts(session, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec, max_attempts=2)
+    t0 = utcnow()
+    svc.claim_job(session, job.id, "dead-worker", 10, now=t0)
+    assert svc.reconcile(session, now=t0 + timedelta(seconds=20), lease_grace_s=30).requeued == []  # in grace
+    result = svc.reconcile(session, now=t0 + timedelta(seconds=50), lease_grace_s=30)
+    assert result.requeued == [job.id] and job.id in result.dispatch
+    requeued = svc.get_job(session, job.id).job
+    assert (requeued.state, requeued.lease_owner) == ("queued", None)
+    with pytest.raises(svc.LeaseLost):  # the dead worker, if it wakes up, must stop
+        svc.heartbeat(session, job.id, "dead-worker", 3, 10, 0.1, 10)
+
+    t1 = t0 + timedelta(seconds=100)
+    svc.claim_job(session, job.id, "w2", 10, now=t1)
+    result = svc.reconcile(session, now=t1 + timedelta(seconds=60), lease_grace_s=30)
+    assert result.failed == [job.id] and result.dispatch == []
+    failed = svc.get_job(session, job.id).job
+    assert failed.state == "failed" and "lease of w2 expired" in failed.error
+    assert _kinds(session, job.id)[-1] == "failed"
+
+
+def test_reconcile_redispatches_queued_jobs_with_backoff(session, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    t0 = utcnow()
+    job = svc.submit_job(session, "acme", job_spec)
+    assert svc.reconcile(session, now=t0 + timedelta(seconds=10), redispatch_after_s=60).dispatch == []
+    svc.mark_dispatched(session, [job.id], now=t0)
+
+    def due(seconds: float) -> list[str]:
+        return svc.reconcile(session, now=t0 + timedelta(seconds=seconds), redispatch_after_s=60).dispatch
+
+    assert due(90) == []  # one dispatch so far: wait 2 x 60 s
+    assert due(130) == [job.id]
+    assert due(130 + 200) == []  # two dispatches: wait 4 x 60 s
+    assert due(130 + 250) == [job.id]
+    never_sent = svc.submit_job(session, "acme", job_spec)  # message lost right after submit
+    late = utcnow() + timedelta(seconds=61)
+    assert never_sent.id in svc.reconcile(session, now=late, redispatch_after_s=60).dispatch
