@@ -31,7 +31,9 @@ class TaskInfo:
     base_model: str = "minilm-l6"
     max_length: int = 128
     # Training defaults, overridable by the spec.
-    lora_lr: float = 5e-4
+    # One-epoch budgets: LoRA's update starts at zero and needs ~40x the full-FT rate to move as far
+    # (SST-2 on MiniLM-L6, one epoch: lr 5e-4 -> 83.1, 1e-3 -> 84.2, 2e-3 -> 85.3; full 5e-5 -> 84.2).
+    lora_lr: float = 2e-3
     full_lr: float = 5e-5
     head_lr: float | None = 2e-3
     warmup_ratio: float = 0.06

@@ -1,0 +1,1 @@
+"""The admin CLI, split by command group (tenant, job, adapter, worker, db, quickstart)."""

@@ -1,0 +1,125 @@
+"""`lorafleet adapter …`: list, show, export, delete, and predict with trained adapters."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.cli.helpers import CliError, emit, json_option, open_session, print_record, print_table
+
+ADAPTER_COLUMNS = ("id", "task", "method", "rank", "base_model", "bytes", "trainable_params", "created_at")
+
+
+def _adapter(adapter_id: str) -> dict[str, Any]:
+    from orchestrator.services import get_adapter
+    from orchestrator.services.views import adapter_dict
+
+    with open_session() as session:
+        return adapter_dict(get_adapter(session, adapter_id))
+
+
+@click.group()
+def adapter() -> None:
+    """Trained adapters (PEFT format folders under the artifacts root)."""
+
+
+@adapter.command("list")
+@click.option("--tenant", help="Only this tenant's adapters.")
+@click.option("--task", help="Only adapters for this task.")
+@click.option("--base-model", help="Only adapters of this base model.")
+@json_option
+def list_(tenant: str | None, task: str | None, base_model: str | None, as_json: bool) -> None:
+    """List live adapters, oldest first."""
+    from orchestrator.services import list_adapters
+    from orchestrator.services.views import adapter_dict
+
+    with open_session() as session:
+        views = [
+            adapter_dict(a) for a in list_adapters(session, tenant=tenant, task=task, base_model=base_model)
+        ]
+    emit(views, as_json, lambda v: print_table(v, ADAPTER_COLUMNS))
+
+
+@adapter.command("show")
+@click.argument("adapter_id")
+@json_option
+def show(adapter_id: str, as_json: bool) -> None:
+    """Show one adapter: files, checksum, size, lineage."""
+    emit(_adapter(adapter_id), as_json, print_record)
+
+
+@adapter.command("export")
+@click.argument("adapter_id")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@json_option
+def export(adapter_id: str, dest: Path, as_json: bool) -> None:
+    """Copy the adapter's folder to DEST (new or empty), after checking its sha256.
+
+    The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`.
+    """
+    from lora_engine.adapter_io import adapter_files_digest
+
+    view = _adapter(adapter_id)
+    source = Path(view["path"])
+    if not source.is_dir():
+        raise CliError(f"adapter {adapter_id}: its folder {source} is missing")
+    sha256, _ = adapter_files_digest(source)
+    if sha256 != view["sha256"]:
+        raise CliError(
+            f"adapter {adapter_id}: files changed since training (sha256 {sha256} != {view['sha256']})"
+        )
+    if dest.exists() and any(dest.iterdir()):
+        raise CliError(f"{dest} exists and is not empty; give a new or empty folder")
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+    emit(
+        {"id": adapter_id, "path": str(dest.resolve()), "sha256": sha256},
+        as_json,
+        lambda v: click.echo(v["path"]),
+    )
+
+
+@adapter.command("delete")
+@click.argument("adapter_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def delete(adapter_id: str, yes: bool, as_json: bool) -> None:
+    """Delete the adapter's files (the registry keeps its history)."""
+    from orchestrator.services import delete_adapter
+
+    if not yes and not as_json:
+        click.confirm(f"delete adapter {adapter_id} and its files?", abort=True, err=True)
+    with open_session() as session:
+        row = delete_adapter(session, adapter_id)
+        view = {"id": row.id, "deleted_at": row.deleted_at}
+    emit(view, as_json, print_record)
+
+
+@adapter.command("predict")
+@click.argument("adapter_id")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--merged", is_flag=True, help="Merge LoRA into the base weights first (faster inference).")
+@json_option
+def predict(adapter_id: str, texts: tuple[str, ...], merged: bool, as_json: bool) -> None:
+    """Classify TEXTS (or generate from them, for generation adapters) in this process.
+
+    For sentence-pair tasks give each pair as one argument, the two sentences separated by ' ||| '.
+    """
+    view = _adapter(adapter_id)
+    from lora_engine.predict import load_for_inference  # torch + transformers: only here
+
+    predictor = load_for_inference(view["path"], merged=merged)
+    if predictor.kind == "generation":
+        outputs = [
+            {"input": t, "output": o} for t, o in zip(texts, predictor.generate(list(texts)), strict=True)
+        ]
+        emit(outputs, as_json, lambda v: [click.echo(f"{o['input']}\n  → {o['output']}") for o in v])
+        return
+    pairs = [tuple(t.split(" ||| ", 1)) if " ||| " in t else t for t in texts]
+    predictions = predictor.classify(pairs)
+    outputs = [{"input": t, **p.as_dict()} for t, p in zip(texts, predictions, strict=True)]
+    emit(
+        outputs, as_json, lambda v: [click.echo(f"{p}\t{t}") for t, p in zip(texts, predictions, strict=True)]
+    )

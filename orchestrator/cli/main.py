@@ -1,0 +1,53 @@
+"""`lorafleet`: the admin CLI (console script). Thin adapters: parse, call one service, print.
+
+Start-up imports only Click and the command modules, which import nothing heavy at module level:
+SQLAlchemy, Celery, torch and transformers load inside the commands that need them, so
+`lorafleet --help` answers in well under 0.3 s (see bench/bench_cli_help.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from orchestrator.cli import adapter, db, job, quickstart, tenant, worker
+from orchestrator.cli.helpers import to_cli_error
+
+
+class LoraFleetGroup(click.Group):
+    """The root group: maps our typed errors, raised by any subcommand, to a clean CLI error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            error = to_cli_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+
+@click.group(cls=LoraFleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lorafleet")
+def cli() -> None:
+    """lorafleet: multi-tenant LoRA fine-tuning jobs, workers and adapters.
+
+    Embedded by default (SQLite registry and broker under ./.lorafleet, or $LORAFLEET_HOME);
+    set LORAFLEET_DATABASE_URL / LORAFLEET_BROKER_URL for PostgreSQL + Redis.
+    """
+
+
+cli.add_command(tenant.tenant)
+cli.add_command(job.job)
+cli.add_command(adapter.adapter)
+cli.add_command(worker.worker)
+cli.add_command(worker.reconcile)
+cli.add_command(quickstart.quickstart)
+cli.add_command(db.db)
+
+
+if __name__ == "__main__":
+    cli()

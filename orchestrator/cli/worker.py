@@ -1,0 +1,145 @@
+"""`lorafleet worker` and `lorafleet reconcile`: run the GPU workers and the reconciler."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from orchestrator.cli.helpers import emit, json_option, status
+
+
+def worker_argv(
+    *, queue: str, concurrency: int, loglevel: str, hostname: str | None, beat: bool
+) -> list[str]:
+    """Arguments of `celery -A worker.celery_app worker` for one worker process.
+
+    One job at a time per GPU: the solo pool runs the task in the worker's own process, so the
+    warm base-model cache survives between jobs and nothing forks after CUDA is initialised.
+    `--concurrency` > 1 (CPU-only machines) switches to the prefork pool.
+    """
+    pool = (
+        ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
+    )
+    argv = ["worker", "-Q", queue, *pool, "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["--hostname", hostname]
+    if beat:
+        argv.append("--beat")
+    return argv
+
+
+def visible_devices(gpus: int, env: dict[str, str] | None = None) -> list[str]:
+    """The device ids for `gpus` worker processes: the first `gpus` of an inherited
+    CUDA_VISIBLE_DEVICES (a container or scheduler may have given us e.g. "2,3"), else 0..gpus-1."""
+    inherited = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if inherited is None or not inherited.strip():
+        return [str(i) for i in range(gpus)]
+    ids = [d.strip() for d in inherited.split(",") if d.strip()]
+    if gpus > len(ids):
+        raise click.UsageError(
+            f"--gpus {gpus}: CUDA_VISIBLE_DEVICES={inherited!r} shows only {len(ids)} device(s)"
+        )
+    return ids[:gpus]
+
+
+@click.command()
+@click.option(
+    "--gpus", type=click.IntRange(min=1), help="Start one worker process per GPU (CUDA_VISIBLE_DEVICES=i)."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Jobs run at once per worker process (1: solo pool, the right choice for a GPU).",
+)
+@click.option("--loglevel", default="info", show_default=True)
+@click.option(
+    "--beat", is_flag=True, help="Also run the periodic reconciler in this worker (one per cluster)."
+)
+def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool) -> None:
+    """Start a Celery worker that trains queued jobs (Ctrl-C stops it after a warm shutdown)."""
+    from orchestrator.config import get_settings
+
+    queue = get_settings().queue
+    if gpus is None:
+        from worker.celery_app import app
+
+        app.worker_main(
+            worker_argv(queue=queue, concurrency=concurrency, loglevel=loglevel, hostname=None, beat=beat)
+        )
+        return
+    # One process per GPU, each seeing only its own device: a process never initialises CUDA on
+    # a GPU it does not own, and a crash takes down one GPU's job only.
+    devices = visible_devices(gpus)
+    procs = []
+    for index, device in enumerate(devices):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
+        argv = worker_argv(
+            queue=queue,
+            concurrency=concurrency,
+            loglevel=loglevel,
+            hostname=f"gpu{index}@%h",
+            beat=beat and index == 0,
+        )
+        procs.append(
+            # Own session: a terminal's Ctrl-C reaches them once, through `forward`, not twice
+            # (Celery takes a second SIGINT as a cold shutdown that kills the running job).
+            subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.celery_app", *argv],
+                env=env,
+                start_new_session=True,
+            )
+        )
+    status(f"started {gpus} worker process(es): {', '.join(str(p.pid) for p in procs)}")
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise SystemExit(max(codes))
+
+
+@click.command()
+@click.option("--every", type=click.FloatRange(min=0.1), help="Repeat every SECONDS until interrupted.")
+@click.option(
+    "--lease-grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds past a lease's expiry before its job is taken back.",
+)
+@click.option(
+    "--redispatch-after",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds a queued job waits before its message is sent again (doubles per re-send).",
+)
+@json_option
+def reconcile(every: float | None, lease_grace: float, redispatch_after: float, as_json: bool) -> None:
+    """Requeue (or fail) jobs whose lease expired; re-send messages for queued jobs that wait."""
+    from orchestrator.dispatch import reconcile_once
+
+    while True:
+        report = reconcile_once(lease_grace_s=lease_grace, redispatch_after_s=redispatch_after)
+        emit(
+            report,
+            as_json,
+            lambda r: click.echo(
+                f"dispatched {len(r['dispatched'])}, requeued {len(r['requeued'])}, failed {len(r['failed'])}"
+            ),
+        )
+        if every is None:
+            return
+        time.sleep(every)

@@ -1,0 +1,122 @@
+"""A small Celery client that tells the workers a job is waiting.
+
+The orchestrator never imports `worker`: it sends `lorafleet.run_job` by name to the `gpu` queue.
+The message carries only the job id; the registry is the source of truth, so a lost or duplicated
+message costs nothing (the reconciler re-sends, a second claim finds nothing). Celery is imported
+inside the functions so that the CLI starts without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+RUN_JOB = "lorafleet.run_job"
+RECONCILE = "lorafleet.reconcile"
+
+_clients: dict[str, Celery] = {}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings shared by the sending client and the worker app.
+
+    Long GPU jobs: the message is acknowledged only after the job ends (`task_acks_late`), a
+    worker takes one message at a time (`worker_prefetch_multiplier=1`), and a message whose
+    worker died is returned to the queue (`task_reject_on_worker_lost`). Redis redelivers an
+    unacknowledged message after `visibility_timeout`, so that must exceed the longest job.
+    """
+    redis = settings.broker_url.startswith(("redis://", "rediss://"))
+    # Only Redis redelivers by timeout; the SQL transport rejects unknown options (see worker.transport).
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout} if redis else {}
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": options,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.queue,
+        "task_routes": {RUN_JOB: {"queue": settings.queue}},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_hijack_root_logger": False,
+        # Task events feed Flower; they need a broadcast exchange, which the SQL transport lacks.
+        "worker_send_task_events": redis,
+        "task_send_sent_event": redis,
+    }
+
+
+def ensure_broker_dir(broker_url: str) -> None:
+    """Create the folder of an embedded SQLite broker file (SQLite creates files, not folders)."""
+    prefix = "sqla+sqlite:///"
+    if broker_url.startswith(prefix) and broker_url != prefix + ":memory:":
+        Path(broker_url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def celery_client(settings: Settings | None = None) -> Celery:
+    """A sending-only Celery app for this broker URL (one per process and URL)."""
+    settings = settings or get_settings()
+    client = _clients.get(settings.broker_url)
+    if client is None:
+        from celery import Celery
+
+        ensure_broker_dir(settings.broker_url)
+        client = Celery("lorafleet-client", set_as_current=False)
+        client.conf.update(celery_config(settings))
+        _clients[settings.broker_url] = client
+    return client
+
+
+def send_run_job(job_id: str, *, settings: Settings | None = None, countdown: float | None = None) -> None:
+    """Queue one `lorafleet.run_job(job_id)` message on the GPU queue."""
+    settings = settings or get_settings()
+    celery_client(settings).send_task(RUN_JOB, args=[str(job_id)], queue=settings.queue, countdown=countdown)
+
+
+def close_clients() -> None:
+    """Release broker connections (tests, and a CLI process about to exit)."""
+    for client in _clients.values():
+        client.close()
+    _clients.clear()
+
+
+def announce_jobs(job_ids: list[str], *, settings: Settings | None = None) -> None:
+    """Send a message per queued job and record the dispatch (after the jobs were committed).
+
+    A crash between the two is harmless: the reconciler re-sends for queued jobs whose last
+    dispatch is old, and a second message for a job finds nothing to claim.
+    """
+    from orchestrator.registry.db import session_scope
+    from orchestrator.services import mark_dispatched
+
+    settings = settings or get_settings()
+    if not job_ids:
+        return
+    for job_id in job_ids:
+        send_run_job(job_id, settings=settings)
+    with session_scope(settings) as session:
+        mark_dispatched(session, list(job_ids))
+
+
+def reconcile_once(
+    *, settings: Settings | None = None, lease_grace_s: float = 30.0, redispatch_after_s: float = 60.0
+) -> dict[str, list[str]]:
+    """One reconciler pass: requeue/fail expired leases, then (re-)send messages for queued jobs.
+
+    Returns {"dispatched": [...], "requeued": [...], "failed": [...]} (job ids).
+    """
+    from orchestrator.registry.db import session_scope
+    from orchestrator.services import reconcile
+
+    settings = settings or get_settings()
+    with session_scope(settings) as session:
+        result = reconcile(session, lease_grace_s=lease_grace_s, redispatch_after_s=redispatch_after_s)
+    for job_id in result.dispatch:
+        send_run_job(job_id, settings=settings)
+    return {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed}

@@ -1,0 +1,169 @@
+"""The job flow end to end with a real worker process, embedded (SQLite) and cluster (PG + Redis).
+
+Each test submits through the services and the dispatch client, exactly as the CLI does, then
+watches the registry: the worker is a separate process that only shares the registry, the
+broker and the artifacts folder with the test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lora_engine.adapter_io import adapter_files_digest
+from orchestrator.dispatch import announce_jobs, reconcile_once
+from orchestrator.registry.db import session_scope
+from orchestrator.services import (
+    cancel_job,
+    claim_job,
+    create_tenant,
+    get_job,
+    job_events,
+    submit_job,
+)
+from tests.integration.workers import LiveWorker, wait_for
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+# Tiny real jobs: a random-init 2-layer BERT, a few optimiser steps on small batches.
+TINY = {
+    "task": "sst2",
+    "method": "lora",
+    "rank": 4,
+    "base_model": "tiny-bert",
+    "max_steps": 3,
+    "batch_size": 4,
+    "eval_size": 16,
+}
+
+
+def _tenant(worker: LiveWorker, slug: str) -> str:
+    with session_scope(worker.settings) as s:
+        return create_tenant(s, slug, max_running=2).slug
+
+
+def _submit(worker: LiveWorker, tenant: str, dispatch: bool = True, **spec: Any) -> str:
+    with session_scope(worker.settings) as s:
+        job_id = submit_job(s, tenant, {**TINY, **spec}).id
+    if dispatch:
+        announce_jobs([job_id], settings=worker.settings)
+    return job_id
+
+
+def _detail(worker: LiveWorker, job_id: str) -> dict[str, Any]:
+    with session_scope(worker.settings) as s:
+        return get_job(s, job_id).to_dict()
+
+
+def _events(worker: LiveWorker, job_id: str) -> list[dict[str, Any]]:
+    with session_scope(worker.settings) as s:
+        return [{"kind": e.kind, "message": e.message, "data": e.data} for e in job_events(s, job_id)]
+
+
+def _wait_terminal(worker: LiveWorker, job_ids: list[str], timeout: float = 90) -> dict[str, dict]:
+    def done() -> dict[str, dict] | None:
+        details = {j: _detail(worker, j) for j in job_ids}
+        return details if all(d["state"] in TERMINAL for d in details.values()) else None
+
+    return wait_for(done, timeout, f"jobs {job_ids} to finish", worker, interval=0.5)
+
+
+def test_jobs_of_two_tenants_each_run_exactly_once(live_worker: LiveWorker):
+    a, b = _tenant(live_worker, "tenant-a"), _tenant(live_worker, "tenant-b")
+    jobs = [
+        _submit(live_worker, a, seed=1),
+        _submit(live_worker, b, seed=2, method="rslora"),
+        _submit(live_worker, a, seed=3, task="mrpc"),
+        _submit(live_worker, b, seed=4),
+    ]
+    # A duplicate message (lost ack, redelivery, an eager reconciler) must not run a job twice.
+    announce_jobs([jobs[0]], settings=live_worker.settings)
+    details = _wait_terminal(live_worker, jobs, timeout=150)
+
+    for job_id, detail in details.items():
+        assert detail["state"] == "succeeded", (detail, _events(live_worker, job_id))
+        assert detail["attempts"] == 1
+        kinds = [e["kind"] for e in _events(live_worker, job_id)]
+        assert kinds.count("claimed") == 1 and kinds.count("succeeded") == 1
+        adapter = detail["adapter"]
+        path = Path(adapter["path"])
+        # Paths are built from ids: <artifacts>/<tenant_id>/<adapter_id>.
+        assert path == live_worker.settings.artifacts / detail["tenant_id"] / adapter["id"]
+        assert (path / "adapter_config.json").is_file()
+        assert adapter_files_digest(path) == (adapter["sha256"], adapter["bytes"])
+        assert set(detail["metrics"]["validation"]) >= {"accuracy"}
+        assert detail["usage"] and detail["usage"][0]["examples"] >= 3 * TINY["batch_size"]
+    # Checkpoints of succeeded jobs are cleaned up; no staging folders remain.
+    assert not list(live_worker.settings.artifacts.glob("*/checkpoints/*"))
+    assert not list(live_worker.settings.artifacts.glob("*/.staging/*"))
+
+
+def test_running_job_is_cancelled_cooperatively(live_worker: LiveWorker):
+    tenant = _tenant(live_worker, "canceller")
+    job_id = _submit(live_worker, tenant, max_steps=100_000)
+    wait_for(
+        lambda: (_detail(live_worker, job_id)["progress"]["step"] or 0) >= 1,
+        90,
+        "the job to start training",
+        live_worker,
+    )
+    with session_scope(live_worker.settings) as s:
+        assert cancel_job(s, job_id).state == "running"  # a flag: the training loop obeys it
+    detail = _wait_terminal(live_worker, [job_id], timeout=60)[job_id]
+    assert detail["state"] == "cancelled"
+    assert detail["adapter"] is None
+    assert detail["progress"]["step"] < 100_000
+    kinds = [e["kind"] for e in _events(live_worker, job_id)]
+    assert kinds.index("cancel_requested") < kinds.index("cancelled")
+    # Stopping saved a checkpoint: `job retry` resumes from it.
+    assert list(
+        (live_worker.settings.artifacts / detail["tenant_id"] / "checkpoints" / job_id).glob("step-*")
+    )
+
+
+def test_bad_data_fails_with_reason_and_worker_survives(live_worker: LiveWorker, tmp_path: Path):
+    tenant = _tenant(live_worker, "bad-data")
+    data = tmp_path / "reviews.jsonl"
+    # Passes submit-time checks (the file exists), fails the worker's row validation.
+    rows = [{"text": "great", "label": "pos"}, {"text": "awful"}, {"text": 3, "label": "neg"}] * 4
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    bad = _submit(
+        live_worker, tenant, task="custom-classification", dataset=str(data), max_steps=2, eval_size=None
+    )
+    good = _submit(live_worker, tenant, seed=7)
+    details = _wait_terminal(live_worker, [bad, good])
+
+    assert details[bad]["state"] == "failed"
+    assert details[bad]["attempts"] == 1  # bad input is not retried
+    failed = [e for e in _events(live_worker, bad) if e["kind"] == "failed"]
+    assert len(failed) == 1 and "DataValidationError" in failed[0]["message"]
+    assert "line 2" in failed[0]["message"] and "label" in failed[0]["message"]
+    assert details[good]["state"] == "succeeded"
+    assert live_worker.alive()
+
+
+def test_reconciler_returns_expired_lease_to_the_queue(live_worker: LiveWorker):
+    tenant = _tenant(live_worker, "orphans")
+    job_id = _submit(live_worker, tenant, dispatch=False, seed=11)
+    # A worker that claims the job and dies: its lease expires and nobody heartbeats.
+    with session_scope(live_worker.settings) as s:
+        assert claim_job(s, job_id, "ghost@dead-host:1", lease_seconds=0.5) is not None
+    wait_for(
+        lambda: reconcile_once(settings=live_worker.settings, lease_grace_s=0.0)["requeued"] == [job_id],
+        10,
+        "the reconciler to requeue the job",
+        live_worker,
+        interval=0.3,
+    )
+    detail = _wait_terminal(live_worker, [job_id])[job_id]
+    assert detail["state"] == "succeeded"
+    assert detail["attempts"] == 2
+    events = _events(live_worker, job_id)
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("claimed") == 2 and "requeued" in kinds
+    assert kinds.index("requeued") < len(kinds) - 1 - kinds[::-1].index("claimed")
+    assert "ghost@dead-host:1" in next(e["message"] for e in events if e["kind"] == "requeued")

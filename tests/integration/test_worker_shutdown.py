@@ -1,0 +1,100 @@
+"""Stopping a worker mid-job (a deploy, a scale-down): the job checkpoints, goes back to the
+queue, and the next worker resumes it from that checkpoint instead of starting over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_settings
+from orchestrator.dispatch import announce_jobs, close_clients
+from orchestrator.registry import db
+from orchestrator.registry.db import session_scope
+from orchestrator.services import create_tenant, get_job, job_events, submit_job
+from tests.integration.workers import (
+    WORKER_START_TIMEOUT_S,
+    LiveWorker,
+    start_worker,
+    stop_worker,
+    wait_for,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _start(env: dict[str, str], home: Path, name: str) -> LiveWorker:
+    worker = LiveWorker(
+        load_settings(env), env, start_worker(env, home / f"{name}.log"), home / f"{name}.log", "embedded"
+    )
+    wait_for(lambda: " ready." in worker.log(), WORKER_START_TIMEOUT_S, f"{name} to start", worker)
+    return worker
+
+
+def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_path: Path):
+    env = {**worker_env(tmp_path), "LORAFLEET_CHECKPOINT_EVERY": "1000"}  # only the stop checkpoints
+    settings = load_settings(env)
+    first = _start(env, tmp_path, "first")
+    second = None
+    try:
+        with session_scope(settings) as s:
+            create_tenant(s, "deploys", max_running=1)
+            job_id = submit_job(
+                s,
+                "deploys",
+                {
+                    "task": "sst2",
+                    "base_model": "tiny-bert",
+                    "rank": 4,
+                    "max_steps": 20,
+                    "batch_size": 4,
+                    "eval_size": 16,
+                },
+            ).id
+        announce_jobs([job_id], settings=settings)
+
+        def step() -> int:
+            with session_scope(settings) as s:
+                return get_job(s, job_id).job.progress_step or 0
+
+        wait_for(lambda: step() >= 3, 90, "the job to train a few steps", first)
+        stop_worker(first.proc)
+        assert first.proc.returncode == 0
+        with session_scope(settings) as s:
+            detail = get_job(s, job_id).to_dict()
+            events = list(job_events(s, job_id))
+        assert detail["state"] == "queued" and detail["attempts"] == 1
+        requeued = [e for e in events if e.kind == "requeued"]
+        assert len(requeued) == 1 and "worker shutting down" in requeued[0].message
+        stopped_at = detail["progress"]["step"]
+        ckpt = settings.artifacts / detail["tenant_id"] / "checkpoints" / job_id
+        assert [p.name for p in ckpt.glob("step-*")] == [f"step-{stopped_at:08d}"]
+
+        second = _start(env, tmp_path, "second")
+        wait_for(
+            lambda: get_state(settings, job_id) in ("succeeded", "failed", "cancelled"),
+            90,
+            "the resumed job to finish",
+            second,
+        )
+        with session_scope(settings) as s:
+            detail = get_job(s, job_id).to_dict()
+            events = list(job_events(s, job_id))
+        assert detail["state"] == "succeeded" and detail["attempts"] == 2
+        claims = [i for i, e in enumerate(events) if e.kind == "claimed"]
+        assert len(claims) == 2
+        # Resumed, not restarted: the second attempt's first progress is past the stop.
+        resumed = next(e for e in events[claims[1] :] if e.kind == "progress")
+        assert resumed.data["step"] > stopped_at
+    finally:
+        stop_worker(first.proc)
+        if second is not None:
+            stop_worker(second.proc)
+        close_clients()
+        db.forget_engine(settings.database_url)
+
+
+def get_state(settings, job_id: str) -> str:
+    with session_scope(settings) as s:
+        return get_job(s, job_id).job.state

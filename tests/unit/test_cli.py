@@ -1,0 +1,150 @@
+"""The admin CLI through Click's CliRunner, on a temporary embedded home (SQLite registry and
+broker). Assertions are on the registry and the broker, not on printed text."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli.main import cli
+from orchestrator.config import get_settings
+from orchestrator.registry.db import forget_engine, session_scope
+from orchestrator.services import get_job, list_jobs
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LORAFLEET_DATA_DIR", "/work/shared/data")
+    for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    from orchestrator.dispatch import close_clients
+
+    close_clients()
+    forget_engine(get_settings().database_url)
+    get_settings.cache_clear()
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+def queued_messages(home: Path) -> list[dict]:
+    """The Celery messages waiting in the embedded broker (kombu's SQL transport tables)."""
+    with sqlite3.connect(home / "broker.db") as conn:
+        payloads = [row[0] for row in conn.execute("SELECT payload FROM kombu_message WHERE visible = 1")]
+    out = []
+    for payload in payloads:
+        message = json.loads(payload)
+        body = json.loads(base64.b64decode(message["body"]))
+        out.append({"task": message["headers"]["task"], "args": body[0], "kwargs": body[1]})
+    return out
+
+
+def test_submit_queues_a_job_and_sends_only_its_id(home: Path):
+    run("tenant", "create", "acme")
+    result = run(
+        "job",
+        "submit",
+        "--tenant",
+        "acme",
+        "--task",
+        "sst2",
+        "--method",
+        "dora",
+        "--rank",
+        "4",
+        "--max-steps",
+        "10",
+        "--base-model",
+        "tiny-bert",
+        "--json",
+    )
+    job_id = json.loads(result.stdout)["id"]
+    with session_scope() as s:
+        job = get_job(s, job_id).to_dict()
+    assert (job["state"], job["method"], job["rank"], job["spec"]["max_steps"]) == ("queued", "dora", 4, 10)
+    assert queued_messages(home) == [{"task": "lorafleet.run_job", "args": [job_id], "kwargs": {}}]
+
+    shown = json.loads(run("job", "show", job_id, "--json").stdout)
+    assert {"state", "attempts", "metrics", "adapter"} <= set(shown) and shown["adapter"] is None
+    # Cancelling a queued job is immediate.
+    run("job", "cancel", job_id)
+    with session_scope() as s:
+        assert get_job(s, job_id).job.state == "cancelled"
+
+
+def test_bad_spec_lists_every_problem_and_writes_nothing(home: Path):
+    run("tenant", "create", "acme")
+    result = run("job", "submit", "--tenant", "acme", "--task", "sst3", "--rank", "0", "--lr", "-1", ok=False)
+    assert result.exit_code == 1
+    for field in ("task", "rank", "lr"):
+        assert f"- {field}:" in result.stderr
+    with session_scope() as s:
+        assert list_jobs(s) == []
+    assert not (home / "broker.db").exists() or queued_messages(home) == []
+
+
+def test_submit_batch_is_all_or_nothing(home: Path, tmp_path: Path):
+    run("tenant", "create", "acme")
+    run("tenant", "create", "globex")
+    good = [
+        {"tenant": "acme", "task": t, "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
+        for t in ("sst2", "mrpc", "rte")
+    ]
+    bad = [*good, {"tenant": "globex", "task": "cola", "method": "qlora"}]
+    (tmp_path / "bad.yaml").write_text(json.dumps(bad))  # JSON is YAML
+    result = run("job", "submit-batch", str(tmp_path / "bad.yaml"), ok=False)
+    assert result.exit_code == 1 and "item 3" in result.stderr
+    with session_scope() as s:
+        assert list_jobs(s) == []
+
+    (tmp_path / "good.jsonl").write_text("\n".join(json.dumps(item) for item in good))
+    ids = [
+        item["id"]
+        for item in json.loads(run("job", "submit-batch", str(tmp_path / "good.jsonl"), "--json").stdout)
+    ]
+    with session_scope() as s:
+        assert sorted(j.id for j in list_jobs(s, tenant="acme", state="queued")) == sorted(ids)
+    assert sorted(m["args"][0] for m in queued_messages(home)) == sorted(ids)
+
+
+def test_unknown_ids_and_tenants_exit_non_zero(home: Path):
+    assert run("job", "show", "no-such-job", ok=False).exit_code == 3
+    assert run("tenant", "show", "nobody", ok=False).exit_code == 3
+    assert run("tenant", "create", "Bad Slug", ok=False).exit_code == 1
+    run("tenant", "create", "acme")
+    assert run("tenant", "create", "acme", ok=False).exit_code == 4
+    assert json.loads(run("adapter", "list", "--json").stdout) == []
+
+
+def test_worker_command_runs_one_solo_process_per_gpu():
+    from orchestrator.cli.worker import worker_argv
+
+    solo = worker_argv(queue="gpu", concurrency=1, loglevel="info", hostname="gpu0@%h", beat=False)
+    assert solo[:3] == ["worker", "-Q", "gpu"] and solo[solo.index("--pool") + 1] == "solo"
+    assert solo[solo.index("--hostname") + 1] == "gpu0@%h" and "--beat" not in solo
+    cpu = worker_argv(queue="gpu", concurrency=4, loglevel="info", hostname=None, beat=True)
+    assert cpu[cpu.index("--pool") + 1] == "prefork" and cpu[cpu.index("--concurrency") + 1] == "4"
+    assert "--beat" in cpu
+
+
+def test_gpu_workers_split_the_visible_devices():
+    from click import UsageError
+
+    from orchestrator.cli.worker import visible_devices
+
+    assert visible_devices(2, {}) == ["0", "1"]
+    assert visible_devices(2, {"CUDA_VISIBLE_DEVICES": "2,3,5"}) == ["2", "3"]
+    with pytest.raises(UsageError, match="only 1 device"):
+        visible_devices(2, {"CUDA_VISIBLE_DEVICES": "7"})

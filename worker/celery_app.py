@@ -1,0 +1,76 @@
+"""The Celery app of the GPU workers: configuration and lifecycle signals only.
+
+Settings for long GPU jobs come from `orchestrator.dispatch.celery_config` (shared with the
+sending client): acks late, prefetch 1, reject on worker lost, a Redis visibility timeout above
+the longest job, the `gpu` queue. Here:
+
+- the embedded broker (`sqla+sqlite`) is consumed through a transport polling every 0.1 s
+  (`worker.transport`: the interval cannot be a transport option, it would reach create_engine);
+- after a fork (prefork pool) each child drops the registry engines it inherited, so no two
+  processes share a socket or SQLite handle, and forgets any warm model;
+- the parent never touches CUDA: torch is imported by the task, inside the process that runs it
+  (the solo pool runs tasks in the worker process itself; `lorafleet worker --gpus N` starts one
+  such process per GPU);
+- on shutdown the running job checkpoints and goes back to the queue (see `_shutting_down`);
+- a beat schedule runs the reconciler (`celery … worker --beat`, or `lorafleet reconcile --every`).
+
+Start a worker: `celery -A worker.celery_app worker -Q gpu --pool solo` or `lorafleet worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+
+from orchestrator.config import get_settings
+from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir
+from worker.transport import consumer_broker_url
+
+RECONCILE_EVERY_S = 60.0
+
+settings = get_settings()
+ensure_broker_dir(settings.broker_url)
+app = Celery("lorafleet", include=["worker.tasks"])
+app.conf.update(celery_config(settings))
+app.conf.update(
+    broker_url=consumer_broker_url(settings.broker_url),
+    beat_schedule={
+        "reconcile": {"task": RECONCILE, "schedule": RECONCILE_EVERY_S, "options": {"queue": settings.queue}}
+    },
+    # Beat's schedule file goes under LORAFLEET_HOME, not the current directory.
+    beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
+)
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """A forked pool child: drop inherited registry connections and any inherited warm model."""
+    from orchestrator.registry.db import dispose_engines
+    from worker.runner import reset_model_cache
+
+    dispose_engines()
+    reset_model_cache()
+
+
+@worker_shutting_down.connect
+def _shutting_down(**_: Any) -> None:
+    """SIGTERM/SIGINT: the running job checkpoints at its next step and is requeued, so a deploy
+    or a scale-down costs at most one step of work, not the rest of the job."""
+    from worker.runner import request_shutdown
+
+    request_shutdown()
+
+
+@worker_ready.connect
+def _ready(**_: Any) -> None:
+    """Create/migrate the embedded registry once, before the first job (not inside a job)."""
+    from orchestrator.registry.db import ensure_schema
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_schema(settings)
+    logging.getLogger(__name__).info(
+        "lorafleet worker ready: registry %s, queue %s", settings.database_url.split("@")[-1], settings.queue
+    )

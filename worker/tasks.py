@@ -1,0 +1,37 @@
+"""Thin Celery tasks: ids in, one call into the runner or the services, the outcome logged.
+
+Exceptions are classified by `worker.policy` inside the runner; a task only lets through what
+must reach Celery (a bug in the runner itself), so a job's failure never kills the worker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from orchestrator.dispatch import RECONCILE, RUN_JOB
+from worker.celery_app import app
+
+
+@app.task(name=RUN_JOB, bind=True, ignore_result=True)
+def run_job(self: Any, job_id: str) -> str:
+    """Claim and run a queued job; returns the outcome (succeeded, failed, cancelled, requeued, …)."""
+    from celery.exceptions import Reject
+
+    from worker.runner import run_job as execute
+    from worker.runner import shutting_down
+
+    if shutting_down():
+        # This worker is stopping: hand the message back for another (or the restarted) worker.
+        raise Reject("worker shutting down", requeue=True)
+
+    worker_id = f"{self.request.hostname or 'worker'}:{os.getpid()}"
+    return execute(job_id, worker_id=worker_id).outcome
+
+
+@app.task(name=RECONCILE, ignore_result=True)
+def reconcile() -> dict[str, list[str]]:
+    """One reconciler pass (beat schedule): expired leases back to the queue, lost messages re-sent."""
+    from orchestrator.dispatch import reconcile_once
+
+    return reconcile_once()

@@ -1,0 +1,39 @@
+"""The embedded broker: kombu's SQLAlchemy transport, polling every 0.1 s instead of every 1 s.
+
+Why a subclass: kombu's virtual transports read `polling_interval` from the transport options,
+but the SQLAlchemy channel hands every transport option it does not know straight to
+`sqlalchemy.create_engine`, so `broker_transport_options={"polling_interval": 0.1}` makes the
+worker crash on connect (`TypeError: Invalid argument(s) 'polling_interval'`). The interval is a
+class attribute of the transport, so a subclass sets it and no option reaches the engine.
+
+The worker app maps the user-facing `sqla+sqlite:///…` URL onto this transport by registering it
+under its own alias (`lorafleet-sqla+sqlite:///…`); senders keep using kombu's transport, which
+reads and writes the same tables.
+"""
+
+from __future__ import annotations
+
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport.sqlalchemy import Transport as SQLAlchemyTransport
+
+ALIAS = "lorafleet-sqla"
+# Seconds between polls of an empty queue: the latency from submit to pick-up when idle. Each
+# poll is one small indexed SELECT on a local SQLite file, so 10 polls a second cost nothing.
+POLLING_INTERVAL = 0.1
+
+
+class PollingSQLAlchemyTransport(SQLAlchemyTransport):
+    polling_interval = POLLING_INTERVAL
+
+
+def register() -> None:
+    """Make `lorafleet-sqla+<sqlalchemy url>` resolve to the transport above (idempotent)."""
+    TRANSPORT_ALIASES.setdefault(ALIAS, f"{__name__}:PollingSQLAlchemyTransport")
+
+
+def consumer_broker_url(url: str) -> str:
+    """The URL a consuming worker uses: the polling transport for `sqla+…`, anything else unchanged."""
+    if url.startswith("sqla+"):
+        register()
+        return f"{ALIAS}+{url.removeprefix('sqla+')}"
+    return url
