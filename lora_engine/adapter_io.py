@@ -1,0 +1,368 @@
+"""Adapter files in the Hugging Face PEFT format, written atomically, read strictly.
+
+A folder holds `adapter_config.json` (PEFT's LoraConfig fields), `adapter_model.safetensors` (keys
+as PEFT writes them: `base_model.model.<module>.lora_A.weight`, `...lora_B.weight`, DoRA's
+`...lora_magnitude_vector`, whole saved modules such as `base_model.model.classifier.weight`) and
+`lorafleet.json` (our own metadata: task, labels, prompt template, ...). So an adapter made here
+loads with `peft.PeftModel.from_pretrained`, and one PEFT saved loads here.
+
+`load_adapter` checks everything (files, format, config, every key and shape) before it changes the
+model, so a bad adapter raises AdapterError and leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from lora_engine.errors import AdapterError, LoraConfigError
+from lora_engine.inject import (
+    LoraSettings,
+    head_module_names,
+    inject_lora,
+    lora_modules,
+    lora_state_dict,
+    mark_only_lora_as_trainable,
+    plan_injection,
+)
+from lora_engine.layers import is_lora_param
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+META_NAME = "lorafleet.json"
+PEFT_PREFIX = "base_model.model."
+PEFT_TYPES = ("LORA",)
+TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "generation": "CAUSAL_LM",
+              "SEQ_CLS": "SEQ_CLS", "CAUSAL_LM": "CAUSAL_LM", "FEATURE_EXTRACTION": "FEATURE_EXTRACTION"}
+_MAG_OURS, _MAG_PEFT = "lora_magnitude", "lora_magnitude_vector"
+
+
+# -- key names ------------------------------------------------------------------------------------
+def to_peft_key(name: str) -> str:
+    if name.endswith("." + _MAG_OURS):
+        name = name[: -len(_MAG_OURS)] + _MAG_PEFT
+    return PEFT_PREFIX + name
+
+
+def from_peft_key(key: str) -> str:
+    name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+    # Older PEFT wrote the magnitude as `lora_magnitude_vector.weight`.
+    for suffix in (f".{_MAG_PEFT}.weight", f".{_MAG_PEFT}"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)] + "." + _MAG_OURS
+    return name
+
+
+# -- saving ---------------------------------------------------------------------------------------
+def _target_modules(model: nn.Module) -> list[str] | str:
+    """What PEFT must target to rebuild exactly our LoRA layers.
+
+    The list of last name parts when PEFT's suffix matching selects exactly those modules; otherwise
+    (e.g. `dense` also matching a pooler we did not adapt) a regex naming each module in full.
+    """
+    names = [n for n, _ in lora_modules(model)]
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
+    selected = {n for n, _ in model.named_modules()
+                if n and any(n == s or n.endswith("." + s) for s in suffixes)}
+    if selected == set(names):
+        return suffixes
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_dir(tmp: Path, folder: Path) -> None:
+    """Move the finished temp folder into place; an existing adapter is swapped out, then removed."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_layers_match(layers: list[tuple[str, nn.Module]], settings: LoraSettings) -> None:
+    """The config is written from `settings`: refuse a file whose tensors would contradict it."""
+    for name, m in layers:
+        method = "dora" if m.use_dora else ("rslora" if m.use_rslora else "lora")
+        if (m.r, float(m.alpha), method) != (settings.rank, settings.lora_alpha, settings.method):
+            raise AdapterError(
+                f"layer {name!r} is {method} r={m.r} alpha={m.alpha}, but the settings given to "
+                f"save_adapter say {settings.method} r={settings.rank} alpha={settings.lora_alpha}"
+            )
+
+
+def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name: str,
+                 settings: LoraSettings, task_type: str | None = None,
+                 modules_to_save: Sequence[str] | None = None, extra: dict | None = None,
+                 bias: str = "none") -> Path:
+    """Write the adapter of `model` to `folder` atomically (temp dir beside it, fsync, rename).
+
+    task_type: "classification" | "regression" | "generation" or a PEFT task type ("SEQ_CLS", ...).
+    modules_to_save: whole modules saved with the adapter; None means the model's classification
+    head(s) for SEQ_CLS, else none.
+    """
+    layers = lora_modules(model)
+    if not layers:
+        raise AdapterError("the model has no LoRA layers to save; call inject_lora first")
+    _check_layers_match(layers, settings)
+    peft_task = TASK_TYPES.get(task_type) if task_type is not None else None
+    if task_type is not None and peft_task is None:
+        raise AdapterError(f"unknown task_type {task_type!r}; allowed: {', '.join(TASK_TYPES)}")
+    if modules_to_save is None:
+        modules_to_save = head_module_names(model) if peft_task == "SEQ_CLS" else []
+    tensors = lora_state_dict(model, bias=bias, modules_to_save=modules_to_save)
+    weights = {to_peft_key(n): t.detach().to("cpu").contiguous() for n, t in tensors.items()}
+    alpha = settings.lora_alpha
+    config = {
+        "peft_type": "LORA",
+        "task_type": peft_task,
+        "base_model_name_or_path": base_model_name,
+        "r": settings.rank,
+        "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_dropout": settings.dropout,
+        "use_rslora": settings.method == "rslora",
+        "use_dora": settings.method == "dora",
+        "target_modules": _target_modules(model),
+        "fan_in_fan_out": any(getattr(m, "fan_in_fan_out", False) for _, m in layers),
+        "bias": bias,
+        "modules_to_save": list(modules_to_save) or None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": None,
+        "lora_bias": False,
+    }
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        _write_json(tmp / CONFIG_NAME, config)
+        save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        with open(tmp / WEIGHTS_NAME, "rb") as f:
+            os.fsync(f.fileno())
+        _write_json(tmp / META_NAME, dict(extra or {}))
+        _fsync_dir(tmp)
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+# -- reading --------------------------------------------------------------------------------------
+def read_adapter_config(folder: str | os.PathLike) -> dict:
+    """The adapter_config.json of `folder`, checked to be a LoRA adapter (AdapterError otherwise)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterError(f"adapter folder {str(folder)!r} does not exist")
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise AdapterError(f"{str(folder)!r} is not an adapter folder: {CONFIG_NAME} is missing")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path}: expected a JSON object")
+    if config.get("peft_type") not in PEFT_TYPES:
+        raise AdapterError(
+            f"{path}: peft_type {config.get('peft_type')!r} is not supported; "
+            f"allowed: {', '.join(PEFT_TYPES)}"
+        )
+    return config
+
+
+def read_adapter_meta(folder: str | os.PathLike) -> dict:
+    """lorafleet.json (the `extra` given to save_adapter); {} for an adapter saved by PEFT."""
+    path = Path(folder) / META_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def settings_from_config(config: dict) -> LoraSettings:
+    """The LoraSettings a PEFT adapter_config describes; AdapterError for features we do not run."""
+    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
+    if config.get("lora_bias"):
+        unsupported.append("lora_bias")
+    if config.get("init_lora_weights") not in (True, False, None, "gaussian"):
+        unsupported.append(f"init_lora_weights={config.get('init_lora_weights')!r}")
+    if unsupported:
+        raise AdapterError(f"adapter uses PEFT features lorafleet does not support: {', '.join(unsupported)}")
+    try:
+        r, alpha = int(config["r"]), float(config["lora_alpha"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterError(f"adapter_config.json needs integer 'r' and number 'lora_alpha' ({exc})") from exc
+    method = "dora" if config.get("use_dora") else ("rslora" if config.get("use_rslora") else "lora")
+    targets = config.get("target_modules")
+    # A string is "all-linear" or a regex matched against whole module names, as PEFT does.
+    if isinstance(targets, list | tuple):
+        targets = list(targets)
+    elif not isinstance(targets, str):
+        raise AdapterError(f"adapter_config.json: target_modules {targets!r} is not a list or a string")
+    return LoraSettings(method=method, rank=r, alpha=alpha, dropout=float(config.get("lora_dropout") or 0.0),
+                        targets=targets)
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        hint = " (adapter_model.bin is pickle, which lorafleet never loads)" if (
+            folder / "adapter_model.bin").exists() else ""
+        raise AdapterError(f"{str(folder)!r}: {WEIGHTS_NAME} is missing{hint}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as exc:  # safetensors raises its own error types for truncated / corrupt files
+        raise AdapterError(f"{path}: unreadable safetensors file (truncated or corrupt): {exc}") from exc
+
+
+def _expected_shapes(model: nn.Module, plan: list[tuple[str, nn.Module]], settings: LoraSettings) -> dict:
+    """Our key name -> shape for every LoRA tensor injection with `settings` would create."""
+    r = settings.rank
+    out: dict[str, tuple[int, ...]] = {}
+    for name, m in plan:
+        if isinstance(m, nn.Embedding):
+            num, dim = m.weight.shape
+            out[f"{name}.lora_embedding_A"] = (r, num)
+            out[f"{name}.lora_embedding_B"] = (dim, r)
+            continue
+        w = m.weight.shape
+        fan_in, fan_out = (w[0], w[1]) if m.__class__.__name__ == "Conv1D" else (w[1], w[0])
+        out[f"{name}.lora_A.weight"] = (r, fan_in)
+        out[f"{name}.lora_B.weight"] = (fan_out, r)
+        if settings.method == "dora":
+            out[f"{name}.lora_magnitude"] = (fan_out,)
+    return out
+
+
+def _mismatch(folder: Path, config: dict, problems: list[str]) -> AdapterError:
+    base = config.get("base_model_name_or_path") or "an unrecorded base model"
+    shown = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
+    return AdapterError(
+        f"adapter {str(folder)!r} does not fit this model (it was made for {base!r}): {shown}"
+    )
+
+
+def load_adapter(model: nn.Module, folder: str | os.PathLike) -> dict:
+    """Inject the adapter in `folder` into `model` and load its tensors; return its config.
+
+    Strict: every tensor in the file must land in the model with its exact shape and every LoRA
+    tensor the config implies must be in the file. Everything is checked before the model changes.
+    The LoRA tensors and the saved modules (heads) are left trainable, the rest frozen.
+    """
+    folder = Path(folder)
+    config = read_adapter_config(folder)
+    settings = settings_from_config(config)
+    weights = {from_peft_key(k): v for k, v in _read_weights(folder).items()}
+    try:
+        plan = plan_injection(model, settings)
+    except LoraConfigError as exc:
+        raise _mismatch(folder, config, [str(exc)]) from exc
+    expected = _expected_shapes(model, plan, settings)
+    base_state = {n: t.shape for n, t in model.state_dict().items()}
+    problems: list[str] = []
+    for key, shape in expected.items():
+        if key not in weights:
+            problems.append(f"missing tensor {key!r}")
+        elif tuple(weights[key].shape) != shape:
+            problems.append(f"{key!r} has shape {tuple(weights[key].shape)}, this model needs {shape}")
+    bias = config.get("bias") or "none"
+    saved_modules: set[str] = set()
+    for key, tensor in weights.items():
+        if key in expected:
+            continue
+        if is_lora_param(key) or key not in base_state:
+            problems.append(f"unexpected tensor {key!r} (no such parameter in this model)")
+        elif tuple(tensor.shape) != tuple(base_state[key]):
+            problems.append(f"{key!r} has shape {tuple(tensor.shape)}, "
+                            f"this model has {tuple(base_state[key])}")
+        elif not (bias != "none" and key.endswith(".bias")):  # biases follow the bias mode
+            saved_modules.add(key.rsplit(".", 1)[0])
+    if problems:
+        raise _mismatch(folder, config, problems)
+
+    inject_lora(model, settings)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for key, tensor in weights.items():
+            target = params.get(key, buffers.get(key))
+            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+    mark_only_lora_as_trainable(model, bias=bias, modules_to_save=sorted(_top_saved(saved_modules, model)))
+    return config
+
+
+def _top_saved(saved: set[str], model: nn.Module) -> set[str]:
+    """Collapse saved parameter owners (e.g. `classifier.dense`, `classifier.out_proj`) to their head."""
+    heads = head_module_names(model)
+    out = set()
+    for name in saved:
+        head = next((h for h in heads if name == h or name.startswith(h + ".")), None)
+        out.add(head or name)
+    return out
+
+
+def adapter_files_digest(folder: str | os.PathLike) -> tuple[str, int]:
+    """(sha256 over the folder's files, names included, in sorted order; total bytes)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    total = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        digest.update(rel.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+                total += len(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest(), total
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "META_NAME",
+    "WEIGHTS_NAME",
+    "adapter_files_digest",
+    "load_adapter",
+    "read_adapter_config",
+    "read_adapter_meta",
+    "save_adapter",
+    "settings_from_config",
+]

