@@ -197,6 +197,7 @@ def run_model(name: str, args) -> dict:
     for v in VARIANTS:
         cmd = [sys.executable, __file__, "--worker", f"{name}:{v}", "--device", args.device,
                "--threads", str(args.threads), "--steps", "2"]
+        cmd += [f"--model-dir={item}" for item in args.model_dir]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         memory[v] = json.loads(res.stdout.strip().splitlines()[-1])
     med = {v: statistics.median(ts) for v, ts in times.items()}
@@ -232,7 +233,13 @@ def main() -> None:
                    choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", action="append", default=[], metavar="NAME=DIR",
+                   help="load NAME (minilm|smollm2) from a local folder instead of its alias, e.g. the same "
+                        "config with random weights on a GPU box without the model packages")
     args = p.parse_args()
+    for item in args.model_dir:
+        name, _, folder = item.partition("=")
+        SETUPS[name]["alias"] = folder
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     if args.worker:

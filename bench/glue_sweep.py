@@ -1,0 +1,135 @@
+"""All 8 GLUE tasks × {LoRA r=8, full fine-tuning}, one epoch each on MiniLM-L6: score and run time.
+
+Each run goes through `lora_engine.recipe.train` with the task's catalog defaults (plus `--set`
+overrides), one after the other in this process. Writes `sweep.json` and `sweep.md` (a table:
+task, method, primary and secondary metrics, trainable params, train/whole wall seconds, peak
+memory) into `--out-dir`, refreshed after every run so a long sweep can be watched.
+
+    .venv/bin/python bench/glue_sweep.py                                 # everything (long)
+    .venv/bin/python bench/glue_sweep.py --tasks sst2,rte --methods lora --max-steps 5   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# libgomp's default busy-waiting turns a shared, oversubscribed CPU into a 10x slowdown.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GLUE = ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
+METHODS = ("lora", "full")
+DEFAULT_DATA = os.environ.get("LORAFLEET_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def one_run(task: str, method: str, args, work: Path) -> dict:
+    from lora_engine.recipe import train
+
+    spec = {"task": task, "method": method, "base_model": args.model, "batch_size": args.batch_size,
+            **parse_overrides(args.set)}
+    if method == "lora":
+        spec.setdefault("rank", 8)
+    if args.max_steps:
+        spec["max_steps"] = args.max_steps
+    if args.eval_size:
+        spec["eval_size"] = args.eval_size
+    t0 = time.perf_counter()
+    res = train(spec, work / f"{task}-{method}", data_dir=args.data_dir)
+    wall = time.perf_counter() - t0
+    meta = json.loads((res.adapter_dir / "lorafleet.json").read_text())
+    s = res.stats
+    return {"task": task, "method": method, "metrics": res.metrics["validation"], "steps": len(res.losses),
+            "final_loss": res.losses[-1], "wall_s": round(wall, 1), "device_s": round(s.device_s, 1),
+            "trainable_params": s.trainable_params, "total_params": s.total_params,
+            "adapter_bytes": s.adapter_bytes, "peak_mem_mb": round(s.peak_mem_bytes / 2**20),
+            "lr": meta["spec"]["lr"], "head_lr": meta["spec"]["head_lr"], "targets": meta["spec"]["targets"]}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| task | method | metrics | steps | wall s | trainable | adapter MB | peak MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['task']} | {r['method']} | ERROR: {r['error']} | | | | | |")
+            continue
+        m = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["metrics"].items())
+        lines.append(f"| {r['task']} | {r['method']} | {m} | {r['steps']} | {r['wall_s']} | "
+                     f"{r['trainable_params']:,} | {r['adapter_bytes'] / 2**20:.2f} | {r['peak_mem_mb']} |")
+    by = {(r["task"], r["method"]): r for r in rows if "error" not in r}
+    gaps = []
+    for t in GLUE:
+        if (t, "lora") in by and (t, "full") in by:
+            a = next(iter(by[(t, "lora")]["metrics"].values()))
+            b = next(iter(by[(t, "full")]["metrics"].values()))
+            gaps.append(f"| {t} | {100 * a:.2f} | {100 * b:.2f} | {100 * (a - b):+.2f} |")
+    if gaps:
+        lines += ["", "| task | LoRA primary | full primary | LoRA − full (points) |", "|---|---|---|---|"]
+        lines += gaps
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default=",".join(GLUE))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--model", default="minilm-l6")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-steps", type=int, default=0, help="cap each run (smoke test); 0: one epoch")
+    p.add_argument("--eval-size", type=int, default=0, help="validation rows to score; 0: all")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every spec")
+    p.add_argument("--data-dir", default=DEFAULT_DATA)
+    p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    tasks = [t for t in args.tasks.split(",") if t]
+    methods = [m for m in args.methods.split(",") if m]
+    allowed = ("lora", "rslora", "dora", "full")
+    bad = [t for t in tasks if t not in GLUE] + [m for m in methods if m not in allowed]
+    if bad:
+        raise SystemExit(f"unknown task/method: {bad}; tasks: {', '.join(GLUE)}; "
+                         f"methods: {', '.join(allowed)}")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as work:
+        for task in tasks:
+            for method in methods:
+                try:
+                    row = one_run(task, method, args, Path(work))
+                except Exception as exc:  # one failing task must not lose the others' numbers
+                    row = {"task": task, "method": method, "error": f"{type(exc).__name__}: {exc}"}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                (out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
+                (out / "sweep.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""A warm worker's base-model cache: load a base once, serve many LoRA jobs from it.
+
+This is the point of multi-tenant LoRA: the base weights are frozen, so after a LoRA job the base
+model is exactly what was loaded, and only the small parts a job creates need to go: its LoRA
+layers and its classification head. `checkout()` hands out the resident model (loading it when the
+key (name, kind, num_labels) changed); `checkin()` makes it pristine again:
+
+1. every LoRA layer is unmerged and replaced by a plain Linear / Conv1D / Embedding holding the
+   very same base Parameter objects (no copy);
+2. the head's parameters are restored from the copy taken at load time;
+3. gradients are dropped, every parameter is made trainable again and the model set to eval mode,
+   as `from_pretrained` leaves it;
+4. a fingerprint of the base weights (float64 sum and sum of squares per tensor, taken at load
+   time) is recomputed; any difference — a job that merged and did not unmerge, wrote into a
+   frozen weight, or a `full` fine-tune (`dirty=True`) — evicts the model instead of serving it.
+
+A job that trains on a cached base therefore starts from the same model as a cold load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lora_engine.inject import head_module_names, lora_modules
+from lora_engine.layers import LoRAEmbedding, LoRALinear
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _plain_twin(layer: nn.Module) -> nn.Module:
+    """The module `layer` wrapped, rebuilt around the same weight and bias Parameters."""
+    if isinstance(layer, LoRAEmbedding):
+        plain = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx,
+                             max_norm=layer.max_norm, norm_type=layer.norm_type,
+                             scale_grad_by_freq=layer.scale_grad_by_freq, sparse=layer.sparse, device="meta")
+        plain.weight = layer.weight
+        return plain
+    if layer.fan_in_fan_out:
+        from transformers.pytorch_utils import Conv1D
+
+        plain = Conv1D(layer.out_features, layer.in_features)
+    else:
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    plain.weight = layer.weight
+    if layer.bias is not None:
+        plain.bias = layer.bias
+    return plain
+
+
+def strip_lora(model: nn.Module) -> int:
+    """Unmerge and remove every LoRA layer in place, keeping the base Parameters. Returns the count."""
+    layers = lora_modules(model)
+    for name, layer in layers:
+        layer.unmerge()
+        if not isinstance(layer, LoRALinear | LoRAEmbedding):
+            raise TypeError(f"unknown LoRA layer type {type(layer).__name__} at {name}")
+        _set_module(model, name, _plain_twin(layer))
+    return len(layers)
+
+
+def _in_heads(name: str, heads: list[str]) -> bool:
+    return any(name == h or name.startswith(h + ".") for h in heads)
+
+
+@torch.no_grad()
+def base_fingerprint(model: nn.Module, heads: list[str]) -> dict[str, tuple[float, float]]:
+    """(Σw, Σw²) in float64 per base tensor: cheap, and any write into a weight changes it."""
+    out = {}
+    for name, p in model.state_dict().items():
+        if _in_heads(name, heads) or not p.is_floating_point():
+            continue
+        out[name] = (float(torch.sum(p, dtype=torch.float64)),
+                     float(torch.sum(p.square(), dtype=torch.float64)))
+    return out
+
+
+class BaseModelCache:
+    """Keeps the last base model resident between jobs (one at a time; see module doc)."""
+
+    def __init__(self, loader: Callable | None = None):
+        if loader is None:
+            from lora_engine.models import load_base_model
+
+            loader = load_base_model
+        self._loader = loader
+        self._key: tuple | None = None
+        self._model: nn.Module | None = None
+        self._tokenizer = None
+        self._heads: list[str] = []
+        self._head_copy: dict[str, torch.Tensor] = {}
+        self._fingerprint: dict[str, tuple[float, float]] = {}
+        self._out = False
+        self.hits = 0
+        self.loads = 0
+        self.evictions = 0
+
+    @property
+    def key(self) -> tuple | None:
+        return self._key
+
+    def checkout(self, name: str, kind: str, num_labels: int | None = None):
+        """(model, tokenizer) for a job: the resident one when the key matches, else a fresh load."""
+        if self._out:
+            raise RuntimeError("the cached base model is already checked out; check it in first")
+        key = (name, kind, num_labels)
+        if self._model is not None and key == self._key:
+            self.hits += 1
+        else:
+            self.clear()
+            model, tokenizer = self._loader(name, kind, num_labels)
+            self._model, self._tokenizer, self._key = model, tokenizer, key
+            self._heads = head_module_names(model)
+            self._head_copy = {n: t.detach().clone() for n, t in model.state_dict().items()
+                               if _in_heads(n, self._heads)}
+            self._fingerprint = base_fingerprint(model, self._heads)
+            self.loads += 1
+        self._out = True
+        return self._model, self._tokenizer
+
+    def checkin(self, *, dirty: bool = False) -> bool:
+        """Return the checked-out model; True when it stays cached, False when it was evicted."""
+        if not self._out:
+            return False
+        self._out = False
+        if self._model is None:
+            return False
+        if dirty:
+            self._evict()
+            return False
+        try:
+            self._restore()
+        except Exception:
+            self._evict()
+            raise
+        if base_fingerprint(self._model, self._heads) != self._fingerprint:
+            self._evict()
+            return False
+        return True
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        model = self._model
+        strip_lora(model)
+        state = model.state_dict()
+        for name, saved in self._head_copy.items():
+            state[name].copy_(saved)
+        for p in model.parameters():
+            p.grad = None
+            p.requires_grad_(True)
+        model.eval()
+
+    def _evict(self) -> None:
+        self.evictions += 1
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop the resident model (frees its memory once no job holds it)."""
+        self._model = self._tokenizer = self._key = None
+        self._heads, self._head_copy, self._fingerprint = [], {}, {}
+        self._out = False
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,513 @@
+"""The training recipe: typed spec → `setup()` → `fit()` → pure evaluation → adapter folder.
+
+    train(spec, output_dir, data_dir=...) -> TrainResult(adapter_dir, metrics, stats)
+
+1. The spec is validated as a whole and resolved (task defaults filled in) before any model is
+   loaded: a bad submission fails in milliseconds with every problem listed.
+2. `setup()` loads the base model (or takes it from a warm `BaseModelCache`), re-initialises the
+   head from the seed, injects LoRA (or unfreezes everything for `full`), tokenises the data once
+   and builds AdamW with four parameter groups: {body, head} × {decayed, not decayed}. Weight decay
+   skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying a gain towards 0 would
+   shrink activations rather than regularise.
+3. `fit()` runs optimizer steps: `grad_accum` micro-batches, each loss divided by `grad_accum` so
+   the update is that of one batch `grad_accum` times larger; gradient norm clipped to 1.0; the
+   learning rate of every group is `base_lr · lr_factor(step)` (see `schedule.py`).
+   Hooks: progress every step, should-stop every step (checkpoint, then `TrainingStopped`),
+   checkpoint every N steps; a run resumes from the newest checkpoint in `checkpoint_dir`.
+4. Evaluation (evaluate.py) scores the validation split; the adapter (PEFT format) or, for
+   `full`, the whole model (`save_pretrained`, safetensors) is written atomically with
+   lorafleet.json and a README model card.
+
+Losses. Classification: mean cross-entropy; STS-B: mean squared error of the single logit;
+generation: mean next-token cross-entropy over the completion tokens only (labels -100 on the
+prompt). For causal LMs the output projection runs only on positions that carry a label: the
+prompt's hidden states never go through the 49k-wide vocabulary matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lora_engine.cache import BaseModelCache
+from lora_engine.catalog import TaskInfo
+from lora_engine.checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, seed_everything, synchronize
+from lora_engine.errors import LoraConfigError, TrainingStopped
+from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
+from lora_engine.spec import TrainingSpec, validate_spec
+
+__all__ = ["BaseModelCache", "Progress", "RunStats", "TrainHooks", "TrainResult", "fit", "setup", "train"]
+
+GRAD_CLIP = 1.0
+IGNORE_INDEX = -100
+
+
+# --- public types ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # optimizer steps done
+    total: int
+    loss: float  # this step's training loss (mean over its micro-batches)
+    examples_per_s: float  # since this process started training
+    tokens: int  # non-pad tokens trained so far (whole run, across resumes)
+    lr: float = 0.0  # the body's learning rate used by this step
+
+
+@dataclass
+class TrainHooks:
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    checkpoint_every: int = 0  # optimizer steps; 0: only when stopped
+    checkpoint_dir: Path | None = None
+
+    def __post_init__(self):
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (got {self.checkpoint_every})")
+        if self.checkpoint_every and self.checkpoint_dir is None:
+            raise ValueError("checkpoint_every needs a checkpoint_dir to write into")
+
+
+@dataclass(frozen=True)
+class RunStats:
+    trainable_params: int
+    total_params: int
+    adapter_bytes: int
+    wall_s: float
+    device_s: float
+    device: str
+    peak_mem_bytes: int
+    examples: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path
+    metrics: dict[str, dict[str, float]]
+    stats: RunStats
+    losses: list[float] = field(default_factory=list)  # per optimizer step, whole run
+
+
+# --- setup ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything `fit()` needs, built by `setup()`."""
+
+    spec: TrainingSpec
+    info: TaskInfo
+    device: DeviceInfo
+    model: nn.Module
+    tokenizer: Any
+    encoded: Any  # batching.Encoded of the training split
+    sampler: Any  # batching.BucketBatchSampler
+    optimizer: torch.optim.Optimizer
+    total_steps: int
+    warmup: int
+    trainable: dict[str, nn.Parameter]
+    heads: list[str]
+    label_names: tuple[str, ...]
+    lora_settings: Any = None  # inject.LoraSettings, None for full
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    examples: int = 0
+    tokens: int = 0
+    device_s: float = 0.0
+
+
+def label_names_for(spec: TrainingSpec) -> tuple[str, ...]:
+    if spec.task == "custom-classification":
+        from lora_engine.data import custom_label_names
+
+        return tuple(custom_label_names(spec.dataset))
+    return tuple(spec.info.label_names)
+
+
+def reset_head(model: nn.Module, heads: list[str]) -> None:
+    """Re-draw the classification head from the current torch RNG: N(0, initializer_range), bias 0.
+
+    A cold load and a cached base then start every job from the same head (the one HF drew at load
+    time depended on whatever the RNG held then).
+    """
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    with torch.no_grad():
+        for name in heads:
+            for module in model.get_submodule(name).modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+
+
+def param_groups(model: nn.Module, heads: list[str], *, lr: float, head_lr: float | None,
+                 weight_decay: float) -> list[dict]:
+    """AdamW groups {body, head} × {decay, no decay}; empty groups are left out.
+
+    No decay on 1-D tensors (biases, LayerNorm gains, DoRA magnitudes).
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = any(name == h or name.startswith(h + ".") for h in heads)
+        groups.setdefault((is_head, p.ndim >= 2), []).append(p)
+    out = []
+    for (is_head, decay), params in sorted(groups.items()):
+        group_lr = head_lr if (is_head and head_lr is not None) else lr
+        out.append({"params": params, "lr": group_lr, "initial_lr": group_lr,
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "name": ("head" if is_head else "body") + ("" if decay else "/no_decay")})
+    return out
+
+
+def _load_model(spec: TrainingSpec, info: TaskInfo, num_labels: int | None, cache):
+    kind = info.kind
+    if cache is not None:
+        return cache.checkout(spec.base_model, kind, num_labels)
+    from lora_engine.models import load_base_model
+
+    return load_base_model(spec.base_model, kind, num_labels)
+
+
+def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
+    """Inject LoRA (or load `init_from`), freeze the rest; or unfreeze all for `full`."""
+    from lora_engine.inject import LoraSettings, mark_only_lora_as_trainable
+
+    if spec.method == "full":
+        if spec.init_from:
+            raise LoraConfigError("init_from continues a LoRA adapter; it cannot be used with method 'full'")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return None
+    if spec.init_from:
+        from lora_engine.adapter_io import load_adapter, settings_from_config
+
+        settings = settings_from_config(load_adapter(model, spec.init_from))
+        if settings.method != spec.method or settings.rank != spec.rank:
+            raise LoraConfigError(
+                f"init_from adapter is {settings.method} r={settings.rank}, the spec asks for "
+                f"{spec.method} r={spec.rank}: give the adapter's method and rank to continue it"
+            )
+    else:
+        from lora_engine.inject import inject_lora
+
+        settings = LoraSettings(method=spec.method, rank=spec.rank, alpha=spec.alpha, dropout=spec.dropout,
+                                targets=spec.targets)
+        inject_lora(model, settings)
+    mark_only_lora_as_trainable(model, modules_to_save=heads)
+    return settings
+
+
+def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: DeviceInfo | None = None) -> Run:
+    """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved."""
+    from lora_engine.data import load_examples
+    from lora_engine.data.batching import BucketBatchSampler, encode_examples
+    from lora_engine.inject import head_module_names
+
+    info = spec.info
+    device = device or pick_device()
+    examples = load_examples(spec.task, "train", data_dir=data_dir, dataset=spec.dataset)
+    label_names = label_names_for(spec)
+    num_labels = len(label_names) if info.kind == "classification" else None
+    model, tokenizer = _load_model(spec, info, num_labels, cache)
+    model.to(device.device)
+    heads = head_module_names(model) if info.kind != "generation" else []
+    seed_everything(spec.seed)
+    reset_head(model, heads)
+    settings = _adapt(spec, model, heads)
+
+    encoded = encode_examples(examples, tokenizer, spec.max_length)
+    if len(encoded) == 0:
+        raise LoraConfigError(f"max_length {spec.max_length} leaves no training row with a target token")
+    sampler = BucketBatchSampler(encoded.lengths, spec.batch_size, seed=spec.seed)
+    total = total_optimizer_steps(len(sampler), epochs=spec.epochs, max_steps=spec.max_steps,
+                                  grad_accum=spec.grad_accum)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, heads, lr=spec.lr, head_lr=spec.head_lr, weight_decay=spec.weight_decay),
+        lr=spec.lr, betas=(0.9, 0.999), eps=1e-8,
+    )
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    return Run(spec=spec, info=info, device=device, model=model, tokenizer=tokenizer, encoded=encoded,
+               sampler=sampler, optimizer=optimizer, total_steps=total,
+               warmup=warmup_steps(total, spec.warmup_ratio), trainable=trainable, heads=heads,
+               label_names=label_names, lora_settings=settings)
+
+
+# --- losses ---------------------------------------------------------------------------------------
+
+
+def causal_lm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions; the LM head runs on those only."""
+    body = getattr(model, model.base_model_prefix)
+    hidden = body(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    targets = inputs["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def batch_loss(model: nn.Module, inputs: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    if kind == "generation":
+        return causal_lm_loss(model, inputs)
+    labels = inputs["labels"]
+    logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.float()
+    if kind == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def _fingerprint(spec: TrainingSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+
+
+def save_run_checkpoint(run: Run, folder: Path) -> Path:
+    meta = {"total_steps": run.total_steps, "losses": run.losses, "examples": run.examples,
+            "tokens": run.tokens, "device_s": run.device_s, "spec": _fingerprint(run.spec)}
+    ckpt = Checkpoint(step=run.step, trainable={n: p.detach() for n, p in run.trainable.items()},
+                      optimizer=run.optimizer.state_dict(), rng=capture_rng_state(),
+                      sampler=run.sampler.state_dict(), meta=meta)
+    return save_checkpoint(folder, ckpt)
+
+
+def restore_run(run: Run, path: Path) -> None:
+    """Put `run` exactly where the checkpoint left off (weights, optimizer, data, RNG, counters)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.meta.get("spec") != _fingerprint(run.spec):
+        raise ValueError(f"checkpoint {path} was written for another training spec; "
+                         "use an empty checkpoint_dir for a new spec")
+    if set(ckpt.trainable) != set(run.trainable):
+        raise ValueError(f"checkpoint {path} holds other trainable tensors than this model")
+    with torch.no_grad():
+        for name, p in run.trainable.items():
+            p.copy_(ckpt.trainable[name].to(p.device, p.dtype))
+    run.optimizer.load_state_dict(ckpt.optimizer)
+    run.sampler.load_state_dict(ckpt.sampler)
+    run.step = ckpt.step
+    run.losses = list(ckpt.meta["losses"])
+    run.examples, run.tokens = int(ckpt.meta["examples"]), int(ckpt.meta["tokens"])
+    run.device_s = float(ckpt.meta.get("device_s", 0.0))
+    restore_rng_state(ckpt.rng)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def _batches(run: Run) -> Iterator:
+    from lora_engine.data.batching import collate
+
+    for indices in run.sampler.forever():
+        yield collate(run.encoded, indices)
+
+
+def fit(run: Run, hooks: TrainHooks) -> None:
+    """Optimizer steps from `run.step` to `run.total_steps`, with the hooks. Mutates `run`."""
+    model, opt, kind, dev = run.model, run.optimizer, run.info.kind, run.device
+    params = list(run.trainable.values())
+    batches, t0, seen = _batches(run), time.perf_counter(), 0
+    model.train()
+    while run.step < run.total_steps:
+        t_step = time.perf_counter()
+        factor = lr_factor(run.step, run.total_steps, run.warmup)
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        step_loss = 0.0
+        for _ in range(run.spec.grad_accum):
+            batch = next(batches)
+            inputs = {k: v.to(dev.device, non_blocking=True) for k, v in batch.inputs.items()}
+            with autocast(dev):
+                loss = batch_loss(model, inputs, kind) / run.spec.grad_accum
+            loss.backward()
+            step_loss += loss.item()
+            seen += batch.examples
+            run.examples += batch.examples
+            run.tokens += batch.tokens
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        run.step += 1
+        run.losses.append(step_loss)
+        run.device_s += time.perf_counter() - t_step  # loss.item() above waited for the device
+        if hooks.on_progress is not None:
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            hooks.on_progress(Progress(run.step, run.total_steps, step_loss, rate, run.tokens,
+                                       opt.param_groups[0]["lr"]))
+        stop = hooks.should_stop is not None and hooks.should_stop()
+        if hooks.checkpoint_dir is not None and (stop or (
+                hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
+            save_run_checkpoint(run, hooks.checkpoint_dir)
+        if stop:
+            raise TrainingStopped(run.step)
+
+
+# --- evaluation + output --------------------------------------------------------------------------
+
+
+def evaluate_run(run: Run, *, data_dir: str | Path, decode=None, meteor: bool = True) -> dict[str, dict]:
+    """{"validation": metrics} for the run's model (pure: weights untouched)."""
+    from lora_engine.data import load_examples
+    from lora_engine.evaluate import evaluate_classification, evaluate_generation
+    from lora_engine.generate import PAPER_BEAM
+
+    spec, info = run.spec, run.info
+    if info.kind == "generation":
+        examples = load_examples(spec.task, "validation", data_dir=data_dir, dataset=spec.dataset)
+        scores, _ = evaluate_generation(run.model, run.tokenizer, info, examples, device=run.device,
+                                        eval_size=spec.eval_size, decode=decode or PAPER_BEAM, meteor=meteor)
+    else:
+        examples = load_examples(spec.task, "validation", data_dir=data_dir, dataset=spec.dataset,
+                                 limit=spec.eval_size)
+        scores = evaluate_classification(run.model, run.tokenizer, info, examples,
+                                         max_length=spec.max_length, device=run.device)
+    # A metric that was not computed (METEOR switched off: NaN) is left out, not stored as NaN.
+    return {"validation": {k: float(v) for k, v in scores.items() if math.isfinite(v)}}
+
+
+def adapter_meta(run: Run, metrics: dict) -> dict:
+    """lorafleet.json: what a later user needs to use the adapter without the job's spec."""
+    from lora_engine.data import E2E_PROMPT
+
+    spec, info = run.spec, run.info
+    template = E2E_PROMPT if spec.task == "e2e" else ("{prompt}" if info.kind == "generation" else None)
+    return {
+        "format": "lorafleet-adapter/1",
+        "task": spec.task,
+        "kind": info.kind,
+        "method": spec.method,
+        "base_model": spec.base_model,
+        "label_names": list(run.label_names),
+        "num_labels": len(run.label_names) if info.kind == "classification" else (
+            1 if info.kind == "regression" else None),
+        "text_fields": list(info.text_fields),
+        "prompt_template": template,
+        "max_length": spec.max_length,
+        "modules_to_save": run.heads,
+        "metrics": metrics,
+        "spec": spec.model_dump(mode="json"),
+    }
+
+
+def write_output(run: Run, output_dir: Path, meta: dict) -> Path:
+    """The adapter (PEFT format) or, for `full`, the whole model; lorafleet.json included."""
+    if run.spec.method == "full":
+        return save_full_model(run.model, run.tokenizer, output_dir, meta)
+    from lora_engine.adapter_io import save_adapter
+
+    return save_adapter(run.model, output_dir, base_model_name=run.spec.base_model,
+                        settings=run.lora_settings, task_type=run.info.kind, modules_to_save=run.heads,
+                        extra=meta)
+
+
+def save_full_model(model: nn.Module, tokenizer, folder: Path, meta: dict) -> Path:
+    """`save_pretrained` (safetensors) + tokenizer + lorafleet.json, atomically (temp dir + rename)."""
+    from lora_engine.adapter_io import META_NAME
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# --- the whole run --------------------------------------------------------------------------------
+
+
+def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | Path,
+          hooks: TrainHooks | None = None, cache=None, device: DeviceInfo | None = None,
+          decode=None, meteor: bool = True) -> TrainResult:
+    """Validate → setup → fit (resuming from `hooks.checkpoint_dir` if it holds a checkpoint) →
+    evaluate → write the adapter folder. Raises SpecError before loading anything on a bad spec,
+    TrainingStopped (after checkpointing) when `hooks.should_stop()` turns true.
+
+    `decode` (generate.DecodeSettings) and `meteor` tune generation evaluation (tests use greedy).
+    """
+    wall0 = time.perf_counter()
+    spec = validate_spec(spec).resolved()
+    hooks = hooks or TrainHooks()
+    output_dir = Path(output_dir)
+    device = device or pick_device()
+    mem = PeakMemory(device)
+    mem.start()
+    try:
+        run = setup(spec, data_dir=data_dir, cache=cache, device=device)
+        resume = latest_checkpoint(hooks.checkpoint_dir)
+        if resume is not None:
+            restore_run(run, resume)
+        fit(run, hooks)
+        t_eval = time.perf_counter()
+        metrics = evaluate_run(run, data_dir=data_dir, decode=decode, meteor=meteor)
+        synchronize(device)
+        run.device_s += time.perf_counter() - t_eval
+        return _finish(run, output_dir, metrics, mem=mem, wall0=wall0)
+    finally:
+        if cache is not None:
+            # A full fine-tune changed the base weights: the cache must not hand them out again.
+            cache.checkin(dirty=spec.method == "full")
+
+
+def _finish(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wall0: float) -> TrainResult:
+    """Write the adapter folder + model card; gather the run statistics."""
+    from lora_engine.adapter_io import adapter_files_digest
+    from lora_engine.modelcard import render_model_card
+
+    meta = adapter_meta(run, metrics)
+    folder = write_output(run, output_dir, meta)
+    _, weight_bytes = adapter_files_digest(folder)
+    trainable = sum(p.numel() for p in run.trainable.values())
+    total = sum(p.numel() for p in run.model.parameters())
+    card_stats = {"trainable_params": trainable, "total_params": total, "adapter_bytes": weight_bytes,
+                  "optimizer_steps": run.step, "examples": run.examples, "tokens": run.tokens,
+                  "device": run.device.name, "device_s": round(run.device_s, 2)}
+    card = render_model_card(meta, spec=meta["spec"], metrics=metrics, stats=card_stats)
+    _write_text_atomic(folder / "README.md", card)
+    _, adapter_bytes = adapter_files_digest(folder)
+    stats = RunStats(trainable_params=trainable, total_params=total, adapter_bytes=adapter_bytes,
+                     wall_s=time.perf_counter() - wall0, device_s=run.device_s, device=run.device.name,
+                     peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens)
+    return TrainResult(adapter_dir=folder, metrics=metrics, stats=stats, losses=list(run.losses))
+
+

@@ -1,0 +1,281 @@
+"""The training recipe on tiny models: schedule, parameter groups, outputs, hooks, cache, init_from."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DATA = Path(os.environ.get("LORAFLEET_DATA_DIR", "/work/shared/data"))
+
+from lora_engine.cache import BaseModelCache  # noqa: E402
+from lora_engine.catalog import TASKS  # noqa: E402
+from lora_engine.errors import LoraConfigError, SpecError, TrainingStopped  # noqa: E402
+from lora_engine.generate import GREEDY  # noqa: E402
+from lora_engine.models import load_base_model  # noqa: E402
+from lora_engine.recipe import (  # noqa: E402
+    TrainHooks,
+    batch_loss,
+    causal_lm_loss,
+    param_groups,
+    train,
+)
+from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps  # noqa: E402
+
+SST2 = {"task": "sst2", "base_model": "tiny-bert", "max_steps": 3, "batch_size": 8, "eval_size": 32,
+        "max_length": 64}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def gen_rows(n: int = 24) -> list[dict]:
+    names = ["Alimentum", "Aromi", "Bibimbap House", "Blue Spice", "Clowns", "Cocum"]
+    foods = ["French", "Italian", "Chinese", "English"]
+    return [{"prompt": f"name[{names[i % 6]}], food[{foods[i % 4]}]\n",
+             "completion": f"{names[i % 6]} serves {foods[i % 4]} food."} for i in range(n)]
+
+
+# --- the schedule: pure functions, hand tables -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("step", "total", "warmup", "expected"), [
+    (0, 10, 0, 1.0),        # no warm-up: full rate on the first step
+    (9, 10, 0, 0.1),        # last step: 1/(T-W), never 0
+    (0, 10, 3, 0.25),       # warm-up (s+1)/(W+1)
+    (1, 10, 3, 0.5),
+    (2, 10, 3, 0.75),
+    (3, 10, 3, 1.0),        # peak at s = W
+    (4, 10, 3, 6 / 7),      # decay (T-s)/(T-W)
+    (9, 10, 3, 1 / 7),
+    (0, 1, 0, 1.0),         # a one-step run
+])
+def test_lr_factor_table(step, total, warmup, expected):
+    assert lr_factor(step, total, warmup) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("step", "total", "warmup"), [(10, 10, 0), (-1, 10, 0), (0, 10, 10), (0, 0, 0)])
+def test_lr_factor_rejects_out_of_range(step, total, warmup):
+    with pytest.raises(ValueError, match="must be in"):
+        lr_factor(step, total, warmup)
+
+
+@pytest.mark.parametrize(("total", "ratio", "expected"),
+                         [(100, 0.06, 6), (10, 0.06, 0), (1, 0.5, 0), (195, 0.1, 19)])
+def test_warmup_steps(total, ratio, expected):
+    assert warmup_steps(total, ratio) == expected
+
+
+def test_total_steps():
+    assert total_optimizer_steps(195, epochs=1.0, max_steps=None, grad_accum=1) == 195
+    assert total_optimizer_steps(195, epochs=1.0, max_steps=None, grad_accum=2) == 98  # ceil
+    assert total_optimizer_steps(195, epochs=0.5, max_steps=None, grad_accum=1) == 98
+    assert total_optimizer_steps(195, epochs=None, max_steps=7, grad_accum=4) == 7
+    with pytest.raises(ValueError, match="no batches"):
+        total_optimizer_steps(0, epochs=1.0, max_steps=None, grad_accum=1)
+
+
+# --- setup pieces ---------------------------------------------------------------------------------
+
+
+def test_param_groups_split_decay_and_head_lr():
+    from lora_engine.inject import LoraSettings, inject_lora, mark_only_lora_as_trainable
+
+    model, _ = load_base_model("tiny-bert", "classification", 2)
+    inject_lora(model, LoraSettings(rank=4))
+    mark_only_lora_as_trainable(model, modules_to_save=["classifier"])
+    groups = {g["name"]: g for g in param_groups(model, ["classifier"], lr=1e-3, head_lr=5e-3,
+                                                 weight_decay=0.1)}
+    assert set(groups) == {"body", "head", "head/no_decay"}  # LoRA has no 1-D tensors
+    assert groups["head"]["lr"] == 5e-3 and groups["body"]["lr"] == 1e-3
+    assert groups["head/no_decay"]["weight_decay"] == 0.0 and groups["body"]["weight_decay"] == 0.1
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups["head/no_decay"]["params"]} == {"classifier.bias"}
+    counted = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert counted == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_full_method_groups_keep_layernorm_out_of_decay():
+    model, _ = load_base_model("tiny-bert", "classification", 2)
+    groups = {g["name"]: g for g in param_groups(model, ["classifier"], lr=1e-4, head_lr=None,
+                                                 weight_decay=0.01)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for p in groups["body/no_decay"]["params"]}
+    assert "bert.embeddings.LayerNorm.weight" in no_decay
+    assert all(n.endswith(("bias", "weight")) for n in no_decay)
+    assert not any("LayerNorm" in names[id(p)] for p in groups["body"]["params"])
+    assert groups["head"]["lr"] == 1e-4  # no head lr: the body's
+
+
+def test_causal_lm_loss_matches_hf_loss_on_completion_tokens():
+    from lora_engine.data import GenerationExample
+    from lora_engine.data.batching import collate, encode_generation
+
+    model, tok = load_base_model("tiny-llama", "generation")
+    exs = [GenerationExample(r["prompt"], r["completion"], r["prompt"]) for r in gen_rows(4)]
+    enc = encode_generation(exs, tok, 64)
+    inputs = collate(enc, [0, 1, 2, 3]).inputs
+    ours = causal_lm_loss(model, inputs)
+    hf = model(**inputs).loss  # HF: shifted CE over labels != -100
+    assert ours.item() == pytest.approx(hf.item(), rel=1e-5)
+    assert batch_loss(model, inputs, "generation").item() == pytest.approx(ours.item())
+
+
+# --- whole runs -----------------------------------------------------------------------------------
+
+
+def test_spec_is_validated_before_any_model_is_loaded(tmp_path):
+    loads = []
+    cache = BaseModelCache(loader=lambda *a: loads.append(a) or load_base_model(*a))
+    with pytest.raises(SpecError) as err:
+        train({"task": "sst2", "rank": 0, "lr": -1, "batch_size": 0}, tmp_path / "out", data_dir=DATA,
+              cache=cache)
+    assert len(err.value.problems) == 3
+    assert loads == [] and not (tmp_path / "out").exists()
+
+
+def test_lora_run_writes_peft_adapter_card_and_stats(tmp_path):
+    progress = []
+    res = train(SST2, tmp_path / "a", data_dir=DATA, hooks=TrainHooks(on_progress=progress.append))
+    files = {p.name for p in res.adapter_dir.iterdir()}
+    assert files == {"adapter_config.json", "adapter_model.safetensors", "lorafleet.json", "README.md"}
+    meta = json.loads((res.adapter_dir / "lorafleet.json").read_text())
+    assert meta["task"] == "sst2" and meta["label_names"] == ["negative", "positive"]
+    assert meta["base_model"] == "tiny-bert" and meta["max_length"] == 64 and meta["method"] == "lora"
+    assert meta["metrics"] == res.metrics and set(res.metrics["validation"]) == {"accuracy"}
+    assert meta["spec"]["lr"] == TASKS["sst2"].lora_lr  # resolved: the task default filled in
+    card = (res.adapter_dir / "README.md").read_text()
+    assert "| validation |" in card and '"task": "sst2"' in card
+    tensors = load_file(str(res.adapter_dir / "adapter_model.safetensors"))
+    assert "base_model.model.classifier.weight" in tensors  # the head travels with the adapter
+    assert any(k.endswith("query.lora_A.weight") for k in tensors)
+
+    assert [p.step for p in progress] == [1, 2, 3] and all(p.total == 3 for p in progress)
+    assert [p.loss for p in progress] == res.losses
+    assert progress[-1].tokens == res.stats.tokens > 0
+    s = res.stats
+    assert 0 < s.trainable_params < s.total_params
+    assert s.examples == 3 * 8 and s.device == "cpu" and s.peak_mem_bytes > 100 * 2**20  # torch alone
+    assert s.adapter_bytes == sum(p.stat().st_size for p in res.adapter_dir.iterdir())
+    assert 0 < s.device_s <= s.wall_s
+
+
+def test_warmup_and_decay_reach_the_optimizer(tmp_path):
+    lrs = []
+    spec = {**SST2, "max_steps": 4, "warmup_ratio": 0.5, "lr": 1e-3}
+    train(spec, tmp_path / "a", data_dir=DATA, hooks=TrainHooks(on_progress=lambda p: lrs.append(p.lr)))
+    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 5e-4])  # W=2: 1/3, 2/3, then 2/2, 1/2
+
+
+def test_should_stop_checkpoints_then_raises(tmp_path):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) == 2
+
+    with pytest.raises(TrainingStopped) as err:
+        train(SST2, tmp_path / "a", data_dir=DATA,
+              hooks=TrainHooks(should_stop=stop, checkpoint_dir=tmp_path / "ck"))
+    assert err.value.step == 2
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step-00000002"]
+    assert not (tmp_path / "a").exists()
+
+
+def test_full_method_saves_a_whole_model(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    res = train({**SST2, "method": "full", "max_steps": 2}, tmp_path / "f", data_dir=DATA)
+    files = {p.name for p in res.adapter_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "lorafleet.json", "README.md"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    assert res.stats.trainable_params == res.stats.total_params
+    reloaded = AutoModelForSequenceClassification.from_pretrained(res.adapter_dir)
+    assert reloaded.config.num_labels == 2
+    assert json.loads((res.adapter_dir / "lorafleet.json").read_text())["method"] == "full"
+
+
+@pytest.mark.parametrize("method", ["rslora", "dora"])
+def test_other_methods_train(tmp_path, method):
+    res = train({**SST2, "method": method, "max_steps": 2}, tmp_path / method, data_dir=DATA)
+    cfg = json.loads((res.adapter_dir / "adapter_config.json").read_text())
+    assert cfg["use_rslora"] == (method == "rslora") and cfg["use_dora"] == (method == "dora")
+    assert all(math.isfinite(x) for x in res.losses)
+
+
+def test_regression_task_stsb(tmp_path):
+    res = train({**SST2, "task": "stsb", "max_steps": 2}, tmp_path / "s", data_dir=DATA)
+    assert set(res.metrics["validation"]) == {"pearson", "spearman"}
+    assert json.loads((res.adapter_dir / "lorafleet.json").read_text())["num_labels"] == 1
+
+
+def test_custom_classification_uses_the_data_sets_labels(tmp_path):
+    rows = [{"text": f"text number {i}", "label": ["spam", "ham", "eggs"][i % 3]} for i in range(30)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    res = train({"task": "custom-classification", "dataset": str(data), "base_model": "tiny-bert",
+                 "max_steps": 2, "batch_size": 4}, tmp_path / "c", data_dir=DATA)
+    meta = json.loads((res.adapter_dir / "lorafleet.json").read_text())
+    assert meta["label_names"] == ["eggs", "ham", "spam"] and meta["num_labels"] == 3
+    assert set(res.metrics["validation"]) == {"accuracy", "f1_macro"}
+
+
+def test_custom_generation_with_grad_accum(tmp_path):
+    data = write_jsonl(tmp_path / "g.jsonl", gen_rows(40))  # 36 train rows: 9 full batches of 4
+    spec = {"task": "custom-generation", "dataset": str(data), "base_model": "tiny-llama", "max_steps": 2,
+            "batch_size": 4, "grad_accum": 2, "max_length": 64}
+    res = train(spec, tmp_path / "g", data_dir=DATA, decode=GREEDY)
+    assert res.stats.examples == 2 * 2 * 4  # steps × accum × batch
+    assert set(res.metrics["validation"]) == {"bleu", "rouge_l"}
+    meta = json.loads((res.adapter_dir / "lorafleet.json").read_text())
+    assert meta["prompt_template"] == "{prompt}" and meta["kind"] == "generation"
+
+
+def test_init_from_continues_an_adapter(tmp_path):
+    first = train(SST2, tmp_path / "a", data_dir=DATA)
+    # A vanishing lr: the continued adapter must still be the first one (its LoRA and head loaded).
+    second = train({**SST2, "init_from": str(first.adapter_dir), "lr": 1e-12, "head_lr": 1e-12,
+                    "max_steps": 1}, tmp_path / "b", data_dir=DATA)
+    a = load_file(str(first.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(second.adapter_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # trained, not the zero init
+    with pytest.raises(LoraConfigError, match="r=8"):
+        train({**SST2, "init_from": str(first.adapter_dir), "rank": 4}, tmp_path / "c", data_dir=DATA)
+
+
+# --- the warm-worker cache --------------------------------------------------------------------------
+
+
+def test_cached_base_gives_the_cold_result(tmp_path):
+    cache = BaseModelCache()
+    cold = train(SST2, tmp_path / "cold", data_dir=DATA)
+    warm1 = train({**SST2, "seed": 7}, tmp_path / "w1", data_dir=DATA, cache=cache)  # another tenant
+    warm2 = train(SST2, tmp_path / "w2", data_dir=DATA, cache=cache)
+    assert cache.loads == 1 and cache.hits == 1
+    assert warm2.losses == cold.losses
+    a = load_file(str(cold.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(warm2.adapter_dir / "adapter_model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert warm1.losses != cold.losses
+    model, _ = cache.checkout("tiny-bert", "classification", 2)  # pristine: no LoRA left behind
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    cache.checkin()
+
+
+def test_cache_evicts_after_full_finetune(tmp_path):
+    cache = BaseModelCache()
+    train({**SST2, "method": "full", "max_steps": 1}, tmp_path / "f", data_dir=DATA, cache=cache)
+    assert cache.key is None and cache.evictions == 1
+    train({**SST2, "max_steps": 1}, tmp_path / "l", data_dir=DATA, cache=cache)
+    assert cache.loads == 2
