@@ -74,7 +74,7 @@ class TrainingSpec(BaseModel):
                 "epochs": self.epochs if (self.epochs is not None or self.max_steps) else 1.0,
                 "warmup_ratio": self.warmup_ratio if self.warmup_ratio is not None else info.warmup_ratio,
                 "max_length": self.max_length or info.max_length,
-                "targets": self.targets if self.targets is not None else (
+                "targets": self.targets if (self.targets is not None or full) else (
                     list(info.targets) if info.targets else None
                 ),
             }

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# libgomp's default spin-waiting makes torch 10x slower on a shared, oversubscribed 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("LORAFLEET_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 import pytest
 
