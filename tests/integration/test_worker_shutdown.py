@@ -47,7 +47,8 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
                     "task": "sst2",
                     "base_model": "tiny-bert",
                     "rank": 4,
-                    "max_steps": 20,
+                    # Long enough that a quiet machine cannot finish it between two polls.
+                    "max_steps": 400,
                     "batch_size": 4,
                     "eval_size": 16,
                 },
@@ -67,9 +68,12 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
         assert detail["state"] == "queued" and detail["attempts"] == 1
         requeued = [e for e in events if e.kind == "requeued"]
         assert len(requeued) == 1 and "worker shutting down" in requeued[0].message
-        stopped_at = detail["progress"]["step"]
         ckpt = settings.artifacts / detail["tenant_id"] / "checkpoints" / job_id
-        assert [p.name for p in ckpt.glob("step-*")] == [f"step-{stopped_at:08d}"]
+        saved = [p.name for p in ckpt.glob("step-*")]
+        assert len(saved) == 1  # only the stop wrote one (periodic checkpoints every 1000 steps)
+        stopped_at = int(saved[0].removeprefix("step-"))
+        # Heartbeats are throttled, so the registry's progress may trail the step the stop saved.
+        assert 3 <= detail["progress"]["step"] <= stopped_at < 400
 
         second = _start(env, tmp_path, "second")
         wait_for(

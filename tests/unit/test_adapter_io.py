@@ -41,8 +41,9 @@ def _trained_adapter(tiny_model, perturb_lora, folder, alias="tiny-gpt2", method
     mark_only_lora_as_trainable(model, modules_to_save=heads)
     perturb_lora(model)
     with torch.no_grad():
-        for h in heads:
-            model.get_submodule(h).weight.add_(1.0)  # a head that differs from a fresh random one
+        for h in heads:  # a head that differs from a fresh random one
+            for p in model.get_submodule(h).parameters():
+                p.add_(1.0)
     save_adapter(model, folder, base_model_name=alias, settings=settings, task_type=kind,
                  extra={"task": "sst2", "label_names": ["neg", "pos", "mid"]})
     return model, tok

@@ -33,7 +33,7 @@ def _assert_unchanged(model, snap):
 
 @pytest.mark.parametrize(("alias", "kind", "targets", "head"), [
     ("tiny-gpt2", "classification", ["c_attn"], ["score"]),
-    ("tiny-bert", "classification", ["query", "value"], ["classifier"]),
+    ("tiny-bert", "classification", ["query", "value"], ["classifier", "bert.pooler"]),
     ("tiny-roberta", "classification", ["query", "value"], ["classifier"]),
     ("tiny-llama", "generation", ["q_proj", "v_proj"], []),
 ])

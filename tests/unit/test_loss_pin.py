@@ -42,7 +42,8 @@ def test_sst2_tiny_bert_lora_two_steps(tmp_path):
     res = train({"task": "sst2", "base_model": "tiny-bert", "max_steps": 2, "batch_size": 8, "eval_size": 8,
                  "max_length": 64, "dropout": 0.1, "lr": 5e-4, "head_lr": 2e-3, "warmup_ratio": 0.06},
                 tmp_path / "a", data_dir=DATA)
-    assert res.losses == pytest.approx([0.6933948993682861, 0.6978220343589783], rel=REL)
+    # Re-pinned when BERT's pretrained pooler joined the trained head: step 1 is unchanged, step 2 moves.
+    assert res.losses == pytest.approx([0.6933948993682861, 0.6977587938308716], rel=REL)
 
 
 def test_generation_tiny_llama_lora_two_steps(tmp_path, gen_data):
