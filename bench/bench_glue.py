@@ -25,23 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import DEFAULT_DATA, ROOT, parse_overrides
+
 REFERENCE = ROOT.parent / "shared" / "reference" / "peft_textbook_glue.py"
-DEFAULT_DATA = os.environ.get("LORAFLEET_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """`key=value` pairs; values parsed as JSON when they parse (numbers, lists), else strings."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def run_json(cmd: list[str], env: dict) -> tuple[dict, float]:
@@ -114,7 +100,6 @@ def main() -> None:
            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     report: dict = {"task": args.task, "model": args.model, "max_steps": args.max_steps or None}
     if not args.skip_reference:
-        sys.path.insert(0, str(ROOT))
         from lora_engine.models import resolve_model
 
         folder = resolve_model(args.model).path

@@ -13,35 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# libgomp's default busy-waiting turns a shared, oversubscribed CPU into a 10x slowdown.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchlib import DEFAULT_DATA, ROOT, parse_overrides
 
 GLUE = ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
 METHODS = ("lora", "full")
-DEFAULT_DATA = os.environ.get("LORAFLEET_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
 
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def one_run(task: str, method: str, args, work: Path) -> dict:
