@@ -8,6 +8,7 @@ inside the functions so that the CLI starts without it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,3 +121,31 @@ def reconcile_once(
     for job_id in result.dispatch:
         send_run_job(job_id, settings=settings)
     return {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed}
+
+
+def worker_argv(
+    *, queue: str, concurrency: int = 1, loglevel: str = "info", hostname: str | None = None,
+    beat: bool = False, without_heartbeat: bool = False,
+) -> list[str]:
+    """Arguments of `celery -A worker.celery_app worker` for one worker process.
+
+    One job at a time per GPU: the solo pool runs the task in the worker's own process, so the
+    warm base-model cache survives between jobs and nothing forks after CUDA is initialised.
+    `--concurrency` > 1 (CPU-only machines) switches to the prefork pool.
+    """
+    pool = (
+        ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
+    )
+    argv = ["worker", "-Q", queue, *pool, "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["--hostname", hostname]
+    if beat:
+        argv.append("--beat")
+    if without_heartbeat:  # short-lived local workers: nobody (Flower) watches their heartbeats
+        argv.append("--without-heartbeat")
+    return argv
+
+
+def worker_command(**options) -> list[str]:
+    """The whole command line of one worker process (`worker_argv` options)."""
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *worker_argv(**options)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Settings, get_settings
+from orchestrator.dispatch import worker_command
 
 TENANTS = (("acme", "Acme Reviews"), ("globex", "Globex Paraphrase"))
 # (tenant, task, method, rank): SST-2 for one tenant, MRPC for the other, each LoRA vs full.
@@ -117,25 +117,8 @@ def start_worker(settings: Settings) -> subprocess.Popen:
     """A solo-pool worker subprocess with this process's environment; its log goes to <home>."""
     settings.home.mkdir(parents=True, exist_ok=True)
     log = open(settings.home / "quickstart-worker.log", "ab")  # noqa: SIM115 (owned by the child)
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "-Q",
-        settings.queue,
-        "--pool",
-        "solo",
-        "--loglevel",
-        "info",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--hostname",
-        f"quickstart-{os.getpid()}@%h",
-    ]
+    argv = worker_command(queue=settings.queue, hostname=f"quickstart-{os.getpid()}@%h",
+                          without_heartbeat=True)
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     )

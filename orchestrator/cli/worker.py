@@ -5,32 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import click
 
 from orchestrator.cli.helpers import emit, json_option, status
-
-
-def worker_argv(
-    *, queue: str, concurrency: int, loglevel: str, hostname: str | None, beat: bool
-) -> list[str]:
-    """Arguments of `celery -A worker.celery_app worker` for one worker process.
-
-    One job at a time per GPU: the solo pool runs the task in the worker's own process, so the
-    warm base-model cache survives between jobs and nothing forks after CUDA is initialised.
-    `--concurrency` > 1 (CPU-only machines) switches to the prefork pool.
-    """
-    pool = (
-        ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
-    )
-    argv = ["worker", "-Q", queue, *pool, "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
-    if hostname:
-        argv += ["--hostname", hostname]
-    if beat:
-        argv.append("--beat")
-    return argv
+from orchestrator.dispatch import worker_argv, worker_command
 
 
 def visible_devices(gpus: int, env: dict[str, str] | None = None) -> list[str]:
@@ -80,7 +60,7 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool) -> Non
     procs = []
     for index, device in enumerate(devices):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
-        argv = worker_argv(
+        command = worker_command(
             queue=queue,
             concurrency=concurrency,
             loglevel=loglevel,
@@ -91,7 +71,7 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool) -> Non
             # Own session: a terminal's Ctrl-C reaches them once, through `forward`, not twice
             # (Celery takes a second SIGINT as a cold shutdown that kills the running job).
             subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", *argv],
+                command,
                 env=env,
                 start_new_session=True,
             )

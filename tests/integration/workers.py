@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from orchestrator.config import Settings
+from orchestrator.dispatch import worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("LORAFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -78,25 +78,7 @@ def flush_redis() -> None:
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "-Q",
-        "gpu",
-        "--pool",
-        "solo",
-        "--loglevel",
-        "info",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--hostname",
-        f"it-{os.getpid()}@%h",
-    ]
+    argv = worker_command(queue="gpu", hostname=f"it-{os.getpid()}@%h", without_heartbeat=True)
     log = open(log_path, "w")  # noqa: SIM115 (the worker writes it for its whole life)
     return subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

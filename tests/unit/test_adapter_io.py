@@ -18,18 +18,7 @@ from lora_engine.adapter_io import (
 from lora_engine.errors import AdapterError
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora, mark_only_lora_as_trainable
 from lora_engine.layers import LoRALinear
-
-
-def _snapshot(model):
-    modules = [(n, type(m)) for n, m in model.named_modules()]
-    return modules, {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _assert_unchanged(model, snap):
-    modules, state = snap
-    assert [(n, type(m)) for n, m in model.named_modules()] == modules
-    now = model.state_dict()
-    assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+from tests.model_state import assert_unchanged, snapshot
 
 
 def _trained_adapter(tiny_model, perturb_lora, folder, alias="tiny-gpt2", method="dora",
@@ -143,26 +132,26 @@ def test_broken_adapter_raises_and_leaves_model_unchanged(tiny_model, perturb_lo
     _trained_adapter(tiny_model, perturb_lora, folder)
     _bad(folder, what)
     fresh, _ = tiny_model("tiny-gpt2")
-    snap = _snapshot(fresh)
+    snap = snapshot(fresh)
     with pytest.raises(AdapterError, match=pattern) as err:
         load_adapter(fresh, folder)
     assert isinstance(err.value, ValueError)
-    _assert_unchanged(fresh, snap)
+    assert_unchanged(fresh, snap)
 
 
 def test_adapter_for_other_base_is_refused(tiny_model, perturb_lora, tmp_path):
     folder = tmp_path / "a"
     _trained_adapter(tiny_model, perturb_lora, folder)  # tiny-gpt2, 3 labels, hidden 64
     other, _ = tiny_model("tiny-bert")  # no c_attn at all: names do not fit
-    snap = _snapshot(other)
+    snap = snapshot(other)
     with pytest.raises(AdapterError, match=r"made for 'tiny-gpt2'.*match no layer of this bert model"):
         load_adapter(other, folder)
-    _assert_unchanged(other, snap)
+    assert_unchanged(other, snap)
     two_labels, _ = tiny_model("tiny-gpt2", num_labels=2)  # same names, head shape differs
-    snap = _snapshot(two_labels)
+    snap = snapshot(two_labels)
     with pytest.raises(AdapterError, match=r"'score\.weight' has shape \(3, 64\), this model has \(2, 64\)"):
         load_adapter(two_labels, folder)
-    _assert_unchanged(two_labels, snap)
+    assert_unchanged(two_labels, snap)
     assert not any(isinstance(m, LoRALinear) for m in two_labels.modules())
 
 

@@ -129,7 +129,7 @@ def test_unknown_ids_and_tenants_exit_non_zero(home: Path):
 
 
 def test_worker_command_runs_one_solo_process_per_gpu():
-    from orchestrator.cli.worker import worker_argv
+    from orchestrator.dispatch import worker_argv
 
     solo = worker_argv(queue="gpu", concurrency=1, loglevel="info", hostname="gpu0@%h", beat=False)
     assert solo[:3] == ["worker", "-Q", "gpu"] and solo[solo.index("--pool") + 1] == "solo"

@@ -16,19 +16,7 @@ from lora_engine.inject import (
     mark_only_lora_as_trainable,
 )
 from lora_engine.layers import LoRALinear
-
-
-def _snapshot(model):
-    modules = [(n, type(m)) for n, m in model.named_modules()]
-    return modules, {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _assert_unchanged(model, snap):
-    modules, state = snap
-    assert [(n, type(m)) for n, m in model.named_modules()] == modules
-    now = model.state_dict()
-    assert now.keys() == state.keys()
-    assert all(torch.equal(now[k], state[k]) for k in state)
+from tests.model_state import assert_unchanged, snapshot
 
 
 @pytest.mark.parametrize(("alias", "kind", "targets", "head"), [
@@ -78,11 +66,11 @@ def test_all_linear_excludes_heads_and_lm_head(tiny_model):
 
 def test_targets_matching_nothing_lists_linear_layers_and_leaves_model(tiny_model):
     model, _ = tiny_model("tiny-llama", "generation")
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with pytest.raises(LoraConfigError, match=r"match no layer.*model\.layers\.0\.self_attn\.q_proj") as err:
         inject_lora(model, LoraSettings(rank=2, targets=["proj"]))  # suffix means a whole name part
     assert isinstance(err.value, ValueError)
-    _assert_unchanged(model, snap)
+    assert_unchanged(model, snap)
 
 
 @pytest.mark.parametrize(("settings", "pattern"), [
@@ -96,10 +84,10 @@ def test_targets_matching_nothing_lists_linear_layers_and_leaves_model(tiny_mode
 ])
 def test_bad_settings_raise_clear_error_and_leave_model_unchanged(tiny_model, settings, pattern):
     model, _ = tiny_model("tiny-gpt2")
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with pytest.raises(LoraConfigError, match=pattern):
         inject_lora(model, settings)
-    _assert_unchanged(model, snap)
+    assert_unchanged(model, snap)
 
 
 def test_second_injection_is_refused(tiny_model):
