@@ -16,7 +16,9 @@ Decoding: the LoRA paper's beam search (10 beams, length penalty 0.8, no-repeat-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +39,11 @@ def main() -> None:
     p.add_argument("--data-dir", default=DEFAULT_DATA)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out")
+    p.add_argument("--keep-adapter", metavar="DIR", help="copy the trained adapter folder here")
+    p.add_argument("--adapter", metavar="DIR",
+                   help="skip training: score this adapter folder (e.g. one kept by --keep-adapter)")
+    p.add_argument("--beams", type=int, help="beam width (default: the paper's 10; 1 = greedy)")
+    p.add_argument("--length-penalty", type=float, help="beam length penalty (default: the paper's 0.8)")
     args = p.parse_args()
 
     import torch
@@ -51,6 +58,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     decode = GREEDY if args.greedy else PAPER_BEAM
+    if args.beams is not None or args.length_penalty is not None:
+        decode = dataclasses.replace(PAPER_BEAM, num_beams=args.beams or PAPER_BEAM.num_beams,
+                                     length_penalty=args.length_penalty or PAPER_BEAM.length_penalty)
     report: dict = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
                     "eval_mrs": args.eval_mrs, "decode": decode.as_dict()}
     valid = load_examples("e2e", "validation", data_dir=args.data_dir)
@@ -67,6 +77,11 @@ def main() -> None:
                                       zip(prompts[:3], hyps[:3], strict=False)]}
         print(json.dumps({"base": report["base"]["metrics"]}), flush=True)
         del base
+
+    if args.adapter:
+        report["lora"] = score_adapter(Path(args.adapter), valid, args, decode)
+        finish(report, args.out)
+        return
 
     spec = {"task": "e2e", "base_model": args.model, "max_steps": args.steps, "batch_size": args.batch_size,
             "eval_size": args.eval_mrs, **parse_overrides(args.set)}
@@ -87,6 +102,8 @@ def main() -> None:
 
         # The folder alone (merged for speed) reproduces a generation: the inference path works.
         sample = load_for_inference(res.adapter_dir, merged=True).generate([valid[0].group], decode=decode)[0]
+        if args.keep_adapter:
+            shutil.copytree(res.adapter_dir, args.keep_adapter, dirs_exist_ok=True)
     s, tail = res.stats, res.losses[-25:]
     report["lora"] = {"metrics": res.metrics["validation"], "spec": meta["spec"],
                       "wall_s": round(time.perf_counter() - t0, 1), "device_s": round(s.device_s, 1),
@@ -94,10 +111,35 @@ def main() -> None:
                       "peak_mem_mb": round(s.peak_mem_bytes / 2**20), "tokens": s.tokens,
                       "first_loss": res.losses[0], "final_loss_avg25": sum(tail) / len(tail),
                       "sample": {"mr": valid[0].group, "output": sample}}
+    finish(report, args.out)
+
+
+def score_adapter(folder: Path, valid, args, decode) -> dict:
+    """The five metrics of a saved adapter folder (merged into the base for speed)."""
+    from lora_engine.catalog import TASKS
+    from lora_engine.evaluate import evaluate_generation, generation_inputs
+    from lora_engine.predict import load_for_inference
+
+    t0 = time.perf_counter()
+    pred = load_for_inference(folder, merged=True)
+    scores, hyps = evaluate_generation(pred.model, pred.tokenizer, TASKS["e2e"], valid, device=pred.device,
+                                       eval_size=args.eval_mrs, decode=decode, meteor=not args.no_meteor)
+    _, refs = generation_inputs(valid, args.eval_mrs)
+    words = {"outputs": _mean_words(hyps), "references": _mean_words([r for rs in refs for r in rs])}
+    return {"adapter": str(folder), "metrics": scores, "eval_s": round(time.perf_counter() - t0, 1),
+            "mean_words": words,
+            "samples": hyps[:5]}
+
+
+def _mean_words(texts) -> float:
+    return round(sum(len(t.split()) for t in texts) / max(len(texts), 1), 2)
+
+
+def finish(report: dict, out: str | None) -> None:
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

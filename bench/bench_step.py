@@ -1,11 +1,15 @@
 """One training step: lora_engine's LoRA vs PEFT's LoRA (and vs our own full fine-tuning), side by side.
 
-Same base weights, rank, targets, batch, seed and optimizer on both sides; the PEFT side is set up
-as in the textbook recipe (`/work/shared/reference/peft_textbook_glue.py`: `get_peft_model` with a
-`LoraConfig`, AdamW, linear warm-up schedule, rows padded to the full length).
+Same base weights, rank, targets, batch (the very same padded tensors), seed and optimizer on both
+sides; the PEFT side is set up as in the textbook recipe (`/work/shared/reference/peft_textbook_glue.py`:
+`get_peft_model` with a `LoraConfig`, AdamW, linear warm-up schedule, rows padded to the full
+length) and runs the model's Hugging Face forward. Our side (LoRA and full fine-tuning) runs
+`lora_engine.forward.training_loss`, the forward our recipe trains with: padding-free, the last
+encoder layer on first tokens only, the LM head on labelled positions only.
 
 - MiniLM-L6 (sequence classification, SST-2 rows): batch 32, length 64, r=8, alpha 16, query+value.
-- SmolLM2-135M (causal LM on E2E rows): batch 8, length 64, r=4, alpha 8, q_proj+v_proj.
+- SmolLM2-135M (causal LM on E2E rows, MR and reference tokenised apart, loss on the reference only,
+  as the E2E anchor trains): batch 8, length 64, r=4, alpha 8, q_proj+v_proj.
 
 Step time: the three variants (ours, peft, full) live in one process and take their steps in turn
 (round-robin), so background load hits them alike; we report medians over the timed steps.
@@ -40,6 +44,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peft import PeftModel
+
+from lora_engine.forward import training_loss
 from lora_engine.inject import (
     LoraSettings,
     head_module_names,
@@ -74,9 +81,17 @@ def make_batch(setup: dict, tokenizer, device: str) -> dict:
     else:
         with open(_data_dir() / "e2e/train.csv", newline="", encoding="utf-8") as f:
             rows = [r for _, r in zip(range(n), csv.DictReader(f), strict=False)]
-        texts = [f"{r['mr']}\n{r['ref']}{tokenizer.eos_token}" for r in rows]
-        enc = tokenizer(texts, truncation=True, max_length=length, padding="max_length", return_tensors="pt")
-        enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        # E2E as the anchor trains it: MR and reference tokenised apart, loss on the reference only.
+        ids = torch.full((n, length), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, length), dtype=torch.long)
+        labels = torch.full((n, length), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            prompt = tokenizer(r["mr"] + "\n")["input_ids"]
+            row = (prompt + tokenizer(r["ref"])["input_ids"] + [tokenizer.eos_token_id])[:length]
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+            labels[i, len(prompt):len(row)] = ids[i, len(prompt):len(row)]
+        enc = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     return {k: v.to(device) for k, v in enc.items()}
 
 
@@ -108,11 +123,19 @@ def build(variant: str, setup: dict, device: str):
     return model, tok, opt, sched, sum(p.numel() for p in params)
 
 
+def loss_of(model, batch: dict) -> torch.Tensor:
+    """PEFT's step runs the model's own forward; ours (LoRA and full) runs lora_engine's forward."""
+    if isinstance(model, PeftModel):
+        return model(**batch).loss
+    kind = "classification" if batch["labels"].dim() == 1 else "generation"
+    return training_loss(model, batch, kind)
+
+
 def step(model, opt, sched, batch, device: str) -> float:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
     start = time.perf_counter()
     with autocast:
-        loss = model(**batch).loss
+        loss = loss_of(model, batch)
     loss.backward()
     opt.step()
     sched.step()
@@ -134,7 +157,7 @@ def saved_bytes(model, batch, device: str) -> int:
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-        loss = model(**batch).loss
+        loss = loss_of(model, batch)
     loss.backward()
     model.zero_grad(set_to_none=True)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}

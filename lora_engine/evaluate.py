@@ -23,6 +23,7 @@ from lora_engine.catalog import GLUE_TASKS, TaskInfo
 from lora_engine.data import GenerationExample, e2e_references
 from lora_engine.data.batching import collate, encode_classification, encode_prompts, sorted_batches
 from lora_engine.device import DeviceInfo, autocast
+from lora_engine.forward import classification_logits
 from lora_engine.generate import PAPER_BEAM, DecodeSettings, generate_texts
 from lora_engine.metrics import classification_metrics, e2e_metrics, generation_metrics, glue_metrics
 
@@ -38,7 +39,7 @@ def predict_logits(model, encoded, *, device: DeviceInfo, batch_size: int = 64) 
             batch = collate(encoded, indices)
             inputs = {k: v.to(device.device) for k, v in batch.inputs.items() if k != "labels"}
             with autocast(device):
-                logits = model(**inputs).logits.float().cpu().numpy()
+                logits = classification_logits(model, inputs).float().cpu().numpy()
             if out is None:
                 out = np.zeros((len(encoded), logits.shape[-1]), dtype=np.float32)
             out[batch.indices] = logits

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lora_engine.cache import BaseModelCache
@@ -53,13 +52,13 @@ from lora_engine.checkpoint import (
 )
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, seed_everything, synchronize
 from lora_engine.errors import LoraConfigError, TrainingStopped
+from lora_engine.forward import training_loss
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
 from lora_engine.spec import TrainingSpec, validate_spec
 
 __all__ = ["BaseModelCache", "Progress", "RunStats", "TrainHooks", "TrainResult", "fit", "setup", "train"]
 
 GRAD_CLIP = 1.0
-IGNORE_INDEX = -100
 
 
 # --- public types ---------------------------------------------------------------------------------
@@ -259,29 +258,6 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
                label_names=label_names, lora_settings=settings)
 
 
-# --- losses ---------------------------------------------------------------------------------------
-
-
-def causal_lm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions; the LM head runs on those only."""
-    body = getattr(model, model.base_model_prefix)
-    hidden = body(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-    targets = inputs["labels"][:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
-
-
-def batch_loss(model: nn.Module, inputs: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-    if kind == "generation":
-        return causal_lm_loss(model, inputs)
-    labels = inputs["labels"]
-    logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.float()
-    if kind == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.float())
-    return F.cross_entropy(logits, labels)
-
-
 # --- checkpoints ----------------------------------------------------------------------------------
 
 
@@ -344,7 +320,7 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             batch = next(batches)
             inputs = {k: v.to(dev.device, non_blocking=True) for k, v in batch.inputs.items()}
             with autocast(dev):
-                loss = batch_loss(model, inputs, kind) / run.spec.grad_accum
+                loss = training_loss(model, inputs, kind) / run.spec.grad_accum
             loss.backward()
             step_loss += loss.item()
             seen += batch.examples

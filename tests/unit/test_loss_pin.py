@@ -42,8 +42,10 @@ def test_sst2_tiny_bert_lora_two_steps(tmp_path):
     res = train({"task": "sst2", "base_model": "tiny-bert", "max_steps": 2, "batch_size": 8, "eval_size": 8,
                  "max_length": 64, "dropout": 0.1, "lr": 5e-4, "head_lr": 2e-3, "warmup_ratio": 0.06},
                 tmp_path / "a", data_dir=DATA)
-    # Re-pinned when BERT's pretrained pooler joined the trained head: step 1 is unchanged, step 2 moves.
-    assert res.losses == pytest.approx([0.6933948993682861, 0.6977587938308716], rel=REL)
+    # Re-pinned when BERT's pretrained pooler joined the trained head (step 2 moved), and again when
+    # training moved to lora_engine.forward: its dropout draws cover the real tokens only, so
+    # both steps moved (the forward itself equals HF's to 1e-5 in eval mode: test_forward).
+    assert res.losses == pytest.approx([0.6932574510574341, 0.6929703950881958], rel=REL)
 
 
 def test_generation_tiny_llama_lora_two_steps(tmp_path, gen_data):

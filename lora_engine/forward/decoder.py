@@ -1,0 +1,82 @@
+"""Our forward for Llama-family causal LMs (SmolLM2, TinyLlama, Llama): packed tokens, labelled-only LM head.
+
+Like `encoder`, it calls the model's own submodules (RMSNorms, projections, MLP, rotary table,
+LM head), so LoRA and DoRA take part as in Hugging Face's forward, and the loss equals
+`model(**inputs, labels=labels).loss` (tested). It does less work by running every token-wise
+operation on real tokens only and the LM head (a vocabulary-wide GEMM plus softmax, about a fifth
+of a small model's step) only at positions whose next token is labelled.
+
+Positions follow Hugging Face's default for training batches (0..L-1 in every row), which is what
+right-padded batches need; other layouts go to the reference forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lora_engine.forward.packing import Packing
+
+IGNORE_INDEX = -100
+
+
+def supports(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
+    if type(model).__name__ != "LlamaForCausalLM" or "labels" not in inputs or "attention_mask" not in inputs:
+        return False
+    if getattr(model.config, "pretraining_tp", 1) != 1:
+        return False
+    mask = inputs["attention_mask"].bool()
+    # Right padding only: each row's real tokens form a prefix (so positions 0..len-1 are theirs)...
+    right_padded = bool((mask.cummin(dim=1).values == mask).all())
+    # ...and every labelled next token is predicted from a real token.
+    labelled = inputs["labels"][:, 1:] != IGNORE_INDEX
+    return right_padded and bool(mask[:, :-1][labelled].all())
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x·cos + rotate_half(x)·sin, with rotate_half's sign folded into `signed_sin` (one roll, no cat)."""
+    return torch.addcmul(x * cos, torch.roll(x, x.shape[-1] // 2, dims=-1), signed_sin)
+
+
+def _attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: Packing,
+               training: bool) -> torch.Tensor:
+    """LlamaAttention on packed tokens; `sin` carries rotate_half's sign (see `_rotary`)."""
+    size = attn.head_dim
+    q = attn.q_proj(hidden).view(hidden.shape[0], -1, size)
+    k = attn.k_proj(hidden).view(hidden.shape[0], -1, size)
+    v = attn.v_proj(hidden).view(hidden.shape[0], -1, size)
+    # The softmax scale rides on the queries' rotary factors: one multiply fewer per layer.
+    q = _rotary(q, cos * attn.scaling, sin * attn.scaling)
+    ctx = packing.attention(q, _rotary(k, cos, sin), v, scale=1.0, causal=True,
+                            dropout=attn.attention_dropout if training else 0.0)
+    return attn.o_proj(ctx.reshape(ctx.shape[0], -1))
+
+
+def packed_hidden(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Packing]:
+    """Final-norm hidden states of the real tokens (N, hidden), and their packing."""
+    body = model.model
+    packing = Packing.from_mask(inputs["attention_mask"])
+    embedded = body.embed_tokens(inputs["input_ids"])
+    positions = torch.arange(packing.length, device=embedded.device).unsqueeze(0)
+    cos, sin = body.rotary_emb(embedded, positions)  # (1, L, head_dim)
+    half = sin.shape[-1] // 2
+    sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    cos = packing.pack(cos.expand(packing.batch, -1, -1)).unsqueeze(1)  # (N, 1, head_dim)
+    sin = packing.pack(sin.expand(packing.batch, -1, -1)).unsqueeze(1)
+    hidden = packing.pack(embedded)
+    for layer in body.layers[: model.config.num_hidden_layers]:
+        hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, packing,
+                                     model.training)
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return body.norm(hidden), packing
+
+
+def causal_lm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions (labels -100 elsewhere)."""
+    hidden, packing = packed_hidden(model, inputs)
+    targets = inputs["labels"][:, 1:]
+    b, t = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    rows = packing.compact_positions(b * packing.length + t)
+    logits = model.get_output_embeddings()(hidden.index_select(0, rows))
+    return F.cross_entropy(logits.float(), targets[b, t])

@@ -1,0 +1,77 @@
+"""Our forward for BERT / RoBERTa sequence classification: packed tokens, first-token-only last layer.
+
+It calls the model's own submodules (embeddings, projections, LayerNorms, feed-forward, head), so
+LoRA, DoRA and trained heads take part exactly as in Hugging Face's forward, and it computes the
+same logits (tested to 1e-5 against `model(**inputs).logits`). It does less work in two places:
+
+- padding: every token-wise operation runs on the real tokens only (`Packing`);
+- the last layer: the head reads only the first token, so that layer computes keys and values for
+  every token but queries, attention output and feed-forward for the first token alone (about
+  5/6 of one layer's work saved).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lora_engine.forward.packing import Packing
+
+SUPPORTED = {"BertForSequenceClassification": "bert", "RobertaForSequenceClassification": "roberta"}
+
+
+def supports(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
+    body_name = SUPPORTED.get(type(model).__name__)
+    if body_name is None or "input_ids" not in inputs or "attention_mask" not in inputs:
+        return False
+    cfg = model.config
+    if cfg.is_decoder or getattr(cfg, "add_cross_attention", False):
+        return False
+    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+        return False
+    # The head reads position 0 of every row; a row that does not start with a real token
+    # (left padding) is left to the reference forward.
+    return bool(inputs["attention_mask"][:, 0].all())
+
+
+def _self_attention(attn: nn.Module, hidden: torch.Tensor, packing: Packing, *,
+                    first_only: torch.Tensor | None, training: bool) -> torch.Tensor:
+    """BertSelfAttention on packed tokens; with `first_only`, queries only at those packed rows."""
+    heads, size = attn.num_attention_heads, attn.attention_head_size
+    query_in = hidden if first_only is None else hidden.index_select(0, first_only)
+    q = attn.query(query_in).view(-1, heads, size)
+    k = attn.key(hidden).view(-1, heads, size)
+    v = attn.value(hidden).view(-1, heads, size)
+    ctx = packing.attention(q, k, v, scale=attn.scaling, causal=False,
+                            dropout=attn.dropout.p if training else 0.0, query_positions=first_only)
+    return ctx.reshape(ctx.shape[0], heads * size)
+
+
+def _layer(layer: nn.Module, hidden: torch.Tensor, packing: Packing, *, first_only: torch.Tensor | None,
+           training: bool) -> torch.Tensor:
+    ctx = _self_attention(layer.attention.self, hidden, packing, first_only=first_only, training=training)
+    residual = hidden if first_only is None else hidden.index_select(0, first_only)
+    attended = layer.attention.output(ctx, residual)  # dense, dropout, LayerNorm(x + residual)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def first_token_states(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, hidden) last-layer states of each row's first token, as the classification head sees them."""
+    body = getattr(model, SUPPORTED[type(model).__name__])
+    packing = Packing.from_mask(inputs["attention_mask"])
+    embedded = body.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
+    hidden = packing.pack(embedded)
+    first = packing.compact_positions(torch.arange(packing.batch, device=hidden.device) * packing.length)
+    layers = body.encoder.layer
+    for i, layer in enumerate(layers):
+        hidden = _layer(layer, hidden, packing, first_only=first if i == len(layers) - 1 else None,
+                        training=model.training)
+    return hidden
+
+
+def classification_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, labels) logits, equal to `model(**inputs).logits`."""
+    first = first_token_states(model, inputs).unsqueeze(1)  # (B, 1, hidden): the heads index [:, 0]
+    if isinstance(model.classifier, nn.Linear):  # BERT: pooler -> dropout -> classifier
+        return model.classifier(model.dropout(model.bert.pooler(first)))
+    return model.classifier(first)  # RoBERTa's classification head pools the first token itself
