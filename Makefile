@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # libgomp's default spin-waiting makes torch 10x slower when the cores are shared.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart test lint bench clean
+.PHONY: install quickstart test compose-cli lint clean
 
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -26,15 +26,16 @@ install: .venv/.installed
 quickstart: install
 	.venv/bin/lorafleet quickstart
 
-test: install
+test: install compose-cli
 	.venv/bin/ruff check .
 	$(PY) -m pytest -q -ra
 
+# The compose tests validate docker-compose.yml with `docker-compose config` (Debian package).
+compose-cli:
+	@command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; }
+
 lint: install
 	.venv/bin/ruff check .
-
-bench: install
-	$(PY) bench/run_all.py
 
 clean:
 	rm -rf .venv .lorafleet .pytest_cache
