@@ -4,9 +4,12 @@
   rows when given). Classification predicts argmax of the logits; STS-B (regression) the single
   logit as the similarity.
 - Custom classification: accuracy and macro-F1.
-- E2E: one output per distinct MR (the first `eval_size` MRs when given), decoded with the paper's
-  beam search by default, scored by `e2e_metrics` against ALL references of that MR, as the official
-  E2E scorer does. Custom generation: BLEU and ROUGE-L, grouping by prompt.
+- E2E: one output per distinct MR (the first `eval_size` MRs when given), decoded greedily by
+  default, scored by `e2e_metrics` against ALL references of that MR, as the official E2E scorer
+  does. Greedy is the default because it measured better than the LoRA paper's beam search (10
+  beams, length penalty 0.8) on every metric for SmolLM2 after 300 steps (CIDEr 2.13 vs 1.79 on
+  the 547 validation MRs), at a sixth of the time; pass `decode=PAPER_BEAM` for the paper's.
+  Custom generation: BLEU and ROUGE-L, grouping by prompt.
 
 Prompts are tokenised by `encode_prompts`, the very function training used for the prompt half of
 each row, so generation continues from the boundary the model was trained on.
@@ -24,7 +27,7 @@ from lora_engine.data import GenerationExample, e2e_references
 from lora_engine.data.batching import collate, encode_classification, encode_prompts, sorted_batches
 from lora_engine.device import DeviceInfo, autocast
 from lora_engine.forward import classification_logits
-from lora_engine.generate import PAPER_BEAM, DecodeSettings, generate_texts
+from lora_engine.generate import GREEDY, DecodeSettings, generate_texts
 from lora_engine.metrics import classification_metrics, e2e_metrics, generation_metrics, glue_metrics
 
 
@@ -77,7 +80,7 @@ def generation_inputs(examples: Sequence[GenerationExample], eval_size: int | No
 
 def evaluate_generation(model, tokenizer, info: TaskInfo, examples: Sequence[GenerationExample], *,
                         device: DeviceInfo, eval_size: int | None = None,
-                        decode: DecodeSettings = PAPER_BEAM, meteor: bool = True
+                        decode: DecodeSettings = GREEDY, meteor: bool = True
                         ) -> tuple[dict[str, float], list[str]]:
     """(metrics, generated texts) for the distinct prompts of `examples`."""
     prompts, refs = generation_inputs(examples, eval_size)

@@ -351,13 +351,13 @@ def evaluate_run(run: Run, *, data_dir: str | Path, decode=None, meteor: bool = 
     """{"validation": metrics} for the run's model (pure: weights untouched)."""
     from lora_engine.data import load_examples
     from lora_engine.evaluate import evaluate_classification, evaluate_generation
-    from lora_engine.generate import PAPER_BEAM
+    from lora_engine.generate import GREEDY
 
     spec, info = run.spec, run.info
     if info.kind == "generation":
         examples = load_examples(spec.task, "validation", data_dir=data_dir, dataset=spec.dataset)
         scores, _ = evaluate_generation(run.model, run.tokenizer, info, examples, device=run.device,
-                                        eval_size=spec.eval_size, decode=decode or PAPER_BEAM, meteor=meteor)
+                                        eval_size=spec.eval_size, decode=decode or GREEDY, meteor=meteor)
     else:
         examples = load_examples(spec.task, "validation", data_dir=data_dir, dataset=spec.dataset,
                                  limit=spec.eval_size)
