@@ -147,7 +147,7 @@ class _Heartbeat:
 class KeepAlive(threading.Thread):
     """Heartbeats while no training step reports: loading the base, tokenising, evaluating.
 
-    The progress hook only beats between optimiser steps, and a long evaluation (E2E beam search
+    The progress hook only beats between optimiser steps, and a long evaluation (E2E decoding
     on a CPU takes minutes) would otherwise outlive the lease and have the reconciler hand the
     job to another worker. A worker process that dies takes this thread with it, so a crashed
     job's lease still expires.

@@ -187,3 +187,23 @@ def test_packing_round_trip_and_layout_errors():
     q2 = torch.randn(2, 2, 8)
     with pytest.raises(ValueError, match="at least one real token"):
         empty.attention(q2, q2, q2, scale=1.0, causal=False)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_sdpa_branch_equals_short_row_attention(monkeypatch, causal):
+    # GPUs and long rows take scaled_dot_product_attention; CPU tests otherwise only see the
+    # short-row path, so force the other branch and compare (grouped-query heads, padding).
+    import lora_engine.forward.packing as packing_module
+
+    torch.manual_seed(0)
+    packing = Packing.from_mask(torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]))
+    n = packing.tokens
+    q, k, v = torch.randn(n, 4, 8), torch.randn(n, 2, 8), torch.randn(n, 2, 8)
+    short = packing.attention(q, k, v, scale=0.3, causal=causal)
+    monkeypatch.setattr(packing_module, "SHORT_ROWS", 0)
+    fused = packing.attention(q, k, v, scale=0.3, causal=causal)
+    torch.testing.assert_close(fused, short, atol=1e-5, rtol=1e-5)
+    if not causal:
+        first = packing.compact_positions(torch.arange(3) * packing.length)
+        only = packing.attention(q[first], k, v, scale=0.3, causal=False, query_positions=first)
+        torch.testing.assert_close(only, short[first], atol=1e-5, rtol=1e-5)
