@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_engine.data.batching import IGNORE_INDEX
 from lora_engine.forward import decoder, encoder
-
-IGNORE_INDEX = decoder.IGNORE_INDEX
 
 
 def classification_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_engine.forward.packing import Packing
-
-IGNORE_INDEX = -100
+from lora_engine.data.batching import IGNORE_INDEX
+from lora_engine.forward.packing import Packing, is_right_padded
 
 
 def supports(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
@@ -27,11 +26,10 @@ def supports(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
     if getattr(model.config, "pretraining_tp", 1) != 1:
         return False
     mask = inputs["attention_mask"].bool()
-    # Right padding only: each row's real tokens form a prefix (so positions 0..len-1 are theirs)...
-    right_padded = bool((mask.cummin(dim=1).values == mask).all())
-    # ...and every labelled next token is predicted from a real token.
+    # Right padding only (so positions 0..len-1 are each row's real tokens), and every labelled
+    # next token is predicted from a real token.
     labelled = inputs["labels"][:, 1:] != IGNORE_INDEX
-    return right_padded and bool(mask[:, :-1][labelled].all())
+    return is_right_padded(mask) and bool(mask[:, :-1][labelled].all())
 
 
 def _rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,12 @@ import torch.nn.functional as F
 SHORT_ROWS = 256
 
 
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """Whether every row's real tokens form a prefix of it."""
+    mask = attention_mask.bool()
+    return bool((mask.cummin(dim=1).values == mask).all())
+
+
 def _scatter_rows(x: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
     return x.new_zeros(rows, *x.shape[1:]).index_copy_(0, index, x)
 
@@ -72,12 +78,7 @@ class Packing:
         mask = attention_mask.bool()
         b, length = mask.shape
         index = None if bool(mask.all()) else mask.reshape(-1).nonzero().squeeze(1)
-        right_padded = bool((mask.cummin(dim=1).values == mask).all())
-        return cls(b, length, index, mask, right_padded, bool(mask.any(dim=1).all()))
-
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.length if self.index is None else int(self.index.numel())
+        return cls(b, length, index, mask, is_right_padded(mask), bool(mask.any(dim=1).all()))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, ...) -> (N, ...): the real tokens, in row-major order."""

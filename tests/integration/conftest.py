@@ -1,13 +1,5 @@
-"""A real Celery worker process per test module and mode, with its own registry and broker.
-
-Modes:
-- `embedded`: SQLite registry + Celery over SQLite (`sqla+sqlite`) in a temporary LORAFLEET_HOME;
-- `cluster`: a fresh PostgreSQL database (created and dropped here, migrated to head) + Redis
-  database 11 (flushed before and after).
-
-The worker is `celery -A worker.celery_app worker --pool solo`, started once per module and mode
-(its start-up is the slow part), with tiny models and few steps so the whole suite stays short.
-"""
+"""Fixtures: a real Celery worker process per test module and mode (`embedded` or `cluster`),
+with its own registry and broker; `workers.py` describes the modes and starts the processes."""
 
 from __future__ import annotations
 

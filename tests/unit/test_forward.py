@@ -197,7 +197,7 @@ def test_fused_sdpa_branch_equals_short_row_attention(monkeypatch, causal):
 
     torch.manual_seed(0)
     packing = Packing.from_mask(torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]))
-    n = packing.tokens
+    n = int(packing.key_mask.sum())
     q, k, v = torch.randn(n, 4, 8), torch.randn(n, 2, 8), torch.randn(n, 2, 8)
     short = packing.attention(q, k, v, scale=0.3, causal=causal)
     monkeypatch.setattr(packing_module, "SHORT_ROWS", 0)
