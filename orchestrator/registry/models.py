@@ -29,6 +29,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -43,6 +45,11 @@ NAMING_CONVENTION = {
 }
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+# What a job does: train an adapter, evaluate a base model untuned (method 'none', no adapter),
+# or re-score existing adapters on one resident base (its spec lists the adapter ids).
+JOB_KINDS = ("train", "evaluate", "reevaluate")
+# Where a metric row comes from: the job's own run, or a later re-evaluation of its adapter.
+METRIC_SOURCES = ("job", "reevaluation")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 # Event kinds written by the services (job_events.kind). Free text is allowed for forward
@@ -117,6 +124,7 @@ class Job(Base):
     # Indexed by ix_jobs_tenant_id_state (tenant_id is its prefix).
     tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"))
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     spec: Mapped[dict[str, Any]]
     # Denormalised from the resolved spec so reports and listings need no JSON parsing.
     task: Mapped[str] = mapped_column(String(64))
@@ -152,6 +160,7 @@ class Job(Base):
         CheckConstraint(
             "state IN (" + ", ".join(f"'{s}'" for s in JOB_STATES) + ")", name="state_valid"
         ),
+        CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in JOB_KINDS) + ")", name="kind_valid"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
         # The claim counts a tenant's running jobs; the dispatcher scans queued ones.
         Index("ix_jobs_tenant_id_state", "tenant_id", "state"),
@@ -195,7 +204,17 @@ class Adapter(Base):
 
 
 class Metric(Base):
-    """Long form: one row per (job, split, metric name)."""
+    """Long form: one row per (job, split, metric name), or per (job, adapter, split, name) for a
+    re-evaluation.
+
+    - source 'job': what the job itself measured. A training job's rows carry its adapter; an
+      untuned-baseline job (kind 'evaluate') has no adapter, so adapter_id is NULL. Unique per
+      (job, split, name).
+    - source 'reevaluation': one reevaluate job scores many adapters, so job_id is that job and
+      adapter_id the adapter scored. Unique per (job, adapter, split, name).
+    Two partial unique indexes (SQLite and PostgreSQL both have them) state exactly that; a single
+    constraint over (job, adapter, split, name) would let NULL adapters repeat.
+    """
 
     __tablename__ = "metrics"
 
@@ -206,8 +225,19 @@ class Metric(Base):
     split: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(16), default="job", server_default="job")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
 
-    __table_args__ = (UniqueConstraint("job_id", "split", "name", name="uq_metrics_job_id_split_name"),)
+    __table_args__ = (
+        CheckConstraint(
+            "source IN (" + ", ".join(f"'{s}'" for s in METRIC_SOURCES) + ")", name="source_valid"
+        ),
+        Index("uq_metrics_job_id_split_name", "job_id", "split", "name", unique=True,
+              sqlite_where=text("source = 'job'"), postgresql_where=text("source = 'job'")),
+        Index("uq_metrics_job_id_adapter_id_split_name", "job_id", "adapter_id", "split", "name",
+              unique=True, sqlite_where=text("source = 'reevaluation'"),
+              postgresql_where=text("source = 'reevaluation'")),
+    )
 
 
 class Usage(Base):

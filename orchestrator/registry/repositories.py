@@ -190,10 +190,24 @@ def adapters(
 def metrics_of_job(
     session: Session, job_id: str, tenant_id: str | None = None
 ) -> dict[str, dict[str, float]]:
-    stmt = _scoped(select(Metric).where(Metric.job_id == job_id), Metric, tenant_id)
+    """What the job itself measured ({split: {name: value}}, source 'job'); a reevaluate job's
+    per-adapter scores are in `reevaluation_metrics_of_job`."""
+    stmt = _scoped(select(Metric).where(Metric.job_id == job_id, Metric.source == "job"), Metric, tenant_id)
     out: dict[str, dict[str, float]] = {}
     for m in session.scalars(stmt.order_by(Metric.split, Metric.name)):
         out.setdefault(m.split, {})[m.name] = m.value
+    return out
+
+
+def reevaluation_metrics_of_job(
+    session: Session, job_id: str, tenant_id: str | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """A reevaluate job's scores: {adapter_id: {split: {name: value}}}."""
+    stmt = _scoped(select(Metric).where(Metric.job_id == job_id, Metric.source == "reevaluation"),
+                   Metric, tenant_id)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for m in session.scalars(stmt.order_by(Metric.adapter_id, Metric.split, Metric.name)):
+        out.setdefault(str(m.adapter_id), {}).setdefault(m.split, {})[m.name] = m.value
     return out
 
 

@@ -36,9 +36,10 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                             event_interval_s=5.0) -> bool (cancel requested)   raises LeaseLost
                   record_checkpoint(s, job_id, worker_id, step, path=None)
                   finish_job_success(s, job_id, worker_id, AdapterRecord(id, path, sha256, bytes,
-                            trainable_params, total_params), metrics={split: {name: value}},
+                            trainable_params, total_params) | None, metrics={split: {name: value}},
                             usage={device, device_seconds, wall_seconds, peak_memory_bytes,
-                            examples, tokens}) -> Adapter
+                            examples, tokens}, reevaluated={adapter_id: {split: {name: value}}})
+                            -> Adapter | None   (train: adapter; evaluate: None; reevaluate: scores)
                   fail_job(s, job_id, worker_id, reason, usage=None) -> Job
                   mark_cancelled(s, job_id, worker_id, step=None, usage=None) -> Job
                   requeue_job(s, job_id, worker_id, reason, usage=None) -> "queued" | "failed"

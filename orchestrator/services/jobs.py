@@ -246,6 +246,7 @@ def get_job(session: Session, job_id: str, tenant: str | None = None) -> JobDeta
         adapter=repo.adapter_of_job(session, job.id),
         metrics=repo.metrics_of_job(session, job.id, tenant_id=job.tenant_id),
         usage=repo.usage_of_job(session, job.id, tenant_id=job.tenant_id),
+        reevaluated=repo.reevaluation_metrics_of_job(session, job.id, tenant_id=job.tenant_id),
     )
 
 

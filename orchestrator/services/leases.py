@@ -199,39 +199,80 @@ def _end(job: Job, state: str, now: datetime, error: str | None = None) -> None:
     job.lease_owner = job.lease_expires_at = None
 
 
+def _add_metrics(
+    session: Session, job: Job, adapter_id: str | None, metrics: Mapping[str, Mapping[str, float]],
+    source: str, now: datetime,
+) -> None:
+    for split, values in metrics.items():
+        for name, value in values.items():
+            session.add(Metric(job_id=job.id, adapter_id=adapter_id, tenant_id=job.tenant_id, split=split,
+                               name=name, value=float(value), source=source, created_at=now))
+
+
+def _check_outcome(
+    job: Job, adapter: AdapterRecord | None, reevaluated: Mapping[str, Any] | None
+) -> None:
+    """What a job of each kind must hand back: a training job an adapter; an untuned evaluation
+    nothing but metrics; a re-evaluation the scores of the adapters its spec lists."""
+    if job.kind == "train" and adapter is None:
+        raise InvalidInput(f"job {job.id} is a training job: it must finish with an adapter")
+    if job.kind != "train" and adapter is not None:
+        raise InvalidInput(f"job {job.id} is a {job.kind} job: it trains no adapter")
+    if job.kind == "reevaluate":
+        listed = set(job.spec.get("adapter_ids", []))
+        unknown = sorted(set(reevaluated or {}) - listed)
+        if unknown:
+            raise InvalidInput(f"job {job.id} re-evaluates {sorted(listed)}; not {unknown}")
+    elif reevaluated:
+        raise InvalidInput(f"job {job.id} is a {job.kind} job: only a reevaluate job scores adapters")
+
+
 @transactional
 def finish_job_success(
     session: Session,
     job_id: str,
     worker_id: str,
-    adapter: AdapterRecord,
+    adapter: AdapterRecord | None,
     metrics: Mapping[str, Mapping[str, float]],
     usage: Mapping[str, Any] | None = None,
     now: datetime | None = None,
-) -> Adapter:
-    """Record the adapter, its metrics ({split: {name: value}}) and usage, and mark the job
-    `succeeded`, all in one transaction. Returns the Adapter row. LeaseLost if not ours."""
+    reevaluated: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+) -> Adapter | None:
+    """Record what the job produced and mark it `succeeded`, all in one transaction:
+    - train: the adapter, its metrics ({split: {name: value}}, source 'job') and usage;
+    - evaluate (untuned baseline): its metrics with no adapter (adapter_id NULL);
+    - reevaluate: `reevaluated` {adapter_id: {split: {name: value}}}, one set of rows per adapter
+      scored (source 'reevaluation'); `metrics` should be empty.
+    Returns the Adapter row (None for the kinds that train none). LeaseLost if not ours."""
     now = now or utcnow()
     job = _owned(session, job_id, worker_id)
-    row = Adapter(
-        id=adapter.id, tenant_id=job.tenant_id, job_id=job.id, path=str(adapter.path), sha256=adapter.sha256,
-        bytes=int(adapter.bytes), trainable_params=int(adapter.trainable_params),
-        total_params=int(adapter.total_params), base_model=job.base_model, task=job.task,
-        method=job.method, rank=job.rank, parent_adapter_id=job.init_from_adapter_id, created_at=now,
-    )
-    session.add(row)
-    session.flush()  # the adapter must exist before metrics reference it
-    for split, values in metrics.items():
-        for name, value in values.items():
-            session.add(Metric(job_id=job.id, adapter_id=row.id, tenant_id=job.tenant_id, split=split,
-                               name=name, value=float(value)))
+    _check_outcome(job, adapter, reevaluated)
+    row = None
+    if adapter is not None:
+        row = Adapter(
+            id=adapter.id, tenant_id=job.tenant_id, job_id=job.id, path=str(adapter.path),
+            sha256=adapter.sha256, bytes=int(adapter.bytes), trainable_params=int(adapter.trainable_params),
+            total_params=int(adapter.total_params), base_model=job.base_model, task=job.task,
+            method=job.method, rank=job.rank, parent_adapter_id=job.init_from_adapter_id, created_at=now,
+        )
+        session.add(row)
+        session.flush()  # the adapter must exist before metrics reference it
+    _add_metrics(session, job, row.id if row is not None else None, metrics, "job", now)
+    for adapter_id, scored in (reevaluated or {}).items():
+        _add_metrics(session, job, adapter_id, scored, "reevaluation", now)
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
     _end(job, "succeeded", now)
     summary = {split: dict(values) for split, values in metrics.items()}
-    add_event(session, job, "succeeded", f"adapter {row.id} ({row.bytes} bytes)",
-              {"adapter_id": row.id, "metrics": summary}, ts=now)
+    if row is not None:
+        add_event(session, job, "succeeded", f"adapter {row.id} ({row.bytes} bytes)",
+                  {"adapter_id": row.id, "metrics": summary}, ts=now)
+    elif job.kind == "reevaluate":
+        add_event(session, job, "succeeded", f"re-evaluated {len(reevaluated or {})} adapters",
+                  {"adapter_ids": sorted(reevaluated or {})}, ts=now)
+    else:
+        add_event(session, job, "succeeded", "evaluated the untuned base model", {"metrics": summary}, ts=now)
     return row
 
 

@@ -25,6 +25,7 @@ def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
         "tenant_id": job.tenant_id,
         "tenant": tenant_slug,
         "state": job.state,
+        "kind": job.kind,
         "task": job.task,
         "method": job.method,
         "rank": job.rank,
@@ -76,10 +77,13 @@ class JobDetail:
     adapter: Adapter | None = None
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     usage: Sequence[Usage] = ()
+    # A reevaluate job's scores {adapter_id: {split: {name: value}}}; empty for the other kinds.
+    reevaluated: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = job_dict(self.job, self.tenant_slug)
         out["adapter"] = adapter_dict(self.adapter) if self.adapter is not None else None
         out["metrics"] = self.metrics
+        out["reevaluated"] = self.reevaluated
         out["usage"] = [usage_dict(u) for u in self.usage]
         return out

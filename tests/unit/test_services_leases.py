@@ -8,10 +8,11 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from orchestrator import services as svc
 from orchestrator.registry import db
-from orchestrator.registry.models import Adapter, Metric, Usage, new_id, utcnow
+from orchestrator.registry.models import Adapter, Job, Metric, Usage, new_id, utcnow
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -211,3 +212,88 @@ def test_reconcile_redispatches_queued_jobs_with_backoff(session, job_spec) -> N
     never_sent = svc.submit_job(session, "acme", job_spec)  # message lost right after submit
     late = utcnow() + timedelta(seconds=61)
     assert never_sent.id in svc.reconcile(session, now=late, redispatch_after_s=60).dispatch
+
+
+def _finished_adapter(session, registry_settings, tenant: str, spec: dict) -> str:
+    """A succeeded training job of `tenant`; returns its adapter id."""
+    job = svc.submit_job(session, tenant, spec)
+    svc.claim_job(session, job.id, "w1", 60)
+    adapter_id = new_id()
+    path = svc.new_adapter_path(registry_settings, job.tenant_id, adapter_id)
+    record = svc.AdapterRecord(id=adapter_id, path=str(path), sha256="a" * 64, bytes=10,
+                               trainable_params=1, total_params=2)
+    svc.finish_job_success(session, job.id, "w1", record, {"validation": {"accuracy": 0.8}})
+    return adapter_id
+
+
+def _claimed_as(session, tenant: str, spec: dict, kind: str, **spec_extra) -> str:
+    job = svc.submit_job(session, tenant, spec)
+    row = session.get(Job, job.id)
+    row.kind, row.spec = kind, {**row.spec, **spec_extra}
+    session.commit()
+    svc.claim_job(session, job.id, "w1", 60)
+    return job.id
+
+
+def test_metrics_carry_source_and_time_per_job_kind(session, registry_settings, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    a1 = _finished_adapter(session, registry_settings, "acme", job_spec)
+    a2 = _finished_adapter(session, registry_settings, "acme", job_spec)
+    trained = session.scalars(select(Metric).where(Metric.adapter_id == a1)).all()
+    assert [(m.source, m.name) for m in trained] == [("job", "accuracy")] and trained[0].created_at.tzinfo
+
+    # The untuned baseline: metrics with no adapter; an adapter handed back is refused whole.
+    ev = _claimed_as(session, "acme", job_spec, "evaluate")
+    record = svc.AdapterRecord(id=new_id(), path="/x", sha256="0" * 64, bytes=1, trainable_params=1,
+                               total_params=1)
+    with pytest.raises(svc.InvalidInput, match="trains no adapter"):
+        svc.finish_job_success(session, ev, "w1", record, {"validation": {"accuracy": 0.5}})
+    assert session.scalar(select(func.count()).select_from(Adapter)) == 2
+    svc.finish_job_success(session, ev, "w1", None,
+                           {"validation": {"accuracy": 0.5, "majority_class_rate": 0.51}})
+    rows = session.scalars(select(Metric).where(Metric.job_id == ev).order_by(Metric.name)).all()
+    assert [(m.adapter_id, m.source, m.split, m.name) for m in rows] == [
+        (None, "job", "validation", "accuracy"), (None, "job", "validation", "majority_class_rate")]
+    detail = svc.get_job(session, ev).to_dict()
+    assert detail["kind"] == "evaluate" and detail["adapter"] is None and detail["reevaluated"] == {}
+
+    # A re-evaluation: one job, the same metric names for each adapter it scored.
+    re = _claimed_as(session, "acme", job_spec, "reevaluate", adapter_ids=[a1, a2])
+    with pytest.raises(svc.InvalidInput, match="not \\['nope'\\]"):
+        svc.finish_job_success(session, re, "w1", None, {}, reevaluated={"nope": {"validation": {"x": 1}}})
+    scores = {a1: {"validation": {"accuracy": 0.79}}, a2: {"validation": {"accuracy": 0.81}}}
+    svc.finish_job_success(session, re, "w1", None, {}, reevaluated=scores)
+    detail = svc.get_job(session, re).to_dict()
+    assert detail["kind"] == "reevaluate" and detail["reevaluated"] == scores and detail["metrics"] == {}
+    sources = session.scalars(select(Metric.source).where(Metric.job_id == re)).all()
+    assert sources == ["reevaluation", "reevaluation"]
+
+
+def test_metrics_unique_per_job_or_per_adapter_of_a_reevaluation(session, job_spec) -> None:
+    """The two partial unique indexes: (job, split, name) for a job's own rows, (job, adapter,
+    split, name) for re-evaluation rows."""
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec)
+
+    def add(adapter_id, source):
+        session.add(Metric(job_id=job.id, adapter_id=adapter_id, tenant_id=job.tenant_id,
+                           split="validation", name="accuracy", value=0.5, source=source))
+        session.flush()
+
+    add(None, "job")
+    with pytest.raises(IntegrityError), session.begin_nested():
+        add(None, "job")  # NULL adapters do not escape the job's own uniqueness
+    a = session.get(Adapter, _adapter_row(session, job))
+    add(a.id, "reevaluation")
+    with pytest.raises(IntegrityError), session.begin_nested():
+        add(a.id, "reevaluation")
+    with pytest.raises(IntegrityError), session.begin_nested():
+        add(None, "unknown")  # the source check constraint
+
+
+def _adapter_row(session, job) -> str:
+    row = Adapter(tenant_id=job.tenant_id, path="/x", sha256="0" * 64, bytes=1, trainable_params=1,
+                  total_params=1, base_model=job.base_model, task=job.task, method=job.method, rank=job.rank)
+    session.add(row)
+    session.flush()
+    return row.id
