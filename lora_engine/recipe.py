@@ -304,6 +304,21 @@ def _batches(run: Run) -> Iterator:
         yield collate(run.encoded, indices)
 
 
+def _step_start(run: Run) -> tuple:
+    return run.sampler.state_dict(), capture_rng_state(), run.examples, run.tokens
+
+
+def _abandon_step(run: Run, start: tuple, hooks: TrainHooks) -> None:
+    """Drop a partly accumulated step, checkpoint the state before it, raise TrainingStopped."""
+    sampler, rng, run.examples, run.tokens = start
+    run.optimizer.zero_grad(set_to_none=True)
+    run.sampler.load_state_dict(sampler)
+    restore_rng_state(rng)
+    if hooks.checkpoint_dir is not None:
+        save_run_checkpoint(run, hooks.checkpoint_dir)
+    raise TrainingStopped(run.step)
+
+
 def fit(run: Run, hooks: TrainHooks) -> None:
     """Optimizer steps from `run.step` to `run.total_steps`, with the hooks. Mutates `run`."""
     model, opt, kind, dev = run.model, run.optimizer, run.info.kind, run.device
@@ -316,7 +331,13 @@ def fit(run: Run, hooks: TrainHooks) -> None:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * factor
         step_loss = 0.0
-        for _ in range(run.spec.grad_accum):
+        # With gradient accumulation a step can be long (1024 micro-batches): stop requests are
+        # obeyed between micro-batches too. The partial step is dropped and the run put back
+        # exactly where the step began, so its checkpoint resumes as if never interrupted.
+        start = _step_start(run) if run.spec.grad_accum > 1 else None
+        for micro in range(run.spec.grad_accum):
+            if micro and hooks.should_stop is not None and hooks.should_stop():
+                _abandon_step(run, start, hooks)
             batch = next(batches)
             inputs = {k: v.to(dev.device, non_blocking=True) for k, v in batch.inputs.items()}
             with autocast(dev):

@@ -29,12 +29,33 @@ MODEL_ALIASES: dict[str, str] = {
 CAUSAL_ARCHS = {"gpt2", "llama"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 MAX_RANK = 1024
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+# Every number of a spec is finite and inside these bounds: (low, high, low inclusive). The
+# bounds are generous for real use and small enough that no value overflows a 32-bit column,
+# a step counter or the device (`grad_accum: 1e9` would spend forever on step 0).
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "rank": (1, MAX_RANK, True),
+    "alpha": (0, 65536, False),
+    "lr": (0, 1.0, False),
+    "head_lr": (0, 1.0, False),
+    "epochs": (0, 1000, False),
+    "max_steps": (1, 10_000_000, True),
+    "batch_size": (1, 4096, True),
+    "grad_accum": (1, 1024, True),
+    "weight_decay": (0, 10.0, True),
+    "max_length": (1, 32768, True),
+    "seed": (0, 2**31 - 1, True),
+    "eval_size": (1, 10_000_000, True),
+}
+HALF_OPEN = {"dropout": "[0, 1)", "warmup_ratio": "[0, 1)"}  # 0 <= x < 1
 
 
 class TrainingSpec(BaseModel):
     """What to fine-tune and how. `None` means "the task's default" (see `resolved()`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: "nan"/"inf" are refused by pydantic too, whatever path built the spec.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     task: str
     method: Literal["lora", "rslora", "dora", "full"] = "lora"
@@ -54,7 +75,9 @@ class TrainingSpec(BaseModel):
     max_length: int | None = None
     seed: int = 42
     eval_size: int | None = None  # rows of the validation split to score; None: all
-    dataset: str | None = None  # a tenant's JSONL file (custom tasks)
+    # Custom tasks: a registered data set's id (the orchestrator's jobs) or a JSONL file (the
+    # engine used alone; the worker passes the stored, hash-checked file).
+    dataset: str | None = None
     init_from: str | None = None  # an adapter folder to start from (lineage)
 
     @property
@@ -81,13 +104,37 @@ class TrainingSpec(BaseModel):
         )
 
 
-def _positive(name: str, value: Any, problems: list[str]) -> None:
-    if value is None:
-        return
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        return  # pydantic reports the type
-    if value <= 0:
-        problems.append(f"{name}: must be > 0 (got {value})")
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _allowed(name: str) -> str:
+    if name in HALF_OPEN:
+        return f"in {HALF_OPEN[name]}"
+    low, high, low_inclusive = BOUNDS[name]
+    lo, hi = _fmt(low), _fmt(high)
+    return f"between {lo} and {hi}" if low_inclusive else f"> {lo} and <= {hi}"
+
+
+def _bound_problems(v: dict[str, Any]) -> list[str]:
+    """Each finite numeric field outside its bounds, with the bounds in the message (NaN and
+    infinities are refused by pydantic, reported with the same wording in `validate_spec`)."""
+    problems = []
+    for name, (low, high, low_inclusive) in BOUNDS.items():
+        value = v.get(name)
+        if not _number(value) or not math.isfinite(value):
+            continue  # absent, None, or reported by pydantic
+        if not ((value >= low if low_inclusive else value > low) and value <= high):
+            problems.append(f"{name}: must be {_allowed(name)} (got {value!r})")
+    for name in HALF_OPEN:
+        value = v.get(name)
+        if _number(value) and math.isfinite(value) and not 0.0 <= value < 1.0:
+            problems.append(f"{name}: must be {_allowed(name)} (got {value!r})")
+    return problems
 
 
 def _cross_field_problems(v: dict[str, Any]) -> list[str]:
@@ -99,21 +146,7 @@ def _cross_field_problems(v: dict[str, Any]) -> list[str]:
     method = v.get("method", "lora")
     if method not in METHODS:
         problems.append(f"method: unknown method {method!r}; allowed: {', '.join(METHODS)}")
-    rank = v.get("rank", 8)
-    if isinstance(rank, int) and not isinstance(rank, bool) and not 1 <= rank <= MAX_RANK:
-        problems.append(f"rank: must be between 1 and {MAX_RANK} (got {rank})")
-    for name in ("alpha", "lr", "head_lr", "epochs", "batch_size", "grad_accum", "max_length",
-                 "max_steps", "eval_size"):
-        _positive(name, v.get(name), problems)
-    dropout = v.get("dropout", 0.0)
-    if isinstance(dropout, int | float) and not 0.0 <= dropout < 1.0:
-        problems.append(f"dropout: must be in [0, 1) (got {dropout})")
-    warmup = v.get("warmup_ratio")
-    if isinstance(warmup, int | float) and not 0.0 <= warmup < 1.0:
-        problems.append(f"warmup_ratio: must be in [0, 1) (got {warmup})")
-    wd = v.get("weight_decay", 0.0)
-    if isinstance(wd, int | float) and wd < 0:
-        problems.append(f"weight_decay: must be >= 0 (got {wd})")
+    problems += _bound_problems(v)
     if v.get("epochs") is not None and v.get("max_steps") is not None:
         problems.append("epochs/max_steps: give one budget, not both")
     targets = v.get("targets")
@@ -127,8 +160,8 @@ def _cross_field_problems(v: dict[str, Any]) -> list[str]:
         problems.append(f"dataset: task {task!r} needs a JSONL data set (--dataset FILE)")
     if task in TASKS and task not in CUSTOM_TASKS and dataset:
         problems.append(f"dataset: task {task!r} uses its own data; --dataset is for custom tasks")
-    if isinstance(dataset, str) and dataset and not Path(dataset).is_file():
-        problems.append(f"dataset: no such file {dataset!r}")
+    if isinstance(dataset, str) and dataset and not UUID_RE.match(dataset) and not Path(dataset).is_file():
+        problems.append(f"dataset: no such file or data set id {dataset!r}")
 
     base = v.get("base_model")
     if isinstance(base, str):
@@ -161,6 +194,9 @@ def validate_spec(data: dict[str, Any] | TrainingSpec) -> TrainingSpec:
                 problems.append(f"{where}: unknown field; allowed fields: {allowed}")
             elif err["type"] == "literal_error" and where == "method":
                 continue  # reported below with the allowed values
+            elif err["type"] == "finite_number" and where in BOUNDS | HALF_OPEN:
+                problems.append(f"{where}: must be a finite number {_allowed(where)} "
+                                f"(got {err.get('input')!r})")
             else:
                 problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
     problems += _cross_field_problems(raw)

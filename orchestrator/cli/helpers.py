@@ -8,6 +8,7 @@ every one of them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -50,11 +51,13 @@ def to_cli_error(exc: BaseException) -> CliError | None:
 
 
 def jsonable(value: Any) -> Any:
-    """Plain JSON types for datetimes, UUIDs, paths and dataclasses."""
+    """Plain JSON types for datetimes, UUIDs, paths and dataclasses; non-finite floats -> null."""
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
         return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/Infinity: a diverged loss prints as null, never as `NaN`
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if hasattr(value, "isoformat"):
@@ -69,7 +72,7 @@ def jsonable(value: Any) -> Any:
 
 
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(jsonable(value), indent=2))
+    click.echo(json.dumps(jsonable(value), indent=2, allow_nan=False))
 
 
 def _cell(value: Any) -> str:

@@ -118,41 +118,17 @@ def submit(
         raise CliError(f"job {job_id} ended {detail['state']}: {detail.get('error') or ''}".rstrip(": "))
 
 
-def load_batch_file(path: Path) -> list[Any]:
-    """Items of a JSONL file (one object a line) or a YAML/JSON list."""
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        items = yaml.safe_load(text)
-    elif path.suffix == ".json":
-        items = json.loads(text)
-    else:
-        items = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise CliError(f"{path}: line {number} is not JSON: {exc.msg}") from exc
-    if not isinstance(items, list):
-        raise CliError(f"{path}: expected a list of job specs, got {type(items).__name__}")
-    for item in items:
-        if isinstance(item, dict) and item.get("dataset"):
-            # Relative data paths are relative to the batch file, not to the current directory.
-            item["dataset"] = str((path.parent / item["dataset"]).resolve())
-    return items
-
-
 @job.command("submit-batch")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @json_option
 def submit_batch(file: Path, as_json: bool) -> None:
     """Queue every job of FILE (JSONL or YAML list; each item names its tenant), all or nothing."""
+    from orchestrator.batchfile import load_batch_file
     from orchestrator.services.jobs import submit_batch as submit_all
 
+    items = load_batch_file(file)
     with open_session() as session:
-        jobs = [(j.id, j.state) for j in submit_all(session, load_batch_file(file))]
+        jobs = [(j.id, j.state) for j in submit_all(session, items)]
     dispatch([job_id for job_id, state in jobs if state == "queued"])
     emit([{"id": job_id} for job_id, _ in jobs], as_json, lambda v: click.echo("\n".join(i["id"] for i in v)))
 

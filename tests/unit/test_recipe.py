@@ -174,6 +174,20 @@ def test_should_stop_checkpoints_then_raises(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_a_huge_grad_accum_obeys_stop_between_micro_batches(tmp_path):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) == 3
+
+    with pytest.raises(TrainingStopped) as err:
+        train({**SST2, "max_steps": 1, "grad_accum": 1024}, tmp_path / "a", data_dir=DATA,
+              hooks=TrainHooks(should_stop=stop, checkpoint_dir=tmp_path / "ck"))
+    assert err.value.step == 0 and len(calls) == 3  # after 3 of 1024 micro-batches, not 1024
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step-00000000"]
+
+
 def test_full_method_saves_a_whole_model(tmp_path):
     from transformers import AutoModelForSequenceClassification
 

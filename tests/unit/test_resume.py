@@ -66,9 +66,18 @@ def cls_spec(tmp_path):
 def test_stop_and_resume_equals_uninterrupted(tmp_path, cls_spec):
     whole = train(cls_spec, tmp_path / "whole", data_dir=DATA)
     ck = tmp_path / "ck"
-    with pytest.raises(TrainingStopped):
+    calls = []
+
+    def stop_in_step_2() -> bool:
+        # Asked between the two micro-batches of step 1, after step 1, then inside step 2:
+        # the half-accumulated step 2 is dropped and the checkpoint is the state after step 1.
+        calls.append(1)
+        return len(calls) == 3
+
+    with pytest.raises(TrainingStopped) as stopped:
         train(cls_spec, tmp_path / "resumed", data_dir=DATA,
-              hooks=TrainHooks(should_stop=lambda: True, checkpoint_dir=ck))  # stops after step 1
+              hooks=TrainHooks(should_stop=stop_in_step_2, checkpoint_dir=ck))
+    assert stopped.value.step == 1 and latest_checkpoint(ck).name == "step-00000001"
     steps = []
     resumed = train(cls_spec, tmp_path / "resumed", data_dir=DATA,
                     hooks=TrainHooks(on_progress=lambda p: steps.append(p.step), checkpoint_dir=ck))
@@ -111,9 +120,10 @@ def test_generation_resume_with_lora_dropout(tmp_path):
 
 def test_checkpoint_holds_no_pickle_and_refuses_another_spec(tmp_path, cls_spec):
     ck = tmp_path / "ck"
+    calls = []  # asked inside step 1 (no), then after it (yes): a checkpoint of step 1
     with pytest.raises(TrainingStopped):
-        train(cls_spec, tmp_path / "a", data_dir=DATA, hooks=TrainHooks(should_stop=lambda: True,
-                                                                         checkpoint_dir=ck))
+        train(cls_spec, tmp_path / "a", data_dir=DATA, hooks=TrainHooks(
+            should_stop=lambda: bool(calls.append(1)) or len(calls) >= 2, checkpoint_dir=ck))
     files = sorted(p.name for p in latest_checkpoint(ck).iterdir())
     assert files == ["state.json", "tensors.safetensors"]
     state = json.loads((latest_checkpoint(ck) / "state.json").read_text())

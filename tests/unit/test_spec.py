@@ -79,3 +79,34 @@ def test_spec_round_trips_through_json():
     spec = validate_spec({"task": "qnli", "rank": 4, "targets": ["query", "key", "value"]})
     again = TrainingSpec.model_validate_json(spec.model_dump_json())
     assert again == spec
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("lr", float("inf"), "lr: must be a finite number > 0 and <= 1"),
+        ("lr", "inf", "lr: must be a finite number"),
+        ("alpha", float("nan"), "alpha: must be a finite number > 0 and <= 65536"),
+        ("epochs", float("nan"), "epochs: must be a finite number > 0 and <= 1000"),
+        ("dropout", float("nan"), "dropout: must be a finite number in [0, 1)"),
+        ("max_steps", 3e9, "max_steps: must be between 1 and 10000000"),
+        ("grad_accum", 1_000_000_000, "grad_accum: must be between 1 and 1024"),
+        ("batch_size", 0, "batch_size: must be between 1 and 4096"),
+        ("max_length", 10**6, "max_length: must be between 1 and 32768"),
+        ("seed", -1, "seed: must be between 0 and 2147483647"),
+        ("weight_decay", -0.1, "weight_decay: must be between 0 and 10"),
+        ("warmup_ratio", 1.0, "warmup_ratio: must be in [0, 1)"),
+        ("eval_size", 0, "eval_size: must be between 1 and 10000000"),
+    ],
+)
+def test_every_number_is_finite_and_bounded_with_the_bounds_in_the_message(field, value, needle):
+    with pytest.raises(SpecError) as info:
+        validate_spec({"task": "sst2", field: value})
+    assert any(needle in p for p in info.value.problems), info.value.problems
+    assert len(info.value.problems) == 1
+
+
+def test_the_bounds_themselves_are_accepted():
+    spec = validate_spec({"task": "sst2", "lr": 1.0, "max_steps": 10_000_000, "grad_accum": 1024,
+                          "batch_size": 4096, "seed": 0, "rank": 1024, "dropout": 0.0})
+    assert spec.max_steps == 10_000_000

@@ -1,0 +1,64 @@
+"""Batch files are tenant documents: parsed with a size cap, no YAML aliases, no NaN, and errors
+that name the line, never the content."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import batchfile
+from orchestrator.batchfile import BatchFileError, load_batch_file
+
+# The 452-byte classic: nine levels of nine aliases expand to 9**9 strings.
+ALIAS_BOMB = "\n".join(
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    started = time.perf_counter()
+    with pytest.raises(BatchFileError, match="line 2: YAML aliases") as info:
+        load_batch_file(path)
+    assert time.perf_counter() - started < 5  # generous: the expansion would take minutes
+    assert len(str(info.value)) < 300 and "lol" not in str(info.value)
+
+
+def test_yaml_errors_name_the_line_not_the_content(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("- tenant: acme\n  task: [secret-token\n")
+    with pytest.raises(BatchFileError, match=r"line \d+ column \d+") as info:
+        load_batch_file(path)
+    assert "secret-token" not in str(info.value)
+
+
+def test_jsonl_reports_the_bad_line_and_refuses_nan(tmp_path: Path):
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"tenant": "acme", "task": "sst2"}\n\n{"tenant": "acme", "lr": NaN}\n')
+    with pytest.raises(BatchFileError, match="line 3: NaN is not a number JSON allows"):
+        load_batch_file(path)
+    path.write_text('{"tenant": "acme", "task": "sst2"}\n{"tenant": \n')
+    with pytest.raises(BatchFileError, match="line 2 is not JSON"):
+        load_batch_file(path)
+
+
+def test_size_cap_type_and_relative_dataset_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "sub" / "b.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps([{"tenant": "acme", "task": "custom-classification", "dataset": "d.jsonl"}]))
+    assert load_batch_file(path)[0]["dataset"] == str(tmp_path / "sub" / "d.jsonl")
+    path.write_text(json.dumps({"tenant": "acme"}))
+    with pytest.raises(BatchFileError, match="expected a list of job items, got dict"):
+        load_batch_file(path)
+    monkeypatch.setattr(batchfile, "MAX_BATCH_BYTES", 10)
+    with pytest.raises(BatchFileError, match="at most 10"):
+        load_batch_file(path)
+    other = tmp_path / "b.toml"
+    other.write_text("x")
+    with pytest.raises(BatchFileError, match=r"allowed: \.jsonl"):
+        load_batch_file(other)
