@@ -1,65 +1,237 @@
-"""Configuration by environment, with the embedded single-machine defaults.
+"""Configuration: every `LORAFLEET_*` variable in one place, typed and validated (pydantic-settings).
 
-| variable                      | embedded default                               |
-|-------------------------------|------------------------------------------------|
-| LORAFLEET_HOME                | ./.lorafleet                                   |
-| LORAFLEET_DATABASE_URL        | sqlite:///<home>/registry.db                   |
-| LORAFLEET_BROKER_URL          | sqla+sqlite:///<home>/broker.db                |
-| LORAFLEET_ARTIFACTS           | <home>/artifacts                               |
-| LORAFLEET_DATA_DIR            | ./data (the Makefile points it at ../shared/data) |
+Each field of `Settings` is read from `LORAFLEET_<FIELD NAME>`; `lorafleet config show` lists them
+all with their value and where it came from. The home is found the way git finds a repository:
+`LORAFLEET_HOME`, else the nearest `.lorafleet` folder in the current folder or a parent, else a
+per-user data folder (platformdirs), so a command run in another folder does not silently start an
+empty registry there. The registry, broker and artifacts default to places under the home.
+
+A bad value raises `ConfigError` naming the variable and what is allowed (the CLI prints it as one
+line). This module imports pydantic, so the CLI imports it only inside commands (start-up stays
+fast, see bench/bench_cli_help.py).
+
+To add a setting: add a field with a default, a description and `allowed` text (shown in errors);
+nothing else reads the environment.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "LORAFLEET_"
+HOME_MARKER = ".lorafleet"
+DEFAULT_PRICES = {"cpu": 0.05, "cuda": 2.50}
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    database_url: str
-    broker_url: str
-    artifacts: Path
-    data_dir: Path
-    lease_seconds: int = 300
-    max_attempts: int = 3
-    checkpoint_every: int = 50
-    # Longer than the longest job: Redis redelivers an unacked message after this many seconds.
-    visibility_timeout: int = 12 * 3600
-    tenant_max_running: int = 2
-    queue: str = "gpu"
-    # Money per device-hour by device type ("cpu", "cuda:NVIDIA H100 ...": prefix match on "cuda").
-    prices: dict[str, float] = field(default_factory=lambda: {"cpu": 0.05, "cuda": 2.50})
-
-    @property
-    def is_embedded(self) -> bool:
-        return self.database_url.startswith("sqlite")
+class ConfigError(ValueError):
+    """A `LORAFLEET_*` variable has a value we cannot use; the message names it and what is allowed."""
 
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    env = dict(os.environ if env is None else env)
-    home = Path(env.get("LORAFLEET_HOME", ".lorafleet")).resolve()
-    prices = {"cpu": 0.05, "cuda": 2.50}
-    for item in filter(None, env.get("LORAFLEET_PRICES", "").split(",")):
-        device, _, price = item.partition("=")
-        prices[device.strip()] = float(price)
-    return Settings(
-        home=home,
-        database_url=env.get("LORAFLEET_DATABASE_URL", f"sqlite:///{home / 'registry.db'}"),
-        broker_url=env.get("LORAFLEET_BROKER_URL", f"sqla+sqlite:///{home / 'broker.db'}"),
-        artifacts=Path(env.get("LORAFLEET_ARTIFACTS", home / "artifacts")).resolve(),
-        data_dir=Path(env.get("LORAFLEET_DATA_DIR", "data")).resolve(),
-        lease_seconds=int(env.get("LORAFLEET_LEASE_SECONDS", 300)),
-        max_attempts=int(env.get("LORAFLEET_MAX_ATTEMPTS", 3)),
-        checkpoint_every=int(env.get("LORAFLEET_CHECKPOINT_EVERY", 50)),
-        visibility_timeout=int(env.get("LORAFLEET_VISIBILITY_TIMEOUT", 12 * 3600)),
-        tenant_max_running=int(env.get("LORAFLEET_TENANT_MAX_RUNNING", 2)),
-        queue=env.get("LORAFLEET_QUEUE", "gpu"),
-        prices=prices,
+def _allowed(text: str) -> dict[str, Any]:
+    return {"allowed": text}
+
+
+class Settings(BaseSettings):
+    """The settings of one process (see the module docstring for the home and the sources)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True
     )
+
+    home: Path = Field(
+        description="folder of the embedded registry, broker, artifacts and logs",
+        json_schema_extra=_allowed("a folder path"),
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the registry (default: SQLite file <home>/registry.db)",
+        json_schema_extra=_allowed("a sqlite:/// or postgresql:// URL"),
+    )
+    broker_url: str = Field(
+        "",
+        description="Celery broker URL (default: SQLite broker <home>/broker.db)",
+        json_schema_extra=_allowed("a redis:// or sqla+sqlite:/// URL"),
+    )
+    artifacts: Path = Field(
+        Path(),
+        description="folder of adapters and checkpoints (default: <home>/artifacts)",
+        json_schema_extra=_allowed("a folder path"),
+    )
+    data_dir: Path = Field(
+        Path("data"),
+        description="GLUE JSONL + E2E CSV data folder (the Makefile points it at ../shared/data)",
+        json_schema_extra=_allowed("a folder path"),
+    )
+    lease_seconds: int = Field(
+        300,
+        gt=0,
+        description="a running job's lease; a worker silent this long loses its job",
+        json_schema_extra=_allowed("a whole number of seconds > 0"),
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="attempts per job before it fails",
+        json_schema_extra=_allowed("an integer >= 1"),
+    )
+    checkpoint_every: int = Field(
+        50, ge=1, description="optimizer steps between checkpoints",
+        json_schema_extra=_allowed("an integer >= 1"),
+    )
+    # Longer than the longest job: Redis redelivers an unacked message after this many seconds.
+    visibility_timeout: int = Field(
+        12 * 3600,
+        gt=0,
+        description="seconds before Redis redelivers an unacknowledged job message",
+        json_schema_extra=_allowed("a whole number of seconds > 0, longer than the longest job"),
+    )
+    tenant_max_running: int = Field(
+        2, ge=1, description="default running-job quota of a new tenant",
+        json_schema_extra=_allowed("an integer >= 1"),
+    )
+    queue: str = Field(
+        "gpu", min_length=1, description="Celery queue of training jobs",
+        json_schema_extra=_allowed("a queue name"),
+    )
+    # Money per device-hour by device type ("cpu", "cuda:NVIDIA H100 ...": prefix match on "cuda").
+    prices: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="money per device-hour by device type, merged over cpu=0.05,cuda=2.5",
+        json_schema_extra=_allowed("comma-separated device=price pairs, e.g. cpu=0.05,cuda=2.5"),
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="port of a worker's Prometheus /metrics endpoint (unset: no exporter)",
+        json_schema_extra=_allowed("a TCP port 1..65535, or unset"),
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="worker log lines: text, or one JSON object per line",
+        json_schema_extra=_allowed("text or json"),
+    )
+
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        prices: dict[str, Any] = dict(DEFAULT_PRICES)
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            device, sep, price = item.partition("=")
+            if not sep or not device.strip():
+                raise ValueError(f"{item!r} is not a device=price pair")
+            prices[device.strip()] = price.strip()
+        return prices
+
+    @field_validator("home", "artifacts", "data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _under_home(cls, data: Any) -> Any:
+        """The registry, broker and artifacts default to places under the home."""
+        if not isinstance(data, dict) or not data.get("home"):
+            return data
+        home = Path(data["home"]).expanduser().resolve()
+        data = dict(data)
+        if not data.get("database_url"):
+            data["database_url"] = f"sqlite:///{home / 'registry.db'}"
+        if not data.get("broker_url"):
+            data["broker_url"] = f"sqla+sqlite:///{home / 'broker.db'}"
+        if not data.get("artifacts"):
+            data["artifacts"] = home / "artifacts"
+        return data
+
+    def source_of(self, name: str) -> str:
+        """Where a field's value came from: env, discovered, under home, or default."""
+        return self._sources.get(name, "default")
+
+    def described(self) -> list[dict[str, Any]]:
+        """One row per variable: name, value, source, description (for `lorafleet config show`)."""
+        rows = []
+        for name, info in type(self).model_fields.items():
+            rows.append({
+                "variable": env_var(name),
+                "value": getattr(self, name),
+                "source": self.source_of(name),
+                "description": info.description,
+            })
+        return rows
+
+
+def env_var(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        self._mapping = dict(env)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        pairs = {k: v for k, v in self._mapping.items() if v or not self.env_ignore_empty}
+        return pairs if self.case_sensitive else {k.lower(): v for k, v in pairs.items()}
+
+
+def discover_home(env: Mapping[str, str], cwd: Path) -> tuple[Path, str]:
+    """(home, source): LORAFLEET_HOME, else the nearest `.lorafleet` here or above, else per-user."""
+    if env.get(env_var("home")):
+        return Path(env[env_var("home")]).expanduser().resolve(), "env"
+    for folder in (cwd, *cwd.parents):
+        if (folder / HOME_MARKER).is_dir():
+            return folder / HOME_MARKER, "discovered"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("lorafleet", appauthor=False)), "default (per-user)"
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
+    """Settings from `env` (default: os.environ); raises ConfigError for a bad value."""
+    env = dict(os.environ if env is None else env)
+    home, home_source = discover_home(env, (cwd or Path.cwd()).resolve())
+
+    class _FromMapping(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, **_: Any) -> tuple[Any, ...]:
+            return (init_settings, _MappingEnvSource(settings_cls, env))
+
+    try:
+        loaded = _FromMapping(home=home)
+        settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, env)) from None
+    sources = {name: "env" for name in Settings.model_fields if env.get(env_var(name))}
+    sources["home"] = home_source
+    for name in ("database_url", "broker_url", "artifacts"):
+        sources.setdefault(name, "under home")
+    settings._sources.update(sources)
+    return settings
+
+
+def _explain(exc: ValidationError, env: Mapping[str, str]) -> str:
+    """One line per bad variable: its name, the value given, what was wrong and what is allowed."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        field = Settings.model_fields.get(name)
+        allowed = (field.json_schema_extra or {}).get("allowed") if field else None  # type: ignore[union-attr]
+        given = env.get(env_var(name), error.get("input"))
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{env_var(name)}={given!r} is not valid ({reason}); allowed: {allowed}")
+    return "\n".join(lines)
 
 
 @cache

@@ -12,15 +12,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.config import Settings, get_settings
-
 if TYPE_CHECKING:
     from celery import Celery
+
+    from orchestrator.config import Settings
 
 RUN_JOB = "lorafleet.run_job"
 RECONCILE = "lorafleet.reconcile"
 
 _clients: dict[str, Celery] = {}
+
+
+def get_settings() -> Settings:
+    """The process's settings, imported on first use: the CLI imports this module at start-up."""
+    from orchestrator.config import get_settings as settings
+
+    return settings()
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def registry_settings(registry_url: str, tmp_path: Path) -> Settings:
         "LORAFLEET_HOME": str(tmp_path / "home"),
         "LORAFLEET_DATABASE_URL": registry_url,
         "LORAFLEET_ARTIFACTS": str(tmp_path / "artifacts"),
-        "LORAFLEET_DATA_DIR": os.environ.get("LORAFLEET_DATA_DIR", "/work/shared/data"),
+        "LORAFLEET_DATA_DIR": os.environ["LORAFLEET_DATA_DIR"],
         "LORAFLEET_TENANT_MAX_RUNNING": "2",
         "LORAFLEET_MAX_ATTEMPTS": "3",
     })

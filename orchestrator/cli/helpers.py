@@ -39,8 +39,11 @@ def to_cli_error(exc: BaseException) -> CliError | None:
     Imported here, on the error path only, so that `lorafleet --help` loads no SQLAlchemy.
     """
     from lora_engine.errors import LoraFleetInputError
+    from orchestrator.config import ConfigError
     from orchestrator.services.errors import Conflict, InvalidState, NotFound, ServiceError
 
+    if isinstance(exc, ConfigError):
+        return CliError(str(exc), EXIT_INPUT)
     if isinstance(exc, NotFound):
         return CliError(str(exc), EXIT_NOT_FOUND)
     if isinstance(exc, Conflict | InvalidState):

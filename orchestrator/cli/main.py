@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import adapter, db, job, quickstart, tenant, worker
+from orchestrator.cli import adapter, config, db, job, quickstart, tenant, worker
 from orchestrator.cli.helpers import to_cli_error
 
 
@@ -35,8 +35,10 @@ class LoraFleetGroup(click.Group):
 def cli() -> None:
     """lorafleet: multi-tenant LoRA fine-tuning jobs, workers and adapters.
 
-    Embedded by default (SQLite registry and broker under ./.lorafleet, or $LORAFLEET_HOME);
-    set LORAFLEET_DATABASE_URL / LORAFLEET_BROKER_URL for PostgreSQL + Redis.
+    Embedded by default: SQLite registry and broker under the lorafleet home, found like git finds
+    a repository: $LORAFLEET_HOME, else the nearest .lorafleet folder here or above (make one with
+    `lorafleet config init`), else a per-user data folder. Set LORAFLEET_DATABASE_URL /
+    LORAFLEET_BROKER_URL for PostgreSQL + Redis; `lorafleet config show` lists every setting.
     """
 
 
@@ -47,6 +49,7 @@ cli.add_command(worker.worker)
 cli.add_command(worker.reconcile)
 cli.add_command(quickstart.quickstart)
 cli.add_command(db.db)
+cli.add_command(config.config)
 
 
 if __name__ == "__main__":

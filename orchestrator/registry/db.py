@@ -17,6 +17,7 @@ never shares the parent's sockets or file handles.
 from __future__ import annotations
 
 import fcntl
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,8 +220,14 @@ def ensure_schema(settings: Settings | None = None, *, url: str | None = None) -
         with open(lock_path, "w") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
+                is_new = not Path(parsed.database).exists()
                 if current_revision(url) != head_revision():
                     upgrade(url)
+                if is_new:
+                    # "My jobs are gone": say which registry a command started, so a wrong home shows.
+                    print(f"lorafleet: new registry {parsed.database} (home from "
+                          f"{settings.source_of('home')}; `lorafleet config show` lists the settings)",
+                          file=sys.stderr)
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
     elif parsed.get_backend_name() == "sqlite":

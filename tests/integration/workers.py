@@ -27,7 +27,7 @@ from orchestrator.dispatch import worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("LORAFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-DATA_DIR = os.environ.get("LORAFLEET_DATA_DIR", "/work/shared/data")
+DATA_DIR = os.environ.get("LORAFLEET_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 WORKER_START_TIMEOUT_S = 90
 MODES = ["embedded", "cluster"]
 

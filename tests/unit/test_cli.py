@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from orchestrator.services import get_job, list_jobs
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LORAFLEET_DATA_DIR", "/work/shared/data")
+    monkeypatch.setenv("LORAFLEET_DATA_DIR", os.environ["LORAFLEET_DATA_DIR"])  # set by conftest
     for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DATA = Path(os.environ.get("LORAFLEET_DATA_DIR", "/work/shared/data"))
+DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
 
 from lora_engine.generate import DecodeSettings  # noqa: E402
 from lora_engine.recipe import train  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DATA = Path(os.environ.get("LORAFLEET_DATA_DIR", "/work/shared/data"))
+DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
 
 from lora_engine.data import load_examples  # noqa: E402
 from lora_engine.errors import AdapterError  # noqa: E402

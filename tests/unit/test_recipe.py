@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DATA = Path(os.environ.get("LORAFLEET_DATA_DIR", "/work/shared/data"))
+DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
 
 from lora_engine.cache import BaseModelCache  # noqa: E402
 from lora_engine.catalog import TASKS  # noqa: E402

@@ -3,7 +3,6 @@ lease while its worker lives, and loses it to the reconciler once the beating st
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from orchestrator import services as svc
@@ -16,7 +15,7 @@ LEASE_S = 1.0
 
 
 def test_keepalive_holds_the_lease_until_stopped(registry_settings):
-    settings = dataclasses.replace(registry_settings, lease_seconds=LEASE_S)
+    settings = registry_settings.model_copy(update={"lease_seconds": LEASE_S})
     with session_scope(settings) as s:
         svc.create_tenant(s, "acme", max_running=1)
         job_id = svc.submit_job(s, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 2}).id

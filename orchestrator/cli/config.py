@@ -1,0 +1,50 @@
+"""`lorafleet config …`: the settings this command would use, and where each came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from orchestrator.cli.helpers import emit, json_option, print_table, status
+
+
+@click.group()
+def config() -> None:
+    """Settings (LORAFLEET_* variables) and the lorafleet home."""
+
+
+@config.command("show")
+@json_option
+def show(as_json: bool) -> None:
+    """Every LORAFLEET_* variable with its value and its source (env, discovered, default).
+
+    \b
+    Example:
+      LORAFLEET_HOME=/srv/lorafleet lorafleet config show
+    """
+    from orchestrator.config import get_settings
+
+    rows = [{k: row[k] for k in ("variable", "value", "source")} for row in get_settings().described()]
+    if as_json:
+        emit(rows, True, print_table)
+        return
+    for row in rows:  # dicts print the way the variable is written (LORAFLEET_PRICES=cpu=0.05,cuda=2.5)
+        if isinstance(row["value"], dict):
+            row["value"] = ",".join(f"{k}={v}" for k, v in row["value"].items())
+    print_table(rows, ["variable", "value", "source"])
+
+
+@config.command("init")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=".")
+def init(folder: Path) -> None:
+    """Make FOLDER (default: here) a lorafleet home: commands run in it or below use FOLDER/.lorafleet.
+
+    \b
+    Example:
+      cd ~/experiments && lorafleet config init
+    """
+    home = (folder / ".lorafleet").resolve()
+    existed = home.is_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    status(f"{'existing' if existed else 'new'} lorafleet home {home}")
