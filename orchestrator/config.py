@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         description="money per device-hour by device type, merged over cpu=0.05,cuda=2.5",
         json_schema_extra=_allowed("comma-separated device=price pairs, e.g. cpu=0.05,cuda=2.5"),
     )
+    storage_price_gb_month: float = Field(
+        0.023,
+        ge=0,
+        description="money per GB-month of stored artifacts (the cost report's storage figures)",
+        json_schema_extra=_allowed("a number >= 0"),
+    )
     metrics_port: int | None = Field(
         None,
         ge=1,

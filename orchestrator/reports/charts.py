@@ -1,0 +1,177 @@
+"""The HTML report's charts: matplotlib on the Agg backend (no display), each returned as PNG bytes.
+
+Every chart reads the report model only, so what it shows is what the tables say.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.reports.model import BenchmarkReport, CompareReport, CostReport
+from orchestrator.reports.references import points
+
+MAX_TENANTS = 25  # the cost chart shows the most expensive ones, the rest as one bar
+MAX_POINTS = 20_000  # quality vs cost: a larger registry is sampled evenly
+
+
+def _figure(width: float = 8.0, height: float = 4.2) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    return fig, ax
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _grouped_bars(ax: Any, groups: list[str], series: dict[str, dict[str, float]]) -> None:
+    n = max(len(series), 1)
+    width = 0.8 / n
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, [values.get(g, 0.0) for g in groups], width, label=name)
+    ax.set_xticks(range(len(groups)), groups)
+
+
+def benchmark_quality(report: BenchmarkReport) -> bytes | None:
+    """Per task: the mean primary metric across tenants, min–max as the error bar, the published
+    reference as a marker."""
+    stats = [s for s in report.task_stats if s.mean is not None]
+    if not stats:
+        return None
+    fig, ax = _figure()
+    xs = range(len(stats))
+    means = [points(s.metric, s.mean) for s in stats]
+    low = [m - points(s.metric, s.min) for m, s in zip(means, stats, strict=True)]
+    high = [points(s.metric, s.max) - m for m, s in zip(means, stats, strict=True)]
+    ax.bar(xs, means, 0.6, yerr=[low, high], capsize=4, label="mean across tenants (min–max)")
+    refs = [(i, s.reference["published"]) for i, s in enumerate(stats) if s.reference]
+    if refs:
+        ax.scatter(
+            [i for i, _ in refs],
+            [v for _, v in refs],
+            marker="D",
+            color="black",
+            zorder=3,
+            label="published (other base model and eval set)",
+        )
+    ax.set_xticks(list(xs), [f"{s.task}\n({s.metric}, n={s.count})" for s in stats])
+    ax.set_ylabel("primary metric (points)")
+    ax.set_title(f"Benchmark: primary metric per task ({report.pick} adapter per tenant)")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def compare_quality(report: CompareReport) -> bytes | None:
+    """Quality per task (and base model) and method: grouped bars."""
+    rows = [r for r in report.rows if r.quality is not None]
+    if not rows:
+        return None
+    groups = list(dict.fromkeys(f"{r.task}\n{r.base_model}" for r in rows))
+    series: dict[str, dict[str, float]] = {}
+    for r in rows:
+        series.setdefault(r.label, {})[f"{r.task}\n{r.base_model}"] = points(r.metric, r.quality)
+    fig, ax = _figure()
+    _grouped_bars(ax, groups, series)
+    ax.set_ylabel("primary metric, validation (points)")
+    ax.set_title("Quality per task and method (median over runs)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def compare_size(report: CompareReport) -> bytes | None:
+    """Checkpoint size per method, log scale (the untuned base has none)."""
+    rows = [r for r in report.rows if r.checkpoint_bytes]
+    if not rows:
+        return None
+    groups = list(dict.fromkeys(f"{r.task}\n{r.base_model}" for r in rows))
+    series: dict[str, dict[str, float]] = {}
+    for r in rows:
+        series.setdefault(r.label, {})[f"{r.task}\n{r.base_model}"] = r.checkpoint_bytes / 1e6
+    fig, ax = _figure()
+    _grouped_bars(ax, groups, series)
+    ax.set_yscale("log")
+    ax.set_ylabel("checkpoint size (MB, log scale)")
+    ax.set_title("Checkpoint size per method (median over runs)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def cost_by_tenant(report: CostReport) -> bytes | None:
+    """Money per tenant, stacked by device type (the most expensive MAX_TENANTS, then 'others')."""
+    lines = sorted(report.tenants, key=lambda t: -t.money)
+    if not lines or not any(d.money for t in lines for d in t.devices):
+        return None
+    shown, rest = lines[:MAX_TENANTS], lines[MAX_TENANTS:]
+    names = [t.tenant or "" for t in shown] + ([f"{len(rest)} others"] if rest else [])
+    devices = sorted({d.device for t in lines for d in t.devices})
+    fig, ax = _figure()
+    bottom = [0.0] * len(names)
+    for device in devices:
+        values = [sum(d.money or 0.0 for d in t.devices if d.device == device) for t in shown]
+        if rest:
+            values.append(sum(d.money or 0.0 for t in rest for d in t.devices if d.device == device))
+        ax.bar(range(len(names)), values, 0.6, bottom=bottom, label=device)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 6 else 0, ha="right")
+    ax.set_ylabel("money (device-hours × price)")
+    ax.set_title("Cost per tenant, stacked by device type")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def quality_vs_cost(report: CostReport) -> bytes | None:
+    """One point per adapter: its job's money (every attempt) against its primary metric."""
+    pts = [p for p in report.points if p.quality is not None]
+    if not pts:
+        return None
+    if len(pts) > MAX_POINTS:
+        pts = pts[:: len(pts) // MAX_POINTS + 1]
+    fig, ax = _figure()
+    methods = sorted({p.method for p in pts})
+    for method in methods:
+        mine = [p for p in pts if p.method == method]
+        ax.scatter(
+            [p.money for p in mine],
+            [points("accuracy", p.quality) for p in mine],
+            s=18,
+            alpha=0.7,
+            label=method,
+        )
+    ax.set_xlabel("money of the job (every attempt)")
+    ax.set_ylabel("primary metric (points)")
+    ax.set_title("Quality vs cost, one point per adapter")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+CHARTS: dict[type, list[tuple[str, Callable[[Any], bytes | None]]]] = {
+    BenchmarkReport: [("Primary metric per task", benchmark_quality)],
+    CostReport: [("Cost per tenant by device type", cost_by_tenant), ("Quality vs cost", quality_vs_cost)],
+    CompareReport: [
+        ("Quality per task and method", compare_quality),
+        ("Checkpoint size per method (log scale)", compare_size),
+    ],
+}
+
+
+def charts_for(report: Any) -> list[tuple[str, bytes]]:
+    """(title, PNG) of every chart of `report` that has data."""
+    out = []
+    for title, make in CHARTS[type(report)]:
+        png = make(report)
+        if png is not None:
+            out.append((title, png))
+    return out

@@ -1,0 +1,692 @@
+"""The report model: plain dataclasses, filled from SQL results, read by every renderer.
+
+Each report has three views, all derived from the same fields:
+- `to_dict()`: everything, raw registry values (metrics on the registry's scale, seconds, bytes),
+  stable keys — what `--json` prints;
+- `records()`: the same figures in long form with fixed columns (RECORD_COLUMNS) — the CSV;
+- `tables()`: what a person reads (terminal, Markdown, HTML), numbers with a format per column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator.reports.references import points
+
+# Every base model trains in float32 here (lora_engine loads them so), so a full checkpoint of a
+# model with P parameters takes P × 4 bytes.
+BASE_DTYPE = "float32"
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
+FULL_SIZE_RULE = (
+    "full-checkpoint size = total_params × 4 bytes (float32, the dtype every base trains in) for "
+    "adapter jobs; the measured checkpoint size for full fine-tuning jobs"
+)
+RECORD_COLUMNS = ("section", "tenant", "task", "base_model", "method", "rank", "device", "name", "value")
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Filters:
+    tenants: tuple[str, ...] = ()
+    task: str | None = None
+    base_model: str | None = None
+    since: datetime | None = None  # on jobs.created_at, inclusive
+    until: datetime | None = None  # exclusive
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenants": list(self.tenants),
+            "task": self.task,
+            "base_model": self.base_model,
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# ---- human tables ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    fmt: str = "text"  # a key of FORMATS
+    align: str = "right"  # "left" for names
+
+
+def _ratio(v: float) -> str:
+    return f"{v:.1f}×" if v < 100 else f"{v:,.0f}×"
+
+
+FORMATS = {
+    "text": str,
+    "int": lambda v: f"{int(v):,}",
+    "points": lambda v: f"{points('accuracy', v):.1f}",  # a fraction metric, in points
+    "num": lambda v: f"{v:.2f}",
+    "pp": lambda v: f"{v:+.1f} pp",
+    "money": lambda v: f"${v:,.4f}",
+    "hours": lambda v: f"{v:,.4f}",
+    "seconds": lambda v: f"{v:,.1f}",
+    "mb": lambda v: f"{v / 1e6:,.2f}",
+    "mb0": lambda v: f"{v / 1e6:,.0f}",
+    "gb": lambda v: f"{v / GB:,.4f}",
+    "percent": lambda v: f"{100 * v:.2f}%",
+    "ratio": _ratio,
+    "rate": lambda v: f"{v:,.1f}",
+}
+
+
+def fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return FORMATS[kind](value)
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    columns: list[Column]
+    rows: list[list[Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def text_rows(self) -> list[list[str]]:
+        return [[fmt(v, c.fmt) for v, c in zip(row, self.columns, strict=True)] for row in self.rows]
+
+
+def _record(section: str, name: str, value: Any, **keys: Any) -> dict[str, Any]:
+    out = {c: keys.get(c) for c in RECORD_COLUMNS}
+    out.update(section=section, name=name, value=value)
+    return out
+
+
+# ---- benchmark -------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchmarkCell:
+    tenant: str
+    task: str
+    metric: str  # the task's primary metric
+    value: float | None
+    adapter_id: str
+    job_id: str
+    method: str
+    rank: int
+    base_model: str
+    created_at: datetime
+    candidates: int  # how many live adapters the pick chose among
+    metrics: dict[str, float] = field(default_factory=dict)  # every validation metric of the pick
+    reevaluated: float | None = None  # the latest re-evaluation of the primary metric
+    reevaluated_at: datetime | None = None
+
+    @property
+    def drift(self) -> float | None:
+        if self.reevaluated is None or self.value is None:
+            return None
+        return self.reevaluated - self.value
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["created_at"] = _iso(self.created_at)
+        out["reevaluated_at"] = _iso(self.reevaluated_at)
+        out["metrics"] = dict(sorted(self.metrics.items()))
+        out["drift"] = self.drift
+        return out
+
+
+@dataclass
+class TaskStats:
+    task: str
+    metric: str
+    count: int
+    mean: float | None
+    min: float | None
+    max: float | None
+    reference: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GlueAverage:
+    tenant: str
+    tasks: int
+    mean: float
+
+    @property
+    def label(self) -> str:
+        return "GLUE avg (8 of 8)" if self.tasks == 8 else f"partial avg ({self.tasks} of 8)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "tasks": self.tasks,
+            "mean": self.mean,
+            "complete": self.tasks == 8,
+            "label": self.label,
+        }
+
+
+@dataclass
+class BenchmarkReport:
+    filters: Filters
+    pick: str  # "latest" | "best"
+    tenants: list[str]
+    tasks: list[str]
+    cells: list[BenchmarkCell]
+    task_stats: list[TaskStats]
+    glue: list[GlueAverage]
+    references: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report": "benchmark",
+            "filters": self.filters.to_dict(),
+            "pick": self.pick,
+            "tenants": self.tenants,
+            "tasks": self.tasks,
+            "cells": [c.to_dict() for c in self.cells],
+            "task_stats": [s.to_dict() for s in self.task_stats],
+            "glue_average": [g.to_dict() for g in self.glue],
+            "references": self.references,
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for c in self.cells:
+            keys = dict(tenant=c.tenant, task=c.task, base_model=c.base_model, method=c.method, rank=c.rank)
+            out.append(_record("pick", "candidates", c.candidates, **keys))
+            out += [_record("metric", name, value, **keys) for name, value in sorted(c.metrics.items())]
+            if c.reevaluated is not None:
+                out.append(_record("reevaluation", c.metric, c.reevaluated, **keys))
+                out.append(_record("drift", c.metric, c.drift, **keys))
+        for s in self.task_stats:
+            for name in ("count", "mean", "min", "max"):
+                out.append(_record("task_stats", f"{s.metric}_{name}", getattr(s, name), task=s.task))
+        for g in self.glue:
+            out.append(_record("glue_average", "mean", g.mean, tenant=g.tenant))
+            out.append(_record("glue_average", "tasks", g.tasks, tenant=g.tenant))
+        return out
+
+    def tables(self) -> list[Table]:
+        by_cell = {(c.tenant, c.task): c for c in self.cells}
+        glue = {g.tenant: g for g in self.glue}
+        has_drift = any(c.reevaluated is not None for c in self.cells)
+        columns = (
+            [Column("tenant", align="left")] + [Column(t) for t in self.tasks] + [Column("GLUE average")]
+        )
+        rows = []
+        for tenant in self.tenants:
+            row: list[Any] = [tenant]
+            for task in self.tasks:
+                c = by_cell.get((tenant, task))
+                row.append(None if c is None else _cell_text(c))
+            g = glue.get(tenant)
+            row.append(None if g is None else f"{points('accuracy', g.mean):.1f} ({g.tasks} of 8)")
+            rows.append(row)
+        notes = [
+            f"Each cell: the primary metric (points) of the tenant's {self.pick} adapter for the task "
+            f"(pick `{self.pick}`: "
+            + ("newest adapter" if self.pick == "latest" else "highest primary metric, newest on ties")
+            + "), then [n] = how many live adapters it was picked from.",
+            "GLUE average: mean of the primary metrics over the GLUE tasks the tenant has; "
+            "labelled 'n of 8' unless all 8 are there.",
+        ]
+        if has_drift:
+            notes.append("'re' = the latest re-evaluation of the same adapter, as drift in pp.")
+        out = [Table("benchmark", "Benchmark: tenants × tasks", columns, rows, notes)]
+
+        stat_rows = []
+        for s in self.task_stats:
+            ref = s.reference
+            stat_rows.append(
+                [
+                    s.task,
+                    s.metric,
+                    s.count,
+                    s.mean,
+                    s.min,
+                    s.max,
+                    None if ref is None else ref["value"],
+                    None if ref is None else ref["label"],
+                ]
+            )
+        out.append(
+            Table(
+                "benchmark_tasks",
+                "Per task across tenants",
+                [
+                    Column("task", align="left"),
+                    Column("metric", align="left"),
+                    Column("count", "int"),
+                    Column("mean", "points"),
+                    Column("min", "points"),
+                    Column("max", "points"),
+                    Column("published", "points"),
+                    Column("published for", align="left"),
+                ],
+                stat_rows,
+                [
+                    "Published numbers are other base models on other evaluation sets: a horizon, not a "
+                    "like-for-like comparison."
+                ],
+            )
+        )
+        e2e = [c for c in self.cells if c.task == "e2e"]
+        if e2e:
+            names = ("bleu", "nist", "meteor", "rouge_l", "cider")
+            kinds = {"nist": "num", "cider": "num"}
+            e2e_rows = [[c.tenant, f"{c.method} r={c.rank}", *(c.metrics.get(n) for n in names)] for c in e2e]
+            refs = self.references.get("e2e", {})
+            if refs:
+                label = next(iter(refs.values()))["label"]
+                e2e_rows.append(
+                    [label, "published", *(refs[n]["value"] if n in refs else None for n in names)]
+                )
+            out.append(
+                Table(
+                    "benchmark_e2e",
+                    "E2E: the five metrics",
+                    [
+                        Column("tenant", align="left"),
+                        Column("adapter", align="left"),
+                        *(Column(n, kinds.get(n, "points")) for n in names),
+                    ],
+                    e2e_rows,
+                )
+            )
+        return out
+
+
+def _cell_text(c: BenchmarkCell) -> str:
+    if c.value is None:
+        return f"- [{c.candidates}]"
+    text = f"{points(c.metric, c.value):.1f} [{c.candidates}]"
+    if c.drift is not None:
+        text += f" re {points(c.metric, c.drift):+.1f}"
+    return text
+
+
+# ---- cost ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceCost:
+    device: str
+    price_per_hour: float | None  # None: no configured price matches this device
+    device_seconds: float
+    spent_no_adapter_seconds: float  # failed, cancelled or repeated attempts
+    money: float | None
+
+    @property
+    def device_hours(self) -> float:
+        return self.device_seconds / 3600.0
+
+    @property
+    def spent_no_adapter_hours(self) -> float:
+        return self.spent_no_adapter_seconds / 3600.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["device_hours"] = self.device_hours
+        out["spent_no_adapter_hours"] = self.spent_no_adapter_hours
+        return out
+
+
+@dataclass
+class CostLine:
+    """One tenant's cost (tenant None: the total over the report's tenants)."""
+
+    tenant: str | None
+    jobs: dict[str, int]  # by state, every state
+    devices: list[DeviceCost]
+    money: float
+    unpriced_seconds: float
+    examples: int
+    adapters: int
+    adapter_bytes: int
+    full_checkpoint_bytes: int
+    quality_money: float | None = None  # money of the jobs with an untuned baseline
+    quality_gain_points: float | None = None  # their summed gain over it (points)
+
+    @property
+    def succeeded(self) -> int:
+        return self.jobs.get("succeeded", 0)
+
+    @property
+    def cost_per_job(self) -> float | None:
+        return self.money / self.succeeded if self.succeeded else None
+
+    @property
+    def cost_per_1k_examples(self) -> float | None:
+        return self.money / (self.examples / 1000.0) if self.examples else None
+
+    @property
+    def cost_per_quality_point(self) -> float | None:
+        if self.quality_money is None or not self.quality_gain_points or self.quality_gain_points <= 0:
+            return None
+        return self.quality_money / self.quality_gain_points
+
+    def storage_month(self, price_gb_month: float) -> float:
+        return self.adapter_bytes / GB * price_gb_month
+
+    def full_storage_month(self, price_gb_month: float) -> float:
+        return self.full_checkpoint_bytes / GB * price_gb_month
+
+    def to_dict(self, price_gb_month: float) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "jobs": dict(self.jobs),
+            "devices": [d.to_dict() for d in self.devices],
+            "device_seconds": sum(d.device_seconds for d in self.devices),
+            "spent_no_adapter_seconds": sum(d.spent_no_adapter_seconds for d in self.devices),
+            "money": self.money,
+            "unpriced_device_seconds": self.unpriced_seconds,
+            "examples": self.examples,
+            "adapters": self.adapters,
+            "adapter_bytes": self.adapter_bytes,
+            "full_checkpoint_bytes": self.full_checkpoint_bytes,
+            "storage_month": self.storage_month(price_gb_month),
+            "full_storage_month": self.full_storage_month(price_gb_month),
+            "cost_per_job": self.cost_per_job,
+            "cost_per_1k_examples": self.cost_per_1k_examples,
+            "quality_money": self.quality_money,
+            "quality_gain_points": self.quality_gain_points,
+            "cost_per_quality_point": self.cost_per_quality_point,
+        }
+
+
+@dataclass
+class AdapterPoint:
+    """One adapter for the quality-vs-cost chart: its job's money and its primary metric."""
+
+    tenant: str
+    task: str
+    method: str
+    rank: int
+    money: float
+    quality: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CostReport:
+    filters: Filters
+    prices: dict[str, float]
+    storage_price_gb_month: float
+    tenants: list[CostLine]
+    total: CostLine
+    points: list[AdapterPoint] = field(default_factory=list)  # filled only for charts
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.storage_price_gb_month
+        return {
+            "report": "cost",
+            "filters": self.filters.to_dict(),
+            "prices": dict(sorted(self.prices.items())),
+            "storage_price_gb_month": p,
+            "full_size_rule": FULL_SIZE_RULE,
+            "tenants": [t.to_dict(p) for t in self.tenants],
+            "total": self.total.to_dict(p),
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        p = self.storage_price_gb_month
+        for line in [*self.tenants, self.total]:
+            tenant = line.tenant if line.tenant is not None else "TOTAL"
+            d = line.to_dict(p)
+            for state, n in d["jobs"].items():
+                out.append(_record("jobs", state, n, tenant=tenant))
+            for dev in line.devices:
+                for name in ("device_seconds", "spent_no_adapter_seconds", "price_per_hour", "money"):
+                    out.append(_record("device", name, getattr(dev, name), tenant=tenant, device=dev.device))
+            for name in (
+                "money",
+                "unpriced_device_seconds",
+                "examples",
+                "adapters",
+                "adapter_bytes",
+                "full_checkpoint_bytes",
+                "storage_month",
+                "full_storage_month",
+                "cost_per_job",
+                "cost_per_1k_examples",
+                "cost_per_quality_point",
+            ):
+                out.append(_record("tenant", name, d[name], tenant=tenant))
+        return out
+
+    def tables(self) -> list[Table]:
+        from orchestrator.registry.models import JOB_STATES
+
+        p = self.storage_price_gb_month
+        lines = [*self.tenants, self.total]
+
+        def name(line: CostLine) -> str:
+            return line.tenant if line.tenant is not None else "TOTAL"
+
+        jobs = Table(
+            "cost_jobs",
+            "Jobs by state",
+            [Column("tenant", align="left"), *(Column(s, "int") for s in JOB_STATES)],
+            [[name(t), *(t.jobs.get(s, 0) for s in JOB_STATES)] for t in lines],
+        )
+        device_rows = [
+            [name(t), d.device, d.device_hours, d.spent_no_adapter_hours, d.price_per_hour, d.money]
+            for t in lines
+            for d in t.devices
+        ]
+        prices = ", ".join(f"{k}={v:g}" for k, v in sorted(self.prices.items()))
+        devices = Table(
+            "cost_devices",
+            "Device-hours and money by device type",
+            [
+                Column("tenant", align="left"),
+                Column("device", align="left"),
+                Column("device-h", "hours"),
+                Column("of which spent, no adapter", "hours"),
+                Column("price/h", "money"),
+                Column("money", "money"),
+            ],
+            device_rows,
+            [
+                f"Prices per device-hour (longest prefix of the device name wins): {prices}.",
+                "'Spent, no adapter': attempts that failed, were cancelled or were repeated after a lost "
+                "lease; included in the money.",
+            ],
+        )
+        summary = Table(
+            "cost_summary",
+            "Money, storage and unit costs",
+            [
+                Column("tenant", align="left"),
+                Column("money", "money"),
+                Column("adapters", "int"),
+                Column("adapter GB", "gb"),
+                Column("full ckpt GB", "gb"),
+                Column("storage/month", "money"),
+                Column("full storage/month", "money"),
+                Column("per job", "money"),
+                Column("per 1k examples", "money"),
+                Column("per quality pt", "money"),
+            ],
+            [
+                [
+                    name(t),
+                    t.money,
+                    t.adapters,
+                    t.adapter_bytes,
+                    t.full_checkpoint_bytes,
+                    t.storage_month(p),
+                    t.full_storage_month(p),
+                    t.cost_per_job,
+                    t.cost_per_1k_examples,
+                    t.cost_per_quality_point,
+                ]
+                for t in lines
+            ],
+            [
+                f"Storage at {p:g} per GB-month; {FULL_SIZE_RULE}.",
+                "Per job: money ÷ succeeded jobs (waste included). Per 1k examples: money ÷ examples "
+                "trained in every attempt × 1000. Per quality point: money of the adapter jobs whose task "
+                "and base have an untuned baseline ÷ their summed gain of the primary metric over it (pp).",
+            ],
+        )
+        if any(t.unpriced_seconds for t in lines):
+            summary.notes.append("Some device time matched no price and is left out of the money.")
+        return [jobs, devices, summary]
+
+
+# ---- compare ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CompareRow:
+    task: str
+    base_model: str
+    method: str  # "none" is the untuned base
+    rank: int | None  # None for full / none
+    n: int  # runs summarised (medians over them)
+    metric: str
+    quality: float | None
+    trainable_params: float | None
+    trainable_fraction: float | None
+    checkpoint_bytes: float | None
+    device_seconds: float | None
+    examples_per_second: float | None
+    peak_memory_bytes: float | None
+    majority_class_rate: float | None = None
+    size_ratio: float | None = None  # full's checkpoint ÷ this one's
+    time_ratio: float | None = None  # full's device-seconds ÷ this one's
+    memory_ratio: float | None = None  # full's peak memory ÷ this one's
+    delta_vs_full: float | None = None  # points
+    delta_vs_untuned: float | None = None  # points
+    recommendation: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.method == "none":
+            return "untuned base"
+        return self.method if self.rank is None else f"{self.method} r={self.rank}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["label"] = self.label
+        return out
+
+
+@dataclass
+class CompareReport:
+    filters: Filters
+    rows: list[CompareRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report": "compare",
+            "filters": self.filters.to_dict(),
+            "rows": [r.to_dict() for r in self.rows],
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        names = (
+            "n",
+            "quality",
+            "trainable_params",
+            "trainable_fraction",
+            "checkpoint_bytes",
+            "device_seconds",
+            "examples_per_second",
+            "peak_memory_bytes",
+            "majority_class_rate",
+            "size_ratio",
+            "time_ratio",
+            "memory_ratio",
+            "delta_vs_full",
+            "delta_vs_untuned",
+            "recommendation",
+        )
+        return [
+            _record(
+                "compare",
+                name,
+                getattr(r, name),
+                task=r.task,
+                base_model=r.base_model,
+                method=r.method,
+                rank=r.rank,
+            )
+            for r in self.rows
+            for name in names
+        ]
+
+    def tables(self) -> list[Table]:
+        columns = [
+            Column("task", align="left"),
+            Column("base model", align="left"),
+            Column("method", align="left"),
+            Column("n", "int"),
+            Column("quality", "points"),
+            Column("trainable", "int"),
+            Column("% of total", "percent"),
+            Column("ckpt MB", "mb"),
+            Column("train device-s", "seconds"),
+            Column("examples/s", "rate"),
+            Column("peak MB", "mb0"),
+            Column("size vs full", "ratio"),
+            Column("time vs full", "ratio"),
+            Column("memory vs full", "ratio"),
+            Column("Δ full", "pp"),
+            Column("Δ untuned", "pp"),
+        ]
+        rows = [
+            [
+                r.task,
+                r.base_model,
+                r.label,
+                r.n,
+                r.quality,
+                r.trainable_params,
+                r.trainable_fraction,
+                r.checkpoint_bytes,
+                r.device_seconds,
+                r.examples_per_second,
+                r.peak_memory_bytes,
+                r.size_ratio,
+                r.time_ratio,
+                r.memory_ratio,
+                r.delta_vs_full,
+                r.delta_vs_untuned,
+            ]
+            for r in self.rows
+        ]
+        notes = [
+            "One row per task, base model, method and rank; medians over the n succeeded runs. Quality: "
+            "the task's primary metric on validation data (points). Device-seconds, examples/s and peak "
+            "memory are the successful attempt's.",
+            "Ratios: full's figure ÷ this row's (how many times smaller / less). Δ: this row minus full "
+            "(or minus the untuned base), in points.",
+            "Best trade-off: of the trained rows within 1 pp of the best quality, the smallest checkpoint.",
+        ]
+        advice = Table(
+            "compare_recommendations",
+            "Recommendations (from the numbers above)",
+            [
+                Column("task", align="left"),
+                Column("base model", align="left"),
+                Column("recommendation", align="left"),
+            ],
+            [[r.task, r.base_model, r.recommendation] for r in self.rows],
+        )
+        return [Table("compare", "Methods compared (per task and base model)", columns, rows, notes), advice]

@@ -1,0 +1,42 @@
+"""Terminal tables through rich (it measures, wraps and aligns; nothing is padded by hand)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from orchestrator.reports.model import Table
+
+
+def rich_table(table: Table) -> Any:
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    # Text objects, not strings: a cell such as "[3]" must never be read as rich markup.
+    out = RichTable(
+        title=Text(table.title),
+        title_justify="left",
+        caption=Text("\n".join(table.notes)) if table.notes else None,
+        caption_justify="left",
+    )
+    for c in table.columns:
+        out.add_column(Text(c.header), justify=c.align, overflow="fold")
+    for row in table.text_rows():
+        out.add_row(*(Text(v) for v in row))
+    return out
+
+
+def print_report(report: Any, console: Any) -> None:
+    for table in report.tables():
+        console.print(rich_table(table))
+        console.print()
+
+
+def render_table(report: Any, width: int = 160) -> str:
+    """The tables as plain text (no colour codes), `width` columns wide."""
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False)
+    print_report(report, console)
+    return buffer.getvalue()
