@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # libgomp's default spin-waiting makes torch 10x slower when the cores are shared.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart test compose-cli lint clean
+.PHONY: install quickstart test compose-cli chromium lint clean
 
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -26,13 +26,17 @@ install: .venv/.installed
 quickstart: install
 	.venv/bin/lorafleet quickstart
 
-test: install compose-cli
+test: install compose-cli chromium
 	.venv/bin/ruff check .
 	$(PY) -m pytest -q -ra
 
 # The compose tests validate docker-compose.yml with `docker-compose config` (Debian package).
 compose-cli:
 	@command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; }
+
+# The HTML report test opens report.html in real headless Chromium (Debian package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 lint: install
 	.venv/bin/ruff check .

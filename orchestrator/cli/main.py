@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import adapter, config, db, job, quickstart, tenant, worker
+from orchestrator.cli import adapter, config, db, job, quickstart, report, tenant, worker
 from orchestrator.cli.helpers import to_cli_error
 
 
@@ -45,6 +45,7 @@ def cli() -> None:
 cli.add_command(tenant.tenant)
 cli.add_command(job.job)
 cli.add_command(adapter.adapter)
+cli.add_command(report.report)
 cli.add_command(worker.worker)
 cli.add_command(worker.reconcile)
 cli.add_command(quickstart.quickstart)

@@ -36,13 +36,32 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _grouped_bars(ax: Any, groups: list[str], series: dict[str, dict[str, float]]) -> None:
-    n = max(len(series), 1)
-    width = 0.8 / n
-    for i, (name, values) in enumerate(series.items()):
-        xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [values.get(g, 0.0) for g in groups], width, label=name)
+def _grouped_bars(
+    ax: Any, groups: list[str], series: dict[str, dict[str, float]], colours: dict[str, str]
+) -> None:
+    """Bars per group, only for the series the group has (no gaps); the legend in series order."""
+    handles: dict[str, Any] = {}
+    widest = max(sum(1 for values in series.values() if g in values) for g in groups)
+    width = 0.8 / max(widest, 1)
+    for x, group in enumerate(groups):
+        present = [name for name, values in series.items() if group in values]
+        for i, name in enumerate(present):
+            offset = (i - (len(present) - 1) / 2) * width
+            handles[name] = ax.bar(x + offset, series[name][group], width, color=colours[name])
     ax.set_xticks(range(len(groups)), groups)
+    ax.legend([handles[n] for n in series if n in handles], [n for n in series if n in handles], fontsize=8)
+
+
+def _method_series(rows: list[Any]) -> list[Any]:
+    """Rows in the order the legend should read: untuned, lora by rank, rslora, dora, full."""
+    order = {"none": 0, "lora": 1, "rslora": 2, "dora": 3, "full": 4}
+    return sorted(rows, key=lambda r: (order.get(r.method, 5), r.rank or 0))
+
+
+def _colours(report: CompareReport) -> dict[str, str]:
+    """One colour per method label across every chart of the report."""
+    labels = dict.fromkeys(r.label for r in _method_series(report.rows))
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)}
 
 
 def benchmark_quality(report: BenchmarkReport) -> bytes | None:
@@ -81,13 +100,12 @@ def compare_quality(report: CompareReport) -> bytes | None:
         return None
     groups = list(dict.fromkeys(f"{r.task}\n{r.base_model}" for r in rows))
     series: dict[str, dict[str, float]] = {}
-    for r in rows:
+    for r in _method_series(rows):
         series.setdefault(r.label, {})[f"{r.task}\n{r.base_model}"] = points(r.metric, r.quality)
     fig, ax = _figure()
-    _grouped_bars(ax, groups, series)
+    _grouped_bars(ax, groups, series, _colours(report))
     ax.set_ylabel("primary metric, validation (points)")
     ax.set_title("Quality per task and method (median over runs)")
-    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -98,34 +116,60 @@ def compare_size(report: CompareReport) -> bytes | None:
         return None
     groups = list(dict.fromkeys(f"{r.task}\n{r.base_model}" for r in rows))
     series: dict[str, dict[str, float]] = {}
-    for r in rows:
+    for r in _method_series(rows):
         series.setdefault(r.label, {})[f"{r.task}\n{r.base_model}"] = r.checkpoint_bytes / 1e6
     fig, ax = _figure()
-    _grouped_bars(ax, groups, series)
+    _grouped_bars(ax, groups, series, _colours(report))
     ax.set_yscale("log")
     ax.set_ylabel("checkpoint size (MB, log scale)")
     ax.set_title("Checkpoint size per method (median over runs)")
-    ax.legend(fontsize=8)
     return _png(fig)
 
 
 def cost_by_tenant(report: CostReport) -> bytes | None:
-    """Money per tenant, stacked by device type (the most expensive MAX_TENANTS, then 'others')."""
+    """Money per tenant stacked by device type; the hatched part of each device's block is device
+    time spent with no adapter to show for it (the most expensive MAX_TENANTS, then 'others')."""
     lines = sorted(report.tenants, key=lambda t: -t.money)
     if not lines or not any(d.money for t in lines for d in t.devices):
         return None
     shown, rest = lines[:MAX_TENANTS], lines[MAX_TENANTS:]
     names = [t.tenant or "" for t in shown] + ([f"{len(rest)} others"] if rest else [])
     devices = sorted({d.device for t in lines for d in t.devices})
+    groups = [[t] for t in shown] + ([rest] if rest else [])
+
+    def money(group: list[Any], device: str, wasted: bool) -> float:
+        total = 0.0
+        for t in group:
+            for d in t.devices:
+                if d.device == device and d.money:
+                    share = d.spent_no_adapter_seconds / d.device_seconds if d.device_seconds else 0.0
+                    total += d.money * (share if wasted else 1.0 - share)
+        return total
+
     fig, ax = _figure()
     bottom = [0.0] * len(names)
-    for device in devices:
-        values = [sum(d.money or 0.0 for d in t.devices if d.device == device) for t in shown]
-        if rest:
-            values.append(sum(d.money or 0.0 for t in rest for d in t.devices if d.device == device))
-        ax.bar(range(len(names)), values, 0.6, bottom=bottom, label=device)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 6 else 0, ha="right")
+    for i, device in enumerate(devices):
+        for wasted in (False, True):
+            values = [money(g, device, wasted) for g in groups]
+            label = f"{device}, spent with no adapter" if wasted else device
+            ax.bar(
+                range(len(names)),
+                values,
+                0.6,
+                bottom=bottom,
+                color=f"C{i % 10}",
+                label=label,
+                hatch="//" if wasted else None,
+                edgecolor="white" if wasted else None,
+                alpha=0.55 if wasted else 1.0,
+            )
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xticks(
+        range(len(names)),
+        names,
+        rotation=30 if len(names) > 6 else 0,
+        ha="right" if len(names) > 6 else "center",
+    )
     ax.set_ylabel("money (device-hours × price)")
     ax.set_title("Cost per tenant, stacked by device type")
     ax.legend(fontsize=8)

@@ -441,3 +441,99 @@ def test_compare(reg) -> None:
         "+31.2 pp",
     ]
     assert md[4][:5] == ["sst2", "minilm-l6", "untuned base", "1", "50.0"]
+
+
+# ---- CLI and files ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_home(tmp_path, monkeypatch):
+    """An embedded home whose registry holds the hand-made fixture."""
+    from orchestrator.config import get_settings
+    from orchestrator.registry import db
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("LORAFLEET_HOME", str(home))
+    for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS", "LORAFLEET_PRICES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LORAFLEET_STORAGE_PRICE_GB_MONTH", str(STORAGE_PRICE))
+    get_settings.cache_clear()
+    url = get_settings().database_url
+    db.upgrade(url)
+    with db.session_factory(url)() as s:
+        build_registry(s)
+    yield home
+    db.forget_engine(url)
+    get_settings.cache_clear()
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_cli_report_all_writes_every_format(cli_home, tmp_path) -> None:
+    out = tmp_path / "reports"
+    prices = [a for device, price in PRICES.items() for a in ("--price", f"{device}={price}")]
+    result = _cli("report", "all", "--out", str(out), *prices)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [f"{r}.{s}" for r in ("benchmark", "cost", "compare") for s in ("txt", "md", "csv", "json", "html")]
+        + ["report.html"]
+    )
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["total"]["money"] == 19.25 and cost["storage_price_gb_month"] == STORAGE_PRICE
+    assert json.loads((out / "benchmark.json").read_text())["pick"] == "latest"
+    # --json is --format json; --out writes the file and nothing half-written stays behind.
+    result = _cli("report", "cost", "--json", "--tenant", "acme", *prices, "--out", str(tmp_path / "c.json"))
+    assert result.exit_code == 0
+    assert [t["tenant"] for t in json.loads((tmp_path / "c.json").read_text())["tenants"]] == ["acme"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("cost", "--price", "cuda"), "expected DEVICE=AMOUNT"),
+        (("cost", "--price", "cuda=-2"), "expected DEVICE=AMOUNT"),
+        (("cost", "--price", "=2"), "expected DEVICE=AMOUNT"),
+        (("benchmark", "--pick", "worst"), "'worst' is not one of"),
+        (("benchmark", "--since", "last week"), "not an ISO 8601 date"),
+        (("compare", "--since", "2026-12-02", "--until", "2026-12-01"), "is not before"),
+        (("benchmark", "--tenant", "nobody"), "no tenant 'nobody'"),
+        (("benchmark", "--task", "sst3"), "unknown task 'sst3'"),
+        (("cost", "--json", "--format", "md"), "disagree"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_error(cli_home, tmp_path, args, message) -> None:
+    result = _cli("report", *args, "--out", str(tmp_path / "x"))
+    assert result.exit_code != 0
+    assert message in result.output + result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_html_report_in_headless_chromium(cli_home, tmp_path) -> None:
+    """The combined report.html in real Chromium: it loads, every chart has a size, no console errors."""
+    from browser import open_page
+
+    out = tmp_path / "reports"
+    assert _cli("report", "all", "--out", str(out)).exit_code == 0
+    page = open_page(out / "report.html")
+    assert page.title == "lorafleet report"
+    assert page.errors == []
+    # benchmark: quality per task; cost: per tenant by device, quality vs cost; compare: quality, size
+    assert [i["alt"] for i in page.images] == [
+        "Primary metric per task",
+        "Cost per tenant by device type",
+        "Quality vs cost",
+        "Quality per task and method",
+        "Checkpoint size per method (log scale)",
+    ]
+    assert all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in page.images), page.images
+    assert page.screenshot.startswith(b"\x89PNG")
+    (tmp_path / "report.png").write_bytes(page.screenshot)
