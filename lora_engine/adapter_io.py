@@ -19,6 +19,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from lora_engine.inject import (
     mark_only_lora_as_trainable,
     plan_injection,
 )
-from lora_engine.layers import is_lora_param
+from lora_engine.layers import is_lora_param, lora_scaling
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -280,17 +281,34 @@ def _mismatch(folder: Path, config: dict, problems: list[str]) -> AdapterError:
     )
 
 
-def load_adapter(model: nn.Module, folder: str | os.PathLike) -> dict:
+@dataclass(frozen=True)
+class AdapterFiles:
+    """An adapter folder read and parsed (config, settings, tensors under our names), not yet
+    checked against any model."""
+
+    folder: Path
+    config: dict
+    settings: LoraSettings
+    weights: dict[str, torch.Tensor]
+
+
+def read_adapter_files(folder: str | os.PathLike) -> AdapterFiles:
+    folder = Path(folder)
+    config = read_adapter_config(folder)
+    settings = settings_from_config(config)
+    weights = {from_peft_key(k): v for k, v in _read_weights(folder).items()}
+    return AdapterFiles(folder, config, settings, weights)
+
+
+def load_adapter(model: nn.Module, folder: str | os.PathLike | AdapterFiles) -> dict:
     """Inject the adapter in `folder` into `model` and load its tensors; return its config.
 
     Strict: every tensor in the file must land in the model with its exact shape and every LoRA
     tensor the config implies must be in the file. Everything is checked before the model changes.
     The LoRA tensors and the saved modules (heads) are left trainable, the rest frozen.
     """
-    folder = Path(folder)
-    config = read_adapter_config(folder)
-    settings = settings_from_config(config)
-    weights = {from_peft_key(k): v for k, v in _read_weights(folder).items()}
+    files = folder if isinstance(folder, AdapterFiles) else read_adapter_files(folder)
+    folder, config, settings, weights = files.folder, files.config, files.settings, files.weights
     try:
         plan = plan_injection(model, settings)
     except LoraConfigError as exc:
@@ -304,17 +322,7 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> dict:
         elif tuple(weights[key].shape) != shape:
             problems.append(f"{key!r} has shape {tuple(weights[key].shape)}, this model needs {shape}")
     bias = config.get("bias") or "none"
-    saved_modules: set[str] = set()
-    for key, tensor in weights.items():
-        if key in expected:
-            continue
-        if is_lora_param(key) or key not in base_state:
-            problems.append(f"unexpected tensor {key!r} (no such parameter in this model)")
-        elif tuple(tensor.shape) != tuple(base_state[key]):
-            problems.append(f"{key!r} has shape {tuple(tensor.shape)}, "
-                            f"this model has {tuple(base_state[key])}")
-        elif not (bias != "none" and key.endswith(".bias")):  # biases follow the bias mode
-            saved_modules.add(key.rsplit(".", 1)[0])
+    saved_modules = _saved_module_problems(weights, expected, base_state, bias, problems)
     if problems:
         raise _mismatch(folder, config, problems)
 
@@ -327,6 +335,60 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> dict:
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
     mark_only_lora_as_trainable(model, bias=bias, modules_to_save=sorted(_top_saved(saved_modules, model)))
     return config
+
+
+def _saved_module_problems(weights: dict, lora_keys, base_state: dict, bias: str, problems: list[str]
+                           ) -> set[str]:
+    """Check the tensors that are not LoRA (saved modules, biases) against the model's state;
+    append problems; return the modules they belong to."""
+    saved_modules: set[str] = set()
+    for key, tensor in weights.items():
+        if key in lora_keys:
+            continue
+        if is_lora_param(key) or key not in base_state:
+            problems.append(f"unexpected tensor {key!r} (no such parameter in this model)")
+        elif tuple(tensor.shape) != tuple(base_state[key]):
+            problems.append(f"{key!r} has shape {tuple(tensor.shape)}, "
+                            f"this model has {tuple(base_state[key])}")
+        elif not (bias != "none" and key.endswith(".bias")):  # biases follow the bias mode
+            saved_modules.add(key.rsplit(".", 1)[0])
+    return saved_modules
+
+
+def _lora_tensor_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Our key name -> shape of every LoRA tensor the model carries now."""
+    return {n: tuple(t.shape) for n, t in model.state_dict().items() if is_lora_param(n)}
+
+
+def swap_adapter(model: nn.Module, files: AdapterFiles) -> bool:
+    """Put another adapter's tensors into a model that already carries LoRA layers, in place: no
+    re-injection, no copy of the base. True when done; False (model untouched) when the adapter's
+    layers differ (other targets, rank, or DoRA vs not): strip and `load_adapter` it instead.
+
+    The adapter's scaling (alpha, rsLoRA) is set on every layer; its saved modules (heads) are
+    copied into the model's. A module it does not save keeps whatever the model holds: the caller
+    restores pristine heads first. Checked whole before anything changes, like `load_adapter`.
+    """
+    weights, settings = files.weights, files.settings
+    current = _lora_tensor_shapes(model)
+    wanted = {k: tuple(v.shape) for k, v in weights.items() if is_lora_param(k)}
+    layers = lora_modules(model)
+    if wanted != current or any(m.use_dora != (settings.method == "dora") for _, m in layers):
+        return False
+    problems: list[str] = []
+    bias = files.config.get("bias") or "none"
+    state = model.state_dict()
+    _saved_module_problems(weights, current, {n: t.shape for n, t in state.items()}, bias, problems)
+    if problems:
+        raise _mismatch(files.folder, files.config, problems)
+    with torch.no_grad():
+        for key, tensor in weights.items():
+            state[key].copy_(tensor.to(device=state[key].device, dtype=state[key].dtype))
+    rslora = settings.method == "rslora"
+    for _, m in layers:
+        m.alpha, m.use_rslora = settings.lora_alpha, rslora
+        m.scaling = lora_scaling(settings.lora_alpha, m.r, rslora)
+    return True
 
 
 def _top_saved(saved: set[str], model: nn.Module) -> set[str]:
@@ -359,10 +421,13 @@ __all__ = [
     "CONFIG_NAME",
     "META_NAME",
     "WEIGHTS_NAME",
+    "AdapterFiles",
     "adapter_files_digest",
     "load_adapter",
     "read_adapter_config",
+    "read_adapter_files",
     "read_adapter_meta",
     "save_adapter",
     "settings_from_config",
+    "swap_adapter",
 ]

@@ -123,6 +123,16 @@ class BaseModelCache:
         self._out = True
         return self._model, self._tokenizer
 
+    @torch.no_grad()
+    def reset_heads(self) -> None:
+        """Put the head tensors of the checked-out model back as loaded (a re-evaluation does this
+        between adapters, so an adapter that saves no pooler scores with the pristine one)."""
+        if not self._out or self._model is None:
+            raise RuntimeError("no cached base model is checked out")
+        state = self._model.state_dict()
+        for name, saved in self._head_copy.items():
+            state[name].copy_(saved)
+
     def checkin(self, *, dirty: bool = False) -> bool:
         """Return the checked-out model; True when it stays cached, False when it was evicted."""
         if not self._out:

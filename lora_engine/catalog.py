@@ -16,7 +16,9 @@ GENERATION_TASKS = ("e2e",)
 CUSTOM_TASKS = ("custom-classification", "custom-generation")
 ALL_TASKS = GLUE_TASKS + GENERATION_TASKS + CUSTOM_TASKS
 
-METHODS = ("lora", "rslora", "dora", "full")
+# "none": train nothing; the job evaluates the untuned base model (the baseline every method is
+# compared with).
+METHODS = ("lora", "rslora", "dora", "full", "none")
 
 
 @dataclass(frozen=True)

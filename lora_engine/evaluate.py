@@ -17,12 +17,16 @@ each row, so generation continues from the boundary the model was trained on.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from lora_engine.catalog import GLUE_TASKS, TaskInfo
+from lora_engine.catalog import GLUE_TASKS, TASKS, TaskInfo
 from lora_engine.data import GenerationExample, e2e_references
 from lora_engine.data.batching import collate, encode_classification, encode_prompts, sorted_batches
 from lora_engine.device import DeviceInfo, autocast
@@ -89,3 +93,71 @@ def evaluate_generation(model, tokenizer, info: TaskInfo, examples: Sequence[Gen
     if info.name == "e2e":
         return e2e_metrics(hyps, refs, meteor=meteor), hyps
     return generation_metrics(hyps, refs), hyps
+
+
+# --- one task's validation split, whatever model is scored on it ------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    """What an evaluation-only run used; field names as `recipe.RunStats` so usage is recorded
+    the same way. `examples` / `tokens` count what was trained: none."""
+
+    wall_s: float
+    device_s: float
+    device: str
+    peak_mem_bytes: int
+    scored: int  # validation rows read (all adapters together for a re-evaluation)
+    examples: int = 0
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, dict[str, float]]  # {"validation": {name: value}}
+    stats: EvalStats
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """What a model is scored on: the task's validation split, as a job would have scored it
+    (its max length; the first `eval_size` rows / prompts; a custom task's dataset file)."""
+
+    task: str
+    max_length: int
+    eval_size: int | None = None
+    dataset: str | None = None
+
+    @property
+    def info(self) -> TaskInfo:
+        return TASKS[self.task]
+
+
+def validation_examples(target: EvalTarget, *, data_dir: str | Path) -> list:
+    from lora_engine.data import load_examples
+
+    # Generation scores the first `eval_size` distinct prompts (see generation_inputs), not rows.
+    limit = None if target.info.is_generation else target.eval_size
+    return load_examples(target.task, "validation", data_dir=data_dir, dataset=target.dataset, limit=limit)
+
+
+def score_validation(model, tokenizer, target: EvalTarget, examples: Sequence, *, device: DeviceInfo,
+                     decode: DecodeSettings = GREEDY, meteor: bool = True) -> dict[str, dict[str, float]]:
+    """{"validation": metrics} of `model` on `examples` (from `validation_examples`). Pure."""
+    info = target.info
+    if info.is_generation:
+        scores, _ = evaluate_generation(model, tokenizer, info, examples, device=device,
+                                        eval_size=target.eval_size, decode=decode, meteor=meteor)
+    else:
+        scores = evaluate_classification(model, tokenizer, info, examples, max_length=target.max_length,
+                                         device=device)
+    # A metric that was not computed (METEOR switched off: NaN) is left out, not stored as NaN.
+    return {"validation": {k: float(v) for k, v in scores.items() if math.isfinite(v)}}
+
+
+def majority_class_rate(examples: Sequence) -> float:
+    """The share of the most frequent label: the accuracy of always answering it (a reference for
+    an untuned classifier, computed from the very rows it is scored on)."""
+    if not examples:
+        raise ValueError("no examples to count labels in")
+    return Counter(ex.label for ex in examples).most_common(1)[0][1] / len(examples)

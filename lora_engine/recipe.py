@@ -27,7 +27,6 @@ prompt's hidden states never go through the 49k-wide vocabulary matrix.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -185,7 +184,8 @@ def param_groups(model: nn.Module, heads: list[str], *, lr: float, head_lr: floa
     return out
 
 
-def _load_model(spec: TrainingSpec, info: TaskInfo, num_labels: int | None, cache):
+def load_model(spec: TrainingSpec, info: TaskInfo, num_labels: int | None, cache):
+    """The spec's base model: checked out of a warm cache when given, else loaded."""
     kind = info.kind
     if cache is not None:
         return cache.checkout(spec.base_model, kind, num_labels)
@@ -234,7 +234,7 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
     examples = load_examples(spec.task, "train", data_dir=data_dir, dataset=spec.dataset)
     label_names = label_names_for(spec)
     num_labels = len(label_names) if info.kind == "classification" else None
-    model, tokenizer = _load_model(spec, info, num_labels, cache)
+    model, tokenizer = load_model(spec, info, num_labels, cache)
     model.to(device.device)
     heads = head_module_names(model) if info.kind != "generation" else []
     seed_everything(spec.seed)
@@ -368,24 +368,23 @@ def fit(run: Run, hooks: TrainHooks) -> None:
 # --- evaluation + output --------------------------------------------------------------------------
 
 
+def eval_target(spec: TrainingSpec):
+    """The validation split a resolved spec is scored on."""
+    from lora_engine.evaluate import EvalTarget
+
+    return EvalTarget(task=spec.task, max_length=spec.max_length, eval_size=spec.eval_size,
+                      dataset=spec.dataset)
+
+
 def evaluate_run(run: Run, *, data_dir: str | Path, decode=None, meteor: bool = True) -> dict[str, dict]:
     """{"validation": metrics} for the run's model (pure: weights untouched)."""
-    from lora_engine.data import load_examples
-    from lora_engine.evaluate import evaluate_classification, evaluate_generation
+    from lora_engine.evaluate import score_validation, validation_examples
     from lora_engine.generate import GREEDY
 
-    spec, info = run.spec, run.info
-    if info.kind == "generation":
-        examples = load_examples(spec.task, "validation", data_dir=data_dir, dataset=spec.dataset)
-        scores, _ = evaluate_generation(run.model, run.tokenizer, info, examples, device=run.device,
-                                        eval_size=spec.eval_size, decode=decode or GREEDY, meteor=meteor)
-    else:
-        examples = load_examples(spec.task, "validation", data_dir=data_dir, dataset=spec.dataset,
-                                 limit=spec.eval_size)
-        scores = evaluate_classification(run.model, run.tokenizer, info, examples,
-                                         max_length=spec.max_length, device=run.device)
-    # A metric that was not computed (METEOR switched off: NaN) is left out, not stored as NaN.
-    return {"validation": {k: float(v) for k, v in scores.items() if math.isfinite(v)}}
+    target = eval_target(run.spec)
+    examples = validation_examples(target, data_dir=data_dir)
+    return score_validation(run.model, run.tokenizer, target, examples, device=run.device,
+                            decode=decode or GREEDY, meteor=meteor)
 
 
 def adapter_meta(run: Run, metrics: dict) -> dict:

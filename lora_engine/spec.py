@@ -58,7 +58,7 @@ class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     task: str
-    method: Literal["lora", "rslora", "dora", "full"] = "lora"
+    method: Literal["lora", "rslora", "dora", "full", "none"] = "lora"
     rank: int = 8
     alpha: float | None = None  # default: 2 * rank
     dropout: float = 0.0
@@ -87,6 +87,10 @@ class TrainingSpec(BaseModel):
     def resolved(self) -> TrainingSpec:
         """The same spec with every task default filled in: what actually runs."""
         info = self.info
+        if self.method == "none":
+            # Nothing is trained: no rank, no training defaults; only what evaluation reads.
+            return self.model_copy(update={"rank": 0, "base_model": self.base_model or info.base_model,
+                                           "max_length": self.max_length or info.max_length})
         full = self.method == "full"
         return self.model_copy(
             update={
@@ -137,6 +141,18 @@ def _bound_problems(v: dict[str, Any]) -> list[str]:
     return problems
 
 
+# Fields only training reads: given with method 'none' they would be silently ignored.
+UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "warmup_ratio", "init_from")
+
+
+def _untuned_problems(v: dict[str, Any]) -> list[str]:
+    problems = [f"{name}: not used by method 'none' (it evaluates the base model, trains nothing)"
+                for name in UNTUNED_UNUSED if v.get(name) is not None]
+    if v.get("rank", 0) != 0:
+        problems.append(f"rank: method 'none' trains nothing; leave rank out or give 0 (got {v['rank']!r})")
+    return problems
+
+
 def _cross_field_problems(v: dict[str, Any]) -> list[str]:
     """Checks that need more than one field, tolerant of fields pydantic already rejected."""
     problems: list[str] = []
@@ -146,7 +162,11 @@ def _cross_field_problems(v: dict[str, Any]) -> list[str]:
     method = v.get("method", "lora")
     if method not in METHODS:
         problems.append(f"method: unknown method {method!r}; allowed: {', '.join(METHODS)}")
-    problems += _bound_problems(v)
+    if method == "none":
+        problems += _untuned_problems(v)
+        problems += _bound_problems({k: x for k, x in v.items() if k != "rank"})
+    else:
+        problems += _bound_problems(v)
     if v.get("epochs") is not None and v.get("max_steps") is not None:
         problems.append("epochs/max_steps: give one budget, not both")
     targets = v.get("targets")

@@ -66,9 +66,10 @@ def job() -> None:
 @click.option("--tenant", required=True, help="Tenant slug.")
 @click.option("--task", required=True, help="GLUE task, e2e, custom-classification or custom-generation.")
 @click.option(
-    "--method", type=click.Choice(["lora", "rslora", "dora", "full"]), default="lora", show_default=True
+    "--method", type=click.Choice(["lora", "rslora", "dora", "full", "none"]), default="lora",
+    show_default=True, help="'none' trains nothing: it scores the untuned base model (a baseline).",
 )
-@click.option("--rank", type=int, default=8, show_default=True)
+@click.option("--rank", type=int, help="LoRA rank (default 8; not used by --method none).")
 @click.option("--alpha", type=float, help="LoRA alpha (default: 2 x rank).")
 @click.option("--base-model", help="Model alias, local folder or hub id (default: the task's).")
 @click.option("--dataset", type=click.Path(exists=True, dir_okay=False), help="JSONL data (custom tasks).")

@@ -106,7 +106,8 @@ def _existing_for_key(session: Session, p: _Prepared) -> Job | None:
 def _insert(session: Session, p: _Prepared, max_attempts: int) -> Job:
     spec = p.spec
     job = Job(
-        tenant_id=p.tenant.id, state="queued", spec=_spec_json(spec), task=spec.task, method=spec.method,
+        tenant_id=p.tenant.id, state="queued", kind="evaluate" if spec.method == "none" else "train",
+        spec=_spec_json(spec), task=spec.task, method=spec.method,
         rank=spec.rank, base_model=spec.base_model or "", priority=p.priority,
         idempotency_key=p.idempotency_key, attempts=0, max_attempts=max_attempts,
         cancel_requested=False, init_from_adapter_id=p.init_from_adapter_id, dispatch_count=0,
@@ -114,7 +115,8 @@ def _insert(session: Session, p: _Prepared, max_attempts: int) -> Job:
     )
     session.add(job)
     session.flush()
-    add_event(session, job, "submitted", f"{spec.task} {spec.method} r={spec.rank} on {spec.base_model}",
+    what = "untuned baseline" if job.kind == "evaluate" else f"{spec.method} r={spec.rank}"
+    add_event(session, job, "submitted", f"{spec.task} {what} on {spec.base_model}",
               {"priority": p.priority, "init_from_adapter_id": p.init_from_adapter_id})
     return job
 

@@ -61,6 +61,17 @@ def test_submit_writes_job_and_event_with_resolved_spec(session) -> None:
     assert detail["metrics"] == {} and detail["attempts"] == 0
 
 
+def test_method_none_queues_an_untuned_evaluation(session) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", {"task": "sst2", "method": "none", "base_model": "tiny-bert"})
+    assert (job.kind, job.method, job.rank, job.state) == ("evaluate", "none", 0, "queued")
+    assert (job.spec["rank"], job.spec["max_length"], job.spec["seed"]) == (0, 128, 42)
+    assert not {"lr", "epochs", "alpha", "targets", "warmup_ratio"} & set(job.spec)  # nothing to train
+    assert svc.get_job(session, job.id).to_dict()["kind"] == "evaluate"
+    assert "untuned baseline" in svc.job_events(session, job.id)[0].message
+    assert svc.submit_job(session, "acme", SPEC).kind == "train"
+
+
 def test_bad_spec_writes_nothing_and_lists_every_problem(session) -> None:
     svc.create_tenant(session, "acme")
     with pytest.raises(SpecError) as err:
