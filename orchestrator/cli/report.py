@@ -160,15 +160,46 @@ def report() -> None:
     """Reports from the registry: benchmark, cost, compare (and all of them at once)."""
 
 
+def _queue_reevaluation(scope: dict[str, Any], wait: bool) -> None:
+    """Queue re-evaluation jobs for the report's tenants / task / base model (validated first:
+    nothing to re-evaluate is an error, nothing is queued); with `wait`, until they end."""
+    from orchestrator.cli.job import dispatch, watch
+    from orchestrator.services.reevaluation import submit_reevaluation
+
+    with open_session() as session:
+        jobs = submit_reevaluation(session, tenant=scope["tenants"] or None, task=scope["task"],
+                                   base_model=scope["base_model"])
+        queued = [(j.id, len(j.spec["adapter_ids"]), j.base_model) for j in jobs]
+    dispatch([job_id for job_id, _, _ in queued])
+    for job_id, count, base in queued:
+        status(f"queued re-evaluation {job_id}: {count} adapter(s) on {base}")
+    if not wait:
+        status("the drift column fills in once the workers finish: run the report again")
+        return
+    for job_id, _, _ in queued:
+        detail = watch(job_id, show_events=False)
+        if detail["state"] != "succeeded":
+            raise CliError(f"re-evaluation {job_id} ended {detail['state']}: {detail.get('error') or ''}")
+
+
 @report.command()
 @scope_options
 @pick_option
 @output_options
-def benchmark(pick: str, fmt: str, out: Path | None, as_json: bool, **scope: Any) -> None:
+@click.option("--reevaluate", is_flag=True,
+              help="First queue re-evaluation jobs for these adapters (one resident base per job); "
+              "the report's drift column compares their scores with the jobs' own.")
+@click.option("--wait", is_flag=True, help="With --reevaluate: wait for those jobs, then report.")
+def benchmark(pick: str, fmt: str, out: Path | None, as_json: bool, reevaluate: bool, wait: bool,
+              **scope: Any) -> None:
     """Tenants × tasks: each adapter's primary metric, GLUE average, published references."""
     from orchestrator.reports import benchmark_report
 
+    if wait and not reevaluate:
+        raise click.UsageError("--wait waits for the jobs --reevaluate queues: give --reevaluate too")
     filters = _filters(scope)
+    if reevaluate:
+        _queue_reevaluation(scope, wait)
     with open_session() as session:
         result = benchmark_report(session, filters, pick)
     _emit(result, fmt, as_json, out)

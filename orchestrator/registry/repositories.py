@@ -173,8 +173,12 @@ def adapters(
     task: str | None = None,
     base_model: str | None = None,
     include_deleted: bool = False,
+    lora_only: bool = False,
 ) -> Sequence[Adapter]:
+    """Adapters oldest first; `lora_only` leaves out full fine-tunes (whole models, no LoRA)."""
     stmt = _scoped(select(Adapter), Adapter, tenant_id)
+    if lora_only:
+        stmt = stmt.where(Adapter.method != "full")
     if task is not None:
         stmt = stmt.where(Adapter.task == task)
     if base_model is not None:

@@ -22,6 +22,10 @@ jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_
                   submit_batch(s, items, max_attempts=None) -> [Job]   items: {"tenant", "spec": {..},
                              "priority"?, "idempotency_key"?, "init_from_adapter_id"?} or flat
                              {"tenant", "task", "rank", ...}; all or nothing (BatchError)
+                  submit_job with spec method "none" -> Job kind "evaluate" (untuned baseline)
+reevaluation:     submit_reevaluation(s, tenant=None|slug|[slugs], task=None, base_model=None,
+                             eval_size=None, priority=0, max_attempts=None) -> [Job kind
+                             "reevaluate"], one per (tenant, base model); nothing found: InvalidInput
                   list_jobs(s, tenant=None, state=None, limit=None) -> [Job] newest first
                   get_job(s, job_id, tenant=None) -> JobDetail(job, tenant_slug, adapter, metrics, usage)
                              .to_dict() -> {"id", "state", "attempts", "metrics",
@@ -96,6 +100,7 @@ from orchestrator.services.leases import (
     unclaimable_reason,
 )
 from orchestrator.services.reconcile import ReconcileResult, mark_dispatched, reconcile
+from orchestrator.services.reevaluation import submit_reevaluation
 from orchestrator.services.summary import TenantSummary, tenant_summary
 from orchestrator.services.tenants import create_tenant, get_tenant, list_tenants, set_tenant_quota
 from orchestrator.services.views import JobDetail
@@ -107,5 +112,6 @@ __all__ = [
     "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
     "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
     "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "requeue_job", "retry_job",
-    "set_tenant_quota", "submit_batch", "submit_job", "tenant_summary", "unclaimable_reason",
+    "set_tenant_quota", "submit_batch", "submit_job", "submit_reevaluation", "tenant_summary",
+    "unclaimable_reason",
 ]

@@ -149,3 +149,22 @@ def test_gpu_workers_split_the_visible_devices():
     assert visible_devices(2, {"CUDA_VISIBLE_DEVICES": "2,3,5"}) == ["2", "3"]
     with pytest.raises(UsageError, match="only 1 device"):
         visible_devices(2, {"CUDA_VISIBLE_DEVICES": "7"})
+
+
+def test_method_none_and_reevaluate_are_validated_before_anything_is_queued(home: Path):
+    run("tenant", "create", "acme")
+    job_id = json.loads(run("job", "submit", "--tenant", "acme", "--task", "sst2", "--method", "none",
+                            "--base-model", "tiny-bert", "--json").stdout)["id"]
+    with session_scope() as s:
+        job = get_job(s, job_id).to_dict()
+    assert (job["kind"], job["method"], job["rank"]) == ("evaluate", "none", 0)
+    bad = run("job", "submit", "--tenant", "acme", "--task", "sst2", "--method", "none", "--rank", "4",
+              ok=False)
+    assert bad.exit_code == 1 and "- rank: method 'none' trains nothing" in bad.stderr
+
+    result = run("report", "benchmark", "--reevaluate", "--tenant", "acme", ok=False)
+    assert result.exit_code == 1 and "nothing to re-evaluate" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert run("report", "benchmark", "--wait", ok=False).exit_code == 2
+    with session_scope() as s:
+        assert [j.id for j in list_jobs(s)] == [job_id]
