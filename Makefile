@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # libgomp's default spin-waiting makes torch 10x slower when the cores are shared.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart test compose-cli chromium lint clean
+.PHONY: install quickstart test compose-cli chromium terminal-cli lint clean
 
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -26,7 +26,7 @@ install: .venv/.installed
 quickstart: install
 	.venv/bin/lorafleet quickstart
 
-test: install compose-cli chromium
+test: install compose-cli chromium terminal-cli
 	.venv/bin/ruff check .
 	$(PY) -m pytest -q -ra
 
@@ -37,6 +37,10 @@ compose-cli:
 # The HTML report test opens report.html in real headless Chromium (Debian package).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# The terminal tests drive `job submit --wait` in a real pseudo-terminal (tmux).
+terminal-cli:
+	@command -v tmux >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; }
 
 lint: install
 	.venv/bin/ruff check .

@@ -8,9 +8,29 @@ from typing import Any
 
 import click
 
-from orchestrator.cli.helpers import CliError, emit, json_option, open_session, print_record, print_table
+from orchestrator.cli.helpers import (
+    CliError,
+    Column,
+    emit,
+    json_option,
+    open_session,
+    print_record,
+    print_table,
+    wide_option,
+)
 
-ADAPTER_COLUMNS = ("id", "task", "method", "rank", "base_model", "bytes", "trainable_params", "created_at")
+ADAPTER_COLUMNS = (
+    Column("id"),
+    Column("task"),
+    Column("method"),
+    Column("rank", justify="right"),
+    Column("base_model", "base model", flexible=True),
+    Column("bytes", "size", justify="right"),
+    Column("trainable_params", "trained", justify="right"),
+    Column("created_at", "age", justify="right"),
+    Column("job_id", "job", wide_only=True),
+    Column("parent_adapter_id", "parent", wide_only=True),
+)
 
 
 def _adapter(adapter_id: str) -> dict[str, Any]:
@@ -30,8 +50,9 @@ def adapter() -> None:
 @click.option("--tenant", help="Only this tenant's adapters.")
 @click.option("--task", help="Only adapters for this task.")
 @click.option("--base-model", help="Only adapters of this base model.")
+@wide_option
 @json_option
-def list_(tenant: str | None, task: str | None, base_model: str | None, as_json: bool) -> None:
+def list_(tenant: str | None, task: str | None, base_model: str | None, wide: bool, as_json: bool) -> None:
     """List live adapters, oldest first."""
     from orchestrator.services import list_adapters
     from orchestrator.services.views import adapter_dict
@@ -40,7 +61,7 @@ def list_(tenant: str | None, task: str | None, base_model: str | None, as_json:
         views = [
             adapter_dict(a) for a in list_adapters(session, tenant=tenant, task=task, base_model=base_model)
         ]
-    emit(views, as_json, lambda v: print_table(v, ADAPTER_COLUMNS))
+    emit(views, as_json, lambda v: print_table(v, ADAPTER_COLUMNS, wide=wide))
 
 
 @adapter.command("show")

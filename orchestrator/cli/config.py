@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.cli.helpers import emit, json_option, print_table, status
+from orchestrator.cli.helpers import Column, emit, json_option, print_table, status
 
 
 @click.group()
@@ -32,7 +32,7 @@ def show(as_json: bool) -> None:
     for row in rows:  # dicts print the way the variable is written (LORAFLEET_PRICES=cpu=0.05,cuda=2.5)
         if isinstance(row["value"], dict):
             row["value"] = ",".join(f"{k}={v}" for k, v in row["value"].items())
-    print_table(rows, ["variable", "value", "source"])
+    print_table(rows, ["variable", Column("value", flexible=True), "source"])
 
 
 @config.command("init")

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
+from orchestrator.cli.output import Column, print_record, print_table  # noqa: F401 (re-exported)
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (stable keys) instead of a table."
+)
+wide_option = click.option(
+    "--wide", "-w", is_flag=True, help="Full ids, ISO times and every column (no 80-column fit)."
 )
 
 
 class CliError(click.ClickException):
-    """A user-facing failure: message on stderr, exit code 1 (bad input) or 2 (not found/conflict)."""
+    """A user-facing failure: message on stderr and an exit code: 1 bad input, a bad setting or a job
+    that did not succeed (`--wait`, `job wait`), 3 not found, 4 conflict or wrong state. Click itself
+    exits 2 for a usage error; a detached `--wait`/`--follow` (Ctrl-C) exits 130."""
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
@@ -76,39 +83,6 @@ def jsonable(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(jsonable(value), indent=2, allow_nan=False))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if hasattr(value, "isoformat"):
-        return value.isoformat(timespec="seconds")
-    return str(value)
-
-
-def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, empty: str = "(none)") -> None:
-    """A plain aligned table of `columns` from each row."""
-    if not rows:
-        click.echo(empty)
-        return
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for r in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-
-
-def print_record(record: Mapping[str, Any], *, skip: Iterable[str] = ()) -> None:
-    """`key: value` lines; nested dicts are printed inline as JSON."""
-    skip = set(skip)
-    width = max((len(k) for k in record if k not in skip), default=0)
-    for key, value in record.items():
-        if key in skip:
-            continue
-        text = json.dumps(jsonable(value)) if isinstance(value, Mapping | list) else _cell(value)
-        click.echo(f"{key.ljust(width)}  {text}")
 
 
 def emit(value: Any, as_json: bool, human: Callable[[Any], None]) -> None:

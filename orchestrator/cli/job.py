@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +12,11 @@ from orchestrator.cli.helpers import (
     emit,
     json_option,
     open_session,
+    print_json,
     print_record,
     print_table,
-    status,
+    wide_option,
 )
-
-JOB_COLUMNS = ("id", "tenant", "state", "task", "method", "rank", "base_model", "attempts", "created_at")
-EVENT_COLUMNS = ("id", "ts", "kind", "message")
-TERMINAL = ("succeeded", "failed", "cancelled")
-POLL_SECONDS = 0.5
-QUEUED_HINT_AFTER_S = 15.0
 
 
 def _spec_from_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -113,8 +105,12 @@ def submit(
     if not wait:
         emit({"id": job_id}, as_json, lambda v: click.echo(v["id"]))
         return
-    detail = watch(job_id, show_events=False)
-    emit(detail, as_json, _print_detail)
+    from orchestrator.cli.live import follow
+
+    if not as_json:  # the id first: whatever happens next, the person can find the job again
+        click.echo(f"job {job_id} {state}  (Ctrl-C detaches; the job keeps running)")
+    detail = follow(job_id, show_events=False, as_json=as_json)
+    emit(detail, as_json, _print_outcome)
     if detail["state"] != "succeeded":
         raise CliError(f"job {job_id} ended {detail['state']}: {detail.get('error') or ''}".rstrip(": "))
 
@@ -138,10 +134,12 @@ def submit_batch(file: Path, as_json: bool) -> None:
 @click.option("--tenant", help="Only this tenant's jobs.")
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
 @click.option("--limit", type=int, help="At most this many (newest first).")
+@wide_option
 @json_option
-def list_(tenant: str | None, state: str | None, limit: int | None, as_json: bool) -> None:
+def list_(tenant: str | None, state: str | None, limit: int | None, wide: bool, as_json: bool) -> None:
     """List jobs, newest first."""
     from orchestrator.services.jobs import list_jobs
+    from orchestrator.services.metrics import headline_metrics
     from orchestrator.services.tenants import list_tenants
     from orchestrator.services.views import job_dict
 
@@ -149,14 +147,35 @@ def list_(tenant: str | None, state: str | None, limit: int | None, as_json: boo
         jobs = list_jobs(session, tenant=tenant, state=state, limit=limit)
         slugs = {t.id: t.slug for t in list_tenants(session)}
         views = [job_dict(j, slugs.get(j.tenant_id)) for j in jobs]
-    emit(views, as_json, lambda v: print_table(v, JOB_COLUMNS))
+        headlines = {} if as_json else headline_metrics(session, jobs)
+    if as_json:
+        emit(views, True, print_table)
+        return
+    from orchestrator.cli.job_view import JOB_COLUMNS, job_row
+
+    print_table([job_row(v, headlines.get(v["id"])) for v in views], JOB_COLUMNS, wide=wide)
 
 
 def job_detail(job_id: str) -> dict[str, Any]:
-    from orchestrator.services.jobs import get_job
+    from orchestrator.cli.live import job_detail as detail
 
-    with open_session() as session:
-        return get_job(session, job_id).to_dict()
+    return detail(job_id)
+
+
+def _print_outcome(detail: dict[str, Any]) -> None:
+    """One line after `--wait`: how it ended, the score and the adapter; `job show` has the rest."""
+    from orchestrator.cli.job_view import took
+    from orchestrator.cli.live import outcome
+    from orchestrator.cli.output import duration, human_bytes
+
+    seconds = took(detail)
+    line = f"{detail['state']}" + (f" in {duration(seconds)}" if seconds is not None else "")
+    what = outcome(detail)
+    if what:
+        line += f": {what}"
+    if detail.get("adapter"):
+        line += f"; adapter {detail['adapter']['id'][:8]} ({human_bytes(detail['adapter']['bytes'])})"
+    click.echo(f"{line}. More: lorafleet job show {detail['id'][:8]}")
 
 
 def _print_detail(detail: dict[str, Any]) -> None:
@@ -172,68 +191,60 @@ def show(job_id: str, as_json: bool) -> None:
 
 
 def _events(job_id: str, after_id: int | None) -> list[dict[str, Any]]:
-    from orchestrator.services.jobs import job_events
-    from orchestrator.services.views import event_dict
+    from orchestrator.cli.live import new_events
 
-    with open_session() as session:
-        return [event_dict(e) for e in job_events(session, job_id, after_id=after_id)]
-
-
-def watch(job_id: str, *, show_events: bool, as_json: bool = False) -> dict[str, Any]:
-    """Poll until the job ends; a progress bar on stderr; events to stdout when `show_events`.
-
-    Returns the job's final detail.
-    """
-    last_event: int | None = None
-    bar = None
-    shown = 0
-    hint_at = time.monotonic() + QUEUED_HINT_AFTER_S
-    try:
-        while True:
-            if show_events:
-                for event in _events(job_id, last_event):
-                    last_event = event["id"]
-                    if as_json:
-                        click.echo(json.dumps(event))
-                    elif event["kind"] != "progress":
-                        click.echo(f"{event['ts']}  {event['kind']:<16} {event['message']}")
-            detail = job_detail(job_id)
-            step, total = detail["progress"]["step"], detail["progress"]["total"]
-            if bar is None and total:
-                bar = click.progressbar(
-                    length=total,
-                    label=f"{detail['task']} {detail['method']}",
-                    file=sys.stderr,
-                    show_pos=True,
-                    show_eta=True,
-                )
-                bar.__enter__()
-            if bar is not None and step is not None and step > shown:
-                bar.update(step - shown)
-                shown = step
-            if detail["state"] in TERMINAL:
-                return detail
-            if detail["state"] == "queued" and hint_at and time.monotonic() > hint_at:
-                hint_at = 0.0
-                status(f"job {job_id} is still queued: is a worker running? (`lorafleet worker`)")
-            time.sleep(POLL_SECONDS)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+    return new_events(job_id, after_id)
 
 
 @job.command("events")
 @click.argument("job_id")
 @click.option(
-    "--follow", "-f", is_flag=True, help="Keep printing new events until the job ends (progress bar)."
+    "--follow", "-f", is_flag=True, help="Keep printing new events until the job ends (live status line)."
 )
+@wide_option
 @json_option
-def events(job_id: str, follow: bool, as_json: bool) -> None:
-    """A job's history (submitted, claimed, progress, checkpoints, the outcome)."""
+def events(job_id: str, follow: bool, wide: bool, as_json: bool) -> None:
+    """A job's history (submitted, claimed, progress, checkpoints, the outcome).
+
+    With --follow on a terminal: a live status line (phase, step, loss, throughput, ETA) below
+    the events; piped: one line per event. Ctrl-C stops following, not the job.
+
+    \b
+    Example:
+      lorafleet job events --follow 3f2a1b9c
+    """
     if follow:
-        watch(job_id, show_events=True, as_json=as_json)
+        from orchestrator.cli.live import follow as follow_job
+
+        follow_job(job_id, show_events=True, as_json=as_json)
         return
-    emit(_events(job_id, None), as_json, lambda v: print_table(v, EVENT_COLUMNS))
+    from orchestrator.cli.job_view import EVENT_COLUMNS
+
+    emit(_events(job_id, None), as_json, lambda v: print_table(v, EVENT_COLUMNS, wide=wide))
+
+
+@job.command("wait")
+@click.argument("job_ids", nargs=-1, required=True)
+@json_option
+def wait(job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Wait until every JOB_ID has ended (ids or unique prefixes); exit 0 only if all succeeded.
+
+    Prints a line per job as it ends; exits 1 if any failed or was cancelled, 3 if an id is
+    unknown. Ctrl-C stops waiting, not the jobs.
+
+    \b
+    Example:
+      lorafleet job wait 3f2a1b9c 77d0e1aa && lorafleet adapter list
+    """
+    from orchestrator.cli.live import wait_all
+
+    finals = wait_all(list(job_ids), quiet=as_json)
+    if as_json:
+        print_json(finals)
+    unsuccessful = [d for d in finals if d["state"] != "succeeded"]
+    if unsuccessful:
+        listed = ", ".join(f"{d['id'][:8]} {d['state']}" for d in unsuccessful)
+        raise CliError(f"{len(unsuccessful)} of {len(finals)} jobs did not succeed: {listed}")
 
 
 @job.command("cancel")

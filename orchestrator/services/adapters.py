@@ -18,6 +18,7 @@ from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.errors import InvalidInput, NotFound
+from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 
 
@@ -52,6 +53,8 @@ def list_adapters(
 
 def adapter_or_404(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
+    adapter_id = resolve_id(session, Adapter, adapter_id, tenant_id=tenant_id, what="adapter id",
+                            live_only=True)
     row = repo.adapter(session, adapter_id, tenant_id=tenant_id)
     if row is None:
         scope = f" for tenant {tenant!r}" if tenant is not None else ""

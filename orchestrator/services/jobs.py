@@ -20,10 +20,11 @@ from lora_engine.errors import SpecError
 from lora_engine.spec import TrainingSpec, validate_spec
 from orchestrator.config import get_settings
 from orchestrator.registry import repositories as repo
-from orchestrator.registry.models import JOB_STATES, Job, JobEvent, Tenant, utcnow
+from orchestrator.registry.models import JOB_STATES, Adapter, Job, JobEvent, Tenant, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.errors import BatchError, Conflict, InvalidInput, InvalidState, NotFound
 from orchestrator.services.events import add_event
+from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.views import JobDetail
 
@@ -65,6 +66,8 @@ def _prepare(
         if raw.get("init_from"):
             raise InvalidInput("give either spec.init_from (a folder) or an adapter id to start from, "
                                "not both")
+        init_from_adapter_id = resolve_id(session, Adapter, init_from_adapter_id, tenant_id=tenant.id,
+                                          what="adapter id", live_only=True)
         parent = repo.adapter(session, init_from_adapter_id, tenant_id=tenant.id)
         if parent is None:
             raise NotFound(f"no adapter {init_from_adapter_id!r} for tenant {tenant.slug!r} to start from")
@@ -231,6 +234,7 @@ def list_jobs(
 def job_or_404(session: Session, job_id: str, tenant: str | None = None) -> Job:
     """Inside a service: the job (of `tenant` when given), or NotFound."""
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
+    job_id = resolve_id(session, Job, job_id, tenant_id=tenant_id, what="job id")
     job = repo.job(session, job_id, tenant_id=tenant_id)
     if job is None:
         scope = f" for tenant {tenant!r}" if tenant is not None else ""

@@ -1,0 +1,158 @@
+"""What a person sees: `job submit --wait` and `job events --follow` in a real pseudo-terminal
+(tmux), against a real embedded worker. Assertions are on the screen: the job id comes first, the
+status line shows the loss and never carries event text, Ctrl-C detaches and says how to
+re-attach. Piped, the same commands print one plain line per event; `job wait` exits 0 only if
+every job succeeded."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.workers import (
+    ROOT,
+    WORKER_START_TIMEOUT_S,
+    start_worker,
+    stop_worker,
+    wait_for,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+LORAFLEET = f"{sys.executable} -m orchestrator.cli.main"
+TINY_JOB = ("--tenant acme --task sst2 --base-model tiny-bert --rank 4 --batch-size 8 --eval-size 16")
+EVENT_TEXT = ("claimed by", "checkpoint at", "adapter ", "submitted", "cancel requested")
+BAR = "━"
+
+
+class Screen:
+    """One command in a detached tmux session of a fixed size; the screen read back as text."""
+
+    def __init__(self, env: dict[str, str], command: str, *, width: int = 110, height: int = 40):
+        self.socket = f"lorafleet-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.env = env
+        script = f"cd {ROOT} && {command}; echo EXIT=$?; sleep 600"
+        self._tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), script)
+
+    def _tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-f", "/dev/null", "-L", self.socket, *args], env=self.env,
+                              capture_output=True, text=True, check=True).stdout
+
+    def text(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", "t", "-S", "-500")
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.text().splitlines() if line.strip()]
+
+    def wait_for(self, pattern: str, timeout: float = 90) -> re.Match[str]:
+        return wait_for(lambda: re.search(pattern, self.text()), timeout, f"{pattern!r} on the screen:\n"
+                        + "\n".join(self.lines()[-20:]))
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", "-t", "t", *keys)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], env=self.env, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    home = tmp_path_factory.mktemp("lorafleet-terminal")
+    env = {**worker_env(home), "LORAFLEET_CHECKPOINT_EVERY": "100"}
+    proc = start_worker(env, home / "worker.log")
+    try:
+        wait_for(lambda: " ready." in (home / "worker.log").read_text(), WORKER_START_TIMEOUT_S,
+                 "the worker to start")
+        assert cli(env, "tenant", "create", "acme").returncode == 0
+        yield env
+    finally:
+        stop_worker(proc)
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def bar_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if BAR in line]
+
+
+def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embedded):
+    screen = Screen(embedded, f"{LORAFLEET} job submit {TINY_JOB} --max-steps 300 --wait")
+    try:
+        exit_code = screen.wait_for(r"EXIT=(\d+)").group(1)
+        lines = screen.lines()
+    finally:
+        screen.close()
+    assert exit_code == "0", "\n".join(lines)
+    first = re.fullmatch(r"job ([0-9a-f-]{36}) queued .*Ctrl-C detaches.*", lines[0])
+    assert first, lines[:3]
+    job_id = first.group(1)
+    bars = bar_lines(lines)
+    assert bars, "no status line on the screen:\n" + "\n".join(lines)
+    for line in bars:
+        assert not any(text in line for text in EVENT_TEXT), f"event text inside the status line: {line!r}"
+    assert re.search(r"succeeded\s+step 300/300\s+loss \d", bars[-1]), bars[-1]
+    # Events appear above the status line, each on its own line.
+    assert any(re.fullmatch(r"\d\d:\d\d:\d\d  claimed\s+claimed by .*", line) for line in lines), lines
+    assert re.fullmatch(rf"succeeded in \S+: acc [0-9.]+; adapter [0-9a-f]{{8}} \(.*\)\. More: lorafleet "
+                        rf"job show {job_id[:8]}", lines[-2]), lines[-2]
+
+    # Piped, `--follow` prints one plain line per event (no escape codes, no bar); a prefix works.
+    piped = cli(embedded, "job", "events", "--follow", job_id[:6])
+    assert piped.returncode == 0, piped.stderr
+    assert "\x1b[" not in piped.stdout and BAR not in piped.stdout
+    kinds = [re.fullmatch(r"\d\d:\d\d:\d\d  (\w+)\s+.*", line).group(1) for line in piped.stdout.splitlines()]
+    assert kinds[:2] == ["submitted", "claimed"] and kinds[-1] == "succeeded" and "progress" in kinds
+    assert cli(embedded, "job", "wait", job_id[:8]).returncode == 0
+
+
+def test_ctrl_c_detaches_from_follow_and_job_wait_reports_the_outcome(embedded):
+    submitted = cli(embedded, "job", "submit", *TINY_JOB.split(), "--max-steps", "100000")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    screen = Screen(embedded, f"{LORAFLEET} job events --follow {job_id[:8]}")
+    try:
+        screen.wait_for(r"training\s+step \d+/100000\s+loss \d")
+        lines = screen.lines()
+        screen.keys("C-c")
+        exit_code = screen.wait_for(r"EXIT=(\d+)").group(1)
+        after = screen.lines()
+    finally:
+        screen.close()
+    for line in bar_lines(lines):
+        assert not any(text in line for text in EVENT_TEXT), f"event text inside the status line: {line!r}"
+    assert exit_code == "130"
+    assert f"detached: the job keeps running. Re-attach: lorafleet job events --follow {job_id}" in after
+    shown = json.loads(cli(embedded, "job", "show", job_id, "--json").stdout)
+    assert shown["state"] == "running"  # detaching did not stop it
+
+    assert cli(embedded, "job", "cancel", job_id).returncode == 0
+    waited = cli(embedded, "job", "wait", job_id)
+    assert waited.returncode == 1
+    assert re.match(rf"{job_id}  cancelled", waited.stdout), waited.stdout
+    assert "1 of 1 jobs did not succeed" in waited.stderr
+    unknown = cli(embedded, "job", "wait", "0000dead")
+    assert unknown.returncode == 3 and "no job '0000dead'" in unknown.stderr
+
+
+def test_short_prefixes_resolve_when_unique(embedded, tmp_path: Path):
+    listed = json.loads(cli(embedded, "job", "list", "--json").stdout)
+    ids = [j["id"] for j in listed]
+    assert len(ids) >= 2
+    shown = json.loads(cli(embedded, "job", "show", ids[0][:5], "--json").stdout)
+    assert shown["id"] == ids[0]
+    # The table fits 80 columns and shows short ids.
+    table = cli(embedded, "job", "list").stdout.splitlines()
+    assert max(len(line.rstrip()) for line in table) <= 80
+    assert table[0].split()[:3] == ["ID", "TENANT", "STATE"] and table[2].split()[0] == ids[0][:8]
