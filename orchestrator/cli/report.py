@@ -169,7 +169,7 @@ def _queue_reevaluation(scope: dict[str, Any], wait: bool) -> None:
     with open_session() as session:
         jobs = submit_reevaluation(session, tenant=scope["tenants"] or None, task=scope["task"],
                                    base_model=scope["base_model"])
-        queued = [(j.id, len(j.spec["adapter_ids"]), j.base_model) for j in jobs]
+        queued = [(j.id, len(j.spec["adapters"]), j.base_model) for j in jobs]
     dispatch([job_id for job_id, _, _ in queued])
     for job_id, count, base in queued:
         status(f"queued re-evaluation {job_id}: {count} adapter(s) on {base}")

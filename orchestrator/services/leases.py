@@ -219,7 +219,9 @@ def _check_outcome(
     if job.kind != "train" and adapter is not None:
         raise InvalidInput(f"job {job.id} is a {job.kind} job: it trains no adapter")
     if job.kind == "reevaluate":
-        listed = set(job.spec.get("adapter_ids", []))
+        from orchestrator.services.reevaluation import reevaluate_adapter_ids
+
+        listed = set(reevaluate_adapter_ids(job.spec))
         unknown = sorted(set(reevaluated or {}) - listed)
         if unknown:
             raise InvalidInput(f"job {job.id} re-evaluates {sorted(listed)}; not {unknown}")

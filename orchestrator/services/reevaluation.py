@@ -2,7 +2,8 @@
 
 `submit_reevaluation` picks the adapters (live LoRA adapters; full fine-tunes are whole models, not
 swappable adapters) of the given tenants / task / base model through the repository, and queues
-one job of kind 'reevaluate' per (tenant, base model): its spec lists the adapter ids, and the
+one job of kind 'reevaluate' per (tenant, base model): its spec lists the adapters (id, task,
+folder; `reevaluate_adapter_ids` reads the ids back), and the
 worker loads that base once and swaps each adapter in (lora_engine.reevaluate). One job per
 tenant rather than per base model alone because a job belongs to one tenant: its quota, its
 usage and its metric rows are that tenant's, so no tenant is billed for another's adapters.
@@ -26,8 +27,10 @@ from orchestrator.services.events import add_event
 from orchestrator.services.jobs import _check_priority, _max_attempts
 from orchestrator.services.tenants import tenant_or_404
 
-# A spec of kind 'reevaluate' (the worker validates the same keys).
-REEVALUATE_SPEC_KEYS = ("adapter_ids", "base_model", "eval_size")
+
+def reevaluate_adapter_ids(spec: dict) -> list[str]:
+    """The adapters a reevaluate job's spec lists."""
+    return [a["id"] for a in spec.get("adapters", [])]
 
 
 def _tenants(session: Session, tenant: str | Sequence[str] | None) -> list[Tenant] | None:
@@ -81,7 +84,9 @@ def submit_reevaluation(
     jobs = []
     for (tenant_id, base), adapters in sorted(groups.items()):
         tasks = sorted({a.task for a in adapters})
-        spec = {"adapter_ids": [a.id for a in adapters], "base_model": base}
+        # What the worker needs without asking the registry: each adapter's id, task and folder.
+        spec = {"adapters": [{"id": a.id, "task": a.task, "path": a.path} for a in adapters],
+                "base_model": base}
         if eval_size is not None:
             spec["eval_size"] = eval_size
         job = Job(

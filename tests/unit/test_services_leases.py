@@ -258,7 +258,8 @@ def test_metrics_carry_source_and_time_per_job_kind(session, registry_settings, 
     assert detail["kind"] == "evaluate" and detail["adapter"] is None and detail["reevaluated"] == {}
 
     # A re-evaluation: one job, the same metric names for each adapter it scored.
-    re = _claimed_as(session, "acme", job_spec, "reevaluate", adapter_ids=[a1, a2])
+    re = _claimed_as(session, "acme", job_spec, "reevaluate",
+                     adapters=[{"id": a, "task": "sst2", "path": "/x"} for a in (a1, a2)])
     with pytest.raises(svc.InvalidInput, match="not \\['nope'\\]"):
         svc.finish_job_success(session, re, "w1", None, {}, reevaluated={"nope": {"validation": {"x": 1}}})
     scores = {a1: {"validation": {"accuracy": 0.79}}, a2: {"validation": {"accuracy": 0.81}}}

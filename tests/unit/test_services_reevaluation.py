@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from orchestrator import services as svc
 from orchestrator.registry.models import Adapter, Job, new_id, utcnow
+from orchestrator.services.reevaluation import reevaluate_adapter_ids
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -37,15 +38,17 @@ def test_one_job_per_tenant_and_base_model(session, registry_settings) -> None:
     session.commit()
 
     jobs = svc.submit_reevaluation(session, tenant="acme")
-    got = {(j.base_model, j.task): j.spec["adapter_ids"] for j in jobs}
+    got = {(j.base_model, j.task): reevaluate_adapter_ids(j.spec) for j in jobs}
     assert got == {("tiny-bert", "mixed"): [a1, a2], ("tiny-roberta", "sst2"): [a3]}
     assert {(j.kind, j.method, j.rank, j.state) for j in jobs} == {("reevaluate", "none", 0, "queued")}
+    a3_row = session.get(Adapter, a3)
+    assert jobs[1].spec["adapters"] == [{"id": a3, "task": "sst2", "path": a3_row.path}]
     assert svc.get_job(session, jobs[0].id).to_dict()["kind"] == "reevaluate"
 
     everyone = svc.submit_reevaluation(session, task="sst2", base_model="tiny-bert", eval_size=32)
-    assert sorted(j.spec["adapter_ids"] for j in everyone) == sorted([[a1], [g1]])
+    assert sorted(reevaluate_adapter_ids(j.spec) for j in everyone) == sorted([[a1], [g1]])
     assert {j.spec["eval_size"] for j in everyone} == {32}
-    tenant_of = {j.spec["adapter_ids"][0]: j.tenant_id for j in everyone}
+    tenant_of = {reevaluate_adapter_ids(j.spec)[0]: j.tenant_id for j in everyone}
     assert tenant_of[g1] == svc.get_tenant(session, "globex").id  # each tenant's job is its own
 
 
