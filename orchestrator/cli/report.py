@@ -163,7 +163,8 @@ def report() -> None:
 def _queue_reevaluation(scope: dict[str, Any], wait: bool) -> None:
     """Queue re-evaluation jobs for the report's tenants / task / base model (validated first:
     nothing to re-evaluate is an error, nothing is queued); with `wait`, until they end."""
-    from orchestrator.cli.job import dispatch, watch
+    from orchestrator.cli.job import dispatch
+    from orchestrator.cli.live import wait_all
     from orchestrator.services.reevaluation import submit_reevaluation
 
     with open_session() as session:
@@ -176,10 +177,10 @@ def _queue_reevaluation(scope: dict[str, Any], wait: bool) -> None:
     if not wait:
         status("the drift column fills in once the workers finish: run the report again")
         return
-    for job_id, _, _ in queued:
-        detail = watch(job_id, show_events=False)
-        if detail["state"] != "succeeded":
-            raise CliError(f"re-evaluation {job_id} ended {detail['state']}: {detail.get('error') or ''}")
+    failed = [d for d in wait_all([job_id for job_id, _, _ in queued]) if d["state"] != "succeeded"]
+    if failed:
+        listed = ", ".join(f"{d['id']} {d['state']}: {d.get('error') or ''}" for d in failed)
+        raise CliError(f"{len(failed)} re-evaluation job(s) did not succeed: {listed}")
 
 
 @report.command()
