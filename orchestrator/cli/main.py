@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import adapter, config, db, job, quickstart, report, tenant, worker
+from orchestrator.cli import adapter, config, db, job, job_results, quickstart, report, tenant, worker
 from orchestrator.cli.helpers import to_cli_error
 
 
@@ -44,6 +44,8 @@ def cli() -> None:
 
 cli.add_command(tenant.tenant)
 cli.add_command(job.job)
+job.job.add_command(job_results.metrics)
+job.job.add_command(job_results.checkpoints)
 cli.add_command(adapter.adapter)
 cli.add_command(report.report)
 cli.add_command(worker.worker)

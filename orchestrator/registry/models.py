@@ -258,3 +258,24 @@ class Usage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_usage_job_id_attempt"),)
+
+
+class MetricPoint(Base):
+    """One point of a job's training curve: series `name` at optimizer step `step`.
+
+    Series: 'loss' and 'lr' every step; '<split>/<metric>' (e.g. 'validation/accuracy') for an
+    evaluation repeated during training. Unique per (job, name, step): an attempt that resumes
+    from a checkpoint and redoes steps overwrites their points (exact resume: the same values).
+    """
+
+    __tablename__ = "metric_history"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("job_id", "name", "step", name="uq_metric_history_job_id_name_step"),)

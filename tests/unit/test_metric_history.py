@@ -1,0 +1,91 @@
+"""Training curves in the registry (metric history) and the checkpoints a job saved: recorded by
+the worker through the services, read back by `job metrics` / `job checkpoints`, on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import services as svc
+from orchestrator.cli.job_results import sparkline
+from orchestrator.cli.main import cli
+from orchestrator.config import get_settings
+from orchestrator.registry.db import forget_engine, session_scope
+from orchestrator.services.errors import LeaseLost
+from orchestrator.services.metrics import Point, job_checkpoints, metric_history, record_points
+
+pytest_plugins = ["registry_fixtures"]
+
+
+def _running_job(session) -> str:
+    svc.create_tenant(session, "acme")
+    job_id = svc.submit_job(session, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 4}).id
+    assert svc.claim_job(session, job_id, "w1", lease_seconds=60) is not None
+    return job_id
+
+
+def _curve(steps, *, loss0: float = 1.0) -> list[Point]:
+    out = []
+    for s in steps:
+        out += [Point("loss", s, s / 4, loss0 / s), Point("lr", s, s / 4, 1e-3 * (1 - s / 10))]
+    return out
+
+
+def test_points_are_stored_per_step_and_a_resumed_attempt_replaces_redone_steps(session):
+    job_id = _running_job(session)
+    assert record_points(session, job_id, "w1", _curve([1, 2, 3])) == 6
+    # A resume from the checkpoint at step 2 redoes step 3 and goes on: step 3 is replaced, not doubled.
+    assert record_points(session, job_id, "w1", _curve([3, 4], loss0=2.0)) == 4
+    loss = metric_history(session, job_id[:8], names=["loss"])
+    assert [(p.step, p.epoch, p.value) for p in loss] == [(1, 0.25, 1.0), (2, 0.5, 0.5), (3, 0.75, 2 / 3),
+                                                          (4, 1.0, 0.5)]
+    assert {p.name for p in metric_history(session, job_id)} == {"loss", "lr"}
+    with pytest.raises(LeaseLost):
+        record_points(session, job_id, "someone-else", _curve([5]))
+
+
+def test_checkpoints_list_what_the_worker_reported(session, tmp_path):
+    job_id = _running_job(session)
+    (tmp_path / "step-00000002").mkdir()
+    svc.record_checkpoint(session, job_id, "w1", 2, str(tmp_path / "step-00000002"))
+    svc.record_checkpoint(session, job_id, "w1", 4, str(tmp_path / "step-00000004"))
+    saved = job_checkpoints(session, job_id)
+    assert [(c.step, c.path) for c in saved] == [(2, str(tmp_path / "step-00000002")),
+                                                 (4, str(tmp_path / "step-00000004"))]
+
+
+def test_sparkline_follows_the_curve():
+    assert sparkline([4.0, 3.0, 2.0, 1.0], width=4) == "█▆▃▁"
+    assert len(sparkline([float(i) for i in range(1000)])) == 24
+
+
+def test_cli_metrics_and_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
+    for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    try:
+        with session_scope() as s:
+            job_id = _running_job(s)
+            record_points(s, job_id, "w1", _curve([1, 2, 3, 4]))
+            svc.record_checkpoint(s, job_id, "w1", 2, str(tmp_path / "gone"))
+        runner = CliRunner()
+        out = runner.invoke(cli, ["job", "metrics", job_id[:8], "--format", "csv"], catch_exceptions=False)
+        rows = list(csv.DictReader(io.StringIO(out.output)))
+        assert len(rows) == 8 and rows[0] == {"name": "loss", "step": "1", "epoch": "0.25", "value": "1.0"}
+        args = ["job", "metrics", job_id, "--format", "json", "--name", "lr"]
+        as_json = json.loads(runner.invoke(cli, args).output)
+        assert list(as_json) == ["lr"] and as_json["lr"][3] == {"step": 4, "epoch": 1.0, "value": 1e-3 * 0.6}
+        table = runner.invoke(cli, ["job", "metrics", job_id]).output.splitlines()
+        assert table[0].split() == ["SERIES", "POINTS", "STEPS", "FIRST", "LAST", "MIN", "CURVE"]
+        assert table[2].split()[:6] == ["loss", "4", "1-4", "1", "0.25", "0.25"]
+        checkpoints = json.loads(runner.invoke(cli, ["job", "checkpoints", job_id, "--json"]).output)
+        assert [(c["step"], c["on_disk"]) for c in checkpoints] == [(2, False)]
+    finally:
+        forget_engine(get_settings().database_url)
+        get_settings.cache_clear()
