@@ -11,7 +11,18 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import adapter, config, db, job, job_results, quickstart, report, tenant, worker
+from orchestrator.cli import (
+    adapter,
+    config,
+    db,
+    job,
+    job_results,
+    quickstart,
+    report,
+    status,
+    tenant,
+    worker,
+)
 from orchestrator.cli.helpers import to_cli_error
 
 
@@ -53,6 +64,7 @@ cli.add_command(worker.reconcile)
 cli.add_command(quickstart.quickstart)
 cli.add_command(db.db)
 cli.add_command(config.config)
+cli.add_command(status.status)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""The fleet at a glance (`lorafleet status`): queue depth by tenant and state, the workers seen
+by their last heartbeat, running jobs with their step and throughput, and why queued jobs wait.
+
+Counts and per-worker figures are SQL aggregates (GROUP BY); only the rows shown come back.
+A worker appears here through the jobs it holds: the registry hears from a worker only while it
+runs a job (idle workers answer `celery inspect ping` and show in Flower).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from orchestrator.registry.models import JOB_STATES, Job, Tenant, utcnow
+from orchestrator.services._tx import readonly
+
+WAITING_SHOWN = 20
+
+
+@dataclass
+class WorkerSeen:
+    worker: str
+    running: int  # jobs it holds now
+    last_heartbeat: datetime | None
+    alive: bool  # a heartbeat within the lease
+
+
+@dataclass
+class RunningJob:
+    id: str
+    tenant: str
+    task: str
+    worker: str | None
+    step: int | None
+    total: int | None
+    loss: float | None
+    steps_per_s: float | None  # this attempt's average, loading included
+    started_at: datetime | None
+    last_heartbeat: datetime | None
+
+
+@dataclass
+class WaitingJob:
+    id: str
+    tenant: str
+    task: str
+    priority: int
+    queued_at: datetime
+    why: str
+
+
+@dataclass
+class FleetStatus:
+    at: datetime
+    jobs: dict[str, dict[str, int]] = field(default_factory=dict)  # {tenant: {state: n}}, 0s kept
+    workers: list[WorkerSeen] = field(default_factory=list)
+    running: list[RunningJob] = field(default_factory=list)
+    waiting: list[WaitingJob] = field(default_factory=list)
+    queued_total: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@readonly
+def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None = None) -> FleetStatus:
+    now = now or utcnow()
+    out = FleetStatus(at=now)
+    counts = session.execute(
+        select(Tenant.slug, Job.state, func.count()).join(Tenant, Tenant.id == Job.tenant_id)
+        .group_by(Tenant.slug, Job.state)
+    )
+    for slug in session.scalars(select(Tenant.slug).order_by(Tenant.slug)):
+        out.jobs[slug] = dict.fromkeys(JOB_STATES, 0)
+    for slug, state, n in counts:
+        out.jobs.setdefault(slug, dict.fromkeys(JOB_STATES, 0))[state] = int(n)
+    out.queued_total = sum(by_state["queued"] for by_state in out.jobs.values())
+
+    alive_after = now - timedelta(seconds=lease_seconds)
+    per_worker = session.execute(
+        select(Job.lease_owner, func.count(), func.max(Job.heartbeat_at))
+        .where(Job.state == "running", Job.lease_owner.is_not(None))
+        .group_by(Job.lease_owner).order_by(Job.lease_owner)
+    )
+    for worker, n, beat in per_worker:
+        out.workers.append(WorkerSeen(worker, int(n), beat, beat is not None and beat >= alive_after))
+
+    running = session.execute(
+        select(Job, Tenant.slug).join(Tenant, Tenant.id == Job.tenant_id)
+        .where(Job.state == "running").order_by(Job.started_at)
+    )
+    for job, slug in running:
+        rate = None
+        if job.progress_step and job.started_at and job.heartbeat_at:
+            elapsed = (job.heartbeat_at - job.started_at).total_seconds()
+            rate = job.progress_step / elapsed if elapsed > 0 else None
+        out.running.append(RunningJob(job.id, slug, job.task, job.lease_owner, job.progress_step,
+                                      job.progress_total, job.last_loss, rate, job.started_at,
+                                      job.heartbeat_at))
+
+    # Why each queued job waits, in the order a worker would take them.
+    n_running = (select(Job.tenant_id, func.count().label("n")).where(Job.state == "running")
+                 .group_by(Job.tenant_id).subquery())
+    queued = session.execute(
+        select(Job, Tenant.slug, Tenant.max_running, func.coalesce(n_running.c.n, 0))
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .outerjoin(n_running, n_running.c.tenant_id == Job.tenant_id)
+        .where(Job.state == "queued")
+        .order_by(func.coalesce(n_running.c.n, 0), Job.priority.desc(), Job.created_at, Job.id)
+        .limit(WAITING_SHOWN)
+    )
+    any_alive = any(w.alive for w in out.workers)
+    ahead = 0
+    for job, slug, max_running, busy in queued:
+        if busy >= max_running:
+            why = f"tenant {slug} at its quota ({busy}/{max_running} running)"
+        elif ahead:
+            why = f"{ahead} claimable job(s) ahead of it"
+            ahead += 1
+        elif not any_alive:
+            why = "next in line; no worker has reported in (is `lorafleet worker` running?)"
+            ahead += 1
+        else:
+            why = "next in line, for the next free worker"
+            ahead += 1
+        out.waiting.append(WaitingJob(job.id, slug, job.task, job.priority, job.created_at, why))
+    return out
+
