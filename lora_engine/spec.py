@@ -15,19 +15,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lora_engine.catalog import ALL_TASKS, CUSTOM_TASKS, METHODS, TASKS, TaskInfo
 from lora_engine.errors import SpecError
+from lora_engine.model_ref import base_model_problem
 
-# Offline aliases. The first two are real pretrained models installed from the package
-# registry; the tiny ones are random-init models built from a config, for fast tests.
-MODEL_ALIASES: dict[str, str] = {
-    "minilm-l6": "bert",
-    "smollm2-135m": "llama",
-    "tiny-gpt2": "gpt2",
-    "tiny-bert": "bert",
-    "tiny-roberta": "roberta",
-    "tiny-llama": "llama",
-}
-CAUSAL_ARCHS = {"gpt2", "llama"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 MAX_RANK = 1024
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -185,14 +174,10 @@ def _cross_field_problems(v: dict[str, Any]) -> list[str]:
 
     base = v.get("base_model")
     if isinstance(base, str):
-        if base not in MODEL_ALIASES and not Path(base).is_dir() and not _HUB_ID.match(base):
-            problems.append(
-                f"base_model: {base!r} is neither a known alias ({', '.join(MODEL_ALIASES)}), "
-                "a local model folder, nor a hub id like 'org/name'"
-            )
-        elif (task in TASKS and TASKS[task].is_generation
-              and MODEL_ALIASES.get(base, "gpt2") not in CAUSAL_ARCHS):
-            problems.append(f"base_model: task {task!r} generates text and needs a causal LM, not {base!r}")
+        generation = task in TASKS and TASKS[task].is_generation
+        problem = base_model_problem(base, needs_causal=generation)
+        if problem:
+            problems.append(problem)
     init_from = v.get("init_from")
     if isinstance(init_from, str) and not (Path(init_from) / "adapter_config.json").is_file():
         problems.append(f"init_from: {init_from!r} is not an adapter folder (no adapter_config.json)")

@@ -65,7 +65,30 @@ def test_generation_needs_a_causal_model_and_base_model_must_resolve():
         validate_spec({"task": "e2e", "base_model": "minilm-l6"})
     with pytest.raises(SpecError, match="neither a known alias"):
         validate_spec({"task": "sst2", "base_model": "../../etc passwd"})
+
+
+def test_base_model_resolves_at_submit_offline_only_from_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(SpecError) as info:
+        validate_spec({"task": "sst2", "base_model": "no-such-model-xyz"})
+    assert "hub is offline" in str(info.value) and "minilm-l6, smollm2-135m, tiny-gpt2" in str(info.value)
+    snapshot = tmp_path / "hub" / "models--FacebookAI--roberta-base" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "roberta"}')
     assert validate_spec({"task": "sst2", "base_model": "FacebookAI/roberta-base"}).base_model
+    with pytest.raises(SpecError, match="needs a causal LM"):  # the cached config says encoder
+        validate_spec({"task": "e2e", "base_model": "FacebookAI/roberta-base"})
+    folder = tmp_path / "model"
+    folder.mkdir()
+    with pytest.raises(SpecError, match=r"holds no config\.json"):
+        validate_spec({"task": "sst2", "base_model": str(folder)})
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    assert validate_spec({"task": "e2e", "base_model": str(folder)}).base_model == str(folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    # Online, the worker resolves a hub id.
+    assert validate_spec({"task": "sst2", "base_model": "org/not-cached"}).base_model
 
 
 def test_full_method_rejects_targets_and_init_from_must_be_an_adapter(tmp_path):

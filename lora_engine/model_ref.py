@@ -1,0 +1,86 @@
+"""Is a base model name usable here? Answered without torch (the CLI's submit path).
+
+A base model is an offline alias, a local folder holding a `config.json`, or a Hugging Face hub
+id. With the hub offline (`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`) a hub id must already be
+in the local hub cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub,
+laid out as `models--org--name/snapshots/<rev>/config.json`): a job that can never load its
+model is refused at the door instead of failing on a worker. Online, a well-formed hub id is
+accepted (checking it would cost a network round trip per submission).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+# The aliases, by architecture. The first two are real pretrained models installed from the
+# package registry; the tiny ones are random-init models built from a config, for fast tests.
+MODEL_ALIASES: dict[str, str] = {
+    "minilm-l6": "bert",
+    "smollm2-135m": "llama",
+    "tiny-gpt2": "gpt2",
+    "tiny-bert": "bert",
+    "tiny-roberta": "roberta",
+    "tiny-llama": "llama",
+}
+# model_type values of encoder-only models: they cannot generate text.
+ENCODER_ARCHS = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+                 "xlm-roberta", "mpnet", "camembert"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def hub_offline() -> bool:
+    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in flags)
+
+
+def hub_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "huggingface") / "hub"
+
+
+def cached_hub_config(hub_id: str) -> Path | None:
+    """The config.json of `hub_id` in the local hub cache (None: not cached)."""
+    snapshots = hub_cache_dir() / f"models--{hub_id.replace('/', '--')}" / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    return next((c for c in sorted(snapshots.glob("*/config.json")) if c.is_file()), None)
+
+
+def _model_type(config: Path) -> str | None:
+    try:
+        value = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def base_model_problem(name: str, *, needs_causal: bool = False) -> str | None:
+    """Why `name` cannot be a base model here (None: it can), naming what is allowed."""
+    allowed = f"use an alias ({', '.join(MODEL_ALIASES)}), a local model folder, or a hub id like 'org/name'"
+    if name in MODEL_ALIASES:
+        arch: str | None = MODEL_ALIASES[name]
+    elif name and Path(name).expanduser().is_dir():
+        config = Path(name).expanduser() / "config.json"
+        if not config.is_file():
+            return f"base_model: folder {name!r} holds no config.json, so it is not a model folder; {allowed}"
+        arch = _model_type(config)
+    elif HUB_ID.match(name or "") and not name.startswith((".", "/")):
+        if hub_offline():
+            config = cached_hub_config(name)
+            if config is None:
+                return (f"base_model: {name!r} is not a known alias, a local folder, or a hub model in the "
+                        f"local cache ({hub_cache_dir()}), and the hub is offline; {allowed}")
+            arch = _model_type(config)
+        else:
+            arch = None  # resolved by the worker
+    else:
+        return f"base_model: {name!r} is neither a known alias, a local model folder, nor a hub id; {allowed}"
+    if needs_causal and arch in ENCODER_ARCHS:
+        return f"base_model: the task generates text and needs a causal LM, not {name!r} ({arch})"
+    return None
