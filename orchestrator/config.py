@@ -123,7 +123,47 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("text or json"),
     )
 
+    # Paths a user passes (data files, model folders) must resolve inside one of these.
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path.cwd().resolve()],
+        description="folders that user-given paths (data sets, model folders) must lie in "
+                    "(default: the current folder)",
+        json_schema_extra=_allowed("':'-separated folder paths"),
+    )
+    max_dataset_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="largest data set file an upload accepts, in bytes",
+        json_schema_extra=_allowed("an integer >= 1"),
+    )
+    # Defaults of a new tenant's quotas (each tenant's own values live on its row).
+    tenant_max_queued: int = Field(
+        1000, ge=0, description="default queued-job quota of a new tenant",
+        json_schema_extra=_allowed("an integer >= 0"),
+    )
+    tenant_device_hours_per_month: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="default monthly device-hour budget of a new tenant (unset: unlimited)",
+        json_schema_extra=_allowed("a finite number >= 0, or unset"),
+    )
+    tenant_max_storage_bytes: int | None = Field(
+        None, ge=0, description="default adapter + data set storage quota of a new tenant (unset: unlimited)",
+        json_schema_extra=_allowed("an integer >= 0, or unset"),
+    )
+
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _parse_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(":") if part.strip()]
+            if not value:
+                raise ValueError("no folder given")
+        return value
+
+    @field_validator("data_roots", mode="after")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
 
     @field_validator("prices", mode="before")
     @classmethod

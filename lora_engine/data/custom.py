@@ -123,7 +123,7 @@ def validate_jsonl(
                 this = type(row["label"])
                 label_type = label_type or this
                 if this is not label_type:
-                    why = [f"label {row['label']!r} is a {_type_name(row['label'])}, but earlier rows use "
+                    why = [f"label is a {_type_name(row['label'])}, but earlier rows use "
                            f"{'integers' if label_type is int else 'strings'}; use one label type"]
             if why:
                 problems.extend((number, reason) for reason in why)
@@ -135,11 +135,57 @@ def validate_jsonl(
     if kind == "classification" and rows and not problems:
         distinct = {r["label"] for r in rows}
         if len(distinct) < min_labels:
-            problems.append((0, f"only one distinct label ({next(iter(distinct))!r}); "
-                                f"classification needs at least {min_labels}"))
+            problems.append((0, f"only one distinct label; classification needs at least {min_labels}"))
     if problems:
         raise DataValidationError(str(path), problems)
     return rows
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """What an upload records about a valid file (no row content)."""
+
+    rows: int
+    duplicate_rows: int  # rows equal to an earlier row (kept: duplicates are legal, but worth knowing)
+    label_counts: dict[str, int] | None  # {label as text: rows}; None for generation
+    token_estimate: int  # ~4 characters a token over the text fields: a budget, not a tokenizer count
+
+
+def profile_rows(rows: list[dict], kind: str) -> DataProfile:
+    kind = _kind(kind)
+    seen: set[str] = set()
+    duplicates = chars = 0
+    for row in rows:
+        key = json.dumps(row, sort_keys=True)
+        duplicates += key in seen
+        seen.add(key)
+        chars += sum(len(v) for k, v in row.items() if k != "label" and isinstance(v, str))
+    counts = None
+    if kind == "classification":
+        counts = {}
+        for row in rows:
+            counts[str(row["label"])] = counts.get(str(row["label"]), 0) + 1
+    return DataProfile(len(rows), duplicates, counts, -(-chars // 4))
+
+
+def sparse_label_problems(path: str | Path, kind: str, min_rows: int) -> None:
+    """DataValidationError when a label has fewer than `min_rows` rows; the label is named by
+    the line it first appears on, not by its value (messages never quote the data)."""
+    if _kind(kind) != "classification":
+        return
+    first_line: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    with Path(path).open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = raw.decode("utf-8").removeprefix("\ufeff") if number == 1 else raw.decode("utf-8")
+            if line.strip():
+                label = str(json.loads(line)["label"])
+                first_line.setdefault(label, number)
+                counts[label] = counts.get(label, 0) + 1
+    problems = [(first_line[label], f"the label on this line has {n} row(s); each label needs at least "
+                                    f"{min_rows}") for label, n in counts.items() if n < min_rows]
+    if problems:
+        raise DataValidationError(str(path), sorted(problems))
 
 
 def validation_sibling(path: str | Path) -> Path:

@@ -112,9 +112,53 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200))
     # Jobs of this tenant that may run at once (enforced by the claim).
     max_running: Mapped[int] = mapped_column(Integer)
+    # Jobs of this tenant that may wait in the queue (enforced at submit).
+    max_queued: Mapped[int] = mapped_column(Integer, default=1000, server_default="1000")
+    # Device-hours per calendar month (UTC) and bytes of live adapters + data sets; None: unlimited.
+    device_hours_per_month: Mapped[float | None] = mapped_column(Float)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # When a job of this tenant was last claimed: fair share serves the longest-waiting tenant.
+    last_claimed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (CheckConstraint("max_running >= 0", name="max_running_nonneg"),)
+    __table_args__ = (
+        CheckConstraint("max_running >= 0", name="max_running_nonneg"),
+        CheckConstraint("max_queued >= 0", name="max_queued_nonneg"),
+    )
+
+
+class Dataset(Base):
+    """A tenant's uploaded, validated JSONL data set, stored by id under the artifacts root.
+
+    `path` is the folder `<artifacts>/<tenant_id>/datasets/<id>/` holding `data.jsonl` (and
+    `data.validation.jsonl` when a validation file was given); `sha256`/`bytes` are those of
+    `data.jsonl` exactly as stored, so a worker can check it trains on the validated bytes.
+    """
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = _tenant_fk()
+    kind: Mapped[str] = mapped_column(String(16))  # classification | generation
+    name: Mapped[str] = mapped_column(String(255))  # the uploaded file's name (display only)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(Integer)
+    duplicate_rows: Mapped[int] = mapped_column(Integer, default=0)
+    label_counts: Mapped[dict[str, Any] | None]  # {label: rows}; None for generation
+    token_estimate: Mapped[int] = mapped_column(BigInteger)
+    validation_sha256: Mapped[str | None] = mapped_column(String(64))
+    validation_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    validation_rows: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Soft delete, like adapters: the files go, the row stays for the jobs that used it.
+    deleted_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('classification', 'generation')", name="kind_valid"),
+        Index("ix_datasets_tenant_id_sha256", "tenant_id", "sha256"),
+    )
 
 
 class Job(Base):
@@ -139,6 +183,8 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+    # The registered data set a custom task trains on (also in spec.dataset).
+    dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"), index=True)
     init_from_adapter_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("adapters.id", use_alter=True)
     )

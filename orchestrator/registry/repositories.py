@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from orchestrator.registry.models import Adapter, Job, JobEvent, Metric, Tenant, Usage
+from orchestrator.registry.models import Adapter, Dataset, Job, JobEvent, Metric, Tenant, Usage
 
 T = TypeVar("T")
 
@@ -92,6 +92,19 @@ def running_count(session: Session, tenant_id: str) -> int:
     return int(session.scalar(stmt) or 0)
 
 
+def queued_count(session: Session, tenant_id: str) -> int:
+    stmt = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.state == "queued")
+    return int(session.scalar(stmt) or 0)
+
+
+# ---- the claim: the quota rule and fair share, in one place ------------------------------------
+# A job is claimable when it is queued and its tenant runs fewer than `max_running` jobs.
+# Fair share orders candidates by: the tenant's running jobs (fewest first), then the tenant that
+# was served longest ago (never first), then priority (high first), then age. The second key is
+# what lets tenant B's 5 jobs start right after A's 200 were queued, even when every job ends
+# before the next claim (so both tenants always show 0 running).
+
+
 def running_subquery() -> Any:
     """Correlated scalar subquery: running jobs of the outer `jobs` row's tenant."""
     inner = Job.__table__.alias("running_jobs")
@@ -103,9 +116,14 @@ def running_subquery() -> Any:
     )
 
 
+def claimable() -> Any:
+    """The WHERE clause of a claim's conditional UPDATE on `jobs`: queued, tenant under quota."""
+    max_running = select(Tenant.max_running).where(Tenant.id == Job.tenant_id).scalar_subquery()
+    return (Job.state == "queued") & (running_subquery() < max_running)
+
+
 def claim_candidates(session: Session, limit: int = 20) -> Sequence[tuple[str, str]]:
-    """(job_id, tenant_id) of queued jobs whose tenant is under quota, in fair-share order:
-    the tenant with the fewest running jobs first, then priority (high first), then age."""
+    """(job_id, tenant_id) of claimable jobs in fair-share order (see above)."""
     running = (
         select(Job.tenant_id, func.count().label("n"))
         .where(Job.state == "running")
@@ -118,10 +136,46 @@ def claim_candidates(session: Session, limit: int = 20) -> Sequence[tuple[str, s
         .join(Tenant, Tenant.id == Job.tenant_id)
         .outerjoin(running, running.c.tenant_id == Job.tenant_id)
         .where(Job.state == "queued", n_running < Tenant.max_running)
-        .order_by(n_running, Job.priority.desc(), Job.created_at, Job.id)
+        .order_by(n_running, Tenant.last_claimed_at.is_not(None), Tenant.last_claimed_at,
+                  Job.priority.desc(), Job.created_at, Job.id)
         .limit(limit)
     )
     return [(row[0], row[1]) for row in session.execute(stmt)]
+
+
+def storage_bytes(session: Session, tenant_id: str) -> int:
+    """Bytes of the tenant's live adapters and data sets (the storage quota's usage)."""
+    adapters_b = select(func.coalesce(func.sum(Adapter.bytes), 0)).where(
+        Adapter.tenant_id == tenant_id, Adapter.deleted_at.is_(None)).scalar_subquery()
+    data_bytes = Dataset.bytes + func.coalesce(Dataset.validation_bytes, 0)
+    datasets_b = select(func.coalesce(func.sum(data_bytes), 0)).where(
+        Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None)).scalar_subquery()
+    return int(session.scalar(select(adapters_b + datasets_b)) or 0)
+
+
+def device_seconds_since(session: Session, tenant_id: str, since: datetime) -> float:
+    """Device-seconds the tenant's attempts recorded since `since` (the month's budget usage)."""
+    stmt = select(func.coalesce(func.sum(Usage.device_seconds), 0.0)).where(
+        Usage.tenant_id == tenant_id, Usage.created_at >= since)
+    return float(session.scalar(stmt) or 0.0)
+
+
+def throughput(session: Session, base_model: str) -> tuple[str, float, int] | None:
+    """(device, examples per device-second, attempts measured) of earlier training on this base,
+    for the device it ran on most recently; None when nothing was measured yet."""
+    stmt = (
+        select(Usage.device, func.sum(Usage.examples), func.sum(Usage.device_seconds), func.count(),
+               func.max(Usage.created_at))
+        .join(Job, Job.id == Usage.job_id)
+        .where(Job.base_model == base_model, Usage.device_seconds > 0, Usage.examples > 0)
+        .group_by(Usage.device)
+        .order_by(func.max(Usage.created_at).desc())
+        .limit(1)
+    )
+    row = session.execute(stmt).first()
+    if row is None:
+        return None
+    return str(row[0]), float(row[1]) / float(row[2]), int(row[3])
 
 
 def queued_not_dispatched_since(session: Session, cutoff: datetime) -> Sequence[Job]:
@@ -186,6 +240,37 @@ def adapters(
     if not include_deleted:
         stmt = stmt.where(Adapter.deleted_at.is_(None))
     return session.scalars(stmt.order_by(Adapter.created_at, Adapter.id)).all()
+
+
+# ---- data sets -------------------------------------------------------------------------------
+
+
+def dataset(session: Session, dataset_id: str, tenant_id: str | None = None,
+            include_deleted: bool = False) -> Dataset | None:
+    stmt = _scoped(select(Dataset).where(Dataset.id == dataset_id), Dataset, tenant_id)
+    if not include_deleted:
+        stmt = stmt.where(Dataset.deleted_at.is_(None))
+    return session.scalars(stmt).one_or_none()
+
+
+def datasets(
+    session: Session, tenant_id: str | None = None, include_deleted: bool = False
+) -> Sequence[Dataset]:
+    stmt = _scoped(select(Dataset), Dataset, tenant_id)
+    if not include_deleted:
+        stmt = stmt.where(Dataset.deleted_at.is_(None))
+    return session.scalars(stmt.order_by(Dataset.created_at, Dataset.id)).all()
+
+
+def datasets_by_sha256(session: Session, tenant_id: str, sha256: str) -> Sequence[Dataset]:
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.sha256 == sha256,
+                                 Dataset.deleted_at.is_(None))
+    return session.scalars(stmt).all()
+
+
+def active_jobs_of_dataset(session: Session, dataset_id: str) -> list[str]:
+    stmt = select(Job.id).where(Job.dataset_id == dataset_id, Job.state.in_(("queued", "running")))
+    return list(session.scalars(stmt.order_by(Job.created_at)))
 
 
 # ---- metrics and usage -----------------------------------------------------------------------

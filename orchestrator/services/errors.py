@@ -34,6 +34,10 @@ class InvalidInput(ServiceError, LoraFleetInputError):
     """Bad input to a service (tenant slug, batch item shape, unknown usage field...)."""
 
 
+class QuotaExceeded(InvalidInput):
+    """The tenant's quota (queued jobs, device-hours this month, storage) does not allow this."""
+
+
 class BatchError(InvalidInput):
     """Some items of a batch are invalid; nothing was queued. `problems`: {index: [problem]}."""
 

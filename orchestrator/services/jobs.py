@@ -10,21 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lora_engine.catalog import TASKS
-from lora_engine.errors import SpecError
-from lora_engine.spec import TrainingSpec, validate_spec
-from orchestrator.config import get_settings
+from lora_engine.errors import LoraFleetInputError, SpecError
+from lora_engine.model_ref import MODEL_ALIASES
+from lora_engine.spec import UUID_RE, TrainingSpec, validate_spec
+from orchestrator.config import Settings, get_settings
+from orchestrator.paths import confine
 from orchestrator.registry import repositories as repo
-from orchestrator.registry.models import JOB_STATES, Adapter, Job, JobEvent, Tenant, utcnow
+from orchestrator.registry.models import JOB_STATES, Adapter, Dataset, Job, JobEvent, Tenant, utcnow
 from orchestrator.services._tx import readonly, transactional
+from orchestrator.services.datasets import (
+    check_dataset_files,
+    dataset_or_404,
+    remove_staged,
+    store_dataset,
+    unstored_dataset,
+)
 from orchestrator.services.errors import BatchError, Conflict, InvalidInput, InvalidState, NotFound
+from orchestrator.services.estimates import Estimate, estimate_job
 from orchestrator.services.events import add_event
 from orchestrator.services.ids import resolve_id
+from orchestrator.services.quotas import check_budget, check_queued
 from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.views import JobDetail
 
@@ -38,12 +50,57 @@ class _Prepared:
     priority: int
     idempotency_key: str | None
     init_from_adapter_id: str | None
+    dataset: Dataset | None = None
 
 
 def _check_priority(priority: Any) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool) or not -1000 <= priority <= 1000:
         raise InvalidInput(f"priority must be an integer between -1000 and 1000 (got {priority!r})")
     return priority
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", ".", "~")) or Path(value).expanduser().exists()
+
+
+def _confine_spec_paths(raw: dict[str, Any], settings: Settings) -> str | None:
+    """Confine the spec's path fields to the data roots (never into the artifacts root); an
+    adapter id given as `init_from` is returned, to be resolved with lineage like --init-from."""
+    init_from = raw.get("init_from")
+    if isinstance(init_from, str) and UUID_RE.match(init_from):
+        del raw["init_from"]
+        return init_from
+    if isinstance(init_from, str) and init_from:
+        raw["init_from"] = str(confine(init_from, settings, "init_from"))
+    base = raw.get("base_model")
+    if isinstance(base, str) and base not in MODEL_ALIASES and _looks_like_path(base):
+        raw["base_model"] = str(confine(base, settings, "base_model"))
+    dataset = raw.get("dataset")
+    if isinstance(dataset, str) and dataset and not UUID_RE.match(dataset):
+        raw["dataset"] = str(confine(dataset, settings, "dataset"))
+    return None
+
+
+def _attach_dataset(
+    session: Session, tenant: Tenant, spec: TrainingSpec, settings: Settings, staged: list[Path] | None
+) -> tuple[TrainingSpec, Dataset | None]:
+    """The spec naming its data set by id: a file is validated and uploaded (reused when this
+    tenant uploaded the same bytes before); an id must be one of this tenant's data sets."""
+    if not spec.dataset:
+        return spec, None
+    kind = spec.info.kind
+    if UUID_RE.match(spec.dataset):
+        dataset = dataset_or_404(session, spec.dataset, tenant.id, f" for tenant {tenant.slug!r}")
+    elif staged is None:  # a dry run: validated and profiled, not stored
+        dataset = unstored_dataset(tenant, check_dataset_files(spec.dataset, kind, settings=settings))
+        return spec, dataset
+    else:
+        dataset = store_dataset(session, tenant, check_dataset_files(spec.dataset, kind, settings=settings),
+                                settings, staged)
+    if dataset.kind != kind:
+        raise SpecError([f"dataset: data set {dataset.id} holds {dataset.kind} rows, task {spec.task!r} "
+                         f"needs {kind} rows"])
+    return spec.model_copy(update={"dataset": dataset.id}), dataset
 
 
 def _prepare(
@@ -53,15 +110,25 @@ def _prepare(
     priority: int,
     idempotency_key: str | None,
     init_from_adapter_id: str | None,
+    staged: list[Path] | None = None,
 ) -> _Prepared:
     """Validate one submission against the registry and the spec; raise on the first kind of
-    problem (InvalidInput/NotFound) or one SpecError listing every spec problem."""
+    problem (InvalidInput/NotFound) or one SpecError listing every spec problem. A data set
+    given as a file is uploaded (its new folder appended to `staged`; `staged` None: a dry run,
+    nothing stored)."""
+    settings = get_settings()
     tenant = tenant_or_404(session, tenant_slug)
     _check_priority(priority)
     key_ok = isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 255
     if idempotency_key is not None and not key_ok:
         raise InvalidInput("idempotency_key must be a non-empty string of at most 255 characters")
     raw = dict(spec_dict)
+    by_id = _confine_spec_paths(raw, settings)
+    if by_id is not None:
+        if init_from_adapter_id is not None and init_from_adapter_id != by_id:
+            raise InvalidInput("give one adapter to start from: spec.init_from and "
+                               "init_from_adapter_id differ")
+        init_from_adapter_id = by_id
     if init_from_adapter_id is not None:
         if raw.get("init_from"):
             raise InvalidInput("give either spec.init_from (a folder) or an adapter id to start from, "
@@ -86,7 +153,8 @@ def _prepare(
             raise SpecError(problems)
     else:
         spec = validate_spec(raw).resolved()
-    return _Prepared(tenant, spec, priority, idempotency_key, init_from_adapter_id)
+    spec, dataset = _attach_dataset(session, tenant, spec, settings, staged)
+    return _Prepared(tenant, spec, priority, idempotency_key, init_from_adapter_id, dataset)
 
 
 def _spec_json(spec: TrainingSpec) -> dict[str, Any]:
@@ -114,6 +182,7 @@ def _insert(session: Session, p: _Prepared, max_attempts: int) -> Job:
         rank=spec.rank, base_model=spec.base_model or "", priority=p.priority,
         idempotency_key=p.idempotency_key, attempts=0, max_attempts=max_attempts,
         cancel_requested=False, init_from_adapter_id=p.init_from_adapter_id, dispatch_count=0,
+        dataset_id=p.dataset.id if p.dataset is not None else None,
         created_at=utcnow(),
     )
     session.add(job)
@@ -131,6 +200,16 @@ def _max_attempts(max_attempts: int | None) -> int:
     return value
 
 
+def _admit(session: Session, p: _Prepared, queued_adding: int = 1) -> Estimate | None:
+    """The tenant's door quotas: queued jobs, and the month's device-hour budget (estimated)."""
+    check_queued(session, p.tenant, queued_adding)
+    if p.tenant.device_hours_per_month is None:
+        return None
+    estimate = estimate_job(session, p.spec, p.dataset, get_settings())
+    check_budget(session, p.tenant, estimate.device_seconds)
+    return estimate
+
+
 @transactional
 def submit_job(
     session: Session,
@@ -143,23 +222,69 @@ def submit_job(
 ) -> Job:
     """Queue one job; returns it (state `queued`). Nothing is written when anything is invalid.
 
+    `spec_dict["dataset"]` is a data set id of the tenant, or a JSONL file, validated and
+    uploaded in the same transaction (nothing stays stored if the submission fails).
     With an idempotency key already used by this tenant for the same spec, the existing job is
     returned (whatever its state) and nothing new is written; for a different spec: Conflict.
     """
-    p = _prepare(session, tenant_slug, spec_dict, priority, idempotency_key, init_from_adapter_id)
-    existing = _existing_for_key(session, p)
-    if existing is not None:
-        return existing
-    attempts = _max_attempts(max_attempts)
+    staged: list[Path] = []
     try:
-        with session.begin_nested():
-            return _insert(session, p, attempts)
-    except IntegrityError:
-        # The same key submitted concurrently: the other transaction won, return its job.
+        p = _prepare(session, tenant_slug, spec_dict, priority, idempotency_key, init_from_adapter_id, staged)
         existing = _existing_for_key(session, p)
-        if existing is None:
-            raise
-        return existing
+        if existing is not None:
+            return existing
+        attempts = _max_attempts(max_attempts)
+        _admit(session, p)
+        try:
+            with session.begin_nested():
+                return _insert(session, p, attempts)
+        except IntegrityError:
+            # The same key submitted concurrently: the other transaction won, return its job.
+            existing = _existing_for_key(session, p)
+            if existing is None:
+                raise
+            return existing
+    except BaseException:
+        remove_staged(staged)
+        raise
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `job submit --dry-run` reports: the resolved spec, the data set, the estimate."""
+
+    tenant: str
+    spec: dict[str, Any]
+    dataset: dict[str, Any] | None
+    estimate: Estimate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "spec": self.spec, "dataset": self.dataset,
+                "estimate": self.estimate.to_dict(), "written": False}
+
+
+@readonly
+def plan_job(
+    session: Session,
+    tenant_slug: str,
+    spec_dict: Mapping[str, Any],
+    priority: int = 0,
+    init_from_adapter_id: str | None = None,
+) -> Plan:
+    """Validate a submission exactly as `submit_job` does (quotas included) and estimate it;
+    nothing is written (a data set file is validated and profiled, not stored)."""
+    p = _prepare(session, tenant_slug, spec_dict, priority, None, init_from_adapter_id, None)
+    check_queued(session, p.tenant, 1)
+    estimate = estimate_job(session, p.spec, p.dataset, get_settings())
+    if p.tenant.device_hours_per_month is not None:
+        check_budget(session, p.tenant, estimate.device_seconds)
+    data = None
+    if p.dataset is not None:
+        d = p.dataset
+        data = {"id": d.id, "rows": d.rows, "duplicate_rows": d.duplicate_rows,
+                "label_counts": d.label_counts, "token_estimate": d.token_estimate,
+                "stored": d.id is not None}
+    return Plan(p.tenant.slug, _spec_json(p.spec), data, estimate)
 
 
 def _split_item(item: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -196,28 +321,41 @@ def submit_batch(session: Session, items: Sequence[Any], max_attempts: int | Non
     problems: dict[int, list[str]] = {}
     prepared: list[_Prepared] = []
     seen_keys: dict[tuple[str, str], int] = {}
-    for i, item in enumerate(items):
-        try:
-            tenant, spec, options = _split_item(item)
-            p = _prepare(session, tenant, spec, options.get("priority", 0), options.get("idempotency_key"),
-                         options.get("init_from_adapter_id"))
-            _existing_for_key(session, p)
-        except SpecError as exc:
-            problems[i] = list(exc.problems)
-            continue
-        except (InvalidInput, NotFound, Conflict) as exc:
-            problems[i] = [str(exc)]
-            continue
-        if p.idempotency_key is not None:
-            key = (p.tenant.id, p.idempotency_key)
-            if key in seen_keys:
-                problems[i] = [f"idempotency key {p.idempotency_key!r} repeats item {seen_keys[key]}"]
+    staged: list[Path] = []
+    try:
+        for i, item in enumerate(items):
+            try:
+                tenant, spec, options = _split_item(item)
+                p = _prepare(session, tenant, spec, options.get("priority", 0),
+                             options.get("idempotency_key"), options.get("init_from_adapter_id"), staged)
+                _existing_for_key(session, p)
+            except SpecError as exc:
+                problems[i] = list(exc.problems)
                 continue
-            seen_keys[key] = i
-        prepared.append(p)
-    if problems:
-        raise BatchError(problems)
-    return [_existing_for_key(session, p) or _insert(session, p, attempts) for p in prepared]
+            except (LoraFleetInputError, NotFound, Conflict) as exc:
+                problems[i] = [str(exc)]
+                continue
+            if p.idempotency_key is not None:
+                key = (p.tenant.id, p.idempotency_key)
+                if key in seen_keys:
+                    problems[i] = [f"idempotency key {p.idempotency_key!r} repeats item {seen_keys[key]}"]
+                    continue
+                seen_keys[key] = i
+            prepared.append(p)
+        if problems:
+            raise BatchError(problems)
+        fresh = [p for p in prepared if _existing_for_key(session, p) is None]
+        per_tenant: dict[str, list[_Prepared]] = {}
+        for p in fresh:
+            per_tenant.setdefault(p.tenant.id, []).append(p)
+        for group in per_tenant.values():
+            check_queued(session, group[0].tenant, len(group))
+            for p in group:
+                _admit(session, p, queued_adding=len(group))
+        return [_existing_for_key(session, p) or _insert(session, p, attempts) for p in prepared]
+    except BaseException:
+        remove_staged(staged)
+        raise
 
 
 @readonly

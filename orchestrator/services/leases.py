@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.registry import repositories as repo
-from orchestrator.registry.models import Adapter, Job, Metric, Tenant, Usage, utcnow
+from orchestrator.registry.models import Adapter, Job, Metric, Usage, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.errors import InvalidInput, LeaseLost
 from orchestrator.services.events import add_event
@@ -56,11 +56,10 @@ def claim_job(
     tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
     if tenant_id is None:
         return None
-    repo.lock_tenant(session, tenant_id)
-    max_running = select(Tenant.max_running).where(Tenant.id == Job.tenant_id).scalar_subquery()
+    tenant = repo.lock_tenant(session, tenant_id)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == "queued", repo.running_subquery() < max_running)
+        .where(Job.id == job_id, repo.claimable())
         .values(
             state="running", lease_owner=worker_id, lease_expires_at=expires, attempts=Job.attempts + 1,
             started_at=now, heartbeat_at=now, cancel_requested=False, error=None,
@@ -70,6 +69,8 @@ def claim_job(
     )
     if result.rowcount != 1:
         return None
+    if tenant is not None:
+        tenant.last_claimed_at = now  # fair share: this tenant was just served
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
     add_event(session, job, "claimed", f"claimed by {worker_id} (attempt {job.attempts}/{job.max_attempts})",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -42,7 +44,11 @@ def create_tenant(
     validate_slug(slug)
     if max_running is None:
         max_running = get_settings().tenant_max_running
-    tenant = Tenant(slug=slug, name=(name or slug).strip() or slug, max_running=_check_quota(max_running))
+    settings = get_settings()
+    tenant = Tenant(slug=slug, name=(name or slug).strip() or slug, max_running=_check_quota(max_running),
+                    max_queued=settings.tenant_max_queued,
+                    device_hours_per_month=settings.tenant_device_hours_per_month,
+                    max_storage_bytes=settings.tenant_max_storage_bytes)
     if repo.tenant_by_slug(session, slug) is not None:
         raise Conflict(f"tenant {slug!r} already exists")
     session.add(tenant)
@@ -73,9 +79,40 @@ def tenant_or_404(session: Session, slug: str) -> Tenant:
     return tenant
 
 
+KEEP: Any = object()  # set_tenant_quota: leave this quota as it is
+
+
+def _limit(name: str, value: Any, kind: type) -> Any:
+    """None (unlimited) or a finite number >= 0 of `kind`."""
+    if value is None:
+        return None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = number and math.isfinite(value) and value >= 0
+    if not ok or (kind is int and not isinstance(value, int)):
+        what = "an integer" if kind is int else "a finite number"
+        raise InvalidInput(f"{name} must be {what} >= 0, or unlimited (got {value!r})")
+    return kind(value)
+
+
 @transactional
-def set_tenant_quota(session: Session, slug: str, max_running: int) -> Tenant:
-    """Change how many of the tenant's jobs may run at once (0 pauses the tenant)."""
+def set_tenant_quota(
+    session: Session,
+    slug: str,
+    max_running: int | None = None,
+    *,
+    max_queued: int | None = None,
+    device_hours_per_month: float | None = KEEP,
+    max_storage_bytes: int | None = KEEP,
+) -> Tenant:
+    """Change the tenant's quotas (only those given). `max_running` 0 pauses the tenant; None for
+    the device-hour budget or the storage quota means unlimited. Running jobs are never stopped."""
     tenant = tenant_or_404(session, slug)
-    tenant.max_running = _check_quota(max_running)
+    if max_running is not None:
+        tenant.max_running = _check_quota(max_running)
+    if max_queued is not None:
+        tenant.max_queued = _limit("max_queued", max_queued, int)
+    if device_hours_per_month is not KEEP:
+        tenant.device_hours_per_month = _limit("device_hours_per_month", device_hours_per_month, float)
+    if max_storage_bytes is not KEEP:
+        tenant.max_storage_bytes = _limit("max_storage_bytes", max_storage_bytes, int)
     return tenant

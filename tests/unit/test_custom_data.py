@@ -73,7 +73,7 @@ def test_generation_rows(tmp_path):
     [
         (b"", "file is empty: no rows"),
         (b"\n  \n", "file is empty: no rows"),
-        (b'{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n', "only one distinct label ('x')"),
+        (b'{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n', "only one distinct label"),
     ],
 )
 def test_file_level_problems_on_line_0(tmp_path, content, reason):

@@ -1,0 +1,90 @@
+"""Per-tenant quotas checked at the door: queued jobs, the monthly device-hour budget, storage.
+
+(Running jobs are limited by the claim, in `registry.repositories`.) Each refusal gives the
+figures: the quota, what is used, what the request would add. The device-hour budget counts the
+device-seconds recorded this calendar month (UTC); a submission whose estimate exceeds what is
+left is refused, while running jobs are never stopped for the budget (they were admitted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from orchestrator.registry import repositories as repo
+from orchestrator.registry.models import Tenant, utcnow
+from orchestrator.services.errors import QuotaExceeded
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    now = (now or utcnow()).astimezone(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def check_queued(session: Session, tenant: Tenant, adding: int = 1) -> None:
+    queued = repo.queued_count(session, tenant.id)
+    if queued + adding > tenant.max_queued:
+        raise QuotaExceeded(
+            f"tenant {tenant.slug!r} may have {tenant.max_queued} queued job(s); {queued} are queued and "
+            f"this adds {adding}: wait for some to run, or raise it (`lorafleet tenant set-quota "
+            f"{tenant.slug} --max-queued N`)")
+
+
+def check_storage(session: Session, tenant: Tenant, adding_bytes: int) -> None:
+    if tenant.max_storage_bytes is None:
+        return
+    used = repo.storage_bytes(session, tenant.id)
+    if used + adding_bytes > tenant.max_storage_bytes:
+        raise QuotaExceeded(
+            f"tenant {tenant.slug!r} may store {tenant.max_storage_bytes} bytes of adapters and data sets; "
+            f"{used} are used and this adds {adding_bytes}: delete some (`lorafleet adapter delete`, "
+            "`lorafleet dataset delete`) or raise the quota (--max-storage-bytes)")
+
+
+def check_budget(
+    session: Session, tenant: Tenant, estimate_s: float | None, now: datetime | None = None
+) -> None:
+    """Refuse when this month's device-seconds plus the job's estimate exceed the budget
+    (no estimate: refused only once the budget is used up)."""
+    if tenant.device_hours_per_month is None:
+        return
+    budget_s = tenant.device_hours_per_month * 3600.0
+    used = repo.device_seconds_since(session, tenant.id, month_start(now))
+    left = budget_s - used
+    need = estimate_s or 0.0
+    if left <= 0 or need > left:
+        estimate = f"this job is estimated at {need / 3600:.4f} h" if estimate_s else "no estimate"
+        raise QuotaExceeded(
+            f"tenant {tenant.slug!r} has a budget of {tenant.device_hours_per_month:g} device-hours a "
+            f"month; {used / 3600:.4f} h are used this month, {max(left, 0) / 3600:.4f} h left, {estimate}: "
+            "wait for next month or raise it (--device-hours-per-month)")
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    max_running: int
+    running: int
+    max_queued: int
+    queued: int
+    device_hours_per_month: float | None
+    device_hours_this_month: float
+    max_storage_bytes: int | None
+    storage_bytes: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def quota_usage(session: Session, tenant: Tenant, now: datetime | None = None) -> QuotaUsage:
+    return QuotaUsage(
+        max_running=tenant.max_running,
+        running=repo.running_count(session, tenant.id),
+        max_queued=tenant.max_queued,
+        queued=repo.queued_count(session, tenant.id),
+        device_hours_per_month=tenant.device_hours_per_month,
+        device_hours_this_month=repo.device_seconds_since(session, tenant.id, month_start(now)) / 3600.0,
+        max_storage_bytes=tenant.max_storage_bytes,
+        storage_bytes=repo.storage_bytes(session, tenant.id),
+    )
