@@ -231,6 +231,7 @@ def run_job(
     """
     from lora_engine.spec import TrainingSpec
     from orchestrator.services import claim_next, unclaimable_reason
+    from orchestrator.services.datasets import with_stored_dataset
 
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
@@ -253,6 +254,8 @@ def run_job(
         from lora_engine.recipe import TrainHooks, train
 
         spec = TrainingSpec.model_validate(spec_json)
+        with session_scope(settings) as session:  # the stored, validated bytes (sha256 checked)
+            spec = with_stored_dataset(session, spec, tenant_id, settings)
         hooks = TrainHooks(
             on_progress=beat.on_progress,
             should_stop=beat.should_stop,

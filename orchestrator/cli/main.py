@@ -14,6 +14,7 @@ import click
 from orchestrator.cli import (
     adapter,
     config,
+    dataset,
     db,
     job,
     job_results,
@@ -54,6 +55,7 @@ def cli() -> None:
 
 
 cli.add_command(tenant.tenant)
+cli.add_command(dataset.dataset)
 cli.add_command(job.job)
 job.job.add_command(job_results.metrics)
 job.job.add_command(job_results.checkpoints)

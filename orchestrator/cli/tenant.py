@@ -6,7 +6,7 @@ import click
 
 from orchestrator.cli.helpers import emit, json_option, open_session, print_record, print_table
 
-TENANT_COLUMNS = ("slug", "name", "max_running", "id", "created_at")
+TENANT_COLUMNS = ("slug", "name", "max_running", "max_queued", "device_hours_per_month", "id", "created_at")
 
 
 @click.group()
@@ -47,10 +47,66 @@ def list_(as_json: bool) -> None:
 def show(slug: str, as_json: bool) -> None:
     """Show one tenant with its jobs by state, adapters and usage so far."""
     from orchestrator.services import get_tenant, tenant_summary
+    from orchestrator.services.quotas import tenant_quota_usage
     from orchestrator.services.views import tenant_dict
 
     with open_session() as session:
         view = tenant_dict(get_tenant(session, slug))
         summary = tenant_summary(session, slug)[0].to_dict()
+        quotas = tenant_quota_usage(session, slug)
     view.update({k: v for k, v in summary.items() if k not in view})
+    view["quotas"] = _quota_view(quotas)
+    emit(view, as_json, print_record)
+
+
+def _quota_view(q) -> dict:
+    """{quota: {"used", "limit"}}; limit None = unlimited."""
+    return {
+        "running_jobs": {"used": q.running, "limit": q.max_running},
+        "queued_jobs": {"used": q.queued, "limit": q.max_queued},
+        "device_hours_this_month": {"used": round(q.device_hours_this_month, 6),
+                                    "limit": q.device_hours_per_month},
+        "storage_bytes": {"used": q.storage_bytes, "limit": q.max_storage_bytes},
+    }
+
+
+def _limit(kind: type):
+    """A Click converter: a number, or 'unlimited'/'none' (None)."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None):
+        if value is None:
+            return KEEP_OPTION
+        if value.strip().lower() in ("unlimited", "none"):
+            return None
+        try:
+            return kind(value)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise click.BadParameter(f"{value!r} is not {what} or 'unlimited'") from None
+
+    return convert
+
+
+KEEP_OPTION = object()
+
+
+@tenant.command("set-quota")
+@click.argument("slug")
+@click.option("--max-running", type=click.IntRange(min=0), help="Jobs that may run at once (0 pauses).")
+@click.option("--max-queued", type=click.IntRange(min=0), help="Jobs that may wait in the queue.")
+@click.option("--device-hours-per-month", callback=_limit(float),
+              help="Device-hour budget per calendar month (UTC), or 'unlimited'.")
+@click.option("--max-storage-bytes", callback=_limit(int),
+              help="Bytes of adapters + data sets, or 'unlimited'.")
+@json_option
+def set_quota(slug: str, max_running: int | None, max_queued: int | None, device_hours_per_month,
+              max_storage_bytes, as_json: bool) -> None:
+    """Change a tenant's quotas (only those given). Running jobs are never stopped."""
+    from orchestrator.services.tenants import KEEP, set_tenant_quota
+    from orchestrator.services.views import tenant_dict
+
+    keep = {"device_hours_per_month": device_hours_per_month, "max_storage_bytes": max_storage_bytes}
+    limits = {k: (KEEP if v is KEEP_OPTION else v) for k, v in keep.items()}
+    with open_session() as session:
+        view = tenant_dict(set_tenant_quota(session, slug, max_running, max_queued=max_queued, **limits))
     emit(view, as_json, print_record)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Tenant, utcnow
+from orchestrator.services._tx import readonly
 from orchestrator.services.errors import QuotaExceeded
 
 
@@ -88,3 +89,11 @@ def quota_usage(session: Session, tenant: Tenant, now: datetime | None = None) -
         max_storage_bytes=tenant.max_storage_bytes,
         storage_bytes=repo.storage_bytes(session, tenant.id),
     )
+
+
+@readonly
+def tenant_quota_usage(session: Session, slug: str, now: datetime | None = None) -> QuotaUsage:
+    """The tenant's usage against each of its quotas (`lorafleet tenant show`)."""
+    from orchestrator.services.tenants import tenant_or_404
+
+    return quota_usage(session, tenant_or_404(session, slug), now)

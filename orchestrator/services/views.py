@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestrator.registry.models import Adapter, Job, JobEvent, Tenant, Usage
+from orchestrator.registry.models import Adapter, Dataset, Job, JobEvent, Tenant, Usage
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -16,7 +16,16 @@ def _ts(value: datetime | None) -> str | None:
 
 def tenant_dict(t: Tenant) -> dict[str, Any]:
     return {"id": t.id, "slug": t.slug, "name": t.name, "max_running": t.max_running,
-            "created_at": _ts(t.created_at)}
+            "max_queued": t.max_queued, "device_hours_per_month": t.device_hours_per_month,
+            "max_storage_bytes": t.max_storage_bytes, "created_at": _ts(t.created_at)}
+
+
+def dataset_dict(d: Dataset, tenant_slug: str | None = None) -> dict[str, Any]:
+    return {"id": d.id, "tenant_id": d.tenant_id, "tenant": tenant_slug, "kind": d.kind, "name": d.name,
+            "rows": d.rows, "duplicate_rows": d.duplicate_rows, "label_counts": d.label_counts,
+            "token_estimate": d.token_estimate, "bytes": d.bytes, "sha256": d.sha256,
+            "validation_rows": d.validation_rows, "validation_sha256": d.validation_sha256,
+            "created_at": _ts(d.created_at), "deleted_at": _ts(d.deleted_at)}
 
 
 def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
