@@ -111,12 +111,13 @@ def _prepare(
     idempotency_key: str | None,
     init_from_adapter_id: str | None,
     staged: list[Path] | None = None,
+    settings: Settings | None = None,
 ) -> _Prepared:
     """Validate one submission against the registry and the spec; raise on the first kind of
     problem (InvalidInput/NotFound) or one SpecError listing every spec problem. A data set
     given as a file is uploaded (its new folder appended to `staged`; `staged` None: a dry run,
     nothing stored)."""
-    settings = get_settings()
+    settings = settings or get_settings()
     tenant = tenant_or_404(session, tenant_slug)
     _check_priority(priority)
     key_ok = isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 255
@@ -200,12 +201,12 @@ def _max_attempts(max_attempts: int | None) -> int:
     return value
 
 
-def _admit(session: Session, p: _Prepared, queued_adding: int = 1) -> Estimate | None:
+def _admit(session: Session, p: _Prepared, settings: Settings, queued_adding: int = 1) -> Estimate | None:
     """The tenant's door quotas: queued jobs, and the month's device-hour budget (estimated)."""
     check_queued(session, p.tenant, queued_adding)
     if p.tenant.device_hours_per_month is None:
         return None
-    estimate = estimate_job(session, p.spec, p.dataset, get_settings())
+    estimate = estimate_job(session, p.spec, p.dataset, settings)
     check_budget(session, p.tenant, estimate.device_seconds)
     return estimate
 
@@ -219,6 +220,7 @@ def submit_job(
     idempotency_key: str | None = None,
     init_from_adapter_id: str | None = None,
     max_attempts: int | None = None,
+    settings: Settings | None = None,
 ) -> Job:
     """Queue one job; returns it (state `queued`). Nothing is written when anything is invalid.
 
@@ -227,14 +229,16 @@ def submit_job(
     With an idempotency key already used by this tenant for the same spec, the existing job is
     returned (whatever its state) and nothing new is written; for a different spec: Conflict.
     """
+    settings = settings or get_settings()
     staged: list[Path] = []
     try:
-        p = _prepare(session, tenant_slug, spec_dict, priority, idempotency_key, init_from_adapter_id, staged)
+        p = _prepare(session, tenant_slug, spec_dict, priority, idempotency_key, init_from_adapter_id, staged,
+                     settings)
         existing = _existing_for_key(session, p)
         if existing is not None:
             return existing
         attempts = _max_attempts(max_attempts)
-        _admit(session, p)
+        _admit(session, p, settings)
         try:
             with session.begin_nested():
                 return _insert(session, p, attempts)
@@ -270,12 +274,14 @@ def plan_job(
     spec_dict: Mapping[str, Any],
     priority: int = 0,
     init_from_adapter_id: str | None = None,
+    settings: Settings | None = None,
 ) -> Plan:
     """Validate a submission exactly as `submit_job` does (quotas included) and estimate it;
     nothing is written (a data set file is validated and profiled, not stored)."""
-    p = _prepare(session, tenant_slug, spec_dict, priority, None, init_from_adapter_id, None)
+    settings = settings or get_settings()
+    p = _prepare(session, tenant_slug, spec_dict, priority, None, init_from_adapter_id, None, settings)
     check_queued(session, p.tenant, 1)
-    estimate = estimate_job(session, p.spec, p.dataset, get_settings())
+    estimate = estimate_job(session, p.spec, p.dataset, settings)
     if p.tenant.device_hours_per_month is not None:
         check_budget(session, p.tenant, estimate.device_seconds)
     data = None
@@ -309,7 +315,9 @@ def _split_item(item: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
 
 
 @transactional
-def submit_batch(session: Session, items: Sequence[Any], max_attempts: int | None = None) -> list[Job]:
+def submit_batch(
+    session: Session, items: Sequence[Any], max_attempts: int | None = None, settings: Settings | None = None
+) -> list[Job]:
     """Queue many jobs, all or nothing; every item is validated before anything is written.
 
     Raises BatchError with the problems of every invalid item by index (0-based). Items with an
@@ -317,6 +325,7 @@ def submit_batch(session: Session, items: Sequence[Any], max_attempts: int | Non
     """
     if not items:
         raise InvalidInput("empty batch: nothing to submit")
+    settings = settings or get_settings()
     attempts = _max_attempts(max_attempts)
     problems: dict[int, list[str]] = {}
     prepared: list[_Prepared] = []
@@ -327,7 +336,8 @@ def submit_batch(session: Session, items: Sequence[Any], max_attempts: int | Non
             try:
                 tenant, spec, options = _split_item(item)
                 p = _prepare(session, tenant, spec, options.get("priority", 0),
-                             options.get("idempotency_key"), options.get("init_from_adapter_id"), staged)
+                             options.get("idempotency_key"), options.get("init_from_adapter_id"), staged,
+                             settings)
                 _existing_for_key(session, p)
             except SpecError as exc:
                 problems[i] = list(exc.problems)
@@ -351,7 +361,7 @@ def submit_batch(session: Session, items: Sequence[Any], max_attempts: int | Non
         for group in per_tenant.values():
             check_queued(session, group[0].tenant, len(group))
             for p in group:
-                _admit(session, p, queued_adding=len(group))
+                _admit(session, p, settings, queued_adding=len(group))
         return [_existing_for_key(session, p) or _insert(session, p, attempts) for p in prepared]
     except BaseException:
         remove_staged(staged)

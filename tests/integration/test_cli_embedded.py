@@ -75,7 +75,7 @@ def test_submit_wait_with_a_lorafleet_worker(tmp_path: Path):
             assert get_job(s, shown["id"]).job.state == "succeeded"
             assert [e.kind for e in job_events(s, shown["id"])].count("claimed") == 1
 
-        # A job that cannot succeed: --wait exits non-zero with the reason.
+        # Bad data is refused at the door, naming the line and the reason.
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"text": "fine", "label": "a"}\n{"text": "no label"}\n')
         failed = lorafleet(
@@ -94,7 +94,8 @@ def test_submit_wait_with_a_lorafleet_worker(tmp_path: Path):
             "2",
             "--wait",
         )
-        assert failed.returncode == 1 and "failed" in failed.stderr and "label" in failed.stderr
+        assert failed.returncode == 1 and "line 2: missing field 'label'" in failed.stderr
+        assert "Traceback" not in failed.stderr
     finally:
         stop_worker(worker)
         db.forget_engine(settings.database_url)

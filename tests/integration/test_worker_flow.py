@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from lora_engine.adapter_io import adapter_files_digest
+from lora_engine.errors import DataValidationError
 from orchestrator.dispatch import announce_jobs, reconcile_once
 from orchestrator.registry.db import session_scope
 from orchestrator.services import (
@@ -48,7 +49,7 @@ def _tenant(worker: LiveWorker, slug: str) -> str:
 
 def _submit(worker: LiveWorker, tenant: str, dispatch: bool = True, **spec: Any) -> str:
     with session_scope(worker.settings) as s:
-        job_id = submit_job(s, tenant, {**TINY, **spec}).id
+        job_id = submit_job(s, tenant, {**TINY, **spec}, settings=worker.settings).id
     if dispatch:
         announce_jobs([job_id], settings=worker.settings)
     return job_id
@@ -125,15 +126,23 @@ def test_running_job_is_cancelled_cooperatively(live_worker: LiveWorker):
     )
 
 
-def test_bad_data_fails_with_reason_and_worker_survives(live_worker: LiveWorker, tmp_path: Path):
+def test_changed_data_fails_with_reason_and_worker_survives(live_worker: LiveWorker, tmp_path: Path):
     tenant = _tenant(live_worker, "bad-data")
     data = tmp_path / "reviews.jsonl"
-    # Passes submit-time checks (the file exists), fails the worker's row validation.
-    rows = [{"text": "great", "label": "pos"}, {"text": "awful"}, {"text": 3, "label": "neg"}] * 4
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    rows = [{"text": "great", "label": "pos"}, {"text": "awful", "label": "neg"}] * 6
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    bad_rows = tmp_path / "bad.jsonl"
+    bad_rows.write_text('{"text": "fine", "label": "a"}\nnot json\n')
+    with pytest.raises(DataValidationError, match="line 2: not valid JSON"):  # refused at the door
+        _submit(live_worker, tenant, task="custom-classification", dataset=str(bad_rows))
     bad = _submit(
-        live_worker, tenant, task="custom-classification", dataset=str(data), max_steps=2, eval_size=None
+        live_worker, tenant, dispatch=False, task="custom-classification", dataset=str(data), max_steps=2,
+        eval_size=None,
     )
+    # The stored copy changes after validation: the worker refuses to train on it.
+    stored = live_worker.settings.artifacts / _detail(live_worker, bad)["tenant_id"] / "datasets"
+    next(stored.glob("*/data.jsonl")).write_text('{"text": "other", "label": "pos"}\n' * 12)
+    announce_jobs([bad], settings=live_worker.settings)
     good = _submit(live_worker, tenant, seed=7)
     details = _wait_terminal(live_worker, [bad, good])
 
@@ -141,7 +150,7 @@ def test_bad_data_fails_with_reason_and_worker_survives(live_worker: LiveWorker,
     assert details[bad]["attempts"] == 1  # bad input is not retried
     failed = [e for e in _events(live_worker, bad) if e["kind"] == "failed"]
     assert len(failed) == 1 and "DataValidationError" in failed[0]["message"]
-    assert "line 2" in failed[0]["message"] and "label" in failed[0]["message"]
+    assert "sha256" in failed[0]["message"]
     assert details[good]["state"] == "succeeded"
     assert live_worker.alive()
 

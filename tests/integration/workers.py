@@ -109,6 +109,8 @@ def worker_env(home: Path) -> dict[str, str]:
         "LORAFLEET_CHECKPOINT_EVERY": "2",
         "LORAFLEET_LEASE_SECONDS": "60",
         "LORAFLEET_TENANT_MAX_RUNNING": "2",
+        # Tests write their data files under the temporary folder.
+        "LORAFLEET_DATA_ROOTS": f"{home.parent}:{ROOT}",
         "PYTHONPATH": str(ROOT),
     }
     for name in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL"):

@@ -1,0 +1,224 @@
+"""Tenants' data at the door, on SQLite and PostgreSQL: data sets stored by id and checked by hash,
+paths confined to the data roots, quotas, and fair share between tenants at the claim."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from lora_engine.errors import DataValidationError, SpecError
+from orchestrator import services as svc
+from orchestrator.config import get_settings
+from orchestrator.registry.models import Dataset, Job, Usage, utcnow
+from orchestrator.services.datasets import (
+    dataset_dir,
+    delete_dataset,
+    get_dataset,
+    list_datasets,
+    upload_dataset,
+    with_stored_dataset,
+)
+from orchestrator.services.errors import QuotaExceeded
+from orchestrator.services.quotas import month_start, tenant_quota_usage
+
+pytest_plugins = ["registry_fixtures"]
+SPEC = {"task": "sst2", "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
+
+
+@pytest.fixture
+def roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data root (tmp_path/data) and an artifacts root beside it, in the process settings."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("LORAFLEET_DATA_ROOTS", str(data))
+    monkeypatch.setenv("LORAFLEET_ARTIFACTS", str(tmp_path / "artifacts"))
+    get_settings.cache_clear()
+    yield data
+    get_settings.cache_clear()
+
+
+def rows_file(path: Path, n: int = 12, dup: int = 0) -> Path:
+    rows = [{"text": f"row {i} is {'good' if i % 2 else 'bad'}", "label": i % 2} for i in range(n)]
+    rows += rows[:dup]
+    path.write_bytes("\ufeff".encode() + b"".join((json.dumps(r) + "\r\n").encode() for r in rows))
+    return path
+
+
+def _count(session, model) -> int:
+    n = session.scalar(select(func.count()).select_from(model))
+    session.commit()
+    return n
+
+
+def test_upload_stores_the_exact_bytes_by_id_and_profiles_them(session, roots: Path) -> None:
+    svc.create_tenant(session, "acme")
+    source = rows_file(roots / "d.jsonl", n=12, dup=2)  # BOM and CRLF: handled
+    ds = upload_dataset(session, "acme", source, "classification")
+    stored = dataset_dir(get_settings(), ds.tenant_id, ds.id) / "data.jsonl"
+    assert stored.read_bytes() == source.read_bytes()
+    assert (ds.rows, ds.duplicate_rows, ds.label_counts) == (14, 2, {"0": 7, "1": 7})
+    assert ds.bytes == source.stat().st_size
+    assert ds.token_estimate > 0 and len(ds.sha256) == 64
+    again = upload_dataset(session, "acme", source, "classification")
+    assert again.id == ds.id and _count(session, Dataset) == 1  # same bytes: nothing new stored
+    assert [d.id for d in list_datasets(session, tenant="acme")] == [ds.id]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "line 0: file is empty"),
+        (b'{"text": "a", "label": 0}\n{"text": "b", "label": "x"}\n{"text": "c", "label": 0}\n',
+         "line 2: label is a str"),
+        (b'{"text": "a", "label": 0}\n{"text": "b", "label": 0}\n{"text": "c", "label": 1}\n',
+         "line 3: the label on this line has 1 row(s)"),
+        (b'{"text": "top secret", "label": 0}\nnot json at all secret\n', "line 2: not valid JSON"),
+        (b'{"txt": "secret", "label": 0}\n', "line 1: unknown field(s) 'txt'"),
+    ],
+)
+def test_a_bad_upload_names_lines_and_reasons_never_content_and_writes_nothing(
+    session, roots: Path, content: bytes, needle: str
+) -> None:
+    svc.create_tenant(session, "acme")
+    (roots / "bad.jsonl").write_bytes(content)
+    with pytest.raises(DataValidationError) as info:
+        upload_dataset(session, "acme", roots / "bad.jsonl", "classification")
+    assert needle in str(info.value) and "secret" not in str(info.value).replace("'txt'", "")
+    assert _count(session, Dataset) == 0
+    assert not (get_settings().artifacts).exists() or not any(get_settings().artifacts.rglob("*.jsonl"))
+
+
+def test_paths_are_confined_to_the_data_roots(session, roots: Path, tmp_path: Path) -> None:
+    svc.create_tenant(session, "acme")
+    outside = rows_file(tmp_path / "outside.jsonl")
+    (roots / "link.jsonl").symlink_to(outside)
+    (roots / "sub").mkdir()
+    for path, needle in [
+        ("/etc/passwd", "outside the allowed data roots"),
+        (str(outside), "outside the allowed data roots"),
+        (str(roots / "link.jsonl"), "outside the allowed data roots (a symlink"),
+        (str(roots / "sub" / ".." / ".." / "outside.jsonl"), "contains '..'"),
+    ]:
+        with pytest.raises(svc.InvalidInput, match="allowed data roots") as info:
+            upload_dataset(session, "acme", path, "classification")
+        assert needle in str(info.value) and str(roots) in str(info.value)
+        with pytest.raises(svc.InvalidInput, match=needle.split(" (")[0]):
+            svc.submit_job(session, "acme", {"task": "custom-classification", "dataset": path})
+    assert _count(session, Job) == 0 and _count(session, Dataset) == 0
+
+
+def test_a_job_names_its_data_set_by_id_and_the_worker_checks_the_hash(session, roots: Path) -> None:
+    svc.create_tenant(session, "acme")
+    svc.create_tenant(session, "globex")
+    spec = {"task": "custom-classification", "base_model": "tiny-bert", "max_steps": 2}
+    job = svc.submit_job(session, "acme", {**spec, "dataset": str(rows_file(roots / "d.jsonl"))})
+    assert job.dataset_id is not None and job.spec["dataset"] == job.dataset_id  # uploaded first
+    again = svc.submit_job(session, "acme", {**spec, "dataset": job.dataset_id})
+    assert again.dataset_id == job.dataset_id
+    with pytest.raises(svc.NotFound, match="for tenant 'globex'"):  # another tenant's id: not found
+        svc.submit_job(session, "globex", {**spec, "dataset": job.dataset_id})
+    with pytest.raises(SpecError, match="holds classification rows"):
+        svc.submit_job(session, "acme", {"task": "custom-generation", "base_model": "tiny-llama",
+                                         "dataset": job.dataset_id})
+
+    from lora_engine.spec import TrainingSpec
+
+    parsed = TrainingSpec.model_validate(job.spec)
+    path = Path(with_stored_dataset(session, parsed, job.tenant_id).dataset)
+    assert path == dataset_dir(get_settings(), job.tenant_id, job.dataset_id) / "data.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"text": "sneaked in", "label": 1}\n')
+    with pytest.raises(DataValidationError, match="no longer matches the sha256"):
+        with_stored_dataset(session, parsed, job.tenant_id)
+
+    with pytest.raises(svc.InvalidState, match="used by 2 queued or running job"):
+        delete_dataset(session, job.dataset_id)
+    svc.cancel_job(session, job.id)
+    svc.cancel_job(session, again.id)
+    delete_dataset(session, job.dataset_id, tenant="acme")
+    assert not path.parent.exists()
+    with pytest.raises(svc.NotFound):
+        get_dataset(session, job.dataset_id)
+
+
+def test_a_failed_submission_leaves_no_uploaded_file_behind(session, roots: Path) -> None:
+    svc.create_tenant(session, "acme")
+    data = str(rows_file(roots / "d.jsonl"))
+    items = [{"tenant": "acme", "task": "custom-classification", "dataset": data, "base_model": "tiny-bert"},
+             {"tenant": "acme", "task": "sst2", "lr": float("nan")}]
+    with pytest.raises(svc.BatchError, match="item 1: lr: must be a finite number"):
+        svc.submit_batch(session, items)
+    assert _count(session, Dataset) == 0 and _count(session, Job) == 0
+    assert not list(get_settings().artifacts.rglob("data.jsonl"))
+
+
+def test_no_spec_path_may_point_into_the_artifacts_root(session, roots: Path, monkeypatch) -> None:
+    # Another tenant's full fine-tune folder or adapter folder, reached by path: refused.
+    monkeypatch.setenv("LORAFLEET_DATA_ROOTS", f"{roots}:{get_settings().artifacts.parent}")
+    get_settings.cache_clear()
+    svc.create_tenant(session, "acme")
+    theirs = get_settings().artifacts / "other-tenant" / "some-adapter"
+    theirs.mkdir(parents=True)
+    (theirs / "config.json").write_text('{"model_type": "bert"}')
+    (theirs / "adapter_config.json").write_text("{}")
+    for field in ("base_model", "init_from"):
+        with pytest.raises(svc.InvalidInput, match="points into the artifacts root"):
+            svc.submit_job(session, "acme", {**SPEC, field: str(theirs)})
+    assert _count(session, Job) == 0
+
+
+def test_queued_storage_and_monthly_budget_quotas(session, roots: Path) -> None:
+    svc.create_tenant(session, "acme")
+    svc.set_tenant_quota(session, "acme", max_queued=2)
+    svc.submit_job(session, "acme", SPEC)
+    with pytest.raises(QuotaExceeded, match="may have 2 queued job"):
+        svc.submit_batch(session, [{"tenant": "acme", **SPEC}] * 2)
+    svc.submit_job(session, "acme", SPEC)
+    with pytest.raises(QuotaExceeded, match="2 are queued and this adds 1"):
+        svc.submit_job(session, "acme", SPEC)
+
+    svc.set_tenant_quota(session, "acme", max_queued=100, max_storage_bytes=10)
+    with pytest.raises(QuotaExceeded, match="may store 10 bytes"):
+        upload_dataset(session, "acme", rows_file(roots / "d.jsonl"), "classification")
+
+    # 1 device-hour a month; 3000 s used this month (and 1e6 s last month, which does not count).
+    svc.set_tenant_quota(session, "acme", device_hours_per_month=1.0, max_storage_bytes=None)
+    tenant = svc.get_tenant(session, "acme")
+    done = session.scalars(select(Job).where(Job.tenant_id == tenant.id)).first()
+    now = utcnow()
+    spent = [(3000.0, now), (1e6, month_start(now) - timedelta(days=1))]
+    for attempt, (seconds, when) in enumerate(spent, 1):
+        session.add(Usage(job_id=done.id, tenant_id=tenant.id, attempt=attempt, device="cpu",
+                          device_seconds=seconds, wall_seconds=seconds, examples=int(seconds) * 10, tokens=0,
+                          created_at=when))
+    session.commit()
+    # Measured throughput on tiny-bert: 10 examples/s over both attempts. 5 steps × 32 = 160
+    # examples ≈ 16 s fits in the 600 s left; 100 steps × 32 × 4 = 12800 examples ≈ 1280 s does not.
+    svc.submit_job(session, "acme", SPEC)
+    with pytest.raises(QuotaExceeded, match=r"0\.8333 h are used this month, 0\.1667 h left") as info:
+        svc.submit_job(session, "acme", {**SPEC, "max_steps": 100, "grad_accum": 4})
+    assert "estimated at 0.3556 h" in str(info.value)
+    usage = tenant_quota_usage(session, "acme")
+    assert (usage.queued, usage.max_queued, round(usage.device_hours_this_month, 4)) == (3, 100, 0.8333)
+
+
+def test_fair_share_b_starts_within_a_few_claims_after_a_queued_200(session) -> None:
+    svc.create_tenant(session, "a", max_running=2)
+    svc.create_tenant(session, "b", max_running=2)
+    svc.submit_batch(session, [{"tenant": "a", **SPEC} for _ in range(200)])
+    svc.submit_batch(session, [{"tenant": "b", **SPEC} for _ in range(5)])
+    b_id = svc.get_tenant(session, "b").id
+    order = []
+    for _ in range(12):  # one worker: each job ends before the next claim (both tenants at 0 running)
+        job = svc.claim_next(session, "w1", lease_seconds=60)
+        order.append("b" if job.tenant_id == b_id else "a")
+        svc.fail_job(session, job.id, "w1", "test: done")
+    # Served in turn: B's 5 jobs are among the first 10 claims, not after A's 200.
+    assert order[:10] == ["a", "b"] * 5
+    # With jobs left running, the tenant running fewer goes first, within each tenant's quota.
+    running = [svc.claim_next(session, f"w{i}", lease_seconds=60) for i in range(3)]
+    assert [j.tenant_id == b_id for j in running if j is not None].count(True) == 0  # b has none left
+    assert sum(j is not None for j in running) == 2  # a's quota of 2 running
