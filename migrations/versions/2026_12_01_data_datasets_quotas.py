@@ -1,7 +1,7 @@
 """data sets and quotas: datasets table, jobs.dataset_id, tenants' queued/device-hour/storage quotas
 
 Revision ID: 2026_12_01_data
-Revises: 2026_12_01_jobkinds
+Revises: 2026_12_01_ux
 Create Date: 2026-12-01 23:15:00+00:00
 
 A tenant's uploaded JSONL data set is a registry object (stored by id under the artifacts root,
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "2026_12_01_data"
-down_revision: str | None = "2026_12_01_jobkinds"
+down_revision: str | None = "2026_12_01_ux"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
