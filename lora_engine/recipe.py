@@ -226,8 +226,6 @@ def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
 def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: DeviceInfo | None = None) -> Run:
     """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved."""
     from lora_engine.data import load_examples
-    from lora_engine.data.batching import BucketBatchSampler, encode_examples
-    from lora_engine.inject import head_module_names
 
     info = spec.info
     device = device or pick_device()
@@ -236,6 +234,20 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
     num_labels = len(label_names) if info.kind == "classification" else None
     model, tokenizer = load_model(spec, info, num_labels, cache)
     model.to(device.device)
+    return prepare_run(spec, model, tokenizer, examples=examples, label_names=label_names, device=device)
+
+
+def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, examples, label_names: tuple[str, ...],
+                device: DeviceInfo) -> Run:
+    """Everything after the base model is loaded: seed, head, LoRA, data, schedule, optimizer.
+
+    The packed trainer calls it on a model that shows one job's view of a shared base, so a job
+    starts from the same RNG draws, groups and data order packed as alone.
+    """
+    from lora_engine.data.batching import BucketBatchSampler, encode_examples
+    from lora_engine.inject import head_module_names
+
+    info = spec.info
     heads = head_module_names(model) if info.kind != "generation" else []
     seed_everything(spec.seed)
     reset_head(model, heads)
@@ -297,18 +309,18 @@ def restore_run(run: Run, path: Path) -> None:
 # --- the loop -------------------------------------------------------------------------------------
 
 
-def _batches(run: Run) -> Iterator:
+def training_batches(run: Run) -> Iterator:
     from lora_engine.data.batching import collate
 
     for indices in run.sampler.forever():
         yield collate(run.encoded, indices)
 
 
-def _step_start(run: Run) -> tuple:
+def step_start(run: Run) -> tuple:
     return run.sampler.state_dict(), capture_rng_state(), run.examples, run.tokens
 
 
-def _abandon_step(run: Run, start: tuple, hooks: TrainHooks) -> None:
+def abandon_step(run: Run, start: tuple, hooks: TrainHooks) -> None:
     """Drop a partly accumulated step, checkpoint the state before it, raise TrainingStopped."""
     sampler, rng, run.examples, run.tokens = start
     run.optimizer.zero_grad(set_to_none=True)
@@ -319,25 +331,38 @@ def _abandon_step(run: Run, start: tuple, hooks: TrainHooks) -> None:
     raise TrainingStopped(run.step)
 
 
+def set_step_lr(run: Run) -> None:
+    """Every group's learning rate for the step `run.step` is about to take."""
+    factor = lr_factor(run.step, run.total_steps, run.warmup)
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+
+
+def apply_update(run: Run, params: list[nn.Parameter]) -> None:
+    """Clip the accumulated gradient, take the optimizer step, clear the gradients, count the step."""
+    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+
+
 def fit(run: Run, hooks: TrainHooks) -> None:
     """Optimizer steps from `run.step` to `run.total_steps`, with the hooks. Mutates `run`."""
     model, opt, kind, dev = run.model, run.optimizer, run.info.kind, run.device
     params = list(run.trainable.values())
-    batches, t0, seen = _batches(run), time.perf_counter(), 0
+    batches, t0, seen = training_batches(run), time.perf_counter(), 0
     model.train()
     while run.step < run.total_steps:
         t_step = time.perf_counter()
-        factor = lr_factor(run.step, run.total_steps, run.warmup)
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+        set_step_lr(run)
         step_loss = 0.0
         # With gradient accumulation a step can be long (1024 micro-batches): stop requests are
         # obeyed between micro-batches too. The partial step is dropped and the run put back
         # exactly where the step began, so its checkpoint resumes as if never interrupted.
-        start = _step_start(run) if run.spec.grad_accum > 1 else None
+        start = step_start(run) if run.spec.grad_accum > 1 else None
         for micro in range(run.spec.grad_accum):
             if micro and hooks.should_stop is not None and hooks.should_stop():
-                _abandon_step(run, start, hooks)
+                abandon_step(run, start, hooks)
             batch = next(batches)
             inputs = {k: v.to(dev.device, non_blocking=True) for k, v in batch.inputs.items()}
             with autocast(dev):
@@ -347,10 +372,7 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             seen += batch.examples
             run.examples += batch.examples
             run.tokens += batch.tokens
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        run.step += 1
+        apply_update(run, params)
         run.losses.append(step_loss)
         run.device_s += time.perf_counter() - t_step  # loss.item() above waited for the device
         if hooks.on_progress is not None:
@@ -481,14 +503,14 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
         metrics = evaluate_run(run, data_dir=data_dir, decode=decode, meteor=meteor)
         synchronize(device)
         run.device_s += time.perf_counter() - t_eval
-        return _finish(run, output_dir, metrics, mem=mem, wall0=wall0)
+        return finish_run(run, output_dir, metrics, mem=mem, wall0=wall0)
     finally:
         if cache is not None:
             # A full fine-tune changed the base weights: the cache must not hand them out again.
             cache.checkin(dirty=spec.method == "full")
 
 
-def _finish(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wall0: float) -> TrainResult:
+def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wall0: float) -> TrainResult:
     """Write the adapter folder + model card; gather the run statistics."""
     from lora_engine.adapter_io import adapter_files_digest
     from lora_engine.modelcard import render_model_card

@@ -44,7 +44,12 @@ def training_loss(model: nn.Module, inputs: dict[str, torch.Tensor], kind: str) 
     """The loss one training step minimises: kind is "classification", "regression" or "generation"."""
     if kind == "generation":
         return causal_lm_loss(model, inputs)
-    logits = classification_logits(model, inputs).float()
+    return logits_loss(classification_logits(model, inputs), inputs["labels"], kind)
+
+
+def logits_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean loss of classification ("classification": cross-entropy) or regression (MSE) logits."""
+    logits = logits.float()
     if kind == "regression":
-        return F.mse_loss(logits.squeeze(-1), inputs["labels"].float())
-    return F.cross_entropy(logits, inputs["labels"])
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits, labels)

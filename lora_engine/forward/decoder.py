@@ -51,30 +51,47 @@ def _attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: to
     return attn.o_proj(ctx.reshape(ctx.shape[0], -1))
 
 
-def packed_hidden(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Packing]:
-    """Final-norm hidden states of the real tokens (N, hidden), and their packing."""
-    body = model.model
+def embed(model: nn.Module, inputs: dict[str, torch.Tensor]):
+    """(packed embeddings (N, hidden), rotary cos, rotary sin with rotate_half's sign, packing)."""
     packing = Packing.from_mask(inputs["attention_mask"])
-    embedded = body.embed_tokens(inputs["input_ids"])
+    embedded = model.model.embed_tokens(inputs["input_ids"])
     positions = torch.arange(packing.length, device=embedded.device).unsqueeze(0)
-    cos, sin = body.rotary_emb(embedded, positions)  # (1, L, head_dim)
+    cos, sin = model.model.rotary_emb(embedded, positions)  # (1, L, head_dim)
     half = sin.shape[-1] // 2
     sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
     cos = packing.pack(cos.expand(packing.batch, -1, -1)).unsqueeze(1)  # (N, 1, head_dim)
     sin = packing.pack(sin.expand(packing.batch, -1, -1)).unsqueeze(1)
-    hidden = packing.pack(embedded)
+    return packing.pack(embedded), cos, sin, packing
+
+
+def decode(model: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+           packing) -> torch.Tensor:
+    """Every layer and the final norm over packed tokens. `packing` is any object with Packing's
+    `attention` (the packed trainer passes one spanning several batches)."""
+    body = model.model
     for layer in body.layers[: model.config.num_hidden_layers]:
         hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, packing,
                                      model.training)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return body.norm(hidden), packing
+    return body.norm(hidden)
+
+
+def packed_hidden(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Packing]:
+    """Final-norm hidden states of the real tokens (N, hidden), and their packing."""
+    hidden, cos, sin, packing = embed(model, inputs)
+    return decode(model, hidden, cos, sin, packing), packing
+
+
+def labelled_rows(inputs: dict[str, torch.Tensor], packing: Packing) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed rows whose next token is labelled, those next tokens)."""
+    targets = inputs["labels"][:, 1:]
+    b, t = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    return packing.compact_positions(b * packing.length + t), targets[b, t]
 
 
 def causal_lm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions (labels -100 elsewhere)."""
     hidden, packing = packed_hidden(model, inputs)
-    targets = inputs["labels"][:, 1:]
-    b, t = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-    rows = packing.compact_positions(b * packing.length + t)
+    rows, targets = labelled_rows(inputs, packing)
     logits = model.get_output_embeddings()(hidden.index_select(0, rows))
-    return F.cross_entropy(logits.float(), targets[b, t])
+    return F.cross_entropy(logits.float(), targets)

@@ -55,23 +55,43 @@ def _layer(layer: nn.Module, hidden: torch.Tensor, packing: Packing, *, first_on
     return layer.output(layer.intermediate(attended), attended)
 
 
-def first_token_states(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, hidden) last-layer states of each row's first token, as the classification head sees them."""
+def embed(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Packing, torch.Tensor]:
+    """The packed embeddings (N, hidden) of a batch, its packing, and the packed row of each row's
+    first token (what the last layer's queries and the head read)."""
     body = getattr(model, SUPPORTED[type(model).__name__])
     packing = Packing.from_mask(inputs["attention_mask"])
     embedded = body.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
     hidden = packing.pack(embedded)
     first = packing.compact_positions(torch.arange(packing.batch, device=hidden.device) * packing.length)
-    layers = body.encoder.layer
+    return hidden, packing, first
+
+
+def encode(model: nn.Module, hidden: torch.Tensor, packing, first: torch.Tensor) -> torch.Tensor:
+    """Every layer over packed tokens; the last one only for the `first` rows. `packing` is any
+    object with Packing's `attention` (the packed trainer passes one spanning several batches)."""
+    layers = getattr(model, SUPPORTED[type(model).__name__]).encoder.layer
     for i, layer in enumerate(layers):
         hidden = _layer(layer, hidden, packing, first_only=first if i == len(layers) - 1 else None,
                         training=model.training)
     return hidden
 
 
+def first_token_states(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, hidden) last-layer states of each row's first token, as the classification head sees them."""
+    return encode(model, *embed(model, inputs))
+
+
+def head_logits(model: nn.Module, first: torch.Tensor, *, classifier: nn.Module | None = None,
+                pooler: nn.Module | None = None) -> torch.Tensor:
+    """(B, labels) logits from first-token states; `classifier`/`pooler` default to the model's own."""
+    classifier = classifier if classifier is not None else model.classifier
+    first = first.unsqueeze(1)  # (B, 1, hidden): the heads index [:, 0]
+    if isinstance(classifier, nn.Linear):  # BERT: pooler -> dropout -> classifier
+        pooler = pooler if pooler is not None else model.bert.pooler
+        return classifier(model.dropout(pooler(first)))
+    return classifier(first)  # RoBERTa's classification head pools the first token itself
+
+
 def classification_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, labels) logits, equal to `model(**inputs).logits`."""
-    first = first_token_states(model, inputs).unsqueeze(1)  # (B, 1, hidden): the heads index [:, 0]
-    if isinstance(model.classifier, nn.Linear):  # BERT: pooler -> dropout -> classifier
-        return model.classifier(model.dropout(model.bert.pooler(first)))
-    return model.classifier(first)  # RoBERTa's classification head pools the first token itself
+    return head_logits(model, first_token_states(model, inputs))

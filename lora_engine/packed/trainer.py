@@ -1,0 +1,375 @@
+"""A pack: K training jobs on one resident frozen base, one packed forward/backward per step.
+
+    pack = Pack(model, tokenizer, data_dir=..., base_model="minilm-l6")
+    pack.add(spec_a, out_a, hooks_a); pack.add(spec_b, out_b, hooks_b)
+    outcomes = pack.run()          # or pack.step() at a time, adding jobs between steps
+
+What a job keeps of its own, exactly as `recipe.train` would give it alone: its seed (head and
+LoRA initial draws, dropout stream), data order (its sampler), optimizer (AdamW with the recipe's
+groups), learning-rate schedule and warm-up, gradient accumulation and clipping, checkpoints
+(the recipe's own format: a packed checkpoint resumes alone and a solo one into a pack), stop
+requests (obeyed between micro-batches too), progress events, evaluation and adapter folder. The
+recipe's pieces are called on a *view* of the shared model that shows one job's adapters and heads
+at their usual places (`_view`), so none of that logic is repeated here.
+
+A micro-batch round takes one micro-batch of every job in the pack; a job takes its optimizer step
+after its own `grad_accum` rounds. Jobs leave when they finish, stop or fail; the others go on
+untouched (their state never mixes), and new jobs may join between rounds. Each job is charged
+the round's time in proportion to its tokens, plus its own optimizer step and evaluation.
+
+Compatible jobs: the same base model; methods lora, rslora, dora (a full fine-tune changes the
+shared base and cannot be packed); LoRA on linear layers (embedding targets train alone);
+BERT/RoBERTa classification and regression together, or Llama-family generation together.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lora_engine.checkpoint import capture_rng_state, latest_checkpoint, restore_rng_state
+from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, synchronize
+from lora_engine.errors import LoraConfigError, TrainingStopped
+from lora_engine.inject import HEAD_NAMES, head_module_names, lora_modules
+from lora_engine.layers import LoRALinear
+from lora_engine.packed.forward import PackedBatch, family, packed_losses
+from lora_engine.packed.layer import MultiLoRALinear
+from lora_engine.packed.routing import JobStream, RoutedDropout, Routing
+from lora_engine.recipe import (
+    Progress,
+    Run,
+    TrainHooks,
+    TrainResult,
+    abandon_step,
+    apply_update,
+    evaluate_run,
+    finish_run,
+    label_names_for,
+    prepare_run,
+    restore_run,
+    save_run_checkpoint,
+    set_step_lr,
+    step_start,
+    training_batches,
+)
+from lora_engine.spec import TrainingSpec, validate_spec
+
+PACKABLE_METHODS = ("lora", "rslora", "dora")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job left the pack: 'succeeded' (result set), 'stopped' (checkpointed) or 'failed'."""
+
+    key: str
+    status: str
+    step: int
+    result: TrainResult | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class PackedJob:
+    key: str
+    slot: str  # its name inside the shared model's module dicts
+    run: Run
+    hooks: TrainHooks
+    output_dir: Path
+    stream: JobStream
+    heads: dict[str, nn.Module]
+    adapters: dict[str, LoRALinear]
+    params: list[nn.Parameter]
+    batches: Iterator
+    wall0: float
+    micro: int = 0
+    step_loss: float = 0.0
+    start: tuple | None = None
+    seen: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    packed_with: set[str] = field(default_factory=set)  # keys of every job it shared a step with
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _layers_container(model: nn.Module) -> nn.Module:
+    if family(model) == "encoder":
+        return getattr(model, model.base_model_prefix).encoder
+    return model.model.layers
+
+
+class Pack:
+    def __init__(self, model: nn.Module, tokenizer, *, data_dir: str | Path, base_model: str,
+                 device: DeviceInfo | None = None, max_jobs: int = 8, decode=None, meteor: bool = True):
+        self.family = family(model)
+        self.model, self.tokenizer = model, tokenizer
+        self.base_model, self.data_dir = base_model, data_dir
+        self.device = device or pick_device()
+        self.max_jobs, self.decode, self.meteor = max_jobs, decode, meteor
+        self.routing = Routing()
+        self.jobs: dict[str, PackedJob] = {}
+        self.multi: dict[str, MultiLoRALinear] = {}
+        self.real_tokens = 0  # tokens through the shared token-wise ops (all real: no padding)
+        self.attention_slots = 0  # padded (row × width) positions of the per-job attention layouts
+        self._slots = 0
+        model.to(self.device.device)
+        model.requires_grad_(False)
+        heads = head_module_names(model) if self.family == "encoder" else []
+        self._original_heads = {h: model.get_submodule(h) for h in heads}
+        self._pristine_heads = {h: copy.deepcopy(m) for h, m in self._original_heads.items()}
+        # The body's dropouts draw per job within a packed step (and plainly outside one).
+        container = _layers_container(model)
+        self._dropouts = [(n, m) for n, m in container.named_modules() if isinstance(m, nn.Dropout)]
+        for name, module in self._dropouts:
+            _set_module(container, name, RoutedDropout(module.p, self.routing))
+        self.mem = PeakMemory(self.device)
+        self.mem.start()
+
+    # -- the shared model seen as one job's model ----------------------------------------------
+    @contextmanager
+    def _view(self, job: PackedJob | None, heads: dict[str, nn.Module] | None = None):
+        """The model as a solo run of `job` sees it (its adapters and heads in place; `job` None:
+        the bare base with `heads`); the packed layout is put back afterwards."""
+        for name, multi in self.multi.items():
+            adapter = job.adapters.get(name) if job is not None else None
+            _set_module(self.model, name, adapter if adapter is not None else multi.base)
+        for name, module in (job.heads if job is not None else heads or {}).items():
+            _set_module(self.model, name, module)
+        try:
+            yield self.model
+        finally:
+            for name, multi in self.multi.items():
+                _set_module(self.model, name, multi)
+            for name, module in self._original_heads.items():
+                _set_module(self.model, name, module)
+
+    def _fresh_heads(self, spec: TrainingSpec, label_names: tuple[str, ...]) -> dict[str, nn.Module]:
+        """New head modules for a job: the pretrained pooler copied, the output layer sized anew."""
+        outputs = len(label_names) if spec.info.kind == "classification" else 1
+        fresh = {}
+        for name, pristine in self._pristine_heads.items():
+            module = copy.deepcopy(pristine)
+            if name in HEAD_NAMES:
+                if isinstance(module, nn.Linear):
+                    module = _resized(module, outputs)
+                else:
+                    module.out_proj = _resized(module.out_proj, outputs)
+            fresh[name] = module
+        return fresh
+
+    # -- joining and leaving --------------------------------------------------------------------
+    def check(self, spec: TrainingSpec) -> None:
+        """Raise LoraConfigError unless `spec` (validated, resolved) can join this pack."""
+        if len(self.jobs) >= self.max_jobs:
+            raise LoraConfigError(f"the pack is full ({self.max_jobs} jobs)")
+        if spec.base_model != self.base_model:
+            raise LoraConfigError(f"job base model {spec.base_model!r} is not this pack's "
+                                  f"{self.base_model!r}")
+        if spec.method not in PACKABLE_METHODS:
+            raise LoraConfigError(f"method {spec.method!r} cannot be packed (it trains the shared base); "
+                                  f"packable methods: {', '.join(PACKABLE_METHODS)}")
+        kind = spec.info.kind
+        if (kind == "generation") != (self.family == "decoder"):
+            raise LoraConfigError(f"a {kind} job cannot join a pack of {self.family} "
+                                  f"{self.base_model!r} jobs")
+
+    def add(self, spec: TrainingSpec | dict, output_dir: str | Path, hooks: TrainHooks | None = None, *,
+            key: str | None = None) -> str:
+        """Set a job up exactly as `recipe.setup` would alone (resuming from `hooks.checkpoint_dir`
+        when it holds a checkpoint) and put it in the pack; returns its key."""
+        from lora_engine.data import load_examples
+
+        wall0 = time.perf_counter()
+        spec = validate_spec(spec).resolved()
+        self.check(spec)
+        hooks = hooks or TrainHooks()
+        slot = f"job{self._slots}"
+        key = key or slot
+        if key in self.jobs:
+            raise ValueError(f"job {key!r} is already in the pack")
+        examples = load_examples(spec.task, "train", data_dir=self.data_dir, dataset=spec.dataset)
+        label_names = label_names_for(spec)
+        outside = capture_rng_state()  # a job's seeding must not move anyone else's RNG
+        plain, adapters = {}, {}
+        try:
+            with self._view(None, self._fresh_heads(spec, label_names)) as model:
+                plain = dict(model.named_modules())
+                run = prepare_run(spec, model, self.tokenizer, examples=examples, label_names=label_names,
+                                  device=self.device)
+                adapters = dict(lora_modules(model))
+                bad = [n for n, m in adapters.items() if not isinstance(m, LoRALinear) or m.fan_in_fan_out]
+                if bad:
+                    raise LoraConfigError(f"packed training routes LoRA on linear layers only; {bad[0]!r} "
+                                          "is not one: train this job alone")
+                heads = {h: model.get_submodule(h) for h in run.heads}
+                resume = latest_checkpoint(hooks.checkpoint_dir)
+                if resume is not None:
+                    restore_run(run, resume)
+                stream = JobStream()
+        except BaseException:
+            for name in adapters:  # a job that cannot join leaves no layer of its own behind
+                if name not in self.multi:
+                    _set_module(self.model, name, plain[name])
+            raise
+        finally:
+            restore_rng_state(outside)
+        for name, adapter in adapters.items():
+            if name not in self.multi:
+                self.multi[name] = MultiLoRALinear(plain[name], self.routing)
+                _set_module(self.model, name, self.multi[name])
+            self.multi[name].add(slot, adapter)
+        self._slots += 1
+        self.jobs[key] = PackedJob(key=key, slot=slot, run=run, hooks=hooks, output_dir=Path(output_dir),
+                                   stream=stream, heads=heads, adapters=adapters,
+                                   params=list(run.trainable.values()), batches=training_batches(run),
+                                   wall0=wall0)
+        return key
+
+    def _leave(self, job: PackedJob) -> None:
+        for multi in self.multi.values():
+            multi.remove(job.slot)
+        del self.jobs[job.key]
+
+    def cancel(self, key: str) -> Outcome:
+        """Take a job out now, between steps: its partial step dropped, its state checkpointed."""
+        job = self.jobs[key]
+        outcome = self._stop(job)
+        self._leave(job)
+        return outcome
+
+    # -- one micro-batch round -----------------------------------------------------------------
+    def step(self) -> list[Outcome]:
+        """One packed micro-batch round; returns the outcomes of the jobs that left the pack."""
+        jobs = list(self.jobs.values())
+        if not jobs:
+            return []
+        t0 = time.perf_counter()
+        self.model.train()
+        for job in jobs:
+            if job.micro == 0:
+                set_step_lr(job.run)
+                job.step_loss = 0.0
+                job.start = step_start(job.run) if job.run.spec.grad_accum > 1 else None
+            job.packed_with.update(j.key for j in jobs if j is not job)
+        batches = [next(job.batches) for job in jobs]
+        packed = [PackedBatch(job.slot, {k: v.to(self.device.device, non_blocking=True)
+                                         for k, v in batch.inputs.items()},
+                              job.run.info.kind, job.heads, job.stream)
+                  for job, batch in zip(jobs, batches, strict=True)]
+        with autocast(self.device):
+            raw = packed_losses(self.model, packed, self.routing)
+        losses = [loss / job.run.spec.grad_accum for loss, job in zip(raw, jobs, strict=True)]
+        torch.stack(losses).sum().backward()
+        values = [loss.item() for loss in losses]
+        spent = time.perf_counter() - t0
+        tokens = sum(b.tokens for b in batches)
+        self.real_tokens += tokens
+        self.attention_slots += sum(b.inputs["attention_mask"].numel() for b in batches)
+        out = []
+        for job, batch, value in zip(jobs, batches, values, strict=True):
+            run = job.run
+            run.examples += batch.examples
+            run.tokens += batch.tokens
+            run.device_s += spent * batch.tokens / max(tokens, 1)
+            job.seen += batch.examples
+            job.step_loss += value
+            job.micro += 1
+            try:
+                outcome = self._after_micro(job)
+            except BaseException as exc:  # one job's hook or output failing fails that job only
+                outcome = Outcome(job.key, "failed", job.run.step, error=exc)
+            if outcome is not None:
+                self._leave(job)
+                out.append(outcome)
+        return out
+
+    def _after_micro(self, job: PackedJob) -> Outcome | None:
+        run, hooks = job.run, job.hooks
+        if job.micro < run.spec.grad_accum:
+            if hooks.should_stop is not None and hooks.should_stop():
+                return self._stop(job)
+            return None
+        t0 = time.perf_counter()
+        job.micro = 0
+        apply_update(run, job.params)
+        run.losses.append(job.step_loss)
+        run.device_s += time.perf_counter() - t0
+        if hooks.on_progress is not None:
+            rate = job.seen / max(time.perf_counter() - job.started, 1e-9)
+            hooks.on_progress(Progress(run.step, run.total_steps, job.step_loss, rate, run.tokens,
+                                       run.optimizer.param_groups[0]["lr"]))
+        stop = hooks.should_stop is not None and hooks.should_stop()
+        if hooks.checkpoint_dir is not None and (stop or (
+                hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
+            with job.stream.active():
+                save_run_checkpoint(run, hooks.checkpoint_dir)
+        if stop:
+            return Outcome(job.key, "stopped", run.step)
+        if run.step >= run.total_steps:
+            return self._finish(job)
+        return None
+
+    def _stop(self, job: PackedJob) -> Outcome:
+        """Drop the job's partial step (as the recipe does), checkpoint the state before it."""
+        if job.micro:
+            try:
+                with job.stream.active():
+                    abandon_step(job.run, job.start, job.hooks)
+            except TrainingStopped:
+                pass
+        elif job.hooks.checkpoint_dir is not None:
+            with job.stream.active():
+                save_run_checkpoint(job.run, job.hooks.checkpoint_dir)
+        job.micro = 0
+        return Outcome(job.key, "stopped", job.run.step)
+
+    def _finish(self, job: PackedJob) -> Outcome:
+        """Evaluate the job and write its adapter folder, on its solo view of the model."""
+        run = job.run
+        with self._view(job), job.stream.active():
+            t0 = time.perf_counter()
+            metrics = evaluate_run(run, data_dir=self.data_dir, decode=self.decode, meteor=self.meteor)
+            synchronize(self.device)
+            run.device_s += time.perf_counter() - t0
+            result = finish_run(run, job.output_dir, metrics, mem=self.mem, wall0=job.wall0)
+        return Outcome(job.key, "succeeded", run.step, result=result)
+
+    # -- driving -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Outcome]:
+        """Rounds until every job has left; the outcome of each."""
+        outcomes: dict[str, Outcome] = {}
+        while self.jobs:
+            for outcome in self.step():
+                outcomes[outcome.key] = outcome
+        return outcomes
+
+    @property
+    def real_token_share(self) -> float:
+        """Real tokens over the padded slots of the jobs' attention layouts (token-wise work: 100 %)."""
+        return self.real_tokens / max(self.attention_slots, 1)
+
+    def close(self) -> nn.Module:
+        """Put the base model back as it came (no adapters, its own heads and dropouts)."""
+        for job in list(self.jobs.values()):
+            self._leave(job)
+        for name, multi in self.multi.items():
+            _set_module(self.model, name, multi.base)
+        container = _layers_container(self.model)
+        for name, module in self._dropouts:
+            _set_module(container, name, module)
+        self.multi = {}
+        return self.model
+
+
+def _resized(linear: nn.Linear, outputs: int) -> nn.Linear:
+    return nn.Linear(linear.in_features, outputs, bias=linear.bias is not None,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
