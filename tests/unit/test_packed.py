@@ -1,0 +1,234 @@
+"""Packed training is exact: each packed job computes what it computes alone.
+
+- the first-step gradients of every packed job equal its solo run's (fp32, dropout off, B ≠ 0);
+- with dropout (LoRA and the model's own) a packed run's loss curves equal the solo runs';
+- a job that stops leaves the others untouched, and its checkpoint resumes alone exactly; a solo
+  checkpoint resumes into a pack exactly;
+- the adapters of a 2-job packed run and of two solo runs score the same in PEFT;
+- jobs that cannot be packed are refused with the reason, leaving the pack as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
+
+from lora_engine.cache import BaseModelCache  # noqa: E402
+from lora_engine.data.batching import collate  # noqa: E402
+from lora_engine.errors import LoraConfigError  # noqa: E402
+from lora_engine.forward import training_loss  # noqa: E402
+from lora_engine.generate import GREEDY  # noqa: E402
+from lora_engine.inject import lora_modules  # noqa: E402
+from lora_engine.models import load_base_model  # noqa: E402
+from lora_engine.packed import Pack  # noqa: E402
+from lora_engine.packed.forward import PackedBatch, packed_losses  # noqa: E402
+from lora_engine.recipe import TrainHooks, setup, train  # noqa: E402
+from lora_engine.spec import validate_spec  # noqa: E402
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory) -> dict[str, dict]:
+    """Small jobs (custom data sets: set up in milliseconds) covering every method, accumulation,
+    LoRA dropout on top of the model's own dropout, and different targets, ranks and widths."""
+    tmp = tmp_path_factory.mktemp("data")
+    words = ["good", "bad", "fine", "dull", "grand", "poor"]
+    two = write_jsonl(tmp / "two.jsonl", [{"text": f"row {i} says {words[i % 6]} things " + "x " * (i % 7),
+                                          "label": i % 2} for i in range(44)])
+    three = write_jsonl(tmp / "three.jsonl", [{"text": f"{words[i % 6]} or {words[i * 5 % 6]} " * (1 + i % 3),
+                                              "label": ["red", "green", "blue"][i % 3]} for i in range(40)])
+    names, foods = ["Aromi", "Blue Spice", "Clowns", "Cocum"], ["French", "Italian", "Chinese"]
+    gen = write_jsonl(tmp / "gen.jsonl", [{"prompt": f"name[{names[i % 4]}], food[{foods[i % 3]}]\n",
+                                           "completion": f"{names[i % 4]} serves {foods[i % 3]} food."}
+                                          for i in range(30)])
+    base = {"task": "custom-classification", "base_model": "tiny-bert", "batch_size": 4, "max_length": 64,
+            "dropout": 0.1}
+    return {
+        "a": {**base, "dataset": two, "max_steps": 4, "seed": 1},
+        "b": {**base, "dataset": three, "max_steps": 3, "grad_accum": 2, "seed": 2, "method": "dora",
+              "rank": 4, "targets": ["query", "key", "value", "dense"], "batch_size": 3},
+        "c": {**base, "dataset": two, "max_steps": 4, "seed": 3, "method": "rslora", "dropout": 0.2,
+              "lr": 1e-3, "batch_size": 5},
+        "stsb": {"task": "stsb", "base_model": "tiny-bert", "batch_size": 4, "max_length": 64, "max_steps": 1,
+                 "seed": 4},
+        "gen": {"task": "custom-generation", "dataset": gen, "base_model": "tiny-llama", "max_steps": 2,
+                "batch_size": 4, "max_length": 64, "eval_size": 4},
+    }
+
+
+def perturb(trainable: dict[str, torch.nn.Parameter], seed: int) -> None:
+    """Move every trainable tensor (B ≠ 0), in name order, so A's gradient is not trivially zero."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in sorted(trainable):
+            p = trainable[name]
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def solo_gradients(spec: dict, seed: int) -> dict[str, torch.Tensor]:
+    run = setup(validate_spec(spec).resolved(), data_dir=DATA)
+    perturb(run.trainable, seed)
+    run.model.eval()  # dropout off
+    batch = collate(run.encoded, next(iter(run.sampler)))
+    training_loss(run.model, batch.inputs, run.info.kind).backward()
+    return {n: p.grad.clone() for n, p in run.trainable.items()}
+
+
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_first_step_gradients_equal_solo(tmp_path, specs, family):
+    if family == "encoder":  # classification (2 and 3 labels) and regression in one pack
+        jobs = [{**specs[k], "dropout": 0.0} for k in ("a", "b", "c", "stsb")]
+        model, tok = load_base_model("tiny-bert", "classification", 2)
+    else:
+        jobs = [{**specs["gen"], "seed": 4},
+                {**specs["gen"], "seed": 5, "method": "dora", "rank": 4, "targets": ["all-linear"]}]
+        model, tok = load_base_model("tiny-llama", "generation")
+    pack = Pack(model, tok, data_dir=DATA, base_model=jobs[0]["base_model"])
+    keys = [pack.add(s, tmp_path / f"out{i}") for i, s in enumerate(jobs)]
+    packed = [pack.jobs[k] for k in keys]
+    for i, job in enumerate(packed):
+        perturb(job.run.trainable, seed=10 + i)
+    model.eval()
+    batches = [PackedBatch(j.slot, next(j.batches).inputs, j.run.info.kind, j.heads, j.stream)
+               for j in packed]
+    torch.stack(packed_losses(model, batches, pack.routing)).sum().backward()
+    for i, (spec, job) in enumerate(zip(jobs, packed, strict=True)):
+        solo = solo_gradients(spec, seed=10 + i)
+        assert solo.keys() == job.run.trainable.keys()
+        assert any("lora_A" in n and g.abs().max() > 1e-4 for n, g in solo.items())
+        for name, grad in solo.items():
+            torch.testing.assert_close(job.run.trainable[name].grad, grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, specs):
+    """Three solo runs and one packed run of the same three jobs (dropout on everywhere); in the
+    pack the STS-B job is stopped after its second step and checkpointed."""
+    tmp = tmp_path_factory.mktemp("packed")
+    solo = {k: train(specs[k], tmp / f"solo-{k}", data_dir=DATA) for k in "abc"}
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    seen: list[int] = []
+    c_hooks = TrainHooks(on_progress=lambda p: seen.append(p.step), should_stop=lambda: len(seen) >= 2,
+                         checkpoint_dir=tmp / "ckpt-c")
+    for k in "ab":
+        pack.add(specs[k], tmp / f"pack-{k}", key=k)
+    pack.add(specs["c"], tmp / "pack-c", c_hooks, key="c")
+    outcomes = pack.run()
+    return {"tmp": tmp, "solo": solo, "packed": outcomes, "pack": pack}
+
+
+def test_dropout_loss_curves_equal_solo_and_a_stopped_job_disturbs_no_one(runs):
+    packed, solo = runs["packed"], runs["solo"]
+    assert {k: o.status for k, o in packed.items()} == {"a": "succeeded", "b": "succeeded", "c": "stopped"}
+    for name in "ab":
+        result = packed[name].result
+        np.testing.assert_allclose(result.losses, solo[name].losses, rtol=0, atol=1e-5)
+        assert result.metrics == solo[name].metrics
+        assert (result.stats.examples, result.stats.tokens) == (solo[name].stats.examples,
+                                                                solo[name].stats.tokens)
+    assert packed["c"].step == 2
+    assert packed["a"].result.metrics["validation"]  # scored on its own validation split
+    # The loss curve is not flat: the comparison above is not between two constant sequences.
+    assert len(set(np.round(solo["a"].losses, 4))) > 1
+
+
+def test_packed_checkpoint_resumes_alone_exactly(runs, specs):
+    tmp, solo = runs["tmp"], runs["solo"]
+    resumed = train(specs["c"], tmp / "resumed-c", data_dir=DATA,
+                    hooks=TrainHooks(checkpoint_dir=tmp / "ckpt-c"))
+    np.testing.assert_allclose(resumed.losses, solo["c"].losses, rtol=0, atol=1e-5)
+    ours, theirs = (load_file(str(r.adapter_dir / "adapter_model.safetensors")) for r in (resumed, solo["c"]))
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6)
+
+
+def test_solo_checkpoint_resumes_into_a_pack_exactly(runs, specs, tmp_path):
+    stop_after = []
+    hooks = TrainHooks(on_progress=stop_after.append, should_stop=lambda: len(stop_after) >= 1,
+                       checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(Exception, match="stopped"):
+        train(specs["b"], tmp_path / "first", data_dir=DATA, hooks=hooks)
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    pack.add(specs["a"], tmp_path / "a", key="a")
+    pack.add(specs["b"], tmp_path / "b", TrainHooks(checkpoint_dir=tmp_path / "ckpt"), key="b")
+    out = pack.run()
+    for k in "ab":
+        np.testing.assert_allclose(out[k].result.losses, runs["solo"][k].losses, rtol=0, atol=1e-5)
+
+
+def _peft_logits(adapter_dir: Path, num_labels: int, inputs: dict) -> torch.Tensor:
+    """Scores of an adapter folder loaded by PEFT itself onto a fresh base."""
+    base, _ = load_base_model("tiny-bert", "classification", num_labels)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def test_packed_and_solo_adapters_score_identically_in_peft(runs):
+    _, tok = load_base_model("tiny-bert", "classification", 2)
+    inputs = dict(tok(["a gripping, funny film", "the plot never holds together at all", "fine"],
+                      return_tensors="pt", padding=True))
+    for name, labels in (("a", 2), ("b", 3)):
+        packed = _peft_logits(runs["packed"][name].result.adapter_dir, labels, inputs)
+        solo = _peft_logits(runs["solo"][name].adapter_dir, labels, inputs)
+        torch.testing.assert_close(packed, solo, rtol=1e-5, atol=1e-5)
+        assert packed.shape[-1] == labels
+
+
+def test_unpackable_jobs_are_refused_and_the_pack_is_untouched(tmp_path, specs):
+    cache = BaseModelCache()
+    model, tok = cache.checkout("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    pack.add({**specs["a"], "max_steps": 1}, tmp_path / "ok", key="ok")
+    layers_before = {n for n, _ in model.named_modules()}
+    refusals = [
+        ({**specs["a"], "method": "full"}, "cannot be packed"),
+        ({**specs["a"], "base_model": "tiny-roberta"}, "not this pack's"),
+        ({**specs["a"], "targets": ["word_embeddings", "query"]}, "linear layers only"),
+    ]
+    for spec, message in refusals:
+        with pytest.raises(LoraConfigError, match=message):
+            pack.add(spec, tmp_path / "refused")
+        assert {n for n, _ in model.named_modules()} == layers_before
+        assert list(pack.jobs) == ["ok"]
+    assert pack.run()["ok"].status == "succeeded"
+    pack.close()
+    assert not lora_modules(model)
+    cache.checkin()  # the base fingerprint is unchanged: the cache serves it again, not evicts it
+    again, _ = cache.checkout("tiny-bert", "classification", 2)
+    assert again is model
+    cache.checkin()
+
+
+def test_generation_pack_matches_solo_with_dropout(tmp_path, specs):
+    jobs = {"a": {**specs["gen"], "seed": 7, "dropout": 0.1, "grad_accum": 2},
+            "b": {**specs["gen"], "seed": 8, "method": "dora", "dropout": 0.1, "max_steps": 3}}
+    solo = {k: train(s, tmp_path / f"solo-{k}", data_dir=DATA, decode=GREEDY, meteor=False)
+            for k, s in jobs.items()}
+    model, tok = load_base_model("tiny-llama", "generation")
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-llama", decode=GREEDY, meteor=False)
+    for k, s in jobs.items():
+        pack.add(s, tmp_path / f"pack-{k}", key=k)
+    with pytest.raises(LoraConfigError, match="cannot join a pack of decoder"):
+        pack.add({**specs["a"], "base_model": "tiny-llama"}, tmp_path / "refused")
+    out = pack.run()
+    for k in jobs:
+        np.testing.assert_allclose(out[k].result.losses, solo[k].losses, rtol=0, atol=1e-5)
+        assert out[k].result.metrics == solo[k].metrics
+        assert out[k].result.stats.examples == solo[k].stats.examples
