@@ -210,6 +210,9 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
         # The claim counts a tenant's running jobs; the dispatcher scans queued ones.
         Index("ix_jobs_tenant_id_state", "tenant_id", "state"),
+        # Reports: --since/--until windows, and the untuned baselines (kind 'evaluate') per task/base.
+        Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_kind_task_base_model", "kind", "task", "base_model"),
     )
 
 
@@ -248,6 +251,9 @@ class Adapter(Base):
     # Soft delete: the files are removed, the row stays so jobs and reports keep their history.
     deleted_at: Mapped[datetime | None]
 
+    # The benchmark picks a tenant's latest (or best) adapter per task.
+    __table_args__ = (Index("ix_adapters_tenant_id_task_created_at", "tenant_id", "task", "created_at"),)
+
 
 class Metric(Base):
     """Long form: one row per (job, split, metric name), or per (job, adapter, split, name) for a
@@ -283,6 +289,9 @@ class Metric(Base):
         Index("uq_metrics_job_id_adapter_id_split_name", "job_id", "adapter_id", "split", "name",
               unique=True, sqlite_where=text("source = 'reevaluation'"),
               postgresql_where=text("source = 'reevaluation'")),
+        # The benchmark's drift column: an adapter's latest re-evaluation of a metric.
+        Index("ix_metrics_reevaluation_adapter_id_name_created_at", "adapter_id", "name", "created_at",
+              sqlite_where=text("source = 'reevaluation'"), postgresql_where=text("source = 'reevaluation'")),
     )
 
 

@@ -40,6 +40,10 @@ from orchestrator.reports.model import BASE_DTYPE, BYTES_PER_PARAM, Filters
 from orchestrator.reports.references import FRACTION_METRICS
 
 QUALITY_SPLIT = "validation"
+# Inline SQL literals, not bound parameters: the planner can then use the partial indexes on
+# metrics (WHERE source = 'job' / 'reevaluation') even in a generic plan.
+JOB_SOURCE = literal("job", literal_execute=True)
+REEVALUATION_SOURCE = literal("reevaluation", literal_execute=True)
 j, t, a, m, u = (x.__table__ for x in (Job, Tenant, Adapter, Metric, Usage))
 
 
@@ -140,7 +144,7 @@ def _picked(f: Filters, pick: str) -> Any:
             pm,
             and_(
                 pm.c.job_id == a.c.job_id,
-                pm.c.source == "job",
+                pm.c.source == JOB_SOURCE,
                 pm.c.split == QUALITY_SPLIT,
                 pm.c.name == metric,
             ),
@@ -165,7 +169,7 @@ def benchmark_cells(f: Filters, pick: str) -> Select[Any]:
             .label("rn"),
         )
         .where(
-            m.c.source == "reevaluation",
+            m.c.source == REEVALUATION_SOURCE,
             m.c.split == QUALITY_SPLIT,
             m.c.adapter_id.in_(select(picked.c.adapter_id)),
         )
@@ -200,7 +204,7 @@ def benchmark_metrics(f: Filters, pick: str) -> Select[Any]:
     picked = _picked(f, pick)
     stmt = (
         select(picked.c.tenant, picked.c.task, m.c.name, m.c.value)
-        .join(m, and_(m.c.job_id == picked.c.job_id, m.c.source == "job", m.c.split == QUALITY_SPLIT))
+        .join(m, and_(m.c.job_id == picked.c.job_id, m.c.source == JOB_SOURCE, m.c.split == QUALITY_SPLIT))
         .order_by(picked.c.tenant, picked.c.task, m.c.name)
     )
     return stmt
@@ -337,7 +341,7 @@ def baselines() -> Any:
             j.c.method == "none",
             j.c.state == "succeeded",
             m.c.adapter_id.is_(None),
-            m.c.source == "job",
+            m.c.source == JOB_SOURCE,
             m.c.split == QUALITY_SPLIT,
             m.c.name == metric,
         )
@@ -375,7 +379,7 @@ def cost_quality(f: Filters, prices: Mapping[str, float], *, per_tenant: bool) -
                 pm,
                 and_(
                     pm.c.job_id == sj.c.job_id,
-                    pm.c.source == "job",
+                    pm.c.source == JOB_SOURCE,
                     pm.c.split == QUALITY_SPLIT,
                     pm.c.name == metric,
                 ),
@@ -401,7 +405,7 @@ def adapter_points(f: Filters, prices: Mapping[str, float]) -> Select[Any]:
             pm,
             and_(
                 pm.c.job_id == sj.c.job_id,
-                pm.c.source == "job",
+                pm.c.source == JOB_SOURCE,
                 pm.c.split == QUALITY_SPLIT,
                 pm.c.name == metric,
             ),
@@ -471,7 +475,7 @@ def compare_rows(f: Filters) -> Select[Any]:
             pm,
             and_(
                 pm.c.job_id == sj.c.job_id,
-                pm.c.source == "job",
+                pm.c.source == JOB_SOURCE,
                 pm.c.split == QUALITY_SPLIT,
                 pm.c.name == metric,
             ),
@@ -480,7 +484,7 @@ def compare_rows(f: Filters) -> Select[Any]:
             mm,
             and_(
                 mm.c.job_id == sj.c.job_id,
-                mm.c.source == "job",
+                mm.c.source == JOB_SOURCE,
                 mm.c.split == QUALITY_SPLIT,
                 mm.c.name == "majority_class_rate",
             ),
