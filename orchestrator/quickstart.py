@@ -49,6 +49,8 @@ class QuickstartResult:
     jobs: list[dict[str, Any]] = field(default_factory=list)  # job_show-style dicts
     tenants: list[dict[str, Any]] = field(default_factory=list)  # per-tenant summaries
     worker_started: bool = False
+    reports: dict[str, Any] = field(default_factory=dict)  # benchmark / cost / compare report models
+    report_html: Path | None = None
 
 
 def demo_specs(max_steps: int) -> list[dict[str, Any]]:
@@ -138,6 +140,21 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 60.0) -> None:
             proc.wait()
 
 
+def write_reports(settings: Settings) -> tuple[dict[str, Any], Path]:
+    """The demo tenants' benchmark, cost and compare reports, written in every format under
+    <home>/reports; returns the report models and the path of the combined report.html."""
+    from orchestrator.registry.db import session_scope
+    from orchestrator.reports import make_filters
+    from orchestrator.reports.files import build_all, write_all
+
+    filters = make_filters(tenants=[slug for slug, _ in TENANTS])
+    with session_scope(settings) as session:
+        reports = build_all(session, filters, pick="latest", prices=settings.prices,
+                            storage_price_gb_month=settings.storage_price_gb_month)
+    paths = write_all(settings.home / "reports", reports)
+    return reports, paths[-1]
+
+
 def run_quickstart(
     settings: Settings | None = None,
     *,
@@ -196,4 +213,5 @@ def run_quickstart(
     with session_scope(settings) as session:
         slugs = {slug for slug, _ in TENANTS}
         result.tenants = [t.to_dict() for t in tenant_summary(session) if t.slug in slugs]
+    result.reports, result.report_html = write_reports(settings)
     return result

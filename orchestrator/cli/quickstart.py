@@ -43,6 +43,17 @@ def _tenant_row(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _print_reports(result: Any) -> None:
+    """The benchmark, cost and compare tables (rich), then where the HTML report is."""
+    from orchestrator.reports.render.table import print_report, terminal_console
+
+    console = terminal_console()
+    for name in ("benchmark", "cost", "compare"):
+        click.echo(f"\nReport: {name}  (`lorafleet report {name}`)")
+        print_report(result.reports[name], console)
+    click.echo(f"HTML report (charts): {result.report_html}")
+
+
 class _Progress:
     """One bar on stderr over every job's optimiser steps."""
 
@@ -100,12 +111,15 @@ def quickstart(max_steps: int | None, timeout: float, as_json: bool) -> None:
     if not result.worker_started:
         status("every demo job had already finished: nothing to train (delete .lorafleet to start over)")
     if as_json:
-        emit({"tenants": result.tenants, "jobs": result.jobs}, True, print)
+        emit({"tenants": result.tenants, "jobs": result.jobs,
+              "reports": {name: r.to_dict() for name, r in result.reports.items()},
+              "report_html": str(result.report_html)}, True, print)
     else:
         click.echo("\nJobs")
         print_table([_job_row(j) for j in result.jobs], JOB_COLUMNS)
         click.echo("\nTenants")
         print_table([_tenant_row(t) for t in result.tenants], TENANT_COLUMNS)
+        _print_reports(result)
     if any(j["state"] != "succeeded" for j in result.jobs):
         raise CliError(
             "some demo jobs did not succeed: see `lorafleet job list` and `lorafleet job events ID`"

@@ -139,11 +139,9 @@ def _emit(report: Any, fmt: str, as_json: bool, out: Path | None) -> None:
         write_atomic(out, render(report, fmt))
         status(f"wrote {out}")
     elif fmt == "table":
-        from rich.console import Console
+        from orchestrator.reports.render.table import print_report, terminal_console
 
-        from orchestrator.reports.render.table import print_report
-
-        print_report(report, Console())
+        print_report(report, terminal_console())
     else:
         click.echo(render(report, fmt), nl=False)
 
@@ -246,13 +244,14 @@ def compare(fmt: str, out: Path | None, as_json: bool, **scope: Any) -> None:
 )
 def all_reports(pick: str, prices: dict[str, float], out: Path, **scope: Any) -> None:
     """Write benchmark, cost and compare in every format into --out, plus one report.html."""
-    from orchestrator.reports.files import write_all
+    from orchestrator.reports.files import build_all, write_all
 
     filters = _filters(scope)
     all_prices, storage_price = _prices(prices)
     with open_session() as session:
-        paths = write_all(
-            session, out, filters, pick=pick, prices=all_prices, storage_price_gb_month=storage_price
+        # Every report is built before anything is written: a bad request writes nothing.
+        reports = build_all(
+            session, filters, pick=pick, prices=all_prices, storage_price_gb_month=storage_price
         )
-    for path in paths:
+    for path in write_all(out, reports):
         click.echo(str(path))

@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -31,24 +32,24 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_all(
+def build_all(
     session: Session,
-    folder: Path,
     filters: Filters,
     *,
     pick: str,
     prices: Mapping[str, float],
     storage_price_gb_month: float,
-) -> list[Path]:
-    """benchmark / cost / compare in every format (`<name>.<suffix>`) and one combined report.html.
-
-    Every report is built before anything is written, so a bad request writes nothing.
-    """
-    reports = {
+) -> dict[str, Any]:
+    """The three reports, by name (the cost report with its per-adapter points, for the charts)."""
+    return {
         "benchmark": benchmark_report(session, filters, pick),
         "cost": cost_report(session, filters, prices, storage_price_gb_month, with_points=True),
         "compare": compare_report(session, filters),
     }
+
+
+def write_all(folder: Path, reports: Mapping[str, Any]) -> list[Path]:
+    """Each report in every format (`<name>.<suffix>`) and one combined report.html (last)."""
     paths = []
     for name, report in reports.items():
         for fmt in FORMATS:

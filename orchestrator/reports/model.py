@@ -69,6 +69,7 @@ FORMATS = {
     "points": lambda v: f"{points('accuracy', v):.1f}",  # a fraction metric, in points
     "num": lambda v: f"{v:.2f}",
     "pp": lambda v: f"{v:+.1f} pp",
+    "delta": lambda v: f"{v:+.1f}",
     "money": lambda v: f"${v:,.4f}",
     "hours": lambda v: f"{v:,.4f}",
     "seconds": lambda v: f"{v:,.1f}",
@@ -641,14 +642,14 @@ class CompareReport:
             Column("trainable", "int"),
             Column("% of total", "percent"),
             Column("ckpt MB", "mb"),
-            Column("train device-s", "seconds"),
-            Column("examples/s", "rate"),
+            Column("train dev-s", "seconds"),
+            Column("ex/s", "rate"),
             Column("peak MB", "mb0"),
-            Column("size vs full", "ratio"),
-            Column("time vs full", "ratio"),
-            Column("memory vs full", "ratio"),
-            Column("Δ full", "pp"),
-            Column("Δ untuned", "pp"),
+            Column("smaller", "ratio"),
+            Column("less time", "ratio"),
+            Column("less mem", "ratio"),
+            Column("Δ full pp", "delta"),
+            Column("Δ untuned pp", "delta"),
         ]
         rows = [
             [
@@ -675,8 +676,8 @@ class CompareReport:
             "One row per task, base model, method and rank; medians over the n succeeded runs. Quality: "
             "the task's primary metric on validation data (points). Device-seconds, examples/s and peak "
             "memory are the successful attempt's.",
-            "Ratios: full's figure ÷ this row's (how many times smaller / less). Δ: this row minus full "
-            "(or minus the untuned base), in points.",
+            "smaller / less time / less mem: full's checkpoint size, device-seconds, peak memory ÷ this "
+            "row's. Δ: this row's quality minus full's (or the untuned base's), in points (pp).",
             "Best trade-off: of the trained rows within 1 pp of the best quality, the smallest checkpoint.",
         ]
         advice = Table(

@@ -437,8 +437,8 @@ def test_compare(reg) -> None:
         "100×",
         "2.0×",
         "4.0×",
-        "-9.4 pp",
-        "+31.2 pp",
+        "-9.4",
+        "+31.2",
     ]
     assert md[4][:5] == ["sst2", "minilm-l6", "untuned base", "1", "50.0"]
 

@@ -32,6 +32,15 @@ def print_report(report: Any, console: Any) -> None:
         console.print()
 
 
+def terminal_console() -> Any:
+    """A console for stdout: the terminal's width, or 160 columns when piped (not 80)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def render_table(report: Any, width: int = 160) -> str:
     """The tables as plain text (no colour codes), `width` columns wide."""
     from rich.console import Console
