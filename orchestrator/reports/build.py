@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lora_engine.catalog import ALL_TASKS
@@ -38,6 +39,7 @@ from orchestrator.services._tx import readonly
 from orchestrator.services.errors import InvalidInput, NotFound
 
 PICKS = ("latest", "best")
+REPORT_WORK_MEM = "64MB"
 # A trained row within this many points of the best quality counts as "as good" (compare).
 TRADE_OFF_PP = 1.0
 
@@ -60,6 +62,15 @@ def make_filters(
     if since is not None and until is not None and since >= until:
         raise InvalidInput(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
     return Filters(tuple(dict.fromkeys(tenants)), task, base_model, since, until)
+
+
+def _prepare(session: Session, f: Filters) -> None:
+    """Check the tenants, and give PostgreSQL room for the reports' sorts and hashes: with the
+    default 4 MB work_mem a 100k-adapter window sort spills to disk (SET LOCAL: this read-only
+    transaction only)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
+    _check_tenants(session, f)
 
 
 def _check_tenants(session: Session, f: Filters) -> None:
@@ -87,7 +98,12 @@ def check_prices(prices: Mapping[str, float]) -> dict[str, float]:
 def benchmark_report(session: Session, filters: Filters, pick: str = "latest") -> BenchmarkReport:
     if pick not in PICKS:
         raise InvalidInput(f"unknown pick {pick!r}; allowed: {', '.join(PICKS)}")
-    _check_tenants(session, filters)
+    _prepare(session, filters)
+    rows = q.rows(session, q.benchmark_rows(filters, pick))
+    first: dict[tuple[str, str], dict[str, Any]] = {}  # one row per metric: the cell is on each
+    for r in rows:
+        first.setdefault((r["tenant"], r["task"]), r)
+    cell_rows = list(first.values())
     cells = {
         (r["tenant"], r["task"]): BenchmarkCell(
             tenant=r["tenant"],
@@ -104,28 +120,31 @@ def benchmark_report(session: Session, filters: Filters, pick: str = "latest") -
             reevaluated=r["reevaluated"],
             reevaluated_at=r["reevaluated_at"],
         )
-        for r in q.rows(session, q.benchmark_cells(filters, pick))
+        for r in cell_rows
     }
-    for r in q.rows(session, q.benchmark_metrics(filters, pick)):
-        cells[(r["tenant"], r["task"])].metrics[r["name"]] = r["value"]
-    stats = []
-    for r in q.rows(session, q.benchmark_task_stats(filters, pick)):
-        ref = GLUE_REFERENCES.get(r["task"]) or (E2E_REFERENCES["bleu"] if r["task"] == "e2e" else None)
-        stats.append(
-            TaskStats(
+    for r in rows:
+        if r["name"] is not None:
+            cells[(r["tenant"], r["task"])].metrics[r["name"]] = r["metric_value"]
+    # The per-task and per-tenant aggregates come with every cell (window aggregates in SQL):
+    # read them from the first cell of each task / tenant.
+    stats: dict[str, TaskStats] = {}
+    glue: dict[str, GlueAverage] = {}
+    for r in cell_rows:
+        if r["task"] not in stats:
+            ref = GLUE_REFERENCES.get(r["task"]) or (E2E_REFERENCES["bleu"] if r["task"] == "e2e" else None)
+            stats[r["task"]] = TaskStats(
                 task=r["task"],
                 metric=r["metric"],
-                count=int(r["count"]),
-                mean=r["mean"],
-                min=r["min"],
-                max=r["max"],
+                count=int(r["task_count"]),
+                mean=r["task_mean"],
+                min=r["task_min"],
+                max=r["task_max"],
                 reference=ref.to_dict() if ref else None,
             )
-        )
-    glue = [
-        GlueAverage(tenant=r["tenant"], tasks=int(r["tasks"]), mean=r["mean"])
-        for r in q.rows(session, q.benchmark_glue_average(filters, pick))
-    ]
+        if r["tenant"] not in glue and r["glue_tasks"]:
+            glue[r["tenant"]] = GlueAverage(
+                tenant=r["tenant"], tasks=int(r["glue_tasks"]), mean=r["glue_mean"]
+            )
     tenants = sorted({c.tenant for c in cells.values()} | set(filters.tenants))
     tasks = sorted({c.task for c in cells.values()}, key=ALL_TASKS.index)
     references = {
@@ -143,8 +162,8 @@ def benchmark_report(session: Session, filters: Filters, pick: str = "latest") -
         tenants=tenants,
         tasks=tasks,
         cells=list(cells.values()),
-        task_stats=stats,
-        glue=glue,
+        task_stats=sorted(stats.values(), key=lambda x: x.task),
+        glue=sorted(glue.values(), key=lambda g: g.tenant),
         references=references,
     )
 
@@ -152,27 +171,8 @@ def benchmark_report(session: Session, filters: Filters, pick: str = "latest") -
 # ---- cost ------------------------------------------------------------------------------------
 
 
-def _cost_line(
-    tenant: str | None,
-    jobs: dict[str, int],
-    devices: list[DeviceCost],
-    totals: dict[str, Any],
-    storage: dict[str, Any],
-    quality: dict[str, Any],
-) -> CostLine:
-    return CostLine(
-        tenant=tenant,
-        jobs={s: jobs.get(s, 0) for s in JOB_STATES},
-        devices=devices,
-        money=float(totals.get("money_seconds") or 0.0) / 3600.0,
-        unpriced_seconds=float(totals.get("unpriced_seconds") or 0.0),
-        examples=int(totals.get("examples") or 0),
-        adapters=int(storage.get("adapters") or 0),
-        adapter_bytes=int(storage.get("adapter_bytes") or 0),
-        full_checkpoint_bytes=int(storage.get("full_bytes") or 0),
-        quality_money=quality.get("money"),
-        quality_gain_points=quality.get("gain_points"),
-    )
+def _by_tenant(rows: list[dict[str, Any]]) -> dict[str | None, dict[str, Any]]:
+    return {r["tenant"]: r for r in rows}
 
 
 @readonly
@@ -184,48 +184,55 @@ def cost_report(
     *,
     with_points: bool = False,
 ) -> CostReport:
-    """Per tenant and in total. `with_points`: also one (money, quality) point per adapter (charts)."""
+    """Per tenant and in total. `with_points`: also one (money, quality) point per adapter (charts).
+
+    Every figure is a SQL aggregate: each query returns its per-tenant rows and, as rows with a
+    NULL tenant, the same aggregated over the report's tenants (see queries._rollup).
+    """
     prices = check_prices(prices)
     if storage_price_gb_month < 0:
         raise InvalidInput(f"storage price {storage_price_gb_month} per GB-month: must be >= 0")
-    _check_tenants(session, filters)
-    lines = []
-    for per_tenant in (True, False):
-        jobs: dict[Any, dict[str, int]] = {}
-        for r in q.rows(session, q.cost_jobs_by_state(filters, per_tenant=per_tenant)):
-            jobs.setdefault(r["tenant"], {})[r["state"]] = int(r["n"])
-        devices: dict[Any, list[DeviceCost]] = {}
-        for r in q.rows(session, q.cost_by_device(filters, prices, per_tenant=per_tenant)):
-            devices.setdefault(r["tenant"], []).append(
-                DeviceCost(
-                    device=r["device"],
-                    price_per_hour=r["price"],
-                    device_seconds=float(r["device_seconds"]),
-                    spent_no_adapter_seconds=float(r["wasted_seconds"]),
-                    money=None if r["money"] is None else float(r["money"]),
-                )
+    _prepare(session, filters)
+    jobs: dict[str | None, dict[str, int]] = {}
+    for r in q.rows(session, q.cost_jobs_by_state(filters)):
+        jobs.setdefault(r["tenant"], {})[r["state"]] = int(r["n"])
+    devices: dict[str | None, list[DeviceCost]] = {}
+    usage: dict[str | None, dict[str, Any]] = {}
+    for r in q.rows(session, q.cost_by_device(filters, prices)):
+        if r["device"] is None:  # the tenant's (or the total's) sum over its devices
+            usage[r["tenant"]] = r
+            continue
+        devices.setdefault(r["tenant"], []).append(
+            DeviceCost(
+                device=r["device"],
+                price_per_hour=r["price"],
+                device_seconds=float(r["device_seconds"]),
+                spent_no_adapter_seconds=float(r["wasted_seconds"]),
+                money=None if r["money_seconds"] is None else float(r["money_seconds"]) / 3600.0,
             )
-        totals = {
-            r["tenant"]: r for r in q.rows(session, q.cost_totals(filters, prices, per_tenant=per_tenant))
-        }
-        storage = {r["tenant"]: r for r in q.rows(session, q.cost_storage(filters, per_tenant=per_tenant))}
-        quality = {
-            r["tenant"]: r for r in q.rows(session, q.cost_quality(filters, prices, per_tenant=per_tenant))
-        }
-        names = sorted(set(jobs) | set(filters.tenants)) if per_tenant else [None]
-        lines.append(
-            [
-                _cost_line(
-                    name,
-                    jobs.get(name, {}),
-                    devices.get(name, []),
-                    totals.get(name, {}),
-                    storage.get(name, {}),
-                    quality.get(name, {}),
-                )
-                for name in names
-            ]
         )
+    storage = _by_tenant(q.rows(session, q.cost_storage(filters)))
+    quality = _by_tenant(q.rows(session, q.cost_quality(filters)))
+
+    def line(tenant: str | None) -> CostLine:
+        use, store, gain = usage.get(tenant, {}), storage.get(tenant, {}), quality.get(tenant, {})
+        return CostLine(
+            tenant=tenant,
+            jobs={s: jobs.get(tenant, {}).get(s, 0) for s in JOB_STATES},
+            devices=sorted(devices.get(tenant, []), key=lambda d: d.device),
+            money=float(use.get("money_seconds") or 0.0) / 3600.0,
+            unpriced_seconds=float(use.get("unpriced_seconds") or 0.0),
+            examples=int(use.get("examples") or 0),
+            adapters=int(store.get("adapters") or 0),
+            adapter_bytes=int(store.get("adapter_bytes") or 0),
+            full_checkpoint_bytes=int(store.get("full_bytes") or 0),
+            quality_money=None
+            if use.get("baseline_money_seconds") is None
+            else float(use["baseline_money_seconds"]) / 3600.0,
+            quality_gain_points=gain.get("gain_points"),
+        )
+
+    names = sorted({t for t in jobs if t is not None} | set(filters.tenants))
     points_ = []
     if with_points:
         points_ = [
@@ -234,7 +241,7 @@ def cost_report(
                 task=r["task"],
                 method=r["method"],
                 rank=r["rank"],
-                money=float(r["money"] or 0.0),
+                money=float(r["money_seconds"] or 0.0) / 3600.0,
                 quality=r["quality"],
             )
             for r in q.rows(session, q.adapter_points(filters, prices))
@@ -243,8 +250,8 @@ def cost_report(
         filters=filters,
         prices=prices,
         storage_price_gb_month=storage_price_gb_month,
-        tenants=lines[0],
-        total=lines[1][0],
+        tenants=[line(n) for n in names],
+        total=line(None),
         points=points_,
     )
 
@@ -293,7 +300,7 @@ def _recommend(row: CompareRow, best: CompareRow | None) -> str:
 
 @readonly
 def compare_report(session: Session, filters: Filters) -> CompareReport:
-    _check_tenants(session, filters)
+    _prepare(session, filters)
     rows = [
         CompareRow(
             task=r["task"],

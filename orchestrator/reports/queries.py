@@ -30,6 +30,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    union_all,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
@@ -48,13 +49,6 @@ j, t, a, m, u = (x.__table__ for x in (Job, Tenant, Adapter, Metric, Usage))
 
 
 # ---- shared expressions ----------------------------------------------------------------------
-
-
-def primary_metric(task_col: ColumnElement[Any]) -> ColumnElement[str]:
-    """The task's primary metric name, from the catalog, as SQL."""
-    return case(
-        {name: info.primary_metric for name, info in TASKS.items()}, value=task_col, else_=literal("accuracy")
-    )
 
 
 def points_scale(metric_col: ColumnElement[Any]) -> ColumnElement[float]:
@@ -113,11 +107,22 @@ def known_tenants(slugs: tuple[str, ...]) -> Select[Any]:
 # ---- benchmark -------------------------------------------------------------------------------
 
 
+def primary_metrics() -> Any:
+    """(task, metric): every catalog task's primary metric, as a small table to join on. A join on
+    a CASE expression instead leaves the planner guessing its selectivity (nested loops)."""
+    return union_all(
+        *(
+            select(literal(name).label("task"), literal(info.primary_metric).label("metric"))
+            for name, info in TASKS.items()
+        )
+    ).subquery("primary_metrics")
+
+
 def _picked(f: Filters, pick: str) -> Any:
     """Per (tenant, task): the picked live adapter of a succeeded training job, with its primary
     metric, and how many candidates there were (`row_number` / `count` windows)."""
     sj = scoped_jobs(f, kinds=("train",))
-    metric = primary_metric(a.c.task)
+    pmt = primary_metrics()
     pm = m.alias("pm")
     part = (a.c.tenant_id, a.c.task)
     if pick == "best":
@@ -134,19 +139,19 @@ def _picked(f: Filters, pick: str) -> Any:
             a.c.rank,
             a.c.base_model,
             a.c.created_at,
-            metric.label("metric"),
+            pmt.c.metric,
             pm.c.value,
             func.row_number().over(partition_by=part, order_by=order).label("rn"),
             func.count().over(partition_by=part).label("candidates"),
         )
-        .select_from(a.join(sj, sj.c.job_id == a.c.job_id))
+        .select_from(a.join(sj, sj.c.job_id == a.c.job_id).join(pmt, pmt.c.task == a.c.task))
         .outerjoin(
             pm,
             and_(
                 pm.c.job_id == a.c.job_id,
                 pm.c.source == JOB_SOURCE,
                 pm.c.split == QUALITY_SPLIT,
-                pm.c.name == metric,
+                pm.c.name == pmt.c.metric,
             ),
         )
         .where(a.c.deleted_at.is_(None), sj.c.state == "succeeded")
@@ -155,8 +160,11 @@ def _picked(f: Filters, pick: str) -> Any:
     return select(cand).where(cand.c.rn == 1).cte("picked")
 
 
-def benchmark_cells(f: Filters, pick: str) -> Select[Any]:
-    """One row per (tenant, task): the pick, its primary metric, and its latest re-evaluation."""
+def benchmark_rows(f: Filters, pick: str) -> Select[Any]:
+    """One row per (tenant, task, metric name) of the picked adapters: the pick, its primary
+    metric, its latest re-evaluation and — as window aggregates over the picks — the per-task
+    count/mean/min/max across tenants and the tenant's GLUE average (mean over the GLUE tasks it
+    has, and how many); then `name`/`metric_value`, each validation metric of the pick."""
     picked = _picked(f, pick)
     re = (
         select(
@@ -168,14 +176,12 @@ def benchmark_cells(f: Filters, pick: str) -> Select[Any]:
             .over(partition_by=(m.c.adapter_id, m.c.name), order_by=(m.c.created_at.desc(), m.c.id.desc()))
             .label("rn"),
         )
-        .where(
-            m.c.source == REEVALUATION_SOURCE,
-            m.c.split == QUALITY_SPLIT,
-            m.c.adapter_id.in_(select(picked.c.adapter_id)),
-        )
+        .where(m.c.source == REEVALUATION_SOURCE, m.c.split == QUALITY_SPLIT)
         .subquery("reevaluated")
     )
-    stmt = (
+    by_task = {"partition_by": picked.c.task}
+    glue_value = case((picked.c.task.in_(GLUE_TASKS), picked.c.value))
+    cells = (
         select(
             picked.c.tenant,
             picked.c.task,
@@ -190,142 +196,126 @@ def benchmark_cells(f: Filters, pick: str) -> Select[Any]:
             picked.c.candidates,
             re.c.value.label("reevaluated"),
             re.c.created_at.label("reevaluated_at"),
+            func.count(picked.c.value).over(**by_task).label("task_count"),
+            func.avg(picked.c.value).over(**by_task).label("task_mean"),
+            func.min(picked.c.value).over(**by_task).label("task_min"),
+            func.max(picked.c.value).over(**by_task).label("task_max"),
+            func.count(glue_value).over(partition_by=picked.c.tenant).label("glue_tasks"),
+            func.avg(glue_value).over(partition_by=picked.c.tenant).label("glue_mean"),
         )
         .outerjoin(
             re, and_(re.c.adapter_id == picked.c.adapter_id, re.c.name == picked.c.metric, re.c.rn == 1)
         )
-        .order_by(picked.c.tenant, picked.c.task)
+        .subquery("cells")
     )
-    return stmt
-
-
-def benchmark_metrics(f: Filters, pick: str) -> Select[Any]:
-    """Every validation metric of every picked adapter (long form: tenant, task, name, value)."""
-    picked = _picked(f, pick)
-    stmt = (
-        select(picked.c.tenant, picked.c.task, m.c.name, m.c.value)
-        .join(m, and_(m.c.job_id == picked.c.job_id, m.c.source == JOB_SOURCE, m.c.split == QUALITY_SPLIT))
-        .order_by(picked.c.tenant, picked.c.task, m.c.name)
-    )
-    return stmt
-
-
-def benchmark_task_stats(f: Filters, pick: str) -> Select[Any]:
-    """Per task across tenants: count, mean, min, max of the picked primary metric."""
-    picked = _picked(f, pick)
-    stmt = (
-        select(
-            picked.c.task,
-            picked.c.metric,
-            func.count(picked.c.value).label("count"),
-            func.avg(picked.c.value).label("mean"),
-            func.min(picked.c.value).label("min"),
-            func.max(picked.c.value).label("max"),
+    return (
+        select(cells, m.c.name, m.c.value.label("metric_value"))
+        .select_from(cells)
+        .outerjoin(
+            m, and_(m.c.job_id == cells.c.job_id, m.c.source == JOB_SOURCE, m.c.split == QUALITY_SPLIT)
         )
-        .group_by(picked.c.task, picked.c.metric)
-        .order_by(picked.c.task)
+        .order_by(cells.c.tenant, cells.c.task, m.c.name)
     )
-    return stmt
-
-
-def benchmark_glue_average(f: Filters, pick: str) -> Select[Any]:
-    """Per tenant: the mean primary metric over the GLUE tasks it has, and how many it has."""
-    picked = _picked(f, pick)
-    stmt = (
-        select(picked.c.tenant, func.count().label("tasks"), func.avg(picked.c.value).label("mean"))
-        .where(picked.c.task.in_(GLUE_TASKS), picked.c.value.is_not(None))
-        .group_by(picked.c.tenant)
-        .order_by(picked.c.tenant)
-    )
-    return stmt
 
 
 # ---- cost ------------------------------------------------------------------------------------
+# Each cost query groups once per (tenant[, device]) in a CTE and adds the report's total rows
+# (tenant NULL) in the same statement by grouping that CTE again (`_rollup`, UNION ALL): one scan
+# of the registry per query, and no GROUPING SETS (SQLite has none).
 
 
-def _usage_priced(sj: Any, prices: Mapping[str, float]) -> Any:
-    """Every usage row of the jobs `sj` with its price and the device-seconds that produced no result."""
+def _rollup(per: Any, keys: list[str], sums: list[str], *, over_keys: bool = False) -> Select[Any]:
+    """`per` (grouped by tenant and `keys`) plus its totals, as NULLs in the grouping columns:
+    tenant NULL = over the report's tenants; with `over_keys`, also the keys NULL = over them."""
+
+    def level(tenant: bool, keep_keys: bool) -> Select[Any]:
+        group = ([per.c.tenant] if tenant else []) + ([per.c[k] for k in keys] if keep_keys else [])
+        cols = [per.c.tenant if tenant else literal(None).label("tenant")]
+        cols += [per.c[k] if keep_keys else literal(None).label(k) for k in keys]
+        stmt = select(*cols, *(func.sum(per.c[name]).label(name) for name in sums))
+        return stmt.group_by(*group) if group else stmt
+
+    levels = [
+        select(per.c.tenant, *(per.c[k] for k in keys), *(per.c[name] for name in sums)),
+        level(False, True),
+    ]
+    if over_keys and keys:
+        levels += [level(True, False), level(False, False)]
+    return union_all(*levels)
+
+
+def cost_jobs_by_state(f: Filters) -> Select[Any]:
+    """(tenant, state, n) per tenant, then (NULL, state, n) for the total."""
+    sj = scoped_jobs(f)
+    per = (
+        select(sj.c.tenant, sj.c.state, func.count().label("n"))
+        .group_by(sj.c.tenant, sj.c.state)
+        .cte("jobs_by_state")
+    )
+    return _rollup(per, ["state"], ["n"])
+
+
+def cost_by_device(f: Filters, prices: Mapping[str, float]) -> Select[Any]:
+    """Per (tenant, device): device-seconds, the part spent with no adapter, money × 3600,
+    device-seconds without a price, examples trained; then the same summed per device over the
+    tenants (tenant NULL), per tenant over its devices (device NULL), and in all (both NULL)."""
+    sj = scoped_jobs(f)
+    bl = baselines()
     productive = and_(sj.c.state == "succeeded", u.c.attempt == sj.c.attempts)
-    return (
+    price = price_per_hour(u.c.device, prices)
+    # Money of the succeeded training jobs whose task and base have an untuned baseline (the
+    # numerator of "cost per quality point"; cost_quality sums their gains).
+    with_baseline = and_(bl.c.value.is_not(None), sj.c.kind == "train", sj.c.state == "succeeded")
+    per = (
         select(
             sj.c.tenant,
-            sj.c.job_id,
             u.c.device,
-            u.c.device_seconds,
-            u.c.examples,
-            case((productive, 0.0), else_=u.c.device_seconds).label("wasted_seconds"),
-            price_per_hour(u.c.device, prices).label("price"),
+            price.label("price"),
+            func.sum(u.c.device_seconds).label("device_seconds"),
+            func.sum(case((productive, 0.0), else_=u.c.device_seconds)).label("wasted_seconds"),
+            func.sum(u.c.device_seconds * price).label("money_seconds"),
+            func.sum(case((price.is_(None), u.c.device_seconds), else_=0.0)).label("unpriced_seconds"),
+            func.sum(u.c.examples).label("examples"),
+            func.sum(case((with_baseline, u.c.device_seconds * price))).label("baseline_money_seconds"),
         )
         .select_from(u.join(sj, sj.c.job_id == u.c.job_id))
-        .cte("usage_priced")
+        .outerjoin(bl, and_(bl.c.task == sj.c.task, bl.c.base_model == sj.c.base_model))
+        .group_by(sj.c.tenant, u.c.device, price)  # the price is the device's: no finer groups
+        .cte("cost_by_device")
     )
-
-
-def _by_tenant(cols: list[Any], tenant_col: Any, per_tenant: bool) -> list[Any]:
-    return [tenant_col.label("tenant"), *cols] if per_tenant else [literal(None).label("tenant"), *cols]
-
-
-def cost_jobs_by_state(f: Filters, *, per_tenant: bool) -> Select[Any]:
-    sj = scoped_jobs(f)
-    group = [sj.c.tenant, sj.c.state] if per_tenant else [sj.c.state]
-    stmt = select(*_by_tenant([sj.c.state, func.count().label("n")], sj.c.tenant, per_tenant)).group_by(
-        *group
-    )
-    return stmt
-
-
-def cost_by_device(f: Filters, prices: Mapping[str, float], *, per_tenant: bool) -> Select[Any]:
-    """Device-seconds, wasted device-seconds and money per (tenant,) device."""
-    up = _usage_priced(scoped_jobs(f), prices)
-    group = [up.c.tenant, up.c.device] if per_tenant else [up.c.device]
-    cols = [
-        up.c.device,
-        func.max(up.c.price).label("price"),
-        func.sum(up.c.device_seconds).label("device_seconds"),
-        func.sum(up.c.wasted_seconds).label("wasted_seconds"),
-        (func.sum(up.c.device_seconds * up.c.price) / 3600.0).label("money"),
+    sums = [
+        "device_seconds",
+        "wasted_seconds",
+        "money_seconds",
+        "unpriced_seconds",
+        "examples",
+        "baseline_money_seconds",
     ]
-    return select(*_by_tenant(cols, up.c.tenant, per_tenant)).group_by(*group).order_by(*group)
+    return _rollup(per, ["device", "price"], sums, over_keys=True)
 
 
-def cost_totals(f: Filters, prices: Mapping[str, float], *, per_tenant: bool) -> Select[Any]:
-    """Money, unpriced device-seconds and examples trained per tenant (or in total)."""
-    up = _usage_priced(scoped_jobs(f), prices)
-    cols = [
-        func.coalesce(func.sum(up.c.device_seconds * up.c.price), 0.0).label("money_seconds"),
-        func.coalesce(func.sum(case((up.c.price.is_(None), up.c.device_seconds), else_=0.0)), 0.0).label(
-            "unpriced_seconds"
-        ),
-        func.coalesce(func.sum(up.c.examples), 0).label("examples"),
-    ]
-    stmt = select(*_by_tenant(cols, up.c.tenant, per_tenant))
-    if per_tenant:
-        stmt = stmt.group_by(up.c.tenant)
-    return stmt
-
-
-def cost_storage(f: Filters, *, per_tenant: bool) -> Select[Any]:
+def cost_storage(f: Filters) -> Select[Any]:
     """Live adapters of the report's jobs: count, bytes, and what full checkpoints would take."""
     sj = scoped_jobs(f)
     full_bytes = case((a.c.method == "full", a.c.bytes), else_=a.c.total_params * BYTES_PER_PARAM[BASE_DTYPE])
-    cols = [
-        func.count().label("adapters"),
-        func.coalesce(func.sum(a.c.bytes), 0).label("adapter_bytes"),
-        func.coalesce(func.sum(full_bytes), 0).label("full_bytes"),
-    ]
-    stmt = (
-        select(*_by_tenant(cols, sj.c.tenant, per_tenant))
+    per = (
+        select(
+            sj.c.tenant,
+            func.count().label("adapters"),
+            func.sum(a.c.bytes).label("adapter_bytes"),
+            func.sum(full_bytes).label("full_bytes"),
+        )
         .select_from(a.join(sj, sj.c.job_id == a.c.job_id))
         .where(a.c.deleted_at.is_(None))
+        .group_by(sj.c.tenant)
+        .cte("cost_storage")
     )
-    if per_tenant:
-        stmt = stmt.group_by(sj.c.tenant)
-    return stmt
+    return _rollup(per, [], ["adapters", "adapter_bytes", "full_bytes"])
 
 
 def baselines() -> Any:
     """Per (task, base model): the primary metric of the latest succeeded untuned-baseline job."""
-    metric = primary_metric(j.c.task)
+    pmt = primary_metrics()
     ranked = (
         select(
             j.c.task,
@@ -335,7 +325,7 @@ def baselines() -> Any:
             .over(partition_by=(j.c.task, j.c.base_model), order_by=(m.c.created_at.desc(), m.c.id.desc()))
             .label("rn"),
         )
-        .select_from(m.join(j, j.c.id == m.c.job_id))
+        .select_from(m.join(j, j.c.id == m.c.job_id).join(pmt, pmt.c.task == j.c.task))
         .where(
             j.c.kind == "evaluate",
             j.c.method == "none",
@@ -343,77 +333,88 @@ def baselines() -> Any:
             m.c.adapter_id.is_(None),
             m.c.source == JOB_SOURCE,
             m.c.split == QUALITY_SPLIT,
-            m.c.name == metric,
+            m.c.name == pmt.c.metric,
         )
         .subquery("ranked_baselines")
     )
-    return select(ranked.c.task, ranked.c.base_model, ranked.c.value).where(ranked.c.rn == 1).cte("baselines")
-
-
-def _job_money(sj: Any, prices: Mapping[str, float]) -> Any:
-    up = _usage_priced(sj, prices)
     return (
-        select(up.c.job_id, (func.sum(up.c.device_seconds * up.c.price) / 3600.0).label("money"))
-        .group_by(up.c.job_id)
-        .cte("job_money")
+        select(ranked.c.task, ranked.c.base_model, ranked.c.value)
+        .where(ranked.c.rn == 1)
+        .subquery("baselines")
     )
 
 
-def cost_quality(f: Filters, prices: Mapping[str, float], *, per_tenant: bool) -> Select[Any]:
-    """Money of succeeded training jobs whose (task, base) has an untuned baseline, and their summed
-    gain of the primary metric over it, in points."""
-    sj = scoped_jobs(f)
-    jm, bl = _job_money(sj, prices), baselines()
-    metric = primary_metric(sj.c.task)
+def _job_money(prices: Mapping[str, float]) -> Any:
+    """Money × 3600 per job over all its attempts. Straight from `usage` (the caller's join to its
+    jobs scopes it): a second reference to the scoped-jobs CTE would make PostgreSQL materialise
+    it, and a join between materialised CTEs has no index and a poor row estimate."""
+    return (
+        select(
+            u.c.job_id,
+            func.sum(u.c.device_seconds * price_per_hour(u.c.device, prices)).label("money_seconds"),
+        )
+        .group_by(u.c.job_id)
+        .subquery("job_money")
+    )
+
+
+def cost_quality(f: Filters) -> Select[Any]:
+    """Per tenant, then the total: the summed gain (points) of the primary metric of succeeded
+    training jobs over the untuned baseline of their task and base (the denominator of "cost per
+    quality point"; the money is cost_by_device's baseline_money_seconds)."""
+    sj = scoped_jobs(f, kinds=("train",))
+    bl, pmt = baselines(), primary_metrics()
     pm = m.alias("pm")
-    cols = [
-        func.sum(jm.c.money).label("money"),
-        func.sum((pm.c.value - bl.c.value) * points_scale(metric)).label("gain_points"),
-    ]
-    stmt = (
-        select(*_by_tenant(cols, sj.c.tenant, per_tenant))
+    per = (
+        select(
+            sj.c.tenant, func.sum((pm.c.value - bl.c.value) * points_scale(pmt.c.metric)).label("gain_points")
+        )
         .select_from(
-            sj.join(jm, jm.c.job_id == sj.c.job_id)
-            .join(bl, and_(bl.c.task == sj.c.task, bl.c.base_model == sj.c.base_model))
+            sj.join(bl, and_(bl.c.task == sj.c.task, bl.c.base_model == sj.c.base_model))
+            .join(pmt, pmt.c.task == sj.c.task)
             .join(
                 pm,
                 and_(
                     pm.c.job_id == sj.c.job_id,
                     pm.c.source == JOB_SOURCE,
                     pm.c.split == QUALITY_SPLIT,
-                    pm.c.name == metric,
+                    pm.c.name == pmt.c.metric,
                 ),
             )
         )
-        .where(sj.c.kind == "train", sj.c.state == "succeeded")
+        .where(sj.c.state == "succeeded")
+        .group_by(sj.c.tenant)
+        .cte("cost_quality")
     )
-    if per_tenant:
-        stmt = stmt.group_by(sj.c.tenant)
-    return stmt
+    return _rollup(per, [], ["gain_points"])
 
 
 def adapter_points(f: Filters, prices: Mapping[str, float]) -> Select[Any]:
-    """One row per live adapter: its job's money (every attempt) and its primary metric."""
+    """One row per live adapter: its job's money × 3600 (every attempt) and its primary metric."""
     sj = scoped_jobs(f, kinds=("train",))
-    jm = _job_money(sj, prices)
-    metric = primary_metric(sj.c.task)
+    jm, pmt = _job_money(prices), primary_metrics()
     pm = m.alias("pm")
-    stmt = (
-        select(sj.c.tenant, sj.c.task, sj.c.method, sj.c.rank, jm.c.money, pm.c.value.label("quality"))
-        .select_from(sj.join(a, a.c.job_id == sj.c.job_id).join(jm, jm.c.job_id == sj.c.job_id))
+    return (
+        select(
+            sj.c.tenant, sj.c.task, sj.c.method, sj.c.rank, jm.c.money_seconds, pm.c.value.label("quality")
+        )
+        .select_from(
+            sj.join(a, a.c.job_id == sj.c.job_id)
+            .join(jm, jm.c.job_id == sj.c.job_id)
+            .join(pmt, pmt.c.task == sj.c.task)
+        )
         .outerjoin(
             pm,
             and_(
                 pm.c.job_id == sj.c.job_id,
                 pm.c.source == JOB_SOURCE,
                 pm.c.split == QUALITY_SPLIT,
-                pm.c.name == metric,
+                pm.c.name == pmt.c.metric,
             ),
         )
         .where(a.c.deleted_at.is_(None))
         .order_by(sj.c.tenant, sj.c.task, a.c.created_at)
     )
-    return stmt
 
 
 # ---- compare ---------------------------------------------------------------------------------
@@ -442,7 +443,7 @@ def compare_rows(f: Filters) -> Select[Any]:
     Full fine-tuning and the untuned base have no meaningful rank: they are grouped with rank 0.
     """
     sj = scoped_jobs(f, kinds=("train", "evaluate"))
-    metric = primary_metric(sj.c.task)
+    pmt = primary_metrics()
     pm, mm = m.alias("pm"), m.alias("mm")
     rank_key = case((sj.c.method.in_(("full", "none")), 0), else_=sj.c.rank).label("rank_key")
     is_train = sj.c.kind == "train"
@@ -468,7 +469,7 @@ def compare_rows(f: Filters) -> Select[Any]:
         ]
     runs = (
         select(*cols)
-        .select_from(sj)
+        .select_from(sj.join(pmt, pmt.c.task == sj.c.task))
         .outerjoin(a, a.c.job_id == sj.c.job_id)
         .outerjoin(u, and_(u.c.job_id == sj.c.job_id, u.c.attempt == sj.c.attempts))
         .outerjoin(
@@ -477,7 +478,7 @@ def compare_rows(f: Filters) -> Select[Any]:
                 pm.c.job_id == sj.c.job_id,
                 pm.c.source == JOB_SOURCE,
                 pm.c.split == QUALITY_SPLIT,
-                pm.c.name == metric,
+                pm.c.name == pmt.c.metric,
             ),
         )
         .outerjoin(
