@@ -1,7 +1,7 @@
 """report indexes: what the benchmark, cost and compare queries look up
 
 Revision ID: 2026_12_01_reports
-Revises: 2026_12_01_jobkinds
+Revises: 2026_12_01_data
 Create Date: 2026-12-01 23:00:00+00:00
 
 - adapters (tenant_id, task, created_at): the benchmark's latest/best pick per tenant and task;
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "2026_12_01_reports"
-down_revision: str | None = "2026_12_01_jobkinds"
+down_revision: str | None = "2026_12_01_data"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
