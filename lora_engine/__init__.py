@@ -1,5 +1,83 @@
-"""lora_engine: our own LoRA for Hugging Face transformers models.
+"""lora_engine: our own LoRA for Hugging Face transformers models, usable as a library.
 
-Importing the package is cheap (no torch): the training spec and the task catalog are used by the
-CLI at submission time. Heavy modules (layers, recipe, ...) import torch themselves.
+    import lora_engine as le
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(...)
+    le.inject_lora(model, le.LoraSettings(rank=8, alpha=16))
+    le.mark_only_lora_as_trainable(model)
+    ...  # train with any loop
+    le.save_adapter(model, "out/", base_model_name="...", settings=...)  # a PEFT-format folder
+
+Importing the package is cheap (no torch): the names below load their module on first use
+(PEP 562), so the CLI can read the spec and the task catalog without importing torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "LoraSettings": "lora_engine.inject",
+    "inject_lora": "lora_engine.inject",
+    "mark_only_lora_as_trainable": "lora_engine.inject",
+    "lora_state_dict": "lora_engine.inject",
+    "merge_lora": "lora_engine.inject",
+    "unmerge_lora": "lora_engine.inject",
+    "export_merged": "lora_engine.inject",
+    "save_adapter": "lora_engine.adapter_io",
+    "load_adapter": "lora_engine.adapter_io",
+    "train": "lora_engine.recipe",
+    "TrainHooks": "lora_engine.recipe",
+    "TrainResult": "lora_engine.recipe",
+    "TrainingSpec": "lora_engine.spec",
+    "validate_spec": "lora_engine.spec",
+    "load_for_inference": "lora_engine.predict",
+}
+
+__all__ = [  # the same names as _PUBLIC (a test checks)
+    "LoraSettings",
+    "TrainHooks",
+    "TrainResult",
+    "TrainingSpec",
+    "export_merged",
+    "inject_lora",
+    "load_adapter",
+    "load_for_inference",
+    "lora_state_dict",
+    "mark_only_lora_as_trainable",
+    "merge_lora",
+    "save_adapter",
+    "train",
+    "unmerge_lora",
+    "validate_spec",
+]
+
+if TYPE_CHECKING:
+    from lora_engine.adapter_io import load_adapter, save_adapter
+    from lora_engine.inject import (
+        LoraSettings,
+        export_merged,
+        inject_lora,
+        lora_state_dict,
+        mark_only_lora_as_trainable,
+        merge_lora,
+        unmerge_lora,
+    )
+    from lora_engine.predict import load_for_inference
+    from lora_engine.recipe import TrainHooks, TrainResult, train
+    from lora_engine.spec import TrainingSpec, validate_spec
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lora_engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

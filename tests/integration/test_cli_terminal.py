@@ -88,7 +88,7 @@ def bar_lines(lines: list[str]) -> list[str]:
 
 
 def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embedded):
-    screen = Screen(embedded, f"{LORAFLEET} job submit {TINY_JOB} --max-steps 300 --wait")
+    screen = Screen(embedded, f"{LORAFLEET} job submit {TINY_JOB} --max-steps 100 --wait")
     try:
         exit_code = screen.wait_for(r"EXIT=(\d+)").group(1)
         lines = screen.lines()
@@ -102,7 +102,7 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     assert bars, "no status line on the screen:\n" + "\n".join(lines)
     for line in bars:
         assert not any(text in line for text in EVENT_TEXT), f"event text inside the status line: {line!r}"
-    assert re.search(r"succeeded\s+step 300/300\s+loss \d", bars[-1]), bars[-1]
+    assert re.search(r"succeeded\s+step 100/100\s+loss \d", bars[-1]), bars[-1]
     # Events appear above the status line, each on its own line.
     assert any(re.fullmatch(r"\d\d:\d\d:\d\d  claimed\s+claimed by .*", line) for line in lines), lines
     assert re.fullmatch(rf"succeeded in \S+: acc [0-9.]+; adapter [0-9a-f]{{8}} \(.*\)\. More: lorafleet "
@@ -156,3 +156,30 @@ def test_short_prefixes_resolve_when_unique(embedded, tmp_path: Path):
     table = cli(embedded, "job", "list").stdout.splitlines()
     assert max(len(line.rstrip()) for line in table) <= 80
     assert table[0].split()[:3] == ["ID", "TENANT", "STATE"] and table[2].split()[0] == ids[0][:8]
+
+
+def test_the_glue_walkthrough_script(embedded, tmp_path: Path):
+    """examples/glue_five_tasks.sh end to end, on a tiny copy of its batch file (same items)."""
+    import yaml
+
+    items = yaml.safe_load((ROOT / "examples" / "glue_five_tasks.yaml").read_text())
+    tiny = {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "eval_size": 8}
+    for item in items:
+        target = item.get("spec", item)
+        target.pop("epochs", None)
+        target.update(tiny)
+        item.pop("idempotency_key", None)
+    batch = tmp_path / "tiny.yaml"
+    batch.write_text(yaml.safe_dump(items))
+    env = {**embedded, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{embedded['PATH']}",
+           "INIT_FROM_OPTIONS": "--max-steps 2 --batch-size 4 --eval-size 8"}
+    out = subprocess.run(["sh", str(ROOT / "examples" / "glue_five_tasks.sh"), str(batch)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    adapters = json.loads(cli(embedded, "adapter", "list", "--tenant", "acme", "--json").stdout)
+    by_task = {}
+    for a in adapters:
+        by_task.setdefault(a["task"], []).append(a)
+    assert {"cola", "sst2", "mrpc", "stsb", "rte"} <= set(by_task)
+    second = by_task["sst2"][-1]
+    assert second["parent_adapter_id"] == by_task["sst2"][-2]["id"]  # --init-from recorded the lineage
