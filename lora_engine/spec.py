@@ -105,7 +105,7 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def _allowed(name: str) -> str:
+def allowed_range(name: str) -> str:
     if name in HALF_OPEN:
         return f"in {HALF_OPEN[name]}"
     low, high, low_inclusive = BOUNDS[name]
@@ -122,11 +122,11 @@ def _bound_problems(v: dict[str, Any]) -> list[str]:
         if not _number(value) or not math.isfinite(value):
             continue  # absent, None, or reported by pydantic
         if not ((value >= low if low_inclusive else value > low) and value <= high):
-            problems.append(f"{name}: must be {_allowed(name)} (got {value!r})")
+            problems.append(f"{name}: must be {allowed_range(name)} (got {value!r})")
     for name in HALF_OPEN:
         value = v.get(name)
         if _number(value) and math.isfinite(value) and not 0.0 <= value < 1.0:
-            problems.append(f"{name}: must be {_allowed(name)} (got {value!r})")
+            problems.append(f"{name}: must be {allowed_range(name)} (got {value!r})")
     return problems
 
 
@@ -200,7 +200,7 @@ def validate_spec(data: dict[str, Any] | TrainingSpec) -> TrainingSpec:
             elif err["type"] == "literal_error" and where == "method":
                 continue  # reported below with the allowed values
             elif err["type"] == "finite_number" and where in BOUNDS | HALF_OPEN:
-                problems.append(f"{where}: must be a finite number {_allowed(where)} "
+                problems.append(f"{where}: must be a finite number {allowed_range(where)} "
                                 f"(got {err.get('input')!r})")
             else:
                 problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")

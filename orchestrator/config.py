@@ -28,6 +28,8 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Setting
 ENV_PREFIX = "LORAFLEET_"
 HOME_MARKER = ".lorafleet"
 DEFAULT_PRICES = {"cpu": 0.05, "cuda": 2.50}
+DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")
+BROKER_SCHEMES = ("redis://", "rediss://", "sqla+sqlite:///", "memory://", "filesystem://")
 
 
 class ConfigError(ValueError):
@@ -150,6 +152,20 @@ class Settings(BaseSettings):
     )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_scheme(cls, value: str) -> str:
+        if value and not value.startswith(DATABASE_SCHEMES):
+            raise ValueError(f"unknown scheme {value.split(':', 1)[0]!r}")
+        return value
+
+    @field_validator("broker_url", mode="after")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        if value and not value.startswith(BROKER_SCHEMES):
+            raise ValueError(f"unknown scheme {value.split(':', 1)[0]!r}")
+        return value
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -57,6 +57,19 @@ def to_cli_error(exc: BaseException) -> CliError | None:
         return CliError(str(exc), EXIT_CONFLICT)
     if isinstance(exc, LoraFleetInputError | ServiceError):
         return CliError(str(exc), EXIT_INPUT)
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The registry cannot be reached (server down, wrong host): one line, not a traceback.
+        from sqlalchemy.engine import make_url
+
+        from orchestrator.config import get_settings
+        from orchestrator.registry.db import normalize_url
+
+        url = make_url(normalize_url(get_settings().database_url)).render_as_string(hide_password=True)
+        reason = (str(exc.orig or exc).strip().splitlines() or [""])[0][:200]
+        return CliError(f"cannot reach the registry at {url}: {reason} "
+                        "(check LORAFLEET_DATABASE_URL and that the database is running)", EXIT_INPUT)
     return None
 
 

@@ -15,38 +15,31 @@ from orchestrator.cli.helpers import (
     print_json,
     print_record,
     print_table,
+    status,
     wide_option,
 )
+from orchestrator.cli.spec_options import SpecCommand, spec_from_options
 
-
-def _spec_from_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Spec fields given on the command line (None: not given, the task default applies)."""
-    names = (
-        "task",
-        "method",
-        "rank",
-        "alpha",
-        "base_model",
-        "dataset",
-        "max_steps",
-        "epochs",
-        "lr",
-        "batch_size",
-        "seed",
-        "eval_size",
-    )
-    spec = {name: options[name] for name in names if options.get(name) is not None}
-    if "dataset" in spec:
-        # The worker may run in another directory: store an absolute path.
-        spec["dataset"] = str(Path(spec["dataset"]).resolve())
-    return spec
+DEFAULT_LIST_LIMIT = 50
 
 
 def dispatch(job_ids: list[str]) -> None:
-    """Tell the workers these jobs are waiting (after the registry committed them)."""
+    """Tell the workers these jobs are waiting (after the registry committed them).
+
+    The jobs are committed already, so a broker that cannot be reached is not a failure of the
+    submission: the reconciler re-sends messages for queued jobs whose dispatch is old. Say so
+    (one line, no traceback) and carry on, so that a script never submits the job twice.
+    """
     from orchestrator.dispatch import announce_jobs
 
-    announce_jobs(job_ids)
+    try:
+        announce_jobs(job_ids)
+    except Exception as exc:  # any broker/transport error: the reconciler dispatches later
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        status(f"warning: {len(job_ids)} job(s) queued and committed, but the broker could not be reached "
+               f"({type(exc).__name__}: {reason}); the reconciler (`lorafleet reconcile`, or a worker "
+               "with beat) will dispatch them. Do not resubmit: with the same --idempotency-key a "
+               "resubmission returns the same job.")
 
 
 @click.group()
@@ -54,56 +47,62 @@ def job() -> None:
     """Training jobs."""
 
 
-@job.command("submit")
+@job.command("submit", cls=SpecCommand)
 @click.option("--tenant", required=True, help="Tenant slug.")
-@click.option("--task", required=True, help="GLUE task, e2e, custom-classification or custom-generation.")
-@click.option(
-    "--method", type=click.Choice(["lora", "rslora", "dora", "full", "none"]), default="lora",
-    show_default=True, help="'none' trains nothing: it scores the untuned base model (a baseline).",
-)
-@click.option("--rank", type=int, help="LoRA rank (default 8; not used by --method none).")
-@click.option("--alpha", type=float, help="LoRA alpha (default: 2 x rank).")
-@click.option("--base-model", help="Model alias, local folder or hub id (default: the task's).")
-@click.option("--dataset", type=click.Path(exists=True, dir_okay=False), help="JSONL data (custom tasks).")
-@click.option("--max-steps", type=int, help="Training budget in optimiser steps.")
-@click.option("--epochs", type=float, help="Training budget in epochs (default 1).")
-@click.option("--lr", type=float, help="Learning rate (default: the task's, by method).")
-@click.option("--batch-size", type=int)
-@click.option("--seed", type=int)
-@click.option("--eval-size", type=int, help="Validation rows to score (default: all).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any spec field (repeatable), e.g. --set warmup_ratio=0.1; the value is read as JSON.")
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first (-1000..1000).")
-@click.option("--idempotency-key", help="Submitting again with the same key returns the same job.")
-@click.option("--init-from", "init_from", help="Start from this adapter id (same tenant and base model).")
+@click.option("--idempotency-key",
+              help="Submitting again with the same key returns the same job (safe retries).")
+@click.option("--dry-run", is_flag=True,
+              help="Validate everything, estimate examples, tokens, device-seconds, money; write nothing.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end, with a progress bar on stderr.")
 @json_option
 def submit(
     tenant: str,
+    overrides: tuple[str, ...],
     priority: int,
     idempotency_key: str | None,
-    init_from: str | None,
+    dry_run: bool,
     wait: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
-    """Validate and queue one job (every problem of the spec is reported at once)."""
-    from orchestrator.services.jobs import submit_job
+    """Validate and queue one job (every problem of the spec is reported at once).
+
+    Every spec field has an option (or use --set). --dataset takes a data set id or a JSONL file
+    (validated whole and uploaded first). If the broker is down the job is still queued: its id
+    is printed and the reconciler dispatches it later.
+    """
+    from orchestrator.services.jobs import plan_job, submit_job
 
     if options.get("max_steps") is not None and options.get("epochs") is not None:
         raise click.UsageError("give --max-steps or --epochs, not both")
+    spec = spec_from_options(options, overrides)
+    init_from = spec.pop("init_from", None)
+    by_id = init_from is not None and not Path(init_from).expanduser().exists()
+    if init_from is not None and not by_id:
+        spec["init_from"] = init_from  # a local adapter folder (confined to the data roots)
     with open_session() as session:
+        if dry_run:
+            plan = plan_job(session, tenant, spec, priority=priority,
+                            init_from_adapter_id=init_from if by_id else None)
+            emit(plan.to_dict(), as_json, _print_plan)
+            return
         queued = submit_job(
             session,
             tenant,
-            _spec_from_options(options),
+            spec,
             priority=priority,
             idempotency_key=idempotency_key,
-            init_from_adapter_id=init_from,
+            init_from_adapter_id=init_from if by_id else None,
         )
         job_id, state = queued.id, queued.state
+    if not wait:
+        emit({"id": job_id}, as_json, lambda v: click.echo(v["id"]))  # the id first, whatever follows
     if state == "queued":
         dispatch([job_id])
     if not wait:
-        emit({"id": job_id}, as_json, lambda v: click.echo(v["id"]))
         return
     from orchestrator.cli.live import follow
 
@@ -126,34 +125,59 @@ def submit_batch(file: Path, as_json: bool) -> None:
     items = load_batch_file(file)
     with open_session() as session:
         jobs = [(j.id, j.state) for j in submit_all(session, items)]
-    dispatch([job_id for job_id, state in jobs if state == "queued"])
     emit([{"id": job_id} for job_id, _ in jobs], as_json, lambda v: click.echo("\n".join(i["id"] for i in v)))
+    dispatch([job_id for job_id, state in jobs if state == "queued"])
 
 
 @job.command("list")
 @click.option("--tenant", help="Only this tenant's jobs.")
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
-@click.option("--limit", type=int, help="At most this many (newest first).")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=DEFAULT_LIST_LIMIT,
+              show_default=True, help="At most this many (newest first).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many newest first (paging).")
 @wide_option
 @json_option
-def list_(tenant: str | None, state: str | None, limit: int | None, wide: bool, as_json: bool) -> None:
-    """List jobs, newest first."""
+def list_(tenant: str | None, state: str | None, limit: int, offset: int, wide: bool, as_json: bool) -> None:
+    """List jobs, newest first, a page at a time (--limit, --offset)."""
     from orchestrator.services.jobs import list_jobs
     from orchestrator.services.metrics import headline_metrics
     from orchestrator.services.tenants import list_tenants
     from orchestrator.services.views import job_dict
 
     with open_session() as session:
-        jobs = list_jobs(session, tenant=tenant, state=state, limit=limit)
+        jobs = list_jobs(session, tenant=tenant, state=state, limit=limit, offset=offset)
         slugs = {t.id: t.slug for t in list_tenants(session)}
         views = [job_dict(j, slugs.get(j.tenant_id)) for j in jobs]
         headlines = {} if as_json else headline_metrics(session, jobs)
+    if len(views) == limit:
+        status(f"jobs {offset + 1}-{offset + limit}, newest first; more with --offset {offset + limit}")
     if as_json:
         emit(views, True, print_table)
         return
     from orchestrator.cli.job_view import JOB_COLUMNS, job_row
 
     print_table([job_row(v, headlines.get(v["id"])) for v in views], JOB_COLUMNS, wide=wide)
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    """`--dry-run` for people: what would run and what it would cost; nothing was written."""
+    est, spec = plan["estimate"], plan["spec"]
+    click.echo(f"dry run for tenant {plan['tenant']}: valid, nothing written")
+    click.echo(f"  {spec['task']} {spec['method']} r={spec['rank']} on {spec['base_model']}")
+    if plan["dataset"]:
+        d = plan["dataset"]
+        click.echo(f"  data set: {d['rows']} rows ({d['duplicate_rows']} duplicates), "
+                   f"labels {d['label_counts']}")
+    rows = est["train_rows"] if est["train_rows"] is not None else "?"
+    examples = est["examples"] if est["examples"] is not None else "?"
+    tokens = f"~{est['tokens']}" if est["tokens"] is not None else "unknown"
+    click.echo(f"  would train {examples} examples ({rows} training rows), tokens {tokens}")
+    if est["device_seconds"] is None:
+        click.echo(f"  device time: {est['basis']}")
+    else:
+        money = f", {est['money']:.4f} at the configured price" if est["money"] is not None else ""
+        click.echo(f"  device time: ~{est['device_seconds']:.1f} s on {est['device']}{money} "
+                   f"({est['basis']})")
 
 
 def job_detail(job_id: str) -> dict[str, Any]:

@@ -76,14 +76,17 @@ def jobs(
     tenant_id: str | None = None,
     state: str | None = None,
     limit: int | None = None,
+    offset: int = 0,
 ) -> Sequence[Job]:
-    """Newest first."""
+    """Newest first (`offset` rows skipped: paging)."""
     stmt = _scoped(select(Job), Job, tenant_id)
     if state is not None:
         stmt = stmt.where(Job.state == state)
     stmt = stmt.order_by(Job.created_at.desc(), Job.id)
     if limit is not None:
         stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
     return session.scalars(stmt).all()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lora_engine.adapter_check import adapter_folder_problems
 from lora_engine.catalog import TASKS
 from lora_engine.errors import LoraFleetInputError, SpecError
 from lora_engine.model_ref import MODEL_ALIASES
@@ -71,7 +72,13 @@ def _confine_spec_paths(raw: dict[str, Any], settings: Settings) -> str | None:
         del raw["init_from"]
         return init_from
     if isinstance(init_from, str) and init_from:
-        raw["init_from"] = str(confine(init_from, settings, "init_from"))
+        # A folder a user names (not a registered adapter): checked without loading it.
+        raw["init_from"] = folder = str(confine(init_from, settings, "init_from"))
+        task = raw.get("task")
+        base = raw.get("base_model") or (TASKS[task].base_model if task in TASKS else None)
+        problems = adapter_folder_problems(folder, base if isinstance(base, str) else None)
+        if problems:
+            raise SpecError(problems)
     base = raw.get("base_model")
     if isinstance(base, str) and base not in MODEL_ALIASES and _looks_like_path(base):
         raw["base_model"] = str(confine(base, settings, "base_model"))
@@ -370,13 +377,15 @@ def submit_batch(
 
 @readonly
 def list_jobs(
-    session: Session, tenant: str | None = None, state: str | None = None, limit: int | None = None
+    session: Session, tenant: str | None = None, state: str | None = None, limit: int | None = None,
+    offset: int = 0,
 ) -> Sequence[Job]:
-    """Jobs, newest first, optionally of one tenant (slug) and/or one state."""
+    """Jobs, newest first, optionally of one tenant (slug) and/or one state; a page of them
+    with `limit`/`offset`."""
     if state is not None and state not in JOB_STATES:
         raise InvalidInput(f"unknown state {state!r}; allowed: {', '.join(JOB_STATES)}")
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
-    return repo.jobs(session, tenant_id=tenant_id, state=state, limit=limit)
+    return repo.jobs(session, tenant_id=tenant_id, state=state, limit=limit, offset=offset)
 
 
 def job_or_404(session: Session, job_id: str, tenant: str | None = None) -> Job:

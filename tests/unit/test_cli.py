@@ -168,3 +168,51 @@ def test_method_none_and_reevaluate_are_validated_before_anything_is_queued(home
     assert run("report", "benchmark", "--wait", ok=False).exit_code == 2
     with session_scope() as s:
         assert [j.id for j in list_jobs(s)] == [job_id]
+
+
+def test_every_spec_field_is_reachable_and_dry_run_writes_nothing(home: Path):
+    from lora_engine.spec import TrainingSpec
+
+    run("tenant", "create", "acme")
+    help_text = run("job", "submit", "--help").stdout
+    for name in TrainingSpec.model_fields:
+        assert f"--{name.replace('_', '-')}" in help_text
+    plan = json.loads(run("job", "submit", "--tenant", "acme", "--task", "sst2", "--base-model", "tiny-bert",
+                          "--max-steps", "5", "--grad-accum", "2", "--set", "warmup_ratio=0.25", "--dry-run",
+                          "--json").stdout)
+    assert plan["spec"]["warmup_ratio"] == 0.25 and plan["spec"]["grad_accum"] == 2
+    assert plan["estimate"]["examples"] == 5 * 32 * 2 and plan["estimate"]["device_seconds"] is None
+    assert "no earlier job" in plan["estimate"]["basis"] and plan["written"] is False
+    with session_scope() as s:
+        assert list_jobs(s) == []
+    assert not (home / "broker.db").exists() or queued_messages(home) == []
+
+
+def test_broker_down_still_prints_the_committed_job_and_no_traceback(home: Path, monkeypatch):
+    run("tenant", "create", "acme")
+    monkeypatch.setenv("LORAFLEET_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    get_settings.cache_clear()
+    result = run("job", "submit", "--tenant", "acme", "--task", "sst2", "--base-model", "tiny-bert",
+                 "--max-steps", "5", "--idempotency-key", "nightly-1")
+    job_id = result.stdout.strip()
+    assert "reconciler" in result.stderr and "Traceback" not in result.stderr
+    again = run("job", "submit", "--tenant", "acme", "--task", "sst2", "--base-model", "tiny-bert",
+                "--max-steps", "5", "--idempotency-key", "nightly-1")
+    assert again.stdout.strip() == job_id  # a retrying script gets the same job, not a duplicate
+    with session_scope() as s:
+        assert [j.id for j in list_jobs(s)] == [job_id]
+
+
+def test_job_list_is_paged_newest_first(home: Path, tmp_path: Path):
+    run("tenant", "create", "acme")
+    items = [{"tenant": "acme", "task": "sst2", "base_model": "tiny-bert", "max_steps": 1 + i}
+             for i in range(60)]
+    (tmp_path / "many.jsonl").write_text("\n".join(json.dumps(i) for i in items))
+    run("job", "submit-batch", str(tmp_path / "many.jsonl"))
+    first = run("job", "list", "--json")
+    assert len(json.loads(first.stdout)) == 50 and "--offset 50" in first.stderr  # the default page
+    rest = json.loads(run("job", "list", "--json", "--offset", "50").stdout)
+    page = json.loads(run("job", "list", "--json", "--limit", "5").stdout)
+    assert len(rest) == 10 and len(page) == 5
+    ids = [j["id"] for j in json.loads(first.stdout)] + [j["id"] for j in rest]
+    assert len(set(ids)) == 60

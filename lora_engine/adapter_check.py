@@ -1,0 +1,82 @@
+"""Is a folder a usable adapter? Answered without torch, at the door (`init_from` by path).
+
+Reads `adapter_config.json` and only the header of `adapter_model.safetensors`: a safetensors
+file starts with an 8-byte little-endian header length and a JSON header naming each tensor's
+dtype, shape and byte range. A pickle renamed to `.safetensors` (or a truncated file) fails that
+check before anything loads it; a folder holding only `adapter_model.bin` (pickle) is refused.
+The engine still checks every tensor's shape against the model when it loads the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from lora_engine.model_ref import MODEL_ALIASES
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_TYPES = ("LORA",)
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a well-formed safetensors file (None: it is)."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return "is not a safetensors file (shorter than its 8-byte header length)"
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > min(MAX_HEADER_BYTES, size - 8):
+            return ("is not a safetensors file (bad header length: corrupt, truncated, or another format "
+                    "such as pickle)")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, ValueError):
+            return "is not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "is not a safetensors file (its header is not a JSON object)"
+    data = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data):
+            return f"is truncated or corrupt (tensor {name[:80]!r} lies outside the file)"
+    return None
+
+
+def adapter_folder_problems(folder: str | Path, base_model: str | None) -> list[str]:
+    """Every reason `folder` cannot start a job on `base_model` (empty list: it can)."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        return [f"init_from: {str(folder)!r} is not an adapter folder (no {CONFIG_NAME})"]
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return [f"init_from: {CONFIG_NAME} is not valid JSON"]
+    if not isinstance(config, dict):
+        return [f"init_from: {CONFIG_NAME} is not a JSON object"]
+    problems = []
+    if config.get("peft_type") not in PEFT_TYPES:
+        problems.append(f"init_from: peft_type {str(config.get('peft_type'))[:40]!r} is not supported; "
+                        f"allowed: {', '.join(PEFT_TYPES)} (LoRA, rsLoRA, DoRA)")
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        pickled = (folder / "adapter_model.bin").is_file()
+        problems.append(f"init_from: {WEIGHTS_NAME} is missing" + (
+            "; adapter_model.bin (pickle) is refused: save the adapter as safetensors" if pickled else ""))
+    else:
+        why = safetensors_problem(weights)
+        if why:
+            problems.append(f"init_from: {WEIGHTS_NAME} {why}")
+    recorded = config.get("base_model_name_or_path")
+    comparable = isinstance(recorded, str) and recorded and base_model and (
+        (recorded in MODEL_ALIASES) == (base_model in MODEL_ALIASES))
+    if comparable and recorded != base_model:
+        problems.append(f"init_from: the adapter was trained on base model {recorded[:120]!r}, "
+                        f"the job uses {base_model!r}")
+    return problems

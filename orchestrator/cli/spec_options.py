@@ -1,0 +1,106 @@
+"""`job submit`'s options, generated from the training spec's fields, so every field is reachable.
+
+Each field of `lora_engine.spec.TrainingSpec` becomes `--field-name` with the field's type (a
+`Literal` becomes a choice, `targets` a comma-separated list); `--set key=value` reaches any field
+too (the value is read as JSON when it parses, else as text). The options are built on first use
+of the command (its parsing or its --help), not at CLI start-up, so `lorafleet --help` does not
+import pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from typing import Any
+
+import click
+
+HELP = {
+    "task": "GLUE task, e2e, custom-classification or custom-generation",
+    "method": "'none' trains nothing: it scores the untuned base model (a baseline)",
+    "rank": "LoRA rank (default 8)",
+    "alpha": "LoRA alpha (default: 2 x rank)",
+    "base_model": "model alias, local folder or hub id (default: the task's)",
+    "dataset": "custom tasks: a data set id, or a JSONL file (validated and uploaded first)",
+    "init_from": "start from this adapter id (same tenant and base model), for lineage",
+    "max_steps": "training budget in optimizer steps",
+    "epochs": "training budget in epochs (default 1)",
+    "lr": "learning rate (default: the task's, by method)",
+    "eval_size": "validation rows to score (default: all)",
+    "targets": "comma-separated module names, or all-linear",
+}
+
+
+def _click_type(annotation: Any) -> tuple[Any, bool]:
+    """(click type, is a list) of a field annotation such as `int | None` or a Literal."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(annotation)]), False
+    if typing.get_origin(annotation) is list:
+        return click.STRING, True
+    return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(annotation, click.STRING), False
+
+
+def spec_options() -> list[click.Option]:
+    from lora_engine.catalog import ALL_TASKS
+    from lora_engine.model_ref import MODEL_ALIASES
+    from lora_engine.spec import BOUNDS, HALF_OPEN, TrainingSpec, allowed_range
+
+    options = []
+    for name, field in TrainingSpec.model_fields.items():
+        kind, _ = _click_type(field.annotation)
+        text = HELP.get(name, name.replace("_", " "))
+        if name in BOUNDS or name in HALF_OPEN:
+            text += f" ({allowed_range(name)})"
+        if name == "task":
+            text += f"; one of {', '.join(ALL_TASKS)}"
+        if name == "base_model":
+            text += f"; aliases: {', '.join(MODEL_ALIASES)}"
+        options.append(click.Option([f"--{name.replace('_', '-')}", name], type=kind, default=None,
+                                    required=name == "task", help=text[0].upper() + text[1:] + "."))
+    return options
+
+
+class SpecCommand(click.Command):
+    """A command whose spec options are added on first use (see the module docstring)."""
+
+    _spec_added = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._spec_added:
+            self._spec_added = True
+            self.params[:0] = spec_options()
+        return super().get_params(ctx)
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def spec_from_options(options: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The spec fields given (by option or by --set); None options are left to the defaults."""
+    from lora_engine.spec import TrainingSpec
+
+    spec: dict[str, Any] = {}
+    for name, field in TrainingSpec.model_fields.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        if _click_type(field.annotation)[1] and isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+        spec[name] = value
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--set")
+        if key in spec:
+            raise click.BadParameter(f"{key} is given twice (as an option and by --set)", param_hint="--set")
+        spec[key] = _value(text)
+    return spec
