@@ -39,6 +39,7 @@ from lora_engine.inject import (
     plan_injection,
 )
 from lora_engine.layers import is_lora_param, lora_scaling
+from lora_engine.model_ref import hub_id_of
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -146,7 +147,8 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
     config = {
         "peft_type": "LORA",
         "task_type": peft_task,
-        "base_model_name_or_path": base_model_name,
+        # The hub id for an alias we ship, so PEFT and the Hub can resolve the base anywhere.
+        "base_model_name_or_path": hub_id_of(base_model_name),
         "r": settings.rank,
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "lora_dropout": settings.dropout,
@@ -174,7 +176,7 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
         save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         with open(tmp / WEIGHTS_NAME, "rb") as f:
             os.fsync(f.fileno())
-        _write_json(tmp / META_NAME, dict(extra or {}))
+        _write_json(tmp / META_NAME, {"base_model": base_model_name, **(extra or {})})
         _fsync_dir(tmp)
         _replace_dir(tmp, folder)
     except BaseException:

@@ -25,6 +25,26 @@ MODEL_ALIASES: dict[str, str] = {
     "tiny-roberta": "roberta",
     "tiny-llama": "llama",
 }
+# The hub ids the pretrained aliases are copies of. An adapter names these as its
+# base_model_name_or_path (the alias stays in lorafleet.json), so PEFT's AutoPeftModel... and the
+# Hub resolve it anywhere; reading an adapter back maps them to the offline alias. The tiny
+# aliases are random-init models with no hub counterpart: they keep their alias.
+ALIAS_HUB_IDS: dict[str, str] = {
+    "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+def hub_id_of(name: str) -> str:
+    """The hub id an alias stands for (any other name unchanged)."""
+    return ALIAS_HUB_IDS.get(name, name)
+
+
+def alias_of(name: str) -> str:
+    """The offline alias of a hub id we ship (any other name unchanged)."""
+    return next((alias for alias, hub in ALIAS_HUB_IDS.items() if hub == name), name)
+
+
 # model_type values of encoder-only models: they cannot generate text.
 ENCODER_ARCHS = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
                  "xlm-roberta", "mpnet", "camembert"}

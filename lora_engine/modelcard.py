@@ -1,14 +1,25 @@
 """The README.md model card written beside every adapter: what it is, how it scored, how it was made.
 
-A Hugging Face style card (YAML front matter + Markdown) so the folder is self-describing when it is
-copied elsewhere: base model, task, labels, prompt template, metrics per split, the resolved
-training spec and the run's statistics. Pure text rendering; the caller writes the file.
+Made with huggingface_hub's `ModelCard` / `ModelCardData`, so the YAML front matter is what the
+Hub reads: the base model's hub id, `library_name: peft`, tags, and the evaluation results as
+`model-index` entries (one per metric and split). The Markdown body repeats the metrics as a
+table and records the resolved training spec and the run's statistics. Pure text rendering; the
+caller writes the file.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from lora_engine.catalog import GLUE_TASKS, TASKS
+from lora_engine.model_ref import hub_id_of
+
+PIPELINE_TAGS = {"classification": "text-classification", "regression": "text-classification",
+                 "generation": "text-generation"}
+PEFT_AUTO_CLASS = {"classification": "AutoPeftModelForSequenceClassification",
+                   "regression": "AutoPeftModelForSequenceClassification",
+                   "generation": "AutoPeftModelForCausalLM"}
 
 
 def _fmt(value: Any) -> str:
@@ -17,44 +28,61 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _yaml_scalar(value: Any) -> str:
-    # JSON strings are valid YAML scalars and escape anything awkward.
-    return json.dumps(value)
+def _dataset(task: str) -> tuple[str, str, str | None]:
+    """(dataset type, display name, config) of a task's data, as the Hub names them."""
+    if task in GLUE_TASKS:
+        return "nyu-mll/glue", f"GLUE {task.upper()}", task
+    if task == "e2e":
+        return "tuetschek/e2e_nlg", "E2E NLG", None
+    return "custom", f"{task} (the tenant's own data)", None
+
+
+def eval_results(task: str, kind: str, metrics: dict[str, dict[str, float]]) -> list[Any]:
+    from huggingface_hub import EvalResult
+
+    dataset_type, dataset_name, config = _dataset(task)
+    return [
+        EvalResult(task_type=PIPELINE_TAGS.get(kind, "text-classification"), dataset_type=dataset_type,
+                   dataset_name=dataset_name, dataset_config=config, dataset_split=split,
+                   metric_type=name, metric_value=float(value), metric_name=f"{name} ({split})")
+        for split, per in metrics.items() for name, value in sorted(per.items())
+    ]
 
 
 def render_model_card(meta: dict[str, Any], *, spec: dict[str, Any], metrics: dict[str, dict[str, float]],
                       stats: dict[str, Any] | None = None) -> str:
-    """Markdown model card. `meta` is the adapter's lorafleet.json content."""
+    """Markdown model card with Hub metadata. `meta` is the adapter's lorafleet.json content."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     method = meta.get("method", spec.get("method", "lora"))
-    base = meta.get("base_model", spec.get("base_model"))
+    alias = meta.get("base_model", spec.get("base_model"))
+    base = hub_id_of(alias) if alias else None
     task = meta.get("task", spec.get("task"))
-    tags = ["lorafleet", method, task]
-    lines = ["---"]
-    lines.append(f"base_model: {_yaml_scalar(base)}")
-    if method != "full":
-        lines.append("library_name: peft")
-    lines.append("tags:")
-    lines += [f"  - {_yaml_scalar(t)}" for t in tags if t]
-    lines += ["---", "", f"# {task} adapter for {base}", ""]
-    kind = "full fine-tuned model" if method == "full" else f"{method} adapter (Hugging Face PEFT format)"
-    lines.append(f"A {kind} trained by lorafleet on the task `{task}`.")
-    lines.append("")
-    lines += ["## Use", ""]
+    kind = meta.get("kind") or (TASKS[task].kind if task in TASKS else "classification")
+    name = f"{task}-{method}-{alias}"
+    data = ModelCardData(
+        base_model=base, library_name=None if method == "full" else "peft",
+        pipeline_tag=PIPELINE_TAGS.get(kind), tags=[t for t in ("lorafleet", method, task) if t],
+        model_name=name, eval_results=eval_results(task, kind, metrics) or None,
+    )
+    lines = [f"# {task} {method} adapter for {base}", ""]
+    what = "full fine-tuned model" if method == "full" else f"{method} adapter (Hugging Face PEFT format)"
+    lines.append(f"A {what} trained by lorafleet on the task `{task}`"
+                 + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
+    lines += ["", "## Use", ""]
     if meta.get("label_names"):
         lines.append("Labels: " + ", ".join(f"{i} = `{n}`" for i, n in enumerate(meta["label_names"])) + ".")
     if meta.get("prompt_template"):
         lines.append(f"Prompt template: `{meta['prompt_template']}`.")
     if meta.get("max_length"):
         lines.append(f"Max length: {meta['max_length']} tokens.")
-    lines += [
-        "",
-        "```python",
-        "from lora_engine.predict import load_for_inference",
-        "model = load_for_inference('<this folder>')",
-        "model.generate([...])" if meta.get("kind") == "generation" else "model.classify([...])",
-        "```",
-        "",
-    ]
+    call = "model.generate([...])" if kind == "generation" else "model.classify([...])"
+    lines += ["", "```python", "import lora_engine as le", "model = le.load_for_inference('<this folder>')",
+              call, "```", ""]
+    if method != "full" and alias != base:
+        auto = PEFT_AUTO_CLASS.get(kind, "AutoPeftModel")
+        lines += ["With PEFT (the base model is fetched from the Hub):", "", "```python",
+                  f"from peft import {auto}", f"model = {auto}.from_pretrained('<this folder>')", "```", ""]
     lines += ["## Metrics", ""]
     if metrics:
         names = sorted({m for per in metrics.values() for m in per})
@@ -70,4 +98,5 @@ def render_model_card(meta: dict[str, Any], *, spec: dict[str, Any], metrics: di
         lines += [f"| {k} | {_fmt(v)} |" for k, v in stats.items()]
         lines.append("")
     lines += ["## Training spec", "", "```json", json.dumps(spec, indent=2, sort_keys=True), "```", ""]
-    return "\n".join(lines)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    return str(card)

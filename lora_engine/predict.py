@@ -117,6 +117,7 @@ class Predictor:
 
 def _meta_for(folder: Path) -> dict[str, Any]:
     from lora_engine.adapter_io import CONFIG_NAME, read_adapter_config, read_adapter_meta
+    from lora_engine.model_ref import alias_of
 
     meta = dict(read_adapter_meta(folder))
     if meta.get("kind") in KINDS and meta.get("base_model"):
@@ -125,7 +126,7 @@ def _meta_for(folder: Path) -> dict[str, Any]:
     if not (folder / CONFIG_NAME).is_file():
         raise AdapterError(f"{str(folder)!r} has neither lorafleet.json nor {CONFIG_NAME}: not an adapter")
     config = read_adapter_config(folder)
-    meta.setdefault("base_model", config.get("base_model_name_or_path"))
+    meta.setdefault("base_model", alias_of(config.get("base_model_name_or_path") or ""))
     if not meta["base_model"]:
         raise AdapterError(f"{str(folder)!r}: the adapter does not name its base model")
     if config.get("task_type") == "CAUSAL_LM":

@@ -144,3 +144,30 @@ def predict(adapter_id: str, texts: tuple[str, ...], merged: bool, as_json: bool
     emit(
         outputs, as_json, lambda v: [click.echo(f"{p}\t{t}") for t, p in zip(texts, predictions, strict=True)]
     )
+
+
+@adapter.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tenant", required=True, help="Tenant slug that will own the adapter.")
+@click.option("--task", required=True, help="The task it was trained for (sst2, e2e, ...).")
+@click.option("--base-model", help="Its base model (default: the adapter's own base_model_name_or_path).")
+@json_option
+def import_(folder: Path, tenant: str, task: str, base_model: str | None, as_json: bool) -> None:
+    """Register a PEFT LoRA adapter made elsewhere (checked first: LoRA, safetensors, base, shapes).
+
+    The files are copied under the artifacts root; the adapter then works with `predict`,
+    `export`, `--init-from` and the reports like one trained here.
+
+    \b
+    Example:
+      lorafleet adapter import --tenant acme --task sst2 ./my-peft-adapter
+    """
+    from lora_engine.adapter_import import check_foreign_adapter
+    from orchestrator.services.imports import import_adapter
+    from orchestrator.services.views import adapter_dict
+
+    foreign = check_foreign_adapter(folder, task=task, base_model=base_model)
+    with open_session() as session:
+        view = adapter_dict(import_adapter(session, tenant, foreign))
+    emit(view, as_json, lambda v: click.echo(f"imported adapter {v['id']} ({v['method']} r={v['rank']} on "
+                                             f"{v['base_model']}, {v['bytes']} bytes)"))

@@ -1,0 +1,111 @@
+"""Checking a PEFT adapter made elsewhere before lorafleet registers it (`lorafleet adapter import`).
+
+Accepted: a LoRA adapter (peft_type LORA: plain, rsLoRA or DoRA) with its weights in safetensors
+(a pickled adapter_model.bin is refused, never opened), for a base model we can load whose name
+matches the adapter's own `base_model_name_or_path`, and whose every tensor fits that base —
+checked by loading it into the base model with `load_adapter`'s strict shape checks. Each refusal
+says what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_engine.catalog import TASKS
+from lora_engine.errors import AdapterError
+from lora_engine.model_ref import alias_of, base_model_problem, hub_id_of
+
+PEFT_TASK_KINDS = {"SEQ_CLS": ("classification", "regression"), "CAUSAL_LM": ("generation",)}
+# The files that travel into the registry's copy; anything else in the folder stays behind.
+IMPORTED_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
+
+@dataclass(frozen=True)
+class ForeignAdapter:
+    folder: Path
+    base_model: str  # the lorafleet name: an alias, a local folder or a hub id
+    task: str
+    kind: str
+    method: str
+    rank: int
+    num_labels: int | None
+    trainable_params: int
+    total_params: int
+
+    def meta(self) -> dict:
+        """lorafleet.json for the registry's copy (the keys `recipe.adapter_meta` writes)."""
+        from lora_engine.data import E2E_PROMPT
+
+        info = TASKS[self.task]
+        template = E2E_PROMPT if self.task == "e2e" else ("{prompt}" if self.kind == "generation" else None)
+        return {"format": "lorafleet-adapter/1", "task": self.task, "kind": self.kind, "method": self.method,
+                "base_model": self.base_model, "label_names": list(info.label_names),
+                "num_labels": self.num_labels, "text_fields": list(info.text_fields),
+                "prompt_template": template, "max_length": info.max_length, "imported": True}
+
+
+def _same_base(a: str, b: str) -> bool:
+    return alias_of(a) == alias_of(b) or hub_id_of(a) == hub_id_of(b)
+
+
+def check_foreign_adapter(folder: str | os.PathLike, *, task: str,
+                          base_model: str | None = None) -> ForeignAdapter:
+    """Validate the adapter in `folder` for `task` (and `base_model`, default: the adapter's own)."""
+    from lora_engine.adapter_io import (
+        WEIGHTS_NAME,
+        load_adapter,
+        read_adapter_config,
+        settings_from_config,
+    )
+    from lora_engine.models import load_base_model
+
+    folder = Path(folder)
+    config = read_adapter_config(folder)
+    peft_type = config.get("peft_type")
+    if peft_type != "LORA":
+        raise AdapterError(f"peft_type {peft_type!r} is not supported; allowed: LORA (lora, rslora, dora)")
+    if not (folder / WEIGHTS_NAME).is_file():
+        hint = "; adapter_model.bin is a pickle, which lorafleet never opens: save with " \
+               "safe_serialization=True" if (folder / "adapter_model.bin").exists() else ""
+        raise AdapterError(f"{str(folder)!r} has no {WEIGHTS_NAME}{hint}")
+    settings = settings_from_config(config)
+    if task not in TASKS:
+        raise AdapterError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+    info = TASKS[task]
+    peft_task = config.get("task_type")
+    kinds = PEFT_TASK_KINDS.get(peft_task or "")
+    if kinds is None or info.kind not in kinds:
+        raise AdapterError(f"the adapter's task_type {peft_task!r} does not fit task {task!r} ({info.kind}); "
+                           f"allowed: SEQ_CLS for classification/regression tasks, CAUSAL_LM for generation")
+    recorded = config.get("base_model_name_or_path")
+    if base_model is None:
+        if not recorded:
+            raise AdapterError("the adapter does not name its base model; give --base-model")
+        base_model = alias_of(recorded)
+    elif recorded and not _same_base(base_model, recorded):
+        raise AdapterError(f"--base-model {base_model!r} does not match the adapter's base model "
+                           f"{recorded!r}")
+    problem = base_model_problem(base_model, needs_causal=info.kind == "generation")
+    if problem:
+        raise AdapterError(problem)
+    num_labels = None
+    if info.kind != "generation":
+        from lora_engine.predict import _head_rows
+
+        rows = _head_rows(folder)
+        num_labels = info.num_labels or rows
+        if rows is not None and num_labels != rows:
+            raise AdapterError(f"the adapter's classification head has {rows} outputs; task {task!r} has "
+                               f"{num_labels} labels")
+        if num_labels is None:
+            raise AdapterError("the adapter saves no classification head, and the task does not fix the "
+                               "label count; save the head with the adapter (modules_to_save)")
+    model, _ = load_base_model(base_model, info.kind, num_labels)
+    load_adapter(model, folder)  # strict: every tensor must fit this base (AdapterError otherwise)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return ForeignAdapter(folder=folder, base_model=base_model, task=task, kind=info.kind,
+                          method=settings.method, rank=settings.rank, num_labels=num_labels,
+                          trainable_params=trainable, total_params=total)
