@@ -1,0 +1,123 @@
+"""The submit path under load: `job submit` latency, `job list` over thousands of jobs, and a
+`submit-batch` of 1,000 jobs, on the embedded default (SQLite registry and broker).
+
+Everything runs in fresh `lorafleet` processes (what a script calling the CLI pays), side by side
+with two baselines measured in the same run: a bare `python -c pass` and `lorafleet --help`.
+Also reports which modules the submit path imports and the slowest of them (`-X importtime`).
+
+usage: python bench/bench_submit.py [--runs 7] [--jobs 3600] [--batch 1000]
+Prints one JSON object. The machine is shared, so compare the ratios, not the seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = {"task": "sst2", "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
+HEAVY = ("torch", "transformers", "celery", "kombu", "sqlalchemy", "alembic", "pydantic", "yaml", "numpy")
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_")}
+    env.update(LORAFLEET_HOME=str(home), LORAFLEET_DATA_ROOTS=str(home.parent), HF_HUB_OFFLINE="1",
+               LORAFLEET_TENANT_MAX_QUEUED="100000",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return env
+
+
+def _cli(env: dict[str, str], *args: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *extra, "-m", "orchestrator.cli.main", *args], env=env,
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+
+
+def _timed(fn, runs: int) -> list[float]:
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+    return walls
+
+
+def _submit_args(i: int) -> list[str]:
+    return ["job", "submit", "--tenant", "bench", "--task", "sst2", "--rank", "4",
+            "--base-model", "tiny-bert", "--max-steps", str(5 + i)]
+
+
+def import_profile(env: dict[str, str]) -> dict:
+    """Heavy modules loaded by one `job submit`, and the slowest imports (cumulative ms)."""
+    done = _cli(env, *_submit_args(0), extra=("-X", "importtime"))
+    rows = []
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = (part.strip() for part in line.removeprefix("import time:").split("|"))
+            if cumulative.isdigit():
+                rows.append((name, int(cumulative) / 1000))
+    top = [(n, ms) for n, ms in rows if "." not in n.strip()]
+    top.sort(key=lambda r: -r[1])
+    loaded = sorted({n.strip().split(".")[0] for n, _ in rows} & set(HEAVY))
+    return {"heavy_modules_loaded": loaded, "slowest_top_level_imports_ms": top[:10]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--jobs", type=int, default=3600)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-submit-") as tmp:
+        home = Path(tmp) / "home"
+        env = _env(home)
+        _cli(env, "tenant", "create", "bench")
+        bare = _timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.runs)
+        helps = _timed(lambda: _cli(env, "--help"), args.runs)
+        counter = iter(range(10_000))
+        submits = _timed(lambda: _cli(env, *_submit_args(next(counter))), args.runs)
+        profile = import_profile(env)
+
+        batch = Path(tmp) / "batch.jsonl"
+        batch.write_text("".join(json.dumps({"tenant": "bench", **SPEC, "seed": i}) + "\n"
+                                 for i in range(args.batch)))
+        batch_s = _timed(lambda: _cli(env, "job", "submit-batch", str(batch)), 1)[0]
+
+        # Fill the registry to --jobs queued jobs (in-process, one transaction per 1,000).
+        os.environ.update({k: v for k, v in env.items() if k.startswith("LORAFLEET_")})
+        from orchestrator.registry.db import session_scope
+        from orchestrator.services import list_jobs, submit_batch
+
+        with session_scope() as s:
+            have = len(list_jobs(s, limit=args.jobs + 1))
+            while have < args.jobs:
+                n = min(1000, args.jobs - have)
+                submit_batch(s, [{"tenant": "bench", **SPEC, "seed": have + i} for i in range(n)])
+                have += n
+        list_page = _timed(lambda: _cli(env, "job", "list"), args.runs)
+        list_all = _timed(lambda: _cli(env, "job", "list", "--limit", "10000", "--json"), 3)
+
+    med = statistics.median
+    print(json.dumps({
+        "runs": args.runs,
+        "python_bare_s": round(med(bare), 3),
+        "help_s": round(med(helps), 3),
+        "submit_s": round(med(submits), 3),
+        "submit_minus_bare_s": round(med(submits) - med(bare), 3),
+        "submit_over_help": round(med(submits) / med(helps), 2),
+        "submit_batch": {"jobs": args.batch, "seconds": round(batch_s, 2),
+                         "jobs_per_s": round(args.batch / batch_s, 1)},
+        "job_list": {"jobs_in_registry": args.jobs, "default_page_s": round(med(list_page), 3),
+                     "all_json_s": round(med(list_all), 3)},
+        "submit_imports": profile,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
