@@ -13,7 +13,8 @@
    the update is that of one batch `grad_accum` times larger; gradient norm clipped to 1.0; the
    learning rate of every group is `base_lr · lr_factor(step)` (see `schedule.py`).
    Hooks: progress every step, should-stop every step (checkpoint, then `TrainingStopped`),
-   checkpoint every N steps; a run resumes from the newest checkpoint in `checkpoint_dir`.
+   checkpoint every N steps (each reported to `on_checkpoint` once on disk); a run resumes from
+   the newest checkpoint in `checkpoint_dir`.
 4. Evaluation (evaluate.py) scores the validation split; the adapter (PEFT format) or, for
    `full`, the whole model (`save_pretrained`, safetensors) is written atomically with
    lorafleet.json and a README model card.
@@ -79,6 +80,9 @@ class TrainHooks:
     should_stop: Callable[[], bool] | None = None
     checkpoint_every: int = 0  # optimizer steps; 0: only when stopped
     checkpoint_dir: Path | None = None
+    # Called after each checkpoint is on disk (step, its folder): a caller records what it can
+    # resume from instead of guessing from the schedule.
+    on_checkpoint: Callable[[int, Path], None] | None = None
 
     def __post_init__(self):
         if self.checkpoint_every < 0:
@@ -382,7 +386,9 @@ def fit(run: Run, hooks: TrainHooks) -> None:
         stop = hooks.should_stop is not None and hooks.should_stop()
         if hooks.checkpoint_dir is not None and (stop or (
                 hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
-            save_run_checkpoint(run, hooks.checkpoint_dir)
+            saved = save_run_checkpoint(run, hooks.checkpoint_dir)
+            if hooks.on_checkpoint is not None:
+                hooks.on_checkpoint(run.step, saved)
         if stop:
             raise TrainingStopped(run.step)
 
@@ -468,6 +474,11 @@ def save_full_model(model: nn.Module, tokenizer, folder: Path, meta: dict) -> Pa
     return folder
 
 
+def folder_bytes(folder: Path) -> int:
+    """Total size of the files under `folder` (what `adapter_files_digest` counts)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -512,12 +523,12 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
 
 def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wall0: float) -> TrainResult:
     """Write the adapter folder + model card; gather the run statistics."""
-    from lora_engine.adapter_io import adapter_files_digest
     from lora_engine.modelcard import render_model_card
 
     meta = adapter_meta(run, metrics)
     folder = write_output(run, output_dir, meta)
-    _, weight_bytes = adapter_files_digest(folder)
+    # Sizes only: whoever publishes the folder hashes it, once, where it finally lies.
+    weight_bytes = folder_bytes(folder)
     trainable = sum(p.numel() for p in run.trainable.values())
     total = sum(p.numel() for p in run.model.parameters())
     card_stats = {"trainable_params": trainable, "total_params": total, "adapter_bytes": weight_bytes,
@@ -525,7 +536,7 @@ def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wa
                   "device": run.device.name, "device_s": round(run.device_s, 2)}
     card = render_model_card(meta, spec=meta["spec"], metrics=metrics, stats=card_stats)
     _write_text_atomic(folder / "README.md", card)
-    _, adapter_bytes = adapter_files_digest(folder)
+    adapter_bytes = folder_bytes(folder)
     stats = RunStats(trainable_params=trainable, total_params=total, adapter_bytes=adapter_bytes,
                      wall_s=time.perf_counter() - wall0, device_s=run.device_s, device=run.device.name,
                      peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens)

@@ -1,12 +1,11 @@
-"""Execute one job on this worker: claim, train with hooks, publish the adapter, record the outcome.
+"""The lifecycle of one job on this worker, the same for every job kind:
 
-    claim (atomic, fair share) → TrainHooks(progress → heartbeat + cancel flag, checkpoints)
-      → lora_engine.recipe.train → adapter moved to <artifacts>/<tenant_id>/<adapter_id>/
-      → sha256 + size → finish_job_success (adapter + metrics + usage, one transaction)
+    claim (atomic, fair share) → JobHooks (progress → heartbeat + cancel flag; checkpoint events)
+      → the kind's executor (`worker.kinds`) → its staged adapter, if any, renamed to its final
+      folder and hashed (once) → finish_job_success (adapter + metrics + usage, one transaction)
 
-Failures are classified by `worker.policy` (the only place that decides retries). Checkpoints
-live in <artifacts>/<tenant_id>/checkpoints/<job_id>/, keyed by the job, not the attempt: a
-requeued or retried job resumes from the last one; they are removed once the job succeeded.
+Failures are classified by `worker.policy` (the only place that decides retries). Paths come
+from `orchestrator.artifacts`; a job's checkpoints are removed once it succeeded.
 
 The base model stays resident between jobs (`BaseModelCache`, one per worker process): the next
 job on the same base only re-creates its LoRA parameters and head.
@@ -15,6 +14,7 @@ job on the same base only re-creates its LoRA parameters and head.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -26,8 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import artifacts
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
+from orchestrator.services.leases import UsageRecord
+from worker.executor import JobContext, JobHooks, JobResult
 from worker.policy import Outcome, classify, describe, retry_delay
 
 log = logging.getLogger(__name__)
@@ -100,29 +103,28 @@ class _Heartbeat:
     step: int = 0
     total: int | None = None
     loss: float | None = None
-    checkpoints: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def on_progress(self, progress: Any) -> None:
-        from orchestrator.services import record_checkpoint
-
-        self.step = int(progress.step)
+    def on_progress(self, step: int, total: int | None, loss: float | None) -> None:
+        self.step, self.total = int(step), total
+        self.loss = None if loss is None else float(loss)
         now = time.monotonic()
-        last_step = progress.total is not None and progress.step >= progress.total
-        every = self.settings.checkpoint_every
-        previous = self.step - 1
-        if every and previous > 0 and previous % every == 0 and previous not in self.checkpoints:
-            # The recipe saves a checkpoint right after the progress hook of every `every`-th step;
-            # record it once the next step proves it was written.
-            self.checkpoints.add(previous)
-            with session_scope(self.settings) as session:
-                record_checkpoint(session, self.job_id, self.worker_id, previous)
-        self.total = progress.total
-        self.loss = None if progress.loss is None else float(progress.loss)
+        last_step = total is not None and step >= total
         if now - self.last_sent < HEARTBEAT_MIN_INTERVAL_S and not last_step and self.last_sent:
             return
-        # Raises LeaseLost when the job is no longer ours: train() unwinds, we write nothing.
+        # Raises LeaseLost when the job is no longer ours: the executor unwinds, we write nothing.
         self.send()
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """The executor saved a checkpoint: a `checkpoint` event says where a retry resumes."""
+        from orchestrator.services import record_checkpoint
+
+        with session_scope(self.settings) as session:
+            record_checkpoint(session, self.job_id, self.worker_id, int(step), str(path))
+
+    def hooks(self) -> JobHooks:
+        return JobHooks(on_progress=self.on_progress, should_stop=self.should_stop,
+                        on_checkpoint=self.on_checkpoint)
 
     def send(self) -> None:
         """One heartbeat with the latest progress: extends the lease, reads the cancel flag."""
@@ -177,22 +179,9 @@ class KeepAlive(threading.Thread):
         self.join(timeout=30)
 
 
-def checkpoint_dir(settings: Settings, tenant_id: str, job_id: str) -> Path:
-    return settings.artifacts / tenant_id / "checkpoints" / job_id
-
-
-def _usage(stats: Any | None, wall_s: float) -> dict[str, Any]:
-    if stats is None:
-        # The attempt failed before the recipe reported: its wall time still cost a device.
-        return {"device": _device_name(), "device_seconds": wall_s, "wall_seconds": wall_s}
-    return {
-        "device": stats.device,
-        "device_seconds": float(stats.device_s),
-        "wall_seconds": float(stats.wall_s),
-        "peak_memory_bytes": stats.peak_mem_bytes,
-        "examples": int(stats.examples),
-        "tokens": int(stats.tokens),
-    }
+def _failed_usage(wall_s: float) -> UsageRecord:
+    """An attempt that raised still cost its wall time on a device."""
+    return UsageRecord(device=_device_name(), device_seconds=wall_s, wall_seconds=wall_s)
 
 
 def _device_name() -> str:
@@ -202,19 +191,6 @@ def _device_name() -> str:
         return pick_device().name
     except Exception:  # the device itself may be what failed
         return "unknown"
-
-
-def _publish(result: Any, settings: Settings, tenant_id: str) -> tuple[str, Path, str, int]:
-    """Move the trained adapter to its final folder (one rename: atomic) and digest it."""
-    from lora_engine.adapter_io import adapter_files_digest
-    from orchestrator.services import new_adapter_path
-
-    adapter_id = str(uuid.uuid4())
-    final = Path(new_adapter_path(settings, tenant_id, adapter_id))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(result.adapter_dir, final)
-    sha256, size = adapter_files_digest(final)
-    return adapter_id, final, sha256, size
 
 
 def run_job(
@@ -229,9 +205,8 @@ def run_job(
     Never raises for a job's own failure: the outcome is recorded in the registry and returned.
     `cache=None` disables the warm base-model cache (benchmarks).
     """
-    from lora_engine.spec import TrainingSpec
     from orchestrator.services import claim_next, unclaimable_reason
-    from orchestrator.services.datasets import with_stored_dataset
+    from worker.kinds import executor_for
 
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
@@ -241,38 +216,28 @@ def run_job(
             reason = unclaimable_reason(session, job_id)
             log.info("nothing to claim for message %s: %s", job_id, reason)
             return RunResult("skipped", None, reason)
+        kind = job.kind
         job_id, tenant_id, spec_json, attempt = job.id, job.tenant_id, dict(job.spec), job.attempts
-    log.info("claimed job %s (attempt %d) as %s", job_id, attempt, worker_id)
+    log.info("claimed %s job %s (attempt %d) as %s", kind, job_id, attempt, worker_id)
 
     beat = _Heartbeat(settings, job_id, worker_id)
-    staging = settings.artifacts / tenant_id / ".staging" / f"{job_id}-{attempt}"
+    staging = artifacts.staging_path(settings, tenant_id, job_id, attempt)
+    ctx = JobContext(
+        job_id=job_id, tenant_id=tenant_id, kind=kind, attempt=attempt, spec=spec_json, settings=settings,
+        hooks=beat.hooks(), staging_dir=staging,
+        checkpoint_dir=artifacts.checkpoint_path(settings, tenant_id, job_id),
+        cache=model_cache() if cache is _DEFAULT_CACHE else cache,
+    )
     started = time.monotonic()
-    result = None
     keepalive = KeepAlive(beat, interval_s=max(settings.lease_seconds / KEEPALIVE_PER_LEASE, 0.1))
     keepalive.start()
     try:
-        from lora_engine.recipe import TrainHooks, train
-
-        spec = TrainingSpec.model_validate(spec_json)
-        with session_scope(settings) as session:  # the stored, validated bytes (sha256 checked)
-            spec = with_stored_dataset(session, spec, tenant_id, settings)
-        hooks = TrainHooks(
-            on_progress=beat.on_progress,
-            should_stop=beat.should_stop,
-            checkpoint_every=settings.checkpoint_every,
-            checkpoint_dir=checkpoint_dir(settings, tenant_id, job_id),
-        )
         try:
-            result = train(
-                spec,
-                staging,
-                data_dir=settings.data_dir,
-                hooks=hooks,
-                cache=model_cache() if cache is _DEFAULT_CACHE else cache,
-            )
+            ctx = dataclasses.replace(ctx, spec=_resolve_inputs(settings, tenant_id, spec_json))
+            result = executor_for(kind)(ctx)
         finally:
             keepalive.stop()
-        return _succeed(settings, job_id, tenant_id, worker_id, result)
+        return _succeed(ctx, worker_id, result)
     except Exception as exc:  # classified below; a bug surfaces as a requeue with its traceback logged
         keepalive.stop()
         return _settle(
@@ -281,7 +246,7 @@ def run_job(
             worker_id,
             attempt,
             exc,
-            _usage(getattr(result, "stats", None), time.monotonic() - started),
+            _failed_usage(time.monotonic() - started),
             cancel_requested=beat.cancel,
         )
     finally:
@@ -290,31 +255,54 @@ def run_job(
             staging.parent.rmdir()
 
 
-def _succeed(settings: Settings, job_id: str, tenant_id: str, worker_id: str, result: Any) -> RunResult:
-    from orchestrator.services import AdapterRecord, LeaseLost, finish_job_success
+def _resolve_inputs(settings: Settings, tenant_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec an executor runs: a data set named by id replaced by its stored file, whose
+    sha256 is checked against the registry (the executor itself never reads the registry)."""
+    from lora_engine.spec import UUID_RE
+    from orchestrator.services.datasets import dataset_for_training
 
-    adapter_id, final, sha256, size = _publish(result, settings, tenant_id)
-    stats = result.stats
-    record = AdapterRecord(
-        id=adapter_id,
-        path=str(final),
-        sha256=sha256,
-        bytes=size,
-        trainable_params=int(stats.trainable_params),
-        total_params=int(stats.total_params),
-    )
+    dataset = spec.get("dataset")
+    if not isinstance(dataset, str) or not UUID_RE.match(dataset):
+        return spec
+    with session_scope(settings) as session:
+        return {**spec, "dataset": str(dataset_for_training(session, dataset, tenant_id, settings))}
+
+
+def _publish(ctx: JobContext, result: JobResult) -> Any:
+    """Rename the staged adapter to its final folder (atomic) and hash it there, once."""
+    from lora_engine.adapter_io import adapter_files_digest
+    from orchestrator.services import AdapterRecord
+
+    staged = result.adapter
+    adapter_id = str(uuid.uuid4())
+    final = artifacts.adapter_path(ctx.settings, ctx.tenant_id, adapter_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged.folder, final)
+    sha256, size = adapter_files_digest(final)
+    return AdapterRecord(id=adapter_id, path=str(final), sha256=sha256, bytes=size,
+                         trainable_params=staged.trainable_params, total_params=staged.total_params)
+
+
+def _succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
+    from orchestrator.services import finish_job_success
+
+    record = _publish(ctx, result) if result.adapter is not None else None
     try:
-        with session_scope(settings) as session:
-            finish_job_success(
-                session, job_id, worker_id, record, result.metrics, usage=_usage(stats, stats.wall_s)
-            )
-    except LeaseLost:
-        # The job was taken back while we trained: the registry does not know this folder.
-        shutil.rmtree(final, ignore_errors=True)
+        with session_scope(ctx.settings) as session:
+            finish_job_success(session, ctx.job_id, worker_id, record, result.metrics, usage=result.usage,
+                               reevaluated=result.reevaluated)
+    except BaseException:
+        # Not registered (the job was taken back while we worked, or the registry refused):
+        # the registry does not know this folder, so it must not stay behind as an orphan.
+        if record is not None:
+            shutil.rmtree(record.path, ignore_errors=True)
         raise
-    shutil.rmtree(checkpoint_dir(settings, tenant_id, job_id), ignore_errors=True)
-    log.info("job %s succeeded: adapter %s (%d bytes)", job_id, adapter_id, size)
-    return RunResult("succeeded", job_id, adapter_id=adapter_id)
+    shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
+    if record is None:
+        log.info("job %s succeeded", ctx.job_id)
+        return RunResult("succeeded", ctx.job_id)
+    log.info("job %s succeeded: adapter %s (%d bytes)", ctx.job_id, record.id, record.bytes)
+    return RunResult("succeeded", ctx.job_id, adapter_id=record.id)
 
 
 def _settle(
@@ -323,7 +311,7 @@ def _settle(
     worker_id: str,
     attempt: int,
     exc: Exception,
-    usage: dict[str, Any],
+    usage: UsageRecord,
     *,
     cancel_requested: bool = True,
 ) -> RunResult:

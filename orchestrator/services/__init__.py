@@ -41,8 +41,9 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                   record_checkpoint(s, job_id, worker_id, step, path=None)
                   finish_job_success(s, job_id, worker_id, AdapterRecord(id, path, sha256, bytes,
                             trainable_params, total_params) | None, metrics={split: {name: value}},
-                            usage={device, device_seconds, wall_seconds, peak_memory_bytes,
-                            examples, tokens}, reevaluated={adapter_id: {split: {name: value}}})
+                            usage=UsageRecord(device, device_seconds, wall_seconds, peak_memory_bytes,
+                            examples, tokens) or a dict of those,
+                            reevaluated={adapter_id: {split: {name: value}}})
                             -> Adapter | None   (train: adapter; evaluate: None; reevaluate: scores)
                   fail_job(s, job_id, worker_id, reason, usage=None) -> Job
                   mark_cancelled(s, job_id, worker_id, step=None, usage=None) -> Job
@@ -52,6 +53,7 @@ reconcile:        reconcile(s, now=None, *, lease_grace_s=30, redispatch_after_s
                   mark_dispatched(s, job_ids)   (after sending the messages for new jobs)
 adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifacts>/<tenant>/<adapter>
                   checkpoint_path(settings, tenant_id, job_id) -> <artifacts>/<tenant>/checkpoints/<job>
+                  (both from orchestrator.artifacts, the one home of every artifact path)
                   list_adapters(s, tenant=None, task=None, base_model=None, include_deleted=False)
                   get_adapter(s, adapter_id, tenant=None) -> Adapter
                   delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)
@@ -89,6 +91,7 @@ from orchestrator.services.jobs import (
 )
 from orchestrator.services.leases import (
     AdapterRecord,
+    UsageRecord,
     claim_job,
     claim_next,
     fail_job,
@@ -107,8 +110,8 @@ from orchestrator.services.views import JobDetail
 
 __all__ = [
     "AdapterRecord", "BatchError", "Conflict", "InvalidInput", "InvalidState", "JobDetail", "LeaseLost",
-    "NotFound", "ReconcileResult", "ServiceError", "TenantSummary", "cancel_job", "checkpoint_path",
-    "claim_job", "claim_next",
+    "NotFound", "ReconcileResult", "ServiceError", "TenantSummary", "UsageRecord", "cancel_job",
+    "checkpoint_path", "claim_job", "claim_next",
     "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
     "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
     "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "requeue_job", "retry_job",

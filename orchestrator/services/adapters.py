@@ -1,18 +1,19 @@
 """Adapters: listing, lookup, deletion, and where a new adapter's files go.
 
-Paths are built from ids only (`<artifacts>/<tenant_id>/<adapter_id>/`), never from names a
-user typed, so no tenant input can point the worker or `delete` outside the artifacts root.
+Paths come from `orchestrator.artifacts` (built from ids only); `new_adapter_path` and
+`checkpoint_path` are re-exported here for the services API.
 """
 
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from orchestrator.artifacts import adapter_path as new_adapter_path
+from orchestrator.artifacts import checkpoint_path
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, utcnow
@@ -21,23 +22,9 @@ from orchestrator.services.errors import InvalidInput, NotFound
 from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 
-
-def _uuid(value: str, what: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InvalidInput(f"{what} must be a UUID (got {value!r})") from exc
-
-
-def new_adapter_path(settings: Settings, tenant_id: str, adapter_id: str) -> Path:
-    """`<artifacts>/<tenant_id>/<adapter_id>` (not created: the engine writes it atomically)."""
-    return settings.artifacts / _uuid(tenant_id, "tenant_id") / _uuid(adapter_id, "adapter_id")
-
-
-def checkpoint_path(settings: Settings, tenant_id: str, job_id: str) -> Path:
-    """`<artifacts>/<tenant_id>/checkpoints/<job_id>`: where a job's training checkpoints live, so
-    a retry (any worker sharing the artifacts volume) resumes from the last one."""
-    return settings.artifacts / _uuid(tenant_id, "tenant_id") / "checkpoints" / _uuid(job_id, "job_id")
+__all__ = [
+    "adapter_or_404", "checkpoint_path", "delete_adapter", "get_adapter", "list_adapters", "new_adapter_path",
+]
 
 
 @readonly

@@ -178,20 +178,47 @@ class AdapterRecord:
     total_params: int
 
 
-def _usage_row(job: Job, usage: Mapping[str, Any] | None) -> Usage | None:
+@dataclass(frozen=True)
+class UsageRecord:
+    """What one attempt of a job consumed (one `usage` row per attempt)."""
+
+    device: str = "cpu"
+    device_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+    examples: int = 0
+    tokens: int = 0
+
+    @classmethod
+    def coerce(cls, usage: UsageRecord | Mapping[str, Any]) -> UsageRecord:
+        """A typed record from itself or from a mapping of its fields (InvalidInput on others)."""
+        if isinstance(usage, UsageRecord):
+            return usage
+        unknown = sorted(set(usage) - set(USAGE_FIELDS))
+        if unknown:
+            raise InvalidInput(f"unknown usage fields {unknown}; allowed: {', '.join(USAGE_FIELDS)}")
+        peak = usage.get("peak_memory_bytes")
+        return cls(
+            device=str(usage.get("device", "cpu")),
+            device_seconds=float(usage.get("device_seconds", 0.0)),
+            wall_seconds=float(usage.get("wall_seconds", 0.0)),
+            peak_memory_bytes=None if peak is None else int(peak),
+            examples=int(usage.get("examples", 0)),
+            tokens=int(usage.get("tokens", 0)),
+        )
+
+
+UsageInput = UsageRecord | Mapping[str, Any] | None
+
+
+def _usage_row(job: Job, usage: UsageInput) -> Usage | None:
     if usage is None:
         return None
-    unknown = sorted(set(usage) - set(USAGE_FIELDS))
-    if unknown:
-        raise InvalidInput(f"unknown usage fields {unknown}; allowed: {', '.join(USAGE_FIELDS)}")
+    u = UsageRecord.coerce(usage)
     return Usage(
-        job_id=job.id, tenant_id=job.tenant_id, attempt=job.attempts,
-        device=str(usage.get("device", "cpu")),
-        device_seconds=float(usage.get("device_seconds", 0.0)),
-        wall_seconds=float(usage.get("wall_seconds", 0.0)),
-        peak_memory_bytes=None if usage.get("peak_memory_bytes") is None else int(usage["peak_memory_bytes"]),
-        examples=int(usage.get("examples", 0)),
-        tokens=int(usage.get("tokens", 0)),
+        job_id=job.id, tenant_id=job.tenant_id, attempt=job.attempts, device=u.device,
+        device_seconds=u.device_seconds, wall_seconds=u.wall_seconds, peak_memory_bytes=u.peak_memory_bytes,
+        examples=u.examples, tokens=u.tokens,
     )
 
 
@@ -237,7 +264,7 @@ def finish_job_success(
     worker_id: str,
     adapter: AdapterRecord | None,
     metrics: Mapping[str, Mapping[str, float]],
-    usage: Mapping[str, Any] | None = None,
+    usage: UsageInput = None,
     now: datetime | None = None,
     reevaluated: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
 ) -> Adapter | None:
@@ -281,7 +308,7 @@ def finish_job_success(
 
 @transactional
 def fail_job(
-    session: Session, job_id: str, worker_id: str, reason: str, usage: Mapping[str, Any] | None = None,
+    session: Session, job_id: str, worker_id: str, reason: str, usage: UsageInput = None,
     now: datetime | None = None,
 ) -> Job:
     """A permanent failure (bad data, invalid config...): `failed` with the reason in the job and
@@ -299,7 +326,7 @@ def fail_job(
 @transactional
 def mark_cancelled(
     session: Session, job_id: str, worker_id: str, step: int | None = None,
-    usage: Mapping[str, Any] | None = None, now: datetime | None = None,
+    usage: UsageInput = None, now: datetime | None = None,
 ) -> Job:
     """The worker stopped on a cancel request: `cancelled`. LeaseLost if not ours."""
     now = now or utcnow()
@@ -330,7 +357,7 @@ def _requeue_or_fail(session: Session, job: Job, reason: str, now: datetime) -> 
 
 @transactional
 def requeue_job(
-    session: Session, job_id: str, worker_id: str, reason: str, usage: Mapping[str, Any] | None = None,
+    session: Session, job_id: str, worker_id: str, reason: str, usage: UsageInput = None,
     now: datetime | None = None,
 ) -> str:
     """A transient failure (worker shutting down, device lost, OOM...): back to `queued` while

@@ -93,9 +93,13 @@ def test_crash_resumes_from_the_last_periodic_checkpoint(tmp_path, cls_spec):
         if p.step == 5:
             raise Crash
 
+    saved = []
     with pytest.raises(Crash):
         train(cls_spec, tmp_path / "r", data_dir=DATA,
-              hooks=TrainHooks(on_progress=crash_at_5, checkpoint_every=2, checkpoint_dir=ck))
+              hooks=TrainHooks(on_progress=crash_at_5, checkpoint_every=2, checkpoint_dir=ck,
+                               on_checkpoint=lambda step, path: saved.append((step, path.name))))
+    # The hook reports each checkpoint once it is on disk, with its folder (the runner's events).
+    assert saved == [(2, "step-00000002"), (4, "step-00000004")]
     assert latest_checkpoint(ck).name == "step-00000004"
     assert [p.name for p in ck.iterdir()] == ["step-00000004"]  # older ones pruned, no temp left
     resumed = train(cls_spec, tmp_path / "r", data_dir=DATA, hooks=TrainHooks(checkpoint_dir=ck))

@@ -1,0 +1,20 @@
+"""The executor registry: a job's kind picks its executor; an unknown kind is a permanent error."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.kinds import EXECUTORS, UnknownJobKind, executor_for
+from worker.policy import Outcome, classify
+from worker.train import run_training
+
+
+def test_train_is_the_training_executor():
+    assert executor_for("train") is run_training
+    assert set(EXECUTORS) >= {"train"}
+
+
+def test_unknown_kind_names_the_known_ones_and_is_not_retried():
+    with pytest.raises(UnknownJobKind, match=r"'bake' has no executor.*train") as info:
+        executor_for("bake")
+    assert classify(info.value) is Outcome.FAILED

@@ -1,0 +1,28 @@
+"""The executor of each job kind: `jobs.kind` → the function that does the job's work.
+
+Every kind runs inside the same lifecycle (`worker.runner`: claim, heartbeat, cancel, publish,
+record, retry); only the work differs. Register a new kind by adding it here.
+"""
+
+from __future__ import annotations
+
+from lora_engine.errors import LoraFleetInputError
+from worker.executor import Executor
+from worker.train import run_training
+
+EXECUTORS: dict[str, Executor] = {
+    "train": run_training,
+}
+
+
+class UnknownJobKind(LoraFleetInputError):
+    """A job of a kind this worker cannot run (permanent: another attempt would not help)."""
+
+
+def executor_for(kind: str) -> Executor:
+    try:
+        return EXECUTORS[kind]
+    except KeyError:
+        raise UnknownJobKind(
+            f"job kind {kind!r} has no executor on this worker; known: {', '.join(sorted(EXECUTORS))}"
+        ) from None

@@ -1,0 +1,33 @@
+"""The `train` executor: one fine-tuning run through `lora_engine.recipe.train`."""
+
+from __future__ import annotations
+
+from orchestrator.services.leases import UsageRecord
+from worker.executor import JobContext, JobResult, StagedAdapter
+
+
+def run_training(ctx: JobContext) -> JobResult:
+    """Train the job's spec into `ctx.staging_dir`, resuming from the job's last checkpoint."""
+    from lora_engine.recipe import TrainHooks, train
+    from lora_engine.spec import TrainingSpec
+
+    spec = TrainingSpec.model_validate(ctx.spec)
+    hooks = TrainHooks(
+        on_progress=lambda p: ctx.hooks.on_progress(p.step, p.total, p.loss),
+        should_stop=ctx.hooks.should_stop,
+        checkpoint_every=ctx.settings.checkpoint_every,
+        checkpoint_dir=ctx.checkpoint_dir,
+        on_checkpoint=ctx.hooks.on_checkpoint,
+    )
+    result = train(spec, ctx.staging_dir, data_dir=ctx.settings.data_dir, hooks=hooks, cache=ctx.cache)
+    stats = result.stats
+    usage = UsageRecord(
+        device=stats.device,
+        device_seconds=float(stats.device_s),
+        wall_seconds=float(stats.wall_s),
+        peak_memory_bytes=stats.peak_mem_bytes,
+        examples=int(stats.examples),
+        tokens=int(stats.tokens),
+    )
+    adapter = StagedAdapter(result.adapter_dir, int(stats.trainable_params), int(stats.total_params))
+    return JobResult(metrics=result.metrics, usage=usage, adapter=adapter)
