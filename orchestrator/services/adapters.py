@@ -18,7 +18,7 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, utcnow
 from orchestrator.services._tx import readonly, transactional
-from orchestrator.services.errors import InvalidInput, NotFound
+from orchestrator.services.errors import NotFound
 from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 
