@@ -17,6 +17,8 @@ import importlib.util
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,6 @@ KINDS = ("classification", "regression", "generation")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234
 TINY_ARCHS = {"tiny-gpt2": "gpt2", "tiny-bert": "bert", "tiny-roberta": "roberta", "tiny-llama": "llama"}
-ALIASES = ("minilm-l6", "smollm2-135m", *TINY_ARCHS)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,24 @@ def _load_tiny(arch: str, kind: str, labels: int | None):
     return model, tokenizer
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Load without transformers' chatter: a fresh classification head is the point of fine-tuning,
+    so its "LOAD REPORT ... classifier.weight MISSING" warning and the weight-loading progress bar
+    tell a worker's log nothing. Errors still surface (as exceptions)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def load_base_model(name: str, kind: str, num_labels: int | None = None):
     """(model, tokenizer) for fine-tuning; kind: "classification" | "regression" | "generation".
 
@@ -228,7 +247,8 @@ def load_base_model(name: str, kind: str, num_labels: int | None = None):
             )
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-            model = auto.from_pretrained(resolved.path, **kwargs)
+            with _quiet_loading():
+                model = auto.from_pretrained(resolved.path, **kwargs)
         except OSError as exc:
             raise LoraFleetInputError(f"cannot load base model {name!r}: {exc}") from exc
     _set_pad(tokenizer, model)

@@ -15,7 +15,7 @@ and on padding, so the loss is the completion's (and eos's) negative log-likelih
 
 Padding side: training batches pad on the RIGHT (positions then start at 0 for every row, and the
 causal mask never lets a real token attend to a pad). Prompts for batched generation pad on the
-LEFT (`collate_prompts`), so every row's next token is at the last position.
+LEFT (`lora_engine.generate.left_pad`), so every row's next token is at the last position.
 
 The sampler is deterministic and resumable: the batches of an epoch are a pure function of
 (seed, epoch, lengths, batch_size, bucket_factor), and its state is (epoch, position), so a run
@@ -174,18 +174,6 @@ def collate(encoded: Encoded, indices: Sequence[int]) -> Batch:
         target = len(indices)
     inputs["labels"] = labels
     return Batch(inputs, indices, len(indices), int(mask.sum()), target)
-
-
-def collate_prompts(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """LEFT-padded prompts for batched generation: every row's next token is at the last position."""
-    width = max(len(p) for p in prompt_ids)
-    ids = np.full((len(prompt_ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(prompt_ids), width), dtype=np.int64)
-    for r, p in enumerate(prompt_ids):
-        if len(p):
-            ids[r, width - len(p):] = p
-            mask[r, width - len(p):] = 1
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import logging
 import re
 import sys
 import threading
@@ -33,6 +34,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.config import Settings, get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Alembic announces "Context impl SQLiteImpl. Will assume non-transactional DDL." at INFO every
+# time a process checks the schema; a worker's INFO log would carry it at every start.
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Connection execution option set by read-only services: SQLite begins DEFERRED for them.

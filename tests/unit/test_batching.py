@@ -14,7 +14,6 @@ from lora_engine.data.batching import (
     IGNORE_INDEX,
     BucketBatchSampler,
     collate,
-    collate_prompts,
     encode_examples,
     encode_prompts,
     iterate_batches,
@@ -121,12 +120,6 @@ def test_generation_truncation_keeps_prompt_and_drops_prompt_only_rows(gpt2_tok)
     assert enc.dropped == 1 and enc.kept == [0] and len(enc.input_ids) == 1
     assert len(enc.input_ids[0]) == 10 and enc.input_ids[0][-1] != gpt2_tok.eos_token_id
     assert enc.labels[0][0] == IGNORE_INDEX and enc.labels[0][-1] != IGNORE_INDEX
-
-
-def test_collate_prompts_pads_left(gpt2_tok):
-    out = collate_prompts([[5, 6, 7], [8]], pad_id=0)
-    assert out["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert out["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def epoch_lists(sampler, epoch):
