@@ -25,6 +25,7 @@ from orchestrator.services._tx import transactional
 from orchestrator.services.errors import InvalidInput
 from orchestrator.services.events import add_event
 from orchestrator.services.jobs import _check_priority, _max_attempts
+from orchestrator.services.quotas import check_queued
 from orchestrator.services.tenants import tenant_or_404
 
 
@@ -81,6 +82,8 @@ def submit_reevaluation(
     groups: dict[tuple[str, str], list[Adapter]] = {}
     for a in found:
         groups.setdefault((a.tenant_id, a.base_model), []).append(a)
+    for tenant_id in sorted({t for t, _ in groups}):  # the same door quota as any submission
+        check_queued(session, repo.tenant_by_id(session, tenant_id), sum(t == tenant_id for t, _ in groups))
     jobs = []
     for (tenant_id, base), adapters in sorted(groups.items()):
         tasks = sorted({a.task for a in adapters})

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from orchestrator import services as svc
 from orchestrator.registry.models import Adapter, Job, new_id, utcnow
+from orchestrator.services.errors import QuotaExceeded
 from orchestrator.services.reevaluation import reevaluate_adapter_ids
 
 pytest_plugins = ["registry_fixtures"]
@@ -68,5 +69,8 @@ def test_validated_at_the_door(session, registry_settings) -> None:
         svc.submit_reevaluation(session, eval_size=0)
     with pytest.raises(svc.NotFound, match="no tenant 'nobody'"):
         svc.submit_reevaluation(session, tenant=["acme", "nobody"])
+    svc.set_tenant_quota(session, "acme", max_queued=0)
+    with pytest.raises(QuotaExceeded, match="may have 0 queued job"):
+        svc.submit_reevaluation(session, tenant="acme")
     session.rollback()
     assert session.scalar(select(func.count()).select_from(Job)) == before
