@@ -34,13 +34,18 @@ _PUBLIC = {
     "TrainingSpec": "lora_engine.spec",
     "validate_spec": "lora_engine.spec",
     "load_for_inference": "lora_engine.predict",
+    "evaluate_untuned": "lora_engine.untuned",
+    "reevaluate": "lora_engine.reevaluation",
+    "AdapterToScore": "lora_engine.reevaluation",
 }
 
 __all__ = [  # the same names as _PUBLIC (a test checks)
+    "AdapterToScore",
     "LoraSettings",
     "TrainHooks",
     "TrainResult",
     "TrainingSpec",
+    "evaluate_untuned",
     "export_merged",
     "inject_lora",
     "load_adapter",
@@ -48,6 +53,7 @@ __all__ = [  # the same names as _PUBLIC (a test checks)
     "lora_state_dict",
     "mark_only_lora_as_trainable",
     "merge_lora",
+    "reevaluate",
     "save_adapter",
     "train",
     "unmerge_lora",
@@ -67,7 +73,9 @@ if TYPE_CHECKING:
     )
     from lora_engine.predict import load_for_inference
     from lora_engine.recipe import TrainHooks, TrainResult, train
+    from lora_engine.reevaluation import AdapterToScore, reevaluate
     from lora_engine.spec import TrainingSpec, validate_spec
+    from lora_engine.untuned import evaluate_untuned
 
 
 def __getattr__(name: str) -> Any:

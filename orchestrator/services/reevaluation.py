@@ -4,7 +4,7 @@
 swappable adapters) of the given tenants / task / base model through the repository, and queues
 one job of kind 'reevaluate' per (tenant, base model): its spec lists the adapters (id, task,
 folder; `reevaluate_adapter_ids` reads the ids back), and the
-worker loads that base once and swaps each adapter in (lora_engine.reevaluate). One job per
+worker loads that base once and swaps each adapter in (lora_engine.reevaluation). One job per
 tenant rather than per base model alone because a job belongs to one tenant: its quota, its
 usage and its metric rows are that tenant's, so no tenant is billed for another's adapters.
 

@@ -78,7 +78,8 @@ def test_the_public_api_is_lazy_and_complete():
     assert sorted(le.__all__) == sorted(le._PUBLIC) == sorted([
         "LoraSettings", "TrainHooks", "TrainResult", "TrainingSpec", "export_merged", "inject_lora",
         "load_adapter", "load_for_inference", "lora_state_dict", "mark_only_lora_as_trainable", "merge_lora",
-        "save_adapter", "train", "unmerge_lora", "validate_spec"])
+        "save_adapter", "train", "unmerge_lora", "validate_spec", "evaluate_untuned", "reevaluate",
+        "AdapterToScore"])
     from lora_engine import inject
 
     assert le.mark_only_lora_as_trainable is inject.mark_only_lora_as_trainable

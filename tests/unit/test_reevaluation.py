@@ -22,7 +22,7 @@ from lora_engine.errors import TrainingStopped  # noqa: E402
 from lora_engine.evaluate import EvalTarget, predict_logits, score_validation, validation_examples  # noqa: E402
 from lora_engine.models import load_base_model  # noqa: E402
 from lora_engine.recipe import train  # noqa: E402
-from lora_engine.reevaluate import AdapterToScore, reevaluate  # noqa: E402
+from lora_engine.reevaluation import AdapterToScore, reevaluate  # noqa: E402
 
 CPU = pick_device("cpu")
 BASE = {"base_model": "tiny-bert", "max_steps": 3, "batch_size": 16, "lr": 2e-2, "eval_size": 48,
