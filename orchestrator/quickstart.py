@@ -24,12 +24,16 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.dispatch import worker_command
 
 TENANTS = (("acme", "Acme Reviews"), ("globex", "Globex Paraphrase"))
-# (tenant, task, method, rank): SST-2 for one tenant, MRPC for the other, each LoRA vs full.
+# (tenant, task, method, rank): SST-2 for one tenant, MRPC for the other, each LoRA vs full, and
+# the untuned base on each (method 'none': scored, not trained) so `report compare` has its
+# baseline column and the cost report its quality points.
 JOBS = (
     ("acme", "sst2", "lora", 8),
     ("acme", "sst2", "full", 8),
+    ("acme", "sst2", "none", 0),
     ("globex", "mrpc", "lora", 8),
     ("globex", "mrpc", "full", 8),
+    ("globex", "mrpc", "none", 0),
 )
 BASE_MODEL = "minilm-l6"
 DEFAULT_MAX_STEPS = 30
@@ -53,21 +57,21 @@ class QuickstartResult:
     report_html: Path | None = None
 
 
+def _demo_spec(task: str, method: str, rank: int, max_steps: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {"task": task, "method": method, "base_model": BASE_MODEL,
+                            "batch_size": BATCH_SIZE, "eval_size": EVAL_SIZE}
+    if method != "none":  # the untuned baseline trains nothing: no rank, no budget
+        spec.update(rank=rank, max_steps=max_steps)
+    return spec
+
+
 def demo_specs(max_steps: int) -> list[dict[str, Any]]:
     """The batch the demo submits: one item per job, with an idempotency key per spec."""
     return [
         {
             "tenant": tenant,
             "idempotency_key": f"quickstart-{task}-{method}-r{rank}-s{max_steps}",
-            "spec": {
-                "task": task,
-                "method": method,
-                "rank": rank,
-                "base_model": BASE_MODEL,
-                "max_steps": max_steps,
-                "batch_size": BATCH_SIZE,
-                "eval_size": EVAL_SIZE,
-            },
+            "spec": _demo_spec(task, method, rank, max_steps),
         }
         for tenant, task, method, rank in JOBS
     ]

@@ -7,11 +7,14 @@ record, retry); only the work differs. Register a new kind by adding it here.
 from __future__ import annotations
 
 from lora_engine.errors import LoraFleetInputError
+from worker.evaluation import run_reevaluation, run_untuned_evaluation
 from worker.executor import Executor
 from worker.train import run_training
 
 EXECUTORS: dict[str, Executor] = {
     "train": run_training,
+    "evaluate": run_untuned_evaluation,
+    "reevaluate": run_reevaluation,
 }
 
 

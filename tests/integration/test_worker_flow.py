@@ -176,3 +176,42 @@ def test_reconciler_returns_expired_lease_to_the_queue(live_worker: LiveWorker):
     assert kinds.count("claimed") == 2 and "requeued" in kinds
     assert kinds.index("requeued") < len(kinds) - 1 - kinds[::-1].index("claimed")
     assert "ghost@dead-host:1" in next(e["message"] for e in events if e["kind"] == "requeued")
+
+
+def test_untuned_baseline_and_reevaluation_jobs_record_their_rows(live_worker: LiveWorker):
+    """An evaluate job records metrics with no adapter; a reevaluate job scores each adapter of
+    the tenant again on one resident base, and (same data, same CPU) matches the jobs' own."""
+    from sqlalchemy import select
+
+    from orchestrator.registry.models import Adapter, Metric, Usage
+    from orchestrator.services import submit_reevaluation
+
+    tenant = _tenant(live_worker, "kinds")
+    trained = [_submit(live_worker, tenant, seed=5), _submit(live_worker, tenant, seed=6, task="mnli")]
+    baseline = _submit(live_worker, tenant, method="none", rank=0, max_steps=None, batch_size=4)
+    details = _wait_terminal(live_worker, [*trained, baseline], timeout=120)
+    assert all(d["state"] == "succeeded" for d in details.values()), details
+
+    base = details[baseline]
+    assert (base["kind"], base["adapter"], base["rank"]) == ("evaluate", None, 0)
+    assert set(base["metrics"]["validation"]) == {"accuracy", "majority_class_rate"}
+    assert base["usage"][0]["device_seconds"] > 0 and base["usage"][0]["examples"] == 0
+
+    with session_scope(live_worker.settings) as s:
+        (job,) = submit_reevaluation(s, tenant=tenant)
+        reeval = job.id
+    announce_jobs([reeval], settings=live_worker.settings)
+    detail = _wait_terminal(live_worker, [reeval], timeout=60)[reeval]
+    assert detail["state"] == "succeeded", (detail, _events(live_worker, reeval))
+    own = {details[j]["adapter"]["id"]: details[j]["metrics"] for j in trained}
+    assert set(detail["reevaluated"]) == set(own)
+    for adapter_id, metrics in own.items():
+        for name, value in metrics["validation"].items():
+            assert detail["reevaluated"][adapter_id]["validation"][name] == pytest.approx(value, abs=1e-5)
+    with session_scope(live_worker.settings) as s:
+        rows = s.scalars(select(Metric).where(Metric.job_id.in_([baseline, reeval]))).all()
+        assert {(m.job_id == baseline, m.adapter_id is None, m.source) for m in rows} == {
+            (True, True, "job"), (False, False, "reevaluation")}
+        assert all(m.created_at is not None for m in rows)
+        assert s.scalars(select(Adapter).where(Adapter.job_id.in_([baseline, reeval]))).all() == []
+        assert len(s.scalars(select(Usage).where(Usage.job_id == reeval)).all()) == 1

@@ -1,0 +1,67 @@
+"""The `evaluate` and `reevaluate` executors: scoring without training.
+
+- evaluate (the untuned baseline, method 'none'): `lora_engine.untuned.evaluate_untuned` on the
+  job's spec; its metrics are recorded with no adapter.
+- reevaluate: `lora_engine.reevaluation.reevaluate` over the adapters the spec lists (id, task,
+  folder: no registry read here), one resident base for the lot; progress is one step per
+  adapter, a cancel stops between adapters. The scores go back as `reevaluated` {adapter id:
+  metrics}. An adapter that could not be scored (its files deleted since the job was queued, a
+  custom data set gone) is logged and left out; when none could be scored the job fails with
+  the reasons (another attempt would find the same files).
+
+Usage is recorded like any job's: device and wall seconds, peak memory; nothing trained, so no
+examples or tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lora_engine.errors import LoraFleetInputError
+from orchestrator.services.leases import UsageRecord
+from worker.executor import JobContext, JobResult
+
+log = logging.getLogger(__name__)
+
+
+class NothingScored(LoraFleetInputError):
+    """No adapter of a reevaluate job could be scored (permanent: the same files next time)."""
+
+
+def _usage(stats) -> UsageRecord:
+    return UsageRecord(device=stats.device, device_seconds=float(stats.device_s),
+                       wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,
+                       examples=int(stats.examples), tokens=int(stats.tokens))
+
+
+def run_untuned_evaluation(ctx: JobContext) -> JobResult:
+    """Score the untuned base model of the job's spec on its task's validation split."""
+    from lora_engine.untuned import evaluate_untuned
+
+    result = evaluate_untuned(ctx.spec, data_dir=ctx.settings.data_dir, cache=ctx.cache)
+    return JobResult(metrics=result.metrics, usage=_usage(result.stats))
+
+
+def run_reevaluation(ctx: JobContext) -> JobResult:
+    """Score every adapter the spec lists on one resident base; their scores as `reevaluated`."""
+    from lora_engine.reevaluation import AdapterToScore, reevaluate
+
+    listed = ctx.spec.get("adapters")
+    if not isinstance(listed, list) or not listed:
+        raise LoraFleetInputError("a reevaluate job's spec must list its adapters (id, task, path)")
+    base = ctx.spec["base_model"]
+    adapters = [AdapterToScore(id=a["id"], folder=Path(a["path"]), task=a["task"], base_model=base)
+                for a in listed]
+    result = reevaluate(adapters, data_dir=ctx.settings.data_dir, cache=ctx.cache,
+                        eval_size=ctx.spec.get("eval_size"),
+                        on_progress=lambda done, total: ctx.hooks.on_progress(done, total, None),
+                        should_stop=ctx.hooks.should_stop)
+    for adapter_id, reason in sorted(result.skipped.items()):
+        log.warning("job %s: adapter %s not re-evaluated: %s", ctx.job_id, adapter_id, reason)
+    if not result.scores:
+        reasons = "; ".join(f"{i}: {r}" for i, r in sorted(result.skipped.items()))
+        raise NothingScored(f"none of the {len(adapters)} adapters could be re-evaluated ({reasons})")
+    log.info("job %s: re-evaluated %d adapters on %s (%d base load(s), %d injection(s), %d swap(s))",
+             ctx.job_id, len(result.scores), base, result.base_loads, result.injections, result.swaps)
+    return JobResult(metrics={}, usage=_usage(result.stats), reevaluated=result.scores)
