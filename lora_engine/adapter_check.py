@@ -13,7 +13,7 @@ import json
 import struct
 from pathlib import Path
 
-from lora_engine.model_ref import MODEL_ALIASES
+from lora_engine.model_ref import MODEL_ALIASES, alias_of
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -48,35 +48,39 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def adapter_folder_problems(folder: str | Path, base_model: str | None) -> list[str]:
-    """Every reason `folder` cannot start a job on `base_model` (empty list: it can)."""
+def adapter_folder_problems(folder: str | Path, base_model: str | None, *,
+                            what: str = "init_from") -> list[str]:
+    """Every reason `folder` cannot start a job on `base_model` (empty list: it can); each
+    message starts with `what` (the option or command that named the folder)."""
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
-        return [f"init_from: {str(folder)!r} is not an adapter folder (no {CONFIG_NAME})"]
+        return [f"{what}: {str(folder)!r} is not an adapter folder (no {CONFIG_NAME})"]
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return [f"init_from: {CONFIG_NAME} is not valid JSON"]
+        return [f"{what}: {CONFIG_NAME} is not valid JSON"]
     if not isinstance(config, dict):
-        return [f"init_from: {CONFIG_NAME} is not a JSON object"]
+        return [f"{what}: {CONFIG_NAME} is not a JSON object"]
     problems = []
     if config.get("peft_type") not in PEFT_TYPES:
-        problems.append(f"init_from: peft_type {str(config.get('peft_type'))[:40]!r} is not supported; "
+        problems.append(f"{what}: peft_type {str(config.get('peft_type'))[:40]!r} is not supported; "
                         f"allowed: {', '.join(PEFT_TYPES)} (LoRA, rsLoRA, DoRA)")
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         pickled = (folder / "adapter_model.bin").is_file()
-        problems.append(f"init_from: {WEIGHTS_NAME} is missing" + (
+        problems.append(f"{what}: {WEIGHTS_NAME} is missing" + (
             "; adapter_model.bin (pickle) is refused: save the adapter as safetensors" if pickled else ""))
     else:
         why = safetensors_problem(weights)
         if why:
-            problems.append(f"init_from: {WEIGHTS_NAME} {why}")
+            problems.append(f"{what}: {WEIGHTS_NAME} {why}")
+    # An adapter names a shipped alias by its hub id (model_ref.ALIAS_HUB_IDS): compare aliases.
     recorded = config.get("base_model_name_or_path")
+    recorded = alias_of(recorded) if isinstance(recorded, str) else recorded
     comparable = isinstance(recorded, str) and recorded and base_model and (
         (recorded in MODEL_ALIASES) == (base_model in MODEL_ALIASES))
     if comparable and recorded != base_model:
-        problems.append(f"init_from: the adapter was trained on base model {recorded[:120]!r}, "
+        problems.append(f"{what}: the adapter was trained on base model {recorded[:120]!r}, "
                         f"the job uses {base_model!r}")
     return problems

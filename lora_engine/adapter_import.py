@@ -1,7 +1,8 @@
 """Checking a PEFT adapter made elsewhere before lorafleet registers it (`lorafleet adapter import`).
 
 Accepted: a LoRA adapter (peft_type LORA: plain, rsLoRA or DoRA) with its weights in safetensors
-(a pickled adapter_model.bin is refused, never opened), for a base model we can load whose name
+(a pickled adapter_model.bin is refused, never opened; `adapter_check` does these format checks
+for `init_from` too), for a base model we can load whose name
 matches the adapter's own `base_model_name_or_path`, and whose every tensor fits that base —
 checked by loading it into the base model with `load_adapter`'s strict shape checks. Each refusal
 says what was wrong and what is allowed.
@@ -53,23 +54,16 @@ def _same_base(a: str, b: str) -> bool:
 def check_foreign_adapter(folder: str | os.PathLike, *, task: str,
                           base_model: str | None = None) -> ForeignAdapter:
     """Validate the adapter in `folder` for `task` (and `base_model`, default: the adapter's own)."""
-    from lora_engine.adapter_io import (
-        WEIGHTS_NAME,
-        load_adapter,
-        read_adapter_config,
-        settings_from_config,
-    )
+    from lora_engine.adapter_check import adapter_folder_problems
+    from lora_engine.adapter_io import load_adapter, read_adapter_config, settings_from_config
     from lora_engine.models import load_base_model
 
     folder = Path(folder)
+    # The format checks (LoRA, safetensors that really are safetensors, no pickle) without torch.
+    problems = adapter_folder_problems(folder, None, what="adapter import")
+    if problems:
+        raise AdapterError("; ".join(problems))
     config = read_adapter_config(folder)
-    peft_type = config.get("peft_type")
-    if peft_type != "LORA":
-        raise AdapterError(f"peft_type {peft_type!r} is not supported; allowed: LORA (lora, rslora, dora)")
-    if not (folder / WEIGHTS_NAME).is_file():
-        hint = "; adapter_model.bin is a pickle, which lorafleet never opens: save with " \
-               "safe_serialization=True" if (folder / "adapter_model.bin").exists() else ""
-        raise AdapterError(f"{str(folder)!r} has no {WEIGHTS_NAME}{hint}")
     settings = settings_from_config(config)
     if task not in TASKS:
         raise AdapterError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")

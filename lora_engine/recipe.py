@@ -72,6 +72,7 @@ class Progress:
     examples_per_s: float  # since this process started training
     tokens: int  # non-pad tokens trained so far (whole run, across resumes)
     lr: float = 0.0  # the body's learning rate used by this step
+    epoch: float = 0.0  # epochs done after this step (fractional)
 
 
 @dataclass
@@ -381,8 +382,9 @@ def fit(run: Run, hooks: TrainHooks) -> None:
         run.device_s += time.perf_counter() - t_step  # loss.item() above waited for the device
         if hooks.on_progress is not None:
             rate = seen / max(time.perf_counter() - t0, 1e-9)
+            epoch = run.step * run.spec.grad_accum / max(len(run.sampler), 1)
             hooks.on_progress(Progress(run.step, run.total_steps, step_loss, rate, run.tokens,
-                                       opt.param_groups[0]["lr"]))
+                                       opt.param_groups[0]["lr"], epoch))
         stop = hooks.should_stop is not None and hooks.should_stop()
         if hooks.checkpoint_dir is not None and (stop or (
                 hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):

@@ -103,6 +103,7 @@ class _Heartbeat:
     step: int = 0
     total: int | None = None
     loss: float | None = None
+    points: list = field(default_factory=list)  # metric-history points not yet written
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_progress(self, step: int, total: int | None, loss: float | None) -> None:
@@ -122,9 +123,17 @@ class _Heartbeat:
         with session_scope(self.settings) as session:
             record_checkpoint(session, self.job_id, self.worker_id, int(step), str(path))
 
+    def on_metrics(self, step: int, epoch: float, values: dict[str, float]) -> None:
+        """Buffer curve points; the next heartbeat writes them (one transaction per beat)."""
+        from orchestrator.services.metrics import Point
+
+        with self.lock:
+            self.points += [Point(name, int(step), float(epoch), float(v)) for name, v in values.items()
+                            if v is not None]
+
     def hooks(self) -> JobHooks:
         return JobHooks(on_progress=self.on_progress, should_stop=self.should_stop,
-                        on_checkpoint=self.on_checkpoint)
+                        on_checkpoint=self.on_checkpoint, on_metrics=self.on_metrics)
 
     def send(self) -> None:
         """One heartbeat with the latest progress: extends the lease, reads the cancel flag."""
@@ -141,6 +150,11 @@ class _Heartbeat:
                 self.loss,
                 self.settings.lease_seconds,
             )
+            if self.points:
+                from orchestrator.services.metrics import record_points
+
+                record_points(session, self.job_id, self.worker_id, self.points)
+                self.points = []
 
     def should_stop(self) -> bool:
         return self.cancel or _shutting_down

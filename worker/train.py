@@ -12,8 +12,14 @@ def run_training(ctx: JobContext) -> JobResult:
     from lora_engine.spec import TrainingSpec
 
     spec = TrainingSpec.model_validate(ctx.spec)
+
+    def on_progress(p) -> None:
+        if ctx.hooks.on_metrics is not None:  # before the heartbeat, which flushes the points
+            ctx.hooks.on_metrics(p.step, p.epoch, {"loss": p.loss, "lr": p.lr})
+        ctx.hooks.on_progress(p.step, p.total, p.loss)
+
     hooks = TrainHooks(
-        on_progress=lambda p: ctx.hooks.on_progress(p.step, p.total, p.loss),
+        on_progress=on_progress,
         should_stop=ctx.hooks.should_stop,
         checkpoint_every=ctx.settings.checkpoint_every,
         checkpoint_dir=ctx.checkpoint_dir,

@@ -116,6 +116,15 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     assert kinds[:2] == ["submitted", "claimed"] and kinds[-1] == "succeeded" and "progress" in kinds
     assert cli(embedded, "job", "wait", job_id[:8]).returncode == 0
 
+    # The worker recorded every step's loss and lr (metric history), read back by `job metrics`.
+    curves = json.loads(cli(embedded, "job", "metrics", job_id, "--format", "json").stdout)
+    assert set(curves) == {"loss", "lr"}
+    assert [p["step"] for p in curves["loss"]] == list(range(1, 101))
+    epochs = [p["epoch"] for p in curves["loss"]]
+    assert epochs == sorted(epochs) and 0 < epochs[0] < epochs[-1]
+    assert all(p["value"] > 0 for p in curves["lr"]) and curves["lr"][-1]["value"] < max(
+        p["value"] for p in curves["lr"])  # the schedule decays
+
 
 def test_ctrl_c_detaches_from_follow_and_job_wait_reports_the_outcome(embedded):
     submitted = cli(embedded, "job", "submit", *TINY_JOB.split(), "--max-steps", "100000")

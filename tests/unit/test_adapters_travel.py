@@ -137,7 +137,8 @@ def test_adapter_import_checks_then_registers(home, tiny_model, tmp_path):
     refusals = [
         (["--task", "sst2", str(_edited(good, tmp_path / "ia3", peft_type="IA3"))],
          "peft_type 'IA3' is not supported; allowed: LORA"),
-        (["--task", "sst2", str(pickled)], "adapter_model.bin is a pickle, which lorafleet never opens"),
+        (["--task", "sst2", str(pickled)],
+         "adapter_model.bin (pickle) is refused: save the adapter as safetensors"),
         (["--task", "sst2", "--base-model", "tiny-roberta", str(good)],
          "--base-model 'tiny-roberta' does not match the adapter's base model 'tiny-bert'"),
         (["--task", "sst2", str(mislabelled)], "does not fit this model (it was made for 'tiny-bert')"),
