@@ -13,9 +13,14 @@ from orchestrator.dispatch import RECONCILE, RUN_JOB
 from worker.celery_app import app
 
 
-@app.task(name=RUN_JOB, bind=True, ignore_result=True)
+class JobFailed(Exception):
+    """Raised after a job's failure is recorded, so Celery (and Flower) show the task as FAILURE
+    instead of SUCCESS. Expected (`throws`): logged in one line, no traceback, not retried."""
+
+
+@app.task(name=RUN_JOB, bind=True, ignore_result=True, throws=(JobFailed,))
 def run_job(self: Any, job_id: str) -> str:
-    """Claim and run a queued job; returns the outcome (succeeded, failed, cancelled, requeued, …)."""
+    """Claim and run a queued job; returns the outcome (cancelled, requeued, …) or raises JobFailed."""
     from celery.exceptions import Reject
 
     from worker.runner import run_job as execute
@@ -26,7 +31,10 @@ def run_job(self: Any, job_id: str) -> str:
         raise Reject("worker shutting down", requeue=True)
 
     worker_id = f"{self.request.hostname or 'worker'}:{os.getpid()}"
-    return execute(job_id, worker_id=worker_id).outcome
+    result = execute(job_id, worker_id=worker_id)
+    if result.outcome == "failed":
+        raise JobFailed(f"job {job_id} failed: {result.detail}")
+    return result.outcome
 
 
 @app.task(name=RECONCILE, ignore_result=True)
