@@ -234,6 +234,19 @@ class BenchmarkReport:
             g = glue.get(tenant)
             row.append(None if g is None else f"{points('accuracy', g.mean):.1f} ({g.tasks} of 8)")
             rows.append(row)
+        if rows:
+            # The published numbers on a row of their own, labelled: a horizon, not our run.
+            glue_refs = self.references.get("glue", {})
+            e2e_bleu = self.references.get("e2e", {}).get("bleu")
+            refs = [glue_refs.get(t) or (e2e_bleu if t == "e2e" else None) for t in self.tasks]
+            avg = self.references.get("glue_average")
+            rows.append(
+                [
+                    _published_label(glue_refs, e2e_bleu if "e2e" in self.tasks else None),
+                    *(None if r is None else f"{r['published']:.1f}" for r in refs),
+                    None if avg is None else f"{avg['published']:.1f} (8 of 8)",
+                ]
+            )
         notes = [
             f"Each cell: the primary metric (points) of the tenant's {self.pick} adapter for the task "
             f"(pick `{self.pick}`: "
@@ -306,6 +319,14 @@ class BenchmarkReport:
                 )
             )
         return out
+
+
+def _published_label(glue: dict[str, Any], e2e: dict[str, Any] | None) -> str:
+    first = next(iter(glue.values()))
+    text = f"published: {first['base_model']} on {first['eval_set']}"
+    if e2e is not None:
+        text += f"; {e2e['base_model']} on {e2e['eval_set']}"
+    return text + " (LoRA paper)"
 
 
 def _cell_text(c: BenchmarkCell) -> str:
