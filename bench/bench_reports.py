@@ -23,6 +23,8 @@ import argparse
 import json
 import os
 import random
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import benchlib  # noqa: F401  (sys.path, environment)
+from sqlalchemy import text
 
 from lora_engine.catalog import GLUE_TASKS, TASKS
 from orchestrator.registry import db
@@ -195,49 +198,67 @@ def build(url: str, n_tenants: int, n_adapters: int) -> dict[str, int]:
     return {model.__tablename__: len(rows) for model, rows in data.items()}
 
 
-def timed(fn, repeat: int) -> tuple[dict[str, float], object]:
-    """{min, median} wall seconds over `repeat` runs (min: the least disturbed on a shared box)."""
-    times, result = [], None
+def _server_cpu_s(pid: int | None) -> float:
+    """CPU seconds a PostgreSQL backend (same machine) has used so far: utime + stime in /proc."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _backend_pid(session) -> int | None:
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    pid = session.execute(text("SELECT pg_backend_pid()")).scalar()
+    session.rollback()
+    return int(pid)
+
+
+def timed(session, fn, repeat: int) -> tuple[dict[str, float], object]:
+    """Over `repeat` runs: min and median wall seconds (min: the least disturbed on a shared box),
+    and the median CPU seconds of this process plus of the PostgreSQL backend serving it — what
+    the call costs regardless of how many other processes share the cores."""
+    walls, cpus, result = [], [], None
     for _ in range(repeat):
-        t = time.perf_counter()
+        pid = _backend_pid(session)
+        server0, client0, t = _server_cpu_s(pid), time.process_time(), time.perf_counter()
         result = fn()
-        times.append(time.perf_counter() - t)
-    return {"min": round(min(times), 3), "median": round(statistics.median(times), 3)}, result
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - client0 + _server_cpu_s(pid) - server0)
+    return {
+        "wall_min": round(min(walls), 3),
+        "wall_median": round(statistics.median(walls), 3),
+        "cpu_median": round(statistics.median(cpus), 3),
+    }, result
 
 
-def measure(url: str, repeat: int) -> dict[str, float]:
+def measure(url: str, repeat: int) -> dict[str, object]:
     db.forget_engine(url)
     session = db.session_factory(url)()
     f = make_filters()
     one = make_filters(tenants=["t0007"])
     try:
-        cost_s, cost = timed(lambda: cost_report(session, f, PRICES, 0.023), repeat)
-        bench_s, bench = timed(lambda: benchmark_report(session, f, "latest"), repeat)
-        best_s, _ = timed(lambda: benchmark_report(session, f, "best"), repeat)
-        one_cost_s, _ = timed(lambda: cost_report(session, one, PRICES, 0.023), repeat)
-        one_bench_s, _ = timed(lambda: benchmark_report(session, one, "latest"), repeat)
-        cost_json_s, _ = timed(lambda: render(cost, "json"), 1)
-        cost_table_s, _ = timed(lambda: render(cost, "table"), 1)
-        bench_json_s, _ = timed(lambda: render(bench, "json"), 1)
-        bench_table_s, _ = timed(lambda: render(bench, "table"), 1)
+        out: dict[str, object] = {}
+        out["cost_s"], cost = timed(session, lambda: cost_report(session, f, PRICES, 0.023), repeat)
+        out["benchmark_latest_s"], bench = timed(
+            session, lambda: benchmark_report(session, f, "latest"), repeat
+        )
+        out["benchmark_best_s"], _ = timed(session, lambda: benchmark_report(session, f, "best"), repeat)
+        out["cost_one_tenant_s"], _ = timed(session, lambda: cost_report(session, one, PRICES, 0.023), repeat)
+        out["benchmark_one_tenant_s"], _ = timed(
+            session, lambda: benchmark_report(session, one, "latest"), repeat
+        )
+        for name, report in (("cost", cost), ("benchmark", bench)):
+            for fmt in ("json", "table"):
+                out[f"render_{name}_{fmt}_s"], _ = timed(session, lambda r=report, x=fmt: render(r, x), 1)
+        out["benchmark_cells"], out["cost_tenants"] = len(bench.cells), len(cost.tenants)
+        return out
     finally:
         session.close()
-    return {
-        "cost_s": cost_s,
-        "benchmark_latest_s": bench_s,
-        "benchmark_best_s": best_s,
-        "cost_one_tenant_s": one_cost_s,
-        "benchmark_one_tenant_s": one_bench_s,
-        "render_cost_json_s": cost_json_s["min"],
-        "render_cost_table_s": cost_table_s["min"],
-        "render_benchmark_json_s": bench_json_s["min"],
-        "render_benchmark_table_s": bench_table_s["min"],
-        "benchmark_cells": len(bench.cells),
-        "cost_tenants": len(cost.tenants),
-    }
 
 
-def command_seconds(url: str, args: list[str]) -> float:
+def command_seconds(url: str, args: list[str]) -> dict[str, float]:
+    """The whole command in a fresh process: wall seconds and the child's CPU seconds."""
     env = dict(
         os.environ,
         LORAFLEET_DATABASE_URL=url,
@@ -245,6 +266,7 @@ def command_seconds(url: str, args: list[str]) -> float:
         PYTHONPATH=str(ROOT),
         LORAFLEET_HOME=tempfile.mkdtemp(prefix="bench-reports-home-"),
     )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "orchestrator.cli.main", "report", *args],
@@ -253,7 +275,11 @@ def command_seconds(url: str, args: list[str]) -> float:
         stdout=subprocess.DEVNULL,
         cwd=ROOT,
     )
-    return round(time.perf_counter() - t, 3)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    shutil.rmtree(env["LORAFLEET_HOME"], ignore_errors=True)
+    return {"wall": round(wall, 3), "client_cpu": round(cpu, 3)}
 
 
 def plans(url: str) -> str:
@@ -284,6 +310,8 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, object]:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
+            # Parallel workers would escape the backend's CPU accounting (and 2 cores gain nothing).
+            conn.execute(f'ALTER DATABASE "{name}" SET max_parallel_workers_per_gather = 0')
         url = db.normalize_url(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
     else:
         folder = Path(tempfile.mkdtemp(prefix="bench-reports-"))
@@ -295,7 +323,9 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, object]:
         result: dict[str, object] = {"rows": counts, "build_s": round(time.perf_counter() - t, 1)}
         result["with_report_indexes"] = measure(url, args.repeat)
         result["command_cost_json_s"] = command_seconds(url, ["cost", "--format", "json"])
+        result["command_cost_table_s"] = command_seconds(url, ["cost"])
         result["command_benchmark_json_s"] = command_seconds(url, ["benchmark", "--format", "json"])
+        result["command_benchmark_table_s"] = command_seconds(url, ["benchmark"])
         if args.plans:
             result["plans"] = plans(url)
         from alembic.script import ScriptDirectory
@@ -311,6 +341,8 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, object]:
         return result
     finally:
         db.forget_engine(url)
+        if backend == "sqlite":
+            shutil.rmtree(folder, ignore_errors=True)
         if backend == "postgresql":
             import psycopg
 
@@ -331,15 +363,20 @@ def main() -> None:
     parser.add_argument("--plans", action="store_true", help="Print the query plans too.")
     args = parser.parse_args()
     backends = ("postgresql", "sqlite") if args.backend == "both" else (args.backend,)
-    report = {"tenants": args.tenants, "adapters": args.adapters, "repeat": args.repeat,
-              "cpus": os.cpu_count(), "load_average_1m_at_start": load_average()}
+    report = {
+        "tenants": args.tenants,
+        "adapters": args.adapters,
+        "repeat": args.repeat,
+        "cpus": os.cpu_count(),
+        "load_average_1m_at_start": load_average(),
+    }
     for backend in backends:
         report[backend] = run_backend(backend, args)
     report["load_average_1m_at_end"] = load_average()
     plan_text = {b: report[b].pop("plans") for b in backends if "plans" in report[b]}
     print(json.dumps(report, indent=2))
-    for backend, text in plan_text.items():
-        print(f"\n===== query plans: {backend} =====\n{text}")
+    for backend, plan in plan_text.items():
+        print(f"\n===== query plans: {backend} =====\n{plan}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,15 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from orchestrator.reports.model import Table
+from orchestrator.reports.model import TERMINAL_ROWS, Table
+
+
+def _shown_rows(table: Table) -> list[list[Any]]:
+    """The first TERMINAL_ROWS rows and the table's trailing `keep_last` ones (totals)."""
+    if len(table.rows) <= TERMINAL_ROWS + table.keep_last:
+        return table.rows
+    tail = table.rows[len(table.rows) - table.keep_last :] if table.keep_last else []
+    return table.rows[:TERMINAL_ROWS] + tail
 
 
 def rich_table(table: Table) -> Any:
@@ -21,14 +29,22 @@ def rich_table(table: Table) -> Any:
     )
     for c in table.columns:
         out.add_column(Text(c.header), justify=c.align, overflow="fold")
-    for row in table.text_rows():
+    for row in Table(table.key, table.title, table.columns, _shown_rows(table)).text_rows():
         out.add_row(*(Text(v) for v in row))
     return out
 
 
 def print_report(report: Any, console: Any) -> None:
+    from rich.text import Text
+
     for table in report.tables():
         console.print(rich_table(table))
+        omitted = len(table.rows) - len(_shown_rows(table))
+        if omitted:
+            # Thousands of tenants are no screenful: say so rather than scroll for minutes.
+            console.print(
+                Text(f"… {omitted:,} more rows not shown: --format md, csv, json or html has them all.")
+            )
         console.print()
 
 
