@@ -43,12 +43,11 @@ class SegmentedPacking:
 
     def attention(self, q, k, v, *, scale: float, causal: bool, dropout: float = 0.0,
                   query_positions: torch.Tensor | None = None) -> torch.Tensor:
-        kv_segments = self.routing.segments(k.shape[0])
-        q_segments = self.routing.segments(q.shape[0])
+        qs, ks, vs = (self.routing.split(t) for t in (q, k, v))
         out = []
-        for batch, packing, first, kv, qs in zip(self.batches, self.packings, self.firsts, kv_segments,
-                                                 q_segments, strict=True):
-            args = (q[qs.start:qs.end], k[kv.start:kv.end], v[kv.start:kv.end])
+        for batch, packing, first, (_, qj), (_, kj), (_, vj) in zip(self.batches, self.packings, self.firsts,
+                                                                   qs, ks, vs, strict=True):
+            args = (qj, kj, vj)
             local = None if query_positions is None else first
             if dropout:
                 with batch.stream.active():
@@ -113,13 +112,12 @@ def _encoder_losses(model, batches, routing):
     first = torch.cat([f + o for f, o in zip(firsts, offsets, strict=True)])
     states = encoder.encode(model, hidden, SegmentedPacking(batches, packings, firsts, routing), first)
     pooler = f"{model.base_model_prefix}.pooler"
-    losses, start = [], 0
-    for b, n in zip(batches, rows, strict=True):
+    losses = []
+    for b, (_, part) in zip(batches, routing.split(states), strict=True):
         with b.stream.active():
-            logits = encoder.head_logits(model, states[start:start + n], classifier=b.heads["classifier"],
+            logits = encoder.head_logits(model, part, classifier=b.heads["classifier"],
                                          pooler=b.heads.get(pooler))
         losses.append(logits_loss(logits, b.inputs["labels"], b.kind))
-        start += n
     return losses
 
 
@@ -145,8 +143,4 @@ def _decoder_losses(model, batches, routing):
         offset += n
     # One pass of the vocabulary-wide head over every job's labelled rows; the loss per job.
     logits = model.get_output_embeddings()(states.index_select(0, torch.cat(rows))).float()
-    losses, start = [], 0
-    for t, n in zip(targets, counts, strict=True):
-        losses.append(F.cross_entropy(logits[start:start + n], t))
-        start += n
-    return losses
+    return [F.cross_entropy(part, t) for part, t in zip(logits.split(counts), targets, strict=True)]

@@ -48,13 +48,11 @@ class MultiLoRALinear(nn.Module):
         w, bias = self.base.weight, self.base.bias
         y0 = F.linear(x, w)
         parts = []
-        for seg in self.routing.segments(x.shape[0]):
-            base = y0[seg.start:seg.end]
+        for (seg, base), (_, xs) in zip(self.routing.split(y0), self.routing.split(x), strict=True):
             adapter = self.adapters[seg.key] if seg.key in self.adapters else None  # noqa: SIM401 (ModuleDict has no get)
             if adapter is None or adapter.merged:
                 parts.append(base)
                 continue
-            xs = x[seg.start:seg.end]
             dropped = adapter._has_dropout and adapter.training
             if dropped:
                 with self.routing.streams[seg.key].active():

@@ -88,6 +88,13 @@ class Routing:
             raise RuntimeError(f"a routed layer saw {rows} rows, but the packed step laid out "
                                f"{sorted(self._by_rows)}: it was called outside a packed step") from None
 
+    def split(self, x: torch.Tensor) -> list[tuple[Segment, torch.Tensor]]:
+        """x's rows cut into the jobs' parts. One split, not K slices: the backward of a slice
+        writes its gradient into a zero tensor of x's full size (K full-size fills and adds per
+        layer), the backward of a split concatenates the parts once."""
+        segments = self.segments(x.shape[0])
+        return list(zip(segments, x.split([s.end - s.start for s in segments]), strict=True))
+
     @property
     def active(self) -> bool:
         return bool(self._by_rows)
@@ -107,9 +114,9 @@ class RoutedDropout(nn.Module):
         if not self.routing.active:
             return F.dropout(x, self.p, True)
         parts = []
-        for seg in self.routing.segments(x.shape[0]):
+        for seg, part in self.routing.split(x):
             with self.routing.streams[seg.key].active():
-                parts.append(F.dropout(x[seg.start:seg.end], self.p, True))
+                parts.append(F.dropout(part, self.p, True))
         return torch.cat(parts)
 
     def extra_repr(self) -> str:
