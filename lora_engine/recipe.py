@@ -351,9 +351,16 @@ def apply_update(run: Run, params: list[nn.Parameter]) -> None:
     run.step += 1
 
 
+def progress_event(run: Run, step_loss: float, examples_per_s: float) -> Progress:
+    """The progress of the step `run` just took."""
+    epoch = run.step * run.spec.grad_accum / max(len(run.sampler), 1)
+    return Progress(run.step, run.total_steps, step_loss, examples_per_s, run.tokens,
+                    run.optimizer.param_groups[0]["lr"], epoch)
+
+
 def fit(run: Run, hooks: TrainHooks) -> None:
     """Optimizer steps from `run.step` to `run.total_steps`, with the hooks. Mutates `run`."""
-    model, opt, kind, dev = run.model, run.optimizer, run.info.kind, run.device
+    model, kind, dev = run.model, run.info.kind, run.device
     params = list(run.trainable.values())
     batches, t0, seen = training_batches(run), time.perf_counter(), 0
     model.train()
@@ -381,10 +388,7 @@ def fit(run: Run, hooks: TrainHooks) -> None:
         run.losses.append(step_loss)
         run.device_s += time.perf_counter() - t_step  # loss.item() above waited for the device
         if hooks.on_progress is not None:
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            epoch = run.step * run.spec.grad_accum / max(len(run.sampler), 1)
-            hooks.on_progress(Progress(run.step, run.total_steps, step_loss, rate, run.tokens,
-                                       opt.param_groups[0]["lr"], epoch))
+            hooks.on_progress(progress_event(run, step_loss, seen / max(time.perf_counter() - t0, 1e-9)))
         stop = hooks.should_stop is not None and hooks.should_stop()
         if hooks.checkpoint_dir is not None and (stop or (
                 hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):

@@ -43,7 +43,6 @@ from lora_engine.packed.forward import PackedBatch, family, packed_losses
 from lora_engine.packed.layer import MultiLoRALinear
 from lora_engine.packed.routing import JobStream, RoutedDropout, Routing
 from lora_engine.recipe import (
-    Progress,
     Run,
     TrainHooks,
     TrainResult,
@@ -53,6 +52,7 @@ from lora_engine.recipe import (
     finish_run,
     label_names_for,
     prepare_run,
+    progress_event,
     restore_run,
     save_run_checkpoint,
     set_step_lr,
@@ -305,8 +305,7 @@ class Pack:
         run.device_s += time.perf_counter() - t0
         if hooks.on_progress is not None:
             rate = job.seen / max(time.perf_counter() - job.started, 1e-9)
-            hooks.on_progress(Progress(run.step, run.total_steps, job.step_loss, rate, run.tokens,
-                                       run.optimizer.param_groups[0]["lr"]))
+            hooks.on_progress(progress_event(run, job.step_loss, rate))
         stop = hooks.should_stop is not None and hooks.should_stop()
         if hooks.checkpoint_dir is not None and (stop or (
                 hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
