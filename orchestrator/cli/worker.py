@@ -42,11 +42,28 @@ def visible_devices(gpus: int, env: dict[str, str] | None = None) -> list[str]:
 @click.option(
     "--beat", is_flag=True, help="Also run the periodic reconciler in this worker (one per cluster)."
 )
-def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool) -> None:
-    """Start a Celery worker that trains queued jobs (Ctrl-C stops it after a warm shutdown)."""
-    from orchestrator.config import get_settings
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log lines as text or one JSON object per line (default: LORAFLEET_LOG_FORMAT).")
+def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_format: str | None) -> None:
+    """Start a Celery worker that trains queued jobs (Ctrl-C stops it after a warm shutdown).
 
-    queue = get_settings().queue
+    Checks first that its jobs can run (artifacts writable; warns about a missing Java, data
+    folder or model package) and sets OMP_WAIT_POLICY=PASSIVE unless you set it. With
+    LORAFLEET_METRICS_PORT set, each worker process serves Prometheus metrics (process i of
+    --gpus N on the port + i).
+
+    \b
+    Examples:
+      lorafleet worker
+      LORAFLEET_METRICS_PORT=9400 lorafleet worker --gpus 4 --log-format json
+    """
+    from worker.preflight import PreflightError, prepare_environment
+
+    try:
+        settings = prepare_environment(log_format)
+    except PreflightError as exc:
+        raise click.ClickException(f"the worker cannot start: {exc}") from None
+    queue = settings.queue
     if gpus is None:
         from worker.celery_app import app
 
@@ -60,6 +77,8 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool) -> Non
     procs = []
     for index, device in enumerate(devices):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
+        if settings.metrics_port:  # one exporter per process
+            env["LORAFLEET_METRICS_PORT"] = str(settings.metrics_port + index)
         command = worker_command(
             queue=queue,
             concurrency=concurrency,

@@ -67,15 +67,24 @@ class Screen:
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("lorafleet-terminal")
-    env = {**worker_env(home), "LORAFLEET_CHECKPOINT_EVERY": "100"}
+    env = {**worker_env(home), "LORAFLEET_CHECKPOINT_EVERY": "100", "LORAFLEET_LOG_FORMAT": "json",
+           "LORAFLEET_METRICS_PORT": str(free_port())}
     proc = start_worker(env, home / "worker.log")
     try:
         wait_for(lambda: " ready." in (home / "worker.log").read_text(), WORKER_START_TIMEOUT_S,
                  "the worker to start")
         assert cli(env, "tenant", "create", "acme").returncode == 0
-        yield env
+        yield {**env, "WORKER_LOG": str(home / "worker.log")}
     finally:
         stop_worker(proc)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -115,6 +124,22 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     kinds = [re.fullmatch(r"\d\d:\d\d:\d\d  (\w+)\s+.*", line).group(1) for line in piped.stdout.splitlines()]
     assert kinds[:2] == ["submitted", "claimed"] and kinds[-1] == "succeeded" and "progress" in kinds
     assert cli(embedded, "job", "wait", job_id[:8]).returncode == 0
+
+    # JSON worker logs: one object per line, the job's lines carry its job and tenant ids.
+    records = [json.loads(line) for line in Path(embedded["WORKER_LOG"]).read_text().splitlines()
+               if line.startswith("{")]
+    claimed = [r for r in records if r["message"].startswith("claimed train job " + job_id)]
+    assert claimed and claimed[0]["job_id"] == job_id and claimed[0]["tenant_id"]
+    assert {r["job_id"] for r in records if job_id in r["message"]} == {job_id}
+    # Prometheus metrics of the worker: its outcomes, and the registry's jobs by state and tenant.
+    import urllib.request
+
+    port = embedded["LORAFLEET_METRICS_PORT"]
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert re.search(r'^lorafleet_worker_jobs_total\{outcome="succeeded"\} [1-9]', scraped, re.M), scraped
+    assert re.search(r'^lorafleet_jobs\{state="succeeded",tenant="acme"\} [1-9]', scraped, re.M)
+    assert re.search(r"^lorafleet_queue_depth 0", scraped, re.M)
+    assert re.search(r'^lorafleet_worker_device_memory_bytes\{kind="(rss|allocated)"\} [1-9]', scraped, re.M)
 
     # The worker recorded every step's loss and lr (metric history), read back by `job metrics`.
     curves = json.loads(cli(embedded, "job", "metrics", job_id, "--format", "json").stdout)

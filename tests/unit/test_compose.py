@@ -53,3 +53,10 @@ def test_cluster_services_share_registry_and_broker(config):
     assert {env["LORAFLEET_DATABASE_URL"] for env in envs} == {envs[0]["LORAFLEET_DATABASE_URL"]}
     assert "reconcile" in services["reconciler"]["command"]
     assert "flower" in services["flower"]["command"]
+
+
+def test_workers_export_prometheus_metrics_and_keep_the_shared_environment(config):
+    worker = config["services"]["worker"]
+    assert worker["environment"]["LORAFLEET_METRICS_PORT"] == "9400"
+    assert worker["environment"]["LORAFLEET_BROKER_URL"] == "redis://redis:6379/0"  # merged, not replaced
+    assert "--log-format" in worker["command"]
