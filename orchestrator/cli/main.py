@@ -16,6 +16,7 @@ from orchestrator.cli import (
     config,
     dataset,
     db,
+    examples,
     job,
     job_results,
     quickstart,
@@ -67,6 +68,7 @@ cli.add_command(quickstart.quickstart)
 cli.add_command(db.db)
 cli.add_command(config.config)
 cli.add_command(status.status)
+examples.attach(cli)
 
 
 if __name__ == "__main__":

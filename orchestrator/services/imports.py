@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from orchestrator.artifacts import adapter_path
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry.models import Adapter, new_id, utcnow
 from orchestrator.services._tx import transactional
-from orchestrator.services.adapters import new_adapter_path
 from orchestrator.services.tenants import tenant_or_404
 
 
@@ -34,7 +34,7 @@ def import_adapter(session: Session, tenant: str, foreign: Any, *,
     settings = settings or get_settings()
     owner = tenant_or_404(session, tenant)
     adapter_id = new_id()
-    dest = new_adapter_path(settings, owner.id, adapter_id)
+    dest = adapter_path(settings, owner.id, adapter_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.import-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()

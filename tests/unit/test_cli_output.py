@@ -64,3 +64,20 @@ def test_short_prefixes_resolve_when_unique(session):
         svc.get_job(session, "ab%d")
     with pytest.raises(NotFound):
         svc.get_job(session, job.id[:6], tenant="nobody")
+
+
+def test_every_command_shows_an_example_in_its_help():
+    import click
+
+    from orchestrator.cli.main import cli
+
+    def commands(group, path=()):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, (*path, name))
+            else:
+                yield " ".join((*path, name)), command
+
+    missing = [name for name, command in commands(cli)
+               if "Example" not in (command.help or "") + (command.epilog or "")]
+    assert missing == [], f"commands without an example (add one to cli/examples.py): {missing}"

@@ -1,0 +1,56 @@
+"""One example per command, shown at the end of its `--help` (attached by `cli.main`).
+
+Kept in one table so every command has one (a test walks the command tree) and a command's own
+docstring can stay about what it does. A command whose help already has an example keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXAMPLES: dict[str, list[str]] = {
+    "tenant create": ["lorafleet tenant create acme --name 'Acme Corp' --max-running 2"],
+    "tenant list": ["lorafleet tenant list --json"],
+    "tenant show": ["lorafleet tenant show acme"],
+    "tenant set-quota": ["lorafleet tenant set-quota acme --max-running 4 --device-hours-per-month 100"],
+    "dataset upload": ["lorafleet dataset upload --tenant acme --kind classification reviews.jsonl"],
+    "dataset list": ["lorafleet dataset list --tenant acme"],
+    "dataset show": ["lorafleet dataset show 5c1e9a20"],
+    "dataset delete": ["lorafleet dataset delete 5c1e9a20"],
+    "job submit": ["lorafleet job submit --tenant acme --task sst2 --rank 8 --wait",
+                   "lorafleet job submit --tenant acme --task mrpc --init-from 8f2a81c1 --epochs 3"],
+    "job submit-batch": ["lorafleet job submit-batch examples/glue_five_tasks.yaml"],
+    "job list": ["lorafleet job list --tenant acme --state running --wide"],
+    "job show": ["lorafleet job show 3f2a1b9c --json"],
+    "job cancel": ["lorafleet job cancel 3f2a1b9c"],
+    "job retry": ["lorafleet job retry 3f2a1b9c && lorafleet job events --follow 3f2a1b9c"],
+    "adapter list": ["lorafleet adapter list --tenant acme --task sst2"],
+    "adapter show": ["lorafleet adapter show 8f2a81c1"],
+    "adapter export": ["lorafleet adapter export 8f2a81c1 ./sst2-adapter"],
+    "adapter delete": ["lorafleet adapter delete 8f2a81c1 --yes"],
+    "adapter predict": ["lorafleet adapter predict 8f2a81c1 'a gripping, funny film'",
+                        "lorafleet adapter predict 2b7c90d4 'The cat sat. ||| A cat was sitting.'"],
+    "report benchmark": ["lorafleet report benchmark --pick best --format md"],
+    "report cost": ["lorafleet report cost --since 2026-11-01 --price cuda=2.5"],
+    "report compare": ["lorafleet report compare --task sst2"],
+    "report all": ["lorafleet report all --out ./reports"],
+    "reconcile": ["lorafleet reconcile --every 30"],
+    "quickstart": ["lorafleet quickstart"],
+    "db upgrade": ["LORAFLEET_DATABASE_URL=postgresql://lorafleet@db/lorafleet lorafleet db upgrade"],
+    "db current": ["lorafleet db current --json"],
+}
+
+
+def attach(group: Any, path: tuple[str, ...] = ()) -> None:
+    """Set the epilog of every command below `group` that has none and no example in its help."""
+    import click
+
+    for name, command in group.commands.items():
+        key = " ".join((*path, name))
+        if isinstance(command, click.Group):
+            attach(command, (*path, name))
+            continue
+        lines = EXAMPLES.get(key)
+        if lines and not command.epilog and "Example" not in (command.help or ""):
+            word = "Examples" if len(lines) > 1 else "Example"
+            command.epilog = "\b\n" + f"{word}:\n" + "\n".join(f"  {line}" for line in lines)
