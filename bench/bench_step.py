@@ -22,8 +22,7 @@ The FLOP floor of LoRA ÷ full fine-tuning is about 2/3: LoRA skips the weight-g
 of forward, input-grad, weight-grad) but keeps the rest.
 
 usage: python bench/bench_step.py [--models minilm,smollm2] [--warmup N] [--steps N]
-                                  [--device cpu|cuda] [--threads 2] [--fold-ablation]
-`--fold-ablation`: our step with the frozen-LoRA fold kernel vs the plain addmm path, in turn.
+                                  [--device cpu|cuda] [--threads 2]
 Prints one JSON object. Needs HF_HUB_OFFLINE=1 and LORAFLEET_DATA_DIR (the shared data folder).
 """
 
@@ -248,38 +247,6 @@ def run_model(name: str, args) -> dict:
     }
 
 
-def fold_ablation(name: str, args) -> dict:
-    """Our LoRA step with the hand-written frozen-LoRA fold kernel (layers._FrozenLoRAMatmul) vs the
-    plain path (x·Wᵀ, then addmm of s·(x·Aᵀ)·Bᵀ), same weights and batch, steps taken in turn."""
-    from lora_engine.layers import LoRALinear
-
-    setup = SETUPS[name]
-    runs = {}
-    for variant in ("fold", "addmm"):
-        model, tok, opt, sched, _ = build("ours", setup, args.device)
-        layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
-        if variant == "addmm":
-            for m in layers:
-                m._fold_min_rows = sys.maxsize  # never take the fold kernel
-        runs[variant] = (model, opt, sched)
-    batch = make_batch(setup, tok, args.device)
-    warmup = args.warmup if args.warmup is not None else setup["warmup"]
-    steps = args.steps or setup["steps"]
-    times: dict[str, list[float]] = {v: [] for v in runs}
-    for i in range(warmup + steps):
-        for variant, (model, opt, sched) in runs.items():
-            t = step(model, opt, sched, batch, args.device)
-            if i >= warmup:
-                times[variant].append(t)
-    med = {v: statistics.median(ts) for v, ts in times.items()}
-    return {
-        "lora_layers": len(layers), "steps": steps,
-        "step_s_median": {v: round(t, 4) for v, t in med.items()},
-        "fold_over_addmm_median": round(med["fold"] / med["addmm"], 3),
-        "fold_over_addmm_min": round(min(times["fold"]) / min(times["addmm"]), 3),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="minilm,smollm2")
@@ -292,8 +259,6 @@ def main() -> None:
     p.add_argument("--model-dir", action="append", default=[], metavar="NAME=DIR",
                    help="load NAME (minilm|smollm2) from a local folder instead of its alias, e.g. the same "
                         "config with random weights on a GPU box without the model packages")
-    p.add_argument("--fold-ablation", action="store_true",
-                   help="only time our step with vs without the frozen-LoRA fold kernel")
     args = p.parse_args()
     for item in args.model_dir:
         name, _, folder = item.partition("=")
@@ -306,12 +271,6 @@ def main() -> None:
         return
     start = time.perf_counter()
     results = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
-    if args.fold_ablation:
-        for name in args.models.split(","):
-            results[name] = fold_ablation(name, args)
-            print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
-        print(json.dumps(results, indent=2))
-        return
     for name in args.models.split(","):
         load = os.getloadavg()[0]
         results[name] = run_model(name, args)

@@ -13,9 +13,9 @@ the same names, so the model's base state-dict keys do not change (`c_attn.weigh
 
 Merging is explicit and idempotent (`merge()` / `unmerge()`), never a side effect of `train()`/`eval()`.
 
-Speed: with a frozen base and no dropout (the usual LoRA step) the forward folds s·B·A into the
-weight and runs one GEMM with a hand-written backward (`_FrozenLoRAMatmul`); otherwise the update
-is added by one addmm with the scale as its alpha. No per-call adapter dispatch either way.
+Speed: the update is added by one addmm with the scale as its alpha (`addmm(W0·x + b, x·Aᵀ, Bᵀ,
+alpha=s)`), no per-call adapter dispatch. A hand-written kernel that folded s·B·A into the frozen
+weight was measured against this path (bench/RESULTS.md, "fold kernel") and removed: it was slower.
 """
 
 from __future__ import annotations
@@ -39,51 +39,6 @@ def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
 
 def is_conv1d(module: nn.Module) -> bool:
     return Conv1D is not None and isinstance(module, Conv1D)
-
-
-class _FrozenLoRAMatmul(torch.autograd.Function):
-    """y = x·(W0 + s·B·A)ᵀ + b for a frozen W0, with a hand-written backward.
-
-    Forward folds the rank-r update into the weight (an out×in×r product, negligible next to the
-    N×in×out GEMM), so the step runs one big GEMM instead of a GEMM, two skinny GEMMs, a scale and
-    an add. Backward uses the same folded weight for the input gradient, again one GEMM with no
-    accumulation of two branches:
-        ∂x = ∂y·(W0 + s·B·A)      ∂A = s·(∂y·B)ᵀ·x      ∂B = s·∂yᵀ·(x·Aᵀ)      ∂b = Σ ∂y
-    Saved for backward: x and h = x·Aᵀ (N×r), exactly what the unfused graph keeps; the folded
-    weight is recomputed rather than saved. W0 must not require grad (it gets none).
-    """
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, fan_in_fan_out):
-        w = weight.t() if fan_in_fan_out else weight
-        x2 = x.reshape(-1, x.shape[-1])
-        folded = torch.addmm(w, lora_b, lora_a, alpha=scaling)
-        y = F.linear(x2, folded, bias)
-        h = F.linear(x2, lora_a)
-        ctx.save_for_backward(x2, h, weight, lora_a, lora_b)
-        ctx.scaling, ctx.fan_in_fan_out, ctx.x_shape = scaling, fan_in_fan_out, x.shape
-        ctx.has_bias = bias is not None
-        return y.view(*x.shape[:-1], y.shape[-1])
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad_y):
-        x2, h, weight, lora_a, lora_b = ctx.saved_tensors
-        s = ctx.scaling
-        g = grad_y.reshape(-1, grad_y.shape[-1])
-        grad_x = grad_bias = grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            w = weight.t() if ctx.fan_in_fan_out else weight
-            folded = torch.addmm(w, lora_b, lora_a, alpha=s).to(g.dtype)
-            grad_x = (g @ folded).view(ctx.x_shape)
-        if ctx.needs_input_grad[3]:
-            grad_a = torch.mm((g @ lora_b.to(g.dtype)).t(), x2.to(g.dtype)).mul_(s)
-        if ctx.needs_input_grad[4]:
-            grad_b = torch.mm(g.t(), h.to(g.dtype)).mul_(s)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = g.sum(0)
-        return grad_x, None, grad_bias, grad_a, grad_b, None, None
 
 
 class LoRALinear(nn.Module):
@@ -122,11 +77,6 @@ class LoRALinear(nn.Module):
                 self.lora_magnitude = nn.Parameter(self._row_norm(self.delta_weight()))
         self.merged = False
         self._merged_norm: torch.Tensor | None = None  # DoRA: the norm used at merge time
-        # Folding s·B·A into W costs 2·in·out·r per step (forward + backward); it saves the skinny
-        # GEMMs N·r·(in + out) and two N×out adds. It pays once N·(in + out) ≥ 2·in·out: big
-        # training batches, not token-by-token generation.
-        self._fold_min_rows = math.ceil(2 * self.in_features * self.out_features
-                                        / (self.in_features + self.out_features))
 
     # -- weights in (out, in) orientation ---------------------------------------------------------
     def base_weight_oi(self) -> torch.Tensor:
@@ -151,13 +101,8 @@ class LoRALinear(nn.Module):
             return self._base(x)
         if self.use_dora:
             return self._dora_forward(x)
-        if (not self.weight.requires_grad and not (self._has_dropout and self.training)
-                and x.numel() >= self._fold_min_rows * self.in_features):
-            # Frozen base, no dropout, enough rows: the folded-weight kernel (see _FrozenLoRAMatmul).
-            return _FrozenLoRAMatmul.apply(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight,
-                                           self.scaling, self.fan_in_fan_out)
-        # Base weight trained too, or dropout on the LoRA path: the plain graph, with the update's add
-        # and scale fused into the B GEMM: addmm(base, h, Bᵀ, alpha=s), one kernel, not mm+mul+add.
+        # The update's add and scale fused into the B GEMM: addmm(base, h, Bᵀ, alpha=s), one
+        # kernel, not mm+mul+add.
         xd = self.lora_dropout(x) if self._has_dropout else x
         h = F.linear(xd, self.lora_A.weight)
         base = self._base(x)
