@@ -12,7 +12,6 @@ model, so a bad adapter raises AdapterError and leaves the model as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from lora_engine.digest import adapter_files_digest
 from lora_engine.errors import AdapterError, LoraConfigError
 from lora_engine.inject import (
     LoraSettings,
@@ -401,22 +401,6 @@ def _top_saved(saved: set[str], model: nn.Module) -> set[str]:
         head = next((h for h in heads if name == h or name.startswith(h + ".")), None)
         out.add(head or name)
     return out
-
-
-def adapter_files_digest(folder: str | os.PathLike) -> tuple[str, int]:
-    """(sha256 over the folder's files, names included, in sorted order; total bytes)."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    total = 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        digest.update(rel.encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-                total += len(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest(), total
 
 
 __all__ = [

@@ -286,7 +286,7 @@ def _resolve_inputs(settings: Settings, tenant_id: str, spec: dict[str, Any]) ->
 
 def _publish(ctx: JobContext, result: JobResult) -> Any:
     """Rename the staged adapter to its final folder (atomic) and hash it there, once."""
-    from lora_engine.adapter_io import adapter_files_digest
+    from lora_engine.digest import adapter_files_digest
     from orchestrator.services import AdapterRecord
 
     staged = result.adapter

@@ -81,7 +81,7 @@ def export(adapter_id: str, dest: Path, as_json: bool) -> None:
 
     The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`.
     """
-    from lora_engine.adapter_io import adapter_files_digest
+    from lora_engine.digest import adapter_files_digest
 
     view = _adapter(adapter_id)
     source = Path(view["path"])

@@ -29,7 +29,8 @@ def import_adapter(session: Session, tenant: str, foreign: Any, *,
                    settings: Settings | None = None) -> Adapter:
     """Copy and register `foreign` (a checked lora_engine ForeignAdapter) for `tenant` (slug)."""
     from lora_engine.adapter_import import IMPORTED_FILES
-    from lora_engine.adapter_io import META_NAME, adapter_files_digest
+    from lora_engine.adapter_io import META_NAME
+    from lora_engine.digest import adapter_files_digest
 
     settings = settings or get_settings()
     owner = tenant_or_404(session, tenant)

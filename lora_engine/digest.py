@@ -1,0 +1,24 @@
+"""The checksum of an adapter (or any artifact) folder, without torch: the CLI verifies a folder
+before `adapter export` and the worker hashes a new adapter once, at publish."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def adapter_files_digest(folder: str | os.PathLike) -> tuple[str, int]:
+    """(sha256 over the folder's files, names included, in sorted order; total bytes)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    total = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        digest.update(rel.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+                total += len(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest(), total
