@@ -16,9 +16,24 @@ registry.db:      session_scope(settings=None, *, url=None) -> ctx[Session]; ens
                   dispose_engines()  (after fork); make_engine(url); session_factory(url)
 tenants:          create_tenant(s, slug, name=None, max_running=None) -> Tenant
                   list_tenants(s) -> [Tenant]; get_tenant(s, slug) -> Tenant
-                  set_tenant_quota(s, slug, max_running) -> Tenant; validate_slug(slug)
+                  set_tenant_quota(s, slug, max_running=None, *, max_queued=None,
+                             device_hours_per_month=KEEP|None|h, max_storage_bytes=KEEP|None|n)
+                  validate_slug(slug)
+quotas:           tenant_quota_usage(s, slug) -> QuotaUsage (running/queued/device-hours this
+                             month/storage against each limit); refusals raise QuotaExceeded
+                             (an InvalidInput) with the figures
+datasets:         upload_dataset(s, tenant_slug, file, kind="classification", validation=None)
+                             -> Dataset (validated whole, stored by id, sha256; same bytes: same row)
+                  list_datasets(s, tenant=None); get_dataset(s, id, tenant=None);
+                  delete_dataset(s, id, tenant=None) (refused while queued/running jobs use it)
+                  with_stored_dataset(s, spec, tenant_id) -> spec naming the stored, hash-checked file
+                  Paths a user passes are confined to settings.data_roots (orchestrator.paths).
 jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_key=None,
-                             init_from_adapter_id=None, max_attempts=None) -> Job (queued)
+                             init_from_adapter_id=None, max_attempts=None, settings=None) -> Job
+                             (queued); spec "dataset": a data set id or a JSONL file (uploaded);
+                             quotas: max queued, the month's device-hour budget (estimated)
+                  plan_job(s, tenant_slug, spec_dict, ...) -> Plan (dry run: spec, data set,
+                             Estimate(examples, tokens, device_seconds, money, basis)); writes nothing
                   submit_batch(s, items, max_attempts=None) -> [Job]   items: {"tenant", "spec": {..},
                              "priority"?, "idempotency_key"?, "init_from_adapter_id"?} or flat
                              {"tenant", "task", "rank", ...}; all or nothing (BatchError)
@@ -26,7 +41,7 @@ jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_
 reevaluation:     submit_reevaluation(s, tenant=None|slug|[slugs], task=None, base_model=None,
                              eval_size=None, priority=0, max_attempts=None) -> [Job kind
                              "reevaluate"], one per (tenant, base model); nothing found: InvalidInput
-                  list_jobs(s, tenant=None, state=None, limit=None) -> [Job] newest first
+                  list_jobs(s, tenant=None, state=None, limit=None, offset=0) -> [Job] newest first
                   get_job(s, job_id, tenant=None) -> JobDetail(job, tenant_slug, adapter, metrics, usage)
                              .to_dict() -> {"id", "state", "attempts", "metrics",
                                             "adapter": {"id", "path", ..} | None, ...}

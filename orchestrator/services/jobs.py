@@ -37,7 +37,7 @@ from orchestrator.services.errors import BatchError, Conflict, InvalidInput, Inv
 from orchestrator.services.estimates import Estimate, estimate_job
 from orchestrator.services.events import add_event
 from orchestrator.services.ids import resolve_id
-from orchestrator.services.quotas import check_budget, check_queued
+from orchestrator.services.quotas import check_budget, check_queued, check_storage
 from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.views import JobDetail
 
@@ -209,8 +209,10 @@ def _max_attempts(max_attempts: int | None) -> int:
 
 
 def _admit(session: Session, p: _Prepared, settings: Settings, queued_adding: int = 1) -> Estimate | None:
-    """The tenant's door quotas: queued jobs, and the month's device-hour budget (estimated)."""
+    """The tenant's door quotas: queued jobs, storage not already over its quota (a job adds an
+    adapter), and the month's device-hour budget (estimated)."""
     check_queued(session, p.tenant, queued_adding)
+    check_storage(session, p.tenant, 0)
     if p.tenant.device_hours_per_month is None:
         return None
     estimate = estimate_job(session, p.spec, p.dataset, settings)

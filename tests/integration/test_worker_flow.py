@@ -144,7 +144,12 @@ def test_changed_data_fails_with_reason_and_worker_survives(live_worker: LiveWor
     next(stored.glob("*/data.jsonl")).write_text('{"text": "other", "label": "pos"}\n' * 12)
     announce_jobs([bad], settings=live_worker.settings)
     good = _submit(live_worker, tenant, seed=7)
-    details = _wait_terminal(live_worker, [bad, good])
+    other = tmp_path / "other.jsonl"  # a second data set, left as uploaded: it trains
+    other.write_text("\n".join(json.dumps({"text": f"row {i}", "label": i % 2}) for i in range(12)) + "\n")
+    trained = _submit(live_worker, tenant, task="custom-classification", dataset=str(other), max_steps=1,
+                      eval_size=None)
+    details = _wait_terminal(live_worker, [bad, good, trained])
+    assert details[trained]["state"] == "succeeded", details[trained]
 
     assert details[bad]["state"] == "failed"
     assert details[bad]["attempts"] == 1  # bad input is not retried

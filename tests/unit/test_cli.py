@@ -216,3 +216,23 @@ def test_job_list_is_paged_newest_first(home: Path, tmp_path: Path):
     assert len(rest) == 10 and len(page) == 5
     ids = [j["id"] for j in json.loads(first.stdout)] + [j["id"] for j in rest]
     assert len(set(ids)) == 60
+
+
+def test_json_output_never_prints_nan(home: Path):
+    from sqlalchemy import update
+
+    from orchestrator.registry.models import Job
+
+    run("tenant", "create", "acme")
+    submitted = run("job", "submit", "--tenant", "acme", "--task", "sst2", "--base-model", "tiny-bert",
+                    "--max-steps", "5", "--json")
+    job_id = json.loads(submitted.stdout)["id"]
+    with session_scope() as s:  # a diverged run's last loss
+        s.execute(update(Job).where(Job.id == job_id).values(last_loss=float("nan")))
+        s.commit()
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+    assert strict(run("job", "list", "--json").stdout)[0]["id"] == job_id
+    assert strict(run("job", "show", job_id, "--json").stdout)["id"] == job_id

@@ -183,6 +183,11 @@ def test_queued_storage_and_monthly_budget_quotas(session, roots: Path) -> None:
     svc.set_tenant_quota(session, "acme", max_queued=100, max_storage_bytes=10)
     with pytest.raises(QuotaExceeded, match="may store 10 bytes"):
         upload_dataset(session, "acme", rows_file(roots / "d.jsonl"), "classification")
+    svc.set_tenant_quota(session, "acme", max_storage_bytes=None)
+    upload_dataset(session, "acme", roots / "d.jsonl", "classification")
+    svc.set_tenant_quota(session, "acme", max_storage_bytes=10)  # now over it: no new jobs either
+    with pytest.raises(QuotaExceeded, match="this adds 0"):
+        svc.submit_job(session, "acme", SPEC)
 
     # 1 device-hour a month; 3000 s used this month (and 1e6 s last month, which does not count).
     svc.set_tenant_quota(session, "acme", device_hours_per_month=1.0, max_storage_bytes=None)
@@ -222,3 +227,18 @@ def test_fair_share_b_starts_within_a_few_claims_after_a_queued_200(session) -> 
     running = [svc.claim_next(session, f"w{i}", lease_seconds=60) for i in range(3)]
     assert [j.tenant_id == b_id for j in running if j is not None].count(True) == 0  # b has none left
     assert sum(j is not None for j in running) == 2  # a's quota of 2 running
+
+
+def test_a_validation_file_is_stored_beside_the_data_and_checked_too(session, roots: Path) -> None:
+    svc.create_tenant(session, "acme")
+    train = rows_file(roots / "train.jsonl", n=10)
+    val = roots / "val.jsonl"
+    val.write_text('{"text": "held out", "label": 1}\n')
+    ds = upload_dataset(session, "acme", train, "classification", validation=val)
+    folder = dataset_dir(get_settings(), ds.tenant_id, ds.id)
+    assert (folder / "data.validation.jsonl").read_bytes() == val.read_bytes()
+    assert ds.validation_rows == 1 and ds.validation_sha256 is not None
+    (roots / "val-names.jsonl").write_text('{"text": "held out", "label": "pos"}\n')
+    with pytest.raises(DataValidationError, match="label type differs"):
+        upload_dataset(session, "acme", train, "classification", validation=roots / "val-names.jsonl")
+    assert _count(session, Dataset) == 1
