@@ -26,7 +26,7 @@ datasets:         upload_dataset(s, tenant_slug, file, kind="classification", va
                              -> Dataset (validated whole, stored by id, sha256; same bytes: same row)
                   list_datasets(s, tenant=None); get_dataset(s, id, tenant=None);
                   delete_dataset(s, id, tenant=None) (refused while queued/running jobs use it)
-                  with_stored_dataset(s, spec, tenant_id) -> spec naming the stored, hash-checked file
+                  dataset_for_training(s, id, tenant_id) -> the stored file, sha256 checked (worker)
                   Paths a user passes are confined to settings.data_roots (orchestrator.paths).
 jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_key=None,
                              init_from_adapter_id=None, max_attempts=None, settings=None) -> Job

@@ -17,7 +17,6 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -237,12 +236,3 @@ def dataset_for_training(
         raise DataValidationError(dataset_id, [(0, "stored validation file missing or changed since upload")])
     return path
 
-
-def with_stored_dataset(session: Session, spec: Any, tenant_id: str, settings: Settings | None = None) -> Any:
-    """The worker's spec: a data set id replaced by its stored, hash-checked file (else unchanged)."""
-    from lora_engine.spec import UUID_RE
-
-    if not spec.dataset or not UUID_RE.match(spec.dataset):
-        return spec
-    path = dataset_for_training(session, spec.dataset, tenant_id, settings)
-    return spec.model_copy(update={"dataset": str(path)})

@@ -16,11 +16,11 @@ from orchestrator.config import get_settings
 from orchestrator.registry.models import Dataset, Job, Usage, utcnow
 from orchestrator.services.datasets import (
     dataset_dir,
+    dataset_for_training,
     delete_dataset,
     get_dataset,
     list_datasets,
     upload_dataset,
-    with_stored_dataset,
 )
 from orchestrator.services.errors import QuotaExceeded
 from orchestrator.services.quotas import month_start, tenant_quota_usage
@@ -125,14 +125,13 @@ def test_a_job_names_its_data_set_by_id_and_the_worker_checks_the_hash(session, 
         svc.submit_job(session, "acme", {"task": "custom-generation", "base_model": "tiny-llama",
                                          "dataset": job.dataset_id})
 
-    from lora_engine.spec import TrainingSpec
-
-    parsed = TrainingSpec.model_validate(job.spec)
-    path = Path(with_stored_dataset(session, parsed, job.tenant_id).dataset)
+    path = dataset_for_training(session, job.spec["dataset"], job.tenant_id)  # the worker's look-up
     assert path == dataset_dir(get_settings(), job.tenant_id, job.dataset_id) / "data.jsonl"
+    with pytest.raises(DataValidationError, match="not this tenant's"):
+        dataset_for_training(session, job.dataset_id, svc.get_tenant(session, "globex").id)
     path.write_bytes(path.read_bytes() + b'{"text": "sneaked in", "label": 1}\n')
     with pytest.raises(DataValidationError, match="no longer matches the sha256"):
-        with_stored_dataset(session, parsed, job.tenant_id)
+        dataset_for_training(session, job.dataset_id, job.tenant_id)
 
     with pytest.raises(svc.InvalidState, match="used by 2 queued or running job"):
         delete_dataset(session, job.dataset_id)
