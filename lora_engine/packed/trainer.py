@@ -109,12 +109,14 @@ def _layers_container(model: nn.Module) -> nn.Module:
 
 class Pack:
     def __init__(self, model: nn.Module, tokenizer, *, data_dir: str | Path, base_model: str,
-                 device: DeviceInfo | None = None, max_jobs: int = 8, decode=None, meteor: bool = True):
+                 device: DeviceInfo | None = None, max_jobs: int = 8, max_tokens: int | None = None,
+                 decode=None, meteor: bool = True):
         self.family = family(model)
         self.model, self.tokenizer = model, tokenizer
         self.base_model, self.data_dir = base_model, data_dir
         self.device = device or pick_device()
-        self.max_jobs, self.decode, self.meteor = max_jobs, decode, meteor
+        # max_tokens bounds a round's tokens: Σ batch_size × max_length of the jobs in the pack.
+        self.max_jobs, self.max_tokens, self.decode, self.meteor = max_jobs, max_tokens, decode, meteor
         self.routing = Routing()
         self.jobs: dict[str, PackedJob] = {}
         self.multi: dict[str, MultiLoRALinear] = {}
@@ -171,6 +173,12 @@ class Pack:
         """Raise LoraConfigError unless `spec` (validated, resolved) can join this pack."""
         if len(self.jobs) >= self.max_jobs:
             raise LoraConfigError(f"the pack is full ({self.max_jobs} jobs)")
+        if self.max_tokens is not None:
+            planned = sum(_round_tokens(j.run.spec) for j in self.jobs.values()) + _round_tokens(spec)
+            if planned > self.max_tokens:
+                raise LoraConfigError(
+                    f"the pack's token budget is {self.max_tokens} per round; with this job "
+                    f"(batch_size × max_length = {_round_tokens(spec)}) it would be {planned}")
         if spec.base_model != self.base_model:
             raise LoraConfigError(f"job base model {spec.base_model!r} is not this pack's "
                                   f"{self.base_model!r}")
@@ -367,6 +375,11 @@ class Pack:
             _set_module(container, name, module)
         self.multi = {}
         return self.model
+
+
+def _round_tokens(spec: TrainingSpec) -> int:
+    """The most tokens a job puts into one micro-batch round."""
+    return spec.batch_size * spec.max_length
 
 
 def _resized(linear: nn.Linear, outputs: int) -> nn.Linear:

@@ -194,13 +194,14 @@ def test_packed_and_solo_adapters_score_identically_in_peft(runs):
 def test_unpackable_jobs_are_refused_and_the_pack_is_untouched(tmp_path, specs):
     cache = BaseModelCache()
     model, tok = cache.checkout("tiny-bert", "classification", 2)
-    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert", max_tokens=4 * 64 + 8 * 64)
     pack.add({**specs["a"], "max_steps": 1}, tmp_path / "ok", key="ok")
     layers_before = {n for n, _ in model.named_modules()}
     refusals = [
         ({**specs["a"], "method": "full"}, "cannot be packed"),
         ({**specs["a"], "base_model": "tiny-roberta"}, "not this pack's"),
         ({**specs["a"], "targets": ["word_embeddings", "query"]}, "linear layers only"),
+        ({**specs["a"], "batch_size": 9}, "token budget is 768 per round"),
     ]
     for spec, message in refusals:
         with pytest.raises(LoraConfigError, match=message):
