@@ -58,7 +58,7 @@ def job_specs(model: str, k: int, steps: int, folder: Path) -> list[dict]:
                  "batch_size": 8, "max_steps": steps, "max_length": 64, "eval_size": 8, "seed": i}
                 for i in range(k)]
     return [{"task": TASKS[i % len(TASKS)], "base_model": model, "batch_size": 8, "max_steps": steps,
-             "max_length": 128, "eval_size": 256, "seed": i} for i in range(k)]
+             "max_length": 128, "eval_size": 128, "seed": i} for i in range(k)]
 
 
 def run_variant(variant: str, model: str, k: int, steps: int) -> dict:

@@ -157,7 +157,7 @@ def test_packed_checkpoint_resumes_alone_exactly(runs, specs):
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6)
 
 
-def test_solo_checkpoint_resumes_into_a_pack_exactly(runs, specs, tmp_path):
+def test_solo_checkpoint_resumes_into_a_pack_exactly_beside_a_failing_job(runs, specs, tmp_path):
     stop_after = []
     hooks = TrainHooks(on_progress=stop_after.append, should_stop=lambda: len(stop_after) >= 1,
                        checkpoint_dir=tmp_path / "ckpt")
@@ -167,8 +167,16 @@ def test_solo_checkpoint_resumes_into_a_pack_exactly(runs, specs, tmp_path):
     pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
     pack.add(specs["a"], tmp_path / "a", key="a")
     pack.add(specs["b"], tmp_path / "b", TrainHooks(checkpoint_dir=tmp_path / "ckpt"), key="b")
+
+    def broken_hook(progress):
+        if progress.step == 2:
+            raise OSError("the tenant's progress sink is gone")
+
+    pack.add(specs["c"], tmp_path / "c", TrainHooks(on_progress=broken_hook), key="failing")
     out = pack.run()
-    for k in "ab":
+    assert out["failing"].status == "failed" and out["failing"].step == 2
+    assert "progress sink" in str(out["failing"].error)
+    for k in "ab":  # a job failing in the pack disturbs neither of the others
         np.testing.assert_allclose(out[k].result.losses, runs["solo"][k].losses, rtol=0, atol=1e-5)
 
 
