@@ -11,12 +11,15 @@ so set-up and evaluation are left out), time to finish all jobs (set-up, trainin
 adapter folders), peak memory, and for the pack the real-token share (real tokens over the padded
 slots of the jobs' own attention layouts; the token-wise work is padding-free: 100 %).
 
-`--routing` instead times the multi-adapter LoRA layer's routing mechanisms on MiniLM's shapes
+`--step` compares the training step alone, in one process on the very same batches (one packed
+forward + backward of K jobs vs the K solo ones, interleaved), which is what shared-machine noise
+disturbs least. `--routing` instead times the multi-adapter LoRA layer's routing mechanisms on MiniLM's shapes
 (forward + backward): a slice per job fused into addmm (what `MultiLoRALinear` does), an
 index_select / index_add_ loop (mLoRA's kernel layout), gather + bmm over a zero-padded stack, and
 one folded-weight GEMM per job.
 
 usage: nice -n 10 python bench/bench_packed.py [--ks 2,4,8] [--steps 30] [--rounds 3]
+       nice -n 10 python bench/bench_packed.py --step [--ks 2,4,8] [--rounds 5]
        python bench/bench_packed.py --model smollm2-135m --ks 4 --steps 4 --rounds 1
        python bench/bench_packed.py --routing
 Prints JSON lines, then a summary.
@@ -123,6 +126,59 @@ def run_variant(variant: str, model: str, k: int, steps: int) -> dict:
     return out
 
 
+def step_bench(model_name: str, k: int, repeats: int = 5, steps: int = 4) -> dict:
+    """In one process, on the very same batches: one packed forward+backward of K jobs vs the K
+    solo forward+backwards (each on its job's solo view of the model), interleaved; CPU and wall
+    seconds per round, medians. Optimizer steps are per job in both and left out."""
+    import torch
+
+    from lora_engine.cache import BaseModelCache
+    from lora_engine.catalog import task_info
+    from lora_engine.forward import training_loss
+    from lora_engine.packed import Pack
+    from lora_engine.packed.forward import PackedBatch, packed_losses
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    folder = Path(tempfile.mkdtemp(prefix="bench-packed-"))
+    specs = job_specs(model_name, k, 100, folder)
+    kind = task_info(specs[0]["task"]).kind
+    model, tok = BaseModelCache().checkout(model_name, kind, 2 if kind == "classification" else None)
+    pack = Pack(model, tok, data_dir=DEFAULT_DATA, base_model=model_name)
+    for i, spec in enumerate(specs):
+        pack.add(spec, folder / f"out{i}", key=str(i))
+    jobs = list(pack.jobs.values())
+    batches = [[next(j.batches).inputs for _ in range(steps)] for j in jobs]
+    model.train()
+
+    def packed(r):
+        pb = [PackedBatch(j.slot, batches[i][r], j.run.info.kind, j.heads, j.stream)
+              for i, j in enumerate(jobs)]
+        torch.stack(packed_losses(model, pb, pack.routing)).sum().backward()
+
+    def solo(r):
+        for i, j in enumerate(jobs):
+            with pack._view(j), j.stream.active():
+                training_loss(model, batches[i][r], j.run.info.kind).backward()
+
+    times: dict[str, list[tuple[float, float]]] = {"packed": [], "solo": []}
+    packed(0), solo(0)  # warm-up
+    for rep in range(repeats):
+        order = (("packed", packed), ("solo", solo))
+        for name, fn in order if rep % 2 == 0 else order[::-1]:
+            t, c = time.perf_counter(), time.process_time()
+            for r in range(steps):
+                fn(r)
+            times[name].append(((time.perf_counter() - t) / steps, (time.process_time() - c) / steps))
+    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+           for n, v in times.items()}
+    tokens = sum(int(b[0]["attention_mask"].sum()) for b in batches)
+    return {"model": model_name, "k": k, "tokens_per_round": tokens,
+            "packed_wall_s": round(med["packed"][0], 4), "solo_wall_s": round(med["solo"][0], 4),
+            "speedup_wall": round(med["solo"][0] / med["packed"][0], 3),
+            "packed_cpu_s": round(med["packed"][1], 4), "solo_cpu_s": round(med["solo"][1], 4),
+            "speedup_cpu": round(med["solo"][1] / med["packed"][1], 3)}
+
+
 def routing_bench(repeats: int = 30) -> list[dict]:
     """Forward + backward of one 384→384 layer with K=4 rank-8 adapters, per mechanism."""
     import torch
@@ -211,11 +267,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--routing", action="store_true")
+    parser.add_argument("--step", action="store_true", help="in-process packed vs solo step, per K")
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.routing:
         for row in routing_bench():
             print(json.dumps(row))
+        return
+    if args.step:
+        for k in (int(x) for x in args.ks.split(",")):
+            print(json.dumps(step_bench(args.model, k, repeats=args.rounds)), flush=True)
         return
     if args.child:
         print(json.dumps(run_variant(args.child[0], args.model, int(args.child[1]), args.steps)))

@@ -150,6 +150,16 @@ class Settings(BaseSettings):
         None, ge=0, description="default adapter + data set storage quota of a new tenant (unset: unlimited)",
         json_schema_extra=_allowed("an integer >= 0, or unset"),
     )
+    # Packed training (lora_engine.packed): a worker trains up to this many compatible queued jobs
+    # in one pass over their shared base; 1 trains every job alone.
+    pack_max_jobs: int = Field(
+        1, ge=1, le=64, description="compatible training jobs a worker trains together (1: each alone)",
+        json_schema_extra=_allowed("an integer 1..64"),
+    )
+    pack_max_tokens: int | None = Field(
+        None, ge=1, description="a packed round's token budget, sum of batch_size x max_length (unset: none)",
+        json_schema_extra=_allowed("an integer >= 1, or unset"),
+    )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 

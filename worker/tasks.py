@@ -30,15 +30,23 @@ def run_job(self: Any, job_id: str) -> str:
         # This worker is stopping: hand the message back for another (or the restarted) worker.
         raise Reject("worker shutting down", requeue=True)
 
+    from orchestrator.config import get_settings
     from worker import exporter, logs
 
     worker_id = f"{self.request.hostname or 'worker'}:{os.getpid()}"
     with logs.job_scope():  # the runner binds the job it claims; lines after this one name none
-        result = execute(job_id, worker_id=worker_id)
-    exporter.observe_outcome(result.outcome)
-    if result.outcome == "failed":
-        raise JobFailed(f"job {job_id} failed: {result.detail}")
-    return result.outcome
+        if get_settings().pack_max_jobs > 1:
+            from worker.packed import run_packed
+
+            results = run_packed(job_id, worker_id=worker_id)
+        else:
+            results = [execute(job_id, worker_id=worker_id)]
+    for result in results:
+        exporter.observe_outcome(result.outcome)
+    failed = [r for r in results if r.outcome == "failed"]
+    if failed:
+        raise JobFailed("; ".join(f"job {r.job_id} failed: {r.detail}" for r in failed))
+    return ", ".join(r.outcome for r in results)
 
 
 @app.task(name=RECONCILE, ignore_result=True)

@@ -73,6 +73,10 @@ class Outcome:
     step: int
     result: TrainResult | None = None
     error: BaseException | None = None
+    packed_with: frozenset[str] = frozenset()  # keys of the jobs it shared rounds with
+    device_s: float = 0.0  # its share of the rounds (by tokens), its optimizer steps, evaluation
+    examples: int = 0
+    tokens: int = 0
 
 
 @dataclass
@@ -294,7 +298,7 @@ class Pack:
             try:
                 outcome = self._after_micro(job)
             except BaseException as exc:  # one job's hook or output failing fails that job only
-                outcome = Outcome(job.key, "failed", job.run.step, error=exc)
+                outcome = _outcome(job, "failed", error=exc)
             if outcome is not None:
                 self._leave(job)
                 out.append(outcome)
@@ -320,7 +324,7 @@ class Pack:
             with job.stream.active():
                 save_run_checkpoint(run, hooks.checkpoint_dir)
         if stop:
-            return Outcome(job.key, "stopped", run.step)
+            return _outcome(job, "stopped")
         if run.step >= run.total_steps:
             return self._finish(job)
         return None
@@ -337,7 +341,7 @@ class Pack:
             with job.stream.active():
                 save_run_checkpoint(job.run, job.hooks.checkpoint_dir)
         job.micro = 0
-        return Outcome(job.key, "stopped", job.run.step)
+        return _outcome(job, "stopped")
 
     def _finish(self, job: PackedJob) -> Outcome:
         """Evaluate the job and write its adapter folder, on its solo view of the model."""
@@ -348,7 +352,7 @@ class Pack:
             synchronize(self.device)
             run.device_s += time.perf_counter() - t0
             result = finish_run(run, job.output_dir, metrics, mem=self.mem, wall0=job.wall0)
-        return Outcome(job.key, "succeeded", run.step, result=result)
+        return _outcome(job, "succeeded", result=result)
 
     # -- driving -------------------------------------------------------------------------------
     def run(self) -> dict[str, Outcome]:
@@ -375,6 +379,12 @@ class Pack:
             _set_module(container, name, module)
         self.multi = {}
         return self.model
+
+
+def _outcome(job: PackedJob, status: str, **kw) -> Outcome:
+    run = job.run
+    return Outcome(job.key, status, run.step, packed_with=frozenset(job.packed_with), device_s=run.device_s,
+                   examples=run.examples, tokens=run.tokens, **kw)
 
 
 def _round_tokens(spec: TrainingSpec) -> int:

@@ -56,7 +56,7 @@ TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 # compatibility, but these are the ones the CLI and reports understand.
 EVENT_KINDS = (
     "submitted", "dispatched", "claimed", "progress", "checkpoint", "cancel_requested", "cancelled",
-    "succeeded", "failed", "requeued", "retried",
+    "succeeded", "failed", "requeued", "retried", "packed",
 )
 
 # JSON on SQLite, JSONB on PostgreSQL (indexable, compact).

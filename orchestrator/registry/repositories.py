@@ -125,8 +125,12 @@ def claimable() -> Any:
     return (Job.state == "queued") & (running_subquery() < max_running)
 
 
-def claim_candidates(session: Session, limit: int = 20) -> Sequence[tuple[str, str]]:
-    """(job_id, tenant_id) of claimable jobs in fair-share order (see above)."""
+def claim_candidates(
+    session: Session, limit: int = 20, *, base_model: str | None = None, kind: str | None = None,
+    methods: Sequence[str] | None = None,
+) -> Sequence[tuple[str, str]]:
+    """(job_id, tenant_id) of claimable jobs in fair-share order (see above); optionally only jobs
+    on one base model, of one kind, with one of `methods` (a packed claim's partners)."""
     running = (
         select(Job.tenant_id, func.count().label("n"))
         .where(Job.state == "running")
@@ -138,7 +142,10 @@ def claim_candidates(session: Session, limit: int = 20) -> Sequence[tuple[str, s
         select(Job.id, Job.tenant_id)
         .join(Tenant, Tenant.id == Job.tenant_id)
         .outerjoin(running, running.c.tenant_id == Job.tenant_id)
-        .where(Job.state == "queued", n_running < Tenant.max_running)
+        .where(Job.state == "queued", n_running < Tenant.max_running,
+               *([Job.base_model == base_model] if base_model is not None else []),
+               *([Job.kind == kind] if kind is not None else []),
+               *([Job.method.in_(list(methods))] if methods is not None else []))
         .order_by(n_running, Tenant.last_claimed_at.is_not(None), Tenant.last_claimed_at,
                   Job.priority.desc(), Job.created_at, Job.id)
         .limit(limit)

@@ -109,11 +109,13 @@ from orchestrator.services.leases import (
     UsageRecord,
     claim_job,
     claim_next,
+    claim_partners,
     fail_job,
     finish_job_success,
     heartbeat,
     mark_cancelled,
     record_checkpoint,
+    record_packed,
     requeue_job,
     unclaimable_reason,
 )
@@ -126,10 +128,11 @@ from orchestrator.services.views import JobDetail
 __all__ = [
     "AdapterRecord", "BatchError", "Conflict", "InvalidInput", "InvalidState", "JobDetail", "LeaseLost",
     "NotFound", "ReconcileResult", "ServiceError", "TenantSummary", "UsageRecord", "cancel_job",
-    "checkpoint_path", "claim_job", "claim_next",
+    "checkpoint_path", "claim_job", "claim_next", "claim_partners",
     "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
     "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
-    "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "requeue_job", "retry_job",
+    "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "record_packed",
+    "requeue_job", "retry_job",
     "set_tenant_quota", "submit_batch", "submit_job", "submit_reevaluation", "tenant_summary",
     "unclaimable_reason",
 ]

@@ -16,7 +16,7 @@ the worker must stop and write nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -95,6 +95,40 @@ def claim_next(
 @readonly
 def _candidates(session: Session, limit: int) -> list[str]:
     return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit)]
+
+
+def claim_partners(
+    session: Session, worker_id: str, lease_seconds: float, *, base_model: str, methods: Sequence[str],
+    limit: int, accept: Callable[[Job], bool] = lambda job: True, now: datetime | None = None,
+) -> list[Job]:
+    """Claim up to `limit` more queued training jobs on `base_model` with one of `methods`, in the
+    same fair-share order and under the same quotas as `claim_next`, each its own claim (lease,
+    attempt, event). `accept` (a job not yet claimed) narrows the candidates further."""
+    claimed: list[Job] = []
+    for job_id in _partner_candidates(session, base_model, tuple(methods), limit * 4 + 4):
+        if len(claimed) >= limit:
+            break
+        candidate = repo.job(session, job_id)
+        if candidate is None or not accept(candidate):
+            continue
+        job = claim_job(session, job_id, worker_id, lease_seconds, now=now)
+        if job is not None:
+            claimed.append(job)
+    return claimed
+
+
+@readonly
+def _partner_candidates(session: Session, base_model: str, methods: tuple[str, ...], limit: int) -> list[str]:
+    return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit, base_model=base_model,
+                                                           kind="train", methods=methods)]
+
+
+@transactional
+def record_packed(session: Session, job_id: str, worker_id: str, partners: Sequence[str]) -> None:
+    """A `packed` event: the jobs this one shared training rounds with (its usage is its token share)."""
+    job = _owned(session, job_id, worker_id)
+    add_event(session, job, "packed", f"trained packed with {len(partners)} other job(s)",
+              {"packed_with": sorted(partners)})
 
 
 @readonly
