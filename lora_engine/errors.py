@@ -39,3 +39,24 @@ class TrainingStopped(Exception):
     def __init__(self, step: int):
         self.step = step
         super().__init__(f"training stopped on request at step {step}")
+
+
+class MissingTool(RuntimeError):
+    """A program the run needs is not installed on this machine (e.g. Java for the E2E metrics).
+
+    Deterministic on this worker: another attempt here would fail the same way, so it is not
+    retried; the message names the tool and how to install it.
+    """
+
+    def __init__(self, tool: str, why: str, install: str):
+        self.tool = tool
+        super().__init__(f"{tool} is not installed on this worker: {why}; install it ({install})")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became non-finite, or stayed above `factor` × its starting value for
+    `patience` steps: the run is unstable (usually the learning rate) and no adapter is written."""
+
+    def __init__(self, step: int, loss: float, why: str):
+        self.step, self.loss = step, loss
+        super().__init__(f"training diverged at step {step} (loss {loss:.6g}): {why}")

@@ -142,8 +142,10 @@ def _run_java(cmd: list[str], stdin: bytes) -> bytes:
     try:
         return subprocess.run(cmd, input=stdin, capture_output=True, check=True).stdout
     except FileNotFoundError:
-        raise RuntimeError("the E2E metrics run Java jars from pycocoevalcap: install Java 8+ "
-                           "(e.g. apt-get install default-jre-headless)") from None
+        from lora_engine.errors import MissingTool
+
+        raise MissingTool("java", "the E2E metrics run Java jars from pycocoevalcap",
+                          "Java 8+, e.g. apt-get install default-jre-headless") from None
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"{cmd[:4]} failed: {exc.stderr.decode(errors='replace')[-500:]}") from exc
 

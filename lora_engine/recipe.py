@@ -14,7 +14,8 @@
    learning rate of every group is `base_lr · lr_factor(step)` (see `schedule.py`).
    Hooks: progress every step, should-stop every step (checkpoint, then `TrainingStopped`),
    checkpoint every N steps (each reported to `on_checkpoint` once on disk); a run resumes from
-   the newest checkpoint in `checkpoint_dir`.
+   the newest checkpoint in `checkpoint_dir`. A diverging loss (non-finite, or above a factor of
+   its start for N steps) raises `TrainingDiverged` before the update: no adapter is written.
 4. Evaluation (evaluate.py) scores the validation split; the adapter (PEFT format) or, for
    `full`, the whole model (`save_pretrained`, safetensors) is written atomically with
    lorafleet.json and a README model card.
@@ -28,6 +29,7 @@ prompt's hidden states never go through the 49k-wide vocabulary matrix.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -51,7 +53,7 @@ from lora_engine.checkpoint import (
     save_checkpoint,
 )
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, seed_everything, synchronize
-from lora_engine.errors import LoraConfigError, TrainingStopped
+from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
 from lora_engine.forward import training_loss
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
 from lora_engine.spec import TrainingSpec, validate_spec
@@ -84,12 +86,22 @@ class TrainHooks:
     # Called after each checkpoint is on disk (step, its folder): a caller records what it can
     # resume from instead of guessing from the schedule.
     on_checkpoint: Callable[[int, Path], None] | None = None
+    # Called once when the run resumes from a checkpoint (its step, its folder), before training.
+    on_resume: Callable[[int, Path], None] | None = None
+    # Divergence: a non-finite loss always stops the run; with a factor, so does a loss above
+    # factor x the run's first loss for `divergence_patience` steps in a row (see `divergence`).
+    divergence_factor: float | None = None
+    divergence_patience: int = 20
 
     def __post_init__(self):
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (got {self.checkpoint_every})")
         if self.checkpoint_every and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir to write into")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1 (got {self.divergence_factor})")
+        if self.divergence_patience < 1:
+            raise ValueError(f"divergence_patience must be >= 1 (got {self.divergence_patience})")
 
 
 @dataclass(frozen=True)
@@ -349,6 +361,25 @@ def apply_update(run: Run, params: list[nn.Parameter]) -> None:
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
+def divergence(losses: list[float], factor: float | None, patience: int) -> str | None:
+    """Why a run whose step losses so far are `losses` has diverged, or None.
+
+    Non-finite last loss: diverged at once (the next update would write NaN into the weights).
+    Otherwise, with a `factor`: the last `patience` losses all above `factor * losses[0]` (the
+    run's first step, kept across resumes by the checkpoint). A single spike is not divergence.
+    """
+    if not losses:
+        return None
+    if not math.isfinite(losses[-1]):
+        return "the loss is not finite (try a lower learning rate)"
+    start = losses[0]
+    if factor is None or not math.isfinite(start) or start <= 0 or len(losses) <= patience:
+        return None
+    tail = losses[-patience:]
+    if all(loss > factor * start for loss in tail):
+        return (f"the loss stayed above {factor:g} x its first value {start:.4g} for {patience} steps "
+                "(try a lower learning rate)")
+    return None
 
 
 def progress_event(run: Run, step_loss: float, examples_per_s: float) -> Progress:
@@ -384,6 +415,9 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             seen += batch.examples
             run.examples += batch.examples
             run.tokens += batch.tokens
+        why = divergence([*run.losses, step_loss], hooks.divergence_factor, hooks.divergence_patience)
+        if why is not None:  # before the update: nothing non-finite reaches the weights
+            raise TrainingDiverged(run.step + 1, step_loss, why)
         apply_update(run, params)
         run.losses.append(step_loss)
         run.device_s += time.perf_counter() - t_step  # loss.item() above waited for the device
@@ -515,6 +549,8 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
         resume = latest_checkpoint(hooks.checkpoint_dir)
         if resume is not None:
             restore_run(run, resume)
+            if hooks.on_resume is not None:
+                hooks.on_resume(run.step, resume)
         fit(run, hooks)
         t_eval = time.perf_counter()
         metrics = evaluate_run(run, data_dir=data_dir, decode=decode, meteor=meteor)

@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "LORAFLEET_"
@@ -71,11 +71,37 @@ class Settings(BaseSettings):
         description="GLUE JSONL + E2E CSV data folder (the Makefile points it at ../shared/data)",
         json_schema_extra=_allowed("a folder path"),
     )
+    # Short leases renewed by heartbeats: a dead worker is noticed within lease + grace + one
+    # reconciler pass (45 + 5 + 10 s), not after a long job's worth of lease.
     lease_seconds: int = Field(
-        300,
+        45,
         gt=0,
         description="a running job's lease; a worker silent this long loses its job",
         json_schema_extra=_allowed("a whole number of seconds > 0"),
+    )
+    heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="seconds between a running job's lease renewals (keep well under lease_seconds)",
+        json_schema_extra=_allowed("a number of seconds > 0, at most half of lease_seconds"),
+    )
+    reconcile_every_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds between reconciler passes (a worker's beat, or the embedded worker's thread)",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    divergence_factor: float = Field(
+        10.0,
+        gt=1,
+        description="a run whose loss stays above this multiple of its first loss is stopped as diverged",
+        json_schema_extra=_allowed("a number > 1"),
+    )
+    divergence_patience: int = Field(
+        20,
+        ge=1,
+        description="optimizer steps in a row above divergence_factor x the first loss before stopping",
+        json_schema_extra=_allowed("an integer >= 1"),
     )
     max_attempts: int = Field(
         3, ge=1, description="attempts per job before it fails",
@@ -190,6 +216,17 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_roots(cls, value: list[Path]) -> list[Path]:
         return [p.expanduser().resolve() for p in value]
+
+    @field_validator("heartbeat_seconds", mode="after")
+    @classmethod
+    def _heartbeat_within_lease(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease_seconds")
+        if lease is not None and value * 2 > lease:
+            raise ValueError(
+                f"{value:g} s is more than half of LORAFLEET_LEASE_SECONDS={lease}: a lease must "
+                "survive a missed beat"
+            )
+        return value
 
     @field_validator("prices", mode="before")
     @classmethod

@@ -1,6 +1,8 @@
 """A small Celery client that tells the workers a job is waiting.
 
 The orchestrator never imports `worker`: it sends `lorafleet.run_job` by name to the `gpu` queue.
+This module is only the broker side (no registry): recording a dispatch and the reconciler's
+passes live in `orchestrator.announce`.
 The message carries only the job id; the registry is the source of truth, so a lost or duplicated
 message costs nothing (the reconciler re-sends, a second claim finds nothing). Celery is imported
 inside the functions so that the CLI starts without it.
@@ -82,7 +84,9 @@ def celery_client(settings: Settings | None = None) -> Celery:
 
 
 def send_run_job(job_id: str, *, settings: Settings | None = None, countdown: float | None = None) -> None:
-    """Queue one `lorafleet.run_job(job_id)` message on the GPU queue."""
+    """Queue one `lorafleet.run_job(job_id)` message on the GPU queue: the one function that sends
+    a job message (submit, the runner's re-dispatch after a back-off, the reconciler all call it
+    through `orchestrator.announce`)."""
     settings = settings or get_settings()
     celery_client(settings).send_task(RUN_JOB, args=[str(job_id)], queue=settings.queue, countdown=countdown)
 
@@ -92,42 +96,6 @@ def close_clients() -> None:
     for client in _clients.values():
         client.close()
     _clients.clear()
-
-
-def announce_jobs(job_ids: list[str], *, settings: Settings | None = None) -> None:
-    """Send a message per queued job and record the dispatch (after the jobs were committed).
-
-    A crash between the two is harmless: the reconciler re-sends for queued jobs whose last
-    dispatch is old, and a second message for a job finds nothing to claim.
-    """
-    from orchestrator.registry.db import session_scope
-    from orchestrator.services import mark_dispatched
-
-    settings = settings or get_settings()
-    if not job_ids:
-        return
-    for job_id in job_ids:
-        send_run_job(job_id, settings=settings)
-    with session_scope(settings) as session:
-        mark_dispatched(session, list(job_ids))
-
-
-def reconcile_once(
-    *, settings: Settings | None = None, lease_grace_s: float = 30.0, redispatch_after_s: float = 60.0
-) -> dict[str, list[str]]:
-    """One reconciler pass: requeue/fail expired leases, then (re-)send messages for queued jobs.
-
-    Returns {"dispatched": [...], "requeued": [...], "failed": [...]} (job ids).
-    """
-    from orchestrator.registry.db import session_scope
-    from orchestrator.services import reconcile
-
-    settings = settings or get_settings()
-    with session_scope(settings) as session:
-        result = reconcile(session, lease_grace_s=lease_grace_s, redispatch_after_s=redispatch_after_s)
-    for job_id in result.dispatch:
-        send_run_job(job_id, settings=settings)
-    return {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed}
 
 
 def worker_argv(

@@ -99,7 +99,7 @@ def ensure_tenants(settings: Settings) -> None:
 
 def submit_demo_jobs(settings: Settings, max_steps: int) -> list[str]:
     """Submit (or find, by idempotency key) the demo's jobs; (re-)announce the queued ones."""
-    from orchestrator.dispatch import announce_jobs
+    from orchestrator.announce import announce_jobs
     from orchestrator.registry.db import session_scope
     from orchestrator.services import submit_batch
 
@@ -171,7 +171,7 @@ def run_quickstart(
 
     `on_progress(details)` is called on every poll with the jobs' current details.
     """
-    from orchestrator.dispatch import reconcile_once
+    from orchestrator.announce import reconcile_once
     from orchestrator.registry.db import session_scope
     from orchestrator.services import tenant_summary
 

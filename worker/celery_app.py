@@ -12,7 +12,8 @@ the longest job, the `gpu` queue. Here:
   (the solo pool runs tasks in the worker process itself; `lorafleet worker --gpus N` starts one
   such process per GPU);
 - on shutdown the running job checkpoints and goes back to the queue (see `_shutting_down`);
-- a beat schedule runs the reconciler (`celery … worker --beat`, or `lorafleet reconcile --every`).
+- an embedded worker runs the reconciler in a thread (`worker.reconciler`); a cluster runs
+  `lorafleet reconcile --every` (its own container), or a beat schedule (`… worker --beat`).
 
 Start a worker: `celery -A worker.celery_app worker -Q gpu --pool solo` or `lorafleet worker`.
 """
@@ -30,8 +31,6 @@ from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir
 from worker import exporter, logs, preflight  # noqa: F401 (they connect their signal handlers)
 from worker.transport import consumer_broker_url
 
-RECONCILE_EVERY_S = 60.0
-
 settings = get_settings()
 ensure_broker_dir(settings.broker_url)
 app = Celery("lorafleet", include=["worker.tasks"])
@@ -39,7 +38,9 @@ app.conf.update(celery_config(settings))
 app.conf.update(
     broker_url=consumer_broker_url(settings.broker_url),
     beat_schedule={
-        "reconcile": {"task": RECONCILE, "schedule": RECONCILE_EVERY_S, "options": {"queue": settings.queue}}
+        "reconcile": {
+            "task": RECONCILE, "schedule": settings.reconcile_every_s, "options": {"queue": settings.queue}
+        }
     },
     # Beat's schedule file goes under LORAFLEET_HOME, not the current directory.
     beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
@@ -67,11 +68,18 @@ def _shutting_down(**_: Any) -> None:
 
 @worker_ready.connect
 def _ready(**_: Any) -> None:
-    """Create/migrate the embedded registry once, before the first job (not inside a job)."""
+    """Create/migrate the embedded registry once, before the first job (not inside a job), and
+    start the embedded reconciler."""
     from orchestrator.registry.db import ensure_schema
+    from worker.reconciler import ReconcilerThread
 
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_schema(settings)
+    if settings.is_embedded:
+        ReconcilerThread(settings).start()
     logging.getLogger(__name__).info(
-        "lorafleet worker ready: registry %s, queue %s", settings.database_url.split("@")[-1], settings.queue
+        "lorafleet worker ready: registry %s, queue %s, lease %ss, heartbeat %ss%s",
+        settings.database_url.split("@")[-1], settings.queue, settings.lease_seconds,
+        settings.heartbeat_seconds,
+        f", reconciling every {settings.reconcile_every_s}s" if settings.is_embedded else "",
     )

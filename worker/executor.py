@@ -26,6 +26,7 @@ class JobHooks:
     on_progress: Callable[[int, int | None, float | None], None]  # (step, total, loss)
     should_stop: Callable[[], bool]  # cancel requested, or the worker shutting down
     on_checkpoint: Callable[[int, Path], None]  # (step, folder) once the checkpoint is on disk
+    on_resume: Callable[[int, Path], None]  # (step, folder) the work resumed from
     # (step, epoch, {series: value}): points of the job's training curves (metric history)
     on_metrics: Callable[[int, float, dict[str, float]], None] | None = None
 

@@ -4,7 +4,7 @@
       → the kind's executor (`worker.kinds`) → its staged adapter, if any, renamed to its final
       folder and hashed (once) → finish_job_success (adapter + metrics + usage, one transaction)
 
-Failures are classified by `worker.policy` (the only place that decides retries). Paths come
+Failures are classified by `orchestrator.retries` (the only place that decides retries). Paths come
 from `orchestrator.artifacts`; a job's checkpoints are removed once it succeeded.
 
 The base model stays resident between jobs (`BaseModelCache`, one per worker process): the next
@@ -29,20 +29,23 @@ from typing import Any
 from orchestrator import artifacts
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
+from orchestrator.retries import Outcome, backoff, classify, describe, is_transient
 from orchestrator.services.leases import UsageRecord
 from worker.executor import JobContext, JobHooks, JobResult
 from worker.logs import bind_job
-from worker.policy import Outcome, classify, describe, retry_delay
 
 log = logging.getLogger(__name__)
 
 # Heartbeats are one registry transaction each: at most one per this many seconds (and on the
 # last step), so fast tiny-model steps do not turn the registry into the bottleneck. A cancel is
-# therefore noticed within this interval plus one training step.
+# therefore noticed within this interval plus one training step. Between steps (loading,
+# evaluating) the keep-alive beats every `settings.heartbeat_seconds`.
 HEARTBEAT_MIN_INTERVAL_S = 0.5
-
-# The keep-alive beats this many times per lease when no training step does (see KeepAlive).
-KEEPALIVE_PER_LEASE = 3
+# After a failed heartbeat (registry unreachable, connection cut) the next one waits
+# backoff(n, base=HEARTBEAT_RETRY_BASE_S) capped at heartbeat_seconds; training goes on meanwhile.
+HEARTBEAT_RETRY_BASE_S = 0.5
+# Writing a job's outcome survives a registry blip: this many tries, backing off in between.
+RECORD_TRIES = 5
 
 _model_cache: Any = None
 _DEFAULT_CACHE: Any = object()
@@ -99,7 +102,10 @@ class _Heartbeat:
     settings: Settings
     job_id: str
     worker_id: str
-    last_sent: float = 0.0
+    last_sent: float = 0.0  # monotonic time of the last heartbeat tried
+    last_ok: float = field(default_factory=time.monotonic)  # ... and of the last that got through
+    failures: int = 0  # heartbeats failed in a row
+    retry_at: float = 0.0  # no heartbeat before this (backing off after a failure)
     cancel: bool = False
     step: int = 0
     total: int | None = None
@@ -121,8 +127,21 @@ class _Heartbeat:
         """The executor saved a checkpoint: a `checkpoint` event says where a retry resumes."""
         from orchestrator.services import record_checkpoint
 
+        try:
+            with session_scope(self.settings) as session:
+                record_checkpoint(session, self.job_id, self.worker_id, int(step), str(path))
+        except Exception as exc:  # the checkpoint is on disk either way; only its event is missing
+            if not is_transient(exc):
+                raise
+            log.warning("job %s: checkpoint event for step %d not recorded: %s", self.job_id, step, exc)
+
+    def on_resume(self, step: int, path: Path) -> None:
+        """The executor resumed from a checkpoint: a `resumed` event says from which step."""
+        from orchestrator.services import record_resume
+
+        self.step = int(step)
         with session_scope(self.settings) as session:
-            record_checkpoint(session, self.job_id, self.worker_id, int(step), str(path))
+            record_resume(session, self.job_id, self.worker_id, int(step), str(path))
 
     def on_metrics(self, step: int, epoch: float, values: dict[str, float]) -> None:
         """Buffer curve points; the next heartbeat writes them (one transaction per beat)."""
@@ -134,28 +153,50 @@ class _Heartbeat:
 
     def hooks(self) -> JobHooks:
         return JobHooks(on_progress=self.on_progress, should_stop=self.should_stop,
-                        on_checkpoint=self.on_checkpoint, on_metrics=self.on_metrics)
+                        on_checkpoint=self.on_checkpoint, on_resume=self.on_resume,
+                        on_metrics=self.on_metrics)
 
     def send(self) -> None:
-        """One heartbeat with the latest progress: extends the lease, reads the cancel flag."""
+        """One heartbeat with the latest progress: extends the lease, reads the cancel flag.
+
+        A transient registry error is logged and retried later with back-off while the lease
+        may still hold; once the last successful beat is older than the lease, the job is
+        someone else's by now and the error propagates. LeaseLost always propagates.
+        """
         from orchestrator.services import heartbeat
 
-        with self.lock, session_scope(self.settings) as session:
-            self.last_sent = time.monotonic()
-            self.cancel = heartbeat(
-                session,
-                self.job_id,
-                self.worker_id,
-                self.step,
-                self.total,
-                self.loss,
-                self.settings.lease_seconds,
-            )
-            if self.points:
-                from orchestrator.services.metrics import record_points
+        with self.lock:
+            now = time.monotonic()
+            if now < self.retry_at:
+                return
+            self.last_sent = now
+            try:
+                with session_scope(self.settings) as session:
+                    self.cancel = heartbeat(
+                        session,
+                        self.job_id,
+                        self.worker_id,
+                        self.step,
+                        self.total,
+                        self.loss,
+                        self.settings.lease_seconds,
+                    )
+                    if self.points:
+                        from orchestrator.services.metrics import record_points
 
-                record_points(session, self.job_id, self.worker_id, self.points)
-                self.points = []
+                        record_points(session, self.job_id, self.worker_id, self.points)
+                        self.points = []
+            except Exception as exc:
+                if not is_transient(exc) or now - self.last_ok > self.settings.lease_seconds:
+                    raise
+                self.failures += 1
+                wait = min(backoff(self.failures, base=HEARTBEAT_RETRY_BASE_S),
+                           self.settings.heartbeat_seconds)
+                self.retry_at = now + wait
+                log.warning("job %s: heartbeat %d failed (%s); next try in %.1fs", self.job_id,
+                            self.failures, describe(exc).splitlines()[0], wait)
+                return
+            self.failures, self.retry_at, self.last_ok = 0, 0.0, time.monotonic()
 
     def should_stop(self) -> bool:
         return self.cancel or _shutting_down
@@ -179,7 +220,7 @@ class KeepAlive(threading.Thread):
         from orchestrator.services import LeaseLost
 
         while not self._stop_event.wait(self.interval_s):
-            if time.monotonic() - self.beat.last_sent < self.interval_s:
+            if time.monotonic() - self.beat.last_ok < self.interval_s:
                 continue  # training steps are beating
             try:
                 self.beat.send()
@@ -220,7 +261,7 @@ def run_job(
     Never raises for a job's own failure: the outcome is recorded in the registry and returned.
     `cache=None` disables the warm base-model cache (benchmarks).
     """
-    from orchestrator.services import claim_next, unclaimable_reason
+    from orchestrator.services import claim_next, unclaimable_reason, verified_adapter
     from worker.kinds import executor_for
 
     settings = settings or get_settings()
@@ -231,13 +272,15 @@ def run_job(
             reason = unclaimable_reason(session, job_id)
             log.info("nothing to claim for message %s: %s", job_id, reason)
             return RunResult("skipped", None, reason)
-        kind = job.kind
+        kind, parent = job.kind, job.init_from_adapter_id
         job_id, tenant_id, spec_json, attempt = job.id, job.tenant_id, dict(job.spec), job.attempts
     bind_job(job_id, tenant_id)  # every log line from here on names the job and its tenant
     log.info("claimed %s job %s (attempt %d) as %s", kind, job_id, attempt, worker_id)
 
     beat = _Heartbeat(settings, job_id, worker_id)
     staging = artifacts.staging_path(settings, tenant_id, job_id, attempt)
+    for earlier in range(1, attempt):  # left by a killed worker; a lost one can no longer publish
+        shutil.rmtree(artifacts.staging_path(settings, tenant_id, job_id, earlier), ignore_errors=True)
     ctx = JobContext(
         job_id=job_id, tenant_id=tenant_id, kind=kind, attempt=attempt, spec=spec_json, settings=settings,
         hooks=beat.hooks(), staging_dir=staging,
@@ -245,11 +288,13 @@ def run_job(
         cache=model_cache() if cache is _DEFAULT_CACHE else cache,
     )
     started = time.monotonic()
-    keepalive = KeepAlive(beat, interval_s=max(settings.lease_seconds / KEEPALIVE_PER_LEASE, 0.1))
+    keepalive = KeepAlive(beat, interval_s=settings.heartbeat_seconds)
     keepalive.start()
     try:
         try:
             ctx = dataclasses.replace(ctx, spec=_resolve_inputs(settings, tenant_id, spec_json))
+            if parent is not None:  # the adapter it continues must still be the one registered
+                _record(settings, lambda session: verified_adapter(session, parent))
             result = executor_for(kind)(ctx)
         finally:
             keepalive.stop()
@@ -304,13 +349,13 @@ def _succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
 
     record = _publish(ctx, result) if result.adapter is not None else None
     try:
-        with session_scope(ctx.settings) as session:
-            finish_job_success(session, ctx.job_id, worker_id, record, result.metrics, usage=result.usage,
-                               reevaluated=result.reevaluated)
+        _record(ctx.settings, lambda session: finish_job_success(
+            session, ctx.job_id, worker_id, record, result.metrics, usage=result.usage,
+            reevaluated=result.reevaluated))
     except BaseException:
         # Not registered (the job was taken back while we worked, or the registry refused):
         # the registry does not know this folder, so it must not stay behind as an orphan.
-        if record is not None:
+        if record is not None and not _registered(ctx.settings, record.id):
             shutil.rmtree(record.path, ignore_errors=True)
         raise
     shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
@@ -319,6 +364,36 @@ def _succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
         return RunResult("succeeded", ctx.job_id)
     log.info("job %s succeeded: adapter %s (%d bytes)", ctx.job_id, record.id, record.bytes)
     return RunResult("succeeded", ctx.job_id, adapter_id=record.id)
+
+
+def _record(settings: Settings, write: Any) -> Any:
+    """Run one registry write (`write(session)`), retrying transient errors with back-off."""
+    for attempt in range(1, RECORD_TRIES + 1):
+        try:
+            with session_scope(settings) as session:
+                return write(session)
+        except Exception as exc:
+            if attempt == RECORD_TRIES or not is_transient(exc):
+                raise
+            wait = backoff(attempt, base=0.5, cap=settings.heartbeat_seconds)
+            log.warning("registry write failed (%s); try %d in %.1fs", describe(exc).splitlines()[0],
+                        attempt + 1, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _registered(settings: Settings, adapter_id: str) -> bool:
+    """Whether the registry holds this adapter (a commit whose answer was lost may have landed).
+    When the registry cannot tell, the folder is kept: an orphan beats a registered adapter
+    without its files."""
+    from orchestrator.registry import repositories as repo
+
+    try:
+        with session_scope(settings) as session:
+            return repo.adapter(session, adapter_id) is not None
+    except Exception:
+        log.warning("cannot tell whether adapter %s was registered; keeping its folder", adapter_id)
+        return True
 
 
 def _settle(
@@ -333,34 +408,37 @@ def _settle(
 ) -> RunResult:
     """Record a job that did not succeed, as the retry policy says.
 
-    `cancel_requested`: the job's cancel flag as last seen; a stop without it was the shutdown.
+    `cancel_requested`: the job's cancel flag as last seen; a stop without it during a
+    shutdown is a release (back to the queue at once, no attempt used).
     """
-    from orchestrator.dispatch import send_run_job
-    from orchestrator.services import LeaseLost, fail_job, mark_cancelled, mark_dispatched, requeue_job
+    from orchestrator.announce import announce_jobs
+    from orchestrator.services import LeaseLost, fail_job, mark_cancelled, requeue_job
 
-    outcome = classify(exc, cancel_requested=cancel_requested)
-    reason = describe(exc) if cancel_requested or not _shutting_down else "worker shutting down"
+    outcome = classify(exc, cancel_requested=cancel_requested, shutting_down=_shutting_down)
+    reason = "worker shutting down" if outcome is Outcome.RELEASED else describe(exc)
     try:
-        with session_scope(settings) as session:
-            if outcome is Outcome.LOST:
-                log.warning("job %s: %s; stopping without writing", job_id, reason)
-                return RunResult("lost", job_id, reason)
-            if outcome is Outcome.CANCELLED:
-                mark_cancelled(session, job_id, worker_id, step=getattr(exc, "step", None), usage=usage)
-                return RunResult("cancelled", job_id, reason)
-            if outcome is Outcome.FAILED:
-                log.info("job %s failed (bad input): %s", job_id, reason)
-                fail_job(session, job_id, worker_id, reason, usage=usage)
-                return RunResult("failed", job_id, reason)
-            log.exception("job %s: transient failure on attempt %d", job_id, attempt, exc_info=exc)
-            state = requeue_job(session, job_id, worker_id, reason, usage=usage)
-            if state != "queued":
-                return RunResult("failed", job_id, reason)
-            # A job handed back by a shutting-down worker is resumable at once, by another worker.
-            delay = 0.0 if _shutting_down and not cancel_requested else retry_delay(attempt)
-            send_run_job(job_id, settings=settings, countdown=delay)
-            mark_dispatched(session, [job_id])
-            return RunResult("requeued", job_id, reason, retry_in_s=delay)
+        if outcome is Outcome.LOST:
+            log.warning("job %s: %s; stopping without writing", job_id, reason)
+            return RunResult("lost", job_id, reason)
+        if outcome is Outcome.CANCELLED:
+            step = getattr(exc, "step", None)
+            _record(settings, lambda s: mark_cancelled(s, job_id, worker_id, step=step, usage=usage))
+            return RunResult("cancelled", job_id, reason)
+        if outcome is Outcome.FAILED:
+            log.info("job %s failed (not retried): %s", job_id, reason)
+            _record(settings, lambda s: fail_job(s, job_id, worker_id, reason, usage=usage))
+            return RunResult("failed", job_id, reason)
+        if outcome is Outcome.REQUEUED:
+            log.error("job %s: transient failure on attempt %d", job_id, attempt, exc_info=exc)
+        release = outcome is Outcome.RELEASED
+        state = _record(settings, lambda s: requeue_job(s, job_id, worker_id, reason, usage=usage,
+                                                        release=release))
+        if state != "queued":
+            return RunResult(state, job_id, reason)
+        # A released job is resumable at once, by another worker; a failed attempt backs off.
+        delay = 0.0 if release else backoff(attempt)
+        announce_jobs([job_id], settings=settings, countdown=delay)
+        return RunResult("requeued", job_id, reason, retry_in_s=delay)
     except LeaseLost as lost:
         log.warning("job %s: %s; not recording %s", job_id, lost, outcome.value)
         return RunResult("lost", job_id, str(lost))

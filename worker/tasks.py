@@ -1,6 +1,6 @@
 """Thin Celery tasks: ids in, one call into the runner or the services, the outcome logged.
 
-Exceptions are classified by `worker.policy` inside the runner; a task only lets through what
+Exceptions are classified by `orchestrator.retries` inside the runner; a task only lets through what
 must reach Celery (a bug in the runner itself), so a job's failure never kills the worker.
 """
 
@@ -52,6 +52,6 @@ def run_job(self: Any, job_id: str) -> str:
 @app.task(name=RECONCILE, ignore_result=True)
 def reconcile() -> dict[str, list[str]]:
     """One reconciler pass (beat schedule): expired leases back to the queue, lost messages re-sent."""
-    from orchestrator.dispatch import reconcile_once
+    from orchestrator.announce import reconcile_once
 
     return reconcile_once()

@@ -26,6 +26,9 @@ def run_training(ctx: JobContext) -> JobResult:
         checkpoint_every=ctx.settings.checkpoint_every,
         checkpoint_dir=ctx.checkpoint_dir,
         on_checkpoint=ctx.hooks.on_checkpoint,
+        on_resume=ctx.hooks.on_resume,
+        divergence_factor=ctx.settings.divergence_factor,
+        divergence_patience=ctx.settings.divergence_patience,
     )
     result = train(spec, ctx.staging_dir, data_dir=ctx.settings.data_dir, hooks=hooks, cache=ctx.cache)
     stats = result.stats

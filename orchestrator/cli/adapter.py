@@ -33,12 +33,19 @@ ADAPTER_COLUMNS = (
 )
 
 
-def _adapter(adapter_id: str) -> dict[str, Any]:
-    from orchestrator.services import get_adapter
+def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
+    """The adapter's view; `verified`: only if its files still match the registry's sha256."""
+    from lora_engine.errors import AdapterError
+    from orchestrator.services import get_adapter, verified_adapter
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
-        return adapter_dict(get_adapter(session, adapter_id))
+        if not verified:
+            return adapter_dict(get_adapter(session, adapter_id))
+        try:
+            return adapter_dict(verified_adapter(session, adapter_id))
+        except AdapterError as exc:
+            raise CliError(f"adapter {adapter_id}: {exc}") from None
 
 
 @click.group()
@@ -81,17 +88,8 @@ def export(adapter_id: str, dest: Path, as_json: bool) -> None:
 
     The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`.
     """
-    from lora_engine.digest import adapter_files_digest
-
-    view = _adapter(adapter_id)
-    source = Path(view["path"])
-    if not source.is_dir():
-        raise CliError(f"adapter {adapter_id}: its folder {source} is missing")
-    sha256, _ = adapter_files_digest(source)
-    if sha256 != view["sha256"]:
-        raise CliError(
-            f"adapter {adapter_id}: files changed since training (sha256 {sha256} != {view['sha256']})"
-        )
+    view = _adapter(adapter_id, verified=True)
+    source, sha256 = Path(view["path"]), view["sha256"]
     if dest.exists() and any(dest.iterdir()):
         raise CliError(f"{dest} exists and is not empty; give a new or empty folder")
     shutil.copytree(source, dest, dirs_exist_ok=True)
@@ -128,7 +126,7 @@ def predict(adapter_id: str, texts: tuple[str, ...], merged: bool, as_json: bool
 
     For sentence-pair tasks give each pair as one argument, the two sentences separated by ' ||| '.
     """
-    view = _adapter(adapter_id)
+    view = _adapter(adapter_id, verified=True)
     from lora_engine.predict import load_for_inference  # torch + transformers: only here
 
     predictor = load_for_inference(view["path"], merged=merged)

@@ -30,7 +30,7 @@ def dispatch(job_ids: list[str]) -> None:
     submission: the reconciler re-sends messages for queued jobs whose dispatch is old. Say so
     (one line, no traceback) and carry on, so that a script never submits the job twice.
     """
-    from orchestrator.dispatch import announce_jobs
+    from orchestrator.announce import announce_jobs
 
     try:
         announce_jobs(job_ids)

@@ -10,7 +10,7 @@ import time
 import click
 
 from orchestrator.cli.helpers import emit, json_option, status
-from orchestrator.dispatch import worker_argv, worker_command
+from orchestrator.dispatch import worker_command
 
 
 def visible_devices(gpus: int, env: dict[str, str] | None = None) -> list[str]:
@@ -50,7 +50,8 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
     Checks first that its jobs can run (artifacts writable; warns about a missing Java, data
     folder or model package) and sets OMP_WAIT_POLICY=PASSIVE unless you set it. With
     LORAFLEET_METRICS_PORT set, each worker process serves Prometheus metrics (process i of
-    --gpus N on the port + i).
+    --gpus N on the port + i). The worker runs as its own process (`worker_command`): this CLI
+    never imports Celery or the worker app, it starts them and passes signals on.
 
     \b
     Examples:
@@ -65,37 +66,23 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
         raise click.ClickException(f"the worker cannot start: {exc}") from None
     queue = settings.queue
     if gpus is None:
-        from worker.celery_app import app
-
-        app.worker_main(
-            worker_argv(queue=queue, concurrency=concurrency, loglevel=loglevel, hostname=None, beat=beat)
-        )
-        return
-    # One process per GPU, each seeing only its own device: a process never initialises CUDA on
-    # a GPU it does not own, and a crash takes down one GPU's job only.
-    devices = visible_devices(gpus)
-    procs = []
-    for index, device in enumerate(devices):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
-        if settings.metrics_port:  # one exporter per process
-            env["LORAFLEET_METRICS_PORT"] = str(settings.metrics_port + index)
-        command = worker_command(
-            queue=queue,
-            concurrency=concurrency,
-            loglevel=loglevel,
-            hostname=f"gpu{index}@%h",
-            beat=beat and index == 0,
-        )
-        procs.append(
-            # Own session: a terminal's Ctrl-C reaches them once, through `forward`, not twice
-            # (Celery takes a second SIGINT as a cold shutdown that kills the running job).
-            subprocess.Popen(
-                command,
-                env=env,
-                start_new_session=True,
-            )
-        )
-    status(f"started {gpus} worker process(es): {', '.join(str(p.pid) for p in procs)}")
+        commands = [(dict(os.environ), worker_command(queue=queue, concurrency=concurrency, loglevel=loglevel,
+                                                      beat=beat))]
+    else:
+        # One process per GPU, each seeing only its own device: a process never initialises CUDA
+        # on a GPU it does not own, and a crash takes down one GPU's job only.
+        commands = []
+        for index, device in enumerate(visible_devices(gpus)):
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
+            if settings.metrics_port:  # one exporter per process
+                env["LORAFLEET_METRICS_PORT"] = str(settings.metrics_port + index)
+            commands.append((env, worker_command(queue=queue, concurrency=concurrency, loglevel=loglevel,
+                                                 hostname=f"gpu{index}@%h", beat=beat and index == 0)))
+    # Own session: a terminal's Ctrl-C reaches them once, through `forward`, not twice (Celery
+    # takes a second SIGINT as a cold shutdown that kills the running job).
+    procs = [subprocess.Popen(command, env=env, start_new_session=True) for env, command in commands]
+    if gpus is not None:
+        status(f"started {gpus} worker process(es): {', '.join(str(p.pid) for p in procs)}")
 
     def forward(signum: int, _frame: object) -> None:
         for proc in procs:
@@ -114,7 +101,7 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
 @click.option(
     "--lease-grace",
     type=float,
-    default=30.0,
+    default=5.0,
     show_default=True,
     help="Seconds past a lease's expiry before its job is taken back.",
 )
@@ -128,7 +115,7 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
 @json_option
 def reconcile(every: float | None, lease_grace: float, redispatch_after: float, as_json: bool) -> None:
     """Requeue (or fail) jobs whose lease expired; re-send messages for queued jobs that wait."""
-    from orchestrator.dispatch import reconcile_once
+    from orchestrator.announce import reconcile_once
 
     while True:
         report = reconcile_once(lease_grace_s=lease_grace, redispatch_after_s=redispatch_after)
@@ -136,7 +123,8 @@ def reconcile(every: float | None, lease_grace: float, redispatch_after: float, 
             report,
             as_json,
             lambda r: click.echo(
-                f"dispatched {len(r['dispatched'])}, requeued {len(r['requeued'])}, failed {len(r['failed'])}"
+                f"dispatched {len(r['dispatched'])}, requeued {len(r['requeued'])}, "
+                f"failed {len(r['failed'])}, cancelled {len(r['cancelled'])}"
             ),
         )
         if every is None:

@@ -47,13 +47,14 @@ reevaluation:     submit_reevaluation(s, tenant=None|slug|[slugs], task=None, ba
                                             "adapter": {"id", "path", ..} | None, ...}
                   job_events(s, job_id, after_id=None, tenant=None) -> [JobEvent] (ordered by id)
                   cancel_job(s, job_id, tenant=None) -> Job   (queued: cancelled; running: flag)
-                  retry_job(s, job_id, tenant=None) -> Job    (failed|cancelled -> queued, attempts=0)
+                  retry_job(s, job_id, tenant=None) -> Job    (failed|cancelled -> queued, a fresh budget)
 leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Job | None
                   claim_next(s, worker_id, lease_seconds, now=None) -> Job | None   (fair share)
                   unclaimable_reason(s, job_id) -> str
                   heartbeat(s, job_id, worker_id, step, total, loss, lease_seconds, now=None,
                             event_interval_s=5.0) -> bool (cancel requested)   raises LeaseLost
                   record_checkpoint(s, job_id, worker_id, step, path=None)
+                  record_resume(s, job_id, worker_id, step, path=None)   (a `resumed` event)
                   finish_job_success(s, job_id, worker_id, AdapterRecord(id, path, sha256, bytes,
                             trainable_params, total_params) | None, metrics={split: {name: value}},
                             usage=UsageRecord(device, device_seconds, wall_seconds, peak_memory_bytes,
@@ -71,6 +72,8 @@ adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifact
                   (both from orchestrator.artifacts, the one home of every artifact path)
                   list_adapters(s, tenant=None, task=None, base_model=None, include_deleted=False)
                   get_adapter(s, adapter_id, tenant=None) -> Adapter
+                  verified_adapter(s, adapter_id, tenant=None) -> Adapter (files match its sha256,
+                            else lora_engine AdapterError; call before loading an adapter)
                   delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)
 summary:          tenant_summary(s, tenant=None) -> [TenantSummary(slug, name, max_running,
                             jobs={state: n}, adapters, adapter_bytes, device_seconds, wall_seconds,
@@ -85,6 +88,7 @@ from orchestrator.services.adapters import (
     get_adapter,
     list_adapters,
     new_adapter_path,
+    verified_adapter,
 )
 from orchestrator.services.errors import (
     BatchError,
@@ -116,6 +120,7 @@ from orchestrator.services.leases import (
     mark_cancelled,
     record_checkpoint,
     record_packed,
+    record_resume,
     requeue_job,
     unclaimable_reason,
 )
@@ -131,8 +136,7 @@ __all__ = [
     "checkpoint_path", "claim_job", "claim_next", "claim_partners",
     "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
     "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
-    "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "record_packed",
-    "requeue_job", "retry_job",
-    "set_tenant_quota", "submit_batch", "submit_job", "submit_reevaluation", "tenant_summary",
-    "unclaimable_reason",
+    "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "record_packed", "record_resume",
+    "requeue_job", "retry_job", "set_tenant_quota", "submit_batch", "submit_job", "submit_reevaluation",
+    "tenant_summary", "unclaimable_reason", "verified_adapter",
 ]

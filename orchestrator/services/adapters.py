@@ -24,6 +24,7 @@ from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
     "adapter_or_404", "checkpoint_path", "delete_adapter", "get_adapter", "list_adapters", "new_adapter_path",
+    "verified_adapter",
 ]
 
 
@@ -53,6 +54,17 @@ def adapter_or_404(session: Session, adapter_id: str, tenant: str | None = None)
 def get_adapter(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
     """A live (not deleted) adapter, or NotFound."""
     return adapter_or_404(session, adapter_id, tenant)
+
+
+@readonly
+def verified_adapter(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
+    """A live adapter whose files on disk still hash to the registry's sha256 (checked before
+    every load: predict, export, a job continuing it). AdapterError when they do not."""
+    from lora_engine.adapter_io import verify_adapter_files
+
+    row = adapter_or_404(session, adapter_id, tenant)
+    verify_adapter_files(row.path, row.sha256)
+    return row
 
 
 @transactional

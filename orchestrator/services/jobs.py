@@ -25,6 +25,7 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.paths import confine
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import JOB_STATES, Adapter, Dataset, Job, JobEvent, Tenant, utcnow
+from orchestrator.retries import retried_budget
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.datasets import (
     check_dataset_files,
@@ -449,17 +450,21 @@ def cancel_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
 def retry_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
     """Put a failed or cancelled job back in the queue.
 
-    An operator's retry is a fresh decision, so `attempts` restarts at 0 (the full
-    `max_attempts` budget again); the history of earlier attempts stays in the events and usage.
+    An operator's retry is a fresh decision: it grants a fresh budget of `max_attempts` (the
+    configured default) on top of the attempts already made. `attempts` keeps counting up, so
+    every attempt keeps its own usage row and its events stay in order.
     """
     job = job_or_404(session, job_id, tenant)
     session.refresh(job, with_for_update=True)
     if job.state not in ("failed", "cancelled"):
         raise InvalidState(f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried")
     previous = job.state
-    job.state, job.attempts, job.cancel_requested, job.error = "queued", 0, False, None
+    job.max_attempts = retried_budget(job.attempts, get_settings().max_attempts)
+    job.state, job.cancel_requested, job.error = "queued", False, None
     job.lease_owner = job.lease_expires_at = job.finished_at = job.started_at = None
     job.dispatched_at, job.dispatch_count = None, 0
-    add_event(session, job, "retried", f"retried by the operator (was {previous})")
+    add_event(session, job, "retried", f"retried by the operator (was {previous}); "
+              f"attempts {job.attempts + 1}..{job.max_attempts} allowed",
+              {"attempts": job.attempts, "max_attempts": job.max_attempts})
     return job
 

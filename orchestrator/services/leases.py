@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, Job, Metric, Usage, utcnow
+from orchestrator.retries import has_attempts_left, released_budget
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.errors import InvalidInput, LeaseLost
 from orchestrator.services.events import add_event
@@ -197,6 +198,14 @@ def record_checkpoint(
     """A `checkpoint` event (the recipe saved one at `step`: a retry resumes from it)."""
     job = _owned(session, job_id, worker_id)
     add_event(session, job, "checkpoint", f"checkpoint at step {step}", {"step": step, "path": path})
+
+
+@transactional
+def record_resume(session: Session, job_id: str, worker_id: str, step: int, path: str | None = None) -> None:
+    """A `resumed` event: this attempt continues from the checkpoint at `step`."""
+    job = _owned(session, job_id, worker_id)
+    add_event(session, job, "resumed", f"resumed from the checkpoint at step {step}",
+              {"step": step, "path": path, "attempt": job.attempts})
 
 
 @dataclass(frozen=True)
@@ -374,14 +383,25 @@ def mark_cancelled(
     return job
 
 
-def _requeue_or_fail(session: Session, job: Job, reason: str, now: datetime) -> str:
-    """Back to the queue while attempts remain, else failed; returns the new state."""
-    if job.attempts < job.max_attempts:
+def _requeue_or_fail(session: Session, job: Job, reason: str, now: datetime, *, release: bool = False) -> str:
+    """Back to the queue while attempts remain, else failed; returns the new state.
+
+    A job whose cancel was requested is cancelled instead: no requeue revives it. `release`: the
+    worker handed the job back on a graceful shutdown, so the attempt does not count.
+    """
+    if job.cancel_requested:
+        _end(job, "cancelled", now)
+        add_event(session, job, "cancelled", f"cancelled (cancel requested; {reason})",
+                  {"attempt": job.attempts}, ts=now)
+        return "cancelled"
+    if release:
+        job.max_attempts = released_budget(job.max_attempts)
+    if has_attempts_left(job.attempts, job.max_attempts):
         job.state, job.error = "queued", reason
         job.lease_owner = job.lease_expires_at = None
         job.dispatched_at, job.dispatch_count = None, 0
         add_event(session, job, "requeued", f"{reason} (attempt {job.attempts}/{job.max_attempts})",
-                  {"attempt": job.attempts}, ts=now)
+                  {"attempt": job.attempts, "released": release, "step": job.progress_step}, ts=now)
         return "queued"
     reason = f"{reason}; gave up after {job.attempts} attempt(s)"
     _end(job, "failed", now, reason)
@@ -392,15 +412,15 @@ def _requeue_or_fail(session: Session, job: Job, reason: str, now: datetime) -> 
 @transactional
 def requeue_job(
     session: Session, job_id: str, worker_id: str, reason: str, usage: UsageInput = None,
-    now: datetime | None = None,
+    now: datetime | None = None, *, release: bool = False,
 ) -> str:
-    """A transient failure (worker shutting down, device lost, OOM...): back to `queued` while
-    attempts < max_attempts (the retry resumes from the last checkpoint), else `failed`.
-    Returns the new state. LeaseLost if not ours."""
+    """A transient failure (device lost, OOM, a dropped connection...): back to `queued` while
+    attempts < max_attempts (the retry resumes from the last checkpoint), else `failed`; a job
+    with a cancel requested ends `cancelled`. `release=True`: a graceful shutdown handed it back,
+    which uses no attempt. Returns the new state. LeaseLost if not ours."""
     now = now or utcnow()
     job = _owned(session, job_id, worker_id)
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
-    return _requeue_or_fail(session, job, reason, now)
-
+    return _requeue_or_fail(session, job, reason, now, release=release)

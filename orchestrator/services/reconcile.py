@@ -2,10 +2,12 @@
 
 Each pass (a periodic task, and `lorafleet reconcile`):
 1. running jobs whose lease expired more than `lease_grace_s` ago (the worker died or hung) go
-   back to `queued` (event `requeued`), or to `failed` once attempts reached max_attempts;
+   back to `queued` (event `requeued`), to `failed` once attempts reached max_attempts, or to
+   `cancelled` when a cancel was requested meanwhile (a dead worker cannot obey it; the
+   reconciler must not revive the job);
 2. queued jobs that may have lost their message are returned for re-dispatch, and their
    `dispatched_at` / `dispatch_count` recorded. A job is due when its last dispatch (or, never
-   dispatched, its submission) is older than `redispatch_after_s * 2**min(dispatch_count, 6)`:
+   dispatched, its submission) is older than `retries.redispatch_wait` (doubling per message):
    a job that waits behind busy workers is re-sent with exponential back-off instead of adding a
    message every pass (extra messages are harmless, the claim drops them, but they pile up).
 The caller sends the Celery messages for the returned ids (orchestrator never imports worker).
@@ -20,11 +22,15 @@ from sqlalchemy.orm import Session
 
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Job, utcnow
+from orchestrator.retries import redispatch_wait
 from orchestrator.services._tx import transactional
 from orchestrator.services.events import add_event
 from orchestrator.services.leases import _requeue_or_fail
 
-MAX_BACKOFF_DOUBLINGS = 6
+# Past its expiry a lease gets this many seconds more before its job is taken back: room for
+# clock skew between machines, small against the lease itself.
+LEASE_GRACE_S = 5.0
+REDISPATCH_AFTER_S = 60.0
 
 
 @dataclass
@@ -32,6 +38,7 @@ class ReconcileResult:
     dispatch: list[str] = field(default_factory=list)  # job ids to send a message for
     requeued: list[str] = field(default_factory=list)  # expired leases returned to the queue
     failed: list[str] = field(default_factory=list)  # expired leases out of attempts
+    cancelled: list[str] = field(default_factory=list)  # expired leases of jobs asked to cancel
 
 
 def _record_dispatch(job: Job, now: datetime) -> None:
@@ -44,8 +51,8 @@ def reconcile(
     session: Session,
     now: datetime | None = None,
     *,
-    lease_grace_s: float = 30.0,
-    redispatch_after_s: float = 60.0,
+    lease_grace_s: float = LEASE_GRACE_S,
+    redispatch_after_s: float = REDISPATCH_AFTER_S,
 ) -> ReconcileResult:
     """One reconciliation pass (see the module doc); returns what to dispatch and what moved."""
     now = now or utcnow()
@@ -61,6 +68,8 @@ def reconcile(
             _record_dispatch(job, now)
             result.requeued.append(job.id)
             result.dispatch.append(job.id)
+        elif state == "cancelled":  # its cancel was requested while its worker was dead
+            result.cancelled.append(job.id)
         else:
             result.failed.append(job.id)
     # Never dispatched jobs wait `redispatch_after_s` too: their submitter is about to send.
@@ -69,7 +78,7 @@ def reconcile(
         if job.id in result.dispatch:
             continue
         last = job.dispatched_at or job.created_at
-        wait = redispatch_after_s * 2 ** min(job.dispatch_count or 0, MAX_BACKOFF_DOUBLINGS)
+        wait = redispatch_wait(job.dispatch_count or 0, redispatch_after_s)
         if job.dispatched_at is not None and (now - last).total_seconds() < wait:
             continue
         _record_dispatch(job, now)

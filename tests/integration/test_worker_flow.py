@@ -15,7 +15,7 @@ import pytest
 
 from lora_engine.adapter_io import adapter_files_digest
 from lora_engine.errors import DataValidationError
-from orchestrator.dispatch import announce_jobs, reconcile_once
+from orchestrator.announce import announce_jobs, reconcile_once
 from orchestrator.registry.db import session_scope
 from orchestrator.services import (
     cancel_job,

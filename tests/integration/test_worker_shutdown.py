@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.announce import announce_jobs
 from orchestrator.config import load_settings
-from orchestrator.dispatch import announce_jobs, close_clients
+from orchestrator.dispatch import close_clients
 from orchestrator.registry import db
 from orchestrator.registry.db import session_scope
 from orchestrator.services import create_tenant, get_job, job_events, submit_job

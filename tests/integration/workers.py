@@ -77,8 +77,8 @@ def flush_redis() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    argv = worker_command(queue="gpu", hostname=f"it-{os.getpid()}@%h", without_heartbeat=True)
+def start_worker(env: dict[str, str], log_path: Path, name: str | None = None) -> subprocess.Popen:
+    argv = worker_command(queue="gpu", hostname=f"{name or 'it'}-{os.getpid()}@%h", without_heartbeat=True)
     log = open(log_path, "w")  # noqa: SIM115 (the worker writes it for its whole life)
     return subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -277,3 +277,36 @@ def test_cache_evicts_after_full_finetune(tmp_path):
     assert cache.key is None and cache.evictions == 1
     train({**SST2, "max_steps": 1}, tmp_path / "l", data_dir=DATA, cache=cache)
     assert cache.loads == 2
+
+
+@pytest.mark.parametrize(
+    ("losses", "factor", "patience", "diverged"),
+    [
+        ([], 10.0, 2, False),
+        ([0.7, 0.6], None, 2, False),
+        ([0.7, float("nan")], None, 2, True),  # non-finite: always, even without a factor
+        ([0.7, float("inf")], 10.0, 2, True),
+        ([0.7, 8.0], 10.0, 1, True),  # 8.0 > 10 x 0.7 for 1 step
+        ([0.7, 8.0, 0.6], 10.0, 1, False),  # a spike that came back down
+        ([0.7, 8.0, 9.0], 10.0, 2, True),
+        ([0.7, 8.0, 6.9], 10.0, 2, False),  # 6.9 < 10 x 0.7
+        ([0.7, 8.0], 10.0, 2, False),  # not yet `patience` steps after the first
+        ([0.0, 5.0, 5.0], 10.0, 1, False),  # a zero first loss sets no scale
+    ],
+)
+def test_divergence(losses, factor, patience, diverged):
+    from lora_engine.recipe import divergence
+
+    assert (divergence(losses, factor, patience) is not None) is diverged
+
+
+def test_a_diverging_run_stops_before_writing_anything(tmp_path):
+    from lora_engine.errors import TrainingDiverged
+
+    steps = []
+    with pytest.raises(TrainingDiverged, match=r"diverged at step \d+ \(loss") as info:
+        train({**SST2, "max_steps": 30, "lr": 1.0, "head_lr": 1.0}, tmp_path / "out", data_dir=DATA,
+              hooks=TrainHooks(on_progress=lambda p: steps.append(p.loss), divergence_factor=1.5,
+                               divergence_patience=2))
+    assert info.value.step <= 30 and info.value.step == len(steps) + 1
+    assert not (tmp_path / "out").exists()

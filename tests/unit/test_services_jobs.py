@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from lora_engine.errors import LoraFleetInputError, SpecError
 from lora_engine.spec import validate_spec
 from orchestrator import services as svc
+from orchestrator.config import get_settings
 from orchestrator.registry.models import Job, JobEvent, new_id
 
 pytest_plugins = ["registry_fixtures"]
@@ -168,7 +169,7 @@ def test_cancel_queued_is_immediate_running_sets_the_flag(session) -> None:
         svc.cancel_job(session, running.id)
 
 
-def test_retry_failed_or_cancelled_resets_attempts(session) -> None:
+def test_retry_failed_or_cancelled_keeps_counting_attempts(session) -> None:
     svc.create_tenant(session, "acme")
     job = svc.submit_job(session, "acme", SPEC)
     with pytest.raises(svc.InvalidState, match="only failed or cancelled"):
@@ -176,8 +177,11 @@ def test_retry_failed_or_cancelled_resets_attempts(session) -> None:
     svc.claim_job(session, job.id, "w1", 60)
     svc.fail_job(session, job.id, "w1", "bad data: line 3")
     retried = svc.retry_job(session, job.id)
-    assert (retried.state, retried.attempts, retried.error, retried.lease_owner) == ("queued", 0, None, None)
+    # A fresh budget on top of the attempt made: the next claim is attempt 2 (its own usage row).
+    assert (retried.state, retried.attempts, retried.error, retried.lease_owner) == ("queued", 1, None, None)
+    assert retried.max_attempts == 1 + get_settings().max_attempts
     assert _kinds(session, job.id)[-2:] == ["failed", "retried"]
+    assert svc.claim_job(session, job.id, "w2", 60).attempts == 2
 
 
 def test_lookups_are_scoped_to_the_tenant(session) -> None:

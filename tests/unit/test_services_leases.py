@@ -195,6 +195,48 @@ def test_reconcile_requeues_expired_leases_then_fails_after_max_attempts(session
     assert _kinds(session, job.id)[-1] == "failed"
 
 
+def test_a_release_uses_no_attempt(session, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec, max_attempts=1)
+    for n in range(1, 4):  # three deploys in a row
+        assert svc.claim_job(session, job.id, f"w{n}", 60).attempts == n
+        assert svc.requeue_job(session, job.id, f"w{n}", "worker shutting down", {"device_seconds": 1.0},
+                               release=True) == "queued"
+    assert svc.claim_job(session, job.id, "w4", 60).attempts == 4
+    assert svc.requeue_job(session, job.id, "w4", "device lost") == "failed"  # a real failure counts
+    final = svc.get_job(session, job.id)
+    assert [u.attempt for u in final.usage] == [1, 2, 3]  # one row per attempt, never reused
+
+
+def test_a_cancel_requested_while_the_worker_is_dead_is_obeyed(session, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec)
+    t0 = utcnow()
+    svc.claim_job(session, job.id, "dead-worker", 10, now=t0)
+    assert svc.cancel_job(session, job.id).state == "running"  # a flag nobody will read
+    result = svc.reconcile(session, now=t0 + timedelta(seconds=30), lease_grace_s=5)
+    assert result.cancelled == [job.id] and result.dispatch == [] and result.requeued == []
+    assert svc.get_job(session, job.id).job.state == "cancelled"
+    assert svc.claim_job(session, job.id, "w2", 10) is None  # never revived
+    # The same for a transient failure reported by a live worker after the cancel.
+    other = svc.submit_job(session, "acme", job_spec)
+    svc.claim_job(session, other.id, "w3", 60)
+    svc.cancel_job(session, other.id)
+    assert svc.requeue_job(session, other.id, "w3", "device lost") == "cancelled"
+
+
+def test_retry_cancel_retry_keeps_attempts_and_usage_unique(session, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec)
+    for n in range(1, 4):
+        assert svc.claim_job(session, job.id, f"w{n}", 60).attempts == n
+        svc.cancel_job(session, job.id)
+        svc.mark_cancelled(session, job.id, f"w{n}", step=n, usage={"device_seconds": float(n)})
+        assert svc.get_job(session, job.id).job.state == "cancelled"
+        svc.retry_job(session, job.id)
+    assert [u.attempt for u in svc.get_job(session, job.id).usage] == [1, 2, 3]
+
+
 def test_reconcile_redispatches_queued_jobs_with_backoff(session, job_spec) -> None:
     svc.create_tenant(session, "acme")
     t0 = utcnow()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.retries import Outcome, classify
 from worker.evaluation import NothingScored, run_reevaluation, run_untuned_evaluation
 from worker.kinds import EXECUTORS, UnknownJobKind, executor_for
-from worker.policy import Outcome, classify
 from worker.train import run_training
 
 

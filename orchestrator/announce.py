@@ -1,0 +1,53 @@
+"""Sending job messages and recording that they were sent: submit, re-dispatch, reconcile.
+
+`orchestrator.dispatch.send_run_job` is the one function that puts a message on the broker;
+here it is paired with the registry's record of the dispatch, which the reconciler reads to
+re-send for queued jobs whose message may be lost (when: `orchestrator.retries.redispatch_wait`).
+A crash between sending and recording is harmless: a second message finds nothing to claim.
+"""
+
+from __future__ import annotations
+
+from orchestrator.config import Settings, get_settings
+from orchestrator.dispatch import send_run_job
+
+
+def announce_jobs(
+    job_ids: list[str], *, settings: Settings | None = None, countdown: float | None = None
+) -> None:
+    """Send a message per queued job (after the jobs were committed) and record the dispatch."""
+    from orchestrator.registry.db import session_scope
+    from orchestrator.services import mark_dispatched
+
+    settings = settings or get_settings()
+    if not job_ids:
+        return
+    for job_id in job_ids:
+        send_run_job(job_id, settings=settings, countdown=countdown)
+    with session_scope(settings) as session:
+        mark_dispatched(session, list(job_ids))
+
+
+def reconcile_once(
+    *,
+    settings: Settings | None = None,
+    lease_grace_s: float | None = None,
+    redispatch_after_s: float | None = None,
+) -> dict[str, list[str]]:
+    """One reconciler pass: requeue/fail/cancel expired leases, then (re-)send messages for
+    queued jobs. Returns {"dispatched", "requeued", "failed", "cancelled"} (job ids)."""
+    from orchestrator.registry.db import session_scope
+    from orchestrator.services import reconcile
+    from orchestrator.services.reconcile import LEASE_GRACE_S, REDISPATCH_AFTER_S
+
+    settings = settings or get_settings()
+    with session_scope(settings) as session:
+        result = reconcile(
+            session,
+            lease_grace_s=LEASE_GRACE_S if lease_grace_s is None else lease_grace_s,
+            redispatch_after_s=REDISPATCH_AFTER_S if redispatch_after_s is None else redispatch_after_s,
+        )
+    for job_id in result.dispatch:
+        send_run_job(job_id, settings=settings)
+    return {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed,
+            "cancelled": result.cancelled}
