@@ -75,11 +75,19 @@ def _ready(**_: Any) -> None:
 
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_schema(settings)
-    if settings.is_embedded:
+    # Import the engine (torch, transformers) now, not inside the first job: loading those
+    # libraries holds the GIL for seconds, during which the job's keep-alive thread cannot renew
+    # its lease. Importing is not initialising CUDA, so this is safe before a fork too.
+    import transformers  # noqa: F401
+
+    import lora_engine.recipe  # noqa: F401
+
+    embedded = settings.database_url.startswith("sqlite")
+    if embedded:
         ReconcilerThread(settings).start()
     logging.getLogger(__name__).info(
         "lorafleet worker ready: registry %s, queue %s, lease %ss, heartbeat %ss%s",
         settings.database_url.split("@")[-1], settings.queue, settings.lease_seconds,
         settings.heartbeat_seconds,
-        f", reconciling every {settings.reconcile_every_s}s" if settings.is_embedded else "",
+        f", reconciling every {settings.reconcile_every_s}s" if embedded else "",
     )

@@ -118,7 +118,16 @@ def reconcile(every: float | None, lease_grace: float, redispatch_after: float, 
     from orchestrator.announce import reconcile_once
 
     while True:
-        report = reconcile_once(lease_grace_s=lease_grace, redispatch_after_s=redispatch_after)
+        try:
+            report = reconcile_once(lease_grace_s=lease_grace, redispatch_after_s=redispatch_after)
+        except Exception as exc:  # a broker or registry blip must not end a periodic reconciler
+            if every is None:
+                raise
+            from orchestrator.retries import describe
+
+            status(f"reconcile pass failed, next in {every:g}s: {describe(exc).splitlines()[0]}")
+            time.sleep(every)
+            continue
         emit(
             report,
             as_json,

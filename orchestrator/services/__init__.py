@@ -64,8 +64,9 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                   fail_job(s, job_id, worker_id, reason, usage=None) -> Job
                   mark_cancelled(s, job_id, worker_id, step=None, usage=None) -> Job
                   requeue_job(s, job_id, worker_id, reason, usage=None) -> "queued" | "failed"
-reconcile:        reconcile(s, now=None, *, lease_grace_s=30, redispatch_after_s=60)
-                            -> ReconcileResult(dispatch=[ids to send], requeued=[..], failed=[..])
+reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=60)
+                            -> ReconcileResult(dispatch=[ids to send], requeued=[..], failed=[..],
+                               cancelled=[..])
                   mark_dispatched(s, job_ids)   (after sending the messages for new jobs)
 adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifacts>/<tenant>/<adapter>
                   checkpoint_path(settings, tenant_id, job_id) -> <artifacts>/<tenant>/checkpoints/<job>

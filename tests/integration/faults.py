@@ -31,7 +31,7 @@ from tests.integration.workers import (
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 SHORT_LEASES = {
-    "LORAFLEET_LEASE_SECONDS": "4",
+    "LORAFLEET_LEASE_SECONDS": "8",
     "LORAFLEET_HEARTBEAT_SECONDS": "1",
     "LORAFLEET_RECONCILE_EVERY_S": "1",
     "LORAFLEET_CHECKPOINT_EVERY": "5",
@@ -41,7 +41,7 @@ SHORT_LEASES = {
 }
 # A bound on noticing a dead worker with SHORT_LEASES: lease + grace + one reconciler pass, with
 # room for a loaded 2-core machine.
-NOTICE_BOUND_S = 4 + 5 + 1 + 20
+NOTICE_BOUND_S = 8 + 5 + 1 + 20
 
 
 @dataclass
@@ -87,9 +87,9 @@ class Fleet:
         return "\n".join(f"--- {n}\n{w.log()[-3000:]}" for n, w in self.workers.items())
 
 
-def start_reconciler(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """`lorafleet reconcile --every 1` as its own process: the cluster's reconciler container."""
-    argv = [sys.executable, "-m", "orchestrator.cli.main", "reconcile", "--every", "1",
+def start_reconciler(env: dict[str, str], log_path: Path, every: float = 1.0) -> subprocess.Popen:
+    """`lorafleet reconcile --every N` as its own process: the cluster's reconciler container."""
+    argv = [sys.executable, "-m", "orchestrator.cli.main", "reconcile", "--every", str(every),
             "--redispatch-after", "2"]
     log = open(log_path, "w")  # noqa: SIM115 (the process writes it for its whole life)
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -53,6 +53,8 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
                     "batch_size": 4,
                     "eval_size": 16,
                 },
+                # One attempt only: a graceful shutdown's requeue must not use it up.
+                max_attempts=1,
             ).id
         announce_jobs([job_id], settings=settings)
 
@@ -69,6 +71,7 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
         assert detail["state"] == "queued" and detail["attempts"] == 1
         requeued = [e for e in events if e.kind == "requeued"]
         assert len(requeued) == 1 and "worker shutting down" in requeued[0].message
+        assert requeued[0].data["released"] is True
         ckpt = settings.artifacts / detail["tenant_id"] / "checkpoints" / job_id
         saved = [p.name for p in ckpt.glob("step-*")]
         assert len(saved) == 1  # only the stop wrote one (periodic checkpoints every 1000 steps)
@@ -87,11 +90,14 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
             detail = get_job(s, job_id).to_dict()
             events = list(job_events(s, job_id))
         assert detail["state"] == "succeeded" and detail["attempts"] == 2
+        assert [u["attempt"] for u in detail["usage"]] == [1, 2]
         claims = [i for i, e in enumerate(events) if e.kind == "claimed"]
         assert len(claims) == 2
-        # Resumed, not restarted: the second attempt's first progress is past the stop.
-        resumed = next(e for e in events[claims[1] :] if e.kind == "progress")
-        assert resumed.data["step"] > stopped_at
+        # Resumed, not restarted: from the stop's checkpoint, and every step after it is new.
+        resumed = next(e for e in events[claims[1] :] if e.kind == "resumed")
+        assert resumed.data["step"] == stopped_at
+        progress = [e for e in events[claims[1] :] if e.kind == "progress" and e.data["step"]]
+        assert progress and progress[0].data["step"] > stopped_at
     finally:
         stop_worker(first.proc)
         if second is not None:

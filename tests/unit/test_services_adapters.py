@@ -94,3 +94,25 @@ def test_tenant_summary(session, registry_settings, adapter_files, job_spec) -> 
     assert (acme["examples"], acme["tokens"]) == (200, 1800)
     assert rows["idle"]["jobs"]["queued"] == 0 and rows["idle"]["device_seconds"] == 0.0
     assert [r.slug for r in svc.tenant_summary(session, tenant="idle")] == ["idle"]
+
+
+def test_an_adapter_is_loaded_only_while_its_files_match_the_registry(
+    session, registry_settings, adapter_files, job_spec
+) -> None:
+    from lora_engine.adapter_io import adapter_files_digest
+    from lora_engine.errors import AdapterError
+
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec)
+    svc.claim_job(session, job.id, "w1", 60)
+    adapter_id = new_id()
+    path = adapter_files(svc.new_adapter_path(registry_settings, job.tenant_id, adapter_id))
+    sha256, size = adapter_files_digest(path)
+    record = svc.AdapterRecord(id=adapter_id, path=str(path), sha256=sha256, bytes=size,
+                               trainable_params=10, total_params=100)
+    svc.finish_job_success(session, job.id, "w1", record, {"validation": {"accuracy": 0.8}})
+    assert svc.verified_adapter(session, adapter_id).id == adapter_id
+    weights = next(p for p in Path(path).iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # one byte changed on disk
+    with pytest.raises(AdapterError, match="changed since it was registered"):
+        svc.verified_adapter(session, adapter_id)
