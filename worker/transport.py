@@ -14,7 +14,9 @@ reads and writes the same tables.
 from __future__ import annotations
 
 from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport.sqlalchemy import Channel as SQLAlchemyChannel
 from kombu.transport.sqlalchemy import Transport as SQLAlchemyTransport
+from sqlalchemy.exc import IntegrityError
 
 ALIAS = "lorafleet-sqla"
 # Seconds between polls of an empty queue: the latency from submit to pick-up when idle. Each
@@ -22,7 +24,24 @@ ALIAS = "lorafleet-sqla"
 POLLING_INTERVAL = 0.1
 
 
+class RacingSafeChannel(SQLAlchemyChannel):
+    """kombu's channel, safe when several workers start on a new broker file at once.
+
+    kombu creates a queue's row on first use and retries only an OperationalError, so the second
+    of two processes creating it at the same moment dies on the UNIQUE constraint
+    (`lorafleet worker --gpus 2` on a fresh embedded install). The row exists then: use it.
+    """
+
+    def _get_or_create(self, queue):
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:
+            self.session.rollback()
+            return self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).one()
+
+
 class PollingSQLAlchemyTransport(SQLAlchemyTransport):
+    Channel = RacingSafeChannel
     polling_interval = POLLING_INTERVAL
 
 

@@ -280,7 +280,12 @@ def test_sigkill_mid_training_resumes_on_the_other_worker_from_the_last_checkpoi
     assert detail["attempts"] == 2
     # Resumed from the last checkpoint of the killed attempt: at most one interval repeated.
     checkpoints = [e.data["step"] for e in events if e.kind == "checkpoint" and e.id < requeued.id]
-    assert checkpoints and resumed.data["step"] == checkpoints[-1]
-    assert 0 <= requeued.data["step"] - resumed.data["step"] <= every
+    # (a kill right after a save and before its event leaves one more checkpoint on disk than
+    # in the events: the resume then starts from that newer one)
+    assert checkpoints and resumed.data["step"] in (checkpoints[-1], checkpoints[-1] + every)
+    # The registry's progress at the requeue trails the killed worker by up to a heartbeat, so
+    # the repeated steps read off the events are at most this (and at most one interval anyway:
+    # the worker would have saved another checkpoint).
+    assert requeued.data["step"] - resumed.data["step"] <= every
     print(f"\n[{live.mode}] SIGKILL -> noticed {noticed_s:.1f}s, resumed {resumed_s:.1f}s "
           f"(lease {live.settings.lease_seconds}s, heartbeat {live.settings.heartbeat_seconds}s)")
