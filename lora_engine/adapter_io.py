@@ -406,7 +406,6 @@ def _top_saved(saved: set[str], model: nn.Module) -> set[str]:
 def verify_adapter_files(folder: str | os.PathLike, sha256: str) -> Path:
     """`folder`, if its files hash to `sha256` (the digest recorded when it was made); else
     AdapterError: a folder changed, truncated or swapped since is never loaded."""
-
     folder = Path(folder)
     if not folder.is_dir():
         raise AdapterError(f"adapter folder {str(folder)!r} is missing")

@@ -33,7 +33,6 @@ from worker.executor import JobContext, JobResult, StagedAdapter
 # The one lifecycle: a packed job is heartbeated, settled and published exactly as a single one.
 from worker.runner import (
     _DEFAULT_CACHE,
-    KEEPALIVE_PER_LEASE,
     KeepAlive,
     RunResult,
     _failed_usage,
@@ -108,7 +107,7 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
                          settings=settings, hooks=beat.hooks(),
                          staging_dir=artifacts.staging_path(settings, tenant_id, jid, attempt),
                          checkpoint_dir=artifacts.checkpoint_path(settings, tenant_id, jid), cache=cache)
-        keepalive = KeepAlive(beat, interval_s=max(settings.lease_seconds / KEEPALIVE_PER_LEASE, 0.1))
+        keepalive = KeepAlive(beat, interval_s=settings.heartbeat_seconds)
         keepalive.start()
         members[jid] = _Member(ctx, beat, keepalive, time.monotonic())
     return _train_packed(settings, worker_id, base, family, members, cache)
@@ -166,7 +165,9 @@ def _hooks(settings: Settings, m: _Member, hooks_cls):
 
     return hooks_cls(on_progress=on_progress, should_stop=beat.should_stop,
                      checkpoint_every=settings.checkpoint_every, checkpoint_dir=m.ctx.checkpoint_dir,
-                     on_checkpoint=beat.on_checkpoint)
+                     on_checkpoint=beat.on_checkpoint, on_resume=beat.on_resume,
+                     divergence_factor=settings.divergence_factor,
+                     divergence_patience=settings.divergence_patience)
 
 
 def _leave(settings: Settings, worker_id: str, m: _Member, outcome, stopped_cls) -> RunResult:
