@@ -50,6 +50,14 @@ log = logging.getLogger(__name__)
 PACKABLE_METHODS = ("lora", "rslora", "dora")
 
 
+def _packable(job) -> str | None:
+    """The packed forward a queued job would take, or None when it trains alone: not a LoRA
+    training job, or it continues an adapter (the single path verifies that parent first)."""
+    if job.kind != "train" or job.method not in PACKABLE_METHODS or job.init_from_adapter_id is not None:
+        return None
+    return _family(job.base_model, job.task)
+
+
 def _family(base_model: str, task: str) -> str | None:
     """'encoder' / 'decoder': the packed forward this (base, task) takes; None: not packable."""
     from lora_engine.catalog import task_info
@@ -86,9 +94,8 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
     with session_scope(settings) as session:
         head = repo.claim_candidates(session, limit=1)
         lead = repo.job(session, head[0][0]) if head else None
-        family = _family(lead.base_model, lead.task) if lead is not None else None
-        if (lead is None or settings.pack_max_jobs < 2 or lead.kind != "train"
-                or lead.method not in PACKABLE_METHODS or family is None):
+        family = _packable(lead) if lead is not None else None
+        if family is None or settings.pack_max_jobs < 2:
             return [run_job(job_id, worker_id=worker_id, settings=settings, cache=cache)]
         first = claim_job(session, lead.id, worker_id, settings.lease_seconds)
         if first is None:  # taken by another worker in between: claim as usual
@@ -96,7 +103,7 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
         base = first.base_model
         claimed = [first, *claim_partners(
             session, worker_id, settings.lease_seconds, base_model=base, methods=PACKABLE_METHODS,
-            limit=settings.pack_max_jobs - 1, accept=lambda job: _family(job.base_model, job.task) == family)]
+            limit=settings.pack_max_jobs - 1, accept=lambda job: _packable(job) == family)]
         snapshot = [(j.id, j.tenant_id, dict(j.spec), j.attempts) for j in claimed]
     log.info("claimed %d jobs to train packed on %s as %s", len(snapshot), base, worker_id)
     cache = model_cache() if cache is _DEFAULT_CACHE else cache
