@@ -36,7 +36,7 @@ from torch import nn
 
 from lora_engine.checkpoint import capture_rng_state, latest_checkpoint, restore_rng_state
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, synchronize
-from lora_engine.errors import LoraConfigError, TrainingStopped
+from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
 from lora_engine.inject import HEAD_NAMES, head_module_names, lora_modules
 from lora_engine.layers import LoRALinear
 from lora_engine.packed.forward import PackedBatch, family, packed_losses
@@ -48,6 +48,7 @@ from lora_engine.recipe import (
     TrainResult,
     abandon_step,
     apply_update,
+    divergence,
     evaluate_run,
     finish_run,
     label_names_for,
@@ -240,6 +241,8 @@ class Pack:
                 _set_module(self.model, name, self.multi[name])
             self.multi[name].add(slot, adapter)
         self._slots += 1
+        if resume is not None and hooks.on_resume is not None:
+            hooks.on_resume(run.step, resume)
         self.jobs[key] = PackedJob(key=key, slot=slot, run=run, hooks=hooks, output_dir=Path(output_dir),
                                    stream=stream, heads=heads, adapters=adapters,
                                    params=list(run.trainable.values()), batches=training_batches(run),
@@ -312,6 +315,9 @@ class Pack:
             return None
         t0 = time.perf_counter()
         job.micro = 0
+        why = divergence([*run.losses, job.step_loss], hooks.divergence_factor, hooks.divergence_patience)
+        if why is not None:  # before the update, as alone: the job fails, the others go on
+            raise TrainingDiverged(run.step + 1, job.step_loss, why)
         apply_update(run, job.params)
         run.losses.append(job.step_loss)
         run.device_s += time.perf_counter() - t0
@@ -322,7 +328,9 @@ class Pack:
         if hooks.checkpoint_dir is not None and (stop or (
                 hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
             with job.stream.active():
-                save_run_checkpoint(run, hooks.checkpoint_dir)
+                saved = save_run_checkpoint(run, hooks.checkpoint_dir)
+            if hooks.on_checkpoint is not None:
+                hooks.on_checkpoint(run.step, saved)
         if stop:
             return _outcome(job, "stopped")
         if run.step >= run.total_steps:
@@ -339,7 +347,9 @@ class Pack:
                 pass
         elif job.hooks.checkpoint_dir is not None:
             with job.stream.active():
-                save_run_checkpoint(job.run, job.hooks.checkpoint_dir)
+                saved = save_run_checkpoint(job.run, job.hooks.checkpoint_dir)
+            if job.hooks.on_checkpoint is not None:
+                job.hooks.on_checkpoint(job.run.step, saved)
         job.micro = 0
         return _outcome(job, "stopped")
 

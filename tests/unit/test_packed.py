@@ -24,7 +24,7 @@ DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
 
 from lora_engine.cache import BaseModelCache  # noqa: E402
 from lora_engine.data.batching import collate  # noqa: E402
-from lora_engine.errors import LoraConfigError  # noqa: E402
+from lora_engine.errors import LoraConfigError, TrainingDiverged  # noqa: E402
 from lora_engine.forward import training_loss  # noqa: E402
 from lora_engine.generate import GREEDY  # noqa: E402
 from lora_engine.inject import lora_modules  # noqa: E402
@@ -161,21 +161,28 @@ def test_solo_checkpoint_resumes_into_a_pack_exactly_beside_a_failing_job(runs, 
     stop_after = []
     hooks = TrainHooks(on_progress=stop_after.append, should_stop=lambda: len(stop_after) >= 1,
                        checkpoint_dir=tmp_path / "ckpt")
+    resumed: list[int] = []
     with pytest.raises(Exception, match="stopped"):
         train(specs["b"], tmp_path / "first", data_dir=DATA, hooks=hooks)
     model, tok = load_base_model("tiny-bert", "classification", 2)
     pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
     pack.add(specs["a"], tmp_path / "a", key="a")
-    pack.add(specs["b"], tmp_path / "b", TrainHooks(checkpoint_dir=tmp_path / "ckpt"), key="b")
+    pack.add(specs["b"], tmp_path / "b",
+             TrainHooks(checkpoint_dir=tmp_path / "ckpt", on_resume=lambda step, _: resumed.append(step)),
+             key="b")
+    assert resumed == [1]  # reported as the recipe reports a resume
 
     def broken_hook(progress):
         if progress.step == 2:
             raise OSError("the tenant's progress sink is gone")
 
     pack.add(specs["c"], tmp_path / "c", TrainHooks(on_progress=broken_hook), key="failing")
+    pack.add({**specs["c"], "lr": 1.0, "head_lr": 1.0}, tmp_path / "diverging",
+             TrainHooks(divergence_factor=2.0, divergence_patience=1), key="diverging")
     out = pack.run()
     assert out["failing"].status == "failed" and out["failing"].step == 2
     assert "progress sink" in str(out["failing"].error)
+    assert out["diverging"].status == "failed" and isinstance(out["diverging"].error, TrainingDiverged)
     for k in "ab":  # a job failing in the pack disturbs neither of the others
         np.testing.assert_allclose(out[k].result.losses, runs["solo"][k].losses, rtol=0, atol=1e-5)
 
