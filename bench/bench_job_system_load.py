@@ -32,6 +32,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import benchlib  # noqa: F401  (environment + sys.path)
 
@@ -58,7 +59,7 @@ def _env(db_url: str, home: Path) -> dict[str, str]:
             "LORAFLEET_HEARTBEAT_SECONDS": "15", "LORAFLEET_TENANT_MAX_RUNNING": "2"}
 
 
-def worker_loop(env: dict[str, str], index: int, out: mp.Queue) -> None:
+def worker_loop(env: dict[str, str], index: int, out: mp.Queue, budget: Any) -> None:
     os.environ.update(env)
     import orchestrator.services as services
     from orchestrator.config import load_settings
@@ -79,12 +80,22 @@ def worker_loop(env: dict[str, str], index: int, out: mp.Queue) -> None:
     settings = load_settings(env)
     worker_id = f"bench-{index}:{os.getpid()}"
     idle = 0
-    while idle < 3:
+    while idle < 3 and _take(budget):
         result = runner.run_job("any", worker_id=worker_id, settings=settings, cache=None)
         idle = idle + 1 if result.outcome == "skipped" else 0
         if result.outcome not in ("succeeded", "skipped"):
             print(f"worker {index}: {result}", file=sys.stderr)
     out.put(claims)
+
+
+def _take(budget: Any) -> bool:
+    """One more claim allowed by the shared claim budget (-1: no limit)."""
+    with budget.get_lock():
+        if budget.value == 0:
+            return False
+        if budget.value > 0:
+            budget.value -= 1
+        return True
 
 
 def jain(shares: list[float]) -> float:
@@ -98,6 +109,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=200, help="jobs per submit_batch call")
     ap.add_argument("--window", type=int, default=500, help="claims per fairness window")
+    ap.add_argument("--claims", type=int, default=-1,
+                    help="stop after this many claims (the rest stays queued: latency at a deep queue)")
     args = ap.parse_args()
 
     import psycopg
@@ -144,7 +157,8 @@ def main() -> None:
 
         out: mp.Queue = mp.get_context("spawn").Queue()
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=worker_loop, args=(env, i, out)) for i in range(args.workers)]
+        budget = ctx.Value("i", args.claims)
+        procs = [ctx.Process(target=worker_loop, args=(env, i, out, budget)) for i in range(args.workers)]
         t1 = time.perf_counter()
         for p in procs:
             p.start()

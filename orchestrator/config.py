@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("a folder path"),
     )
     # Short leases renewed by heartbeats: a dead worker is noticed within lease + grace + one
-    # reconciler pass (45 + 5 + 10 s), not after a long job's worth of lease.
+    # reconciler pass (45 + 5 + 5 s), not after a long job's worth of lease.
     lease_seconds: int = Field(
         45,
         gt=0,
@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("a number of seconds > 0, at most half of lease_seconds"),
     )
     reconcile_every_s: float = Field(
-        10.0,
+        5.0,
         gt=0,
         description="seconds between reconciler passes (a worker's beat, or the embedded worker's thread)",
         json_schema_extra=_allowed("a number of seconds > 0"),
