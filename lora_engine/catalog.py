@@ -16,9 +16,11 @@ GENERATION_TASKS = ("e2e",)
 CUSTOM_TASKS = ("custom-classification", "custom-generation")
 ALL_TASKS = GLUE_TASKS + GENERATION_TASKS + CUSTOM_TASKS
 
-# "none": train nothing; the job evaluates the untuned base model (the baseline every method is
-# compared with).
-METHODS = ("lora", "rslora", "dora", "full", "none")
+# The one list of training methods. LORA_METHODS train an adapter over a frozen base (the injector,
+# the adapter files and packed training take these); "full" trains every weight; "none" trains
+# nothing: the job evaluates the untuned base model (the baseline every method is compared with).
+LORA_METHODS = ("lora", "rslora", "dora")
+METHODS = (*LORA_METHODS, "full", "none")
 
 
 @dataclass(frozen=True)

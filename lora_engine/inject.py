@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lora_engine.catalog import LORA_METHODS as METHODS
 from lora_engine.errors import LoraConfigError
 from lora_engine.layers import LORA_LAYERS, LoRAEmbedding, LoRALinear, is_conv1d, is_lora_param
 
-METHODS = ("lora", "rslora", "dora")
 ALL_LINEAR = "all-linear"
 DEFAULT_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn"],

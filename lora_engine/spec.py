@@ -47,7 +47,7 @@ class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     task: str
-    method: Literal["lora", "rslora", "dora", "full", "none"] = "lora"
+    method: Literal[METHODS] = "lora"  # type: ignore[valid-type]
     rank: int = 8
     alpha: float | None = None  # default: 2 * rank
     dropout: float = 0.0

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lora_engine.catalog import LORA_METHODS
 from orchestrator import artifacts
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
@@ -47,7 +48,7 @@ from worker.runner import (
 
 log = logging.getLogger(__name__)
 
-PACKABLE_METHODS = ("lora", "rslora", "dora")
+PACKABLE_METHODS = LORA_METHODS
 
 
 def _packable(job) -> str | None:

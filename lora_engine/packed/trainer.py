@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lora_engine.catalog import LORA_METHODS
 from lora_engine.checkpoint import capture_rng_state, latest_checkpoint, restore_rng_state
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, synchronize
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
@@ -62,7 +63,7 @@ from lora_engine.recipe import (
 )
 from lora_engine.spec import TrainingSpec, validate_spec
 
-PACKABLE_METHODS = ("lora", "rslora", "dora")
+PACKABLE_METHODS = LORA_METHODS
 
 
 @dataclass(frozen=True)
