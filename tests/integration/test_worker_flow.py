@@ -7,6 +7,7 @@ broker and the artifacts folder with the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,17 @@ import pytest
 from lora_engine.adapter_io import adapter_files_digest
 from lora_engine.errors import DataValidationError
 from orchestrator.announce import announce_jobs, reconcile_once
+from orchestrator.dispatch import celery_client
 from orchestrator.registry.db import session_scope
+from orchestrator.registry.models import Job, JobEvent
 from orchestrator.services import (
+    InvalidState,
     cancel_job,
     claim_job,
     create_tenant,
     get_job,
     job_events,
+    submit_batch,
     submit_job,
 )
 from tests.integration.workers import LiveWorker, wait_for
@@ -220,3 +225,77 @@ def test_untuned_baseline_and_reevaluation_jobs_record_their_rows(live_worker: L
         assert all(m.created_at is not None for m in rows)
         assert s.scalars(select(Adapter).where(Adapter.job_id.in_([baseline, reeval]))).all() == []
         assert len(s.scalars(select(Usage).where(Usage.job_id == reeval)).all()) == 1
+
+
+# Fair share: as cheap as a job gets (the untuned evaluate kind of tiny-bert on 2 rows). Last in
+# this module so that the worker is warm: the test pays for claims, not for a cold start.
+CHEAP = {"task": "sst2", "method": "none", "base_model": "tiny-bert", "eval_size": 2}
+A_JOBS, B_JOBS = 200, 5
+# Claims after B's jobs were queued within which all of B's must have started: strict
+# alternation gives B, A, B, A, B, A, B, A, B (9); one A claim may be in flight while B queues.
+WITHIN_CLAIMS = 2 * B_JOBS + 1
+
+
+def _queue(worker: LiveWorker, tenant: str, n: int) -> list[str]:
+    """n jobs of `tenant` in one transaction, then a message each (as `job submit-batch` does)."""
+    with session_scope(worker.settings) as s:
+        jobs = submit_batch(s, [{"tenant": tenant, "spec": CHEAP}] * n, settings=worker.settings)
+        ids = [j.id for j in jobs]
+    announce_jobs(ids, settings=worker.settings)
+    return ids
+
+
+def _claims(worker: LiveWorker) -> list[tuple[int, str]]:
+    """(event id, job id) of every claim so far, in the order the worker made them."""
+    with session_scope(worker.settings) as s:
+        rows = s.query(JobEvent.id, JobEvent.job_id).filter(JobEvent.kind == "claimed").order_by(JobEvent.id)
+        return [(int(i), str(j)) for i, j in rows]
+
+
+def _states(worker: LiveWorker, ids: list[str]) -> dict[str, str]:
+    with session_scope(worker.settings) as s:
+        return {str(i): str(st) for i, st in s.query(Job.id, Job.state).filter(Job.id.in_(ids))}
+
+
+def test_fair_share_b_starts_within_a_few_claims_after_a_queued_200(live_worker: LiveWorker):
+    """Tenant A queues 200 jobs, then tenant B queues 5: B's start within the next few claims.
+
+    The messages reach the worker in the order they were sent (A's 200 first), so only the
+    claim's fair-share rule can start B's jobs early: a message claims whichever job fair share
+    picks. Once B's 5 have started, A's jobs still queued are cancelled (immediate for a queued
+    job) and the waiting messages purged, so the test ends there.
+    """
+    a, b = _tenant(live_worker, "fair-a"), _tenant(live_worker, "fair-b")
+    a_ids = _queue(live_worker, a, A_JOBS)
+    wait_for(lambda: any(j in set(a_ids) for _, j in _claims(live_worker)), 60,
+             "the worker to claim A's first job", live_worker)
+    before_b = max(i for i, _ in _claims(live_worker))
+    b_ids = _queue(live_worker, b, B_JOBS)
+
+    def b_all_started() -> list[str] | None:
+        after = [job for event_id, job in _claims(live_worker) if event_id > before_b]
+        return after if set(b_ids) <= set(after) else None
+
+    after_b = wait_for(b_all_started, 120, "B's 5 jobs to start", live_worker, interval=0.2)
+    queued_a = [j for j, st in _states(live_worker, a_ids).items() if st == "queued"]
+    with session_scope(live_worker.settings) as s:
+        for job_id in queued_a:
+            with contextlib.suppress(InvalidState):  # the worker claimed and ran it meanwhile
+                cancel_job(s, job_id)
+    celery_client(live_worker.settings).control.purge()  # the messages of A's cancelled jobs
+
+    last_b = max(after_b.index(j) for j in b_ids)
+    assert last_b < WITHIN_CLAIMS, (
+        f"B's last job started at claim {last_b + 1} after B queued, expected within {WITHIN_CLAIMS}")
+    assert len([j for j in after_b[:last_b] if j in set(a_ids)]) <= B_JOBS + 1, after_b
+    # Most of A's 200 were still waiting when B's last job started: B did not wait for them.
+    assert len(queued_a) >= A_JOBS - 3 * WITHIN_CLAIMS, len(queued_a)
+    # The claims above were real work: every job the worker started ran to the end.
+    started = sorted({j for _, j in _claims(live_worker)} & set(a_ids + b_ids))
+
+    def all_ended() -> dict[str, str] | None:
+        states = _states(live_worker, started)
+        return states if "running" not in states.values() else None
+
+    states = wait_for(all_ended, 60, "the started jobs to finish", live_worker)
+    assert {states[j] for j in b_ids} == {"succeeded"}, states
