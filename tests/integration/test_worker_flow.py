@@ -288,8 +288,8 @@ def test_fair_share_b_starts_within_a_few_claims_after_a_queued_200(live_worker:
     assert last_b < WITHIN_CLAIMS, (
         f"B's last job started at claim {last_b + 1} after B queued, expected within {WITHIN_CLAIMS}")
     assert len([j for j in after_b[:last_b] if j in set(a_ids)]) <= B_JOBS + 1, after_b
-    # Most of A's 200 were still waiting when B's last job started: B did not wait for them.
-    assert len(queued_a) >= A_JOBS - 3 * WITHIN_CLAIMS, len(queued_a)
+    # Many of A's jobs (queued before B's) were still waiting: in message order B would wait for them.
+    assert len(queued_a) > 2 * WITHIN_CLAIMS, len(queued_a)
     # The claims above were real work: every job the worker started ran to the end.
     started = sorted({j for _, j in _claims(live_worker)} & set(a_ids + b_ids))
 
