@@ -9,6 +9,7 @@ Each report has three views, all derived from the same fields:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -59,6 +60,13 @@ class Column:
     align: str = "right"  # "left" for names
 
 
+def _money(v: float) -> str:
+    """4 decimals; below a cent, 3 significant digits (CPU minutes cost fractions of a cent)."""
+    if v == 0 or abs(v) >= 0.01:
+        return f"${v:,.4f}"
+    return f"${v:.{2 - math.floor(math.log10(abs(v)))}f}"
+
+
 def _ratio(v: float) -> str:
     return f"{v:.1f}×" if v < 100 else f"{v:,.0f}×"
 
@@ -70,7 +78,7 @@ FORMATS = {
     "num": lambda v: f"{v:.2f}",
     "pp": lambda v: f"{v:+.1f} pp",
     "delta": lambda v: f"{v:+.1f}",
-    "money": lambda v: f"${v:,.4f}",
+    "money": lambda v: _money(v),
     "hours": lambda v: f"{v:,.4f}",
     "seconds": lambda v: f"{v:,.1f}",
     "mb": lambda v: f"{v / 1e6:,.2f}",
