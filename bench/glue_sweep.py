@@ -1,11 +1,16 @@
-"""All 8 GLUE tasks × {LoRA r=8, full fine-tuning}, one epoch each on MiniLM-L6: score and run time.
+"""All 8 GLUE tasks × {LoRA r=8, full fine-tuning} on MiniLM-L6 with the `auto` budget: score,
+trivial baseline, wall time and the budget the rule chose.
 
-Each run goes through `lora_engine.recipe.train` with the task's catalog defaults (plus `--set`
-overrides), one after the other in this process. Writes `sweep.json` and `sweep.md` (a table:
-task, method, primary and secondary metrics, trainable params, train/whole wall seconds, peak
-memory) into `--out-dir`, refreshed after every run so a long sweep can be watched.
+Each run goes through `lora_engine.recipe.train` with the defaults only (auto epochs, batch size
+and lr, evaluation on a held-out slice of the training rows, early stopping, the best checkpoint
+kept) plus `--set` overrides, one after the other in this process. Writes `sweep.json` and
+`sweep.md` into `--out-dir`, refreshed after every run so a long sweep can be watched (and
+several sweeps over disjoint tasks can run side by side into different folders).
 
-    .venv/bin/python bench/glue_sweep.py                                 # everything (long)
+A score within `baseline.MARGIN` of the task's trivial baseline (the best constant prediction)
+is marked "= trivial" in the table: it is no result.
+
+    nice -n 15 .venv/bin/python bench/glue_sweep.py                      # everything (long)
     .venv/bin/python bench/glue_sweep.py --tasks sst2,rte --methods lora --max-steps 5   # smoke
 """
 
@@ -26,10 +31,10 @@ METHODS = ("lora", "full")
 
 
 def one_run(task: str, method: str, args, work: Path) -> dict:
-    from lora_engine.recipe import train
+    from lora_engine.baseline import task_trivial_scores
+    from lora_engine.recipe import TrainHooks, train
 
-    spec = {"task": task, "method": method, "base_model": args.model, "batch_size": args.batch_size,
-            **parse_overrides(args.set)}
+    spec = {"task": task, "method": method, "base_model": args.model, **parse_overrides(args.set)}
     if method == "lora":
         spec.setdefault("rank", 8)
     if args.max_steps:
@@ -37,27 +42,53 @@ def one_run(task: str, method: str, args, work: Path) -> dict:
     if args.eval_size:
         spec["eval_size"] = args.eval_size
     t0 = time.perf_counter()
-    res = train(spec, work / f"{task}-{method}", data_dir=args.data_dir)
+    curve = args.out_dir_path / f"curve-{task}-{method}.jsonl"
+
+    def log_point(p) -> None:  # the learning curve as it comes: evidence even if the run is cut short
+        with curve.open("a") as f:
+            f.write(json.dumps({"step": p.step, "epoch": p.epoch, "score": p.score, "metrics": p.metrics,
+                                "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
+
+    res = train(spec, work / f"{task}-{method}", data_dir=args.data_dir,
+                hooks=TrainHooks(on_evaluate=log_point))
     wall = time.perf_counter() - t0
     meta = json.loads((res.adapter_dir / "lorafleet.json").read_text())
-    s = res.stats
-    return {"task": task, "method": method, "metrics": res.metrics["validation"], "steps": len(res.losses),
-            "final_loss": res.losses[-1], "wall_s": round(wall, 1), "device_s": round(s.device_s, 1),
-            "trainable_params": s.trainable_params, "total_params": s.total_params,
-            "adapter_bytes": s.adapter_bytes, "peak_mem_mb": round(s.peak_mem_bytes / 2**20),
-            "lr": meta["spec"]["lr"], "head_lr": meta["spec"]["head_lr"], "targets": meta["spec"]["targets"]}
+    s, rs = res.stats, meta["spec"]
+    return {"task": task, "method": method, "metrics": res.metrics["validation"],
+            "trivial": task_trivial_scores(task, data_dir=args.data_dir),
+            "selection": res.metrics.get("selection", {}),
+            "history": [{"step": p.step, "epoch": p.epoch, "score": p.score} for p in res.eval_history],
+            "steps": len(res.losses), "final_loss": res.losses[-1], "wall_s": round(wall, 1),
+            "device_s": round(s.device_s, 1), "trainable_params": s.trainable_params,
+            "total_params": s.total_params, "adapter_bytes": s.adapter_bytes,
+            "peak_mem_mb": round(s.peak_mem_bytes / 2**20),
+            **{k: rs.get(k) for k in ("epochs", "max_steps", "batch_size", "lr", "head_lr", "targets",
+                                      "eval_every", "eval_holdout", "patience")}}
+
+
+def _score(name: str, value: float, trivial: dict) -> str:
+    from lora_engine.baseline import at_baseline
+
+    text = f"{name} {100 * value:.2f}"
+    return f"{text} (= trivial)" if name in trivial and at_baseline(value, trivial[name]) else text
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| task | method | metrics | steps | wall s | trainable | adapter MB | peak MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | validation score | trivial baseline | epochs chosen (trained) | batch | "
+             "lr | steps | best step | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['task']} | {r['method']} | ERROR: {r['error']} | | | | | |")
+            lines.append(f"| {r['task']} | {r['method']} | ERROR: {r['error']} | | | | | | | |")
             continue
-        m = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["metrics"].items())
-        lines.append(f"| {r['task']} | {r['method']} | {m} | {r['steps']} | {r['wall_s']} | "
-                     f"{r['trainable_params']:,} | {r['adapter_bytes'] / 2**20:.2f} | {r['peak_mem_mb']} |")
+        m = ", ".join(_score(k, v, r["trivial"]) for k, v in r["metrics"].items())
+        triv = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["trivial"].items())
+        sel = r["selection"]
+        trained = r["history"][-1]["epoch"] if r["history"] else r["epochs"]
+        best = int(sel["best_step"]) if sel else "–"
+        early = ", stopped early" if sel.get("stopped_early") else ""
+        lines.append(f"| {r['task']} | {r['method']} | {m} | {triv} | {r['epochs']} ({trained}{early}) | "
+                     f"{r['batch_size']} | {r['lr']:g} | {r['steps']} | {best} | {r['wall_s']} |")
     by = {(r["task"], r["method"]): r for r in rows if "error" not in r}
     gaps = []
     for t in GLUE:
@@ -76,8 +107,7 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(GLUE))
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--model", default="minilm-l6")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-steps", type=int, default=0, help="cap each run (smoke test); 0: one epoch")
+    p.add_argument("--max-steps", type=int, default=0, help="cap each run (smoke test); 0: the auto budget")
     p.add_argument("--eval-size", type=int, default=0, help="validation rows to score; 0: all")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every spec")
     p.add_argument("--data-dir", default=DEFAULT_DATA)
@@ -95,7 +125,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out_dir)
+    out = args.out_dir_path = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as work:

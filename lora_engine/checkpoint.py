@@ -46,6 +46,7 @@ class Checkpoint:
     rng: dict[str, Any]  # capture_rng_state() form
     sampler: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. the best weights so far
 
 
 # --- RNG ------------------------------------------------------------------------------------------
@@ -79,6 +80,8 @@ def _flatten(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     tensors: dict[str, torch.Tensor] = {}
     for name, t in ckpt.trainable.items():
         tensors[f"param/{name}"] = t.detach().cpu().contiguous()
+    for name, t in ckpt.extra.items():
+        tensors[f"extra/{name}"] = t.detach().cpu().contiguous()
 
     opt_scalars: dict[str, dict[str, Any]] = {}
     for idx, per_param in ckpt.optimizer["state"].items():
@@ -114,6 +117,7 @@ def _flatten(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 def _unflatten(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Checkpoint:
     trainable = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
+    extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):
@@ -137,6 +141,7 @@ def _unflatten(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Check
         rng=rng,
         sampler=state["sampler"],
         meta=state["meta"],
+        extra=extra,
     )
 
 

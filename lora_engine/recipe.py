@@ -16,6 +16,9 @@
    checkpoint every N steps (each reported to `on_checkpoint` once on disk); a run resumes from
    the newest checkpoint in `checkpoint_dir`. A diverging loss (non-finite, or above a factor of
    its start for N steps) raises `TrainingDiverged` before the update: no adapter is written.
+   With `eval_every`, a held-out slice of the training rows is scored every N steps; the best
+   evaluation's weights become the adapter and `patience` evaluations without improvement stop
+   the run early (selection.py).
 4. Evaluation (evaluate.py) scores the validation split; the adapter (PEFT format) or, for
    `full`, the whole model (`save_pretrained`, safetensors) is written atomically with
    lorafleet.json and a README model card.
@@ -56,6 +59,7 @@ from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, se
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
 from lora_engine.forward import training_loss
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
+from lora_engine.selection import EvalPoint, Selection, split_holdout
 from lora_engine.spec import TrainingSpec, validate_spec
 
 __all__ = ["BaseModelCache", "Progress", "RunStats", "TrainHooks", "TrainResult", "fit", "setup", "train"]
@@ -92,6 +96,7 @@ class TrainHooks:
     # factor x the run's first loss for `divergence_patience` steps in a row (see `divergence`).
     divergence_factor: float | None = None
     divergence_patience: int = 20
+    on_evaluate: Callable[[EvalPoint], None] | None = None  # each evaluation during training
 
     def __post_init__(self):
         if self.checkpoint_every < 0:
@@ -123,6 +128,9 @@ class TrainResult:
     metrics: dict[str, dict[str, float]]
     stats: RunStats
     losses: list[float] = field(default_factory=list)  # per optimizer step, whole run
+    # Evaluations during training on the held-out training rows (empty when eval_every is 0);
+    # the adapter holds the weights of the best one (metrics["selection"] summarises it).
+    eval_history: list[EvalPoint] = field(default_factory=list)
 
 
 # --- setup ----------------------------------------------------------------------------------------
@@ -146,6 +154,8 @@ class Run:
     heads: list[str]
     label_names: tuple[str, ...]
     lora_settings: Any = None  # inject.LoraSettings, None for full
+    holdout: list = field(default_factory=list)  # training rows held out for evaluation
+    selection: Selection | None = None  # None: no evaluation during training
     step: int = 0
     losses: list[float] = field(default_factory=list)
     examples: int = 0
@@ -265,6 +275,8 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, examples, la
     from lora_engine.inject import head_module_names
 
     info = spec.info
+    # The rows scored during training are held out here, so every path trains on the same rows.
+    examples, holdout = split_holdout(examples, spec.eval_holdout or 0, spec.seed)
     heads = head_module_names(model) if info.kind != "generation" else []
     seed_everything(spec.seed)
     reset_head(model, heads)
@@ -284,7 +296,19 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, examples, la
     return Run(spec=spec, info=info, device=device, model=model, tokenizer=tokenizer, encoded=encoded,
                sampler=sampler, optimizer=optimizer, total_steps=total,
                warmup=warmup_steps(total, spec.warmup_ratio), trainable=trainable, heads=heads,
-               label_names=label_names, lora_settings=settings)
+               label_names=label_names, lora_settings=settings, holdout=holdout,
+               selection=Selection(info.primary_metric, spec.patience or 0, spec.min_delta)
+               if spec.eval_every else None)
+
+
+def train_rows(spec: TrainingSpec, *, data_dir: str | Path) -> int:
+    """Rows of the training split: what the `auto` budget is worked out from."""
+    from lora_engine.data import count_train_rows, load_examples
+
+    try:
+        return count_train_rows(spec.task, data_dir=data_dir, dataset=spec.dataset)
+    except FileNotFoundError:  # no local file: the hub's copy (data/hub.py), loaded in full
+        return len(load_examples(spec.task, "train", data_dir=data_dir, dataset=spec.dataset))
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -297,9 +321,12 @@ def _fingerprint(spec: TrainingSpec) -> str:
 def save_run_checkpoint(run: Run, folder: Path) -> Path:
     meta = {"total_steps": run.total_steps, "losses": run.losses, "examples": run.examples,
             "tokens": run.tokens, "device_s": run.device_s, "spec": _fingerprint(run.spec)}
+    if run.selection is not None:
+        meta["selection"] = run.selection.to_meta()
     ckpt = Checkpoint(step=run.step, trainable={n: p.detach() for n, p in run.trainable.items()},
                       optimizer=run.optimizer.state_dict(), rng=capture_rng_state(),
-                      sampler=run.sampler.state_dict(), meta=meta)
+                      sampler=run.sampler.state_dict(), meta=meta,
+                      extra=run.selection.tensors() if run.selection is not None else {})
     return save_checkpoint(folder, ckpt)
 
 
@@ -320,6 +347,8 @@ def restore_run(run: Run, path: Path) -> None:
     run.losses = list(ckpt.meta["losses"])
     run.examples, run.tokens = int(ckpt.meta["examples"]), int(ckpt.meta["tokens"])
     run.device_s = float(ckpt.meta.get("device_s", 0.0))
+    if run.selection is not None:
+        run.selection.load(ckpt.meta["selection"], ckpt.extra)
     restore_rng_state(ckpt.rng)
 
 
@@ -395,7 +424,7 @@ def fit(run: Run, hooks: TrainHooks) -> None:
     params = list(run.trainable.values())
     batches, t0, seen = training_batches(run), time.perf_counter(), 0
     model.train()
-    while run.step < run.total_steps:
+    while run.step < run.total_steps and not (run.selection is not None and run.selection.stopped_early):
         t_step = time.perf_counter()
         set_step_lr(run)
         step_loss = 0.0
@@ -423,6 +452,11 @@ def fit(run: Run, hooks: TrainHooks) -> None:
         run.device_s += time.perf_counter() - t_step  # loss.item() above waited for the device
         if hooks.on_progress is not None:
             hooks.on_progress(progress_event(run, step_loss, seen / max(time.perf_counter() - t0, 1e-9)))
+        if run.selection is not None and (run.step % run.spec.eval_every == 0
+                                          or run.step == run.total_steps):
+            point = evaluate_holdout(run)
+            if hooks.on_evaluate is not None:
+                hooks.on_evaluate(point)
         stop = hooks.should_stop is not None and hooks.should_stop()
         if hooks.checkpoint_dir is not None and (stop or (
                 hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
@@ -442,6 +476,21 @@ def eval_target(spec: TrainingSpec):
 
     return EvalTarget(task=spec.task, max_length=spec.max_length, eval_size=spec.eval_size,
                       dataset=spec.dataset)
+
+
+def evaluate_holdout(run: Run) -> EvalPoint:
+    """Score the held-out training rows now and record it in `run.selection` (weights untouched)."""
+    from lora_engine.evaluate import evaluate_classification
+
+    t0 = time.perf_counter()
+    scores = evaluate_classification(run.model, run.tokenizer, run.info, run.holdout,
+                                     max_length=run.spec.max_length, device=run.device)
+    scores = {k: float(v) for k, v in scores.items() if math.isfinite(v)}
+    point = EvalPoint(step=run.step, epoch=round(run.step * run.spec.grad_accum / len(run.sampler), 3),
+                      score=scores.get(run.info.primary_metric, -math.inf), metrics=scores)
+    run.selection.record(point, run.trainable)
+    run.device_s += time.perf_counter() - t0
+    return point
 
 
 def evaluate_run(run: Run, *, data_dir: str | Path, decode=None, meteor: bool = True) -> dict[str, dict]:
@@ -539,6 +588,8 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
     """
     wall0 = time.perf_counter()
     spec = validate_spec(spec).resolved()
+    if spec.needs_train_rows:  # "auto" values: worked out from the training file's size
+        spec = spec.resolved(train_rows=train_rows(spec, data_dir=data_dir))
     hooks = hooks or TrainHooks()
     output_dir = Path(output_dir)
     device = device or pick_device()
@@ -552,8 +603,12 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
             if hooks.on_resume is not None:
                 hooks.on_resume(run.step, resume)
         fit(run, hooks)
+        if run.selection is not None:
+            run.selection.restore_best(run.trainable)
         t_eval = time.perf_counter()
         metrics = evaluate_run(run, data_dir=data_dir, decode=decode, meteor=meteor)
+        if run.selection is not None:
+            metrics["selection"] = run.selection.summary()
         synchronize(device)
         run.device_s += time.perf_counter() - t_eval
         return finish_run(run, output_dir, metrics, mem=mem, wall0=wall0)
@@ -582,6 +637,7 @@ def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wa
     stats = RunStats(trainable_params=trainable, total_params=total, adapter_bytes=adapter_bytes,
                      wall_s=time.perf_counter() - wall0, device_s=run.device_s, device=run.device.name,
                      peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens)
-    return TrainResult(adapter_dir=folder, metrics=metrics, stats=stats, losses=list(run.losses))
+    return TrainResult(adapter_dir=folder, metrics=metrics, stats=stats, losses=list(run.losses),
+                       eval_history=list(run.selection.history) if run.selection is not None else [])
 
 

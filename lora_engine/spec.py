@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lora_engine.catalog import ALL_TASKS, CUSTOM_TASKS, METHODS, TASKS, TaskInfo
+from lora_engine.budget import resolve_budget
+from lora_engine.catalog import ALL_TASKS, CUSTOM_TASKS, METHODS, TASKS, TaskInfo, method_defaults
 from lora_engine.errors import SpecError
-from lora_engine.model_ref import base_model_problem
+from lora_engine.model_ref import MODEL_ALIASES, base_model_problem
 
 MAX_RANK = 1024
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -36,12 +37,19 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_length": (1, 32768, True),
     "seed": (0, 2**31 - 1, True),
     "eval_size": (1, 10_000_000, True),
+    "eval_every": (0, 10_000_000, True),
+    "eval_holdout": (0, 1_000_000, True),
+    "patience": (0, 1000, True),
+    "min_delta": (0, 1.0, True),
 }
+AUTO = "auto"
+AUTO_FIELDS = ("lr", "epochs", "batch_size")  # a number or "auto"
 HALF_OPEN = {"dropout": "[0, 1)", "warmup_ratio": "[0, 1)"}  # 0 <= x < 1
 
 
 class TrainingSpec(BaseModel):
-    """What to fine-tune and how. `None` means "the task's default" (see `resolved()`)."""
+    """What to fine-tune and how. `None` means "the task's default", "auto" a value worked out
+    from the data set's size (lora_engine.budget); see `resolved()`."""
 
     # allow_inf_nan=False: "nan"/"inf" are refused by pydantic too, whatever path built the spec.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -53,17 +61,25 @@ class TrainingSpec(BaseModel):
     dropout: float = 0.0
     targets: list[str] | None = None  # None: the task's/architecture's default; ["all-linear"]
     base_model: str | None = None
-    lr: float | None = None
+    lr: float | Literal["auto"] | None = AUTO  # auto: the method's default for the architecture
     head_lr: float | None = None
-    epochs: float | None = None
+    epochs: float | Literal["auto"] | None = AUTO  # auto: from the data size (unless max_steps)
     max_steps: int | None = None
-    batch_size: int = 32
+    batch_size: int | Literal["auto"] = AUTO
     grad_accum: int = 1
     warmup_ratio: float | None = None
     weight_decay: float = 0.01
     max_length: int | None = None
     seed: int = 42
     eval_size: int | None = None  # rows of the validation split to score; None: all
+    # Evaluation during training (classification/regression), on `eval_holdout` rows held out of
+    # the training split: every `eval_every` optimizer steps (0: never); the best evaluation's
+    # weights become the adapter; stop after `patience` evaluations without an improvement of more
+    # than `min_delta` (0: never early). None: the automatic budget's choice (lora_engine.budget).
+    eval_every: int | None = None
+    eval_holdout: int | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
     # Custom tasks: a registered data set's id (the orchestrator's jobs) or a JSONL file (the
     # engine used alone; the worker passes the stored, hash-checked file).
     dataset: str | None = None
@@ -73,28 +89,51 @@ class TrainingSpec(BaseModel):
     def info(self) -> TaskInfo:
         return TASKS[self.task]
 
-    def resolved(self) -> TrainingSpec:
-        """The same spec with every task default filled in: what actually runs."""
+    @property
+    def needs_train_rows(self) -> bool:
+        """True while a value still waits for the training set's size (`resolved(train_rows=)`)."""
+        if self.method == "none":
+            return False
+        auto_epochs = self.epochs in (None, AUTO) and not self.max_steps
+        return auto_epochs or self.batch_size == AUTO or self.eval_every is None
+
+    def resolved(self, train_rows: int | None = None) -> TrainingSpec:
+        """The same spec with every default filled in: what actually runs.
+
+        Defaults that depend on the data (auto epochs and batch size, evaluation during training)
+        are filled only when `train_rows` (the training split's row count) is given; until then
+        they stay "auto"/None, and the worker resolves them from the file it trains on.
+        """
         info = self.info
         if self.method == "none":
             # Nothing is trained: no rank, no training defaults; only what evaluation reads.
             return self.model_copy(update={"rank": 0, "base_model": self.base_model or info.base_model,
-                                           "max_length": self.max_length or info.max_length})
+                                           "max_length": self.max_length or info.max_length,
+                                           "lr": None, "epochs": None})
         full = self.method == "full"
-        return self.model_copy(
-            update={
-                "alpha": self.alpha if self.alpha is not None else float(2 * self.rank),
-                "base_model": self.base_model or info.base_model,
-                "lr": self.lr if self.lr is not None else (info.full_lr if full else info.lora_lr),
-                "head_lr": self.head_lr if self.head_lr is not None else (None if full else info.head_lr),
-                "epochs": self.epochs if (self.epochs is not None or self.max_steps) else 1.0,
-                "warmup_ratio": self.warmup_ratio if self.warmup_ratio is not None else info.warmup_ratio,
-                "max_length": self.max_length or info.max_length,
-                "targets": self.targets if (self.targets is not None or full) else (
-                    list(info.targets) if info.targets else None
-                ),
-            }
-        )
+        arch = MODEL_ALIASES.get(self.base_model or info.base_model)
+        method = method_defaults(info, self.method, arch, self.rank)
+        update: dict[str, Any] = {
+            "alpha": self.alpha if self.alpha is not None else float(2 * self.rank),
+            "base_model": self.base_model or info.base_model,
+            "lr": self.lr if self.lr not in (None, AUTO) else method["lr"],
+            "head_lr": self.head_lr if self.head_lr is not None else method["head_lr"],
+            "warmup_ratio": self.warmup_ratio if self.warmup_ratio is not None else info.warmup_ratio,
+            "max_length": self.max_length or info.max_length,
+            "targets": self.targets if (self.targets is not None or full) else method["targets"],
+        }
+        epochs = None if self.epochs in (None, AUTO) else self.epochs
+        if self.max_steps:
+            update["epochs"] = None
+        if train_rows is not None and self.needs_train_rows:
+            b = resolve_budget(train_rows=train_rows, kind=info.kind,
+                               batch_size=None if self.batch_size == AUTO else self.batch_size,
+                               epochs=epochs, max_steps=self.max_steps, grad_accum=self.grad_accum,
+                               eval_every=self.eval_every, eval_holdout=self.eval_holdout,
+                               patience=self.patience)
+            update.update(batch_size=b.batch_size, epochs=b.epochs, eval_every=b.eval_every,
+                          eval_holdout=b.eval_holdout, patience=b.patience)
+        return self.model_copy(update=update)
 
 
 def _number(value: Any) -> bool:
@@ -136,7 +175,7 @@ UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "w
 
 def _untuned_problems(v: dict[str, Any]) -> list[str]:
     problems = [f"{name}: not used by method 'none' (it evaluates the base model, trains nothing)"
-                for name in UNTUNED_UNUSED if v.get(name) is not None]
+                for name in UNTUNED_UNUSED if v.get(name) not in (None, AUTO)]
     if v.get("rank", 0) != 0:
         problems.append(f"rank: method 'none' trains nothing; leave rank out or give 0 (got {v['rank']!r})")
     return problems
@@ -156,11 +195,16 @@ def _cross_field_problems(v: dict[str, Any]) -> list[str]:
         problems += _bound_problems({k: x for k, x in v.items() if k != "rank"})
     else:
         problems += _bound_problems(v)
-    if v.get("epochs") is not None and v.get("max_steps") is not None:
+    if v.get("epochs") not in (None, AUTO) and v.get("max_steps") is not None:
         problems.append("epochs/max_steps: give one budget, not both")
     targets = v.get("targets")
     if isinstance(targets, list) and (not targets or any(not isinstance(t, str) or not t for t in targets)):
         problems.append("targets: must be a non-empty list of module names (or ['all-linear'])")
+    if v.get("eval_every") and task in TASKS and TASKS[task].is_generation:
+        problems.append("eval_every: evaluation during training is for classification and regression "
+                        "tasks (a generation task is scored once, at the end)")
+    if v.get("eval_every") and v.get("eval_holdout") == 0:
+        problems.append("eval_holdout: evaluation during training needs held-out rows (give >= 1)")
     if method == "full" and targets:
         problems.append("targets: not used by method 'full' (it trains every weight)")
 
@@ -192,8 +236,17 @@ def validate_spec(data: dict[str, Any] | TrainingSpec) -> TrainingSpec:
     try:
         spec = TrainingSpec.model_validate(raw)
     except ValidationError as exc:
+        auto_reported: set[str] = set()
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "spec"
+            if err["loc"] and err["loc"][0] in AUTO_FIELDS:
+                # A number-or-"auto" field: pydantic reports each branch; one line says both.
+                name = str(err["loc"][0])
+                if name not in auto_reported:
+                    auto_reported.add(name)
+                    problems.append(f"{name}: must be a finite number {allowed_range(name)}, or 'auto' "
+                                    f"(got {err.get('input')!r})")
+                continue
             if err["type"] == "extra_forbidden":
                 allowed = ", ".join(TrainingSpec.model_fields)
                 problems.append(f"{where}: unknown field; allowed fields: {allowed}")

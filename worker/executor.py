@@ -10,13 +10,14 @@ same for every kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Settings
 from orchestrator.services.leases import UsageRecord
+from orchestrator.services.metrics import Point
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class JobResult:
     metrics: dict[str, dict[str, float]]  # {split: {name: value}}
     usage: UsageRecord
     adapter: StagedAdapter | None = None  # train: the adapter it wrote; other kinds: None
+    points: Sequence[Point] = ()  # curves to add to the metric history (evaluations in training)
     # reevaluate: {adapter_id: {split: {name: value}}}, the scores of the adapters it re-scored
     reevaluated: dict[str, dict[str, dict[str, float]]] | None = None
 

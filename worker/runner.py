@@ -346,12 +346,17 @@ def _publish(ctx: JobContext, result: JobResult) -> Any:
 
 def _succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
     from orchestrator.services import finish_job_success
+    from orchestrator.services.metrics import record_points
 
     record = _publish(ctx, result) if result.adapter is not None else None
     try:
-        _record(ctx.settings, lambda session: finish_job_success(
-            session, ctx.job_id, worker_id, record, result.metrics, usage=result.usage,
-            reevaluated=result.reevaluated))
+        def record_all(session) -> None:
+            if result.points:  # curves measured during the run (the evaluations during training)
+                record_points(session, ctx.job_id, worker_id, result.points)
+            finish_job_success(session, ctx.job_id, worker_id, record, result.metrics, usage=result.usage,
+                               reevaluated=result.reevaluated)
+
+        _record(ctx.settings, record_all)
     except BaseException:
         # Not registered (the job was taken back while we worked, or the registry refused):
         # the registry does not know this folder, so it must not stay behind as an orphan.

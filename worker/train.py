@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.services.leases import UsageRecord
+from orchestrator.services.metrics import Point
 from worker import exporter
 from worker.executor import JobContext, JobResult, StagedAdapter
 
@@ -41,4 +42,7 @@ def run_training(ctx: JobContext) -> JobResult:
         tokens=int(stats.tokens),
     )
     adapter = StagedAdapter(result.adapter_dir, int(stats.trainable_params), int(stats.total_params))
-    return JobResult(metrics=result.metrics, usage=usage, adapter=adapter)
+    # The evaluations during training (held-out training rows) as "holdout/<metric>" curves.
+    points = [Point(f"holdout/{name}", p.step, p.epoch, value)
+              for p in result.eval_history for name, value in p.metrics.items()]
+    return JobResult(metrics=result.metrics, usage=usage, adapter=adapter, points=points)

@@ -7,6 +7,8 @@ Everything after loading is the same: lists of `ClassificationExample` / `Genera
 
 from __future__ import annotations
 
+import os
+from functools import lru_cache
 from pathlib import Path
 
 from lora_engine.catalog import CUSTOM_TASKS, GLUE_TASKS, task_info
@@ -25,6 +27,7 @@ __all__ = [
     "CustomDataset",
     "Example",
     "GenerationExample",
+    "count_train_rows",
     "custom_label_names",
     "e2e_prompt",
     "e2e_references",
@@ -77,3 +80,24 @@ def load_examples(
         rows = glue.read_glue_rows(data_dir, task, split, limit)
         return glue.rows_to_examples(task, rows, str(glue.glue_path(data_dir, task, split)))
     return e2e.rows_to_examples(e2e.read_e2e_rows(data_dir, split, limit))
+
+
+def _train_file(task: str, data_dir: str | Path, dataset: str | Path | None) -> Path:
+    if task in CUSTOM_TASKS:
+        return Path(dataset)
+    return glue.glue_path(data_dir, task, "train") if task in GLUE_TASKS else e2e.e2e_path(data_dir, "train")
+
+
+@lru_cache(maxsize=64)
+def _count(task: str, data_dir: str, dataset: str | None, stamp: tuple[int, int]) -> int:
+    return len(load_examples(task, "train", data_dir=data_dir, dataset=dataset))
+
+
+def count_train_rows(task: str, *, data_dir: str | Path, dataset: str | Path | None = None) -> int:
+    """The training split's row count (what the `auto` budget is sized from): exactly
+    `len(load_examples(task, "train", ...))`, remembered per file version (path, mtime, size) so
+    a batch of submissions reads each file once."""
+    path = _train_file(task, data_dir, dataset)
+    st = os.stat(path)  # FileNotFoundError when absent: the caller decides (hub, later)
+    return _count(task, str(data_dir), str(dataset) if dataset is not None else None,
+                  (st.st_mtime_ns, st.st_size))

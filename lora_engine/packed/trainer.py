@@ -59,6 +59,7 @@ from lora_engine.recipe import (
     save_run_checkpoint,
     set_step_lr,
     step_start,
+    train_rows,
     training_batches,
 )
 from lora_engine.spec import TrainingSpec, validate_spec
@@ -195,6 +196,11 @@ class Pack:
         if (kind == "generation") != (self.family == "decoder"):
             raise LoraConfigError(f"a {kind} job cannot join a pack of {self.family} "
                                   f"{self.base_model!r} jobs")
+        if spec.eval_every:
+            # The pack has no evaluation during training: such a job would train on fewer rows
+            # and keep its last step instead of its best, unlike alone.
+            raise LoraConfigError("a job that evaluates during training (eval_every, on by default with "
+                                  "an auto budget) cannot be packed: train it alone")
 
     def add(self, spec: TrainingSpec | dict, output_dir: str | Path, hooks: TrainHooks | None = None, *,
             key: str | None = None) -> str:
@@ -204,6 +210,8 @@ class Pack:
 
         wall0 = time.perf_counter()
         spec = validate_spec(spec).resolved()
+        if spec.needs_train_rows:  # "auto" values: from the training file's size, as alone
+            spec = spec.resolved(train_rows=train_rows(spec, data_dir=self.data_dir))
         self.check(spec)
         hooks = hooks or TrainHooks()
         slot = f"job{self._slots}"

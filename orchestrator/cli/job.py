@@ -203,7 +203,11 @@ def _print_outcome(detail: dict[str, Any]) -> None:
 
 
 def _print_detail(detail: dict[str, Any]) -> None:
-    print_record(detail, skip=("spec", "tenant_id", "usage"))
+    from lora_engine.budget import describe
+
+    # The stored spec is resolved: the budget line shows what `auto` became for this job.
+    record = {**detail, "budget": describe(detail["spec"])} if detail.get("spec") else detail
+    print_record(record, skip=("spec", "tenant_id", "usage"))
 
 
 @job.command("show")

@@ -25,16 +25,41 @@ HELP = {
     "dataset": "custom tasks: a data set id, or a JSONL file (validated and uploaded first)",
     "init_from": "start from this adapter id (same tenant and base model), for lineage",
     "max_steps": "training budget in optimizer steps",
-    "epochs": "training budget in epochs (default 1)",
-    "lr": "learning rate (default: the task's, by method)",
+    "epochs": "training budget in epochs, or auto (default: from the data size)",
+    "lr": "learning rate, or auto (default: the method's for the architecture)",
+    "batch_size": "rows per micro-batch, or auto (default: from the data size)",
+    "eval_every": "score held-out training rows every N steps, keep the best (default: each epoch "
+                  "with an auto budget, else 0 = never)",
+    "eval_holdout": "training rows held out for those evaluations (default: 10%, 32..500)",
+    "patience": "stop after N evaluations without improvement (default 3; 0 = never early)",
+    "min_delta": "the improvement an evaluation must beat the best by (default 0)",
     "eval_size": "validation rows to score (default: all)",
     "targets": "comma-separated module names, or all-linear",
 }
 
 
+class NumberOrAuto(click.ParamType):
+    """A number (int or float, as the field is) or the word `auto`."""
+
+    def __init__(self, number: type):
+        self.number = number
+        self.name = f"{number.__name__}|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value == "auto" or isinstance(value, self.number):
+            return value
+        try:
+            return self.number(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+
+
 def _click_type(annotation: Any) -> tuple[Any, bool]:
     """(click type, is a list) of a field annotation such as `int | None` or a Literal."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    numbers = [a for a in args if a in (int, float)]
+    if numbers and any(typing.get_origin(a) is typing.Literal for a in args):  # e.g. float | "auto"
+        return NumberOrAuto(numbers[0]), False
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         annotation = args[0]
     if typing.get_origin(annotation) is typing.Literal:

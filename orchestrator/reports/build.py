@@ -6,6 +6,7 @@ the model and the per-row arithmetic between already-aggregated figures (ratios,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lora_engine.catalog import ALL_TASKS
+from orchestrator.config import get_settings
 from orchestrator.registry.models import JOB_STATES
 from orchestrator.reports import queries as q
 from orchestrator.reports.model import (
@@ -94,6 +96,19 @@ def check_prices(prices: Mapping[str, float]) -> dict[str, float]:
 # ---- benchmark -------------------------------------------------------------------------------
 
 
+def _trivial(task: str, metric: str) -> float | None:
+    """The task's trivial baseline for `metric` from its data files (a constant per task, not a
+    registry aggregate)."""
+    return _trivial_in(task, metric, str(get_settings().data_dir))
+
+
+@functools.lru_cache(maxsize=64)
+def _trivial_in(task: str, metric: str, data_dir: str) -> float | None:
+    from lora_engine.baseline import trivial_score
+
+    return trivial_score(task, metric, data_dir=data_dir)
+
+
 @readonly
 def benchmark_report(session: Session, filters: Filters, pick: str = "latest") -> BenchmarkReport:
     if pick not in PICKS:
@@ -125,6 +140,8 @@ def benchmark_report(session: Session, filters: Filters, pick: str = "latest") -
     for r in rows:
         if r["name"] is not None:
             cells[(r["tenant"], r["task"])].metrics[r["name"]] = r["metric_value"]
+    for c in cells.values():
+        c.trivial = _trivial(c.task, c.metric)
     # The per-task and per-tenant aggregates come with every cell (window aggregates in SQL):
     # read them from the first cell of each task / tenant.
     stats: dict[str, TaskStats] = {}

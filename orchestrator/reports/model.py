@@ -140,6 +140,14 @@ class BenchmarkCell:
     metrics: dict[str, float] = field(default_factory=dict)  # every validation metric of the pick
     reevaluated: float | None = None  # the latest re-evaluation of the primary metric
     reevaluated_at: datetime | None = None
+    trivial: float | None = None  # the task's trivial baseline (best constant prediction), if known
+
+    @property
+    def at_trivial(self) -> bool:
+        """The score is no result: within lora_engine.baseline.MARGIN of the trivial baseline."""
+        from lora_engine.baseline import at_baseline
+
+        return self.value is not None and self.trivial is not None and at_baseline(self.value, self.trivial)
 
     @property
     def drift(self) -> float | None:
@@ -154,6 +162,7 @@ class BenchmarkCell:
         out["reevaluated_at"] = _iso(self.reevaluated_at)
         out["metrics"] = dict(sorted(self.metrics.items()))
         out["drift"] = self.drift
+        out["at_trivial"] = self.at_trivial
         return out
 
 
@@ -269,6 +278,9 @@ class BenchmarkReport:
             "GLUE average: mean of the primary metrics over the GLUE tasks the tenant has; "
             "labelled 'n of 8' unless all 8 are there.",
         ]
+        if any(c.at_trivial for c in self.cells):
+            notes.append("'= trivial': no better than always predicting one class (MCC/correlation 0, "
+                         "the validation rows' majority rate), within 2 points: the model learned nothing.")
         if has_drift:
             notes.append("'re' = the latest re-evaluation of the same adapter, as drift in pp.")
         out = [
@@ -349,6 +361,8 @@ def _cell_text(c: BenchmarkCell) -> str:
     if c.value is None:
         return f"- [{c.candidates}]"
     text = f"{points(c.metric, c.value):.1f} [{c.candidates}]"
+    if c.at_trivial:
+        text += " = trivial"
     if c.drift is not None:
         text += f" re {points(c.metric, c.drift):+.1f}"
     return text

@@ -72,10 +72,14 @@ def estimate_job(
 ) -> Estimate:
     """The estimate of a resolved spec (see the module docstring)."""
     rows = _train_rows(spec, dataset, settings.data_dir)
+    # An "auto" value still unresolved (the data could not be read here) gives no estimate; the
+    # rows held out for evaluation are not trained on; early stopping can only make it less.
+    batch = spec.batch_size if isinstance(spec.batch_size, int) else None
+    epochs = spec.epochs if isinstance(spec.epochs, int | float) else None
     if spec.max_steps:
-        examples: int | None = spec.max_steps * spec.batch_size * spec.grad_accum
-    elif rows is not None:
-        examples = math.ceil((spec.epochs or 1.0) * rows)
+        examples: int | None = spec.max_steps * batch * spec.grad_accum if batch else None
+    elif rows is not None and epochs is not None:
+        examples = math.ceil(epochs * (rows - (spec.eval_holdout or 0)))
     else:
         examples = None
     tokens = None

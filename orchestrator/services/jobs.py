@@ -29,6 +29,7 @@ from orchestrator.retries import retried_budget
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.datasets import (
     check_dataset_files,
+    dataset_for_training,
     dataset_or_404,
     remove_staged,
     store_dataset,
@@ -162,8 +163,27 @@ def _prepare(
             raise SpecError(problems)
     else:
         spec = validate_spec(raw).resolved()
+    spec = _resolve_auto(session, tenant, spec, settings)
     spec, dataset = _attach_dataset(session, tenant, spec, settings, staged)
     return _Prepared(tenant, spec, priority, idempotency_key, init_from_adapter_id, dataset)
+
+
+def _resolve_auto(session: Session, tenant: Tenant, spec: TrainingSpec, settings: Settings) -> TrainingSpec:
+    """Fill the `auto` budget from the training split's size, so the stored spec says what runs
+    (and the dry run's estimate counts it). A file that cannot be read here leaves "auto" for the
+    worker, and its problems to the data set checks."""
+    if not spec.needs_train_rows:
+        return spec
+    from lora_engine.data import count_train_rows
+
+    try:
+        dataset = spec.dataset
+        if dataset and UUID_RE.match(dataset):  # a stored data set: the very file the worker reads
+            dataset = str(dataset_for_training(session, dataset, tenant.id, settings))
+        rows = count_train_rows(spec.task, data_dir=settings.data_dir, dataset=dataset)
+    except (OSError, LoraFleetInputError):
+        return spec  # the file's own problems are the data set checks' to report, not the budget's
+    return spec.resolved(train_rows=rows)
 
 
 def _spec_json(spec: TrainingSpec) -> dict[str, Any]:

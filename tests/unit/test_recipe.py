@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
 
 from lora_engine.cache import BaseModelCache  # noqa: E402
-from lora_engine.catalog import TASKS  # noqa: E402
+from lora_engine.catalog import ARCH_DEFAULTS  # noqa: E402
 from lora_engine.errors import LoraConfigError, SpecError, TrainingStopped  # noqa: E402
 from lora_engine.generate import GREEDY  # noqa: E402
 from lora_engine.models import load_base_model  # noqa: E402
@@ -135,7 +135,7 @@ def test_lora_run_writes_peft_adapter_card_and_stats(tmp_path):
     assert meta["task"] == "sst2" and meta["label_names"] == ["negative", "positive"]
     assert meta["base_model"] == "tiny-bert" and meta["max_length"] == 64 and meta["method"] == "lora"
     assert meta["metrics"] == res.metrics and set(res.metrics["validation"]) == {"accuracy"}
-    assert meta["spec"]["lr"] == TASKS["sst2"].lora_lr  # resolved: the task default filled in
+    assert meta["spec"]["lr"] == ARCH_DEFAULTS["bert"].lora_lr  # resolved: the default filled in
     card = (res.adapter_dir / "README.md").read_text()
     assert "| validation |" in card and '"task": "sst2"' in card
     tensors = load_file(str(res.adapter_dir / "adapter_model.safetensors"))

@@ -49,13 +49,32 @@ def test_tenant_errors(session) -> None:
     assert [t.slug for t in svc.list_tenants(session)] == ["acme"]
 
 
+def test_submit_resolves_the_auto_budget_from_the_data(session) -> None:
+    from lora_engine.budget import describe
+
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", {"task": "rte", "base_model": "tiny-bert"})
+    # RTE's 2240 training rows: 224 held out, 2016 trained in batches of 16 for 6 epochs, scored
+    # every epoch (126 steps), stop after 3 evaluations without gain.
+    keys = ("epochs", "batch_size", "lr", "eval_every", "eval_holdout", "patience")
+    picked = {k: job.spec[k] for k in keys}
+    assert picked == {"epochs": 6.0, "batch_size": 16, "lr": 2e-3, "eval_every": 126, "eval_holdout": 224,
+                      "patience": 3}
+    shown = describe(svc.get_job(session, job.id).to_dict()["spec"])
+    assert shown.startswith("6 epochs · batch 16 · lr 0.002")
+
+
 def test_submit_writes_job_and_event_with_resolved_spec(session) -> None:
     svc.create_tenant(session, "acme")
     job = svc.submit_job(session, "acme", SPEC, priority=5)
     assert (job.state, job.task, job.method, job.rank, job.base_model, job.priority, job.attempts) == (
         "queued", "sst2", "lora", 4, "tiny-bert", 5, 0)
     assert job.spec["alpha"] == 8.0 and job.spec["max_steps"] == 5  # task defaults filled in
-    assert validate_spec(job.spec).resolved() == validate_spec(SPEC).resolved()  # what the worker reads
+    # The stored spec is resolved from the training file too (6227 SST-2 rows: batch 32, and an
+    # explicit max_steps budget: no evaluation during training): the worker re-resolves nothing.
+    assert (job.spec["batch_size"], job.spec["eval_every"], job.spec["patience"]) == (32, 0, 0)
+    stored = validate_spec(job.spec)
+    assert not stored.needs_train_rows and stored.resolved() == validate_spec(SPEC).resolved(train_rows=6227)
     assert _kinds(session, job.id) == ["submitted"]
     detail = svc.get_job(session, job.id).to_dict()
     assert (detail["state"], detail["tenant"], detail["adapter"]) == ("queued", "acme", None)

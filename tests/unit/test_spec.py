@@ -2,7 +2,7 @@
 
 import pytest
 
-from lora_engine.catalog import GLUE_TASKS, TASKS
+from lora_engine.catalog import ARCH_DEFAULTS, GLUE_TASKS, TASKS
 from lora_engine.errors import SpecError
 from lora_engine.spec import TrainingSpec, validate_spec
 
@@ -11,20 +11,39 @@ def test_minimal_spec_resolves_task_defaults():
     spec = validate_spec({"task": "sst2"}).resolved()
     assert spec.base_model == "minilm-l6"
     assert spec.alpha == 16.0  # 2 * rank
-    assert spec.lr == TASKS["sst2"].lora_lr
-    assert spec.epochs == 1.0 and spec.max_steps is None
+    assert spec.lr == ARCH_DEFAULTS["bert"].lora_lr and spec.head_lr == ARCH_DEFAULTS["bert"].head_lr
+    # The budget waits for the data's size: "auto" until the row count is known.
+    assert spec.epochs == "auto" and spec.batch_size == "auto" and spec.max_steps is None
+    assert spec.needs_train_rows
+    spec = spec.resolved(train_rows=6227)
+    # 5727 rows train (500 held out): 179 steps an epoch, 2 epochs = 358 steps, 4 evaluations.
+    assert (spec.epochs, spec.batch_size, spec.eval_every, spec.eval_holdout, spec.patience) == (
+        2.0, 32, 89, 500, 3)
+    assert not spec.needs_train_rows and spec.resolved(train_rows=10) == spec  # idempotent
 
 
 def test_full_finetuning_uses_full_lr_and_no_head_lr():
     spec = validate_spec({"task": "mrpc", "method": "full"}).resolved()
-    assert spec.lr == TASKS["mrpc"].full_lr
+    assert spec.lr == ARCH_DEFAULTS["bert"].full_lr
     assert spec.head_lr is None
+
+
+def test_method_aware_defaults():
+    e2e = validate_spec({"task": "e2e"}).resolved()
+    assert e2e.lr == TASKS["e2e"].lora_lr and e2e.targets == ["all-linear"] and e2e.head_lr is None
+    rs = validate_spec({"task": "sst2", "method": "rslora", "rank": 16}).resolved()
+    assert rs.lr == pytest.approx(ARCH_DEFAULTS["bert"].lora_lr / 4)  # alpha/sqrt(r): sqrt(16)x LoRA's
+    given = validate_spec({"task": "sst2", "lr": 1e-4, "batch_size": 8, "epochs": 2}).resolved(100)
+    assert (given.lr, given.batch_size, given.epochs) == (1e-4, 8, 2)
+    assert given.eval_every == 0 and given.patience == 0  # an explicit budget is followed exactly
 
 
 def test_max_steps_budget_leaves_epochs_unset():
     spec = validate_spec({"task": "e2e", "max_steps": 300}).resolved()
     assert spec.epochs is None and spec.max_steps == 300
     assert spec.base_model == "smollm2-135m"
+    spec = spec.resolved(train_rows=42061)
+    assert (spec.epochs, spec.max_steps, spec.batch_size, spec.eval_every) == (None, 300, 8, 0)
 
 
 def test_every_problem_is_reported_at_once():
