@@ -53,10 +53,18 @@ PACKABLE_METHODS = LORA_METHODS
 
 def _packable(job) -> str | None:
     """The packed forward a queued job would take, or None when it trains alone: not a LoRA
-    training job, or it continues an adapter (the single path verifies that parent first)."""
-    if job.kind != "train" or job.method not in PACKABLE_METHODS or job.init_from_adapter_id is not None:
+    training job, it continues an adapter (the single path verifies that parent first), or it
+    evaluates during training."""
+    if (job.kind != "train" or job.method not in PACKABLE_METHODS or job.init_from_adapter_id is not None
+            or _evaluates(job)):
         return None
     return _family(job.base_model, job.task)
+
+
+def _evaluates(job) -> bool:
+    """A job that evaluates during training (the auto budget's default; unresolved counts) runs
+    alone: the pack has no evaluation and would keep its last step instead of its best."""
+    return bool(job.spec.get("eval_every", 1))
 
 
 def _family(base_model: str, task: str) -> str | None:
