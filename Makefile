@@ -23,7 +23,10 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 install: .venv/.installed
 
+# The quickstart's registry lives in this checkout's .lorafleet (`make clean` removes it), so later
+# `lorafleet` commands run here find it.
 quickstart: install
+	.venv/bin/lorafleet config init
 	.venv/bin/lorafleet quickstart
 
 test: install compose-cli chromium terminal-cli
