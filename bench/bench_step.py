@@ -1,7 +1,7 @@
 """One training step: lora_engine's LoRA vs PEFT's LoRA (and vs our own full fine-tuning), side by side.
 
 Same base weights, rank, targets, batch (the very same padded tensors), seed and optimizer on both
-sides; the PEFT side is set up as in the textbook recipe (`/work/shared/reference/peft_textbook_glue.py`:
+sides; the PEFT side is set up as in the textbook recipe (`../shared/reference/peft_textbook_glue.py`:
 `get_peft_model` with a `LoraConfig`, AdamW, linear warm-up schedule, rows padded to the full
 length) and runs the model's Hugging Face forward. Our side (LoRA and full fine-tuning) runs
 `lora_engine.forward.training_loss`, the forward our recipe trains with: padding-free, the last

@@ -19,6 +19,7 @@ from orchestrator.config import get_settings
 from orchestrator.registry.models import JOB_STATES
 from orchestrator.reports import queries as q
 from orchestrator.reports.model import (
+    COMPARE_VALUES,
     AdapterPoint,
     BenchmarkCell,
     BenchmarkReport,
@@ -326,7 +327,7 @@ def compare_report(session: Session, filters: Filters) -> CompareReport:
             rank=None if r["method"] in ("full", "none") else int(r["rank"]),
             n=int(r["n"]),
             metric=q.TASKS[r["task"]].primary_metric if r["task"] in q.TASKS else "accuracy",
-            **{name: r[name] for name in q.COMPARE_VALUES},
+            **{name: r[name] for name in COMPARE_VALUES},
         )
         for r in q.rows(session, q.compare_rows(filters))
     ]

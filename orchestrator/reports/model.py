@@ -16,6 +16,19 @@ from typing import Any
 
 from orchestrator.reports.references import points
 
+# The medians a compare row carries per (task, base model, method, rank): the query computes
+# them, the records name them.
+COMPARE_VALUES = (
+    "quality",
+    "trainable_params",
+    "trainable_fraction",
+    "checkpoint_bytes",
+    "device_seconds",
+    "examples_per_second",
+    "peak_memory_bytes",
+    "majority_class_rate",
+)
+
 # Every base model trains in float32 here (lora_engine loads them so), so a full checkpoint of a
 # model with P parameters takes P × 4 bytes.
 BASE_DTYPE = "float32"
@@ -656,14 +669,7 @@ class CompareReport:
     def records(self) -> list[dict[str, Any]]:
         names = (
             "n",
-            "quality",
-            "trainable_params",
-            "trainable_fraction",
-            "checkpoint_bytes",
-            "device_seconds",
-            "examples_per_second",
-            "peak_memory_bytes",
-            "majority_class_rate",
+            *COMPARE_VALUES,
             "size_ratio",
             "time_ratio",
             "memory_ratio",

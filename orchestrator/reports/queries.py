@@ -37,7 +37,7 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from lora_engine.catalog import GLUE_TASKS, TASKS
 from orchestrator.registry.models import Adapter, Job, Metric, Tenant, Usage
-from orchestrator.reports.model import BASE_DTYPE, BYTES_PER_PARAM, Filters
+from orchestrator.reports.model import BASE_DTYPE, BYTES_PER_PARAM, COMPARE_VALUES, Filters
 from orchestrator.reports.references import FRACTION_METRICS
 
 QUALITY_SPLIT = "validation"
@@ -419,16 +419,6 @@ def adapter_points(f: Filters, prices: Mapping[str, float]) -> Select[Any]:
 
 # ---- compare ---------------------------------------------------------------------------------
 
-COMPARE_VALUES = (
-    "quality",
-    "trainable_params",
-    "trainable_fraction",
-    "checkpoint_bytes",
-    "device_seconds",
-    "examples_per_second",
-    "peak_memory_bytes",
-    "majority_class_rate",
-)
 
 
 def _method_order(method_col: Any) -> Any:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DATA = Path(os.environ.get("LORAFLEET_DATA_DIR", "/work/shared/data"))
+DATA = Path(os.environ["LORAFLEET_DATA_DIR"])  # set by tests/conftest.py (../shared/data by default)
 
 from lora_engine.adapter_io import load_adapter, read_adapter_files, swap_adapter  # noqa: E402
 from lora_engine.cache import BaseModelCache  # noqa: E402

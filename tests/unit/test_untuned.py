@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DATA = Path(os.environ.get("LORAFLEET_DATA_DIR", "/work/shared/data"))
+DATA = Path(os.environ["LORAFLEET_DATA_DIR"])  # set by tests/conftest.py (../shared/data by default)
 
 from lora_engine.cache import BaseModelCache  # noqa: E402
 from lora_engine.device import pick_device  # noqa: E402
