@@ -46,7 +46,8 @@ from tests.registry_fixtures import PG_ADMIN_URL, create_pg_database, drop_pg_da
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/5"
+# Its own Redis database; parallel checkouts set another so their workers never share a queue.
+REDIS_URL = os.environ.get("LORAFLEET_TEST_FAULTS_REDIS_URL", "redis://127.0.0.1:6379/5")
 TINY = {"task": "sst2", "method": "lora", "rank": 4, "base_model": "tiny-bert", "max_steps": 3,
         "batch_size": 4, "eval_size": 16}
 ARTIFACTS_MB = 64

@@ -3,7 +3,8 @@
 Modes:
 - `embedded`: SQLite registry + Celery over SQLite (`sqla+sqlite`) in a temporary LORAFLEET_HOME;
 - `cluster`: a fresh PostgreSQL database (created and dropped here, migrated to head) + Redis
-  database 11 (flushed before and after).
+  database 11 (flushed before and after; `LORAFLEET_TEST_REDIS_URL` picks another, so checkouts
+  tested side by side never share a queue).
 
 The worker is `celery -A worker.celery_app worker --pool solo`, started once per module and mode
 (its start-up is the slow part), with tiny models and few steps so the whole suite stays short.
