@@ -488,7 +488,7 @@ def evaluate_holdout(run: Run) -> EvalPoint:
     scores = {k: float(v) for k, v in scores.items() if math.isfinite(v)}
     point = EvalPoint(step=run.step, epoch=round(run.step * run.spec.grad_accum / len(run.sampler), 3),
                       score=scores.get(run.info.primary_metric, -math.inf), metrics=scores)
-    run.selection.record(point, run.trainable)
+    run.selection.record(point, run.trainable, final=run.step == run.total_steps)
     run.device_s += time.perf_counter() - t0
     return point
 

@@ -60,8 +60,13 @@ class Selection:
     bad_evals: int = 0
     stopped_early: bool = False
 
-    def record(self, point: EvalPoint, trainable: dict[str, torch.nn.Parameter]) -> bool:
-        """Add an evaluation; keep the weights if it is the best. True when it improved."""
+    def record(self, point: EvalPoint, trainable: dict[str, torch.nn.Parameter], *,
+               final: bool = False) -> bool:
+        """Add an evaluation; keep the weights if it is the best. True when it improved.
+
+        `final`: the evaluation after the run's last step. Patience running out there stops
+        nothing (the run ends anyway), so it is not an early stop.
+        """
         self.history.append(point)
         improved = point.score > self.best_score + self.min_delta
         if improved:
@@ -69,7 +74,7 @@ class Selection:
             self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}
         else:
             self.bad_evals += 1
-            self.stopped_early = self.patience > 0 and self.bad_evals >= self.patience
+            self.stopped_early = not final and self.patience > 0 and self.bad_evals >= self.patience
         return improved
 
     def restore_best(self, trainable: dict[str, torch.nn.Parameter]) -> None:

@@ -59,6 +59,14 @@ def test_a_flat_metric_stops_early(tmp_path, data_file):
                                         "accuracy": scores[0]}
 
 
+def test_patience_running_out_at_the_last_evaluation_is_no_early_stop(tmp_path, data_file):
+    # The same flat run, 9 steps: the second evaluation without gain is the one after the last step.
+    spec = _spec(data_file, max_steps=9, eval_every=3, patience=2, lr=1e-9, head_lr=1e-9)
+    res = train(spec, tmp_path / "a", data_dir=DATA)
+    assert [p.step for p in res.eval_history] == [3, 6, 9] and len(res.losses) == 9
+    assert res.metrics["selection"]["stopped_early"] == 0.0
+
+
 def test_the_kept_adapter_is_the_best_evaluation(tmp_path, data_file):
     spec = _spec(data_file, method="full", max_steps=24, eval_every=3, patience=0, lr=1e-3)
     res = train(spec, tmp_path / "a", data_dir=DATA)
