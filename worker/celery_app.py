@@ -13,7 +13,9 @@ the longest job, the `gpu` queue. Here:
   such process per GPU);
 - on shutdown the running job checkpoints and goes back to the queue (see `_shutting_down`);
 - an embedded worker runs the reconciler in a thread (`worker.reconciler`); a cluster runs
-  `lorafleet reconcile --every` (its own container), or a beat schedule (`… worker --beat`).
+  `lorafleet reconcile --every` (its own container), or a beat schedule (`… worker --beat`);
+- the process that runs the tasks registers in the `workers` table and heartbeats there, idle
+  too (`worker.presence`): the solo worker at ready, each prefork child after its fork.
 
 Start a worker: `celery -A worker.celery_app worker -Q gpu --pool solo` or `lorafleet worker`.
 """
@@ -28,7 +30,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutting_do
 
 from orchestrator.config import get_settings
 from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir
-from worker import exporter, logs, preflight  # noqa: F401 (they connect their signal handlers)
+from worker import exporter, logs, preflight, presence  # noqa: F401 (they connect their signal handlers)
 from worker.transport import consumer_broker_url
 
 settings = get_settings()
@@ -55,6 +57,7 @@ def _after_fork(**_: Any) -> None:
 
     dispose_engines()
     reset_model_cache()
+    presence.start(get_settings())  # after the disposal: its beats use the child's own connections
 
 
 @worker_shutting_down.connect
@@ -67,7 +70,7 @@ def _shutting_down(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _ready(**_: Any) -> None:
+def _ready(sender: Any = None, **_: Any) -> None:
     """Create/migrate the embedded registry once, before the first job (not inside a job), and
     start the embedded reconciler."""
     from orchestrator.registry.db import ensure_schema
@@ -82,6 +85,8 @@ def _ready(**_: Any) -> None:
 
     import lora_engine.recipe  # noqa: F401
 
+    if not presence.is_prefork(getattr(sender, "controller", None)):
+        presence.start(settings)  # this process runs the tasks (a prefork child registers itself)
     embedded = settings.database_url.startswith("sqlite")
     if embedded:
         ReconcilerThread(settings).start()

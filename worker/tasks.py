@@ -6,7 +6,6 @@ must reach Celery (a bug in the runner itself), so a job's failure never kills t
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from orchestrator.dispatch import RECONCILE, RUN_JOB
@@ -31,10 +30,11 @@ def run_job(self: Any, job_id: str) -> str:
         raise Reject("worker shutting down", requeue=True)
 
     from orchestrator.config import get_settings
-    from worker import exporter, logs
+    from worker import exporter, logs, presence
 
-    worker_id = f"{self.request.hostname or 'worker'}:{os.getpid()}"
-    with logs.job_scope():  # the runner binds the job it claims; lines after this one name none
+    worker_id = presence.worker_id(self.request.hostname)
+    # The runner binds the job it claims to the log lines; the worker's row names it meanwhile.
+    with logs.job_scope(), presence.on_job(job_id):
         if get_settings().pack_max_jobs > 1:
             from worker.packed import run_packed
 

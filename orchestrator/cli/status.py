@@ -38,11 +38,13 @@ def status(wide: bool, as_json: bool) -> None:
     rows = [{"tenant": slug, **counts} for slug, counts in fleet.jobs.items()]
     print_table(rows, [Column("tenant"), *(Column(s, justify="right") for s in STATES)], wide=wide,
                 empty="no tenants yet (lorafleet tenant create SLUG)")
-    click.echo("\nworkers (seen through the jobs they hold)")
-    print_table([{"worker": w.worker, "jobs": w.running, "beat": ago(w.last_heartbeat, wide),
-                  "state": "alive" if w.alive else "silent: its lease runs out"} for w in fleet.workers],
-                [Column("worker", flexible=True), Column("jobs", justify="right"),
-                 Column("beat", "last beat"), Column("state")], wide=wide, empty="(no worker holds a job)")
+    click.echo("\nworkers (by their last heartbeat)")
+    print_table([{"worker": w.worker, "state": w.state,
+                  "job": short_id(w.job, wide) if w.job else ("idle" if w.state == "alive" else "-"),
+                  "device": w.device or "-", "beat": ago(w.last_heartbeat, wide)} for w in fleet.workers],
+                [Column("worker", flexible=True), Column("state"), Column("job"),
+                 Column("device", flexible=True), Column("beat", "last beat", justify="right")], wide=wide,
+                empty="(no worker has registered: start one with `lorafleet worker`)")
     if fleet.running:
         click.echo("\nrunning")
         print_table([{"id": short_id(r.id, wide), "tenant": r.tenant, "task": r.task,

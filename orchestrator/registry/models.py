@@ -334,3 +334,26 @@ class MetricPoint(Base):
     value: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (UniqueConstraint("job_id", "name", "step", name="uq_metric_history_job_id_name_step"),)
+
+
+class Worker(Base):
+    """A worker process as it reports itself: registered when it starts, `last_seen` renewed
+    every `beat_seconds` while it lives (idle too), `stopped_at` set when it shuts down
+    gracefully. `id` is the worker id its leases carry (`<celery node>:<pid>`), so a running
+    job's `lease_owner` names this row. A process that dies silently keeps its row; the status
+    calls it lost once a few beats are missed. Not tenant-owned: workers serve every tenant."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(255))
+    device_kind: Mapped[str] = mapped_column(String(16))  # "cpu" or "cuda"
+    device_name: Mapped[str] = mapped_column(String(255))  # as jobs bill it: "cpu", "cuda:<product>"
+    beat_seconds: Mapped[float] = mapped_column(Float)  # its heartbeat interval
+    started_at: Mapped[datetime]
+    # The status lists the workers seen lately (an index: the table keeps every process ever started).
+    last_seen: Mapped[datetime] = mapped_column(index=True)
+    stopped_at: Mapped[datetime | None]
+    current_job_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("jobs.id"))

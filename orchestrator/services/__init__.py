@@ -64,6 +64,10 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                   fail_job(s, job_id, worker_id, reason, usage=None) -> Job
                   mark_cancelled(s, job_id, worker_id, step=None, usage=None) -> Job
                   requeue_job(s, job_id, worker_id, reason, usage=None) -> "queued" | "failed"
+workers:          (services.workers, imported from there) register_worker(s, WorkerInfo(id, hostname, pid,
+                            queue, device_kind, device_name, beat_seconds), now=None) -> Worker
+                  worker_beat(s, worker_id, job_id|None, now=None) -> bool (False: no row, or stopped)
+                  mark_worker_stopped(s, worker_id, now=None); worker_state(row, now) -> alive|lost|stopped
 reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=60)
                             -> ReconcileResult(dispatch=[ids to send], requeued=[..], failed=[..],
                                cancelled=[..])

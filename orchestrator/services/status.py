@@ -2,8 +2,10 @@
 by their last heartbeat, running jobs with their step and throughput, and why queued jobs wait.
 
 Counts and per-worker figures are SQL aggregates (GROUP BY); only the rows shown come back.
-A worker appears here through the jobs it holds: the registry hears from a worker only while it
-runs a job (idle workers answer `celery inspect ping` and show in Flower).
+Workers come from their own rows (`services.workers`: registered at start, a heartbeat even when
+idle, stopped on a graceful shutdown), with the jobs each holds counted from the leases. A lease
+owner with no row (a worker of a version before the workers table) is shown as seen through its
+jobs' heartbeats.
 """
 
 from __future__ import annotations
@@ -17,16 +19,25 @@ from sqlalchemy.orm import Session
 
 from orchestrator.registry.models import JOB_STATES, Job, Tenant, utcnow
 from orchestrator.services._tx import readonly
+from orchestrator.services.workers import recent_workers, worker_state
 
 WAITING_SHOWN = 20
 
 
 @dataclass
 class WorkerSeen:
-    worker: str
-    running: int  # jobs it holds now
+    worker: str  # the worker id its leases carry
+    state: str  # alive, lost (missed heartbeats), stopped (graceful shutdown)
+    alive: bool
+    job: str | None  # the job it is on; None: idle
+    running: int  # jobs it holds now (leases)
     last_heartbeat: datetime | None
-    alive: bool  # a heartbeat within the lease
+    hostname: str | None = None
+    pid: int | None = None
+    queue: str | None = None
+    device: str | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
 
 
 @dataclass
@@ -80,14 +91,25 @@ def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None
         out.jobs.setdefault(slug, dict.fromkeys(JOB_STATES, 0))[state] = int(n)
     out.queued_total = sum(by_state["queued"] for by_state in out.jobs.values())
 
-    alive_after = now - timedelta(seconds=lease_seconds)
-    per_worker = session.execute(
-        select(Job.lease_owner, func.count(), func.max(Job.heartbeat_at))
-        .where(Job.state == "running", Job.lease_owner.is_not(None))
-        .group_by(Job.lease_owner).order_by(Job.lease_owner)
-    )
-    for worker, n, beat in per_worker:
-        out.workers.append(WorkerSeen(worker, int(n), beat, beat is not None and beat >= alive_after))
+    held = dict(session.execute(
+        select(Job.lease_owner, func.count()).where(Job.state == "running", Job.lease_owner.is_not(None))
+        .group_by(Job.lease_owner)
+    ).all())
+    for row in session.scalars(recent_workers(now)):
+        state = worker_state(row, now)
+        out.workers.append(WorkerSeen(
+            row.id, state, state == "alive", row.current_job_id, int(held.pop(row.id, 0)), row.last_seen,
+            row.hostname, row.pid, row.queue, row.device_name, row.started_at, row.stopped_at))
+    if held:  # lease owners without a row: seen through their jobs' heartbeats only
+        alive_after = now - timedelta(seconds=lease_seconds)
+        beats = session.execute(
+            select(Job.lease_owner, func.max(Job.heartbeat_at), func.max(Job.id))
+            .where(Job.state == "running", Job.lease_owner.in_(list(held))).group_by(Job.lease_owner))
+        for worker, beat, job_id in beats:
+            alive = beat is not None and beat >= alive_after
+            out.workers.append(WorkerSeen(worker, "alive" if alive else "lost", alive, job_id,
+                                          int(held[worker]), beat))
+        out.workers.sort(key=lambda w: w.worker)
 
     running = session.execute(
         select(Job, Tenant.slug).join(Tenant, Tenant.id == Job.tenant_id)

@@ -1,8 +1,14 @@
 """Stopping a worker mid-job (a deploy, a scale-down): the job checkpoints, goes back to the
-queue, and the next worker resumes it from that checkpoint instead of starting over."""
+queue, and the next worker resumes it from that checkpoint instead of starting over. Meanwhile
+`lorafleet status` shows each worker by its own heartbeat: on the job, idle, stopped."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +19,9 @@ from orchestrator.dispatch import close_clients
 from orchestrator.registry import db
 from orchestrator.registry.db import session_scope
 from orchestrator.services import create_tenant, get_job, job_events, submit_job
+from orchestrator.services.status import fleet_status
 from tests.integration.workers import (
+    ROOT,
     WORKER_START_TIMEOUT_S,
     LiveWorker,
     start_worker,
@@ -63,6 +71,9 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
                 return get_job(s, job_id).job.progress_step or 0
 
         wait_for(lambda: step() >= 3, 90, "the job to train a few steps", first)
+        with session_scope(settings) as s:
+            seen = {w.worker: w for w in fleet_status(s, lease_seconds=settings.lease_seconds).workers}
+        assert (seen[worker_id(first)].state, seen[worker_id(first)].job) == ("alive", job_id)
         stop_worker(first.proc)
         assert first.proc.returncode == 0
         with session_scope(settings) as s:
@@ -98,12 +109,33 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
         assert resumed.data["step"] == stopped_at
         progress = [e for e in events[claims[1] :] if e.kind == "progress" and e.data["step"]]
         assert progress and progress[0].data["step"] > stopped_at
+
+        # The idle worker is alive by its own heartbeat; the first one said it stopped.
+        idle = wait_for(lambda: (w := status_workers(env).get(worker_id(second))) and w["job"] is None and w,
+                        30, "the second worker to show idle", second)
+        assert idle["state"] == "alive" and idle["pid"] == second.proc.pid and idle["device"] == "cpu"
+        assert status_workers(env)[worker_id(first)]["state"] == "stopped"
+        stop_worker(second.proc)
+        assert second.proc.returncode == 0
+        assert status_workers(env)[worker_id(second)]["state"] == "stopped"
     finally:
         stop_worker(first.proc)
         if second is not None:
             stop_worker(second.proc)
         close_clients()
         db.forget_engine(settings.database_url)
+
+
+def worker_id(worker: LiveWorker) -> str:
+    """The id the worker registers and leases under: `<celery node>:<pid>` (start_worker's node)."""
+    return f"it-{os.getpid()}@{socket.gethostname()}:{worker.proc.pid}"
+
+
+def status_workers(env: dict[str, str]) -> dict[str, dict]:
+    """`lorafleet status --json`'s workers, by id."""
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "status", "--json"], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    return {w["worker"]: w for w in json.loads(out.stdout)["workers"]}
 
 
 def get_state(settings, job_id: str) -> str:
