@@ -21,13 +21,17 @@ floating point: dyadic metric values, device-seconds in multiples of 450 s, pric
 | J13 | initech | sst2 | train | lora 8 | succeeded | 1: cpu 900 p |
 | J16 | initech | sst2 | reevaluate | lora 8 | succeeded | 1: cpu 450 p  (re-scores J13's adapter: 0.5) |
 | J14 | initech | sst2 | reevaluate | lora 8 | succeeded | 1: cpu 450 p  (re-scores it later: 0.78125) |
+
+Training curves (metric history, CURVES): J2 (acme's latest sst2 pick) 400 loss steps, value
+(400 - step) / 4 at epoch step / 128, and held-out accuracy 0.5, 0.75 at steps 200, 400 (plus a
+held-out MCC, not sst2's metric); J9 4 loss steps 1, 0.5, 0.25, 0.125; J1 (not picked) 2 steps.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.registry.models import Adapter, Job, Metric, Tenant, Usage
+from orchestrator.registry.models import Adapter, Job, Metric, MetricPoint, Tenant, Usage
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 H100 = "cuda:NVIDIA H100 80GB HBM3"
@@ -170,6 +174,14 @@ JOBS = {
     "J16": ("initech", "sst2", "reevaluate", "lora", 8, "succeeded", MINILM, [(CPU, 450, 0, 5e8)], None, {}),
     "J14": ("initech", "sst2", "reevaluate", "lora", 8, "succeeded", MINILM, [(CPU, 450, 0, 5e8)], None, {}),
 }
+# {job: {series: [(step, epoch, value)]}}
+CURVES = {
+    "J2": {"loss": [(s, s / 128, (400 - s) / 4) for s in range(1, 401)],
+           "holdout/accuracy": [(200, 200 / 128, 0.5), (400, 400 / 128, 0.75)],
+           "holdout/matthews_corr": [(200, 200 / 128, 0.25)]},
+    "J9": {"loss": [(1, 0.25, 1.0), (2, 0.5, 0.5), (3, 0.75, 0.25), (4, 1.0, 0.125)]},
+    "J1": {"loss": [(1, 0.5, 2.0), (2, 1.0, 1.0)]},
+}
 # Re-evaluations of J13's adapter: J16's older one, then J14's, the latest (the one the report shows).
 REEVALUATIONS = [("J16", T0 + timedelta(days=2), 0.5), ("J14", T0 + timedelta(days=3), 0.78125)]
 
@@ -266,6 +278,11 @@ def build_registry(session) -> dict[str, str]:
                 )
             )
     session.flush()
+    for job_name, curves in CURVES.items():
+        job = session.get(Job, ids[job_name])
+        for series, pts in curves.items():
+            session.add_all(MetricPoint(job_id=job.id, tenant_id=job.tenant_id, name=series, step=step,
+                                        epoch=epoch, value=value) for step, epoch, value in pts)
     for job_name, when, value in REEVALUATIONS:
         session.add(
             Metric(

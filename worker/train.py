@@ -21,6 +21,10 @@ def run_training(ctx: JobContext) -> JobResult:
             ctx.hooks.on_metrics(p.step, p.epoch, {"loss": p.loss, "lr": p.lr})
         ctx.hooks.on_progress(p.step, p.total, p.loss)
 
+    def on_evaluate(point) -> None:  # an evaluation during training: its curves, at the next beat
+        if ctx.hooks.on_metrics is not None:
+            ctx.hooks.on_metrics(point.step, point.epoch, holdout_series(point))
+
     hooks = TrainHooks(
         on_progress=on_progress,
         should_stop=ctx.hooks.should_stop,
@@ -28,6 +32,7 @@ def run_training(ctx: JobContext) -> JobResult:
         checkpoint_dir=ctx.checkpoint_dir,
         on_checkpoint=ctx.hooks.on_checkpoint,
         on_resume=ctx.hooks.on_resume,
+        on_evaluate=on_evaluate,
         divergence_factor=ctx.settings.divergence_factor,
         divergence_patience=ctx.settings.divergence_patience,
     )
@@ -42,7 +47,13 @@ def run_training(ctx: JobContext) -> JobResult:
         tokens=int(stats.tokens),
     )
     adapter = StagedAdapter(result.adapter_dir, int(stats.trainable_params), int(stats.total_params))
-    # The evaluations during training (held-out training rows) as "holdout/<metric>" curves.
-    points = [Point(f"holdout/{name}", p.step, p.epoch, value)
-              for p in result.eval_history for name, value in p.metrics.items()]
+    # Every evaluation of the run once more, those before a resume included (the checkpoint
+    # carried them; points already written are replaced by the same values).
+    points = [Point(name, p.step, p.epoch, value) for p in result.eval_history
+              for name, value in holdout_series(p).items()]
     return JobResult(metrics=result.metrics, usage=usage, adapter=adapter, points=points)
+
+
+def holdout_series(point) -> dict[str, float]:
+    """An evaluation during training (held-out training rows) as `holdout/<metric>` curve values."""
+    return {f"holdout/{name}": value for name, value in point.metrics.items()}

@@ -31,6 +31,7 @@ from orchestrator.reports.model import (
     Filters,
     GlueAverage,
     TaskStats,
+    TrainingCurve,
 )
 from orchestrator.reports.references import (
     E2E_REFERENCES,
@@ -45,6 +46,9 @@ PICKS = ("latest", "best")
 REPORT_WORK_MEM = "64MB"
 # A trained row within this many points of the best quality counts as "as good" (compare).
 TRADE_OFF_PP = 1.0
+# The benchmark's training curves: the first MAX_CURVES picks (table order), CURVE_POINTS a series.
+MAX_CURVES = 12
+CURVE_POINTS = 200
 
 
 def make_filters(
@@ -183,7 +187,26 @@ def benchmark_report(session: Session, filters: Filters, pick: str = "latest") -
         task_stats=sorted(stats.values(), key=lambda x: x.task),
         glue=sorted(glue.values(), key=lambda g: g.tenant),
         references=references,
+        curves=_curves(session, list(cells.values())),
     )
+
+
+def _curves(session: Session, cells: list[BenchmarkCell]) -> list[TrainingCurve]:
+    """The loss and held-out primary metric of the first MAX_CURVES picks that have a history."""
+    shown = sorted(cells, key=lambda c: (c.tenant, ALL_TASKS.index(c.task)))[:MAX_CURVES]
+    if not shown:
+        return []
+    names = sorted({"loss", *(f"holdout/{c.metric}" for c in shown)})
+    series: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+    for r in q.rows(session, q.curve_points([c.job_id for c in shown], names, CURVE_POINTS)):
+        series.setdefault((r["job_id"], r["name"]), []).append((int(r["step"]), float(r["epoch"]),
+                                                                float(r["value"])))
+    curves = []
+    for c in shown:
+        loss, holdout = series.get((c.job_id, "loss"), []), series.get((c.job_id, f"holdout/{c.metric}"), [])
+        if loss or holdout:
+            curves.append(TrainingCurve(c.tenant, c.task, c.job_id, c.metric, loss, holdout))
+    return curves
 
 
 # ---- cost ------------------------------------------------------------------------------------

@@ -16,13 +16,17 @@ MAX_TENANTS = 25  # the cost chart shows the most expensive ones, the rest as on
 MAX_POINTS = 20_000  # quality vs cost: a larger registry is sampled evenly
 
 
-def _figure(width: float = 8.0, height: float = 4.2) -> tuple[Any, Any]:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    return plt
+
+
+def _figure(width: float = 8.0, height: float = 4.2) -> tuple[Any, Any]:
+    fig, ax = _pyplot().subplots(figsize=(width, height), dpi=100)
     return fig, ax
 
 
@@ -90,6 +94,36 @@ def benchmark_quality(report: BenchmarkReport) -> bytes | None:
     ax.set_ylabel("primary metric (points)")
     ax.set_title(f"Benchmark: primary metric per task ({report.pick} adapter per tenant)")
     ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def training_curves(report: BenchmarkReport) -> bytes | None:
+    """Per picked adapter (the first few): its training loss by epoch, and beside it the held-out
+    primary metric of the evaluations during training when there were any."""
+    curves = [c for c in report.curves if c.loss or c.holdout]
+    if not curves:
+        return None
+    with_holdout = any(c.holdout for c in curves)
+    fig, axes = _pyplot().subplots(1, 2 if with_holdout else 1, figsize=(10.0 if with_holdout else 8.0, 4.2),
+                             dpi=100, squeeze=False)
+    loss_ax = axes[0][0]
+    for i, c in enumerate(curves):
+        label = f"{c.tenant} {c.task}"
+        if c.loss:
+            loss_ax.plot([e for _, e, _ in c.loss], [v for _, _, v in c.loss], color=f"C{i % 10}",
+                         linewidth=1.2, label=label)
+        if c.holdout:
+            axes[0][1].plot([e for _, e, _ in c.holdout], [points(c.metric, v) for _, _, v in c.holdout],
+                            color=f"C{i % 10}", marker="o", markersize=3, label=f"{label} ({c.metric})")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss")
+    loss_ax.set_title("Training loss")
+    loss_ax.legend(fontsize=7)
+    if with_holdout:
+        axes[0][1].set_xlabel("epoch")
+        axes[0][1].set_ylabel("primary metric, held-out rows (points)")
+        axes[0][1].set_title("Evaluations during training")
+        axes[0][1].legend(fontsize=7)
     return _png(fig)
 
 
@@ -202,7 +236,7 @@ def quality_vs_cost(report: CostReport) -> bytes | None:
 
 
 CHARTS: dict[type, list[tuple[str, Callable[[Any], bytes | None]]]] = {
-    BenchmarkReport: [("Primary metric per task", benchmark_quality)],
+    BenchmarkReport: [("Primary metric per task", benchmark_quality), ("Training curves", training_curves)],
     CostReport: [("Cost per tenant by device type", cost_by_tenant), ("Quality vs cost", quality_vs_cost)],
     CompareReport: [
         ("Quality per task and method", compare_quality),

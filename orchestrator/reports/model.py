@@ -214,6 +214,27 @@ class GlueAverage:
 
 
 @dataclass
+class TrainingCurve:
+    """A picked adapter's training curves from the metric history: the loss, and the held-out
+    primary metric (`holdout/<metric>`) when its job evaluated during training. Long runs come
+    back bucketed (at most CURVE_POINTS points a series, bucket means)."""
+
+    tenant: str
+    task: str
+    job_id: str
+    metric: str  # the task's primary metric
+    loss: list[tuple[int, float, float]]  # (step, epoch, value)
+    holdout: list[tuple[int, float, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        def pts(series: list[tuple[int, float, float]]) -> list[dict[str, Any]]:
+            return [{"step": s, "epoch": e, "value": v} for s, e, v in series]
+
+        return {"tenant": self.tenant, "task": self.task, "job_id": self.job_id, "metric": self.metric,
+                "loss": pts(self.loss), "holdout": pts(self.holdout)}
+
+
+@dataclass
 class BenchmarkReport:
     filters: Filters
     pick: str  # "latest" | "best"
@@ -223,6 +244,7 @@ class BenchmarkReport:
     task_stats: list[TaskStats]
     glue: list[GlueAverage]
     references: dict[str, Any]
+    curves: list[TrainingCurve] = field(default_factory=list)  # the first MAX_CURVES picks' jobs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -235,6 +257,7 @@ class BenchmarkReport:
             "task_stats": [s.to_dict() for s in self.task_stats],
             "glue_average": [g.to_dict() for g in self.glue],
             "references": self.references,
+            "curves": [c.to_dict() for c in self.curves],
         }
 
     def records(self) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ window function; Python only receives grouped rows. Portable SQL (SQLite and Pos
 the mean of the middle one or two rows of a window ordered by the value.
 
 Scope (`Filters`): tenants by slug, task, base model, and `jobs.created_at` in [since, until).
-Only what the registry records is read: jobs, adapters, metrics, usage, tenants.
+Only what the registry records is read: jobs, adapters, metrics, metric history, usage, tenants.
 
 Conventions the queries rely on (written by orchestrator.services.leases and the job kinds):
 - a job's usage rows are one per attempt; the attempt that produced the result is the job's last
@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
 from lora_engine.catalog import GLUE_TASKS, TASKS
-from orchestrator.registry.models import Adapter, Job, Metric, Tenant, Usage
+from orchestrator.registry.models import Adapter, Job, Metric, MetricPoint, Tenant, Usage
 from orchestrator.reports.model import BASE_DTYPE, BYTES_PER_PARAM, COMPARE_VALUES, Filters
 from orchestrator.reports.references import FRACTION_METRICS
 
@@ -45,7 +45,7 @@ QUALITY_SPLIT = "validation"
 # metrics (WHERE source = 'job' / 'reevaluation') even in a generic plan.
 JOB_SOURCE = literal("job", literal_execute=True)
 REEVALUATION_SOURCE = literal("reevaluation", literal_execute=True)
-j, t, a, m, u = (x.__table__ for x in (Job, Tenant, Adapter, Metric, Usage))
+j, t, a, m, u, mh = (x.__table__ for x in (Job, Tenant, Adapter, Metric, Usage, MetricPoint))
 
 
 # ---- shared expressions ----------------------------------------------------------------------
@@ -215,6 +215,25 @@ def benchmark_rows(f: Filters, pick: str) -> Select[Any]:
             m, and_(m.c.job_id == cells.c.job_id, m.c.source == JOB_SOURCE, m.c.split == QUALITY_SPLIT)
         )
         .order_by(cells.c.tenant, cells.c.task, m.c.name)
+    )
+
+
+
+def curve_points(job_ids: list[str], names: list[str], buckets: int) -> Select[Any]:
+    """The training curves of `job_ids` (series `names`), each series cut into at most `buckets`
+    equal step ranges: per range its first step, mean epoch and mean value (a 10,000-step loss
+    comes back as `buckets` points, not 10,000 rows)."""
+    last = (select(mh.c.job_id, mh.c.name, func.max(mh.c.step).label("last"))
+            .where(mh.c.job_id.in_(job_ids), mh.c.name.in_(names))
+            .group_by(mh.c.job_id, mh.c.name).subquery("last_step"))
+    # Floor division of integers: steps 1..last map onto buckets 0..buckets-1.
+    bucket = ((mh.c.step - 1) * buckets // case((last.c.last > 0, last.c.last), else_=1)).label("bucket")
+    return (
+        select(mh.c.job_id, mh.c.name, func.min(mh.c.step).label("step"),
+               func.avg(mh.c.epoch).label("epoch"), func.avg(mh.c.value).label("value"))
+        .join(last, and_(last.c.job_id == mh.c.job_id, last.c.name == mh.c.name))
+        .group_by(mh.c.job_id, mh.c.name, bucket)
+        .order_by(mh.c.job_id, mh.c.name, func.min(mh.c.step))
     )
 
 

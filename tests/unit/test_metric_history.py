@@ -89,3 +89,41 @@ def test_cli_metrics_and_checkpoints(tmp_path, monkeypatch):
     finally:
         forget_engine(get_settings().database_url)
         get_settings.cache_clear()
+
+
+def test_evaluations_during_training_land_as_curves(tmp_path, monkeypatch):
+    """A real training job (tiny-bert, in this process through the Celery task) evaluating its
+    held-out rows every 2 steps: each evaluation is a `holdout/<metric>` point {step, epoch,
+    value}, and `job metrics` shows them beside the loss."""
+    monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LORAFLEET_DEVICE", "cpu")
+    for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    spec = {"task": "sst2", "base_model": "tiny-bert", "rank": 4, "max_steps": 6, "batch_size": 4,
+            "eval_size": 8, "eval_every": 2, "eval_holdout": 8}
+    try:
+        with session_scope() as s:
+            svc.create_tenant(s, "acme")
+            job_id = svc.submit_job(s, "acme", spec).id
+        from worker.tasks import run_job
+
+        assert run_job.apply(args=[job_id]).state == "SUCCESS"
+        curves = json.loads(CliRunner().invoke(cli, ["job", "metrics", job_id[:8], "--format", "json"],
+                                               catch_exceptions=False).output)
+        assert {"loss", "lr", "holdout/accuracy"} <= set(curves)
+        held = curves["holdout/accuracy"]
+        assert [p["step"] for p in held] == [2, 4, 6]
+        epochs = [p["epoch"] for p in held]
+        assert 0 < epochs[0] < epochs[1] < epochs[2]
+        assert all(0.0 <= p["value"] <= 1.0 for p in held)
+        # The same points as the run's own record of them (the selection summary counts them).
+        with session_scope() as s:
+            selection = svc.get_job(s, job_id).to_dict()["metrics"]["selection"]
+        assert selection["evaluations"] == 3 and selection["best_step"] in (2, 4, 6)
+        table = CliRunner().invoke(cli, ["job", "metrics", job_id]).output
+        row = next(line for line in table.splitlines() if line.startswith("holdout/accuracy"))
+        assert row.split()[1:3] == ["3", "2-6"]
+    finally:
+        forget_engine(get_settings().database_url)
+        get_settings.cache_clear()

@@ -157,6 +157,30 @@ def test_benchmark_latest(reg) -> None:
     ]
 
 
+def test_benchmark_training_curves(reg) -> None:
+    """The picks' curves from the metric history: loss bucketed to CURVE_POINTS (first step, mean
+    epoch, mean value per bucket), the held-out primary metric as recorded, nothing else."""
+    from orchestrator.reports.build import CURVE_POINTS
+
+    s, ids = reg
+    data = _json(benchmark_report(s, make_filters(), "latest"))
+    curves = {(c["tenant"], c["task"]): c for c in data["curves"]}
+    assert set(curves) == {("acme", "sst2"), ("initech", "cola")}  # J1 is not a pick; J3.. have none
+    acme = curves[("acme", "sst2")]
+    assert (acme["job_id"], acme["metric"]) == (ids["J2"], "accuracy")
+    # 400 steps into 200 buckets: steps (1, 2), (3, 4), ... each pair averaged.
+    assert CURVE_POINTS == 200 and len(acme["loss"]) == 200
+    assert acme["loss"][0] == {"step": 1, "epoch": 1.5 / 128, "value": (399 + 398) / 8}
+    assert acme["loss"][-1] == {"step": 399, "epoch": 399.5 / 128, "value": (1 + 0) / 8}
+    assert acme["holdout"] == [{"step": 200, "epoch": 200 / 128, "value": 0.5},
+                               {"step": 400, "epoch": 400 / 128, "value": 0.75}]
+    cola = curves[("initech", "cola")]
+    assert [(p["step"], p["value"]) for p in cola["loss"]] == [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.125)]
+    assert cola["holdout"] == []
+    # A scope without them has no curves.
+    assert _json(benchmark_report(s, make_filters(tenants=["globex"])))["curves"] == []
+
+
 def test_benchmark_best_and_filters(reg) -> None:
     s, ids = reg
     data = _json(benchmark_report(s, make_filters(), "best"))
@@ -529,9 +553,11 @@ def test_html_report_in_headless_chromium(cli_home, tmp_path) -> None:
     page = open_page(out / "report.html")
     assert page.title == "lorafleet report"
     assert page.errors == []
-    # benchmark: quality per task; cost: per tenant by device, quality vs cost; compare: quality, size
+    # benchmark: quality per task, training curves; cost: per tenant by device, quality vs cost;
+    # compare: quality, size
     assert [i["alt"] for i in page.images] == [
         "Primary metric per task",
+        "Training curves",
         "Cost per tenant by device type",
         "Quality vs cost",
         "Quality per task and method",
