@@ -177,14 +177,21 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("an integer >= 0, or unset"),
     )
     # Packed training (lora_engine.packed): a worker trains up to this many compatible queued jobs
-    # in one pass over their shared base; 1 trains every job alone.
-    pack_max_jobs: int = Field(
-        1, ge=1, le=64, description="compatible training jobs a worker trains together (1: each alone)",
-        json_schema_extra=_allowed("an integer 1..64"),
+    # in one pass over their shared base; 1 trains every job alone. What is left unset ("auto" K,
+    # no token budget) is planned from the activation memory of the pack's first round against
+    # pack_memory_fraction of the free device memory (lora_engine/packed/memory.py).
+    pack_max_jobs: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        1, description="compatible training jobs a worker trains together (1: each alone; auto: from memory)",
+        json_schema_extra=_allowed("an integer 1..64, or auto"),
     )
     pack_max_tokens: int | None = Field(
-        None, ge=1, description="a packed round's token budget, sum of batch_size x max_length (unset: none)",
+        None, ge=1,
+        description="a packed round's token budget, sum of batch_size x max_length (unset: from memory)",
         json_schema_extra=_allowed("an integer >= 1, or unset"),
+    )
+    pack_memory_fraction: float = Field(
+        0.5, gt=0, le=1, description="share of the free device memory a packed round's activations may take",
+        json_schema_extra=_allowed("a number > 0 and <= 1"),
     )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -332,9 +339,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
 
 def _explain(exc: ValidationError, env: Mapping[str, str]) -> str:
     """One line per bad variable: its name, the value given, what was wrong and what is allowed."""
-    lines = []
+    lines, seen = [], set()
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "?"
+        if name in seen:  # a number-or-word field fails in each branch: its first reason says it
+            continue
+        seen.add(name)
         field = Settings.model_fields.get(name)
         allowed = (field.json_schema_extra or {}).get("allowed") if field else None  # type: ignore[union-attr]
         given = env.get(env_var(name), error.get("input"))

@@ -35,7 +35,9 @@ def run_job(self: Any, job_id: str) -> str:
     worker_id = presence.worker_id(self.request.hostname)
     # The runner binds the job it claims to the log lines; the worker's row names it meanwhile.
     with logs.job_scope(), presence.on_job(job_id):
-        if get_settings().pack_max_jobs > 1:
+        from worker.packed import packing_enabled
+
+        if packing_enabled(get_settings()):
             from worker.packed import run_packed
 
             results = run_packed(job_id, worker_id=worker_id)

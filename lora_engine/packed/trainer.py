@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from lora_engine.inject import HEAD_NAMES, head_module_names, lora_modules
 from lora_engine.layers import LoRALinear
 from lora_engine.packed.forward import PackedBatch, family, packed_losses
 from lora_engine.packed.layer import MultiLoRALinear
+from lora_engine.packed.memory import Probe, measure_activations
 from lora_engine.packed.routing import JobStream, RoutedDropout, Routing
 from lora_engine.recipe import (
     Run,
@@ -130,6 +131,7 @@ class Pack:
         self.real_tokens = 0  # tokens through the shared token-wise ops (all real: no padding)
         self.attention_slots = 0  # padded (row × width) positions of the per-job attention layouts
         self._slots = 0
+        self.probe: Probe | None = None  # the last measured round (step(measure=True))
         model.to(self.device.device)
         model.requires_grad_(False)
         heads = head_module_names(model) if self.family == "encoder" else []
@@ -176,16 +178,22 @@ class Pack:
         return fresh
 
     # -- joining and leaving --------------------------------------------------------------------
+    @property
+    def planned_tokens(self) -> int:
+        """The most tokens the jobs in the pack put into one round (what max_tokens bounds)."""
+        return sum(round_tokens(j.run.spec) for j in self.jobs.values())
+
     def check(self, spec: TrainingSpec) -> None:
         """Raise LoraConfigError unless `spec` (validated, resolved) can join this pack."""
         if len(self.jobs) >= self.max_jobs:
             raise LoraConfigError(f"the pack is full ({self.max_jobs} jobs)")
-        if self.max_tokens is not None:
-            planned = sum(_round_tokens(j.run.spec) for j in self.jobs.values()) + _round_tokens(spec)
+        # The first job always fits: alone it would take the same memory.
+        if self.max_tokens is not None and self.jobs:
+            planned = self.planned_tokens + round_tokens(spec)
             if planned > self.max_tokens:
                 raise LoraConfigError(
                     f"the pack's token budget is {self.max_tokens} per round; with this job "
-                    f"(batch_size × max_length = {_round_tokens(spec)}) it would be {planned}")
+                    f"(batch_size × max_length = {round_tokens(spec)}) it would be {planned}")
         if spec.base_model != self.base_model:
             raise LoraConfigError(f"job base model {spec.base_model!r} is not this pack's "
                                   f"{self.base_model!r}")
@@ -271,8 +279,9 @@ class Pack:
         return outcome
 
     # -- one micro-batch round -----------------------------------------------------------------
-    def step(self) -> list[Outcome]:
-        """One packed micro-batch round; returns the outcomes of the jobs that left the pack."""
+    def step(self, *, measure: bool = False) -> list[Outcome]:
+        """One packed micro-batch round; returns the outcomes of the jobs that left the pack.
+        `measure`: count the round's activation memory into `self.probe` (see memory.py)."""
         jobs = list(self.jobs.values())
         if not jobs:
             return []
@@ -289,13 +298,17 @@ class Pack:
                                          for k, v in batch.inputs.items()},
                               job.run.info.kind, job.heads, job.stream)
                   for job, batch in zip(jobs, batches, strict=True)]
-        with autocast(self.device):
-            raw = packed_losses(self.model, packed, self.routing)
-        losses = [loss / job.run.spec.grad_accum for loss, job in zip(raw, jobs, strict=True)]
-        torch.stack(losses).sum().backward()
+        with measure_activations(self.model) if measure else nullcontext() as saved:
+            with autocast(self.device):
+                raw = packed_losses(self.model, packed, self.routing)
+            losses = [loss / job.run.spec.grad_accum for loss, job in zip(raw, jobs, strict=True)]
+            total = torch.stack(losses).sum()
+        tokens = sum(b.tokens for b in batches)
+        if saved is not None:
+            self.probe = Probe(saved.total, tokens)
+        total.backward()
         values = [loss.item() for loss in losses]
         spent = time.perf_counter() - t0
-        tokens = sum(b.tokens for b in batches)
         self.real_tokens += tokens
         self.attention_slots += sum(b.inputs["attention_mask"].numel() for b in batches)
         out = []
@@ -406,7 +419,7 @@ def _outcome(job: PackedJob, status: str, **kw) -> Outcome:
                    examples=run.examples, tokens=run.tokens, **kw)
 
 
-def _round_tokens(spec: TrainingSpec) -> int:
+def round_tokens(spec: TrainingSpec) -> int:
     """The most tokens a job puts into one micro-batch round."""
     return spec.batch_size * spec.max_length
 

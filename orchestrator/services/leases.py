@@ -125,11 +125,15 @@ def _partner_candidates(session: Session, base_model: str, methods: tuple[str, .
 
 
 @transactional
-def record_packed(session: Session, job_id: str, worker_id: str, partners: Sequence[str]) -> None:
-    """A `packed` event: the jobs this one shared training rounds with (its usage is its token share)."""
+def record_packed(session: Session, job_id: str, worker_id: str, partners: Sequence[str],
+                  limits: Mapping[str, Any] | None = None) -> None:
+    """A `packed` event: the jobs this one shared training rounds with (its usage is its token
+    share), and the pack's limits (K, token budget, and the memory probe they came from)."""
     job = _owned(session, job_id, worker_id)
-    add_event(session, job, "packed", f"trained packed with {len(partners)} other job(s)",
-              {"packed_with": sorted(partners)})
+    data: dict[str, Any] = {"packed_with": sorted(partners)}
+    if limits is not None:
+        data["limits"] = dict(limits)
+    add_event(session, job, "packed", f"trained packed with {len(partners)} other job(s)", data)
 
 
 @readonly

@@ -23,13 +23,21 @@ from tests.integration.workers import (
 from tests.registry_fixtures import create_pg_database, drop_pg_database, pg_database_url
 
 
+@pytest.fixture(scope="module")
+def worker_settings_env() -> dict[str, str]:
+    """Extra `LORAFLEET_*` variables for the module's worker (a module overrides this fixture)."""
+    return {}
+
+
 @pytest.fixture(scope="module", params=MODES)
 def live_worker(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_settings_env: dict[str, str],
 ) -> Iterator[LiveWorker]:
     mode = request.param
     home = tmp_path_factory.mktemp(f"lorafleet-{mode}")
-    env = worker_env(home)
+    env = {**worker_env(home), **worker_settings_env}
     pg_name = None
     if mode == "cluster":
         pg_name = create_pg_database()

@@ -3,7 +3,7 @@
 - the first-step gradients of every packed job equal its solo run's (fp32, dropout off, B ≠ 0);
 - with dropout (LoRA and the model's own) a packed run's loss curves equal the solo runs';
 - a job that stops leaves the others untouched, and its checkpoint resumes alone exactly; a solo
-  checkpoint resumes into a pack exactly;
+  checkpoint resumes into a pack exactly; a job that joins a running pack computes its solo run;
 - the adapters of a 2-job packed run and of two solo runs score the same in PEFT;
 - jobs that cannot be packed are refused with the reason, leaving the pack as it was.
 """
@@ -185,6 +185,21 @@ def test_solo_checkpoint_resumes_into_a_pack_exactly_beside_a_failing_job(runs, 
     assert out["diverging"].status == "failed" and isinstance(out["diverging"].error, TrainingDiverged)
     for k in "ab":  # a job failing in the pack disturbs neither of the others
         np.testing.assert_allclose(out[k].result.losses, runs["solo"][k].losses, rtol=0, atol=1e-5)
+
+
+def test_a_job_joining_a_running_pack_computes_its_solo_run(runs, specs, tmp_path):
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    pack.add(specs["a"], tmp_path / "a", key="a")
+    pack.step(measure=True)  # measuring a round changes nothing in it
+    pack.step()
+    assert pack.jobs["a"].run.step == 2 and pack.probe.tokens > 0 and pack.probe.saved_bytes > 0
+    pack.add(specs["b"], tmp_path / "b", key="b")  # its own seed, data order, optimizer, schedule
+    out = pack.run()  # a leaves after two shared rounds; b goes on alone
+    for k in "ab":
+        np.testing.assert_allclose(out[k].result.losses, runs["solo"][k].losses, rtol=0, atol=1e-5)
+        assert out[k].result.metrics == runs["solo"][k].metrics
+    assert (out["a"].packed_with, out["b"].packed_with) == ({"b"}, {"a"})
 
 
 def _peft_logits(adapter_dir: Path, num_labels: int, inputs: dict) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """A worker with pack_max_jobs > 1 claims compatible queued jobs by the usual fair-share rule and
 quotas, trains them in one pack, and settles each as its own job: its own claim, attempt, usage
-(its token share), adapter and a `packed` event naming its partners."""
+(its token share), adapter and a `packed` event naming its partners. A waiting compatible job
+joins a running pack at a step boundary; unconfigured limits come from a memory probe."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from lora_engine.cache import BaseModelCache
 from orchestrator import services as svc
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Usage
+from worker import packed as packed_worker
 from worker.packed import run_packed
 
 pytest_plugins = ["registry_fixtures"]
@@ -18,7 +20,8 @@ SMALL = {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "eval_size"
 
 
 def test_compatible_jobs_train_packed_each_with_its_own_claim(registry_settings):
-    settings = registry_settings.model_copy(update={"pack_max_jobs": 4})
+    # Both limits configured: no probe, the partners join before the first round.
+    settings = registry_settings.model_copy(update={"pack_max_jobs": 4, "pack_max_tokens": 3 * 4 * 64})
     with session_scope(settings) as s:
         svc.create_tenant(s, "acme", max_running=1)
         svc.create_tenant(s, "beta", max_running=2)
@@ -47,3 +50,38 @@ def test_compatible_jobs_train_packed_each_with_its_own_claim(registry_settings)
     assert set(usage) == packed
     for u in usage.values():  # each job pays its own share: examples of its own steps, its tokens
         assert u.examples == 2 * 4 and u.tokens > 0 and 0 < u.device_seconds <= u.wall_seconds + 1.0
+
+
+def test_a_waiting_job_joins_the_running_pack_and_limits_come_from_a_memory_probe(registry_settings,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(packed_worker, "_probes", {})  # measured here, not by an earlier test
+    settings = registry_settings.model_copy(update={"pack_max_jobs": "auto"})
+    with session_scope(settings) as s:
+        svc.create_tenant(s, "acme", max_running=1)
+        svc.create_tenant(s, "beta", max_running=1)
+        a1 = svc.submit_job(s, "acme", {**SMALL, "task": "rte"}).id
+        a2 = svc.submit_job(s, "acme", {**SMALL, "task": "mrpc", "seed": 3}).id  # waits for acme's quota
+        b1 = svc.submit_job(s, "beta", {**SMALL, "task": "cola", "method": "dora", "max_steps": 6}).id
+
+    # a1 trains its first (measured) round alone, b1 joins after it, a2 when a1 has left.
+    results = run_packed(a1, worker_id="w1", settings=settings, cache=BaseModelCache())
+
+    assert {r.job_id: r.outcome for r in results} == {a1: "succeeded", b1: "succeeded", a2: "succeeded"}
+    partners = {a1: {b1}, b1: {a1, a2}, a2: {b1}}
+    with session_scope(settings) as s:
+        events = {j: svc.job_events(s, j) for j in partners}
+        usage = {u.job_id: u for u in s.scalars(select(Usage).where(Usage.job_id.in_(partners)))}
+    for job_id, expected in partners.items():
+        kinds = [e.kind for e in events[job_id]]
+        assert kinds.count("claimed") == 1 and kinds[-1] == "succeeded"
+        (packed,) = [e for e in events[job_id] if e.kind == "packed"]
+        assert set(packed.data["packed_with"]) == expected
+        limits = packed.data["limits"]
+        assert limits["bytes_per_token"] > 0 and limits["probe_tokens"] > 0 and limits["fraction"] == 0.5
+        assert 2 <= limits["max_jobs"] <= 16 and limits["max_tokens"] >= 3 * 4 * 64
+    assert usage[a2].examples == 2 * 4 and usage[b1].examples == 6 * 4
+    # a2 was claimed only after a1 had succeeded (acme's quota), into the pack b1 was still in.
+    a1_done = next(e.ts for e in events[a1] if e.kind == "succeeded")
+    a2_claimed = next(e.ts for e in events[a2] if e.kind == "claimed")
+    b1_done = next(e.ts for e in events[b1] if e.kind == "succeeded")
+    assert a1_done <= a2_claimed < b1_done
