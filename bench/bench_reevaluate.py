@@ -38,6 +38,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no load report per n
 
 import torch  # noqa: E402
 
+from lora_engine.adapter_folder import AdapterMeta  # noqa: E402
 from lora_engine.adapter_io import load_adapter, save_adapter  # noqa: E402
 from lora_engine.cache import BaseModelCache, strip_lora  # noqa: E402
 from lora_engine.catalog import TASKS  # noqa: E402
@@ -73,11 +74,11 @@ def make_adapters(base: str, tasks: list[str], k: int, rank: int, eval_size: int
             for name, p in model.named_parameters():
                 if any(name.startswith(h + ".") for h in heads) and p.ndim == 2 and "classifier" in name:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-        meta = {"task": task, "kind": kind, "base_model": base, "num_labels": labels or 1,
-                "label_names": list(TASKS[task].label_names), "max_length": MAX_LENGTH,
-                "spec": {"task": task, "eval_size": eval_size, "max_length": MAX_LENGTH}}
+        meta = AdapterMeta.for_task(TASKS[task], base_model=base, method=settings.method,
+                                    num_labels=labels or 1, max_length=MAX_LENGTH,
+                                    spec={"task": task, "eval_size": eval_size, "max_length": MAX_LENGTH})
         folder = save_adapter(model, root / f"adapter-{i:02d}", base_model_name=base, settings=settings,
-                              task_type=kind, modules_to_save=heads, extra=meta)
+                              task_type=kind, modules_to_save=heads, meta=meta)
         strip_lora(model)
         out.append(AdapterToScore(id=f"adapter-{i:02d}", folder=folder, task=task, base_model=base))
     return out

@@ -13,11 +13,9 @@ import json
 import struct
 from pathlib import Path
 
+from lora_engine.adapter_folder import CONFIG_NAME, PEFT_TYPES, WEIGHTS_NAME
 from lora_engine.model_ref import MODEL_ALIASES, alias_of
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_TYPES = ("LORA",)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 

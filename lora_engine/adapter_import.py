@@ -14,13 +14,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_engine.adapter_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, AdapterMeta
 from lora_engine.catalog import TASKS
 from lora_engine.errors import AdapterError
 from lora_engine.model_ref import alias_of, base_model_problem, hub_id_of
 
 PEFT_TASK_KINDS = {"SEQ_CLS": ("classification", "regression"), "CAUSAL_LM": ("generation",)}
 # The files that travel into the registry's copy; anything else in the folder stays behind.
-IMPORTED_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+IMPORTED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,10 @@ class ForeignAdapter:
     trainable_params: int
     total_params: int
 
-    def meta(self) -> dict:
-        """lorafleet.json for the registry's copy (the keys `recipe.adapter_meta` writes)."""
-        from lora_engine.data import E2E_PROMPT
-
-        info = TASKS[self.task]
-        template = E2E_PROMPT if self.task == "e2e" else ("{prompt}" if self.kind == "generation" else None)
-        return {"format": "lorafleet-adapter/1", "task": self.task, "kind": self.kind, "method": self.method,
-                "base_model": self.base_model, "label_names": list(info.label_names),
-                "num_labels": self.num_labels, "text_fields": list(info.text_fields),
-                "prompt_template": template, "max_length": info.max_length, "imported": True}
+    def meta(self) -> AdapterMeta:
+        """lorafleet.json for the registry's copy."""
+        return AdapterMeta.for_task(TASKS[self.task], base_model=self.base_model, method=self.method,
+                                    num_labels=self.num_labels, imported=True)
 
 
 def _same_base(a: str, b: str) -> bool:
@@ -55,7 +50,7 @@ def check_foreign_adapter(folder: str | os.PathLike, *, task: str,
                           base_model: str | None = None) -> ForeignAdapter:
     """Validate the adapter in `folder` for `task` (and `base_model`, default: the adapter's own)."""
     from lora_engine.adapter_check import adapter_folder_problems
-    from lora_engine.adapter_io import load_adapter, read_adapter_config, settings_from_config
+    from lora_engine.adapter_io import head_rows, load_adapter, read_adapter_config, settings_from_config
     from lora_engine.models import load_base_model
 
     folder = Path(folder)
@@ -86,9 +81,7 @@ def check_foreign_adapter(folder: str | os.PathLike, *, task: str,
         raise AdapterError(problem)
     num_labels = None
     if info.kind != "generation":
-        from lora_engine.predict import _head_rows
-
-        rows = _head_rows(folder)
+        rows = head_rows(folder)
         num_labels = info.num_labels or rows
         if rows is not None and num_labels != rows:
             raise AdapterError(f"the adapter's classification head has {rows} outputs; task {task!r} has "

@@ -1,10 +1,13 @@
-"""Adapter files in the Hugging Face PEFT format, written atomically, read strictly.
+"""The adapter folder, written atomically and read strictly: PEFT files, lorafleet.json, the card.
 
 A folder holds `adapter_config.json` (PEFT's LoraConfig fields), `adapter_model.safetensors` (keys
 as PEFT writes them: `base_model.model.<module>.lora_A.weight`, `...lora_B.weight`, DoRA's
-`...lora_magnitude_vector`, whole saved modules such as `base_model.model.classifier.weight`) and
-`lorafleet.json` (our own metadata: task, labels, prompt template, ...). So an adapter made here
-loads with `peft.PeftModel.from_pretrained`, and one PEFT saved loads here.
+`...lora_magnitude_vector`, whole saved modules such as `base_model.model.classifier.weight`),
+`lorafleet.json` (`AdapterMeta`: task, labels, prompt template, ...; see `adapter_folder`) and,
+for a trained run, a README.md model card. So an adapter made here loads with
+`peft.PeftModel.from_pretrained`, and one PEFT saved loads here. A `full` fine-tune's folder
+(`save_full_model`) is the model's own `save_pretrained` output with the same lorafleet.json and
+card. Every folder is built beside its final place and renamed into it (`atomic.atomic_folder`).
 
 `load_adapter` checks everything (files, format, config, every key and shape) before it changes the
 model, so a bad adapter raises AdapterError and leaves the model as it was.
@@ -12,22 +15,33 @@ model, so a bad adapter raises AdapterError and leaves the model as it was.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lora_engine.digest import adapter_files_digest
+from lora_engine.adapter_folder import (
+    CARD_NAME,
+    CONFIG_NAME,
+    KIND_OF_PEFT_TASK,
+    META_NAME,
+    WEIGHTS_NAME,
+    AdapterMeta,
+    method_of_config,
+    read_adapter_config,
+    read_adapter_meta,
+    write_adapter_meta,
+    write_json,
+)
+from lora_engine.atomic import atomic_folder
+from lora_engine.catalog import KINDS, method_of_flags, peft_flags
+from lora_engine.digest import adapter_files_digest, folder_bytes
 from lora_engine.errors import AdapterError, LoraConfigError
 from lora_engine.inject import (
     LoraSettings,
@@ -41,11 +55,7 @@ from lora_engine.inject import (
 from lora_engine.layers import is_lora_param, lora_scaling
 from lora_engine.model_ref import hub_id_of
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-META_NAME = "lorafleet.json"
 PEFT_PREFIX = "base_model.model."
-PEFT_TYPES = ("LORA",)
 TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "generation": "CAUSAL_LM",
               "SEQ_CLS": "SEQ_CLS", "CAUSAL_LM": "CAUSAL_LM", "FEATURE_EXTRACTION": "FEATURE_EXTRACTION"}
 _MAG_OURS, _MAG_PEFT = "lora_magnitude", "lora_magnitude_vector"
@@ -83,38 +93,10 @@ def _target_modules(model: nn.Module) -> list[str] | str:
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _replace_dir(tmp: Path, folder: Path) -> None:
-    """Move the finished temp folder into place; an existing adapter is swapped out, then removed."""
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _check_layers_match(layers: list[tuple[str, nn.Module]], settings: LoraSettings) -> None:
     """The config is written from `settings`: refuse a file whose tensors would contradict it."""
     for name, m in layers:
-        method = "dora" if m.use_dora else ("rslora" if m.use_rslora else "lora")
+        method = method_of_flags(use_rslora=m.use_rslora, use_dora=m.use_dora)
         if (m.r, float(m.alpha), method) != (settings.rank, settings.lora_alpha, settings.method):
             raise AdapterError(
                 f"layer {name!r} is {method} r={m.r} alpha={m.alpha}, but the settings given to "
@@ -122,15 +104,33 @@ def _check_layers_match(layers: list[tuple[str, nn.Module]], settings: LoraSetti
             )
 
 
+def _finish_folder(tmp: Path, meta: AdapterMeta, card_stats: dict | None) -> None:
+    """lorafleet.json and (with `card_stats`) the model card, into a folder being built; the card
+    records the size of the files written so far (the weights) as `adapter_bytes`."""
+    write_adapter_meta(tmp, meta)
+    if card_stats is not None:
+        from lora_engine.modelcard import render_model_card
+
+        stats = {**card_stats, "adapter_bytes": folder_bytes(tmp)}
+        (tmp / CARD_NAME).write_text(render_model_card(meta, stats=stats), encoding="utf-8")
+
+
+def _kind_of(task_type: str | None) -> str | None:
+    return task_type if task_type in KINDS else KIND_OF_PEFT_TASK.get(task_type or "")
+
+
 def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name: str,
                  settings: LoraSettings, task_type: str | None = None,
-                 modules_to_save: Sequence[str] | None = None, extra: dict | None = None,
-                 bias: str = "none") -> Path:
-    """Write the adapter of `model` to `folder` atomically (temp dir beside it, fsync, rename).
+                 modules_to_save: Sequence[str] | None = None, meta: AdapterMeta | None = None,
+                 card_stats: dict | None = None, bias: str = "none") -> Path:
+    """Write the adapter of `model` to `folder` atomically (temp folder beside it, fsync, rename;
+    an adapter already there is replaced only once the new one is complete).
 
     task_type: "classification" | "regression" | "generation" or a PEFT task type ("SEQ_CLS", ...).
     modules_to_save: whole modules saved with the adapter; None means the model's classification
     head(s) for SEQ_CLS, else none.
+    meta: the lorafleet.json record (default: the base model, the method and the kind);
+    card_stats: run statistics for a README.md model card (None: no card).
     """
     layers = lora_modules(model)
     if not layers:
@@ -139,6 +139,11 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
     peft_task = TASK_TYPES.get(task_type) if task_type is not None else None
     if task_type is not None and peft_task is None:
         raise AdapterError(f"unknown task_type {task_type!r}; allowed: {', '.join(TASK_TYPES)}")
+    if meta is None:
+        meta = AdapterMeta(base_model=base_model_name, kind=_kind_of(task_type), method=settings.method)
+    elif (meta.base_model, meta.method) != (base_model_name, settings.method):
+        raise AdapterError(f"the adapter's record says {meta.method} on {meta.base_model!r}, but "
+                           f"save_adapter was given {settings.method} on {base_model_name!r}")
     if modules_to_save is None:
         modules_to_save = head_module_names(model) if peft_task == "SEQ_CLS" else []
     tensors = lora_state_dict(model, bias=bias, modules_to_save=modules_to_save)
@@ -152,8 +157,7 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
         "r": settings.rank,
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "lora_dropout": settings.dropout,
-        "use_rslora": settings.method == "rslora",
-        "use_dora": settings.method == "dora",
+        **peft_flags(settings.method),
         "target_modules": _target_modules(model),
         "fan_in_fan_out": any(getattr(m, "fan_in_fan_out", False) for _, m in layers),
         "bias": bias,
@@ -168,57 +172,26 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
         "lora_bias": False,
     }
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        _write_json(tmp / CONFIG_NAME, config)
+    with atomic_folder(folder, replace=True) as tmp:
+        write_json(tmp / CONFIG_NAME, config)
         save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        with open(tmp / WEIGHTS_NAME, "rb") as f:
-            os.fsync(f.fileno())
-        _write_json(tmp / META_NAME, {"base_model": base_model_name, **(extra or {})})
-        _fsync_dir(tmp)
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _finish_folder(tmp, meta, card_stats)
+    return folder
+
+
+def save_full_model(model: nn.Module, tokenizer, folder: str | os.PathLike, meta: AdapterMeta, *,
+                    card_stats: dict | None = None) -> Path:
+    """A `full` fine-tune: `save_pretrained` (safetensors) + tokenizer + lorafleet.json (+ card),
+    atomically, like an adapter."""
+    folder = Path(folder)
+    with atomic_folder(folder, replace=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _finish_folder(tmp, meta, card_stats)
     return folder
 
 
 # -- reading --------------------------------------------------------------------------------------
-def read_adapter_config(folder: str | os.PathLike) -> dict:
-    """The adapter_config.json of `folder`, checked to be a LoRA adapter (AdapterError otherwise)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AdapterError(f"adapter folder {str(folder)!r} does not exist")
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise AdapterError(f"{str(folder)!r} is not an adapter folder: {CONFIG_NAME} is missing")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise AdapterError(f"{path}: expected a JSON object")
-    if config.get("peft_type") not in PEFT_TYPES:
-        raise AdapterError(
-            f"{path}: peft_type {config.get('peft_type')!r} is not supported; "
-            f"allowed: {', '.join(PEFT_TYPES)}"
-        )
-    return config
-
-
-def read_adapter_meta(folder: str | os.PathLike) -> dict:
-    """lorafleet.json (the `extra` given to save_adapter); {} for an adapter saved by PEFT."""
-    path = Path(folder) / META_NAME
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{path}: not valid JSON ({exc})") from exc
-
-
 def settings_from_config(config: dict) -> LoraSettings:
     """The LoraSettings a PEFT adapter_config describes; AdapterError for features we do not run."""
     unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
@@ -232,7 +205,7 @@ def settings_from_config(config: dict) -> LoraSettings:
         r, alpha = int(config["r"]), float(config["lora_alpha"])
     except (KeyError, TypeError, ValueError) as exc:
         raise AdapterError(f"adapter_config.json needs integer 'r' and number 'lora_alpha' ({exc})") from exc
-    method = "dora" if config.get("use_dora") else ("rslora" if config.get("use_rslora") else "lora")
+    method = method_of_config(config)
     targets = config.get("target_modules")
     # A string is "all-linear" or a regex matched against whole module names, as PEFT does.
     if isinstance(targets, list | tuple):
@@ -254,6 +227,16 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as exc:  # safetensors raises its own error types for truncated / corrupt files
         raise AdapterError(f"{path}: unreadable safetensors file (truncated or corrupt): {exc}") from exc
+
+
+def head_rows(folder: str | os.PathLike) -> int | None:
+    """Output rows of the classification head saved in an adapter (its label count), read from
+    the safetensors header only; None when it saves no head."""
+    with safe_open(str(Path(folder) / WEIGHTS_NAME), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
+                return int(f.get_slice(key).get_shape()[0])
+    return None
 
 
 def _expected_shapes(model: nn.Module, plan: list[tuple[str, nn.Module]], settings: LoraSettings) -> dict:
@@ -375,7 +358,8 @@ def swap_adapter(model: nn.Module, files: AdapterFiles) -> bool:
     current = _lora_tensor_shapes(model)
     wanted = {k: tuple(v.shape) for k, v in weights.items() if is_lora_param(k)}
     layers = lora_modules(model)
-    if wanted != current or any(m.use_dora != (settings.method == "dora") for _, m in layers):
+    flags = peft_flags(settings.method)
+    if wanted != current or any(m.use_dora != flags["use_dora"] for _, m in layers):
         return False
     problems: list[str] = []
     bias = files.config.get("bias") or "none"
@@ -386,10 +370,9 @@ def swap_adapter(model: nn.Module, files: AdapterFiles) -> bool:
     with torch.no_grad():
         for key, tensor in weights.items():
             state[key].copy_(tensor.to(device=state[key].device, dtype=state[key].dtype))
-    rslora = settings.method == "rslora"
     for _, m in layers:
-        m.alpha, m.use_rslora = settings.lora_alpha, rslora
-        m.scaling = lora_scaling(settings.lora_alpha, m.r, rslora)
+        m.alpha, m.use_rslora = settings.lora_alpha, flags["use_rslora"]
+        m.scaling = lora_scaling(settings.lora_alpha, m.r, m.use_rslora)
     return True
 
 
@@ -421,12 +404,15 @@ __all__ = [
     "META_NAME",
     "WEIGHTS_NAME",
     "AdapterFiles",
+    "AdapterMeta",
     "adapter_files_digest",
+    "head_rows",
     "load_adapter",
     "read_adapter_config",
     "read_adapter_files",
     "read_adapter_meta",
     "save_adapter",
+    "save_full_model",
     "settings_from_config",
     "swap_adapter",
     "verify_adapter_files",

@@ -15,12 +15,30 @@ GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
 GENERATION_TASKS = ("e2e",)
 CUSTOM_TASKS = ("custom-classification", "custom-generation")
 ALL_TASKS = GLUE_TASKS + GENERATION_TASKS + CUSTOM_TASKS
+KINDS = ("classification", "regression", "generation")  # what a task's model does (TaskInfo.kind)
 
 # The one list of training methods. LORA_METHODS train an adapter over a frozen base (the injector,
 # the adapter files and packed training take these); "full" trains every weight; "none" trains
 # nothing: the job evaluates the untuned base model (the baseline every method is compared with).
 LORA_METHODS = ("lora", "rslora", "dora")
 METHODS = (*LORA_METHODS, "full", "none")
+
+
+# A LoRA method as PEFT's LoraConfig spells it (and as the layers carry it): two flags. PEFT also
+# allows both at once (DoRA scaled by alpha/sqrt(r)); that is no method of ours, so it is refused.
+def peft_flags(method: str) -> dict[str, bool]:
+    """{"use_rslora": ..., "use_dora": ...} for one of LORA_METHODS."""
+    if method not in LORA_METHODS:
+        raise ValueError(f"unknown LoRA method {method!r}; allowed: {', '.join(LORA_METHODS)}")
+    return {"use_rslora": method == "rslora", "use_dora": method == "dora"}
+
+
+def method_of_flags(*, use_rslora: bool, use_dora: bool) -> str:
+    """The method of LORA_METHODS that PEFT's flags describe; ValueError for both at once."""
+    if use_rslora and use_dora:
+        raise ValueError("use_rslora together with use_dora (rsLoRA-scaled DoRA) is not supported; "
+                         "allowed: one of them, or neither (plain LoRA)")
+    return "dora" if use_dora else ("rslora" if use_rslora else "lora")
 
 # Method-aware defaults per architecture: (lr, head lr, targets) for a LoRA-family method, the lr
 # for `full`. A task's own TaskInfo values win where it sets them (E2E: lr 1e-3 on all linear

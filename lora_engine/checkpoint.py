@@ -19,11 +19,9 @@ writing leaves the previous checkpoint intact and never a half-written one under
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from lora_engine.atomic import atomic_folder
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 FORMAT_VERSION = 1
@@ -148,40 +148,16 @@ def _unflatten(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Check
 # --- files ----------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(folder: str | Path, ckpt: Checkpoint, *, keep: int = 1) -> Path:
     """Write `ckpt` atomically as `<folder>/step-NNNNNNNN`; keep only the newest `keep`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, state = _flatten(ckpt)
-    tmp = folder / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    final = folder / f"step-{ckpt.step:08d}"
+    # replace: the same step saved twice (a stop right after a periodic save)
+    with atomic_folder(final, replace=True) as tmp:
         save_file(tensors, str(tmp / "tensors.safetensors"))
-        with open(tmp / "state.json", "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        final = folder / f"step-{ckpt.step:08d}"
-        if final.exists():  # the same step saved twice (stop right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     for old in _step_dirs(folder)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,4 +1,4 @@
-"""The checksum of an adapter (or any artifact) folder, without torch: the CLI verifies a folder
+"""The checksum and size of an adapter (or any artifact) folder, without torch: the CLI verifies a folder
 before `adapter export` and the worker hashes a new adapter once, at publish."""
 
 from __future__ import annotations
@@ -22,3 +22,8 @@ def adapter_files_digest(folder: str | os.PathLike) -> tuple[str, int]:
                 total += len(chunk)
         digest.update(b"\0")
     return digest.hexdigest(), total
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Total size of the files under `folder` (the bytes `adapter_files_digest` hashes)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from lora_engine.catalog import LORA_METHODS as METHODS
+from lora_engine.catalog import peft_flags
 from lora_engine.errors import LoraConfigError
 from lora_engine.layers import LORA_LAYERS, LoRAEmbedding, LoRALinear, is_conv1d, is_lora_param
 
@@ -181,13 +182,12 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def inject_lora(model: nn.Module, settings: LoraSettings) -> list[str]:
     """Replace the target layers of `model` in place by LoRA layers; return their qualified names."""
     found = plan_injection(model, settings)
-    rslora, dora = settings.method == "rslora", settings.method == "dora"
+    flags = peft_flags(settings.method)
     for name, module in found:
-        if isinstance(module, nn.Embedding):
-            layer = LoRAEmbedding(module, settings.rank, settings.lora_alpha, use_rslora=rslora)
+        if isinstance(module, nn.Embedding):  # plan_injection refused DoRA on an embedding
+            layer = LoRAEmbedding(module, settings.rank, settings.lora_alpha, use_rslora=flags["use_rslora"])
         else:
-            layer = LoRALinear(module, settings.rank, settings.lora_alpha, settings.dropout,
-                               use_rslora=rslora, use_dora=dora)
+            layer = LoRALinear(module, settings.rank, settings.lora_alpha, settings.dropout, **flags)
         layer.train(module.training)
         _set_module(model, name, layer)
     return [n for n, _ in found]

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_engine.catalog import method_of_flags
+
 try:  # GPT-2's linear layer stores its weight transposed: (in, out)
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a hard dependency
@@ -171,7 +173,7 @@ class LoRALinear(nn.Module):
         return plain
 
     def extra_repr(self) -> str:
-        kind = "dora" if self.use_dora else ("rslora" if self.use_rslora else "lora")
+        kind = method_of_flags(use_rslora=self.use_rslora, use_dora=self.use_dora)
         return (f"in={self.in_features}, out={self.out_features}, {kind} r={self.r}, alpha={self.alpha}, "
                 f"fan_in_fan_out={self.fan_in_fan_out}, merged={self.merged}")
 

@@ -3,8 +3,8 @@
 Made with huggingface_hub's `ModelCard` / `ModelCardData`, so the YAML front matter is what the
 Hub reads: the base model's hub id, `library_name: peft`, tags, and the evaluation results as
 `model-index` entries (one per metric and split). The Markdown body repeats the metrics as a
-table and records the resolved training spec and the run's statistics. Pure text rendering; the
-caller writes the file.
+table and records the resolved training spec and the run's statistics. Pure text rendering;
+`adapter_io` writes it into the folder it builds.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lora_engine.adapter_folder import AdapterMeta
 from lora_engine.catalog import GLUE_TASKS, TASKS
 from lora_engine.model_ref import hub_id_of
 
@@ -49,16 +50,15 @@ def eval_results(task: str, kind: str, metrics: dict[str, dict[str, float]]) -> 
     ]
 
 
-def render_model_card(meta: dict[str, Any], *, spec: dict[str, Any], metrics: dict[str, dict[str, float]],
-                      stats: dict[str, Any] | None = None) -> str:
-    """Markdown model card with Hub metadata. `meta` is the adapter's lorafleet.json content."""
+def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None) -> str:
+    """Markdown model card with Hub metadata for the adapter (or full model) `meta` describes; its
+    metrics and spec come from `meta`, `stats` are the run's statistics."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    method = meta.get("method", spec.get("method", "lora"))
-    alias = meta.get("base_model", spec.get("base_model"))
-    base = hub_id_of(alias) if alias else None
-    task = meta.get("task", spec.get("task"))
-    kind = meta.get("kind") or (TASKS[task].kind if task in TASKS else "classification")
+    method, alias, metrics, spec = meta.method, meta.base_model, meta.metrics, meta.spec or {}
+    base = hub_id_of(alias)
+    task = meta.task or "custom"
+    kind = meta.kind or (TASKS[task].kind if task in TASKS else "classification")
     name = f"{task}-{method}-{alias}"
     data = ModelCardData(
         base_model=base, library_name=None if method == "full" else "peft",
@@ -70,12 +70,12 @@ def render_model_card(meta: dict[str, Any], *, spec: dict[str, Any], metrics: di
     lines.append(f"A {what} trained by lorafleet on the task `{task}`"
                  + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
     lines += ["", "## Use", ""]
-    if meta.get("label_names"):
-        lines.append("Labels: " + ", ".join(f"{i} = `{n}`" for i, n in enumerate(meta["label_names"])) + ".")
-    if meta.get("prompt_template"):
-        lines.append(f"Prompt template: `{meta['prompt_template']}`.")
-    if meta.get("max_length"):
-        lines.append(f"Max length: {meta['max_length']} tokens.")
+    if meta.label_names:
+        lines.append("Labels: " + ", ".join(f"{i} = `{n}`" for i, n in enumerate(meta.label_names)) + ".")
+    if meta.prompt_template:
+        lines.append(f"Prompt template: `{meta.prompt_template}`.")
+    if meta.max_length:
+        lines.append(f"Max length: {meta.max_length} tokens.")
     call = "model.generate([...])" if kind == "generation" else "model.classify([...])"
     lines += ["", "```python", "import lora_engine as le", "model = le.load_for_inference('<this folder>')",
               call, "```", ""]

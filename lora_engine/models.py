@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,9 +23,10 @@ from typing import Any
 
 import torch
 
+from lora_engine.atomic import atomic_folder
+from lora_engine.catalog import KINDS
 from lora_engine.errors import LoraFleetInputError
 
-KINDS = ("classification", "regression", "generation")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234
 TINY_ARCHS = {"tiny-gpt2": "gpt2", "tiny-bert": "bert", "tiny-roberta": "roberta", "tiny-llama": "llama"}
@@ -107,14 +106,13 @@ def ensure_smollm2_cached(cache_root: Path | None = None) -> Path:
     model.hf_quantizer = None
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A folder without config.json is a broken earlier attempt: replaced. A missing one is
+        # created; if a concurrent converter creates it first, its (complete) folder is kept.
+        with atomic_folder(target, replace=target.exists()) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except FileExistsError:
         if not (target / "config.json").is_file():  # not simply beaten by a concurrent converter
             raise
     return target

@@ -1,7 +1,7 @@
 """Inference with a trained adapter folder: classify texts, or generate from MRs / prompts.
 
-`load_for_inference(folder)` reads lorafleet.json (task, labels, prompt template, max length, base
-model) so the folder alone is enough: it loads the base model, then either
+`load_for_inference(folder)` reads lorafleet.json (`adapter_folder.AdapterMeta`: task, labels, prompt
+template, max length, base model) so the folder alone is enough: it loads the base model, then either
 
 - injects and loads the LoRA adapter (PEFT files), optionally merging it into the base weights
   (`merged=True`: W ← W0 + s·B·A once, then inference costs exactly the base model's), or
@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lora_engine.adapter_folder import AdapterMeta, read_adapter_meta
 from lora_engine.device import DeviceInfo, pick_device
 from lora_engine.errors import AdapterError
 from lora_engine.generate import GREEDY, PAPER_BEAM, DecodeSettings, generate_texts
-
-KINDS = ("classification", "regression", "generation")
 
 
 @dataclass(frozen=True)
@@ -51,15 +50,15 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model, tokenizer, meta: dict[str, Any], device: DeviceInfo, *, merged: bool):
+    def __init__(self, model, tokenizer, meta: AdapterMeta, device: DeviceInfo, *, merged: bool):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.meta = meta
         self.device = device
         self.merged = merged
-        self.kind = meta["kind"]
-        self.max_length = int(meta.get("max_length") or 128)
-        self.label_names = list(meta.get("label_names") or [])
+        self.kind = meta.kind
+        self.max_length = meta.max_length or 128
+        self.label_names = list(meta.label_names)
 
     def classify(self, texts: Sequence[str | tuple[str, str]], *, batch_size: int = 64) -> list[Prediction]:
         """Predictions for single texts or (text, text_pair) tuples."""
@@ -96,7 +95,7 @@ class Predictor:
 
     def prompt_for(self, text: str) -> str:
         """The adapter's prompt for an input (an E2E MR, or a custom prompt verbatim)."""
-        template = self.meta.get("prompt_template") or "{prompt}"
+        template = self.meta.prompt_template or "{prompt}"
         return template.replace("{mr}", text).replace("{prompt}", text)
 
     def generate(self, inputs: Sequence[str], *, beam: bool = False,
@@ -115,59 +114,22 @@ class Predictor:
                               device=self.device, settings=settings)
 
 
-def _meta_for(folder: Path) -> dict[str, Any]:
-    from lora_engine.adapter_io import CONFIG_NAME, read_adapter_config, read_adapter_meta
-    from lora_engine.model_ref import alias_of
-
-    meta = dict(read_adapter_meta(folder))
-    if meta.get("kind") in KINDS and meta.get("base_model"):
-        return meta
-    # An adapter made elsewhere (plain PEFT): infer what lorafleet.json would have said.
-    if not (folder / CONFIG_NAME).is_file():
-        raise AdapterError(f"{str(folder)!r} has neither lorafleet.json nor {CONFIG_NAME}: not an adapter")
-    config = read_adapter_config(folder)
-    meta.setdefault("base_model", alias_of(config.get("base_model_name_or_path") or ""))
-    if not meta["base_model"]:
-        raise AdapterError(f"{str(folder)!r}: the adapter does not name its base model")
-    if config.get("task_type") == "CAUSAL_LM":
-        meta.setdefault("kind", "generation")
-    else:
-        meta.setdefault("kind", "classification")
-    return meta
-
-
-def _head_rows(folder: Path) -> int | None:
-    """Output rows of a saved classification head (its label count), from the adapter tensors."""
-    from safetensors import safe_open
-
-    from lora_engine.adapter_io import WEIGHTS_NAME
-
-    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-            if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
-                return int(f.get_slice(key).get_shape()[0])
-    return None
-
-
 def load_for_inference(adapter_dir: str | Path, merged: bool = False, *,
                        device: DeviceInfo | None = None) -> Predictor:
     """A Predictor for an adapter folder (or a `full` model folder) written by `train()`."""
-    from lora_engine.adapter_io import CONFIG_NAME, load_adapter
+    from lora_engine.adapter_io import CONFIG_NAME, head_rows, load_adapter
     from lora_engine.inject import merge_lora
     from lora_engine.models import load_base_model
 
     folder = Path(adapter_dir)
-    if not folder.is_dir():
-        raise AdapterError(f"adapter folder {str(folder)!r} does not exist")
-    meta = _meta_for(folder)
-    kind = meta["kind"]
-    num_labels = meta.get("num_labels")
+    meta = read_adapter_meta(folder)
+    kind, num_labels = meta.kind, meta.num_labels
     device = device or pick_device()
     is_adapter = (folder / CONFIG_NAME).is_file()
     if kind == "classification" and not num_labels:
-        num_labels = len(meta.get("label_names") or []) or (_head_rows(folder) if is_adapter else None)
+        num_labels = len(meta.label_names) or (head_rows(folder) if is_adapter else None)
     if is_adapter:
-        model, tokenizer = load_base_model(meta["base_model"], kind, num_labels)
+        model, tokenizer = load_base_model(meta.base_model, kind, num_labels)
         load_adapter(model, folder)
         if merged:
             merge_lora(model)

@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lora_engine.adapter_folder import AdapterMeta
 from lora_engine.cache import BaseModelCache
 from lora_engine.catalog import TaskInfo
 from lora_engine.checkpoint import (
@@ -56,6 +54,7 @@ from lora_engine.checkpoint import (
     save_checkpoint,
 )
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, seed_everything, synchronize
+from lora_engine.digest import folder_bytes
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
 from lora_engine.forward import training_loss
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
@@ -504,74 +503,24 @@ def evaluate_run(run: Run, *, data_dir: str | Path, decode=None, meteor: bool = 
                             decode=decode or GREEDY, meteor=meteor)
 
 
-def adapter_meta(run: Run, metrics: dict) -> dict:
+def adapter_meta(run: Run, metrics: dict) -> AdapterMeta:
     """lorafleet.json: what a later user needs to use the adapter without the job's spec."""
-    from lora_engine.data import E2E_PROMPT
-
-    spec, info = run.spec, run.info
-    template = E2E_PROMPT if spec.task == "e2e" else ("{prompt}" if info.kind == "generation" else None)
-    return {
-        "format": "lorafleet-adapter/1",
-        "task": spec.task,
-        "kind": info.kind,
-        "method": spec.method,
-        "base_model": spec.base_model,
-        "label_names": list(run.label_names),
-        "num_labels": len(run.label_names) if info.kind == "classification" else (
-            1 if info.kind == "regression" else None),
-        "text_fields": list(info.text_fields),
-        "prompt_template": template,
-        "max_length": spec.max_length,
-        "modules_to_save": run.heads,
-        "metrics": metrics,
-        "spec": spec.model_dump(mode="json"),
-    }
+    spec = run.spec
+    return AdapterMeta.for_task(run.info, base_model=spec.base_model, method=spec.method,
+                                label_names=run.label_names, max_length=spec.max_length,
+                                modules_to_save=tuple(run.heads), metrics=metrics,
+                                spec=spec.model_dump(mode="json"))
 
 
-def write_output(run: Run, output_dir: Path, meta: dict) -> Path:
-    """The adapter (PEFT format) or, for `full`, the whole model; lorafleet.json included."""
+def write_output(run: Run, output_dir: Path, meta: AdapterMeta, card_stats: dict) -> Path:
+    """The adapter (PEFT format) or, for `full`, the whole model, with lorafleet.json and the card."""
+    from lora_engine.adapter_io import save_adapter, save_full_model
+
     if run.spec.method == "full":
-        return save_full_model(run.model, run.tokenizer, output_dir, meta)
-    from lora_engine.adapter_io import save_adapter
-
+        return save_full_model(run.model, run.tokenizer, output_dir, meta, card_stats=card_stats)
     return save_adapter(run.model, output_dir, base_model_name=run.spec.base_model,
                         settings=run.lora_settings, task_type=run.info.kind, modules_to_save=run.heads,
-                        extra=meta)
-
-
-def save_full_model(model: nn.Module, tokenizer, folder: Path, meta: dict) -> Path:
-    """`save_pretrained` (safetensors) + tokenizer + lorafleet.json, atomically (temp dir + rename)."""
-    from lora_engine.adapter_io import META_NAME
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-def folder_bytes(folder: Path) -> int:
-    """Total size of the files under `folder` (what `adapter_files_digest` counts)."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+                        meta=meta, card_stats=card_stats)
 
 
 # --- the whole run --------------------------------------------------------------------------------
@@ -620,19 +569,14 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
 
 def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wall0: float) -> TrainResult:
     """Write the adapter folder + model card; gather the run statistics."""
-    from lora_engine.modelcard import render_model_card
-
     meta = adapter_meta(run, metrics)
-    folder = write_output(run, output_dir, meta)
-    # Sizes only: whoever publishes the folder hashes it, once, where it finally lies.
-    weight_bytes = folder_bytes(folder)
     trainable = sum(p.numel() for p in run.trainable.values())
     total = sum(p.numel() for p in run.model.parameters())
-    card_stats = {"trainable_params": trainable, "total_params": total, "adapter_bytes": weight_bytes,
-                  "optimizer_steps": run.step, "examples": run.examples, "tokens": run.tokens,
-                  "device": run.device.name, "device_s": round(run.device_s, 2)}
-    card = render_model_card(meta, spec=meta["spec"], metrics=metrics, stats=card_stats)
-    _write_text_atomic(folder / "README.md", card)
+    card_stats = {"trainable_params": trainable, "total_params": total, "optimizer_steps": run.step,
+                  "examples": run.examples, "tokens": run.tokens, "device": run.device.name,
+                  "device_s": round(run.device_s, 2)}
+    folder = write_output(run, output_dir, meta, card_stats)
+    # Sizes only: whoever publishes the folder hashes it, once, where it finally lies.
     adapter_bytes = folder_bytes(folder)
     stats = RunStats(trainable_params=trainable, total_params=total, adapter_bytes=adapter_bytes,
                      wall_s=time.perf_counter() - wall0, device_s=run.device_s, device=run.device.name,

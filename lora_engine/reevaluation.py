@@ -81,13 +81,13 @@ def _prepare(item: AdapterToScore, eval_size: int | None) -> _Prepared:
     info = TASKS[item.task]
     meta = read_adapter_meta(item.folder)
     files = read_adapter_files(item.folder)
-    job_spec = meta.get("spec") or {}
-    target = EvalTarget(task=item.task, max_length=int(meta.get("max_length") or info.max_length),
+    job_spec = meta.spec or {}
+    target = EvalTarget(task=item.task, max_length=meta.max_length or info.max_length,
                         eval_size=eval_size if eval_size is not None else job_spec.get("eval_size"),
                         dataset=job_spec.get("dataset"))
     num_labels = None
     if info.kind == "classification":
-        num_labels = meta.get("num_labels") or len(meta.get("label_names") or ()) or info.num_labels
+        num_labels = meta.num_labels or len(meta.label_names) or info.num_labels
         if not num_labels:
             raise AdapterError(f"adapter {item.id}: lorafleet.json records no label count")
     s = files.settings

@@ -331,6 +331,7 @@ def _resolve_inputs(settings: Settings, tenant_id: str, spec: dict[str, Any]) ->
 
 def _publish(ctx: JobContext, result: JobResult) -> Any:
     """Rename the staged adapter to its final folder (atomic) and hash it there, once."""
+    from lora_engine.atomic import move_into_place
     from lora_engine.digest import adapter_files_digest
     from orchestrator.services import AdapterRecord
 
@@ -338,7 +339,7 @@ def _publish(ctx: JobContext, result: JobResult) -> Any:
     adapter_id = str(uuid.uuid4())
     final = artifacts.adapter_path(ctx.settings, ctx.tenant_id, adapter_id)
     final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staged.folder, final)
+    move_into_place(staged.folder, final)
     sha256, size = adapter_files_digest(final)
     return AdapterRecord(id=adapter_id, path=str(final), sha256=sha256, bytes=size,
                          trainable_params=staged.trainable_params, total_params=staged.total_params)

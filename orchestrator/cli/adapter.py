@@ -88,11 +88,21 @@ def export(adapter_id: str, dest: Path, as_json: bool) -> None:
 
     The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`.
     """
+    from lora_engine.atomic import atomic_folder
+    from lora_engine.digest import adapter_files_digest
+
     view = _adapter(adapter_id, verified=True)
     source, sha256 = Path(view["path"]), view["sha256"]
     if dest.exists() and any(dest.iterdir()):
         raise CliError(f"{dest} exists and is not empty; give a new or empty folder")
-    shutil.copytree(source, dest, dirs_exist_ok=True)
+    # Built beside DEST and renamed into it: a failed copy leaves no half-exported folder. An
+    # empty DEST is removed first (rmdir refuses a folder that has filled up meanwhile).
+    if dest.is_dir():
+        dest.rmdir()
+    with atomic_folder(dest) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if adapter_files_digest(tmp)[0] != sha256:  # changed while it was being copied
+            raise CliError(f"adapter {adapter_id} changed while it was being exported; nothing was written")
     emit(
         {"id": adapter_id, "path": str(dest.resolve()), "sha256": sha256},
         as_json,

@@ -128,7 +128,7 @@ def _filters(scope: dict[str, Any]) -> Any:
 
 
 def _emit(report: Any, fmt: str, as_json: bool, out: Path | None) -> None:
-    from orchestrator.reports.files import write_atomic
+    from lora_engine.atomic import atomic_write_text
     from orchestrator.reports.render import render
 
     if as_json:
@@ -136,7 +136,7 @@ def _emit(report: Any, fmt: str, as_json: bool, out: Path | None) -> None:
             raise CliError(f"--json and --format {fmt} disagree: give one of them")
         fmt = "json"
     if out is not None:
-        write_atomic(out, render(report, fmt))
+        atomic_write_text(out, render(report, fmt))
         status(f"wrote {out}")
     elif fmt == "table":
         from orchestrator.reports.render.table import print_report, terminal_console

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from lora_engine.atomic import atomic_folder
 from lora_engine.data.custom import profile_rows, sparse_label_problems, validate_jsonl
 from lora_engine.errors import DataValidationError
 from orchestrator.config import Settings, get_settings
@@ -106,19 +107,12 @@ def store_dataset(
     check_storage(session, tenant, size + (val_size or 0))
     dataset_id = new_id()
     final = dataset_dir(settings, tenant.id, dataset_id)
-    tmp = final.with_name(f".{dataset_id}.tmp")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(final) as tmp:
         shutil.copyfile(checked.source, tmp / DATA_FILE)
         if checked.validation:
             shutil.copyfile(checked.validation, tmp / VALIDATION_FILE)
-        stored_sha = sha256_of(tmp / DATA_FILE)
-        if stored_sha != sha:  # the file changed while it was being copied
+        if sha256_of(tmp / DATA_FILE) != sha:  # the file changed while it was being copied
             raise InvalidInput(f"dataset: {checked.source.name} changed during the upload; upload it again")
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if staged is not None:
         staged.append(final)
     profile = profile_rows(checked.rows, checked.kind)

@@ -9,9 +9,7 @@ to load it again, and the row is written. The folder is hashed once, after the c
 
 from __future__ import annotations
 
-import json
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +26,20 @@ from orchestrator.services.tenants import tenant_or_404
 def import_adapter(session: Session, tenant: str, foreign: Any, *,
                    settings: Settings | None = None) -> Adapter:
     """Copy and register `foreign` (a checked lora_engine ForeignAdapter) for `tenant` (slug)."""
+    from lora_engine.adapter_folder import write_adapter_meta
     from lora_engine.adapter_import import IMPORTED_FILES
-    from lora_engine.adapter_io import META_NAME
+    from lora_engine.atomic import atomic_folder
     from lora_engine.digest import adapter_files_digest
 
     settings = settings or get_settings()
     owner = tenant_or_404(session, tenant)
     adapter_id = new_id()
     dest = adapter_path(settings, owner.id, adapter_id)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.import-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_folder(dest) as tmp:
         for name in IMPORTED_FILES:
             if (Path(foreign.folder) / name).is_file():
                 shutil.copy2(Path(foreign.folder) / name, tmp / name)
-        (tmp / META_NAME).write_text(json.dumps(foreign.meta(), indent=2) + "\n")
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_adapter_meta(tmp, foreign.meta())
     try:
         sha256, size = adapter_files_digest(dest)
         row = Adapter(id=adapter_id, tenant_id=owner.id, job_id=None, path=str(dest), sha256=sha256,

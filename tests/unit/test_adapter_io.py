@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lora_engine.adapter_folder import AdapterMeta
 from lora_engine.adapter_io import (
     adapter_files_digest,
     load_adapter,
@@ -34,7 +35,8 @@ def _trained_adapter(tiny_model, perturb_lora, folder, alias="tiny-gpt2", method
             for p in model.get_submodule(h).parameters():
                 p.add_(1.0)
     save_adapter(model, folder, base_model_name=alias, settings=settings, task_type=kind,
-                 extra={"task": "sst2", "label_names": ["neg", "pos", "mid"]})
+                 meta=AdapterMeta(base_model=alias, kind=kind, method=method, task="sst2",
+                                  label_names=("neg", "pos", "mid")))
     return model, tok
 
 
@@ -53,7 +55,7 @@ def test_files_config_and_keys_are_peft_format(tiny_model, perturb_lora, tmp_pat
     want = {f"base_model.model.transformer.h.{i}.attn.c_attn.{t}" for i in (0, 1)
             for t in ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")}
     assert keys == want | {"base_model.model.score.weight"}  # only LoRA + head tensors
-    assert read_adapter_meta(folder)["label_names"] == ["neg", "pos", "mid"]
+    assert read_adapter_meta(folder).label_names == ("neg", "pos", "mid")
 
 
 @pytest.mark.parametrize(("alias", "kind", "method"), [
@@ -84,9 +86,32 @@ def test_overwrite_is_atomic_swap_and_digest(tiny_model, perturb_lora, tmp_path)
     assert adapter_files_digest(folder) == (digest1, size1)
     perturb_lora(model, seed=5)
     settings = LoraSettings(method="dora", rank=4, alpha=8)
-    save_adapter(model, folder, base_model_name="tiny-gpt2", settings=settings, task_type="classification",
-                 extra={})
+    save_adapter(model, folder, base_model_name="tiny-gpt2", settings=settings, task_type="classification")
     assert adapter_files_digest(folder)[0] != digest1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_a_failed_resave_keeps_the_old_adapter_whole(tiny_model, perturb_lora, tmp_path):
+    folder = tmp_path / "a"
+    model, _ = _trained_adapter(tiny_model, perturb_lora, folder)
+    before = adapter_files_digest(folder)
+    perturb_lora(model, seed=7)
+    settings = LoraSettings(method="dora", rank=4, alpha=8)
+    # Fails after the config and the tensors are written: lorafleet.json cannot hold a set.
+    bad = AdapterMeta(base_model="tiny-gpt2", method="dora", metrics={"validation": {"labels": {1, 2}}})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        save_adapter(model, folder, base_model_name="tiny-gpt2", settings=settings,
+                     task_type="classification", meta=bad)
+    assert adapter_files_digest(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temp or swapped-out folder
+
+
+def test_the_record_must_agree_with_the_settings(tiny_model, perturb_lora, tmp_path):
+    model, _ = _trained_adapter(tiny_model, perturb_lora, tmp_path / "a")
+    with pytest.raises(AdapterError, match=r"says lora on .tiny-gpt2., but save_adapter was given dora"):
+        save_adapter(model, tmp_path / "b", base_model_name="tiny-gpt2",
+                     settings=LoraSettings(method="dora", rank=4, alpha=8),
+                     meta=AdapterMeta(base_model="tiny-gpt2", method="lora"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
@@ -160,7 +185,7 @@ def test_missing_folder_and_no_lora(tiny_model, tmp_path):
     with pytest.raises(AdapterError, match="does not exist"):
         load_adapter(model, tmp_path / "nope")
     with pytest.raises(AdapterError, match="no LoRA layers to save"):
-        save_adapter(model, tmp_path / "x", base_model_name="tiny-bert", settings=LoraSettings(), extra={})
+        save_adapter(model, tmp_path / "x", base_model_name="tiny-bert", settings=LoraSettings())
     assert not (tmp_path / "x").exists()
 
 
@@ -169,5 +194,5 @@ def test_settings_that_contradict_the_layers_are_refused(tiny_model, tmp_path):
     inject_lora(model, LoraSettings(rank=4, alpha=8))
     with pytest.raises(AdapterError, match=r"is lora r=4 alpha=8.0, but the settings given .* say lora r=8"):
         save_adapter(model, tmp_path / "x", base_model_name="tiny-bert", settings=LoraSettings(rank=8),
-                     extra={})
+                     )
     assert not (tmp_path / "x").exists()

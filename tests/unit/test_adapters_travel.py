@@ -17,7 +17,9 @@ import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
+from lora_engine.adapter_folder import AdapterMeta
 from lora_engine.adapter_io import save_adapter
+from lora_engine.catalog import TASKS
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora
 from lora_engine.modelcard import render_model_card
 from lora_engine.models import resolve_model
@@ -49,10 +51,9 @@ def _minilm_adapter(tiny_model, perturb_lora, folder: Path) -> None:
     settings = LoraSettings(rank=4, alpha=8)
     inject_lora(model, settings)
     perturb_lora(model)
-    meta = {"task": "sst2", "kind": "classification", "method": "lora",
-            "label_names": ["negative", "positive"], "num_labels": 2, "max_length": 128}
+    meta = AdapterMeta.for_task(TASKS["sst2"], base_model="minilm-l6", method="lora")
     save_adapter(model, folder, base_model_name="minilm-l6", settings=settings, task_type="classification",
-                 modules_to_save=head_module_names(model), extra=meta)
+                 modules_to_save=head_module_names(model), meta=meta)
 
 
 def test_an_adapter_names_the_hub_id_and_loads_with_auto_peft(tiny_model, perturb_lora, tmp_path):
@@ -75,9 +76,9 @@ def test_an_adapter_names_the_hub_id_and_loads_with_auto_peft(tiny_model, pertur
 
 
 def test_the_model_card_is_hub_metadata_with_eval_results():
-    meta = {"base_model": "minilm-l6", "task": "mrpc", "method": "lora", "kind": "classification"}
-    card = ModelCard(render_model_card(meta, spec={"task": "mrpc"},
-                                       metrics={"validation": {"accuracy": 0.8, "f1": 0.86}}))
+    meta = AdapterMeta(base_model="minilm-l6", task="mrpc", method="lora", kind="classification",
+                       spec={"task": "mrpc"}, metrics={"validation": {"accuracy": 0.8, "f1": 0.86}})
+    card = ModelCard(render_model_card(meta))
     assert card.data.base_model == MINILM_HUB_ID and card.data.library_name == "peft"
     results = {(r.metric_type, r.dataset_config, r.dataset_split): r.metric_value
                for r in card.data.eval_results}

@@ -262,3 +262,40 @@ def test_report_benchmark_reevaluate_queues_one_job_per_base_and_sends_it(home: 
         (reeval,) = [j for j in list_jobs(s) if j.kind == "reevaluate"]
         assert [a["id"] for a in reeval.spec["adapters"]] == [adapter_id]
     assert {"task": "lorafleet.run_job", "args": [reeval.id], "kwargs": {}} in queued_messages(home)
+
+
+def test_adapter_export_copies_a_verified_folder_whole_or_not_at_all(home: Path, tmp_path: Path):
+    from lora_engine.digest import adapter_files_digest
+    from orchestrator.services import (
+        AdapterRecord,
+        claim_job,
+        finish_job_success,
+        new_adapter_path,
+        submit_job,
+    )
+    from tests.registry_fixtures import fake_adapter_files
+
+    run("tenant", "create", "acme")
+    with session_scope() as s:
+        job = submit_job(s, "acme", {"task": "sst2", "rank": 4, "base_model": "tiny-bert", "max_steps": 2})
+        claim_job(s, job.id, "w1", 60)
+        adapter_id = "00000000-0000-4000-8000-000000000002"
+        path = fake_adapter_files(new_adapter_path(get_settings(), job.tenant_id, adapter_id))
+        sha, size = adapter_files_digest(path)
+        finish_job_success(s, job.id, "w1", AdapterRecord(adapter_id, str(path), sha, size, 1, 2),
+                           {"validation": {"accuracy": 0.5}})
+    (tmp_path / "empty").mkdir()
+    for dest in (tmp_path / "out" / "new", tmp_path / "empty"):  # a new folder, or an empty one
+        run("adapter", "export", adapter_id, str(dest))
+        assert adapter_files_digest(dest) == (sha, size)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new"]  # no temp folder left
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_text("keep")
+    refused = run("adapter", "export", adapter_id, str(full), ok=False)
+    assert refused.exit_code == 1 and "not empty" in refused.stderr
+    assert [p.name for p in full.iterdir()] == ["mine.txt"]
+    (path / "adapter_model.safetensors").write_bytes(b"\1" * 64)  # changed since it was registered
+    changed = run("adapter", "export", adapter_id, str(tmp_path / "out" / "changed"), ok=False)
+    assert changed.exit_code == 1 and "changed since it was registered" in changed.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new"]

@@ -38,7 +38,7 @@ def test_our_adapter_loads_in_peft_with_same_logits(tiny_model, tiny_inputs, per
     ours_trainable = mark_only_lora_as_trainable(model, modules_to_save=head_module_names(model))
     _train_step(model, batch, kind)
     perturb_lora(model)
-    save_adapter(model, tmp_path / "a", base_model_name=alias, settings=settings, task_type=kind, extra={})
+    save_adapter(model, tmp_path / "a", base_model_name=alias, settings=settings, task_type=kind)
 
     base, _ = tiny_model(alias, kind)
     with torch.no_grad():
@@ -92,7 +92,7 @@ def test_targets_peft_cannot_express_by_suffix_round_trip(tiny_model, tiny_input
     mark_only_lora_as_trainable(model, modules_to_save=["classifier"])
     perturb_lora(model)
     save_adapter(model, tmp_path / "a", base_model_name="tiny-roberta", settings=settings,
-                 task_type="classification", extra={})
+                 task_type="classification")
     base, _ = tiny_model("tiny-roberta")
     peft_model = PeftModel.from_pretrained(base, tmp_path / "a").eval()
     adapted = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
@@ -111,7 +111,7 @@ def test_embedding_lora_both_ways(tiny_model, tiny_inputs, perturb_lora, tmp_pat
     mark_only_lora_as_trainable(model, modules_to_save=["classifier"])
     perturb_lora(model)
     save_adapter(model, tmp_path / "a", base_model_name="tiny-bert", settings=settings,
-                 task_type="classification", extra={})
+                 task_type="classification")
     base, _ = tiny_model("tiny-bert")
     with torch.no_grad():
         ours = model.eval()(**batch).logits
