@@ -17,7 +17,7 @@ def announce_jobs(
 ) -> None:
     """Send a message per queued job (after the jobs were committed) and record the dispatch."""
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import mark_dispatched
+    from orchestrator.services.reconcile import mark_dispatched
 
     settings = settings or get_settings()
     if not job_ids:

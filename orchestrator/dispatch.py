@@ -4,25 +4,38 @@ The orchestrator never imports `worker`: it sends `lorafleet.run_job` by name to
 This module is only the broker side (no registry): recording a dispatch and the reconciler's
 passes live in `orchestrator.announce`.
 The message carries only the job id; the registry is the source of truth, so a lost or duplicated
-message costs nothing (the reconciler re-sends, a second claim finds nothing). Celery is imported
-inside the functions so that the CLI starts without it.
+message costs nothing (the reconciler re-sends, a second claim finds nothing).
+
+The sender is kombu alone, not a Celery app: `lorafleet job submit` is a short process, and
+importing and configuring Celery to send one message cost it more than the rest of the send
+(bench/RESULTS.md, "The submit path"). The message is Celery's task message, protocol 2 (headers,
+properties, body as Celery's documentation specifies them), published straight to the queue,
+so the worker's Celery app consumes it like any task it sent itself. kombu is imported inside
+the functions so that the CLI starts without it.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from celery import Celery
+    from kombu import Connection
 
     from orchestrator.config import Settings
 
 RUN_JOB = "lorafleet.run_job"
 RECONCILE = "lorafleet.reconcile"
+# Celery's own default publish retry (task_publish_retry_policy): a broker that is down fails the
+# send within about a second, and the reconciler sends again later.
+PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_max": 1, "interval_step": 0.2}
 
-_clients: dict[str, Celery] = {}
+_connections: dict[str, Connection] = {}
 
 
 def get_settings() -> Settings:
@@ -69,18 +82,37 @@ def ensure_broker_dir(broker_url: str) -> None:
         Path(broker_url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def celery_client(settings: Settings | None = None) -> Celery:
-    """A sending-only Celery app for this broker URL (one per process and URL)."""
+def broker_connection(settings: Settings | None = None) -> Connection:
+    """The sending connection to this broker URL (one per process and URL, opened on first use)."""
     settings = settings or get_settings()
-    client = _clients.get(settings.broker_url)
-    if client is None:
-        from celery import Celery
+    connection = _connections.get(settings.broker_url)
+    if connection is None:
+        from kombu import Connection
 
         ensure_broker_dir(settings.broker_url)
-        client = Celery("lorafleet-client", set_as_current=False)
-        client.conf.update(celery_config(settings))
-        _clients[settings.broker_url] = client
-    return client
+        connection = Connection(settings.broker_url,
+                                transport_options=celery_config(settings)["broker_transport_options"])
+        _connections[settings.broker_url] = connection
+    return connection
+
+
+def task_message(task: str, args: list[Any], countdown: float | None = None,
+                 now: datetime | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(body, headers, properties) of a Celery protocol-2 message calling `task(*args)`, as
+    `celery.app.amqp.AMQP.as_task_v2` builds it; `countdown` becomes the ETA (UTC, ISO 8601)."""
+    task_id = str(uuid.uuid4())
+    eta = None
+    if countdown:
+        eta = ((now or datetime.now(UTC)) + timedelta(seconds=countdown)).isoformat()
+    headers = {
+        "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": eta, "expires": None,
+        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+        "root_id": task_id, "parent_id": None, "argsrepr": repr(args), "kwargsrepr": "{}",
+        "origin": f"gen{os.getpid()}@{socket.gethostname()}",  # Celery's anonymous sender name
+        "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+    }
+    body = (args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+    return body, headers, {"correlation_id": task_id, "reply_to": ""}
 
 
 def send_run_job(job_id: str, *, settings: Settings | None = None, countdown: float | None = None) -> None:
@@ -88,14 +120,19 @@ def send_run_job(job_id: str, *, settings: Settings | None = None, countdown: fl
     a job message (submit, the runner's re-dispatch after a back-off, the reconciler all call it
     through `orchestrator.announce`)."""
     settings = settings or get_settings()
-    celery_client(settings).send_task(RUN_JOB, args=[str(job_id)], queue=settings.queue, countdown=countdown)
+    body, headers, properties = task_message(RUN_JOB, [str(job_id)], countdown)
+    connection = broker_connection(settings)
+    # The default exchange routes by queue name, on every transport, with nothing to declare.
+    connection.Producer(serializer="json").publish(
+        body, exchange="", routing_key=settings.queue, headers=headers, delivery_mode=2,
+        retry=True, retry_policy=PUBLISH_RETRY_POLICY, **properties)
 
 
 def close_clients() -> None:
     """Release broker connections (tests, and a CLI process about to exit)."""
-    for client in _clients.values():
-        client.close()
-    _clients.clear()
+    for connection in _connections.values():
+        connection.release()
+    _connections.clear()
 
 
 def worker_argv(

@@ -39,6 +39,13 @@ def read_glue_rows(data_dir: str | Path, task: str, split: str, limit: int | Non
     return rows
 
 
+def count_glue_rows(data_dir: str | Path, task: str, split: str) -> int:
+    """The rows `read_glue_rows` returns for a local file (one per non-blank line), counted
+    without parsing them: the submit path sizes the `auto` budget from this on every call."""
+    with glue_path(data_dir, task, split).open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def rows_to_examples(task: str, rows: list[dict], source: str = "") -> list[ClassificationExample]:
     """Map GLUE rows to examples; a row without the task's fields is a clear error, not a KeyError."""
     if task not in GLUE_TASKS:

@@ -34,8 +34,8 @@ class LoraFleetGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.ClickException:
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # Click's own: `job --help` exits through here, and must not load the error types
         except Exception as exc:
             error = to_cli_error(exc)
             if error is None:

@@ -87,55 +87,62 @@ views:            tenant_dict, job_dict, adapter_dict, event_dict, usage_dict (s
 registry.models:  new_id() (for a new adapter id), JOB_STATES, TERMINAL_STATES
 """
 
-from orchestrator.services.adapters import (
-    checkpoint_path,
-    delete_adapter,
-    get_adapter,
-    list_adapters,
-    new_adapter_path,
-    verified_adapter,
-)
-from orchestrator.services.errors import (
-    BatchError,
-    Conflict,
-    InvalidInput,
-    InvalidState,
-    LeaseLost,
-    NotFound,
-    ServiceError,
-)
-from orchestrator.services.jobs import (
-    cancel_job,
-    get_job,
-    job_events,
-    list_jobs,
-    retry_job,
-    submit_batch,
-    submit_job,
-)
-from orchestrator.services.leases import (
-    AdapterRecord,
-    UsageRecord,
-    claim_job,
-    claim_next,
-    claim_partners,
-    fail_job,
-    finish_job_success,
-    heartbeat,
-    mark_cancelled,
-    record_checkpoint,
-    record_packed,
-    record_resume,
-    requeue_job,
-    unclaimable_reason,
-)
-from orchestrator.services.reconcile import ReconcileResult, mark_dispatched, reconcile
-from orchestrator.services.reevaluation import submit_reevaluation
-from orchestrator.services.summary import TenantSummary, tenant_summary
-from orchestrator.services.tenants import create_tenant, get_tenant, list_tenants, set_tenant_quota
-from orchestrator.services.views import JobDetail
+from __future__ import annotations
 
-__all__ = [
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it (loaded on first use, PEP 562: importing one
+# service module, as the CLI's commands do, does not import every other one)
+_PUBLIC = {
+    "checkpoint_path": "orchestrator.services.adapters",
+    "delete_adapter": "orchestrator.services.adapters",
+    "get_adapter": "orchestrator.services.adapters",
+    "list_adapters": "orchestrator.services.adapters",
+    "new_adapter_path": "orchestrator.services.adapters",
+    "verified_adapter": "orchestrator.services.adapters",
+    "BatchError": "orchestrator.services.errors",
+    "Conflict": "orchestrator.services.errors",
+    "InvalidInput": "orchestrator.services.errors",
+    "InvalidState": "orchestrator.services.errors",
+    "LeaseLost": "orchestrator.services.errors",
+    "NotFound": "orchestrator.services.errors",
+    "ServiceError": "orchestrator.services.errors",
+    "cancel_job": "orchestrator.services.jobs",
+    "get_job": "orchestrator.services.jobs",
+    "job_events": "orchestrator.services.jobs",
+    "list_jobs": "orchestrator.services.jobs",
+    "retry_job": "orchestrator.services.jobs",
+    "submit_batch": "orchestrator.services.jobs",
+    "submit_job": "orchestrator.services.jobs",
+    "AdapterRecord": "orchestrator.services.leases",
+    "UsageRecord": "orchestrator.services.leases",
+    "claim_job": "orchestrator.services.leases",
+    "claim_next": "orchestrator.services.leases",
+    "claim_partners": "orchestrator.services.leases",
+    "fail_job": "orchestrator.services.leases",
+    "finish_job_success": "orchestrator.services.leases",
+    "heartbeat": "orchestrator.services.leases",
+    "mark_cancelled": "orchestrator.services.leases",
+    "record_checkpoint": "orchestrator.services.leases",
+    "record_packed": "orchestrator.services.leases",
+    "record_resume": "orchestrator.services.leases",
+    "requeue_job": "orchestrator.services.leases",
+    "unclaimable_reason": "orchestrator.services.leases",
+    "ReconcileResult": "orchestrator.services.reconcile",
+    "mark_dispatched": "orchestrator.services.reconcile",
+    "reconcile": "orchestrator.services.reconcile",
+    "submit_reevaluation": "orchestrator.services.reevaluation",
+    "TenantSummary": "orchestrator.services.summary",
+    "tenant_summary": "orchestrator.services.summary",
+    "create_tenant": "orchestrator.services.tenants",
+    "get_tenant": "orchestrator.services.tenants",
+    "list_tenants": "orchestrator.services.tenants",
+    "set_tenant_quota": "orchestrator.services.tenants",
+    "JobDetail": "orchestrator.services.views",
+}
+
+__all__ = [  # the same names as _PUBLIC (a test checks)
     "AdapterRecord", "BatchError", "Conflict", "InvalidInput", "InvalidState", "JobDetail", "LeaseLost",
     "NotFound", "ReconcileResult", "ServiceError", "TenantSummary", "UsageRecord", "cancel_job",
     "checkpoint_path", "claim_job", "claim_next", "claim_partners",
@@ -145,3 +152,65 @@ __all__ = [
     "requeue_job", "retry_job", "set_tenant_quota", "submit_batch", "submit_job", "submit_reevaluation",
     "tenant_summary", "unclaimable_reason", "verified_adapter",
 ]
+
+if TYPE_CHECKING:
+    from orchestrator.services.adapters import (
+        checkpoint_path,
+        delete_adapter,
+        get_adapter,
+        list_adapters,
+        new_adapter_path,
+        verified_adapter,
+    )
+    from orchestrator.services.errors import (
+        BatchError,
+        Conflict,
+        InvalidInput,
+        InvalidState,
+        LeaseLost,
+        NotFound,
+        ServiceError,
+    )
+    from orchestrator.services.jobs import (
+        cancel_job,
+        get_job,
+        job_events,
+        list_jobs,
+        retry_job,
+        submit_batch,
+        submit_job,
+    )
+    from orchestrator.services.leases import (
+        AdapterRecord,
+        UsageRecord,
+        claim_job,
+        claim_next,
+        claim_partners,
+        fail_job,
+        finish_job_success,
+        heartbeat,
+        mark_cancelled,
+        record_checkpoint,
+        record_packed,
+        record_resume,
+        requeue_job,
+        unclaimable_reason,
+    )
+    from orchestrator.services.reconcile import ReconcileResult, mark_dispatched, reconcile
+    from orchestrator.services.reevaluation import submit_reevaluation
+    from orchestrator.services.summary import TenantSummary, tenant_summary
+    from orchestrator.services.tenants import create_tenant, get_tenant, list_tenants, set_tenant_quota
+    from orchestrator.services.views import JobDetail
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -17,7 +17,7 @@ import pytest
 from lora_engine.adapter_io import adapter_files_digest
 from lora_engine.errors import DataValidationError
 from orchestrator.announce import announce_jobs, reconcile_once
-from orchestrator.dispatch import celery_client
+from orchestrator.dispatch import broker_connection
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobEvent
 from orchestrator.services import (
@@ -282,7 +282,8 @@ def test_fair_share_b_starts_within_a_few_claims_after_a_queued_200(live_worker:
         for job_id in queued_a:
             with contextlib.suppress(InvalidState):  # the worker claimed and ran it meanwhile
                 cancel_job(s, job_id)
-    celery_client(live_worker.settings).control.purge()  # the messages of A's cancelled jobs
+    # The messages of A's cancelled jobs.
+    broker_connection(live_worker.settings).default_channel.queue_purge(live_worker.settings.queue)
 
     last_b = max(after_b.index(j) for j in b_ids)
     assert last_b < WITHIN_CLAIMS, (

@@ -109,9 +109,19 @@ def test_config_show_and_init_and_the_new_registry_notice(tmp_path):
     assert not (work / "sub" / ".lorafleet").exists()
 
 
-def test_help_loads_no_pydantic():
+@pytest.mark.parametrize("args", [["--help"], ["job", "--help"]])
+def test_help_loads_no_pydantic(args):
     probe = ("import sys; from click.testing import CliRunner; from orchestrator.cli.main import cli; "
-             "CliRunner().invoke(cli, ['--help']); print(sorted(m for m in ('pydantic', 'pydantic_settings', "
-             "'platformdirs', 'rich', 'sqlalchemy', 'torch') if m in sys.modules))")
+             f"CliRunner().invoke(cli, {args!r}); print(sorted(m for m in ('pydantic', 'pydantic_settings', "
+             "'platformdirs', 'rich', 'sqlalchemy', 'torch', 'celery', 'kombu') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_submit_path_imports_neither_celery_nor_unrelated_services():
+    # What `job submit` imports: its service, the dispatch and the message send (kombu).
+    probe = ("import sys, orchestrator.services.jobs, orchestrator.announce, orchestrator.dispatch, kombu; "
+             "print(sorted(m for m in ('celery', 'torch', 'transformers', 'orchestrator.services.leases', "
+             "'orchestrator.services.reevaluation', 'orchestrator.services.metrics') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,6 +10,7 @@ from lora_engine.data import (
     E2E_PROMPT,
     ClassificationExample,
     GenerationExample,
+    count_train_rows,
     e2e_prompt,
     e2e_references,
     load_examples,
@@ -113,3 +114,17 @@ def test_glue_row_missing_a_field_is_a_clear_error(tmp_path):
     (folder / "train.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "label": 0}\n{oops\n')
     with pytest.raises(LoraFleetInputError, match=r"train\.jsonl: line 2 is not valid JSON"):
         load_examples("rte", "train", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("task", [*GLUE_TASKS, "e2e"])
+def test_train_rows_are_counted_as_the_loader_returns_them(task):
+    # The submit path sizes the auto budget from the count; the worker trains on the loaded rows.
+    assert count_train_rows(task, data_dir=DATA) == len(load_examples(task, "train", data_dir=DATA))
+
+
+def test_glue_row_count_skips_blank_lines_like_the_loader(tmp_path):
+    folder = tmp_path / "glue" / "sst2"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text('{"sentence": "a", "label": 1}\n\n  \n{"sentence": "b", "label": 0}')
+    loaded = load_examples("sst2", "train", data_dir=tmp_path)
+    assert count_train_rows("sst2", data_dir=tmp_path) == len(loaded) == 2

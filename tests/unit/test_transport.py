@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,34 @@ def test_polling_interval_as_a_transport_option_reaches_create_engine(tmp_path: 
     url = f"sqla+sqlite:///{tmp_path / 'other.db'}"
     with Connection(url, transport_options={"polling_interval": 0.1}) as conn, pytest.raises(TypeError):
         conn.SimpleQueue("gpu").put({"x": 1})
+
+
+def test_the_job_message_is_the_one_celery_itself_would_send(tmp_path: Path, monkeypatch):
+    """`send_run_job` speaks Celery's protocol 2 without a Celery app: the message on the broker
+    has exactly the headers, properties and body `celery.app.amqp.as_task_v2` builds."""
+    from celery import Celery
+
+    from orchestrator.config import get_settings
+    from orchestrator.dispatch import RUN_JOB, close_clients, send_run_job
+
+    monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LORAFLEET_BROKER_URL", raising=False)
+    get_settings.cache_clear()
+    settings = get_settings()
+    try:
+        send_run_job("job-1", settings=settings, countdown=30)
+    finally:
+        close_clients()
+        get_settings.cache_clear()
+    with Connection(settings.broker_url) as conn:
+        received = conn.SimpleQueue(settings.queue).get(timeout=5)
+        received.ack()
+    headers, properties = received.headers, received.properties
+    celery = Celery("reference", set_as_current=False, broker=settings.broker_url)
+    reference = celery.amqp.as_task_v2(headers["id"], RUN_JOB, args=["job-1"], eta=headers["eta"],
+                                       ignore_result=True, origin=headers["origin"])
+    assert headers == reference.headers
+    assert received.decode() == [list(a) if isinstance(a, tuple) else a for a in reference.body]
+    assert properties["correlation_id"] == headers["id"] and properties["reply_to"] == ""
+    assert received.content_type == "application/json" and properties["delivery_mode"] == 2
+    assert headers["eta"] > datetime.now(UTC).isoformat()  # the countdown became an ETA, in UTC
