@@ -52,13 +52,6 @@ JOB_KINDS = ("train", "evaluate", "reevaluate")
 METRIC_SOURCES = ("job", "reevaluation")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
-# Event kinds written by the services (job_events.kind). Free text is allowed for forward
-# compatibility, but these are the ones the CLI and reports understand.
-EVENT_KINDS = (
-    "submitted", "dispatched", "claimed", "progress", "checkpoint", "cancel_requested", "cancelled",
-    "succeeded", "failed", "requeued", "retried", "packed",
-)
-
 # JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments an INTEGER PRIMARY KEY.

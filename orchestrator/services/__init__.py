@@ -73,8 +73,7 @@ reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=
                                cancelled=[..])
                   mark_dispatched(s, job_ids)   (after sending the messages for new jobs)
 adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifacts>/<tenant>/<adapter>
-                  checkpoint_path(settings, tenant_id, job_id) -> <artifacts>/<tenant>/checkpoints/<job>
-                  (both from orchestrator.artifacts, the one home of every artifact path)
+                  (from orchestrator.artifacts, the one home of every artifact path)
                   list_adapters(s, tenant=None, task=None, base_model=None, include_deleted=False)
                   get_adapter(s, adapter_id, tenant=None) -> Adapter
                   verified_adapter(s, adapter_id, tenant=None) -> Adapter (files match its sha256,
@@ -95,7 +94,6 @@ from typing import TYPE_CHECKING, Any
 # public name -> the module that defines it (loaded on first use, PEP 562: importing one
 # service module, as the CLI's commands do, does not import every other one)
 _PUBLIC = {
-    "checkpoint_path": "orchestrator.services.adapters",
     "delete_adapter": "orchestrator.services.adapters",
     "get_adapter": "orchestrator.services.adapters",
     "list_adapters": "orchestrator.services.adapters",
@@ -145,7 +143,7 @@ _PUBLIC = {
 __all__ = [  # the same names as _PUBLIC (a test checks)
     "AdapterRecord", "BatchError", "Conflict", "InvalidInput", "InvalidState", "JobDetail", "LeaseLost",
     "NotFound", "ReconcileResult", "ServiceError", "TenantSummary", "UsageRecord", "cancel_job",
-    "checkpoint_path", "claim_job", "claim_next", "claim_partners",
+    "claim_job", "claim_next", "claim_partners",
     "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
     "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
     "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "record_packed", "record_resume",
@@ -155,7 +153,6 @@ __all__ = [  # the same names as _PUBLIC (a test checks)
 
 if TYPE_CHECKING:
     from orchestrator.services.adapters import (
-        checkpoint_path,
         delete_adapter,
         get_adapter,
         list_adapters,

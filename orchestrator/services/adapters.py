@@ -1,7 +1,7 @@
 """Adapters: listing, lookup, deletion, and where a new adapter's files go.
 
-Paths come from `orchestrator.artifacts` (built from ids only); `new_adapter_path` and
-`checkpoint_path` are re-exported here for the services API.
+Paths come from `orchestrator.artifacts` (built from ids only); `new_adapter_path` is re-exported
+here for the services API.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from orchestrator.artifacts import adapter_path as new_adapter_path
-from orchestrator.artifacts import checkpoint_path
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, utcnow
@@ -23,7 +22,7 @@ from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
-    "adapter_or_404", "checkpoint_path", "delete_adapter", "get_adapter", "list_adapters", "new_adapter_path",
+    "adapter_or_404", "delete_adapter", "get_adapter", "list_adapters", "new_adapter_path",
     "verified_adapter",
 ]
 
