@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import artifacts
 from orchestrator import services as svc
 from orchestrator.registry.models import new_id
 
@@ -71,7 +72,7 @@ def test_adapter_paths_are_built_from_ids_only(registry_settings) -> None:
         svc.new_adapter_path(registry_settings, tid, "../../etc")
     jid = new_id()
     expected = registry_settings.artifacts / tid / "checkpoints" / jid
-    assert svc.checkpoint_path(registry_settings, tid, jid) == expected
+    assert artifacts.checkpoint_path(registry_settings, tid, jid) == expected
 
 
 def test_tenant_summary(session, registry_settings, adapter_files, job_spec) -> None:
