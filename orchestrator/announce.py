@@ -37,8 +37,10 @@ def reconcile_once(
     """One reconciler pass: requeue/fail/cancel expired leases, then (re-)send messages for
     queued jobs. Returns {"dispatched", "requeued", "failed", "cancelled"} (job ids)."""
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import reconcile
-    from orchestrator.services.reconcile import LEASE_GRACE_S, REDISPATCH_AFTER_S
+
+    # From the submodule itself: once `orchestrator.services.reconcile` (the module) is imported,
+    # the package attribute of that name is the module, not the function.
+    from orchestrator.services.reconcile import LEASE_GRACE_S, REDISPATCH_AFTER_S, reconcile
 
     settings = settings or get_settings()
     with session_scope(settings) as session:

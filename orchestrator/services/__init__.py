@@ -68,7 +68,9 @@ workers:          (services.workers, imported from there) register_worker(s, Wor
                             queue, device_kind, device_name, beat_seconds), now=None) -> Worker
                   worker_beat(s, worker_id, job_id|None, now=None) -> bool (False: no row, or stopped)
                   mark_worker_stopped(s, worker_id, now=None); worker_state(row, now) -> alive|lost|stopped
-reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=60)
+reconcile:        (services.reconcile, imported from there: the package attribute `reconcile` is
+                  that submodule once it is imported, so the function cannot be offered here too)
+                  reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=60)
                             -> ReconcileResult(dispatch=[ids to send], requeued=[..], failed=[..],
                                cancelled=[..])
                   mark_dispatched(s, job_ids)   (after sending the messages for new jobs)
@@ -129,7 +131,6 @@ _PUBLIC = {
     "unclaimable_reason": "orchestrator.services.leases",
     "ReconcileResult": "orchestrator.services.reconcile",
     "mark_dispatched": "orchestrator.services.reconcile",
-    "reconcile": "orchestrator.services.reconcile",
     "submit_reevaluation": "orchestrator.services.reevaluation",
     "TenantSummary": "orchestrator.services.summary",
     "tenant_summary": "orchestrator.services.summary",
@@ -146,7 +147,7 @@ __all__ = [  # the same names as _PUBLIC (a test checks)
     "claim_job", "claim_next", "claim_partners",
     "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
     "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
-    "mark_dispatched", "new_adapter_path", "reconcile", "record_checkpoint", "record_packed", "record_resume",
+    "mark_dispatched", "new_adapter_path", "record_checkpoint", "record_packed", "record_resume",
     "requeue_job", "retry_job", "set_tenant_quota", "submit_batch", "submit_job", "submit_reevaluation",
     "tenant_summary", "unclaimable_reason", "verified_adapter",
 ]
@@ -193,7 +194,7 @@ if TYPE_CHECKING:
         requeue_job,
         unclaimable_reason,
     )
-    from orchestrator.services.reconcile import ReconcileResult, mark_dispatched, reconcile
+    from orchestrator.services.reconcile import ReconcileResult, mark_dispatched
     from orchestrator.services.reevaluation import submit_reevaluation
     from orchestrator.services.summary import TenantSummary, tenant_summary
     from orchestrator.services.tenants import create_tenant, get_tenant, list_tenants, set_tenant_quota

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator import services as svc
 from orchestrator.registry import db
 from orchestrator.registry.models import Adapter, Job, Metric, Usage, new_id, utcnow
+from orchestrator.services.reconcile import reconcile
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -178,8 +179,8 @@ def test_reconcile_requeues_expired_leases_then_fails_after_max_attempts(session
     job = svc.submit_job(session, "acme", job_spec, max_attempts=2)
     t0 = utcnow()
     svc.claim_job(session, job.id, "dead-worker", 10, now=t0)
-    assert svc.reconcile(session, now=t0 + timedelta(seconds=20), lease_grace_s=30).requeued == []  # in grace
-    result = svc.reconcile(session, now=t0 + timedelta(seconds=50), lease_grace_s=30)
+    assert reconcile(session, now=t0 + timedelta(seconds=20), lease_grace_s=30).requeued == []  # in grace
+    result = reconcile(session, now=t0 + timedelta(seconds=50), lease_grace_s=30)
     assert result.requeued == [job.id] and job.id in result.dispatch
     requeued = svc.get_job(session, job.id).job
     assert (requeued.state, requeued.lease_owner) == ("queued", None)
@@ -188,7 +189,7 @@ def test_reconcile_requeues_expired_leases_then_fails_after_max_attempts(session
 
     t1 = t0 + timedelta(seconds=100)
     svc.claim_job(session, job.id, "w2", 10, now=t1)
-    result = svc.reconcile(session, now=t1 + timedelta(seconds=60), lease_grace_s=30)
+    result = reconcile(session, now=t1 + timedelta(seconds=60), lease_grace_s=30)
     assert result.failed == [job.id] and result.dispatch == []
     failed = svc.get_job(session, job.id).job
     assert failed.state == "failed" and "lease of w2 expired" in failed.error
@@ -214,7 +215,7 @@ def test_a_cancel_requested_while_the_worker_is_dead_is_obeyed(session, job_spec
     t0 = utcnow()
     svc.claim_job(session, job.id, "dead-worker", 10, now=t0)
     assert svc.cancel_job(session, job.id).state == "running"  # a flag nobody will read
-    result = svc.reconcile(session, now=t0 + timedelta(seconds=30), lease_grace_s=5)
+    result = reconcile(session, now=t0 + timedelta(seconds=30), lease_grace_s=5)
     assert result.cancelled == [job.id] and result.dispatch == [] and result.requeued == []
     assert svc.get_job(session, job.id).job.state == "cancelled"
     assert svc.claim_job(session, job.id, "w2", 10) is None  # never revived
@@ -241,11 +242,11 @@ def test_reconcile_redispatches_queued_jobs_with_backoff(session, job_spec) -> N
     svc.create_tenant(session, "acme")
     t0 = utcnow()
     job = svc.submit_job(session, "acme", job_spec)
-    assert svc.reconcile(session, now=t0 + timedelta(seconds=10), redispatch_after_s=60).dispatch == []
+    assert reconcile(session, now=t0 + timedelta(seconds=10), redispatch_after_s=60).dispatch == []
     svc.mark_dispatched(session, [job.id], now=t0)
 
     def due(seconds: float) -> list[str]:
-        return svc.reconcile(session, now=t0 + timedelta(seconds=seconds), redispatch_after_s=60).dispatch
+        return reconcile(session, now=t0 + timedelta(seconds=seconds), redispatch_after_s=60).dispatch
 
     assert due(90) == []  # one dispatch so far: wait 2 x 60 s
     assert due(130) == [job.id]
@@ -253,7 +254,7 @@ def test_reconcile_redispatches_queued_jobs_with_backoff(session, job_spec) -> N
     assert due(130 + 250) == [job.id]
     never_sent = svc.submit_job(session, "acme", job_spec)  # message lost right after submit
     late = utcnow() + timedelta(seconds=61)
-    assert never_sent.id in svc.reconcile(session, now=late, redispatch_after_s=60).dispatch
+    assert never_sent.id in reconcile(session, now=late, redispatch_after_s=60).dispatch
 
 
 def _finished_adapter(session, registry_settings, tenant: str, spec: dict) -> str:

@@ -7,6 +7,7 @@ import time
 
 from orchestrator import services as svc
 from orchestrator.registry.db import session_scope
+from orchestrator.services.reconcile import reconcile
 from worker.runner import KeepAlive, _Heartbeat
 
 pytest_plugins = ["registry_fixtures"]
@@ -26,7 +27,7 @@ def test_keepalive_holds_the_lease_until_stopped(registry_settings):
     try:
         time.sleep(3 * LEASE_S)
         with session_scope(settings) as s:
-            result = svc.reconcile(s, lease_grace_s=0.0)
+            result = reconcile(s, lease_grace_s=0.0)
             assert job_id not in result.requeued
             assert svc.get_job(s, job_id).job.state == "running"
     finally:
@@ -35,7 +36,7 @@ def test_keepalive_holds_the_lease_until_stopped(registry_settings):
 
     time.sleep(1.5 * LEASE_S)
     with session_scope(settings) as s:
-        assert job_id in svc.reconcile(s, lease_grace_s=0.0).requeued
+        assert job_id in reconcile(s, lease_grace_s=0.0).requeued
         kinds = [e.kind for e in svc.job_events(s, job_id)]
     assert kinds[-1] == "requeued" and "progress" in kinds
 
