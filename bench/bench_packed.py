@@ -12,11 +12,12 @@ adapter folders), peak memory, and for the pack the real-token share (real token
 slots of the jobs' own attention layouts; the token-wise work is padding-free: 100 %).
 
 `--step` compares the training step alone, in one process on the very same batches (one packed
-forward + backward of K jobs vs the K solo ones, interleaved), which is what shared-machine noise
-disturbs least. `--routing` instead times the multi-adapter LoRA layer's routing mechanisms on MiniLM's shapes
-(forward + backward): a slice per job fused into addmm (what `MultiLoRALinear` does), an
-index_select / index_add_ loop (mLoRA's kernel layout), gather + bmm over a zero-padded stack, and
-one folded-weight GEMM per job.
+forward + backward of K jobs, with per-job and with fused routing, vs the K solo ones,
+interleaved), which is what shared-machine noise disturbs least; on CUDA it runs in bf16 autocast
+with the device synchronised around every timing. `--routing` instead times the multi-adapter
+LoRA layer's routing mechanisms on MiniLM's shapes (forward + backward): a slice per job fused
+into addmm (what `MultiLoRALinear` does), an index_select / index_add_ loop (mLoRA's kernel
+layout), gather + bmm over a zero-padded stack, and one folded-weight GEMM per job.
 
 usage: nice -n 10 python bench/bench_packed.py [--ks 2,4,8] [--steps 30] [--rounds 3]
        nice -n 10 python bench/bench_packed.py --step [--ks 2,4,8] [--rounds 5]
@@ -127,56 +128,76 @@ def run_variant(variant: str, model: str, k: int, steps: int) -> dict:
 
 
 def step_bench(model_name: str, k: int, repeats: int = 5, steps: int = 4) -> dict:
-    """In one process, on the very same batches: one packed forward+backward of K jobs vs the K
-    solo forward+backwards (each on its job's solo view of the model), interleaved; CPU and wall
-    seconds per round, medians. Optimizer steps are per job in both and left out."""
+    """In one process, on the very same batches: one packed forward+backward of K jobs (per-job
+    routing, and fused routing: what CUDA runs) vs the K solo forward+backwards (each on its job's
+    solo view of the model), interleaved; CPU and wall seconds per round, medians. Optimizer steps
+    are per job in all three and left out. On CUDA: bf16 autocast as in training, and the device
+    synchronised before every clock reading (the CPU seconds are then the host's, not the work)."""
     import torch
 
     from lora_engine.cache import BaseModelCache
     from lora_engine.catalog import task_info
+    from lora_engine.device import autocast, pick_device, synchronize
     from lora_engine.forward import training_loss
     from lora_engine.packed import Pack
     from lora_engine.packed.forward import PackedBatch, packed_losses
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    device = pick_device()
     folder = Path(tempfile.mkdtemp(prefix="bench-packed-"))
     specs = job_specs(model_name, k, 100, folder)
     kind = task_info(specs[0]["task"]).kind
     model, tok = BaseModelCache().checkout(model_name, kind, 2 if kind == "classification" else None)
-    pack = Pack(model, tok, data_dir=DEFAULT_DATA, base_model=model_name)
+    pack = Pack(model, tok, data_dir=DEFAULT_DATA, base_model=model_name, device=device)
     for i, spec in enumerate(specs):
         pack.add(spec, folder / f"out{i}", key=str(i))
     jobs = list(pack.jobs.values())
-    batches = [[next(j.batches).inputs for _ in range(steps)] for j in jobs]
+    batches = [[{n: t.to(device.device) for n, t in next(j.batches).inputs.items()} for _ in range(steps)]
+               for j in jobs]
     model.train()
 
-    def packed(r):
+    def packed(r, fused=False):
+        pack.routing.fused = fused
         pb = [PackedBatch(j.slot, batches[i][r], j.run.info.kind, j.heads, j.stream)
               for i, j in enumerate(jobs)]
-        torch.stack(packed_losses(model, pb, pack.routing)).sum().backward()
+        with autocast(device):
+            losses = packed_losses(model, pb, pack.routing)
+        torch.stack(losses).sum().backward()
+
+    def fused(r):
+        packed(r, fused=True)
 
     def solo(r):
         for i, j in enumerate(jobs):
             with pack._view(j), j.stream.active():
-                training_loss(model, batches[i][r], j.run.info.kind).backward()
+                with autocast(device):
+                    loss = training_loss(model, batches[i][r], j.run.info.kind)
+                loss.backward()
 
-    times: dict[str, list[tuple[float, float]]] = {"packed": [], "solo": []}
-    packed(0), solo(0)  # warm-up
+    variants = {"packed": packed, "fused": fused, "solo": solo}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(2 if device.is_cuda else 1):  # warm-up (CUDA: kernels chosen, memory pooled)
+        for fn in variants.values():
+            fn(0)
     for rep in range(repeats):
-        order = (("packed", packed), ("solo", solo))
+        order = list(variants.items())
         for name, fn in order if rep % 2 == 0 else order[::-1]:
+            synchronize(device)
             t, c = time.perf_counter(), time.process_time()
             for r in range(steps):
                 fn(r)
+            synchronize(device)
             times[name].append(((time.perf_counter() - t) / steps, (time.process_time() - c) / steps))
     med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
            for n, v in times.items()}
     tokens = sum(int(b[0]["attention_mask"].sum()) for b in batches)
-    return {"model": model_name, "k": k, "tokens_per_round": tokens,
-            "packed_wall_s": round(med["packed"][0], 4), "solo_wall_s": round(med["solo"][0], 4),
-            "speedup_wall": round(med["solo"][0] / med["packed"][0], 3),
-            "packed_cpu_s": round(med["packed"][1], 4), "solo_cpu_s": round(med["solo"][1], 4),
-            "speedup_cpu": round(med["solo"][1] / med["packed"][1], 3)}
+    out = {"model": model_name, "k": k, "device": device.name, "tokens_per_round": tokens}
+    for name in ("packed", "fused", "solo"):
+        out[f"{name}_wall_s"], out[f"{name}_cpu_s"] = round(med[name][0], 4), round(med[name][1], 4)
+    for name in ("packed", "fused"):  # solo / packed: > 1 means packing wins
+        out[f"speedup_wall_{name}"] = round(med["solo"][0] / med[name][0], 3)
+        out[f"speedup_cpu_{name}"] = round(med["solo"][1] / med[name][1], 3)
+    return out
 
 
 def routing_bench(repeats: int = 30) -> list[dict]:

@@ -8,10 +8,16 @@ on its slice, with that job's width (no padding to the longest job) and its drop
 heads and losses are per job: loss_k is the mean over job k's own rows, exactly its solo loss, and
 since job k's parameters reach no other job's rows, d(Σ loss_k)/dθ_k = d loss_k/dθ_k: one
 backward of the sum gives every adapter its solo gradient.
+
+With fused routing (CUDA's default, `Routing.fused`) attention is one call over every job's rows
+padded to the widest job (fewer launches, more padded work), and the body's dropout draws once per
+site from the round's first job's stream: the gradients are still each job's solo ones (tested),
+but with dropout the masks are not the solo run's (the same distribution).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -40,9 +46,17 @@ class SegmentedPacking:
     def __init__(self, batches: list[PackedBatch], packings: list[Packing], firsts: list[torch.Tensor],
                  routing: Routing):
         self.batches, self.packings, self.firsts, self.routing = batches, packings, firsts, routing
+        # Fused: one attention call over every job's rows, each row padded to the widest job's
+        # width (rows never see each other: each is its own batch entry). Fewer launches, more
+        # padded work; its dropout draws once, from the first job's stream.
+        self.combined = _combined(packings) if routing.fused else None
 
     def attention(self, q, k, v, *, scale: float, causal: bool, dropout: float = 0.0,
                   query_positions: torch.Tensor | None = None) -> torch.Tensor:
+        if self.combined is not None:
+            with self.batches[0].stream.active() if dropout else nullcontext():
+                return self.combined.attention(q, k, v, scale=scale, causal=causal, dropout=dropout,
+                                               query_positions=query_positions)
         qs, ks, vs = (self.routing.split(t) for t in (q, k, v))
         out = []
         for batch, packing, first, (_, qj), (_, kj), (_, vj) in zip(self.batches, self.packings, self.firsts,
@@ -56,6 +70,14 @@ class SegmentedPacking:
             else:
                 out.append(packing.attention(*args, scale=scale, causal=causal, query_positions=local))
         return torch.cat(out)
+
+
+def _combined(packings: list[Packing]) -> Packing:
+    """One Packing over all jobs' rows (right-padded to the widest); its real tokens, row-major,
+    are the jobs' packed tokens one job after another, the order of the packed batch."""
+    width = max(p.length for p in packings)
+    mask = torch.cat([F.pad(p.key_mask, (0, width - p.length)) for p in packings])
+    return Packing.from_mask(mask)
 
 
 def family(model: nn.Module) -> str:

@@ -60,13 +60,17 @@ class Segment:
 class Routing:
     """The current packed step's row ranges per job, keyed by the routed tensor's row count."""
 
-    def __init__(self) -> None:
+    def __init__(self, fused: bool = False) -> None:
         self._by_rows: dict[int, list[Segment]] = {}
         self.streams: dict[str, JobStream] = {}
+        # Fused: fewer, larger operations per layer instead of one per job (for launch-bound
+        # devices; see layer.py and forward.py); the body's dropout then draws once per site.
+        self.fused = fused
+        self.cache: dict = {}  # per-step tensors the routed layers share (cleared with the layout)
 
     def set(self, keys: list[str], *row_counts: list[int]) -> None:
         """One layout per list of per-job row counts (e.g. tokens per job, rows per job)."""
-        self._by_rows = {}
+        self._by_rows, self.cache = {}, {}
         for counts in row_counts:
             segments, start = [], 0
             for key, n in zip(keys, counts, strict=True):
@@ -79,7 +83,7 @@ class Routing:
             self._by_rows[start] = segments
 
     def clear(self) -> None:
-        self._by_rows = {}
+        self._by_rows, self.cache = {}, {}
 
     def segments(self, rows: int) -> list[Segment]:
         try:
@@ -113,6 +117,9 @@ class RoutedDropout(nn.Module):
             return x
         if not self.routing.active:
             return F.dropout(x, self.p, True)
+        if self.routing.fused:  # one draw for the round, from its first job's stream
+            with self.routing.streams[self.routing.segments(x.shape[0])[0].key].active():
+                return F.dropout(x, self.p, True)
         parts = []
         for seg, part in self.routing.split(x):
             with self.routing.streams[seg.key].active():

@@ -118,14 +118,16 @@ def _layers_container(model: nn.Module) -> nn.Module:
 class Pack:
     def __init__(self, model: nn.Module, tokenizer, *, data_dir: str | Path, base_model: str,
                  device: DeviceInfo | None = None, max_jobs: int = 8, max_tokens: int | None = None,
-                 decode=None, meteor: bool = True):
+                 decode=None, meteor: bool = True, fused: bool | None = None):
         self.family = family(model)
         self.model, self.tokenizer = model, tokenizer
         self.base_model, self.data_dir = base_model, data_dir
         self.device = device or pick_device()
         # max_tokens bounds a round's tokens: Σ batch_size × max_length of the jobs in the pack.
         self.max_jobs, self.max_tokens, self.decode, self.meteor = max_jobs, max_tokens, decode, meteor
-        self.routing = Routing()
+        # Fused routing (fewer, larger operations per layer; see routing.py) where launches are
+        # the cost, on CUDA; on the CPU the per-job operations do less work and are exact.
+        self.routing = Routing(fused=self.device.is_cuda if fused is None else fused)
         self.jobs: dict[str, PackedJob] = {}
         self.multi: dict[str, MultiLoRALinear] = {}
         self.real_tokens = 0  # tokens through the shared token-wise ops (all real: no padding)
@@ -307,7 +309,7 @@ class Pack:
         if saved is not None:
             self.probe = Probe(saved.total, tokens)
         total.backward()
-        values = [loss.item() for loss in losses]
+        values = torch.stack(losses).detach().tolist()  # one device sync, not one per job
         spent = time.perf_counter() - t0
         self.real_tokens += tokens
         self.attention_slots += sum(b.inputs["attention_mask"].numel() for b in batches)
