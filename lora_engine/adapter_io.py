@@ -386,19 +386,6 @@ def _top_saved(saved: set[str], model: nn.Module) -> set[str]:
     return out
 
 
-def verify_adapter_files(folder: str | os.PathLike, sha256: str) -> Path:
-    """`folder`, if its files hash to `sha256` (the digest recorded when it was made); else
-    AdapterError: a folder changed, truncated or swapped since is never loaded."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AdapterError(f"adapter folder {str(folder)!r} is missing")
-    found, _ = adapter_files_digest(folder)
-    if found != sha256:
-        raise AdapterError(f"adapter folder {str(folder)!r} changed since it was registered "
-                           f"(sha256 {found} != {sha256}); refusing to load it")
-    return folder
-
-
 __all__ = [
     "CONFIG_NAME",
     "META_NAME",
@@ -415,5 +402,4 @@ __all__ = [
     "save_full_model",
     "settings_from_config",
     "swap_adapter",
-    "verify_adapter_files",
 ]

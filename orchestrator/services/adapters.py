@@ -59,7 +59,7 @@ def get_adapter(session: Session, adapter_id: str, tenant: str | None = None) ->
 def verified_adapter(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
     """A live adapter whose files on disk still hash to the registry's sha256 (checked before
     every load: predict, export, a job continuing it). AdapterError when they do not."""
-    from lora_engine.adapter_io import verify_adapter_files
+    from lora_engine.digest import verify_adapter_files
 
     row = adapter_or_404(session, adapter_id, tenant)
     verify_adapter_files(row.path, row.sha256)
