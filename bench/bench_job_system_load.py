@@ -29,6 +29,7 @@ import multiprocessing as mp
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -125,7 +126,7 @@ def main() -> None:
     from orchestrator.services import create_tenant, submit_batch
 
     name = f"lorafleet_bench_faults_{uuid.uuid4().hex[:8]}"
-    home = Path(f"/tmp/{name}")
+    home = Path(tempfile.mkdtemp(prefix=f"{name}-"))  # the run's LORAFLEET_HOME, removed at the end
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"

@@ -119,10 +119,21 @@ def running_subquery() -> Any:
     )
 
 
+def under_running_quota(running: Any, max_running: Any) -> Any:
+    """The running-jobs quota, the one definition: a tenant's job may start while the tenant runs
+    fewer than `max_running` jobs (SQL expressions, so the claim's WHERE applies it)."""
+    return running < max_running
+
+
 def claimable() -> Any:
     """The WHERE clause of a claim's conditional UPDATE on `jobs`: queued, tenant under quota."""
     max_running = select(Tenant.max_running).where(Tenant.id == Job.tenant_id).scalar_subquery()
-    return (Job.state == "queued") & (running_subquery() < max_running)
+    return (Job.state == "queued") & under_running_quota(running_subquery(), max_running)
+
+
+def is_claimable(session: Session, job_id: str) -> bool:
+    """Whether a claim of this job would take it now (the claim's own WHERE clause, read only)."""
+    return session.scalar(select(Job.id).where(Job.id == job_id, claimable())) is not None
 
 
 def claim_candidates(
@@ -142,7 +153,7 @@ def claim_candidates(
         select(Job.id, Job.tenant_id)
         .join(Tenant, Tenant.id == Job.tenant_id)
         .outerjoin(running, running.c.tenant_id == Job.tenant_id)
-        .where(Job.state == "queued", n_running < Tenant.max_running,
+        .where(Job.state == "queued", under_running_quota(n_running, Tenant.max_running),
                *([Job.base_model == base_model] if base_model is not None else []),
                *([Job.kind == kind] if kind is not None else []),
                *([Job.method.in_(list(methods))] if methods is not None else []))

@@ -138,17 +138,20 @@ def record_packed(session: Session, job_id: str, worker_id: str, partners: Seque
 
 @readonly
 def unclaimable_reason(session: Session, job_id: str) -> str:
-    """Why a claim of this job found nothing (for the worker's log)."""
+    """Why a claim of this job found nothing (for the worker's log). Whether the quota holds it
+    back is the claim's own rule (`repo.claimable`), asked of the registry; the counts are only
+    the message's figures."""
     job = repo.job(session, job_id)
     if job is None:
         return f"no job {job_id}"
     if job.state != "queued":
         return f"job {job_id} is {job.state}"
+    if repo.is_claimable(session, job_id):
+        return f"job {job_id} is queued and claimable"
     tenant = repo.tenant_by_id(session, job.tenant_id)
     running = repo.running_count(session, job.tenant_id)
-    if tenant is not None and running >= tenant.max_running:
-        return f"tenant {tenant.slug} is at its quota ({running}/{tenant.max_running} running)"
-    return f"job {job_id} is queued and claimable"
+    limit = tenant.max_running if tenant is not None else "?"
+    return f"tenant {tenant.slug if tenant else job.tenant_id} is at its quota ({running}/{limit} running)"
 
 
 def _owned(session: Session, job_id: str, worker_id: str) -> Job:

@@ -99,6 +99,18 @@ def test_claim_sets_the_lease_and_drops_what_is_not_claimable(session, job_spec)
     assert svc.claim_job(session, b.id, "w2", 60) is not None  # a slot freed up
 
 
+def test_the_unclaimable_reason_is_the_claims_own_quota_rule(session, job_spec) -> None:
+    svc.create_tenant(session, "acme", max_running=1)
+    a, b = svc.submit_job(session, "acme", job_spec), svc.submit_job(session, "acme", job_spec)
+    assert svc.unclaimable_reason(session, b.id) == f"job {b.id} is queued and claimable"
+    svc.claim_job(session, a.id, "w1", 60)
+    assert svc.unclaimable_reason(session, b.id) == "tenant acme is at its quota (1/1 running)"
+    assert svc.unclaimable_reason(session, a.id) == f"job {a.id} is running"
+    svc.set_tenant_quota(session, "acme", max_running=2)  # the rule reads the quota as the claim does
+    assert svc.unclaimable_reason(session, b.id) == f"job {b.id} is queued and claimable"
+    assert svc.claim_job(session, b.id, "w2", 60) is not None
+
+
 def test_claim_next_is_fair_across_tenants(session, job_spec) -> None:
     svc.create_tenant(session, "big", max_running=5)
     svc.create_tenant(session, "small", max_running=5)
