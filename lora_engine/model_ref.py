@@ -4,8 +4,10 @@ A base model is an offline alias, a local folder holding a `config.json`, or a H
 id. With the hub offline (`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`) a hub id must already be
 in the local hub cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub,
 laid out as `models--org--name/snapshots/<rev>/config.json`): a job that can never load its
-model is refused at the door instead of failing on a worker. Online, a well-formed hub id is
-accepted (checking it would cost a network round trip per submission).
+model is refused at the door instead of failing on a worker. Online, a hub id in the local cache
+is taken as it is; any other is checked on the hub (its `config.json` exists: one HEAD request,
+through `huggingface_hub`, which reads HF_TOKEN and HF_ENDPOINT), so a typo is refused at the door
+too, and a hub that cannot be reached is said so rather than guessed.
 """
 
 from __future__ import annotations
@@ -91,16 +93,37 @@ def base_model_problem(name: str, *, needs_causal: bool = False) -> str | None:
             return f"base_model: folder {name!r} holds no config.json, so it is not a model folder; {allowed}"
         arch = _model_type(config)
     elif HUB_ID.match(name or "") and not name.startswith((".", "/")):
-        if hub_offline():
-            config = cached_hub_config(name)
-            if config is None:
-                return (f"base_model: {name!r} is not a known alias, a local folder, or a hub model in the "
-                        f"local cache ({hub_cache_dir()}), and the hub is offline; {allowed}")
-            arch = _model_type(config)
+        config = cached_hub_config(name)
+        if config is None and hub_offline():
+            return (f"base_model: {name!r} is not a known alias, a local folder, or a hub model in the "
+                    f"local cache ({hub_cache_dir()}), and the hub is offline; {allowed}")
+        if config is None:
+            problem = _hub_problem(name)
+            if problem:
+                return f"base_model: {problem}; {allowed}"
+            arch = None  # the architecture is the worker's to read when it downloads the model
         else:
-            arch = None  # resolved by the worker
+            arch = _model_type(config)
     else:
         return f"base_model: {name!r} is neither a known alias, a local model folder, nor a hub id; {allowed}"
     if needs_causal and arch in ENCODER_ARCHS:
         return f"base_model: the task generates text and needs a causal LM, not {name!r} ({arch})"
     return None
+
+
+def _hub_problem(hub_id: str) -> str | None:
+    """Why `hub_id` is not a model on the Hugging Face hub (None: its config.json is there)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError
+
+    try:
+        if HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).file_exists(hub_id, "config.json"):
+            return None
+    except GatedRepoError:
+        return (f"{hub_id!r} is a gated model on the hub: accept its terms on the model page and "
+                "set HF_TOKEN to a token of that account")
+    except Exception as exc:  # the hub could not be reached (network, DNS, proxy, 5xx)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return (f"could not check {hub_id!r} on the Hugging Face hub ({type(exc).__name__}: {reason}); "
+                "retry, or work offline (HF_HUB_OFFLINE=1) with the model in the local hub cache")
+    return f"no model {hub_id!r} with a config.json on the Hugging Face hub"

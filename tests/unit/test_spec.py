@@ -1,5 +1,10 @@
 """The training spec: every problem of a submission in one error, task defaults filled in."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from lora_engine.catalog import ARCH_DEFAULTS, GLUE_TASKS, TASKS
@@ -104,10 +109,25 @@ def test_base_model_resolves_at_submit_offline_only_from_the_hub_cache(tmp_path,
         validate_spec({"task": "sst2", "base_model": str(folder)})
     (folder / "config.json").write_text('{"model_type": "gpt2"}')
     assert validate_spec({"task": "e2e", "base_model": str(folder)}).base_model == str(folder)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    # Online, the worker resolves a hub id.
-    assert validate_spec({"task": "sst2", "base_model": "org/not-cached"}).base_model
+
+
+def test_base_model_online_is_checked_on_the_hub_unless_cached(tmp_path):
+    """Online, a hub id outside the local cache is looked up on the hub (HF_ENDPOINT): here a
+    port nothing listens on, so the submission is refused saying the hub could not be reached;
+    a cached one needs no request. In a fresh process: huggingface_hub reads its offline flag at
+    import, and this test process runs offline."""
+    snapshot = tmp_path / "hub" / "models--FacebookAI--roberta-base" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "roberta"}')
+    probe = ("import json; from lora_engine.model_ref import base_model_problem as p; "
+             "print(json.dumps([p('org/not-cached'), p('FacebookAI/roberta-base')]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_ENDPOINT="http://127.0.0.1:1")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    uncached, cached = json.loads(out.stdout)
+    assert "could not check 'org/not-cached' on the Hugging Face hub" in uncached
+    assert "HF_HUB_OFFLINE=1" in uncached and "minilm-l6, smollm2-135m" in uncached
+    assert cached is None
 
 
 def test_full_method_rejects_targets_and_init_from_must_be_an_adapter(tmp_path):
