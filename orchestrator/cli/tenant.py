@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli.helpers import emit, json_option, open_session, print_record, print_table
+from orchestrator.cli.helpers import emit, json_option, open_session, print_record, print_table, status
 
 TENANT_COLUMNS = ("slug", "name", "max_running", "max_queued", "device_hours_per_month", "id", "created_at")
 
@@ -47,16 +47,20 @@ def list_(as_json: bool) -> None:
 def show(slug: str, as_json: bool) -> None:
     """Show one tenant with its jobs by state, adapters and usage so far."""
     from orchestrator.services import get_tenant, tenant_summary
-    from orchestrator.services.quotas import tenant_quota_usage
+    from orchestrator.services.quotas import storage_over, tenant_quota_usage
     from orchestrator.services.views import tenant_dict
 
     with open_session() as session:
-        view = tenant_dict(get_tenant(session, slug))
+        row = get_tenant(session, slug)
+        view = tenant_dict(row)
         summary = tenant_summary(session, slug)[0].to_dict()
         quotas = tenant_quota_usage(session, slug)
     view.update({k: v for k, v in summary.items() if k not in view})
     view["quotas"] = _quota_view(quotas)
     emit(view, as_json, print_record)
+    over = storage_over(row, quotas.storage_bytes)
+    if over:
+        status(f"warning: {over}")
 
 
 def _quota_view(q) -> dict:
@@ -66,7 +70,8 @@ def _quota_view(q) -> dict:
         "queued_jobs": {"used": q.queued, "limit": q.max_queued},
         "device_hours_this_month": {"used": round(q.device_hours_this_month, 6),
                                     "limit": q.device_hours_per_month},
-        "storage_bytes": {"used": q.storage_bytes, "limit": q.max_storage_bytes},
+        "storage_bytes": {"used": q.storage_bytes, "limit": q.max_storage_bytes,
+                          "over": q.storage_over_quota},
     }
 
 

@@ -174,6 +174,19 @@ def storage_bytes(session: Session, tenant_id: str) -> int:
     return int(session.scalar(select(adapters_b + datasets_b)) or 0)
 
 
+def largest_stored(session: Session, tenant_id: str, limit: int = 3) -> list[tuple[str, str, int]]:
+    """("adapter" | "data set", id, bytes) of the tenant's largest live items (what to delete)."""
+    adapters_q = (select(Adapter.id, Adapter.bytes)
+                  .where(Adapter.tenant_id == tenant_id, Adapter.deleted_at.is_(None))
+                  .order_by(Adapter.bytes.desc()).limit(limit))
+    data_bytes = Dataset.bytes + func.coalesce(Dataset.validation_bytes, 0)
+    datasets_q = select(Dataset.id, data_bytes).where(
+        Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None)).order_by(data_bytes.desc()).limit(limit)
+    items = [("adapter", i, int(b)) for i, b in session.execute(adapters_q)]
+    items += [("data set", i, int(b)) for i, b in session.execute(datasets_q)]
+    return sorted(items, key=lambda item: -item[2])[:limit]
+
+
 def device_seconds_since(session: Session, tenant_id: str, since: datetime) -> float:
     """Device-seconds the tenant's attempts recorded since `since` (the month's budget usage)."""
     stmt = select(func.coalesce(func.sum(Usage.device_seconds), 0.0)).where(

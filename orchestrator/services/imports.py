@@ -19,6 +19,7 @@ from orchestrator.artifacts import adapter_path
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry.models import Adapter, new_id, utcnow
 from orchestrator.services._tx import transactional
+from orchestrator.services.quotas import check_storage
 from orchestrator.services.tenants import tenant_or_404
 
 
@@ -42,6 +43,7 @@ def import_adapter(session: Session, tenant: str, foreign: Any, *,
         write_adapter_meta(tmp, foreign.meta())
     try:
         sha256, size = adapter_files_digest(dest)
+        check_storage(session, owner, size)
         row = Adapter(id=adapter_id, tenant_id=owner.id, job_id=None, path=str(dest), sha256=sha256,
                       bytes=size,
                       trainable_params=foreign.trainable_params, total_params=foreign.total_params,

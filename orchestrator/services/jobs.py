@@ -230,10 +230,10 @@ def _max_attempts(max_attempts: int | None) -> int:
 
 
 def _admit(session: Session, p: _Prepared, settings: Settings, queued_adding: int = 1) -> Estimate | None:
-    """The tenant's door quotas: queued jobs, storage not already over its quota (a job adds an
+    """The tenant's door quotas: queued jobs, room left in its storage quota (a job adds an
     adapter), and the month's device-hour budget (estimated)."""
     check_queued(session, p.tenant, queued_adding)
-    check_storage(session, p.tenant, 0)
+    check_storage(session, p.tenant, None)
     if p.tenant.device_hours_per_month is None:
         return None
     estimate = estimate_job(session, p.spec, p.dataset, settings)
@@ -311,6 +311,7 @@ def plan_job(
     settings = settings or get_settings()
     p = _prepare(session, tenant_slug, spec_dict, priority, None, init_from_adapter_id, None, settings)
     check_queued(session, p.tenant, 1)
+    check_storage(session, p.tenant, None)
     estimate = estimate_job(session, p.spec, p.dataset, settings)
     if p.tenant.device_hours_per_month is not None:
         check_budget(session, p.tenant, estimate.device_seconds)

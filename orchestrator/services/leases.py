@@ -154,6 +154,15 @@ def unclaimable_reason(session: Session, job_id: str) -> str:
     return f"tenant {tenant.slug if tenant else job.tenant_id} is at its quota ({running}/{limit} running)"
 
 
+def _storage_over(session: Session, tenant_id: str) -> str | None:
+    from orchestrator.services.quotas import storage_over
+
+    tenant = repo.tenant_by_id(session, tenant_id)
+    if tenant is None or tenant.max_storage_bytes is None:
+        return None
+    return storage_over(tenant, repo.storage_bytes(session, tenant_id))
+
+
 def _owned(session: Session, job_id: str, worker_id: str) -> Job:
     """The job, row-locked, if it is running and leased to `worker_id`; else LeaseLost."""
     job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
@@ -346,8 +355,15 @@ def finish_job_success(
     _end(job, "succeeded", now)
     summary = {split: dict(values) for split, values in metrics.items()}
     if row is not None:
-        add_event(session, job, "succeeded", f"adapter {row.id} ({row.bytes} bytes)",
-                  {"adapter_id": row.id, "metrics": summary}, ts=now)
+        # The adapter is kept even past the storage quota (the work is done and paid for); the
+        # event says so, and the tenant's next submissions and uploads are refused.
+        over = _storage_over(session, job.tenant_id)
+        data: dict[str, Any] = {"adapter_id": row.id, "metrics": summary}
+        message = f"adapter {row.id} ({row.bytes} bytes)"
+        if over:
+            data["storage_over_quota"] = True
+            message += f"; {over}"
+        add_event(session, job, "succeeded", message, data, ts=now)
     elif job.kind == "reevaluate":
         add_event(session, job, "succeeded", f"re-evaluated {len(reevaluated or {})} adapters",
                   {"adapter_ids": sorted(reevaluated or {})}, ts=now)

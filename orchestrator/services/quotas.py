@@ -33,15 +33,36 @@ def check_queued(session: Session, tenant: Tenant, adding: int = 1) -> None:
             f"{tenant.slug} --max-queued N`)")
 
 
-def check_storage(session: Session, tenant: Tenant, adding_bytes: int) -> None:
-    if tenant.max_storage_bytes is None:
+def check_storage(session: Session, tenant: Tenant, adding_bytes: int | None) -> None:
+    """Refuse what the storage quota (live adapters + data sets) has no room for: an upload of
+    `adding_bytes`, or (None) a job, whose adapter's size is known only when it ends, once the
+    tenant is at or over its quota. A finishing job is never refused: its adapter is kept and
+    the tenant shows over quota (`storage_over`) until something is deleted."""
+    limit = tenant.max_storage_bytes
+    if limit is None:
         return
     used = repo.storage_bytes(session, tenant.id)
-    if used + adding_bytes > tenant.max_storage_bytes:
-        raise QuotaExceeded(
-            f"tenant {tenant.slug!r} may store {tenant.max_storage_bytes} bytes of adapters and data sets; "
-            f"{used} are used and this adds {adding_bytes}: delete some (`lorafleet adapter delete`, "
-            "`lorafleet dataset delete`) or raise the quota (--max-storage-bytes)")
+    if adding_bytes is None and used < limit:
+        return
+    if adding_bytes is not None and used + adding_bytes <= limit:
+        return
+    what = "a new job's adapter needs room" if adding_bytes is None else f"this adds {adding_bytes}"
+    largest = ", ".join(f"{kind} {item_id[:8]} ({size} bytes)"
+                        for kind, item_id, size in repo.largest_stored(session, tenant.id))
+    raise QuotaExceeded(
+        f"tenant {tenant.slug!r} may store {limit} bytes of adapters and data sets; {used} are used "
+        f"and {what}: delete some (`lorafleet adapter delete ID`, `lorafleet dataset delete ID`"
+        f"{'; largest: ' + largest if largest else ''}) or raise the quota "
+        f"(`lorafleet tenant set-quota {tenant.slug} --max-storage-bytes N`)")
+
+
+def storage_over(tenant: Tenant, used: int) -> str | None:
+    """A warning when `used` bytes exceed the tenant's storage quota (None: within it)."""
+    limit = tenant.max_storage_bytes
+    if limit is None or used <= limit:
+        return None
+    return (f"tenant {tenant.slug!r} is over its storage quota: {used} of {limit} bytes used; new jobs "
+            "and uploads are refused until adapters or data sets are deleted or the quota is raised")
 
 
 def check_budget(
@@ -74,8 +95,12 @@ class QuotaUsage:
     max_storage_bytes: int | None
     storage_bytes: int
 
+    @property
+    def storage_over_quota(self) -> bool:
+        return self.max_storage_bytes is not None and self.storage_bytes > self.max_storage_bytes
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "storage_over_quota": self.storage_over_quota}
 
 
 def quota_usage(session: Session, tenant: Tenant, now: datetime | None = None) -> QuotaUsage:

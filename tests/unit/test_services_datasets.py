@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from lora_engine.errors import DataValidationError, SpecError
 from orchestrator import services as svc
 from orchestrator.config import get_settings
-from orchestrator.registry.models import Dataset, Job, Usage, utcnow
+from orchestrator.registry.models import Dataset, Job, Usage, new_id, utcnow
 from orchestrator.services.datasets import (
     dataset_dir,
     dataset_for_training,
@@ -23,6 +23,7 @@ from orchestrator.services.datasets import (
     upload_dataset,
 )
 from orchestrator.services.errors import QuotaExceeded
+from orchestrator.services.jobs import plan_job
 from orchestrator.services.quotas import month_start, tenant_quota_usage
 
 pytest_plugins = ["registry_fixtures"]
@@ -185,7 +186,7 @@ def test_queued_storage_and_monthly_budget_quotas(session, roots: Path) -> None:
     svc.set_tenant_quota(session, "acme", max_storage_bytes=None)
     upload_dataset(session, "acme", roots / "d.jsonl", "classification")
     svc.set_tenant_quota(session, "acme", max_storage_bytes=10)  # now over it: no new jobs either
-    with pytest.raises(QuotaExceeded, match="this adds 0"):
+    with pytest.raises(QuotaExceeded, match="a new job's adapter needs room"):
         svc.submit_job(session, "acme", SPEC)
 
     # 1 device-hour a month; 3000 s used this month (and 1e6 s last month, which does not count).
@@ -207,6 +208,49 @@ def test_queued_storage_and_monthly_budget_quotas(session, roots: Path) -> None:
     assert "estimated at 0.3556 h" in str(info.value)
     usage = tenant_quota_usage(session, "acme")
     assert (usage.queued, usage.max_queued, round(usage.device_hours_this_month, 4)) == (3, 100, 0.8333)
+
+
+def test_a_finishing_adapter_past_the_storage_quota_is_kept_and_closes_the_door(session, roots: Path) -> None:
+    """Running jobs are never killed for a quota: the adapter that pushes the tenant over its
+    storage quota is registered (the work is done), the tenant shows over quota, and new jobs,
+    dry runs and uploads are refused with the figures and what to delete, until it is deleted."""
+    settings = get_settings()
+    svc.create_tenant(session, "acme")
+    data = upload_dataset(session, "acme", rows_file(roots / "d.jsonl"), "classification")
+    svc.set_tenant_quota(session, "acme", max_storage_bytes=data.bytes + 100)
+    job = svc.submit_job(session, "acme", SPEC)  # 100 bytes left: room for a job
+    svc.claim_job(session, job.id, "w1", 60)
+    adapter_id = new_id()
+    path = svc.new_adapter_path(settings, job.tenant_id, adapter_id)
+    record = svc.AdapterRecord(id=adapter_id, path=str(path), sha256="a" * 64, bytes=5000,
+                               trainable_params=1, total_params=2)
+    row = svc.finish_job_success(session, job.id, "w1", record, {"validation": {"accuracy": 0.8}})
+    assert row.id == adapter_id
+
+    assert svc.get_job(session, job.id).job.state == "succeeded"
+    assert svc.get_adapter(session, adapter_id).deleted_at is None  # kept, past the quota
+    done = svc.job_events(session, job.id)[-1]
+    assert done.kind == "succeeded" and done.data["storage_over_quota"] is True
+    assert "over its storage quota" in done.message
+    usage = tenant_quota_usage(session, "acme")
+    assert usage.storage_over_quota and usage.storage_bytes == data.bytes + 5000
+    assert usage.to_dict()["storage_over_quota"] is True
+
+    used, limit = data.bytes + 5000, data.bytes + 100
+    with pytest.raises(QuotaExceeded) as refused:
+        svc.submit_job(session, "acme", {**SPEC, "seed": 1})
+    message = str(refused.value)
+    assert f"may store {limit} bytes" in message and f"{used} are used" in message
+    assert f"largest: adapter {adapter_id[:8]} (5000 bytes), data set {data.id[:8]}" in message
+    with pytest.raises(QuotaExceeded, match=f"{used} are used"):
+        plan_job(session, "acme", {**SPEC, "seed": 1})
+    with pytest.raises(QuotaExceeded, match=f"{used} are used and this adds"):
+        upload_dataset(session, "acme", rows_file(roots / "e.jsonl", n=14), "classification")
+    assert _count(session, Job) == 1 and _count(session, Dataset) == 1  # nothing written
+
+    svc.delete_adapter(session, adapter_id)  # back within the quota: the door opens again
+    assert not tenant_quota_usage(session, "acme").storage_over_quota
+    assert svc.submit_job(session, "acme", {**SPEC, "seed": 1}).state == "queued"
 
 
 def test_fair_share_b_starts_within_a_few_claims_after_a_queued_200(session) -> None:
