@@ -125,3 +125,15 @@ def test_the_submit_path_imports_neither_celery_nor_unrelated_services():
              "'orchestrator.services.reevaluation', 'orchestrator.services.metrics') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_services_package_exports_lazily_and_no_name_is_shadowed_by_a_submodule():
+    import pkgutil
+
+    from orchestrator import services
+
+    # Importing a submodule sets the package attribute of its name: an export of the same name
+    # (a function `reconcile` in `services/reconcile.py`) would silently become the module.
+    submodules = {m.name for m in pkgutil.iter_modules(services.__path__)}
+    assert sorted(services.__all__) == sorted(services._PUBLIC) and not set(services._PUBLIC) & submodules
+    assert all(getattr(services, name) is not None for name in services.__all__)
