@@ -9,7 +9,9 @@ new one, never half of one. Everything is fsynced before the rename and the pare
 it, so after a power loss the name never points at files whose data was not yet on disk.
 
 `replace=True` swaps an existing folder out only once the new one is complete (old → a hidden
-sibling, new → `final`, old removed); if the second rename fails the old one is put back.
+sibling, new → `final`, old removed); if the second rename fails the old one is put back. Between
+those two renames `final` is briefly absent (POSIX has no portable exchange of two folders), never
+half written.
 `replace=False` refuses an existing `final` with FileExistsError (nothing written), so two writers
 of the same new folder never mix their files.
 
@@ -77,8 +79,8 @@ def move_into_place(src: str | os.PathLike, final: str | os.PathLike, *, replace
         if replace:
             os.replace(src, final)
         else:
-            # rename(2) would silently replace an *empty* folder that appeared meanwhile; an
-            # ENOTEMPTY/EEXIST from a non-empty one is the same "someone else made it" case.
+            # A non-empty folder that appeared since the check fails with ENOTEMPTY/EEXIST: the
+            # same "someone else made it" case. (An empty one is replaced: nothing is lost.)
             try:
                 os.rename(src, final)
             except OSError as exc:
