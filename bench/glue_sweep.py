@@ -41,17 +41,18 @@ def one_run(task: str, method: str, args, work: Path) -> dict:
         spec["max_steps"] = args.max_steps
     if args.eval_size:
         spec["eval_size"] = args.eval_size
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     curve = args.out_dir_path / f"curve-{task}-{method}.jsonl"
 
     def log_point(p) -> None:  # the learning curve as it comes: evidence even if the run is cut short
         with curve.open("a") as f:
             f.write(json.dumps({"step": p.step, "epoch": p.epoch, "score": p.score, "metrics": p.metrics,
-                                "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
+                                "elapsed_s": round(time.perf_counter() - t0, 1),
+                                "cpu_s": round(time.process_time() - c0, 1)}) + "\n")
 
     res = train(spec, work / f"{task}-{method}", data_dir=args.data_dir,
                 hooks=TrainHooks(on_evaluate=log_point))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     meta = json.loads((res.adapter_dir / "lorafleet.json").read_text())
     s, rs = res.stats, meta["spec"]
     return {"task": task, "method": method, "metrics": res.metrics["validation"],
@@ -59,6 +60,7 @@ def one_run(task: str, method: str, args, work: Path) -> dict:
             "selection": res.metrics.get("selection", {}),
             "history": [{"step": p.step, "epoch": p.epoch, "score": p.score} for p in res.eval_history],
             "steps": len(res.losses), "final_loss": res.losses[-1], "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
             "device_s": round(s.device_s, 1), "trainable_params": s.trainable_params,
             "total_params": s.total_params, "adapter_bytes": s.adapter_bytes,
             "peak_mem_mb": round(s.peak_mem_bytes / 2**20),
@@ -75,11 +77,11 @@ def _score(name: str, value: float, trivial: dict) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| task | method | validation score | trivial baseline | epochs chosen (trained) | batch | "
-             "lr | steps | best step | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "lr | steps | best step | wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['task']} | {r['method']} | ERROR: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['task']} | {r['method']} | ERROR: {r['error']} | | | | | | | | |")
             continue
         m = ", ".join(_score(k, v, r["trivial"]) for k, v in r["metrics"].items())
         triv = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["trivial"].items())
@@ -88,7 +90,8 @@ def markdown(rows: list[dict]) -> str:
         best = int(sel["best_step"]) if sel else "–"
         early = ", stopped early" if sel.get("stopped_early") else ""
         lines.append(f"| {r['task']} | {r['method']} | {m} | {triv} | {r['epochs']} ({trained}{early}) | "
-                     f"{r['batch_size']} | {r['lr']:g} | {r['steps']} | {best} | {r['wall_s']} |")
+                     f"{r['batch_size']} | {r['lr']:g} | {r['steps']} | {best} | {r['wall_s']} | "
+                     f"{r.get('cpu_s', '–')} |")
     by = {(r["task"], r["method"]): r for r in rows if "error" not in r}
     gaps = []
     for t in GLUE:

@@ -40,7 +40,8 @@ def test_sst2_tiny_bert_lora_two_steps(tmp_path):
     # Every hyper-parameter that the catalog could change is given explicitly: the pin guards the
     # code's numerics, not the defaults.
     res = train({"task": "sst2", "base_model": "tiny-bert", "max_steps": 2, "batch_size": 8, "eval_size": 8,
-                 "max_length": 64, "dropout": 0.1, "lr": 5e-4, "head_lr": 2e-3, "warmup_ratio": 0.06},
+                 "max_length": 64, "dropout": 0.1, "lr": 5e-4, "head_lr": 2e-3, "warmup_ratio": 0.06,
+                 "targets": ["query", "value"]},
                 tmp_path / "a", data_dir=DATA)
     # Re-pinned when BERT's pretrained pooler joined the trained head (step 2 moved), and again when
     # training moved to lora_engine.forward: its dropout draws cover the real tokens only, so

@@ -58,10 +58,10 @@ def test_submit_resolves_the_auto_budget_from_the_data(session) -> None:
     # every epoch (126 steps), stop after 3 evaluations without gain.
     keys = ("epochs", "batch_size", "lr", "eval_every", "eval_holdout", "patience")
     picked = {k: job.spec[k] for k in keys}
-    assert picked == {"epochs": 6.0, "batch_size": 16, "lr": 2e-3, "eval_every": 126, "eval_holdout": 224,
+    assert picked == {"epochs": 6.0, "batch_size": 16, "lr": 1e-3, "eval_every": 126, "eval_holdout": 224,
                       "patience": 3}
     shown = describe(svc.get_job(session, job.id).to_dict()["spec"])
-    assert shown.startswith("6 epochs · batch 16 · lr 0.002")
+    assert shown.startswith("6 epochs · batch 16 · lr 0.001")
 
 
 def test_submit_writes_job_and_event_with_resolved_spec(session) -> None:

@@ -36,6 +36,9 @@ def test_full_finetuning_uses_full_lr_and_no_head_lr():
 def test_method_aware_defaults():
     e2e = validate_spec({"task": "e2e"}).resolved()
     assert e2e.lr == TASKS["e2e"].lora_lr and e2e.targets == ["all-linear"] and e2e.head_lr is None
+    # BERT (MiniLM-L6) LoRA goes on every linear layer; RoBERTa keeps query+value (the injector's).
+    assert validate_spec({"task": "rte"}).resolved().targets == ["all-linear"]
+    assert validate_spec({"task": "rte", "base_model": "tiny-roberta"}).resolved().targets is None
     rs = validate_spec({"task": "sst2", "method": "rslora", "rank": 16}).resolved()
     assert rs.lr == pytest.approx(ARCH_DEFAULTS["bert"].lora_lr / 4)  # alpha/sqrt(r): sqrt(16)x LoRA's
     given = validate_spec({"task": "sst2", "lr": 1e-4, "batch_size": 8, "epochs": 2}).resolved(100)
