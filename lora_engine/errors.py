@@ -22,15 +22,18 @@ class AdapterError(LoraFleetInputError):
 
 
 class DataValidationError(LoraFleetInputError):
-    """A data set with bad rows; `problems` holds (line number, reason) pairs."""
+    """A data set with bad rows; `problems` holds (line number, reason) pairs, line 0 for a
+    problem of the whole file (empty, too large, too few rows of a label)."""
 
     def __init__(self, path: str, problems: list[tuple[int, str]], max_shown: int = 50):
         self.path = path
         self.problems = list(problems)
-        shown = "\n".join(f"  line {n}: {why}" for n, why in self.problems[:max_shown])
+        shown = "\n".join(f"  {f'line {n}' if n else 'file'}: {why}" for n, why in self.problems[:max_shown])
         more = len(self.problems) - max_shown
         tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(f"{path}: {len(self.problems)} invalid row(s), nothing was trained:\n{shown}{tail}")
+        rows = len({n for n, _ in self.problems if n})
+        what = f"{rows} invalid row(s)" if rows else "not usable"
+        super().__init__(f"{path}: {what}, nothing was stored or trained:\n{shown}{tail}")
 
 
 class TrainingStopped(Exception):

@@ -95,7 +95,7 @@ def validate_jsonl(
         raise DataValidationError(str(path), [(0, "no such file")])
     size = path.stat().st_size
     if size > max_bytes:
-        raise DataValidationError(str(path), [(0, f"file is {size} bytes; the limit is {max_bytes} bytes")])
+        raise DataValidationError(str(path), [(0, f"{size} bytes; the limit is {max_bytes} bytes")])
 
     problems: list[tuple[int, str]] = []
     rows: list[dict] = []
@@ -131,7 +131,7 @@ def validate_jsonl(
             rows.append({name: row.get(name) for name in fields})
 
     if not rows and not problems:
-        problems.append((0, "file is empty: no rows"))
+        problems.append((0, "empty: no rows"))
     if kind == "classification" and rows and not problems:
         distinct = {r["label"] for r in rows}
         if len(distinct) < min_labels:

@@ -64,8 +64,15 @@ def show(dataset_id: str, tenant: str | None, as_json: bool) -> None:
     from orchestrator.services.views import dataset_dict
 
     with open_session() as session:
-        view = dataset_dict(get_dataset(session, dataset_id, tenant=tenant), tenant)
+        row = get_dataset(session, dataset_id, tenant=tenant)
+        view = dataset_dict(row, tenant or _slug_of(session, row.tenant_id))
     emit(view, as_json, print_record)
+
+
+def _slug_of(session, tenant_id: str) -> str | None:
+    from orchestrator.services.tenants import list_tenants
+
+    return next((t.slug for t in list_tenants(session) if t.id == tenant_id), None)
 
 
 @dataset.command("delete")
@@ -78,5 +85,6 @@ def delete(dataset_id: str, tenant: str | None, as_json: bool) -> None:
     from orchestrator.services.views import dataset_dict
 
     with open_session() as session:
-        view = dataset_dict(delete_dataset(session, dataset_id, tenant=tenant), tenant)
+        row = delete_dataset(session, dataset_id, tenant=tenant)
+        view = dataset_dict(row, tenant or _slug_of(session, row.tenant_id))
     emit(view, as_json, lambda v: click.echo(f"deleted data set {v['id']}"))

@@ -29,6 +29,7 @@ from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Dataset, Tenant, new_id, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.errors import InvalidInput, InvalidState, NotFound
+from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 
 KINDS = ("classification", "generation")
@@ -178,6 +179,9 @@ def list_datasets(
 
 
 def dataset_or_404(session: Session, dataset_id: str, tenant_id: str | None, scope: str = "") -> Dataset:
+    """The live data set `dataset_id` (a full id or a unique prefix, as `dataset list` shows)."""
+    dataset_id = resolve_id(session, Dataset, dataset_id, tenant_id=tenant_id, what="data set id",
+                            live_only=True)
     dataset = repo.dataset(session, dataset_id, tenant_id=tenant_id)
     if dataset is None:
         raise NotFound(f"no data set {dataset_id!r}{scope} (see `lorafleet dataset list`)")

@@ -133,6 +133,11 @@ def _prepare(
     if idempotency_key is not None and not key_ok:
         raise InvalidInput("idempotency_key must be a non-empty string of at most 255 characters")
     raw = dict(spec_dict)
+    dataset = raw.get("dataset")
+    if isinstance(dataset, str) and dataset and not Path(dataset).expanduser().exists():
+        # A data set id as `dataset list` shows it (a unique prefix); anything else is a path.
+        raw["dataset"] = resolve_id(session, Dataset, dataset, tenant_id=tenant.id, what="data set id",
+                                    live_only=True)
     by_id = _confine_spec_paths(raw, settings)
     if by_id is not None:
         if init_from_adapter_id is not None and init_from_adapter_id != by_id:

@@ -154,7 +154,7 @@ CASES = [
     ("base-into-artifacts", [*S[:-2], "--base-model", "{theirs}"], "points into the artifacts root"),
     ("init-from-into-artifacts", [*S, "--init-from", "{theirs}"], "points into the artifacts root"),
     # -- data files: whole-file validation, line numbers and reasons, never the content
-    ("data-empty", [*U, "{data}/empty.jsonl"], "line 0: file is empty"),
+    ("data-empty", [*U, "{data}/empty.jsonl"], "file: empty: no rows"),
     ("data-not-json", [*U, "{data}/notjson.jsonl"], "line 2: not valid JSON"),
     ("data-no-label", [*C, "{data}/nolabel.jsonl"], "line 2: missing field 'label'"),
     ("data-not-utf8", [*U, "{data}/latin1.jsonl"], "line 1: not valid UTF-8"),

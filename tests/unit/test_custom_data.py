@@ -71,8 +71,8 @@ def test_generation_rows(tmp_path):
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        (b"", "file is empty: no rows"),
-        (b"\n  \n", "file is empty: no rows"),
+        (b"", "empty: no rows"),
+        (b"\n  \n", "empty: no rows"),
         (b'{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n', "only one distinct label"),
     ],
 )
@@ -82,11 +82,12 @@ def test_file_level_problems_on_line_0(tmp_path, content, reason):
     with pytest.raises(DataValidationError) as err:
         validate_jsonl(path, "classification")
     assert err.value.problems[0][0] == 0 and err.value.problems[0][1].startswith(reason)
+    assert f"d.jsonl: not usable, nothing was stored or trained:\n  file: {reason}" in str(err.value)
 
 
 def test_size_limit_and_missing_file_and_kind(tmp_path):
     path = write_rows(tmp_path / "d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
-    with pytest.raises(DataValidationError, match=r"line 0: file is \d+ bytes; the limit is 10 bytes"):
+    with pytest.raises(DataValidationError, match=r"file: \d+ bytes; the limit is 10 bytes"):
         validate_jsonl(path, "classification", max_bytes=10)
     with pytest.raises(DataValidationError, match="no such file"):
         validate_jsonl(tmp_path / "nope.jsonl", "classification")

@@ -72,7 +72,7 @@ def test_upload_stores_the_exact_bytes_by_id_and_profiles_them(session, roots: P
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        (b"", "line 0: file is empty"),
+        (b"", "file: empty: no rows"),
         (b'{"text": "a", "label": 0}\n{"text": "b", "label": "x"}\n{"text": "c", "label": 0}\n',
          "line 2: label is a str"),
         (b'{"text": "a", "label": 0}\n{"text": "b", "label": 0}\n{"text": "c", "label": 1}\n',
@@ -118,10 +118,13 @@ def test_a_job_names_its_data_set_by_id_and_the_worker_checks_the_hash(session, 
     spec = {"task": "custom-classification", "base_model": "tiny-bert", "max_steps": 2}
     job = svc.submit_job(session, "acme", {**spec, "dataset": str(rows_file(roots / "d.jsonl"))})
     assert job.dataset_id is not None and job.spec["dataset"] == job.dataset_id  # uploaded first
-    again = svc.submit_job(session, "acme", {**spec, "dataset": job.dataset_id})
-    assert again.dataset_id == job.dataset_id
+    again = svc.submit_job(session, "acme", {**spec, "dataset": job.dataset_id[:8]})  # as listed
+    assert again.dataset_id == job.dataset_id and again.spec["dataset"] == job.dataset_id
+    assert get_dataset(session, job.dataset_id[:8]).id == job.dataset_id
     with pytest.raises(svc.NotFound, match="for tenant 'globex'"):  # another tenant's id: not found
         svc.submit_job(session, "globex", {**spec, "dataset": job.dataset_id})
+    with pytest.raises(svc.InvalidInput, match="outside the allowed data roots"):  # nor its prefix:
+        svc.submit_job(session, "globex", {**spec, "dataset": job.dataset_id[:8]})  # a path, then
     with pytest.raises(SpecError, match="holds classification rows"):
         svc.submit_job(session, "acme", {"task": "custom-generation", "base_model": "tiny-llama",
                                          "dataset": job.dataset_id})
