@@ -12,6 +12,7 @@ the trained adapter, `--adapter DIR` scores a kept one without training. One JSO
 (and `--out`).
 
     .venv/bin/python bench/bench_e2e.py --skip-base              # 300 steps, all 547 MRs (~15 min)
+    .venv/bin/python bench/bench_e2e.py --skip-base --auto       # the budget `auto` picks (579 steps)
     .venv/bin/python bench/bench_e2e.py --steps 5 --eval-mrs 8   # smoke
     .venv/bin/python bench/bench_e2e.py --adapter DIR --skip-base --beams 10
 """
@@ -32,6 +33,8 @@ from benchlib import DEFAULT_DATA, parse_overrides
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--auto", action="store_true",
+                   help="no budget: the `auto` rule picks steps and batch size (--steps/--batch-size unused)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-mrs", type=int, default=547, help="validation MRs to score (547: all)")
     p.add_argument("--skip-base", action="store_true", help="do not score the untuned base model")
@@ -62,7 +65,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     decode = GREEDY if args.beams == 1 else dataclasses.replace(PAPER_BEAM, num_beams=args.beams,
                                                                   length_penalty=args.length_penalty)
-    report: dict = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+    report: dict = {"model": args.model, "steps": "auto" if args.auto else args.steps,
+                    "batch_size": "auto" if args.auto else args.batch_size,
                     "eval_mrs": args.eval_mrs, "decode": decode.as_dict()}
     valid = load_examples("e2e", "validation", data_dir=args.data_dir)
     prompts, _ = generation_inputs(valid, args.eval_mrs)
@@ -84,8 +88,9 @@ def main() -> None:
         finish(report, args.out)
         return
 
-    spec = {"task": "e2e", "base_model": args.model, "max_steps": args.steps, "batch_size": args.batch_size,
-            "eval_size": args.eval_mrs, **parse_overrides(args.set)}
+    budget = {} if args.auto else {"max_steps": args.steps, "batch_size": args.batch_size}
+    spec = {"task": "e2e", "base_model": args.model, **budget, "eval_size": args.eval_mrs,
+            **parse_overrides(args.set)}
     losses = []
 
     def on_progress(pr):
