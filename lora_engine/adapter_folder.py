@@ -31,9 +31,11 @@ META_NAME = "lorafleet.json"
 CARD_NAME = "README.md"
 PEFT_TYPES = ("LORA",)
 META_FORMAT = "lorafleet-adapter/1"
-# PEFT task types -> our kind (a SEQ_CLS adapter may be either classification or regression;
-# without lorafleet.json saying so, it is read as classification).
-KIND_OF_PEFT_TASK = {"SEQ_CLS": "classification", "CAUSAL_LM": "generation"}
+# The PEFT task type of each kind, and back: a SEQ_CLS adapter is a classifier or a regressor
+# (read as a classifier when lorafleet.json does not say which).
+PEFT_TASK_OF_KIND = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "generation": "CAUSAL_LM"}
+KINDS_OF_PEFT_TASK = {task: tuple(k for k, t in PEFT_TASK_OF_KIND.items() if t == task)
+                      for task in dict.fromkeys(PEFT_TASK_OF_KIND.values())}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -146,7 +148,7 @@ class AdapterMeta:
         if config is not None:
             if not values.get("base_model") and isinstance(config.get("base_model_name_or_path"), str):
                 values["base_model"] = alias_of(config["base_model_name_or_path"])
-            values.setdefault("kind", KIND_OF_PEFT_TASK.get(config.get("task_type") or "", "classification"))
+            values.setdefault("kind", KINDS_OF_PEFT_TASK.get(config.get("task_type") or "", KINDS)[0])
             values.setdefault("method", method_of_config(config))
         problems = []
         if not (isinstance(values.get("base_model"), str) and values["base_model"]):

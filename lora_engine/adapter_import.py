@@ -14,12 +14,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_engine.adapter_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, AdapterMeta
+from lora_engine.adapter_folder import CARD_NAME, CONFIG_NAME, KINDS_OF_PEFT_TASK, WEIGHTS_NAME, AdapterMeta
 from lora_engine.catalog import TASKS
 from lora_engine.errors import AdapterError
 from lora_engine.model_ref import alias_of, base_model_problem, hub_id_of
 
-PEFT_TASK_KINDS = {"SEQ_CLS": ("classification", "regression"), "CAUSAL_LM": ("generation",)}
 # The files that travel into the registry's copy; anything else in the folder stays behind.
 IMPORTED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
@@ -64,7 +63,7 @@ def check_foreign_adapter(folder: str | os.PathLike, *, task: str,
         raise AdapterError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
     info = TASKS[task]
     peft_task = config.get("task_type")
-    kinds = PEFT_TASK_KINDS.get(peft_task or "")
+    kinds = KINDS_OF_PEFT_TASK.get(peft_task or "")
     if kinds is None or info.kind not in kinds:
         raise AdapterError(f"the adapter's task_type {peft_task!r} does not fit task {task!r} ({info.kind}); "
                            f"allowed: SEQ_CLS for classification/regression tasks, CAUSAL_LM for generation")

@@ -29,8 +29,9 @@ from torch import nn
 from lora_engine.adapter_folder import (
     CARD_NAME,
     CONFIG_NAME,
-    KIND_OF_PEFT_TASK,
+    KINDS_OF_PEFT_TASK,
     META_NAME,
+    PEFT_TASK_OF_KIND,
     WEIGHTS_NAME,
     AdapterMeta,
     method_of_config,
@@ -56,8 +57,8 @@ from lora_engine.layers import is_lora_param, lora_scaling
 from lora_engine.model_ref import hub_id_of
 
 PEFT_PREFIX = "base_model.model."
-TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "generation": "CAUSAL_LM",
-              "SEQ_CLS": "SEQ_CLS", "CAUSAL_LM": "CAUSAL_LM", "FEATURE_EXTRACTION": "FEATURE_EXTRACTION"}
+# save_adapter's task_type: one of our kinds, or a PEFT task type as it is.
+TASK_TYPES = {**PEFT_TASK_OF_KIND, **{t: t for t in ("SEQ_CLS", "CAUSAL_LM", "FEATURE_EXTRACTION")}}
 _MAG_OURS, _MAG_PEFT = "lora_magnitude", "lora_magnitude_vector"
 
 
@@ -116,7 +117,10 @@ def _finish_folder(tmp: Path, meta: AdapterMeta, card_stats: dict | None) -> Non
 
 
 def _kind_of(task_type: str | None) -> str | None:
-    return task_type if task_type in KINDS else KIND_OF_PEFT_TASK.get(task_type or "")
+    if task_type in KINDS:
+        return task_type
+    kinds = KINDS_OF_PEFT_TASK.get(task_type or "")
+    return kinds[0] if kinds else None
 
 
 def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name: str,
