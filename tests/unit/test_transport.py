@@ -67,3 +67,26 @@ def test_the_job_message_is_the_one_celery_itself_would_send(tmp_path: Path, mon
     assert properties["correlation_id"] == headers["id"] and properties["reply_to"] == ""
     assert received.content_type == "application/json" and properties["delivery_mode"] == 2
     assert headers["eta"] > datetime.now(UTC).isoformat()  # the countdown became an ETA, in UTC
+
+
+def test_an_idle_wait_ends_at_a_shutdown_request(tmp_path: Path, monkeypatch):
+    """Celery's solo loop waits 2 s at a time in drain_events; a warm shutdown (SIGTERM, Ctrl-C)
+    sets `state.should_stop`, and the transport stops waiting at its next look instead of
+    sitting out the wait. Without the request a wait lasts its timeout and still delivers."""
+    from celery.worker import state
+
+    url = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    with Connection(consumer_broker_url(url)) as consumer, Connection(url) as sender:
+        inbox = consumer.SimpleQueue("gpu")
+        t0 = time.monotonic()
+        with pytest.raises(inbox.Empty):
+            inbox.get(timeout=0.6)
+        assert time.monotonic() - t0 >= 0.6
+        sender.SimpleQueue("gpu").put({"job_id": "j-2"})
+        inbox.get(timeout=5).ack()
+
+        monkeypatch.setattr(state, "should_stop", 0)  # what the warm-shutdown handler sets (EX_OK)
+        t0 = time.monotonic()
+        with pytest.raises(inbox.Empty):
+            inbox.get(timeout=30)
+        assert time.monotonic() - t0 < 10  # not the 30 s it asked for
