@@ -32,6 +32,7 @@ LORAFLEET = f"{sys.executable} -m orchestrator.cli.main"
 TINY_JOB = ("--tenant acme --task sst2 --base-model tiny-bert --rank 4 --batch-size 8 --eval-size 16")
 EVENT_TEXT = ("claimed by", "checkpoint at", "adapter ", "submitted", "cancel requested")
 BAR = "━"
+STEPS = 40
 
 
 class Screen:
@@ -67,7 +68,9 @@ class Screen:
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("lorafleet-terminal")
-    env = {**worker_env(home), "LORAFLEET_CHECKPOINT_EVERY": "100", "LORAFLEET_LOG_FORMAT": "json",
+    # STEPS steps: enough for the live line to redraw many times and a checkpoint event to land
+    # under it (at the last step), few enough that the run is short.
+    env = {**worker_env(home), "LORAFLEET_CHECKPOINT_EVERY": str(STEPS), "LORAFLEET_LOG_FORMAT": "json",
            "LORAFLEET_METRICS_PORT": str(free_port())}
     proc = start_worker(env, home / "worker.log")
     try:
@@ -97,7 +100,7 @@ def bar_lines(lines: list[str]) -> list[str]:
 
 
 def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embedded):
-    screen = Screen(embedded, f"{LORAFLEET} job submit {TINY_JOB} --max-steps 100 --wait")
+    screen = Screen(embedded, f"{LORAFLEET} job submit {TINY_JOB} --max-steps {STEPS} --wait")
     try:
         exit_code = screen.wait_for(r"EXIT=(\d+)").group(1)
         lines = screen.lines()
@@ -111,7 +114,7 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     assert bars, "no status line on the screen:\n" + "\n".join(lines)
     for line in bars:
         assert not any(text in line for text in EVENT_TEXT), f"event text inside the status line: {line!r}"
-    assert re.search(r"succeeded\s+step 100/100\s+loss \d", bars[-1]), bars[-1]
+    assert re.search(rf"succeeded\s+step {STEPS}/{STEPS}\s+loss \d", bars[-1]), bars[-1]
     # Events appear above the status line, each on its own line.
     assert any(re.fullmatch(r"\d\d:\d\d:\d\d  claimed\s+claimed by .*", line) for line in lines), lines
     assert re.fullmatch(rf"succeeded in \S+: acc [0-9.]+; adapter [0-9a-f]{{8}} \(.*\)\. More: lorafleet "
@@ -144,7 +147,7 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     # The worker recorded every step's loss and lr (metric history), read back by `job metrics`.
     curves = json.loads(cli(embedded, "job", "metrics", job_id, "--format", "json").stdout)
     assert set(curves) == {"loss", "lr"}
-    assert [p["step"] for p in curves["loss"]] == list(range(1, 101))
+    assert [p["step"] for p in curves["loss"]] == list(range(1, STEPS + 1))
     epochs = [p["epoch"] for p in curves["loss"]]
     assert epochs == sorted(epochs) and 0 < epochs[0] < epochs[-1]
     assert all(p["value"] > 0 for p in curves["lr"]) and curves["lr"][-1]["value"] < max(
