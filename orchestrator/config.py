@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         15.0,
         gt=0,
-        description="seconds between a running job's lease renewals (keep well under lease_seconds)",
+        description="seconds between a running job's lease renewals and a worker's presence beats "
+                    "(keep well under lease_seconds)",
         json_schema_extra=_allowed("a number of seconds > 0, at most half of lease_seconds"),
     )
     reconcile_every_s: float = Field(

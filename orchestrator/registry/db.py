@@ -34,9 +34,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.config import Settings, get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-# Alembic announces "Context impl SQLiteImpl. Will assume non-transactional DDL." at INFO every
-# time a process checks the schema; a worker's INFO log would carry it at every start.
-logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+# Alembic announces "Context impl SQLiteImpl. Will assume non-transactional DDL." and one "setup
+# plugin …" line per autogenerate plugin at INFO every time a process checks or migrates the
+# schema; a worker's INFO log would carry them at every start. `db upgrade` says the revision itself.
+for _chatty in ("alembic.runtime.migration", "alembic.runtime.plugins"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Connection execution option set by read-only services: SQLite begins DEFERRED for them.

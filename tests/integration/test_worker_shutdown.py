@@ -47,6 +47,9 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
     first = _start(env, tmp_path, "first")
     second = None
     try:
+        # It created the registry: without Alembic's start-up chatter in its log.
+        assert "new registry" in first.log()
+        assert "setup plugin" not in first.log() and "Context impl" not in first.log()
         with session_scope(settings) as s:
             create_tenant(s, "deploys", max_running=1)
             job_id = submit_job(
