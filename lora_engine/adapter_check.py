@@ -13,7 +13,7 @@ import json
 import struct
 from pathlib import Path
 
-from lora_engine.adapter_folder import CONFIG_NAME, PEFT_TYPES, WEIGHTS_NAME
+from lora_engine.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, peft_type_problem
 from lora_engine.model_ref import MODEL_ALIASES, alias_of
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -61,9 +61,9 @@ def adapter_folder_problems(folder: str | Path, base_model: str | None, *,
     if not isinstance(config, dict):
         return [f"{what}: {CONFIG_NAME} is not a JSON object"]
     problems = []
-    if config.get("peft_type") not in PEFT_TYPES:
-        problems.append(f"{what}: peft_type {str(config.get('peft_type'))[:40]!r} is not supported; "
-                        f"allowed: {', '.join(PEFT_TYPES)} (LoRA, rsLoRA, DoRA)")
+    peft_type = peft_type_problem(config)
+    if peft_type:
+        problems.append(f"{what}: {peft_type}")
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         pickled = (folder / "adapter_model.bin").is_file()

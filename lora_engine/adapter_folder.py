@@ -62,12 +62,18 @@ def read_adapter_config(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise AdapterError(f"{str(folder)!r} is not an adapter folder: {CONFIG_NAME} is missing")
     config = _read_json_object(path)
-    if config.get("peft_type") not in PEFT_TYPES:
-        raise AdapterError(
-            f"{path}: peft_type {config.get('peft_type')!r} is not supported; "
-            f"allowed: {', '.join(PEFT_TYPES)}"
-        )
+    problem = peft_type_problem(config)
+    if problem:
+        raise AdapterError(f"{path}: {problem}")
     return config
+
+
+def peft_type_problem(config: dict) -> str | None:
+    """Why an adapter_config's peft_type is not one lorafleet runs (None: it is)."""
+    if config.get("peft_type") in PEFT_TYPES:
+        return None
+    return (f"peft_type {str(config.get('peft_type'))[:40]!r} is not supported; "
+            f"allowed: {', '.join(PEFT_TYPES)} (LoRA, rsLoRA, DoRA)")
 
 
 def method_of_config(config: dict) -> str:
