@@ -107,7 +107,7 @@ def _check_layers_match(layers: list[tuple[str, nn.Module]], settings: LoraSetti
 
 def _finish_folder(tmp: Path, meta: AdapterMeta, card_stats: dict | None) -> None:
     """lorafleet.json and (with `card_stats`) the model card, into a folder being built; the card
-    records the size of the files written so far (the weights) as `adapter_bytes`."""
+    records the size of the files written so far (config, weights, lorafleet.json) as `adapter_bytes`."""
     write_adapter_meta(tmp, meta)
     if card_stats is not None:
         from lora_engine.modelcard import render_model_card
