@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +68,9 @@ def test_the_job_message_is_the_one_celery_itself_would_send(tmp_path: Path, mon
     assert properties["correlation_id"] == headers["id"] and properties["reply_to"] == ""
     assert received.content_type == "application/json" and properties["delivery_mode"] == 2
     assert headers["eta"] > datetime.now(UTC).isoformat()  # the countdown became an ETA, in UTC
+    # The embedded broker's file is in WAL mode (one commit per message, without a full fsync).
+    with sqlite3.connect(settings.broker_url.removeprefix("sqla+sqlite:///")) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_an_idle_wait_ends_at_a_shutdown_request(tmp_path: Path, monkeypatch):
