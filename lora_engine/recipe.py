@@ -96,6 +96,9 @@ class TrainHooks:
     divergence_factor: float | None = None
     divergence_patience: int = 20
     on_evaluate: Callable[[EvalPoint], None] | None = None  # each evaluation during training
+    # Called as a stretch of work without optimizer steps begins: "evaluating" (an evaluation
+    # during training, or the final one), "saving" (the adapter folder); steps mean "training".
+    on_phase: Callable[[str], None] | None = None
 
     def __post_init__(self):
         if self.checkpoint_every < 0:
@@ -453,6 +456,8 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             hooks.on_progress(progress_event(run, step_loss, seen / max(time.perf_counter() - t0, 1e-9)))
         if run.selection is not None and (run.step % run.spec.eval_every == 0
                                           or run.step == run.total_steps):
+            if hooks.on_phase is not None:
+                hooks.on_phase("evaluating")
             point = evaluate_holdout(run)
             if hooks.on_evaluate is not None:
                 hooks.on_evaluate(point)
@@ -555,11 +560,15 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
         if run.selection is not None:
             run.selection.restore_best(run.trainable)
         t_eval = time.perf_counter()
+        if hooks.on_phase is not None:
+            hooks.on_phase("evaluating")
         metrics = evaluate_run(run, data_dir=data_dir, decode=decode, meteor=meteor)
         if run.selection is not None:
             metrics["selection"] = run.selection.summary()
         synchronize(device)
         run.device_s += time.perf_counter() - t_eval
+        if hooks.on_phase is not None:
+            hooks.on_phase("saving")
         return finish_run(run, output_dir, metrics, mem=mem, wall0=wall0)
     finally:
         if cache is not None:

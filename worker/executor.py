@@ -30,6 +30,8 @@ class JobHooks:
     on_resume: Callable[[int, Path], None]  # (step, folder) the work resumed from
     # (step, epoch, {series: value}): points of the job's training curves (metric history)
     on_metrics: Callable[[int, float, dict[str, float]], None] | None = None
+    # "evaluating" / "saving" as such a stretch begins (steps again mean "training")
+    on_phase: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

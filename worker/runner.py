@@ -151,10 +151,22 @@ class _Heartbeat:
             self.points += [Point(name, int(step), float(epoch), float(v)) for name, v in values.items()
                             if v is not None]
 
+    def on_phase(self, phase: str) -> None:
+        """The executor began evaluating or saving: a `phase` event, so a follower shows it."""
+        from orchestrator.services import record_phase
+
+        try:
+            with session_scope(self.settings) as session:
+                record_phase(session, self.job_id, self.worker_id, phase, self.step)
+        except Exception as exc:  # only what a follower shows is missing; the work goes on
+            if not is_transient(exc):
+                raise
+            log.warning("job %s: phase %s not recorded: %s", self.job_id, phase, exc)
+
     def hooks(self) -> JobHooks:
         return JobHooks(on_progress=self.on_progress, should_stop=self.should_stop,
                         on_checkpoint=self.on_checkpoint, on_resume=self.on_resume,
-                        on_metrics=self.on_metrics)
+                        on_metrics=self.on_metrics, on_phase=self.on_phase)
 
     def send(self) -> None:
         """One heartbeat with the latest progress: extends the lease, reads the cancel flag.

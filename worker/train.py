@@ -33,6 +33,7 @@ def run_training(ctx: JobContext) -> JobResult:
         on_checkpoint=ctx.hooks.on_checkpoint,
         on_resume=ctx.hooks.on_resume,
         on_evaluate=on_evaluate,
+        on_phase=ctx.hooks.on_phase,
         divergence_factor=ctx.settings.divergence_factor,
         divergence_patience=ctx.settings.divergence_patience,
     )

@@ -41,7 +41,8 @@ def _event_time(value: Any, wide: bool) -> str:
 
 
 def phase(view: Mapping[str, Any]) -> str:
-    """queued, loading, training, evaluating (training done, scores not yet in), or the end state."""
+    """queued, loading, training, evaluating, saving, or the end state: the phase a follower saw
+    in the job's `phase` events (`view["phase"]`, set by cli.live), else inferred from the step."""
     state = view["state"]
     if state != "running":
         return state

@@ -81,6 +81,25 @@ class Rate:
         return max(total - self.last[1], 0) / rate
 
 
+class Phase:
+    """The stretch of work without steps the job is in, from its `phase` events (evaluating,
+    saving); a step after the event's step means it trains again."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.step = 0
+
+    def see(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "phase" and event.get("data"):
+            self.name, self.step = event["data"].get("phase"), int(event["data"].get("step") or 0)
+        elif event["kind"] in ("claimed", "resumed"):  # a new attempt starts by loading
+            self.name = None
+
+    def of(self, view: dict[str, Any]) -> str | None:
+        step = view["progress"]["step"]
+        return self.name if self.name and (step or 0) <= self.step else None
+
+
 def progress_text(view: dict[str, Any], rate: Rate) -> str:
     """'training  step 12/50  loss 0.412  3.1 it/s  96 ex/s  ETA 12s' (no bar: the plain form)."""
     p = view["progress"]
@@ -155,6 +174,7 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
     `show_events=False` with `as_json`: print nothing while waiting (the caller prints the end).
     """
     rate = Rate()
+    current = Phase()
     last_event: int | None = None
     hint_at = time.monotonic() + QUEUED_HINT_AFTER_S
     detail = job_detail(job_id)
@@ -166,6 +186,7 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
         while True:
             for event in new_events(job_id, last_event):
                 last_event = event["id"]
+                current.see(event)
                 if as_json:
                     if show_events:
                         click.echo(json.dumps(jsonable(event)))
@@ -176,7 +197,7 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
             detail = job_detail(job_id)
             rate.see(detail["progress"]["step"])
             if view is not None:
-                view.show(detail, rate)
+                view.show({**detail, "phase": current.of(detail)}, rate)
             if detail["state"] in TERMINAL:
                 return detail
             if detail["state"] == "queued" and hint_at and time.monotonic() > hint_at:

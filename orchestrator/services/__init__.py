@@ -54,6 +54,7 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                   heartbeat(s, job_id, worker_id, step, total, loss, lease_seconds, now=None,
                             event_interval_s=5.0) -> bool (cancel requested)   raises LeaseLost
                   record_checkpoint(s, job_id, worker_id, step, path=None)
+                  record_phase(s, job_id, worker_id, "evaluating"|"saving", step)   (a `phase` event)
                   record_resume(s, job_id, worker_id, step, path=None)   (a `resumed` event)
                   finish_job_success(s, job_id, worker_id, AdapterRecord(id, path, sha256, bytes,
                             trainable_params, total_params) | None, metrics={split: {name: value}},
@@ -125,6 +126,7 @@ _PUBLIC = {
     "heartbeat": "orchestrator.services.leases",
     "mark_cancelled": "orchestrator.services.leases",
     "record_checkpoint": "orchestrator.services.leases",
+    "record_phase": "orchestrator.services.leases",
     "record_packed": "orchestrator.services.leases",
     "record_resume": "orchestrator.services.leases",
     "requeue_job": "orchestrator.services.leases",
@@ -147,8 +149,9 @@ __all__ = [  # the same names as _PUBLIC (a test checks)
     "claim_job", "claim_next", "claim_partners",
     "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
     "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
-    "mark_dispatched", "new_adapter_path", "record_checkpoint", "record_packed", "record_resume",
-    "requeue_job", "retry_job", "set_tenant_quota", "submit_batch", "submit_job", "submit_reevaluation",
+    "mark_dispatched", "new_adapter_path", "record_checkpoint", "record_packed", "record_phase",
+    "record_resume", "requeue_job", "retry_job", "set_tenant_quota", "submit_batch", "submit_job",
+    "submit_reevaluation",
     "tenant_summary", "unclaimable_reason", "verified_adapter",
 ]
 
@@ -190,6 +193,7 @@ if TYPE_CHECKING:
         mark_cancelled,
         record_checkpoint,
         record_packed,
+        record_phase,
         record_resume,
         requeue_job,
         unclaimable_reason,

@@ -216,6 +216,20 @@ def record_checkpoint(
     add_event(session, job, "checkpoint", f"checkpoint at step {step}", {"step": step, "path": path})
 
 
+PHASE_MESSAGES = {"evaluating": "evaluating", "saving": "saving the adapter"}
+
+
+@transactional
+def record_phase(session: Session, job_id: str, worker_id: str, phase: str, step: int) -> None:
+    """A `phase` event: the work between optimizer steps that began at `step` (evaluating,
+    saving); the next progress means training again."""
+    if phase not in PHASE_MESSAGES:
+        raise InvalidInput(f"unknown phase {phase!r}; allowed: {', '.join(PHASE_MESSAGES)}")
+    job = _owned(session, job_id, worker_id)
+    add_event(session, job, "phase", f"{PHASE_MESSAGES[phase]} at step {step}",
+              {"phase": phase, "step": step})
+
+
 @transactional
 def record_resume(session: Session, job_id: str, worker_id: str, step: int, path: str | None = None) -> None:
     """A `resumed` event: this attempt continues from the checkpoint at `step`."""

@@ -126,6 +126,9 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     assert "\x1b[" not in piped.stdout and BAR not in piped.stdout
     kinds = [re.fullmatch(r"\d\d:\d\d:\d\d  (\w+)\s+.*", line).group(1) for line in piped.stdout.splitlines()]
     assert kinds[:2] == ["submitted", "claimed"] and kinds[-1] == "succeeded" and "progress" in kinds
+    # Between the last step and the outcome: the final evaluation, then the saving.
+    assert [line.split(None, 2)[2] for line in piped.stdout.splitlines()[-3:-1]] == [
+        f"evaluating at step {STEPS}", f"saving the adapter at step {STEPS}"]
     assert cli(embedded, "job", "wait", job_id[:8]).returncode == 0
 
     # JSON worker logs: one object per line, the job's lines carry its job and tenant ids.

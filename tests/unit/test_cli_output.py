@@ -81,3 +81,28 @@ def test_every_command_shows_an_example_in_its_help():
     missing = [name for name, command in commands(cli)
                if "Example" not in (command.help or "") + (command.epilog or "")]
     assert missing == [], f"commands without an example (add one to cli/examples.py): {missing}"
+
+
+def test_the_status_line_names_the_phase_from_the_jobs_phase_events():
+    """loading before the first step, training while steps come, evaluating / saving from the
+    worker's `phase` events until a later step (an evaluation during training) or the end."""
+    from orchestrator.cli.live import Phase, Rate, progress_text
+
+    def view(step, total=40, state="running"):
+        return {"state": state, "progress": {"step": step, "total": total, "loss": 0.5}, "spec": {}}
+
+    current, rate = Phase(), Rate()
+
+    def line(v):
+        return progress_text({**v, "phase": current.of(v)}, rate)
+
+    assert line(view(None)).startswith("loading")
+    assert line(view(12)).startswith("training  step 12/40  loss 0.5")
+    current.see({"kind": "phase", "data": {"phase": "evaluating", "step": 20}})
+    assert line(view(20)).startswith("evaluating  step 20/40")
+    assert line(view(21)).startswith("training  step 21/40")  # trained on after the evaluation
+    current.see({"kind": "phase", "data": {"phase": "saving", "step": 40}})
+    assert line(view(40)).startswith("saving  step 40/40")
+    assert line(view(40, state="succeeded")).startswith("succeeded")
+    current.see({"kind": "claimed", "data": {}})  # a retry loads again
+    assert line(view(None)).startswith("loading")

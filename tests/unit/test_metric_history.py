@@ -120,7 +120,12 @@ def test_evaluations_during_training_land_as_curves(tmp_path, monkeypatch):
         # The same points as the run's own record of them (the selection summary counts them).
         with session_scope() as s:
             selection = svc.get_job(s, job_id).to_dict()["metrics"]["selection"]
+            phases = [(e.data["phase"], e.data["step"]) for e in svc.job_events(s, job_id)
+                      if e.kind == "phase"]
         assert selection["evaluations"] == 3 and selection["best_step"] in (2, 4, 6)
+        # What a follower shows between steps: each evaluation, then the final one and the saving.
+        assert phases == [("evaluating", 2), ("evaluating", 4), ("evaluating", 6), ("evaluating", 6),
+                          ("saving", 6)]
         table = CliRunner().invoke(cli, ["job", "metrics", job_id]).output
         row = next(line for line in table.splitlines() if line.startswith("holdout/accuracy"))
         assert row.split()[1:3] == ["3", "2-6"]

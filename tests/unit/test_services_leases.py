@@ -144,6 +144,21 @@ def test_heartbeat_extends_lease_rate_limits_events_and_detects_loss(session, jo
         svc.heartbeat(session, job.id, "intruder", 11, 10, 0.1, 30)
 
 
+def test_phase_events_name_the_work_between_steps(session, job_spec) -> None:
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec)
+    svc.claim_job(session, job.id, "w1", 30)
+    svc.record_phase(session, job.id, "w1", "evaluating", 5)
+    svc.record_phase(session, job.id, "w1", "saving", 5)
+    phases = [(e.message, e.data) for e in svc.job_events(session, job.id) if e.kind == "phase"]
+    assert phases == [("evaluating at step 5", {"phase": "evaluating", "step": 5}),
+                      ("saving the adapter at step 5", {"phase": "saving", "step": 5})]
+    with pytest.raises(svc.InvalidInput, match="unknown phase 'napping'; allowed: evaluating, saving"):
+        svc.record_phase(session, job.id, "w1", "napping", 5)
+    with pytest.raises(svc.LeaseLost):
+        svc.record_phase(session, job.id, "intruder", "saving", 5)
+
+
 def test_finish_records_adapter_metrics_and_usage_atomically(session, registry_settings, job_spec) -> None:
     svc.create_tenant(session, "acme")
     job = svc.submit_job(session, "acme", job_spec)
