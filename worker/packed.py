@@ -7,7 +7,8 @@ at every step boundary where the pack has room, more queued training jobs on the
 task takes the same forward are claimed into it, in the same fair-share order and under the same
 quotas (`services.claim_partners`: each its own conditional claim): its first partners at once,
 later a job submitted while the pack trains, or one whose tenant's quota a leaving job freed.
-Anything else is left to `runner.run_job`, unchanged.
+Anything else is left to `runner.run_job`, unchanged, and so is a job the pack refuses when it
+tries to add it (LoRA on an embedding layer): it goes back to the queue, no attempt used.
 
 K and the token budget per round, where not configured, come from memory: the pack's first round
 is measured (activation bytes per token, once per base and process) and planned against free
@@ -45,6 +46,7 @@ from worker.runner import (
     RunResult,
     _failed_usage,
     _Heartbeat,
+    _record,
     _resolve_inputs,
     _settle,
     _succeed,
@@ -163,6 +165,7 @@ class _Joiner:
         self.settings, self.worker_id, self.base, self.family = settings, worker_id, base, family
         self.pack, self.cache = pack, cache
         self.last = float("-inf")
+        self.skip: set[str] = set()  # jobs this pack refused and handed back: not claimed again
 
     def __call__(self, *, now: bool) -> list[_Member]:
         from orchestrator.services import claim_partners
@@ -178,7 +181,7 @@ class _Joiner:
 
         def accept(job) -> bool:
             nonlocal tokens_left
-            if _packable(job) != self.family:
+            if job.id in self.skip or _packable(job) != self.family:
                 return False
             if tokens_left is not None:
                 need = _round_tokens(job)
@@ -237,7 +240,7 @@ def _limits(settings: Settings, pack, base: str) -> PackPlan | None:
 
 def _train_packed(settings: Settings, worker_id: str, base: str, family: str, lead: _Member,
                   cache: Any) -> list[RunResult]:
-    from lora_engine.errors import TrainingStopped
+    from lora_engine.errors import LoraConfigError, TrainingStopped
     from lora_engine.packed import Pack
 
     members = {lead.ctx.job_id: lead}
@@ -259,6 +262,9 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
         members[m.ctx.job_id] = m
         try:
             pack.add(_spec(settings, m), m.ctx.staging_dir, _hooks(settings, m), key=m.ctx.job_id)
+        except LoraConfigError as exc:  # the pack refuses it (e.g. LoRA on embeddings): alone it may train
+            join.skip.add(m.ctx.job_id)
+            results.append(_release(settings, worker_id, m, exc))
         except Exception as exc:  # this job cannot start (bad data, a refused spec): it alone
             results.append(_fail(settings, worker_id, m, exc))
 
@@ -296,6 +302,8 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
         pack.close()
         if cache is not None:
             cache.checkin()
+    if lead.ctx.job_id in join.skip:  # handed back: the single path claims it (fair share) and trains it
+        results.append(run_job(lead.ctx.job_id, worker_id=worker_id, settings=settings, cache=cache))
     return results
 
 
@@ -351,6 +359,22 @@ def _leave(settings: Settings, worker_id: str, m: _Member, outcome, plan, stoppe
                        cancel_requested=m.beat.cancel)
     finally:
         _clean_staging(m)
+
+
+def _release(settings: Settings, worker_id: str, m: _Member, exc: Exception) -> RunResult:
+    """A job the pack cannot take goes back to the queue, no attempt used, to train alone."""
+    from orchestrator.services import LeaseLost, requeue_job
+
+    m.keepalive.stop()
+    reason = f"not packed: {exc}"
+    log.info("job %s cannot join the pack (%s): back to the queue to train alone", m.ctx.job_id, exc)
+    try:
+        _record(settings, lambda s: requeue_job(s, m.ctx.job_id, worker_id, reason, release=True))
+    except LeaseLost as lost:
+        return RunResult("lost", m.ctx.job_id, str(lost))
+    finally:
+        _clean_staging(m)
+    return RunResult("requeued", m.ctx.job_id, reason)
 
 
 def _fail(settings: Settings, worker_id: str, m: _Member, exc: Exception) -> RunResult:

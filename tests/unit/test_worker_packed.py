@@ -85,3 +85,27 @@ def test_a_waiting_job_joins_the_running_pack_and_limits_come_from_a_memory_prob
     a2_claimed = next(e.ts for e in events[a2] if e.kind == "claimed")
     b1_done = next(e.ts for e in events[b1] if e.kind == "succeeded")
     assert a1_done <= a2_claimed < b1_done
+
+
+def test_a_job_the_pack_refuses_goes_back_to_the_queue_and_trains_alone(registry_settings):
+    settings = registry_settings.model_copy(update={"pack_max_jobs": 4, "pack_max_tokens": 4096})
+    with session_scope(settings) as s:
+        svc.create_tenant(s, "acme", max_running=2)
+        a1 = svc.submit_job(s, "acme", {**SMALL, "task": "rte"}).id
+        # LoRA on the embeddings: packed rounds route linear layers only, alone it trains.
+        targets = ["word_embeddings", "query"]
+        embed = svc.submit_job(s, "acme", {**SMALL, "task": "mrpc", "targets": targets}).id
+
+    first = run_packed(a1, worker_id="w1", settings=settings, cache=BaseModelCache())
+    assert {r.job_id: r.outcome for r in first} == {a1: "succeeded", embed: "requeued"}
+    with session_scope(settings) as s:
+        assert svc.get_job(s, embed).job.state == "queued"
+
+    # Its own message: it is now the head, the pack refuses it again, the single path trains it.
+    second = run_packed(embed, worker_id="w1", settings=settings, cache=BaseModelCache())
+    assert [(r.job_id, r.outcome) for r in second] == [(embed, "requeued"), (embed, "succeeded")]
+    with session_scope(settings) as s:
+        detail = svc.get_job(s, embed)
+        kinds = [e.kind for e in svc.job_events(s, embed)]
+    assert detail.job.state == "succeeded" and detail.adapter is not None
+    assert "packed" not in kinds and kinds.count("claimed") == 3
