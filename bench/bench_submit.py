@@ -6,7 +6,10 @@ with two baselines measured in the same run: a bare `python -c pass` and `lorafl
 Also reports which modules the submit path imports and the slowest of them (`-X importtime`).
 
 usage: python bench/bench_submit.py [--runs 7] [--jobs 3600] [--batch 1000]
-Prints one JSON object. The machine is shared, so compare the ratios, not the seconds.
+Prints one JSON object (with the 1-minute load average at start and end). The machine is shared,
+so compare the ratios, not the seconds; `cpu_s` (each process's user + sys seconds) moves far
+less with the load than the wall clock does. LORAFLEET_DATA_DIR, when set, is passed on (the Makefile
+sets it: the `auto` budget then counts the task's training rows at submit).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +35,8 @@ def _env(home: Path) -> dict[str, str]:
     env.update(LORAFLEET_HOME=str(home), LORAFLEET_DATA_ROOTS=str(home.parent), HF_HUB_OFFLINE="1",
                LORAFLEET_TENANT_MAX_QUEUED="100000",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if os.environ.get("LORAFLEET_DATA_DIR"):  # as the Makefile sets it: the auto budget counts SST-2
+        env["LORAFLEET_DATA_DIR"] = os.environ["LORAFLEET_DATA_DIR"]
     return env
 
 
@@ -39,12 +45,18 @@ def _cli(env: dict[str, str], *args: str, extra: tuple[str, ...] = ()) -> subpro
                           capture_output=True, text=True, check=True, cwd=ROOT)
 
 
-def _timed(fn, runs: int) -> list[float]:
+def _timed(fn, runs: int, cpu: list[float] | None = None) -> list[float]:
+    """Wall seconds of `runs` calls; with `cpu`, also each call's child CPU seconds (user + sys),
+    which a loaded machine inflates far less than the wall clock."""
     walls = []
     for _ in range(runs):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         fn()
         walls.append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if cpu is not None:
+            cpu.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
     return walls
 
 
@@ -74,14 +86,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3600)
     parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-submit-") as tmp:
         home = Path(tmp) / "home"
         env = _env(home)
         _cli(env, "tenant", "create", "bench")
-        bare = _timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.runs)
-        helps = _timed(lambda: _cli(env, "--help"), args.runs)
-        counter = iter(range(10_000))
-        submits = _timed(lambda: _cli(env, *_submit_args(next(counter))), args.runs)
+        # Interleaved, one of each per round, so a load spike on the shared machine hits all three.
+        bare, helps, submits = [], [], []
+        cpu: dict[str, list[float]] = {"bare": [], "help": [], "submit": [], "list": []}
+        for i in range(args.runs):
+            bare += _timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 1, cpu["bare"])
+            helps += _timed(lambda: _cli(env, "--help"), 1, cpu["help"])
+            submits += _timed(lambda i=i: _cli(env, *_submit_args(i)), 1, cpu["submit"])
         profile = import_profile(env)
 
         batch = Path(tmp) / "batch.jsonl"
@@ -100,17 +116,26 @@ def main() -> None:
                 n = min(1000, args.jobs - have)
                 submit_batch(s, [{"tenant": "bench", **SPEC, "seed": have + i} for i in range(n)])
                 have += n
-        list_page = _timed(lambda: _cli(env, "job", "list"), args.runs)
+        list_page, list_helps = [], []
+        for _ in range(args.runs):
+            list_helps += _timed(lambda: _cli(env, "--help"), 1)
+            list_page += _timed(lambda: _cli(env, "job", "list"), 1, cpu["list"])
         list_all = _timed(lambda: _cli(env, "job", "list", "--limit", "10000", "--json"), 3)
 
     med = statistics.median
     print(json.dumps({
         "runs": args.runs,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # start, end
+        "data_dir": env.get("LORAFLEET_DATA_DIR"),
         "python_bare_s": round(med(bare), 3),
         "help_s": round(med(helps), 3),
         "submit_s": round(med(submits), 3),
         "submit_minus_bare_s": round(med(submits) - med(bare), 3),
         "submit_over_help": round(med(submits) / med(helps), 2),
+        "submit_over_bare": round(med(submits) / med(bare), 1),
+        "list_page_over_help": round(med(list_page) / med(list_helps), 2),
+        "cpu_s": {k: round(med(v), 3) for k, v in cpu.items()},
+        "cpu_submit_over_help": round(med(cpu["submit"]) / med(cpu["help"]), 2),
         "submit_batch": {"jobs": args.batch, "seconds": round(batch_s, 2),
                          "jobs_per_s": round(args.batch / batch_s, 1)},
         "job_list": {"jobs_in_registry": args.jobs, "default_page_s": round(med(list_page), 3),
