@@ -146,6 +146,8 @@ def _snapshot(job) -> tuple:
 def _member(settings: Settings, worker_id: str, snapshot: tuple, cache: Any) -> _Member:
     """A claimed job's lifecycle, as `run_job` sets it up: heartbeat, keep-alive, staging."""
     jid, tenant_id, spec, attempt = snapshot
+    for earlier in range(1, attempt):  # left by a killed worker (as run_job clears them)
+        shutil.rmtree(artifacts.staging_path(settings, tenant_id, jid, earlier), ignore_errors=True)
     beat = _Heartbeat(settings, jid, worker_id)
     ctx = JobContext(job_id=jid, tenant_id=tenant_id, kind="train", attempt=attempt, spec=spec,
                      settings=settings, hooks=beat.hooks(),
