@@ -115,7 +115,7 @@ def test_sigterm_requeues_the_running_job_and_the_next_worker_resumes_it(tmp_pat
 
         # The idle worker is alive by its own heartbeat; the first one said it stopped.
         idle = wait_for(lambda: (w := status_workers(env).get(worker_id(second))) and w["job"] is None and w,
-                        30, "the second worker to show idle", second)
+                        90, "the second worker to show idle", second)
         assert idle["state"] == "alive" and idle["pid"] == second.proc.pid and idle["device"] == "cpu"
         assert status_workers(env)[worker_id(first)]["state"] == "stopped"
         stop_worker(second.proc)
