@@ -14,7 +14,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_engine.adapter_folder import CARD_NAME, CONFIG_NAME, KINDS_OF_PEFT_TASK, WEIGHTS_NAME, AdapterMeta
+from lora_engine.adapter_folder import (
+    CARD_NAME,
+    CONFIG_NAME,
+    KINDS_OF_PEFT_TASK,
+    META_NAME,
+    WEIGHTS_NAME,
+    AdapterMeta,
+    read_adapter_meta,
+)
 from lora_engine.catalog import TASKS
 from lora_engine.errors import AdapterError
 from lora_engine.model_ref import alias_of, base_model_problem, hub_id_of
@@ -45,9 +53,10 @@ def _same_base(a: str, b: str) -> bool:
     return alias_of(a) == alias_of(b) or hub_id_of(a) == hub_id_of(b)
 
 
-def check_foreign_adapter(folder: str | os.PathLike, *, task: str,
+def check_foreign_adapter(folder: str | os.PathLike, *, task: str | None = None,
                           base_model: str | None = None) -> ForeignAdapter:
-    """Validate the adapter in `folder` for `task` (and `base_model`, default: the adapter's own)."""
+    """Validate the adapter in `folder` for `task` (default: the task its lorafleet.json records)
+    and `base_model` (default: the adapter's own)."""
     from lora_engine.adapter_check import adapter_folder_problems
     from lora_engine.adapter_io import head_rows, load_adapter, read_adapter_config, settings_from_config
     from lora_engine.models import load_base_model
@@ -59,6 +68,8 @@ def check_foreign_adapter(folder: str | os.PathLike, *, task: str,
         raise AdapterError("; ".join(problems))
     config = read_adapter_config(folder)
     settings = settings_from_config(config)
+    if task is None:
+        task = recorded_task(folder)
     if task not in TASKS:
         raise AdapterError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
     info = TASKS[task]
@@ -95,3 +106,13 @@ def check_foreign_adapter(folder: str | os.PathLike, *, task: str,
     return ForeignAdapter(folder=folder, base_model=base_model, task=task, kind=info.kind,
                           method=settings.method, rank=settings.rank, num_labels=num_labels,
                           trainable_params=trainable, total_params=total)
+
+
+def recorded_task(folder: Path) -> str:
+    """The task a lorafleet adapter's own record names; a PEFT adapter made elsewhere names none,
+    and a SEQ_CLS head alone does not say which task it was trained for."""
+    task = read_adapter_meta(folder).task if (folder / META_NAME).is_file() else None
+    if not task:
+        raise AdapterError(f"the adapter does not say which task it was trained for (no task in "
+                           f"{META_NAME}); give --task, one of: {', '.join(TASKS)}")
+    return task

@@ -90,6 +90,7 @@ def test_the_model_card_is_hub_metadata_with_eval_results():
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LORAFLEET_DATA_ROOTS", str(tmp_path))  # the adapters made elsewhere lie here
     for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()
@@ -165,3 +166,15 @@ def test_adapter_import_checks_then_registers(home, tiny_model, tmp_path):
     predicted = runner.invoke(cli, ["adapter", "predict", row["id"][:8], "a fine film", "--json"])
     assert predicted.exit_code == 0, predicted.output
     assert json.loads(predicted.output)[0]["label"] in ("negative", "positive")
+
+    # A plain PEFT adapter does not say its task; one exported from a lorafleet does (lorafleet.json).
+    untold = runner.invoke(cli, ["adapter", "import", "--tenant", "acme", str(good)])
+    assert untold.exit_code == 1 and "give --task, one of: cola" in untold.stderr, untold.output
+    assert runner.invoke(cli, ["tenant", "create", "globex"]).exit_code == 0
+    stored = runner.invoke(cli, ["adapter", "import", "--tenant", "globex", row["path"]])
+    assert stored.exit_code == 1 and "points into the artifacts root" in stored.stderr, stored.output
+    exported = tmp_path / "exported"
+    assert runner.invoke(cli, ["adapter", "export", row["id"], str(exported)]).exit_code == 0
+    told = runner.invoke(cli, ["adapter", "import", "--tenant", "globex", str(exported), "--json"])
+    assert told.exit_code == 0, told.output
+    assert json.loads(told.output)["task"] == "sst2"
