@@ -238,33 +238,9 @@ def test_json_output_never_prints_nan(home: Path):
     assert strict(run("job", "show", job_id, "--json").stdout)["id"] == job_id
 
 
-def test_report_benchmark_reevaluate_queues_one_job_per_base_and_sends_it(home: Path):
-    from orchestrator.services import (
-        AdapterRecord,
-        claim_job,
-        finish_job_success,
-        new_adapter_path,
-        submit_job,
-    )
-
-    run("tenant", "create", "acme")
-    with session_scope() as s:
-        job = submit_job(s, "acme", {"task": "sst2", "rank": 4, "base_model": "tiny-bert", "max_steps": 2})
-        claim_job(s, job.id, "w1", 60)
-        adapter_id = "00000000-0000-4000-8000-000000000001"
-        path = new_adapter_path(get_settings(), job.tenant_id, adapter_id)
-        finish_job_success(s, job.id, "w1", AdapterRecord(adapter_id, str(path), "a" * 64, 1, 1, 2),
-                           {"validation": {"accuracy": 0.5}})
-    result = run("report", "benchmark", "--reevaluate", "--tenant", "acme", "--format", "json")
-    assert "queued re-evaluation" in result.stderr and "1 adapter(s) on tiny-bert" in result.stderr
-    assert json.loads(result.stdout)  # the report itself still follows
-    with session_scope() as s:
-        (reeval,) = [j for j in list_jobs(s) if j.kind == "reevaluate"]
-        assert [a["id"] for a in reeval.spec["adapters"]] == [adapter_id]
-    assert {"task": "lorafleet.run_job", "args": [reeval.id], "kwargs": {}} in queued_messages(home)
-
-
-def test_adapter_export_copies_a_verified_folder_whole_or_not_at_all(home: Path, tmp_path: Path):
+def succeeded_adapter(adapter_id: str) -> tuple[Path, str, int]:
+    """A tenant `acme` with one succeeded sst2 job whose adapter (registry-shaped files, real
+    sha256) is `adapter_id`: (its folder, sha256, bytes)."""
     from lora_engine.digest import adapter_files_digest
     from orchestrator.services import (
         AdapterRecord,
@@ -279,11 +255,30 @@ def test_adapter_export_copies_a_verified_folder_whole_or_not_at_all(home: Path,
     with session_scope() as s:
         job = submit_job(s, "acme", {"task": "sst2", "rank": 4, "base_model": "tiny-bert", "max_steps": 2})
         claim_job(s, job.id, "w1", 60)
-        adapter_id = "00000000-0000-4000-8000-000000000002"
         path = fake_adapter_files(new_adapter_path(get_settings(), job.tenant_id, adapter_id))
         sha, size = adapter_files_digest(path)
         finish_job_success(s, job.id, "w1", AdapterRecord(adapter_id, str(path), sha, size, 1, 2),
                            {"validation": {"accuracy": 0.5}})
+    return path, sha, size
+
+
+def test_report_benchmark_reevaluate_queues_one_job_per_base_and_sends_it(home: Path):
+    adapter_id = "00000000-0000-4000-8000-000000000001"
+    succeeded_adapter(adapter_id)
+    result = run("report", "benchmark", "--reevaluate", "--tenant", "acme", "--format", "json")
+    assert "queued re-evaluation" in result.stderr and "1 adapter(s) on tiny-bert" in result.stderr
+    assert json.loads(result.stdout)  # the report itself still follows
+    with session_scope() as s:
+        (reeval,) = [j for j in list_jobs(s) if j.kind == "reevaluate"]
+        assert [a["id"] for a in reeval.spec["adapters"]] == [adapter_id]
+    assert {"task": "lorafleet.run_job", "args": [reeval.id], "kwargs": {}} in queued_messages(home)
+
+
+def test_adapter_export_copies_a_verified_folder_whole_or_not_at_all(home: Path, tmp_path: Path):
+    from lora_engine.digest import adapter_files_digest
+
+    adapter_id = "00000000-0000-4000-8000-000000000002"
+    path, sha, size = succeeded_adapter(adapter_id)
     (tmp_path / "empty").mkdir()
     for dest in (tmp_path / "out" / "new", tmp_path / "empty"):  # a new folder, or an empty one
         run("adapter", "export", adapter_id, str(dest))

@@ -87,6 +87,20 @@ def solo_gradients(spec: dict, seed: int) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in run.trainable.items()}
 
 
+def first_packed_step_beside_solo(pack: Pack, model, jobs: list[dict], tmp_path: Path):
+    """Add `jobs` to `pack` (each job's weights perturbed by its own seed), run one packed forward +
+    backward in eval mode, and yield each packed job beside its solo run's gradients."""
+    packed = [pack.jobs[pack.add(spec, tmp_path / f"out{i}")] for i, spec in enumerate(jobs)]
+    for i, job in enumerate(packed):
+        perturb(job.run.trainable, seed=10 + i)
+    model.eval()
+    batches = [PackedBatch(j.slot, next(j.batches).inputs, j.run.info.kind, j.heads, j.stream)
+               for j in packed]
+    torch.stack(packed_losses(model, batches, pack.routing)).sum().backward()
+    for i, (spec, job) in enumerate(zip(jobs, packed, strict=True)):
+        yield job, solo_gradients(spec, seed=10 + i)
+
+
 @pytest.mark.parametrize("family", ["encoder", "decoder"])
 def test_first_step_gradients_equal_solo(tmp_path, specs, family):
     if family == "encoder":  # classification (2 and 3 labels) and regression in one pack
@@ -97,16 +111,7 @@ def test_first_step_gradients_equal_solo(tmp_path, specs, family):
                 {**specs["gen"], "seed": 5, "method": "dora", "rank": 4, "targets": ["all-linear"]}]
         model, tok = load_base_model("tiny-llama", "generation")
     pack = Pack(model, tok, data_dir=DATA, base_model=jobs[0]["base_model"])
-    keys = [pack.add(s, tmp_path / f"out{i}") for i, s in enumerate(jobs)]
-    packed = [pack.jobs[k] for k in keys]
-    for i, job in enumerate(packed):
-        perturb(job.run.trainable, seed=10 + i)
-    model.eval()
-    batches = [PackedBatch(j.slot, next(j.batches).inputs, j.run.info.kind, j.heads, j.stream)
-               for j in packed]
-    torch.stack(packed_losses(model, batches, pack.routing)).sum().backward()
-    for i, (spec, job) in enumerate(zip(jobs, packed, strict=True)):
-        solo = solo_gradients(spec, seed=10 + i)
+    for job, solo in first_packed_step_beside_solo(pack, model, jobs, tmp_path):
         assert solo.keys() == job.run.trainable.keys()
         assert any("lora_A" in n and g.abs().max() > 1e-4 for n, g in solo.items())
         for name, grad in solo.items():
@@ -280,15 +285,6 @@ def test_fused_routing_gives_the_solo_gradients(tmp_path, specs, family):
         model, tok = load_base_model("tiny-llama", "generation")
     jobs.append(dora)
     pack = Pack(model, tok, data_dir=DATA, base_model=jobs[0]["base_model"], fused=True)
-    keys = [pack.add(s, tmp_path / f"out{i}") for i, s in enumerate(jobs)]
-    packed = [pack.jobs[k] for k in keys]
-    for i, job in enumerate(packed):
-        perturb(job.run.trainable, seed=10 + i)
-    model.eval()
-    batches = [PackedBatch(j.slot, next(j.batches).inputs, j.run.info.kind, j.heads, j.stream)
-               for j in packed]
-    torch.stack(packed_losses(model, batches, pack.routing)).sum().backward()
-    for i, (spec, job) in enumerate(zip(jobs, packed, strict=True)):
-        solo = solo_gradients(spec, seed=10 + i)
+    for job, solo in first_packed_step_beside_solo(pack, model, jobs, tmp_path):
         for name, grad in solo.items():
             torch.testing.assert_close(job.run.trainable[name].grad, grad, rtol=1e-5, atol=1e-5, msg=name)
