@@ -20,7 +20,6 @@ MISSED_BEATS_LOST = 3
 # Stopped and lost workers stay listed this long after their last beat, then drop out of the
 # status (their rows stay: a lease or a log line may still name them).
 GONE_SHOWN_S = 3600.0
-WORKER_STATES = ("alive", "lost", "stopped")
 
 
 @dataclass(frozen=True)
