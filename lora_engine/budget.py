@@ -10,7 +10,8 @@ budget gets one sized to the data set, as OpenAI's fine-tuning API picks "auto" 
 - a cap on total optimizer steps (`MAX_STEPS`): a large set trains a fraction of an epoch rather
   than hours (epochs = MAX_STEPS / steps-per-epoch, 2 decimals, rounded down).
 - with an automatic budget, evaluation during training is on for classification and regression:
-  once per epoch, or often enough for at least `MIN_EVALS` evaluations when the run is short, on
+  once per epoch, or every ceil(steps / `MIN_EVALS`) steps when the run is short (at least
+  `MIN_EVALS` evaluations counting the one after the final step, and none a few steps before it), on
   a held-out slice of the training rows (10%, within [`MIN_HOLDOUT`, `MAX_HOLDOUT`]); early stopping
   after `PATIENCE` evaluations without improvement. The slice comes from the training file, not the
   validation split, so the validation score that is reported is not the one the checkpoint was
@@ -92,7 +93,7 @@ def resolve_budget(*, train_rows: int, kind: str, batch_size: int | None, epochs
     if eval_every < 0:
         steps_per_epoch = math.ceil(math.ceil(trained_rows / bs) / grad_accum)
         total = math.ceil(epochs * steps_per_epoch)
-        eval_every = max(1, min(steps_per_epoch, total // MIN_EVALS))
+        eval_every = max(1, min(steps_per_epoch, math.ceil(total / MIN_EVALS)))
     if patience is None:
         patience = PATIENCE if eval_every else 0
     return Budget(batch_size=bs, epochs=epochs, eval_every=eval_every, eval_holdout=holdout,

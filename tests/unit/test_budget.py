@@ -13,24 +13,25 @@ AUTO = {"batch_size": None, "epochs": None, "max_steps": None}
         # Below 64 rows nothing is held out, so nothing is evaluated; 12000/rows epochs, capped at 10.
         (1, "classification", {}, Budget(16, 10.0, 0, 0, 0)),
         (63, "classification", {}, Budget(16, 10.0, 0, 0, 0)),
-        # 64 rows: 32 held out (the floor), 32 train = 2 steps an epoch, 20 steps, eval every 20//4=5
+        # 64 rows: 32 held out (the floor), 32 train = 2 steps an epoch, 20 steps, eval every ceil(20/4)=5
         # capped at one epoch = 2.
         (64, "classification", {}, Budget(16, 10.0, 2, 32, 3)),
         # RTE: 224 held out (10%), 2016 train, 12000/2016 = 5.95 -> 6 epochs of 126 steps.
         (2240, "classification", {}, Budget(16, 6.0, 126, 224, 3)),
         # Batch size edge: 3999 training rows after the holdout -> 16; 4000 -> 32.
-        # 3999: 250 steps an epoch, 3 epochs = 750, eval every 750//4 = 187 (at least 4 evaluations);
-        # 4000: 125 steps, 3 epochs = 375, eval every 93.
-        (4443, "classification", {}, Budget(16, 3.0, 187, 444, 3)),
-        (4444, "classification", {}, Budget(32, 3.0, 93, 444, 3)),
-        # 9000 rows: 500 held out (the cap), 8500 train = 266 steps, 12000/8500 -> 1 epoch, eval 66.
-        (9000, "regression", {}, Budget(32, 1.0, 66, 500, 3)),
+        # 3999: 250 steps an epoch, 3 epochs = 750, eval every ceil(750/4) = 188: at 188, 376, 564 and
+        # the final 750 (187 would add one at 748, two steps before the final one);
+        # 4000: 125 steps, 3 epochs = 375, eval every ceil(375/4) = 94.
+        (4443, "classification", {}, Budget(16, 3.0, 188, 444, 3)),
+        (4444, "classification", {}, Budget(32, 3.0, 94, 444, 3)),
+        # 9000 rows: 500 held out (the cap), 8500 train = 266 steps, 12000/8500 -> 1 epoch, eval 67.
+        (9000, "regression", {}, Budget(32, 1.0, 67, 500, 3)),
         # Step cap edge: 64000 train = 2000 steps, exactly the cap -> one whole epoch.
         (64500, "classification", {}, Budget(32, 1.0, 500, 500, 3)),
-        # 64532 train = 2017 steps > 2000 -> 0.99 epochs (rounded down), 1997 steps, eval 499.
-        (65032, "classification", {}, Budget(32, 0.99, 499, 500, 3)),
-        # A million rows: 31235 steps an epoch -> 0.06 epochs = 1875 steps.
-        (1_000_000, "classification", {}, Budget(32, 0.06, 468, 500, 3)),
+        # 64532 train = 2017 steps > 2000 -> 0.99 epochs (rounded down), 1997 steps, eval 500.
+        (65032, "classification", {}, Budget(32, 0.99, 500, 500, 3)),
+        # A million rows: 31235 steps an epoch -> 0.06 epochs = 1875 steps, eval 469.
+        (1_000_000, "classification", {}, Budget(32, 0.06, 469, 500, 3)),
         # Generation (E2E's 42061 rows): batch 8, 600-step cap -> 0.11 epochs; never scored in training.
         (42061, "generation", {}, Budget(8, 0.11, 0, 0, 0)),
         (100, "generation", {}, Budget(8, 10.0, 0, 0, 0)),

@@ -21,9 +21,10 @@ def test_minimal_spec_resolves_task_defaults():
     assert spec.epochs == "auto" and spec.batch_size == "auto" and spec.max_steps is None
     assert spec.needs_train_rows
     spec = spec.resolved(train_rows=6227)
-    # 5727 rows train (500 held out): 179 steps an epoch, 2 epochs = 358 steps, 4 evaluations.
+    # 5727 rows train (500 held out): 179 steps an epoch, 2 epochs = 358 steps, evaluated every
+    # ceil(358/4) = 90 steps and after the last.
     assert (spec.epochs, spec.batch_size, spec.eval_every, spec.eval_holdout, spec.patience) == (
-        2.0, 32, 89, 500, 3)
+        2.0, 32, 90, 500, 3)
     assert not spec.needs_train_rows and spec.resolved(train_rows=10) == spec  # idempotent
 
 
