@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lora_engine.catalog import KINDS, METHODS, TaskInfo, method_of_flags
+from lora_engine.catalog import KINDS, METHODS, POOLINGS, TaskInfo, method_of_flags
 from lora_engine.errors import AdapterError
 from lora_engine.model_ref import alias_of
 
@@ -98,7 +98,9 @@ def prompt_template_for(task: str, kind: str) -> str | None:
 class AdapterMeta:
     """lorafleet.json. `base_model` is lorafleet's name for the base (an alias such as `minilm-l6`,
     a local folder or a hub id; adapter_config.json carries the hub id); `kind` is classification,
-    regression or generation; `spec` the resolved training spec (None for an imported adapter)."""
+    regression or generation; `spec` the resolved training spec (None for an imported adapter);
+    `pooling` what a classifier's head reads (catalog.POOLINGS): older records and plain PEFT
+    adapters say nothing and were trained on Hugging Face's [CLS] head, so "cls"."""
 
     base_model: str
     kind: str | None = None
@@ -110,6 +112,7 @@ class AdapterMeta:
     prompt_template: str | None = None
     max_length: int | None = None
     modules_to_save: tuple[str, ...] = ()
+    pooling: str = "cls"
     metrics: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] | None = None
     imported: bool = False
@@ -161,6 +164,8 @@ class AdapterMeta:
             problems.append("it does not name its base model")
         if values.get("kind") is not None and values["kind"] not in KINDS:
             problems.append(f"kind {values['kind']!r} is not one of {', '.join(KINDS)}")
+        if values.get("pooling", "cls") not in POOLINGS:
+            problems.append(f"pooling {values['pooling']!r} is not one of {', '.join(POOLINGS)}")
         if values.get("method", "lora") not in METHODS:
             problems.append(f"method {values['method']!r} is not one of {', '.join(METHODS)}")
         try:

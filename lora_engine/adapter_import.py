@@ -42,11 +42,12 @@ class ForeignAdapter:
     num_labels: int | None
     trainable_params: int
     total_params: int
+    pooling: str = "cls"  # what the head reads: a lorafleet adapter's record says; PEFT's is [CLS]
 
     def meta(self) -> AdapterMeta:
         """lorafleet.json for the registry's copy."""
         return AdapterMeta.for_task(TASKS[self.task], base_model=self.base_model, method=self.method,
-                                    num_labels=self.num_labels, imported=True)
+                                    num_labels=self.num_labels, pooling=self.pooling, imported=True)
 
 
 def _same_base(a: str, b: str) -> bool:
@@ -103,9 +104,10 @@ def check_foreign_adapter(folder: str | os.PathLike, *, task: str | None = None,
     load_adapter(model, folder)  # strict: every tensor must fit this base (AdapterError otherwise)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    pooling = read_adapter_meta(folder).pooling if (folder / META_NAME).is_file() else "cls"
     return ForeignAdapter(folder=folder, base_model=base_model, task=task, kind=info.kind,
                           method=settings.method, rank=settings.rank, num_labels=num_labels,
-                          trainable_params=trainable, total_params=total)
+                          trainable_params=trainable, total_params=total, pooling=pooling)
 
 
 def recorded_task(folder: Path) -> str:

@@ -116,4 +116,6 @@ def describe(spec: dict) -> str:
         parts.append(f"eval every {every} steps on {spec.get('eval_holdout')} held-out rows, best kept{stop}")
     elif every is None:
         parts.append("evaluation: auto")
+    if spec.get("pooling") in ("cls", "mean"):  # a classifier's head input (catalog.POOLINGS)
+        parts.append(f"{spec['pooling']} pooling")
     return " · ".join(parts)

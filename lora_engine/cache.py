@@ -7,7 +7,8 @@ key (name, kind, num_labels) changed); `checkin()` makes it pristine again:
 
 1. every LoRA layer is unmerged and replaced by a plain Linear / Conv1D / Embedding holding the
    very same base Parameter objects (no copy);
-2. the head's parameters are restored from the copy taken at load time;
+2. the head's parameters are restored from the copy taken at load time, and the pooling its
+   config says (`config.classifier_pooling`, set by each job) is put back as loaded;
 3. gradients are dropped, every parameter is made trainable again and the model set to eval mode,
    as `from_pretrained` leaves it;
 4. a fingerprint of the base weights (float64 sum and sum of squares per tensor, taken at load
@@ -95,6 +96,7 @@ class BaseModelCache:
         self._heads: list[str] = []
         self._head_copy: dict[str, torch.Tensor] = {}
         self._fingerprint: dict[str, tuple[float, float]] = {}
+        self._pooling: str | None = None
         self._out = False
         self.hits = 0
         self.loads = 0
@@ -119,6 +121,7 @@ class BaseModelCache:
             self._head_copy = {n: t.detach().clone() for n, t in model.state_dict().items()
                                if _in_heads(n, self._heads)}
             self._fingerprint = base_fingerprint(model, self._heads)
+            self._pooling = getattr(model.config, "classifier_pooling", None)
             self.loads += 1
         self._out = True
         return self._model, self._tokenizer
@@ -160,6 +163,7 @@ class BaseModelCache:
         state = model.state_dict()
         for name, saved in self._head_copy.items():
             state[name].copy_(saved)
+        model.config.classifier_pooling = self._pooling
         for p in model.parameters():
             p.grad = None
             p.requires_grad_(True)

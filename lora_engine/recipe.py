@@ -57,6 +57,7 @@ from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, se
 from lora_engine.digest import folder_bytes
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
 from lora_engine.forward import training_loss
+from lora_engine.forward.encoder import set_pooling
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
 from lora_engine.selection import EvalPoint, Selection, split_holdout
 from lora_engine.spec import TrainingSpec, validate_spec
@@ -280,6 +281,8 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, examples, la
     # The rows scored during training are held out here, so every path trains on the same rows.
     examples, holdout = split_holdout(examples, spec.eval_holdout or 0, spec.seed)
     heads = head_module_names(model) if info.kind != "generation" else []
+    if heads:  # what the head reads, in training and every evaluation (a full model saves it)
+        set_pooling(model, spec.pooling)
     seed_everything(spec.seed)
     reset_head(model, heads)
     settings = _adapt(spec, model, heads)
@@ -514,7 +517,8 @@ def adapter_meta(run: Run, metrics: dict) -> AdapterMeta:
     return AdapterMeta.for_task(run.info, base_model=spec.base_model, method=spec.method,
                                 label_names=run.label_names, max_length=spec.max_length,
                                 modules_to_save=tuple(run.heads), metrics=metrics,
-                                spec=spec.model_dump(mode="json"))
+                                spec=spec.model_dump(mode="json"),
+                                pooling=spec.pooling if run.heads else "cls")
 
 
 def write_output(run: Run, output_dir: Path, meta: AdapterMeta, card_stats: dict) -> Path:

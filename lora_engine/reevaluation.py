@@ -67,6 +67,7 @@ class _Prepared:
     kind: str
     num_labels: int | None
     layout: tuple = field(default=())
+    pooling: str = "cls"
 
 
 def _model_class(kind: str) -> str:
@@ -92,7 +93,7 @@ def _prepare(item: AdapterToScore, eval_size: int | None) -> _Prepared:
             raise AdapterError(f"adapter {item.id}: lorafleet.json records no label count")
     s = files.settings
     layout = (s.method == "dora", s.rank, str(s.targets))
-    return _Prepared(item, files, target, info.kind, num_labels, layout)
+    return _Prepared(item, files, target, info.kind, num_labels, layout, meta.pooling)
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -136,6 +137,7 @@ def _score_group(group: list[_Prepared], cache: BaseModelCache, *, data_dir, dev
                  ) -> tuple[int, int, float]:
     """Score one group on its resident base; returns (injections, swaps, device seconds)."""
     from lora_engine.adapter_io import load_adapter, swap_adapter
+    from lora_engine.forward.encoder import set_pooling
     from lora_engine.inject import lora_modules
 
     first = group[0]
@@ -161,6 +163,8 @@ def _score_group(group: list[_Prepared], cache: BaseModelCache, *, data_dir, dev
                     strip_lora(model)
                     load_adapter(model, p.files)
                     injections += 1
+                if p.kind != "generation":
+                    set_pooling(model, p.pooling)  # what this adapter's head was trained to read
                 model.to(device.device)
                 model.eval()
                 key = p.target

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lora_engine.budget import resolve_budget
 from lora_engine.catalog import ALL_TASKS, CUSTOM_TASKS, METHODS, TASKS, TaskInfo, method_defaults
 from lora_engine.errors import SpecError
-from lora_engine.model_ref import MODEL_ALIASES, base_model_problem
+from lora_engine.model_ref import MODEL_ALIASES, base_model_problem, base_pooling
 
 MAX_RANK = 1024
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -72,6 +72,10 @@ class TrainingSpec(BaseModel):
     max_length: int | None = None
     seed: int = 42
     eval_size: int | None = None  # rows of the validation split to score; None: all
+    # What the classifier reads (catalog.POOLINGS): the first token ("cls") or the mean of the
+    # last layer over the real tokens ("mean"); auto: the base model's own (model_ref.base_pooling).
+    # Classification and regression only.
+    pooling: Literal["auto", "cls", "mean"] = AUTO
     # Evaluation during training (classification/regression), on `eval_holdout` rows held out of
     # the training split: every `eval_every` optimizer steps (0: never); the best evaluation's
     # weights become the adapter; stop after `patience` evaluations without an improvement of more
@@ -105,17 +109,23 @@ class TrainingSpec(BaseModel):
         they stay "auto"/None, and the worker resolves them from the file it trains on.
         """
         info = self.info
+        base_model = self.base_model or info.base_model
         if self.method == "none":
-            # Nothing is trained: no rank, no training defaults; only what evaluation reads.
-            return self.model_copy(update={"rank": 0, "base_model": self.base_model or info.base_model,
+            # Nothing is trained: no rank, no training defaults; only what evaluation reads. The
+            # base model is scored as it is, with its own pooling (untuned.py).
+            return self.model_copy(update={"rank": 0, "base_model": base_model,
                                            "max_length": self.max_length or info.max_length,
                                            "lr": None, "epochs": None})
+        pooling = self.pooling
+        if pooling == AUTO and not info.is_generation:
+            pooling = base_pooling(base_model)
         full = self.method == "full"
         arch = MODEL_ALIASES.get(self.base_model or info.base_model)
         method = method_defaults(info, self.method, arch, self.rank)
         update: dict[str, Any] = {
             "alpha": self.alpha if self.alpha is not None else float(2 * self.rank),
-            "base_model": self.base_model or info.base_model,
+            "base_model": base_model,
+            "pooling": pooling,
             "lr": self.lr if self.lr not in (None, AUTO) else method["lr"],
             "head_lr": self.head_lr if self.head_lr is not None else method["head_lr"],
             "warmup_ratio": self.warmup_ratio if self.warmup_ratio is not None else info.warmup_ratio,
@@ -205,6 +215,13 @@ def _cross_field_problems(v: dict[str, Any]) -> list[str]:
                         "tasks (a generation task is scored once, at the end)")
     if v.get("eval_every") and v.get("eval_holdout") == 0:
         problems.append("eval_holdout: evaluation during training needs held-out rows (give >= 1)")
+    if v.get("pooling") not in (None, AUTO):
+        if task in TASKS and TASKS[task].is_generation:
+            problems.append("pooling: only a classification or regression head pools; "
+                            f"task {task!r} generates text (leave pooling out)")
+        elif method == "none":
+            problems.append("pooling: not used by method 'none' (it evaluates the base model as it is, "
+                            "with the base model's own pooling)")
     if method == "full" and targets:
         problems.append("targets: not used by method 'full' (it trains every weight)")
 

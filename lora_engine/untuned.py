@@ -5,7 +5,8 @@
 - classification / regression: the base model with a fresh classification head drawn from the
   spec's seed, exactly as a training job draws it before its first step (`reset_head` after
   `seed_everything(seed)`), so the same spec always gives the same numbers and "what training
-  added" is measured from the very head training starts from. Classification also reports
+  added" is measured from the very head training starts from; the head reads the base model's own
+  pooling (`model_ref.base_pooling`, what an auto-pooled job trains with). Classification also reports
   `majority_class_rate`: the share of the most frequent label in the scored rows (the accuracy of
   always answering it) — a second reference a fresh head should land near. Regression (STS-B)
   reports none: a constant prediction has no Pearson or Spearman correlation (undefined, 0/0).
@@ -38,8 +39,10 @@ def evaluate_untuned(spec: TrainingSpec | dict, *, data_dir: str | Path, cache=N
 
     `cache`: a warm worker's BaseModelCache (the model is checked in pristine afterwards).
     """
+    from lora_engine.forward.encoder import set_pooling
     from lora_engine.generate import GREEDY
     from lora_engine.inject import head_module_names
+    from lora_engine.model_ref import base_pooling
     from lora_engine.recipe import eval_target, label_names_for, load_model, reset_head
 
     wall0 = time.perf_counter()
@@ -58,6 +61,8 @@ def evaluate_untuned(spec: TrainingSpec | dict, *, data_dir: str | Path, cache=N
     try:
         model.to(device.device)
         heads = head_module_names(model) if info.kind != "generation" else []
+        if heads:
+            set_pooling(model, base_pooling(spec.base_model))  # the base model as it is
         seed_everything(spec.seed)
         reset_head(model, heads)
         t0 = time.perf_counter()

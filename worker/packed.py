@@ -71,9 +71,17 @@ def _packable(job) -> str | None:
     training job, it continues an adapter (the single path verifies that parent first), or it
     evaluates during training."""
     if (job.kind != "train" or job.method not in PACKABLE_METHODS or job.init_from_adapter_id is not None
-            or _evaluates(job)):
+            or _evaluates(job) or _mean_pooled(job)):
         return None
     return _family(job.base_model, job.task)
+
+
+def _mean_pooled(job) -> bool:
+    """A mean-pooled classifier trains alone (the packed forward reads first tokens only)."""
+    from lora_engine.model_ref import base_pooling
+
+    pooling = job.spec.get("pooling", "auto")
+    return (base_pooling(job.base_model) if pooling == "auto" else pooling) == "mean"
 
 
 def _evaluates(job) -> bool:

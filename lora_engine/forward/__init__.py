@@ -17,11 +17,23 @@ from lora_engine.forward import decoder, encoder
 
 
 def classification_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, labels) logits of a classification / regression batch (any `labels` key is ignored)."""
+    """(B, labels) logits of a classification / regression batch (any `labels` key is ignored),
+    pooled as the model's config says (`encoder.pooling_of`)."""
     features = {k: v for k, v in inputs.items() if k != "labels"}
     if encoder.supports(model, features):
         return encoder.classification_logits(model, features)
-    return model(**features).logits
+    return reference_classification_logits(model, features)
+
+
+def reference_classification_logits(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The same logits through the model's Hugging Face forward: `model(**features).logits` for
+    "cls"; for "mean", its body's last hidden states averaged over the real tokens, then its head."""
+    if encoder.pooling_of(model) == "cls":
+        return model(**features).logits
+    body = getattr(model, model.base_model_prefix)
+    hidden = body(**features).last_hidden_state
+    mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return encoder.head_logits(model, (hidden * mask).sum(dim=1) / mask.sum(dim=1))
 
 
 def reference_causal_lm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

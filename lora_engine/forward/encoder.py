@@ -5,9 +5,14 @@ LoRA, DoRA and trained heads take part exactly as in Hugging Face's forward, and
 same logits (tested to 1e-5 against `model(**inputs).logits`). It does less work in two places:
 
 - padding: every token-wise operation runs on the real tokens only (`Packing`);
-- the last layer: the head reads only the first token, so that layer computes keys and values for
-  every token but queries, attention output and feed-forward for the first token alone (about
-  5/6 of one layer's work saved).
+- the last layer: with "cls" pooling the head reads only the first token, so that layer computes
+  keys and values for every token but queries, attention output and feed-forward for the first
+  token alone (about 5/6 of one layer's work saved).
+
+Pooling (`catalog.POOLINGS`, read from `model.config.classifier_pooling`, missing = "cls"): "cls"
+gives Hugging Face's logits; "mean" feeds the head the mean of the last layer over each row's real
+tokens instead of the first token's state (every token then goes through the last layer), and the
+head is the same: BERT's pooler -> dropout -> classifier, RoBERTa's dense -> tanh -> out_proj.
 """
 
 from __future__ import annotations
@@ -15,9 +20,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lora_engine.catalog import POOLINGS
+from lora_engine.errors import LoraConfigError
 from lora_engine.forward.packing import Packing
 
 SUPPORTED = {"BertForSequenceClassification": "bert", "RobertaForSequenceClassification": "roberta"}
+
+
+def pooling_of(model: nn.Module) -> str:
+    """The pooling the model's classifier reads: config.classifier_pooling, "cls" when unset."""
+    return getattr(model.config, "classifier_pooling", None) or "cls"
+
+
+def set_pooling(model: nn.Module, pooling: str) -> None:
+    """Make `model`'s classifier read `pooling`; saved with a full model's config.json."""
+    if pooling not in POOLINGS:
+        raise LoraConfigError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+    if pooling == "mean" and type(model).__name__ not in SUPPORTED:
+        raise LoraConfigError(f"mean pooling is implemented for BERT and RoBERTa classifiers, not "
+                              f"{type(model).__name__}; use pooling 'cls'")
+    model.config.classifier_pooling = pooling
 
 
 def supports(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
@@ -66,9 +88,10 @@ def embed(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tens
     return hidden, packing, first
 
 
-def encode(model: nn.Module, hidden: torch.Tensor, packing, first: torch.Tensor) -> torch.Tensor:
-    """Every layer over packed tokens; the last one only for the `first` rows. `packing` is any
-    object with Packing's `attention` (the packed trainer passes one spanning several batches)."""
+def encode(model: nn.Module, hidden: torch.Tensor, packing, first: torch.Tensor | None) -> torch.Tensor:
+    """Every layer over packed tokens; the last one only for the `first` rows (None: for every
+    token). `packing` is any object with Packing's `attention` (the packed trainer passes one
+    spanning several batches)."""
     layers = getattr(model, SUPPORTED[type(model).__name__]).encoder.layer
     for i, layer in enumerate(layers):
         hidden = _layer(layer, hidden, packing, first_only=first if i == len(layers) - 1 else None,
@@ -81,17 +104,26 @@ def first_token_states(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tor
     return encode(model, *embed(model, inputs))
 
 
-def head_logits(model: nn.Module, first: torch.Tensor, *, classifier: nn.Module | None = None,
+def mean_token_states(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, hidden) mean of the last layer's states over each row's real tokens."""
+    hidden, packing, _ = embed(model, inputs)
+    return packing.row_means(encode(model, hidden, packing, None))
+
+
+def head_logits(model: nn.Module, pooled: torch.Tensor, *, classifier: nn.Module | None = None,
                 pooler: nn.Module | None = None) -> torch.Tensor:
-    """(B, labels) logits from first-token states; `classifier`/`pooler` default to the model's own."""
+    """(B, labels) logits from pooled (B, hidden) states (the first token's, or the mean);
+    `classifier`/`pooler` default to the model's own."""
     classifier = classifier if classifier is not None else model.classifier
-    first = first.unsqueeze(1)  # (B, 1, hidden): the heads index [:, 0]
+    pooled = pooled.unsqueeze(1)  # (B, 1, hidden): the heads index [:, 0]
     if isinstance(classifier, nn.Linear):  # BERT: pooler -> dropout -> classifier
         pooler = pooler if pooler is not None else model.bert.pooler
-        return classifier(model.dropout(pooler(first)))
-    return classifier(first)  # RoBERTa's classification head pools the first token itself
+        return classifier(model.dropout(pooler(pooled)))
+    return classifier(pooled)  # RoBERTa's classification head takes [:, 0] itself
 
 
 def classification_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, labels) logits, equal to `model(**inputs).logits`."""
+    """(B, labels) logits of the model's pooling; with "cls", equal to `model(**inputs).logits`."""
+    if pooling_of(model) == "mean":
+        return head_logits(model, mean_token_states(model, inputs))
     return head_logits(model, first_token_states(model, inputs))

@@ -90,6 +90,11 @@ class Packing:
         full = x if self.index is None else _Scatter.apply(x, self.index, self.batch * self.length)
         return full.reshape(self.batch, self.length, *x.shape[1:])
 
+    def row_means(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) packed -> (B, D): the mean over each row's real tokens (mean pooling)."""
+        counts = self.key_mask.sum(dim=1, keepdim=True).to(x.dtype)
+        return self.unpack(x).sum(dim=1) / counts
+
     def compact_positions(self, flat_positions: torch.Tensor) -> torch.Tensor:
         """Row indices into the packed (N, ...) tensor for flat padded positions of real tokens."""
         if self.index is None:

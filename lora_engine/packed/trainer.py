@@ -206,6 +206,9 @@ class Pack:
         if (kind == "generation") != (self.family == "decoder"):
             raise LoraConfigError(f"a {kind} job cannot join a pack of {self.family} "
                                   f"{self.base_model!r} jobs")
+        if spec.pooling == "mean":
+            raise LoraConfigError("a mean-pooled classifier (pooling 'mean') cannot be packed yet: "
+                                  "train it alone")
         if spec.eval_every:
             # The pack has no evaluation during training: such a job would train on fewer rows
             # and keep its last step instead of its best, unlike alone.

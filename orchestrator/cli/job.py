@@ -163,7 +163,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
     """`--dry-run` for people: what would run and what it would cost; nothing was written."""
     est, spec = plan["estimate"], plan["spec"]
     click.echo(f"dry run for tenant {plan['tenant']}: valid, nothing written")
-    click.echo(f"  {spec['task']} {spec['method']} r={spec['rank']} on {spec['base_model']}")
+    pooling = f", {spec['pooling']} pooling" if spec.get("pooling") in ("cls", "mean") else ""
+    click.echo(f"  {spec['task']} {spec['method']} r={spec['rank']} on {spec['base_model']}{pooling}")
     if plan["dataset"]:
         d = plan["dataset"]
         click.echo(f"  data set: {d['rows']} rows ({d['duplicate_rows']} duplicates), "

@@ -50,11 +50,23 @@ def test_the_recipe_record_reads_whole_and_writes_back_the_same_keys(tmp_path):
     assert meta.label_names == ("negative", "positive") and meta.num_labels == 2 and meta.max_length == 64
     assert meta.metrics == {"validation": {"accuracy": 0.84}} and meta.spec["rank"] == 8
     assert meta.modules_to_save == ("classifier",) and not meta.imported and meta.extra == {}
+    # Records from before pooling was a choice were trained on Hugging Face's [CLS] head.
+    assert meta.pooling == "cls"
     out = tmp_path / "rewritten"
     out.mkdir()
     write_adapter_meta(out, meta)
-    assert json.loads((out / "lorafleet.json").read_text()) == {**RECIPE_RECORD, "imported": False}
+    assert json.loads((out / "lorafleet.json").read_text()) == {**RECIPE_RECORD, "imported": False,
+                                                                 "pooling": "cls"}
     assert read_adapter_meta(out) == meta
+
+
+def test_a_mean_pooled_record_round_trips(tmp_path):
+    meta = read_adapter_meta(_folder(tmp_path, {**RECIPE_RECORD, "pooling": "mean"}))
+    assert meta.pooling == "mean"
+    out = tmp_path / "rewritten"
+    out.mkdir()
+    write_adapter_meta(out, meta)
+    assert read_adapter_meta(out).pooling == "mean"
 
 
 def test_the_import_record_reads(tmp_path):
@@ -82,6 +94,10 @@ def test_a_plain_peft_folder_reads_from_its_config(tmp_path):
                      base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
     meta = read_adapter_meta(folder)
     assert (meta.base_model, meta.kind, meta.method) == ("smollm2-135m", "generation", "rslora")
+    (tmp_path / "c").mkdir()
+    classifier = read_adapter_meta(_folder(tmp_path / "c", None, task_type="SEQ_CLS",
+                                           base_model_name_or_path="bert-base-uncased"))
+    assert classifier.pooling == "cls"  # a PEFT classifier made elsewhere: HF's [CLS] head
 
 
 @pytest.mark.parametrize(("meta", "config", "message"), [
@@ -89,6 +105,7 @@ def test_a_plain_peft_folder_reads_from_its_config(tmp_path):
     ({**RECIPE_RECORD, "format": "something-else"}, None, "is not a lorafleet adapter record"),
     ({**RECIPE_RECORD, "kind": "ranking"}, None, "kind 'ranking' is not one of classification"),
     ({**RECIPE_RECORD, "max_length": "long"}, None, "wrong type"),
+    ({**RECIPE_RECORD, "pooling": "max"}, None, "pooling 'max' is not one of cls, mean"),
     ({"kind": "classification", "method": "lora"}, None, "does not name its base model"),
     ({}, {"task_type": "SEQ_CLS", "use_dora": True, "use_rslora": True, "base_model_name_or_path": "x"},
      "use_rslora together with use_dora"),

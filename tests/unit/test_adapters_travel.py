@@ -178,3 +178,20 @@ def test_adapter_import_checks_then_registers(home, tiny_model, tmp_path):
     told = runner.invoke(cli, ["adapter", "import", "--tenant", "globex", str(exported), "--json"])
     assert told.exit_code == 0, told.output
     assert json.loads(told.output)["task"] == "sst2"
+
+
+def test_an_import_keeps_the_pooling_the_adapter_was_trained_with(tiny_model, perturb_lora, tmp_path):
+    from dataclasses import replace
+
+    from lora_engine.adapter_import import check_foreign_adapter
+
+    model, _ = tiny_model("tiny-bert", "classification", 2)
+    settings = LoraSettings(rank=4, alpha=8)
+    inject_lora(model, settings)
+    perturb_lora(model)
+    meta = replace(AdapterMeta.for_task(TASKS["sst2"], base_model="tiny-bert", method="lora"), pooling="mean")
+    save_adapter(model, tmp_path / "ours", base_model_name="tiny-bert", settings=settings,
+                 task_type="classification", modules_to_save=head_module_names(model), meta=meta)
+    assert check_foreign_adapter(tmp_path / "ours").meta().pooling == "mean"
+    _peft_adapter(tiny_model, tmp_path / "peft")  # PEFT's classifiers read [CLS]
+    assert check_foreign_adapter(tmp_path / "peft", task="sst2").meta().pooling == "cls"

@@ -181,6 +181,7 @@ def test_every_spec_field_is_reachable_and_dry_run_writes_nothing(home: Path):
                           "--max-steps", "5", "--grad-accum", "2", "--set", "warmup_ratio=0.25", "--dry-run",
                           "--json").stdout)
     assert plan["spec"]["warmup_ratio"] == 0.25 and plan["spec"]["grad_accum"] == 2
+    assert plan["spec"]["pooling"] == "cls"  # auto, resolved: tiny-bert's own (HF's [CLS] head)
     assert plan["estimate"]["examples"] == 5 * 32 * 2 and plan["estimate"]["device_seconds"] is None
     assert "no earlier job" in plan["estimate"]["basis"] and plan["written"] is False
     with session_scope() as s:

@@ -11,12 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lora_engine.errors import LoraConfigError
 from lora_engine.forward import (
     causal_lm_loss,
     classification_logits,
     decoder,
     encoder,
     reference_causal_lm_loss,
+    reference_classification_logits,
     training_loss,
 )
 from lora_engine.forward.packing import Packing
@@ -84,6 +86,64 @@ def test_left_padded_classification_takes_the_reference_forward():
     enc = dict(tok(TEXTS, padding=True, return_tensors="pt"))
     assert not encoder.supports(model, enc)  # position 0 of a row is padding
     torch.testing.assert_close(classification_logits(model, enc), model(**enc).logits)
+
+
+@pytest.mark.parametrize("arch", ["tiny-bert", "tiny-roberta"])
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_mean_pooled_logits_and_grads_equal_the_reference(arch, method):
+    model, tok = adapted(arch, "classification", method, labels=3)
+    enc = dict(tok(TEXTS, PAIRS, padding=True, return_tensors="pt"))
+    assert not enc["attention_mask"].all()
+    cls_logits = classification_logits(model, enc)
+    encoder.set_pooling(model, "mean")
+    assert encoder.supports(model, enc)
+    ours = classification_logits(model, enc)
+    torch.testing.assert_close(ours, reference_classification_logits(model, enc), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ours, cls_logits, atol=1e-3)  # the head reads something else
+    labels = torch.tensor([0, 2, 1])
+    ours_grads = grads_of(model, training_loss(model, {**enc, "labels": labels}, "classification"))
+    ref_grads = grads_of(model, F.cross_entropy(reference_classification_logits(model, enc), labels))
+    assert_same_grads(ours_grads, ref_grads)
+    # Every layer's LoRA, and the head, get a gradient: nothing pooled away.
+    assert any(".0." in n and "lora_B" in n for n in ours_grads)
+    assert any("classifier" in n for n in ours_grads)
+
+
+def test_mean_pooling_reads_the_real_tokens_only():
+    # The reference by hand: the body's last hidden states averaged over each row's own tokens; a
+    # row's logits do not depend on how much padding its batch gives it.
+    model, tok = adapted("tiny-bert", "classification", labels=2)
+    encoder.set_pooling(model, "mean")
+    enc = dict(tok(TEXTS, padding=True, return_tensors="pt"))
+    hidden = model.bert(**enc).last_hidden_state
+    n = int(enc["attention_mask"][0].sum())
+    by_hand = model.classifier(model.bert.pooler(hidden[:1, :n].mean(dim=1, keepdim=True)))
+    torch.testing.assert_close(classification_logits(model, enc)[:1], by_hand, atol=1e-5, rtol=1e-5)
+    alone = dict(tok(TEXTS[:1], return_tensors="pt"))
+    torch.testing.assert_close(classification_logits(model, alone), by_hand, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_mean_pooling_takes_the_reference_forward():
+    model, tok = adapted("tiny-roberta", "regression", labels=1)
+    encoder.set_pooling(model, "mean")
+    right = dict(tok(TEXTS, padding=True, return_tensors="pt"))
+    tok.padding_side = "left"
+    left = dict(tok(TEXTS, padding=True, return_tensors="pt"))
+    assert not encoder.supports(model, left)
+    # Same rows, other padding side: the mean over real tokens is the same (positions count from
+    # the first real token in RoBERTa's embeddings).
+    torch.testing.assert_close(classification_logits(model, left), classification_logits(model, right),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_is_checked_when_set():
+    model, _ = adapted("tiny-bert", "classification", labels=2)
+    assert encoder.pooling_of(model) == "cls"  # what Hugging Face's head does, unset
+    with pytest.raises(LoraConfigError, match="not one of cls, mean"):
+        encoder.set_pooling(model, "max")
+    gpt2, _ = load_base_model("tiny-gpt2", "classification", 2)
+    with pytest.raises(LoraConfigError, match="BERT and RoBERTa"):
+        encoder.set_pooling(gpt2, "mean")
 
 
 def lm_batch(tok, *, prompt_tokens: int = 2):

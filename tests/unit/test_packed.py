@@ -237,6 +237,7 @@ def test_unpackable_jobs_are_refused_and_the_pack_is_untouched(tmp_path, specs):
         ({**specs["a"], "base_model": "tiny-roberta"}, "not this pack's"),
         ({**specs["a"], "targets": ["word_embeddings", "query"]}, "linear layers only"),
         ({**specs["a"], "batch_size": 9}, "token budget is 768 per round"),
+        ({**specs["a"], "pooling": "mean"}, "mean-pooled classifier"),
     ]
     for spec, message in refusals:
         with pytest.raises(LoraConfigError, match=message):

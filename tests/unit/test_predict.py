@@ -133,3 +133,41 @@ def test_missing_or_foreign_folder_is_a_clear_error(tmp_path):
 def test_left_pad():
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def _card_snippet(folder: Path) -> str:
+    """The model card's code block that feeds a mean-pooled head outside lorafleet."""
+    card = (folder / "README.md").read_text()
+    return next(b.split("\n", 1)[1] for b in card.split("```python")[1:] if "mean = " in b).split("```")[0]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_mean_pooled_classifier_predicts_as_it_evaluated(tmp_path, method):
+    from lora_engine.forward.encoder import pooling_of, set_pooling
+    from lora_engine.model_ref import base_pooling
+
+    res = train({"task": "sst2", "base_model": "tiny-bert", "method": method, "pooling": "mean",
+                 "max_steps": 4, "batch_size": 16, "lr": 5e-3 if method == "lora" else 1e-3, "eval_size": 48,
+                 "max_length": 64}, tmp_path / "m", data_dir=DATA)
+    folder = res.adapter_dir
+    assert json.loads((folder / "lorafleet.json").read_text())["pooling"] == "mean"
+    examples = load_examples("sst2", "validation", data_dir=DATA, limit=48)
+    texts = [e.text for e in examples]
+    pred = load_for_inference(folder)
+    assert pooling_of(pred.model) == "mean"
+    out = pred.classify(texts)
+    accuracy = sum(p.label_id == e.label for p, e in zip(out, examples, strict=True)) / len(examples)
+    assert accuracy == pytest.approx(res.metrics["validation"]["accuracy"])
+    set_pooling(pred.model, "cls")  # the same weights read through [CLS]: other outputs
+    assert [p.probabilities for p in pred.classify(texts)] != [p.probabilities for p in out]
+    if method == "full":
+        # The saved config carries it: a base of a later job, or from_pretrained, reads mean.
+        assert json.loads((folder / "config.json").read_text())["classifier_pooling"] == "mean"
+        assert base_pooling(str(folder)) == "mean"
+        # The model card's recipe for Hugging Face users gives lorafleet's outputs.
+        scope = {"texts": texts[:8]}
+        exec(_card_snippet(folder).replace("<this folder>", str(folder)), scope)
+        torch.testing.assert_close(scope["logits"].softmax(-1),
+                                   torch.tensor([p.probabilities for p in out[:8]]), atol=1e-5, rtol=1e-4)
+    else:
+        assert "Pooling: **mean**" in (folder / "README.md").read_text()

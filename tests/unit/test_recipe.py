@@ -271,6 +271,21 @@ def test_cached_base_gives_the_cold_result(tmp_path):
     cache.checkin()
 
 
+def test_a_mean_pooled_job_leaves_the_cached_base_as_loaded(tmp_path):
+    from lora_engine.forward.encoder import pooling_of
+
+    cache = BaseModelCache()
+    res = train({**SST2, "pooling": "mean"}, tmp_path / "mean", data_dir=DATA, cache=cache)
+    meta = json.loads((res.adapter_dir / "lorafleet.json").read_text())
+    assert meta["pooling"] == meta["spec"]["pooling"] == "mean"
+    model, _ = cache.checkout("tiny-bert", "classification", 2)
+    assert pooling_of(model) == "cls" and cache.hits == 1  # the next job starts from the base as loaded
+    cache.checkin()
+    cold = train(SST2, tmp_path / "cls", data_dir=DATA)
+    warm = train(SST2, tmp_path / "warm", data_dir=DATA, cache=cache)
+    assert warm.losses == cold.losses and warm.losses != res.losses
+
+
 def test_cache_evicts_after_full_finetune(tmp_path):
     cache = BaseModelCache()
     train({**SST2, "method": "full", "max_steps": 1}, tmp_path / "f", data_dir=DATA, cache=cache)

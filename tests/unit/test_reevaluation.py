@@ -125,3 +125,17 @@ def test_an_adapter_that_cannot_be_scored_is_skipped_with_its_reason(adapters, t
 def test_stop_between_adapters(adapters) -> None:
     with pytest.raises(TrainingStopped):
         reevaluate(adapters[:2], data_dir=DATA, device=CPU, should_stop=lambda: True)
+
+
+def test_a_mean_pooled_adapter_reevaluates_with_its_own_pooling(adapters, tmp_path) -> None:
+    # Scored beside a [CLS] adapter on the same resident base: each with the pooling it trained with.
+    res = train({**BASE, "task": "sst2", "rank": 4, "pooling": "mean"}, tmp_path / "mean", data_dir=DATA,
+                device=CPU)
+    mean = AdapterToScore(id="mean", folder=res.adapter_dir, task="sst2", base_model="tiny-bert")
+    cls = adapters[0]
+    out = reevaluate([mean, cls], data_dir=DATA, cache=BaseModelCache(), device=CPU)
+    assert out.skipped == {}
+    for name, value in res.metrics["validation"].items():
+        assert out.scores["mean"]["validation"][name] == pytest.approx(value, abs=1e-5), name
+    for name, value in _fresh_scores(cls)["validation"].items():
+        assert out.scores[cls.id]["validation"][name] == pytest.approx(value, abs=1e-5), name

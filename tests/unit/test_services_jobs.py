@@ -61,7 +61,12 @@ def test_submit_resolves_the_auto_budget_from_the_data(session) -> None:
     assert picked == {"epochs": 6.0, "batch_size": 16, "lr": 1e-3, "eval_every": 126, "eval_holdout": 224,
                       "patience": 3}
     shown = describe(svc.get_job(session, job.id).to_dict()["spec"])
-    assert shown.startswith("6 epochs · batch 16 · lr 0.001")
+    assert shown.startswith("6 epochs · batch 16 · lr 0.001") and shown.endswith("cls pooling")
+    # The classifier's pooling is resolved at the door too: MiniLM-L6's own (mean), or as given.
+    minilm = svc.submit_job(session, "acme", {"task": "rte"})
+    assert minilm.spec["pooling"] == "mean" and job.spec["pooling"] == "cls"
+    given = svc.submit_job(session, "acme", {"task": "rte", "pooling": "cls"})
+    assert given.spec["pooling"] == "cls"
 
 
 def test_submit_writes_job_and_event_with_resolved_spec(session) -> None:

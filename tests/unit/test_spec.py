@@ -176,3 +176,69 @@ def test_the_bounds_themselves_are_accepted():
     spec = validate_spec({"task": "sst2", "lr": 1.0, "max_steps": 10_000_000, "grad_accum": 1024,
                           "batch_size": 4096, "seed": 0, "rank": 1024, "dropout": 0.0})
     assert spec.max_steps == 10_000_000
+
+
+def _sentence_transformers_folder(root, *, mean: bool, model_type: str = "bert", **config):
+    """A model folder as sentence-transformers saves one: config.json, modules.json, 1_Pooling/."""
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"model_type": model_type, **config}))
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": not mean, "pooling_mode_mean_tokens": mean}))
+    return root
+
+
+def test_pooling_auto_is_the_base_models_own(tmp_path):
+    from lora_engine.model_ref import base_pooling
+
+    # all-MiniLM-L6-v2 was trained with mean pooling (its 1_Pooling/config.json says so).
+    assert validate_spec({"task": "mrpc"}).resolved().pooling == "mean"
+    assert validate_spec({"task": "stsb", "method": "full"}).resolved().pooling == "mean"
+    assert validate_spec({"task": "mrpc", "base_model": "tiny-bert"}).resolved().pooling == "cls"
+    assert validate_spec({"task": "mrpc", "pooling": "cls"}).resolved().pooling == "cls"  # given: kept
+    assert validate_spec({"task": "mrpc", "base_model": "tiny-roberta", "pooling": "mean"}
+                         ).resolved().pooling == "mean"
+    # An untuned base is scored as it is (untuned.py reads its pooling): nothing to choose.
+    assert validate_spec({"task": "sst2", "method": "none", "rank": 0}).resolved().pooling == "auto"
+    assert validate_spec({"task": "e2e"}).resolved().pooling == "auto"  # a generator does not pool
+    assert TrainingSpec(task="mrpc").pooling == "auto"
+    # Folders: a sentence-transformers model says mean or cls; a lorafleet full fine-tune's
+    # config.json says what it was trained with and wins; a plain HF folder is cls.
+    assert base_pooling(str(_sentence_transformers_folder(tmp_path / "st-mean", mean=True))) == "mean"
+    assert base_pooling(str(_sentence_transformers_folder(tmp_path / "st-cls", mean=False))) == "cls"
+    full = _sentence_transformers_folder(tmp_path / "full", mean=True, classifier_pooling="cls")
+    assert base_pooling(str(full)) == "cls"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"model_type": "roberta", "classifier_pooling": "mean"}))
+    assert base_pooling(str(plain)) == "mean"
+    (plain / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    assert base_pooling(str(plain)) == "cls"
+    # A mean-pooled model of an architecture whose head we cannot feed a mean: HF's cls head.
+    assert base_pooling(str(_sentence_transformers_folder(tmp_path / "mpnet", mean=True, model_type="mpnet"))
+                        ) == "cls"
+    assert base_pooling("org/not-in-the-cache") == "cls"
+
+
+def test_pooling_in_the_hub_cache(tmp_path, monkeypatch):
+    from lora_engine.model_ref import base_pooling
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    (tmp_path / "models--org--st-model" / "snapshots").mkdir(parents=True)
+    _sentence_transformers_folder(tmp_path / "models--org--st-model" / "snapshots" / "abc123", mean=True)
+    assert base_pooling("org/st-model") == "mean"
+    assert validate_spec({"task": "sst2", "base_model": "org/st-model"}).resolved().pooling == "mean"
+
+
+@pytest.mark.parametrize(("raw", "needle"), [
+    ({"task": "e2e", "pooling": "mean"}, "pooling: only a classification or regression head pools"),
+    ({"task": "sst2", "method": "none", "rank": 0, "pooling": "cls"}, "pooling: not used by method 'none'"),
+    ({"task": "sst2", "pooling": "max"}, "pooling: Input should be 'auto', 'cls' or 'mean'"),
+])
+def test_pooling_is_refused_where_nothing_pools(raw, needle):
+    with pytest.raises(SpecError) as info:
+        validate_spec(raw)
+    assert any(needle in p for p in info.value.problems), info.value.problems
