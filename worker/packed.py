@@ -4,11 +4,12 @@ With `pack_max_jobs` K > 1 (or "auto") the worker looks at the job fair share wo
 When it is a packable training job (lora / rslora / dora on a BERT/RoBERTa classification or
 Llama generation base, see `lora_engine.packed`), it is claimed and a pack starts around it; then,
 at every step boundary where the pack has room, more queued training jobs on the same base whose
-task takes the same forward are claimed into it, in the same fair-share order and under the same
-quotas (`services.claim_partners`: each its own conditional claim): its first partners at once,
-later a job submitted while the pack trains, or one whose tenant's quota a leaving job freed.
-Anything else is left to `runner.run_job`, unchanged, and so is a job the pack refuses when it
-tries to add it (LoRA on an embedding layer): it goes back to the queue, no attempt used.
+task takes the same forward, with the same classifier pooling, are claimed into it, in the same
+fair-share order and under the same quotas (`services.claim_partners`: each its own conditional
+claim): its first partners at once, later a job submitted while the pack trains, or one whose
+tenant's quota a leaving job freed. Anything else is left to `runner.run_job`, unchanged, and so
+is a job the pack refuses when it tries to add it (LoRA on an embedding layer): it goes back to
+the queue, no attempt used.
 
 K and the token budget per round, where not configured, come from memory: the pack's first round
 is measured (activation bytes per token, once per base and process) and planned against free
@@ -71,17 +72,18 @@ def _packable(job) -> str | None:
     training job, it continues an adapter (the single path verifies that parent first), or it
     evaluates during training."""
     if (job.kind != "train" or job.method not in PACKABLE_METHODS or job.init_from_adapter_id is not None
-            or _evaluates(job) or _mean_pooled(job)):
+            or _evaluates(job)):
         return None
     return _family(job.base_model, job.task)
 
 
-def _mean_pooled(job) -> bool:
-    """A mean-pooled classifier trains alone (the packed forward reads first tokens only)."""
+def _pooling(base_model: str, spec: dict) -> str:
+    """What a job's classifier reads (a pack pools one way): the stored spec's resolved pooling;
+    a spec stored before pooling was resolved reads as its base model's own, as it will train."""
     from lora_engine.model_ref import base_pooling
 
-    pooling = job.spec.get("pooling", "auto")
-    return (base_pooling(job.base_model) if pooling == "auto" else pooling) == "mean"
+    pooling = spec.get("pooling", "auto")
+    return base_pooling(base_model) if pooling == "auto" else pooling
 
 
 def _evaluates(job) -> bool:
@@ -171,8 +173,10 @@ class _Joiner:
     jobs whenever there is room (at once when a job has just left, else every JOIN_POLL_S), by
     the repository's fair-share claim and quotas (`services.claim_partners`, each its own claim)."""
 
-    def __init__(self, settings: Settings, worker_id: str, base: str, family: str, pack, cache: Any):
+    def __init__(self, settings: Settings, worker_id: str, base: str, family: str, pack, cache: Any,
+                 pooling: str):
         self.settings, self.worker_id, self.base, self.family = settings, worker_id, base, family
+        self.pooling = pooling
         self.pack, self.cache = pack, cache
         self.last = float("-inf")
         self.skip: set[str] = set()  # jobs this pack refused and handed back: not claimed again
@@ -191,7 +195,8 @@ class _Joiner:
 
         def accept(job) -> bool:
             nonlocal tokens_left
-            if job.id in self.skip or _packable(job) != self.family:
+            if (job.id in self.skip or _packable(job) != self.family
+                    or _pooling(job.base_model, job.spec) != self.pooling):
                 return False
             if tokens_left is not None:
                 need = _round_tokens(job)
@@ -266,7 +271,7 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
     except Exception as exc:  # the shared base failed to load: the job settles as it would alone
         return [_fail(settings, worker_id, lead, exc)]
     pack = Pack(model, tokenizer, data_dir=settings.data_dir, base_model=base, max_jobs=1)
-    join = _Joiner(settings, worker_id, base, family, pack, cache)
+    join = _Joiner(settings, worker_id, base, family, pack, cache, _pooling(base, lead.ctx.spec))
 
     def add(m: _Member) -> None:
         members[m.ctx.job_id] = m

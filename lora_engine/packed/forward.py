@@ -38,6 +38,7 @@ class PackedBatch:
     kind: str  # classification | regression | generation
     heads: dict[str, nn.Module]  # the job's own head modules by their model name
     stream: JobStream
+    pooling: str = "cls"  # what the job's classifier reads (catalog.POOLINGS); one for a whole pack
 
 
 class SegmentedPacking:
@@ -119,25 +120,35 @@ def _embed_each(model, batches: list[PackedBatch], embed):
 
 
 def _encoder_losses(model, batches, routing):
+    """With "cls" pooling the last layer runs for each row's first token only, as alone; with
+    "mean" it runs for every token and each job's rows are averaged over their own tokens. A pack
+    pools one way (`Pack.check`): a [CLS] job beside a mean one would run its last layer, and
+    draw that layer's dropout, for every token, unlike alone."""
     for b in batches:
         if not encoder.supports(model, b.inputs):
             raise ValueError(f"job {b.key}: batch layout not supported by the packed encoder forward")
+    poolings = {b.pooling for b in batches}
+    if len(poolings) != 1:
+        raise ValueError(f"one packed step pools one way, not {sorted(poolings)}")
+    mean = poolings == {"mean"}
     embedded = _embed_each(model, batches, encoder.embed)
     hidden = torch.cat([h for h, _, _ in embedded])
     packings = [p for _, p, _ in embedded]
     tokens = [h.shape[0] for h, _, _ in embedded]
     rows = [p.batch for p in packings]
     keys = [b.key for b in batches]
-    routing.set(keys, tokens, rows)
+    layouts = [tokens] if mean else [tokens, rows]  # mean: no first-token-only last layer
+    routing.set(keys, *layouts)
     offsets = torch.tensor([0, *tokens[:-1]], device=hidden.device).cumsum(0)
     firsts = [f for _, _, f in embedded]
-    first = torch.cat([f + o for f, o in zip(firsts, offsets, strict=True)])
+    first = None if mean else torch.cat([f + o for f, o in zip(firsts, offsets, strict=True)])
     states = encoder.encode(model, hidden, SegmentedPacking(batches, packings, firsts, routing), first)
     pooler = f"{model.base_model_prefix}.pooler"
     losses = []
-    for b, (_, part) in zip(batches, routing.split(states), strict=True):
+    for b, packing, (_, part) in zip(batches, packings, routing.split(states), strict=True):
+        pooled = packing.row_means(part) if mean else part
         with b.stream.active():
-            logits = encoder.head_logits(model, part, classifier=b.heads["classifier"],
+            logits = encoder.head_logits(model, pooled, classifier=b.heads["classifier"],
                                          pooler=b.heads.get(pooler))
         losses.append(logits_loss(logits, b.inputs["labels"], b.kind))
     return losses

@@ -19,7 +19,9 @@ the round's time in proportion to its tokens, plus its own optimizer step and ev
 
 Compatible jobs: the same base model; methods lora, rslora, dora (a full fine-tune changes the
 shared base and cannot be packed); LoRA on linear layers (embedding targets train alone);
-BERT/RoBERTa classification and regression together, or Llama-family generation together.
+BERT/RoBERTa classification and regression together, or Llama-family generation together; one
+classifier pooling per pack ([CLS] jobs run the last layer for first tokens only, mean-pooled jobs
+for every token, so mixing them would change a job's dropout draws from its solo run's).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from lora_engine.catalog import LORA_METHODS
 from lora_engine.checkpoint import capture_rng_state, latest_checkpoint, restore_rng_state
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, synchronize
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
+from lora_engine.forward.encoder import set_pooling
 from lora_engine.inject import HEAD_NAMES, head_module_names, lora_modules
 from lora_engine.layers import LoRALinear
 from lora_engine.packed.forward import PackedBatch, family, packed_losses
@@ -157,6 +160,8 @@ class Pack:
             _set_module(self.model, name, adapter if adapter is not None else multi.base)
         for name, module in (job.heads if job is not None else heads or {}).items():
             _set_module(self.model, name, module)
+        if job is not None and self.family == "encoder":
+            set_pooling(self.model, job.run.spec.pooling)
         try:
             yield self.model
         finally:
@@ -185,6 +190,12 @@ class Pack:
         """The most tokens the jobs in the pack put into one round (what max_tokens bounds)."""
         return sum(round_tokens(j.run.spec) for j in self.jobs.values())
 
+    @property
+    def pooling(self) -> str | None:
+        """What the classifiers of this pack's jobs read (one for all); None: no encoder job yet."""
+        job = next(iter(self.jobs.values()), None)
+        return job.run.spec.pooling if job is not None and self.family == "encoder" else None
+
     def check(self, spec: TrainingSpec) -> None:
         """Raise LoraConfigError unless `spec` (validated, resolved) can join this pack."""
         if len(self.jobs) >= self.max_jobs:
@@ -206,9 +217,11 @@ class Pack:
         if (kind == "generation") != (self.family == "decoder"):
             raise LoraConfigError(f"a {kind} job cannot join a pack of {self.family} "
                                   f"{self.base_model!r} jobs")
-        if spec.pooling == "mean":
-            raise LoraConfigError("a mean-pooled classifier (pooling 'mean') cannot be packed yet: "
-                                  "train it alone")
+        pooling = self.pooling
+        if pooling is not None and spec.pooling != pooling:
+            # One packed pass runs the last layer for first tokens ([CLS]) or for every token (mean).
+            raise LoraConfigError(f"a {spec.pooling}-pooled job cannot join a pack of {pooling}-pooled "
+                                  "jobs: it trains in another pack or alone")
         if spec.eval_every:
             # The pack has no evaluation during training: such a job would train on fewer rows
             # and keep its last step instead of its best, unlike alone.
@@ -301,7 +314,7 @@ class Pack:
         batches = [next(job.batches) for job in jobs]
         packed = [PackedBatch(job.slot, {k: v.to(self.device.device, non_blocking=True)
                                          for k, v in batch.inputs.items()},
-                              job.run.info.kind, job.heads, job.stream)
+                              job.run.info.kind, job.heads, job.stream, job.run.spec.pooling)
                   for job, batch in zip(jobs, batches, strict=True)]
         with measure_activations(self.model) if measure else nullcontext() as saved:
             with autocast(self.device):

@@ -94,8 +94,8 @@ def first_packed_step_beside_solo(pack: Pack, model, jobs: list[dict], tmp_path:
     for i, job in enumerate(packed):
         perturb(job.run.trainable, seed=10 + i)
     model.eval()
-    batches = [PackedBatch(j.slot, next(j.batches).inputs, j.run.info.kind, j.heads, j.stream)
-               for j in packed]
+    batches = [PackedBatch(j.slot, next(j.batches).inputs, j.run.info.kind, j.heads, j.stream,
+                           j.run.spec.pooling) for j in packed]
     torch.stack(packed_losses(model, batches, pack.routing)).sum().backward()
     for i, (spec, job) in enumerate(zip(jobs, packed, strict=True)):
         yield job, solo_gradients(spec, seed=10 + i)
@@ -116,6 +116,36 @@ def test_first_step_gradients_equal_solo(tmp_path, specs, family):
         assert any("lora_A" in n and g.abs().max() > 1e-4 for n, g in solo.items())
         for name, grad in solo.items():
             torch.testing.assert_close(job.run.trainable[name].grad, grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_mean_pooled_jobs_pack_with_their_solo_gradients(tmp_path, specs, fused):
+    # Classification (2 and 3 labels, DoRA) and regression, every job's classifier on the mean of
+    # its own rows' tokens: the last layer runs for every token, the means are per job and row.
+    jobs = [{**specs[k], "dropout": 0.0, "pooling": "mean"} for k in ("a", "b", "c", "stsb")]
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert", fused=fused)
+    for job, solo in first_packed_step_beside_solo(pack, model, jobs, tmp_path):
+        assert job.run.spec.pooling == "mean"
+        assert any("lora_A" in n and g.abs().max() > 1e-4 for n, g in solo.items())
+        for name, grad in solo.items():
+            torch.testing.assert_close(job.run.trainable[name].grad, grad, rtol=1e-5, atol=1e-5, msg=name)
+    with pytest.raises(LoraConfigError, match="a cls-pooled job cannot join a pack of mean-pooled jobs"):
+        pack.add(specs["a"], tmp_path / "refused")
+
+
+def test_mean_pooled_packed_runs_equal_solo_with_dropout(tmp_path, specs):
+    jobs = {k: {**specs[k], "pooling": "mean", "max_steps": 3} for k in ("a", "c")}
+    solo = {k: train(s, tmp_path / f"solo-{k}", data_dir=DATA) for k, s in jobs.items()}
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    for k, s in jobs.items():
+        pack.add(s, tmp_path / f"pack-{k}", key=k)
+    out = pack.run()
+    for k in jobs:
+        np.testing.assert_allclose(out[k].result.losses, solo[k].losses, rtol=0, atol=1e-5)
+        assert out[k].result.metrics == solo[k].metrics  # evaluated with the job's own pooling
+        assert json.loads((out[k].result.adapter_dir / "lorafleet.json").read_text())["pooling"] == "mean"
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +267,7 @@ def test_unpackable_jobs_are_refused_and_the_pack_is_untouched(tmp_path, specs):
         ({**specs["a"], "base_model": "tiny-roberta"}, "not this pack's"),
         ({**specs["a"], "targets": ["word_embeddings", "query"]}, "linear layers only"),
         ({**specs["a"], "batch_size": 9}, "token budget is 768 per round"),
-        ({**specs["a"], "pooling": "mean"}, "mean-pooled classifier"),
+        ({**specs["a"], "pooling": "mean"}, "a mean-pooled job cannot join a pack of cls-pooled jobs"),
     ]
     for spec, message in refusals:
         with pytest.raises(LoraConfigError, match=message):

@@ -109,3 +109,26 @@ def test_a_job_the_pack_refuses_goes_back_to_the_queue_and_trains_alone(registry
         kinds = [e.kind for e in svc.job_events(s, embed)]
     assert detail.job.state == "succeeded" and detail.adapter is not None
     assert "packed" not in kinds and kinds.count("claimed") == 3
+
+
+def test_a_pack_takes_partners_of_its_own_pooling(registry_settings):
+    # [CLS] jobs pack with [CLS] jobs and mean-pooled ones with their own kind: the others are not
+    # claimed (no requeue, no attempt spent) and train in the next pack.
+    settings = registry_settings.model_copy(update={"pack_max_jobs": 4, "pack_max_tokens": 4096})
+    with session_scope(settings) as s:
+        svc.create_tenant(s, "acme", max_running=4)
+        c1 = svc.submit_job(s, "acme", {**SMALL, "task": "rte"}).id
+        m1 = svc.submit_job(s, "acme", {**SMALL, "task": "mrpc", "pooling": "mean"}).id
+        c2 = svc.submit_job(s, "acme", {**SMALL, "task": "cola", "seed": 3}).id
+        m2 = svc.submit_job(s, "acme", {**SMALL, "task": "stsb", "pooling": "mean"}).id
+
+    first = run_packed(c1, worker_id="w1", settings=settings, cache=BaseModelCache())
+    assert {r.job_id: r.outcome for r in first} == {c1: "succeeded", c2: "succeeded"}
+    second = run_packed(m1, worker_id="w1", settings=settings, cache=BaseModelCache())
+    assert {r.job_id: r.outcome for r in second} == {m1: "succeeded", m2: "succeeded"}
+    with session_scope(settings) as s:
+        for job_id, partner in ((m1, m2), (m2, m1), (c1, c2)):
+            detail = svc.get_job(s, job_id)
+            assert detail.job.attempts == 1
+            (event,) = [e for e in svc.job_events(s, job_id) if e.kind == "packed"]
+            assert event.data["packed_with"] == [partner]
