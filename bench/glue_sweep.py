@@ -65,7 +65,7 @@ def one_run(task: str, method: str, args, work: Path) -> dict:
             "total_params": s.total_params, "adapter_bytes": s.adapter_bytes,
             "peak_mem_mb": round(s.peak_mem_bytes / 2**20),
             **{k: rs.get(k) for k in ("epochs", "max_steps", "batch_size", "lr", "head_lr", "targets",
-                                      "eval_every", "eval_holdout", "patience")}}
+                                      "pooling", "eval_every", "eval_holdout", "patience")}}
 
 
 def _score(name: str, value: float, trivial: dict) -> str:
@@ -76,12 +76,12 @@ def _score(name: str, value: float, trivial: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| task | method | validation score | trivial baseline | epochs chosen (trained) | batch | "
-             "lr | steps | best step | wall s | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | pooling | validation score | trivial baseline | epochs chosen (trained) | "
+             "batch | lr | steps | best step | wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['task']} | {r['method']} | ERROR: {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['task']} | {r['method']} | | ERROR: {r['error']} | | | | | | | | |")
             continue
         m = ", ".join(_score(k, v, r["trivial"]) for k, v in r["metrics"].items())
         triv = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["trivial"].items())
@@ -89,9 +89,10 @@ def markdown(rows: list[dict]) -> str:
         trained = r["history"][-1]["epoch"] if r["history"] else r["epochs"]
         best = int(sel["best_step"]) if sel else "–"
         early = ", stopped early" if sel.get("stopped_early") else ""
-        lines.append(f"| {r['task']} | {r['method']} | {m} | {triv} | {r['epochs']} ({trained}{early}) | "
-                     f"{r['batch_size']} | {r['lr']:g} | {r['steps']} | {best} | {r['wall_s']} | "
-                     f"{r.get('cpu_s', '–')} |")
+        pooling = r.get("pooling") or "–"  # rows of sweeps before pooling was recorded: unknown
+        lines.append(f"| {r['task']} | {r['method']} | {pooling} | {m} | {triv} | "
+                     f"{r['epochs']} ({trained}{early}) | {r['batch_size']} | {r['lr']:g} | {r['steps']} | "
+                     f"{best} | {r['wall_s']} | {r.get('cpu_s', '–')} |")
     by = {(r["task"], r["method"]): r for r in rows if "error" not in r}
     gaps = []
     for t in GLUE:

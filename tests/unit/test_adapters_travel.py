@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
-from lora_engine.adapter_folder import AdapterMeta
+from lora_engine.adapter_folder import AdapterMeta, read_adapter_meta
 from lora_engine.adapter_io import save_adapter
 from lora_engine.catalog import TASKS
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora
@@ -46,14 +46,24 @@ print(json.dumps({"gap": gap}))
 """
 
 
-def _minilm_adapter(tiny_model, perturb_lora, folder: Path) -> None:
+def _minilm_adapter(tiny_model, perturb_lora, folder: Path, pooling: str = "cls") -> None:
     model, _ = tiny_model("minilm-l6", "classification", 2)
     settings = LoraSettings(rank=4, alpha=8)
     inject_lora(model, settings)
     perturb_lora(model)
-    meta = AdapterMeta.for_task(TASKS["sst2"], base_model="minilm-l6", method="lora")
+    meta = AdapterMeta.for_task(TASKS["sst2"], base_model="minilm-l6", method="lora", pooling=pooling)
     save_adapter(model, folder, base_model_name="minilm-l6", settings=settings, task_type="classification",
                  modules_to_save=head_module_names(model), meta=meta)
+
+
+def _minilm_hub_cache(root: Path) -> tuple[Path, dict]:
+    """A hub cache holding MiniLM-L6 as `hf download` leaves it (AutoPeftModel resolves the hub id
+    offline from it): its snapshot folder, and the environment that points at it."""
+    snapshot = root / f"models--{MINILM_HUB_ID.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(resolve_model("minilm-l6").path, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    return snapshot, {**os.environ, "HF_HUB_CACHE": str(root), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 def test_an_adapter_names_the_hub_id_and_loads_with_auto_peft(tiny_model, perturb_lora, tmp_path):
@@ -62,17 +72,40 @@ def test_an_adapter_names_the_hub_id_and_loads_with_auto_peft(tiny_model, pertur
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == MINILM_HUB_ID
     assert json.loads((folder / "lorafleet.json").read_text())["base_model"] == "minilm-l6"  # the alias stays
-    # A hub cache holding the model as `hf download` leaves it: AutoPeftModel resolves the hub id offline.
-    snapshot = tmp_path / "hub" / f"models--{MINILM_HUB_ID.replace('/', '--')}" / "snapshots" / ("0" * 40)
-    shutil.copytree(resolve_model("minilm-l6").path, snapshot)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT)}
+    snapshot, env = _minilm_hub_cache(tmp_path / "hub")
     argv = [sys.executable, "-c", PEFT_CHECK, str(folder), str(snapshot), MINILM_HUB_ID]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["gap"] < 1e-4
+
+
+MEAN_CARD_CHECK = """
+import json, sys, torch
+import lora_engine as le
+folder, snippet = sys.argv[1], sys.argv[2]
+texts = ["a fine film", "dull, and far too long for what it says"]
+scope = {"texts": texts}
+with torch.no_grad():
+    exec(snippet.replace("<this folder>", folder), scope)
+theirs = scope["logits"].softmax(-1)
+ours = torch.tensor([p.probabilities for p in le.load_for_inference(folder).classify(texts)])
+print(json.dumps({"gap": (theirs - ours).abs().max().item()}))
+"""
+
+
+def test_a_mean_pooled_adapters_card_feeds_the_head_as_lorafleet_does(tiny_model, perturb_lora, tmp_path):
+    # With PEFT and transformers only (the base from the hub cache), the card's recipe for a
+    # mean-pooled head gives lorafleet's predictions; HF's own [CLS] forward would not.
+    folder = tmp_path / "adapter"
+    _minilm_adapter(tiny_model, perturb_lora, folder, pooling="mean")
+    card = render_model_card(read_adapter_meta(folder))
+    assert "Pooling: **mean**" in card and "BertForSequenceClassification" in card
+    snippet = next(b for b in card.split("```python")[1:] if "mean = " in b).split("```")[0]
+    _, env = _minilm_hub_cache(tmp_path / "hub")
+    argv = [sys.executable, "-c", MEAN_CARD_CHECK, str(folder), snippet]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["gap"] < 1e-5
 
 
 def test_the_model_card_is_hub_metadata_with_eval_results():
