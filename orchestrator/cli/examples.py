@@ -1,4 +1,5 @@
-"""One example per command, shown at the end of its `--help` (attached by `cli.main`).
+"""One example per command, shown at the end of its `--help` (attached when the
+command is loaded, `cli/lazy.py`).
 
 Kept in one table so every command has one (a test walks the command tree) and a command's own
 docstring can stay about what it does. A command whose help already has an example keeps it.
@@ -41,16 +42,17 @@ EXAMPLES: dict[str, list[str]] = {
 }
 
 
-def attach(group: Any, path: tuple[str, ...] = ()) -> None:
-    """Set the epilog of every command below `group` that has none and no example in its help."""
+def attach(command: Any, path: tuple[str, ...]) -> None:
+    """Set the epilog of `command` (named by `path`, e.g. ("job", "submit")) and of every command
+    of a group below it, where it has none and no example in its help. A lazy group's commands
+    get theirs when they are loaded (`cli/lazy.py`)."""
     import click
 
-    for name, command in group.commands.items():
-        key = " ".join((*path, name))
-        if isinstance(command, click.Group):
-            attach(command, (*path, name))
-            continue
-        lines = EXAMPLES.get(key)
-        if lines and not command.epilog and "Example" not in (command.help or ""):
-            word = "Examples" if len(lines) > 1 else "Example"
-            command.epilog = "\b\n" + f"{word}:\n" + "\n".join(f"  {line}" for line in lines)
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            attach(sub, (*path, name))
+        return
+    lines = EXAMPLES.get(" ".join(path))
+    if lines and not command.epilog and "Example" not in (command.help or ""):
+        word = "Examples" if len(lines) > 1 else "Example"
+        command.epilog = "\b\n" + f"{word}:\n" + "\n".join(f"  {line}" for line in lines)

@@ -18,6 +18,7 @@ from orchestrator.cli.helpers import (
     status,
     wide_option,
 )
+from orchestrator.cli.lazy import LazyGroup
 from orchestrator.cli.spec_options import SpecCommand, spec_from_options
 
 DEFAULT_LIST_LIMIT = 50
@@ -42,7 +43,8 @@ def dispatch(job_ids: list[str]) -> None:
                "resubmission returns the same job.")
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={"metrics": "orchestrator.cli.job_results:metrics",
+                                  "checkpoints": "orchestrator.cli.job_results:checkpoints"})
 def job() -> None:
     """Training jobs."""
 

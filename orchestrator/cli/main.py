@@ -1,8 +1,9 @@
 """`lorafleet`: the admin CLI (console script). Thin adapters: parse, call one service, print.
 
-Start-up imports only Click and the command modules, which import nothing heavy at module level:
-SQLAlchemy, Celery, torch and transformers load inside the commands that need them, so
-`lorafleet --help` answers in well under 0.3 s (see bench/bench_cli_help.py).
+Start-up imports only Click; the command that runs imports its own module (`COMMANDS`), and the
+command modules import nothing heavy at module level: SQLAlchemy, Celery, torch and transformers
+load inside the commands that need them, so `lorafleet --help` (which loads every command module
+for the summaries) answers in well under 0.3 s (see bench/bench_cli_help.py).
 """
 
 from __future__ import annotations
@@ -11,24 +12,27 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import (
-    adapter,
-    config,
-    dataset,
-    db,
-    examples,
-    job,
-    job_results,
-    quickstart,
-    report,
-    status,
-    tenant,
-    worker,
-)
 from orchestrator.cli.helpers import to_cli_error
+from orchestrator.cli.lazy import LazyGroup
+
+# Each command's module is imported when the command is used (cli/lazy.py): a command line runs
+# one command, and `job submit` should not pay for importing the others.
+COMMANDS = {
+    "tenant": "orchestrator.cli.tenant:tenant",
+    "dataset": "orchestrator.cli.dataset:dataset",
+    "job": "orchestrator.cli.job:job",
+    "adapter": "orchestrator.cli.adapter:adapter",
+    "report": "orchestrator.cli.report:report",
+    "worker": "orchestrator.cli.worker:worker",
+    "reconcile": "orchestrator.cli.worker:reconcile",
+    "quickstart": "orchestrator.cli.quickstart:quickstart",
+    "db": "orchestrator.cli.db:db",
+    "config": "orchestrator.cli.config:config",
+    "status": "orchestrator.cli.status:status",
+}
 
 
-class LoraFleetGroup(click.Group):
+class LoraFleetGroup(LazyGroup):
     """The root group: maps our typed errors, raised by any subcommand, to a clean CLI error."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -43,7 +47,7 @@ class LoraFleetGroup(click.Group):
             raise error from exc
 
 
-@click.group(cls=LoraFleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LoraFleetGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lorafleet")
 def cli() -> None:
     """lorafleet: multi-tenant LoRA fine-tuning jobs, workers and adapters.
@@ -53,22 +57,6 @@ def cli() -> None:
     `lorafleet config init`), else a per-user data folder. Set LORAFLEET_DATABASE_URL /
     LORAFLEET_BROKER_URL for PostgreSQL + Redis; `lorafleet config show` lists every setting.
     """
-
-
-cli.add_command(tenant.tenant)
-cli.add_command(dataset.dataset)
-cli.add_command(job.job)
-job.job.add_command(job_results.metrics)
-job.job.add_command(job_results.checkpoints)
-cli.add_command(adapter.adapter)
-cli.add_command(report.report)
-cli.add_command(worker.worker)
-cli.add_command(worker.reconcile)
-cli.add_command(quickstart.quickstart)
-cli.add_command(db.db)
-cli.add_command(config.config)
-cli.add_command(status.status)
-examples.attach(cli)
 
 
 if __name__ == "__main__":

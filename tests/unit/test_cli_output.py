@@ -71,14 +71,16 @@ def test_every_command_shows_an_example_in_its_help():
 
     from orchestrator.cli.main import cli
 
-    def commands(group, path=()):
-        for name, command in group.commands.items():
+    def commands(ctx, path=()):
+        group = ctx.command
+        for name in group.list_commands(ctx):  # the lazy groups load each command as it is looked up
+            command = group.get_command(ctx, name)
             if isinstance(command, click.Group):
-                yield from commands(command, (*path, name))
+                yield from commands(click.Context(command, info_name=name, parent=ctx), (*path, name))
             else:
                 yield " ".join((*path, name)), command
 
-    missing = [name for name, command in commands(cli)
+    missing = [name for name, command in commands(click.Context(cli, info_name="lorafleet"))
                if "Example" not in (command.help or "") + (command.epilog or "")]
     assert missing == [], f"commands without an example (add one to cli/examples.py): {missing}"
 

@@ -3,6 +3,7 @@ and `lorafleet config show`. The CLI's start-up loads no pydantic (`--help` stay
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -125,6 +126,25 @@ def test_the_submit_path_imports_neither_celery_nor_unrelated_services():
              "'orchestrator.services.reevaluation', 'orchestrator.services.metrics') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_job_submit_imports_no_other_command_module(tmp_path):
+    # The root group imports the invoked command's module only (cli/lazy.py); the job is queued.
+    env = {"LORAFLEET_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    assert lorafleet("tenant", "create", "a", env=env, cwd=tmp_path).returncode == 0
+    probe = ("import sys; from click.testing import CliRunner; from orchestrator.cli.main import cli; "
+             "r = CliRunner().invoke(cli, ['job', 'submit', '--tenant', 'a', '--task', 'sst2', "
+             "'--base-model', 'tiny-bert', '--max-steps', '5', '--json']); print(r.output.strip()); "
+             "print(sorted(m for m in sys.modules if m.startswith('orchestrator.cli.')))")
+    full = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), **env}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env=full)
+    *output, modules = out.stdout.strip().splitlines()
+    assert json.loads("\n".join(output))["id"]
+    assert ast.literal_eval(modules) == [f"orchestrator.cli.{m}" for m in (
+        "examples", "helpers", "job", "lazy", "main", "output", "spec_options")]
+    listed = lorafleet("job", "list", "--json", env=env, cwd=tmp_path)
+    assert [j["state"] for j in json.loads(listed.stdout)] == ["queued"]
 
 
 def test_the_services_package_exports_lazily_and_no_name_is_shadowed_by_a_submodule():
