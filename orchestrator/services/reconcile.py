@@ -26,7 +26,6 @@ from orchestrator.registry.models import Job, utcnow
 from orchestrator.retries import redispatch_wait
 from orchestrator.services._tx import transactional
 from orchestrator.services.events import add_event
-from orchestrator.services.leases import _requeue_or_fail
 
 # Past its expiry a lease gets this many seconds more before its job is taken back: room for
 # clock skew between machines, small against the lease itself.
@@ -56,6 +55,10 @@ def reconcile(
     redispatch_after_s: float = REDISPATCH_AFTER_S,
 ) -> ReconcileResult:
     """One reconciliation pass (see the module doc); returns what to dispatch and what moved."""
+    # Here, not at the top: every `job submit` imports this module (for `mark_dispatched`), and
+    # the worker's side of the leases is no part of a submit.
+    from orchestrator.services.leases import _requeue_or_fail
+
     now = now or utcnow()
     result = ReconcileResult()
     for job in repo.running_with_lease_before(session, now - timedelta(seconds=lease_grace_s)):
