@@ -1,6 +1,6 @@
 """Sending job messages and recording that they were sent: submit, re-dispatch, reconcile.
 
-`orchestrator.dispatch.send_run_job` is the one function that puts a message on the broker;
+`orchestrator.dispatch.send_run_jobs` is the one function that puts a message on the broker;
 here it is paired with the registry's record of the dispatch, which the reconciler reads to
 re-send for queued jobs whose message may be lost (when: `orchestrator.retries.redispatch_wait`).
 A crash between sending and recording is harmless: a second message finds nothing to claim.
@@ -9,7 +9,7 @@ A crash between sending and recording is harmless: a second message finds nothin
 from __future__ import annotations
 
 from orchestrator.config import Settings, get_settings
-from orchestrator.dispatch import send_run_job
+from orchestrator.dispatch import send_run_jobs
 
 
 def announce_jobs(
@@ -22,8 +22,7 @@ def announce_jobs(
     settings = settings or get_settings()
     if not job_ids:
         return
-    for job_id in job_ids:
-        send_run_job(job_id, settings=settings, countdown=countdown)
+    send_run_jobs(list(job_ids), settings=settings, countdown=countdown)
     with session_scope(settings) as session:
         mark_dispatched(session, list(job_ids))
 
@@ -49,7 +48,6 @@ def reconcile_once(
             lease_grace_s=LEASE_GRACE_S if lease_grace_s is None else lease_grace_s,
             redispatch_after_s=REDISPATCH_AFTER_S if redispatch_after_s is None else redispatch_after_s,
         )
-    for job_id in result.dispatch:
-        send_run_job(job_id, settings=settings)
+    send_run_jobs(list(result.dispatch), settings=settings)
     return {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed,
             "cancelled": result.cancelled}

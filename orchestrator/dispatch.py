@@ -6,16 +6,22 @@ passes live in `orchestrator.announce`.
 The message carries only the job id; the registry is the source of truth, so a lost or duplicated
 message costs nothing (the reconciler re-sends, a second claim finds nothing).
 
-The sender is kombu alone, not a Celery app: `lorafleet job submit` is a short process, and
-importing and configuring Celery to send one message cost it more than the rest of the send
-(bench/RESULTS.md, "The submit path"). The message is Celery's task message, protocol 2 (headers,
-properties, body as Celery's documentation specifies them), published straight to the queue,
-so the worker's Celery app consumes it like any task it sent itself. kombu is imported inside
-the functions so that the CLI starts without it.
+The sender is not a Celery app: `lorafleet job submit` is a short process, and importing and
+configuring Celery to send one message cost it more than the rest of the send (bench/RESULTS.md,
+"The submit path"). The message is Celery's task message, protocol 2 (headers, properties, body as
+Celery's documentation specifies them), published straight to the queue, so the worker's Celery
+app consumes it like any task it sent itself. On a broker server (Redis) kombu publishes it. On the
+embedded broker (kombu's SQL transport over a SQLite file) the row kombu would store is inserted
+with the standard library's sqlite3: kombu's transport builds an ORM session, its declarative
+models and MySQL's dialect on every process's first send, a tenth of a `job submit`
+(`tests/unit/test_transport.py` checks the row against the one kombu itself stores). kombu is
+imported inside the functions so that the CLI starts without it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import sqlite3
@@ -132,17 +138,65 @@ def task_message(task: str, args: list[Any], countdown: float | None = None,
     return body, headers, {"correlation_id": task_id, "reply_to": ""}
 
 
-def send_run_job(job_id: str, *, settings: Settings | None = None, countdown: float | None = None) -> None:
-    """Queue one `lorafleet.run_job(job_id)` message on the GPU queue: the one function that sends
-    a job message (submit, the runner's re-dispatch after a back-off, the reconciler all call it
-    through `orchestrator.announce`)."""
+def send_run_jobs(job_ids: list[str], *, settings: Settings | None = None,
+                  countdown: float | None = None) -> None:
+    """Queue one `lorafleet.run_job(job_id)` message per id on the GPU queue: the one function
+    that sends job messages (submit, the runner's re-dispatch after a back-off and the reconciler
+    all call it through `orchestrator.announce`)."""
     settings = settings or get_settings()
-    body, headers, properties = task_message(RUN_JOB, [str(job_id)], countdown)
-    connection = broker_connection(settings)
-    # The default exchange routes by queue name, on every transport, with nothing to declare.
-    connection.Producer(serializer="json").publish(
-        body, exchange="", routing_key=settings.queue, headers=headers, delivery_mode=2,
-        retry=True, retry_policy=PUBLISH_RETRY_POLICY, **properties)
+    messages = [task_message(RUN_JOB, [str(job_id)], countdown) for job_id in job_ids]
+    if messages and not _insert_embedded(settings, messages):
+        connection = broker_connection(settings)
+        producer = connection.Producer(serializer="json")
+        for body, headers, properties in messages:
+            # The default exchange routes by queue name, on every transport, with nothing to declare.
+            producer.publish(body, exchange="", routing_key=settings.queue, headers=headers, delivery_mode=2,
+                             retry=True, retry_policy=PUBLISH_RETRY_POLICY, **properties)
+
+
+def stored_message(body: Any, headers: dict[str, Any], properties: dict[str, Any], queue: str) -> str:
+    """The `payload` column kombu's SQL transport stores for a JSON message published to the
+    default exchange: kombu's virtual-transport envelope, the body base64-encoded."""
+    return json.dumps({
+        "body": base64.b64encode(json.dumps(body).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {**properties, "delivery_mode": 2,
+                       "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+                       "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+    })
+
+
+def _insert_embedded(settings: Settings, messages: list[tuple[Any, dict, dict]]) -> bool:
+    """Insert the messages into the embedded broker's queue in one transaction. False (nothing
+    written) when this is not an embedded broker, or its file has no such queue yet: kombu then
+    sends them, creating its tables and the queue the first time."""
+    prefix = "sqla+sqlite:///"
+    path = settings.broker_url.removeprefix(prefix)
+    if not settings.broker_url.startswith(prefix) or path == ":memory:" or not Path(path).is_file():
+        return False
+    # The same timeout as a kombu send: a worker's poll holds the write lock for milliseconds.
+    connection = sqlite3.connect(path, timeout=10, factory=BrokerSQLiteConnection)
+    try:
+        with connection:
+            try:
+                row = connection.execute("SELECT id FROM kombu_queue WHERE name = ?",
+                                         (settings.queue,)).fetchone()
+            except sqlite3.OperationalError as exc:  # an empty file: kombu has not created its tables
+                if "no such table" in str(exc):
+                    return False
+                raise
+            if row is None:
+                return False
+            connection.executemany(
+                "INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) "
+                "VALUES (1, NULL, ?, 1, ?)",
+                [(stored_message(body, headers, properties, settings.queue), row[0])
+                 for body, headers, properties in messages])
+    finally:
+        connection.close()
+    return True
 
 
 def close_clients() -> None:

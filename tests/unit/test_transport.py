@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -39,38 +40,95 @@ def test_polling_interval_as_a_transport_option_reaches_create_engine(tmp_path: 
         conn.SimpleQueue("gpu").put({"x": 1})
 
 
-def test_the_job_message_is_the_one_celery_itself_would_send(tmp_path: Path, monkeypatch):
-    """`send_run_job` speaks Celery's protocol 2 without a Celery app: the message on the broker
-    has exactly the headers, properties and body `celery.app.amqp.as_task_v2` builds."""
-    from celery import Celery
-
+def _embedded_settings(tmp_path: Path, monkeypatch):
     from orchestrator.config import get_settings
-    from orchestrator.dispatch import RUN_JOB, close_clients, send_run_job
 
     monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("LORAFLEET_BROKER_URL", raising=False)
     get_settings.cache_clear()
     settings = get_settings()
+    get_settings.cache_clear()
+    return settings
+
+
+def test_the_job_message_is_the_one_celery_itself_would_send(tmp_path: Path, monkeypatch):
+    """`send_run_jobs` speaks Celery's protocol 2 without a Celery app: the message on the broker
+    has exactly the headers, properties and body `celery.app.amqp.as_task_v2` builds, the first
+    one (sent by kombu, which creates the embedded broker's tables) and the next (inserted into
+    them directly) alike."""
+    from celery import Celery
+
+    from orchestrator.dispatch import RUN_JOB, close_clients, send_run_jobs
+
+    settings = _embedded_settings(tmp_path, monkeypatch)
     try:
-        send_run_job("job-1", settings=settings, countdown=30)
+        send_run_jobs(["job-1"], settings=settings, countdown=30)
+        send_run_jobs(["job-2", "job-3"], settings=settings, countdown=30)
     finally:
         close_clients()
-        get_settings.cache_clear()
-    with Connection(settings.broker_url) as conn:
-        received = conn.SimpleQueue(settings.queue).get(timeout=5)
-        received.ack()
-    headers, properties = received.headers, received.properties
     celery = Celery("reference", set_as_current=False, broker=settings.broker_url)
-    reference = celery.amqp.as_task_v2(headers["id"], RUN_JOB, args=["job-1"], eta=headers["eta"],
-                                       ignore_result=True, origin=headers["origin"])
-    assert headers == reference.headers
-    assert received.decode() == [list(a) if isinstance(a, tuple) else a for a in reference.body]
-    assert properties["correlation_id"] == headers["id"] and properties["reply_to"] == ""
-    assert received.content_type == "application/json" and properties["delivery_mode"] == 2
-    assert headers["eta"] > datetime.now(UTC).isoformat()  # the countdown became an ETA, in UTC
+    with Connection(settings.broker_url) as conn:
+        queue = conn.SimpleQueue(settings.queue)
+        for job_id in ("job-1", "job-2", "job-3"):
+            received = queue.get(timeout=5)
+            received.ack()
+            headers, properties = received.headers, received.properties
+            reference = celery.amqp.as_task_v2(headers["id"], RUN_JOB, args=[job_id], eta=headers["eta"],
+                                               ignore_result=True, origin=headers["origin"])
+            assert headers == reference.headers
+            assert received.decode() == [list(a) if isinstance(a, tuple) else a for a in reference.body]
+            assert properties["correlation_id"] == headers["id"] and properties["reply_to"] == ""
+            assert received.content_type == "application/json" and properties["delivery_mode"] == 2
+            assert headers["eta"] > datetime.now(UTC).isoformat()  # the countdown became an ETA, in UTC
     # The embedded broker's file is in WAL mode (one commit per message, without a full fsync).
     with sqlite3.connect(settings.broker_url.removeprefix("sqla+sqlite:///")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_the_embedded_broker_row_is_the_one_kombu_stores(tmp_path: Path, monkeypatch):
+    """The embedded broker's message is inserted with sqlite3, not through kombu's transport: the
+    row must be the one kombu's own publish stores (columns, and the payload but for the
+    per-publish delivery tag), so kombu's consumer cannot tell them apart."""
+    from orchestrator.dispatch import RUN_JOB, ensure_broker_dir, send_run_jobs, task_message
+
+    settings = _embedded_settings(tmp_path, monkeypatch)
+    ensure_broker_dir(settings.broker_url)
+    message = task_message(RUN_JOB, ["job-1"], countdown=5)
+    body, headers, properties = message
+    with Connection(settings.broker_url) as conn:  # kombu's row; it creates the tables and the queue
+        conn.Producer(serializer="json").publish(body, exchange="", routing_key=settings.queue,
+                                                 headers=headers, delivery_mode=2, **properties)
+    monkeypatch.setattr("orchestrator.dispatch.task_message", lambda *a: message)
+    send_run_jobs(["job-1"], settings=settings)
+    with sqlite3.connect(settings.broker_url.removeprefix("sqla+sqlite:///")) as raw:
+        rows = raw.execute("SELECT visible, timestamp, version, queue_id, payload FROM kombu_message "
+                           "ORDER BY id").fetchall()
+    (*theirs, their_payload), (*ours, our_payload) = rows
+    assert ours == theirs
+    stored = [json.loads(their_payload), json.loads(our_payload)]
+    tags = [p["properties"].pop("delivery_tag") for p in stored]
+    assert stored[0] == stored[1] and tags[0] != tags[1]  # a fresh tag per message, as kombu's
+    with Connection(consumer_broker_url(settings.broker_url)) as consumer:
+        inbox = consumer.SimpleQueue(settings.queue)
+        delivered = [inbox.get(timeout=5) for _ in range(2)]
+    assert [(m.headers, m.properties["delivery_info"], m.decode()) for m in delivered] == \
+        [(headers, {"exchange": "", "routing_key": settings.queue}, json.loads(json.dumps(body)))] * 2
+
+
+def test_no_message_reaches_a_broker_file_without_the_queue(tmp_path: Path, monkeypatch):
+    """A broker file kombu has not set up (no tables, or no row for the queue) is left to kombu."""
+    from orchestrator.dispatch import _insert_embedded, task_message
+
+    settings = _embedded_settings(tmp_path, monkeypatch)
+    path = Path(settings.broker_url.removeprefix("sqla+sqlite:///"))
+    path.parent.mkdir(parents=True)
+    sqlite3.connect(path).close()
+    assert not _insert_embedded(settings, [task_message("t", [])])
+    with Connection(settings.broker_url) as conn:
+        conn.SimpleQueue("another-queue").put({"x": 1})
+    assert not _insert_embedded(settings, [task_message("t", [])])
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT count(*) FROM kombu_message").fetchone() == (1,)
 
 
 def test_an_idle_wait_ends_at_a_shutdown_request(tmp_path: Path, monkeypatch):
