@@ -3,6 +3,8 @@
 
 Everything runs in fresh `lorafleet` processes (what a script calling the CLI pays), side by side
 with two baselines measured in the same run: a bare `python -c pass` and `lorafleet --help`.
+A third baseline is the stack's floor: a process that only imports click, SQLAlchemy's core with
+SQLite's dialect, pydantic and pydantic-settings (what a submit through this stack cannot avoid).
 Also reports which modules the submit path imports and the slowest of them (`-X importtime`).
 
 usage: python bench/bench_submit.py [--runs 7] [--jobs 3600] [--batch 1000]
@@ -27,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = {"task": "sst2", "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
+# What any submit in a fresh process pays with this stack before it does anything: the CLI, the
+# registry's SQL layer without the ORM (SQLite's dialect), the spec's validator, the settings.
+STACK_FLOOR = "import click, sqlalchemy, sqlalchemy.dialects.sqlite, pydantic, pydantic_settings"
 HEAVY = ("torch", "transformers", "celery", "kombu", "sqlalchemy", "alembic", "pydantic", "yaml", "numpy")
 
 
@@ -92,10 +97,12 @@ def main() -> None:
         env = _env(home)
         _cli(env, "tenant", "create", "bench")
         # Interleaved, one of each per round, so a load spike on the shared machine hits all three.
-        bare, helps, submits = [], [], []
-        cpu: dict[str, list[float]] = {"bare": [], "help": [], "submit": [], "list": []}
+        bare, floor, helps, submits = [], [], [], []
+        cpu: dict[str, list[float]] = {"bare": [], "floor": [], "help": [], "submit": [], "list": []}
         for i in range(args.runs):
             bare += _timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 1, cpu["bare"])
+            floor += _timed(lambda: subprocess.run([sys.executable, "-c", STACK_FLOOR], check=True), 1,
+                            cpu["floor"])
             helps += _timed(lambda: _cli(env, "--help"), 1, cpu["help"])
             submits += _timed(lambda i=i: _cli(env, *_submit_args(i)), 1, cpu["submit"])
         profile = import_profile(env)
@@ -128,6 +135,7 @@ def main() -> None:
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # start, end
         "data_dir": env.get("LORAFLEET_DATA_DIR"),
         "python_bare_s": round(med(bare), 3),
+        "stack_floor_s": round(med(floor), 3),  # STACK_FLOOR's imports alone
         "help_s": round(med(helps), 3),
         "submit_s": round(med(submits), 3),
         "submit_minus_bare_s": round(med(submits) - med(bare), 3),
