@@ -280,9 +280,3 @@ class BucketBatchSampler:
         if epoch < 0 or not 0 <= position <= len(self.epoch_batches(epoch)):
             raise ValueError(f"sampler state out of range: epoch {epoch}, position {position}")
         self.epoch, self.position = epoch, position
-
-
-def iterate_batches(encoded: Encoded, sampler: BucketBatchSampler) -> Iterator[Batch]:
-    """The rest of the sampler's current epoch as collated batches."""
-    for indices in sampler:
-        yield collate(encoded, indices)

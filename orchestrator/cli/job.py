@@ -176,7 +176,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
     rows = est["train_rows"] if est["train_rows"] is not None else "?"
     examples = est["examples"] if est["examples"] is not None else "?"
     tokens = f"~{est['tokens']}" if est["tokens"] is not None else "unknown"
-    click.echo(f"  would train {examples} examples ({rows} training rows), tokens {tokens}")
+    held = spec.get("eval_holdout") or 0
+    held_out = f", {held} of them held out for evaluation" if held else ""
+    click.echo(f"  would train {examples} examples ({rows} training rows{held_out}), tokens {tokens}")
     if est["device_seconds"] is None:
         click.echo(f"  device time: {est['basis']}")
     else:

@@ -184,6 +184,14 @@ def test_every_spec_field_is_reachable_and_dry_run_writes_nothing(home: Path):
     assert plan["spec"]["pooling"] == "cls"  # auto, resolved: tiny-bert's own (HF's [CLS] head)
     assert plan["estimate"]["examples"] == 5 * 32 * 2 and plan["estimate"]["device_seconds"] is None
     assert "no earlier job" in plan["estimate"]["basis"] and plan["written"] is False
+    # The auto budget, for people: the rows held out for evaluation are named, not trained on.
+    auto = json.loads(run("job", "submit", "--tenant", "acme", "--task", "sst2", "--base-model", "tiny-bert",
+                          "--dry-run", "--json").stdout)
+    held, rows = auto["spec"]["eval_holdout"], auto["estimate"]["train_rows"]
+    assert held > 0 and auto["estimate"]["examples"] == auto["spec"]["epochs"] * (rows - held)
+    text = run("job", "submit", "--tenant", "acme", "--task", "sst2", "--base-model", "tiny-bert",
+               "--dry-run").stdout
+    assert f"({rows} training rows, {held} of them held out for evaluation)" in text
     with session_scope() as s:
         assert list_jobs(s) == []
     assert not (home / "broker.db").exists() or queued_messages(home) == []
