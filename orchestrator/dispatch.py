@@ -98,11 +98,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def ensure_broker_dir(broker_url: str) -> None:
-    """Create the folder of an embedded SQLite broker file (SQLite creates files, not folders)."""
+def embedded_broker_file(broker_url: str) -> Path | None:
+    """The SQLite file of an embedded broker URL (None: a broker server, or an in-memory one)."""
     prefix = "sqla+sqlite:///"
     if broker_url.startswith(prefix) and broker_url != prefix + ":memory:":
-        Path(broker_url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+        return Path(broker_url.removeprefix(prefix))
+    return None
+
+
+def ensure_broker_dir(broker_url: str) -> None:
+    """Create the folder of an embedded SQLite broker file (SQLite creates files, not folders)."""
+    path = embedded_broker_file(broker_url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def broker_connection(settings: Settings | None = None) -> Connection:
@@ -172,11 +180,11 @@ def _insert_embedded(settings: Settings, messages: list[tuple[Any, dict, dict]])
     """Insert the messages into the embedded broker's queue in one transaction. False (nothing
     written) when this is not an embedded broker, or its file has no such queue yet: kombu then
     sends them, creating its tables and the queue the first time."""
-    prefix = "sqla+sqlite:///"
-    path = settings.broker_url.removeprefix(prefix)
-    if not settings.broker_url.startswith(prefix) or path == ":memory:" or not Path(path).is_file():
+    path = embedded_broker_file(settings.broker_url)
+    if path is None or not path.is_file():
         return False
-    # The same timeout as a kombu send: a worker's poll holds the write lock for milliseconds.
+    # A worker's poll holds the write lock for milliseconds; a lock held longer fails the send
+    # after 10 s, and the reconciler sends again.
     connection = sqlite3.connect(path, timeout=10, factory=BrokerSQLiteConnection)
     try:
         with connection:
