@@ -3,6 +3,10 @@
 
 Everything runs in fresh `lorafleet` processes (what a script calling the CLI pays), side by side
 with two baselines measured in the same run: a bare `python -c pass` and `lorafleet --help`.
+The same submit is also timed through the `lorafleet` console script with no CLI server (what the
+client's check for a server adds) and with one running (`lorafleet cli-server start`: the command
+runs in a forked child of a process that has imported everything; wall time only, since that
+child's CPU is not ours to count).
 A third baseline is the stack's floor: a process that only imports click, SQLAlchemy's core with
 SQLite's dialect, pydantic and pydantic-settings (what a submit through this stack cannot avoid).
 Also reports which modules the submit path imports and the slowest of them (`-X importtime`).
@@ -43,6 +47,12 @@ def _env(home: Path) -> dict[str, str]:
     if os.environ.get("LORAFLEET_DATA_DIR"):  # as the Makefile sets it: the auto budget counts SST-2
         env["LORAFLEET_DATA_DIR"] = os.environ["LORAFLEET_DATA_DIR"]
     return env
+
+
+def _script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """The `lorafleet` console script (served when env's LORAFLEET_CLI_SOCKET has a server)."""
+    return subprocess.run([str(Path(sys.executable).with_name("lorafleet")), *args], env=env,
+                          capture_output=True, text=True, check=True, cwd=ROOT)
 
 
 def _cli(env: dict[str, str], *args: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -96,8 +106,11 @@ def main() -> None:
         home = Path(tmp) / "home"
         env = _env(home)
         _cli(env, "tenant", "create", "bench")
-        # Interleaved, one of each per round, so a load spike on the shared machine hits all three.
-        bare, floor, helps, submits = [], [], [], []
+        unserved = {**env, "LORAFLEET_CLI_SOCKET": str(Path(tmp) / "run" / "none.sock")}
+        served = {**env, "LORAFLEET_CLI_SOCKET": str(Path(tmp) / "run" / "cli.sock")}
+        _cli(served, "cli-server", "start")
+        # Interleaved, one of each per round, so a load spike on the shared machine hits them all.
+        bare, floor, helps, submits, scripts, serves = [], [], [], [], [], []
         cpu: dict[str, list[float]] = {"bare": [], "floor": [], "help": [], "submit": [], "list": []}
         for i in range(args.runs):
             bare += _timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 1, cpu["bare"])
@@ -105,6 +118,8 @@ def main() -> None:
                             cpu["floor"])
             helps += _timed(lambda: _cli(env, "--help"), 1, cpu["help"])
             submits += _timed(lambda i=i: _cli(env, *_submit_args(i)), 1, cpu["submit"])
+            scripts += _timed(lambda i=i: _script(unserved, *_submit_args(i)), 1)
+            serves += _timed(lambda i=i: _script(served, *_submit_args(i)), 1)
         profile = import_profile(env)
 
         batch = Path(tmp) / "batch.jsonl"
@@ -123,11 +138,14 @@ def main() -> None:
                 n = min(1000, args.jobs - have)
                 submit_batch(s, [{"tenant": "bench", **SPEC, "seed": have + i} for i in range(n)])
                 have += n
-        list_page, list_helps = [], []
+        list_page, list_helps, list_served = [], [], []
         for _ in range(args.runs):
             list_helps += _timed(lambda: _cli(env, "--help"), 1)
             list_page += _timed(lambda: _cli(env, "job", "list"), 1, cpu["list"])
+            list_served += _timed(lambda: _script(served, "job", "list"), 1)
         list_all = _timed(lambda: _cli(env, "job", "list", "--limit", "10000", "--json"), 3)
+        served_count = json.loads(_cli(served, "cli-server", "status", "--json").stdout)["served"]
+        _cli(served, "cli-server", "stop")
 
     med = statistics.median
     print(json.dumps({
@@ -141,12 +159,17 @@ def main() -> None:
         "submit_minus_bare_s": round(med(submits) - med(bare), 3),
         "submit_over_help": round(med(submits) / med(helps), 2),
         "submit_over_bare": round(med(submits) / med(bare), 1),
+        "submit_console_script_s": round(med(scripts), 3),  # no server: the client's check included
+        "submit_served_s": round(med(serves), 3),  # `lorafleet cli-server start` running
+        "served_over_submit": round(med(serves) / med(submits), 3),
+        "served_commands": served_count,  # all the served runs, so none fell back to its own process
         "list_page_over_help": round(med(list_page) / med(list_helps), 2),
         "cpu_s": {k: round(med(v), 3) for k, v in cpu.items()},
         "cpu_submit_over_help": round(med(cpu["submit"]) / med(cpu["help"]), 2),
         "submit_batch": {"jobs": args.batch, "seconds": round(batch_s, 2),
                          "jobs_per_s": round(args.batch / batch_s, 1)},
         "job_list": {"jobs_in_registry": args.jobs, "default_page_s": round(med(list_page), 3),
+                     "default_page_served_s": round(med(list_served), 3),
                      "all_json_s": round(med(list_all), 3)},
         "submit_imports": profile,
     }, indent=2))

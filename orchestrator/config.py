@@ -11,7 +11,8 @@ line). This module imports pydantic, so the CLI imports it only inside commands 
 fast, see bench/bench_cli_help.py).
 
 To add a setting: add a field with a default, a description and `allowed` text (shown in errors);
-nothing else reads the environment.
+nothing else reads the environment, but for the console script's `LORAFLEET_CLI_SOCKET`
+(`cli/entry.py`), which it must read before it has imported pydantic.
 """
 
 from __future__ import annotations
@@ -150,6 +151,14 @@ class Settings(BaseSettings):
         "text",
         description="worker log lines: text, or one JSON object per line",
         json_schema_extra=_allowed("text or json"),
+    )
+    # Read by the console script itself (cli/entry.py: socket_path) before anything is imported;
+    # listed here so `config show` names it.
+    cli_socket: str = Field(
+        "",
+        description="socket of the CLI server (`lorafleet cli-server`; default: one per user and "
+                    "checkout under $XDG_RUNTIME_DIR or /tmp)",
+        json_schema_extra=_allowed("a socket path of at most 100 bytes"),
     )
 
     # Paths a user passes (data files, model folders) must resolve inside one of these.

@@ -37,6 +37,10 @@ EXAMPLES: dict[str, list[str]] = {
     "report all": ["lorafleet report all --out ./reports"],
     "reconcile": ["lorafleet reconcile --every 30"],
     "quickstart": ["lorafleet quickstart"],
+    "cli-server start": ["lorafleet cli-server start && for t in sst2 mrpc rte; do lorafleet job submit "
+                         "--tenant acme --task $t; done"],
+    "cli-server stop": ["lorafleet cli-server stop"],
+    "cli-server status": ["lorafleet cli-server status --json"],
     "db upgrade": ["LORAFLEET_DATABASE_URL=postgresql://lorafleet@db/lorafleet lorafleet db upgrade"],
     "db current": ["lorafleet db current --json"],
 }

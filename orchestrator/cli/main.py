@@ -33,6 +33,7 @@ COMMANDS = {
     "quickstart": "orchestrator.cli.quickstart:quickstart",
     "db": "orchestrator.cli.db:db",
     "config": "orchestrator.cli.config:config",
+    "cli-server": "orchestrator.cli.server:cli_server",
     "status": "orchestrator.cli.status:status",
 }
 
