@@ -246,7 +246,6 @@ def _run_child(conn: socket.socket, message: dict, fds: list[int]) -> None:
     """In the forked child: become the caller's process (streams, folder, environment, umask), run
     the command line through the CLI, send its exit status and exit with it."""
     conn.settimeout(None)
-    gc.unfreeze()
     for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
