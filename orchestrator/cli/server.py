@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -236,7 +237,8 @@ class Server:
         return True
 
     def describe(self) -> dict:
-        return {"pid": os.getpid(), "socket": self.path, "started": self.started,
+        started = datetime.fromtimestamp(self.started, UTC).isoformat(timespec="seconds")
+        return {"pid": os.getpid(), "socket": self.path, "started": started,
                 "uptime_s": round(time.time() - self.started, 1), "served": self.served,
                 "idle_timeout_s": self.idle_timeout, "python": sys.executable,
                 "preloaded_modules": len(sys.modules)}
