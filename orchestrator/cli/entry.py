@@ -145,15 +145,10 @@ def _wait_for_exit(sock: socket.socket) -> int:
 
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
-    while True:
-        try:
-            answer, _ = receive_message(sock)
-            break
-        except InterruptedError:  # a forwarded signal interrupted the read: keep waiting
-            continue
-        except (OSError, ValueError):
-            answer = None
-            break
+    try:  # a forwarded signal does not end the read: Python resumes it after the handler (PEP 475)
+        answer, _ = receive_message(sock)
+    except (OSError, ValueError):
+        answer = None
     if answer is None or "exit" not in answer:
         print("lorafleet: the CLI server's process for this command ended without an exit status",
               file=sys.stderr)

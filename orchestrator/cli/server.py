@@ -34,7 +34,7 @@ from pathlib import Path
 import click
 
 from orchestrator.cli import entry
-from orchestrator.cli.helpers import CliError, emit, json_option, print_record, status
+from orchestrator.cli.helpers import EXIT_NOT_FOUND, CliError, emit, json_option, print_record, status
 
 # What the commands a script repeats (submit, list, show, status, reports) import; anything else
 # a command needs it imports in its child, as a fresh process would. Never torch or
@@ -56,6 +56,8 @@ DEFAULT_IDLE_TIMEOUT = 3600.0
 START_TIMEOUT = 60.0
 # A caller sends its request at once; one that does not is dropped rather than stall the others.
 REQUEST_TIMEOUT = 5.0
+# How long a new server waits for the lock of one that is stopping (its code changed, say).
+LOCK_WAIT = 3.0
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -87,6 +89,19 @@ class CodeWatch:
         return cls(packages, folders)
 
 
+def _lock(file: io.TextIOWrapper, wait: float) -> bool:
+    """Take `file`'s exclusive lock, trying for `wait` seconds (False: another process holds it)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 def _stat(path: str) -> tuple[str, int, int]:
     try:
         info = os.stat(path)
@@ -106,16 +121,17 @@ def private_folder(folder: Path) -> None:
 
 
 def answer(path: str, message: dict, timeout: float = 5.0) -> dict | None:
-    """The server's reply to a control message (ping, stop), or None when none is listening."""
+    """The server's reply to a control message (ping, stop), or None when no server that would run
+    our commands listens there (none, one of other code, or one that stops as its code changed)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
             entry.send_message(sock, {"protocol": entry.PROTOCOL, "code": entry.code_identity(), **message})
             reply, _ = entry.receive_message(sock)
-            return reply
     except (OSError, ValueError):
         return None
+    return None if reply is None or reply.get("accepted") is False else reply
 
 
 class Server:
@@ -144,33 +160,31 @@ class Server:
         folder = Path(self.path).parent
         private_folder(folder)
         lock = open(self.path + ".lock", "w")  # noqa: SIM115 (held for the server's lifetime)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(lock, LOCK_WAIT):
             print(f"another CLI server holds {lock.name}: not starting a second one", flush=True)
             return
         self.preload()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        listener.bind(self.path)
+        self.listener.bind(self.path)
         os.chmod(self.path, 0o600)
-        listener.listen(64)
+        self.listener.listen(64)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         print(f"lorafleet CLI server {os.getpid()} listening on {self.path}", flush=True)
         ours = os.stat(self.path).st_ino
-        self.listener = listener
         try:
-            self._loop(listener)
+            self._loop()
         finally:
-            listener.close()
+            self.listener.close()
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(self.path).st_ino == ours:  # not a socket a newer server bound since
                     os.unlink(self.path)
 
-    def _loop(self, listener: socket.socket) -> None:
-        last = time.monotonic()
+    def _loop(self) -> None:
+        assert self.listener is not None
+        listener, last = self.listener, time.monotonic()
         while True:
             if self.idle_timeout:
                 left = self.idle_timeout - (time.monotonic() - last)
@@ -389,7 +403,7 @@ def server_status(as_json: bool) -> None:
     path = entry.socket_path()
     reply = answer(path, {"op": "ping"})
     if not reply:
-        raise CliError(f"no CLI server on {path} (`lorafleet cli-server start`)", 3)
+        raise CliError(f"no CLI server on {path} (`lorafleet cli-server start`)", EXIT_NOT_FOUND)
     emit(reply, as_json, print_record)
 
 

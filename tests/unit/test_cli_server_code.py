@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 from orchestrator.cli.entry import PROTOCOL, code_identity, receive_message
-from orchestrator.cli.server import CodeWatch, Server
+from orchestrator.cli.server import CodeWatch, Server, answer
 
 
 def test_a_server_whose_code_changed_turns_the_command_back_and_stops(tmp_path: Path):
@@ -29,3 +30,22 @@ def test_a_server_whose_code_changed_turns_the_command_back_and_stops(tmp_path: 
         assert server._dispatch(ours, ping, []) is False  # the server stops ...
         reply = receive_message(theirs)[0]
         assert reply["accepted"] is False and "cli-server start" in reply["notice"]  # ... the caller runs it
+
+
+def test_a_stopping_server_counts_as_none_for_start_stop_and_status(tmp_path: Path):
+    # `cli-server start|stop|status` ask through `answer`: a server that turns the request back
+    # (its code changed) is no server, so `start` starts a fresh one and `stop` has nothing to stop.
+    package = tmp_path / "package"
+    package.mkdir()
+    server = Server(str(tmp_path / "cli.sock"), idle_timeout=0)
+    server.watch = CodeWatch([package], [])
+    (package / "module.py").write_text("")  # changed since the watch began
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(server.path)
+        listener.listen(1)
+        stopped = []
+        handler = threading.Thread(target=lambda: stopped.append(not server._handle(listener.accept()[0])))
+        handler.start()
+        assert answer(server.path, {"op": "ping"}) is None
+        handler.join(5)
+    assert stopped == [True]
