@@ -28,7 +28,7 @@ def check_queued(session: Session, tenant: Tenant, adding: int = 1) -> None:
     queued = repo.queued_count(session, tenant.id)
     if queued + adding > tenant.max_queued:
         raise QuotaExceeded(
-            f"tenant {tenant.slug!r} may have {tenant.max_queued} queued job(s); {queued} are queued and "
+            f"tenant {tenant.slug!r} may have {tenant.max_queued} queued job(s); it has {queued} and "
             f"this adds {adding}: wait for some to run, or raise it (`lorafleet tenant set-quota "
             f"{tenant.slug} --max-queued N`)")
 

@@ -180,7 +180,7 @@ def test_queued_storage_and_monthly_budget_quotas(session, roots: Path) -> None:
     with pytest.raises(QuotaExceeded, match="may have 2 queued job"):
         svc.submit_batch(session, [{"tenant": "acme", **SPEC}] * 2)
     svc.submit_job(session, "acme", SPEC)
-    with pytest.raises(QuotaExceeded, match="2 are queued and this adds 1"):
+    with pytest.raises(QuotaExceeded, match="it has 2 and this adds 1"):
         svc.submit_job(session, "acme", SPEC)
 
     svc.set_tenant_quota(session, "acme", max_queued=100, max_storage_bytes=10)
