@@ -130,18 +130,23 @@ def test_glue_row_count_skips_blank_lines_like_the_loader(tmp_path):
     assert count_train_rows("sst2", data_dir=tmp_path) == len(loaded) == 2
 
 
+@pytest.fixture(scope="module")
+def minilm():
+    from lora_engine.models import minilm_tokenizer
+
+    return minilm_tokenizer()
+
+
 @pytest.mark.parametrize("task", GLUE_TASKS)
-def test_the_default_max_length_keeps_the_training_rows_whole(task):
+def test_the_default_max_length_keeps_the_training_rows_whole(task, minilm):
     """A task's default max_length truncates at most 1 % of its training rows: a cut pair loses the
     end of its premise (RTE at 128 tokens cut 12 % of its rows and trained at chance)."""
     from lora_engine.data.batching import encode_classification
-    from lora_engine.models import minilm_tokenizer
 
     examples = load_examples(task, "train", data_dir=DATA)[:3000]
-    tokenizer = minilm_tokenizer()
     limit = TASKS[task].max_length
-    whole = encode_classification(examples, tokenizer, max_length=100_000).input_ids
-    cut = encode_classification(examples, tokenizer, max_length=limit).input_ids
+    whole = encode_classification(examples, minilm, max_length=100_000).input_ids
+    cut = encode_classification(examples, minilm, max_length=limit).input_ids
     truncated = sum(len(a) > len(b) for a, b in zip(whole, cut, strict=True))
     assert all(len(b) <= limit for b in cut)
     assert truncated <= 0.01 * len(examples), f"{task}: {truncated} of {len(examples)} rows cut at {limit}"
