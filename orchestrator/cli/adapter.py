@@ -18,6 +18,8 @@ from orchestrator.cli.helpers import (
     print_table,
     wide_option,
 )
+from orchestrator.cli.output import echo
+from orchestrator.text import printable
 
 ADAPTER_COLUMNS = (
     Column("id"),
@@ -106,7 +108,7 @@ def export(adapter_id: str, dest: Path, as_json: bool) -> None:
     emit(
         {"id": adapter_id, "path": str(dest.resolve()), "sha256": sha256},
         as_json,
-        lambda v: click.echo(v["path"]),
+        lambda v: echo(v["path"]),
     )
 
 
@@ -144,14 +146,25 @@ def predict(adapter_id: str, texts: tuple[str, ...], merged: bool, as_json: bool
         outputs = [
             {"input": t, "output": o} for t, o in zip(texts, predictor.generate(list(texts)), strict=True)
         ]
-        emit(outputs, as_json, lambda v: [click.echo(f"{o['input']}\n  → {o['output']}") for o in v])
+        emit(outputs, as_json, _print_generations)
         return
     pairs = [tuple(t.split(" ||| ", 1)) if " ||| " in t else t for t in texts]
     predictions = predictor.classify(pairs)
     outputs = [{"input": t, **p.as_dict()} for t, p in zip(texts, predictions, strict=True)]
-    emit(
-        outputs, as_json, lambda v: [click.echo(f"{p}\t{t}") for t, p in zip(texts, predictions, strict=True)]
-    )
+    emit(outputs, as_json, lambda _v: _print_predictions(texts, predictions))
+
+
+def _print_generations(outputs: list[dict[str, str]]) -> None:
+    # Generated text is the adapter's (a tenant's model): escaped like every other string.
+    for o in outputs:
+        echo(o["input"])
+        echo(f"  → {o['output']}")
+
+
+def _print_predictions(texts: tuple[str, ...], predictions: list[Any]) -> None:
+    """`LABEL (score)<TAB>input` a line: the label names are the tenant's data."""
+    for text, prediction in zip(texts, predictions, strict=True):
+        click.echo(f"{printable(prediction)}\t{printable(text)}")
 
 
 @adapter.command("import")
@@ -182,5 +195,5 @@ def import_(folder: Path, tenant: str, task: str | None, base_model: str | None,
     foreign = check_foreign_adapter(folder, task=task, base_model=base_model)
     with open_session() as session:
         view = adapter_dict(import_adapter(session, tenant, foreign))
-    emit(view, as_json, lambda v: click.echo(f"imported adapter {v['id']} ({v['method']} r={v['rank']} on "
+    emit(view, as_json, lambda v: echo(f"imported adapter {v['id']} ({v['method']} r={v['rank']} on "
                                              f"{v['base_model']}, {v['bytes']} bytes)"))
