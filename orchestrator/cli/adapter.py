@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,28 +87,22 @@ def show(adapter_id: str, as_json: bool) -> None:
 def export(adapter_id: str, dest: Path, as_json: bool) -> None:
     """Copy the adapter's folder to DEST (new or empty), after checking its sha256.
 
-    The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`.
+    The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`. DEST is never a device, a
+    dangling link, or a place inside the lorafleet home or the artifacts root.
     """
-    from lora_engine.atomic import atomic_folder
-    from lora_engine.digest import adapter_files_digest
+    from lora_engine.errors import AdapterError
+    from orchestrator.services.adapters import export_adapter
 
-    view = _adapter(adapter_id, verified=True)
-    source, sha256 = Path(view["path"]), view["sha256"]
-    if dest.exists() and any(dest.iterdir()):
-        raise CliError(f"{dest} exists and is not empty; give a new or empty folder")
-    # Built beside DEST and renamed into it: a failed copy leaves no half-exported folder. An
-    # empty DEST is removed first (rmdir refuses a folder that has filled up meanwhile).
-    if dest.is_dir():
-        dest.rmdir()
-    with atomic_folder(dest) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
-        if adapter_files_digest(tmp)[0] != sha256:  # changed while it was being copied
-            raise CliError(f"adapter {adapter_id} changed while it was being exported; nothing was written")
-    emit(
-        {"id": adapter_id, "path": str(dest.resolve()), "sha256": sha256},
-        as_json,
-        lambda v: echo(v["path"]),
-    )
+    with open_session() as session:
+        try:
+            row, path = export_adapter(session, adapter_id, dest)
+        except AdapterError as exc:
+            raise CliError(f"adapter {adapter_id}: {exc}") from None
+        except OSError as exc:  # a full disk, no permission
+            raise CliError(f"adapter export: cannot write {dest}: {exc.strerror or exc}; "
+                           "nothing was written") from None
+        view = {"id": row.id, "path": str(path), "sha256": row.sha256}
+    emit(view, as_json, lambda v: echo(v["path"]))
 
 
 @adapter.command("delete")
