@@ -84,11 +84,15 @@ def _resolve(path: Path, what: str) -> Path:
 
 
 def _outside_protected(path: Path, settings: Settings, what: str, *, folder: bool) -> None:
-    for place, name in _protected(settings):
-        if _inside(path, place) or (folder and _inside(place, path)):
-            relation = "is inside" if _inside(path, place) else "contains"
-            raise InvalidInput(f"{what}: {path} {relation} {name} ({place}), which "
-                               "lorafleet manages itself; write somewhere else")
+    places = _protected(settings)
+    # The place it is inside first (the narrowest reason), then one a new folder would swallow.
+    clashes = [("is inside", place, name) for place, name in places if _inside(path, place)]
+    if folder:
+        clashes += [("contains", place, name) for place, name in places if _inside(place, path)]
+    if clashes:
+        relation, place, name = clashes[0]
+        raise InvalidInput(f"{what}: {path} {relation} {name} ({place}), which lorafleet manages itself; "
+                           "write somewhere else")
 
 
 def _parent_is_folder(path: Path, what: str) -> None:
@@ -104,6 +108,7 @@ def file_destination(path: Path, settings: Settings, what: str) -> Path:
     """The resolved path where `what` may write a file named `path` (see the module docstring):
     absent (its folders are created), or an existing regular file that it replaces whole."""
     resolved = _resolve(path, what)
+    _outside_protected(resolved, settings, what, folder=False)
     if resolved.exists():
         mode = resolved.stat().st_mode
         if not stat.S_ISREG(mode):
@@ -112,7 +117,6 @@ def file_destination(path: Path, settings: Settings, what: str) -> Path:
                                "existing regular file (to print to the terminal, leave the option out)")
     else:
         _parent_is_folder(resolved, what)
-    _outside_protected(resolved, settings, what, folder=False)
     return resolved
 
 
@@ -122,6 +126,7 @@ def folder_destination(path: Path, settings: Settings, what: str, *, may_hold: C
     absent (its parents are created), or an existing folder holding nothing but entries named in
     `may_hold` (none: it must be empty). `allowed` says what the refusal offers instead."""
     resolved = _resolve(path, what)
+    _outside_protected(resolved, settings, what, folder=True)
     if resolved.exists():
         mode = resolved.stat().st_mode
         if not stat.S_ISDIR(mode):
@@ -134,5 +139,4 @@ def folder_destination(path: Path, settings: Settings, what: str, *, may_hold: C
                                f"give {allowed}")
     else:
         _parent_is_folder(resolved, what)
-    _outside_protected(resolved, settings, what, folder=True)
     return resolved

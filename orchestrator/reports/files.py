@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from lora_engine.atomic import atomic_folder
 from orchestrator.reports.build import benchmark_report, compare_report, cost_report
+from orchestrator.reports.charts import charts_for
 from orchestrator.reports.model import Filters
 from orchestrator.reports.render import FORMATS, SUFFIX, render
 from orchestrator.reports.render.html import render_html
@@ -38,10 +39,15 @@ def build_all(
 
 
 def render_all(reports: Mapping[str, Any]) -> dict[str, str]:
-    """{file name: text}: each report in every format and one combined report.html (last)."""
-    texts = {f"{name}.{SUFFIX[fmt]}": render(report, fmt)
-             for name, report in reports.items() for fmt in FORMATS}
-    texts[COMBINED_HTML] = render_html(list(reports.values()))
+    """{file name: text}: each report in every format and one combined report.html (last); each
+    report's charts are drawn once, for its own page and the combined one."""
+    charts = {name: charts_for(report) for name, report in reports.items()}
+    texts = {}
+    for name, report in reports.items():
+        for fmt in FORMATS:
+            texts[f"{name}.{SUFFIX[fmt]}"] = (render_html([report], charts=[charts[name]]) if fmt == "html"
+                                               else render(report, fmt))
+    texts[COMBINED_HTML] = render_html(list(reports.values()), charts=list(charts.values()))
     return texts
 
 

@@ -66,14 +66,17 @@ def _figure(title: str, png: bytes) -> str:
     )
 
 
-def render_html(reports: Sequence[Any], title: str = "lorafleet report") -> str:
+def render_html(reports: Sequence[Any], title: str = "lorafleet report",
+                charts: Sequence[list[tuple[str, bytes]]] | None = None) -> str:
+    """The page of `reports`; `charts`: each report's `charts_for` when already drawn (drawing is
+    most of the time a page takes)."""
     from orchestrator.reports.charts import charts_for
 
     sections = []
-    for report in reports:
+    for i, report in enumerate(reports):
         name = report.to_dict()["report"]
         parts = [f'<section id="{name}"><h2>{_text(TITLES.get(name, name))}</h2>']
-        parts += [_figure(t, png) for t, png in charts_for(report)]
+        parts += [_figure(t, png) for t, png in (charts[i] if charts is not None else charts_for(report))]
         parts += [_table(t) for t in report.tables()]
         parts.append("</section>")
         sections.append("".join(parts))
