@@ -32,16 +32,10 @@ from typing import Any
 _UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _KEPT = frozenset({"\u200c", "\u200d"})  # ZWNJ, ZWJ: needed by Indic/Persian scripts and emoji
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_CACHE: dict[str, bool] = {}
 
 
 def _unprintable(char: str) -> bool:
-    known = _CACHE.get(char)
-    if known is None:
-        known = char not in _KEPT and unicodedata.category(char) in _UNPRINTABLE_CATEGORIES
-        if len(_CACHE) < 4096:
-            _CACHE[char] = known
-    return known
+    return char not in _KEPT and unicodedata.category(char) in _UNPRINTABLE_CATEGORIES
 
 
 def _escape(char: str) -> str:

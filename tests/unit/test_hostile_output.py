@@ -32,13 +32,33 @@ from orchestrator.cli.main import cli
 from orchestrator.config import get_settings
 from orchestrator.registry import db
 from orchestrator.registry.models import Adapter, Job, Tenant
-from orchestrator.text import FORMULA_STARTS, printable
+from orchestrator.text import FORMULA_STARTS, csv_cell, printable, redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
 # A base model "folder name" that is a formula, an invalid TeX formula, a script, an attribute
 # break-out, rich markup, an OSC window title, a clear-screen and a bidi override.
 HOSTILE = ("=HYPERLINK(\"http://evil.example/\",\"x\") $\\x$ <script>document.title='pwned'</script>"
            "\"><img src=x onerror=\"document.title='pwned'\"> [/] \x1b]0;PWNED\x07\x1b[2J \u202eevil")
+
+
+def test_the_escaping_rules():
+    """The three functions by hand-worked examples, edges included."""
+    texts = ("plain [/] $x$", "a\x1b]0;t\x07b", "\x9b2J", "\u202eab\u2066", "l1\nl2\tx\r", "caf\udce9",
+             "\u00a0nbsp", "👩\u200d💻", "\x00\x7f\u2028")
+    assert [printable(t) for t in texts] == [
+        "plain [/] $x$", "a\\x1b]0;t\\x07b", "\\x9b2J", "\\u202eab\\u2066", "l1\\nl2\\tx\\r",
+        "caf\\udce9", "\u00a0nbsp", "👩\u200d💻", "\\x00\\x7f\\u2028"]
+    assert printable("problems:\n\t- rank\r", multiline=True) == "problems:\n\t- rank\\r"
+    cells = (-0.5, 3, None, True, "=1+1", "-2+3", "+x", "@SUM(A1)", "\tx", "a=b", "")
+    assert [csv_cell(v) for v in cells] == [
+        "-0.5", "3", "", "True", "'=1+1", "'-2+3", "'+x", "'@SUM(A1)", "'\tx", "a=b", ""]
+    assert [redact_url(u) for u in (
+        "postgresql+psycopg://app:s3cr@t@db:5432/lf", "redis://:pw@h:6379/0", "redis://h:6379/0",
+        "sqlite:////srv/a:b@c/registry.db", "postgresql://u@h/db?sslmode=require&password=x",
+        "redis://:a@h1/0;redis://:b@h2/0")] == [
+        "postgresql+psycopg://app:***@db:5432/lf", "redis://:***@h:6379/0", "redis://h:6379/0",
+        "sqlite:////srv/a:b@c/registry.db", "postgresql://u@h/db?sslmode=require&password=***",
+        "redis://:***@h1/0;redis://:***@h2/0"]
 
 
 def dump(home: dict) -> tuple:
