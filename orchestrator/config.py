@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+from orchestrator.text import redact_url
+
 ENV_PREFIX = "LORAFLEET_"
 HOME_MARKER = ".lorafleet"
 DEFAULT_PRICES = {"cpu": 0.05, "cuda": 2.50}
@@ -358,6 +360,8 @@ def _explain(exc: ValidationError, env: Mapping[str, str]) -> str:
         field = Settings.model_fields.get(name)
         allowed = (field.json_schema_extra or {}).get("allowed") if field else None  # type: ignore[union-attr]
         given = env.get(env_var(name), error.get("input"))
+        if isinstance(given, str):  # a URL's password is no part of the explanation
+            given = redact_url(given)
         reason = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{env_var(name)}={given!r} is not valid ({reason}); allowed: {allowed}")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 A small client: start the browser with a fresh profile and `--remote-debugging-port=0`, read the
 port it chose from `DevToolsActivePort`, attach to its page over a WebSocket (websocket-client),
 navigate, wait for the load event, and return what the page reports: the console errors and
-uncaught exceptions seen while loading, every <img>'s natural size, and a screenshot.
+uncaught exceptions seen while loading, every <img>'s natural size, the text it shows, and a
+screenshot.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class PageResult:
     images: list[dict[str, Any]]
     errors: list[str] = field(default_factory=list)
     screenshot: bytes = b""
+    text: str = ""  # document.body.innerText: what a reader sees
 
 
 def chromium_binary() -> str:
@@ -130,12 +132,15 @@ def open_page(path: Path, timeout: float = 60.0) -> PageResult:
         title = session.call("Runtime.evaluate", expression="document.title", returnByValue=True)["result"][
             "value"
         ]
+        text = session.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)[
+            "result"]["value"]
         shot = session.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         return PageResult(
             title=title,
             images=images,
             errors=_errors(session.events),
             screenshot=base64.b64decode(shot["data"]),
+            text=text,
         )
     finally:
         if session is not None:

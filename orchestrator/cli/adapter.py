@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ from orchestrator.cli.helpers import (
     print_table,
     wide_option,
 )
+from orchestrator.cli.output import echo
+from orchestrator.text import printable
 
 ADAPTER_COLUMNS = (
     Column("id"),
@@ -86,28 +87,22 @@ def show(adapter_id: str, as_json: bool) -> None:
 def export(adapter_id: str, dest: Path, as_json: bool) -> None:
     """Copy the adapter's folder to DEST (new or empty), after checking its sha256.
 
-    The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`.
+    The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`. DEST is never a device, a
+    dangling link, or a place inside the lorafleet home or the artifacts root.
     """
-    from lora_engine.atomic import atomic_folder
-    from lora_engine.digest import adapter_files_digest
+    from lora_engine.errors import AdapterError
+    from orchestrator.services.adapters import export_adapter
 
-    view = _adapter(adapter_id, verified=True)
-    source, sha256 = Path(view["path"]), view["sha256"]
-    if dest.exists() and any(dest.iterdir()):
-        raise CliError(f"{dest} exists and is not empty; give a new or empty folder")
-    # Built beside DEST and renamed into it: a failed copy leaves no half-exported folder. An
-    # empty DEST is removed first (rmdir refuses a folder that has filled up meanwhile).
-    if dest.is_dir():
-        dest.rmdir()
-    with atomic_folder(dest) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
-        if adapter_files_digest(tmp)[0] != sha256:  # changed while it was being copied
-            raise CliError(f"adapter {adapter_id} changed while it was being exported; nothing was written")
-    emit(
-        {"id": adapter_id, "path": str(dest.resolve()), "sha256": sha256},
-        as_json,
-        lambda v: click.echo(v["path"]),
-    )
+    with open_session() as session:
+        try:
+            row, path = export_adapter(session, adapter_id, dest)
+        except AdapterError as exc:
+            raise CliError(f"adapter {adapter_id}: {exc}") from None
+        except OSError as exc:  # a full disk, no permission
+            raise CliError(f"adapter export: cannot write {dest}: {exc.strerror or exc}; "
+                           "nothing was written") from None
+        view = {"id": row.id, "path": str(path), "sha256": row.sha256}
+    emit(view, as_json, lambda v: echo(v["path"]))
 
 
 @adapter.command("delete")
@@ -144,14 +139,25 @@ def predict(adapter_id: str, texts: tuple[str, ...], merged: bool, as_json: bool
         outputs = [
             {"input": t, "output": o} for t, o in zip(texts, predictor.generate(list(texts)), strict=True)
         ]
-        emit(outputs, as_json, lambda v: [click.echo(f"{o['input']}\n  → {o['output']}") for o in v])
+        emit(outputs, as_json, _print_generations)
         return
     pairs = [tuple(t.split(" ||| ", 1)) if " ||| " in t else t for t in texts]
     predictions = predictor.classify(pairs)
     outputs = [{"input": t, **p.as_dict()} for t, p in zip(texts, predictions, strict=True)]
-    emit(
-        outputs, as_json, lambda v: [click.echo(f"{p}\t{t}") for t, p in zip(texts, predictions, strict=True)]
-    )
+    emit(outputs, as_json, lambda _v: _print_predictions(texts, predictions))
+
+
+def _print_generations(outputs: list[dict[str, str]]) -> None:
+    # Generated text is the adapter's (a tenant's model): escaped like every other string.
+    for o in outputs:
+        echo(o["input"])
+        echo(f"  → {o['output']}")
+
+
+def _print_predictions(texts: tuple[str, ...], predictions: list[Any]) -> None:
+    """`LABEL (score)<TAB>input` a line: the label names are the tenant's data."""
+    for text, prediction in zip(texts, predictions, strict=True):
+        click.echo(f"{printable(prediction)}\t{printable(text)}")
 
 
 @adapter.command("import")
@@ -182,5 +188,5 @@ def import_(folder: Path, tenant: str, task: str | None, base_model: str | None,
     foreign = check_foreign_adapter(folder, task=task, base_model=base_model)
     with open_session() as session:
         view = adapter_dict(import_adapter(session, tenant, foreign))
-    emit(view, as_json, lambda v: click.echo(f"imported adapter {v['id']} ({v['method']} r={v['rank']} on "
+    emit(view, as_json, lambda v: echo(f"imported adapter {v['id']} ({v['method']} r={v['rank']} on "
                                              f"{v['base_model']}, {v['bytes']} bytes)"))

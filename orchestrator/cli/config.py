@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from orchestrator.cli.helpers import Column, emit, json_option, print_table, status
+from orchestrator.text import redact_url
 
 
 @click.group()
@@ -18,6 +20,7 @@ def config() -> None:
 @json_option
 def show(as_json: bool) -> None:
     """Every LORAFLEET_* variable with its value and its source (env, discovered, default).
+    Passwords in URLs (the database, the broker) show as `***`, here and with --json.
 
     \b
     Example:
@@ -25,7 +28,8 @@ def show(as_json: bool) -> None:
     """
     from orchestrator.config import get_settings
 
-    rows = [{k: row[k] for k in ("variable", "value", "source")} for row in get_settings().described()]
+    rows = [{"variable": row["variable"], "value": _shown(row["value"]), "source": row["source"]}
+            for row in get_settings().described()]
     if as_json:
         emit(rows, True, print_table)
         return
@@ -33,6 +37,18 @@ def show(as_json: bool) -> None:
         if isinstance(row["value"], dict):
             row["value"] = ",".join(f"{k}={v}" for k, v in row["value"].items())
     print_table(rows, ["variable", Column("value", flexible=True), "source"])
+
+
+def _shown(value: Any) -> Any:
+    """A setting's value with the password of every URL in it masked (any string setting, and
+    the items of a list or mapping: a URL-valued setting added later is covered too)."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: _shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown(v) for v in value]
+    return value
 
 
 @config.command("init")

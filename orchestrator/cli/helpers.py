@@ -107,8 +107,11 @@ def emit(value: Any, as_json: bool, human: Callable[[Any], None]) -> None:
 
 
 def status(message: str) -> None:
-    """Progress chatter for people: stderr, so stdout stays machine-readable."""
-    click.echo(message, err=True)
+    """Progress chatter for people: stderr, so stdout stays machine-readable; escaped like every
+    line people read (it may quote a name or a base model)."""
+    from orchestrator.text import printable
+
+    click.echo(printable(message, multiline=True), err=True)
 
 
 def open_session() -> Any:

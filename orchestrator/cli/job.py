@@ -19,6 +19,7 @@ from orchestrator.cli.helpers import (
     wide_option,
 )
 from orchestrator.cli.lazy import LazyGroup
+from orchestrator.cli.output import echo
 from orchestrator.cli.spec_options import SpecCommand, spec_from_options
 
 DEFAULT_LIST_LIMIT = 50
@@ -164,26 +165,26 @@ def list_(tenant: str | None, state: str | None, limit: int, offset: int, wide: 
 def _print_plan(plan: dict[str, Any]) -> None:
     """`--dry-run` for people: what would run and what it would cost; nothing was written."""
     est, spec = plan["estimate"], plan["spec"]
-    click.echo(f"dry run for tenant {plan['tenant']}: valid, nothing written")
+    echo(f"dry run for tenant {plan['tenant']}: valid, nothing written")
     from lora_engine.catalog import POOLINGS
 
     pooling = f", {spec['pooling']} pooling" if spec.get("pooling") in POOLINGS else ""
-    click.echo(f"  {spec['task']} {spec['method']} r={spec['rank']} on {spec['base_model']}{pooling}")
+    echo(f"  {spec['task']} {spec['method']} r={spec['rank']} on {spec['base_model']}{pooling}")
     if plan["dataset"]:
         d = plan["dataset"]
-        click.echo(f"  data set: {d['rows']} rows ({d['duplicate_rows']} duplicates), "
+        echo(f"  data set: {d['rows']} rows ({d['duplicate_rows']} duplicates), "
                    f"labels {d['label_counts']}")
     rows = est["train_rows"] if est["train_rows"] is not None else "?"
     examples = est["examples"] if est["examples"] is not None else "?"
     tokens = f"~{est['tokens']}" if est["tokens"] is not None else "unknown"
     held = spec.get("eval_holdout") or 0
     held_out = f", {held} of them held out for evaluation" if held else ""
-    click.echo(f"  would train {examples} examples ({rows} training rows{held_out}), tokens {tokens}")
+    echo(f"  would train {examples} examples ({rows} training rows{held_out}), tokens {tokens}")
     if est["device_seconds"] is None:
-        click.echo(f"  device time: {est['basis']}")
+        echo(f"  device time: {est['basis']}")
     else:
         money = f", {est['money']:.4f} at the configured price" if est["money"] is not None else ""
-        click.echo(f"  device time: ~{est['device_seconds']:.1f} s on {est['device']}{money} "
+        echo(f"  device time: ~{est['device_seconds']:.1f} s on {est['device']}{money} "
                    f"({est['basis']})")
 
 
@@ -206,7 +207,7 @@ def _print_outcome(detail: dict[str, Any]) -> None:
         line += f": {what}"
     if detail.get("adapter"):
         line += f"; adapter {detail['adapter']['id'][:8]} ({human_bytes(detail['adapter']['bytes'])})"
-    click.echo(f"{line}. More: lorafleet job show {detail['id'][:8]}")
+    echo(f"{line}. More: lorafleet job show {detail['id'][:8]}")
 
 
 def _print_detail(detail: dict[str, Any]) -> None:

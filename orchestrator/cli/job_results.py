@@ -4,13 +4,15 @@ checkpoints it saved (registered on the `job` group by cli.main)."""
 from __future__ import annotations
 
 import csv
-import sys
+import io
 from pathlib import Path
 from typing import Any
 
 import click
 
 from orchestrator.cli.helpers import Column, emit, json_option, open_session, print_json, print_table
+from orchestrator.cli.output import print_document
+from orchestrator.text import csv_cell
 
 SPARK = "▁▂▃▄▅▆▇█"
 CURVE_WIDTH = 24
@@ -56,10 +58,12 @@ def metrics(job_id: str, names: tuple[str, ...], fmt: str) -> None:
     with open_session() as session:
         points = metric_history(session, job_id, names=list(names) or None)
     if fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["name", "step", "epoch", "value"])
         for p in points:
-            writer.writerow([p.name, p.step, repr(p.epoch), repr(p.value)])
+            writer.writerow([csv_cell(v) for v in (p.name, p.step, p.epoch, p.value)])
+        print_document(out.getvalue())
         return
     series: dict[str, list[Any]] = {}
     for p in points:

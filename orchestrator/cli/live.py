@@ -7,6 +7,8 @@ Three renderings of the same polling loop, chosen by where stdout goes:
 - not a terminal (a pipe, a log file): one plain line per event, progress included;
 - `--json`: one JSON object per event.
 Ctrl-C detaches (the job keeps running) and says how to re-attach; the command exits 130.
+Event messages, errors and the status line are escaped (orchestrator.text.printable) in every
+rendering but JSON, which escapes by itself.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import click
 
 from orchestrator.cli.helpers import jsonable, open_session, status
 from orchestrator.cli.job_view import phase
-from orchestrator.cli.output import duration
+from orchestrator.cli.output import duration, echo
 from orchestrator.registry.models import TERMINAL_STATES as TERMINAL
+from orchestrator.text import printable
 
 POLL_SECONDS = 0.5
 QUEUED_HINT_AFTER_S = 15.0
@@ -151,7 +154,7 @@ class _View:
     def event(self, event: dict[str, Any]) -> None:
         from rich.text import Text
 
-        self.live.console.print(Text(_event_line(event)))
+        self.live.console.print(Text(printable(_event_line(event))))
 
     def show(self, view: dict[str, Any], rate: Rate) -> None:
         from rich.progress_bar import ProgressBar
@@ -161,9 +164,9 @@ class _View:
         p = view["progress"]
         line = Table.grid(padding=(0, 1))
         line.add_row(
-            Text(self.title, style="bold"),
+            Text(printable(self.title), style="bold"),
             ProgressBar(total=float(p["total"] or 1), completed=float(p["step"] or 0), width=20),
-            Text(progress_text(view, rate)),
+            Text(printable(progress_text(view, rate))),
         )
         self.live.update(line, refresh=True)
 
@@ -191,7 +194,7 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
                     if show_events:
                         click.echo(json.dumps(jsonable(event)))
                 elif view is None:
-                    click.echo(_event_line(event))
+                    echo(_event_line(event))
                 elif event["kind"] != "progress":  # the status line shows progress
                     view.event(event)
             detail = job_detail(job_id)
@@ -230,7 +233,7 @@ def wait_all(job_ids: list[str], *, quiet: bool = False) -> list[dict[str, Any]]
                     finals[job_id] = detail
                     pending.remove(job_id)
                     if not quiet:
-                        click.echo(f"{job_id}  {detail['state']:<10} {outcome(detail)}")
+                        echo(f"{job_id}  {detail['state']:<10} {outcome(detail)}")
             if pending:
                 time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:

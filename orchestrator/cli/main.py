@@ -15,6 +15,7 @@ import click
 
 from orchestrator.cli.helpers import to_cli_error
 from orchestrator.cli.lazy import LazyGroup
+from orchestrator.text import printable
 
 # Net allocations of tracked objects before the cyclic garbage collector first runs in a CLI
 # process (`defer_gc`); a `job submit` makes ~140,000, a long-running command passes it soon.
@@ -77,12 +78,16 @@ class LoraFleetGroup(LazyGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.ClickException as exc:
+            exc.message = printable(exc.message, multiline=True)  # it may quote a name or a path
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise  # Click's own: `job --help` exits through here, and must not load the error types
         except Exception as exc:
             error = to_cli_error(exc)
             if error is None:
                 raise
+            error.message = printable(error.message, multiline=True)
             raise error from exc
 
 

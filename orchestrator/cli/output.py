@@ -4,6 +4,10 @@ Tables are drawn by rich (imported inside the functions, so `lorafleet --help` d
 short ids, relative times and abbreviated cells by default, so `job list` fits an 80-column
 terminal; `--wide` shows full ids, ISO times and the wide-only columns, never truncated.
 Scripts read `--json`, not tables.
+
+Every string printed here goes through `orchestrator.text.printable` (names, file names, labels and
+messages may hold terminal escape sequences), and rich gets `Text` objects, never markup strings
+(a name such as `[/]` would be read as a closing tag).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from orchestrator.text import printable
 
 SHORT_ID = 8
 DEFAULT_WIDTH = 80
@@ -147,10 +153,11 @@ def print_table(
         return
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     cols = [c if isinstance(c, Column) else Column(c) for c in columns]
     cols = [c for c in cols if wide or not c.wide_only]
-    cells = [[c.text(row, wide) for c in cols] for row in rows]
+    cells = [[printable(c.text(row, wide)) for c in cols] for row in rows]
     headers = [(c.header or c.key).upper() for c in cols]
     natural = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     out = console(wide=wide)
@@ -163,33 +170,49 @@ def print_table(
                   header_style="bold")
     for i, (c, header) in enumerate(zip(cols, headers, strict=True)):
         width = natural[i] if i not in flexible or wide else min(natural[i], room)
-        table.add_column(header, justify=c.justify, no_wrap=True,  # type: ignore[arg-type]
+        table.add_column(Text(header), justify=c.justify, no_wrap=True,  # type: ignore[arg-type]
                          overflow="ellipsis", min_width=width, max_width=width)
     for r in cells:
-        table.add_row(*r)
+        table.add_row(*(Text(v) for v in r))
     out.print(table)
 
 
 def print_record(record: Mapping[str, Any], *, skip: Iterable[str] = (), indent: int = 0) -> None:
     """`key  value` lines; nested mappings print as indented sub-records, lists one item a line."""
-    import click
-
     skip = set(skip)
     keys = [k for k in record if k not in skip]
-    width = max((len(str(k)) for k in keys), default=0)
+    # Keys may be data too (a data set's label counts): printable like the values.
+    names = {k: printable(k) for k in keys}
+    width = max((len(n) for n in names.values()), default=0)
     pad = " " * indent
     for key in keys:
         value = record[key]
         if isinstance(value, Mapping) and value:
-            click.echo(f"{pad}{key}")
+            echo(f"{pad}{names[key]}")
             print_record(value, indent=indent + 2)
         elif isinstance(value, list) and value:
-            click.echo(f"{pad}{key}")
+            echo(f"{pad}{names[key]}")
             for item in value:
                 if isinstance(item, Mapping):
                     pairs = ", ".join(f"{k}={cell(v, True, key=str(k))}" for k, v in item.items())
-                    click.echo(f"{pad}  - {pairs}")
+                    echo(f"{pad}  - {pairs}")
                 else:
-                    click.echo(f"{pad}  - {cell(item, True)}")
+                    echo(f"{pad}  - {cell(item, True)}")
         else:
-            click.echo(f"{pad}{str(key).ljust(width)}  {cell(value, True, key=str(key))}")
+            echo(f"{pad}{names[key].ljust(width)}  {cell(value, True, key=str(key))}")
+
+
+def echo(line: Any = "", *, err: bool = False) -> None:
+    """One line for people (stdout, or stderr with `err`), every character a terminal would obey
+    escaped: the way every line with a name, a label or a message in it is printed."""
+    import click
+
+    click.echo(printable(line), err=err)
+
+
+def print_document(text: str) -> None:
+    """A whole document (CSV, JSON, Markdown) on stdout: exact when piped or redirected (a file
+    gets the data as it is), escaped line by line when stdout is a terminal."""
+    import click
+
+    click.echo(printable(text, multiline=True) if sys.stdout.isatty() else text, nl=False)

@@ -1,7 +1,9 @@
 """`lorafleet report benchmark|cost|compare|all`: thin adapters over orchestrator.reports.
 
 Parse the options, call one report function, render it in the asked format to stdout or a file.
-SQLAlchemy, rich and matplotlib load inside the commands (start-up stays fast).
+SQLAlchemy, rich and matplotlib load inside the commands (start-up stays fast). An `--out` is
+checked before anything else runs (orchestrator.destinations: never a device, a FIFO, a dangling
+link, the home or the artifacts), so a refused one has queued and written nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import click
 
 from orchestrator.cli.helpers import CliError, open_session, status
+from orchestrator.cli.output import echo, print_document
 
 FORMATS = ("table", "md", "csv", "json", "html")
 PICKS = ("latest", "best")
@@ -127,23 +130,47 @@ def _filters(scope: dict[str, Any]) -> Any:
     return make_filters(**scope)
 
 
-def _emit(report: Any, fmt: str, as_json: bool, out: Path | None) -> None:
-    from lora_engine.atomic import atomic_write_text
-    from orchestrator.reports.render import render
+def _out_file(out: Path | None) -> Path | None:
+    """Where `--out` may be written (resolved), or None for stdout; refused as the module says."""
+    if out is None:
+        return None
+    from orchestrator.config import get_settings
+    from orchestrator.destinations import file_destination
 
+    return file_destination(out, get_settings(), "report --out")
+
+
+def _writing(what: str, out: Path, write: Callable[[], Any]) -> Any:
+    """`write()`, with an OSError (a full disk, no permission) as one clear error."""
+    try:
+        return write()
+    except OSError as exc:
+        raise CliError(f"{what}: cannot write {out}: {exc.strerror or exc}; nothing was written") from None
+
+
+def _format(fmt: str, as_json: bool) -> str:
     if as_json:
         if fmt not in ("table", "json"):
             raise CliError(f"--json and --format {fmt} disagree: give one of them")
-        fmt = "json"
+        return "json"
+    return fmt
+
+
+def _emit(report: Any, fmt: str, out: Path | None) -> None:
+    """`report` in `fmt` to the checked `out` file (written whole or not at all), else stdout."""
+    from lora_engine.atomic import atomic_write_text
+    from orchestrator.reports.render import render
+
     if out is not None:
-        atomic_write_text(out, render(report, fmt))
+        text = render(report, fmt)
+        _writing("report --out", out, lambda: atomic_write_text(out, text))
         status(f"wrote {out}")
     elif fmt == "table":
         from orchestrator.reports.render.table import print_report, terminal_console
 
         print_report(report, terminal_console())
     else:
-        click.echo(render(report, fmt), nl=False)
+        print_document(render(report, fmt))
 
 
 def _prices(extra: dict[str, float]) -> tuple[dict[str, float], float]:
@@ -196,12 +223,13 @@ def benchmark(pick: str, fmt: str, out: Path | None, as_json: bool, reevaluate: 
 
     if wait and not reevaluate:
         raise click.UsageError("--wait waits for the jobs --reevaluate queues: give --reevaluate too")
+    fmt, out = _format(fmt, as_json), _out_file(out)
     filters = _filters(scope)
     if reevaluate:
         _queue_reevaluation(scope, wait)
     with open_session() as session:
         result = benchmark_report(session, filters, pick)
-    _emit(result, fmt, as_json, out)
+    _emit(result, fmt, out)
 
 
 @report.command()
@@ -212,11 +240,12 @@ def cost(prices: dict[str, float], fmt: str, out: Path | None, as_json: bool, **
     """Per tenant and in total: jobs, device-hours, money, storage, unit costs."""
     from orchestrator.reports import cost_report
 
+    fmt, out = _format(fmt, as_json), _out_file(out)
     filters = _filters(scope)
     all_prices, storage_price = _prices(prices)
     with open_session() as session:
         result = cost_report(session, filters, all_prices, storage_price, with_points=fmt == "html")
-    _emit(result, fmt, as_json, out)
+    _emit(result, fmt, out)
 
 
 @report.command()
@@ -226,10 +255,11 @@ def compare(fmt: str, out: Path | None, as_json: bool, **scope: Any) -> None:
     """Per task and base model: untuned base, LoRA ranks, rsLoRA, DoRA and full, side by side."""
     from orchestrator.reports import compare_report
 
+    fmt, out = _format(fmt, as_json), _out_file(out)
     filters = _filters(scope)
     with open_session() as session:
         result = compare_report(session, filters)
-    _emit(result, fmt, as_json, out)
+    _emit(result, fmt, out)
 
 
 @report.command(name="all")
@@ -243,9 +273,17 @@ def compare(fmt: str, out: Path | None, as_json: bool, **scope: Any) -> None:
     help="Folder to write into (created if missing).",
 )
 def all_reports(pick: str, prices: dict[str, float], out: Path, **scope: Any) -> None:
-    """Write benchmark, cost and compare in every format into --out, plus one report.html."""
-    from orchestrator.reports.files import build_all, write_all
+    """Write benchmark, cost and compare in every format into --out, plus one report.html.
 
+    The folder appears whole or not at all: a new one, an empty one, or one an earlier `report
+    all` wrote (its files are replaced together); a folder holding anything else is refused.
+    """
+    from orchestrator.config import get_settings
+    from orchestrator.destinations import folder_destination
+    from orchestrator.reports.files import FILE_NAMES, build_all, write_all
+
+    folder = folder_destination(out, get_settings(), "report all --out", may_hold=FILE_NAMES,
+                                allowed="a new or empty folder, or one an earlier `report all` wrote")
     filters = _filters(scope)
     all_prices, storage_price = _prices(prices)
     with open_session() as session:
@@ -253,5 +291,5 @@ def all_reports(pick: str, prices: dict[str, float], out: Path, **scope: Any) ->
         reports = build_all(
             session, filters, pick=pick, prices=all_prices, storage_price_gb_month=storage_price
         )
-    for path in write_all(out, reports):
-        click.echo(str(path))
+    for path in _writing("report all --out", out, lambda: write_all(folder, reports)):
+        echo(str(path))

@@ -6,6 +6,7 @@ import click
 
 from orchestrator.cli.helpers import Column, json_option, open_session, print_json, print_table, wide_option
 from orchestrator.cli.output import ago, short_id
+from orchestrator.text import redact_url
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -33,7 +34,7 @@ def status(wide: bool, as_json: bool) -> None:
         return
     click.echo(f"queued {fleet.queued_total}   running {len(fleet.running)}   "
                f"workers alive {sum(w.alive for w in fleet.workers)}")
-    click.echo(f"registry {_where(settings.database_url)}")
+    click.echo(f"registry {redact_url(settings.database_url)}")
     click.echo()
     rows = [{"tenant": slug, **counts} for slug, counts in fleet.jobs.items()]
     print_table(rows, [Column("tenant"), *(Column(s, justify="right") for s in STATES)], wide=wide,
@@ -63,8 +64,3 @@ def status(wide: bool, as_json: bool) -> None:
                      Column("priority", "prio", justify="right"),
                      Column("queued_at", "queued", justify="right"), Column("why", flexible=True)], wide=wide)
 
-
-def _where(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli.helpers import emit, json_option, open_session, print_record, print_table, status
+from orchestrator.cli.output import echo
 
 TENANT_COLUMNS = ("slug", "name", "max_running", "max_queued", "device_hours_per_month", "id", "created_at")
 
@@ -26,7 +27,7 @@ def create(slug: str, name: str | None, max_running: int | None, as_json: bool) 
 
     with open_session() as session:
         view = tenant_dict(create_tenant(session, slug, name=name, max_running=max_running))
-    emit(view, as_json, lambda v: click.echo(f"created tenant {v['slug']} ({v['id']})"))
+    emit(view, as_json, lambda v: echo(f"created tenant {v['slug']} ({v['id']})"))
 
 
 @tenant.command("list")

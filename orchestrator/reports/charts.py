@@ -1,6 +1,10 @@
 """The HTML report's charts: matplotlib on the Agg backend (no display), each returned as PNG bytes.
 
 Every chart reads the report model only, so what it shows is what the tables say.
+
+Labels are data (tenants, base model folder names, devices): each goes through `printable`, and
+every chart is drawn with matplotlib's mathtext off (`text.parse_math`), so `$...$` in a folder
+name is drawn as the characters it is, never parsed as TeX (an unbalanced `$\\x$` crashed it).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any
 
 from orchestrator.reports.model import BenchmarkReport, CompareReport, CostReport
 from orchestrator.reports.references import points
+from orchestrator.text import printable
 
 MAX_TENANTS = 25  # the cost chart shows the most expensive ones, the rest as one bar
 MAX_POINTS = 20_000  # quality vs cost: a larger registry is sampled evenly
@@ -56,6 +61,11 @@ def _grouped_bars(
     ax.legend([handles[n] for n in series if n in handles], [n for n in series if n in handles], fontsize=8)
 
 
+def _task_base(row: Any) -> str:
+    """A compare group's tick label: its task over its base model."""
+    return f"{printable(row.task)}\n{printable(row.base_model)}"
+
+
 def _method_series(rows: list[Any]) -> list[Any]:
     """Rows in the order the legend should read: untuned, lora by rank, rslora, dora, full."""
     order = {"none": 0, "lora": 1, "rslora": 2, "dora": 3, "full": 4}
@@ -64,7 +74,7 @@ def _method_series(rows: list[Any]) -> list[Any]:
 
 def _colours(report: CompareReport) -> dict[str, str]:
     """One colour per method label across every chart of the report."""
-    labels = dict.fromkeys(r.label for r in _method_series(report.rows))
+    labels = dict.fromkeys(printable(r.label) for r in _method_series(report.rows))
     return {label: f"C{i % 10}" for i, label in enumerate(labels)}
 
 
@@ -90,7 +100,7 @@ def benchmark_quality(report: BenchmarkReport) -> bytes | None:
             zorder=3,
             label="published (other base model and eval set)",
         )
-    ax.set_xticks(list(xs), [f"{s.task}\n({s.metric}, n={s.count})" for s in stats])
+    ax.set_xticks(list(xs), [f"{printable(s.task)}\n({printable(s.metric)}, n={s.count})" for s in stats])
     ax.set_ylabel("primary metric (points)")
     ax.set_title(f"Benchmark: primary metric per task ({report.pick} adapter per tenant)")
     ax.legend(loc="lower right", fontsize=8)
@@ -108,13 +118,14 @@ def training_curves(report: BenchmarkReport) -> bytes | None:
                              dpi=100, squeeze=False)
     loss_ax = axes[0][0]
     for i, c in enumerate(curves):
-        label = f"{c.tenant} {c.task}"
+        label = printable(f"{c.tenant} {c.task}")
         if c.loss:
             loss_ax.plot([e for _, e, _ in c.loss], [v for _, _, v in c.loss], color=f"C{i % 10}",
                          linewidth=1.2, label=label)
         if c.holdout:
             axes[0][1].plot([e for _, e, _ in c.holdout], [points(c.metric, v) for _, _, v in c.holdout],
-                            color=f"C{i % 10}", marker="o", markersize=3, label=f"{label} ({c.metric})")
+                            color=f"C{i % 10}", marker="o", markersize=3,
+                            label=f"{label} ({printable(c.metric)})")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("training loss")
     loss_ax.set_title("Training loss")
@@ -132,10 +143,10 @@ def compare_quality(report: CompareReport) -> bytes | None:
     rows = [r for r in report.rows if r.quality is not None]
     if not rows:
         return None
-    groups = list(dict.fromkeys(f"{r.task}\n{r.base_model}" for r in rows))
+    groups = list(dict.fromkeys(_task_base(r) for r in rows))
     series: dict[str, dict[str, float]] = {}
     for r in _method_series(rows):
-        series.setdefault(r.label, {})[f"{r.task}\n{r.base_model}"] = points(r.metric, r.quality)
+        series.setdefault(printable(r.label), {})[_task_base(r)] = points(r.metric, r.quality)
     fig, ax = _figure()
     _grouped_bars(ax, groups, series, _colours(report))
     ax.set_ylabel("primary metric, validation (points)")
@@ -148,10 +159,10 @@ def compare_size(report: CompareReport) -> bytes | None:
     rows = [r for r in report.rows if r.checkpoint_bytes]
     if not rows:
         return None
-    groups = list(dict.fromkeys(f"{r.task}\n{r.base_model}" for r in rows))
+    groups = list(dict.fromkeys(_task_base(r) for r in rows))
     series: dict[str, dict[str, float]] = {}
     for r in _method_series(rows):
-        series.setdefault(r.label, {})[f"{r.task}\n{r.base_model}"] = r.checkpoint_bytes / 1e6
+        series.setdefault(printable(r.label), {})[_task_base(r)] = r.checkpoint_bytes / 1e6
     fig, ax = _figure()
     _grouped_bars(ax, groups, series, _colours(report))
     ax.set_yscale("log")
@@ -167,7 +178,7 @@ def cost_by_tenant(report: CostReport) -> bytes | None:
     if not lines or not any(d.money for t in lines for d in t.devices):
         return None
     shown, rest = lines[:MAX_TENANTS], lines[MAX_TENANTS:]
-    names = [t.tenant or "" for t in shown] + ([f"{len(rest)} others"] if rest else [])
+    names = [printable(t.tenant or "") for t in shown] + ([f"{len(rest)} others"] if rest else [])
     devices = sorted({d.device for t in lines for d in t.devices})
     groups = [[t] for t in shown] + ([rest] if rest else [])
 
@@ -185,7 +196,7 @@ def cost_by_tenant(report: CostReport) -> bytes | None:
     for i, device in enumerate(devices):
         for wasted in (False, True):
             values = [money(g, device, wasted) for g in groups]
-            label = f"{device}, spent with no adapter" if wasted else device
+            label = printable(f"{device}, spent with no adapter" if wasted else device)
             ax.bar(
                 range(len(names)),
                 values,
@@ -226,7 +237,7 @@ def quality_vs_cost(report: CostReport) -> bytes | None:
             [points("accuracy", p.quality) for p in mine],
             s=18,
             alpha=0.7,
-            label=method,
+            label=printable(method),
         )
     ax.set_xlabel("money of the job (every attempt)")
     ax.set_ylabel("primary metric (points)")
@@ -247,9 +258,12 @@ CHARTS: dict[type, list[tuple[str, Callable[[Any], bytes | None]]]] = {
 
 def charts_for(report: Any) -> list[tuple[str, bytes]]:
     """(title, PNG) of every chart of `report` that has data."""
+    import matplotlib
+
     out = []
     for title, make in CHARTS[type(report)]:
-        png = make(report)
+        with matplotlib.rc_context({"text.parse_math": False}):
+            png = make(report)
         if png is not None:
             out.append((title, png))
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from lora_engine.errors import AdapterError
 from orchestrator.artifacts import adapter_path as new_adapter_path
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry import repositories as repo
@@ -22,7 +23,7 @@ from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
-    "adapter_or_404", "delete_adapter", "get_adapter", "list_adapters", "new_adapter_path",
+    "adapter_or_404", "delete_adapter", "export_adapter", "get_adapter", "list_adapters", "new_adapter_path",
     "verified_adapter",
 ]
 
@@ -81,3 +82,33 @@ def delete_adapter(
     if path.is_relative_to(root) and path != root:
         shutil.rmtree(path, ignore_errors=True)
     return row
+
+
+@readonly
+def export_adapter(
+    session: Session, adapter_id: str, dest: Path, tenant: str | None = None, settings: Settings | None = None
+) -> tuple[Adapter, Path]:
+    """Copy a live adapter's folder, its sha256 checked, to `dest`: (the adapter, where it went).
+
+    `dest` is checked first (orchestrator.destinations: a new or empty folder, never a device, a
+    dangling link, the home or the artifacts root) and the copy is built beside it and renamed
+    into place, checked again, so a failure leaves no half-exported folder. InvalidInput for a
+    refused place, AdapterError when the adapter's files no longer match the registry.
+    """
+    from lora_engine.atomic import atomic_folder
+    from lora_engine.digest import adapter_files_digest, verify_adapter_files
+    from orchestrator.destinations import folder_destination
+
+    settings = settings or get_settings()
+    target = folder_destination(dest, settings, "adapter export")
+    row = adapter_or_404(session, adapter_id, tenant)
+    verify_adapter_files(row.path, row.sha256)
+    # An empty folder is removed first (rmdir refuses one that has filled up meanwhile), so the
+    # rename below never replaces anything.
+    if target.is_dir():
+        target.rmdir()
+    with atomic_folder(target) as tmp:
+        shutil.copytree(row.path, tmp, dirs_exist_ok=True)
+        if adapter_files_digest(tmp)[0] != row.sha256:
+            raise AdapterError(f"adapter {row.id} changed while it was being exported; nothing was written")
+    return row, target

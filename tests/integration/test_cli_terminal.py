@@ -2,7 +2,8 @@
 (tmux), against a real embedded worker. Assertions are on the screen: the job id comes first, the
 status line shows the loss and never carries event text, Ctrl-C detaches and says how to
 re-attach. Piped, the same commands print one plain line per event; `job wait` exits 0 only if
-every job succeeded."""
+every job succeeded. Hostile strings in the registry (escape sequences, rich markup) reach the
+terminal escaped, every command that shows them exits 0, and the terminal's title is untouched."""
 
 from __future__ import annotations
 
@@ -36,13 +37,21 @@ STEPS = 40
 
 
 class Screen:
-    """One command in a detached tmux session of a fixed size; the screen read back as text."""
+    """One command in a detached tmux session of a fixed size; the screen read back as text.
 
-    def __init__(self, env: dict[str, str], command: str, *, width: int = 110, height: int = 40):
+    `raw`: a file that receives every byte the command writes to the terminal (tmux pipe-pane,
+    set up before the command starts), to check what reached the terminal, not how it looks."""
+
+    def __init__(self, env: dict[str, str], command: str, *, width: int = 110, height: int = 40,
+                 raw: Path | None = None):
         self.socket = f"lorafleet-test-{os.getpid()}-{time.monotonic_ns()}"
         self.env = env
-        script = f"cd {ROOT} && {command}; echo EXIT=$?; sleep 600"
+        gate = f"while [ ! -e {raw}.go ]; do sleep 0.05; done; " if raw else ""
+        script = f"{gate}cd {ROOT} && {command}; echo EXIT=$?; sleep 600"
         self._tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), script)
+        if raw is not None:
+            self._tmux("pipe-pane", "-t", "t", "-o", f"cat >> {raw}")
+            Path(f"{raw}.go").touch()
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-f", "/dev/null", "-L", self.socket, *args], env=self.env,
@@ -57,6 +66,10 @@ class Screen:
     def wait_for(self, pattern: str, timeout: float = 90) -> re.Match[str]:
         return wait_for(lambda: re.search(pattern, self.text()), timeout, f"{pattern!r} on the screen:\n"
                         + "\n".join(self.lines()[-20:]))
+
+    def title(self) -> str:
+        """The pane's title, which an OSC 0/2 sequence on the terminal would set."""
+        return self._tmux("display-message", "-p", "-t", "t", "#{pane_title}").strip()
 
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", "t", *keys)
@@ -223,3 +236,84 @@ def test_the_glue_walkthrough_script(embedded, tmp_path: Path):
     assert {"cola", "sst2", "mrpc", "stsb", "rte"} <= set(by_task)
     second = by_task["sst2"][-1]
     assert second["parent_adapter_id"] == by_task["sst2"][-2]["id"]  # --init-from recorded the lineage
+
+
+# Terminal escapes a tenant could hide in a name, a file name, a folder name or a label: an OSC
+# window title, an OSC 52 clipboard write, a clear-screen, a one-byte C1 CSI, a bidi override,
+# and rich markup that crashed the tables (`[/]` closes a tag never opened).
+HOSTILE = ("[/]\x1b]0;PWNED\x07\x1b]52;c;cHduZWQ=\x07\x1b[2J\x9b31m\u202eevil[bold]x")
+# Commands run one after the other in one process on the pseudo-terminal (one start-up, not 13).
+DRIVER = """
+import json, sys
+from orchestrator.cli.main import cli
+for args in json.load(open(sys.argv[1])):
+    try:
+        cli.main(args, prog_name="lorafleet")
+    except SystemExit as exc:
+        print(f"EXIT {' '.join(args[:2])}={exc.code or 0}", flush=True)
+"""
+
+
+def seed_hostile_registry(env: dict[str, str]) -> dict[str, str]:
+    """The report fixture's registry with HOSTILE as globex's display name, the base model of
+    its e2e job and adapter, a failed job's error and events, and a data set's file name and
+    label: rows as an older version, or another door, may have let in. Returns the ids used."""
+    from sqlalchemy import select, update
+
+    from orchestrator.config import load_settings
+    from orchestrator.registry import db
+    from orchestrator.registry.models import Adapter, Dataset, Job, JobEvent, Tenant
+    from tests.report_fixtures import SMOLLM, build_registry
+
+    url = load_settings(env).database_url
+    db.upgrade(url)
+    try:
+        with db.session_factory(url)() as s:
+            ids = build_registry(s)
+            s.execute(update(Tenant).where(Tenant.slug == "globex").values(name=HOSTILE))
+            s.execute(update(Job).where(Job.base_model == SMOLLM).values(base_model=HOSTILE))
+            s.execute(update(Adapter).where(Adapter.base_model == SMOLLM).values(base_model=HOSTILE))
+            failed = s.scalars(select(Job).where(Job.id == ids["J4"])).one()
+            failed.error = HOSTILE
+            s.add_all(JobEvent(job_id=failed.id, tenant_id=failed.tenant_id, kind=kind, message=HOSTILE,
+                               data=data) for kind, data in (("phase", {"phase": HOSTILE, "step": 1}),
+                                                             ("failed", None)))
+            dataset = Dataset(tenant_id=failed.tenant_id, kind="classification", name=HOSTILE, path="/d",
+                              sha256="0" * 64, bytes=10, rows=8, label_counts={HOSTILE: 3, "ok": 5},
+                              token_estimate=80)
+            s.add(dataset)
+            s.commit()
+            return {"job": failed.id, "adapter": ids["J15.adapter"], "dataset": dataset.id}
+    finally:
+        db.forget_engine(url)
+
+
+def test_hostile_strings_reach_the_terminal_escaped(tmp_path: Path):
+    home = tmp_path / "home"
+    env = worker_env(home)
+    ids = seed_hostile_registry(env)
+    commands = [["tenant", "list"], ["tenant", "show", "globex"], ["dataset", "list"],
+                ["dataset", "show", ids["dataset"]], ["job", "list"], ["job", "list", "--wide"],
+                ["job", "show", ids["job"]], ["job", "events", ids["job"]],
+                ["job", "events", "--follow", ids["job"]], ["adapter", "list"],
+                ["adapter", "show", ids["adapter"]], ["report", "compare"], ["status"]]
+    (tmp_path / "commands.json").write_text(json.dumps(commands))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    raw = tmp_path / "raw"
+    screen = Screen(env, f"{sys.executable} {tmp_path / 'driver.py'} {tmp_path / 'commands.json'}",
+                    width=200, height=50, raw=raw)
+    try:
+        screen.wait_for(r"EXIT=(\d+)\s*$", timeout=120)
+        shown, title = screen.text(), screen.title()
+    finally:
+        screen.close()
+    exits = re.findall(r"EXIT (\S+ ?\S*)=(\d+)", shown)
+    assert len(exits) == len(commands) and all(code == "0" for _, code in exits), shown
+    assert "PWNED" not in title  # no OSC title reached the terminal
+    received = raw.read_bytes().decode("utf-8", errors="replace")
+    for sequence in ("\x1b]", "\x07", "\x1b[2J", "\x9b", "\u202e"):  # OSC, BEL, clear, C1 CSI, bidi
+        assert sequence not in received, f"{sequence!r} reached the terminal raw"
+    escaped = "[/]\\x1b]0;PWNED\\x07\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\x9b31m\\u202eevil[bold]x"
+    # Seen in full in the records (tables may shorten it with an ellipsis); `[/]` as text.
+    assert shown.count(escaped) >= 5, shown
+    assert "[/]" in shown.split("EXIT tenant list=0")[0]

@@ -1,5 +1,9 @@
 """HTML: one self-contained page (inline CSS, charts as inline base64 PNGs, no script, nothing
-fetched), for one report or several (`report all` writes all three into report.html)."""
+fetched), for one report or several (`report all` writes all three into report.html).
+
+Every piece of text goes through `_text`: `printable` (no control or bidi character reorders or
+hides a name) then HTML-escaped, quotes included (it also fills attributes): a base model folder
+named `<script>` or `" onerror=` is shown as text."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from html import escape
 from typing import Any
 
 from orchestrator.reports.model import Table
+from orchestrator.text import printable
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 80rem;
@@ -29,12 +34,16 @@ figcaption { color: #57606a; font-size: 0.85rem; }
 TITLES = {"benchmark": "Benchmark", "cost": "Cost", "compare": "Methods compared"}
 
 
+def _text(value: Any) -> str:
+    return escape(printable(value), quote=True)
+
+
 def _table(table: Table) -> str:
-    head = "".join(f"<th>{escape(c.header)}</th>" for c in table.columns)
+    head = "".join(f"<th>{_text(c.header)}</th>" for c in table.columns)
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="{"num" if c.align == "right" else "text"}">{escape(v)}</td>'
+            f'<td class="{"num" if c.align == "right" else "text"}">{_text(v)}</td>'
             for v, c in zip(row, table.columns, strict=True)
         )
         + "</tr>"
@@ -45,26 +54,29 @@ def _table(table: Table) -> str:
         if table.rows
         else "<p><em>(nothing in the registry matches)</em></p>"
     )
-    notes = "".join(f"<li>{escape(n)}</li>" for n in table.notes)
-    return f"<h3>{escape(table.title)}</h3>{rows}" + (f'<ul class="notes">{notes}</ul>' if notes else "")
+    notes = "".join(f"<li>{_text(n)}</li>" for n in table.notes)
+    return f"<h3>{_text(table.title)}</h3>{rows}" + (f'<ul class="notes">{notes}</ul>' if notes else "")
 
 
 def _figure(title: str, png: bytes) -> str:
     data = base64.b64encode(png).decode("ascii")
     return (
-        f'<figure><img class="chart" alt="{escape(title)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{escape(title)}</figcaption></figure>"
+        f'<figure><img class="chart" alt="{_text(title)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_text(title)}</figcaption></figure>"
     )
 
 
-def render_html(reports: Sequence[Any], title: str = "lorafleet report") -> str:
+def render_html(reports: Sequence[Any], title: str = "lorafleet report",
+                charts: Sequence[list[tuple[str, bytes]]] | None = None) -> str:
+    """The page of `reports`; `charts`: each report's `charts_for` when already drawn (drawing is
+    most of the time a page takes)."""
     from orchestrator.reports.charts import charts_for
 
     sections = []
-    for report in reports:
+    for i, report in enumerate(reports):
         name = report.to_dict()["report"]
-        parts = [f'<section id="{name}"><h2>{escape(TITLES.get(name, name))}</h2>']
-        parts += [_figure(t, png) for t, png in charts_for(report)]
+        parts = [f'<section id="{name}"><h2>{_text(TITLES.get(name, name))}</h2>']
+        parts += [_figure(t, png) for t, png in (charts[i] if charts is not None else charts_for(report))]
         parts += [_table(t) for t in report.tables()]
         parts.append("</section>")
         sections.append("".join(parts))
@@ -73,8 +85,8 @@ def render_html(reports: Sequence[Any], title: str = "lorafleet report") -> str:
     generated = datetime.now(UTC).isoformat(timespec="seconds")
     return (
         "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f'<html lang="en"><head><meta charset="utf-8"><title>{_text(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-        f'<body><h1>{escape(title)}</h1><p class="meta">From the registry; scope: {escape(scope)}; '
+        f'<body><h1>{_text(title)}</h1><p class="meta">From the registry; scope: {_text(scope)}; '
         f"generated {generated}.</p>" + "".join(sections) + "</body></html>\n"
     )

@@ -1,4 +1,8 @@
-"""Terminal tables through rich (it measures, wraps and aligns; nothing is padded by hand)."""
+"""Terminal tables through rich (it measures, wraps and aligns; nothing is padded by hand).
+
+Every cell, title, header and note is a `Text` of `printable(...)`: never rich markup (a base
+model folder named `[/]` is text), never a raw escape sequence (the `.txt` of `report all` is
+read with `cat` as often as the terminal output is)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import io
 from typing import Any
 
 from orchestrator.reports.model import TERMINAL_ROWS, Table
+from orchestrator.text import printable
 
 
 def _shown_rows(table: Table) -> list[list[Any]]:
@@ -22,15 +27,15 @@ def rich_table(table: Table) -> Any:
 
     # Text objects, not strings: a cell such as "[3]" must never be read as rich markup.
     out = RichTable(
-        title=Text(table.title),
+        title=Text(printable(table.title)),
         title_justify="left",
-        caption=Text("\n".join(table.notes)) if table.notes else None,
+        caption=Text("\n".join(printable(n) for n in table.notes)) if table.notes else None,
         caption_justify="left",
     )
     for c in table.columns:
-        out.add_column(Text(c.header), justify=c.align, overflow="fold")
+        out.add_column(Text(printable(c.header)), justify=c.align, overflow="fold")
     for row in Table(table.key, table.title, table.columns, _shown_rows(table)).text_rows():
-        out.add_row(*(Text(v) for v in row))
+        out.add_row(*(Text(printable(v)) for v in row))
     return out
 
 
