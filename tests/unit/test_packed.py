@@ -28,9 +28,13 @@ from lora_engine.errors import LoraConfigError, TrainingDiverged  # noqa: E402
 from lora_engine.forward import training_loss  # noqa: E402
 from lora_engine.generate import GREEDY  # noqa: E402
 from lora_engine.inject import lora_modules  # noqa: E402
+from lora_engine.layers import LoRALinear  # noqa: E402
+from lora_engine.methods import peft_flags  # noqa: E402
 from lora_engine.models import load_base_model  # noqa: E402
 from lora_engine.packed import Pack  # noqa: E402
 from lora_engine.packed.forward import PackedBatch, packed_losses  # noqa: E402
+from lora_engine.packed.layer import MultiLoRALinear  # noqa: E402
+from lora_engine.packed.routing import Routing  # noqa: E402
 from lora_engine.recipe import TrainHooks, setup, train  # noqa: E402
 from lora_engine.spec import validate_spec  # noqa: E402
 
@@ -319,3 +323,30 @@ def test_fused_routing_gives_the_solo_gradients(tmp_path, specs, family):
     for job, solo in first_packed_step_beside_solo(pack, model, jobs, tmp_path):
         for name, grad in solo.items():
             torch.testing.assert_close(job.run.trainable[name].grad, grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("fused", "methods"), [(False, ("lora", "rslora", "dora")),
+                                                (True, ("lora", "rslora"))])
+def test_a_packed_layer_gives_each_jobs_rows_its_adapters_own_output(fused, methods):
+    """Rows of each job through `LoRALinear.update` (the one seam): what the adapter computes
+    alone on those rows (B ≠ 0, with bias); a job without an adapter there gets the base."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(8, 12)
+    routing = Routing(fused=fused)
+    layer = MultiLoRALinear(base, routing)
+    adapters = {}
+    for i, method in enumerate(methods):
+        adapter = LoRALinear(base, 2 + 2 * i, 8.0, **peft_flags(method))
+        with torch.no_grad():
+            adapter.lora_B.weight.normal_()
+        adapters[method] = adapter
+        layer.add(method, adapter)
+    keys, rows = [*methods, "no-adapter"], [*(3 + i for i in range(len(methods))), 2]
+    routing.set(keys, rows)
+    x = torch.randn(sum(rows), 8)
+    with torch.no_grad():
+        for (seg, part), (_, out) in zip(routing.split(x), routing.split(layer(x)), strict=True):
+            adapter = adapters.get(seg.key)
+            want = adapter(part) if adapter is not None else base(part)
+            assert adapter is None or not torch.allclose(want, base(part), atol=1e-3)
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, msg=seg.key)
