@@ -8,18 +8,19 @@ What a job keeps of its own, exactly as `recipe.train` would give it alone: its 
 LoRA initial draws, dropout stream), data order (its sampler), optimizer (AdamW with the recipe's
 groups), learning-rate schedule and warm-up, gradient accumulation and clipping, checkpoints
 (the recipe's own format: a packed checkpoint resumes alone and a solo one into a pack), stop
-requests (obeyed between micro-batches too), progress events, evaluation and adapter folder. The
-recipe's pieces are called on a *view* of the shared model that shows one job's adapters and heads
-at their usual places (`_view`), so none of that logic is repeated here.
+requests (obeyed between micro-batches too), progress events and phases, evaluation and adapter
+folder. The recipe's pieces (`resolve_spec`, `prepare_run`, `begin_step`, `end_step`, `end_run`)
+are called on a *view* of the shared model that shows one job's adapters and heads at their usual
+places (`_view`), so none of that logic is repeated here.
 
 A micro-batch round takes one micro-batch of every job in the pack; a job takes its optimizer step
 after its own `grad_accum` rounds. Jobs leave when they finish, stop or fail; the others go on
 untouched (their state never mixes), and new jobs may join between rounds. Each job is charged
 the round's time in proportion to its tokens, plus its own optimizer step and evaluation.
 
-Compatible jobs: the same base model; methods lora, rslora, dora (a full fine-tune changes the
-shared base and cannot be packed); LoRA on linear layers (embedding targets train alone);
-BERT/RoBERTa classification and regression together, or Llama-family generation together; one
+Compatible jobs: those the packability rule admits (packing.py: a packable method, a packed
+forward for the base and task, no evaluation during training, no `init_from`), on this pack's base
+model and forward, with LoRA on linear layers only (embedding targets train alone) and one
 classifier pooling per pack ([CLS] jobs run the last layer for first tokens only, mean-pooled jobs
 for every token, so mixing them would change a job's dropout draws from its solo run's).
 """
@@ -286,7 +287,8 @@ class Pack:
         self.model.train()
         for job in jobs:
             if job.micro == 0:
-                job.start = begin_step(job.run)
+                with job.stream.active():  # the step's start holds the job's own random stream
+                    job.start = begin_step(job.run)
                 job.step_loss = 0.0
             job.packed_with.update(j.key for j in jobs if j is not job)
         batches = [next(job.batches) for job in jobs]

@@ -196,6 +196,23 @@ def test_packed_checkpoint_resumes_alone_exactly(runs, specs):
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6)
 
 
+def test_a_job_stopped_inside_an_accumulated_step_resumes_alone_exactly(runs, specs, tmp_path):
+    # b accumulates 2 micro-batches per step; the stop request comes between the two of step 2:
+    # the partial step is dropped and the checkpoint holds the state (its own dropout stream
+    # included) from before it, as alone.
+    asked = iter(range(100))
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    pack.add(specs["a"], tmp_path / "a", key="a")
+    pack.add(specs["b"], tmp_path / "b", TrainHooks(should_stop=lambda: next(asked) >= 2,
+                                                     checkpoint_dir=tmp_path / "ckpt"), key="b")
+    out = pack.run()
+    assert (out["b"].status, out["b"].step) == ("stopped", 1)
+    resumed = train(specs["b"], tmp_path / "resumed", data_dir=DATA,
+                    hooks=TrainHooks(checkpoint_dir=tmp_path / "ckpt"))
+    np.testing.assert_allclose(resumed.losses, runs["solo"]["b"].losses, rtol=0, atol=1e-5)
+
+
 def test_solo_checkpoint_resumes_into_a_pack_exactly_beside_a_failing_job(runs, specs, tmp_path):
     stop_after = []
     hooks = TrainHooks(on_progress=stop_after.append, should_stop=lambda: len(stop_after) >= 1,
