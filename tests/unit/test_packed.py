@@ -196,6 +196,18 @@ def test_packed_checkpoint_resumes_alone_exactly(runs, specs):
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6)
 
 
+def test_a_packed_job_reports_the_phases_of_its_solo_run(specs, tmp_path):
+    spec = {**specs["a"], "max_steps": 1}
+    solo: list[str] = []
+    train(spec, tmp_path / "solo", data_dir=DATA, hooks=TrainHooks(on_phase=solo.append))
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    packed: list[str] = []
+    pack.add(spec, tmp_path / "packed", TrainHooks(on_phase=packed.append), key="a")
+    assert pack.run()["a"].status == "succeeded"
+    assert packed == solo == ["evaluating", "saving"]
+
+
 def test_a_job_stopped_inside_an_accumulated_step_resumes_alone_exactly(runs, specs, tmp_path):
     # b accumulates 2 micro-batches per step; the stop request comes between the two of step 2:
     # the partial step is dropped and the checkpoint holds the state (its own dropout stream
