@@ -77,6 +77,7 @@ class DoRA:
 
     @staticmethod
     def update(layer: LoRALinear, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """`LoRALinear.update` for DoRA: `result` is W0·x + b."""
         with torch.no_grad():
             norm = layer.weight_norm(layer.delta_weight())
         factor = layer.lora_magnitude / norm
