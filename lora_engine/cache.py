@@ -1,8 +1,9 @@
 """A warm worker's base-model cache: load a base once, serve many LoRA jobs from it.
 
-This is the point of multi-tenant LoRA: the base weights are frozen, so after a LoRA job the base
-model is exactly what was loaded, and only the small parts a job creates need to go: its LoRA
-layers and its classification head. `checkout()` hands out the resident model (loading it when the
+This is the point of multi-tenant LoRA: the base weights are frozen, so after a job whose method
+leaves the base as loaded (`methods.Method.changes_base` False: LoRA, rsLoRA, DoRA) the base model
+is exactly what was loaded, and only the small parts a job creates need to go: its LoRA layers and
+its classification head. `checkout()` hands out the resident model (loading it when the
 key (name, kind, num_labels) changed); `checkin()` makes it pristine again:
 
 1. every LoRA layer is unmerged and replaced by a plain Linear / Conv1D / Embedding holding the
@@ -12,8 +13,10 @@ key (name, kind, num_labels) changed); `checkin()` makes it pristine again:
 3. gradients are dropped, every parameter is made trainable again and the model set to eval mode,
    as `from_pretrained` leaves it;
 4. a fingerprint of the base weights (float64 sum and sum of squares per tensor, taken at load
-   time) is recomputed; any difference — a job that merged and did not unmerge, wrote into a
-   frozen weight, or a `full` fine-tune (`dirty=True`) — evicts the model instead of serving it.
+   time) is recomputed; any difference — a job that merged and did not unmerge, or wrote into a
+   frozen weight — evicts the model instead of serving it. A job whose method changes the base
+   (`full`, or an initialisation that rewrites W0 such as PiSSA's) is checked in `dirty=True`:
+   evicted without looking.
 
 A job that trains on a cached base therefore starts from the same model as a cold load.
 """
@@ -25,13 +28,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lora_engine.inject import head_module_names, lora_modules
+from lora_engine.inject import head_module_names, lora_modules, set_module
 from lora_engine.layers import LoRAEmbedding, LoRALinear
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def _plain_twin(layer: nn.Module) -> nn.Module:
@@ -61,7 +59,7 @@ def strip_lora(model: nn.Module) -> int:
         layer.unmerge()
         if not isinstance(layer, LoRALinear | LoRAEmbedding):
             raise TypeError(f"unknown LoRA layer type {type(layer).__name__} at {name}")
-        _set_module(model, name, _plain_twin(layer))
+        set_module(model, name, _plain_twin(layer))
     return len(layers)
 
 
@@ -137,7 +135,10 @@ class BaseModelCache:
             state[name].copy_(saved)
 
     def checkin(self, *, dirty: bool = False) -> bool:
-        """Return the checked-out model; True when it stays cached, False when it was evicted."""
+        """Return the checked-out model; True when it stays cached, False when it was evicted.
+
+        `dirty`: the job's method changed the base (`methods.Method.changes_base`): evict it.
+        """
         if not self._out:
             return False
         self._out = False

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# method_of_flags and peft_flags live in methods.py; adapter_io and adapter_folder still import
+# them from here.
+from lora_engine.methods import ADAPTER_METHODS, NAMES, method, method_of_flags, peft_flags  # noqa: F401
+
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
 GENERATION_TASKS = ("e2e",)
 CUSTOM_TASKS = ("custom-classification", "custom-generation")
 ALL_TASKS = GLUE_TASKS + GENERATION_TASKS + CUSTOM_TASKS
 KINDS = ("classification", "regression", "generation")  # what a task's model does (TaskInfo.kind)
 
-# The one list of training methods. LORA_METHODS train an adapter over a frozen base (the injector,
-# the adapter files and packed training take these); "full" trains every weight; "none" trains
+# The training methods, in the order of their table (methods.py, where each is one entry).
+# LORA_METHODS train an adapter over a frozen base; "full" trains every weight; "none" trains
 # nothing: the job evaluates the untuned base model (the baseline every method is compared with).
-LORA_METHODS = ("lora", "rslora", "dora")
-METHODS = (*LORA_METHODS, "full", "none")
+LORA_METHODS = ADAPTER_METHODS
+METHODS = NAMES
 
 # How a classification/regression head reads a text: "cls", the last layer's first-token state
 # (Hugging Face's BERT/RoBERTa heads), or "mean", the mean of the last layer over the row's real
@@ -30,22 +34,6 @@ METHODS = (*LORA_METHODS, "full", "none")
 # `config.classifier_pooling`, the name ModernBERT's config uses for the same choice.
 POOLINGS = ("cls", "mean")
 
-
-# A LoRA method as PEFT's LoraConfig spells it (and as the layers carry it): two flags. PEFT also
-# allows both at once (DoRA scaled by alpha/sqrt(r)); that is no method of ours, so it is refused.
-def peft_flags(method: str) -> dict[str, bool]:
-    """{"use_rslora": ..., "use_dora": ...} for one of LORA_METHODS."""
-    if method not in LORA_METHODS:
-        raise ValueError(f"unknown LoRA method {method!r}; allowed: {', '.join(LORA_METHODS)}")
-    return {"use_rslora": method == "rslora", "use_dora": method == "dora"}
-
-
-def method_of_flags(*, use_rslora: bool, use_dora: bool) -> str:
-    """The method of LORA_METHODS that PEFT's flags describe; ValueError for both at once."""
-    if use_rslora and use_dora:
-        raise ValueError("use_rslora together with use_dora (rsLoRA-scaled DoRA) is not supported; "
-                         "allowed: one of them, or neither (plain LoRA)")
-    return "dora" if use_dora else ("rslora" if use_rslora else "lora")
 
 # Method-aware defaults per architecture: (lr, head lr, targets) for a LoRA-family method, the lr
 # for `full`. A task's own TaskInfo values win where it sets them (E2E: lr 1e-3 on all linear
@@ -164,8 +152,8 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 
-def method_defaults(info: TaskInfo, method: str, arch: str | None, rank: int = 8) -> dict:
-    """{"lr", "head_lr", "targets"} for `method` on a base of architecture `arch` (None: unknown,
+def method_defaults(info: TaskInfo, method_name: str, arch: str | None, rank: int = 8) -> dict:
+    """{"lr", "head_lr", "targets"} for `method_name` on a base of architecture `arch` (None: unknown,
     the bert values). Generation tasks train no head (head_lr None); `full` trains every weight
     at one rate (head_lr None, targets None).
 
@@ -173,10 +161,11 @@ def method_defaults(info: TaskInfo, method: str, arch: str | None, rank: int = 8
     same alpha; its default lr is LoRA's divided by sqrt(r) so the first steps move as far.
     """
     arch_d = ARCH_DEFAULTS.get(arch or "bert", ARCH_DEFAULTS["bert"])
-    if method == "full":
+    entry = method(method_name)
+    if not entry.adapter:
         return {"lr": info.full_lr or arch_d.full_lr, "head_lr": None, "targets": None}
     lr = info.lora_lr or arch_d.lora_lr
-    if method == "rslora":
+    if entry.scaling == "alpha/sqrt(r)":
         lr = lr / rank**0.5
     head_lr = None if info.kind == "generation" else (info.head_lr or arch_d.head_lr)
     targets = info.targets if info.targets is not None else arch_d.targets

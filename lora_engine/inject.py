@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lora_engine.catalog import LORA_METHODS as METHODS
-from lora_engine.catalog import peft_flags
 from lora_engine.errors import LoraConfigError
 from lora_engine.layers import LORA_LAYERS, LoRAEmbedding, LoRALinear, is_conv1d, is_lora_param
+from lora_engine.methods import ADAPTER_METHODS, BY_NAME, peft_flags
 
 ALL_LINEAR = "all-linear"
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -121,13 +120,13 @@ def plan_injection(model: nn.Module, settings: LoraSettings) -> list[tuple[str, 
     Touches nothing. Raises LoraConfigError for an unknown method, a bad rank or dropout, targets
     matching nothing, or a model that already carries LoRA layers.
     """
-    if settings.method == "full":
-        raise LoraConfigError(
-            "method 'full' is full fine-tuning: it trains the base model itself and injects no LoRA "
-            f"layers; inject_lora accepts only {', '.join(METHODS)}"
-        )
-    if settings.method not in METHODS:
-        raise LoraConfigError(f"unknown LoRA method {settings.method!r}; allowed: {', '.join(METHODS)}")
+    method = BY_NAME.get(settings.method)
+    if method is None:
+        raise LoraConfigError(f"unknown LoRA method {settings.method!r}; "
+                              f"allowed: {', '.join(ADAPTER_METHODS)}")
+    if not method.adapter:
+        raise LoraConfigError(f"method {method.name!r} is {method.summary} and injects no LoRA layers; "
+                              f"inject_lora accepts only {', '.join(ADAPTER_METHODS)}")
     if not isinstance(settings.rank, int) or isinstance(settings.rank, bool) or settings.rank <= 0:
         raise LoraConfigError(f"rank must be a positive integer, got {settings.rank!r}")
     if not 0.0 <= settings.dropout < 1.0:
@@ -156,8 +155,9 @@ def plan_injection(model: nn.Module, settings: LoraSettings) -> list[tuple[str, 
         )
     for name, module in found:
         if isinstance(module, nn.Embedding):
-            if settings.method == "dora":
-                raise LoraConfigError(f"layer {name!r} is an embedding; DoRA supports linear layers only")
+            if not method.embeddings:
+                raise LoraConfigError(f"layer {name!r} is an embedding; method {method.name!r} adapts "
+                                      "linear layers only")
             low = min(module.weight.shape)
         elif _is_linear(module):
             low = min(module.weight.shape)
@@ -174,7 +174,8 @@ def plan_injection(model: nn.Module, settings: LoraSettings) -> list[tuple[str, 
     return found
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` at the qualified name `name` of `model` (its parent's attribute)."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
@@ -184,12 +185,12 @@ def inject_lora(model: nn.Module, settings: LoraSettings) -> list[str]:
     found = plan_injection(model, settings)
     flags = peft_flags(settings.method)
     for name, module in found:
-        if isinstance(module, nn.Embedding):  # plan_injection refused DoRA on an embedding
-            layer = LoRAEmbedding(module, settings.rank, settings.lora_alpha, use_rslora=flags["use_rslora"])
+        if isinstance(module, nn.Embedding):  # plan_injection refused a method without embeddings
+            layer = LoRAEmbedding(module, settings.rank, settings.lora_alpha, **flags)
         else:
             layer = LoRALinear(module, settings.rank, settings.lora_alpha, settings.dropout, **flags)
         layer.train(module.training)
-        _set_module(model, name, layer)
+        set_module(model, name, layer)
     return [n for n, _ in found]
 
 
@@ -275,5 +276,5 @@ def export_merged(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """
     target = model if inplace else copy.deepcopy(model)
     for name, module in lora_modules(target):
-        _set_module(target, name, module.to_plain())
+        set_module(target, name, module.to_plain())
     return target

@@ -11,6 +11,12 @@ The base `weight` and `bias` are the very Parameter objects of the module replac
 the same names, so the model's base state-dict keys do not change (`c_attn.weight` stays
 `c_attn.weight`) and a base checkpoint still loads into an injected model.
 
+Which method a layer runs is its entry in methods.py (given as PEFT's flags): the entry's scaling
+rule, its initialiser (`INITIALISERS`) and its variant (`VARIANTS`: DoRA; none for LoRA and
+rsLoRA). `LoRALinear.update(x, result)` adds the adapter's share to the base output, the shape of
+PEFT's `LoraVariant.forward`: the layer's own forward and the packed layer (one call per job's
+rows) both go through it, so the update's math is written once.
+
 Merging is explicit and idempotent (`merge()` / `unmerge()`), never a side effect of `train()`/`eval()`.
 
 Speed: the update is added by one addmm with the scale as its alpha (`addmm(W0·x + b, x·Aᵀ, Bᵀ,
@@ -26,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_engine.catalog import method_of_flags
+from lora_engine.methods import SCALINGS, method_of_flags
+from lora_engine.methods import method as method_entry
 
 try:  # GPT-2's linear layer stores its weight transposed: (in, out)
     from transformers.pytorch_utils import Conv1D
@@ -35,24 +42,88 @@ except ImportError:  # pragma: no cover - transformers is a hard dependency
 
 
 def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
-    """s = α / r, or α / √r for rsLoRA (keeps the update's scale stable as r grows)."""
-    return alpha / math.sqrt(r) if use_rslora else alpha / r
+    """s = α / r, or α / √r for rsLoRA (PEFT's `use_rslora`; keeps the update's scale stable as r grows)."""
+    return SCALINGS["alpha/sqrt(r)" if use_rslora else "alpha/r"](alpha, r)
 
 
 def is_conv1d(module: nn.Module) -> bool:
     return Conv1D is not None and isinstance(module, Conv1D)
 
 
+def _default_init(layer: LoRALinear) -> None:
+    """PEFT's `init_lora_weights=True`: A kaiming-uniform (nn.Linear's own init), B zero."""
+    nn.init.kaiming_uniform_(layer.lora_A.weight, a=math.sqrt(5))
+    nn.init.zeros_(layer.lora_B.weight)
+
+
+# How a method's A and B start (`Method.init`). An initialiser that writes into the base weight
+# (PiSSA's residual) belongs to a method whose entry says `changes_base=True`.
+INITIALISERS = {"default": _default_init}
+
+
+class DoRA:
+    """DoRA's share of a `LoRALinear` (`Method.variant` "dora"), in the shape of PEFT's LoraVariant:
+
+        y = m / ‖W0 + s·B·A‖_row ⊙ (W0·x + s·B·A·x) + b
+
+    m starts at ‖W0‖_row; the norm is a constant for the backward pass (DoRA §4.3, as PEFT), so
+    gradients reach m, A and B only through the direction term.
+    """
+
+    @staticmethod
+    def init(layer: LoRALinear) -> None:
+        with torch.no_grad():
+            layer.lora_magnitude = nn.Parameter(layer.weight_norm(layer.delta_weight()))
+
+    @staticmethod
+    def update(layer: LoRALinear, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """`LoRALinear.update` for DoRA: `result` is W0·x + b."""
+        with torch.no_grad():
+            norm = layer.weight_norm(layer.delta_weight())
+        factor = layer.lora_magnitude / norm
+        a, b, s, bias = layer.lora_A.weight, layer.lora_B.weight, layer.scaling, layer.bias
+        if not layer.dropping:
+            # factor ⊙ (W0·x + s·B·A·x) + b, W0·x being the result without its bias
+            y0 = result - bias if bias is not None else result
+            y = torch.addmm(y0.reshape(-1, layer.out_features), F.linear(x, a).reshape(-1, layer.r), b.t(),
+                            alpha=s).view(y0.shape) * factor
+            return y + bias if bias is not None else y
+        # With dropout PEFT keeps the base path on the clean x and applies the rescale to the
+        # dropped-out input: W0x + b + (factor−1)⊙W0·xd + factor⊙s·B·A·xd.
+        xd = layer.lora_dropout(x)
+        lora = F.linear(F.linear(xd, a), b) * s
+        return result + (factor - 1) * F.linear(xd, layer.base_weight_oi()) + factor * lora
+
+    @staticmethod
+    def merged(layer: LoRALinear, adapted: torch.Tensor) -> torch.Tensor:
+        """The merged weight from W0 + s·B·A: rescaled row-wise by m / its norm (kept for unmerge)."""
+        layer._merged_norm = torch.linalg.norm(adapted, dim=1)
+        return adapted * (layer.lora_magnitude / layer._merged_norm).unsqueeze(1)
+
+    @staticmethod
+    def unmerged(layer: LoRALinear, weight: torch.Tensor) -> torch.Tensor:
+        """W0 + s·B·A back from the merged weight."""
+        adapted = weight / (layer.lora_magnitude / layer._merged_norm).unsqueeze(1)
+        layer._merged_norm = None
+        return adapted
+
+
+VARIANTS = {"dora": DoRA}  # `Method.variant` -> its share of the layer; None: plain LoRA
+
+
 class LoRALinear(nn.Module):
-    """LoRA (or DoRA) around an `nn.Linear` or a transformers `Conv1D` (fan_in_fan_out=True).
+    """LoRA (or a variant) around an `nn.Linear` or a transformers `Conv1D` (fan_in_fan_out=True).
+
+    The method is given as PEFT's LoraConfig flags (`use_rslora`, `use_dora`; see methods.py);
+    its table entry says the scaling, the initialisation and the variant.
 
     Parameter names follow PEFT: `lora_A.weight` (r×in), `lora_B.weight` (out×r); DoRA adds
     `lora_magnitude` (out,), written to PEFT files as `lora_magnitude_vector`.
     """
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, *,
-                 use_rslora: bool = False, use_dora: bool = False):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, **peft_flags: object):
         super().__init__()
+        method = method_entry(method_of_flags(**peft_flags))
         self.fan_in_fan_out = is_conv1d(base)
         weight = base.weight
         if self.fan_in_fan_out:
@@ -63,22 +134,27 @@ class LoRALinear(nn.Module):
         self.bias = base.bias
         self.r = r
         self.alpha = alpha
-        self.use_rslora = use_rslora
-        self.use_dora = use_dora
-        self.scaling = lora_scaling(alpha, r, use_rslora)
+        # PEFT's attributes for the method (adapter_io reads them, and a swap sets use_rslora).
+        self.use_rslora = bool(method.flags()["use_rslora"])
+        self.use_dora = bool(method.flags()["use_dora"])
+        self.scaling = method.scale(alpha, r)
         factory = {"device": weight.device, "dtype": weight.dtype}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's init, as PEFT
-        nn.init.zeros_(self.lora_B.weight)
+        INITIALISERS[method.init](self)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._has_dropout = dropout > 0
         self.lora_magnitude = None
-        if use_dora:
-            with torch.no_grad():
-                self.lora_magnitude = nn.Parameter(self._row_norm(self.delta_weight()))
+        self.variant = VARIANTS[method.variant] if method.variant is not None else None
+        if self.variant is not None:
+            self.variant.init(self)
         self.merged = False
         self._merged_norm: torch.Tensor | None = None  # DoRA: the norm used at merge time
+
+    @property
+    def dropping(self) -> bool:
+        """True when the update's input goes through dropout now (dropout > 0, training)."""
+        return self._has_dropout and self.training
 
     # -- weights in (out, in) orientation ---------------------------------------------------------
     def base_weight_oi(self) -> torch.Tensor:
@@ -88,50 +164,34 @@ class LoRALinear(nn.Module):
         """s·B·A in (out, in) orientation."""
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
-    def _row_norm(self, delta: torch.Tensor) -> torch.Tensor:
+    def weight_norm(self, delta: torch.Tensor) -> torch.Tensor:
         """‖W0 + ΔW‖ per output row (DoRA's column norm in the paper's (in, out) notation)."""
         return torch.linalg.norm(self.base_weight_oi() + delta, dim=1)
 
     # -- forward ----------------------------------------------------------------------------------
     def _base(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fan_in_fan_out:
-            return F.linear(x, self.weight.t(), self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.base_weight_oi(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self._base(x)
-        if self.use_dora:
-            return self._dora_forward(x)
-        # The update's add and scale fused into the B GEMM: addmm(base, h, Bᵀ, alpha=s), one
-        # kernel, not mm+mul+add.
+        return self.update(x, self._base(x))
+
+    def update(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """`result` (the base layer's output on `x`, W0·x + b) with this adapter's share added: the
+        one place the update's math is written (PEFT's `LoraVariant.forward(module, active_adapter,
+        x, result)`); the packed layer calls it on each job's rows.
+
+        LoRA: result + s·B·A·dropout(x), the add and the scale fused into the B GEMM
+        (addmm(result, h, Bᵀ, alpha=s): one kernel, not mm+mul+add).
+        """
+        if self.variant is not None:
+            return self.variant.update(self, x, result)
         xd = self.lora_dropout(x) if self._has_dropout else x
         h = F.linear(xd, self.lora_A.weight)
-        base = self._base(x)
-        out = torch.addmm(base.reshape(-1, self.out_features), h.reshape(-1, self.r),
+        out = torch.addmm(result.reshape(-1, self.out_features), h.reshape(-1, self.r),
                           self.lora_B.weight.t(), alpha=self.scaling)
-        return out.view(base.shape)
-
-    def _dora_forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Norm of the adapted weight, detached (DoRA §4.3, as PEFT): gradients reach m, A and B only
-        # through the direction term below.
-        with torch.no_grad():
-            norm = self._row_norm(self.delta_weight())
-        factor = self.lora_magnitude / norm
-        w = self.weight.t() if self.fan_in_fan_out else self.weight
-        if not (self._has_dropout and self.training):
-            # factor ⊙ (W0·x + s·B·A·x) + b
-            y0 = F.linear(x, w)
-            h = F.linear(x, self.lora_A.weight)
-            y = torch.addmm(y0.reshape(-1, self.out_features), h.reshape(-1, self.r),
-                            self.lora_B.weight.t(), alpha=self.scaling).view(y0.shape)
-            y = y * factor
-            return y + self.bias if self.bias is not None else y
-        # With dropout PEFT keeps the base path on the clean x and applies the DoRA rescale to the
-        # dropped-out input: W0x + b + (factor−1)⊙W0·xd + factor⊙s·B·A·xd.
-        xd = self.lora_dropout(x)
-        lora = F.linear(F.linear(xd, self.lora_A.weight), self.lora_B.weight) * self.scaling
-        return self._base(x) + (factor - 1) * F.linear(xd, w) + factor * lora
+        return out.view(result.shape)
 
     # -- merge ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -139,11 +199,9 @@ class LoRALinear(nn.Module):
         """W ← W0 + s·B·A (DoRA: W ← m/‖W0 + s·B·A‖ ⊙ (W0 + s·B·A)). A no-op when already merged."""
         if self.merged:
             return
-        delta = self.delta_weight()
-        new = self.base_weight_oi() + delta
-        if self.use_dora:
-            self._merged_norm = torch.linalg.norm(new, dim=1)
-            new = new * (self.lora_magnitude / self._merged_norm).unsqueeze(1)
+        new = self.base_weight_oi() + self.delta_weight()
+        if self.variant is not None:
+            new = self.variant.merged(self, new)
         self.weight.data.copy_(new.t() if self.fan_in_fan_out else new)
         self.merged = True
 
@@ -153,9 +211,8 @@ class LoRALinear(nn.Module):
         if not self.merged:
             return
         w = self.base_weight_oi()
-        if self.use_dora:
-            w = w / (self.lora_magnitude / self._merged_norm).unsqueeze(1)
-            self._merged_norm = None
+        if self.variant is not None:
+            w = self.variant.unmerged(self, w)
         w = w - self.delta_weight()
         self.weight.data.copy_(w.t() if self.fan_in_fan_out else w)
         self.merged = False
@@ -183,18 +240,23 @@ class LoRAEmbedding(nn.Module):
 
     As PEFT (and loralib), A (r×num_embeddings) starts at zero and B (dim×r) at N(0, 1), so the
     update is zero at start; PEFT names them `lora_embedding_A` / `lora_embedding_B`. No dropout
-    (PEFT applies none to embeddings) and no DoRA.
+    (PEFT applies none to embeddings). The method, as PEFT's flags, must be one whose entry allows
+    embeddings (`Method.embeddings`; not DoRA).
     """
 
-    def __init__(self, base: nn.Embedding, r: int, alpha: float, *, use_rslora: bool = False):
+    def __init__(self, base: nn.Embedding, r: int, alpha: float, **peft_flags: object):
         super().__init__()
+        method = method_entry(method_of_flags(**peft_flags))
+        if not method.embeddings:
+            raise ValueError(f"method {method.name!r} adapts linear layers only, not embeddings")
         self.num_embeddings, self.embedding_dim = base.weight.shape
         self.weight = base.weight
         self.padding_idx = base.padding_idx
         self.max_norm, self.norm_type = base.max_norm, base.norm_type
         self.scale_grad_by_freq, self.sparse = base.scale_grad_by_freq, base.sparse
-        self.r, self.alpha, self.use_rslora, self.use_dora = r, alpha, use_rslora, False
-        self.scaling = lora_scaling(alpha, r, use_rslora)
+        self.r, self.alpha = r, alpha
+        self.use_rslora, self.use_dora = bool(method.flags()["use_rslora"]), False
+        self.scaling = method.scale(alpha, r)
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_embedding_A = nn.Parameter(torch.zeros(r, self.num_embeddings, **factory))
         self.lora_embedding_B = nn.Parameter(torch.randn(self.embedding_dim, r, **factory))

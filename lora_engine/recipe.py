@@ -19,6 +19,9 @@
    With `eval_every`, a held-out slice of the training rows is scored every N steps; the best
    evaluation's weights become the adapter and `patience` evaluations without improvement stop
    the run early (selection.py).
+   `fit()` is the loop alone: what follows the backward passes of a step is `end_step()`, and what
+   follows the last step is `end_run()`, both shared with the pack (packed/trainer.py), which also
+   takes its spec through `resolve_spec()` and its setup through `prepare_run()`.
 4. Evaluation (evaluate.py) scores the validation split; the adapter (PEFT format) or, for
    `full`, the whole model (`save_pretrained`, safetensors) is written atomically with
    lorafleet.json and a README model card.
@@ -58,6 +61,7 @@ from lora_engine.digest import folder_bytes
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
 from lora_engine.forward import training_loss
 from lora_engine.forward.encoder import set_pooling
+from lora_engine.methods import method
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
 from lora_engine.selection import EvalPoint, Selection, split_holdout
 from lora_engine.spec import TrainingSpec, validate_spec
@@ -225,12 +229,18 @@ def load_model(spec: TrainingSpec, info: TaskInfo, num_labels: int | None, cache
 
 
 def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
-    """Inject LoRA (or load `init_from`), freeze the rest; or unfreeze all for `full`."""
+    """Inject LoRA (or load `init_from`), freeze the rest; or unfreeze all for a method without an
+    adapter (`full`)."""
     from lora_engine.inject import LoraSettings, mark_only_lora_as_trainable
 
-    if spec.method == "full":
+    entry = method(spec.method)
+    if not entry.trains:
+        raise LoraConfigError(f"method {entry.name!r} is {entry.summary}: evaluate_untuned scores it, "
+                              "train does not")
+    if not entry.adapter:
         if spec.init_from:
-            raise LoraConfigError("init_from continues a LoRA adapter; it cannot be used with method 'full'")
+            raise LoraConfigError(f"init_from continues a LoRA adapter; it cannot be used with method "
+                                  f"{entry.name!r}")
         for p in model.parameters():
             p.requires_grad_(True)
         return None
@@ -253,14 +263,27 @@ def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
     return settings
 
 
-def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: DeviceInfo | None = None) -> Run:
-    """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved."""
+def resolve_spec(spec: TrainingSpec | dict, *, data_dir: str | Path) -> TrainingSpec:
+    """The spec as a run takes it: validated, defaults filled in, "auto" values worked out from
+    the training file's size. Raises SpecError before anything is loaded."""
+    spec = validate_spec(spec).resolved()
+    if spec.needs_train_rows:
+        spec = spec.resolved(train_rows=train_rows(spec, data_dir=data_dir))
+    return spec
+
+
+def training_inputs(spec: TrainingSpec, *, data_dir: str | Path) -> tuple[list, tuple[str, ...]]:
+    """(training examples, label names) of a resolved spec."""
     from lora_engine.data import load_examples
 
+    return load_examples(spec.task, "train", data_dir=data_dir, dataset=spec.dataset), label_names_for(spec)
+
+
+def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: DeviceInfo | None = None) -> Run:
+    """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved."""
     info = spec.info
     device = device or pick_device()
-    examples = load_examples(spec.task, "train", data_dir=data_dir, dataset=spec.dataset)
-    label_names = label_names_for(spec)
+    examples, label_names = training_inputs(spec, data_dir=data_dir)
     num_labels = len(label_names) if info.kind == "classification" else None
     model, tokenizer = load_model(spec, info, num_labels, cache)
     model.to(device.device)
@@ -357,6 +380,15 @@ def restore_run(run: Run, path: Path) -> None:
     restore_rng_state(ckpt.rng)
 
 
+def resume_run(run: Run, checkpoint_dir: Path | None) -> Path | None:
+    """Restore `run` from the newest checkpoint in `checkpoint_dir`; the checkpoint, or None when
+    there is none (the run starts from step 0)."""
+    resume = latest_checkpoint(checkpoint_dir)
+    if resume is not None:
+        restore_run(run, resume)
+    return resume
+
+
 # --- the loop -------------------------------------------------------------------------------------
 
 
@@ -367,7 +399,31 @@ def training_batches(run: Run) -> Iterator:
         yield collate(run.encoded, indices)
 
 
-def step_start(run: Run) -> tuple:
+@dataclass
+class Pace:
+    """Examples trained since this process began training a run (what examples/s reports)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    seen: int = 0
+
+    def count(self, run: Run, batch) -> None:
+        """A micro-batch trained: into this pace and the run's totals (kept across resumes)."""
+        self.seen += batch.examples
+        run.examples += batch.examples
+        run.tokens += batch.tokens
+
+    def rate(self) -> float:
+        return self.seen / max(time.perf_counter() - self.started, 1e-9)
+
+
+def begin_step(run: Run) -> tuple | None:
+    """Set every group's learning rate for the step `run.step` is about to take; with gradient
+    accumulation, return the state the step starts from (for `abandon_step`)."""
+    factor = lr_factor(run.step, run.total_steps, run.warmup)
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    if run.spec.grad_accum == 1:
+        return None
     return run.sampler.state_dict(), capture_rng_state(), run.examples, run.tokens
 
 
@@ -382,19 +438,14 @@ def abandon_step(run: Run, start: tuple, hooks: TrainHooks) -> None:
     raise TrainingStopped(run.step)
 
 
-def set_step_lr(run: Run) -> None:
-    """Every group's learning rate for the step `run.step` is about to take."""
-    factor = lr_factor(run.step, run.total_steps, run.warmup)
-    for group in run.optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
-
-
 def apply_update(run: Run, params: list[nn.Parameter]) -> None:
     """Clip the accumulated gradient, take the optimizer step, clear the gradients, count the step."""
     torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
+
+
 def divergence(losses: list[float], factor: float | None, patience: int) -> str | None:
     """Why a run whose step losses so far are `losses` has diverged, or None.
 
@@ -423,21 +474,52 @@ def progress_event(run: Run, step_loss: float, examples_per_s: float) -> Progres
                     run.optimizer.param_groups[0]["lr"], epoch)
 
 
+def end_step(run: Run, hooks: TrainHooks, step_loss: float, params: list[nn.Parameter], pace: Pace, *,
+             since: float) -> None:
+    """Everything after the backward passes of one optimizer step, alone or in a pack.
+
+    A diverging loss raises TrainingDiverged before the update (nothing non-finite reaches the
+    weights); then the update (clip, step, zero_grad), the step's loss, its device time (from
+    `since`), the progress hook, an evaluation of the held-out rows when due, a checkpoint when
+    due or stopping; TrainingStopped (after the checkpoint) when `hooks.should_stop()`.
+    """
+    why = divergence([*run.losses, step_loss], hooks.divergence_factor, hooks.divergence_patience)
+    if why is not None:
+        raise TrainingDiverged(run.step + 1, step_loss, why)
+    apply_update(run, params)
+    run.losses.append(step_loss)
+    run.device_s += time.perf_counter() - since
+    if hooks.on_progress is not None:
+        hooks.on_progress(progress_event(run, step_loss, pace.rate()))
+    if run.selection is not None and (run.step % run.spec.eval_every == 0 or run.step == run.total_steps):
+        if hooks.on_phase is not None:
+            hooks.on_phase("evaluating")
+        point = evaluate_holdout(run)
+        if hooks.on_evaluate is not None:
+            hooks.on_evaluate(point)
+    stop = hooks.should_stop is not None and hooks.should_stop()
+    if hooks.checkpoint_dir is not None and (stop or (
+            hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
+        saved = save_run_checkpoint(run, hooks.checkpoint_dir)
+        if hooks.on_checkpoint is not None:
+            hooks.on_checkpoint(run.step, saved)
+    if stop:
+        raise TrainingStopped(run.step)
+
+
 def fit(run: Run, hooks: TrainHooks) -> None:
     """Optimizer steps from `run.step` to `run.total_steps`, with the hooks. Mutates `run`."""
     model, kind, dev = run.model, run.info.kind, run.device
-    params = list(run.trainable.values())
-    batches, t0, seen = training_batches(run), time.perf_counter(), 0
+    params, batches, pace = list(run.trainable.values()), training_batches(run), Pace()
     model.train()
     while run.step < run.total_steps and not (run.selection is not None and run.selection.stopped_early):
         t_step = time.perf_counter()
-        set_step_lr(run)
+        start = begin_step(run)
         step_loss = 0.0
-        # With gradient accumulation a step can be long (1024 micro-batches): stop requests are
-        # obeyed between micro-batches too. The partial step is dropped and the run put back
-        # exactly where the step began, so its checkpoint resumes as if never interrupted.
-        start = step_start(run) if run.spec.grad_accum > 1 else None
         for micro in range(run.spec.grad_accum):
+            # With gradient accumulation a step can be long (1024 micro-batches): stop requests
+            # are obeyed between micro-batches too. The partial step is dropped and the run put
+            # back exactly where the step began, so its checkpoint resumes as if never interrupted.
             if micro and hooks.should_stop is not None and hooks.should_stop():
                 abandon_step(run, start, hooks)
             batch = next(batches)
@@ -445,33 +527,9 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             with autocast(dev):
                 loss = training_loss(model, inputs, kind) / run.spec.grad_accum
             loss.backward()
-            step_loss += loss.item()
-            seen += batch.examples
-            run.examples += batch.examples
-            run.tokens += batch.tokens
-        why = divergence([*run.losses, step_loss], hooks.divergence_factor, hooks.divergence_patience)
-        if why is not None:  # before the update: nothing non-finite reaches the weights
-            raise TrainingDiverged(run.step + 1, step_loss, why)
-        apply_update(run, params)
-        run.losses.append(step_loss)
-        run.device_s += time.perf_counter() - t_step  # loss.item() above waited for the device
-        if hooks.on_progress is not None:
-            hooks.on_progress(progress_event(run, step_loss, seen / max(time.perf_counter() - t0, 1e-9)))
-        if run.selection is not None and (run.step % run.spec.eval_every == 0
-                                          or run.step == run.total_steps):
-            if hooks.on_phase is not None:
-                hooks.on_phase("evaluating")
-            point = evaluate_holdout(run)
-            if hooks.on_evaluate is not None:
-                hooks.on_evaluate(point)
-        stop = hooks.should_stop is not None and hooks.should_stop()
-        if hooks.checkpoint_dir is not None and (stop or (
-                hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
-            saved = save_run_checkpoint(run, hooks.checkpoint_dir)
-            if hooks.on_checkpoint is not None:
-                hooks.on_checkpoint(run.step, saved)
-        if stop:
-            raise TrainingStopped(run.step)
+            step_loss += loss.item()  # waits for the device: the step's device time ends here
+            pace.count(run, batch)
+        end_step(run, hooks, step_loss, params, pace, since=t_step)
 
 
 # --- evaluation + output --------------------------------------------------------------------------
@@ -525,7 +583,7 @@ def write_output(run: Run, output_dir: Path, meta: AdapterMeta, card_stats: dict
     """The adapter (PEFT format) or, for `full`, the whole model, with lorafleet.json and the card."""
     from lora_engine.adapter_io import save_adapter, save_full_model
 
-    if run.spec.method == "full":
+    if not method(run.spec.method).adapter:
         return save_full_model(run.model, run.tokenizer, output_dir, meta, card_stats=card_stats)
     return save_adapter(run.model, output_dir, base_model_name=run.spec.base_model,
                         settings=run.lora_settings, task_type=run.info.kind, modules_to_save=run.heads,
@@ -545,39 +603,43 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
     `decode` (generate.DecodeSettings) and `meteor` tune generation evaluation (tests use greedy).
     """
     wall0 = time.perf_counter()
-    spec = validate_spec(spec).resolved()
-    if spec.needs_train_rows:  # "auto" values: worked out from the training file's size
-        spec = spec.resolved(train_rows=train_rows(spec, data_dir=data_dir))
+    spec = resolve_spec(spec, data_dir=data_dir)
     hooks = hooks or TrainHooks()
-    output_dir = Path(output_dir)
     device = device or pick_device()
     mem = PeakMemory(device)
     mem.start()
     try:
         run = setup(spec, data_dir=data_dir, cache=cache, device=device)
-        resume = latest_checkpoint(hooks.checkpoint_dir)
-        if resume is not None:
-            restore_run(run, resume)
-            if hooks.on_resume is not None:
-                hooks.on_resume(run.step, resume)
+        resumed = resume_run(run, hooks.checkpoint_dir)
+        if resumed is not None and hooks.on_resume is not None:
+            hooks.on_resume(run.step, resumed)
         fit(run, hooks)
-        if run.selection is not None:
-            run.selection.restore_best(run.trainable)
-        t_eval = time.perf_counter()
-        if hooks.on_phase is not None:
-            hooks.on_phase("evaluating")
-        metrics = evaluate_run(run, data_dir=data_dir, decode=decode, meteor=meteor)
-        if run.selection is not None:
-            metrics["selection"] = run.selection.summary()
-        synchronize(device)
-        run.device_s += time.perf_counter() - t_eval
-        if hooks.on_phase is not None:
-            hooks.on_phase("saving")
-        return finish_run(run, output_dir, metrics, mem=mem, wall0=wall0)
+        return end_run(run, hooks, Path(output_dir), data_dir=data_dir, mem=mem, wall0=wall0, decode=decode,
+                       meteor=meteor)
     finally:
         if cache is not None:
-            # A full fine-tune changed the base weights: the cache must not hand them out again.
-            cache.checkin(dirty=spec.method == "full")
+            # A method that changed the base weights: the cache must not hand them out again.
+            cache.checkin(dirty=method(spec.method).changes_base)
+
+
+def end_run(run: Run, hooks: TrainHooks, output_dir: Path, *, data_dir: str | Path, mem: PeakMemory,
+            wall0: float, decode=None, meteor: bool = True) -> TrainResult:
+    """Everything after a run's last step, alone or in a pack: the best evaluation's weights back
+    (with evaluation during training), phase "evaluating" and the final evaluation, phase "saving"
+    and the adapter folder, the run statistics (wall time from `wall0`, peak memory from `mem`)."""
+    if run.selection is not None:
+        run.selection.restore_best(run.trainable)
+    t_eval = time.perf_counter()
+    if hooks.on_phase is not None:
+        hooks.on_phase("evaluating")
+    metrics = evaluate_run(run, data_dir=data_dir, decode=decode, meteor=meteor)
+    if run.selection is not None:
+        metrics["selection"] = run.selection.summary()
+    synchronize(run.device)
+    run.device_s += time.perf_counter() - t_eval
+    if hooks.on_phase is not None:
+        hooks.on_phase("saving")
+    return finish_run(run, output_dir, metrics, mem=mem, wall0=wall0)
 
 
 def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wall0: float) -> TrainResult:

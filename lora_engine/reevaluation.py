@@ -10,6 +10,10 @@ reload, no re-injection, no copy of the base). Only an adapter whose layers diff
 rank, or DoRA vs not) makes the model strip its LoRA layers and inject afresh; adapters are
 ordered by layout so those re-injections are as few as possible.
 
+An adapter whose method changes the base weights (`methods.Method.changes_base`) cannot have the
+next adapter swapped onto its base: it is scored in a group of its own, and its base is checked in
+dirty (evicted) afterwards.
+
 Heads: before each adapter the head tensors go back to the base's (`cache.reset_heads`), so an
 adapter that saves no pooler is scored with the pristine one; a head of another label count (SST-2
 2, MNLI 3, STS-B 1 on one base) gets a Linear of its own shape for that adapter, and the original
@@ -37,6 +41,8 @@ from lora_engine.catalog import TASKS
 from lora_engine.device import DeviceInfo, PeakMemory, pick_device, synchronize
 from lora_engine.errors import AdapterError, LoraFleetInputError
 from lora_engine.evaluate import EvalStats, EvalTarget, score_validation, validation_examples
+from lora_engine.inject import set_module
+from lora_engine.methods import Method, method
 
 __all__ = ["AdapterToScore", "ReevalResult", "reevaluate"]
 
@@ -66,6 +72,7 @@ class _Prepared:
     target: EvalTarget
     kind: str
     num_labels: int | None
+    method: Method
     layout: tuple = field(default=())
     pooling: str = "cls"
 
@@ -92,13 +99,11 @@ def _prepare(item: AdapterToScore, eval_size: int | None) -> _Prepared:
         if not num_labels:
             raise AdapterError(f"adapter {item.id}: lorafleet.json records no label count")
     s = files.settings
-    layout = (s.method == "dora", s.rank, str(s.targets))
-    return _Prepared(item, files, target, info.kind, num_labels, layout, meta.pooling)
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+    entry = method(s.method)
+    # What decides whether a swap can reuse the layers in place: the variant's parameters
+    # (DoRA's magnitude), the rank and the targets; plain LoRA layouts (no variant) sort first.
+    layout = (entry.variant or "", s.rank, str(s.targets))
+    return _Prepared(item, files, target, info.kind, num_labels, entry, layout, meta.pooling)
 
 
 class _Heads:
@@ -123,12 +128,12 @@ class _Heads:
             self.originals.setdefault(name, old)
             new = nn.Linear(old.in_features, tensor.shape[0], bias=old.bias is not None,
                             device=old.weight.device, dtype=old.weight.dtype)
-            _set_module(self.model, name, new)
+            set_module(self.model, name, new)
             state = self.model.state_dict()
 
     def restore(self) -> None:
         for name, module in self.originals.items():
-            _set_module(self.model, name, module)
+            set_module(self.model, name, module)
         self.originals.clear()
 
 
@@ -180,7 +185,7 @@ def _score_group(group: list[_Prepared], cache: BaseModelCache, *, data_dir, dev
             tick()
     finally:
         heads.restore()
-        cache.checkin()
+        cache.checkin(dirty=any(p.method.changes_base for p in group))
     return injections, swaps, device_s
 
 
@@ -202,14 +207,16 @@ def reevaluate(adapters: Sequence[AdapterToScore], *, data_dir: str | Path,
     cache = cache if cache is not None else BaseModelCache()
     loads0 = cache.loads
     result: dict = {"scores": {}, "skipped": {}, "scored": 0}
-    groups: dict[tuple[str, str], list[_Prepared]] = {}
+    groups: dict[tuple[str, str, str], list[_Prepared]] = {}
     for item in adapters:
         try:
             p = _prepare(item, eval_size)
         except (AdapterError, LoraFleetInputError, OSError, ValueError) as exc:
             result["skipped"][item.id] = str(exc)
             continue
-        groups.setdefault((item.base_model, _model_class(p.kind)), []).append(p)
+        # An adapter whose method changes the base is scored alone, on a base evicted after it.
+        alone = item.id if p.method.changes_base else ""
+        groups.setdefault((item.base_model, _model_class(p.kind), alone), []).append(p)
     done = len(result["skipped"])
     total = len(adapters)
 

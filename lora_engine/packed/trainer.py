@@ -8,18 +8,19 @@ What a job keeps of its own, exactly as `recipe.train` would give it alone: its 
 LoRA initial draws, dropout stream), data order (its sampler), optimizer (AdamW with the recipe's
 groups), learning-rate schedule and warm-up, gradient accumulation and clipping, checkpoints
 (the recipe's own format: a packed checkpoint resumes alone and a solo one into a pack), stop
-requests (obeyed between micro-batches too), progress events, evaluation and adapter folder. The
-recipe's pieces are called on a *view* of the shared model that shows one job's adapters and heads
-at their usual places (`_view`), so none of that logic is repeated here.
+requests (obeyed between micro-batches too), progress events and phases, evaluation and adapter
+folder. The recipe's pieces (`resolve_spec`, `prepare_run`, `begin_step`, `end_step`, `end_run`)
+are called on a *view* of the shared model that shows one job's adapters and heads at their usual
+places (`_view`), so none of that logic is repeated here.
 
 A micro-batch round takes one micro-batch of every job in the pack; a job takes its optimizer step
 after its own `grad_accum` rounds. Jobs leave when they finish, stop or fail; the others go on
 untouched (their state never mixes), and new jobs may join between rounds. Each job is charged
 the round's time in proportion to its tokens, plus its own optimizer step and evaluation.
 
-Compatible jobs: the same base model; methods lora, rslora, dora (a full fine-tune changes the
-shared base and cannot be packed); LoRA on linear layers (embedding targets train alone);
-BERT/RoBERTa classification and regression together, or Llama-family generation together; one
+Compatible jobs: those the packability rule admits (packing.py: a packable method, a packed
+forward for the base and task, no evaluation during training, no `init_from`), on this pack's base
+model and forward, with LoRA on linear layers only (embedding targets train alone) and one
 classifier pooling per pack ([CLS] jobs run the last layer for first tokens only, mean-pooled jobs
 for every token, so mixing them would change a job's dropout draws from its solo run's).
 """
@@ -36,39 +37,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lora_engine.catalog import LORA_METHODS
-from lora_engine.checkpoint import capture_rng_state, latest_checkpoint, restore_rng_state
-from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, synchronize
-from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
+from lora_engine.checkpoint import capture_rng_state, restore_rng_state
+from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device
+from lora_engine.errors import LoraConfigError, TrainingStopped
 from lora_engine.forward.encoder import set_pooling
-from lora_engine.inject import HEAD_NAMES, head_module_names, lora_modules
+from lora_engine.inject import HEAD_NAMES, head_module_names, lora_modules, set_module
 from lora_engine.layers import LoRALinear
 from lora_engine.packed.forward import PackedBatch, family, packed_losses
 from lora_engine.packed.layer import MultiLoRALinear
 from lora_engine.packed.memory import Probe, measure_activations
 from lora_engine.packed.routing import JobStream, RoutedDropout, Routing
+from lora_engine.packing import pack_family, refusal
 from lora_engine.recipe import (
+    Pace,
     Run,
     TrainHooks,
     TrainResult,
     abandon_step,
-    apply_update,
-    divergence,
-    evaluate_run,
-    finish_run,
-    label_names_for,
+    begin_step,
+    end_run,
+    end_step,
     prepare_run,
-    progress_event,
-    restore_run,
+    resolve_spec,
+    resume_run,
     save_run_checkpoint,
-    set_step_lr,
-    step_start,
-    train_rows,
     training_batches,
+    training_inputs,
 )
-from lora_engine.spec import TrainingSpec, validate_spec
-
-PACKABLE_METHODS = LORA_METHODS
+from lora_engine.spec import TrainingSpec
 
 
 @dataclass(frozen=True)
@@ -102,14 +98,8 @@ class PackedJob:
     micro: int = 0
     step_loss: float = 0.0
     start: tuple | None = None
-    seen: int = 0
-    started: float = field(default_factory=time.perf_counter)
+    pace: Pace = field(default_factory=Pace)
     packed_with: set[str] = field(default_factory=set)  # keys of every job it shared a step with
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def _layers_container(model: nn.Module) -> nn.Module:
@@ -123,6 +113,7 @@ class Pack:
                  device: DeviceInfo | None = None, max_jobs: int = 8, max_tokens: int | None = None,
                  decode=None, meteor: bool = True, fused: bool | None = None):
         self.family = family(model)
+        self.arch = getattr(model.config, "model_type", None)
         self.model, self.tokenizer = model, tokenizer
         self.base_model, self.data_dir = base_model, data_dir
         self.device = device or pick_device()
@@ -146,7 +137,7 @@ class Pack:
         container = _layers_container(model)
         self._dropouts = [(n, m) for n, m in container.named_modules() if isinstance(m, nn.Dropout)]
         for name, module in self._dropouts:
-            _set_module(container, name, RoutedDropout(module.p, self.routing))
+            set_module(container, name, RoutedDropout(module.p, self.routing))
         self.mem = PeakMemory(self.device)
         self.mem.start()
 
@@ -157,18 +148,18 @@ class Pack:
         the bare base with `heads`); the packed layout is put back afterwards."""
         for name, multi in self.multi.items():
             adapter = job.adapters.get(name) if job is not None else None
-            _set_module(self.model, name, adapter if adapter is not None else multi.base)
+            set_module(self.model, name, adapter if adapter is not None else multi.base)
         for name, module in (job.heads if job is not None else heads or {}).items():
-            _set_module(self.model, name, module)
+            set_module(self.model, name, module)
         if job is not None and self.family == "encoder":
             set_pooling(self.model, job.run.spec.pooling)
         try:
             yield self.model
         finally:
             for name, multi in self.multi.items():
-                _set_module(self.model, name, multi)
+                set_module(self.model, name, multi)
             for name, module in self._original_heads.items():
-                _set_module(self.model, name, module)
+                set_module(self.model, name, module)
 
     def _fresh_heads(self, spec: TrainingSpec, label_names: tuple[str, ...]) -> dict[str, nn.Module]:
         """New head modules for a job: the pretrained pooler copied, the output layer sized anew."""
@@ -210,11 +201,8 @@ class Pack:
         if spec.base_model != self.base_model:
             raise LoraConfigError(f"job base model {spec.base_model!r} is not this pack's "
                                   f"{self.base_model!r}")
-        if spec.method not in PACKABLE_METHODS:
-            raise LoraConfigError(f"method {spec.method!r} cannot be packed (it trains the shared base); "
-                                  f"packable methods: {', '.join(PACKABLE_METHODS)}")
         kind = spec.info.kind
-        if (kind == "generation") != (self.family == "decoder"):
+        if pack_family(self.arch, kind) != self.family:
             raise LoraConfigError(f"a {kind} job cannot join a pack of {self.family} "
                                   f"{self.base_model!r} jobs")
         pooling = self.pooling
@@ -222,30 +210,24 @@ class Pack:
             # One packed pass runs the last layer for first tokens ([CLS]) or for every token (mean).
             raise LoraConfigError(f"a {spec.pooling}-pooled job cannot join a pack of {pooling}-pooled "
                                   "jobs: it trains in another pack or alone")
-        if spec.eval_every:
-            # The pack has no evaluation during training: such a job would train on fewer rows
-            # and keep its last step instead of its best, unlike alone.
-            raise LoraConfigError("a job that evaluates during training (eval_every, on by default with "
-                                  "an auto budget) cannot be packed: train it alone")
+        why = refusal(method=spec.method, arch=self.arch, kind=kind, evaluates=bool(spec.eval_every),
+                      continues_adapter=spec.init_from is not None)
+        if why is not None:
+            raise LoraConfigError(why)
 
     def add(self, spec: TrainingSpec | dict, output_dir: str | Path, hooks: TrainHooks | None = None, *,
             key: str | None = None) -> str:
         """Set a job up exactly as `recipe.setup` would alone (resuming from `hooks.checkpoint_dir`
         when it holds a checkpoint) and put it in the pack; returns its key."""
-        from lora_engine.data import load_examples
-
         wall0 = time.perf_counter()
-        spec = validate_spec(spec).resolved()
-        if spec.needs_train_rows:  # "auto" values: from the training file's size, as alone
-            spec = spec.resolved(train_rows=train_rows(spec, data_dir=self.data_dir))
+        spec = resolve_spec(spec, data_dir=self.data_dir)
         self.check(spec)
         hooks = hooks or TrainHooks()
         slot = f"job{self._slots}"
         key = key or slot
         if key in self.jobs:
             raise ValueError(f"job {key!r} is already in the pack")
-        examples = load_examples(spec.task, "train", data_dir=self.data_dir, dataset=spec.dataset)
-        label_names = label_names_for(spec)
+        examples, label_names = training_inputs(spec, data_dir=self.data_dir)
         outside = capture_rng_state()  # a job's seeding must not move anyone else's RNG
         plain, adapters = {}, {}
         try:
@@ -259,21 +241,19 @@ class Pack:
                     raise LoraConfigError(f"packed training routes LoRA on linear layers only; {bad[0]!r} "
                                           "is not one: train this job alone")
                 heads = {h: model.get_submodule(h) for h in run.heads}
-                resume = latest_checkpoint(hooks.checkpoint_dir)
-                if resume is not None:
-                    restore_run(run, resume)
+                resume = resume_run(run, hooks.checkpoint_dir)
                 stream = JobStream()
         except BaseException:
             for name in adapters:  # a job that cannot join leaves no layer of its own behind
                 if name not in self.multi:
-                    _set_module(self.model, name, plain[name])
+                    set_module(self.model, name, plain[name])
             raise
         finally:
             restore_rng_state(outside)
         for name, adapter in adapters.items():
             if name not in self.multi:
                 self.multi[name] = MultiLoRALinear(plain[name], self.routing)
-                _set_module(self.model, name, self.multi[name])
+                set_module(self.model, name, self.multi[name])
             self.multi[name].add(slot, adapter)
         self._slots += 1
         if resume is not None and hooks.on_resume is not None:
@@ -307,9 +287,9 @@ class Pack:
         self.model.train()
         for job in jobs:
             if job.micro == 0:
-                set_step_lr(job.run)
+                with job.stream.active():  # the step's start holds the job's own random stream
+                    job.start = begin_step(job.run)
                 job.step_loss = 0.0
-                job.start = step_start(job.run) if job.run.spec.grad_accum > 1 else None
             job.packed_with.update(j.key for j in jobs if j is not job)
         batches = [next(job.batches) for job in jobs]
         packed = [PackedBatch(job.slot, {k: v.to(self.device.device, non_blocking=True)
@@ -331,11 +311,8 @@ class Pack:
         self.attention_slots += sum(b.inputs["attention_mask"].numel() for b in batches)
         out = []
         for job, batch, value in zip(jobs, batches, values, strict=True):
-            run = job.run
-            run.examples += batch.examples
-            run.tokens += batch.tokens
-            run.device_s += spent * batch.tokens / max(tokens, 1)
-            job.seen += batch.examples
+            job.pace.count(job.run, batch)
+            job.run.device_s += spent * batch.tokens / max(tokens, 1)
             job.step_loss += value
             job.micro += 1
             try:
@@ -353,25 +330,11 @@ class Pack:
             if hooks.should_stop is not None and hooks.should_stop():
                 return self._stop(job)
             return None
-        t0 = time.perf_counter()
         job.micro = 0
-        why = divergence([*run.losses, job.step_loss], hooks.divergence_factor, hooks.divergence_patience)
-        if why is not None:  # before the update, as alone: the job fails, the others go on
-            raise TrainingDiverged(run.step + 1, job.step_loss, why)
-        apply_update(run, job.params)
-        run.losses.append(job.step_loss)
-        run.device_s += time.perf_counter() - t0
-        if hooks.on_progress is not None:
-            rate = job.seen / max(time.perf_counter() - job.started, 1e-9)
-            hooks.on_progress(progress_event(run, job.step_loss, rate))
-        stop = hooks.should_stop is not None and hooks.should_stop()
-        if hooks.checkpoint_dir is not None and (stop or (
-                hooks.checkpoint_every and run.step % hooks.checkpoint_every == 0)):
+        try:  # the recipe's own step end, drawing (checkpoints record it) from the job's stream
             with job.stream.active():
-                saved = save_run_checkpoint(run, hooks.checkpoint_dir)
-            if hooks.on_checkpoint is not None:
-                hooks.on_checkpoint(run.step, saved)
-        if stop:
+                end_step(run, hooks, job.step_loss, job.params, job.pace, since=time.perf_counter())
+        except TrainingStopped:
             return _outcome(job, "stopped")
         if run.step >= run.total_steps:
             return self._finish(job)
@@ -394,14 +357,10 @@ class Pack:
         return _outcome(job, "stopped")
 
     def _finish(self, job: PackedJob) -> Outcome:
-        """Evaluate the job and write its adapter folder, on its solo view of the model."""
-        run = job.run
+        """The recipe's run end (evaluation, adapter folder), on the job's solo view of the model."""
         with self._view(job), job.stream.active():
-            t0 = time.perf_counter()
-            metrics = evaluate_run(run, data_dir=self.data_dir, decode=self.decode, meteor=self.meteor)
-            synchronize(self.device)
-            run.device_s += time.perf_counter() - t0
-            result = finish_run(run, job.output_dir, metrics, mem=self.mem, wall0=job.wall0)
+            result = end_run(job.run, job.hooks, job.output_dir, data_dir=self.data_dir, mem=self.mem,
+                             wall0=job.wall0, decode=self.decode, meteor=self.meteor)
         return _outcome(job, "succeeded", result=result)
 
     # -- driving -------------------------------------------------------------------------------
@@ -423,10 +382,10 @@ class Pack:
         for job in list(self.jobs.values()):
             self._leave(job)
         for name, multi in self.multi.items():
-            _set_module(self.model, name, multi.base)
+            set_module(self.model, name, multi.base)
         container = _layers_container(self.model)
         for name, module in self._dropouts:
-            _set_module(container, name, module)
+            set_module(container, name, module)
         self.multi = {}
         return self.model
 

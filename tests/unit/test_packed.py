@@ -28,9 +28,13 @@ from lora_engine.errors import LoraConfigError, TrainingDiverged  # noqa: E402
 from lora_engine.forward import training_loss  # noqa: E402
 from lora_engine.generate import GREEDY  # noqa: E402
 from lora_engine.inject import lora_modules  # noqa: E402
+from lora_engine.layers import LoRALinear  # noqa: E402
+from lora_engine.methods import peft_flags  # noqa: E402
 from lora_engine.models import load_base_model  # noqa: E402
 from lora_engine.packed import Pack  # noqa: E402
 from lora_engine.packed.forward import PackedBatch, packed_losses  # noqa: E402
+from lora_engine.packed.layer import MultiLoRALinear  # noqa: E402
+from lora_engine.packed.routing import Routing  # noqa: E402
 from lora_engine.recipe import TrainHooks, setup, train  # noqa: E402
 from lora_engine.spec import validate_spec  # noqa: E402
 
@@ -192,6 +196,35 @@ def test_packed_checkpoint_resumes_alone_exactly(runs, specs):
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6)
 
 
+def test_a_packed_job_reports_the_phases_of_its_solo_run(specs, tmp_path):
+    spec = {**specs["a"], "max_steps": 1}
+    solo: list[str] = []
+    train(spec, tmp_path / "solo", data_dir=DATA, hooks=TrainHooks(on_phase=solo.append))
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    packed: list[str] = []
+    pack.add(spec, tmp_path / "packed", TrainHooks(on_phase=packed.append), key="a")
+    assert pack.run()["a"].status == "succeeded"
+    assert packed == solo == ["evaluating", "saving"]
+
+
+def test_a_job_stopped_inside_an_accumulated_step_resumes_alone_exactly(runs, specs, tmp_path):
+    # b accumulates 2 micro-batches per step; the stop request comes between the two of step 2:
+    # the partial step is dropped and the checkpoint holds the state (its own dropout stream
+    # included) from before it, as alone.
+    asked = iter(range(100))
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    pack.add(specs["a"], tmp_path / "a", key="a")
+    pack.add(specs["b"], tmp_path / "b", TrainHooks(should_stop=lambda: next(asked) >= 2,
+                                                     checkpoint_dir=tmp_path / "ckpt"), key="b")
+    out = pack.run()
+    assert (out["b"].status, out["b"].step) == ("stopped", 1)
+    resumed = train(specs["b"], tmp_path / "resumed", data_dir=DATA,
+                    hooks=TrainHooks(checkpoint_dir=tmp_path / "ckpt"))
+    np.testing.assert_allclose(resumed.losses, runs["solo"]["b"].losses, rtol=0, atol=1e-5)
+
+
 def test_solo_checkpoint_resumes_into_a_pack_exactly_beside_a_failing_job(runs, specs, tmp_path):
     stop_after = []
     hooks = TrainHooks(on_progress=stop_after.append, should_stop=lambda: len(stop_after) >= 1,
@@ -319,3 +352,30 @@ def test_fused_routing_gives_the_solo_gradients(tmp_path, specs, family):
     for job, solo in first_packed_step_beside_solo(pack, model, jobs, tmp_path):
         for name, grad in solo.items():
             torch.testing.assert_close(job.run.trainable[name].grad, grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("fused", "methods"), [(False, ("lora", "rslora", "dora")),
+                                                (True, ("lora", "rslora"))])
+def test_a_packed_layer_gives_each_jobs_rows_its_adapters_own_output(fused, methods):
+    """Rows of each job through `LoRALinear.update` (the one seam): what the adapter computes
+    alone on those rows (B ≠ 0, with bias); a job without an adapter there gets the base."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(8, 12)
+    routing = Routing(fused=fused)
+    layer = MultiLoRALinear(base, routing)
+    adapters = {}
+    for i, method in enumerate(methods):
+        adapter = LoRALinear(base, 2 + 2 * i, 8.0, **peft_flags(method))
+        with torch.no_grad():
+            adapter.lora_B.weight.normal_()
+        adapters[method] = adapter
+        layer.add(method, adapter)
+    keys, rows = [*methods, "no-adapter"], [*(3 + i for i in range(len(methods))), 2]
+    routing.set(keys, rows)
+    x = torch.randn(sum(rows), 8)
+    with torch.no_grad():
+        for (seg, part), (_, out) in zip(routing.split(x), routing.split(layer(x)), strict=True):
+            adapter = adapters.get(seg.key)
+            want = adapter(part) if adapter is not None else base(part)
+            assert adapter is None or not torch.allclose(want, base(part), atol=1e-3)
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, msg=seg.key)

@@ -1,0 +1,140 @@
+"""The training methods, one entry each: everything the engine needs to know about a method.
+
+Pure data, no torch (the CLI and the worker read it). The layers, the injector, the recipe, the
+base-model cache, the pack and re-evaluation ask an entry's fields; none of them tests a method's
+name. A new LoRA variant is a new row here plus, where it initialises A and B its own way, an
+initialiser in `layers.INITIALISERS` (PiSSA: the SVD of W0, and W0 replaced by its residual,
+so `changes_base=True`).
+
+    method   adapter  changes_base  packable  PEFT flags                     s        variant
+    lora     yes      no            yes       use_rslora=F, use_dora=F       α/r      -
+    rslora   yes      no            yes       use_rslora=T, use_dora=F       α/√r     -
+    dora     yes      no            yes       use_rslora=F, use_dora=T       α/r      dora
+    full     no       yes           no        -                              -        -
+    none     no       no            no        - (trains nothing)             -        -
+
+`changes_base`: a run writes into the base weights, so the base it ran on is no longer the base
+that was loaded: a warm cache must not hand it out again, a pack (one base shared by every job)
+cannot hold it, and re-evaluation cannot swap the next adapter onto it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# How the low-rank update B·A is scaled. rsLoRA (Kalajdzievski 2023): α/√r keeps the update's
+# scale stable as r grows, where α/r shrinks it.
+SCALINGS = {"alpha/r": lambda alpha, r: alpha / r, "alpha/sqrt(r)": lambda alpha, r: alpha / math.sqrt(r)}
+# PEFT's LoraConfig defaults for the flags that select a method: a flag an entry does not set
+# has this value for it (and in a config that does not mention it).
+PEFT_FLAG_DEFAULTS: dict[str, object] = {"use_rslora": False, "use_dora": False}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method.
+
+    adapter: trains LoRA layers over the base and saves a PEFT adapter (else the whole model is
+      trained and saved, or, with `trains` False, nothing).
+    changes_base: a run writes into the base weights (see the module doc).
+    packable: may train in a pack beside other jobs on one shared base.
+    peft_flags: the LoraConfig fields that select it (`use_rslora`, `use_dora`, ...).
+    scaling: the rule of `SCALINGS` for s in y = W0·x + s·B·A·x.
+    init: how A and B start (`layers.INITIALISERS`): "default" is PEFT's (A kaiming-uniform,
+      B zero; embeddings: A zero, B normal), so an injected model computes its base until trained.
+    variant: None, the update is s·B·A·x added to the base output (fusable across a pack's
+      jobs); "dora": magnitude and direction (`layers.VARIANTS`).
+    embeddings: may adapt embedding layers.
+    """
+
+    name: str
+    summary: str
+    adapter: bool
+    trains: bool = True
+    changes_base: bool = False
+    packable: bool = False
+    peft_flags: Mapping[str, object] = field(default_factory=dict)
+    scaling: str = "alpha/r"
+    init: str = "default"
+    variant: str | None = None
+    embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peft_flags", MappingProxyType(dict(self.peft_flags)))
+        if self.packable and (self.changes_base or not self.adapter):
+            raise ValueError(f"method {self.name!r}: only an adapter over an unchanged base can be packed "
+                             "(a pack shares one base between its jobs)")
+        if self.adapter and (self.scaling not in SCALINGS or not self.peft_flags):
+            raise ValueError(f"method {self.name!r}: an adapter method needs its PEFT flags and one of the "
+                             f"scalings {', '.join(SCALINGS)}")
+        if not self.trains and (self.adapter or self.changes_base):
+            raise ValueError(f"method {self.name!r} trains nothing: it has no adapter and leaves the base")
+
+    def scale(self, alpha: float, r: int) -> float:
+        """s for this method's update."""
+        return SCALINGS[self.scaling](alpha, r)
+
+    def flags(self) -> dict[str, object]:
+        """Every method-selecting PEFT flag with its value for this method."""
+        return {**PEFT_FLAG_DEFAULTS, **self.peft_flags}
+
+
+_LORA = "y = W0·x + b + s·B·A·x"
+BY_NAME: dict[str, Method] = {m.name: m for m in (
+    Method("lora", f"LoRA (Hu et al. 2021): {_LORA}, s = α/r", adapter=True, packable=True,
+           peft_flags={"use_rslora": False, "use_dora": False}),
+    Method("rslora", f"rank-stabilised LoRA (Kalajdzievski 2023): {_LORA}, s = α/√r", adapter=True,
+           packable=True, peft_flags={"use_rslora": True, "use_dora": False}, scaling="alpha/sqrt(r)"),
+    Method("dora", "DoRA (Liu et al. 2024): y = m/‖W0 + s·B·A‖_row ⊙ (W0·x + s·B·A·x) + b", adapter=True,
+           packable=True, peft_flags={"use_rslora": False, "use_dora": True}, variant="dora",
+           embeddings=False),
+    Method("full", "full fine-tuning: it trains the base model itself", adapter=False, changes_base=True),
+    Method("none", "the untuned baseline: it trains nothing", adapter=False, trains=False),
+)}
+
+# The orders are those of the table (messages list them so).
+NAMES = tuple(BY_NAME)
+ADAPTER_METHODS = tuple(n for n, m in BY_NAME.items() if m.adapter)
+PACKABLE_METHODS = tuple(n for n, m in BY_NAME.items() if m.packable)
+
+
+def method(name: str) -> Method:
+    """The entry of `name`; ValueError naming the methods there are."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(BY_NAME)}") from None
+
+
+def peft_flags(name: str) -> dict[str, object]:
+    """{"use_rslora": ..., "use_dora": ...}: an adapter method as PEFT's LoraConfig spells it."""
+    entry = BY_NAME.get(name)
+    if entry is None or not entry.adapter:
+        adapters = [n for n, m in BY_NAME.items() if m.adapter]
+        raise ValueError(f"unknown LoRA method {name!r}; allowed: {', '.join(adapters)}")
+    return entry.flags()
+
+
+def method_of_flags(**flags: object) -> str:
+    """The adapter method PEFT's flags describe (flags left out have PEFT's defaults); ValueError
+    for a combination that is no method of ours, e.g. use_rslora with use_dora (rsLoRA-scaled DoRA,
+    which PEFT allows)."""
+    given = {**PEFT_FLAG_DEFAULTS, **flags}
+    for entry in BY_NAME.values():
+        if entry.adapter and entry.flags() == given:
+            return entry.name
+    shown = " together with ".join(k if v is True else f"{k}={v!r}" for k, v in flags.items()
+                                   if v != PEFT_FLAG_DEFAULTS.get(k))
+    allowed = "; ".join(f"{n} ({', '.join(f'{k}={v}' for k, v in m.peft_flags.items())})"
+                        for n, m in BY_NAME.items() if m.adapter)
+    raise ValueError(f"{shown or 'these PEFT flags'} is no method we run (PEFT's rsLoRA-scaled DoRA, "
+                     f"use_rslora with use_dora, is not supported); allowed: {allowed}")
+
+
+def method_of_peft_config(config: Mapping[str, object]) -> str:
+    """The adapter method of a PEFT adapter_config.json: its method-selecting flags, each read as
+    PEFT reads it (absent: the default)."""
+    return method_of_flags(**{k: config[k] for k in PEFT_FLAG_DEFAULTS if config.get(k) is not None})

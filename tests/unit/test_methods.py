@@ -1,0 +1,144 @@
+"""The method table and the packability rule: one entry per method, consulted everywhere.
+
+- the table keeps the method lists and their order, refuses an entry that contradicts itself, and
+  is torch-free (with the packability rule), so the CLI and the worker may read it;
+- the packability rule against a hand-made table of jobs, edges included;
+- one entry's `changes_base` is what the base cache, the pack and re-evaluation obey: a LoRA
+  method whose entry said it changed the base (as PiSSA's will) gets its base evicted after
+  training, is refused by a pack, and is re-evaluated on a base of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
+ROOT = Path(__file__).resolve().parents[2]
+
+from lora_engine import methods  # noqa: E402
+from lora_engine.catalog import LORA_METHODS, METHODS  # noqa: E402
+from lora_engine.errors import LoraConfigError  # noqa: E402
+from lora_engine.packing import pack_family, packable, refusal  # noqa: E402
+
+
+def test_the_table_keeps_the_method_lists_in_order():
+    assert METHODS == methods.NAMES == ("lora", "rslora", "dora", "full", "none")
+    assert LORA_METHODS == methods.ADAPTER_METHODS == ("lora", "rslora", "dora")
+    assert methods.PACKABLE_METHODS == ("lora", "rslora", "dora")
+    assert [n for n, m in methods.BY_NAME.items() if m.changes_base] == ["full"]
+    assert [methods.method(n).scale(16, 4) for n in LORA_METHODS] == [4.0, 8.0, 4.0]
+    assert methods.method_of_peft_config({"use_dora": True, "r": 8}) == "dora"
+    with pytest.raises(ValueError, match="unknown method 'qlora'; allowed: lora, rslora, dora, full, none"):
+        methods.method("qlora")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"changes_base": True}, "only an adapter over an unchanged base can be packed"),
+    ({"scaling": "alpha*r"}, "needs its PEFT flags and one of the scalings"),
+    ({"trains": False, "packable": False}, "trains nothing"),
+])
+def test_an_entry_that_contradicts_itself_is_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(methods.method("lora"), **change)
+
+
+def test_the_table_and_the_rule_import_no_torch():
+    probe = ("import sys, lora_engine.methods, lora_engine.packing, lora_engine.catalog; "
+             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("job", "family", "why"), [
+    ({"method": "lora", "arch": "bert", "kind": "classification"}, "encoder", None),
+    ({"method": "dora", "arch": "roberta", "kind": "regression"}, "encoder", None),
+    ({"method": "rslora", "arch": "llama", "kind": "generation"}, "decoder", None),
+    ({"method": "full", "arch": "bert", "kind": "classification"}, None,
+     "method 'full' cannot be packed (it changes the shared base weights); "
+     "packable methods: lora, rslora, dora"),
+    ({"method": "none", "arch": "bert", "kind": "classification"}, None, "(it trains nothing)"),
+    ({"method": "qlora", "arch": "bert", "kind": "classification"}, None, "unknown method 'qlora'"),
+    ({"method": "lora", "arch": "gpt2", "kind": "generation"}, None, "a generation job on a gpt2 base"),
+    ({"method": "lora", "arch": "llama", "kind": "classification"}, None, "a classification job on a llama"),
+    ({"method": "lora", "arch": "bert", "kind": "generation"}, None, "a generation job on a bert base"),
+    ({"method": "lora", "arch": None, "kind": "classification"}, None, "on a unknown base"),
+    ({"method": "lora", "arch": "bert", "kind": "classification", "evaluates": True}, None,
+     "evaluates during training"),
+    ({"method": "lora", "arch": "bert", "kind": "classification", "continues_adapter": True}, None,
+     "continues an adapter (init_from)"),
+])
+def test_the_packability_rule(job, family, why):
+    assert packable(**job) == family
+    got = refusal(**job)
+    assert (got is None) == (why is None) and (why is None or why in got)
+    if family is not None:
+        assert pack_family(job["arch"], job["kind"]) == family
+
+
+# --- a method that changes the base, as PiSSA's entry will say ------------------------------------
+
+SST2 = {"task": "sst2", "base_model": "tiny-bert", "max_steps": 1, "batch_size": 8, "eval_size": 8,
+        "max_length": 32}
+
+
+@pytest.fixture
+def lora_changes_the_base(monkeypatch):
+    """The table as if LoRA's initialisation rewrote W0 (PiSSA's residual): one entry changed."""
+    monkeypatch.setitem(methods.BY_NAME, "lora",
+                        dataclasses.replace(methods.method("lora"), changes_base=True, packable=False))
+
+
+def _train_twice_on_one_cache(tmp_path: Path):
+    from lora_engine.cache import BaseModelCache
+    from lora_engine.recipe import train
+
+    cache = BaseModelCache()
+    for seed in (1, 2):
+        train({**SST2, "seed": seed}, tmp_path / f"a{seed}", data_dir=DATA, cache=cache)
+    return cache
+
+
+def test_the_base_cache_evicts_a_base_whose_method_changes_it(tmp_path, lora_changes_the_base):
+    cache = _train_twice_on_one_cache(tmp_path)
+    assert (cache.loads, cache.hits, cache.evictions) == (2, 0, 2)
+
+
+def test_the_base_cache_serves_a_base_lora_leaves_as_loaded(tmp_path):
+    cache = _train_twice_on_one_cache(tmp_path)
+    assert (cache.loads, cache.hits, cache.evictions) == (1, 1, 0)
+
+
+def test_a_pack_refuses_a_method_that_changes_the_base(tmp_path, lora_changes_the_base):
+    from lora_engine.models import load_base_model
+    from lora_engine.packed import Pack
+
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    before = {n for n, _ in model.named_modules()}
+    with pytest.raises(LoraConfigError, match=r"method 'lora' cannot be packed \(it changes the shared base"):
+        pack.add(SST2, tmp_path / "refused")
+    assert not pack.jobs and {n for n, _ in model.named_modules()} == before
+
+
+@pytest.mark.parametrize("changes_base", [False, True])
+def test_reevaluation_scores_a_base_changing_adapter_on_a_base_of_its_own(tmp_path, request, changes_base):
+    from lora_engine.cache import BaseModelCache
+    from lora_engine.recipe import train
+    from lora_engine.reevaluation import AdapterToScore, reevaluate
+
+    folders = [train({**SST2, "seed": s}, tmp_path / f"a{s}", data_dir=DATA).adapter_dir for s in (1, 2)]
+    if changes_base:
+        request.getfixturevalue("lora_changes_the_base")
+    cache = BaseModelCache()
+    res = reevaluate([AdapterToScore(f"a{i}", f, "sst2", "tiny-bert") for i, f in enumerate(folders)],
+                     data_dir=DATA, cache=cache, eval_size=8)
+    assert res.skipped == {} and set(res.scores) == {"a0", "a1"}
+    # Alone: one base per adapter, each evicted after it; otherwise one base, the second swapped in.
+    assert (res.base_loads, res.injections, res.swaps, cache.evictions) == (
+        (2, 2, 0, 2) if changes_base else (1, 1, 1, 0))
