@@ -20,7 +20,7 @@ def test_a_server_whose_code_changed_turns_the_command_back_and_stops(tmp_path: 
     ping = {"protocol": PROTOCOL, "code": code_identity(), "op": "ping"}
 
     assert server._dispatch(ours, ping, []) is True
-    assert receive_message(theirs)[0]["pid"] > 0
+    assert receive_message(theirs)["pid"] > 0
 
     for change in (lambda: (package / "module.py").write_text("x = 22\n"),  # an edit
                    lambda: (package / "new.py").write_text(""),  # a new module
@@ -28,7 +28,7 @@ def test_a_server_whose_code_changed_turns_the_command_back_and_stops(tmp_path: 
         server.watch.seen = server.watch.snapshot()
         change()
         assert server._dispatch(ours, ping, []) is False  # the server stops ...
-        reply = receive_message(theirs)[0]
+        reply = receive_message(theirs)
         assert reply["accepted"] is False and "cli-server start" in reply["notice"]  # ... the caller runs it
 
 
@@ -43,9 +43,9 @@ def test_a_stopping_server_counts_as_none_for_start_stop_and_status(tmp_path: Pa
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(server.path)
         listener.listen(1)
-        stopped = []
-        handler = threading.Thread(target=lambda: stopped.append(not server._handle(listener.accept()[0])))
-        handler.start()
+        server.listener = listener
+        loop = threading.Thread(target=server._loop)
+        loop.start()
         assert answer(server.path, {"op": "ping"}) is None
-        handler.join(5)
-    assert stopped == [True]
+        loop.join(5)
+    assert not loop.is_alive()  # the server stopped
