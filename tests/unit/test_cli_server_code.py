@@ -127,10 +127,10 @@ def _ping_as(uid: int, server: Server) -> str:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                     sock.settimeout(5)
                     sock.connect(server.path)
-                    send_message(sock, ping)
                     try:
+                        send_message(sock, ping)
                         reply = receive_message(sock)
-                    except ConnectionResetError:  # closed with our request unread
+                    except (BrokenPipeError, ConnectionResetError):  # closed, our request unread
                         reply = None
                     os.write(write_end, repr(reply).encode())
             except BaseException as exc:
