@@ -229,6 +229,7 @@ class Recorder:
                     os.setgid(uid)
                     os.setuid(uid)
                 sock.listen(8)
+                os.write(out_w, b"+")  # listening
                 connections = received = 0
                 while sock in select.select([sock, stop_r], [], [], 60)[0]:
                     conn, _ = sock.accept()
@@ -243,6 +244,7 @@ class Recorder:
         os.close(stop_r)
         os.close(out_w)
         sock.close()
+        assert os.read(self._out_r, 1) == b"+", "the recorder did not start listening"
 
     def stop(self) -> tuple[int, int]:
         """(connections, bytes) it received."""

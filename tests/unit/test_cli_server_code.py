@@ -103,7 +103,7 @@ def test_a_request_not_whole_by_its_deadline_is_dropped_while_others_are_served(
                 assert slow.recv(1) == b""
                 break
         dropped_after = time.monotonic() - started
-    assert 0.5 <= dropped_after < 2, dropped_after
+    assert 0.5 <= dropped_after < 4, dropped_after
 
 
 def test_a_connection_from_another_user_is_closed_unanswered():
