@@ -188,6 +188,9 @@ def connect(path: str, timeout: float | None = None) -> socket.socket | None:
     except OSError:
         sock.close()
         return None  # a stale socket: nobody listens
+    except AttributeError:  # no socket.SO_PEERCRED: this system cannot say who listens
+        sock.close()
+        raise Untrusted("this system does not report who listens on a socket (SO_PEERCRED)") from None
     if server_uid != uid:
         sock.close()
         raise Untrusted(f"the process listening on it runs as uid {server_uid}, not as this user (uid {uid})")

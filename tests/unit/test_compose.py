@@ -114,6 +114,7 @@ def test_secrets_come_from_the_env_file_only(config, tmp_path: Path):
 def test_flower_needs_a_login_and_nothing_is_published_beyond_localhost(config, tmp_path: Path):
     flower = config["services"]["flower"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == "ops:flower-secret-2"  # FLOWER_USER:FLOWER_PASSWORD
+    assert SECRETS["POSTGRES_PASSWORD"] not in str(flower)  # the web-facing service: no database password
     assert [published(p) for p in flower["ports"]] == [("127.0.0.1", "5555")]
     for name, service in config["services"].items():
         assert all(published(p)[0] == "127.0.0.1" for p in service.get("ports", [])), name
