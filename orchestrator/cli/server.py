@@ -254,6 +254,7 @@ class Server:
         self.listener: socket.socket | None = None
         self.selector: selectors.BaseSelector | None = None
         self.pending: dict[socket.socket, PendingRequest] = {}  # connections whose request is being read
+        self.lock: int | None = None
 
     def preload(self) -> None:
         for module in PRELOAD:
@@ -271,7 +272,7 @@ class Server:
 
     def serve(self) -> None:
         private_folder(Path(self.path).parent)
-        lock = _open_private(self.path + ".lock", os.O_RDWR)  # held for the server's lifetime
+        self.lock = lock = _open_private(self.path + ".lock", os.O_RDWR)  # held for the server's lifetime
         if not _lock(lock, LOCK_WAIT):
             print(f"another CLI server holds {self.path}.lock: not starting a second one", flush=True)
             return
@@ -382,10 +383,13 @@ class Server:
         request.close()
 
     def _close_inherited(self) -> None:
-        """In a forked child: close the server's sockets and the other callers' connections and
+        """In a forked child: close the server's sockets and lock (a long command must not keep a
+        new server from starting after this one stopped) and the other callers' connections and
         terminals, which the command must neither hold open nor be able to touch."""
         for request in self.pending.values():
             request.close()
+        if self.lock is not None:
+            os.close(self.lock)
         if self.selector is not None:
             self.selector.close()
         if self.listener is not None:
