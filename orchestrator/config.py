@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         description="port of a worker's Prometheus /metrics endpoint (unset: no exporter)",
         json_schema_extra=_allowed("a TCP port 1..65535, or unset"),
     )
+    # Every listener binds the loopback unless configured: the exporter has no login, and a
+    # scraper on another machine is a deliberate choice of the operator.
+    metrics_host: str = Field(
+        "127.0.0.1",
+        pattern=r"^[0-9A-Za-z.:-]{1,253}$",
+        description="address a worker's Prometheus exporter listens on (127.0.0.1: this machine only)",
+        json_schema_extra=_allowed("an IP address or host name of this machine, e.g. 127.0.0.1 or ::"),
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="worker log lines: text, or one JSON object per line",

@@ -5,6 +5,12 @@ peak, jobs run by outcome. Fleet-wide, read from the registry at scrape time (on
 cached a few seconds): jobs by state and tenant, and the queue depth — every worker exports the
 same values, so aggregate them with max(), not sum(). `lorafleet worker --gpus N` gives process i
 the port LORAFLEET_METRICS_PORT + i.
+
+The endpoint has no login, so it listens on LORAFLEET_METRICS_HOST, the loopback unless the
+operator opens it. Tenants appear by id (`tenant_id`), never by slug or name: a customer's name is
+not for whoever reads the scrapes (Prometheus, dashboards, alerts often reach a wider audience
+than the registry), while an id still gives per-tenant series (a tenant whose queue backs up) and
+maps back to the tenant with `lorafleet tenant list --json`.
 """
 
 from __future__ import annotations
@@ -84,31 +90,40 @@ class RegistryCollector:
         from sqlalchemy import func, select
 
         from orchestrator.registry.db import session_scope
-        from orchestrator.registry.models import Job, Tenant
+        from orchestrator.registry.models import Job
 
         with session_scope(self.settings) as session:
-            rows = session.execute(select(Tenant.slug, Job.state, func.count())
-                                   .join(Tenant, Tenant.id == Job.tenant_id).group_by(Tenant.slug, Job.state))
-            counts = {(slug, state): int(n) for slug, state, n in rows}
+            rows = session.execute(select(Job.tenant_id, Job.state, func.count())
+                                   .group_by(Job.tenant_id, Job.state))
+            counts = {(tenant_id, state): int(n) for tenant_id, state, n in rows}
         self._cached = (time.monotonic(), counts)
         return counts
 
-    def collect(self) -> Any:
+    @staticmethod
+    def _families() -> tuple[Any, Any, Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        jobs = GaugeMetricFamily("lorafleet_jobs", "Jobs in the registry by state and tenant",
-                                 labels=["state", "tenant"])
-        depth = GaugeMetricFamily("lorafleet_queue_depth", "Queued jobs in the registry")
-        memory = GaugeMetricFamily("lorafleet_worker_device_memory_bytes",
-                                   "Device memory of this worker: CUDA allocated/peak, or process RSS",
-                                   labels=["kind"])
+        return (GaugeMetricFamily("lorafleet_jobs", "Jobs in the registry by state and tenant id",
+                                  labels=["state", "tenant_id"]),
+                GaugeMetricFamily("lorafleet_queue_depth", "Queued jobs in the registry"),
+                GaugeMetricFamily("lorafleet_worker_device_memory_bytes",
+                                  "Device memory of this worker: CUDA allocated/peak, or process RSS",
+                                  labels=["kind"]))
+
+    def describe(self) -> Any:
+        """The metric names, for registration: without it prometheus-client calls `collect`,
+        which would query the registry while the worker starts."""
+        return self._families()
+
+    def collect(self) -> Any:
+        jobs, depth, memory = self._families()
         try:
             counts = self._counts()
         except Exception as exc:  # a scrape must not fail because the registry is briefly away
             log.warning("metrics: registry unavailable: %s", exc)
             counts = {}
-        for (tenant, state), n in sorted(counts.items()):
-            jobs.add_metric([state, tenant], n)
+        for (tenant_id, state), n in sorted(counts.items()):
+            jobs.add_metric([state, tenant_id], n)
         depth.add_metric([], sum(n for (_, state), n in counts.items() if state == "queued"))
         for kind, value in _memory().items():
             memory.add_metric([kind], value)
@@ -116,7 +131,8 @@ class RegistryCollector:
 
 
 def start(settings: Any, port: int | None = None) -> int | None:
-    """Serve /metrics on `port` (default: settings.metrics_port); None when no port is configured."""
+    """Serve /metrics on settings.metrics_host, port `port` (default: settings.metrics_port); None
+    when no port is configured."""
     global _started
     port = port if port is not None else settings.metrics_port
     if not port:
@@ -127,9 +143,10 @@ def start(settings: Any, port: int | None = None) -> int | None:
         if not _started:
             _metrics.update(_build())
             REGISTRY.register(RegistryCollector(settings))
-            start_http_server(port)
+            start_http_server(port, addr=settings.metrics_host)
             _started = True
-    log.info("metrics: Prometheus exporter on :%d/metrics", port)
+    host = f"[{settings.metrics_host}]" if ":" in settings.metrics_host else settings.metrics_host  # IPv6
+    log.info("metrics: Prometheus exporter on http://%s:%d/metrics", host, port)
     return port
 
 

@@ -13,6 +13,12 @@ With no server (the usual case), a server started from other code, or a command 
 process (`worker`, `quickstart`, `cli-server` itself), the command runs here as it always did.
 Mercurial's `chg` works the same way.
 
+Nothing is sent before the socket is known to be this user's (`connect`): the default folder
+lies under the shared temp folder, where another local user could have made it first and would
+then receive every command line, the environment holding the registry's password, and the
+caller's terminal. A socket that fails the checks is not used; the command runs here, with one
+line on stderr saying why.
+
 This module must stay free of third-party imports: it runs before anything else, on every call.
 """
 
@@ -23,6 +29,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 import zlib
@@ -35,7 +42,13 @@ SOCKET_ENV = "LORAFLEET_CLI_SOCKET"
 LOCAL_COMMANDS = frozenset({"worker", "quickstart", "cli-server"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _HEADER = struct.Struct("!I")
+HEADER_BYTES = _HEADER.size
 MAX_MESSAGE_BYTES = 16 << 20
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class Untrusted(Exception):
+    """A socket at the CLI server's path that this user must not talk to; the message says why."""
 
 
 def code_identity() -> str:
@@ -66,8 +79,17 @@ def send_message(sock: socket.socket, message: dict, fds: list[int] | None = Non
     sock.sendall(body)
 
 
-def receive_message(sock: socket.socket, *, max_fds: int = 0) -> tuple[dict | None, list[int]]:
-    """(message, file descriptors); (None, []) when the peer closed the connection first."""
+def message_size(header: bytes) -> int:
+    """The body size a message header announces; ValueError when it is over MAX_MESSAGE_BYTES."""
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_MESSAGE_BYTES:
+        raise ValueError(f"a CLI server message of {size} bytes (at most {MAX_MESSAGE_BYTES})")
+    return size
+
+
+def receive_frame(sock: socket.socket, *, max_fds: int = 0) -> tuple[bytes | None, list[int]]:
+    """(one message's body, file descriptors); (None, fds) when the peer closed the connection
+    first. The body is not parsed: the server parses requests with its bounded parser."""
     fds: list[int] = []
     if max_fds:
         header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, max_fds)
@@ -76,11 +98,17 @@ def receive_message(sock: socket.socket, *, max_fds: int = 0) -> tuple[dict | No
     header += _receive_exactly(sock, _HEADER.size - len(header)) if header else b""
     if len(header) < _HEADER.size:
         return None, fds
-    (size,) = _HEADER.unpack(header)
-    if size > MAX_MESSAGE_BYTES:
-        raise ValueError(f"a CLI server message of {size} bytes (at most {MAX_MESSAGE_BYTES})")
+    size = message_size(header)
     body = _receive_exactly(sock, size)
-    return (json.loads(body) if len(body) == size else None), fds
+    return (body if len(body) == size else None), fds
+
+
+def receive_message(sock: socket.socket) -> dict | None:
+    """The server's next reply; None when it closed the connection first (or sent no object).
+    Only ever read from a server `connect` checked, which runs as this user."""
+    body, _ = receive_frame(sock)
+    message = json.loads(body) if body is not None else None
+    return message if isinstance(message, dict) else None
 
 
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:
@@ -116,19 +144,77 @@ def request(argv: list[str]) -> dict:
     }
 
 
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket (for the client: the
+    one that listens), as the kernel recorded it: it cannot be forged by the peer."""
+    _, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return uid
+
+
+def _described(info: os.stat_result) -> str:
+    mode = info.st_mode
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a symbolic link" if stat.S_ISLNK(mode) else "a regular file" if stat.S_ISREG(mode) else
+            "a special file")
+    return f"{kind} of uid {info.st_uid}, mode {stat.S_IMODE(mode):o}"
+
+
+def connect(path: str, timeout: float | None = None) -> socket.socket | None:
+    """A connection to the CLI server at `path`, once it is known to be this user's: its folder
+    is a real folder owned by this user and closed to everyone else (mode 700), the socket is this
+    user's, and the process listening on it runs as this user (its peer credentials).
+
+    None when no server listens there (no socket, or a stale one). Untrusted, before a byte is
+    sent, when any check fails: the caller then runs the command itself.
+    """
+    uid, folder = os.getuid(), os.path.dirname(path)
+    try:
+        sock_info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # no server: the usual case
+    except PermissionError:
+        raise Untrusted(f"its folder {folder} is closed to this user (uid {uid})") from None
+    folder_info = os.lstat(folder)
+    if not stat.S_ISDIR(folder_info.st_mode) or folder_info.st_uid != uid or folder_info.st_mode & 0o077:
+        raise Untrusted(f"its folder {folder} must be a folder of this user (uid {uid}) closed to others "
+                        f"(mode 700); it is {_described(folder_info)}")
+    if not stat.S_ISSOCK(sock_info.st_mode) or sock_info.st_uid != uid:
+        raise Untrusted(f"it must be a socket of this user (uid {uid}); it is {_described(sock_info)}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        server_uid = peer_uid(sock)
+    except OSError:
+        sock.close()
+        return None  # a stale socket: nobody listens
+    except AttributeError:  # no socket.SO_PEERCRED: this system cannot say who listens
+        sock.close()
+        raise Untrusted("this system does not report who listens on a socket (SO_PEERCRED)") from None
+    if server_uid != uid:
+        sock.close()
+        raise Untrusted(f"the process listening on it runs as uid {server_uid}, not as this user (uid {uid})")
+    return sock
+
+
 def run_in_server(argv: list[str]) -> int | None:
     """The command's exit status from a running server, or None when it must run here (no server,
-    or a server that cannot run it: other code, another protocol, or code changed since it
-    started). Signals this process receives while the command runs are passed on to it."""
+    a socket that is not this user's, or a server that cannot run it: other code, another
+    protocol, or code changed since it started). Signals this process receives while the command
+    runs are passed on to it."""
+    path = socket_path()
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(socket_path())
-    except OSError:
+        sock = connect(path)
+    except Untrusted as exc:
+        print(f"lorafleet: not using the CLI server socket {path}: {exc}; running the command in this "
+              "process", file=sys.stderr)
+        return None
+    if sock is None:
         return None
     with sock:
         try:
             send_message(sock, request(argv), [0, 1, 2])
-            answer, _ = receive_message(sock)
+            answer = receive_message(sock)
         except (OSError, ValueError):
             return None
         if answer is None or not answer.get("accepted"):
@@ -146,7 +232,7 @@ def _wait_for_exit(sock: socket.socket) -> int:
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
     try:  # a forwarded signal does not end the read: Python resumes it after the handler (PEP 475)
-        answer, _ = receive_message(sock)
+        answer = receive_message(sock)
     except (OSError, ValueError):
         answer = None
     if answer is None or "exit" not in answer:

@@ -156,7 +156,9 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     port = embedded["LORAFLEET_METRICS_PORT"]
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert re.search(r'^lorafleet_worker_jobs_total\{outcome="succeeded"\} [1-9]', scraped, re.M), scraped
-    assert re.search(r'^lorafleet_jobs\{state="succeeded",tenant="acme"\} [1-9]', scraped, re.M)
+    tenant_id = json.loads(cli(embedded, "tenant", "show", "acme", "--json").stdout)["id"]
+    assert re.search(rf'^lorafleet_jobs\{{state="succeeded",tenant_id="{tenant_id}"\}} [1-9]', scraped, re.M)
+    assert "acme" not in scraped  # tenants by id, never by name
     assert re.search(r"^lorafleet_queue_depth 0", scraped, re.M)
     assert re.search(r'^lorafleet_worker_device_memory_bytes\{kind="(rss|allocated)"\} [1-9]', scraped, re.M)
 
