@@ -169,7 +169,7 @@ CASES = [
     ("batch-yaml-syntax", [*B, "{data}/syntax.yaml"], "line 3 column 1"),
     ("batch-jsonl-bad-line", [*B, "{data}/badline.jsonl"], "line 2 is not JSON"),
     ("batch-jsonl-nan", [*B, "{data}/nan.jsonl"], "line 2: NaN is not a number JSON allows"),
-    ("batch-wrong-type", [*B, "{data}/wrongtype.jsonl"], "item 1: rank: Input should be a valid integer"),
+    ("batch-wrong-type", [*B, "{data}/wrongtype.jsonl"], "item 1: rank: must be between 1 and 1024, a whole number"),
     ("batch-unknown-key", [*B, "{data}/unknown.yaml"], "item 2: colour: unknown field"),
     ("batch-not-mapping", [*B, "{data}/notmapping.yaml"], "item 0: must be a mapping"),
     ("batch-no-tenant", [*B, "{data}/notenant.jsonl"], "item 0: missing 'tenant'"),
