@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_engine.catalog import KINDS, METHODS, POOLINGS, TaskInfo, method_of_flags
-from lora_engine.errors import AdapterError
+from lora_engine.errors import AdapterError, shown
 from lora_engine.model_ref import alias_of
+from lora_engine.safe_json import DocumentError, loads
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -44,10 +45,11 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def _read_json_object(path: Path) -> dict:
+    """The JSON object in `path`, read as every document from outside is (`safe_json`)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{path}: not valid JSON ({exc})") from exc
+        data = loads(path.read_bytes(), what=path.name)
+    except DocumentError as exc:
+        raise AdapterError(f"{path}: not valid JSON ({exc.reason})") from None
     if not isinstance(data, dict):
         raise AdapterError(f"{path}: expected a JSON object")
     return data
@@ -74,6 +76,23 @@ def peft_type_problem(config: dict) -> str | None:
         return None
     return (f"peft_type {str(config.get('peft_type'))[:40]!r} is not supported; "
             f"allowed: {', '.join(PEFT_TYPES)} (LoRA, rsLoRA, DoRA)")
+
+
+def lora_numbers_problem(config: dict) -> str | None:
+    """Why an adapter_config's `r`, `lora_alpha` or `lora_dropout` is not a value a training spec
+    could hold (None: all are): a whole rank 1..MAX_RANK (not `true`, not 8.5), a finite alpha
+    within the spec's bounds, a dropout in [0, 1)."""
+    from lora_engine.spec import BOUNDS, MAX_RANK, allowed_range
+
+    r, alpha, dropout = config.get("r"), config.get("lora_alpha"), config.get("lora_dropout")
+    if type(r) is not int or not 1 <= r <= MAX_RANK:
+        return f"r must be a whole number between 1 and {MAX_RANK} (got {shown(r)})"
+    low, high, _ = BOUNDS["alpha"]
+    if type(alpha) not in (int, float) or not low < alpha <= high:
+        return f"lora_alpha must be a number {allowed_range('alpha')} (got {shown(alpha)})"
+    if dropout is not None and (type(dropout) not in (int, float) or not 0 <= dropout < 1):
+        return f"lora_dropout must be a number in [0, 1) (got {shown(dropout)})"
+    return None
 
 
 def method_of_config(config: dict) -> str:
