@@ -118,6 +118,10 @@ def door(tmp_path_factory: pytest.TempPathFactory):
         adapter_folder(data / name, LORA, safetensors_bytes(header, tensors))
     adapter_folder(data / "rank-true", {**LORA, "r": True}, safetensors_bytes(TENSOR, b"\0" * 4))
     adapter_folder(data / "rank-huge", {**LORA, "r": 10**30}, safetensors_bytes(TENSOR, b"\0" * 4))
+    labels = adapter_folder(data / "labels-huge", {**LORA, "target_modules": ["query"]},
+                            safetensors_bytes(TENSOR, b"\0" * 4))
+    (labels / "lorafleet.json").write_text(json.dumps({"base_model": "tiny-bert", "kind": "classification",
+                                                       "task": "sst2", "num_labels": 10**30}))
     settings = get_settings()
     artifacts = settings.artifacts
     theirs = adapter_folder(artifacts / "other-tenant" / "their-adapter", LORA,
@@ -272,6 +276,8 @@ CASES = [
         ("inf", "holds NaN or infinite values in tensor 'w'"),
     ]],
     ("import-rank-true", [*IMP, "{data}/rank-true"], "adapter_config.json: r must be a whole number"),
+    ("import-labels-huge", [*IMP[:4], "{data}/labels-huge"],
+     "lorafleet.json: a field has the wrong type (num_labels must be a whole number between 1 and 100000"),
     # -- display names: one line, printable, at most 200 characters
     ("name-5000", ["tenant", "create", "bob", "--name", "x" * 5000],
      f"display name is 5000 characters long; {NAME_RULE}"),
