@@ -48,10 +48,6 @@ def nonfinite_tensor(path: str | os.PathLike, tensors: dict[str, TensorInfo]) ->
     return None
 
 
-def _nonfinite(name: str) -> str:
-    return f"holds NaN or infinite values in tensor {name[:80]!r}; every weight of an adapter must be finite"
-
-
 def weights_problem(path: str | os.PathLike) -> str | None:
     """Why the safetensors file `path` cannot be an adapter's weights (None: it can): not a
     well-formed safetensors file, or a tensor holding NaN or infinity (named)."""
@@ -60,19 +56,17 @@ def weights_problem(path: str | os.PathLike) -> str | None:
     except HeaderError as exc:
         return str(exc)
     bad = nonfinite_tensor(path, tensors)
-    return _nonfinite(bad) if bad is not None else None
+    if bad is None:
+        return None
+    return f"holds NaN or infinite values in tensor {bad[:80]!r}; every weight of an adapter must be finite"
 
 
 def check_weights(path: str | os.PathLike) -> None:
     """The engine's check before it maps an adapter's weights: AdapterError for what
     `weights_problem` refuses."""
-    try:
-        tensors = read_header(path)
-    except HeaderError as exc:
-        raise AdapterError(f"{path}: unreadable safetensors file (truncated or corrupt): it {exc}") from None
-    bad = nonfinite_tensor(path, tensors)
-    if bad is not None:
-        raise AdapterError(f"{path}: {_nonfinite(bad)}")
+    why = weights_problem(path)
+    if why:
+        raise AdapterError(f"{path} {why}")
 
 
 def adapter_folder_problems(folder: str | Path, base_model: str | None, *,

@@ -69,9 +69,9 @@ def _check_yaml_events(text: str, path: Path, loader: type, max_items: int) -> N
             depth -= 1
 
 
-def _strict_loader(base: type) -> type:
+def _strict_loader(base: type, path: Path) -> type:
     """`base` (a safe loader) that refuses a key given twice in one mapping and integers longer
-    than MAX_NUMBER_CHARS (Python will not convert past 4300 digits)."""
+    than MAX_NUMBER_CHARS (Python will not convert past 4300 digits), naming `path` and the line."""
 
     class StrictLoader(base):  # type: ignore[misc, valid-type]
         def construct_mapping(self, node: Any, deep: bool = False) -> dict:
@@ -83,15 +83,16 @@ def _strict_loader(base: type) -> type:
                     continue  # the base refuses it, with its line
                 if key in seen:
                     line = key_node.start_mark.line + 1
-                    raise BatchFileError(f"line {line}: key {str(key)[:80]!r} appears twice in one mapping; "
-                                         "give each key once")
+                    raise BatchFileError(f"{path}: line {line}: key {str(key)[:80]!r} appears twice in one "
+                                         "mapping; give each key once")
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
         def construct_yaml_int(self, node: Any) -> int:
             if len(str(node.value)) > MAX_NUMBER_CHARS:
-                raise BatchFileError(f"line {node.start_mark.line + 1}: a number of {len(node.value)} "
-                                     f"characters; numbers have at most {MAX_NUMBER_CHARS}")
+                line = node.start_mark.line + 1
+                raise BatchFileError(f"{path}: line {line}: a number of {len(node.value)} characters; "
+                                     f"numbers have at most {MAX_NUMBER_CHARS}")
             return super().construct_yaml_int(node)
 
     StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
@@ -104,10 +105,7 @@ def _yaml(text: str, path: Path, max_items: int) -> Any:
     base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         _check_yaml_events(text, path, base, max_items)
-        return yaml.load(text, Loader=_strict_loader(base))  # aliases and depth refused above
-    except BatchFileError as exc:
-        message = str(exc)
-        raise BatchFileError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        return yaml.load(text, Loader=_strict_loader(base, path))  # aliases and depth refused above
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
