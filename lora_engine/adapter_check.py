@@ -1,49 +1,72 @@
-"""Is a folder a usable adapter? Answered without torch, at the door (`init_from` by path).
+"""Is a folder a usable adapter? Answered without torch, at the door (`init_from` by path,
+`adapter import`) and again where the engine reads an adapter's weights (`adapter_io`).
 
-Reads `adapter_config.json` and only the header of `adapter_model.safetensors`: a safetensors
-file starts with an 8-byte little-endian header length and a JSON header naming each tensor's
-dtype, shape and byte range. A pickle renamed to `.safetensors` (or a truncated file) fails that
-check before anything loads it; a folder holding only `adapter_model.bin` (pickle) is refused.
-The engine still checks every tensor's shape against the model when it loads the adapter.
+Reads `adapter_config.json` (through `safe_json`; its rank, alpha and dropout must be numbers a
+spec could hold) and `adapter_model.safetensors`: its header through `safetensors_header.read_header`
+(a pickle renamed to `.safetensors`, a truncated file, overlapping byte ranges or a shape larger
+than its bytes are refused before anything maps the file), then its floating-point tensors'
+bytes, which must all be finite: an adapter holding NaN or infinity would make every output NaN.
+A folder holding only `adapter_model.bin` (pickle) is refused. The engine still checks every
+tensor's shape against the model when it loads the adapter.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import struct
 from pathlib import Path
 
-from lora_engine.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, peft_type_problem
+from lora_engine.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, lora_numbers_problem, peft_type_problem
+from lora_engine.errors import AdapterError
 from lora_engine.model_ref import MODEL_ALIASES, alias_of
+from lora_engine.safe_json import DocumentError, loads
+from lora_engine.safetensors_header import HeaderError, TensorInfo, read_header
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+# A float is NaN or infinite exactly when every bit of its exponent is set (float8 e4m3 has no
+# infinity; its NaN is every bit but the sign). dtype -> (unsigned view, exponent mask).
+_EXPONENT_BITS = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00),
+                  "BF16": ("<u2", 0x7F80), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
+_CHUNK = 1 << 22  # elements checked at a time: bounded memory for a tensor of any size
 
 
-def safetensors_problem(path: Path) -> str | None:
-    """Why `path` is not a well-formed safetensors file (None: it is)."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            return "is not a safetensors file (shorter than its 8-byte header length)"
-        (n,) = struct.unpack("<Q", head)
-        if n == 0 or n > min(MAX_HEADER_BYTES, size - 8):
-            return ("is not a safetensors file (bad header length: corrupt, truncated, or another format "
-                    "such as pickle)")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, ValueError):
-            return "is not a safetensors file (its header is not JSON)"
-    if not isinstance(header, dict):
-        return "is not a safetensors file (its header is not a JSON object)"
-    data = size - 8 - n
-    for name, info in header.items():
-        if name == "__metadata__":
+def nonfinite_tensor(path: str | os.PathLike, tensors: dict[str, TensorInfo]) -> str | None:
+    """The name of the first floating-point tensor of the safetensors file `path` (checked by
+    `read_header`, which gave `tensors`) holding a NaN or an infinity; None when all are finite."""
+    import numpy as np
+
+    with open(path, "rb") as fh:
+        start = 8 + struct.unpack("<Q", fh.read(8))[0]  # the tensor bytes follow the header
+    for name, t in sorted(tensors.items(), key=lambda item: item[1].begin):
+        if t.dtype not in _EXPONENT_BITS or t.end == t.begin:
             continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data):
-            return f"is truncated or corrupt (tensor {name[:80]!r} lies outside the file)"
+        view, mask = _EXPONENT_BITS[t.dtype]
+        values = np.memmap(path, dtype=view, mode="r", offset=start + t.begin,
+                           shape=((t.end - t.begin) // np.dtype(view).itemsize,))
+        for at in range(0, len(values), _CHUNK):
+            if np.any((values[at:at + _CHUNK] & mask) == mask):
+                return name
     return None
+
+
+def weights_problem(path: str | os.PathLike) -> str | None:
+    """Why the safetensors file `path` cannot be an adapter's weights (None: it can): not a
+    well-formed safetensors file, or a tensor holding NaN or infinity (named)."""
+    try:
+        tensors = read_header(path)
+    except HeaderError as exc:
+        return str(exc)
+    bad = nonfinite_tensor(path, tensors)
+    if bad is None:
+        return None
+    return f"holds NaN or infinite values in tensor {bad[:80]!r}; every weight of an adapter must be finite"
+
+
+def check_weights(path: str | os.PathLike) -> None:
+    """The engine's check before it maps an adapter's weights: AdapterError for what
+    `weights_problem` refuses."""
+    why = weights_problem(path)
+    if why:
+        raise AdapterError(f"{path} {why}")
 
 
 def adapter_folder_problems(folder: str | Path, base_model: str | None, *,
@@ -55,22 +78,25 @@ def adapter_folder_problems(folder: str | Path, base_model: str | None, *,
     if not config_path.is_file():
         return [f"{what}: {str(folder)!r} is not an adapter folder (no {CONFIG_NAME})"]
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return [f"{what}: {CONFIG_NAME} is not valid JSON"]
+        config = loads(config_path.read_bytes(), what=CONFIG_NAME)
+    except DocumentError as exc:
+        return [f"{what}: {exc}"]
     if not isinstance(config, dict):
         return [f"{what}: {CONFIG_NAME} is not a JSON object"]
     problems = []
     peft_type = peft_type_problem(config)
     if peft_type:
         problems.append(f"{what}: {peft_type}")
+    numbers = lora_numbers_problem(config)
+    if numbers:
+        problems.append(f"{what}: {CONFIG_NAME}: {numbers}")
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         pickled = (folder / "adapter_model.bin").is_file()
         problems.append(f"{what}: {WEIGHTS_NAME} is missing" + (
             "; adapter_model.bin (pickle) is refused: save the adapter as safetensors" if pickled else ""))
     else:
-        why = safetensors_problem(weights)
+        why = weights_problem(weights)
         if why:
             problems.append(f"{what}: {WEIGHTS_NAME} {why}")
     # An adapter names a shipped alias by its hub id (model_ref.ALIAS_HUB_IDS): compare aliases.

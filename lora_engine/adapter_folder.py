@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from lora_engine.catalog import KINDS, METHODS, POOLINGS, TaskInfo, method_of_flags
-from lora_engine.errors import AdapterError
+from lora_engine.errors import AdapterError, shown
 from lora_engine.model_ref import alias_of
+from lora_engine.safe_json import DocumentError, loads
+from lora_engine.spec import BOUNDS, MAX_RANK, allowed_range
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -31,6 +33,9 @@ META_NAME = "lorafleet.json"
 CARD_NAME = "README.md"
 PEFT_TYPES = ("LORA",)
 META_FORMAT = "lorafleet-adapter/1"
+# The whole numbers a record holds, and their bounds (a head of 10**30 labels is no model's):
+# label count, and max_length as a spec bounds it.
+WHOLE_NUMBERS = {"num_labels": 100_000, "max_length": int(BOUNDS["max_length"][1])}
 # The PEFT task type of each kind, and back: a SEQ_CLS adapter is a classifier or a regressor
 # (read as a classifier when lorafleet.json does not say which).
 PEFT_TASK_OF_KIND = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "generation": "CAUSAL_LM"}
@@ -44,10 +49,11 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def _read_json_object(path: Path) -> dict:
+    """The JSON object in `path`, read as every document from outside is (`safe_json`)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{path}: not valid JSON ({exc})") from exc
+        data = loads(path.read_bytes(), what=path.name)
+    except DocumentError as exc:
+        raise AdapterError(f"{path}: not valid JSON ({exc.reason})") from None
     if not isinstance(data, dict):
         raise AdapterError(f"{path}: expected a JSON object")
     return data
@@ -74,6 +80,21 @@ def peft_type_problem(config: dict) -> str | None:
         return None
     return (f"peft_type {str(config.get('peft_type'))[:40]!r} is not supported; "
             f"allowed: {', '.join(PEFT_TYPES)} (LoRA, rsLoRA, DoRA)")
+
+
+def lora_numbers_problem(config: dict) -> str | None:
+    """Why an adapter_config's `r`, `lora_alpha` or `lora_dropout` is not a value a training spec
+    could hold (None: all are): a whole rank 1..MAX_RANK (not `true`, not 8.5), a finite alpha
+    within the spec's bounds, a dropout in [0, 1)."""
+    r, alpha, dropout = config.get("r"), config.get("lora_alpha"), config.get("lora_dropout")
+    if type(r) is not int or not 1 <= r <= MAX_RANK:
+        return f"r must be a whole number between 1 and {MAX_RANK} (got {shown(r)})"
+    low, high, _ = BOUNDS["alpha"]
+    if type(alpha) not in (int, float) or not low < alpha <= high:
+        return f"lora_alpha must be a number {allowed_range('alpha')} (got {shown(alpha)})"
+    if dropout is not None and (type(dropout) not in (int, float) or not 0 <= dropout < 1):
+        return f"lora_dropout must be a number in [0, 1) (got {shown(dropout)})"
+    return None
 
 
 def method_of_config(config: dict) -> str:
@@ -168,13 +189,14 @@ class AdapterMeta:
             problems.append(f"pooling {values['pooling']!r} is not one of {', '.join(POOLINGS)}")
         if values.get("method", "lora") not in METHODS:
             problems.append(f"method {values['method']!r} is not one of {', '.join(METHODS)}")
+        for name, high in WHOLE_NUMBERS.items():
+            if name in values and (type(values[name]) is not int or not 1 <= values[name] <= high):
+                problems.append(f"a field has the wrong type ({name} must be a whole number between 1 and "
+                                f"{high}, got {shown(values[name])})")
         try:
             for name in ("label_names", "text_fields", "modules_to_save"):
                 if name in values:
                     values[name] = tuple(str(x) for x in values[name])
-            for name in ("num_labels", "max_length"):
-                if name in values:
-                    values[name] = int(values[name])
             for name in ("metrics", "spec"):
                 if name in values and not isinstance(values[name], dict):
                     problems.append(f"{name} is not a JSON object")

@@ -10,7 +10,9 @@ for a trained run, a README.md model card. So an adapter made here loads with
 card. Every folder is built beside its final place and renamed into it (`atomic.atomic_folder`).
 
 `load_adapter` checks everything (files, format, config, every key and shape) before it changes the
-model, so a bad adapter raises AdapterError and leaves the model as it was.
+model, so a bad adapter raises AdapterError and leaves the model as it was. A weights file is
+checked torch-free (`adapter_check.check_weights`: a well-formed header, finite values) before
+safetensors maps it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from lora_engine.adapter_check import check_weights
 from lora_engine.adapter_folder import (
     CARD_NAME,
     CONFIG_NAME,
@@ -34,6 +37,7 @@ from lora_engine.adapter_folder import (
     PEFT_TASK_OF_KIND,
     WEIGHTS_NAME,
     AdapterMeta,
+    lora_numbers_problem,
     method_of_config,
     read_adapter_config,
     read_adapter_meta,
@@ -55,6 +59,7 @@ from lora_engine.inject import (
 )
 from lora_engine.layers import is_lora_param, lora_scaling
 from lora_engine.model_ref import hub_id_of
+from lora_engine.safetensors_header import read_header
 
 PEFT_PREFIX = "base_model.model."
 # save_adapter's task_type: one of our kinds, or a PEFT task type as it is.
@@ -205,10 +210,10 @@ def settings_from_config(config: dict) -> LoraSettings:
         unsupported.append(f"init_lora_weights={config.get('init_lora_weights')!r}")
     if unsupported:
         raise AdapterError(f"adapter uses PEFT features lorafleet does not support: {', '.join(unsupported)}")
-    try:
-        r, alpha = int(config["r"]), float(config["lora_alpha"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterError(f"adapter_config.json needs integer 'r' and number 'lora_alpha' ({exc})") from exc
+    problem = lora_numbers_problem(config)
+    if problem:
+        raise AdapterError(f"{CONFIG_NAME}: {problem}")
+    r, alpha = config["r"], float(config["lora_alpha"])
     method = method_of_config(config)
     targets = config.get("target_modules")
     # A string is "all-linear" or a regex matched against whole module names, as PEFT does.
@@ -226,6 +231,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         hint = " (adapter_model.bin is pickle, which lorafleet never loads)" if (
             folder / "adapter_model.bin").exists() else ""
         raise AdapterError(f"{str(folder)!r}: {WEIGHTS_NAME} is missing{hint}")
+    check_weights(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
@@ -236,10 +242,9 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def head_rows(folder: str | os.PathLike) -> int | None:
     """Output rows of the classification head saved in an adapter (its label count), read from
     the safetensors header only; None when it saves no head."""
-    with safe_open(str(Path(folder) / WEIGHTS_NAME), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-            if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
-                return int(f.get_slice(key).get_shape()[0])
+    for key, info in read_header(Path(folder) / WEIGHTS_NAME).items():
+        if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")) and info.shape:
+            return info.shape[0]
     return None
 
 

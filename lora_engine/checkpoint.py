@@ -31,6 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_engine.atomic import atomic_folder
+from lora_engine.errors import shown
+from lora_engine.safe_json import loads
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 FORMAT_VERSION = 1
@@ -180,8 +182,8 @@ def latest_checkpoint(folder: str | Path | None) -> Path | None:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
-    with open(path / "state.json") as f:
-        state = json.load(f)
-    if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')!r} is not {FORMAT_VERSION}")
+    state = loads((path / "state.json").read_bytes(), what=str(path / "state.json"))
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        found = state.get("format") if isinstance(state, dict) else None
+        raise ValueError(f"{path}: checkpoint format {shown(found)} is not {FORMAT_VERSION}")
     return _unflatten(load_file(str(path / "tensors.safetensors")), state)

@@ -13,13 +13,13 @@ too, and a hub that cannot be reached is said so rather than guessed.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 from pathlib import Path
 
 from lora_engine.catalog import POOLINGS
 from lora_engine.errors import LoraFleetInputError
+from lora_engine.safe_json import loads
 
 # The aliases, by architecture. The first two are real pretrained models installed from the
 # package registry; the tiny ones are random-init models built from a config, for fast tests.
@@ -102,10 +102,8 @@ def cached_hub_config(hub_id: str) -> Path | None:
 
 
 def _model_type(config: Path) -> str | None:
-    try:
-        value = json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
+    value = _read_json(config)
+    value = value.get("model_type") if isinstance(value, dict) else None
     return value if isinstance(value, str) else None
 
 
@@ -179,9 +177,11 @@ def _local_folder(name: str) -> Path | None:
 
 
 def _read_json(path: Path):
+    """The JSON document in `path` (safe_json's limits), or None when it cannot be read or is
+    refused: the caller then knows nothing about the model, as for a missing file."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return loads(path.read_bytes(), what=path.name)
+    except (OSError, ValueError):  # DocumentError is a ValueError
         return None
 
 

@@ -65,12 +65,14 @@ def resolve_model(name: str) -> ResolvedModel:
 
 
 def _arch_of_folder(path: Path) -> str | None:
-    import json
+    from lora_engine.safe_json import loads
 
     try:
-        return json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
+        config = loads((path / "config.json").read_bytes(), what="config.json")
+    except (OSError, ValueError):  # DocumentError is a ValueError
         return None
+    arch = config.get("model_type") if isinstance(config, dict) else None
+    return arch if isinstance(arch, str) else None
 
 
 def ensure_smollm2_cached(cache_root: Path | None = None) -> Path:

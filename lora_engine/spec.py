@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lora_engine.budget import resolve_budget
 from lora_engine.catalog import ALL_TASKS, CUSTOM_TASKS, METHODS, TASKS, TaskInfo, method_defaults
-from lora_engine.errors import SpecError
+from lora_engine.errors import SpecError, shown
 from lora_engine.model_ref import MODEL_ALIASES, base_model_problem, base_pooling
 
 MAX_RANK = 1024
@@ -42,9 +43,18 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "patience": (0, 1000, True),
     "min_delta": (0, 1.0, True),
 }
+# Text and lists are bounded too: base_model lands in a 255-character registry column, a path is
+# at most PATH_MAX, and a module name or a list of them longer than these is no model's.
+MAX_CHARS = {"task": 64, "base_model": 255, "dataset": 4096, "init_from": 4096}
+MAX_TARGETS, MAX_TARGET_CHARS = 64, 200
 AUTO = "auto"
 AUTO_FIELDS = ("lr", "epochs", "batch_size")  # a number or "auto"
 HALF_OPEN = {"dropout": "[0, 1)", "warmup_ratio": "[0, 1)"}  # 0 <= x < 1
+
+
+def _integer_field(annotation: Any) -> bool:
+    args = typing.get_args(annotation) or (annotation,)
+    return int in args and float not in args
 
 
 class TrainingSpec(BaseModel):
@@ -52,7 +62,8 @@ class TrainingSpec(BaseModel):
     from the data set's size (lora_engine.budget); see `resolved()`."""
 
     # allow_inf_nan=False: "nan"/"inf" are refused by pydantic too, whatever path built the spec.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # strict: no coercion; `rank: true` is not 1, `rank: 8.5` not 8, `lr: "0.1"` not a number.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     task: str
     method: Literal[METHODS] = "lora"  # type: ignore[valid-type]
@@ -146,8 +157,14 @@ class TrainingSpec(BaseModel):
         return self.model_copy(update=update)
 
 
+_INTEGER_FIELDS = frozenset(n for n, f in TrainingSpec.model_fields.items() if _integer_field(f.annotation))
+
+
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """An int, or a finite float (a bool is neither; an int of any size is finite)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _fmt(x: float) -> str:
@@ -162,20 +179,33 @@ def allowed_range(name: str) -> str:
     return f"between {lo} and {hi}" if low_inclusive else f"> {lo} and <= {hi}"
 
 
-def _bound_problems(v: dict[str, Any]) -> list[str]:
+def _bound_problems(v: dict[str, Any], skip: set[str]) -> list[str]:
     """Each finite numeric field outside its bounds, with the bounds in the message (NaN and
-    infinities are refused by pydantic, reported with the same wording in `validate_spec`)."""
+    infinities are refused by pydantic, reported with the same wording in `validate_spec`);
+    fields in `skip` were reported already."""
     problems = []
     for name, (low, high, low_inclusive) in BOUNDS.items():
         value = v.get(name)
-        if not _number(value) or not math.isfinite(value):
+        if not _number(value) or name in skip:
             continue  # absent, None, or reported by pydantic
         if not ((value >= low if low_inclusive else value > low) and value <= high):
-            problems.append(f"{name}: must be {allowed_range(name)} (got {value!r})")
+            problems.append(f"{name}: must be {allowed_range(name)} (got {shown(value)})")
     for name in HALF_OPEN:
         value = v.get(name)
-        if _number(value) and math.isfinite(value) and not 0.0 <= value < 1.0:
-            problems.append(f"{name}: must be {allowed_range(name)} (got {value!r})")
+        if _number(value) and name not in skip and not 0.0 <= value < 1.0:
+            problems.append(f"{name}: must be {allowed_range(name)} (got {shown(value)})")
+    return problems
+
+
+def _size_problems(v: dict[str, Any]) -> list[str]:
+    """Text and lists longer than anything real (and than the registry's columns)."""
+    problems = [f"{name}: at most {limit} characters (got {len(v[name])})"
+                for name, limit in MAX_CHARS.items() if isinstance(v.get(name), str) and len(v[name]) > limit]
+    targets = v.get("targets")
+    if isinstance(targets, list) and (len(targets) > MAX_TARGETS or any(
+            isinstance(t, str) and len(t) > MAX_TARGET_CHARS for t in targets)):
+        problems.append(f"targets: at most {MAX_TARGETS} module names of at most {MAX_TARGET_CHARS} "
+                        f"characters each (got {len(targets)} names)")
     return problems
 
 
@@ -187,24 +217,28 @@ def _untuned_problems(v: dict[str, Any]) -> list[str]:
     problems = [f"{name}: not used by method 'none' (it evaluates the base model, trains nothing)"
                 for name in UNTUNED_UNUSED if v.get(name) not in (None, AUTO)]
     if v.get("rank", 0) != 0:
-        problems.append(f"rank: method 'none' trains nothing; leave rank out or give 0 (got {v['rank']!r})")
+        problems.append("rank: method 'none' trains nothing; leave rank out or give 0 "
+                        f"(got {shown(v['rank'])})")
     return problems
 
 
-def _cross_field_problems(v: dict[str, Any]) -> list[str]:
-    """Checks that need more than one field, tolerant of fields pydantic already rejected."""
-    problems: list[str] = []
+def _cross_field_problems(v: dict[str, Any], reported: set[str]) -> list[str]:
+    """Checks that need more than one field, tolerant of fields pydantic already rejected (the
+    `reported` ones are not checked against their bounds again)."""
+    problems = _size_problems(v)
+    if problems:
+        return problems  # a 5,000-character path is not worth looking up
     task = v.get("task")
     if task is not None and task not in TASKS:
-        problems.append(f"task: unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
+        problems.append(f"task: unknown task {shown(task)}; allowed: {', '.join(ALL_TASKS)}")
     method = v.get("method", "lora")
     if method not in METHODS:
-        problems.append(f"method: unknown method {method!r}; allowed: {', '.join(METHODS)}")
+        problems.append(f"method: unknown method {shown(method)}; allowed: {', '.join(METHODS)}")
     if method == "none":
         problems += _untuned_problems(v)
-        problems += _bound_problems({k: x for k, x in v.items() if k != "rank"})
+        problems += _bound_problems(v, reported | {"rank"})
     else:
-        problems += _bound_problems(v)
+        problems += _bound_problems(v, reported)
     if v.get("epochs") not in (None, AUTO) and v.get("max_steps") is not None:
         problems.append("epochs/max_steps: give one budget, not both")
     targets = v.get("targets")
@@ -250,31 +284,31 @@ def validate_spec(data: dict[str, Any] | TrainingSpec) -> TrainingSpec:
     raw = data.model_dump(exclude_unset=True) if isinstance(data, TrainingSpec) else dict(data)
     problems: list[str] = []
     spec: TrainingSpec | None = None
+    reported: set[str] = set()  # fields pydantic refused: not checked again against their bounds
     try:
         spec = TrainingSpec.model_validate(raw)
     except ValidationError as exc:
-        auto_reported: set[str] = set()
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "spec"
-            if err["loc"] and err["loc"][0] in AUTO_FIELDS:
+            where = ".".join(str(p) for p in err["loc"])[:80] or "spec"
+            name, got = str(err["loc"][0]) if err["loc"] else "", shown(err.get("input"))
+            if name in AUTO_FIELDS:
                 # A number-or-"auto" field: pydantic reports each branch; one line says both.
-                name = str(err["loc"][0])
-                if name not in auto_reported:
-                    auto_reported.add(name)
+                if name not in reported:
                     problems.append(f"{name}: must be a finite number {allowed_range(name)}, or 'auto' "
-                                    f"(got {err.get('input')!r})")
-                continue
-            if err["type"] == "extra_forbidden":
+                                    f"(got {got})")
+            elif err["type"] == "extra_forbidden":
                 allowed = ", ".join(TrainingSpec.model_fields)
                 problems.append(f"{where}: unknown field; allowed fields: {allowed}")
             elif err["type"] == "literal_error" and where == "method":
-                continue  # reported below with the allowed values
-            elif err["type"] == "finite_number" and where in BOUNDS | HALF_OPEN:
-                problems.append(f"{where}: must be a finite number {allowed_range(where)} "
-                                f"(got {err.get('input')!r})")
+                pass  # reported below with the allowed values
+            elif where in BOUNDS | HALF_OPEN and name in _INTEGER_FIELDS:
+                problems.append(f"{where}: must be {allowed_range(where)}, a whole number (got {got})")
+            elif where in BOUNDS | HALF_OPEN:
+                problems.append(f"{where}: must be a finite number {allowed_range(where)} (got {got})")
             else:
-                problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
-    problems += _cross_field_problems(raw)
+                problems.append(f"{where}: {err['msg']} (got {got})")
+            reported.add(name)
+    problems += _cross_field_problems(raw, reported)
     if problems or spec is None:
         raise SpecError(problems or ["spec could not be parsed"])
     return spec

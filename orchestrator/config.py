@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+from orchestrator.registry.limits import BIG_INTEGER_MAX, INTEGER_MAX
 from orchestrator.text import redact_url
 
 ENV_PREFIX = "LORAFLEET_"
@@ -108,8 +109,8 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("an integer >= 1"),
     )
     max_attempts: int = Field(
-        3, ge=1, description="attempts per job before it fails",
-        json_schema_extra=_allowed("an integer >= 1"),
+        3, ge=1, le=INTEGER_MAX, description="attempts per job before it fails",
+        json_schema_extra=_allowed(f"an integer >= 1, at most {INTEGER_MAX}"),
     )
     checkpoint_every: int = Field(
         50, ge=1, description="optimizer steps between checkpoints",
@@ -123,8 +124,8 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("a whole number of seconds > 0, longer than the longest job"),
     )
     tenant_max_running: int = Field(
-        2, ge=1, description="default running-job quota of a new tenant",
-        json_schema_extra=_allowed("an integer >= 1"),
+        2, ge=1, le=INTEGER_MAX, description="default running-job quota of a new tenant",
+        json_schema_extra=_allowed(f"an integer >= 1, at most {INTEGER_MAX}"),
     )
     queue: str = Field(
         "gpu", min_length=1, description="Celery queue of training jobs",
@@ -184,8 +185,8 @@ class Settings(BaseSettings):
     )
     # Defaults of a new tenant's quotas (each tenant's own values live on its row).
     tenant_max_queued: int = Field(
-        1000, ge=0, description="default queued-job quota of a new tenant",
-        json_schema_extra=_allowed("an integer >= 0"),
+        1000, ge=0, le=INTEGER_MAX, description="default queued-job quota of a new tenant",
+        json_schema_extra=_allowed(f"an integer >= 0, at most {INTEGER_MAX}"),
     )
     tenant_device_hours_per_month: float | None = Field(
         None, ge=0, allow_inf_nan=False,
@@ -193,8 +194,15 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("a finite number >= 0, or unset"),
     )
     tenant_max_storage_bytes: int | None = Field(
-        None, ge=0, description="default adapter + data set storage quota of a new tenant (unset: unlimited)",
-        json_schema_extra=_allowed("an integer >= 0, or unset"),
+        None, ge=0, le=BIG_INTEGER_MAX,
+        description="default adapter + data set storage quota of a new tenant (unset: unlimited)",
+        json_schema_extra=_allowed(f"an integer >= 0, at most {BIG_INTEGER_MAX}, or unset"),
+    )
+    # A batch is validated item by item before anything is written: its size bounds that work
+    # (and the error listing a bad batch).
+    max_batch_items: int = Field(
+        1000, ge=1, le=1_000_000, description="most items one `job submit-batch` file may hold",
+        json_schema_extra=_allowed("an integer 1..1000000"),
     )
     # Packed training (lora_engine.packed): a worker trains up to this many compatible queued jobs
     # in one pass over their shared base; 1 trains every job alone. What is left unset ("auto" K,

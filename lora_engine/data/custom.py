@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_engine.errors import DataValidationError
+from lora_engine.safe_json import DocumentError, loads
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 HOLDOUT_FRACTION = 0.1
@@ -113,9 +114,9 @@ def validate_jsonl(
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append((number, f"not valid JSON: {exc.msg} at column {exc.colno}"))
+                row = loads(line, what="row")
+            except DocumentError as exc:
+                problems.append((number, f"not valid JSON: {exc.reason}"))
                 continue
             why = _row_problems(row, fields)
             if not why and kind == "classification":
@@ -179,7 +180,7 @@ def sparse_label_problems(path: str | Path, kind: str, min_rows: int) -> None:
         for number, raw in enumerate(fh, start=1):
             line = raw.decode("utf-8").removeprefix("\ufeff") if number == 1 else raw.decode("utf-8")
             if line.strip():
-                label = str(json.loads(line)["label"])
+                label = str(loads(line, what="row")["label"])
                 first_line.setdefault(label, number)
                 counts[label] = counts.get(label, 0) + 1
     problems = [(first_line[label], f"the label on this line has {n} row(s); each label needs at least "

@@ -7,13 +7,13 @@ fallback returns rows of the same shape, so both go through `rows_to_examples`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lora_engine.catalog import GLUE_TASKS, TASKS
 from lora_engine.data.examples import ClassificationExample
 from lora_engine.data.hub import load_from_hub
 from lora_engine.errors import LoraFleetInputError
+from lora_engine.safe_json import DocumentError, loads
 
 
 def glue_path(data_dir: str | Path, task: str, split: str) -> Path:
@@ -33,9 +33,9 @@ def read_glue_rows(data_dir: str | Path, task: str, split: str, limit: int | Non
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise LoraFleetInputError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+                rows.append(loads(line, what="row"))
+            except DocumentError as exc:
+                raise LoraFleetInputError(f"{path}: line {number} is not valid JSON ({exc.reason})") from None
     return rows
 
 

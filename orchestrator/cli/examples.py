@@ -13,6 +13,7 @@ EXAMPLES: dict[str, list[str]] = {
     "tenant create": ["lorafleet tenant create acme --name 'Acme Corp' --max-running 2"],
     "tenant list": ["lorafleet tenant list --json"],
     "tenant show": ["lorafleet tenant show acme"],
+    "tenant rename": ["lorafleet tenant rename acme 'Acme Research'"],
     "tenant set-quota": ["lorafleet tenant set-quota acme --max-running 4 --device-hours-per-month 100"],
     "dataset upload": ["lorafleet dataset upload --tenant acme --kind classification reviews.jsonl"],
     "dataset list": ["lorafleet dataset list --tenant acme"],

@@ -21,6 +21,7 @@ from orchestrator.cli.helpers import (
 from orchestrator.cli.lazy import LazyGroup
 from orchestrator.cli.output import echo
 from orchestrator.cli.spec_options import SpecCommand, spec_from_options
+from orchestrator.registry.limits import BIG_INTEGER_MAX
 
 DEFAULT_LIST_LIMIT = 50
 
@@ -137,7 +138,8 @@ def submit_batch(file: Path, as_json: bool) -> None:
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), default=DEFAULT_LIST_LIMIT,
               show_default=True, help="At most this many (newest first).")
-@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many newest first (paging).")
+@click.option("--offset", type=click.IntRange(min=0, max=BIG_INTEGER_MAX), default=0,
+              help="Skip this many newest first (paging).")
 @wide_option
 @json_option
 def list_(tenant: str | None, state: str | None, limit: int, offset: int, wide: bool, as_json: bool) -> None:

@@ -2,7 +2,9 @@
 
 Each field of `lora_engine.spec.TrainingSpec` becomes `--field-name` with the field's type (a
 `Literal` becomes a choice, `targets` a comma-separated list); `--set key=value` reaches any field
-too (the value is read as JSON when it parses, else as text). The options are built on first use
+too (the value is read as JSON when it parses, else as text; JSON with a duplicate key, NaN or
+nesting past the cap is refused, as in every document from outside: `lora_engine.safe_json`). The
+options are built on first use
 of the command (its parsing or its --help), not at CLI start-up, so `lorafleet --help` does not
 import pydantic.
 """
@@ -103,11 +105,18 @@ class SpecCommand(click.Command):
         return super().get_params(ctx)
 
 
-def _value(text: str) -> Any:
+def _value(key: str, text: str) -> Any:
+    """`text` read as JSON (under safe_json's limits) when it is JSON at all, else the text."""
+    from lora_engine.safe_json import DocumentError, loads
+
     try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        return loads(text, what=f"--set {key[:40]}")
+    except DocumentError:
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):
+            return text  # not JSON: a name or a path, as typed
+        raise  # JSON, but a kind safe_json refuses: say why rather than take it as text
 
 
 def spec_from_options(options: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
@@ -129,5 +138,5 @@ def spec_from_options(options: dict[str, Any], overrides: tuple[str, ...]) -> di
             raise click.BadParameter(f"{item!r} is not key=value", param_hint="--set")
         if key in spec:
             raise click.BadParameter(f"{key} is given twice (as an option and by --set)", param_hint="--set")
-        spec[key] = _value(text)
+        spec[key] = _value(key, text)
     return spec

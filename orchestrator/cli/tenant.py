@@ -1,4 +1,4 @@
-"""`lorafleet tenant …`: create, list and show tenants."""
+"""`lorafleet tenant …`: create, list, show and rename tenants, change their quotas."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def tenant() -> None:
 
 @tenant.command("create")
 @click.argument("slug")
-@click.option("--name", help="Display name (default: the slug).")
+@click.option("--name", help="Display name: one line of at most 200 printable characters (default: the "
+                              "slug).")
 @click.option("--max-running", type=int, help="Jobs of this tenant that may run at once.")
 @json_option
 def create(slug: str, name: str | None, max_running: int | None, as_json: bool) -> None:
@@ -28,6 +29,21 @@ def create(slug: str, name: str | None, max_running: int | None, as_json: bool) 
     with open_session() as session:
         view = tenant_dict(create_tenant(session, slug, name=name, max_running=max_running))
     emit(view, as_json, lambda v: echo(f"created tenant {v['slug']} ({v['id']})"))
+
+
+@tenant.command("rename")
+@click.argument("slug")
+@click.argument("name")
+@json_option
+def rename(slug: str, name: str, as_json: bool) -> None:
+    """Give tenant SLUG the display name NAME (one line of at most 200 printable characters);
+    the slug stays."""
+    from orchestrator.services.tenants import rename_tenant
+    from orchestrator.services.views import tenant_dict
+
+    with open_session() as session:
+        view = tenant_dict(rename_tenant(session, slug, name))
+    emit(view, as_json, print_record)
 
 
 @tenant.command("list")
@@ -87,8 +103,10 @@ def _limit(kind: type):
         try:
             return kind(value)
         except ValueError:
+            from lora_engine.errors import shown
+
             what = "an integer" if kind is int else "a number"
-            raise click.BadParameter(f"{value!r} is not {what} or 'unlimited'") from None
+            raise click.BadParameter(f"{shown(value)} is not {what} or 'unlimited'") from None
 
     return convert
 

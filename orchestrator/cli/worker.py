@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from typing import Any
 
 import click
 
@@ -29,11 +30,12 @@ def visible_devices(gpus: int, env: dict[str, str] | None = None) -> list[str]:
 
 @click.command()
 @click.option(
-    "--gpus", type=click.IntRange(min=1), help="Start one worker process per GPU (CUDA_VISIBLE_DEVICES=i)."
+    "--gpus", type=click.IntRange(min=1, max=64),
+    help="Start one worker process per GPU (CUDA_VISIBLE_DEVICES=i).",
 )
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=1024),
     default=1,
     show_default=True,
     help="Jobs run at once per worker process (1: solo pool, the right choice for a GPU).",
@@ -96,18 +98,36 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
         raise SystemExit(max(codes))
 
 
+# Longer waits are typing mistakes, and past ~1e9 s a datetime arithmetic overflows.
+MAX_WAIT_S = 366 * 24 * 3600
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds in [min, MAX_WAIT_S]; unlike FloatRange, 'nan' is refused too."""
+
+    def __init__(self, min: float) -> None:
+        super().__init__(min=min, max=MAX_WAIT_S)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:  # NaN compares false with every bound
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 @click.command()
-@click.option("--every", type=click.FloatRange(min=0.1), help="Repeat every SECONDS until interrupted.")
+@click.option("--every", type=Seconds(min=0.1),
+              help="Repeat every SECONDS until interrupted.")
 @click.option(
     "--lease-grace",
-    type=float,
+    type=Seconds(min=0),
     default=5.0,
     show_default=True,
     help="Seconds past a lease's expiry before its job is taken back.",
 )
 @click.option(
     "--redispatch-after",
-    type=float,
+    type=Seconds(min=0),
     default=60.0,
     show_default=True,
     help="Seconds a queued job waits before its message is sent again (doubles per re-send).",

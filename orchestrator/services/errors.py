@@ -7,7 +7,7 @@ Permanent for the request: NotFound, Conflict, InvalidState, InvalidInput, Batch
 
 from __future__ import annotations
 
-from lora_engine.errors import LoraFleetInputError
+from lora_engine.errors import LoraFleetInputError, listed
 
 
 class ServiceError(Exception):
@@ -39,10 +39,11 @@ class QuotaExceeded(InvalidInput):
 
 
 class BatchError(InvalidInput):
-    """Some items of a batch are invalid; nothing was queued. `problems`: {index: [problem]}."""
+    """Some items of a batch are invalid; nothing was queued. `problems`: {index: [problem]}; the
+    message lists them, bounded like every list of problems (`lora_engine.errors.listed`)."""
 
     def __init__(self, problems: dict[int, list[str]]):
         self.problems = dict(sorted(problems.items()))
-        lines = [f"  item {i}: {p}" for i, ps in self.problems.items() for p in ps]
+        lines = [f"item {i}: {p}" for i, ps in self.problems.items() for p in ps]
         n = len(self.problems)
-        super().__init__(f"batch rejected, nothing was queued: {n} invalid item(s):\n" + "\n".join(lines))
+        super().__init__(f"batch rejected, nothing was queued: {n} invalid item(s):\n" + listed(lines, "  "))

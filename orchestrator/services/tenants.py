@@ -1,17 +1,25 @@
-"""Tenants: create, list, show, change quota."""
+"""Tenants: create, list, show, rename, change quota.
+
+What an operator (or, through the API, a tenant) types here is checked at this door: the slug,
+a display name (one line of printable characters, short enough for its column) and every quota
+(a whole number no larger than its registry column holds).
+"""
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lora_engine.errors import shown
 from orchestrator.config import get_settings
 from orchestrator.registry import repositories as repo
+from orchestrator.registry.limits import BIG_INTEGER_MAX, INTEGER_MAX, TENANT_NAME_CHARS
 from orchestrator.registry.models import Tenant
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.errors import Conflict, InvalidInput, NotFound
@@ -24,16 +32,40 @@ def validate_slug(slug: str) -> str:
     """Return `slug` if valid, else raise InvalidInput saying what is allowed."""
     if not isinstance(slug, str) or not SLUG_RE.fullmatch(slug):
         raise InvalidInput(
-            f"invalid tenant slug {slug!r}: use 1-40 characters of lowercase letters, digits and dashes, "
-            "starting with a letter or digit (e.g. 'acme-research')"
+            f"invalid tenant slug {shown(slug)}: use 1-40 characters of lowercase letters, digits and "
+            "dashes, starting with a letter or digit (e.g. 'acme-research')"
         )
     return slug
 
 
-def _check_quota(max_running: int) -> int:
-    if not isinstance(max_running, int) or isinstance(max_running, bool) or max_running < 0:
-        raise InvalidInput(f"max_running must be an integer >= 0 (got {max_running!r})")
-    return max_running
+NAME_RULE = f"a display name is one line of at most {TENANT_NAME_CHARS} printable characters"
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def validate_display_name(name: str) -> str:
+    """`name` without surrounding blanks, or InvalidInput naming the rule (NAME_RULE): a display
+    name is printed in every listing, so it is one line, short, and holds no control character
+    (no terminal escape, no bidi override); spaces of any script are fine."""
+    if not isinstance(name, str):
+        raise InvalidInput(f"display name must be text (got {shown(name)}); {NAME_RULE}")
+    name = name.strip()
+    if len(name) > TENANT_NAME_CHARS:
+        raise InvalidInput(f"display name is {len(name)} characters long; {NAME_RULE}")
+    for at, char in enumerate(name, 1):
+        if char.isprintable() or unicodedata.category(char) == "Zs":
+            continue
+        what = "a line break" if char in _LINE_BREAKS else f"the non-printable character U+{ord(char):04X}"
+        raise InvalidInput(f"display name holds {what} at character {at}; {NAME_RULE}")
+    return name
+
+
+def _whole(name: str, value: Any, high: int, alternative: str = "") -> int:
+    """`value` if it is an int (not a bool) in [0, high], else InvalidInput naming the range
+    (`high`: what the quota's registry column holds)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise InvalidInput(f"{name} must be a whole number between 0 and {high}{alternative} "
+                           f"(got {shown(value)})")
+    return value
 
 
 @transactional
@@ -42,10 +74,11 @@ def create_tenant(
 ) -> Tenant:
     """Create a tenant. `max_running` defaults to settings.tenant_max_running. Conflict if the slug exists."""
     validate_slug(slug)
+    name = validate_display_name(name) if name is not None else ""
     if max_running is None:
         max_running = get_settings().tenant_max_running
     settings = get_settings()
-    tenant = Tenant(slug=slug, name=(name or slug).strip() or slug, max_running=_check_quota(max_running),
+    tenant = Tenant(slug=slug, name=name or slug, max_running=_whole("max_running", max_running, INTEGER_MAX),
                     max_queued=settings.tenant_max_queued,
                     device_hours_per_month=settings.tenant_device_hours_per_month,
                     max_storage_bytes=settings.tenant_max_storage_bytes)
@@ -75,7 +108,16 @@ def tenant_or_404(session: Session, slug: str) -> Tenant:
     """Inside another service's transaction: the tenant, or NotFound."""
     tenant = repo.tenant_by_slug(session, slug)
     if tenant is None:
-        raise NotFound(f"no tenant {slug!r} (see `lorafleet tenant list`)")
+        raise NotFound(f"no tenant {shown(slug)} (see `lorafleet tenant list`)")
+    return tenant
+
+
+@transactional
+def rename_tenant(session: Session, slug: str, name: str) -> Tenant:
+    """Change the tenant's display name (the slug, its id in commands, stays); an empty name
+    falls back to the slug, as at creation."""
+    tenant = tenant_or_404(session, slug)
+    tenant.name = validate_display_name(name) or slug
     return tenant
 
 
@@ -83,15 +125,15 @@ KEEP: Any = object()  # set_tenant_quota: leave this quota as it is
 
 
 def _limit(name: str, value: Any, kind: type) -> Any:
-    """None (unlimited) or a finite number >= 0 of `kind`."""
+    """None (unlimited), a whole number of at most 64 bits (`kind` int) or a finite number >= 0."""
     if value is None:
         return None
+    if kind is int:
+        return _whole(name, value, BIG_INTEGER_MAX, ", or unlimited")
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = number and math.isfinite(value) and value >= 0
-    if not ok or (kind is int and not isinstance(value, int)):
-        what = "an integer" if kind is int else "a finite number"
-        raise InvalidInput(f"{name} must be {what} >= 0, or unlimited (got {value!r})")
-    return kind(value)
+    if not (number and math.isfinite(value) and value >= 0):
+        raise InvalidInput(f"{name} must be a finite number >= 0, or unlimited (got {shown(value)})")
+    return float(value)
 
 
 @transactional
@@ -108,9 +150,9 @@ def set_tenant_quota(
     the device-hour budget or the storage quota means unlimited. Running jobs are never stopped."""
     tenant = tenant_or_404(session, slug)
     if max_running is not None:
-        tenant.max_running = _check_quota(max_running)
+        tenant.max_running = _whole("max_running", max_running, INTEGER_MAX)
     if max_queued is not None:
-        tenant.max_queued = _limit("max_queued", max_queued, int)
+        tenant.max_queued = _whole("max_queued", max_queued, INTEGER_MAX)
     if device_hours_per_month is not KEEP:
         tenant.device_hours_per_month = _limit("device_hours_per_month", device_hours_per_month, float)
     if max_storage_bytes is not KEEP:

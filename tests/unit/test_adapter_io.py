@@ -143,8 +143,8 @@ def _bad(folder, what):
 
 
 @pytest.mark.parametrize(("what", "pattern"), [
-    ("truncated", r"unreadable safetensors file \(truncated or corrupt\)"),
-    ("corrupt", r"unreadable safetensors file \(truncated or corrupt\)"),
+    ("truncated", r"adapter_model\.safetensors is truncated or corrupt \(tensor '.*' lies outside"),
+    ("corrupt", r"adapter_model\.safetensors is not a safetensors file \(bad header length"),
     ("missing-weights", r"adapter_model\.safetensors is missing"),
     ("missing-config", r"not an adapter folder: adapter_config\.json is missing"),
     ("peft-type", r"peft_type 'IA3' is not supported; allowed: LORA"),

@@ -29,8 +29,8 @@ ALIAS_BOMB = "\n".join(
 )
 
 
-def safetensors_bytes(header: dict, data: bytes) -> bytes:
-    raw = json.dumps(header).encode()
+def safetensors_bytes(header: dict | bytes, data: bytes) -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + data
 
 
@@ -45,6 +45,16 @@ def adapter_folder(folder: Path, config: dict, weights: bytes | None, name: str 
 
 LORA = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": "tiny-bert"}
 TENSOR = {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+# Malformed or non-finite weights: (folder name, header, tensor bytes).
+BAD_WEIGHTS = [
+    ("overlap", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                 "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12),
+    ("shape-past-end", {"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}, b"\0" * 4),
+    ("deep-header", b"[" * 100_000 + b"]" * 100_000, b""),
+    ("nan", {"ok": TENSOR["w"], "lora_B": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+     struct.pack("<3f", 0.5, 1.0, float("nan"))),
+    ("inf", {"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}, b"\x00\x00\x80\x7f"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +97,31 @@ def door(tmp_path_factory: pytest.TempPathFactory):
     w("batch.toml").write_text("x = 1\n")
     w("empty-batch.jsonl").write_text("\n")
     w("grad.yaml").write_text(json.dumps([{**GOOD, "grad_accum": 1_000_000_000}]))
+    w("rank-true.yaml").write_text("- {tenant: acme, task: sst2, base_model: tiny-bert, rank: true}\n")
+    w("deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    w("deep-flow.yaml").write_text("[" * 100_000 + "]" * 100_000)
+    w("deep-block.yaml").write_text("".join(" " * i + "- x:\n" for i in range(0, 400, 2)))
+    w("dup.jsonl").write_text('{"tenant": "acme", "task": "sst2", "tenant": "other"}\n')
+    w("dup.yaml").write_text("- tenant: acme\n  task: sst2\n  tenant: other\n")
+    w("bigint.json").write_text('[{"tenant": "acme", "task": "sst2", "rank": ' + "9" * 5000 + "}]")
+    w("bad-items.jsonl").write_text('{"task": "sst2"}\n' * 120)
+    w("many-fields.yaml").write_text(json.dumps([{**GOOD, **{f"x{i}": 1 for i in range(60)}}]))
+    w("dupkey.jsonl").write_text('{"text": "a", "label": 0, "label": 1}\n{"text": "b", "label": 1}\n')
+    w("deep-row.jsonl").write_text('{"text": ' + "[" * 5000 + "]" * 5000 + ', "label": 0}\n')
     adapter_folder(data / "wrong-base", {**LORA, "base_model_name_or_path": "tiny-gpt2"},
                    safetensors_bytes(TENSOR, b"\0" * 4))
     adapter_folder(data / "corrupt", LORA, safetensors_bytes(TENSOR, b"\0" * 2))
     adapter_folder(data / "pickled", LORA, pickle.dumps({"lora_A": [0.0] * 64}))
     adapter_folder(data / "ia3", {**LORA, "peft_type": "IA3"}, safetensors_bytes(TENSOR, b"\0" * 4))
     adapter_folder(data / "binonly", LORA, pickle.dumps({"w": 1}), name="adapter_model.bin")
+    for name, header, tensors in BAD_WEIGHTS:
+        adapter_folder(data / name, LORA, safetensors_bytes(header, tensors))
+    adapter_folder(data / "rank-true", {**LORA, "r": True}, safetensors_bytes(TENSOR, b"\0" * 4))
+    adapter_folder(data / "rank-huge", {**LORA, "r": 10**30}, safetensors_bytes(TENSOR, b"\0" * 4))
+    labels = adapter_folder(data / "labels-huge", {**LORA, "target_modules": ["query"]},
+                            safetensors_bytes(TENSOR, b"\0" * 4))
+    (labels / "lorafleet.json").write_text(json.dumps({"base_model": "tiny-bert", "kind": "classification",
+                                                       "task": "sst2", "num_labels": 10**30}))
     settings = get_settings()
     artifacts = settings.artifacts
     theirs = adapter_folder(artifacts / "other-tenant" / "their-adapter", LORA,
@@ -115,6 +144,8 @@ def dump(door: dict) -> tuple:
 
 
 S = ["job", "submit", "--tenant", "acme", "--task", "sst2", "--base-model", "tiny-bert"]
+IMP = ["adapter", "import", "--tenant", "acme", "--task", "sst2"]
+NAME_RULE = "a display name is one line of at most 200 printable characters"
 C = ["job", "submit", "--tenant", "acme", "--task", "custom-classification", "--base-model", "tiny-bert",
      "--dataset"]
 U = ["dataset", "upload", "--tenant", "acme"]
@@ -169,7 +200,8 @@ CASES = [
     ("batch-yaml-syntax", [*B, "{data}/syntax.yaml"], "line 3 column 1"),
     ("batch-jsonl-bad-line", [*B, "{data}/badline.jsonl"], "line 2 is not JSON"),
     ("batch-jsonl-nan", [*B, "{data}/nan.jsonl"], "line 2: NaN is not a number JSON allows"),
-    ("batch-wrong-type", [*B, "{data}/wrongtype.jsonl"], "item 1: rank: Input should be a valid integer"),
+    ("batch-wrong-type", [*B, "{data}/wrongtype.jsonl"],
+     "item 1: rank: must be between 1 and 1024, a whole number"),
     ("batch-unknown-key", [*B, "{data}/unknown.yaml"], "item 2: colour: unknown field"),
     ("batch-not-mapping", [*B, "{data}/notmapping.yaml"], "item 0: must be a mapping"),
     ("batch-no-tenant", [*B, "{data}/notenant.jsonl"], "item 0: missing 'tenant'"),
@@ -183,6 +215,80 @@ CASES = [
     ("adapter-pickle-disguised", [*S, "--init-from", "{data}/pickled"], "is not a safetensors file"),
     ("adapter-unknown-peft-type", [*S, "--init-from", "{data}/ia3"], "peft_type 'IA3' is not supported"),
     ("adapter-bin-only", [*S, "--init-from", "{data}/binonly"], "adapter_model.bin (pickle) is refused"),
+    # -- numbers: bounded below what their registry column (or the spec) holds; booleans are not numbers
+    ("quota-queued-huge", ["tenant", "set-quota", "acme", "--max-queued", str(10**30)],
+     "max_queued must be a whole number between 0 and 2147483647 (got 1000000000000000000000000000000)"),
+    ("quota-running-huge", ["tenant", "set-quota", "acme", "--max-running", str(2**31)],
+     "max_running must be a whole number between 0 and 2147483647"),
+    ("quota-storage-huge", ["tenant", "set-quota", "acme", "--max-storage-bytes", str(2**63)],
+     "max_storage_bytes must be a whole number between 0 and 9223372036854775807, or unlimited"),
+    ("create-running-huge", ["tenant", "create", "bob", "--max-running", str(10**30)],
+     "max_running must be a whole number between 0 and 2147483647"),
+    ("rank-400-digits", [*S, "--rank", "9" * 400],
+     "rank: must be between 1 and 1024 (got an integer of 400 digits)"),
+    ("rank-true", [*S, "--set", "rank=true"], "rank: must be between 1 and 1024, a whole number (got True)"),
+    ("lr-true", [*S, "--set", "lr=true"], "lr: must be a finite number > 0 and <= 1, or 'auto' (got True)"),
+    ("max-steps-float", [*S, "--set", "max_steps=5.5"], "max_steps: must be between 1 and 10000000, a whole"),
+    ("set-1e400", [*S, "--set", "alpha=1e400"], "--set alpha: number 1e400 is out of range"),
+    ("set-duplicate-key", [*S, "--set", 'targets={{"a": 1, "a": 2}}'],
+     "--set targets: key 'a' appears twice"),
+    ("batch-rank-true", [*B, "{data}/rank-true.yaml"],
+     "item 0: rank: must be between 1 and 1024, a whole number"),
+    ("job-list-offset-huge", ["job", "list", "--offset", str(10**30)], "is not in the range 0<=x<="),
+    ("reconcile-grace-nan", ["reconcile", "--lease-grace", "nan"], "'nan' is not a number of seconds"),
+    # -- documents: nesting, duplicate keys, huge numbers; every list of problems bounded
+    ("batch-json-deep", [*B, "{data}/deep.json"], "nests deeper than 32 levels of objects and lists"),
+    ("batch-yaml-deep-flow", [*B, "{data}/deep-flow.yaml"],
+     "nests deeper than 32 levels of mappings and lists"),
+    ("batch-yaml-deep-block", [*B, "{data}/deep-block.yaml"], "line 17: nests deeper than 32 levels"),
+    ("batch-jsonl-duplicate-key", [*B, "{data}/dup.jsonl"],
+     "line 1: key 'tenant' appears twice in one object"),
+    ("batch-yaml-duplicate-key", [*B, "{data}/dup.yaml"],
+     "line 3: key 'tenant' appears twice in one mapping"),
+    ("batch-huge-number", [*B, "{data}/bigint.json"], "a number of 5000 digits; numbers have at most 100"),
+    ("batch-bad-items-counted", [*B, "{data}/bad-items.jsonl"],
+     "120 invalid item(s):\n  item 0: missing 'tenant' (the tenant's slug)\n"),
+    ("batch-bad-items-bounded", [*B, "{data}/bad-items.jsonl"],
+     "  item 49: missing 'tenant' (the tenant's slug)\n  ... and 70 more\n"),
+    ("spec-problems-bounded", [*B, "{data}/many-fields.yaml"], "item 0: x49: unknown field; allowed fields: "
+                                                               "task, method, rank,"),
+    ("spec-problems-counted", [*B, "{data}/many-fields.yaml"], "init_from\n  ... and 10 more\n"),
+    ("data-duplicate-key", [*U, "{data}/dupkey.jsonl"],
+     "line 1: not valid JSON: key 'label' appears twice"),
+    ("data-deep-row", [*U, "{data}/deep-row.jsonl"],
+     "line 1: not valid JSON: nests deeper than 32 levels"),
+    # -- adapters from outside: malformed safetensors and non-finite weights, at both doors
+    *[(f"init-from-{name}", [*S, "--init-from", f"{{data}}/{name}"], says) for name, says in [
+        ("overlap", "tensor 'b' overlaps the bytes of another tensor"),
+        ("shape-past-end", "tensor 'w' lies outside the file"),
+        ("deep-header", "its header nests deeper than 3 levels"),
+        ("nan", "holds NaN or infinite values in tensor 'lora_B'"),
+        ("inf", "holds NaN or infinite values in tensor 'w'"),
+        ("rank-true", "r must be a whole number between 1 and 1024 (got True)"),
+        ("rank-huge", "r must be a whole number between 1 and 1024 (got 10000000000000000"),
+    ]],
+    *[(f"import-{name}", [*IMP, f"{{data}}/{name}"], f"adapter import: adapter_model.safetensors {says}")
+      for name, says in [
+        ("overlap", "is corrupt (tensor 'b' overlaps"),
+        ("shape-past-end", "is truncated or corrupt (tensor 'w' lies outside the file)"),
+        ("deep-header", "is not a safetensors file (its header nests deeper than 3 levels"),
+        ("nan", "holds NaN or infinite values in tensor 'lora_B'; every weight of an adapter must be finite"),
+        ("inf", "holds NaN or infinite values in tensor 'w'"),
+    ]],
+    ("import-rank-true", [*IMP, "{data}/rank-true"], "adapter_config.json: r must be a whole number"),
+    ("import-labels-huge", [*IMP[:4], "{data}/labels-huge"],
+     "lorafleet.json: a field has the wrong type (num_labels must be a whole number between 1 and 100000"),
+    # -- display names: one line, printable, at most 200 characters
+    ("name-5000", ["tenant", "create", "bob", "--name", "x" * 5000],
+     f"display name is 5000 characters long; {NAME_RULE}"),
+    ("name-two-lines", ["tenant", "create", "bob", "--name", "Bob\nCorp"],
+     "holds a line break at character 4"),
+    ("name-escape", ["tenant", "create", "bob", "--name", "\x1b]0;owned\x07"],
+     f"holds the non-printable character U+001B at character 1; {NAME_RULE}"),
+    ("name-bidi", ["tenant", "create", "bob", "--name", "abc\u202egpj.exe"],
+     "non-printable character U+202E"),
+    ("rename-two-lines", ["tenant", "rename", "acme", "a\rb"], "holds a line break at character 2"),
+    ("rename-5000", ["tenant", "rename", "acme", "y" * 5000], "display name is 5000 characters long"),
 ]
 
 
@@ -220,4 +326,30 @@ def test_bad_environment_is_one_clear_line(door: dict, var: str, value: str, nee
                           capture_output=True, text=True, timeout=60, cwd=door["base"])
     assert done.returncode != 0 and needle in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+    assert dump(door) == before
+
+
+def test_a_million_item_batch_is_refused_in_a_few_lines(door: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the item cap: refused before any item is parsed, naming the count. Under a raised cap,
+    100,000 bad items: the error shows the first 50 and counts the rest."""
+    before = dump(door)
+    million = door["data"] / "million.jsonl"
+    million.write_text("{}\n" * 1_000_000)
+    result = CliRunner().invoke(cli, [*B, str(million)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "1000000 items; a batch file may hold at most 1000 (LORAFLEET_MAX_BATCH_ITEMS)" in result.output
+    assert len(result.output) < 20_000
+
+    monkeypatch.setenv("LORAFLEET_MAX_BATCH_ITEMS", "100000")
+    get_settings.cache_clear()
+    try:
+        many = door["data"] / "many.jsonl"
+        many.write_text("{}\n" * 100_000)
+        result = CliRunner().invoke(cli, [*B, str(many)])
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "100000 invalid item(s)" in result.output and "\n  ... and 99950 more\n" in result.output
+    assert len(result.output) < 20_000
     assert dump(door) == before

@@ -62,3 +62,29 @@ def test_size_cap_type_and_relative_dataset_paths(tmp_path: Path, monkeypatch: p
     other.write_text("x")
     with pytest.raises(BatchFileError, match=r"allowed: \.jsonl"):
         load_batch_file(other)
+
+
+@pytest.mark.parametrize(("name", "write", "says"), [
+    ("b.jsonl", lambda n: "{}\n\n" * n, "b.jsonl: 11 items; a batch file may hold at most 10"),
+    ("b.json", lambda n: json.dumps([{}] * n), "b.json: 11 items; a batch file may hold at most 10"),
+    ("b.yaml", lambda n: "- {}\n" * n, "b.yaml: more than 10 items; a batch file may hold at most 10"),
+])
+def test_the_item_cap_holds_for_every_format(tmp_path: Path, name: str, write, says: str):
+    path = tmp_path / name
+    path.write_text(write(11))
+    with pytest.raises(BatchFileError, match=says):
+        load_batch_file(path, max_items=10)
+    path.write_text(write(10))
+    assert len(load_batch_file(path, max_items=10)) == 10
+
+
+def test_yaml_items_are_held_to_the_json_rules(tmp_path: Path):
+    path = tmp_path / "b.yaml"
+    for text, says in [
+        ("- tenant: acme\n  spec:\n    rank: 4\n    rank: 64\n", "line 4: key 'rank' appears twice"),
+        ("x:\n" + "".join("  " * i + "- y:\n" for i in range(1, 40)), "nests deeper than 32 levels"),
+        ("- {rank: " + "1" * 200 + "}\n", "line 1: a number of 200 characters; numbers have at most 100"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(BatchFileError, match=says):
+            load_batch_file(path)
