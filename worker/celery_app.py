@@ -15,7 +15,9 @@ the longest job, the `gpu` queue. Here:
 - an embedded worker runs the reconciler in a thread (`worker.reconciler`); a cluster runs
   `lorafleet reconcile --every` (its own container), or a beat schedule (`… worker --beat`);
 - the process that runs the tasks registers in the `workers` table and heartbeats there, idle
-  too (`worker.presence`): the solo worker at ready, each prefork child after its fork.
+  too (`worker.presence`): the solo worker at ready, each prefork child after its fork;
+- every process dies with its parent (`orchestrator.lifeline`): the worker with `lorafleet
+  worker` (set there), an embedded beat with the worker (here), prefork children (Celery's own).
 
 Start a worker: `celery -A worker.celery_app worker -Q gpu --pool solo` or `lorafleet worker`.
 """
@@ -23,10 +25,17 @@ Start a worker: `celery -A worker.celery_app worker -Q gpu --pool solo` or `lora
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    beat_embedded_init,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutting_down,
+)
 
 from orchestrator.config import get_settings
 from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir
@@ -47,6 +56,25 @@ app.conf.update(
     # Beat's schedule file goes under LORAFLEET_HOME, not the current directory.
     beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
 )
+
+
+_worker_pid: int | None = None  # the worker process (the parent of its pool and embedded beat)
+
+
+@worker_init.connect
+def _remember_worker(**_: Any) -> None:
+    global _worker_pid
+    _worker_pid = os.getpid()
+
+
+@beat_embedded_init.connect
+def _beat_dies_with_worker(**_: Any) -> None:
+    """`--beat` runs the scheduler in a child process: it stops when the worker dies, however
+    it dies, instead of scheduling on for a worker that is gone."""
+    from orchestrator.lifeline import die_with_parent
+
+    if _worker_pid is not None:
+        die_with_parent(_worker_pid)
 
 
 @worker_process_init.connect
