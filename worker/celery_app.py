@@ -12,6 +12,8 @@ the longest job, the `gpu` queue. Here:
   (the solo pool runs tasks in the worker process itself; `lorafleet worker --gpus N` starts one
   such process per GPU);
 - on shutdown the running job checkpoints and goes back to the queue (see `_shutting_down`);
+- a worker whose own environment failed `unhealthy_after` jobs in a row stops consuming its
+  queue (`worker.health`);
 - an embedded worker runs the reconciler in a thread (`worker.reconciler`); a cluster runs
   `lorafleet reconcile --every` (its own container), or a beat schedule (`… worker --beat`);
 - the process that runs the tasks registers in the `workers` table and heartbeats there, idle
@@ -39,7 +41,7 @@ from celery.signals import (
 
 from orchestrator.config import get_settings
 from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir
-from worker import exporter, logs, preflight, presence  # noqa: F401 (they connect their signal handlers)
+from worker import exporter, health, logs, preflight, presence  # noqa: F401 (they connect their signal handlers)
 from worker.transport import consumer_broker_url
 
 settings = get_settings()
@@ -85,6 +87,7 @@ def _after_fork(**_: Any) -> None:
 
     dispose_engines()
     reset_model_cache()
+    health.reset()
     presence.start(get_settings())  # after the disposal: its beats use the child's own connections
 
 
@@ -115,6 +118,10 @@ def _ready(sender: Any = None, **_: Any) -> None:
 
     if not presence.is_prefork(getattr(sender, "controller", None)):
         presence.start(settings)  # this process runs the tasks (a prefork child registers itself)
+        # Unhealthy, it takes no more messages: they go to healthy workers. (The task runs in
+        # this consumer's own thread, so it may cancel the consumer. A prefork child cannot
+        # reach its parent's consumer: it refuses each message it is given, see `tasks.run_job`.)
+        health.on_unhealthy(lambda _reason: sender.cancel_task_queue(settings.queue))
     embedded = settings.database_url.startswith("sqlite")
     if embedded:
         ReconcilerThread(settings).start()
