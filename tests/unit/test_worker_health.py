@@ -141,3 +141,29 @@ def test_a_jobs_own_bad_input_still_fails_it(tmp_path):
         assert health.unhealthy() is None
     finally:
         forget_engine(settings.database_url)
+
+
+def test_an_unhealthy_worker_claims_nothing_and_hands_the_message_back(tmp_path, monkeypatch):
+    from celery.exceptions import Reject
+
+    from orchestrator.config import get_settings
+
+    monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
+    for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    try:
+        with session_scope() as s:
+            svc.create_tenant(s, "acme")
+            job_id = svc.submit_job(s, "acme", TINY).id
+        health.record_fault("data folder /srv/data is missing", unhealthy_after=1)
+        from worker.tasks import run_job as task
+
+        result = task.apply(args=[job_id])
+        assert isinstance(result.result, Reject) and result.result.requeue
+        assert "data folder /srv/data is missing" in str(result.result.reason)
+        with session_scope() as s:
+            assert [e.kind for e in svc.job_events(s, job_id)] == ["submitted"]  # not claimed
+    finally:
+        forget_engine(get_settings().database_url)
+        get_settings.cache_clear()
