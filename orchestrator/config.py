@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         50, ge=1, description="optimizer steps between checkpoints",
         json_schema_extra=_allowed("an integer >= 1"),
     )
+    unhealthy_after: int = Field(
+        3, ge=1, le=1000,
+        description="jobs in a row a worker hands back because its own environment failed them (its "
+                    "working folder, data folder, model cache or artifacts root missing or unreadable) "
+                    "before it stops claiming and shows unhealthy",
+        json_schema_extra=_allowed("an integer from 1 to 1000"),
+    )
     # Longer than the longest job: Redis redelivers an unacked message after this many seconds.
     visibility_timeout: int = Field(
         12 * 3600,

@@ -11,6 +11,12 @@ here). The runner asks `classify`; the services ask `has_attempts_left` and `red
 | TrainingStopped, worker shutting down         | released  | checkpointed; back to the queue at once,   |
 |                                               |           |   the attempt is not counted against it    |
 | LeaseLost                                     | lost      | someone else owns the job: write nothing   |
+| WorkerEnvironmentError: the attempt failed    | worker    | not the job's fault: back to the queue at  |
+|   and the worker found a path of its own      |  fault    |   once with the attempt given back, for a  |
+|   configuration missing or unreadable (its    |           |   healthy worker; the worker counts it,    |
+|   working folder, data folder, model cache,   |           |   `unhealthy_after` in a row and it stops  |
+|   artifacts root); what the job names is the  |           |   claiming (`unhealthy` in the status)     |
+|   job's own                                   |           |                                            |
 | infrastructure: OSError (connection, I/O on   | requeued  | may pass: another attempt after a back-off |
 |   a shared volume), registry or broker        |           |   resumes from the last checkpoint, until  |
 |   connection errors, device out of memory,    |           |   the attempts run out                     |
@@ -24,9 +30,10 @@ here). The runner asks `classify`; the services ask `has_attempts_left` and `red
 |   UnpicklingError, a bug                      |           |                                            |
 
 Budget: a claim counts one attempt; a job fails once `attempts` reaches `max_attempts`. A
-release (graceful shutdown) raises `max_attempts` by one, so a deploy costs no attempt, and an
-operator's `job retry` grants a fresh budget on top of the attempts already made: attempts keep
-counting up, so each attempt's usage row stays unique.
+release (graceful shutdown) raises `max_attempts` by one, so a deploy costs no attempt; a worker
+fault gives the claim's attempt back (`attempts` as before the claim, and no usage row: a tenant
+does not pay for a broken worker); an operator's `job retry` grants a fresh budget on top of the
+attempts already made: attempts keep counting up, so each attempt's usage row stays unique.
 
 Back-off: a requeued job is re-sent after `backoff(attempt)` = `base * 2**(attempt-1)` capped
 (attempt 1 → 5 s, 2 → 10 s, 3 → 20 s …); a queued job whose message may be lost is re-sent by the
@@ -59,6 +66,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     REQUEUED = "requeued"
     RELEASED = "released"
+    WORKER_FAULT = "worker_fault"
 
 
 def _infrastructure_errors() -> tuple[type[BaseException], ...]:
@@ -115,12 +123,14 @@ def classify(exc: BaseException, *, cancel_requested: bool = True, shutting_down
     asked to stop (a stop without a cancel is a release).
     """
     from lora_engine.errors import TrainingStopped
-    from orchestrator.services.errors import LeaseLost
+    from orchestrator.services.errors import LeaseLost, WorkerEnvironmentError
 
     if isinstance(exc, TrainingStopped):
         return Outcome.CANCELLED if cancel_requested or not shutting_down else Outcome.RELEASED
     if isinstance(exc, LeaseLost):
         return Outcome.LOST
+    if isinstance(exc, WorkerEnvironmentError):
+        return Outcome.WORKER_FAULT
     return Outcome.REQUEUED if is_transient(exc) else Outcome.FAILED
 
 

@@ -12,10 +12,14 @@ the longest job, the `gpu` queue. Here:
   (the solo pool runs tasks in the worker process itself; `lorafleet worker --gpus N` starts one
   such process per GPU);
 - on shutdown the running job checkpoints and goes back to the queue (see `_shutting_down`);
+- a worker whose own environment failed `unhealthy_after` jobs in a row stops consuming its
+  queue (`worker.health`);
 - an embedded worker runs the reconciler in a thread (`worker.reconciler`); a cluster runs
   `lorafleet reconcile --every` (its own container), or a beat schedule (`… worker --beat`);
 - the process that runs the tasks registers in the `workers` table and heartbeats there, idle
-  too (`worker.presence`): the solo worker at ready, each prefork child after its fork.
+  too (`worker.presence`): the solo worker at ready, each prefork child after its fork;
+- every process dies with its parent (`orchestrator.lifeline`): the worker with `lorafleet
+  worker` (set there), an embedded beat with the worker (here), prefork children (Celery's own).
 
 Start a worker: `celery -A worker.celery_app worker -Q gpu --pool solo` or `lorafleet worker`.
 """
@@ -23,14 +27,21 @@ Start a worker: `celery -A worker.celery_app worker -Q gpu --pool solo` or `lora
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    beat_embedded_init,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutting_down,
+)
 
 from orchestrator.config import get_settings
 from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir
-from worker import exporter, logs, preflight, presence  # noqa: F401 (they connect their signal handlers)
+from worker import exporter, health, logs, preflight, presence  # noqa: F401 (they connect their signal handlers)
 from worker.transport import consumer_broker_url
 
 settings = get_settings()
@@ -49,6 +60,25 @@ app.conf.update(
 )
 
 
+_worker_pid: int | None = None  # the worker process (the parent of its pool and embedded beat)
+
+
+@worker_init.connect
+def _remember_worker(**_: Any) -> None:
+    global _worker_pid
+    _worker_pid = os.getpid()
+
+
+@beat_embedded_init.connect
+def _beat_dies_with_worker(**_: Any) -> None:
+    """`--beat` runs the scheduler in a child process: it stops when the worker dies, however
+    it dies, instead of scheduling on for a worker that is gone."""
+    from orchestrator.lifeline import die_with_parent
+
+    if _worker_pid is not None:
+        die_with_parent(_worker_pid)
+
+
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     """A forked pool child: drop inherited registry connections and any inherited warm model."""
@@ -57,6 +87,7 @@ def _after_fork(**_: Any) -> None:
 
     dispose_engines()
     reset_model_cache()
+    health.reset()
     presence.start(get_settings())  # after the disposal: its beats use the child's own connections
 
 
@@ -87,6 +118,10 @@ def _ready(sender: Any = None, **_: Any) -> None:
 
     if not presence.is_prefork(getattr(sender, "controller", None)):
         presence.start(settings)  # this process runs the tasks (a prefork child registers itself)
+        # Unhealthy, it takes no more messages: they go to healthy workers. (The task runs in
+        # this consumer's own thread, so it may cancel the consumer. A prefork child cannot
+        # reach its parent's consumer: it refuses each message it is given, see `tasks.run_job`.)
+        health.on_unhealthy(lambda _reason: sender.cancel_task_queue(settings.queue))
     embedded = settings.database_url.startswith("sqlite")
     if embedded:
         ReconcilerThread(settings).start()

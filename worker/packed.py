@@ -371,7 +371,7 @@ def _leave(settings: Settings, worker_id: str, m: _Member, outcome, plan, stoppe
                             tokens=outcome.tokens)
         exc = outcome.error if outcome.status == "failed" else stopped_cls(outcome.step)
         return _settle(settings, m.ctx.job_id, worker_id, m.ctx.attempt, exc, usage,
-                       cancel_requested=m.beat.cancel)
+                       cancel_requested=m.beat.cancel, spec=m.ctx.spec)
     finally:
         _clean_staging(m)
 
@@ -396,7 +396,8 @@ def _fail(settings: Settings, worker_id: str, m: _Member, exc: Exception) -> Run
     m.keepalive.stop()
     try:
         return _settle(settings, m.ctx.job_id, worker_id, m.ctx.attempt, exc,
-                       _failed_usage(time.monotonic() - m.started), cancel_requested=m.beat.cancel)
+                       _failed_usage(time.monotonic() - m.started), cancel_requested=m.beat.cancel,
+                       spec=m.ctx.spec)
     finally:
         _clean_staging(m)
 

@@ -2,8 +2,9 @@
 
 The process that runs the tasks registers (the solo pool's worker process at `worker_ready`; with
 the prefork pool each child after its fork, never the parent), then a daemon thread renews
-`last_seen` every `heartbeat_seconds`, idle or training, with the job it is on. The task names
-its job when it starts and ends one (`on_job`), so the status does not wait a beat for it. A
+`last_seen` every `heartbeat_seconds`, idle or training, with the job it is on and, once the
+process is unhealthy (`worker.health`), why. The task names its job when it starts and ends one
+(`on_job`), so the status does not wait a beat for it; an unhealthy process says so at once. A
 graceful shutdown marks the row stopped once the running job has checkpointed and let go.
 
 Registry trouble never stops a worker: a failed beat is logged and the next one tries again (and
@@ -25,6 +26,7 @@ from typing import Any
 from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
 from orchestrator.config import Settings
+from worker import health
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ class Presence(threading.Thread):
             register_worker(session, info)
 
     def beat(self) -> None:
-        """Renew `last_seen` with the current job; register again if the row is gone."""
+        """Renew `last_seen` with the current job and, once unhealthy, why; register again if the
+        row is gone (the next beat says it is unhealthy again)."""
         from orchestrator.registry.db import session_scope
         from orchestrator.services.workers import worker_beat
 
@@ -74,7 +77,7 @@ class Presence(threading.Thread):
                 return
             try:
                 with session_scope(self.settings) as session:
-                    known = worker_beat(session, self.id, self.job)
+                    known = worker_beat(session, self.id, self.job, unhealthy=health.unhealthy())
                 if not known:
                     self.register()
             except Exception as exc:  # the registry is briefly away: the next beat tries again
@@ -109,6 +112,7 @@ def start(settings: Settings) -> Presence | None:
     except Exception as exc:  # start anyway: the first beat registers it
         log.warning("presence: could not register worker %s: %s", presence.id, exc)
     presence.start()
+    health.on_unhealthy(lambda _reason: presence.beat())  # the status shows it at once
     _current = presence
     log.info("presence: worker %s registered, heartbeat every %ss", presence.id, settings.heartbeat_seconds)
     return presence

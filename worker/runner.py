@@ -5,7 +5,9 @@
       folder and hashed (once) → finish_job_success (adapter + metrics + usage, one transaction)
 
 Failures are classified by `orchestrator.retries` (the only place that decides retries). Paths come
-from `orchestrator.artifacts`; a job's checkpoints are removed once it succeeded.
+from `orchestrator.artifacts`; a job's checkpoints are removed once it succeeded. A failed attempt
+is first held against the worker's own environment (`worker.preflight.environment_faults`): if
+that is broken, it is the worker's fault, not the job's; `worker.health` counts those in a row.
 
 The base model stays resident between jobs (`BaseModelCache`, one per worker process): the next
 job on the same base only re-creates its LoRA parameters and head.
@@ -22,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
 from orchestrator.retries import Outcome, backoff, classify, describe, is_transient
 from orchestrator.services.leases import UsageRecord
+from worker import health
 from worker.executor import JobContext, JobHooks, JobResult
 from worker.logs import bind_job
 
@@ -321,6 +325,7 @@ def run_job(
             exc,
             _failed_usage(time.monotonic() - started),
             cancel_requested=beat.cancel,
+            spec=spec_json,
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -377,6 +382,7 @@ def _succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
             shutil.rmtree(record.path, ignore_errors=True)
         raise
     shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
+    health.record_ok()
     if record is None:
         log.info("job %s succeeded", ctx.job_id)
         return RunResult("succeeded", ctx.job_id)
@@ -423,18 +429,24 @@ def _settle(
     usage: UsageRecord,
     *,
     cancel_requested: bool = True,
+    spec: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Record a job that did not succeed, as the retry policy says.
 
     `cancel_requested`: the job's cancel flag as last seen; a stop without it during a
-    shutdown is a release (back to the queue at once, no attempt used).
+    shutdown is a release (back to the queue at once, no attempt used). `spec`: the job's stored
+    spec, to tell which parts of the worker's own environment the job needed.
     """
     from orchestrator.announce import announce_jobs
     from orchestrator.services import LeaseLost, fail_job, mark_cancelled, requeue_job
 
     outcome = classify(exc, cancel_requested=cancel_requested, shutting_down=_shutting_down)
+    if outcome in (Outcome.FAILED, Outcome.REQUEUED):
+        exc, outcome = _held_against_worker(settings, spec, exc, outcome)
     reason = "worker shutting down" if outcome is Outcome.RELEASED else describe(exc)
     try:
+        if outcome is Outcome.WORKER_FAULT:
+            return _hand_back(settings, job_id, worker_id, exc, reason)
         if outcome is Outcome.LOST:
             log.warning("job %s: %s; stopping without writing", job_id, reason)
             return RunResult("lost", job_id, reason)
@@ -460,3 +472,36 @@ def _settle(
     except LeaseLost as lost:
         log.warning("job %s: %s; not recording %s", job_id, lost, outcome.value)
         return RunResult("lost", job_id, str(lost))
+
+
+def _held_against_worker(
+    settings: Settings, spec: Mapping[str, Any] | None, exc: Exception, outcome: Outcome
+) -> tuple[Exception, Outcome]:
+    """A failed attempt, checked against this worker's own environment: broken, it is a
+    WorkerEnvironmentError (caused by `exc`) and classified as such; sound, `exc` stands."""
+    from orchestrator.services.errors import WorkerEnvironmentError
+    from worker.preflight import environment_faults
+
+    faults = environment_faults(settings, spec)
+    if not faults:
+        health.record_ok()
+        return exc, outcome
+    fault = WorkerEnvironmentError(faults)
+    fault.__cause__ = exc
+    return fault, classify(fault)
+
+
+def _hand_back(settings: Settings, job_id: str, worker_id: str, exc: Exception, reason: str) -> RunResult:
+    """A worker fault: the job back to the queue at once, its attempt given back, for another
+    worker; this worker counts the fault (and may take itself out of service)."""
+    from orchestrator.announce import announce_jobs
+    from orchestrator.services.leases import return_job
+
+    log.error("job %s: handed back, this worker's own environment is broken: %s (the job's error: %s)",
+              job_id, reason, describe(exc.__cause__ or exc))
+    state = _record(settings, lambda s: return_job(s, job_id, worker_id, reason))
+    health.record_fault(reason, settings.unhealthy_after)
+    if state != "queued":
+        return RunResult(state, job_id, reason)
+    announce_jobs([job_id], settings=settings)
+    return RunResult("requeued", job_id, reason, retry_in_s=0.0)

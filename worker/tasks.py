@@ -22,12 +22,17 @@ def run_job(self: Any, job_id: str) -> str:
     """Claim and run a queued job; returns the outcome (cancelled, requeued, …) or raises JobFailed."""
     from celery.exceptions import Reject
 
+    from worker import health
     from worker.runner import run_job as execute
     from worker.runner import shutting_down
 
     if shutting_down():
         # This worker is stopping: hand the message back for another (or the restarted) worker.
         raise Reject("worker shutting down", requeue=True)
+    if health.unhealthy():
+        # Out of service (its own environment failed its jobs): claim nothing, the message is
+        # another worker's.
+        raise Reject(f"worker unhealthy: {health.unhealthy()}", requeue=True)
 
     from orchestrator.config import get_settings
     from worker import exporter, logs, presence

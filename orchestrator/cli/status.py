@@ -46,6 +46,9 @@ def status(wide: bool, as_json: bool) -> None:
                 [Column("worker", flexible=True), Column("state"), Column("job"),
                  Column("device", flexible=True), Column("beat", "last beat", justify="right")], wide=wide,
                 empty="(no worker has registered: start one with `lorafleet worker`)")
+    for w in fleet.workers:  # out of service until restarted: say why
+        if w.state == "unhealthy":
+            click.echo(f"{w.worker} is unhealthy, it claims no jobs: {w.reason}")
     if fleet.running:
         click.echo("\nrunning")
         print_table([{"id": short_id(r.id, wide), "tenant": r.tenant, "task": r.task,

@@ -53,7 +53,8 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
     folder or model package) and sets OMP_WAIT_POLICY=PASSIVE unless you set it. With
     LORAFLEET_METRICS_PORT set, each worker process serves Prometheus metrics (process i of
     --gpus N on the port + i). The worker runs as its own process (`worker_command`): this CLI
-    never imports Celery or the worker app, it starts them and passes signals on.
+    never imports Celery or the worker app, it starts them and passes signals on; they stop
+    (warm) when this process dies, however it dies (Linux).
 
     \b
     Examples:
@@ -81,8 +82,13 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
             commands.append((env, worker_command(queue=queue, concurrency=concurrency, loglevel=loglevel,
                                                  hostname=f"gpu{index}@%h", beat=beat and index == 0)))
     # Own session: a terminal's Ctrl-C reaches them once, through `forward`, not twice (Celery
-    # takes a second SIGINT as a cold shutdown that kills the running job).
-    procs = [subprocess.Popen(command, env=env, start_new_session=True) for env, command in commands]
+    # takes a second SIGINT as a cold shutdown that kills the running job). Their lifeline: if
+    # this process is killed (SIGKILL forwards nothing), each gets SIGTERM, a warm shutdown,
+    # instead of living on as an orphan beside the worker a supervisor restarts.
+    from orchestrator.lifeline import child_dies_with_me
+
+    procs = [subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=child_dies_with_me())
+             for env, command in commands]
     if gpus is not None:
         status(f"started {gpus} worker process(es): {', '.join(str(p.pid) for p in procs)}")
 

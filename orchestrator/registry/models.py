@@ -332,9 +332,10 @@ class MetricPoint(Base):
 class Worker(Base):
     """A worker process as it reports itself: registered when it starts, `last_seen` renewed
     every `beat_seconds` while it lives (idle too), `stopped_at` set when it shuts down
-    gracefully. `id` is the worker id its leases carry (`<celery node>:<pid>`), so a running
-    job's `lease_owner` names this row. A process that dies silently keeps its row; the status
-    calls it lost once a few beats are missed. Not tenant-owned: workers serve every tenant."""
+    gracefully, `unhealthy_reason` once it took itself out of service. `id` is the worker id its
+    leases carry (`<celery node>:<pid>`), so a running job's `lease_owner` names this row. A
+    process that dies silently keeps its row; the status calls it lost once a few beats are
+    missed. Not tenant-owned: workers serve every tenant."""
 
     __tablename__ = "workers"
 
@@ -350,3 +351,6 @@ class Worker(Base):
     last_seen: Mapped[datetime] = mapped_column(index=True)
     stopped_at: Mapped[datetime | None]
     current_job_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("jobs.id"))
+    # Set when its own environment failed `unhealthy_after` jobs in a row: it claims nothing more.
+    unhealthy_reason: Mapped[str | None] = mapped_column(Text)
+    unhealthy_since: Mapped[datetime | None]

@@ -65,10 +65,14 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                   fail_job(s, job_id, worker_id, reason, usage=None) -> Job
                   mark_cancelled(s, job_id, worker_id, step=None, usage=None) -> Job
                   requeue_job(s, job_id, worker_id, reason, usage=None) -> "queued" | "failed"
+                  (services.leases) return_job(s, job_id, worker_id, reason) -> "queued" (a worker
+                            fault: the attempt given back) | "cancelled"
 workers:          (services.workers, imported from there) register_worker(s, WorkerInfo(id, hostname, pid,
                             queue, device_kind, device_name, beat_seconds), now=None) -> Worker
-                  worker_beat(s, worker_id, job_id|None, now=None) -> bool (False: no row, or stopped)
-                  mark_worker_stopped(s, worker_id, now=None); worker_state(row, now) -> alive|lost|stopped
+                  worker_beat(s, worker_id, job_id|None, now=None, *, unhealthy=reason|None)
+                            -> bool (False: no row, or stopped)
+                  mark_worker_stopped(s, worker_id, now=None)
+                  worker_state(row, now) -> alive|unhealthy|lost|stopped
 reconcile:        (services.reconcile, imported from there: the package attribute `reconcile` is
                   that submodule once it is imported, so the function cannot be offered here too)
                   reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=60)

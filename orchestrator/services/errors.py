@@ -2,7 +2,8 @@
 
 The retry policy is not decided here: callers (the worker's task wrapper, the CLI) classify.
 Permanent for the request: NotFound, Conflict, InvalidState, InvalidInput, BatchError.
-`LeaseLost` tells a worker to stop working on a job (someone else owns it now).
+`LeaseLost` tells a worker to stop working on a job (someone else owns it now);
+`WorkerEnvironmentError` says a job failed because of the worker, not of itself.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ class InvalidState(ServiceError):
 
 class LeaseLost(ServiceError):
     """The worker no longer owns the job's lease (expired and reclaimed, or the job ended)."""
+
+
+class WorkerEnvironmentError(Exception):
+    """The worker's own environment failed an attempt, not the job: a path of the worker's
+    configuration (its working folder, data folder, model cache, artifacts root) is missing or
+    unreadable. `problems`: one line each, naming the path and the setting behind it."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 class InvalidInput(ServiceError, LoraFleetInputError):

@@ -394,7 +394,7 @@ def submit_batch(
         per_tenant: dict[str, list[_Prepared]] = {}
         for p in fresh:
             per_tenant.setdefault(p.tenant.id, []).append(p)
-        for group in per_tenant.values():
+        for _, group in sorted(per_tenant.items()):  # tenant-id order: quota locks never deadlock
             check_queued(session, group[0].tenant, len(group))
             for p in group:
                 _admit(session, p, settings, queued_adding=len(group))
@@ -478,12 +478,23 @@ def retry_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
 
     An operator's retry is a fresh decision: it grants a fresh budget of `max_attempts` (the
     configured default) on top of the attempts already made. `attempts` keeps counting up, so
-    every attempt keeps its own usage row and its events stay in order.
+    every attempt keeps its own usage row and its events stay in order. The job joins the queue
+    again, so the tenant's door quotas apply as to a submission: its queued jobs, room left in its
+    storage, and a month's device-hour budget not yet used up (QuotaExceeded, nothing changed).
     """
+    def retryable() -> None:
+        if job.state not in ("failed", "cancelled"):
+            raise InvalidState(f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried")
+
     job = job_or_404(session, job_id, tenant)
+    retryable()
+    owner = repo.tenant_by_id(session, job.tenant_id)
+    assert owner is not None  # jobs.tenant_id is a non-null foreign key
+    check_queued(session, owner, 1)  # the tenant's lock first, then the job's, as a claim takes them
     session.refresh(job, with_for_update=True)
-    if job.state not in ("failed", "cancelled"):
-        raise InvalidState(f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried")
+    retryable()
+    check_storage(session, owner, None)
+    check_budget(session, owner, None)
     previous = job.state
     job.max_attempts = retried_budget(job.attempts, get_settings().max_attempts)
     job.state, job.cancel_requested, job.error = "queued", False, None

@@ -420,23 +420,34 @@ def mark_cancelled(
     return job
 
 
+def _cancel_if_requested(session: Session, job: Job, reason: str, now: datetime) -> bool:
+    """A job whose cancel was requested ends `cancelled` where it would go back to the queue."""
+    if not job.cancel_requested:
+        return False
+    _end(job, "cancelled", now)
+    add_event(session, job, "cancelled", f"cancelled (cancel requested; {reason})",
+              {"attempt": job.attempts}, ts=now)
+    return True
+
+
+def _back_to_queue(job: Job, reason: str) -> None:
+    job.state, job.error = "queued", reason
+    job.lease_owner = job.lease_expires_at = None
+    job.dispatched_at, job.dispatch_count = None, 0
+
+
 def _requeue_or_fail(session: Session, job: Job, reason: str, now: datetime, *, release: bool = False) -> str:
     """Back to the queue while attempts remain, else failed; returns the new state.
 
     A job whose cancel was requested is cancelled instead: no requeue revives it. `release`: the
     worker handed the job back on a graceful shutdown, so the attempt does not count.
     """
-    if job.cancel_requested:
-        _end(job, "cancelled", now)
-        add_event(session, job, "cancelled", f"cancelled (cancel requested; {reason})",
-                  {"attempt": job.attempts}, ts=now)
+    if _cancel_if_requested(session, job, reason, now):
         return "cancelled"
     if release:
         job.max_attempts = released_budget(job.max_attempts)
     if has_attempts_left(job.attempts, job.max_attempts):
-        job.state, job.error = "queued", reason
-        job.lease_owner = job.lease_expires_at = None
-        job.dispatched_at, job.dispatch_count = None, 0
+        _back_to_queue(job, reason)
         add_event(session, job, "requeued", f"{reason} (attempt {job.attempts}/{job.max_attempts})",
                   {"attempt": job.attempts, "released": release, "step": job.progress_step}, ts=now)
         return "queued"
@@ -461,3 +472,24 @@ def requeue_job(
     if usage_row is not None:
         session.add(usage_row)
     return _requeue_or_fail(session, job, reason, now, release=release)
+
+
+@transactional
+def return_job(
+    session: Session, job_id: str, worker_id: str, reason: str, now: datetime | None = None
+) -> str:
+    """The worker's own environment failed the attempt, not the job (`retries`: worker fault):
+    back to `queued` at once with the claim's attempt given back (`attempts` as before the claim,
+    no usage row: the tenant does not pay for a broken worker), and a `requeued` event that says
+    why. A job whose cancel was requested is cancelled instead. Returns the new state. LeaseLost
+    if not ours."""
+    now = now or utcnow()
+    job = _owned(session, job_id, worker_id)
+    if _cancel_if_requested(session, job, reason, now):
+        return "cancelled"
+    job.attempts -= 1
+    _back_to_queue(job, reason)
+    add_event(session, job, "requeued", f"{reason} (the worker's fault, not the job's: attempt given back)",
+              {"attempt": job.attempts, "released": False, "worker_fault": True, "worker": worker_id,
+               "step": job.progress_step}, ts=now)
+    return "queued"

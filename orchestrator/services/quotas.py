@@ -1,9 +1,12 @@
 """Per-tenant quotas checked at the door: queued jobs, the monthly device-hour budget, storage.
 
 (Running jobs are limited by the claim, in `registry.repositories`.) Each refusal gives the
-figures: the quota, what is used, what the request would add. The device-hour budget counts the
-device-seconds recorded this calendar month (UTC); a submission whose estimate exceeds what is
-left is refused, while running jobs are never stopped for the budget (they were admitted).
+figures: the quota, what is used, what the request would add. Every path that adds queued jobs
+(submit, batch, retry, re-evaluation) goes through `check_queued`, which counts under the
+tenant's row lock: concurrent submissions of one tenant cannot both see room for one more job.
+The device-hour budget counts the device-seconds recorded this calendar month (UTC); a submission
+whose estimate exceeds what is left is refused, while running jobs are never stopped for the
+budget (they were admitted).
 """
 
 from __future__ import annotations
@@ -25,6 +28,18 @@ def month_start(now: datetime | None = None) -> datetime:
 
 
 def check_queued(session: Session, tenant: Tenant, adding: int = 1) -> None:
+    """Refuse `adding` more queued jobs beyond the tenant's `max_queued`.
+
+    Takes the tenant's row lock first (PostgreSQL `SELECT … FOR NO KEY UPDATE`, held until the
+    transaction ends; the claim takes the same one), then counts: a concurrent submission of the
+    same tenant waits for this one to commit, and its count (a fresh READ COMMITTED snapshot)
+    includes the jobs this one queued. The tenant row is reloaded under the lock, so a quota
+    changed meanwhile is the one applied. The storage and budget checks that follow in the same
+    transaction are serialised by it too. SQLite: the writing transaction (`BEGIN IMMEDIATE`)
+    already runs alone. A caller that adds jobs of several tenants checks them in tenant-id
+    order, so two such transactions cannot deadlock.
+    """
+    session.refresh(tenant, with_for_update={"key_share": True})
     queued = repo.queued_count(session, tenant.id)
     if queued + adding > tenant.max_queued:
         raise QuotaExceeded(

@@ -3,7 +3,8 @@ by their last heartbeat, running jobs with their step and throughput, and why qu
 
 Counts and per-worker figures are SQL aggregates (GROUP BY); only the rows shown come back.
 Workers come from their own rows (`services.workers`: registered at start, a heartbeat even when
-idle, stopped on a graceful shutdown), with the jobs each holds counted from the leases. A lease
+idle, stopped on a graceful shutdown, unhealthy with its reason once it took itself out of
+service), with the jobs each holds counted from the leases. A lease
 owner with no row (a worker of a version before the workers table) is shown as seen through its
 jobs' heartbeats.
 """
@@ -27,8 +28,8 @@ WAITING_SHOWN = 20
 @dataclass
 class WorkerSeen:
     worker: str  # the worker id its leases carry
-    state: str  # alive, lost (missed heartbeats), stopped (graceful shutdown)
-    alive: bool
+    state: str  # alive, unhealthy (out of service), lost (missed heartbeats), stopped (graceful shutdown)
+    alive: bool  # alive and taking jobs
     job: str | None  # the job it is on; None: idle
     running: int  # jobs it holds now (leases)
     last_heartbeat: datetime | None
@@ -38,6 +39,8 @@ class WorkerSeen:
     device: str | None = None
     started_at: datetime | None = None
     stopped_at: datetime | None = None
+    reason: str | None = None  # why it is unhealthy: its own environment failed its jobs
+    unhealthy_since: datetime | None = None
 
 
 @dataclass
@@ -99,7 +102,9 @@ def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None
         state = worker_state(row, now)
         out.workers.append(WorkerSeen(
             row.id, state, state == "alive", row.current_job_id, int(held.pop(row.id, 0)), row.last_seen,
-            row.hostname, row.pid, row.queue, row.device_name, row.started_at, row.stopped_at))
+            row.hostname, row.pid, row.queue, row.device_name, row.started_at, row.stopped_at,
+            row.unhealthy_reason if state == "unhealthy" else None,
+            row.unhealthy_since if state == "unhealthy" else None))
     if held:  # lease owners without a row: seen through their jobs' heartbeats only
         alive_after = now - timedelta(seconds=lease_seconds)
         beats = session.execute(
@@ -136,12 +141,16 @@ def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None
         .limit(WAITING_SHOWN)
     )
     any_alive = any(w.alive for w in out.workers)
+    unhealthy = any(w.state == "unhealthy" for w in out.workers)
     ahead = 0
     for job, slug, max_running, busy in queued:
         if busy >= max_running:
             why = f"tenant {slug} at its quota ({busy}/{max_running} running)"
         elif ahead:
             why = f"{ahead} claimable job(s) ahead of it"
+            ahead += 1
+        elif not any_alive and unhealthy:
+            why = "next in line; every worker that reports in is unhealthy (see its reason above)"
             ahead += 1
         elif not any_alive:
             why = "next in line; no worker has reported in (is `lorafleet worker` running?)"

@@ -2,7 +2,9 @@
 heartbeat (idle or not), names the job it is on, and marks itself stopped when it shuts down
 gracefully (`worker.presence` calls these). `lorafleet status` reads them back: a worker is
 alive while its beats arrive, lost once it missed `MISSED_BEATS_LOST` of them in a row (killed,
-its machine gone, cut off from the registry), stopped when it said so.
+its machine gone, cut off from the registry), stopped when it said so, and unhealthy while it
+beats but took itself out of service (its own environment failed its jobs: `worker.health`),
+with the reason.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.registry.models import Worker, utcnow
@@ -36,11 +38,13 @@ class WorkerInfo:
 
 
 def worker_state(row: Worker, now: datetime) -> str:
-    """alive, lost (no beat for MISSED_BEATS_LOST intervals) or stopped."""
+    """alive, unhealthy (beating, but out of service: `row.unhealthy_reason` says why), lost (no
+    beat for MISSED_BEATS_LOST intervals) or stopped."""
     if row.stopped_at is not None:
         return "stopped"
-    silent = (now - row.last_seen).total_seconds()
-    return "lost" if silent > MISSED_BEATS_LOST * row.beat_seconds else "alive"
+    if (now - row.last_seen).total_seconds() > MISSED_BEATS_LOST * row.beat_seconds:
+        return "lost"
+    return "unhealthy" if row.unhealthy_reason is not None else "alive"
 
 
 @transactional
@@ -55,18 +59,21 @@ def register_worker(session: Session, info: WorkerInfo, now: datetime | None = N
     row.hostname, row.pid, row.queue = info.hostname, info.pid, info.queue
     row.device_kind, row.device_name, row.beat_seconds = info.device_kind, info.device_name, info.beat_seconds
     row.started_at = row.last_seen = now
-    row.stopped_at = row.current_job_id = None
+    row.stopped_at = row.current_job_id = row.unhealthy_reason = row.unhealthy_since = None
     return row
 
 
 @transactional
 def worker_beat(session: Session, worker_id: str, job_id: str | None,
-                now: datetime | None = None) -> bool:
-    """Renew `last_seen` and name the job the worker is on (None: idle). False when the worker
-    has no row (never registered, or stopped: a stopped worker does not come back to life)."""
+                now: datetime | None = None, *, unhealthy: str | None = None) -> bool:
+    """Renew `last_seen`, name the job the worker is on (None: idle) and why it is out of
+    service (None: it is not; the first beat that says so sets `unhealthy_since`). False when
+    the worker has no row (never registered, or stopped: a stopped worker does not come back)."""
+    now = now or utcnow()
+    since = func.coalesce(Worker.unhealthy_since, now) if unhealthy is not None else None
     result = session.execute(
         update(Worker).where(Worker.id == worker_id, Worker.stopped_at.is_(None))
-        .values(last_seen=now or utcnow(), current_job_id=job_id)
+        .values(last_seen=now, current_job_id=job_id, unhealthy_reason=unhealthy, unhealthy_since=since)
     )
     return result.rowcount == 1
 

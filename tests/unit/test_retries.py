@@ -34,7 +34,7 @@ from orchestrator.retries import (
     released_budget,
     retried_budget,
 )
-from orchestrator.services.errors import LeaseLost
+from orchestrator.services.errors import LeaseLost, WorkerEnvironmentError
 
 
 def _raised(fn) -> BaseException:
@@ -108,6 +108,9 @@ def _broker_down():
     [
         (lambda: TrainingStopped(7), Outcome.CANCELLED),
         (lambda: LeaseLost("taken back"), Outcome.LOST),
+        # the worker's own environment: not the job's fault
+        (lambda: WorkerEnvironmentError(["data folder /srv/data is missing (LORAFLEET_DATA_DIR)"]),
+         Outcome.WORKER_FAULT),
         # bad input and deterministic failures: one attempt, the reason shown
         (lambda: SpecError(["rank: must be > 0"]), Outcome.FAILED),
         (lambda: DataValidationError("data.jsonl", [(2, "missing 'label'")]), Outcome.FAILED),

@@ -10,6 +10,7 @@ from lora_engine.spec import validate_spec
 from orchestrator import services as svc
 from orchestrator.config import get_settings
 from orchestrator.registry.models import Job, JobEvent, new_id
+from orchestrator.services.errors import QuotaExceeded
 
 pytest_plugins = ["registry_fixtures"]
 SPEC = {"task": "sst2", "method": "lora", "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
@@ -206,6 +207,66 @@ def test_retry_failed_or_cancelled_keeps_counting_attempts(session) -> None:
     assert retried.max_attempts == 1 + get_settings().max_attempts
     assert _kinds(session, job.id)[-2:] == ["failed", "retried"]
     assert svc.claim_job(session, job.id, "w2", 60).attempts == 2
+
+
+def test_retry_is_refused_at_the_queued_quota_and_changes_nothing(session) -> None:
+    svc.create_tenant(session, "acme")
+    svc.set_tenant_quota(session, "acme", max_queued=1)
+    failed = svc.submit_job(session, "acme", SPEC)
+    svc.claim_job(session, failed.id, "w1", 60)
+    svc.fail_job(session, failed.id, "w1", "bad data: line 3")
+    waiting = svc.submit_job(session, "acme", {**SPEC, "seed": 2})
+    with pytest.raises(QuotaExceeded, match=r"may have 1 queued job\(s\); it has 1 and this adds 1"):
+        svc.retry_job(session, failed.id)
+    job = svc.get_job(session, failed.id).job
+    assert (job.state, job.attempts, job.error) == ("failed", 1, "bad data: line 3")
+    assert _kinds(session, failed.id)[-1] == "failed"
+    svc.cancel_job(session, waiting.id)  # room again: the same retry is accepted
+    assert svc.retry_job(session, failed.id).state == "queued"
+
+
+def _race(session_maker, n: int, call) -> tuple[list, list[BaseException]]:
+    """`call(session, i)` from `n` threads at once, each on its own session (connection)."""
+    import threading
+
+    barrier = threading.Barrier(n)
+    results: list = []
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            with session_maker() as s:
+                barrier.wait(timeout=10)
+                results.append(call(s, i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results, errors
+
+
+def test_concurrent_submits_and_retries_stop_exactly_at_the_queued_quota(session, session_maker) -> None:
+    svc.create_tenant(session, "acme")
+    svc.set_tenant_quota(session, "acme", max_queued=3)
+    ids, errors = _race(session_maker, 8, lambda s, i: svc.submit_job(s, "acme", {**SPEC, "seed": i}).id)
+    assert len(ids) == 3 and len(errors) == 5, errors
+    assert all(isinstance(e, QuotaExceeded) and "may have 3 queued job(s)" in str(e) for e in errors), errors
+    assert sorted(j.id for j in svc.list_jobs(session, tenant="acme", state="queued")) == sorted(ids)
+    # Two running, one queued: two retries and two batch submissions race for the two free places.
+    for job_id in ids[:2]:
+        svc.claim_job(session, job_id, "w1", 60)
+        svc.fail_job(session, job_id, "w1", "bad data")
+    calls = [lambda s, i, j=job_id: svc.retry_job(s, j).id for job_id in ids[:2]]
+    batch = [{"tenant": "acme", **SPEC, "seed": 10}]
+    calls += [lambda s, i: [j.id for j in svc.submit_batch(s, batch)]] * 2
+    done, errors = _race(session_maker, 4, lambda s, i: calls[i](s, i))
+    assert len(done) == 2 and len(errors) == 2, errors
+    assert all(isinstance(e, QuotaExceeded) for e in errors), errors
+    assert len(svc.list_jobs(session, tenant="acme", state="queued")) == 3
 
 
 def test_lookups_are_scoped_to_the_tenant(session) -> None:

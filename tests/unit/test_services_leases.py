@@ -236,6 +236,29 @@ def test_a_release_uses_no_attempt(session, job_spec) -> None:
     assert [u.attempt for u in final.usage] == [1, 2, 3]  # one row per attempt, never reused
 
 
+def test_a_worker_fault_gives_the_attempt_back_and_bills_nothing(session, job_spec) -> None:
+    from orchestrator.services.leases import return_job
+
+    svc.create_tenant(session, "acme")
+    job = svc.submit_job(session, "acme", job_spec, max_attempts=1)
+    for n in range(1, 5):  # more faults than the job has attempts: none of them counts
+        assert svc.claim_job(session, job.id, f"w{n}", 60).attempts == 1
+        assert return_job(session, job.id, f"w{n}", "data folder /srv/data is missing") == "queued"
+        back = svc.get_job(session, job.id)
+        assert (back.job.state, back.job.attempts, back.job.max_attempts, back.job.lease_owner) == (
+            "queued", 0, 1, None)
+        assert back.usage == []
+    events = [e for e in svc.job_events(session, job.id) if e.kind == "requeued"]
+    assert len(events) == 4 and "data folder /srv/data is missing" in events[0].message
+    assert events[-1].data == {"attempt": 0, "released": False, "worker_fault": True, "worker": "w4",
+                               "step": None}
+    with pytest.raises(svc.LeaseLost):  # only the worker that holds it hands it back
+        return_job(session, job.id, "w4", "late")
+    assert svc.claim_job(session, job.id, "w5", 60).attempts == 1
+    svc.cancel_job(session, job.id)  # a cancel requested meanwhile wins over the hand-back
+    assert return_job(session, job.id, "w5", "data folder /srv/data is missing") == "cancelled"
+
+
 def test_a_cancel_requested_while_the_worker_is_dead_is_obeyed(session, job_spec) -> None:
     svc.create_tenant(session, "acme")
     job = svc.submit_job(session, "acme", job_spec)

@@ -111,6 +111,28 @@ def test_workers_alive_idle_or_on_a_job_lost_and_stopped(session):
                                                           "busy:1": "lost", "legacy:5": "lost"}
 
 
+def test_an_unhealthy_worker_says_why_and_takes_no_jobs(session):
+    svc.create_tenant(session, "acme")
+    queued = svc.submit_job(session, "acme", SPEC).id
+    t0 = utcnow() - timedelta(minutes=1)
+    register_worker(session, _info("sick:1"), now=t0)
+    reason = "its own environment failed 3 job(s) in a row; the last: data folder /srv/data is missing"
+    assert worker_beat(session, "sick:1", None, now=t0 + timedelta(seconds=5), unhealthy=reason)
+    assert worker_beat(session, "sick:1", None, now=t0 + timedelta(seconds=15), unhealthy=reason)
+    fleet = fleet_status(session, lease_seconds=60, now=t0 + timedelta(seconds=20))
+    (sick,) = fleet.workers
+    assert (sick.state, sick.alive, sick.reason) == ("unhealthy", False, reason)
+    assert sick.unhealthy_since == t0 + timedelta(seconds=5)  # its first unhealthy beat
+    assert fleet.waiting[0].id == queued
+    assert "every worker that reports in is unhealthy" in fleet.waiting[0].why
+    # Silent, it is lost like any other; restarted under the same id, it starts healthy.
+    later = t0 + timedelta(seconds=20 + MISSED_BEATS_LOST * 10)
+    assert fleet_status(session, lease_seconds=60, now=later).workers[0].state == "lost"
+    register_worker(session, _info("sick:1"), now=later)
+    fleet = fleet_status(session, lease_seconds=60, now=later)
+    assert (fleet.workers[0].state, fleet.workers[0].reason) == ("alive", None)
+
+
 def test_status_command(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
     for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
