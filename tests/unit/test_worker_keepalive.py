@@ -8,7 +8,7 @@ import time
 from orchestrator import services as svc
 from orchestrator.registry.db import session_scope
 from orchestrator.services.reconcile import reconcile
-from worker.runner import KeepAlive, _Heartbeat
+from worker.attempt import Heartbeat, KeepAlive
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -22,7 +22,7 @@ def test_keepalive_holds_the_lease_until_stopped(registry_settings):
         job_id = svc.submit_job(s, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 2}).id
         assert svc.claim_job(s, job_id, "w1", lease_seconds=LEASE_S) is not None
 
-    keepalive = KeepAlive(_Heartbeat(settings, job_id, "w1"), interval_s=LEASE_S / 4)
+    keepalive = KeepAlive(Heartbeat(settings, job_id, "w1"), interval_s=LEASE_S / 4)
     keepalive.start()
     try:
         time.sleep(3 * LEASE_S)
@@ -48,7 +48,7 @@ def test_keepalive_stops_when_the_lease_is_lost(registry_settings):
         svc.claim_job(s, job_id, "w1", lease_seconds=60)
         svc.cancel_job(s, job_id)
         svc.mark_cancelled(s, job_id, "w1")
-    keepalive = KeepAlive(_Heartbeat(registry_settings, job_id, "w1"), interval_s=0.05)
+    keepalive = KeepAlive(Heartbeat(registry_settings, job_id, "w1"), interval_s=0.05)
     keepalive.start()
     keepalive.join(timeout=5)
     assert not keepalive.is_alive()  # LeaseLost ended it: it never writes for a job it lost
