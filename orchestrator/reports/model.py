@@ -10,9 +10,10 @@ Each report has three views, all derived from the same fields:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from orchestrator.reports.references import points
 
@@ -39,6 +40,7 @@ FULL_SIZE_RULE = (
 )
 RECORD_COLUMNS = ("section", "tenant", "task", "base_model", "method", "rank", "device", "name", "value")
 GB = 1e9
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,17 @@ def _iso(value: datetime | None) -> str | None:
 
 
 @dataclass(frozen=True)
-class Column:
+class Column(Generic[R]):
+    """One column of a table, declared on one line: its header, how its value is read from a row,
+    and its kind (a key of FORMATS: how the value is shown; "name" is text aligned left)."""
+
     header: str
-    fmt: str = "text"  # a key of FORMATS
-    align: str = "right"  # "left" for names
+    get: Callable[[R], Any]
+    kind: str = "text"
+
+    @property
+    def align(self) -> str:
+        return "left" if self.kind == "name" else "right"
 
 
 def _money(v: float) -> str:
@@ -86,6 +95,7 @@ def _ratio(v: float) -> str:
 
 FORMATS = {
     "text": str,
+    "name": str,
     "int": lambda v: f"{int(v):,}",
     "points": lambda v: f"{points('accuracy', v):.1f}",  # a fraction metric, in points
     "num": lambda v: f"{v:.2f}",
@@ -116,16 +126,18 @@ TERMINAL_ROWS = 100
 
 
 @dataclass
-class Table:
+class Table(Generic[R]):
+    """What every renderer reads: rows of any type, each cell read from its row by its column."""
+
     key: str
     title: str
-    columns: list[Column]
-    rows: list[list[Any]]
+    columns: list[Column[R]]
+    rows: list[R]
     notes: list[str] = field(default_factory=list)
     keep_last: int = 0  # trailing rows (totals, references) a shortened terminal table still shows
 
     def text_rows(self) -> list[list[str]]:
-        return [[fmt(v, c.fmt) for v, c in zip(row, self.columns, strict=True)] for row in self.rows]
+        return [[fmt(c.get(row), c.kind) for c in self.columns] for row in self.rows]
 
 
 def _record(section: str, name: str, value: Any, **keys: Any) -> dict[str, Any]:
@@ -277,35 +289,22 @@ class BenchmarkReport:
             out.append(_record("glue_average", "tasks", g.tasks, tenant=g.tenant))
         return out
 
-    def tables(self) -> list[Table]:
+    def tables(self) -> list[Table[Any]]:
         by_cell = {(c.tenant, c.task): c for c in self.cells}
         glue = {g.tenant: g for g in self.glue}
-        has_drift = any(c.reevaluated is not None for c in self.cells)
-        columns = (
-            [Column("tenant", align="left")] + [Column(t) for t in self.tasks] + [Column("GLUE average")]
-        )
         rows = []
         for tenant in self.tenants:
-            row: list[Any] = [tenant]
-            for task in self.tasks:
-                c = by_cell.get((tenant, task))
-                row.append(None if c is None else _cell_text(c))
+            cells = {t: _cell_text(by_cell[tenant, t]) for t in self.tasks if (tenant, t) in by_cell}
             g = glue.get(tenant)
-            row.append(None if g is None else f"{points('accuracy', g.mean):.1f} ({g.tasks} of 8)")
-            rows.append(row)
+            average = None if g is None else f"{points('accuracy', g.mean):.1f} ({g.tasks} of 8)"
+            rows.append(GridRow(tenant, cells, average))
         if rows:
-            # The published numbers on a row of their own, labelled: a horizon, not our run.
-            glue_refs = self.references.get("glue", {})
-            e2e_bleu = self.references.get("e2e", {}).get("bleu")
-            refs = [glue_refs.get(t) or (e2e_bleu if t == "e2e" else None) for t in self.tasks]
-            avg = self.references.get("glue_average")
-            rows.append(
-                [
-                    _published_label(glue_refs, e2e_bleu if "e2e" in self.tasks else None),
-                    *(None if r is None else f"{r['published']:.1f}" for r in refs),
-                    None if avg is None else f"{avg['published']:.1f} (8 of 8)",
-                ]
-            )
+            rows.append(self._published_row())
+        grid: list[Column[GridRow]] = [
+            Column("tenant", lambda r: r.label, "name"),
+            *(Column(task, lambda r, task=task: r.cells.get(task)) for task in self.tasks),
+            Column("GLUE average", lambda r: r.average),
+        ]
         notes = [
             f"Each cell: the primary metric (points) of the tenant's {self.pick} adapter for the task "
             f"(pick `{self.pick}`: "
@@ -317,72 +316,82 @@ class BenchmarkReport:
         if any(c.at_trivial for c in self.cells):
             notes.append("'= trivial': no better than always predicting one class (MCC/correlation 0, "
                          "the validation rows' majority rate), within 2 points: the model learned nothing.")
-        if has_drift:
+        if any(c.reevaluated is not None for c in self.cells):
             notes.append("'re' = the latest re-evaluation of the same adapter, as drift in pp.")
-        out = [
-            Table("benchmark", "Benchmark: tenants × tasks", columns, rows, notes, keep_last=1 if rows else 0)
+        out: list[Table[Any]] = [
+            Table("benchmark", "Benchmark: tenants × tasks", grid, rows, notes, keep_last=1 if rows else 0)
         ]
-
-        stat_rows = []
-        for s in self.task_stats:
-            ref = s.reference
-            stat_rows.append(
-                [
-                    s.task,
-                    s.metric,
-                    s.count,
-                    s.mean,
-                    s.min,
-                    s.max,
-                    None if ref is None else ref["value"],
-                    None if ref is None else ref["label"],
-                ]
-            )
+        stats: list[Column[TaskStats]] = [
+            Column("task", lambda s: s.task, "name"),
+            Column("metric", lambda s: s.metric, "name"),
+            Column("count", lambda s: s.count, "int"),
+            Column("mean", lambda s: s.mean, "points"),
+            Column("min", lambda s: s.min, "points"),
+            Column("max", lambda s: s.max, "points"),
+            Column("published", lambda s: s.reference and s.reference["value"], "points"),
+            Column("published for", lambda s: s.reference and s.reference["label"], "name"),
+        ]
         out.append(
             Table(
                 "benchmark_tasks",
                 "Per task across tenants",
-                [
-                    Column("task", align="left"),
-                    Column("metric", align="left"),
-                    Column("count", "int"),
-                    Column("mean", "points"),
-                    Column("min", "points"),
-                    Column("max", "points"),
-                    Column("published", "points"),
-                    Column("published for", align="left"),
-                ],
-                stat_rows,
+                stats,
+                self.task_stats,
                 [
                     "Published numbers are other base models on other evaluation sets: a horizon, not a "
                     "like-for-like comparison."
                 ],
             )
         )
-        e2e = [c for c in self.cells if c.task == "e2e"]
+        e2e = [E2ERow(c.tenant, f"{c.method} r={c.rank}", c.metrics) for c in self.cells if c.task == "e2e"]
         if e2e:
-            names = ("bleu", "nist", "meteor", "rouge_l", "cider")
-            kinds = {"nist": "num", "cider": "num"}
-            e2e_rows = [[c.tenant, f"{c.method} r={c.rank}", *(c.metrics.get(n) for n in names)] for c in e2e]
             refs = self.references.get("e2e", {})
             if refs:
                 label = next(iter(refs.values()))["label"]
-                e2e_rows.append(
-                    [label, "published", *(refs[n]["value"] if n in refs else None for n in names)]
-                )
-            out.append(
-                Table(
-                    "benchmark_e2e",
-                    "E2E: the five metrics",
-                    [
-                        Column("tenant", align="left"),
-                        Column("adapter", align="left"),
-                        *(Column(n, kinds.get(n, "points")) for n in names),
-                    ],
-                    e2e_rows,
-                )
-            )
+                e2e.append(E2ERow(label, "published", {n: ref["value"] for n, ref in refs.items()}))
+            e2e_columns: list[Column[E2ERow]] = [
+                Column("tenant", lambda r: r.label, "name"),
+                Column("adapter", lambda r: r.adapter, "name"),
+                *(Column(n, lambda r, n=n: r.metrics.get(n), kind) for n, kind in E2E_METRICS.items()),
+            ]
+            out.append(Table("benchmark_e2e", "E2E: the five metrics", e2e_columns, e2e))
         return out
+
+    def _published_row(self) -> GridRow:
+        """The published numbers on a row of their own, labelled: a horizon, not our run."""
+        glue_refs = self.references.get("glue", {})
+        e2e_bleu = self.references.get("e2e", {}).get("bleu")
+        cells = {}
+        for task in self.tasks:
+            ref = glue_refs.get(task) or (e2e_bleu if task == "e2e" else None)
+            if ref is not None:
+                cells[task] = f"{ref['published']:.1f}"
+        avg = self.references.get("glue_average")
+        return GridRow(
+            _published_label(glue_refs, e2e_bleu if "e2e" in self.tasks else None),
+            cells,
+            None if avg is None else f"{avg['published']:.1f} (8 of 8)",
+        )
+
+
+@dataclass
+class GridRow:
+    """A row of the tenants × tasks table: a tenant (or the published numbers) and its cells' text."""
+
+    label: str
+    cells: dict[str, str]  # by task
+    average: str | None
+
+
+@dataclass
+class E2ERow:
+    label: str
+    adapter: str
+    metrics: dict[str, float]
+
+
+# The E2E table's metrics and how each is shown (NIST and CIDEr are not fractions).
+E2E_METRICS = {"bleu": "points", "nist": "num", "meteor": "points", "rouge_l": "points", "cider": "num"}
 
 
 def _published_label(glue: dict[str, Any], e2e: dict[str, Any] | None) -> str:
@@ -445,6 +454,9 @@ class CostLine:
     full_checkpoint_bytes: int
     quality_money: float | None = None  # money of the jobs with an untuned baseline
     quality_gain_points: float | None = None  # their summed gain over it (points)
+
+    def name(self) -> str:
+        return self.tenant if self.tenant is not None else "TOTAL"
 
     @property
     def succeeded(self) -> int:
@@ -533,7 +545,7 @@ class CostReport:
         out = []
         p = self.storage_price_gb_month
         for line in [*self.tenants, self.total]:
-            tenant = line.tenant if line.tenant is not None else "TOTAL"
+            tenant = line.name()
             d = line.to_dict(p)
             for state, n in d["jobs"].items():
                 out.append(_record("jobs", state, n, tenant=tenant))
@@ -556,75 +568,55 @@ class CostReport:
                 out.append(_record("tenant", name, d[name], tenant=tenant))
         return out
 
-    def tables(self) -> list[Table]:
+    def tables(self) -> list[Table[Any]]:
         from orchestrator.registry.models import JOB_STATES
 
         p = self.storage_price_gb_month
         lines = [*self.tenants, self.total]
-
-        def name(line: CostLine) -> str:
-            return line.tenant if line.tenant is not None else "TOTAL"
-
         jobs = Table(
             "cost_jobs",
             "Jobs by state",
-            [Column("tenant", align="left"), *(Column(s, "int") for s in JOB_STATES)],
-            [[name(t), *(t.jobs.get(s, 0) for s in JOB_STATES)] for t in lines],
+            [Column("tenant", CostLine.name, "name"),
+             *(Column(s, lambda t, s=s: t.jobs.get(s, 0), "int") for s in JOB_STATES)],
+            lines,
         )
-        device_rows = [
-            [name(t), d.device, d.device_hours, d.spent_no_adapter_hours, d.price_per_hour, d.money]
-            for t in lines
-            for d in t.devices
-        ]
         prices = ", ".join(f"{k}={v:g}" for k, v in sorted(self.prices.items()))
+        device_columns: list[Column[tuple[CostLine, DeviceCost]]] = [
+            Column("tenant", lambda td: td[0].name(), "name"),
+            Column("device", lambda td: td[1].device, "name"),
+            Column("device-h", lambda td: td[1].device_hours, "hours"),
+            Column("of which spent, no adapter", lambda td: td[1].spent_no_adapter_hours, "hours"),
+            Column("price/h", lambda td: td[1].price_per_hour, "money"),
+            Column("money", lambda td: td[1].money, "money"),
+        ]
         devices = Table(
             "cost_devices",
             "Device-hours and money by device type",
-            [
-                Column("tenant", align="left"),
-                Column("device", align="left"),
-                Column("device-h", "hours"),
-                Column("of which spent, no adapter", "hours"),
-                Column("price/h", "money"),
-                Column("money", "money"),
-            ],
-            device_rows,
+            device_columns,
+            [(t, d) for t in lines for d in t.devices],
             [
                 f"Prices per device-hour (longest prefix of the device name wins): {prices}.",
                 "'Spent, no adapter': attempts that failed, were cancelled or were repeated after a lost "
                 "lease; included in the money.",
             ],
         )
+        summary_columns: list[Column[CostLine]] = [
+            Column("tenant", CostLine.name, "name"),
+            Column("money", lambda t: t.money, "money"),
+            Column("adapters", lambda t: t.adapters, "int"),
+            Column("adapter GB", lambda t: t.adapter_bytes, "gb"),
+            Column("full ckpt GB", lambda t: t.full_checkpoint_bytes, "gb"),
+            Column("storage/month", lambda t: t.storage_month(p), "money"),
+            Column("full storage/month", lambda t: t.full_storage_month(p), "money"),
+            Column("per job", lambda t: t.cost_per_job, "money"),
+            Column("per 1k examples", lambda t: t.cost_per_1k_examples, "money"),
+            Column("per quality pt", lambda t: t.cost_per_quality_point, "money"),
+        ]
         summary = Table(
             "cost_summary",
             "Money, storage and unit costs",
-            [
-                Column("tenant", align="left"),
-                Column("money", "money"),
-                Column("adapters", "int"),
-                Column("adapter GB", "gb"),
-                Column("full ckpt GB", "gb"),
-                Column("storage/month", "money"),
-                Column("full storage/month", "money"),
-                Column("per job", "money"),
-                Column("per 1k examples", "money"),
-                Column("per quality pt", "money"),
-            ],
-            [
-                [
-                    name(t),
-                    t.money,
-                    t.adapters,
-                    t.adapter_bytes,
-                    t.full_checkpoint_bytes,
-                    t.storage_month(p),
-                    t.full_storage_month(p),
-                    t.cost_per_job,
-                    t.cost_per_1k_examples,
-                    t.cost_per_quality_point,
-                ]
-                for t in lines
-            ],
+            summary_columns,
+            lines,
             [
                 f"Storage at {p:g} per GB-month; {FULL_SIZE_RULE}.",
                 "Per job: money ÷ succeeded jobs (waste included). Per 1k examples: money ÷ examples "
@@ -637,6 +629,7 @@ class CostReport:
         jobs.keep_last = summary.keep_last = 1  # the TOTAL row
         devices.keep_last = len(self.total.devices)
         return [jobs, devices, summary]
+
 
 
 # ---- compare ---------------------------------------------------------------------------------
@@ -714,45 +707,24 @@ class CompareReport:
             for name in names
         ]
 
-    def tables(self) -> list[Table]:
-        columns = [
-            Column("task", align="left"),
-            Column("base model", align="left"),
-            Column("method", align="left"),
-            Column("n", "int"),
-            Column("quality", "points"),
-            Column("trainable", "int"),
-            Column("% of total", "percent"),
-            Column("ckpt MB", "mb"),
-            Column("train dev-s", "seconds"),
-            Column("ex/s", "rate"),
-            Column("peak MB", "mb0"),
-            Column("smaller", "ratio"),
-            Column("less time", "ratio"),
-            Column("less mem", "ratio"),
-            Column("Δ full pp", "delta"),
-            Column("Δ untuned pp", "delta"),
-        ]
-        rows = [
-            [
-                r.task,
-                r.base_model,
-                r.label,
-                r.n,
-                r.quality,
-                r.trainable_params,
-                r.trainable_fraction,
-                r.checkpoint_bytes,
-                r.device_seconds,
-                r.examples_per_second,
-                r.peak_memory_bytes,
-                r.size_ratio,
-                r.time_ratio,
-                r.memory_ratio,
-                r.delta_vs_full,
-                r.delta_vs_untuned,
-            ]
-            for r in self.rows
+    def tables(self) -> list[Table[CompareRow]]:
+        columns: list[Column[CompareRow]] = [
+            Column("task", lambda r: r.task, "name"),
+            Column("base model", lambda r: r.base_model, "name"),
+            Column("method", lambda r: r.label, "name"),
+            Column("n", lambda r: r.n, "int"),
+            Column("quality", lambda r: r.quality, "points"),
+            Column("trainable", lambda r: r.trainable_params, "int"),
+            Column("% of total", lambda r: r.trainable_fraction, "percent"),
+            Column("ckpt MB", lambda r: r.checkpoint_bytes, "mb"),
+            Column("train dev-s", lambda r: r.device_seconds, "seconds"),
+            Column("ex/s", lambda r: r.examples_per_second, "rate"),
+            Column("peak MB", lambda r: r.peak_memory_bytes, "mb0"),
+            Column("smaller", lambda r: r.size_ratio, "ratio"),
+            Column("less time", lambda r: r.time_ratio, "ratio"),
+            Column("less mem", lambda r: r.memory_ratio, "ratio"),
+            Column("Δ full pp", lambda r: r.delta_vs_full, "delta"),
+            Column("Δ untuned pp", lambda r: r.delta_vs_untuned, "delta"),
         ]
         notes = [
             "One row per task, base model, method and rank; medians over the n succeeded runs. Quality: "
@@ -762,14 +734,12 @@ class CompareReport:
             "row's. Δ: this row's quality minus full's (or the untuned base's), in points (pp).",
             "Best trade-off: of the trained rows within 1 pp of the best quality, the smallest checkpoint.",
         ]
-        advice = Table(
-            "compare_recommendations",
-            "Recommendations (from the numbers above)",
-            [
-                Column("task", align="left"),
-                Column("base model", align="left"),
-                Column("recommendation", align="left"),
-            ],
-            [[r.task, r.base_model, r.recommendation] for r in self.rows],
-        )
-        return [Table("compare", "Methods compared (per task and base model)", columns, rows, notes), advice]
+        advice: list[Column[CompareRow]] = [
+            Column("task", lambda r: r.task, "name"),
+            Column("base model", lambda r: r.base_model, "name"),
+            Column("recommendation", lambda r: r.recommendation, "name"),
+        ]
+        return [
+            Table("compare", "Methods compared (per task and base model)", columns, self.rows, notes),
+            Table("compare_recommendations", "Recommendations (from the numbers above)", advice, self.rows),
+        ]
