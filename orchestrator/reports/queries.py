@@ -18,7 +18,7 @@ Conventions the queries rely on (written by orchestrator.services.leases and the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Float,
@@ -118,15 +118,43 @@ def primary_metrics() -> Any:
     ).subquery("primary_metrics")
 
 
+class PrimaryMetric(NamedTuple):
+    """`join_primary_metric`'s result: the joined FROM clause, the task's primary metric's name
+    (`metric`) and the job's validation row of it (`row`: value, created_at, id, adapter_id)."""
+
+    from_: Any
+    metric: ColumnElement[str]
+    row: Any
+
+    @property
+    def value(self) -> ColumnElement[float]:
+        return self.row.c.value
+
+
+def join_primary_metric(from_: Any, job_id: Any, task: Any, *, outer: bool = True) -> PrimaryMetric:
+    """`from_` joined with each job's task's primary metric (inner: catalog tasks only) and the
+    job's own validation metric of that name (`outer`: NULL when it has none; else only jobs that
+    have one). The one place that says what "the job's quality" is; every report reads it here."""
+    pmt, pm = primary_metrics(), m.alias("pm")
+    on = and_(
+        pm.c.job_id == job_id,
+        pm.c.source == JOB_SOURCE,
+        pm.c.split == QUALITY_SPLIT,
+        pm.c.name == pmt.c.metric,
+    )
+    joined = from_.join(pmt, pmt.c.task == task)
+    return PrimaryMetric(joined.outerjoin(pm, on) if outer else joined.join(pm, on), pmt.c.metric, pm)
+
+
 def _picked(f: Filters, pick: str) -> Any:
     """Per (tenant, task): the picked live adapter of a succeeded training job, with its primary
     metric, and how many candidates there were (`row_number` / `count` windows)."""
     sj = scoped_jobs(f, kinds=("train",))
-    pmt = primary_metrics()
-    pm = m.alias("pm")
+    pm = join_primary_metric(a.join(sj, sj.c.job_id == a.c.job_id), a.c.job_id, a.c.task)
+    value = pm.value
     part = (a.c.tenant_id, a.c.task)
     if pick == "best":
-        order = (pm.c.value.is_(None), pm.c.value.desc(), a.c.created_at.desc(), a.c.id.desc())
+        order = (value.is_(None), value.desc(), a.c.created_at.desc(), a.c.id.desc())
     else:
         order = (a.c.created_at.desc(), a.c.id.desc())
     cand = (
@@ -139,21 +167,12 @@ def _picked(f: Filters, pick: str) -> Any:
             a.c.rank,
             a.c.base_model,
             a.c.created_at,
-            pmt.c.metric,
-            pm.c.value,
+            pm.metric,
+            value,
             func.row_number().over(partition_by=part, order_by=order).label("rn"),
             func.count().over(partition_by=part).label("candidates"),
         )
-        .select_from(a.join(sj, sj.c.job_id == a.c.job_id).join(pmt, pmt.c.task == a.c.task))
-        .outerjoin(
-            pm,
-            and_(
-                pm.c.job_id == a.c.job_id,
-                pm.c.source == JOB_SOURCE,
-                pm.c.split == QUALITY_SPLIT,
-                pm.c.name == pmt.c.metric,
-            ),
-        )
+        .select_from(pm.from_)
         .where(a.c.deleted_at.is_(None), sj.c.state == "succeeded")
         .subquery("candidates")
     )
@@ -334,25 +353,23 @@ def cost_storage(f: Filters) -> Select[Any]:
 
 def baselines() -> Any:
     """Per (task, base model): the primary metric of the latest succeeded untuned-baseline job."""
-    pmt = primary_metrics()
+    pm = join_primary_metric(j, j.c.id, j.c.task, outer=False)
+    r = pm.row
     ranked = (
         select(
             j.c.task,
             j.c.base_model,
-            m.c.value,
+            r.c.value,
             func.row_number()
-            .over(partition_by=(j.c.task, j.c.base_model), order_by=(m.c.created_at.desc(), m.c.id.desc()))
+            .over(partition_by=(j.c.task, j.c.base_model), order_by=(r.c.created_at.desc(), r.c.id.desc()))
             .label("rn"),
         )
-        .select_from(m.join(j, j.c.id == m.c.job_id).join(pmt, pmt.c.task == j.c.task))
+        .select_from(pm.from_)
         .where(
             j.c.kind == "evaluate",
             j.c.method == "none",
             j.c.state == "succeeded",
-            m.c.adapter_id.is_(None),
-            m.c.source == JOB_SOURCE,
-            m.c.split == QUALITY_SPLIT,
-            m.c.name == pmt.c.metric,
+            r.c.adapter_id.is_(None),
         )
         .subquery("ranked_baselines")
     )
@@ -382,25 +399,16 @@ def cost_quality(f: Filters) -> Select[Any]:
     training jobs over the untuned baseline of their task and base (the denominator of "cost per
     quality point"; the money is cost_by_device's baseline_money_seconds)."""
     sj = scoped_jobs(f, kinds=("train",))
-    bl, pmt = baselines(), primary_metrics()
-    pm = m.alias("pm")
+    bl = baselines()
+    pm = join_primary_metric(
+        sj.join(bl, and_(bl.c.task == sj.c.task, bl.c.base_model == sj.c.base_model)),
+        sj.c.job_id,
+        sj.c.task,
+        outer=False,
+    )
     per = (
-        select(
-            sj.c.tenant, func.sum((pm.c.value - bl.c.value) * points_scale(pmt.c.metric)).label("gain_points")
-        )
-        .select_from(
-            sj.join(bl, and_(bl.c.task == sj.c.task, bl.c.base_model == sj.c.base_model))
-            .join(pmt, pmt.c.task == sj.c.task)
-            .join(
-                pm,
-                and_(
-                    pm.c.job_id == sj.c.job_id,
-                    pm.c.source == JOB_SOURCE,
-                    pm.c.split == QUALITY_SPLIT,
-                    pm.c.name == pmt.c.metric,
-                ),
-            )
-        )
+        select(sj.c.tenant, func.sum((pm.value - bl.c.value) * points_scale(pm.metric)).label("gain_points"))
+        .select_from(pm.from_)
         .where(sj.c.state == "succeeded")
         .group_by(sj.c.tenant)
         .cte("cost_quality")
@@ -411,26 +419,15 @@ def cost_quality(f: Filters) -> Select[Any]:
 def adapter_points(f: Filters, prices: Mapping[str, float]) -> Select[Any]:
     """One row per live adapter: its job's money × 3600 (every attempt) and its primary metric."""
     sj = scoped_jobs(f, kinds=("train",))
-    jm, pmt = _job_money(prices), primary_metrics()
-    pm = m.alias("pm")
+    jm = _job_money(prices)
+    pm = join_primary_metric(
+        sj.join(a, a.c.job_id == sj.c.job_id).join(jm, jm.c.job_id == sj.c.job_id), sj.c.job_id, sj.c.task
+    )
     return (
         select(
-            sj.c.tenant, sj.c.task, sj.c.method, sj.c.rank, jm.c.money_seconds, pm.c.value.label("quality")
+            sj.c.tenant, sj.c.task, sj.c.method, sj.c.rank, jm.c.money_seconds, pm.value.label("quality")
         )
-        .select_from(
-            sj.join(a, a.c.job_id == sj.c.job_id)
-            .join(jm, jm.c.job_id == sj.c.job_id)
-            .join(pmt, pmt.c.task == sj.c.task)
-        )
-        .outerjoin(
-            pm,
-            and_(
-                pm.c.job_id == sj.c.job_id,
-                pm.c.source == JOB_SOURCE,
-                pm.c.split == QUALITY_SPLIT,
-                pm.c.name == pmt.c.metric,
-            ),
-        )
+        .select_from(pm.from_)
         .where(a.c.deleted_at.is_(None))
         .order_by(sj.c.tenant, sj.c.task, a.c.created_at)
     )
@@ -452,13 +449,12 @@ def compare_rows(f: Filters) -> Select[Any]:
     Full fine-tuning and the untuned base have no meaningful rank: they are grouped with rank 0.
     """
     sj = scoped_jobs(f, kinds=("train", "evaluate"))
-    pmt = primary_metrics()
-    pm, mm = m.alias("pm"), m.alias("mm")
+    pm, mm = join_primary_metric(sj, sj.c.job_id, sj.c.task), m.alias("mm")
     rank_key = case((sj.c.method.in_(("full", "none")), 0), else_=sj.c.rank).label("rank_key")
     is_train = sj.c.kind == "train"
     dev_s = case((is_train, u.c.device_seconds))
     values = {
-        "quality": pm.c.value,
+        "quality": pm.value,
         "trainable_params": a.c.trainable_params,
         "trainable_fraction": cast(a.c.trainable_params, Float) / func.nullif(a.c.total_params, 0),
         "checkpoint_bytes": a.c.bytes,
@@ -478,18 +474,9 @@ def compare_rows(f: Filters) -> Select[Any]:
         ]
     runs = (
         select(*cols)
-        .select_from(sj.join(pmt, pmt.c.task == sj.c.task))
+        .select_from(pm.from_)
         .outerjoin(a, a.c.job_id == sj.c.job_id)
         .outerjoin(u, and_(u.c.job_id == sj.c.job_id, u.c.attempt == sj.c.attempts))
-        .outerjoin(
-            pm,
-            and_(
-                pm.c.job_id == sj.c.job_id,
-                pm.c.source == JOB_SOURCE,
-                pm.c.split == QUALITY_SPLIT,
-                pm.c.name == pmt.c.metric,
-            ),
-        )
         .outerjoin(
             mm,
             and_(
