@@ -278,6 +278,8 @@ class GridRow:
 
 @dataclass
 class E2ERow:
+    """A row of the E2E table: a tenant's pick (or the published numbers) and its five metrics."""
+
     label: str
     adapter: str
     metrics: dict[str, float]
@@ -296,6 +298,8 @@ def _published_label(glue: dict[str, Any], e2e: dict[str, Any] | None) -> str:
 
 
 def cell_text(c: BenchmarkCell) -> str:
+    """A tenants × tasks cell: the primary metric in points, [candidates], '= trivial' when the
+    score is no result, and the drift of the latest re-evaluation."""
     if c.value is None:
         return f"- [{c.candidates}]"
     text = f"{points(c.metric, c.value):.1f} [{c.candidates}]"

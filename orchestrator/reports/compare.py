@@ -38,7 +38,7 @@ COMPARE_VALUES = (
     "peak_memory_bytes",
     "majority_class_rate",
 )
-# A trained row within this many points of the best quality counts as "as good" (compare).
+# A trained row within this many points of the best quality counts as "as good".
 TRADE_OFF_PP = 1.0
 a, m, u = (x.__table__ for x in (Adapter, Metric, Usage))
 

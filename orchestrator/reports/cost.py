@@ -468,7 +468,7 @@ def cost_report(
     """Per tenant and in total. `with_points`: also one (money, quality) point per adapter (charts).
 
     Every figure is a SQL aggregate: each query returns its per-tenant rows and, as rows with a
-    NULL tenant, the same aggregated over the report's tenants (see queries._rollup).
+    NULL tenant, the same aggregated over the report's tenants (see `_rollup`).
     """
     prices = check_prices(prices)
     if storage_price_gb_month < 0:

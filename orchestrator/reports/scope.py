@@ -43,6 +43,8 @@ j, t, m = (x.__table__ for x in (Job, Tenant, Metric))
 
 @dataclass(frozen=True)
 class Filters:
+    """A report's scope; `make_filters` builds it checked."""
+
     tenants: tuple[str, ...] = ()
     task: str | None = None
     base_model: str | None = None
@@ -89,10 +91,10 @@ def prepare(session: Session, f: Filters) -> None:
     transaction only)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
-    check_tenants(session, f)
+    _check_tenants(session, f)
 
 
-def check_tenants(session: Session, f: Filters) -> None:
+def _check_tenants(session: Session, f: Filters) -> None:
     if not f.tenants:
         return
     known = set(session.scalars(known_tenants(f.tenants)))

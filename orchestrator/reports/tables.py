@@ -1,11 +1,18 @@
-"""The tables every renderer reads (terminal, Markdown, HTML) and the long-form records of the CSV.
+"""What every renderer reads: a report's tables (terminal, Markdown, HTML) and its long-form
+records (the CSV).
+
+Each report (benchmark.py, cost.py, compare.py) has three views, all derived from the same fields:
+- `to_dict()`: everything, raw registry values (metrics on the registry's scale, seconds, bytes),
+  stable keys — what `--json` prints;
+- `records()`: the same figures in long form with fixed columns (RECORD_COLUMNS, `record`) — the CSV;
+- `tables()`: what a person reads, a list of `Table`s.
 
 A table is a list of columns and a list of rows of any type; a column is declared on one line —
 its header, how its value is read from a row, and its kind (how the value is shown):
 
     Column("ckpt MB", lambda r: r.checkpoint_bytes, "mb")
 
-so adding a column to a report is that one line in the report's module.
+so adding a column to a report's table is that one line.
 """
 
 from __future__ import annotations
@@ -54,7 +61,6 @@ FORMATS = {
     "int": lambda v: f"{int(v):,}",
     "points": lambda v: f"{points('accuracy', v):.1f}",  # a fraction metric, in points
     "num": lambda v: f"{v:.2f}",
-    "pp": lambda v: f"{v:+.1f} pp",
     "delta": lambda v: f"{v:+.1f}",
     "money": lambda v: _money(v),
     "hours": lambda v: f"{v:,.4f}",
