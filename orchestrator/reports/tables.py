@@ -39,6 +39,11 @@ class Column(Generic[R]):
     get: Callable[[R], Any]
     kind: str = "text"
 
+    def __post_init__(self) -> None:
+        if self.kind not in FORMATS:  # a typo fails where the column is declared, not when shown
+            allowed = ", ".join(FORMATS)
+            raise ValueError(f"column {self.header!r}: unknown kind {self.kind!r}; allowed: {allowed}")
+
     @property
     def align(self) -> str:
         return "left" if self.kind == "name" else "right"
