@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_engine.errors import LoraFleetInputError
+from orchestrator.refs import spelled_as_id
 
-MAX_BATCH_BYTES = 16 * 1024 * 1024
+if TYPE_CHECKING:
+    from orchestrator.config import Settings
+
 SUFFIXES = ".jsonl, .json, .yaml, .yml"
 
 
@@ -56,15 +59,20 @@ def _yaml(text: str, path: Path) -> Any:
         raise BatchFileError(f"{path}: {where}{problem}") from None
 
 
-def load_batch_file(path: Path) -> list[Any]:
+def load_batch_file(path: Path, settings: Settings | None = None) -> list[Any]:
     """The items of a batch file; a relative `dataset` path is made relative to the file's
-    folder (not to the current directory). BatchFileError when unreadable."""
+    folder (not to the current directory). The file is read through the one path resolver
+    (`orchestrator.paths`: inside a data root, a regular file, at most `max_batch_file_bytes`).
+    BatchFileError when unreadable, PathRefused when refused."""
+    from orchestrator import paths
+    from orchestrator.config import get_settings
+
+    settings = settings or get_settings()
+    resolved, content = paths.read_file(path, settings, "batch file", cap=settings.max_batch_file_bytes,
+                                        cap_var="LORAFLEET_MAX_BATCH_FILE_BYTES")
     path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_BATCH_BYTES:
-        raise BatchFileError(f"{path}: file is {size} bytes; a batch file may hold at most {MAX_BATCH_BYTES}")
     try:
-        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+        text = content.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise BatchFileError(f"{path}: not valid UTF-8 (byte offset {exc.start}); save it as UTF-8") from None
     suffix = path.suffix.lower()
@@ -83,12 +91,6 @@ def load_batch_file(path: Path) -> list[Any]:
         spec = item.get("spec") if isinstance(item, dict) and isinstance(item.get("spec"), dict) else item
         if isinstance(spec, dict):
             value = spec.get("dataset")
-            if isinstance(value, str) and value and not _looks_like_id(value):
-                spec["dataset"] = str(path.parent / value)
+            if isinstance(value, str) and value and not spelled_as_id(value):
+                spec["dataset"] = str(resolved.parent / value)  # confined again when submitted
     return items
-
-
-def _looks_like_id(value: str) -> bool:
-    from lora_engine.spec import UUID_RE
-
-    return bool(UUID_RE.match(value))
