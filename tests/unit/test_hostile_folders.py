@@ -100,12 +100,19 @@ def test_adapter_import_and_init_from_follow_no_link_and_store_no_unconfined_bas
             (lora_adapter(tiny_model, data / "etc-base", "/etc"), "'/etc' is outside the allowed data roots"),
             (lora_adapter(tiny_model, data / "up-base", "../base"), "'../base' contains '..'"),
         ]
+        os.mkfifo(data / "jobs.yaml")  # a batch file nobody writes: an open that blocks would hang
+        (data / "zero.yaml").symlink_to("/dev/zero")
         before = dump(home)
         for folder, needle in refusals:
             result, output = cli_run("adapter", "import", "--tenant", "acme", "--task", "sst2", str(folder))
             assert result.exit_code == 1 and needle in output and "Traceback" not in output, output
             assert "secret-hash" not in output
             assert dump(home) == before, folder
+        for batch, needle in (("jobs.yaml", "'jobs.yaml' is a FIFO; give a regular file"),
+                              ("zero.yaml", "'zero.yaml' is outside the allowed data roots (a symlink")):
+            result, output = cli_run("job", "submit-batch", batch)
+            assert result.exit_code == 1 and needle in output and "Traceback" not in output, output
+            assert dump(home) == before, batch
 
         # A relative base is resolved at import (here: against the data root) and stored resolved.
         ok, out = cli_run("adapter", "import", "--tenant", "acme", "--task", "sst2", "--json",
