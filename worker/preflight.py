@@ -37,7 +37,9 @@ class Preflight:
 def check(settings: Any) -> Preflight:
     out = Preflight()
     try:
-        settings.artifacts.mkdir(parents=True, exist_ok=True)
+        from lora_engine.atomic import private_dir
+
+        private_dir(settings.artifacts)
         tempfile.NamedTemporaryFile(dir=settings.artifacts).close()
     except OSError as exc:
         out.fatal.append(f"artifacts folder {settings.artifacts} is not writable ({exc.strerror}); "
