@@ -5,12 +5,12 @@
 
 What runs is the real control plane: `submit_batch` (spec validation, one transaction per batch),
 the messages sent once the batch committed (one Redis message per job + the dispatch record), and
-W worker processes each looping over `worker.runner.run_job`: the fair-share claim (one conditional UPDATE), the lease
-keep-alive, staging, publishing + hashing an adapter folder, `finish_job_success`. Only the
-training step is replaced, by a bench fixture executor that writes a 1 KB adapter folder at once
-(so the numbers are the system's, not torch's). The workers call `run_job` directly instead of
-consuming the Redis messages through Celery: a message only says "work is waiting", and the claim
-picks the job by fair share whatever the message named.
+W worker processes each looping over `worker.runner.run_job`: the fair-share claim (one
+conditional UPDATE), the lease keep-alive, staging, publishing + hashing an adapter folder,
+`finish_job_success`. Only the training step is replaced, by a bench fixture executor that
+writes a 1 KB adapter folder at once (so the numbers are the system's, not torch's). The workers
+call `run_job` directly instead of consuming the Redis messages through Celery: a message only
+says "work is waiting", and the claim picks the job by fair share whatever the message named.
 
 Measured: submit throughput (jobs/s, including the messages); claim latency p50/p99 (the
 `claim_next` call: candidates query + conditional UPDATE, as the workers saw it); fairness: for

@@ -2,7 +2,7 @@
 
     claim (atomic, fair share) → Attempt: its Heartbeat (progress → lease + cancel flag, curve
       points, phase / checkpoint / resume events) and KeepAlive (beats while no step reports),
-      its staging folder, its inputs (read from the registry) → the work →
+      its staging folder, its inputs (read from the registry's columns, `worker.inputs`) → the work →
       succeed(result): the staged adapter renamed to its final folder and hashed (once), then
         adapter + metrics + usage in one transaction (finish_job_success)
       settle(error): `orchestrator.retries.decide`, once, and the outcome recorded
@@ -34,6 +34,7 @@ from orchestrator.retries import Abort, Outcome, backoff, decide, describe, is_t
 from orchestrator.services.leases import UsageRecord
 from worker import health
 from worker.executor import JobContext, JobHooks, JobResult
+from worker.inputs import JobInputs, resolve_inputs
 
 log = logging.getLogger(__name__)
 
@@ -274,13 +275,13 @@ class Attempt:
 
     Build it inside the claim's session (`Attempt.of`): it snapshots what it needs from the
     job's row. `start()` begins the keep-alive; the work runs with `context()` (the job's spec,
-    its inputs resolved) or, in a pack, `inputs()` and `ctx.hooks`; then exactly one of
+    its inputs resolved) or, in a pack, `resolved_spec()` and `ctx.hooks`; then exactly one of
     `succeed`, `settle` or `release`, and `close()`.
     """
 
     ctx: JobContext  # the job as stored (its spec's inputs not yet resolved)
     worker_id: str
-    parent: str | None  # the adapter it continues, verified again before the work starts
+    inputs: JobInputs  # its references, as the registry's columns hold them at the claim
     beat: Heartbeat
     keepalive: KeepAlive
     started: float = field(default_factory=time.monotonic)
@@ -297,7 +298,7 @@ class Attempt:
                          spec=dict(job.spec), settings=settings, hooks=beat.hooks(),
                          staging_dir=artifacts.staging_path(settings, tenant_id, job_id, attempt),
                          checkpoint_dir=artifacts.checkpoint_path(settings, tenant_id, job_id), cache=cache)
-        return cls(ctx, worker_id, job.init_from_adapter_id, beat,
+        return cls(ctx, worker_id, JobInputs.of(job), beat,
                    KeepAlive(beat, interval_s=settings.heartbeat_seconds))
 
     @property
@@ -317,28 +318,15 @@ class Attempt:
         """Stop the keep-alive (the work is over; what follows is recording)."""
         self.keepalive.stop()
 
-    def inputs(self) -> dict[str, Any]:
-        """The spec the work runs: a data set named by id replaced by its stored file, whose
-        sha256 is checked against the registry, and the adapter it continues verified (the work
-        itself never reads the registry)."""
-        from lora_engine.spec import UUID_RE
-        from orchestrator.services import verified_adapter
-        from orchestrator.services.datasets import dataset_for_training
-
-        spec = self.ctx.spec
-        dataset = spec.get("dataset")
-        if isinstance(dataset, str) and UUID_RE.match(dataset):
-            with session_scope(self.settings) as session:
-                spec = {**spec, "dataset": str(dataset_for_training(session, dataset, self.ctx.tenant_id,
-                                                                     self.settings))}
-        if self.parent is not None:  # the adapter it continues must still be the one registered
-            parent = self.parent
-            record(self.settings, lambda session: verified_adapter(session, parent))
-        return spec
+    def resolved_spec(self) -> dict[str, Any]:
+        """The spec the work runs: its inputs read from the registry's columns (`worker.inputs`:
+        stored objects by id, sha256 checked; a base folder confined again). The work itself
+        never reads the registry."""
+        return resolve_inputs(self.settings, self.inputs, self.ctx.spec)
 
     def context(self) -> JobContext:
         """What an executor gets: the job's context with its inputs resolved."""
-        return dataclasses.replace(self.ctx, spec=self.inputs())
+        return dataclasses.replace(self.ctx, spec=self.resolved_spec())
 
     def succeed(self, result: JobResult) -> RunResult:
         """Publish the staged adapter (if any) and record the job's success."""
@@ -460,14 +448,14 @@ def succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
 
 def _publish(ctx: JobContext, result: JobResult) -> Any:
     """Rename the staged adapter to its final folder (atomic) and hash it there, once."""
-    from lora_engine.atomic import move_into_place
+    from lora_engine.atomic import move_into_place, private_dir
     from lora_engine.digest import adapter_files_digest
     from orchestrator.services import AdapterRecord
 
     staged = result.adapter
     adapter_id = str(uuid.uuid4())
     final = artifacts.adapter_path(ctx.settings, ctx.tenant_id, adapter_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(final.parent)
     move_into_place(staged.folder, final)
     sha256, size = adapter_files_digest(final)
     return AdapterRecord(id=adapter_id, path=str(final), sha256=sha256, bytes=size,

@@ -35,6 +35,7 @@ from orchestrator.registry.db import session_scope
 from orchestrator.services.leases import UsageRecord
 from worker.attempt import Attempt, RunResult, device_name, shutting_down
 from worker.executor import JobResult, StagedAdapter
+from worker.inputs import base_folder, local_base
 from worker.runner import WARM_CACHE, cache_for, default_worker_id, run_job
 from worker.train import train_hooks
 
@@ -47,22 +48,27 @@ log = logging.getLogger(__name__)
 JOIN_POLL_S = 1.0
 
 
-def _packable(job) -> str | None:
+def _packable(job, settings: Settings) -> str | None:
     """The packed forward a queued job would take ('encoder' / 'decoder'), or None when it trains
     alone, by `lora_engine.packing.packable` (a training job only; its base and task resolved)."""
     from lora_engine.catalog import task_info
     from lora_engine.methods import PACKABLE_METHODS
+    from lora_engine.model_ref import is_folder_name
     from lora_engine.models import resolve_model
     from lora_engine.packing import packable
 
     if job.kind != "train" or job.method not in PACKABLE_METHODS:  # before resolving its base
         return None
     try:
+        if is_folder_name(job.base_model):  # confined again before its config is read
+            base_folder(settings, job.base_model)
         arch, kind = resolve_model(job.base_model).arch, task_info(job.task).kind
-    except Exception:  # an unknown base or task is the single path's to report
+    except Exception:  # an unknown or refused base, an unknown task: the single path's to report
         return None
+    # A job on a full fine-tune (base_adapter_id) reads its base from that adapter, verified on
+    # the single path first, as a parent it continues is.
     return packable(method=job.method, arch=arch, kind=kind, evaluates=_evaluates(job),
-                    continues_adapter=job.init_from_adapter_id is not None)
+                    continues_adapter=job.init_from_adapter_id is not None or job.base_adapter_id is not None)
 
 
 def _pooling(base_model: str, spec: dict) -> str:
@@ -99,7 +105,7 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
     with session_scope(settings) as session:
         head = repo.claim_candidates(session, limit=1)
         lead = repo.job(session, head[0][0]) if head else None
-        family = _packable(lead) if lead is not None else None
+        family = _packable(lead, settings) if lead is not None else None
         if family is None or not packing_enabled(settings):
             return [run_job(job_id, worker_id=worker_id, settings=settings, cache=cache)]
         first = claim_job(session, lead.id, worker_id, settings.lease_seconds)
@@ -138,7 +144,7 @@ class _Joiner:
 
         def accept(job) -> bool:
             nonlocal tokens_left
-            if (job.id in self.skip or _packable(job) != self.family
+            if (job.id in self.skip or _packable(job, self.settings) != self.family
                     or _pooling(job.base_model, job.spec) != self.pooling):
                 return False
             if tokens_left is not None:
@@ -205,21 +211,24 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
     results: list[RunResult] = []
     kind, labels = ("generation", None) if family == "decoder" else ("classification", 2)
     try:
+        local = local_base(settings, lead.inputs)  # a base folder confined again, before it is opened
         if cache is not None:
-            model, tokenizer = cache.checkout(base, kind, labels)
+            model, tokenizer = cache.checkout(local, kind, labels)
         else:
             from lora_engine.models import load_base_model
 
-            model, tokenizer = load_base_model(base, kind, labels)
+            model, tokenizer = load_base_model(local, kind, labels)
     except Exception as exc:  # the shared base failed to load: the job settles as it would alone
         return [_fail(lead, exc)]
-    pack = Pack(model, tokenizer, data_dir=settings.data_dir, base_model=base, max_jobs=1)
-    join = _Joiner(settings, worker_id, base, family, pack, cache, _pooling(base, lead.ctx.spec))
+    # Members' specs name the base where it is read here (resolve_inputs), the pack likewise; the
+    # joiner claims partners by the registry's name for it.
+    pack = Pack(model, tokenizer, data_dir=settings.data_dir, base_model=local, max_jobs=1)
+    join = _Joiner(settings, worker_id, base, family, pack, cache, _pooling(local, lead.ctx.spec))
 
     def add(m: Attempt) -> None:
         members[m.job_id] = m
         try:
-            spec = TrainingSpec.model_validate(m.inputs())
+            spec = TrainingSpec.model_validate(m.resolved_spec())
             pack.add(spec, m.ctx.staging_dir, train_hooks(m.ctx), key=m.job_id)
         except LoraConfigError as exc:  # the pack refuses it (e.g. LoRA on embeddings): alone it may train
             join.skip.add(m.job_id)
