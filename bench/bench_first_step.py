@@ -13,6 +13,8 @@ log), then `lorafleet job submit --max-steps 3 --wait` run one after the other a
 - `overhead_s` = `to_first_step_s` − `step_s`: what the tenant waits beyond one step's compute.
   The issue's goals: warm (median of the jobs after the first) ≤ 0.5 s; cold (the first job on the
   base after the worker is ready) ≤ the base model's own load time + 1 s.
+- `cold_restarted`: the first job after the same worker is stopped and started again (the base is
+  loaded again; the tokenised data are on disk from the first run);
 - `stages_s`: median seconds from `submitted` to each event kind before the first progress
   (`dispatched`, `claimed`, `phase`), to show which leg the time is in.
 - `load_s`: the base model loaded alone in a fresh subprocess (`lora_engine.models.load_base_model`,
@@ -144,19 +146,27 @@ def run_base(code: Path, base: str, task: str, warm: int, data_cache: Path) -> d
     env = code_env(home, code, data_cache)
     try:
         lorafleet(env, code, "tenant", "create", "bench", "--max-running", "1")
+
+        def submit(seed: int) -> dict:
+            shown = json.loads(lorafleet(
+                env, code, "job", "submit", "--tenant", "bench", "--task", task, "--base-model", base,
+                "--max-steps", "3", "--batch-size", "8", "--eval-size", "4", "--eval-every", "0",
+                "--seed", str(seed), "--wait", "--json",
+            ))
+            if shown["state"] != "succeeded":
+                tail = (home / "worker.log").read_text()[-3000:]
+                raise SystemExit(f"job {shown['id']} {shown['state']}:\n{tail}")
+            return job_timing(env, shown["id"])
+
         proc = start_worker(env, code, home / "worker.log")
         try:
-            jobs = []
-            for seed in range(warm + 1):
-                shown = json.loads(lorafleet(
-                    env, code, "job", "submit", "--tenant", "bench", "--task", task, "--base-model", base,
-                    "--max-steps", "3", "--batch-size", "8", "--eval-size", "4", "--eval-every", "0",
-                    "--seed", str(seed), "--wait", "--json",
-                ))
-                if shown["state"] != "succeeded":
-                    tail = (home / "worker.log").read_text()[-3000:]
-                    raise SystemExit(f"job {shown['id']} {shown['state']}:\n{tail}")
-                jobs.append(job_timing(env, shown["id"]))
+            jobs = [submit(seed) for seed in range(warm + 1)]
+        finally:
+            stop_worker(proc)
+        # A restarted worker: cold again, but the data were tokenised once already (on disk).
+        proc = start_worker(env, code, home / "worker-restarted.log")
+        try:
+            restarted = submit(warm + 1)
         finally:
             stop_worker(proc)
     finally:
@@ -167,9 +177,13 @@ def run_base(code: Path, base: str, task: str, warm: int, data_cache: Path) -> d
         return round(statistics.median(j[key] for j in rest), 3)
 
     kinds = [k for k in cold["stages_s"] if all(k in j["stages_s"] for j in rest)]
+    def rounded(job: dict) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else {s: round(x, 3) for s, x in v.items()})
+                for k, v in job.items()}
+
     return {
-        "cold": {k: (round(v, 3) if isinstance(v, float) else {s: round(x, 3) for s, x in v.items()})
-                 for k, v in cold.items()},
+        "cold": rounded(cold),
+        "cold_restarted": rounded(restarted),
         "warm_median": {"to_first_step_s": med("to_first_step_s"), "step_s": med("step_s"),
                         "overhead_s": med("overhead_s"),
                         "stages_s": {k: round(statistics.median(j["stages_s"][k] for j in rest), 3)
