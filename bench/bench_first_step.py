@@ -73,6 +73,10 @@ def code_env(home: Path, code: Path, data_cache: Path) -> dict[str, str]:
         "LORAFLEET_DATA_CACHE": str(data_cache),
         "LORAFLEET_DEVICE": "cpu",
         "LORAFLEET_CHECKPOINT_EVERY": "1000",  # no checkpoint inside a 3-step job
+        # A keep-alive beat before the first step (a slow cold load on a loaded machine) would
+        # write a step-0 `progress` event and throttle step 1's: beat only between steps here.
+        "LORAFLEET_LEASE_SECONDS": "1200",
+        "LORAFLEET_HEARTBEAT_SECONDS": "600",
         "PYTHONPATH": str(code),
     }
     for name in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
@@ -125,7 +129,9 @@ def job_timing(env: dict[str, str], job_id: str) -> dict:
     dispose_engines()
     submitted = next(ts for kind, ts, _ in events if kind == "submitted")
     progress = {int(data["step"]): ts for kind, ts, data in events if kind == "progress"}
-    first = min(progress)
+    if not {1, 3} <= set(progress):
+        raise SystemExit(f"job {job_id}: progress events at steps {sorted(progress)}, need 1 and 3")
+    first = 1
     stages: dict[str, float] = {}
     for kind, ts, _ in events:
         if ts > progress[first]:
