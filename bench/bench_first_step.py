@@ -22,8 +22,10 @@ log), then `lorafleet job submit --max-steps 3 --wait` run one after the other a
 
 `--before REV` runs the same measurements on the code of git revision REV too (extracted with
 `git archive` into a temporary folder; the worker and the CLI then import that code), in the same
-run, so load on a shared machine hits both alike. A `--data-cache` folder is used for the run of
-this checkout; it is emptied first (`cold` then includes tokenising) unless `--keep-data-cache`.
+run, so load on a shared machine hits both alike. The workers keep tokenised data in the
+`--data-cache` folder (LORAFLEET_DATA_CACHE), emptied before each base and code (`cold` then
+includes tokenising) unless `--keep-data-cache`. The 1-minute load average is printed at the start
+and the end: on a shared machine, read the figures against it.
 
 usage: python bench/bench_first_step.py [--bases minilm-l6:sst2,smollm2-135m:e2e] [--warm 10]
                                         [--before REV] [--keep-data-cache]
@@ -229,7 +231,8 @@ def main() -> None:
     if args.before:
         variants = {"before": extract(args.before, scratch), **variants}
     try:
-        out: dict = {"warm_jobs": args.warm, "max_steps": 3, "load": os.getloadavg()[0], "bases": {}}
+        out: dict = {"warm_jobs": args.warm, "max_steps": 3, "load_average_start": os.getloadavg()[0],
+               "bases": {}}
         for base, task in pairs:
             entry = {"task": task, "load_s": load_time(base, task)}
             for name, code in variants.items():
@@ -237,7 +240,7 @@ def main() -> None:
                     shutil.rmtree(args.data_cache, ignore_errors=True)
                 entry[name] = run_base(code, base, task, args.warm, args.data_cache)
             out["bases"][base] = entry
-        out["load_after"] = os.getloadavg()[0]
+        out["load_average_end"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(out, indent=2))
