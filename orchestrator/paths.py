@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.config import Settings
-from orchestrator.services.errors import InvalidInput
+from orchestrator.errors import InvalidInput
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -346,7 +346,8 @@ def _hooks(settings: Settings, m: _Member):
 
 def _leave(settings: Settings, worker_id: str, m: _Member, outcome, plan, stopped_cls) -> RunResult:
     """Settle a job the moment it leaves the pack, as `run_job` settles a job alone."""
-    from orchestrator.services import LeaseLost, record_packed
+    from orchestrator.errors import LeaseLost
+    from orchestrator.services import record_packed
 
     m.keepalive.stop()
     try:
@@ -378,7 +379,8 @@ def _leave(settings: Settings, worker_id: str, m: _Member, outcome, plan, stoppe
 
 def _release(settings: Settings, worker_id: str, m: _Member, exc: Exception) -> RunResult:
     """A job the pack cannot take goes back to the queue, no attempt used, to train alone."""
-    from orchestrator.services import LeaseLost, requeue_job
+    from orchestrator.errors import LeaseLost
+    from orchestrator.services import requeue_job
 
     m.keepalive.stop()
     reason = f"not packed: {exc}"

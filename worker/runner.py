@@ -233,7 +233,7 @@ class KeepAlive(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from orchestrator.services import LeaseLost
+        from orchestrator.errors import LeaseLost
 
         while not self._stop_event.wait(self.interval_s):
             if time.monotonic() - self.beat.last_ok < self.interval_s:
@@ -438,7 +438,8 @@ def _settle(
     spec, to tell which parts of the worker's own environment the job needed.
     """
     from orchestrator.announce import announce_jobs
-    from orchestrator.services import LeaseLost, fail_job, mark_cancelled, requeue_job
+    from orchestrator.errors import LeaseLost
+    from orchestrator.services import fail_job, mark_cancelled, requeue_job
 
     outcome = classify(exc, cancel_requested=cancel_requested, shutting_down=_shutting_down)
     if outcome in (Outcome.FAILED, Outcome.REQUEUED):
@@ -479,7 +480,7 @@ def _held_against_worker(
 ) -> tuple[Exception, Outcome]:
     """A failed attempt, checked against this worker's own environment: broken, it is a
     WorkerEnvironmentError (caused by `exc`) and classified as such; sound, `exc` stands."""
-    from orchestrator.services.errors import WorkerEnvironmentError
+    from orchestrator.errors import WorkerEnvironmentError
     from worker.preflight import environment_faults
 
     faults = environment_faults(settings, spec)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from lora_engine.catalog import ALL_TASKS
 from orchestrator.config import get_settings
+from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.registry.models import JOB_STATES
 from orchestrator.reports import queries as q
 from orchestrator.reports.model import (
@@ -40,7 +41,6 @@ from orchestrator.reports.references import (
     points,
 )
 from orchestrator.services._tx import readonly
-from orchestrator.services.errors import InvalidInput, NotFound
 
 PICKS = ("latest", "best")
 REPORT_WORK_MEM = "64MB"

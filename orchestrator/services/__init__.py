@@ -5,9 +5,9 @@ Conventions: every function takes a SQLAlchemy `Session` first (from
 (rolls back on error); returned rows stay readable after the commit (expire_on_commit=False).
 Relationships are lazy="raise": use the returned fields/views, not `job.tenant`.
 Ids are UUID strings. Timestamps are tz-aware UTC. `tenant` arguments are slugs; None = all.
-Errors (orchestrator.services.errors): NotFound, Conflict, InvalidState, InvalidInput (a
-LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost; lora_engine SpecError for a
-bad spec. No retry policy here: the caller classifies.
+Errors live on the ground floor (orchestrator.errors, imported from there): NotFound, Conflict,
+InvalidState, InvalidInput (a LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost;
+lora_engine SpecError for a bad spec. No retry policy here: the caller classifies.
 
 API
 ---
@@ -106,13 +106,6 @@ _PUBLIC = {
     "list_adapters": "orchestrator.services.adapters",
     "new_adapter_path": "orchestrator.services.adapters",
     "verified_adapter": "orchestrator.services.adapters",
-    "BatchError": "orchestrator.services.errors",
-    "Conflict": "orchestrator.services.errors",
-    "InvalidInput": "orchestrator.services.errors",
-    "InvalidState": "orchestrator.services.errors",
-    "LeaseLost": "orchestrator.services.errors",
-    "NotFound": "orchestrator.services.errors",
-    "ServiceError": "orchestrator.services.errors",
     "cancel_job": "orchestrator.services.jobs",
     "get_job": "orchestrator.services.jobs",
     "job_events": "orchestrator.services.jobs",
@@ -148,8 +141,8 @@ _PUBLIC = {
 }
 
 __all__ = [  # the same names as _PUBLIC (a test checks)
-    "AdapterRecord", "BatchError", "Conflict", "InvalidInput", "InvalidState", "JobDetail", "LeaseLost",
-    "NotFound", "ReconcileResult", "ServiceError", "TenantSummary", "UsageRecord", "cancel_job",
+    "AdapterRecord", "JobDetail",
+    "ReconcileResult", "TenantSummary", "UsageRecord", "cancel_job",
     "claim_job", "claim_next", "claim_partners",
     "create_tenant", "delete_adapter", "fail_job", "finish_job_success", "get_adapter", "get_job",
     "get_tenant", "heartbeat", "job_events", "list_adapters", "list_jobs", "list_tenants", "mark_cancelled",
@@ -166,15 +159,6 @@ if TYPE_CHECKING:
         list_adapters,
         new_adapter_path,
         verified_adapter,
-    )
-    from orchestrator.services.errors import (
-        BatchError,
-        Conflict,
-        InvalidInput,
-        InvalidState,
-        LeaseLost,
-        NotFound,
-        ServiceError,
     )
     from orchestrator.services.jobs import (
         cancel_job,

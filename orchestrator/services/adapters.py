@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from lora_engine.errors import AdapterError
 from orchestrator.artifacts import adapter_path as new_adapter_path
 from orchestrator.config import Settings, get_settings
+from orchestrator.errors import NotFound
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, utcnow
 from orchestrator.services._tx import readonly, transactional
-from orchestrator.services.errors import NotFound
 from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 

@@ -24,11 +24,11 @@ from lora_engine.atomic import atomic_folder
 from lora_engine.data.custom import profile_rows, sparse_label_problems, validate_jsonl
 from lora_engine.errors import DataValidationError
 from orchestrator.config import Settings, get_settings
+from orchestrator.errors import InvalidInput, InvalidState, NotFound
 from orchestrator.paths import confine
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Dataset, Tenant, new_id, utcnow
 from orchestrator.services._tx import readonly, transactional
-from orchestrator.services.errors import InvalidInput, InvalidState, NotFound
 from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.services.errors import InvalidInput
+from orchestrator.errors import InvalidInput
 
 FULL_ID_LENGTH = 36  # str(uuid4())
 MIN_PREFIX = 4

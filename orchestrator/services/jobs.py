@@ -22,6 +22,7 @@ from lora_engine.errors import LoraFleetInputError, SpecError
 from lora_engine.model_ref import MODEL_ALIASES
 from lora_engine.spec import UUID_RE, TrainingSpec, validate_spec
 from orchestrator.config import Settings, get_settings
+from orchestrator.errors import BatchError, Conflict, InvalidInput, InvalidState, NotFound
 from orchestrator.paths import confine
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import JOB_STATES, Adapter, Dataset, Job, JobEvent, Tenant, utcnow
@@ -35,7 +36,6 @@ from orchestrator.services.datasets import (
     store_dataset,
     unstored_dataset,
 )
-from orchestrator.services.errors import BatchError, Conflict, InvalidInput, InvalidState, NotFound
 from orchestrator.services.estimates import Estimate, estimate_job
 from orchestrator.services.events import add_event
 from orchestrator.services.ids import resolve_id

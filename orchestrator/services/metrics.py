@@ -12,9 +12,9 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from lora_engine.catalog import TASKS
+from orchestrator.errors import InvalidInput
 from orchestrator.registry.models import Job, JobEvent, Metric, MetricPoint
 from orchestrator.services._tx import readonly, transactional
-from orchestrator.services.errors import InvalidInput
 from orchestrator.services.jobs import job_or_404
 from orchestrator.services.leases import _owned
 

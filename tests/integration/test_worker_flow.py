@@ -18,10 +18,10 @@ from lora_engine.adapter_io import adapter_files_digest
 from lora_engine.errors import DataValidationError
 from orchestrator.announce import announce_jobs, reconcile_once
 from orchestrator.dispatch import broker_connection
+from orchestrator.errors import InvalidState
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobEvent
 from orchestrator.services import (
-    InvalidState,
     cancel_job,
     claim_job,
     create_tenant,

@@ -10,8 +10,8 @@ from sqlalchemy import inspect
 
 from orchestrator import services as svc
 from orchestrator.cli.output import Column, ago, duration, human_bytes, print_table
+from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.registry.models import Job
-from orchestrator.services.errors import InvalidInput, NotFound
 
 pytest_plugins = ["registry_fixtures"]
 

@@ -15,8 +15,8 @@ from orchestrator import services as svc
 from orchestrator.cli.job_results import sparkline
 from orchestrator.cli.main import cli
 from orchestrator.config import get_settings
+from orchestrator.errors import LeaseLost
 from orchestrator.registry.db import forget_engine, session_scope
-from orchestrator.services.errors import LeaseLost
 from orchestrator.services.metrics import Point, job_checkpoints, metric_history, record_points
 
 pytest_plugins = ["registry_fixtures"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import artifacts
+from orchestrator import artifacts, errors
 from orchestrator import services as svc
 from orchestrator.registry.models import new_id
 
@@ -34,15 +34,15 @@ def test_list_get_delete_adapters_scoped_by_tenant(
     assert {a.id for a in svc.list_adapters(session)} == {mine.id, theirs.id}
     assert [a.id for a in svc.list_adapters(session, task="mrpc")] == [theirs.id]
     assert svc.get_adapter(session, mine.id, tenant="acme").path == mine.path
-    with pytest.raises(svc.NotFound, match="for tenant 'other'"):
+    with pytest.raises(errors.NotFound, match="for tenant 'other'"):
         svc.get_adapter(session, mine.id, tenant="other")
-    with pytest.raises(svc.NotFound):
+    with pytest.raises(errors.NotFound):
         svc.delete_adapter(session, mine.id, tenant="other", settings=registry_settings)
 
     assert (Path(mine.path) / "adapter_config.json").is_file()
     svc.delete_adapter(session, mine.id, settings=registry_settings)
     assert not Path(mine.path).exists() and Path(theirs.path).exists()
-    with pytest.raises(svc.NotFound):
+    with pytest.raises(errors.NotFound):
         svc.get_adapter(session, mine.id)
     assert svc.list_adapters(session, tenant="acme") == []
     kept = svc.list_adapters(session, tenant="acme", include_deleted=True)
@@ -68,7 +68,7 @@ def test_delete_never_touches_files_outside_the_artifacts_root(
 def test_adapter_paths_are_built_from_ids_only(registry_settings) -> None:
     tid, aid = new_id(), new_id()
     assert svc.new_adapter_path(registry_settings, tid, aid) == registry_settings.artifacts / tid / aid
-    with pytest.raises(svc.InvalidInput, match="adapter_id must be a UUID"):
+    with pytest.raises(errors.InvalidInput, match="adapter_id must be a UUID"):
         svc.new_adapter_path(registry_settings, tid, "../../etc")
     jid = new_id()
     expected = registry_settings.artifacts / tid / "checkpoints" / jid

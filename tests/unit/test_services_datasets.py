@@ -11,8 +11,10 @@ import pytest
 from sqlalchemy import func, select
 
 from lora_engine.errors import DataValidationError, SpecError
+from orchestrator import errors
 from orchestrator import services as svc
 from orchestrator.config import get_settings
+from orchestrator.errors import QuotaExceeded
 from orchestrator.registry.models import Dataset, Job, Usage, new_id, utcnow
 from orchestrator.services.datasets import (
     dataset_dir,
@@ -22,7 +24,6 @@ from orchestrator.services.datasets import (
     list_datasets,
     upload_dataset,
 )
-from orchestrator.services.errors import QuotaExceeded
 from orchestrator.services.jobs import plan_job
 from orchestrator.services.quotas import month_start, tenant_quota_usage
 
@@ -104,10 +105,10 @@ def test_paths_are_confined_to_the_data_roots(session, roots: Path, tmp_path: Pa
         (str(roots / "link.jsonl"), "outside the allowed data roots (a symlink"),
         (str(roots / "sub" / ".." / ".." / "outside.jsonl"), "contains '..'"),
     ]:
-        with pytest.raises(svc.InvalidInput, match="allowed data roots") as info:
+        with pytest.raises(errors.InvalidInput, match="allowed data roots") as info:
             upload_dataset(session, "acme", path, "classification")
         assert needle in str(info.value) and str(roots) in str(info.value)
-        with pytest.raises(svc.InvalidInput, match=needle.split(" (")[0]):
+        with pytest.raises(errors.InvalidInput, match=needle.split(" (")[0]):
             svc.submit_job(session, "acme", {"task": "custom-classification", "dataset": path})
     assert _count(session, Job) == 0 and _count(session, Dataset) == 0
 
@@ -121,9 +122,9 @@ def test_a_job_names_its_data_set_by_id_and_the_worker_checks_the_hash(session, 
     again = svc.submit_job(session, "acme", {**spec, "dataset": job.dataset_id[:8]})  # as listed
     assert again.dataset_id == job.dataset_id and again.spec["dataset"] == job.dataset_id
     assert get_dataset(session, job.dataset_id[:8]).id == job.dataset_id
-    with pytest.raises(svc.NotFound, match="for tenant 'globex'"):  # another tenant's id: not found
+    with pytest.raises(errors.NotFound, match="for tenant 'globex'"):  # another tenant's id: not found
         svc.submit_job(session, "globex", {**spec, "dataset": job.dataset_id})
-    with pytest.raises(svc.InvalidInput, match="outside the allowed data roots"):  # nor its prefix:
+    with pytest.raises(errors.InvalidInput, match="outside the allowed data roots"):  # nor its prefix:
         svc.submit_job(session, "globex", {**spec, "dataset": job.dataset_id[:8]})  # a path, then
     with pytest.raises(SpecError, match="holds classification rows"):
         svc.submit_job(session, "acme", {"task": "custom-generation", "base_model": "tiny-llama",
@@ -137,13 +138,13 @@ def test_a_job_names_its_data_set_by_id_and_the_worker_checks_the_hash(session, 
     with pytest.raises(DataValidationError, match="no longer matches the sha256"):
         dataset_for_training(session, job.dataset_id, job.tenant_id)
 
-    with pytest.raises(svc.InvalidState, match="used by 2 queued or running job"):
+    with pytest.raises(errors.InvalidState, match="used by 2 queued or running job"):
         delete_dataset(session, job.dataset_id)
     svc.cancel_job(session, job.id)
     svc.cancel_job(session, again.id)
     delete_dataset(session, job.dataset_id, tenant="acme")
     assert not path.parent.exists()
-    with pytest.raises(svc.NotFound):
+    with pytest.raises(errors.NotFound):
         get_dataset(session, job.dataset_id)
 
 
@@ -152,7 +153,7 @@ def test_a_failed_submission_leaves_no_uploaded_file_behind(session, roots: Path
     data = str(rows_file(roots / "d.jsonl"))
     items = [{"tenant": "acme", "task": "custom-classification", "dataset": data, "base_model": "tiny-bert"},
              {"tenant": "acme", "task": "sst2", "lr": float("nan")}]
-    with pytest.raises(svc.BatchError, match="item 1: lr: must be a finite number"):
+    with pytest.raises(errors.BatchError, match="item 1: lr: must be a finite number"):
         svc.submit_batch(session, items)
     assert _count(session, Dataset) == 0 and _count(session, Job) == 0
     assert not list(get_settings().artifacts.rglob("data.jsonl"))
@@ -168,7 +169,7 @@ def test_no_spec_path_may_point_into_the_artifacts_root(session, roots: Path, mo
     (theirs / "config.json").write_text('{"model_type": "bert"}')
     (theirs / "adapter_config.json").write_text("{}")
     for field in ("base_model", "init_from"):
-        with pytest.raises(svc.InvalidInput, match="points into the artifacts root"):
+        with pytest.raises(errors.InvalidInput, match="points into the artifacts root"):
             svc.submit_job(session, "acme", {**SPEC, field: str(theirs)})
     assert _count(session, Job) == 0
 

@@ -7,10 +7,11 @@ from sqlalchemy import func, select
 
 from lora_engine.errors import LoraFleetInputError, SpecError
 from lora_engine.spec import validate_spec
+from orchestrator import errors
 from orchestrator import services as svc
 from orchestrator.config import get_settings
+from orchestrator.errors import QuotaExceeded
 from orchestrator.registry.models import Job, JobEvent, new_id
-from orchestrator.services.errors import QuotaExceeded
 
 pytest_plugins = ["registry_fixtures"]
 SPEC = {"task": "sst2", "method": "lora", "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
@@ -34,18 +35,18 @@ def test_valid_tenant_slugs(session, slug) -> None:
 
 @pytest.mark.parametrize("slug", ["", "Acme", "a_b", "-lead", "a" * 41, "héllo", "a b", "../x"])
 def test_invalid_tenant_slugs_are_refused_with_the_rule(session, slug) -> None:
-    with pytest.raises(svc.InvalidInput, match="lowercase letters, digits and dashes"):
+    with pytest.raises(errors.InvalidInput, match="lowercase letters, digits and dashes"):
         svc.create_tenant(session, slug)
     assert svc.list_tenants(session) == []
 
 
 def test_tenant_errors(session) -> None:
     svc.create_tenant(session, "acme")
-    with pytest.raises(svc.Conflict, match="already exists"):
+    with pytest.raises(errors.Conflict, match="already exists"):
         svc.create_tenant(session, "acme")
-    with pytest.raises(svc.NotFound, match="no tenant 'nobody'"):
+    with pytest.raises(errors.NotFound, match="no tenant 'nobody'"):
         svc.get_tenant(session, "nobody")
-    with pytest.raises(svc.InvalidInput, match="max_running"):
+    with pytest.raises(errors.InvalidInput, match="max_running"):
         svc.create_tenant(session, "neg", max_running=-1)
     assert [t.slug for t in svc.list_tenants(session)] == ["acme"]
 
@@ -104,7 +105,7 @@ def test_bad_spec_writes_nothing_and_lists_every_problem(session) -> None:
         svc.submit_job(session, "acme", {"task": "nope", "rank": 0, "lr": -1})
     assert len(err.value.problems) >= 3
     assert _count(session, Job) == 0 and _count(session, JobEvent) == 0
-    with pytest.raises(svc.NotFound):
+    with pytest.raises(errors.NotFound):
         svc.submit_job(session, "ghost", SPEC)
     with pytest.raises(LoraFleetInputError, match="priority"):
         svc.submit_job(session, "acme", SPEC, priority=10**6)
@@ -118,7 +119,7 @@ def test_idempotency_key_returns_the_existing_job(session) -> None:
     again = svc.submit_job(session, "acme", SPEC, idempotency_key="k1")
     assert again.id == first.id and _count(session, Job) == 1
     assert svc.submit_job(session, "other", SPEC, idempotency_key="k1").id != first.id  # keys are per tenant
-    with pytest.raises(svc.Conflict, match="different spec"):
+    with pytest.raises(errors.Conflict, match="different spec"):
         svc.submit_job(session, "acme", {**SPEC, "rank": 8}, idempotency_key="k1")
     assert _count(session, Job) == 2
 
@@ -127,7 +128,7 @@ def test_batch_is_all_or_nothing_with_per_item_problems(session) -> None:
     svc.create_tenant(session, "acme")
     good = [{"tenant": "acme", "spec": {**SPEC, "task": t}} for t in ("sst2", "mrpc", "rte")]
     bad = [*good, {"tenant": "acme", "task": "cola", "rank": -2}, {"tenant": "ghost", "spec": SPEC}, "x"]
-    with pytest.raises(svc.BatchError) as err:
+    with pytest.raises(errors.BatchError) as err:
         svc.submit_batch(session, bad)
     assert sorted(err.value.problems) == [3, 4, 5]
     assert any("rank" in p for p in err.value.problems[3])
@@ -138,7 +139,7 @@ def test_batch_is_all_or_nothing_with_per_item_problems(session) -> None:
                                               "base_model": "tiny-bert", "priority": 2}])
     assert [j.task for j in jobs] == ["sst2", "mrpc", "rte", "cola"] and jobs[3].priority == 2
     assert _count(session, Job) == 4 and _count(session, JobEvent) == 4
-    with pytest.raises(svc.BatchError, match="repeats item 0"):
+    with pytest.raises(errors.BatchError, match="repeats item 0"):
         svc.submit_batch(session, [{"tenant": "acme", "spec": SPEC, "idempotency_key": "x"}] * 2)
 
 
@@ -163,7 +164,7 @@ def test_init_from_records_lineage_and_checks_compatibility(
                            init_from_adapter_id=mnli.id)
     assert child.init_from_adapter_id == mnli.id
     assert child.spec["init_from"] == mnli.path and child.base_model == "tiny-bert"  # inherited base
-    with pytest.raises(svc.NotFound, match="for tenant 'other'"):  # another tenant's adapter
+    with pytest.raises(errors.NotFound, match="for tenant 'other'"):  # another tenant's adapter
         svc.submit_job(session, "other", {**SPEC, "task": "mrpc"}, init_from_adapter_id=mnli.id)
     with pytest.raises(SpecError, match="base model"):
         svc.submit_job(session, "acme", {**SPEC, "base_model": "tiny-roberta"}, init_from_adapter_id=mnli.id)
@@ -190,14 +191,14 @@ def test_cancel_queued_is_immediate_running_sets_the_flag(session) -> None:
     assert _kinds(session, running.id) == ["submitted", "claimed", "cancel_requested"]
     assert svc.heartbeat(session, running.id, "w1", 1, 5, 0.5, 60) is True  # the worker learns it
     assert svc.mark_cancelled(session, running.id, "w1", step=1).state == "cancelled"
-    with pytest.raises(svc.InvalidState, match="already cancelled"):
+    with pytest.raises(errors.InvalidState, match="already cancelled"):
         svc.cancel_job(session, running.id)
 
 
 def test_retry_failed_or_cancelled_keeps_counting_attempts(session) -> None:
     svc.create_tenant(session, "acme")
     job = svc.submit_job(session, "acme", SPEC)
-    with pytest.raises(svc.InvalidState, match="only failed or cancelled"):
+    with pytest.raises(errors.InvalidState, match="only failed or cancelled"):
         svc.retry_job(session, job.id)
     svc.claim_job(session, job.id, "w1", 60)
     svc.fail_job(session, job.id, "w1", "bad data: line 3")
@@ -274,15 +275,15 @@ def test_lookups_are_scoped_to_the_tenant(session) -> None:
     svc.create_tenant(session, "other")
     job = svc.submit_job(session, "acme", SPEC)
     assert svc.get_job(session, job.id, tenant="acme").job.id == job.id
-    with pytest.raises(svc.NotFound):
+    with pytest.raises(errors.NotFound):
         svc.get_job(session, job.id, tenant="other")
-    with pytest.raises(svc.NotFound):
+    with pytest.raises(errors.NotFound):
         svc.cancel_job(session, job.id, tenant="other")
-    with pytest.raises(svc.NotFound):
+    with pytest.raises(errors.NotFound):
         svc.job_events(session, job.id, tenant="other")
     assert svc.list_jobs(session, tenant="other") == []
     assert [j.id for j in svc.list_jobs(session, tenant="acme", state="queued")] == [job.id]
-    with pytest.raises(svc.InvalidInput, match="allowed: queued"):
+    with pytest.raises(errors.InvalidInput, match="allowed: queued"):
         svc.list_jobs(session, state="done")
     assert svc.get_job(session, job.id).job.state == "queued"
 

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from orchestrator import errors
 from orchestrator import services as svc
 from orchestrator.registry import db
 from orchestrator.registry.models import Adapter, Job, Metric, Usage, new_id, utcnow
@@ -140,7 +141,7 @@ def test_heartbeat_extends_lease_rate_limits_events_and_detects_loss(session, jo
     current = svc.get_job(session, job.id).job
     assert (current.progress_step, current.progress_total, current.last_loss) == (10, 10, 0.05)
     assert current.lease_expires_at == t0 + timedelta(seconds=40)
-    with pytest.raises(svc.LeaseLost, match="leased to w1"):
+    with pytest.raises(errors.LeaseLost, match="leased to w1"):
         svc.heartbeat(session, job.id, "intruder", 11, 10, 0.1, 30)
 
 
@@ -153,9 +154,9 @@ def test_phase_events_name_the_work_between_steps(session, job_spec) -> None:
     phases = [(e.message, e.data) for e in svc.job_events(session, job.id) if e.kind == "phase"]
     assert phases == [("evaluating at step 5", {"phase": "evaluating", "step": 5}),
                       ("saving the adapter at step 5", {"phase": "saving", "step": 5})]
-    with pytest.raises(svc.InvalidInput, match="unknown phase 'napping'; allowed: evaluating, saving"):
+    with pytest.raises(errors.InvalidInput, match="unknown phase 'napping'; allowed: evaluating, saving"):
         svc.record_phase(session, job.id, "w1", "napping", 5)
-    with pytest.raises(svc.LeaseLost):
+    with pytest.raises(errors.LeaseLost):
         svc.record_phase(session, job.id, "intruder", "saving", 5)
 
 
@@ -170,7 +171,7 @@ def test_finish_records_adapter_metrics_and_usage_atomically(session, registry_s
                                trainable_params=1500, total_params=400_000)
     usage = {"device": "cpu", "device_seconds": 12.5, "wall_seconds": 13.0, "peak_memory_bytes": 2**20,
              "examples": 160, "tokens": 5000}
-    with pytest.raises(svc.InvalidInput, match="unknown usage fields"):  # nothing half-written
+    with pytest.raises(errors.InvalidInput, match="unknown usage fields"):  # nothing half-written
         svc.finish_job_success(session, job.id, "w1", record, {"validation": {"accuracy": 0.5}}, {"gpus": 1})
     assert session.scalar(select(func.count()).select_from(Adapter)) == 0
     session.commit()
@@ -183,7 +184,7 @@ def test_finish_records_adapter_metrics_and_usage_atomically(session, registry_s
     assert detail["usage"] == [{"attempt": 1, **usage}]
     assert session.scalar(select(func.count()).select_from(Metric)) == 3
     assert _kinds(session, job.id)[-1] == "succeeded"
-    with pytest.raises(svc.LeaseLost, match="succeeded"):  # a late duplicate finish writes nothing
+    with pytest.raises(errors.LeaseLost, match="succeeded"):  # a late duplicate finish writes nothing
         svc.finish_job_success(session, job.id, "w1", record, {})
     assert session.scalar(select(func.count()).select_from(Usage)) == 1
 
@@ -211,7 +212,7 @@ def test_reconcile_requeues_expired_leases_then_fails_after_max_attempts(session
     assert result.requeued == [job.id] and job.id in result.dispatch
     requeued = svc.get_job(session, job.id).job
     assert (requeued.state, requeued.lease_owner) == ("queued", None)
-    with pytest.raises(svc.LeaseLost):  # the dead worker, if it wakes up, must stop
+    with pytest.raises(errors.LeaseLost):  # the dead worker, if it wakes up, must stop
         svc.heartbeat(session, job.id, "dead-worker", 3, 10, 0.1, 10)
 
     t1 = t0 + timedelta(seconds=100)
@@ -252,7 +253,7 @@ def test_a_worker_fault_gives_the_attempt_back_and_bills_nothing(session, job_sp
     assert len(events) == 4 and "data folder /srv/data is missing" in events[0].message
     assert events[-1].data == {"attempt": 0, "released": False, "worker_fault": True, "worker": "w4",
                                "step": None}
-    with pytest.raises(svc.LeaseLost):  # only the worker that holds it hands it back
+    with pytest.raises(errors.LeaseLost):  # only the worker that holds it hands it back
         return_job(session, job.id, "w4", "late")
     assert svc.claim_job(session, job.id, "w5", 60).attempts == 1
     svc.cancel_job(session, job.id)  # a cancel requested meanwhile wins over the hand-back
@@ -339,7 +340,7 @@ def test_metrics_carry_source_and_time_per_job_kind(session, registry_settings, 
     ev = _claimed_as(session, "acme", job_spec, "evaluate")
     record = svc.AdapterRecord(id=new_id(), path="/x", sha256="0" * 64, bytes=1, trainable_params=1,
                                total_params=1)
-    with pytest.raises(svc.InvalidInput, match="trains no adapter"):
+    with pytest.raises(errors.InvalidInput, match="trains no adapter"):
         svc.finish_job_success(session, ev, "w1", record, {"validation": {"accuracy": 0.5}})
     assert session.scalar(select(func.count()).select_from(Adapter)) == 2
     svc.finish_job_success(session, ev, "w1", None,
@@ -353,7 +354,7 @@ def test_metrics_carry_source_and_time_per_job_kind(session, registry_settings, 
     # A re-evaluation: one job, the same metric names for each adapter it scored.
     re = _claimed_as(session, "acme", job_spec, "reevaluate",
                      adapters=[{"id": a, "task": "sst2", "path": "/x"} for a in (a1, a2)])
-    with pytest.raises(svc.InvalidInput, match="not \\['nope'\\]"):
+    with pytest.raises(errors.InvalidInput, match="not \\['nope'\\]"):
         svc.finish_job_success(session, re, "w1", None, {}, reevaluated={"nope": {"validation": {"x": 1}}})
     scores = {a1: {"validation": {"accuracy": 0.79}}, a2: {"validation": {"accuracy": 0.81}}}
     svc.finish_job_success(session, re, "w1", None, {}, reevaluated=scores)

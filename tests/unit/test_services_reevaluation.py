@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from orchestrator import errors
 from orchestrator import services as svc
+from orchestrator.errors import QuotaExceeded
 from orchestrator.registry.models import Adapter, Job, new_id, utcnow
-from orchestrator.services.errors import QuotaExceeded
 from orchestrator.services.reevaluation import reevaluate_adapter_ids
 
 pytest_plugins = ["registry_fixtures"]
@@ -59,15 +60,16 @@ def test_validated_at_the_door(session, registry_settings) -> None:
     _adapter(session, registry_settings, "acme")
     session.commit()
     before = session.scalar(select(func.count()).select_from(Job))
-    with pytest.raises(svc.InvalidInput, match="nothing to re-evaluate: no LoRA adapters for tenant empty"):
+    with pytest.raises(errors.InvalidInput,
+                       match="nothing to re-evaluate: no LoRA adapters for tenant empty"):
         svc.submit_reevaluation(session, tenant="empty")
-    with pytest.raises(svc.InvalidInput, match="task cola"):
+    with pytest.raises(errors.InvalidInput, match="task cola"):
         svc.submit_reevaluation(session, tenant=["acme"], task="cola")
-    with pytest.raises(svc.InvalidInput, match="unknown task 'sst3'; allowed: cola"):
+    with pytest.raises(errors.InvalidInput, match="unknown task 'sst3'; allowed: cola"):
         svc.submit_reevaluation(session, task="sst3")
-    with pytest.raises(svc.InvalidInput, match="eval_size must be an integer >= 1"):
+    with pytest.raises(errors.InvalidInput, match="eval_size must be an integer >= 1"):
         svc.submit_reevaluation(session, eval_size=0)
-    with pytest.raises(svc.NotFound, match="no tenant 'nobody'"):
+    with pytest.raises(errors.NotFound, match="no tenant 'nobody'"):
         svc.submit_reevaluation(session, tenant=["acme", "nobody"])
     svc.set_tenant_quota(session, "acme", max_queued=0)
     with pytest.raises(QuotaExceeded, match="may have 0 queued job"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from orchestrator import errors
 from orchestrator import services as svc
 from orchestrator.registry.limits import BIG_INTEGER_MAX, INTEGER_MAX, TENANT_NAME_CHARS
 from orchestrator.registry.models import Tenant
@@ -37,11 +38,11 @@ def test_quotas_up_to_their_columns_are_stored_and_one_more_is_refused(session) 
         ("max_running", -1, "(got -1)"),
         ("device_hours_per_month", float("nan"), "must be a finite number >= 0, or unlimited"),
     ]:
-        with pytest.raises(svc.InvalidInput) as refused:
+        with pytest.raises(errors.InvalidInput) as refused:
             svc.set_tenant_quota(session, "acme", **{quota: value})
         assert says in str(refused.value)
         assert _row(session) == stored
-    with pytest.raises(svc.InvalidInput, match="max_running must be a whole number"):
+    with pytest.raises(errors.InvalidInput, match="max_running must be a whole number"):
         svc.create_tenant(session, "bob", max_running=INTEGER_MAX + 1)
     assert session.scalars(select(Tenant.slug)).all() == ["acme"]
 
@@ -61,11 +62,11 @@ def test_a_display_name_is_one_printable_line_of_at_most_200_characters(session)
         ("a\udcff", "holds the non-printable character U+DCFF"),  # undecodable argv bytes
         (7, "display name must be text (got 7)"),
     ]:
-        with pytest.raises(svc.InvalidInput) as refused:
+        with pytest.raises(errors.InvalidInput) as refused:
             rename_tenant(session, "acme", name)
         assert says in str(refused.value) and NAME_RULE in str(refused.value)
         assert _row(session)[0] == "Acme\u3000Research"
-        with pytest.raises(svc.InvalidInput):
+        with pytest.raises(errors.InvalidInput):
             svc.create_tenant(session, "bob", name=name)
     assert session.scalars(select(Tenant.slug)).all() == ["acme"]
     rename_tenant(session, "acme", "  ")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from lora_engine.adapter_io import adapter_files_digest
-from orchestrator import artifacts
+from orchestrator import artifacts, errors
 from orchestrator import services as svc
 from orchestrator.registry.db import session_scope
 from orchestrator.services.leases import UsageRecord
@@ -53,7 +53,7 @@ def test_a_refused_registration_leaves_no_folder(registry_settings):
     with session_scope(registry_settings) as s:  # the reconciler handed the job to another worker
         svc.requeue_job(s, ctx.job_id, "w1", "lease expired")
         svc.claim_job(s, ctx.job_id, "w2", 60)
-    with pytest.raises(svc.LeaseLost):
+    with pytest.raises(errors.LeaseLost):
         _succeed(ctx, "w1", _result(ctx))
     tenant_root = registry_settings.artifacts / ctx.tenant_id
     assert [p.name for p in tenant_root.iterdir()] == [".staging"]  # the published folder is gone
