@@ -41,8 +41,10 @@ from lora_engine.catalog import GLUE_TASKS, TASKS
 from orchestrator.registry import db
 from orchestrator.registry.models import Adapter, Job, Metric, Tenant, Usage
 from orchestrator.reports import benchmark_report, cost_report, make_filters
-from orchestrator.reports import queries as q
+from orchestrator.reports.benchmark import benchmark_rows
+from orchestrator.reports.cost import cost_by_device, cost_jobs_by_state, cost_quality, cost_storage
 from orchestrator.reports.render import render
+from orchestrator.reports.scope import explain
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("LORAFLEET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -288,15 +290,15 @@ def plans(url: str) -> str:
     out = []
     try:
         for title, stmt in (
-            ("benchmark (latest), all tenants", q.benchmark_rows(f, "latest")),
-            ("benchmark (latest), one tenant", q.benchmark_rows(one, "latest")),
-            ("cost by device (and money, examples), all tenants", q.cost_by_device(f, PRICES)),
-            ("cost by device, one tenant", q.cost_by_device(one, PRICES)),
-            ("cost: gain over the untuned baseline, all tenants", q.cost_quality(f)),
-            ("cost: jobs by state, all tenants", q.cost_jobs_by_state(f)),
-            ("cost: storage, all tenants", q.cost_storage(f)),
+            ("benchmark (latest), all tenants", benchmark_rows(f, "latest")),
+            ("benchmark (latest), one tenant", benchmark_rows(one, "latest")),
+            ("cost by device (and money, examples), all tenants", cost_by_device(f, PRICES)),
+            ("cost by device, one tenant", cost_by_device(one, PRICES)),
+            ("cost: gain over the untuned baseline, all tenants", cost_quality(f)),
+            ("cost: jobs by state, all tenants", cost_jobs_by_state(f)),
+            ("cost: storage, all tenants", cost_storage(f)),
         ):
-            out.append(f"--- {title}\n{q.explain(session, stmt)}")
+            out.append(f"--- {title}\n{explain(session, stmt)}")
     finally:
         session.close()
     return "\n".join(out)

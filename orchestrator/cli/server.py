@@ -55,7 +55,7 @@ PRELOAD = (
     "orchestrator.config", "orchestrator.dispatch", "orchestrator.registry.db",
     "orchestrator.registry.repositories", "orchestrator.services.jobs", "orchestrator.services.views",
     "orchestrator.services.datasets", "orchestrator.services.tenants", "orchestrator.services.quotas",
-    "orchestrator.services.estimates", "orchestrator.reports.build", "lora_engine.spec",
+    "orchestrator.services.estimates", "orchestrator.reports", "lora_engine.spec",
     "lora_engine.budget", "lora_engine.data.custom", "lora_engine.model_ref",
     "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql", "kombu", "alembic.command",
 )

@@ -13,7 +13,9 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.reports.model import BenchmarkReport, CompareReport, CostReport
+from orchestrator.reports.benchmark import BenchmarkReport
+from orchestrator.reports.compare import CompareReport
+from orchestrator.reports.cost import CostReport
 from orchestrator.reports.references import points
 from orchestrator.text import printable
 

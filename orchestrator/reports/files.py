@@ -9,11 +9,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from lora_engine.atomic import atomic_folder
-from orchestrator.reports.build import benchmark_report, compare_report, cost_report
+from orchestrator.reports.benchmark import benchmark_report
 from orchestrator.reports.charts import charts_for
-from orchestrator.reports.model import Filters
+from orchestrator.reports.compare import compare_report
+from orchestrator.reports.cost import cost_report
 from orchestrator.reports.render import FORMATS, SUFFIX, render
 from orchestrator.reports.render.html import render_html
+from orchestrator.reports.scope import Filters
 
 COMBINED_HTML = "report.html"
 REPORTS = ("benchmark", "cost", "compare")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lora_engine.baseline import at_baseline, trivial_score, trivial_scores
-from orchestrator.reports.model import BenchmarkCell, _cell_text
+from orchestrator.reports.benchmark import BenchmarkCell, cell_text
 
 DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
 
@@ -36,7 +36,7 @@ def test_the_benchmark_marks_a_score_at_the_trivial_baseline():
                              created_at=datetime.now(UTC), candidates=1, trivial=trivial)
 
     assert at_baseline(0.55, 0.534) and not at_baseline(0.56, 0.534)
-    assert _cell_text(cell(0.5461, 0.5341)) == "54.6 [1] = trivial"
-    assert _cell_text(cell(0.6104, 0.5341)) == "61.0 [1]"
-    assert _cell_text(cell(0.6104, None)) == "61.0 [1]"  # unknown baseline: no claim either way
+    assert cell_text(cell(0.5461, 0.5341)) == "54.6 [1] = trivial"
+    assert cell_text(cell(0.6104, 0.5341)) == "61.0 [1]"
+    assert cell_text(cell(0.6104, None)) == "61.0 [1]"  # unknown baseline: no claim either way
     assert cell(0.5, 0.5341).to_dict()["at_trivial"] is True

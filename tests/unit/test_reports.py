@@ -160,7 +160,7 @@ def test_benchmark_latest(reg) -> None:
 def test_benchmark_training_curves(reg) -> None:
     """The picks' curves from the metric history: loss bucketed to CURVE_POINTS (first step, mean
     epoch, mean value per bucket), the held-out primary metric as recorded, nothing else."""
-    from orchestrator.reports.build import CURVE_POINTS
+    from orchestrator.reports.benchmark import CURVE_POINTS
 
     s, ids = reg
     data = _json(benchmark_report(s, make_filters(), "latest"))

@@ -12,7 +12,7 @@ import csv
 import io
 from typing import Any
 
-from orchestrator.reports.model import RECORD_COLUMNS
+from orchestrator.reports.tables import RECORD_COLUMNS
 from orchestrator.text import csv_cell
 
 

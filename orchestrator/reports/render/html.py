@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from orchestrator.reports.model import Table
+from orchestrator.reports.tables import Table
 from orchestrator.text import printable
 
 CSS = """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from orchestrator.reports.model import Table
+from orchestrator.reports.tables import Table
 from orchestrator.text import printable
 
 # The pipe (a cell's end), code spans, emphasis, raw HTML and autolinks (`<`), and the `(` of an

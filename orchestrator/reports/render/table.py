@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from orchestrator.reports.model import TERMINAL_ROWS, Table
+from orchestrator.reports.tables import TERMINAL_ROWS, Table
 from orchestrator.text import printable
 
 
