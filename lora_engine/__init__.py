@@ -17,6 +17,32 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The engine modules that import no torch or transformers, declared once: what the CLI, the
+# services and any other front door may import (docs/CONTRACTS.md cites this; a test imports
+# each in a fresh interpreter, and checks that the orchestrator's imports of the engine are here).
+TORCH_FREE = (
+    "lora_engine",
+    "lora_engine.adapter_check",
+    "lora_engine.adapter_folder",
+    "lora_engine.adapter_import",
+    "lora_engine.atomic",
+    "lora_engine.baseline",
+    "lora_engine.budget",
+    "lora_engine.catalog",
+    "lora_engine.data",
+    "lora_engine.data.custom",
+    "lora_engine.digest",
+    "lora_engine.errors",
+    "lora_engine.methods",
+    "lora_engine.model_ref",
+    "lora_engine.modelcard",
+    "lora_engine.packing",
+    "lora_engine.safe_json",
+    "lora_engine.safetensors_header",
+    "lora_engine.schedule",
+    "lora_engine.spec",
+)
+
 # public name -> the module that defines it
 _PUBLIC = {
     "LoraSettings": "lora_engine.inject",
