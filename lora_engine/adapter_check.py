@@ -13,12 +13,14 @@ tensor's shape against the model when it loads the adapter.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
+from typing import Any
 
 from lora_engine.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, lora_numbers_problem, peft_type_problem
 from lora_engine.errors import AdapterError
-from lora_engine.model_ref import MODEL_ALIASES, alias_of
+from lora_engine.model_ref import MODEL_ALIASES, alias_of, is_folder_name
 from lora_engine.safe_json import DocumentError, loads
 from lora_engine.safetensors_header import HeaderError, TensorInfo, read_header
 
@@ -27,6 +29,9 @@ from lora_engine.safetensors_header import HeaderError, TensorInfo, read_header
 _EXPONENT_BITS = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00),
                   "BF16": ("<u2", 0x7F80), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
 _CHUNK = 1 << 22  # elements checked at a time: bounded memory for a tensor of any size
+# An adapter's JSON files (adapter_config.json, lorafleet.json) are a few kilobytes; this bounds
+# what is read of one from outside.
+MAX_DOCUMENT_BYTES = 1024 * 1024
 
 
 def nonfinite_tensor(path: str | os.PathLike, tensors: dict[str, TensorInfo]) -> str | None:
@@ -69,6 +74,30 @@ def check_weights(path: str | os.PathLike) -> None:
         raise AdapterError(f"{path} {why}")
 
 
+def read_json_document(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
+    """The JSON object in the regular file `path` (not followed if it is a symlink), at most
+    `max_bytes` long, parsed with `safe_json`'s limits; AdapterError naming the file otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AdapterError(f"{path.name} cannot be read ({os.strerror(exc.errno or 0)})") from None
+    with open(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise AdapterError(f"{path.name} is not a regular file")
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise AdapterError(f"{path.name} is larger than {max_bytes} bytes; an adapter's JSON file is a few "
+                           "kilobytes")
+    try:
+        document = loads(raw, what=path.name)
+    except DocumentError as exc:
+        raise AdapterError(str(exc)) from None
+    if not isinstance(document, dict):
+        raise AdapterError(f"{path.name} is not a JSON object")
+    return document
+
+
 def adapter_folder_problems(folder: str | Path, base_model: str | None, *,
                             what: str = "init_from") -> list[str]:
     """Every reason `folder` cannot start a job on `base_model` (empty list: it can); each
@@ -78,11 +107,9 @@ def adapter_folder_problems(folder: str | Path, base_model: str | None, *,
     if not config_path.is_file():
         return [f"{what}: {str(folder)!r} is not an adapter folder (no {CONFIG_NAME})"]
     try:
-        config = loads(config_path.read_bytes(), what=CONFIG_NAME)
-    except DocumentError as exc:
+        config = read_json_document(config_path)
+    except AdapterError as exc:
         return [f"{what}: {exc}"]
-    if not isinstance(config, dict):
-        return [f"{what}: {CONFIG_NAME} is not a JSON object"]
     problems = []
     peft_type = peft_type_problem(config)
     if peft_type:
@@ -100,10 +127,12 @@ def adapter_folder_problems(folder: str | Path, base_model: str | None, *,
         if why:
             problems.append(f"{what}: {WEIGHTS_NAME} {why}")
     # An adapter names a shipped alias by its hub id (model_ref.ALIAS_HUB_IDS): compare aliases.
+    # A folder has many spellings: not compared by name (the load checks every tensor's shape).
     recorded = config.get("base_model_name_or_path")
     recorded = alias_of(recorded) if isinstance(recorded, str) else recorded
     comparable = isinstance(recorded, str) and recorded and base_model and (
-        (recorded in MODEL_ALIASES) == (base_model in MODEL_ALIASES))
+        (recorded in MODEL_ALIASES) == (base_model in MODEL_ALIASES)) and not (
+        is_folder_name(recorded) or is_folder_name(base_model))
     if comparable and recorded != base_model:
         problems.append(f"{what}: the adapter was trained on base model {recorded[:120]!r}, "
                         f"the job uses {base_model!r}")

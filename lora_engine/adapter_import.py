@@ -25,7 +25,7 @@ from lora_engine.adapter_folder import (
 )
 from lora_engine.catalog import TASKS
 from lora_engine.errors import AdapterError
-from lora_engine.model_ref import alias_of, base_model_problem, hub_id_of
+from lora_engine.model_ref import alias_of, base_model_problem, hub_id_of, is_folder_name
 
 # The files that travel into the registry's copy; anything else in the folder stays behind.
 IMPORTED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
@@ -51,13 +51,27 @@ class ForeignAdapter:
 
 
 def _same_base(a: str, b: str) -> bool:
+    """Whether two base names agree; a folder path is not compared by its spelling (the same
+    folder has many, and the strict load below checks every tensor against the base anyway)."""
+    if is_folder_name(a) or is_folder_name(b):
+        return True
     return alias_of(a) == alias_of(b) or hub_id_of(a) == hub_id_of(b)
+
+
+def recorded_base(folder: str | os.PathLike) -> str | None:
+    """The base model an adapter folder's adapter_config.json names (an alias for a shipped hub
+    id), None when it names none; read without torch, after `adapter_folder_problems`."""
+    from lora_engine.adapter_check import read_json_document
+
+    recorded = read_json_document(Path(folder) / CONFIG_NAME).get("base_model_name_or_path")
+    return alias_of(recorded) if isinstance(recorded, str) and recorded else None
 
 
 def check_foreign_adapter(folder: str | os.PathLike, *, task: str | None = None,
                           base_model: str | None = None) -> ForeignAdapter:
     """Validate the adapter in `folder` for `task` (default: the task its lorafleet.json records)
-    and `base_model` (default: the adapter's own)."""
+    and `base_model` (default: the adapter's own, as named; the orchestrator resolves and confines
+    it first, `services.inputs`)."""
     from lora_engine.adapter_check import adapter_folder_problems
     from lora_engine.adapter_io import head_rows, load_adapter, read_adapter_config, settings_from_config
     from lora_engine.models import load_base_model

@@ -15,6 +15,12 @@ half written.
 `replace=False` refuses an existing `final` with FileExistsError (nothing written), so two writers
 of the same new folder never mix their files.
 
+Owner-only: a folder `atomic_folder` publishes, and every file and folder in it, is private to the
+user running lorafleet (folders 0700, files 0600, whatever the umask), since they hold tenants' data
+sets and weights; `private_dir` and `private_file` create the folders and files other writers fill
+(the home, the artifacts root, the SQLite registry and broker, logs). `atomic_write_*` writes an
+ordinary file (a report a person asked for) unless told `private=True`.
+
 Torch-free: the orchestrator uses it for data sets, imports and reports, the engine for adapters,
 checkpoints and converted models.
 """
@@ -28,6 +34,32 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def private_dir(path: str | os.PathLike) -> Path:
+    """`path` as a folder: created owner-only (with any missing parents) if it is not there; an
+    existing folder is left as it is."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent creator: theirs is as good
+            folder.mkdir(mode=DIR_MODE)
+    return path
+
+
+def private_file(path: str | os.PathLike) -> Path:
+    """`path` as an owner-only file: created empty (and its folder owner-only) if it is not there,
+    so that whoever fills it (SQLite, a log) keeps the mode; an existing file is left as it is."""
+    path = Path(path)
+    private_dir(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+    return path
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -51,14 +83,19 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def fsync_tree(folder: Path) -> None:
     """fsync every file under `folder` (whoever wrote them: safetensors, save_pretrained, copies)
-    and every folder in it."""
-    for root, _dirs, files in os.walk(folder):
+    and every folder in it, making each owner-only on the way (their writers used the umask)."""
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, DIR_MODE)
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW)
             try:
+                os.fchmod(fd, FILE_MODE)
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        for name in dirs:  # os.walk lists a symlink to a folder here without entering it
+            if os.path.islink(os.path.join(root, name)):
+                raise OSError(f"{os.path.join(root, name)} is a symlink; an artifact folder holds none")
         fsync_dir(root)
 
 
@@ -106,9 +143,9 @@ def atomic_folder(final: str | os.PathLike, *, replace: bool = False) -> Iterato
     final = Path(final)
     if not replace and (final.exists() or final.is_symlink()):
         raise FileExistsError(errno.EEXIST, "already exists", str(final))
-    final.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(final.parent)
     tmp = _sibling(final, "tmp")
-    tmp.mkdir()
+    tmp.mkdir(mode=DIR_MODE)
     try:
         yield tmp
         fsync_tree(tmp)
@@ -118,14 +155,20 @@ def atomic_folder(final: str | os.PathLike, *, replace: bool = False) -> Iterato
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, private: bool = False) -> Path:
     """Write `data` to `path` through a temporary sibling file, fsynced, then renamed over `path`:
-    a reader sees the old content or the new, never a part. Parent folders are created."""
+    a reader sees the old content or the new, never a part. Parent folders are created. `private`:
+    owner-only (a file under the home); else an ordinary file whose mode the umask decides, as for
+    open() (a report a person asked for, in a folder of theirs)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        private_dir(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
+    mode = FILE_MODE if private else 0o666
     try:
-        with open(tmp, "xb") as f:  # an ordinary file: the umask decides its mode, as for open()
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -137,6 +180,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, *, private: bool = False) -> Path:
     """`atomic_write_bytes` of `text` encoded as UTF-8."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), private=private)

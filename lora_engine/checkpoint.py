@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_engine.atomic import atomic_folder
+from lora_engine.atomic import atomic_folder, private_dir
 from lora_engine.errors import shown
 from lora_engine.safe_json import loads
 
@@ -153,7 +153,7 @@ def _unflatten(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Check
 def save_checkpoint(folder: str | Path, ckpt: Checkpoint, *, keep: int = 1) -> Path:
     """Write `ckpt` atomically as `<folder>/step-NNNNNNNN`; keep only the newest `keep`."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     tensors, state = _flatten(ckpt)
     final = folder / f"step-{ckpt.step:08d}"
     # replace: the same step saved twice (a stop right after a periodic save)

@@ -1,7 +1,9 @@
 """Is a base model name usable here? Answered without torch (the CLI's submit path).
 
 A base model is an offline alias, a local folder holding a `config.json`, or a Hugging Face hub
-id. With the hub offline (`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`) a hub id must already be
+id, told apart by spelling alone (`is_folder_name`: a folder is a path starting with '/', '.' or
+'~'), never by whether a folder of that name happens to exist where the process runs. With the
+hub offline (`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`) a hub id must already be
 in the local hub cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub,
 laid out as `models--org--name/snapshots/<rev>/config.json`): a job that can never load its
 model is refused at the door instead of failing on a worker. Online, a hub id in the local cache
@@ -79,6 +81,12 @@ ENCODER_ARCHS = {"bert", "roberta", "distilbert", "albert", "electra", "deberta"
                  "xlm-roberta", "mpnet", "camembert"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE = {"1", "true", "yes", "on"}
+_FOLDER_STARTS = ("/", ".", "~")
+
+
+def is_folder_name(name: str) -> bool:
+    """Whether a base model `name` names a local folder: absolute, or explicitly relative."""
+    return name.startswith(_FOLDER_STARTS)
 
 
 def hub_offline() -> bool:
@@ -112,12 +120,14 @@ def base_model_problem(name: str, *, needs_causal: bool = False) -> str | None:
     allowed = f"use an alias ({', '.join(MODEL_ALIASES)}), a local model folder, or a hub id like 'org/name'"
     if name in MODEL_ALIASES:
         arch: str | None = MODEL_ALIASES[name]
-    elif name and Path(name).expanduser().is_dir():
+    elif is_folder_name(name or ""):
         config = Path(name).expanduser() / "config.json"
+        if not config.parent.is_dir():
+            return f"base_model: no such folder {name!r}; {allowed}"
         if not config.is_file():
             return f"base_model: folder {name!r} holds no config.json, so it is not a model folder; {allowed}"
         arch = _model_type(config)
-    elif HUB_ID.match(name or "") and not name.startswith((".", "/")):
+    elif HUB_ID.match(name or ""):
         config = cached_hub_config(name)
         if config is None and hub_offline():
             return (f"base_model: {name!r} is not a known alias, a local folder, or a hub model in the "
@@ -168,8 +178,8 @@ def _local_folder(name: str) -> Path | None:
             return None
     if name in MODEL_ALIASES:
         return None  # the tiny models (random init, HF's default head) and the converted SmolLM2
-    if Path(name).expanduser().is_dir():
-        return Path(name).expanduser()
+    if is_folder_name(name):
+        return Path(name).expanduser() if Path(name).expanduser().is_dir() else None
     if HUB_ID.match(name or ""):
         config = cached_hub_config(name)
         return config.parent if config is not None else None
@@ -212,3 +222,86 @@ def base_pooling(name: str) -> str:
     arch = MODEL_ALIASES.get(name) or _model_type(folder / "config.json")
     pooling = folder_pooling(folder)
     return pooling if pooling == "cls" or arch in MEAN_POOLING_ARCHS else "cls"
+
+
+# The weight matrices (linear and embedding layers) of each architecture lorafleet knows, by the
+# last part of their module name: what `targets` may name on a base whose weights are not at hand
+# (a random-init tiny alias, a hub id whose config alone is cached).
+ARCH_LAYERS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "key", "value", "dense", "word_embeddings", "position_embeddings",
+             "token_type_embeddings", "classifier"),
+    "roberta": ("query", "key", "value", "dense", "word_embeddings", "position_embeddings",
+                "token_type_embeddings", "out_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc", "wte", "wpe", "lm_head", "score"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
+              "lm_head", "score"),
+}
+# Heads a classification or generation model adds on top of a base checkpoint's weights.
+HEAD_LAYERS = ("classifier", "score", "out_proj", "lm_head")
+_INDEX = "model.safetensors.index.json"
+MAX_INDEX_BYTES = 16 * 1024 * 1024
+
+
+def _header_layers(folder: Path) -> list[str] | None:
+    """Module names of the 2-D weights in `folder`'s safetensors files (the shard index's names
+    when the weights are sharded); None when the folder has neither."""
+    from lora_engine.safe_json import loads
+    from lora_engine.safetensors_header import HeaderError, read_header
+
+    index = folder / _INDEX
+    if index.is_file() and index.stat().st_size <= MAX_INDEX_BYTES:
+        document = loads(index.read_bytes(), what=_INDEX)
+        weight_map = document.get("weight_map") if isinstance(document, dict) else None
+        if isinstance(weight_map, dict):
+            return sorted({key.rsplit(".", 1)[0] for key in weight_map if key.endswith(".weight")})
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    names: set[str] = set()
+    for file in files:
+        try:
+            header = read_header(file)
+        except HeaderError as exc:
+            raise HeaderError(f"base model file {file.name!r} {exc}") from None
+        names |= {key.rsplit(".", 1)[0] for key, info in header.items()
+                  if key.endswith(".weight") and len(info.shape) == 2}
+    return sorted(names)
+
+
+def base_layers(name: str) -> tuple[list[str], bool] | None:
+    """(layer names, qualified) of base model `name`, read without torch: the module names of its
+    safetensors weights (qualified: matched by suffix, as injection matches them), else the
+    architecture's layer names from `ARCH_LAYERS` (the last part only). None when neither is known
+    here (a hub id not in the local cache, an architecture lorafleet has no table for)."""
+    folder = _local_folder(name)
+    arch = MODEL_ALIASES.get(name)
+    if folder is not None:
+        layers = _header_layers(folder)
+        if layers:
+            return layers, True
+        arch = arch or _model_type(folder / "config.json")
+    known = ARCH_LAYERS.get(arch or "")
+    return (list(known), False) if known else None
+
+
+def target_problem(name: str, targets: list[str] | None) -> str | None:
+    """Why `targets` (LoRA target module names) match no layer of base model `name` (None: each
+    matches one, or the base's layers cannot be read here: the worker's injection then says)."""
+    if not targets or targets == ["all-linear"]:
+        return None
+    found = base_layers(name)
+    if found is None:
+        return None
+    layers, qualified = found
+    if qualified:
+        def matches(t: str) -> bool:
+            return t in HEAD_LAYERS or any(n == t or n.endswith("." + t) for n in layers)
+    else:
+        def matches(t: str) -> bool:
+            return t.rsplit(".", 1)[-1] in layers
+    missing = [t for t in targets if not matches(t)]
+    if not missing:
+        return None
+    shown = sorted({n.rsplit(".", 1)[-1] for n in layers})
+    return (f"targets: {', '.join(repr(t[:80]) for t in missing[:10])} match no layer of base model "
+            f"{name[:200]!r}; its layers: {', '.join(shown[:60])} (or 'all-linear')")

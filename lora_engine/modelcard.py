@@ -3,8 +3,13 @@
 Made with huggingface_hub's `ModelCard` / `ModelCardData`, so the YAML front matter is what the
 Hub reads: the base model's hub id, `library_name: peft`, tags, and the evaluation results as
 `model-index` entries (one per metric and split). The Markdown body repeats the metrics as a
-table and records the resolved training spec and the run's statistics. Pure text rendering;
-`adapter_io` writes it into the folder it builds.
+table, says what data each split's rows are, and records the resolved training spec and the run's
+statistics. Pure text rendering; `adapter_io` writes it into the folder it builds.
+
+What a split is, said as it is (`measured_on`): lorafleet's GLUE `validation` rows are held out of
+GLUE's training split (GLUE's own validation set is not in the data folder), so a GLUE adapter's
+scores are entered as measured on GLUE's `train` split, on rows it was not trained on, and are not
+comparable with published GLUE results; E2E's `validation` is the challenge's official one.
 """
 
 from __future__ import annotations
@@ -38,16 +43,35 @@ def _dataset(task: str) -> tuple[str, str, str | None]:
     return "custom", f"{task} (the tenant's own data)", None
 
 
+def measured_on(task: str, split: str) -> tuple[str, str]:
+    """(the Hub's split name, what the rows are) of the data a metric of `split` was measured on."""
+    if task in GLUE_TASKS and split == "validation":
+        return "train", ("rows held out of GLUE's training split (not trained on); GLUE's own validation "
+                         "set is not used, so these scores compare between lorafleet runs, not with "
+                         "published GLUE results")
+    if task == "e2e" and split == "validation":
+        return "validation", "the E2E NLG Challenge's official validation set"
+    if split == "validation":
+        return "validation", "the data set's validation file, else rows held out of its training file"
+    return split, f"the {split!r} split"
+
+
 def eval_results(task: str, kind: str, metrics: dict[str, dict[str, float]]) -> list[Any]:
     from huggingface_hub import EvalResult
 
     dataset_type, dataset_name, config = _dataset(task)
-    return [
-        EvalResult(task_type=PIPELINE_TAGS.get(kind, "text-classification"), dataset_type=dataset_type,
-                   dataset_name=dataset_name, dataset_config=config, dataset_split=split,
-                   metric_type=name, metric_value=float(value), metric_name=f"{name} ({split})")
-        for split, per in metrics.items() for name, value in sorted(per.items())
-    ]
+    results = []
+    for split, per in metrics.items():
+        hub_split, _ = measured_on(task, split)
+        held_out = hub_split != split
+        name_of = f"{dataset_name}, rows held out of {hub_split}" if held_out else dataset_name
+        where = f"held-out {hub_split}" if held_out else split
+        results += [EvalResult(task_type=PIPELINE_TAGS.get(kind, "text-classification"),
+                               dataset_type=dataset_type, dataset_name=name_of, dataset_config=config,
+                               dataset_split=hub_split, metric_type=name, metric_value=float(value),
+                               metric_name=f"{name} ({where})")
+                    for name, value in sorted(per.items())]
+    return results
 
 
 def _pooling_lines(pooling: str, method: str) -> list[str]:
@@ -121,6 +145,8 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None)
         lines.append("|---|" + "---|" * len(names))
         for split, per in metrics.items():
             lines.append(f"| {split} | " + " | ".join(_fmt(per[n]) if n in per else "" for n in names) + " |")
+        lines.append("")
+        lines += [f"`{split}`: {measured_on(task, split)[1]}." for split in metrics]
     else:
         lines.append("No evaluation was run.")
     lines.append("")

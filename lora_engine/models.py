@@ -8,7 +8,9 @@ Offline aliases (no hub access needed):
   written atomically) and loaded from there afterwards in seconds.
 - `tiny-gpt2`, `tiny-bert`, `tiny-roberta`, `tiny-llama`: random-init 2-layer models from a config,
   seeded so they are identical every time; for fast tests and dry runs.
-Anything else is passed to `from_pretrained` (a local folder, or a hub id for users with network).
+A name spelled as a folder (`model_ref.is_folder_name`: starting with '/', '.' or '~') is a local
+folder; anything else is a hub id passed to `from_pretrained` (for users with network), whatever
+folders lie where the process runs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from lora_engine.atomic import atomic_folder
 from lora_engine.catalog import KINDS
 from lora_engine.errors import LoraFleetInputError
-from lora_engine.model_ref import alias_folder, package_dir
+from lora_engine.model_ref import alias_folder, is_folder_name, package_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234
@@ -56,8 +58,10 @@ def resolve_model(name: str) -> ResolvedModel:
         return ResolvedModel(name, str(alias_folder(name)), "bert")
     if name == "smollm2-135m":
         return ResolvedModel(name, str(ensure_smollm2_cached()), "llama")
-    path = Path(name).expanduser()
-    if path.is_dir():
+    if is_folder_name(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise LoraFleetInputError(f"no such model folder {name!r}")
         if not (path / "config.json").is_file():
             raise LoraFleetInputError(f"{name!r} is a folder but holds no config.json: not a model folder")
         return ResolvedModel(name, str(path), _arch_of_folder(path))

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_engine.errors import LoraFleetInputError
 from lora_engine.safe_json import MAX_DEPTH, MAX_NUMBER_CHARS, DocumentError, loads
+from orchestrator.refs import spelled_as_id
 
-MAX_BATCH_BYTES = 16 * 1024 * 1024
+if TYPE_CHECKING:
+    from orchestrator.config import Settings
+
 SUFFIXES = ".jsonl, .json, .yaml, .yml"
 
 
@@ -122,20 +125,22 @@ def _jsonl(text: str, path: Path, max_items: int) -> list[Any]:
     return [_json(line, f"{path}: line {n}") for n, line in lines]
 
 
-def load_batch_file(path: Path, max_items: int | None = None) -> list[Any]:
+def load_batch_file(path: Path, settings: Settings | None = None, max_items: int | None = None) -> list[Any]:
     """The items of a batch file; a relative `dataset` path is made relative to the file's
-    folder (not to the current directory). BatchFileError when unreadable, or when it holds
-    more than `max_items` items (default: the `max_batch_items` setting)."""
-    if max_items is None:
-        from orchestrator.config import get_settings
+    folder (not to the current directory). The file is read through the one path resolver
+    (`orchestrator.paths`: inside a data root, a regular file, at most `max_batch_file_bytes`).
+    BatchFileError when unreadable or when it holds more than `max_items` items (default: the
+    `max_batch_items` setting), PathRefused when refused."""
+    from orchestrator import paths
+    from orchestrator.config import get_settings
 
-        max_items = get_settings().max_batch_items
+    settings = settings or get_settings()
+    max_items = settings.max_batch_items if max_items is None else max_items
+    resolved, content = paths.read_file(path, settings, "batch file", cap=settings.max_batch_file_bytes,
+                                        cap_var="LORAFLEET_MAX_BATCH_FILE_BYTES")
     path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_BATCH_BYTES:
-        raise BatchFileError(f"{path}: file is {size} bytes; a batch file may hold at most {MAX_BATCH_BYTES}")
     try:
-        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+        text = content.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise BatchFileError(f"{path}: not valid UTF-8 (byte offset {exc.start}); save it as UTF-8") from None
     suffix = path.suffix.lower()
@@ -155,12 +160,6 @@ def load_batch_file(path: Path, max_items: int | None = None) -> list[Any]:
         spec = item.get("spec") if isinstance(item, dict) and isinstance(item.get("spec"), dict) else item
         if isinstance(spec, dict):
             value = spec.get("dataset")
-            if isinstance(value, str) and value and not _looks_like_id(value):
-                spec["dataset"] = str(path.parent / value)
+            if isinstance(value, str) and value and not spelled_as_id(value):
+                spec["dataset"] = str(resolved.parent / value)  # confined again when submitted
     return items
-
-
-def _looks_like_id(value: str) -> bool:
-    from lora_engine.spec import UUID_RE
-
-    return bool(UUID_RE.match(value))

@@ -179,15 +179,38 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("a socket path of at most 100 bytes"),
     )
 
-    # Paths a user passes (data files, model folders) must resolve inside one of these.
+    # Paths a user passes (data files, batch files, model and adapter folders) must resolve inside
+    # one of these, never inside the home or the artifacts root (orchestrator/paths.py). Default:
+    # the current folder, unless it is `/`, the home, or inside the home: then there is none, and a
+    # command that reads a user's path says to set LORAFLEET_DATA_ROOTS.
     data_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=lambda: [Path.cwd().resolve()],
-        description="folders that user-given paths (data sets, model folders) must lie in "
-                    "(default: the current folder)",
+        default_factory=list,
+        description="folders that user-given paths (data sets, batch files, model and adapter folders) "
+                    "must lie in (default: the current folder, none where that is /, the home or "
+                    "inside it)",
         json_schema_extra=_allowed("':'-separated folder paths"),
     )
     max_dataset_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="largest data set file an upload accepts, in bytes",
+        json_schema_extra=_allowed("an integer >= 1"),
+    )
+    max_batch_file_bytes: int = Field(
+        16 * 1024 * 1024, ge=1, description="largest `job submit-batch` file read, in bytes",
+        json_schema_extra=_allowed("an integer >= 1"),
+    )
+    # A user's folder (a base model, an adapter to import or start from) is walked entry by entry
+    # before anything reads it: these bound the walk and what loading it may read.
+    max_folder_entries: int = Field(
+        10_000, ge=1, description="most files and folders a user-given model or adapter folder may hold",
+        json_schema_extra=_allowed("an integer >= 1"),
+    )
+    max_folder_depth: int = Field(
+        8, ge=1, description="deepest nesting of folders inside a user-given model or adapter folder",
+        json_schema_extra=_allowed("an integer >= 1"),
+    )
+    max_folder_bytes: int = Field(
+        200 * 1024**3, ge=1,
+        description="largest total size of a user-given model or adapter folder, in bytes",
         json_schema_extra=_allowed("an integer >= 1"),
     )
     # Defaults of a new tenant's quotas (each tenant's own values live on its row).
@@ -302,6 +325,9 @@ class Settings(BaseSettings):
             data["broker_url"] = f"sqla+sqlite:///{home / 'broker.db'}"
         if not data.get("artifacts"):
             data["artifacts"] = home / "artifacts"
+        if not data.get("data_roots"):
+            cwd, artifacts = Path.cwd().resolve(), Path(data["artifacts"]).expanduser().resolve()
+            data["data_roots"] = [] if default_root_problem(cwd, home, artifacts) else [cwd]
         return data
 
     def source_of(self, name: str) -> str:
@@ -319,6 +345,18 @@ class Settings(BaseSettings):
                 "description": info.description,
             })
         return rows
+
+
+def default_root_problem(cwd: Path, home: Path, artifacts: Path) -> str | None:
+    """Why the current folder `cwd` cannot be the default data root (None: it can): a command run
+    from `/` (cron, a container's WORKDIR), from the home (the registry and the broker live there)
+    or from inside the artifacts root would let a user's path reach any file, or lorafleet's own."""
+    if cwd == Path(cwd.anchor):
+        return f"the current folder is the file system's root ({cwd})"
+    for place, what in ((home, "the lorafleet home"), (artifacts, "the artifacts root")):
+        if cwd == place or place in cwd.parents:
+            return f"the current folder ({cwd}) is inside {what} ({place})"
+    return None
 
 
 def env_var(field_name: str) -> str:

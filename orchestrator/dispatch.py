@@ -107,10 +107,13 @@ def embedded_broker_file(broker_url: str) -> Path | None:
 
 
 def ensure_broker_dir(broker_url: str) -> None:
-    """Create the folder of an embedded SQLite broker file (SQLite creates files, not folders)."""
+    """Create an embedded SQLite broker file, owner-only (SQLite creates files, not folders, and
+    gives new files the umask's mode)."""
+    from lora_engine.atomic import private_file
+
     path = embedded_broker_file(broker_url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
 
 
 def broker_connection(settings: Settings | None = None) -> Connection:

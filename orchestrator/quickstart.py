@@ -121,8 +121,9 @@ def job_details(settings: Settings, job_ids: list[str]) -> list[dict[str, Any]]:
 
 def start_worker(settings: Settings) -> subprocess.Popen:
     """A solo-pool worker subprocess with this process's environment; its log goes to <home>."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    log = open(settings.home / "quickstart-worker.log", "ab")  # noqa: SIM115 (owned by the child)
+    from lora_engine.atomic import private_file
+
+    log = open(private_file(settings.home / "quickstart-worker.log"), "ab")  # noqa: SIM115 (owned by the child)
     argv = worker_command(queue=settings.queue, hostname=f"quickstart-{os.getpid()}@%h",
                           without_heartbeat=True)
     env = dict(

@@ -104,10 +104,11 @@ def _shutting_down(**_: Any) -> None:
 def _ready(sender: Any = None, **_: Any) -> None:
     """Create/migrate the embedded registry once, before the first job (not inside a job), and
     start the embedded reconciler."""
+    from lora_engine.atomic import private_dir
     from orchestrator.registry.db import ensure_schema
     from worker.reconciler import ReconcilerThread
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.home)
     ensure_schema(settings)
     # Import the engine (torch, transformers) now, not inside the first job: loading those
     # libraries holds the GIL for seconds, during which the job's keep-alive thread cannot renew

@@ -39,6 +39,7 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
 from orchestrator.services.leases import UsageRecord
 from worker.executor import JobContext, JobResult, StagedAdapter
+from worker.inputs import JobInputs, base_folder, local_base, resolve_inputs
 
 # The one lifecycle: a packed job is heartbeated, settled and published exactly as a single one.
 from worker.runner import (
@@ -48,7 +49,6 @@ from worker.runner import (
     _failed_usage,
     _Heartbeat,
     _record,
-    _resolve_inputs,
     _settle,
     _succeed,
     default_worker_id,
@@ -67,14 +67,14 @@ PACKABLE_METHODS = LORA_METHODS
 JOIN_POLL_S = 1.0
 
 
-def _packable(job) -> str | None:
+def _packable(job, settings: Settings) -> str | None:
     """The packed forward a queued job would take, or None when it trains alone: not a LoRA
-    training job, it continues an adapter (the single path verifies that parent first), or it
-    evaluates during training."""
+    training job, it continues an adapter or trains on a full fine-tune (the single path verifies
+    those first), or it evaluates during training."""
     if (job.kind != "train" or job.method not in PACKABLE_METHODS or job.init_from_adapter_id is not None
-            or _evaluates(job)):
+            or job.base_adapter_id is not None or _evaluates(job)):
         return None
-    return _family(job.base_model, job.task)
+    return _family(job.base_model, job.task, settings)
 
 
 def _pooling(base_model: str, spec: dict) -> str:
@@ -92,12 +92,16 @@ def _evaluates(job) -> bool:
     return bool(job.spec.get("eval_every", 1))
 
 
-def _family(base_model: str, task: str) -> str | None:
-    """'encoder' / 'decoder': the packed forward this (base, task) takes; None: not packable."""
+def _family(base_model: str, task: str, settings: Settings) -> str | None:
+    """'encoder' / 'decoder': the packed forward this (base, task) takes; None: not packable. A
+    base folder is confined again before its config is read (refused: the single path says why)."""
     from lora_engine.catalog import task_info
+    from lora_engine.model_ref import is_folder_name
     from lora_engine.models import resolve_model
 
     try:
+        if is_folder_name(base_model):
+            base_folder(settings, base_model)
         arch, kind = resolve_model(base_model).arch, task_info(task).kind
     except Exception:  # an unknown base or task is the single path's to report
         return None
@@ -114,6 +118,7 @@ class _Member:
     beat: _Heartbeat
     keepalive: KeepAlive
     started: float
+    inputs: JobInputs
 
 
 # Activation bytes per token, measured on a pack's first round, once per (base, device) and process.
@@ -136,7 +141,7 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
     with session_scope(settings) as session:
         head = repo.claim_candidates(session, limit=1)
         lead = repo.job(session, head[0][0]) if head else None
-        family = _packable(lead) if lead is not None else None
+        family = _packable(lead, settings) if lead is not None else None
         if family is None or not packing_enabled(settings):
             return [run_job(job_id, worker_id=worker_id, settings=settings, cache=cache)]
         first = claim_job(session, lead.id, worker_id, settings.lease_seconds)
@@ -150,12 +155,12 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
 
 
 def _snapshot(job) -> tuple:
-    return job.id, job.tenant_id, dict(job.spec), job.attempts
+    return job.id, job.tenant_id, dict(job.spec), job.attempts, JobInputs.of(job)
 
 
 def _member(settings: Settings, worker_id: str, snapshot: tuple, cache: Any) -> _Member:
     """A claimed job's lifecycle, as `run_job` sets it up: heartbeat, keep-alive, staging."""
-    jid, tenant_id, spec, attempt = snapshot
+    jid, tenant_id, spec, attempt, inputs = snapshot
     for earlier in range(1, attempt):  # left by a killed worker (as run_job clears them)
         shutil.rmtree(artifacts.staging_path(settings, tenant_id, jid, earlier), ignore_errors=True)
     beat = _Heartbeat(settings, jid, worker_id)
@@ -165,7 +170,7 @@ def _member(settings: Settings, worker_id: str, snapshot: tuple, cache: Any) -> 
                      checkpoint_dir=artifacts.checkpoint_path(settings, tenant_id, jid), cache=cache)
     keepalive = KeepAlive(beat, interval_s=settings.heartbeat_seconds)
     keepalive.start()
-    return _Member(ctx, beat, keepalive, time.monotonic())
+    return _Member(ctx, beat, keepalive, time.monotonic(), inputs)
 
 
 class _Joiner:
@@ -195,7 +200,7 @@ class _Joiner:
 
         def accept(job) -> bool:
             nonlocal tokens_left
-            if (job.id in self.skip or _packable(job) != self.family
+            if (job.id in self.skip or _packable(job, self.settings) != self.family
                     or _pooling(job.base_model, job.spec) != self.pooling):
                 return False
             if tokens_left is not None:
@@ -262,16 +267,19 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
     results: list[RunResult] = []
     kind, labels = ("generation", None) if family == "decoder" else ("classification", 2)
     try:
+        local = local_base(settings, lead.inputs)  # a base folder confined again, before it is opened
         if cache is not None:
-            model, tokenizer = cache.checkout(base, kind, labels)
+            model, tokenizer = cache.checkout(local, kind, labels)
         else:
             from lora_engine.models import load_base_model
 
-            model, tokenizer = load_base_model(base, kind, labels)
+            model, tokenizer = load_base_model(local, kind, labels)
     except Exception as exc:  # the shared base failed to load: the job settles as it would alone
         return [_fail(settings, worker_id, lead, exc)]
-    pack = Pack(model, tokenizer, data_dir=settings.data_dir, base_model=base, max_jobs=1)
-    join = _Joiner(settings, worker_id, base, family, pack, cache, _pooling(base, lead.ctx.spec))
+    # Members' specs name the base where it is read here (resolve_inputs), the pack likewise; the
+    # joiner claims partners by the registry's name for it.
+    pack = Pack(model, tokenizer, data_dir=settings.data_dir, base_model=local, max_jobs=1)
+    join = _Joiner(settings, worker_id, base, family, pack, cache, _pooling(local, lead.ctx.spec))
 
     def add(m: _Member) -> None:
         members[m.ctx.job_id] = m
@@ -325,7 +333,7 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
 def _spec(settings: Settings, m: _Member):
     from lora_engine.spec import TrainingSpec
 
-    return TrainingSpec.model_validate(_resolve_inputs(settings, m.ctx.tenant_id, m.ctx.spec))
+    return TrainingSpec.model_validate(resolve_inputs(settings, m.inputs, m.ctx.spec))
 
 
 def _hooks(settings: Settings, m: _Member):

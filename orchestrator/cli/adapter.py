@@ -161,32 +161,31 @@ def _print_predictions(texts: tuple[str, ...], predictions: list[Any]) -> None:
 
 
 @adapter.command("import")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--tenant", required=True, help="Tenant slug that will own the adapter.")
 @click.option("--task", help="The task it was trained for (sst2, e2e, ...; default: the task its "
                               "lorafleet.json records, for an adapter exported from another lorafleet).")
-@click.option("--base-model", help="Its base model (default: the adapter's own base_model_name_or_path).")
+@click.option("--base-model", help="Its base model: an alias, a folder ('./name'), a hub id, or the id of "
+                                   "one of the tenant's full fine-tunes (default: the adapter's own "
+                                   "base_model_name_or_path).")
 @json_option
 def import_(folder: Path, tenant: str, task: str | None, base_model: str | None, as_json: bool) -> None:
     """Register a PEFT LoRA adapter made elsewhere (checked first: LoRA, safetensors, base, shapes).
 
     The files are copied under the artifacts root; the adapter then works with `predict`,
-    `export`, `--init-from` and the reports like one trained here.
+    `export`, `--init-from` and the reports like one trained here. FOLDER lies in a data root
+    (LORAFLEET_DATA_ROOTS) and holds regular files and folders only: a symlink anywhere in it
+    refuses the whole folder (copy the files in instead).
 
     \b
     Example:
       lorafleet adapter import --tenant acme --task sst2 ./my-peft-adapter
     """
-    from lora_engine.adapter_import import check_foreign_adapter
-    from orchestrator.config import get_settings
-    from orchestrator.paths import confine
-    from orchestrator.services.imports import import_adapter
+    from orchestrator.services.imports import check_import, import_adapter
     from orchestrator.services.views import adapter_dict
 
-    # The same door as every path a tenant names: inside a data root, never another tenant's folder.
-    folder = confine(folder, get_settings(), "adapter import")
-    foreign = check_foreign_adapter(folder, task=task, base_model=base_model)
     with open_session() as session:
-        view = adapter_dict(import_adapter(session, tenant, foreign))
+        foreign, base = check_import(session, tenant, folder, task=task, base_model=base_model)
+        view = adapter_dict(import_adapter(session, tenant, foreign, base))
     emit(view, as_json, lambda v: echo(f"imported adapter {v['id']} ({v['method']} r={v['rank']} on "
                                              f"{v['base_model']}, {v['bytes']} bytes)"))

@@ -62,5 +62,7 @@ def init(folder: Path) -> None:
     """
     home = (folder / ".lorafleet").resolve()
     existed = home.is_dir()
-    home.mkdir(parents=True, exist_ok=True)
+    from lora_engine.atomic import private_dir
+
+    private_dir(home)
     status(f"{'existing' if existed else 'new'} lorafleet home {home}")

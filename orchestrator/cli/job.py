@@ -82,25 +82,14 @@ def submit(
 
     if options.get("max_steps") is not None and options.get("epochs") is not None:
         raise click.UsageError("give --max-steps or --epochs, not both")
+    # --init-from, --dataset and --base-model are ids or paths by their spelling (orchestrator.refs).
     spec = spec_from_options(options, overrides)
-    init_from = spec.pop("init_from", None)
-    by_id = init_from is not None and not Path(init_from).expanduser().exists()
-    if init_from is not None and not by_id:
-        spec["init_from"] = init_from  # a local adapter folder (confined to the data roots)
     with open_session() as session:
         if dry_run:
-            plan = plan_job(session, tenant, spec, priority=priority,
-                            init_from_adapter_id=init_from if by_id else None)
+            plan = plan_job(session, tenant, spec, priority=priority)
             emit(plan.to_dict(), as_json, _print_plan)
             return
-        queued = submit_job(
-            session,
-            tenant,
-            spec,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            init_from_adapter_id=init_from if by_id else None,
-        )
+        queued = submit_job(session, tenant, spec, priority=priority, idempotency_key=idempotency_key)
         job_id, state = queued.id, queued.state
     if not wait:
         emit({"id": job_id}, as_json, lambda v: click.echo(v["id"]))  # the id first, whatever follows
@@ -119,10 +108,14 @@ def submit(
 
 
 @job.command("submit-batch")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @json_option
 def submit_batch(file: Path, as_json: bool) -> None:
-    """Queue every job of FILE (JSONL or YAML list; each item names its tenant), all or nothing."""
+    """Queue every job of FILE (JSONL or YAML list; each item names its tenant), all or nothing.
+
+    FILE and the data set files its items name (relative to FILE's folder) lie in a data root
+    (LORAFLEET_DATA_ROOTS).
+    """
     from orchestrator.batchfile import load_batch_file
     from orchestrator.services.jobs import submit_batch as submit_all
 

@@ -23,9 +23,11 @@ HELP = {
     "method": "'none' trains nothing: it scores the untuned base model (a baseline)",
     "rank": "LoRA rank (default 8)",
     "alpha": "LoRA alpha (default: 2 x rank)",
-    "base_model": "model alias, local folder or hub id (default: the task's)",
+    "base_model": "model alias, local folder ('./name', '/path'), hub id ('org/name'), or the id of one "
+                  "of the tenant's full fine-tunes (default: the task's)",
     "dataset": "custom tasks: a data set id, or a JSONL file (validated and uploaded first)",
-    "init_from": "start from this adapter id (same tenant and base model), for lineage",
+    "init_from": "start from this adapter id (same tenant and base model), for lineage; or an adapter "
+                 "folder (registered as the tenant's adapter first)",
     "max_steps": "training budget in optimizer steps",
     "epochs": "training budget in epochs, or auto (default: from the data size)",
     "lr": "learning rate, or auto (default: the method's for the architecture)",

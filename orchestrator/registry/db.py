@@ -31,6 +31,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from lora_engine.atomic import private_file
 from orchestrator.config import Settings, get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -83,7 +84,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            private_file(parsed.database)  # owner-only, and so are the -wal/-shm files SQLite adds
         kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         engine = create_engine(url, **kwargs)
         _sqlite_setup(engine)
@@ -266,11 +267,11 @@ def ensure_schema(settings: Settings | None = None, *, url: str | None = None) -
         return
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         lock_path = Path(parsed.database).with_name(Path(parsed.database).name + ".migrate.lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as lock_file:
+        with open(private_file(lock_path), "w") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
-                is_new = not Path(parsed.database).exists()
+                database = Path(parsed.database)
+                is_new = not database.exists() or database.stat().st_size == 0
                 if current_revision(url) != head_revision():
                     upgrade(url)
                 if is_new:

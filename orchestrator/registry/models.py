@@ -181,6 +181,11 @@ class Job(Base):
     init_from_adapter_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("adapters.id", use_alter=True)
     )
+    # The tenant's own full fine-tune this job trains on as its base model (then base_model holds
+    # its id too); NULL: an alias, a hub id or a folder (stored resolved), as base_model says.
+    base_adapter_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("adapters.id", use_alter=True)
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Last time a message was sent for this job, and how many: the reconciler backs off.
     dispatched_at: Mapped[datetime | None]

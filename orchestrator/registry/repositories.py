@@ -302,6 +302,13 @@ def datasets_by_sha256(session: Session, tenant_id: str, sha256: str) -> Sequenc
     return session.scalars(stmt).all()
 
 
+def imported_adapter_by_sha256(session: Session, tenant_id: str, sha256: str) -> Adapter | None:
+    """A live adapter of the tenant registered from files (no job) whose files hash to `sha256`."""
+    stmt = select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.sha256 == sha256,
+                                 Adapter.job_id.is_(None), Adapter.deleted_at.is_(None))
+    return session.scalars(stmt.order_by(Adapter.created_at).limit(1)).first()
+
+
 def active_jobs_of_dataset(session: Session, dataset_id: str) -> list[str]:
     stmt = select(Job.id).where(Job.dataset_id == dataset_id, Job.state.in_(("queued", "running")))
     return list(session.scalars(stmt.order_by(Job.created_at)))

@@ -31,6 +31,9 @@ datasets:         upload_dataset(s, tenant_slug, file, kind="classification", va
 jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_key=None,
                              init_from_adapter_id=None, max_attempts=None, settings=None) -> Job
                              (queued); spec "dataset": a data set id or a JSONL file (uploaded);
+                             "init_from": an adapter id or folder (registered); "base_model": an
+                             alias, hub id, folder or full fine-tune id (jobs.base_adapter_id);
+                             ids or paths by spelling (orchestrator.refs), paths confined
                              quotas: max queued, the month's device-hour budget (estimated)
                   plan_job(s, tenant_slug, spec_dict, ...) -> Plan (dry run: spec, data set,
                              Estimate(examples, tokens, device_seconds, money, basis)); writes nothing

@@ -1,31 +1,35 @@
 """Tenants' data sets: upload (validate whole, store a copy by id), list, show, delete, and the
 worker's look-up of exactly the stored bytes.
 
-An upload is validated whole before anything is stored (every bad row with its line number, as
-`lora_engine.data.custom.validate_jsonl` reports them, plus file-level checks: empty, too large,
-too few rows per label, mixed label types); then the file is copied byte for byte to
-`<artifacts>/<tenant_id>/datasets/<dataset_id>/data.jsonl` (a validation file beside it as
-`data.validation.jsonl`, which the engine reads as the validation split) through a temporary
-folder and a rename, and its sha256 is recorded. The same bytes uploaded again by the same
-tenant return the existing data set (so a retried `job submit --dataset FILE` stores nothing new).
+An upload is read once: the user's file is confined and opened by `orchestrator.paths` (a regular
+file inside a data root, at most `max_dataset_bytes`) and copied, hashed on the way, into a private
+staging folder under the artifacts root; everything after reads that copy. It is validated whole
+before anything is registered (every bad row with its line number, as
+`lora_engine.data.custom.validate_jsonl` reports them, plus file-level checks: empty, too few rows
+per label, mixed label types); then the staging folder is renamed to
+`<artifacts>/<tenant_id>/datasets/<dataset_id>/` holding `data.jsonl` (and
+`data.validation.jsonl` when a validation file was given, which the engine reads as the validation
+split) and its sha256 is recorded. The same bytes uploaded again by the same tenant return the
+existing data set (so a retried `job submit --dataset FILE` stores nothing new).
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from lora_engine.atomic import atomic_folder
+from lora_engine.atomic import fsync_tree, move_into_place, private_dir
 from lora_engine.data.custom import profile_rows, sparse_label_problems, validate_jsonl
 from lora_engine.errors import DataValidationError
+from orchestrator import paths
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import InvalidInput, InvalidState, NotFound
-from orchestrator.paths import confine
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Dataset, Tenant, new_id, utcnow
 from orchestrator.services._tx import readonly, transactional
@@ -36,6 +40,7 @@ KINDS = ("classification", "generation")
 DATA_FILE = "data.jsonl"
 VALIDATION_FILE = "data.validation.jsonl"
 MIN_ROWS_PER_LABEL = 2  # a label seen once can be learnt by heart, never generalised
+SIZE_VAR = "LORAFLEET_MAX_DATASET_BYTES"
 
 
 def dataset_dir(settings: Settings, tenant_id: str, dataset_id: str) -> Path:
@@ -52,77 +57,100 @@ def sha256_of(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class _Checked:
-    source: Path
-    validation: Path | None
+class CheckedUpload:
+    """A validated upload, in its private staging folder: moved into place by `store_dataset`,
+    removed by `remove_staged` (the caller lists `staging` among its staged folders)."""
+
+    staging: Path  # holds DATA_FILE, and VALIDATION_FILE when a validation file was given
+    name: str  # the file's name as the user gave it (display only)
     kind: str
     rows: list[dict]
-    validation_rows: list[dict] | None
+    sha256: str
+    size: int
+    validation_rows: list[dict] | None = None
+    validation_sha256: str | None = None
+    validation_size: int | None = None
+
+    @property
+    def data(self) -> Path:
+        """lorafleet's copy of the training file (the engine reads VALIDATION_FILE beside it)."""
+        return self.staging / DATA_FILE
+
+
+def _copy_in(file: str | Path, settings: Settings, what: str, dest: Path, kind: str, min_labels: int
+             ) -> tuple[paths.CopiedFile, list[dict]]:
+    """Copy the user's file to `dest` and validate the copy; problems name the user's file."""
+    copied = paths.copy_file(file, settings, what, dest, cap=settings.max_dataset_bytes, cap_var=SIZE_VAR)
+    try:
+        rows = validate_jsonl(dest, kind, max_bytes=settings.max_dataset_bytes, min_labels=min_labels)
+        if min_labels > 1:
+            sparse_label_problems(dest, kind, MIN_ROWS_PER_LABEL)
+    except DataValidationError as exc:
+        raise DataValidationError(str(file), exc.problems) from None
+    return copied, rows
 
 
 def check_dataset_files(
     file: str | Path, kind: str, validation: str | Path | None = None, *, settings: Settings | None = None
-) -> _Checked:
-    """Confine and validate an upload; nothing is written. InvalidInput / DataValidationError."""
+) -> CheckedUpload:
+    """Copy an upload (confined, bounded) into a new staging folder and validate it whole; nothing
+    is registered. PathRefused / InvalidInput / DataValidationError (the staging folder removed)."""
     settings = settings or get_settings()
     if kind not in KINDS:
         raise InvalidInput(f"unknown data set kind {kind!r}; allowed: {', '.join(KINDS)}")
-    source = confine(file, settings, "dataset")
-    if not source.is_file():
-        raise InvalidInput(f"dataset: no such file {str(file)!r}")
-    rows = validate_jsonl(source, kind, max_bytes=settings.max_dataset_bytes)
-    sparse_label_problems(source, kind, MIN_ROWS_PER_LABEL)
-    val_path, val_rows = None, None
-    if validation is not None:
-        val_path = confine(validation, settings, "validation")
-        if not val_path.is_file():
-            raise InvalidInput(f"validation: no such file {str(validation)!r}")
-        val_rows = validate_jsonl(val_path, kind, max_bytes=settings.max_dataset_bytes, min_labels=1)
-        if kind == "classification" and type(val_rows[0]["label"]) is not type(rows[0]["label"]):
-            raise DataValidationError(str(val_path), [(0, "label type differs from the training file's")])
-    return _Checked(source, val_path, kind, rows, val_rows)
+    paths.regular_file(file, settings, "dataset", cap=settings.max_dataset_bytes, cap_var=SIZE_VAR)
+    staging = private_dir(settings.artifacts) / f".incoming-{uuid.uuid4().hex}"
+    staging.mkdir(mode=0o700)
+    try:
+        copied, rows = _copy_in(file, settings, "dataset", staging / DATA_FILE, kind, 2)
+        checked = CheckedUpload(staging, Path(str(file)).name, kind, rows, copied.sha256, copied.size)
+        if validation is not None:
+            val, val_rows = _copy_in(validation, settings, "validation", staging / VALIDATION_FILE, kind, 1)
+            if kind == "classification" and type(val_rows[0]["label"]) is not type(rows[0]["label"]):
+                differs = "label type differs from the training file's"
+                raise DataValidationError(str(validation), [(0, differs)])
+            checked = CheckedUpload(staging, checked.name, kind, rows, copied.sha256, copied.size, val_rows,
+                                    val.sha256, val.size)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return checked
 
 
-def _same_upload(session: Session, tenant: Tenant, checked: _Checked, sha: str, val_sha: str | None):
-    for existing in repo.datasets_by_sha256(session, tenant.id, sha):
-        if existing.kind == checked.kind and existing.validation_sha256 == val_sha:
+def _same_upload(session: Session, tenant: Tenant, checked: CheckedUpload) -> Dataset | None:
+    for existing in repo.datasets_by_sha256(session, tenant.id, checked.sha256):
+        if existing.kind == checked.kind and existing.validation_sha256 == checked.validation_sha256:
             return existing
     return None
 
 
 def store_dataset(
-    session: Session, tenant: Tenant, checked: _Checked, settings: Settings, staged: list[Path] | None = None
+    session: Session, tenant: Tenant, checked: CheckedUpload, settings: Settings,
+    staged: list[Path] | None = None,
 ) -> Dataset:
-    """Inside a caller's transaction: the Dataset row for a checked upload (an identical earlier
-    upload of this tenant is reused). New folders are appended to `staged`, for the caller to
-    remove if its transaction fails."""
+    """Inside a caller's transaction: the Dataset row for a checked upload, its staging folder
+    renamed into place (an identical earlier upload of this tenant is reused, the staging folder
+    removed). The new folder is appended to `staged`, for the caller to remove if its transaction
+    fails."""
     from orchestrator.services.quotas import check_storage
 
-    sha = sha256_of(checked.source)
-    val_sha = sha256_of(checked.validation) if checked.validation else None
-    existing = _same_upload(session, tenant, checked, sha, val_sha)
+    existing = _same_upload(session, tenant, checked)
     if existing is not None:
+        shutil.rmtree(checked.staging, ignore_errors=True)
         return existing
-    size = checked.source.stat().st_size
-    val_size = checked.validation.stat().st_size if checked.validation else None
-    check_storage(session, tenant, size + (val_size or 0))
+    check_storage(session, tenant, checked.size + (checked.validation_size or 0))
     dataset_id = new_id()
     final = dataset_dir(settings, tenant.id, dataset_id)
-    with atomic_folder(final) as tmp:
-        shutil.copyfile(checked.source, tmp / DATA_FILE)
-        if checked.validation:
-            shutil.copyfile(checked.validation, tmp / VALIDATION_FILE)
-        if sha256_of(tmp / DATA_FILE) != sha:  # the file changed while it was being copied
-            raise InvalidInput(f"dataset: {checked.source.name} changed during the upload; upload it again")
+    fsync_tree(checked.staging)
+    move_into_place(checked.staging, private_dir(final.parent) / final.name)
     if staged is not None:
         staged.append(final)
     profile = profile_rows(checked.rows, checked.kind)
     dataset = Dataset(
-        id=dataset_id, tenant_id=tenant.id, kind=checked.kind, name=checked.source.name[:255],
-        path=str(final),
-        sha256=sha, bytes=size, rows=profile.rows, duplicate_rows=profile.duplicate_rows,
+        id=dataset_id, tenant_id=tenant.id, kind=checked.kind, name=checked.name[:255], path=str(final),
+        sha256=checked.sha256, bytes=checked.size, rows=profile.rows, duplicate_rows=profile.duplicate_rows,
         label_counts=profile.label_counts, token_estimate=profile.token_estimate,
-        validation_sha256=val_sha, validation_bytes=val_size,
+        validation_sha256=checked.validation_sha256, validation_bytes=checked.validation_size,
         validation_rows=len(checked.validation_rows) if checked.validation_rows is not None else None,
         created_at=utcnow(),
     )
@@ -131,15 +159,14 @@ def store_dataset(
     return dataset
 
 
-def unstored_dataset(tenant: Tenant, checked: _Checked) -> Dataset:
-    """A Dataset object describing a checked file, not stored nor added to the session (dry run)."""
+def unstored_dataset(tenant: Tenant, checked: CheckedUpload) -> Dataset:
+    """A Dataset object describing a checked upload, not stored nor added to the session (dry run)."""
     profile = profile_rows(checked.rows, checked.kind)
-    name = checked.source.name[:255]
-    return Dataset(id=None, tenant_id=tenant.id, kind=checked.kind, name=name, path="",
-                   sha256="", bytes=checked.source.stat().st_size, rows=profile.rows,
+    return Dataset(id=None, tenant_id=tenant.id, kind=checked.kind, name=checked.name[:255], path="",
+                   sha256=checked.sha256, bytes=checked.size, rows=profile.rows,
                    duplicate_rows=profile.duplicate_rows, label_counts=profile.label_counts,
                    token_estimate=profile.token_estimate,
-                   validation_sha256="given" if checked.validation else None)
+                   validation_sha256=checked.validation_sha256)
 
 
 def remove_staged(staged: list[Path]) -> None:
@@ -160,7 +187,7 @@ def upload_dataset(
     settings = settings or get_settings()
     tenant = tenant_or_404(session, tenant_slug)
     checked = check_dataset_files(file, kind, validation, settings=settings)
-    staged: list[Path] = []
+    staged: list[Path] = [checked.staging]
     try:
         dataset = store_dataset(session, tenant, checked, settings, staged)
         session.flush()
@@ -213,6 +240,11 @@ def delete_dataset(
     return dataset
 
 
+def stored_file(settings: Settings, dataset: Dataset) -> Path:
+    """The stored `data.jsonl` of a registered data set (its folder is built from ids only)."""
+    return dataset_dir(settings, dataset.tenant_id, dataset.id) / DATA_FILE
+
+
 @readonly
 def dataset_for_training(
     session: Session, dataset_id: str, tenant_id: str, settings: Settings | None = None
@@ -223,7 +255,7 @@ def dataset_for_training(
     dataset = repo.dataset(session, dataset_id, tenant_id=tenant_id)
     if dataset is None:
         raise DataValidationError(dataset_id, [(0, "data set deleted or not this tenant's; nothing trained")])
-    path = dataset_dir(settings, tenant_id, dataset.id) / DATA_FILE
+    path = stored_file(settings, dataset)
     if not path.is_file():
         raise DataValidationError(dataset_id, [(0, f"stored file {path} is missing; upload the data again")])
     if sha256_of(path) != dataset.sha256:

@@ -17,28 +17,32 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lora_engine.adapter_check import adapter_folder_problems
-from lora_engine.catalog import TASKS
+from lora_engine.catalog import LORA_METHODS, TASKS
 from lora_engine.errors import LoraFleetInputError, SpecError
-from lora_engine.model_ref import MODEL_ALIASES
-from lora_engine.spec import UUID_RE, TrainingSpec, validate_spec
+from lora_engine.model_ref import target_problem
+from lora_engine.spec import TrainingSpec, validate_spec
+from orchestrator import paths
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import BatchError, Conflict, InvalidInput, InvalidState, NotFound
-from orchestrator.paths import confine
+from orchestrator.refs import spelled_as_id
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import JOB_STATES, Adapter, Dataset, Job, JobEvent, Tenant, utcnow
 from orchestrator.retries import retried_budget
 from orchestrator.services._tx import readonly, transactional
+from orchestrator.services.adapters import adapter_or_404
 from orchestrator.services.datasets import (
+    SIZE_VAR,
     check_dataset_files,
-    dataset_for_training,
     dataset_or_404,
     remove_staged,
     store_dataset,
+    stored_file,
     unstored_dataset,
 )
 from orchestrator.services.estimates import Estimate, estimate_job
 from orchestrator.services.events import add_event
 from orchestrator.services.ids import resolve_id
+from orchestrator.services.inputs import Base, resolve_base
 from orchestrator.services.quotas import check_budget, check_queued, check_storage
 from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.views import JobDetail
@@ -49,11 +53,12 @@ BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_a
 @dataclass(frozen=True)
 class _Prepared:
     tenant: Tenant
-    spec: TrainingSpec  # resolved
+    spec: TrainingSpec  # resolved, as stored: the data set, the adapter and a full-fine-tune base by id
     priority: int
     idempotency_key: str | None
     init_from_adapter_id: str | None
     dataset: Dataset | None = None
+    base_adapter_id: str | None = None
 
 
 def _check_priority(priority: Any) -> int:
@@ -62,54 +67,89 @@ def _check_priority(priority: Any) -> int:
     return priority
 
 
-def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", ".", "~")) or Path(value).expanduser().exists()
+def _start_from(
+    session: Session, tenant: Tenant, given: Any, adapter_id: str | None, settings: Settings
+) -> tuple[Adapter | None, Path | None]:
+    """(the tenant's adapter, None) or (None, a confined adapter folder) to start from, or neither:
+    `given` is the spec's init_from (an id or a folder, by spelling), `adapter_id` an id."""
+    if given is not None and (not isinstance(given, str) or not given):
+        raise SpecError([f"init_from: must be an adapter id or an adapter folder (got {given!r})"])
+    if given is not None and adapter_id is not None and given != adapter_id:
+        raise InvalidInput("give one adapter to start from: spec.init_from and init_from_adapter_id differ")
+    ref = adapter_id if adapter_id is not None else given
+    if ref is None:
+        return None, None
+    if adapter_id is not None or spelled_as_id(ref):
+        return adapter_or_404(session, ref, tenant.slug), None
+    return None, paths.folder(ref, settings, "init_from")
 
 
-def _confine_spec_paths(raw: dict[str, Any], settings: Settings) -> str | None:
-    """Confine the spec's path fields to the data roots (never into the artifacts root); an
-    adapter id given as `init_from` is returned, to be resolved with lineage like --init-from."""
-    init_from = raw.get("init_from")
-    if isinstance(init_from, str) and UUID_RE.match(init_from):
-        del raw["init_from"]
-        return init_from
-    if isinstance(init_from, str) and init_from:
-        # A folder a user names (not a registered adapter): checked without loading it.
-        raw["init_from"] = folder = str(confine(init_from, settings, "init_from"))
-        task = raw.get("task")
-        base = raw.get("base_model") or (TASKS[task].base_model if task in TASKS else None)
-        problems = adapter_folder_problems(folder, base if isinstance(base, str) else None)
-        if problems:
-            raise SpecError(problems)
-    base = raw.get("base_model")
-    if isinstance(base, str) and base not in MODEL_ALIASES and _looks_like_path(base):
-        raw["base_model"] = str(confine(base, settings, "base_model"))
-    dataset = raw.get("dataset")
-    if isinstance(dataset, str) and dataset and not UUID_RE.match(dataset):
-        raw["dataset"] = str(confine(dataset, settings, "dataset"))
-    return None
+def _base(session: Session, tenant: Tenant, raw: dict[str, Any], parent: Adapter | None,
+          settings: Settings) -> Base | None:
+    """The base model the spec names (else the parent adapter's), resolved; the spec is then
+    validated against where it is read here (`Base.local`). None: the task's default alias."""
+    value = raw.get("base_model")
+    if value is None and parent is not None:
+        value = parent.base_model  # stored resolved: an alias, a hub id, a folder, a full fine-tune's id
+    if not isinstance(value, str) or not value:
+        return None  # absent (the task's default), or a type problem for validate_spec to report
+    base = resolve_base(session, tenant, value, settings)
+    raw["base_model"] = base.local
+    return base
 
 
-def _attach_dataset(
-    session: Session, tenant: Tenant, spec: TrainingSpec, settings: Settings, staged: list[Path] | None
-) -> tuple[TrainingSpec, Dataset | None]:
-    """The spec naming its data set by id: a file is validated and uploaded (reused when this
-    tenant uploaded the same bytes before); an id must be one of this tenant's data sets."""
-    if not spec.dataset:
-        return spec, None
-    kind = spec.info.kind
-    if UUID_RE.match(spec.dataset):
-        dataset = dataset_or_404(session, spec.dataset, tenant.id, f" for tenant {tenant.slug!r}")
-    elif staged is None:  # a dry run: validated and profiled, not stored
-        dataset = unstored_dataset(tenant, check_dataset_files(spec.dataset, kind, settings=settings))
-        return spec, dataset
-    else:
-        dataset = store_dataset(session, tenant, check_dataset_files(spec.dataset, kind, settings=settings),
-                                settings, staged)
-    if dataset.kind != kind:
-        raise SpecError([f"dataset: data set {dataset.id} holds {dataset.kind} rows, task {spec.task!r} "
-                         f"needs {kind} rows"])
-    return spec.model_copy(update={"dataset": dataset.id}), dataset
+def _dataset_ref(session: Session, tenant: Tenant, raw: dict[str, Any], settings: Settings
+                 ) -> tuple[Dataset | None, str | None]:
+    """(the tenant's data set, None) for an id, (None, the file as given) for a path (confined
+    here, copied and validated once the spec is valid), or neither."""
+    value = raw.get("dataset")
+    if not isinstance(value, str) or not value:
+        return None, None
+    if spelled_as_id(value):
+        dataset = dataset_or_404(session, value, tenant.id, f" for tenant {tenant.slug!r}")
+        raw["dataset"] = dataset.id
+        return dataset, None
+    raw["dataset"] = str(paths.regular_file(value, settings, "dataset", cap=settings.max_dataset_bytes,
+                                            cap_var=SIZE_VAR))
+    return None, value
+
+
+def _start_problems(parent: Adapter | None, folder: Path | None, spec: TrainingSpec, base: Base | None
+                    ) -> list[str]:
+    """Why the adapter to start from does not fit the job (empty: it does)."""
+    if folder is not None:  # checked without loading it; registered once the rest is valid
+        return adapter_folder_problems(folder, spec.base_model, what="init_from")
+    if parent is None:
+        return []
+    problems = []
+    name = base.name if base is not None else spec.base_model
+    if name != parent.base_model:
+        problems.append(f"init_from: adapter {parent.id} was trained on base model "
+                        f"{parent.base_model!r}, the job uses {name!r}")
+    parent_kind = TASKS[parent.task].kind if parent.task in TASKS else None
+    if parent_kind != spec.info.kind:
+        problems.append(f"init_from: adapter {parent.id} is a {parent_kind} adapter ({parent.task}), "
+                        f"task {spec.task!r} is {spec.info.kind}")
+    return problems
+
+
+def _register_start(session: Session, tenant: Tenant, folder: Path, spec: TrainingSpec, base: Base | None,
+                    settings: Settings, staged: list[Path], dry_run: bool) -> Adapter | None:
+    """An adapter folder to start from becomes the tenant's adapter (checked like `adapter import`,
+    loaded on the base), so the worker reads it by id like any other; the same files registered
+    before are reused. A dry run checks it and registers nothing (None)."""
+    from lora_engine.adapter_import import check_foreign_adapter
+    from lora_engine.errors import AdapterError
+    from orchestrator.services.imports import register_adapter
+
+    try:
+        foreign = check_foreign_adapter(folder, task=spec.task, base_model=spec.base_model)
+    except AdapterError as exc:
+        raise SpecError([f"init_from: {exc}"]) from None
+    if dry_run:
+        return None
+    return register_adapter(session, tenant, foreign, base or Base(spec.base_model or ""), settings, staged,
+                            reuse=True)
 
 
 def _prepare(
@@ -119,13 +159,20 @@ def _prepare(
     priority: int,
     idempotency_key: str | None,
     init_from_adapter_id: str | None,
-    staged: list[Path] | None = None,
+    staged: list[Path],
     settings: Settings | None = None,
+    *,
+    dry_run: bool = False,
 ) -> _Prepared:
     """Validate one submission against the registry and the spec; raise on the first kind of
-    problem (InvalidInput/NotFound) or one SpecError listing every spec problem. A data set
-    given as a file is uploaded (its new folder appended to `staged`; `staged` None: a dry run,
-    nothing stored)."""
+    problem (InvalidInput/NotFound, a refused path) or one SpecError listing every spec problem.
+
+    Each reference is resolved once, by its spelling (`orchestrator.refs`): a data set, an adapter
+    to start from and a full fine-tune as base model end up named by id in the stored spec and in
+    the job's columns; a path is confined (`orchestrator.paths`). A data set given as a file is
+    copied in and uploaded, an adapter folder to start from is registered; their new folders are
+    appended to `staged` (the caller removes them if its transaction fails). `dry_run`: both are
+    checked, neither stored (the caller removes `staged`)."""
     settings = settings or get_settings()
     tenant = tenant_or_404(session, tenant_slug)
     _check_priority(priority)
@@ -133,59 +180,53 @@ def _prepare(
     if idempotency_key is not None and not key_ok:
         raise InvalidInput("idempotency_key must be a non-empty string of at most 255 characters")
     raw = dict(spec_dict)
-    dataset = raw.get("dataset")
-    if isinstance(dataset, str) and dataset and not Path(dataset).expanduser().exists():
-        # A data set id as `dataset list` shows it (a unique prefix); anything else is a path.
-        raw["dataset"] = resolve_id(session, Dataset, dataset, tenant_id=tenant.id, what="data set id",
-                                    live_only=True)
-    by_id = _confine_spec_paths(raw, settings)
-    if by_id is not None:
-        if init_from_adapter_id is not None and init_from_adapter_id != by_id:
-            raise InvalidInput("give one adapter to start from: spec.init_from and "
-                               "init_from_adapter_id differ")
-        init_from_adapter_id = by_id
-    if init_from_adapter_id is not None:
-        if raw.get("init_from"):
-            raise InvalidInput("give either spec.init_from (a folder) or an adapter id to start from, "
-                               "not both")
-        init_from_adapter_id = resolve_id(session, Adapter, init_from_adapter_id, tenant_id=tenant.id,
-                                          what="adapter id", live_only=True)
-        parent = repo.adapter(session, init_from_adapter_id, tenant_id=tenant.id)
-        if parent is None:
-            raise NotFound(f"no adapter {init_from_adapter_id!r} for tenant {tenant.slug!r} to start from")
-        raw["init_from"] = parent.path
-        raw.setdefault("base_model", parent.base_model)
-        spec = validate_spec(raw).resolved()
-        problems = []
-        if spec.base_model != parent.base_model:
-            problems.append(f"init_from: adapter {parent.id} was trained on base model "
-                            f"{parent.base_model!r}, the job uses {spec.base_model!r}")
-        parent_kind = TASKS[parent.task].kind if parent.task in TASKS else None
-        if parent_kind != spec.info.kind:
-            problems.append(f"init_from: adapter {parent.id} is a {parent_kind} adapter ({parent.task}), "
-                            f"task {spec.task!r} is {spec.info.kind}")
-        if problems:
-            raise SpecError(problems)
-    else:
-        spec = validate_spec(raw).resolved()
-    spec = _resolve_auto(session, tenant, spec, settings)
-    spec, dataset = _attach_dataset(session, tenant, spec, settings, staged)
-    return _Prepared(tenant, spec, priority, idempotency_key, init_from_adapter_id, dataset)
+    parent, folder = _start_from(session, tenant, raw.pop("init_from", None), init_from_adapter_id, settings)
+    base = _base(session, tenant, raw, parent, settings)
+    if parent is not None or folder is not None:
+        raw["init_from"] = parent.path if parent is not None else str(folder)
+    dataset, upload = _dataset_ref(session, tenant, raw, settings)
+    spec = validate_spec(raw).resolved()
+    problems = _start_problems(parent, folder, spec, base)
+    if spec.method in LORA_METHODS:
+        problems += filter(None, [target_problem(spec.base_model or "", spec.targets)])
+    if problems:
+        raise SpecError(problems)
+    data_file = stored_file(settings, dataset) if dataset is not None else None
+    if upload is not None:
+        checked = check_dataset_files(upload, spec.info.kind, settings=settings)
+        staged.append(checked.staging)
+        if dry_run:
+            dataset, data_file = unstored_dataset(tenant, checked), checked.data
+        else:
+            dataset = store_dataset(session, tenant, checked, settings, staged)
+            data_file = stored_file(settings, dataset)
+    if dataset is not None and dataset.kind != spec.info.kind:
+        raise SpecError([f"dataset: data set {dataset.id} holds {dataset.kind} rows, task {spec.task!r} "
+                         f"needs {spec.info.kind} rows"])
+    spec = _resolve_auto(spec, data_file, settings)
+    if folder is not None:
+        parent = _register_start(session, tenant, folder, spec, base, settings, staged, dry_run)
+    update: dict[str, Any] = {"init_from": parent.id if parent is not None else spec.init_from}
+    if base is not None:
+        update["base_model"] = base.name
+    if dataset is not None and dataset.id is not None:
+        update["dataset"] = dataset.id
+    return _Prepared(tenant, spec.model_copy(update=update), priority, idempotency_key,
+                     parent.id if parent is not None else None, dataset,
+                     base.adapter_id if base is not None else None)
 
 
-def _resolve_auto(session: Session, tenant: Tenant, spec: TrainingSpec, settings: Settings) -> TrainingSpec:
+def _resolve_auto(spec: TrainingSpec, data_file: Path | None, settings: Settings) -> TrainingSpec:
     """Fill the `auto` budget from the training split's size, so the stored spec says what runs
-    (and the dry run's estimate counts it). A file that cannot be read here leaves "auto" for the
-    worker, and its problems to the data set checks."""
+    (and the dry run's estimate counts it); `data_file` is lorafleet's copy of a custom task's
+    data. A file that cannot be read here leaves "auto" for the worker."""
     if not spec.needs_train_rows:
         return spec
     from lora_engine.data import count_train_rows
 
     try:
-        dataset = spec.dataset
-        if dataset and UUID_RE.match(dataset):  # a stored data set: the very file the worker reads
-            dataset = str(dataset_for_training(session, dataset, tenant.id, settings))
-        rows = count_train_rows(spec.task, data_dir=settings.data_dir, dataset=dataset)
+        rows = count_train_rows(spec.task, data_dir=settings.data_dir,
+                                dataset=str(data_file) if data_file is not None else None)
     except (OSError, LoraFleetInputError):
         return spec  # the file's own problems are the data set checks' to report, not the budget's
     return spec.resolved(train_rows=rows)
@@ -216,7 +257,7 @@ def _insert(session: Session, p: _Prepared, max_attempts: int) -> Job:
         rank=spec.rank, base_model=spec.base_model or "", priority=p.priority,
         idempotency_key=p.idempotency_key, attempts=0, max_attempts=max_attempts,
         cancel_requested=False, init_from_adapter_id=p.init_from_adapter_id, dispatch_count=0,
-        dataset_id=p.dataset.id if p.dataset is not None else None,
+        dataset_id=p.dataset.id if p.dataset is not None else None, base_adapter_id=p.base_adapter_id,
         created_at=utcnow(),
     )
     session.add(job)
@@ -314,12 +355,17 @@ def plan_job(
     """Validate a submission exactly as `submit_job` does (quotas included) and estimate it;
     nothing is written (a data set file is validated and profiled, not stored)."""
     settings = settings or get_settings()
-    p = _prepare(session, tenant_slug, spec_dict, priority, None, init_from_adapter_id, None, settings)
-    check_queued(session, p.tenant, 1)
-    check_storage(session, p.tenant, None)
-    estimate = estimate_job(session, p.spec, p.dataset, settings)
-    if p.tenant.device_hours_per_month is not None:
-        check_budget(session, p.tenant, estimate.device_seconds)
+    staged: list[Path] = []  # a data set file's staging copy, removed whatever happens
+    try:
+        p = _prepare(session, tenant_slug, spec_dict, priority, None, init_from_adapter_id, staged, settings,
+                     dry_run=True)
+        check_queued(session, p.tenant, 1)
+        check_storage(session, p.tenant, None)
+        estimate = estimate_job(session, p.spec, p.dataset, settings)
+        if p.tenant.device_hours_per_month is not None:
+            check_budget(session, p.tenant, estimate.device_seconds)
+    finally:
+        remove_staged(staged)
     data = None
     if p.dataset is not None:
         d = p.dataset

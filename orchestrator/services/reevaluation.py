@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from lora_engine.catalog import ALL_TASKS, TASKS
 from orchestrator.errors import InvalidInput
+from orchestrator.refs import spelled_as_id
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, Job, Tenant, utcnow
 from orchestrator.services._tx import transactional
@@ -87,9 +88,8 @@ def submit_reevaluation(
     jobs = []
     for (tenant_id, base), adapters in sorted(groups.items()):
         tasks = sorted({a.task for a in adapters})
-        # What the worker needs without asking the registry: each adapter's id, task and folder.
-        spec = {"adapters": [{"id": a.id, "task": a.task, "path": a.path} for a in adapters],
-                "base_model": base}
+        # The adapters by id (the worker reads each verified folder by it) and their tasks.
+        spec = {"adapters": [{"id": a.id, "task": a.task} for a in adapters], "base_model": base}
         if eval_size is not None:
             spec["eval_size"] = eval_size
         job = Job(
@@ -97,7 +97,8 @@ def submit_reevaluation(
             # One task when there is one; the adapters' own tasks are in their rows.
             task=tasks[0] if len(tasks) == 1 else "mixed", method="none", rank=0, base_model=base,
             priority=priority, attempts=0, max_attempts=attempts, cancel_requested=False, dispatch_count=0,
-            created_at=utcnow(),
+            # Stored base names are canonical: an id is a tenant's full fine-tune (services.inputs).
+            base_adapter_id=base if spelled_as_id(base) else None, created_at=utcnow(),
         )
         session.add(job)
         session.flush()

@@ -46,6 +46,7 @@ def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "error": job.error,
         "init_from_adapter_id": job.init_from_adapter_id,
+        "base_adapter_id": job.base_adapter_id,
         "lease_owner": job.lease_owner,
         "lease_expires_at": _ts(job.lease_expires_at),
         "progress": {"step": job.progress_step, "total": job.progress_total, "loss": job.last_loss},

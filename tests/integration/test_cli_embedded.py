@@ -31,7 +31,7 @@ def lorafleet(env: dict[str, str], *args: str, timeout: float = 120) -> subproce
 
 
 def test_submit_wait_with_a_lorafleet_worker(tmp_path: Path):
-    env = worker_env(tmp_path)
+    env = worker_env(tmp_path / "home")  # the data files below lie outside the home
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli.main", "worker", "--loglevel", "info"],

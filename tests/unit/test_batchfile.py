@@ -9,14 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import batchfile
 from orchestrator.batchfile import BatchFileError, load_batch_file
+from orchestrator.config import get_settings
+from orchestrator.paths import PathRefused
 
 # The 452-byte classic: nine levels of nine aliases expand to 9**9 strings.
 ALIAS_BOMB = "\n".join(
     ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     + [f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
 )
+
+
+@pytest.fixture(autouse=True)
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The batch files lie in a data root (every path a user gives must)."""
+    monkeypatch.setenv("LORAFLEET_DATA_ROOTS", str(tmp_path))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path):
@@ -55,9 +65,12 @@ def test_size_cap_type_and_relative_dataset_paths(tmp_path: Path, monkeypatch: p
     path.write_text(json.dumps({"tenant": "acme"}))
     with pytest.raises(BatchFileError, match="expected a list of job items, got dict"):
         load_batch_file(path)
-    monkeypatch.setattr(batchfile, "MAX_BATCH_BYTES", 10)
-    with pytest.raises(BatchFileError, match="at most 10"):
+    monkeypatch.setenv("LORAFLEET_MAX_BATCH_FILE_BYTES", "10")
+    get_settings.cache_clear()
+    with pytest.raises(PathRefused, match=r"the limit is 10 bytes \(LORAFLEET_MAX_BATCH_FILE_BYTES\)"):
         load_batch_file(path)
+    monkeypatch.delenv("LORAFLEET_MAX_BATCH_FILE_BYTES")
+    get_settings.cache_clear()
     other = tmp_path / "b.toml"
     other.write_text("x")
     with pytest.raises(BatchFileError, match=r"allowed: \.jsonl"):

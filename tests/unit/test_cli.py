@@ -22,6 +22,7 @@ from orchestrator.services import get_job, list_jobs
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LORAFLEET_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LORAFLEET_DATA_DIR", os.environ["LORAFLEET_DATA_DIR"])  # set by conftest
+    monkeypatch.setenv("LORAFLEET_DATA_ROOTS", str(tmp_path))  # batch files are user paths too
     for var in ("LORAFLEET_DATABASE_URL", "LORAFLEET_BROKER_URL", "LORAFLEET_ARTIFACTS"):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()

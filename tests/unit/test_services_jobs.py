@@ -163,7 +163,7 @@ def test_init_from_records_lineage_and_checks_compatibility(
     child = svc.submit_job(session, "acme", {"task": "mrpc", "rank": 4, "max_steps": 5},
                            init_from_adapter_id=mnli.id)
     assert child.init_from_adapter_id == mnli.id
-    assert child.spec["init_from"] == mnli.path and child.base_model == "tiny-bert"  # inherited base
+    assert child.spec["init_from"] == mnli.id and child.base_model == "tiny-bert"  # by id; inherited base
     with pytest.raises(errors.NotFound, match="for tenant 'other'"):  # another tenant's adapter
         svc.submit_job(session, "other", {**SPEC, "task": "mrpc"}, init_from_adapter_id=mnli.id)
     with pytest.raises(SpecError, match="base model"):

@@ -92,6 +92,8 @@ def test_generation_needs_a_causal_model_and_base_model_must_resolve():
     with pytest.raises(SpecError, match="needs a causal LM"):
         validate_spec({"task": "e2e", "base_model": "minilm-l6"})
     with pytest.raises(SpecError, match="neither a known alias"):
+        validate_spec({"task": "sst2", "base_model": "no such/model/x"})
+    with pytest.raises(SpecError, match=r"no such folder '\.\./\.\./etc passwd'; use an alias"):
         validate_spec({"task": "sst2", "base_model": "../../etc passwd"})
 
 

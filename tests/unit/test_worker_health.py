@@ -65,6 +65,17 @@ def test_the_worker_checks_only_its_own_paths_for_what_the_job_reads(tmp_path):
     assert environment_faults(fresh, {"task": "sst2"}) == [] and fresh.artifacts.is_dir()
 
 
+def test_a_worker_without_a_data_root_cannot_read_a_base_folder_and_says_so(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)  # the home cannot be the default data root: this worker has none
+    rootless = load_settings({"LORAFLEET_HOME": str(home), "LORAFLEET_DATA_DIR": DATA_DIR})
+    assert rootless.data_roots == []
+    assert environment_faults(rootless, {"task": "sst2", "base_model": "tiny-bert"}) == []
+    faults = environment_faults(rootless, {"task": "sst2", "base_model": str(tmp_path / "model")})
+    assert len(faults) == 1 and "set LORAFLEET_DATA_ROOTS for this worker" in faults[0]
+
+
 def test_a_deleted_working_folder_is_named(tmp_path):
     # In a process of its own (with the engine loaded, as a worker has): its working folder is
     # deleted under it.

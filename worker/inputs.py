@@ -1,0 +1,106 @@
+"""What the worker reads for a job: stored objects by id, a base-model folder confined again.
+
+At the claim the job's reference columns are captured (`JobInputs.of(job)`); `resolve_inputs` turns
+them into the spec an executor runs. The spec's own strings for these are never opened: the
+registry's columns say what they are, and nothing guesses whether a string is an id or a path.
+
+| the job's column / stored name  | what the executor gets                                         |
+|---------------------------------|----------------------------------------------------------------|
+| dataset_id                      | the stored data.jsonl, sha256 checked (dataset_for_training)   |
+| init_from_adapter_id            | the adapter's folder, sha256 checked (verified_adapter)        |
+| base_adapter_id                 | the full fine-tune's folder, sha256 checked                    |
+| base_model spelled as a folder  | the folder, confined and walked again by `orchestrator.paths` |
+|                                 |   with this worker's own roots and caps                        |
+| reevaluate: each listed adapter | its folder by id, sha256 checked (one that fails is skipped)   |
+
+A folder swapped for symlinks (into another tenant's artifacts, onto /etc) since the submission is
+refused here, before anything in it is opened: the job's own input, so it fails with the reason
+(`PathRefused`, an InvalidInput). A changed stored object fails the job the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_engine.model_ref import is_folder_name
+from orchestrator import paths
+from orchestrator.config import Settings
+from orchestrator.registry.db import session_scope
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """A claimed job's references, as its registry columns hold them."""
+
+    tenant_id: str
+    kind: str
+    base_model: str
+    dataset_id: str | None = None
+    init_from_adapter_id: str | None = None
+    base_adapter_id: str | None = None
+
+    @classmethod
+    def of(cls, job: Any) -> JobInputs:
+        return cls(tenant_id=job.tenant_id, kind=job.kind, base_model=job.base_model,
+                   dataset_id=job.dataset_id, init_from_adapter_id=job.init_from_adapter_id,
+                   base_adapter_id=job.base_adapter_id)
+
+
+def base_folder(settings: Settings, name: str) -> Path:
+    """A base model folder a job names, confined and walked again with this worker's settings."""
+    return paths.folder(name, settings, "base_model")
+
+
+def local_base(settings: Settings, inputs: JobInputs) -> str:
+    """Where this worker reads the job's base model from, before anything opens it: the full
+    fine-tune's verified folder, a base folder confined again, else the alias or hub id."""
+    if inputs.base_adapter_id is not None:
+        from orchestrator.services import verified_adapter
+
+        with session_scope(settings) as session:
+            return verified_adapter(session, inputs.base_adapter_id).path
+    if is_folder_name(inputs.base_model):
+        return str(base_folder(settings, inputs.base_model))
+    return inputs.base_model
+
+
+def _listed_adapters(session: Any, listed: list[dict[str, Any]], tenant_id: str) -> list[dict[str, Any]]:
+    """A reevaluate job's adapters with their verified folders; one that cannot be verified keeps
+    no path and says why (`refused`), for the executor to report as skipped."""
+    from lora_engine.errors import AdapterError
+    from orchestrator.errors import NotFound
+    from orchestrator.services import verified_adapter
+
+    out = []
+    for item in listed:
+        entry = {"id": item["id"], "task": item["task"]}
+        try:
+            row = verified_adapter(session, item["id"])
+            if row.tenant_id != tenant_id:
+                raise NotFound(f"no adapter {item['id']!r} of this job's tenant")
+            entry["path"] = row.path
+        except (AdapterError, NotFound) as exc:
+            entry["refused"] = str(exc)
+        out.append(entry)
+    return out
+
+
+def resolve_inputs(settings: Settings, inputs: JobInputs, spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec an executor runs (see the module docstring); raises for an input the job may not
+    use (PathRefused, AdapterError, DataValidationError: the job's fault)."""
+    from orchestrator.services import verified_adapter
+    from orchestrator.services.datasets import dataset_for_training
+
+    out = dict(spec)
+    if "base_model" in out or inputs.base_adapter_id is not None:
+        out["base_model"] = local_base(settings, inputs)
+    with session_scope(settings) as session:
+        if inputs.dataset_id is not None:
+            out["dataset"] = str(dataset_for_training(session, inputs.dataset_id, inputs.tenant_id, settings))
+        if inputs.init_from_adapter_id is not None:
+            out["init_from"] = verified_adapter(session, inputs.init_from_adapter_id).path
+        if inputs.kind == "reevaluate" and isinstance(spec.get("adapters"), list):
+            out["adapters"] = _listed_adapters(session, spec["adapters"], inputs.tenant_id)
+    return out
