@@ -457,6 +457,12 @@ def list_jobs(
 ) -> Sequence[Job]:
     """Jobs, newest first, optionally of one tenant (slug) and/or one state; a page of them
     with `limit`/`offset`."""
+    return jobs_page(session, tenant, state, limit, offset)
+
+
+def jobs_page(session: Session, tenant: str | None, state: str | None, limit: int | None,
+              offset: int) -> Sequence[Job]:
+    """Inside a service: `list_jobs`'s rows."""
     if state is not None and state not in JOB_STATES:
         raise InvalidInput(f"unknown state {state!r}; allowed: {', '.join(JOB_STATES)}")
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None

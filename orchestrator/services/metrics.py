@@ -38,9 +38,9 @@ class CheckpointInfo:
     path: str | None
 
 
-@readonly
 def headline_metrics(session: Session, jobs: Iterable[Job]) -> dict[str, tuple[str, float]]:
-    """{job id: (metric name, value)}: the task's primary validation metric, in one query."""
+    """Inside a service: {job id: (metric name, value)}, the task's primary validation metric,
+    in one query."""
     wanted = {j.id: TASKS[j.task].primary_metric if j.task in TASKS else "" for j in jobs}
     if not wanted:
         return {}
