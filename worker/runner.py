@@ -335,8 +335,8 @@ def run_job(
 
 def _publish(ctx: JobContext, result: JobResult) -> Any:
     """Rename the staged adapter to its final folder (atomic) and hash it there, once."""
+    from lora_engine.adapters.digest import adapter_files_digest
     from lora_engine.atomic import move_into_place, private_dir
-    from lora_engine.digest import adapter_files_digest
     from orchestrator.services import AdapterRecord
 
     staged = result.adapter

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lora_engine.adapter_check import adapter_folder_problems
+from lora_engine.adapters.check import adapter_folder_problems
 from lora_engine.catalog import LORA_METHODS, TASKS
 from lora_engine.errors import LoraFleetInputError, SpecError
 from lora_engine.model_ref import target_problem
@@ -138,7 +138,7 @@ def _register_start(session: Session, tenant: Tenant, folder: Path, spec: Traini
     """An adapter folder to start from becomes the tenant's adapter (checked like `adapter import`,
     loaded on the base), so the worker reads it by id like any other; the same files registered
     before are reused. A dry run checks it and registers nothing (None)."""
-    from lora_engine.adapter_import import check_foreign_adapter
+    from lora_engine.adapters.importing import check_foreign_adapter
     from lora_engine.errors import AdapterError
     from orchestrator.services.imports import register_adapter
 

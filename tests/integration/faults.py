@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_engine.adapter_io import adapter_files_digest
+from lora_engine.adapters.io import adapter_files_digest
 from orchestrator.config import Settings, load_settings
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Adapter, Job, Usage

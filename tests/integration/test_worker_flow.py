@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lora_engine.adapter_io import adapter_files_digest
+from lora_engine.adapters.io import adapter_files_digest
 from lora_engine.errors import DataValidationError
 from orchestrator.announce import announce_jobs, reconcile_once
 from orchestrator.dispatch import broker_connection

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lora_engine.adapter_folder import (
+from lora_engine.adapters.folder import (
     META_FORMAT,
     AdapterMeta,
     read_adapter_meta,

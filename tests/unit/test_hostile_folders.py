@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lora_engine.adapter_folder import AdapterMeta
-from lora_engine.adapter_io import save_adapter
+from lora_engine.adapters.folder import AdapterMeta
+from lora_engine.adapters.io import save_adapter
 from lora_engine.catalog import TASKS
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora
 from lora_engine.models import minilm_tokenizer

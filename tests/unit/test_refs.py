@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from lora_engine.digest import adapter_files_digest
+from lora_engine.adapters.digest import adapter_files_digest
 from lora_engine.errors import AdapterError, SpecError
 from orchestrator import errors
 from orchestrator import services as svc

@@ -100,7 +100,7 @@ def test_tenant_summary(session, registry_settings, adapter_files, job_spec) -> 
 def test_an_adapter_is_loaded_only_while_its_files_match_the_registry(
     session, registry_settings, adapter_files, job_spec
 ) -> None:
-    from lora_engine.adapter_io import adapter_files_digest
+    from lora_engine.adapters.io import adapter_files_digest
     from lora_engine.errors import AdapterError
 
     svc.create_tenant(session, "acme")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from lora_engine.adapter_io import adapter_files_digest
+from lora_engine.adapters.io import adapter_files_digest
 from orchestrator import artifacts, errors
 from orchestrator import services as svc
 from orchestrator.registry.db import session_scope
