@@ -43,7 +43,8 @@ def main() -> None:
     from lora_engine.cache import BaseModelCache
     from orchestrator.config import load_settings
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import create_tenant, job_events, submit_job
+    from orchestrator.services.jobs import job_events, submit_job
+    from orchestrator.services.tenants import create_tenant
     from worker.runner import run_job
 
     home = Path(tempfile.mkdtemp(prefix="bench-warm-"))

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from orchestrator.cli.main import cli
 from orchestrator.config import get_settings
 from orchestrator.registry.db import forget_engine, session_scope
-from orchestrator.services import get_job, list_jobs
+from orchestrator.services.jobs import get_job, list_jobs
 
 
 @pytest.fixture
@@ -252,13 +252,9 @@ def succeeded_adapter(adapter_id: str) -> tuple[Path, str, int]:
     """A tenant `acme` with one succeeded sst2 job whose adapter (registry-shaped files, real
     sha256) is `adapter_id`: (its folder, sha256, bytes)."""
     from lora_engine.adapters.digest import adapter_files_digest
-    from orchestrator.services import (
-        AdapterRecord,
-        claim_job,
-        finish_job_success,
-        new_adapter_path,
-        submit_job,
-    )
+    from orchestrator.services.adapters import new_adapter_path
+    from orchestrator.services.jobs import submit_job
+    from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
     from tests.registry_fixtures import fake_adapter_files
 
     run("tenant", "create", "acme")

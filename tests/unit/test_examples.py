@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import services as svc
 from orchestrator.batchfile import load_batch_file
+from orchestrator.services.jobs import submit_batch
+from orchestrator.services.tenants import create_tenant
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -61,8 +62,8 @@ def test_finetune_infer_and_merge(tmp_path: Path, capsys, monkeypatch):
 
 def test_the_glue_batch_file_queues_five_tasks(session):
     items = load_batch_file(EXAMPLES / "glue_five_tasks.yaml")
-    svc.create_tenant(session, "acme")
-    jobs = svc.submit_batch(session, items)
+    create_tenant(session, "acme")
+    jobs = submit_batch(session, items)
     assert [j.task for j in jobs] == ["cola", "sst2", "mrpc", "stsb", "rte"]
     assert jobs[4].rank == 16 and jobs[4].priority == 10 and jobs[4].idempotency_key == "acme-rte-r16"
 

@@ -6,32 +6,34 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import errors
-from orchestrator import services as svc
 from orchestrator.registry.models import new_id
+from orchestrator.services.adapters import new_adapter_path
+from orchestrator.services.jobs import submit_job
+from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
 from orchestrator.services.overview import job_listing, tenant_overview
-from orchestrator.services.tenants import set_tenant_quota
+from orchestrator.services.tenants import create_tenant, set_tenant_quota
 
 pytest_plugins = ["registry_fixtures"]
 
 
 def _succeed(session, settings, adapter_files, job, metrics, size=1000):
-    svc.claim_job(session, job.id, "w1", 60)
+    claim_job(session, job.id, "w1", 60)
     adapter_id = new_id()
-    path = adapter_files(svc.new_adapter_path(settings, job.tenant_id, adapter_id))
-    record = svc.AdapterRecord(id=adapter_id, path=str(path), sha256="a" * 64, bytes=size,
+    path = adapter_files(new_adapter_path(settings, job.tenant_id, adapter_id))
+    record = AdapterRecord(id=adapter_id, path=str(path), sha256="a" * 64, bytes=size,
                                trainable_params=10, total_params=100)
-    svc.finish_job_success(session, job.id, "w1", record, metrics,
+    finish_job_success(session, job.id, "w1", record, metrics,
                            {"device": "cpu", "device_seconds": 4.0, "wall_seconds": 5.0})
 
 
 def test_job_listing_joins_tenant_slugs_and_headline_metrics(session, registry_settings, adapter_files,
                                                              job_spec):
-    svc.create_tenant(session, "acme")
-    svc.create_tenant(session, "globex")
-    scored = svc.submit_job(session, "acme", job_spec)  # sst2: accuracy is its primary metric
+    create_tenant(session, "acme")
+    create_tenant(session, "globex")
+    scored = submit_job(session, "acme", job_spec)  # sst2: accuracy is its primary metric
     _succeed(session, registry_settings, adapter_files, scored,
              {"validation": {"accuracy": 0.75, "loss": 0.4}, "train": {"accuracy": 0.9}})
-    waiting = svc.submit_job(session, "globex", {**job_spec, "task": "mrpc"})
+    waiting = submit_job(session, "globex", {**job_spec, "task": "mrpc"})
 
     listed = job_listing(session)
     assert [(j.job.id, j.tenant_slug, j.headline) for j in listed] == [
@@ -48,12 +50,12 @@ def test_job_listing_joins_tenant_slugs_and_headline_metrics(session, registry_s
 
 def test_tenant_overview_merges_the_tenant_its_summary_and_its_quotas(session, registry_settings,
                                                                       adapter_files, job_spec):
-    svc.create_tenant(session, "acme", max_running=3)
-    svc.create_tenant(session, "other")
-    _succeed(session, registry_settings, adapter_files, svc.submit_job(session, "acme", job_spec),
+    create_tenant(session, "acme", max_running=3)
+    create_tenant(session, "other")
+    _succeed(session, registry_settings, adapter_files, submit_job(session, "acme", job_spec),
              {"validation": {"accuracy": 0.5}}, size=4000)
-    svc.submit_job(session, "acme", job_spec)
-    svc.submit_job(session, "other", job_spec)  # another tenant's job counts nowhere here
+    submit_job(session, "acme", job_spec)
+    submit_job(session, "other", job_spec)  # another tenant's job counts nowhere here
 
     overview = tenant_overview(session, "acme")
     view = overview.to_dict()
