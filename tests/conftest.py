@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # libgomp's default spin-waiting makes torch 10x slower on a shared, oversubscribed 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("LORAFLEET_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+# Tokenised splits cached on disk (lora_engine.data.token_cache): one fresh folder per test session,
+# never the user's ~/.cache, so a run neither reads nor leaves another run's files.
+os.environ.setdefault("LORAFLEET_DATA_CACHE", tempfile.mkdtemp(prefix="lorafleet-test-tokens-"))
 
 import pytest
 

@@ -7,7 +7,9 @@ Everything after loading is the same: lists of `ClassificationExample` / `Genera
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -76,6 +78,26 @@ def load_examples(
         return _custom_examples(task, rows[:limit] if limit is not None else rows, data)
     if dataset is not None:
         raise ValueError(f"task {task!r} uses its own data; dataset= is for custom tasks")
+    path = glue.glue_path(data_dir, task, split) if task in GLUE_TASKS else e2e.e2e_path(data_dir, split)
+    if not path.is_file():  # from the hub, into `path` (see hub.py): nothing to remember yet
+        return _read_builtin(task, split, data_dir, limit)
+    # The content decides, not the file's name or mtime: a replaced file is read again.
+    key = (task, split, str(path), limit, hashlib.sha256(path.read_bytes()).hexdigest())
+    if key not in _loaded:
+        _loaded[key] = tuple(_read_builtin(task, split, data_dir, limit))
+        while len(_loaded) > LOADED_SLOTS:
+            _loaded.popitem(last=False)
+    _loaded.move_to_end(key)
+    return list(_loaded[key])
+
+
+# The built-in splits read last, by content: a warm worker's next job on SST-2 or E2E skips the
+# parse (0.1-0.2 s of CPU for 6k-42k rows). Examples are frozen; callers get their own list.
+LOADED_SLOTS = 4
+_loaded: OrderedDict[tuple, tuple[Example, ...]] = OrderedDict()
+
+
+def _read_builtin(task: str, split: str, data_dir: str | Path, limit: int | None) -> list[Example]:
     if task in GLUE_TASKS:
         rows = glue.read_glue_rows(data_dir, task, split, limit)
         return glue.rows_to_examples(task, rows, str(glue.glue_path(data_dir, task, split)))

@@ -108,7 +108,10 @@ def encode_generation(examples: Sequence[GenerationExample], tokenizer, max_leng
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos token; generation training needs one to learn to stop")
-    prompts = encode_prompts(tokenizer, [ex.prompt for ex in examples])
+    # Each distinct prompt once: E2E repeats every MR for each of its references (4.9k of 42k).
+    distinct = list(dict.fromkeys(ex.prompt for ex in examples))
+    by_prompt = dict(zip(distinct, encode_prompts(tokenizer, distinct), strict=True))
+    prompts = [by_prompt[ex.prompt] for ex in examples]
     completions = tokenizer([ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
     input_ids, labels, kept = [], [], []
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
@@ -129,11 +132,18 @@ def encode_generation(examples: Sequence[GenerationExample], tokenizer, max_leng
 
 
 def encode_examples(examples: Sequence, tokenizer, max_length: int) -> Encoded:
+    """A training split tokenised, or the same split remembered from an earlier job (keyed by the
+    rows' content, the tokenizer and `max_length`; see `token_cache`). Treat the result as
+    read-only: the next job on the same data may be handed the same object."""
+    from lora_engine.data.token_cache import cached_encode  # it imports this module
+
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 (got {max_length})")
     if examples and isinstance(examples[0], GenerationExample):
-        return encode_generation(examples, tokenizer, max_length)
-    return encode_classification(examples, tokenizer, max_length)
+        return cached_encode(examples, tokenizer, max_length,
+                             lambda: encode_generation(examples, tokenizer, max_length))
+    return cached_encode(examples, tokenizer, max_length,
+                         lambda: encode_classification(examples, tokenizer, max_length))
 
 
 @dataclass

@@ -150,3 +150,16 @@ def test_the_default_max_length_keeps_the_training_rows_whole(task, minilm):
     truncated = sum(len(a) > len(b) for a, b in zip(whole, cut, strict=True))
     assert all(len(b) <= limit for b in cut)
     assert truncated <= 0.01 * len(examples), f"{task}: {truncated} of {len(examples)} rows cut at {limit}"
+
+
+def test_a_loaded_split_is_remembered_by_content_not_by_name_or_mtime(tmp_path):
+    train = tmp_path / "glue" / "rte" / "train.jsonl"
+    train.parent.mkdir(parents=True)
+    train.write_text('{"sentence1": "a", "sentence2": "b", "label": 0}\n')
+    first = load_examples("rte", "train", data_dir=tmp_path)
+    first.append("a caller's own list")
+    assert load_examples("rte", "train", data_dir=tmp_path) == [ClassificationExample("a", "b", 0)]
+    stamp = train.stat()
+    train.write_text('{"sentence1": "c", "sentence2": "d", "label": 1}\n')  # same size
+    os.utime(train, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert load_examples("rte", "train", data_dir=tmp_path) == [ClassificationExample("c", "d", 1)]
