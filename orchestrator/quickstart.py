@@ -88,7 +88,7 @@ def _check_data(settings: Settings) -> None:
 
 def ensure_tenants(settings: Settings) -> None:
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import create_tenant, list_tenants
+    from orchestrator.services.tenants import create_tenant, list_tenants
 
     with session_scope(settings) as session:
         existing = {t.slug for t in list_tenants(session)}
@@ -101,7 +101,7 @@ def submit_demo_jobs(settings: Settings, max_steps: int) -> list[str]:
     """Submit (or find, by idempotency key) the demo's jobs; (re-)announce the queued ones."""
     from orchestrator.announce import announce_jobs
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import submit_batch
+    from orchestrator.services.jobs import submit_batch
 
     with session_scope(settings) as session:
         jobs = [(j.id, j.state) for j in submit_batch(session, demo_specs(max_steps))]
@@ -113,7 +113,7 @@ def submit_demo_jobs(settings: Settings, max_steps: int) -> list[str]:
 
 def job_details(settings: Settings, job_ids: list[str]) -> list[dict[str, Any]]:
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import get_job
+    from orchestrator.services.jobs import get_job
 
     with session_scope(settings) as session:
         return [get_job(session, job_id).to_dict() for job_id in job_ids]
@@ -174,7 +174,7 @@ def run_quickstart(
     """
     from orchestrator.announce import reconcile_once
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import tenant_summary
+    from orchestrator.services.summary import tenant_summary
 
     settings = settings or get_settings()
     steps = max_steps or DEFAULT_MAX_STEPS

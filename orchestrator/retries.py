@@ -123,7 +123,7 @@ def classify(exc: BaseException, *, cancel_requested: bool = True, shutting_down
     asked to stop (a stop without a cancel is a release).
     """
     from lora_engine.errors import TrainingStopped
-    from orchestrator.services.errors import LeaseLost, WorkerEnvironmentError
+    from orchestrator.errors import LeaseLost, WorkerEnvironmentError
 
     if isinstance(exc, TrainingStopped):
         return Outcome.CANCELLED if cancel_requested or not shutting_down else Outcome.RELEASED

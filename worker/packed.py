@@ -134,7 +134,7 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
     """Claim and run the next job, packed with compatible queued jobs when it can be; one
     RunResult per job claimed. Never raises for a job's own failure (as `run_job`)."""
     from orchestrator.registry import repositories as repo
-    from orchestrator.services import claim_job
+    from orchestrator.services.leases import claim_job
 
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
@@ -187,7 +187,7 @@ class _Joiner:
         self.skip: set[str] = set()  # jobs this pack refused and handed back: not claimed again
 
     def __call__(self, *, now: bool) -> list[_Member]:
-        from orchestrator.services import claim_partners
+        from orchestrator.services.leases import claim_partners
 
         pack = self.pack
         room = pack.max_jobs - len(pack.jobs)
@@ -354,7 +354,8 @@ def _hooks(settings: Settings, m: _Member):
 
 def _leave(settings: Settings, worker_id: str, m: _Member, outcome, plan, stopped_cls) -> RunResult:
     """Settle a job the moment it leaves the pack, as `run_job` settles a job alone."""
-    from orchestrator.services import LeaseLost, record_packed
+    from orchestrator.errors import LeaseLost
+    from orchestrator.services.leases import record_packed
 
     m.keepalive.stop()
     try:
@@ -386,7 +387,8 @@ def _leave(settings: Settings, worker_id: str, m: _Member, outcome, plan, stoppe
 
 def _release(settings: Settings, worker_id: str, m: _Member, exc: Exception) -> RunResult:
     """A job the pack cannot take goes back to the queue, no attempt used, to train alone."""
-    from orchestrator.services import LeaseLost, requeue_job
+    from orchestrator.errors import LeaseLost
+    from orchestrator.services.leases import requeue_job
 
     m.keepalive.stop()
     reason = f"not packed: {exc}"

@@ -129,7 +129,7 @@ class _Heartbeat:
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """The executor saved a checkpoint: a `checkpoint` event says where a retry resumes."""
-        from orchestrator.services import record_checkpoint
+        from orchestrator.services.leases import record_checkpoint
 
         try:
             with session_scope(self.settings) as session:
@@ -141,7 +141,7 @@ class _Heartbeat:
 
     def on_resume(self, step: int, path: Path) -> None:
         """The executor resumed from a checkpoint: a `resumed` event says from which step."""
-        from orchestrator.services import record_resume
+        from orchestrator.services.leases import record_resume
 
         self.step = int(step)
         with session_scope(self.settings) as session:
@@ -157,7 +157,7 @@ class _Heartbeat:
 
     def on_phase(self, phase: str) -> None:
         """The executor began evaluating or saving: a `phase` event, so a follower shows it."""
-        from orchestrator.services import record_phase
+        from orchestrator.services.leases import record_phase
 
         try:
             with session_scope(self.settings) as session:
@@ -179,7 +179,7 @@ class _Heartbeat:
         may still hold; once the last successful beat is older than the lease, the job is
         someone else's by now and the error propagates. LeaseLost always propagates.
         """
-        from orchestrator.services import heartbeat
+        from orchestrator.services.leases import heartbeat
 
         with self.lock:
             now = time.monotonic()
@@ -233,7 +233,7 @@ class KeepAlive(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from orchestrator.services import LeaseLost
+        from orchestrator.errors import LeaseLost
 
         while not self._stop_event.wait(self.interval_s):
             if time.monotonic() - self.beat.last_ok < self.interval_s:
@@ -277,7 +277,7 @@ def run_job(
     Never raises for a job's own failure: the outcome is recorded in the registry and returned.
     `cache=None` disables the warm base-model cache (benchmarks).
     """
-    from orchestrator.services import claim_next, unclaimable_reason
+    from orchestrator.services.leases import claim_next, unclaimable_reason
     from worker.inputs import JobInputs, resolve_inputs
     from worker.kinds import executor_for
 
@@ -335,9 +335,9 @@ def run_job(
 
 def _publish(ctx: JobContext, result: JobResult) -> Any:
     """Rename the staged adapter to its final folder (atomic) and hash it there, once."""
+    from lora_engine.adapters.digest import adapter_files_digest
     from lora_engine.atomic import move_into_place, private_dir
-    from lora_engine.digest import adapter_files_digest
-    from orchestrator.services import AdapterRecord
+    from orchestrator.services.leases import AdapterRecord
 
     staged = result.adapter
     adapter_id = str(uuid.uuid4())
@@ -350,7 +350,7 @@ def _publish(ctx: JobContext, result: JobResult) -> Any:
 
 
 def _succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
-    from orchestrator.services import finish_job_success
+    from orchestrator.services.leases import finish_job_success
     from orchestrator.services.metrics import record_points
 
     record = _publish(ctx, result) if result.adapter is not None else None
@@ -425,7 +425,8 @@ def _settle(
     spec, to tell which parts of the worker's own environment the job needed.
     """
     from orchestrator.announce import announce_jobs
-    from orchestrator.services import LeaseLost, fail_job, mark_cancelled, requeue_job
+    from orchestrator.errors import LeaseLost
+    from orchestrator.services.leases import fail_job, mark_cancelled, requeue_job
 
     outcome = classify(exc, cancel_requested=cancel_requested, shutting_down=_shutting_down)
     if outcome in (Outcome.FAILED, Outcome.REQUEUED):
@@ -466,7 +467,7 @@ def _held_against_worker(
 ) -> tuple[Exception, Outcome]:
     """A failed attempt, checked against this worker's own environment: broken, it is a
     WorkerEnvironmentError (caused by `exc`) and classified as such; sound, `exc` stands."""
-    from orchestrator.services.errors import WorkerEnvironmentError
+    from orchestrator.errors import WorkerEnvironmentError
     from worker.preflight import environment_faults
 
     faults = environment_faults(settings, spec)

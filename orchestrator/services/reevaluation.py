@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from lora_engine.catalog import ALL_TASKS, TASKS
+from orchestrator.errors import InvalidInput
 from orchestrator.refs import spelled_as_id
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, Job, Tenant, utcnow
 from orchestrator.services._tx import transactional
-from orchestrator.services.errors import InvalidInput
 from orchestrator.services.events import add_event
 from orchestrator.services.jobs import _check_priority, _max_attempts
 from orchestrator.services.quotas import check_queued
