@@ -123,7 +123,7 @@ def job_timing(env: dict[str, str], job_id: str) -> dict:
     """The figures of one finished job, from its events in the registry."""
     from orchestrator.config import load_settings
     from orchestrator.registry.db import dispose_engines, session_scope
-    from orchestrator.services import job_events
+    from orchestrator.services.jobs import job_events
 
     settings = load_settings(env)
     with session_scope(settings) as s:

@@ -62,12 +62,12 @@ def _env(db_url: str, home: Path) -> dict[str, str]:
 
 def worker_loop(env: dict[str, str], index: int, out: mp.Queue, budget: Any) -> None:
     os.environ.update(env)
-    import orchestrator.services as services
     from orchestrator.config import load_settings
+    from orchestrator.services import leases
     from worker import kinds, runner
 
     kinds.EXECUTORS["train"] = noop_executor  # this bench process only
-    real_claim = services.claim_next
+    real_claim = leases.claim_next
     claims: list[tuple[float, float, str]] = []  # (end time, latency s, job id)
 
     def timed_claim(*args, **kwargs):
@@ -77,7 +77,7 @@ def worker_loop(env: dict[str, str], index: int, out: mp.Queue, budget: Any) -> 
             claims.append((time.time(), time.perf_counter() - t0, job.id))
         return job
 
-    services.claim_next = timed_claim
+    leases.claim_next = timed_claim  # the runner imports it from there at each claim
     settings = load_settings(env)
     worker_id = f"bench-{index}:{os.getpid()}"
     idle = 0
@@ -123,7 +123,8 @@ def main() -> None:
     from orchestrator.registry import db
     from orchestrator.registry.db import session_scope
     from orchestrator.registry.models import Job
-    from orchestrator.services import create_tenant, submit_batch
+    from orchestrator.services.jobs import submit_batch
+    from orchestrator.services.tenants import create_tenant
 
     name = f"lorafleet_bench_faults_{uuid.uuid4().hex[:8]}"
     home = Path(tempfile.mkdtemp(prefix=f"{name}-"))  # the run's LORAFLEET_HOME, removed at the end

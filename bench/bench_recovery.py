@@ -32,7 +32,8 @@ def main() -> None:
     from orchestrator.announce import sending_session
     from orchestrator.registry import db
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import create_tenant, get_job, job_events, submit_job
+    from orchestrator.services.jobs import get_job, job_events, submit_job
+    from orchestrator.services.tenants import create_tenant
     from tests.integration.faults import make_fleet, sigkill, start_reconciler, stop_fleet
     from tests.integration.workers import worker_env
     from tests.registry_fixtures import create_pg_database, drop_pg_database, pg_database_url

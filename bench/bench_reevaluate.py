@@ -38,8 +38,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no load report per n
 
 import torch  # noqa: E402
 
-from lora_engine.adapter_folder import AdapterMeta  # noqa: E402
-from lora_engine.adapter_io import load_adapter, save_adapter  # noqa: E402
+from lora_engine.adapters.folder import AdapterMeta  # noqa: E402
+from lora_engine.adapters.io import load_adapter, save_adapter  # noqa: E402
 from lora_engine.cache import BaseModelCache, strip_lora  # noqa: E402
 from lora_engine.catalog import TASKS  # noqa: E402
 from lora_engine.device import pick_device, synchronize  # noqa: E402

@@ -130,7 +130,7 @@ def main() -> None:
         # Fill the registry to --jobs queued jobs (in-process, one transaction per 1,000).
         os.environ.update({k: v for k, v in env.items() if k.startswith("LORAFLEET_")})
         from orchestrator.registry.db import session_scope
-        from orchestrator.services import list_jobs, submit_batch
+        from orchestrator.services.jobs import list_jobs, submit_batch
 
         with session_scope() as s:
             have = len(list_jobs(s, limit=args.jobs + 1))

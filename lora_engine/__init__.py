@@ -17,6 +17,33 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The engine modules that import no torch or transformers, declared once: what the CLI, the
+# services and any other front door may import (docs/CONTRACTS.md cites this; a test imports
+# each in a fresh interpreter, and checks that the orchestrator's imports of the engine are here).
+TORCH_FREE = (
+    "lora_engine",
+    "lora_engine.adapters",
+    "lora_engine.adapters.check",
+    "lora_engine.adapters.digest",
+    "lora_engine.adapters.folder",
+    "lora_engine.adapters.importing",
+    "lora_engine.adapters.modelcard",
+    "lora_engine.atomic",
+    "lora_engine.baseline",
+    "lora_engine.budget",
+    "lora_engine.catalog",
+    "lora_engine.data",
+    "lora_engine.data.custom",
+    "lora_engine.errors",
+    "lora_engine.methods",
+    "lora_engine.model_ref",
+    "lora_engine.packing",
+    "lora_engine.safe_json",
+    "lora_engine.safetensors_header",
+    "lora_engine.schedule",
+    "lora_engine.spec",
+)
+
 # public name -> the module that defines it
 _PUBLIC = {
     "LoraSettings": "lora_engine.inject",
@@ -26,8 +53,8 @@ _PUBLIC = {
     "merge_lora": "lora_engine.inject",
     "unmerge_lora": "lora_engine.inject",
     "export_merged": "lora_engine.inject",
-    "save_adapter": "lora_engine.adapter_io",
-    "load_adapter": "lora_engine.adapter_io",
+    "save_adapter": "lora_engine.adapters.io",
+    "load_adapter": "lora_engine.adapters.io",
     "train": "lora_engine.recipe",
     "TrainHooks": "lora_engine.recipe",
     "TrainResult": "lora_engine.recipe",
@@ -61,7 +88,7 @@ __all__ = [  # the same names as _PUBLIC (a test checks)
 ]
 
 if TYPE_CHECKING:
-    from lora_engine.adapter_io import load_adapter, save_adapter
+    from lora_engine.adapters.io import load_adapter, save_adapter
     from lora_engine.inject import (
         LoraSettings,
         export_merged,

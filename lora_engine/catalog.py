@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# method_of_flags and peft_flags live in methods.py; adapter_io and adapter_folder still import
+# method_of_flags and peft_flags live in methods.py; adapters.io and adapters.folder still import
 # them from here.
 from lora_engine.methods import ADAPTER_METHODS, NAMES, method, method_of_flags, peft_flags  # noqa: F401
 

@@ -134,7 +134,7 @@ class LoRALinear(nn.Module):
         self.bias = base.bias
         self.r = r
         self.alpha = alpha
-        # PEFT's attributes for the method (adapter_io reads them, and a swap sets use_rslora).
+        # PEFT's attributes for the method (adapters.io reads them, and a swap sets use_rslora).
         self.use_rslora = bool(method.flags()["use_rslora"])
         self.use_dora = bool(method.flags()["use_dora"])
         self.scaling = method.scale(alpha, r)

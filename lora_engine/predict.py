@@ -1,6 +1,6 @@
 """Inference with a trained adapter folder: classify texts, or generate from MRs / prompts.
 
-`load_for_inference(folder)` reads lorafleet.json (`adapter_folder.AdapterMeta`: task, labels, prompt
+`load_for_inference(folder)` reads lorafleet.json (`adapters.folder.AdapterMeta`: task, labels, prompt
 template, max length, base model) so the folder alone is enough: it loads the base model, then either
 
 - injects and loads the LoRA adapter (PEFT files), optionally merging it into the base weights
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_engine.adapter_folder import AdapterMeta, read_adapter_meta
+from lora_engine.adapters.folder import AdapterMeta, read_adapter_meta
 from lora_engine.device import DeviceInfo, pick_device
 from lora_engine.errors import AdapterError
 from lora_engine.generate import GREEDY, PAPER_BEAM, DecodeSettings, generate_texts
@@ -117,7 +117,7 @@ class Predictor:
 def load_for_inference(adapter_dir: str | Path, merged: bool = False, *,
                        device: DeviceInfo | None = None) -> Predictor:
     """A Predictor for an adapter folder (or a `full` model folder) written by `train()`."""
-    from lora_engine.adapter_io import CONFIG_NAME, head_rows, load_adapter
+    from lora_engine.adapters.io import CONFIG_NAME, head_rows, load_adapter
     from lora_engine.forward.encoder import set_pooling
     from lora_engine.inject import merge_lora
     from lora_engine.models import load_base_model

@@ -45,7 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lora_engine.adapter_folder import AdapterMeta
+from lora_engine.adapters.digest import folder_bytes
+from lora_engine.adapters.folder import AdapterMeta
 from lora_engine.cache import BaseModelCache
 from lora_engine.catalog import TaskInfo
 from lora_engine.checkpoint import (
@@ -57,7 +58,6 @@ from lora_engine.checkpoint import (
     save_checkpoint,
 )
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, seed_everything, synchronize
-from lora_engine.digest import folder_bytes
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
 from lora_engine.forward import training_loss
 from lora_engine.forward.encoder import set_pooling
@@ -245,7 +245,7 @@ def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
             p.requires_grad_(True)
         return None
     if spec.init_from:
-        from lora_engine.adapter_io import load_adapter, settings_from_config
+        from lora_engine.adapters.io import load_adapter, settings_from_config
 
         settings = settings_from_config(load_adapter(model, spec.init_from))
         if settings.method != spec.method or settings.rank != spec.rank:
@@ -581,7 +581,7 @@ def adapter_meta(run: Run, metrics: dict) -> AdapterMeta:
 
 def write_output(run: Run, output_dir: Path, meta: AdapterMeta, card_stats: dict) -> Path:
     """The adapter (PEFT format) or, for `full`, the whole model, with lorafleet.json and the card."""
-    from lora_engine.adapter_io import save_adapter, save_full_model
+    from lora_engine.adapters.io import save_adapter, save_full_model
 
     if not method(run.spec.method).adapter:
         return save_full_model(run.model, run.tokenizer, output_dir, meta, card_stats=card_stats)

@@ -68,7 +68,7 @@ class ReevalResult:
 @dataclass
 class _Prepared:
     item: AdapterToScore
-    files: object  # adapter_io.AdapterFiles
+    files: object  # adapters.io.AdapterFiles
     target: EvalTarget
     kind: str
     num_labels: int | None
@@ -82,7 +82,7 @@ def _model_class(kind: str) -> str:
 
 
 def _prepare(item: AdapterToScore, eval_size: int | None) -> _Prepared:
-    from lora_engine.adapter_io import read_adapter_files, read_adapter_meta
+    from lora_engine.adapters.io import read_adapter_files, read_adapter_meta
 
     if item.task not in TASKS:
         raise LoraFleetInputError(f"unknown task {item.task!r}")
@@ -141,7 +141,7 @@ def _score_group(group: list[_Prepared], cache: BaseModelCache, *, data_dir, dev
                  meteor: bool, examples: dict, result: dict, tick: Callable[[], None]
                  ) -> tuple[int, int, float]:
     """Score one group on its resident base; returns (injections, swaps, device seconds)."""
-    from lora_engine.adapter_io import load_adapter, swap_adapter
+    from lora_engine.adapters.io import load_adapter, swap_adapter
     from lora_engine.forward.encoder import set_pooling
     from lora_engine.inject import lora_modules
 

@@ -17,11 +17,10 @@ import uuid
 from pathlib import Path
 
 from orchestrator.config import Settings
+from orchestrator.errors import InvalidInput
 
 
 def _uuid(value: str, what: str) -> str:
-    from orchestrator.services.errors import InvalidInput
-
     try:
         return str(uuid.UUID(value))
     except (ValueError, TypeError, AttributeError) as exc:

@@ -28,7 +28,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from orchestrator.config import Settings
-from orchestrator.services.errors import InvalidInput
+from orchestrator.errors import InvalidInput
 
 SHOWN_ENTRIES = 5
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from orchestrator.config import Settings, default_root_problem
-from orchestrator.services.errors import InvalidInput
+from orchestrator.errors import InvalidInput
 
 ROOTS_VAR = "LORAFLEET_DATA_ROOTS"
 MAX_LISTED = 20  # problems of one folder named in a refusal; the rest are counted

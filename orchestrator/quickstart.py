@@ -88,7 +88,7 @@ def _check_data(settings: Settings) -> None:
 
 def ensure_tenants(settings: Settings) -> None:
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import create_tenant, list_tenants
+    from orchestrator.services.tenants import create_tenant, list_tenants
 
     with session_scope(settings) as session:
         existing = {t.slug for t in list_tenants(session)}
@@ -102,7 +102,7 @@ def submit_demo_jobs(settings: Settings, max_steps: int) -> list[str]:
     committed (a job left queued by an interrupted earlier run may have lost its message; a
     duplicate message finds nothing to claim)."""
     from orchestrator.announce import sending_session
-    from orchestrator.services import submit_batch
+    from orchestrator.services.jobs import submit_batch
 
     with sending_session(settings) as session:
         return [j.id for j in submit_batch(session, demo_specs(max_steps))]
@@ -110,7 +110,7 @@ def submit_demo_jobs(settings: Settings, max_steps: int) -> list[str]:
 
 def job_details(settings: Settings, job_ids: list[str]) -> list[dict[str, Any]]:
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import get_job
+    from orchestrator.services.jobs import get_job
 
     with session_scope(settings) as session:
         return [get_job(session, job_id).to_dict() for job_id in job_ids]
@@ -171,7 +171,7 @@ def run_quickstart(
     """
     from orchestrator.announce import reconcile_once
     from orchestrator.registry.db import session_scope
-    from orchestrator.services import tenant_summary
+    from orchestrator.services.summary import tenant_summary
 
     settings = settings or get_settings()
     steps = max_steps or DEFAULT_MAX_STEPS

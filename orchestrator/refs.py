@@ -24,8 +24,9 @@ from __future__ import annotations
 import re
 
 from lora_engine.model_ref import is_folder_name
-from orchestrator.services.ids import FULL_ID_LENGTH, MIN_PREFIX
 
+FULL_ID_LENGTH = 36  # str(uuid4())
+MIN_PREFIX = 4  # the shortest id prefix a person may give (`services.ids.resolve_id`)
 _ID = re.compile(rf"[0-9a-f-]{{{MIN_PREFIX},{FULL_ID_LENGTH}}}")
 
 

@@ -148,7 +148,7 @@ def classify(exc: BaseException, *, abort: Abort | None = None) -> Outcome:
     release; a cancel, or a stop with no reason, ends the job).
     """
     from lora_engine.errors import TrainingStopped
-    from orchestrator.services.errors import LeaseLost, WorkerEnvironmentError
+    from orchestrator.errors import LeaseLost, WorkerEnvironmentError
 
     if isinstance(exc, TrainingStopped):
         return Outcome.RELEASED if abort in (Abort.SHUTDOWN, Abort.PAUSE) else Outcome.CANCELLED
@@ -173,7 +173,7 @@ def decide(
     of the worker's own environment is broken; any, and the failure is the worker's (a
     WorkerEnvironmentError caused by `exc`). `rng`: the jitter's source (tests seed it).
     """
-    from orchestrator.services.errors import WorkerEnvironmentError
+    from orchestrator.errors import WorkerEnvironmentError
 
     outcome = classify(exc, abort=abort)
     if outcome in (Outcome.FAILED, Outcome.REQUEUED):

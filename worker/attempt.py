@@ -107,7 +107,7 @@ class Heartbeat:
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """The executor saved a checkpoint: a `checkpoint` event says where a retry resumes."""
-        from orchestrator.services import record_checkpoint
+        from orchestrator.services.leases import record_checkpoint
 
         try:
             with session_scope(self.settings) as session:
@@ -119,7 +119,7 @@ class Heartbeat:
 
     def on_resume(self, step: int, path: Path) -> None:
         """The executor resumed from a checkpoint: a `resumed` event says from which step."""
-        from orchestrator.services import record_resume
+        from orchestrator.services.leases import record_resume
 
         self.step = int(step)
         with session_scope(self.settings) as session:
@@ -135,7 +135,7 @@ class Heartbeat:
 
     def on_phase(self, phase: str) -> None:
         """The executor began evaluating or saving: a `phase` event, so a follower shows it."""
-        from orchestrator.services import record_phase
+        from orchestrator.services.leases import record_phase
 
         try:
             with session_scope(self.settings) as session:
@@ -157,7 +157,7 @@ class Heartbeat:
         may still hold; once the last successful beat is older than the lease, the job is
         someone else's by now and the error propagates. LeaseLost always propagates.
         """
-        from orchestrator.services import heartbeat
+        from orchestrator.services.leases import heartbeat
 
         with self.lock:
             now = time.monotonic()
@@ -210,7 +210,7 @@ class KeepAlive(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from orchestrator.services import LeaseLost
+        from orchestrator.errors import LeaseLost
 
         while not self._stop_event.wait(self.interval_s):
             if time.monotonic() - self.beat.last_ok < self.interval_s:
@@ -336,7 +336,8 @@ class Attempt:
     def settle(self, exc: BaseException, usage: UsageRecord | None = None) -> RunResult:
         """Record an attempt that did not succeed, as `orchestrator.retries.decide` says.
         `usage`: what it cost (default: its wall time so far on this worker's device)."""
-        from orchestrator.services import LeaseLost, fail_job, mark_cancelled, requeue_job
+        from orchestrator.errors import LeaseLost
+        from orchestrator.services.leases import fail_job, mark_cancelled, requeue_job
 
         self.stop()
         settings, job_id, worker_id = self.settings, self.job_id, self.worker_id
@@ -374,7 +375,8 @@ class Attempt:
     def release(self, reason: str) -> RunResult:
         """Back to the queue at once, no attempt used, for another try elsewhere (a pack that
         cannot take the job: alone it may train)."""
-        from orchestrator.services import LeaseLost, requeue_job
+        from orchestrator.errors import LeaseLost
+        from orchestrator.services.leases import requeue_job
 
         self.stop()
         try:
@@ -419,7 +421,7 @@ class Attempt:
 def succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
     """Publish a job's staged adapter (if any) and record its success: adapter, metrics, usage
     and curve points in one transaction. A folder the registry did not take is removed."""
-    from orchestrator.services import finish_job_success
+    from orchestrator.services.leases import finish_job_success
     from orchestrator.services.metrics import record_points
 
     adapter = _publish(ctx, result) if result.adapter is not None else None
@@ -448,9 +450,9 @@ def succeed(ctx: JobContext, worker_id: str, result: JobResult) -> RunResult:
 
 def _publish(ctx: JobContext, result: JobResult) -> Any:
     """Rename the staged adapter to its final folder (atomic) and hash it there, once."""
+    from lora_engine.adapters.digest import adapter_files_digest
     from lora_engine.atomic import move_into_place, private_dir
-    from lora_engine.digest import adapter_files_digest
-    from orchestrator.services import AdapterRecord
+    from orchestrator.services.leases import AdapterRecord
 
     staged = result.adapter
     adapter_id = str(uuid.uuid4())

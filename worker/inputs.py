@@ -57,7 +57,7 @@ def local_base(settings: Settings, inputs: JobInputs) -> str:
     """Where this worker reads the job's base model from, before anything opens it: the full
     fine-tune's verified folder, a base folder confined again, else the alias or hub id."""
     if inputs.base_adapter_id is not None:
-        from orchestrator.services import verified_adapter
+        from orchestrator.services.adapters import verified_adapter
 
         with session_scope(settings) as session:
             return verified_adapter(session, inputs.base_adapter_id).path
@@ -70,8 +70,8 @@ def _listed_adapters(session: Any, listed: list[dict[str, Any]], tenant_id: str)
     """A reevaluate job's adapters with their verified folders; one that cannot be verified keeps
     no path and says why (`refused`), for the executor to report as skipped."""
     from lora_engine.errors import AdapterError
-    from orchestrator.services import verified_adapter
-    from orchestrator.services.errors import NotFound
+    from orchestrator.errors import NotFound
+    from orchestrator.services.adapters import verified_adapter
 
     out = []
     for item in listed:
@@ -90,7 +90,7 @@ def _listed_adapters(session: Any, listed: list[dict[str, Any]], tenant_id: str)
 def resolve_inputs(settings: Settings, inputs: JobInputs, spec: dict[str, Any]) -> dict[str, Any]:
     """The spec an executor runs (see the module docstring); raises for an input the job may not
     use (PathRefused, AdapterError, DataValidationError: the job's fault)."""
-    from orchestrator.services import verified_adapter
+    from orchestrator.services.adapters import verified_adapter
     from orchestrator.services.datasets import dataset_for_training
 
     out = dict(spec)

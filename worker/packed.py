@@ -98,7 +98,7 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
     """Claim and run the next job, packed with compatible queued jobs when it can be; one
     RunResult per job claimed. Never raises for a job's own failure (as `run_job`)."""
     from orchestrator.registry import repositories as repo
-    from orchestrator.services import claim_job
+    from orchestrator.services.leases import claim_job
 
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
@@ -131,7 +131,7 @@ class _Joiner:
         self.skip: set[str] = set()  # jobs this pack refused and handed back: not claimed again
 
     def __call__(self, *, now: bool) -> list[Attempt]:
-        from orchestrator.services import claim_partners
+        from orchestrator.services.leases import claim_partners
 
         pack = self.pack
         room = pack.max_jobs - len(pack.jobs)
@@ -277,7 +277,8 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
 
 def _leave(m: Attempt, outcome, plan, stopped_cls) -> RunResult:
     """Settle a job the moment it leaves the pack, as a job alone is settled."""
-    from orchestrator.services import LeaseLost, record_packed
+    from orchestrator.errors import LeaseLost
+    from orchestrator.services.leases import record_packed
 
     try:
         m.stop()

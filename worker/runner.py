@@ -66,7 +66,7 @@ def run_job(
     Never raises for a job's own failure: the outcome is recorded in the registry and returned.
     `cache=None` disables the warm base-model cache (benchmarks).
     """
-    from orchestrator.services import claim_next, unclaimable_reason
+    from orchestrator.services.leases import claim_next, unclaimable_reason
     from worker.kinds import executor_for
 
     settings = settings or get_settings()

@@ -37,7 +37,7 @@ ADAPTER_COLUMNS = (
 def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
     """The adapter's view; `verified`: only if its files still match the registry's sha256."""
     from lora_engine.errors import AdapterError
-    from orchestrator.services import get_adapter, verified_adapter
+    from orchestrator.services.adapters import get_adapter, verified_adapter
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
@@ -62,7 +62,7 @@ def adapter() -> None:
 @json_option
 def list_(tenant: str | None, task: str | None, base_model: str | None, wide: bool, as_json: bool) -> None:
     """List live adapters, oldest first."""
-    from orchestrator.services import list_adapters
+    from orchestrator.services.adapters import list_adapters
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
@@ -111,7 +111,7 @@ def export(adapter_id: str, dest: Path, as_json: bool) -> None:
 @json_option
 def delete(adapter_id: str, yes: bool, as_json: bool) -> None:
     """Delete the adapter's files (the registry keeps its history)."""
-    from orchestrator.services import delete_adapter
+    from orchestrator.services.adapters import delete_adapter
 
     if not yes and not as_json:
         click.confirm(f"delete adapter {adapter_id} and its files?", abort=True, err=True)

@@ -3,7 +3,7 @@
 A fresh Python process pays for importing Click, SQLAlchemy and pydantic before it does anything
 (about 1 s of a 1.4 s `job submit` on a slow 2-core machine, bench/RESULTS.md "The submit path"),
 so a script that submits jobs one by one spends its time importing. `lorafleet cli-server start`
-keeps one process with those modules loaded (`cli/server.py`); this client, which imports only
+keeps one process with those modules loaded (`cli/forkserver.py`); this client, which imports only
 the standard library's socket layer, passes it the command line, the environment, the current
 folder and its own stdin/stdout/stderr (as file descriptors, so output, prompts, colours and the
 terminal's size are the caller's own). The server forks a child per command; the child runs the

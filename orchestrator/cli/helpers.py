@@ -47,7 +47,7 @@ def to_cli_error(exc: BaseException) -> CliError | None:
     """
     from lora_engine.errors import LoraFleetInputError
     from orchestrator.config import ConfigError
-    from orchestrator.services.errors import Conflict, InvalidState, NotFound, ServiceError
+    from orchestrator.errors import Conflict, InvalidState, NotFound, ServiceError
 
     if isinstance(exc, ConfigError):
         return CliError(str(exc), EXIT_INPUT)

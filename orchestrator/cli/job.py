@@ -115,24 +115,18 @@ def submit_batch(file: Path, as_json: bool) -> None:
 @json_option
 def list_(tenant: str | None, state: str | None, limit: int, offset: int, wide: bool, as_json: bool) -> None:
     """List jobs, newest first, a page at a time (--limit, --offset)."""
-    from orchestrator.services.jobs import list_jobs
-    from orchestrator.services.metrics import headline_metrics
-    from orchestrator.services.tenants import list_tenants
-    from orchestrator.services.views import job_dict
+    from orchestrator.services.overview import job_listing
 
     with open_session() as session:
-        jobs = list_jobs(session, tenant=tenant, state=state, limit=limit, offset=offset)
-        slugs = {t.id: t.slug for t in list_tenants(session)}
-        views = [job_dict(j, slugs.get(j.tenant_id)) for j in jobs]
-        headlines = {} if as_json else headline_metrics(session, jobs)
-    if len(views) == limit:
+        listed = job_listing(session, tenant=tenant, state=state, limit=limit, offset=offset)
+    if len(listed) == limit:
         status(f"jobs {offset + 1}-{offset + limit}, newest first; more with --offset {offset + limit}")
     if as_json:
-        emit(views, True, print_table)
+        emit([j.to_dict() for j in listed], True, print_table)
         return
     from orchestrator.cli.job_view import JOB_COLUMNS, job_row
 
-    print_table([job_row(v, headlines.get(v["id"])) for v in views], JOB_COLUMNS, wide=wide)
+    print_table([job_row(j.to_dict(), j.headline) for j in listed], JOB_COLUMNS, wide=wide)
 
 
 def _print_plan(plan: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ COMMANDS = {
     "quickstart": "orchestrator.cli.quickstart:quickstart",
     "db": "orchestrator.cli.db:db",
     "config": "orchestrator.cli.config:config",
-    "cli-server": "orchestrator.cli.server:cli_server",
+    "cli-server": "orchestrator.cli.forkserver:cli_server",
     "status": "orchestrator.cli.status:status",
 }
 

@@ -63,33 +63,13 @@ def list_(as_json: bool) -> None:
 @json_option
 def show(slug: str, as_json: bool) -> None:
     """Show one tenant with its jobs by state, adapters and usage so far."""
-    from orchestrator.services import get_tenant, tenant_summary
-    from orchestrator.services.quotas import storage_over, tenant_quota_usage
-    from orchestrator.services.views import tenant_dict
+    from orchestrator.services.overview import tenant_overview
 
     with open_session() as session:
-        row = get_tenant(session, slug)
-        view = tenant_dict(row)
-        summary = tenant_summary(session, slug)[0].to_dict()
-        quotas = tenant_quota_usage(session, slug)
-    view.update({k: v for k, v in summary.items() if k not in view})
-    view["quotas"] = _quota_view(quotas)
-    emit(view, as_json, print_record)
-    over = storage_over(row, quotas.storage_bytes)
-    if over:
-        status(f"warning: {over}")
-
-
-def _quota_view(q) -> dict:
-    """{quota: {"used", "limit"}}; limit None = unlimited."""
-    return {
-        "running_jobs": {"used": q.running, "limit": q.max_running},
-        "queued_jobs": {"used": q.queued, "limit": q.max_queued},
-        "device_hours_this_month": {"used": round(q.device_hours_this_month, 6),
-                                    "limit": q.device_hours_per_month},
-        "storage_bytes": {"used": q.storage_bytes, "limit": q.max_storage_bytes,
-                          "over": q.storage_over_quota},
-    }
+        overview = tenant_overview(session, slug)
+    emit(overview.to_dict(), as_json, print_record)
+    if overview.storage_warning:
+        status(f"warning: {overview.storage_warning}")
 
 
 def _limit(kind: type):

@@ -15,6 +15,7 @@ from sqlalchemy.sql import Select
 
 from lora_engine.catalog import ALL_TASKS, GLUE_TASKS
 from orchestrator.config import get_settings
+from orchestrator.errors import InvalidInput
 from orchestrator.registry.models import Adapter, Metric, MetricPoint
 from orchestrator.reports.references import E2E_REFERENCES, GLUE_AVERAGE_REFERENCE, GLUE_REFERENCES, points
 from orchestrator.reports.scope import (
@@ -30,7 +31,6 @@ from orchestrator.reports.scope import (
 )
 from orchestrator.reports.tables import Column, Table, record
 from orchestrator.services._tx import readonly
-from orchestrator.services.errors import InvalidInput
 
 PICKS = ("latest", "best")
 # The benchmark's training curves: the first MAX_CURVES picks (table order), CURVE_POINTS a series.

@@ -17,12 +17,12 @@ from sqlalchemy import Float, and_, case, cast, func, literal, null, select, uni
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
+from orchestrator.errors import InvalidInput
 from orchestrator.registry.models import JOB_STATES, Adapter, Job, Usage
 from orchestrator.reports.references import FRACTION_METRICS
 from orchestrator.reports.scope import Filters, fetch_rows, join_primary_metric, prepare, scoped_jobs
 from orchestrator.reports.tables import GB, Column, Table, record
 from orchestrator.services._tx import readonly
-from orchestrator.services.errors import InvalidInput
 
 # Every base model trains in float32 here (lora_engine loads them so), so a full checkpoint of a
 # model with P parameters takes P × 4 bytes.

@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
 from lora_engine.catalog import ALL_TASKS, TASKS
+from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.registry.models import Job, Metric, Tenant
-from orchestrator.services.errors import InvalidInput, NotFound
 
 QUALITY_SPLIT = "validation"
 # Inline SQL literals, not bound parameters: the planner can then use the partial indexes on

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from lora_engine.errors import AdapterError
 from orchestrator.artifacts import adapter_path as new_adapter_path
 from orchestrator.config import Settings, get_settings
+from orchestrator.errors import NotFound
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, utcnow
 from orchestrator.services._tx import readonly, transactional
-from orchestrator.services.errors import NotFound
 from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 
@@ -60,7 +60,7 @@ def get_adapter(session: Session, adapter_id: str, tenant: str | None = None) ->
 def verified_adapter(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
     """A live adapter whose files on disk still hash to the registry's sha256 (checked before
     every load: predict, export, a job continuing it). AdapterError when they do not."""
-    from lora_engine.digest import verify_adapter_files
+    from lora_engine.adapters.digest import verify_adapter_files
 
     row = adapter_or_404(session, adapter_id, tenant)
     verify_adapter_files(row.path, row.sha256)
@@ -95,8 +95,8 @@ def export_adapter(
     into place, checked again, so a failure leaves no half-exported folder. InvalidInput for a
     refused place, AdapterError when the adapter's files no longer match the registry.
     """
+    from lora_engine.adapters.digest import adapter_files_digest, verify_adapter_files
     from lora_engine.atomic import atomic_folder
-    from lora_engine.digest import adapter_files_digest, verify_adapter_files
     from orchestrator.destinations import folder_destination
 
     settings = settings or get_settings()

@@ -29,10 +29,10 @@ from lora_engine.data.custom import profile_rows, sparse_label_problems, validat
 from lora_engine.errors import DataValidationError
 from orchestrator import paths
 from orchestrator.config import Settings, get_settings
+from orchestrator.errors import InvalidInput, InvalidState, NotFound
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Dataset, Tenant, new_id, utcnow
 from orchestrator.services._tx import readonly, transactional
-from orchestrator.services.errors import InvalidInput, InvalidState, NotFound
 from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 

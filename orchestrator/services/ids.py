@@ -13,10 +13,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.services.errors import InvalidInput
+from orchestrator.errors import InvalidInput
+from orchestrator.refs import FULL_ID_LENGTH, MIN_PREFIX
 
-FULL_ID_LENGTH = 36  # str(uuid4())
-MIN_PREFIX = 4
 _PREFIX = re.compile(r"[0-9a-f-]+")
 
 

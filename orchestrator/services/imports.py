@@ -3,7 +3,7 @@ a checked copy of its files under the artifacts root and an adapter row with no 
 
 The folder was confined and walked first (`orchestrator.paths.folder`: inside a data root, no
 symlink, device or FIFO anywhere in it) and the engine checked the adapter
-(`lora_engine.adapter_import.check_foreign_adapter`); here the known files are copied, each opened
+(`lora_engine.adapters.importing.check_foreign_adapter`); here the known files are copied, each opened
 again without following links, into `<artifacts>/<tenant_id>/<adapter_id>/` (a temporary folder
 renamed into place, so a failed import leaves nothing). The copy's adapter_config.json names the
 base model as resolved at import (an alias's hub id, a hub id, or a confined folder's absolute
@@ -33,7 +33,7 @@ from orchestrator.services.tenants import tenant_or_404
 
 def _name_base(config_file: Path, base_model: str) -> None:
     """Rewrite the copy's adapter_config.json to name `base_model` (as PEFT and the Hub read it)."""
-    from lora_engine.adapter_folder import write_json
+    from lora_engine.adapters.folder import write_json
     from lora_engine.model_ref import hub_id_of
     from lora_engine.safe_json import loads
 
@@ -48,10 +48,10 @@ def register_adapter(session: Session, owner: Tenant, foreign: Any, base: Base, 
     ForeignAdapter, loaded here on `base.local`) for `owner`; the row's base model is `base.name`.
     The new folder is appended to `staged`, for the caller to remove if its transaction fails.
     `reuse`: an adapter this tenant registered from the very same files is returned instead."""
-    from lora_engine.adapter_folder import CONFIG_NAME, write_adapter_meta
-    from lora_engine.adapter_import import IMPORTED_FILES
+    from lora_engine.adapters.digest import adapter_files_digest
+    from lora_engine.adapters.folder import CONFIG_NAME, write_adapter_meta
+    from lora_engine.adapters.importing import IMPORTED_FILES
     from lora_engine.atomic import atomic_folder
-    from lora_engine.digest import adapter_files_digest
 
     adapter_id = new_id()
     dest = adapter_path(settings, owner.id, adapter_id)
@@ -87,8 +87,8 @@ def check_import(session: Session, tenant: str, folder: str | Path, *, task: str
     (`services.inputs`): the one given, else the one its adapter_config.json names, so a relative
     or unconfined `base_model_name_or_path` is refused, never stored; then the engine checks the
     adapter against that base (torch). Returns (the checked ForeignAdapter, its Base)."""
-    from lora_engine.adapter_check import adapter_folder_problems
-    from lora_engine.adapter_import import check_foreign_adapter, recorded_base
+    from lora_engine.adapters.check import adapter_folder_problems
+    from lora_engine.adapters.importing import check_foreign_adapter, recorded_base
     from lora_engine.errors import AdapterError
 
     settings = settings or get_settings()

@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session
 from lora_engine.model_ref import MODEL_ALIASES, alias_of
 from orchestrator import paths
 from orchestrator.config import Settings
+from orchestrator.errors import InvalidInput
 from orchestrator.refs import spelled_as_id, spelled_as_path
 from orchestrator.registry.models import Adapter, Tenant
 from orchestrator.services.adapters import adapter_or_404
-from orchestrator.services.errors import InvalidInput
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lora_engine.adapter_check import adapter_folder_problems
+from lora_engine.adapters.check import adapter_folder_problems
 from lora_engine.catalog import LORA_METHODS, TASKS
 from lora_engine.errors import LoraFleetInputError, SpecError
 from lora_engine.model_ref import target_problem
 from lora_engine.spec import TrainingSpec, validate_spec
 from orchestrator import paths
 from orchestrator.config import Settings, get_settings
+from orchestrator.errors import BatchError, Conflict, InvalidInput, InvalidState, NotFound
 from orchestrator.refs import spelled_as_id
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import JOB_STATES, Adapter, Dataset, Job, JobEvent, Tenant, utcnow
@@ -39,7 +40,6 @@ from orchestrator.services.datasets import (
     unstored_dataset,
 )
 from orchestrator.services.enqueue import enqueue_job
-from orchestrator.services.errors import BatchError, Conflict, InvalidInput, InvalidState, NotFound
 from orchestrator.services.estimates import Estimate, estimate_job
 from orchestrator.services.events import add_event
 from orchestrator.services.ids import resolve_id
@@ -140,7 +140,7 @@ def _register_start(session: Session, tenant: Tenant, folder: Path, spec: Traini
     """An adapter folder to start from becomes the tenant's adapter (checked like `adapter import`,
     loaded on the base), so the worker reads it by id like any other; the same files registered
     before are reused. A dry run checks it and registers nothing (None)."""
-    from lora_engine.adapter_import import check_foreign_adapter
+    from lora_engine.adapters.importing import check_foreign_adapter
     from lora_engine.errors import AdapterError
     from orchestrator.services.imports import register_adapter
 
@@ -469,6 +469,12 @@ def list_jobs(
 ) -> Sequence[Job]:
     """Jobs, newest first, optionally of one tenant (slug) and/or one state; a page of them
     with `limit`/`offset`."""
+    return jobs_page(session, tenant, state, limit, offset)
+
+
+def jobs_page(session: Session, tenant: str | None, state: str | None, limit: int | None,
+              offset: int) -> Sequence[Job]:
+    """Inside a service: `list_jobs`'s rows."""
     if state is not None and state not in JOB_STATES:
         raise InvalidInput(f"unknown state {state!r}; allowed: {', '.join(JOB_STATES)}")
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None

@@ -25,12 +25,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lora_engine.methods import PACKABLE_METHODS
+from orchestrator.errors import InvalidInput, LeaseLost
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, Job, Metric, Usage, utcnow
 from orchestrator.retries import has_attempts_left, released_budget
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.enqueue import enqueue_job
-from orchestrator.services.errors import InvalidInput, LeaseLost
 from orchestrator.services.events import add_event
 
 # Progress events: at most one per PROGRESS_EVENT_INTERVAL_S per job, plus the first and the last

@@ -12,9 +12,9 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from lora_engine.catalog import TASKS
+from orchestrator.errors import InvalidInput
 from orchestrator.registry.models import Job, JobEvent, Metric, MetricPoint
 from orchestrator.services._tx import readonly, transactional
-from orchestrator.services.errors import InvalidInput
 from orchestrator.services.jobs import job_or_404
 from orchestrator.services.leases import owned_job
 
@@ -38,9 +38,9 @@ class CheckpointInfo:
     path: str | None
 
 
-@readonly
 def headline_metrics(session: Session, jobs: Iterable[Job]) -> dict[str, tuple[str, float]]:
-    """{job id: (metric name, value)}: the task's primary validation metric, in one query."""
+    """Inside a service: {job id: (metric name, value)}, the task's primary validation metric,
+    in one query."""
     wanted = {j.id: TASKS[j.task].primary_metric if j.task in TASKS else "" for j in jobs}
     if not wanted:
         return {}

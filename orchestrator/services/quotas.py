@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
+from orchestrator.errors import QuotaExceeded
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Tenant, utcnow
 from orchestrator.services._tx import readonly
-from orchestrator.services.errors import QuotaExceeded
 
 
 def month_start(now: datetime | None = None) -> datetime:

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from lora_engine.catalog import ALL_TASKS, TASKS
+from orchestrator.errors import InvalidInput
 from orchestrator.refs import spelled_as_id
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, Job, Tenant, utcnow
 from orchestrator.services._tx import transactional
 from orchestrator.services.enqueue import enqueue_job
-from orchestrator.services.errors import InvalidInput
 from orchestrator.services.events import add_event
 from orchestrator.services.jobs import attempt_budget, check_priority
 from orchestrator.services.quotas import check_queued

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from orchestrator.registry import repositories as repo
-from orchestrator.registry.models import JOB_STATES
+from orchestrator.registry.models import JOB_STATES, Tenant
 from orchestrator.services._tx import readonly
 from orchestrator.services.tenants import tenant_or_404
 
@@ -33,8 +34,14 @@ class TenantSummary:
 @readonly
 def tenant_summary(session: Session, tenant: str | None = None) -> list[TenantSummary]:
     """One row per tenant (by slug), or only `tenant`'s. Usage sums every attempt."""
-    tenants = [tenant_or_404(session, tenant)] if tenant is not None else list(repo.tenants(session))
-    tenant_id = tenants[0].id if tenant is not None else None
+    if tenant is not None:
+        return summaries(session, [tenant_or_404(session, tenant)], one=True)
+    return summaries(session, list(repo.tenants(session)))
+
+
+def summaries(session: Session, tenants: Sequence[Tenant], *, one: bool = False) -> list[TenantSummary]:
+    """Inside a service: the summary of each of `tenants` (`one`: a single tenant, counted alone)."""
+    tenant_id = tenants[0].id if one else None
     states = repo.job_state_counts(session, tenant_id)
     adapters = repo.adapter_counts(session, tenant_id)
     usage = repo.usage_totals(session, tenant_id)

@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session
 
 from lora_engine.errors import shown
 from orchestrator.config import get_settings
+from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.limits import BIG_INTEGER_MAX, INTEGER_MAX, TENANT_NAME_CHARS
 from orchestrator.registry.models import Tenant
 from orchestrator.services._tx import readonly, transactional
-from orchestrator.services.errors import Conflict, InvalidInput, NotFound
 
 # Starts with a letter or digit so a slug is never mistaken for a CLI option.
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_engine.adapter_io import adapter_files_digest
+from lora_engine.adapters.io import adapter_files_digest
 from orchestrator.config import Settings, load_settings
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Adapter, Job, Usage
@@ -137,7 +137,7 @@ def iter_rows(settings: Settings, model: Any, job_id: str) -> Iterator[Any]:
 def assert_exactly_once(settings: Settings, job_id: str) -> dict[str, Any]:
     """One succeeded job row, one adapter row, the adapter's files on disk hashing to the
     registry's sha256, one usage row per attempt; returns the job's detail."""
-    from orchestrator.services import get_job
+    from orchestrator.services.jobs import get_job
 
     with session_scope(settings) as s:
         detail = get_job(s, job_id).to_dict()

@@ -19,8 +19,9 @@ from orchestrator.config import load_settings
 from orchestrator.dispatch import close_clients
 from orchestrator.registry import db
 from orchestrator.registry.db import session_scope
-from orchestrator.services import create_tenant, get_job, job_events, submit_job
+from orchestrator.services.jobs import get_job, job_events, submit_job
 from orchestrator.services.status import fleet_status
+from orchestrator.services.tenants import create_tenant
 from tests.integration.workers import (
     ROOT,
     WORKER_START_TIMEOUT_S,

@@ -17,7 +17,8 @@ import pytest
 from orchestrator.announce import announce_jobs
 from orchestrator.registry import db
 from orchestrator.registry.db import session_scope
-from orchestrator.services import create_tenant, get_job, submit_job
+from orchestrator.services.jobs import get_job, submit_job
+from orchestrator.services.tenants import create_tenant
 from tests.integration.faults import TERMINAL, Fleet, assert_exactly_once, fleet_env, make_fleet, stop_fleet
 from tests.integration.workers import wait_for, worker_env
 from tests.registry_fixtures import create_pg_database, drop_pg_database, pg_database_url

@@ -13,7 +13,7 @@ import pytest
 from orchestrator.config import load_settings
 from orchestrator.registry import db
 from orchestrator.registry.db import session_scope
-from orchestrator.services import get_job, job_events
+from orchestrator.services.jobs import get_job, job_events
 from tests.integration.workers import ROOT, stop_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.integration

@@ -374,7 +374,7 @@ def test_hostile_requests_are_refused_and_the_server_keeps_serving(server: dict[
 
 
 def test_a_client_trickling_its_request_does_not_hold_up_other_commands(server: dict[str, str]):
-    from orchestrator.cli.server import REQUEST_TIMEOUT
+    from orchestrator.cli.forkserver import REQUEST_TIMEOUT
 
     before = served_count(server)
     done = threading.Event()

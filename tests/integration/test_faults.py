@@ -22,15 +22,9 @@ import pytest
 from orchestrator.announce import announce_jobs
 from orchestrator.registry import db
 from orchestrator.registry.db import session_scope
-from orchestrator.services import (
-    cancel_job,
-    claim_job,
-    create_tenant,
-    get_job,
-    job_events,
-    retry_job,
-    submit_job,
-)
+from orchestrator.services.jobs import cancel_job, get_job, job_events, retry_job, submit_job
+from orchestrator.services.leases import claim_job
+from orchestrator.services.tenants import create_tenant
 from tests.integration.faults import (
     NOTICE_BOUND_S,
     TERMINAL,

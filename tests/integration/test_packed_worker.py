@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.announce import announce_jobs
 from orchestrator.registry.db import session_scope
-from orchestrator.services import create_tenant, get_job, job_events, submit_job
+from orchestrator.services.jobs import get_job, job_events, submit_job
+from orchestrator.services.tenants import create_tenant
 from tests.integration.workers import LiveWorker, wait_for
 
 pytestmark = pytest.mark.integration

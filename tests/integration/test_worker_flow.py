@@ -14,22 +14,16 @@ from typing import Any
 
 import pytest
 
-from lora_engine.adapter_io import adapter_files_digest
+from lora_engine.adapters.io import adapter_files_digest
 from lora_engine.errors import DataValidationError
 from orchestrator.announce import announce_jobs, reconcile_once
 from orchestrator.dispatch import broker_connection
+from orchestrator.errors import InvalidState
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobEvent
-from orchestrator.services import (
-    InvalidState,
-    cancel_job,
-    claim_job,
-    create_tenant,
-    get_job,
-    job_events,
-    submit_batch,
-    submit_job,
-)
+from orchestrator.services.jobs import cancel_job, get_job, job_events, submit_batch, submit_job
+from orchestrator.services.leases import claim_job
+from orchestrator.services.tenants import create_tenant
 from tests.integration.workers import LiveWorker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -194,7 +188,7 @@ def test_untuned_baseline_and_reevaluation_jobs_record_their_rows(live_worker: L
     from sqlalchemy import select
 
     from orchestrator.registry.models import Adapter, Metric, Usage
-    from orchestrator.services import submit_reevaluation
+    from orchestrator.services.reevaluation import submit_reevaluation
 
     tenant = _tenant(live_worker, "kinds")
     trained = [_submit(live_worker, tenant, seed=5), _submit(live_worker, tenant, seed=6, task="mnli")]

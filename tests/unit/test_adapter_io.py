@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_engine.adapter_folder import AdapterMeta
-from lora_engine.adapter_io import (
+from lora_engine.adapters.folder import AdapterMeta
+from lora_engine.adapters.io import (
     adapter_files_digest,
     load_adapter,
     read_adapter_config,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lora_engine.adapter_folder import (
+from lora_engine.adapters.folder import (
     META_FORMAT,
     AdapterMeta,
     read_adapter_meta,
@@ -24,7 +24,7 @@ RECIPE_RECORD = {  # recipe.adapter_meta, a trained SST-2 adapter
     "modules_to_save": ["classifier"], "metrics": {"validation": {"accuracy": 0.84}},
     "spec": {"task": "sst2", "method": "rslora", "rank": 8},
 }
-IMPORT_RECORD = {  # adapter_import.ForeignAdapter.meta, an imported E2E adapter
+IMPORT_RECORD = {  # adapters.importing.ForeignAdapter.meta, an imported E2E adapter
     "format": "lorafleet-adapter/1", "task": "e2e", "kind": "generation", "method": "lora",
     "base_model": "smollm2-135m", "label_names": [], "num_labels": None, "text_fields": ["mr", "ref"],
     "prompt_template": "Describe the restaurant: {mr}\n", "max_length": 128, "imported": True,

@@ -17,11 +17,11 @@ import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
-from lora_engine.adapter_folder import AdapterMeta, read_adapter_meta
-from lora_engine.adapter_io import save_adapter
+from lora_engine.adapters.folder import AdapterMeta, read_adapter_meta
+from lora_engine.adapters.io import save_adapter
+from lora_engine.adapters.modelcard import render_model_card
 from lora_engine.catalog import TASKS
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora
-from lora_engine.modelcard import render_model_card
 from lora_engine.models import resolve_model
 from orchestrator.cli.main import cli
 from orchestrator.config import get_settings
@@ -218,7 +218,7 @@ def test_adapter_import_checks_then_registers(home, tiny_model, tmp_path):
 def test_an_import_keeps_the_pooling_the_adapter_was_trained_with(tiny_model, perturb_lora, tmp_path):
     from dataclasses import replace
 
-    from lora_engine.adapter_import import check_foreign_adapter
+    from lora_engine.adapters.importing import check_foreign_adapter
 
     model, _ = tiny_model("tiny-bert", "classification", 2)
     settings = LoraSettings(rank=4, alpha=8)

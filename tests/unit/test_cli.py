@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from orchestrator.cli.main import cli
 from orchestrator.config import get_settings
 from orchestrator.registry.db import forget_engine, session_scope
-from orchestrator.services import get_job, list_jobs
+from orchestrator.services.jobs import get_job, list_jobs
 
 
 @pytest.fixture
@@ -251,14 +251,10 @@ def test_json_output_never_prints_nan(home: Path):
 def succeeded_adapter(adapter_id: str) -> tuple[Path, str, int]:
     """A tenant `acme` with one succeeded sst2 job whose adapter (registry-shaped files, real
     sha256) is `adapter_id`: (its folder, sha256, bytes)."""
-    from lora_engine.digest import adapter_files_digest
-    from orchestrator.services import (
-        AdapterRecord,
-        claim_job,
-        finish_job_success,
-        new_adapter_path,
-        submit_job,
-    )
+    from lora_engine.adapters.digest import adapter_files_digest
+    from orchestrator.services.adapters import new_adapter_path
+    from orchestrator.services.jobs import submit_job
+    from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
     from tests.registry_fixtures import fake_adapter_files
 
     run("tenant", "create", "acme")
@@ -285,7 +281,7 @@ def test_report_benchmark_reevaluate_queues_one_job_per_base_and_sends_it(home: 
 
 
 def test_adapter_export_copies_a_verified_folder_whole_or_not_at_all(home: Path, tmp_path: Path):
-    from lora_engine.digest import adapter_files_digest
+    from lora_engine.adapters.digest import adapter_files_digest
 
     adapter_id = "00000000-0000-4000-8000-000000000002"
     path, sha, size = succeeded_adapter(adapter_id)

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect
 
-from orchestrator import services as svc
 from orchestrator.cli.output import Column, ago, duration, human_bytes, print_table
+from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.registry.models import Job
-from orchestrator.services.errors import InvalidInput, NotFound
+from orchestrator.services.jobs import get_job, submit_job
+from orchestrator.services.tenants import create_tenant
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -49,21 +50,21 @@ def _clone_job(session, job: Job, new_id: str) -> None:
 
 
 def test_short_prefixes_resolve_when_unique(session):
-    svc.create_tenant(session, "acme")
-    job = svc.submit_job(session, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 2})
+    create_tenant(session, "acme")
+    job = submit_job(session, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 2})
     _clone_job(session, job, "abcd1234-0000-4000-8000-000000000001")
     _clone_job(session, job, "abcd9999-0000-4000-8000-000000000002")
-    assert svc.get_job(session, job.id[:6]).job.id == job.id
-    assert svc.get_job(session, "ABCD12").job.id == "abcd1234-0000-4000-8000-000000000001"
+    assert get_job(session, job.id[:6]).job.id == job.id
+    assert get_job(session, "ABCD12").job.id == "abcd1234-0000-4000-8000-000000000001"
     with pytest.raises(InvalidInput, match=r"job id prefix 'abcd' is ambiguous: it starts abcd1234-000, "
                                            r"abcd9999-000; give more characters"):
-        svc.get_job(session, "abcd")
+        get_job(session, "abcd")
     with pytest.raises(NotFound, match="no job 'abc'"):  # under 4 characters: never a prefix
-        svc.get_job(session, "abc")
+        get_job(session, "abc")
     with pytest.raises(NotFound, match="no job 'ab%d'"):  # LIKE wildcards are plain characters
-        svc.get_job(session, "ab%d")
+        get_job(session, "ab%d")
     with pytest.raises(NotFound):
-        svc.get_job(session, job.id[:6], tenant="nobody")
+        get_job(session, job.id[:6], tenant="nobody")
 
 
 def test_every_command_shows_an_example_in_its_help():

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.cli.entry import PROTOCOL, code_identity, receive_message, send_message
-from orchestrator.cli.server import CodeWatch, Server, answer
+from orchestrator.cli.forkserver import CodeWatch, Server, answer
 
 
 def test_a_server_whose_code_changed_turns_the_command_back_and_stops(tmp_path: Path):

@@ -154,15 +154,3 @@ def test_job_submit_imports_only_its_own_command_and_runs_no_garbage_collection(
     assert (seen["collections"], seen["restored"]) == (0, True)
     listed = lorafleet("job", "list", "--json", env=env, cwd=tmp_path)
     assert [j["state"] for j in json.loads(listed.stdout)] == ["queued"]
-
-
-def test_the_services_package_exports_lazily_and_no_name_is_shadowed_by_a_submodule():
-    import pkgutil
-
-    from orchestrator import services
-
-    # Importing a submodule sets the package attribute of its name: an export of the same name
-    # (a function `reconcile` in `services/reconcile.py`) would silently become the module.
-    submodules = {m.name for m in pkgutil.iter_modules(services.__path__)}
-    assert sorted(services.__all__) == sorted(services._PUBLIC) and not set(services._PUBLIC) & submodules
-    assert all(getattr(services, name) is not None for name in services.__all__)

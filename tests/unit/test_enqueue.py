@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 from kombu import Connection
 
-from orchestrator import services as svc
 from orchestrator.announce import sending_session
 from orchestrator.dispatch import close_clients, ensure_broker_dir
 from orchestrator.registry.db import session_scope
 from orchestrator.services._tx import transactional
 from orchestrator.services.enqueue import enqueue_job
+from orchestrator.services.jobs import get_job, submit_job
+from orchestrator.services.tenants import create_tenant
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -44,24 +45,24 @@ def _queue_then_fail(session, job_id: str) -> None:
 def test_committed_jobs_are_sent_after_the_session_and_rolled_back_ones_never(registry_settings):
     settings = registry_settings
     with pytest.raises(RuntimeError), sending_session(settings) as s:
-        svc.create_tenant(s, "acme")
-        job_id = svc.submit_job(s, "acme", SPEC).id
+        create_tenant(s, "acme")
+        job_id = submit_job(s, "acme", SPEC).id
         assert _sent(settings) == []  # committed, not yet sent: the session is still open
         with pytest.raises(RuntimeError):
             _queue_then_fail(s, "never-queued")
-        later = svc.submit_job(s, "acme", {**SPEC, "seed": 2}).id  # the next commit sends only its own
+        later = submit_job(s, "acme", {**SPEC, "seed": 2}).id  # the next commit sends only its own
         raise RuntimeError("the command fails after its commits")
     assert _sent(settings) == [job_id, later]  # the block raised after the commits: they are still sent
     with session_scope(settings) as s:
-        assert [svc.get_job(s, j).job.dispatch_count for j in (job_id, later)] == [1, 1]
+        assert [get_job(s, j).job.dispatch_count for j in (job_id, later)] == [1, 1]
 
 
 def test_a_plain_session_sends_nothing_and_an_idempotent_resubmission_resends(registry_settings):
     settings = registry_settings
     with session_scope(settings) as s:  # not an edge: services record, nothing is sent
-        svc.create_tenant(s, "acme")
-        job_id = svc.submit_job(s, "acme", SPEC, idempotency_key="k1").id
+        create_tenant(s, "acme")
+        job_id = submit_job(s, "acme", SPEC, idempotency_key="k1").id
     assert _sent(settings) == []
     with sending_session(settings) as s:  # the same key: the queued job's message may be lost
-        assert svc.submit_job(s, "acme", SPEC, idempotency_key="k1").id == job_id
+        assert submit_job(s, "acme", SPEC, idempotency_key="k1").id == job_id
     assert _sent(settings) == [job_id]

@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lora_engine.adapter_folder import AdapterMeta
-from lora_engine.adapter_io import save_adapter
+from lora_engine.adapters.folder import AdapterMeta
+from lora_engine.adapters.io import save_adapter
 from lora_engine.catalog import TASKS
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora
 from lora_engine.models import minilm_tokenizer
-from orchestrator import services as svc
 from orchestrator.cli.main import cli
 from orchestrator.config import get_settings, load_settings
 from orchestrator.registry.db import forget_engine
+from orchestrator.services.jobs import get_job, submit_job
+from orchestrator.services.tenants import create_tenant
 
 pytest_plugins = ["registry_fixtures"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,8 +158,8 @@ def test_a_base_folder_swapped_for_links_after_submit_fails_its_job_on_the_worke
     from orchestrator.registry.db import session_scope
 
     with session_scope(settings) as session:
-        svc.create_tenant(session, "acme")
-        job_id = svc.submit_job(session, "acme", {"task": "sst2", "base_model": str(data / "model"),
+        create_tenant(session, "acme")
+        job_id = submit_job(session, "acme", {"task": "sst2", "base_model": str(data / "model"),
                                                   "max_steps": 1}, settings=settings).id
     # After the submit, the folder's files become links (to another tenant's weights, /etc, ...).
     (tmp_path / "elsewhere").mkdir()
@@ -169,7 +170,7 @@ def test_a_base_folder_swapped_for_links_after_submit_fails_its_job_on_the_worke
     reason = f"base_model: folder {str(data / 'model')!r} cannot be used: 'config.json' is a symlink"
     assert reason in result.detail
     with session_scope(settings) as session:
-        job = svc.get_job(session, job_id).job
+        job = get_job(session, job_id).job
         assert job.state == "failed" and "'config.json' is a symlink" in job.error
 
 

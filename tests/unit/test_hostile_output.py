@@ -76,7 +76,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory):
     """An embedded home holding the report fixture's registry with HOSTILE as the base model of
     the smollm2 jobs and adapters and as globex's display name, and one adapter (acme's J1) with
     real files under the artifacts root."""
-    from lora_engine.digest import adapter_files_digest
+    from lora_engine.adapters.digest import adapter_files_digest
     from orchestrator.artifacts import adapter_path
     from tests.registry_fixtures import fake_adapter_files
 

@@ -11,21 +11,23 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import services as svc
 from orchestrator.cli.job_results import sparkline
 from orchestrator.cli.main import cli
 from orchestrator.config import get_settings
+from orchestrator.errors import LeaseLost
 from orchestrator.registry.db import forget_engine, session_scope
-from orchestrator.services.errors import LeaseLost
+from orchestrator.services.jobs import get_job, job_events, submit_job
+from orchestrator.services.leases import claim_job, record_checkpoint
 from orchestrator.services.metrics import Point, job_checkpoints, metric_history, record_points
+from orchestrator.services.tenants import create_tenant
 
 pytest_plugins = ["registry_fixtures"]
 
 
 def _running_job(session) -> str:
-    svc.create_tenant(session, "acme")
-    job_id = svc.submit_job(session, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 4}).id
-    assert svc.claim_job(session, job_id, "w1", lease_seconds=60) is not None
+    create_tenant(session, "acme")
+    job_id = submit_job(session, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 4}).id
+    assert claim_job(session, job_id, "w1", lease_seconds=60) is not None
     return job_id
 
 
@@ -52,8 +54,8 @@ def test_points_are_stored_per_step_and_a_resumed_attempt_replaces_redone_steps(
 def test_checkpoints_list_what_the_worker_reported(session, tmp_path):
     job_id = _running_job(session)
     (tmp_path / "step-00000002").mkdir()
-    svc.record_checkpoint(session, job_id, "w1", 2, str(tmp_path / "step-00000002"))
-    svc.record_checkpoint(session, job_id, "w1", 4, str(tmp_path / "step-00000004"))
+    record_checkpoint(session, job_id, "w1", 2, str(tmp_path / "step-00000002"))
+    record_checkpoint(session, job_id, "w1", 4, str(tmp_path / "step-00000004"))
     saved = job_checkpoints(session, job_id)
     assert [(c.step, c.path) for c in saved] == [(2, str(tmp_path / "step-00000002")),
                                                  (4, str(tmp_path / "step-00000004"))]
@@ -73,7 +75,7 @@ def test_cli_metrics_and_checkpoints(tmp_path, monkeypatch):
         with session_scope() as s:
             job_id = _running_job(s)
             record_points(s, job_id, "w1", _curve([1, 2, 3, 4]))
-            svc.record_checkpoint(s, job_id, "w1", 2, str(tmp_path / "gone"))
+            record_checkpoint(s, job_id, "w1", 2, str(tmp_path / "gone"))
         runner = CliRunner()
         out = runner.invoke(cli, ["job", "metrics", job_id[:8], "--format", "csv"], catch_exceptions=False)
         rows = list(csv.DictReader(io.StringIO(out.output)))
@@ -104,8 +106,8 @@ def test_evaluations_during_training_land_as_curves(tmp_path, monkeypatch):
             "eval_size": 8, "eval_every": 2, "eval_holdout": 8}
     try:
         with session_scope() as s:
-            svc.create_tenant(s, "acme")
-            job_id = svc.submit_job(s, "acme", spec).id
+            create_tenant(s, "acme")
+            job_id = submit_job(s, "acme", spec).id
         from worker.tasks import run_job
 
         assert run_job.apply(args=[job_id]).state == "SUCCESS"
@@ -119,8 +121,8 @@ def test_evaluations_during_training_land_as_curves(tmp_path, monkeypatch):
         assert all(0.0 <= p["value"] <= 1.0 for p in held)
         # The same points as the run's own record of them (the selection summary counts them).
         with session_scope() as s:
-            selection = svc.get_job(s, job_id).to_dict()["metrics"]["selection"]
-            phases = [(e.data["phase"], e.data["step"]) for e in svc.job_events(s, job_id)
+            selection = get_job(s, job_id).to_dict()["metrics"]["selection"]
+            phases = [(e.data["phase"], e.data["step"]) for e in job_events(s, job_id)
                       if e.kind == "phase"]
         assert selection["evaluations"] == 3 and selection["best_step"] in (2, 4, 6)
         # What a follower shows between steps: each evaluation, then the final one and the saving.

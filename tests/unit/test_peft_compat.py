@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
-from lora_engine.adapter_io import load_adapter, save_adapter
+from lora_engine.adapters.io import load_adapter, save_adapter
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora, mark_only_lora_as_trainable
 
 CASES = [("tiny-gpt2", "classification"), ("tiny-bert", "classification"),

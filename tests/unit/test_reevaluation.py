@@ -13,7 +13,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(os.environ["LORAFLEET_DATA_DIR"])  # set by tests/conftest.py (../shared/data by default)
 
-from lora_engine.adapter_io import load_adapter, read_adapter_files, swap_adapter  # noqa: E402
+from lora_engine.adapters.io import load_adapter, read_adapter_files, swap_adapter  # noqa: E402
 from lora_engine.cache import BaseModelCache  # noqa: E402
 from lora_engine.data import load_examples  # noqa: E402
 from lora_engine.data.batching import encode_classification  # noqa: E402

@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from lora_engine.digest import adapter_files_digest
+from lora_engine.adapters.digest import adapter_files_digest
 from lora_engine.errors import AdapterError, SpecError
-from orchestrator import services as svc
+from orchestrator import errors
 from orchestrator.config import load_settings
 from orchestrator.registry.models import new_id
+from orchestrator.services.adapters import new_adapter_path
 from orchestrator.services.datasets import upload_dataset
-from orchestrator.services.jobs import plan_job
+from orchestrator.services.jobs import plan_job, submit_batch, submit_job
+from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
+from orchestrator.services.tenants import create_tenant
 from worker.inputs import JobInputs, resolve_inputs
 
 pytest_plugins = ["registry_fixtures"]
@@ -51,7 +54,7 @@ def world(registry_url: str, tmp_path: Path, session):
     })
     made = {"data": data, "settings": settings, "url": registry_url}
     for slug in ("acme", "globex"):
-        svc.create_tenant(session, slug)
+        create_tenant(session, slug)
         made[slug, "full"] = _registered(session, settings, slug, "full")
         made[slug, "lora"] = _registered(session, settings, slug, "lora")
     return made
@@ -60,10 +63,10 @@ def world(registry_url: str, tmp_path: Path, session):
 def _registered(session, settings, slug: str, method: str):
     """An adapter of `slug` as a finished job leaves it: files under the artifacts, sha256 recorded."""
     spec = {"task": "sst2", "method": method, "rank": 4, "base_model": "tiny-bert", "max_steps": 1}
-    job = svc.submit_job(session, slug, spec, settings=settings)
-    assert svc.claim_job(session, job.id, "w", 60) is not None
+    job = submit_job(session, slug, spec, settings=settings)
+    assert claim_job(session, job.id, "w", 60) is not None
     adapter_id = new_id()
-    folder = svc.new_adapter_path(settings, job.tenant_id, adapter_id)
+    folder = new_adapter_path(settings, job.tenant_id, adapter_id)
     folder.mkdir(parents=True)
     if method == "full":
         (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
@@ -73,9 +76,9 @@ def _registered(session, settings, slug: str, method: str):
             {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": "tiny-bert"}))
         (folder / "adapter_model.safetensors").write_bytes(safetensors(["w.weight"]))
     sha, size = adapter_files_digest(folder)
-    record = svc.AdapterRecord(id=adapter_id, path=str(folder), sha256=sha, bytes=size, trainable_params=1,
+    record = AdapterRecord(id=adapter_id, path=str(folder), sha256=sha, bytes=size, trainable_params=1,
                                total_params=2)
-    return svc.finish_job_success(session, job.id, "w", record, {})
+    return finish_job_success(session, job.id, "w", record, {})
 
 
 def dump(session, settings) -> tuple:
@@ -90,14 +93,14 @@ def test_stored_objects_are_named_by_id_and_the_worker_reads_the_columns(world, 
     settings, data = world["settings"], world["data"]
     full, lora = world["acme", "full"], world["acme", "lora"]
     (data / "d.jsonl").write_text(ROWS)
-    on_full = svc.submit_job(session, "acme", {"task": "sst2", "base_model": full.id[:8],
+    on_full = submit_job(session, "acme", {"task": "sst2", "base_model": full.id[:8],
                                                "targets": ["query"], "max_steps": 1}, settings=settings)
     assert (on_full.base_adapter_id, on_full.base_model, on_full.spec["base_model"]) == (full.id,) * 3
-    child = svc.submit_job(session, "acme", {"task": "sst2", "init_from": lora.id[:8], "max_steps": 1},
+    child = submit_job(session, "acme", {"task": "sst2", "init_from": lora.id[:8], "max_steps": 1},
                            settings=settings)
     assert (child.init_from_adapter_id, child.spec["init_from"]) == (lora.id, lora.id)
     assert child.base_model == "tiny-bert"  # the parent's, inherited
-    custom = svc.submit_job(session, "acme", {"task": "custom-classification", "base_model": "tiny-bert",
+    custom = submit_job(session, "acme", {"task": "custom-classification", "base_model": "tiny-bert",
                                               "dataset": str(data / "d.jsonl"), "max_steps": 1},
                             settings=settings)
     assert custom.spec["dataset"] == custom.dataset_id
@@ -143,18 +146,18 @@ def test_hostile_references_are_refused_and_change_nothing(world, session) -> No
     ]
     before = dump(session, settings)
     for case, needle in cases:
-        for submit in (svc.submit_job, plan_job):
-            with pytest.raises((svc.InvalidInput, svc.NotFound, SpecError)) as info:
+        for submit in (submit_job, plan_job):
+            with pytest.raises((errors.InvalidInput, errors.NotFound, SpecError)) as info:
                 submit(session, "acme", case, settings=settings)
             assert needle in str(info.value), (case, str(info.value))
-        with pytest.raises(svc.BatchError, match="item 1: ") as info:
-            svc.submit_batch(session, [{"tenant": "acme", **spec}, {"tenant": "acme", **case}],
+        with pytest.raises(errors.BatchError, match="item 1: ") as info:
+            submit_batch(session, [{"tenant": "acme", **spec}, {"tenant": "acme", **case}],
                              settings=settings)
         assert needle in str(info.value)
         assert dump(session, settings) == before, case
     layers = "its layers: " + ", ".join(sorted({"query", "key", "value"}))
     with pytest.raises(SpecError, match=layers):  # read from the full fine-tune's safetensors header
-        svc.submit_job(session, "acme", cases[-1][0], settings=settings)
-    with pytest.raises(svc.InvalidInput, match="is a FIFO"):
+        submit_job(session, "acme", cases[-1][0], settings=settings)
+    with pytest.raises(errors.InvalidInput, match="is a FIFO"):
         upload_dataset(session, "acme", data / "fifo.jsonl", settings=settings)
     assert dump(session, settings) == before

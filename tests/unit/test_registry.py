@@ -157,21 +157,21 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path) -> None:
     read the last committed state while another process holds the write lock."""
     import threading
 
-    from orchestrator import services as svc
+    from orchestrator.services.tenants import create_tenant, list_tenants
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     db.upgrade(url)
     writer_engine = db.make_engine(url)
     try:
         with db.session_factory(url)() as s:
-            svc.create_tenant(s, "committed")
+            create_tenant(s, "committed")
         with writer_engine.connect() as writer:
             writer.begin()  # BEGIN IMMEDIATE: holds the write lock
             writer.execute(text("INSERT INTO tenants (id, slug, name, max_running, created_at) "
                                 "VALUES ('x', 'uncommitted', 'u', 1, '2026-01-01 00:00:00')"))
             seen: list[list[str]] = []
             reader = threading.Thread(
-                target=lambda: seen.append([t.slug for t in svc.list_tenants(db.session_factory(url)())])
+                target=lambda: seen.append([t.slug for t in list_tenants(db.session_factory(url)())])
             )
             reader.start()
             reader.join(5)

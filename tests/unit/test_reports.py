@@ -14,9 +14,9 @@ from datetime import timedelta
 import pytest
 from report_fixtures import H100, PRICES, STORAGE_PRICE, T0, build_registry
 
+from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.reports import benchmark_report, compare_report, cost_report, make_filters
 from orchestrator.reports.render import render
-from orchestrator.services.errors import InvalidInput, NotFound
 
 pytest_plugins = ["registry_fixtures"]
 

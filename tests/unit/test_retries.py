@@ -25,6 +25,7 @@ from lora_engine.errors import (
     TrainingDiverged,
     TrainingStopped,
 )
+from orchestrator.errors import LeaseLost, WorkerEnvironmentError
 from orchestrator.retries import (
     Abort,
     Outcome,
@@ -37,7 +38,6 @@ from orchestrator.retries import (
     released_budget,
     retried_budget,
 )
-from orchestrator.services.errors import LeaseLost, WorkerEnvironmentError
 
 
 def _raised(fn) -> BaseException:

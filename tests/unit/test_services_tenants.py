@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from orchestrator import services as svc
+from orchestrator import errors
 from orchestrator.registry.limits import BIG_INTEGER_MAX, INTEGER_MAX, TENANT_NAME_CHARS
 from orchestrator.registry.models import Tenant
-from orchestrator.services.tenants import NAME_RULE, rename_tenant
+from orchestrator.services.tenants import NAME_RULE, create_tenant, rename_tenant, set_tenant_quota
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -24,8 +24,8 @@ def _row(session) -> tuple:
 
 
 def test_quotas_up_to_their_columns_are_stored_and_one_more_is_refused(session) -> None:
-    svc.create_tenant(session, "acme", max_running=INTEGER_MAX)
-    svc.set_tenant_quota(session, "acme", max_queued=INTEGER_MAX, max_storage_bytes=BIG_INTEGER_MAX)
+    create_tenant(session, "acme", max_running=INTEGER_MAX)
+    set_tenant_quota(session, "acme", max_queued=INTEGER_MAX, max_storage_bytes=BIG_INTEGER_MAX)
     stored = _row(session)
     assert stored[1:4] == (INTEGER_MAX, INTEGER_MAX, BIG_INTEGER_MAX)
     for quota, value, says in [
@@ -37,18 +37,18 @@ def test_quotas_up_to_their_columns_are_stored_and_one_more_is_refused(session) 
         ("max_running", -1, "(got -1)"),
         ("device_hours_per_month", float("nan"), "must be a finite number >= 0, or unlimited"),
     ]:
-        with pytest.raises(svc.InvalidInput) as refused:
-            svc.set_tenant_quota(session, "acme", **{quota: value})
+        with pytest.raises(errors.InvalidInput) as refused:
+            set_tenant_quota(session, "acme", **{quota: value})
         assert says in str(refused.value)
         assert _row(session) == stored
-    with pytest.raises(svc.InvalidInput, match="max_running must be a whole number"):
-        svc.create_tenant(session, "bob", max_running=INTEGER_MAX + 1)
+    with pytest.raises(errors.InvalidInput, match="max_running must be a whole number"):
+        create_tenant(session, "bob", max_running=INTEGER_MAX + 1)
     assert session.scalars(select(Tenant.slug)).all() == ["acme"]
 
 
 def test_a_display_name_is_one_printable_line_of_at_most_200_characters(session) -> None:
     longest = "é" * TENANT_NAME_CHARS  # characters, not bytes: PostgreSQL's varchar(200) counts the same
-    svc.create_tenant(session, "acme", name=f"  {longest}  ")
+    create_tenant(session, "acme", name=f"  {longest}  ")
     assert _row(session)[0] == longest
     rename_tenant(session, "acme", "Acme\u3000Research")  # a space of another script is a space
     assert _row(session)[0] == "Acme\u3000Research"
@@ -61,12 +61,12 @@ def test_a_display_name_is_one_printable_line_of_at_most_200_characters(session)
         ("a\udcff", "holds the non-printable character U+DCFF"),  # undecodable argv bytes
         (7, "display name must be text (got 7)"),
     ]:
-        with pytest.raises(svc.InvalidInput) as refused:
+        with pytest.raises(errors.InvalidInput) as refused:
             rename_tenant(session, "acme", name)
         assert says in str(refused.value) and NAME_RULE in str(refused.value)
         assert _row(session)[0] == "Acme\u3000Research"
-        with pytest.raises(svc.InvalidInput):
-            svc.create_tenant(session, "bob", name=name)
+        with pytest.raises(errors.InvalidInput):
+            create_tenant(session, "bob", name=name)
     assert session.scalars(select(Tenant.slug)).all() == ["acme"]
     rename_tenant(session, "acme", "  ")
     assert _row(session)[0] == "acme"  # no name: the slug, as at creation

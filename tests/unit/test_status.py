@@ -8,12 +8,14 @@ from datetime import timedelta
 
 from click.testing import CliRunner
 
-from orchestrator import services as svc
 from orchestrator.cli.main import cli
 from orchestrator.config import get_settings
 from orchestrator.registry.db import forget_engine, session_scope
 from orchestrator.registry.models import utcnow
+from orchestrator.services.jobs import submit_job
+from orchestrator.services.leases import claim_job, heartbeat
 from orchestrator.services.status import fleet_status
+from orchestrator.services.tenants import create_tenant
 from orchestrator.services.workers import (
     MISSED_BEATS_LOST,
     WorkerInfo,
@@ -28,19 +30,19 @@ SPEC = {"task": "sst2", "base_model": "tiny-bert", "max_steps": 10}
 
 
 def test_fleet_status(session):
-    svc.create_tenant(session, "acme", max_running=1)
-    svc.create_tenant(session, "beta", max_running=2)
-    svc.create_tenant(session, "idle")
+    create_tenant(session, "acme", max_running=1)
+    create_tenant(session, "beta", max_running=2)
+    create_tenant(session, "idle")
     t0 = utcnow() - timedelta(minutes=10)
-    a1 = svc.submit_job(session, "acme", SPEC).id
-    a2 = svc.submit_job(session, "acme", SPEC).id
-    b1 = svc.submit_job(session, "beta", SPEC).id
-    b2 = svc.submit_job(session, "beta", SPEC, priority=5).id
-    b3 = svc.submit_job(session, "beta", SPEC).id
-    assert svc.claim_job(session, a1, "w-live", lease_seconds=60, now=t0) is not None
-    svc.heartbeat(session, a1, "w-live", step=6, total=10, loss=0.5, lease_seconds=60,
+    a1 = submit_job(session, "acme", SPEC).id
+    a2 = submit_job(session, "acme", SPEC).id
+    b1 = submit_job(session, "beta", SPEC).id
+    b2 = submit_job(session, "beta", SPEC, priority=5).id
+    b3 = submit_job(session, "beta", SPEC).id
+    assert claim_job(session, a1, "w-live", lease_seconds=60, now=t0) is not None
+    heartbeat(session, a1, "w-live", step=6, total=10, loss=0.5, lease_seconds=60,
                   now=t0 + timedelta(seconds=60))
-    assert svc.claim_job(session, b1, "w-gone", lease_seconds=60, now=t0) is not None
+    assert claim_job(session, b1, "w-gone", lease_seconds=60, now=t0) is not None
 
     fleet = fleet_status(session, lease_seconds=60, now=t0 + timedelta(seconds=90))
 
@@ -68,14 +70,14 @@ def _info(worker_id: str, beat: float = 10.0) -> WorkerInfo:
 def test_workers_alive_idle_or_on_a_job_lost_and_stopped(session):
     """Workers by their own rows: registered, beating (idle too), silent, stopped; plus a lease
     owner that never registered (seen through its job's heartbeat only)."""
-    svc.create_tenant(session, "acme", max_running=3)
+    create_tenant(session, "acme", max_running=3)
     t0 = utcnow() - timedelta(minutes=10)
-    job = svc.submit_job(session, "acme", SPEC).id
-    queued = svc.submit_job(session, "acme", SPEC).id
-    old = svc.submit_job(session, "acme", SPEC).id
+    job = submit_job(session, "acme", SPEC).id
+    queued = submit_job(session, "acme", SPEC).id
+    old = submit_job(session, "acme", SPEC).id
     for worker_id in ("busy:1", "idle:2", "killed:3", "done:4"):
         register_worker(session, _info(worker_id), now=t0)
-    assert svc.claim_job(session, job, "busy:1", lease_seconds=60, now=t0) is not None
+    assert claim_job(session, job, "busy:1", lease_seconds=60, now=t0) is not None
     assert worker_beat(session, "busy:1", job, now=t0 + timedelta(seconds=100))
     assert worker_beat(session, "idle:2", None, now=t0 + timedelta(seconds=100))
     # killed:3 beats last at t0 + 60 s; three missed 10 s beats later it counts as lost.
@@ -83,7 +85,7 @@ def test_workers_alive_idle_or_on_a_job_lost_and_stopped(session):
     mark_worker_stopped(session, "done:4", now=t0 + timedelta(seconds=50))
     assert not worker_beat(session, "done:4", None, now=t0 + timedelta(seconds=70))  # stays stopped
     assert not worker_beat(session, "never:9", None)
-    assert svc.claim_job(session, old, "legacy:5", lease_seconds=60, now=t0 + timedelta(seconds=90))
+    assert claim_job(session, old, "legacy:5", lease_seconds=60, now=t0 + timedelta(seconds=90))
 
     at = t0 + timedelta(seconds=60 + MISSED_BEATS_LOST * 10 + 1)
     fleet = fleet_status(session, lease_seconds=60, now=at)
@@ -112,8 +114,8 @@ def test_workers_alive_idle_or_on_a_job_lost_and_stopped(session):
 
 
 def test_an_unhealthy_worker_says_why_and_takes_no_jobs(session):
-    svc.create_tenant(session, "acme")
-    queued = svc.submit_job(session, "acme", SPEC).id
+    create_tenant(session, "acme")
+    queued = submit_job(session, "acme", SPEC).id
     t0 = utcnow() - timedelta(minutes=1)
     register_worker(session, _info("sick:1"), now=t0)
     reason = "its own environment failed 3 job(s) in a row; the last: data folder /srv/data is missing"
@@ -140,8 +142,8 @@ def test_status_command(tmp_path, monkeypatch):
     get_settings.cache_clear()
     try:
         with session_scope() as s:
-            svc.create_tenant(s, "acme")
-            job_id = svc.submit_job(s, "acme", SPEC).id
+            create_tenant(s, "acme")
+            job_id = submit_job(s, "acme", SPEC).id
         shown = json.loads(CliRunner().invoke(cli, ["status", "--json"], catch_exceptions=False).output)
         assert shown["jobs"]["acme"]["queued"] == 1 and shown["waiting"][0]["id"] == job_id
         assert "no worker has reported in" in shown["waiting"][0]["why"]

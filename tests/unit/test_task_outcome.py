@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-from orchestrator import services as svc
 from orchestrator.config import get_settings
 from orchestrator.registry.db import forget_engine, session_scope
+from orchestrator.services.jobs import get_job, submit_job
+from orchestrator.services.tenants import create_tenant
 
 
 def test_a_failed_job_fails_its_task(tmp_path, monkeypatch):
@@ -23,15 +24,15 @@ def test_a_failed_job_fails_its_task(tmp_path, monkeypatch):
     (broken / "config.json").write_text(json.dumps({"model_type": "bert"}))
     try:
         with session_scope() as s:
-            svc.create_tenant(s, "acme")
-            job_id = svc.submit_job(s, "acme", {"task": "sst2", "base_model": str(broken), "max_steps": 1}).id
+            create_tenant(s, "acme")
+            job_id = submit_job(s, "acme", {"task": "sst2", "base_model": str(broken), "max_steps": 1}).id
         from worker.tasks import JobFailed, run_job
 
         result = run_job.apply(args=[job_id])
         assert result.state == "FAILURE" and isinstance(result.result, JobFailed)
         assert job_id in str(result.result)
         with session_scope() as s:
-            assert svc.get_job(s, job_id).job.state == "failed"
+            assert get_job(s, job_id).job.state == "failed"
     finally:
         forget_engine(get_settings().database_url)
         get_settings.cache_clear()

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import services as svc
 from orchestrator.config import load_settings
 from orchestrator.registry.db import forget_engine, session_scope
+from orchestrator.services.jobs import get_job, job_events, submit_job
+from orchestrator.services.tenants import create_tenant
 from worker import health
 from worker.preflight import environment_faults
 from worker.runner import run_job
@@ -112,14 +113,14 @@ def test_a_worker_without_its_data_folder_hands_the_job_back(tmp_path):
     broken = _settings(tmp_path, LORAFLEET_UNHEALTHY_AFTER="2", LORAFLEET_DATA_DIR=str(tmp_path / "gone"))
     try:
         with session_scope(good) as s:
-            svc.create_tenant(s, "acme")
-            job_id = svc.submit_job(s, "acme", TINY, max_attempts=1, settings=good).id
+            create_tenant(s, "acme")
+            job_id = submit_job(s, "acme", TINY, max_attempts=1, settings=good).id
 
         first = run_job(job_id, worker_id="broken:1", settings=broken, cache=None)
         assert (first.outcome, first.job_id) == ("requeued", job_id)
         with session_scope(good) as s:
-            job = svc.get_job(s, job_id).job
-            events = list(svc.job_events(s, job_id))
+            job = get_job(s, job_id).job
+            events = list(job_events(s, job_id))
         # Its one attempt is still there: the worker's fault did not use it.
         assert (job.state, job.attempts, job.max_attempts) == ("queued", 0, 1)
         assert [e.kind for e in events] == ["submitted", "claimed", "requeued"]
@@ -132,7 +133,7 @@ def test_a_worker_without_its_data_folder_hands_the_job_back(tmp_path):
         done = run_job(job_id, worker_id="healthy:2", settings=good, cache=None)
         assert done.outcome == "succeeded", done.detail
         with session_scope(good) as s:
-            detail = svc.get_job(s, job_id)
+            detail = get_job(s, job_id)
         assert (detail.job.attempts, [u.attempt for u in detail.usage]) == (1, [1])
     finally:
         forget_engine(good.database_url)
@@ -144,8 +145,8 @@ def test_a_jobs_own_bad_input_still_fails_it(tmp_path):
     (tmp_path / "model" / "config.json").write_text('{"model_type": "bert"}')  # no weights
     try:
         with session_scope(settings) as s:
-            svc.create_tenant(s, "acme")
-            job_id = svc.submit_job(s, "acme", {**TINY, "base_model": str(tmp_path / "model")},
+            create_tenant(s, "acme")
+            job_id = submit_job(s, "acme", {**TINY, "base_model": str(tmp_path / "model")},
                                     settings=settings).id
         result = run_job(job_id, worker_id="w:1", settings=settings, cache=None)
         assert result.outcome == "failed" and "cannot load base model" in result.detail
@@ -165,8 +166,8 @@ def test_an_unhealthy_worker_claims_nothing_and_hands_the_message_back(tmp_path,
     get_settings.cache_clear()
     try:
         with session_scope() as s:
-            svc.create_tenant(s, "acme")
-            job_id = svc.submit_job(s, "acme", TINY).id
+            create_tenant(s, "acme")
+            job_id = submit_job(s, "acme", TINY).id
         health.record_fault("data folder /srv/data is missing", unhealthy_after=1)
         from worker.tasks import run_job as task
 
@@ -174,7 +175,7 @@ def test_an_unhealthy_worker_claims_nothing_and_hands_the_message_back(tmp_path,
         assert isinstance(result.result, Reject) and result.result.requeue
         assert "data folder /srv/data is missing" in str(result.result.reason)
         with session_scope() as s:
-            assert [e.kind for e in svc.job_events(s, job_id)] == ["submitted"]  # not claimed
+            assert [e.kind for e in job_events(s, job_id)] == ["submitted"]  # not claimed
     finally:
         forget_engine(get_settings().database_url)
         get_settings.cache_clear()

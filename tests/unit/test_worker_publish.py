@@ -8,11 +8,13 @@ import json
 
 import pytest
 
-from lora_engine.adapter_io import adapter_files_digest
-from orchestrator import artifacts
-from orchestrator import services as svc
+from lora_engine.adapters.io import adapter_files_digest
+from orchestrator import artifacts, errors
 from orchestrator.registry.db import session_scope
-from orchestrator.services.leases import UsageRecord
+from orchestrator.services.adapters import get_adapter, list_adapters
+from orchestrator.services.jobs import submit_job
+from orchestrator.services.leases import UsageRecord, claim_job, requeue_job
+from orchestrator.services.tenants import create_tenant
 from worker.attempt import succeed
 from worker.executor import JobContext, JobHooks, JobResult, StagedAdapter
 
@@ -21,9 +23,9 @@ pytest_plugins = ["registry_fixtures"]
 
 def _claimed(settings, worker: str) -> JobContext:
     with session_scope(settings) as s:
-        svc.create_tenant(s, "acme")
-        job = svc.submit_job(s, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 2})
-        job = svc.claim_job(s, job.id, worker, 60)
+        create_tenant(s, "acme")
+        job = submit_job(s, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 2})
+        job = claim_job(s, job.id, worker, 60)
     staging = artifacts.staging_path(settings, job.tenant_id, job.id, job.attempts)
     staging.mkdir(parents=True)
     (staging / "adapter_config.json").write_text(json.dumps({"r": 4}))
@@ -42,7 +44,7 @@ def test_published_adapter_is_hashed_where_it_lies(registry_settings):
     ctx = _claimed(registry_settings, "w1")
     outcome = succeed(ctx, "w1", _result(ctx))
     with session_scope(registry_settings) as s:
-        row = svc.get_adapter(s, outcome.adapter_id)
+        row = get_adapter(s, outcome.adapter_id)
     assert row.path == str(artifacts.adapter_path(registry_settings, ctx.tenant_id, row.id))
     assert adapter_files_digest(row.path) == (row.sha256, row.bytes)
     assert not ctx.staging_dir.exists()
@@ -51,11 +53,11 @@ def test_published_adapter_is_hashed_where_it_lies(registry_settings):
 def test_a_refused_registration_leaves_no_folder(registry_settings):
     ctx = _claimed(registry_settings, "w1")
     with session_scope(registry_settings) as s:  # the reconciler handed the job to another worker
-        svc.requeue_job(s, ctx.job_id, "w1", "lease expired")
-        svc.claim_job(s, ctx.job_id, "w2", 60)
-    with pytest.raises(svc.LeaseLost):
+        requeue_job(s, ctx.job_id, "w1", "lease expired")
+        claim_job(s, ctx.job_id, "w2", 60)
+    with pytest.raises(errors.LeaseLost):
         succeed(ctx, "w1", _result(ctx))
     tenant_root = registry_settings.artifacts / ctx.tenant_id
     assert [p.name for p in tenant_root.iterdir()] == [".staging"]  # the published folder is gone
     with session_scope(registry_settings) as s:
-        assert svc.list_adapters(s) == []
+        assert list_adapters(s) == []

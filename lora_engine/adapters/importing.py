@@ -1,7 +1,7 @@
 """Checking a PEFT adapter made elsewhere before lorafleet registers it (`lorafleet adapter import`).
 
 Accepted: a LoRA adapter (peft_type LORA: plain, rsLoRA or DoRA) with its weights in safetensors
-(a pickled adapter_model.bin is refused, never opened; `adapter_check` does these format checks
+(a pickled adapter_model.bin is refused, never opened; `adapters.check` does these format checks
 for `init_from` too), for a base model we can load whose name
 matches the adapter's own `base_model_name_or_path`, and whose every tensor fits that base —
 checked by loading it into the base model with `load_adapter`'s strict shape checks. Each refusal
@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_engine.adapter_folder import (
+from lora_engine.adapters.folder import (
     CARD_NAME,
     CONFIG_NAME,
     KINDS_OF_PEFT_TASK,
@@ -61,7 +61,7 @@ def _same_base(a: str, b: str) -> bool:
 def recorded_base(folder: str | os.PathLike) -> str | None:
     """The base model an adapter folder's adapter_config.json names (an alias for a shipped hub
     id), None when it names none; read without torch, after `adapter_folder_problems`."""
-    from lora_engine.adapter_check import read_json_document
+    from lora_engine.adapters.check import read_json_document
 
     recorded = read_json_document(Path(folder) / CONFIG_NAME).get("base_model_name_or_path")
     return alias_of(recorded) if isinstance(recorded, str) and recorded else None
@@ -72,8 +72,8 @@ def check_foreign_adapter(folder: str | os.PathLike, *, task: str | None = None,
     """Validate the adapter in `folder` for `task` (default: the task its lorafleet.json records)
     and `base_model` (default: the adapter's own, as named; the orchestrator resolves and confines
     it first, `services.inputs`)."""
-    from lora_engine.adapter_check import adapter_folder_problems
-    from lora_engine.adapter_io import head_rows, load_adapter, read_adapter_config, settings_from_config
+    from lora_engine.adapters.check import adapter_folder_problems
+    from lora_engine.adapters.io import head_rows, load_adapter, read_adapter_config, settings_from_config
     from lora_engine.models import load_base_model
 
     folder = Path(folder)

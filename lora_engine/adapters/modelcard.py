@@ -4,7 +4,7 @@ Made with huggingface_hub's `ModelCard` / `ModelCardData`, so the YAML front mat
 Hub reads: the base model's hub id, `library_name: peft`, tags, and the evaluation results as
 `model-index` entries (one per metric and split). The Markdown body repeats the metrics as a
 table, says what data each split's rows are, and records the resolved training spec and the run's
-statistics. Pure text rendering; `adapter_io` writes it into the folder it builds.
+statistics. Pure text rendering; `adapters.io` writes it into the folder it builds.
 
 What a split is, said as it is (`measured_on`): lorafleet's GLUE `validation` rows are held out of
 GLUE's training split (GLUE's own validation set is not in the data folder), so a GLUE adapter's
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lora_engine.adapter_folder import AdapterMeta
+from lora_engine.adapters.folder import AdapterMeta
 from lora_engine.catalog import GLUE_TASKS, TASKS
 from lora_engine.model_ref import hub_id_of
 

@@ -3,7 +3,7 @@
 A folder holds `adapter_config.json` (PEFT's LoraConfig fields), `adapter_model.safetensors` (keys
 as PEFT writes them: `base_model.model.<module>.lora_A.weight`, `...lora_B.weight`, DoRA's
 `...lora_magnitude_vector`, whole saved modules such as `base_model.model.classifier.weight`),
-`lorafleet.json` (`AdapterMeta`: task, labels, prompt template, ...; see `adapter_folder`) and,
+`lorafleet.json` (`AdapterMeta`: task, labels, prompt template, ...; see `adapters.folder`) and,
 for a trained run, a README.md model card. So an adapter made here loads with
 `peft.PeftModel.from_pretrained`, and one PEFT saved loads here. A `full` fine-tune's folder
 (`save_full_model`) is the model's own `save_pretrained` output with the same lorafleet.json and
@@ -11,7 +11,7 @@ card. Every folder is built beside its final place and renamed into it (`atomic.
 
 `load_adapter` checks everything (files, format, config, every key and shape) before it changes the
 model, so a bad adapter raises AdapterError and leaves the model as it was. A weights file is
-checked torch-free (`adapter_check.check_weights`: a well-formed header, finite values) before
+checked torch-free (`adapters.check.check_weights`: a well-formed header, finite values) before
 safetensors maps it.
 """
 
@@ -28,8 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lora_engine.adapter_check import check_weights
-from lora_engine.adapter_folder import (
+from lora_engine.adapters.check import check_weights
+from lora_engine.adapters.digest import adapter_files_digest, folder_bytes
+from lora_engine.adapters.folder import (
     CARD_NAME,
     CONFIG_NAME,
     KINDS_OF_PEFT_TASK,
@@ -46,7 +47,6 @@ from lora_engine.adapter_folder import (
 )
 from lora_engine.atomic import atomic_folder
 from lora_engine.catalog import KINDS, method_of_flags, peft_flags
-from lora_engine.digest import adapter_files_digest, folder_bytes
 from lora_engine.errors import AdapterError, LoraConfigError
 from lora_engine.inject import (
     LoraSettings,
@@ -115,7 +115,7 @@ def _finish_folder(tmp: Path, meta: AdapterMeta, card_stats: dict | None) -> Non
     records the size of the files written so far (config, weights, lorafleet.json) as `adapter_bytes`."""
     write_adapter_meta(tmp, meta)
     if card_stats is not None:
-        from lora_engine.modelcard import render_model_card
+        from lora_engine.adapters.modelcard import render_model_card
 
         stats = {**card_stats, "adapter_bytes": folder_bytes(tmp)}
         (tmp / CARD_NAME).write_text(render_model_card(meta, stats=stats), encoding="utf-8")

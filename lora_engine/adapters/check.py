@@ -1,5 +1,5 @@
 """Is a folder a usable adapter? Answered without torch, at the door (`init_from` by path,
-`adapter import`) and again where the engine reads an adapter's weights (`adapter_io`).
+`adapter import`) and again where the engine reads an adapter's weights (`adapters.io`).
 
 Reads `adapter_config.json` (through `safe_json`; its rank, alpha and dropout must be numbers a
 spec could hold) and `adapter_model.safetensors`: its header through `safetensors_header.read_header`
@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from lora_engine.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, lora_numbers_problem, peft_type_problem
+from lora_engine.adapters.folder import CONFIG_NAME, WEIGHTS_NAME, lora_numbers_problem, peft_type_problem
 from lora_engine.errors import AdapterError
 from lora_engine.model_ref import MODEL_ALIASES, alias_of, is_folder_name
 from lora_engine.safe_json import DocumentError, loads

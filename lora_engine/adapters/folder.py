@@ -1,4 +1,4 @@
-"""The adapter folder's layout and its JSON files, without torch (`adapter_io` writes the tensors).
+"""The adapter folder's layout and its JSON files, without torch (`adapters.io` writes the tensors).
 
     <folder>/adapter_config.json        PEFT's LoraConfig (absent in a `full` model folder)
              adapter_model.safetensors  the LoRA tensors and saved modules, PEFT's key names

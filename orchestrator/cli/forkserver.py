@@ -1,5 +1,6 @@
-"""`lorafleet cli-server …`: one resident process with the CLI's modules loaded, forking a child
-per command line that `cli/entry.py` hands it (see there for why and for the client's side).
+"""The fork server behind `lorafleet cli-server …`: one resident process with the CLI's modules
+loaded, forking a child per command line that `cli/entry.py` hands it (see there for why and for
+the client's side).
 
 The server process only imports: it opens no registry or broker connection and reads no setting,
 so each child starts from what a fresh `lorafleet` process would have after its imports and then
@@ -566,7 +567,7 @@ def start(idle_timeout: float, as_json: bool) -> None:
         out = _open_private(str(log), os.O_WRONLY | os.O_APPEND)
         try:
             server = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli.server", path, str(idle_timeout)],
+                [sys.executable, "-m", "orchestrator.cli.forkserver", path, str(idle_timeout)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd="/")
         finally:
@@ -617,5 +618,5 @@ def _check_socket_path(path: str) -> None:
                        f"100); set {entry.SOCKET_ENV} to a shorter one")
 
 
-if __name__ == "__main__":  # how `start` runs it: python -m orchestrator.cli.server SOCKET IDLE_TIMEOUT
+if __name__ == "__main__":  # how `start` runs it: python -m orchestrator.cli.forkserver SOCKET IDLE_TIMEOUT
     Server(sys.argv[1], float(sys.argv[2])).serve()
