@@ -4,13 +4,13 @@
     python bench/bench_job_system_load.py --jobs 2000 --tenants 50 --workers 2
 
 What runs is the real control plane: `submit_batch` (spec validation, one transaction per batch),
-`announce_jobs` (one Redis message per job + the dispatch record), and W worker processes each
-looping over `worker.runner.run_job`: the fair-share claim (one conditional UPDATE), the lease
-keep-alive, staging, publishing + hashing an adapter folder, `finish_job_success`. Only the
-training step is replaced, by a bench fixture executor that writes a 1 KB adapter folder at once
-(so the numbers are the system's, not torch's). The workers call `run_job` directly instead of
-consuming the Redis messages through Celery: a message only says "work is waiting", and the claim
-picks the job by fair share whatever the message named.
+the messages sent once the batch committed (one Redis message per job + the dispatch record), and
+W worker processes each looping over `worker.runner.run_job`: the fair-share claim (one
+conditional UPDATE), the lease keep-alive, staging, publishing + hashing an adapter folder,
+`finish_job_success`. Only the training step is replaced, by a bench fixture executor that
+writes a 1 KB adapter folder at once (so the numbers are the system's, not torch's). The workers
+call `run_job` directly instead of consuming the Redis messages through Celery: a message only
+says "work is waiting", and the claim picks the job by fair share whatever the message named.
 
 Measured: submit throughput (jobs/s, including the messages); claim latency p50/p99 (the
 `claim_next` call: candidates query + conditional UPDATE, as the workers saw it); fairness: for
@@ -118,7 +118,7 @@ def main() -> None:
     import redis
     from sqlalchemy import func, select
 
-    from orchestrator.announce import announce_jobs
+    from orchestrator.announce import sending_session
     from orchestrator.config import load_settings
     from orchestrator.registry import db
     from orchestrator.registry.db import session_scope
@@ -146,9 +146,8 @@ def main() -> None:
 
         t0 = time.perf_counter()
         for start in range(0, len(items), args.batch):
-            with session_scope(settings) as s:
-                ids = [j.id for j in submit_batch(s, items[start:start + args.batch])]
-            announce_jobs(ids, settings=settings)
+            with sending_session(settings) as s:  # the batch's messages are sent once it committed
+                submit_batch(s, items[start:start + args.batch])
         submit_s = time.perf_counter() - t0
 
         with session_scope(settings) as s:

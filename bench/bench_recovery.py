@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=3000)
     args = ap.parse_args()
 
-    from orchestrator.announce import announce_jobs
+    from orchestrator.announce import sending_session
     from orchestrator.registry import db
     from orchestrator.registry.db import session_scope
     from orchestrator.services.jobs import get_job, job_events, submit_job
@@ -59,12 +59,11 @@ def main() -> None:
     if args.mode == "cluster":  # the cluster's reconciler container, at the configured interval
         fleet.reconciler = start_reconciler(env, home / "reconciler.log", every=s.reconcile_every_s)
     try:
-        with session_scope(s) as session:
+        with sending_session(s) as session:  # the job's message is sent once it committed
             create_tenant(session, "recovery", max_running=1)
             job_id = submit_job(session, "recovery", {"task": "sst2", "base_model": "tiny-bert", "rank": 4,
                                                       "max_steps": args.max_steps, "batch_size": 8,
                                                       "eval_size": 16}).id
-        announce_jobs([job_id], settings=s)
 
         def events():
             with session_scope(s) as session:

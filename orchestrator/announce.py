@@ -1,15 +1,26 @@
-"""Sending job messages and recording that they were sent: submit, re-dispatch, reconcile.
+"""Sending job messages and recording that they were sent: after commit, re-dispatch, reconcile.
 
 `orchestrator.dispatch.send_run_jobs` is the one function that puts a message on the broker;
 here it is paired with the registry's record of the dispatch, which the reconciler reads to
 re-send for queued jobs whose message may be lost (when: `orchestrator.retries.redispatch_wait`).
 A crash between sending and recording is harmless: a second message finds nothing to claim.
+
+Services record the jobs to send in their transaction (`orchestrator.services.enqueue`); an edge
+that opens sessions (the CLI, the worker, quickstart) opens them with `sending_session`, which
+sends what committed once the session is done. Nothing else announces.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
 from orchestrator.config import Settings, get_settings
 from orchestrator.dispatch import send_run_jobs
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def announce_jobs(
@@ -25,6 +36,46 @@ def announce_jobs(
     send_run_jobs(list(job_ids), settings=settings, countdown=countdown)
     with session_scope(settings) as session:
         mark_dispatched(session, list(job_ids))
+
+
+@contextmanager
+def sending_session(
+    settings: Settings | None = None, *, on_send_error: Callable[[list[str], Exception], None] | None = None,
+) -> Iterator[Session]:
+    """A registry session (`session_scope`) whose committed jobs are sent once it is closed, also
+    when the block raises after a commit. `on_send_error(job_ids, error)`: the broker could not
+    take them (the jobs are committed; the reconciler sends later); without it, the error raises."""
+    from orchestrator.registry.db import session_scope
+    from orchestrator.services.enqueue import take_ready
+
+    settings = settings or get_settings()
+    ready: list[tuple[str, float | None]] = []
+    try:
+        with session_scope(settings) as session:
+            try:
+                yield session
+            finally:
+                ready = take_ready(session)
+    finally:
+        if ready:
+            send_ready(ready, settings, on_send_error)
+
+
+def send_ready(ready: list[tuple[str, float | None]], settings: Settings,
+               on_send_error: Callable[[list[str], Exception], None] | None = None) -> None:
+    """Send the (job id, countdown) pairs a session committed (`services.enqueue.take_ready`)."""
+    by_countdown: dict[float | None, list[str]] = {}
+    for job_id, countdown in ready:
+        ids = by_countdown.setdefault(countdown, [])
+        if job_id not in ids:
+            ids.append(job_id)
+    for countdown, ids in by_countdown.items():
+        try:
+            announce_jobs(ids, settings=settings, countdown=countdown)
+        except Exception as exc:
+            if on_send_error is None:
+                raise
+            on_send_error(ids, exc)
 
 
 def reconcile_once(

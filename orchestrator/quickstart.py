@@ -98,17 +98,14 @@ def ensure_tenants(settings: Settings) -> None:
 
 
 def submit_demo_jobs(settings: Settings, max_steps: int) -> list[str]:
-    """Submit (or find, by idempotency key) the demo's jobs; (re-)announce the queued ones."""
-    from orchestrator.announce import announce_jobs
-    from orchestrator.registry.db import session_scope
+    """Submit (or find, by idempotency key) the demo's jobs; the queued ones are (re-)sent once
+    committed (a job left queued by an interrupted earlier run may have lost its message; a
+    duplicate message finds nothing to claim)."""
+    from orchestrator.announce import sending_session
     from orchestrator.services.jobs import submit_batch
 
-    with session_scope(settings) as session:
-        jobs = [(j.id, j.state) for j in submit_batch(session, demo_specs(max_steps))]
-    # A job left queued by an interrupted earlier run may have lost its message: send again
-    # (a duplicate message finds nothing to claim).
-    announce_jobs([job_id for job_id, state in jobs if state == "queued"], settings=settings)
-    return [job_id for job_id, _ in jobs]
+    with sending_session(settings) as session:
+        return [j.id for j in submit_batch(session, demo_specs(max_steps))]
 
 
 def job_details(settings: Settings, job_ids: list[str]) -> list[dict[str, Any]]:

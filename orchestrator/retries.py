@@ -3,13 +3,15 @@ attempt, how long to wait, and when a waiting job's message is sent again.
 
 Business code raises typed errors and never decides how to retry (the model: dramatiq's
 `middleware/retries.py`, whose `retry_when` + `compute_backoff` are `is_transient` + `backoff`
-here). The runner asks `classify`; the services ask `has_attempts_left` and `redispatch_due`.
+here, the decision one call as procrastinate's `get_retry_decision`). The attempt asks `decide`
+once: again? when? does it cost the attempt? The services ask `has_attempts_left` and
+`redispatch_wait`.
 
 | raised                                        | outcome   | why                                        |
 |-----------------------------------------------|-----------|--------------------------------------------|
-| TrainingStopped, cancel requested             | cancelled | the cooperative cancel asked for it        |
-| TrainingStopped, worker shutting down         | released  | checkpointed; back to the queue at once,   |
-|                                               |           |   the attempt is not counted against it    |
+| TrainingStopped, abort reason CANCEL (or none)| cancelled | the cooperative cancel asked for it        |
+| TrainingStopped, abort reason SHUTDOWN or     | released  | checkpointed; back to the queue at once,   |
+|   PAUSE                                       |           |   the attempt is not counted against it    |
 | LeaseLost                                     | lost      | someone else owns the job: write nothing   |
 | WorkerEnvironmentError: the attempt failed    | worker    | not the job's fault: back to the queue at  |
 |   and the worker found a path of its own      |  fault    |   once with the attempt given back, for a  |
@@ -36,13 +38,18 @@ does not pay for a broken worker); an operator's `job retry` grants a fresh budg
 attempts already made: attempts keep counting up, so each attempt's usage row stays unique.
 
 Back-off: a requeued job is re-sent after `backoff(attempt)` = `base * 2**(attempt-1)` capped
-(attempt 1 → 5 s, 2 → 10 s, 3 → 20 s …); a queued job whose message may be lost is re-sent by the
+(attempt 1 → 5 s, 2 → 10 s, 3 → 20 s …), jittered by `decide` into [backoff/2, backoff] (dramatiq's
+`compute_backoff(jitter=True)`), so the jobs one outage failed together do not return together;
+released and handed-back jobs are re-sent at once. A queued job whose message may be lost is re-sent by the
 reconciler once `redispatch_after * 2**min(dispatch_count, 6)` passed since its last message.
 """
 
 from __future__ import annotations
 
 import errno
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 BACKOFF_BASE_S = 5.0
@@ -67,6 +74,24 @@ class Outcome(StrEnum):
     REQUEUED = "requeued"
     RELEASED = "released"
     WORKER_FAULT = "worker_fault"
+
+
+class Abort(StrEnum):
+    """Why a running job was asked to stop (what a TrainingStopped means)."""
+
+    CANCEL = "cancel"  # its user (or an operator) cancelled it
+    SHUTDOWN = "shutdown"  # its worker is stopping
+    PAUSE = "pause"  # set aside to resume later, not the job's doing
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with an attempt that did not succeed (`decide`)."""
+
+    outcome: Outcome
+    retry_in: float | None  # seconds before the job's message is sent again; None: it is not
+    costs_attempt: bool  # whether the attempt counts against the job's budget
+    error: BaseException  # the error the outcome is for (a worker fault wraps the job's own)
 
 
 def _infrastructure_errors() -> tuple[type[BaseException], ...]:
@@ -116,22 +141,58 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
-def classify(exc: BaseException, *, cancel_requested: bool = True, shutting_down: bool = False) -> Outcome:
+def classify(exc: BaseException, *, abort: Abort | None = None) -> Outcome:
     """What to do with a job whose work raised `exc` (see the table above).
 
-    `cancel_requested`: the job's cancel flag as last seen; `shutting_down`: this worker was
-    asked to stop (a stop without a cancel is a release).
+    `abort`: why the job was asked to stop, if it was (a stop for a shutdown or a pause is a
+    release; a cancel, or a stop with no reason, ends the job).
     """
     from lora_engine.errors import TrainingStopped
     from orchestrator.errors import LeaseLost, WorkerEnvironmentError
 
     if isinstance(exc, TrainingStopped):
-        return Outcome.CANCELLED if cancel_requested or not shutting_down else Outcome.RELEASED
+        return Outcome.RELEASED if abort in (Abort.SHUTDOWN, Abort.PAUSE) else Outcome.CANCELLED
     if isinstance(exc, LeaseLost):
         return Outcome.LOST
     if isinstance(exc, WorkerEnvironmentError):
         return Outcome.WORKER_FAULT
     return Outcome.REQUEUED if is_transient(exc) else Outcome.FAILED
+
+
+def decide(
+    exc: BaseException,
+    attempt: int,
+    *,
+    abort: Abort | None = None,
+    worker_faults: Callable[[], Sequence[str]] = tuple,
+    rng: random.Random | None = None,
+) -> Decision:
+    """The one retry decision for attempt `attempt` (1-based) that raised `exc`.
+
+    `worker_faults`: asked only for a failure that would fail or requeue the job, it names what
+    of the worker's own environment is broken; any, and the failure is the worker's (a
+    WorkerEnvironmentError caused by `exc`). `rng`: the jitter's source (tests seed it).
+    """
+    from orchestrator.errors import WorkerEnvironmentError
+
+    outcome = classify(exc, abort=abort)
+    if outcome in (Outcome.FAILED, Outcome.REQUEUED):
+        faults = list(worker_faults())
+        if faults:
+            fault = WorkerEnvironmentError(faults)
+            fault.__cause__ = exc
+            exc, outcome = fault, Outcome.WORKER_FAULT
+    if outcome is Outcome.REQUEUED:
+        return Decision(outcome, jittered(backoff(attempt), rng), True, exc)
+    if outcome in (Outcome.RELEASED, Outcome.WORKER_FAULT):
+        return Decision(outcome, 0.0, False, exc)
+    return Decision(outcome, None, True, exc)
+
+
+def jittered(delay: float, rng: random.Random | None = None) -> float:
+    """`delay` spread uniformly over [delay/2, delay] ("equal jitter")."""
+    half = delay / 2
+    return half + (rng or random).uniform(0.0, half)
 
 
 def describe(exc: BaseException) -> str:

@@ -95,7 +95,7 @@ def _after_fork(**_: Any) -> None:
 def _shutting_down(**_: Any) -> None:
     """SIGTERM/SIGINT: the running job checkpoints at its next step and is requeued, so a deploy
     or a scale-down costs at most one step of work, not the rest of the job."""
-    from worker.runner import request_shutdown
+    from worker.attempt import request_shutdown
 
     request_shutdown()
 

@@ -30,18 +30,12 @@ class NothingScored(LoraFleetInputError):
     """No adapter of a reevaluate job could be scored (permanent: the same files next time)."""
 
 
-def _usage(stats) -> UsageRecord:
-    return UsageRecord(device=stats.device, device_seconds=float(stats.device_s),
-                       wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,
-                       examples=int(stats.examples), tokens=int(stats.tokens))
-
-
 def run_untuned_evaluation(ctx: JobContext) -> JobResult:
     """Score the untuned base model of the job's spec on its task's validation split."""
     from lora_engine.untuned import evaluate_untuned
 
     result = evaluate_untuned(ctx.spec, data_dir=ctx.settings.data_dir, cache=ctx.cache)
-    return JobResult(metrics=result.metrics, usage=_usage(result.stats))
+    return JobResult(metrics=result.metrics, usage=UsageRecord.of_run(result.stats))
 
 
 def run_reevaluation(ctx: JobContext) -> JobResult:
@@ -70,4 +64,4 @@ def run_reevaluation(ctx: JobContext) -> JobResult:
         raise NothingScored(f"none of the {len(listed)} adapters could be re-evaluated ({reasons})")
     log.info("job %s: re-evaluated %d adapters on %s (%d base load(s), %d injection(s), %d swap(s))",
              ctx.job_id, len(result.scores), base, result.base_loads, result.injections, result.swaps)
-    return JobResult(metrics={}, usage=_usage(result.stats), reevaluated=result.scores)
+    return JobResult(metrics={}, usage=UsageRecord.of_run(result.stats), reevaluated=result.scores)

@@ -1,11 +1,11 @@
-"""What the runner hands an executor, and what an executor hands back.
+"""What an attempt hands an executor, and what an executor hands back.
 
 An executor does the work of one job kind (`worker.kinds`): it reads its own spec from
 `JobContext.spec`, reports through `JobContext.hooks`, writes any adapter under
 `JobContext.staging_dir`, and returns a `JobResult`. It never touches the registry and never
 decides a retry: it returns, or raises a typed error that the retry policy classifies. The
-runner owns everything around it (claim, heartbeat, cancel, publishing, recording, retry), the
-same for every kind.
+attempt (`worker.attempt`) owns everything around it (claim, heartbeat, cancel, publishing,
+recording, retry), the same for every kind.
 """
 
 from __future__ import annotations

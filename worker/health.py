@@ -3,8 +3,9 @@ it still takes jobs.
 
 A job whose attempt failed because the worker's own environment is broken (a worker fault in
 `orchestrator.retries`: its working folder, data folder, model cache or artifacts root missing
-or unreadable) goes back to the queue with its attempt given back. The runner reports every
-attempt here: a worker fault counts, any attempt its environment did not fail resets the count.
+or unreadable) goes back to the queue with its attempt given back. `worker.attempt` reports
+every attempt here: a worker fault counts, any attempt its environment did not fail resets the
+count.
 At `Settings.unhealthy_after` faults in a row the process is unhealthy until it is restarted (a
 black hole taken out of service): it claims nothing more, the listeners registered with
 `on_unhealthy` run once (its presence writes the reason to its `workers` row, so `lorafleet

@@ -1,6 +1,6 @@
 """The executor of each job kind: `jobs.kind` → the function that does the job's work.
 
-Every kind runs inside the same lifecycle (`worker.runner`: claim, heartbeat, cancel, publish,
+Every kind runs inside the same lifecycle (`worker.attempt`: claim, heartbeat, cancel, publish,
 record, retry); only the work differs. Register a new kind by adding it here.
 """
 

@@ -1,8 +1,8 @@
 """Packed execution: one worker pass trains several compatible queued jobs over one resident base.
 
 With `pack_max_jobs` K > 1 (or "auto") the worker looks at the job fair share would claim next.
-When it is a packable training job (lora / rslora / dora on a BERT/RoBERTa classification or
-Llama generation base, see `lora_engine.packed`), it is claimed and a pack starts around it; then,
+When it is a packable training job (`lora_engine.packing.packable`: the one rule, which `Pack.check`
+and the partners' claim apply too), it is claimed and a pack starts around it; then,
 at every step boundary where the pack has room, more queued training jobs on the same base whose
 task takes the same forward, with the same classifier pooling, are claimed into it, in the same
 fair-share order and under the same quotas (`services.claim_partners`: each its own conditional
@@ -16,65 +16,59 @@ is measured (activation bytes per token, once per base and process) and planned 
 memory (`lora_engine.packed.memory`); until then the pack holds its first job alone. The limits
 and the probe are logged and kept in each job's `packed` event.
 
-Every packed job keeps the lifecycle `runner.run_job` gives a job alone, built from the runner's
-own parts: its lease and heartbeat (its progress hook, plus a keep-alive thread while it sets up
-or evaluates), its attempt count, its cancel flag, its checkpoints, its outcome (published,
-cancelled, requeued or failed by the one retry policy) the moment it leaves the pack, and its
-usage: its token share of the packed rounds plus its own optimizer steps and evaluation. A
-`packed` event names the jobs it shared rounds with.
+Every packed job is a `worker.attempt.Attempt`, as a job alone is: its lease and heartbeat (its
+progress hook, plus a keep-alive thread while it sets up or evaluates), its attempt count, its
+cancel flag, its checkpoints, its phases and the Prometheus progress gauges (`worker.train`'s
+hooks), its outcome (published, cancelled, requeued or failed by the one retry decision) the moment
+it leaves the pack, and its usage: its token share of the packed rounds plus its own optimizer
+steps and evaluation. A `packed` event names the jobs it shared rounds with.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lora_engine.catalog import LORA_METHODS
-from orchestrator import artifacts
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
 from orchestrator.services.leases import UsageRecord
-from worker.executor import JobContext, JobResult, StagedAdapter
-from worker.inputs import JobInputs, base_folder, local_base, resolve_inputs
-
-# The one lifecycle: a packed job is heartbeated, settled and published exactly as a single one.
-from worker.runner import (
-    _DEFAULT_CACHE,
-    KeepAlive,
-    RunResult,
-    _failed_usage,
-    _Heartbeat,
-    _record,
-    _settle,
-    _succeed,
-    default_worker_id,
-    model_cache,
-    run_job,
-    shutting_down,
-)
+from worker.attempt import Attempt, RunResult, device_name, shutting_down
+from worker.executor import JobResult, StagedAdapter
+from worker.inputs import base_folder, local_base
+from worker.runner import WARM_CACHE, cache_for, default_worker_id, run_job
+from worker.train import train_hooks
 
 if TYPE_CHECKING:
     from lora_engine.packed.memory import PackPlan, Probe
 
 log = logging.getLogger(__name__)
 
-PACKABLE_METHODS = LORA_METHODS
 # While a pack has room, how often it looks for a waiting compatible job (one claim query each).
 JOIN_POLL_S = 1.0
 
 
 def _packable(job, settings: Settings) -> str | None:
-    """The packed forward a queued job would take, or None when it trains alone: not a LoRA
-    training job, it continues an adapter or trains on a full fine-tune (the single path verifies
-    those first), or it evaluates during training."""
-    if (job.kind != "train" or job.method not in PACKABLE_METHODS or job.init_from_adapter_id is not None
-            or job.base_adapter_id is not None or _evaluates(job)):
+    """The packed forward a queued job would take ('encoder' / 'decoder'), or None when it trains
+    alone, by `lora_engine.packing.packable` (a training job only; its base and task resolved)."""
+    from lora_engine.catalog import task_info
+    from lora_engine.methods import PACKABLE_METHODS
+    from lora_engine.model_ref import is_folder_name
+    from lora_engine.models import resolve_model
+    from lora_engine.packing import packable
+
+    if job.kind != "train" or job.method not in PACKABLE_METHODS:  # before resolving its base
         return None
-    return _family(job.base_model, job.task, settings)
+    try:
+        if is_folder_name(job.base_model):  # confined again before its config is read
+            base_folder(settings, job.base_model)
+        arch, kind = resolve_model(job.base_model).arch, task_info(job.task).kind
+    except Exception:  # an unknown or refused base, an unknown task: the single path's to report
+        return None
+    # A job on a full fine-tune (base_adapter_id) reads its base from that adapter, verified on
+    # the single path first, as a parent it continues is.
+    return packable(method=job.method, arch=arch, kind=kind, evaluates=_evaluates(job),
+                    continues_adapter=job.init_from_adapter_id is not None or job.base_adapter_id is not None)
 
 
 def _pooling(base_model: str, spec: dict) -> str:
@@ -87,38 +81,8 @@ def _pooling(base_model: str, spec: dict) -> str:
 
 
 def _evaluates(job) -> bool:
-    """A job that evaluates during training (the auto budget's default; unresolved counts) runs
-    alone: the pack has no evaluation and would keep its last step instead of its best."""
+    """A job that evaluates during training (the auto budget's default; unresolved counts)."""
     return bool(job.spec.get("eval_every", 1))
-
-
-def _family(base_model: str, task: str, settings: Settings) -> str | None:
-    """'encoder' / 'decoder': the packed forward this (base, task) takes; None: not packable. A
-    base folder is confined again before its config is read (refused: the single path says why)."""
-    from lora_engine.catalog import task_info
-    from lora_engine.model_ref import is_folder_name
-    from lora_engine.models import resolve_model
-
-    try:
-        if is_folder_name(base_model):
-            base_folder(settings, base_model)
-        arch, kind = resolve_model(base_model).arch, task_info(task).kind
-    except Exception:  # an unknown base or task is the single path's to report
-        return None
-    if arch in ("bert", "roberta") and kind != "generation":
-        return "encoder"
-    if arch == "llama" and kind == "generation":
-        return "decoder"
-    return None
-
-
-@dataclass
-class _Member:
-    ctx: JobContext
-    beat: _Heartbeat
-    keepalive: KeepAlive
-    started: float
-    inputs: JobInputs
 
 
 # Activation bytes per token, measured on a pack's first round, once per (base, device) and process.
@@ -130,7 +94,7 @@ def packing_enabled(settings: Settings) -> bool:
 
 
 def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings | None = None,
-               cache: Any = _DEFAULT_CACHE) -> list[RunResult]:
+               cache: Any = WARM_CACHE) -> list[RunResult]:
     """Claim and run the next job, packed with compatible queued jobs when it can be; one
     RunResult per job claimed. Never raises for a job's own failure (as `run_job`)."""
     from orchestrator.registry import repositories as repo
@@ -147,30 +111,10 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
         first = claim_job(session, lead.id, worker_id, settings.lease_seconds)
         if first is None:  # taken by another worker in between: claim as usual
             return [run_job(job_id, worker_id=worker_id, settings=settings, cache=cache)]
-        base, snapshot = first.base_model, _snapshot(first)
-    log.info("claimed %s to train packed on %s as %s", snapshot[0], base, worker_id)
-    cache = model_cache() if cache is _DEFAULT_CACHE else cache
-    lead_member = _member(settings, worker_id, snapshot, cache)
-    return _train_packed(settings, worker_id, base, family, lead_member, cache)
-
-
-def _snapshot(job) -> tuple:
-    return job.id, job.tenant_id, dict(job.spec), job.attempts, JobInputs.of(job)
-
-
-def _member(settings: Settings, worker_id: str, snapshot: tuple, cache: Any) -> _Member:
-    """A claimed job's lifecycle, as `run_job` sets it up: heartbeat, keep-alive, staging."""
-    jid, tenant_id, spec, attempt, inputs = snapshot
-    for earlier in range(1, attempt):  # left by a killed worker (as run_job clears them)
-        shutil.rmtree(artifacts.staging_path(settings, tenant_id, jid, earlier), ignore_errors=True)
-    beat = _Heartbeat(settings, jid, worker_id)
-    ctx = JobContext(job_id=jid, tenant_id=tenant_id, kind="train", attempt=attempt, spec=spec,
-                     settings=settings, hooks=beat.hooks(),
-                     staging_dir=artifacts.staging_path(settings, tenant_id, jid, attempt),
-                     checkpoint_dir=artifacts.checkpoint_path(settings, tenant_id, jid), cache=cache)
-    keepalive = KeepAlive(beat, interval_s=settings.heartbeat_seconds)
-    keepalive.start()
-    return _Member(ctx, beat, keepalive, time.monotonic(), inputs)
+        cache = cache_for(cache)
+        base, attempt = first.base_model, Attempt.of(settings, worker_id, first, cache)
+    log.info("claimed %s to train packed on %s as %s", attempt.job_id, base, worker_id)
+    return _train_packed(settings, worker_id, base, family, attempt.start(), cache)
 
 
 class _Joiner:
@@ -186,7 +130,7 @@ class _Joiner:
         self.last = float("-inf")
         self.skip: set[str] = set()  # jobs this pack refused and handed back: not claimed again
 
-    def __call__(self, *, now: bool) -> list[_Member]:
+    def __call__(self, *, now: bool) -> list[Attempt]:
         from orchestrator.services.leases import claim_partners
 
         pack = self.pack
@@ -212,13 +156,12 @@ class _Joiner:
 
         with session_scope(self.settings) as session:
             claimed = claim_partners(session, self.worker_id, self.settings.lease_seconds,
-                                     base_model=self.base, methods=PACKABLE_METHODS, limit=room,
-                                     accept=accept)
-            snapshots = [_snapshot(j) for j in claimed]
-        if snapshots:
-            log.info("%d job(s) join the pack on %s: %s", len(snapshots), self.base,
-                     ", ".join(s[0] for s in snapshots))
-        return [_member(self.settings, self.worker_id, s, self.cache) for s in snapshots]
+                                     base_model=self.base, limit=room, accept=accept)
+            joined = [Attempt.of(self.settings, self.worker_id, j, self.cache) for j in claimed]
+        if joined:
+            log.info("%d job(s) join the pack on %s: %s", len(joined), self.base,
+                     ", ".join(a.job_id for a in joined))
+        return [a.start() for a in joined]
 
 
 def _round_tokens(job) -> int | None:
@@ -258,12 +201,13 @@ def _limits(settings: Settings, pack, base: str) -> PackPlan | None:
     return plan
 
 
-def _train_packed(settings: Settings, worker_id: str, base: str, family: str, lead: _Member,
+def _train_packed(settings: Settings, worker_id: str, base: str, family: str, lead: Attempt,
                   cache: Any) -> list[RunResult]:
     from lora_engine.errors import LoraConfigError, TrainingStopped
     from lora_engine.packed import Pack
+    from lora_engine.spec import TrainingSpec
 
-    members = {lead.ctx.job_id: lead}
+    members = {lead.job_id: lead}
     results: list[RunResult] = []
     kind, labels = ("generation", None) if family == "decoder" else ("classification", 2)
     try:
@@ -275,21 +219,22 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
 
             model, tokenizer = load_base_model(local, kind, labels)
     except Exception as exc:  # the shared base failed to load: the job settles as it would alone
-        return [_fail(settings, worker_id, lead, exc)]
+        return [_fail(lead, exc)]
     # Members' specs name the base where it is read here (resolve_inputs), the pack likewise; the
     # joiner claims partners by the registry's name for it.
     pack = Pack(model, tokenizer, data_dir=settings.data_dir, base_model=local, max_jobs=1)
     join = _Joiner(settings, worker_id, base, family, pack, cache, _pooling(local, lead.ctx.spec))
 
-    def add(m: _Member) -> None:
-        members[m.ctx.job_id] = m
+    def add(m: Attempt) -> None:
+        members[m.job_id] = m
         try:
-            pack.add(_spec(settings, m), m.ctx.staging_dir, _hooks(settings, m), key=m.ctx.job_id)
+            spec = TrainingSpec.model_validate(m.resolved_spec())
+            pack.add(spec, m.ctx.staging_dir, train_hooks(m.ctx), key=m.job_id)
         except LoraConfigError as exc:  # the pack refuses it (e.g. LoRA on embeddings): alone it may train
-            join.skip.add(m.ctx.job_id)
-            results.append(_release(settings, worker_id, m, exc))
+            join.skip.add(m.job_id)
+            results.append(_release(m, exc))
         except Exception as exc:  # this job cannot start (bad data, a refused spec): it alone
-            results.append(_fail(settings, worker_id, m, exc))
+            results.append(_fail(m, exc))
 
     def apply(plan) -> None:
         pack.max_jobs, pack.max_tokens = plan.max_jobs, plan.max_tokens
@@ -307,11 +252,11 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
                 outcomes = pack.step(measure=measure)
             except Exception as exc:  # the shared pass failed: every job still in it gets the error
                 for jid in list(pack.jobs):
-                    results.append(_fail(settings, worker_id, members[jid], exc))
+                    results.append(_fail(members[jid], exc))
                 break
             for outcome in outcomes:
                 member = members[outcome.key]
-                results.append(_leave(settings, worker_id, member, outcome, plan, TrainingStopped))
+                results.append(_leave(member, outcome, plan, TrainingStopped))
             if measure:
                 _probes[(base, pack.device.name)] = pack.probe
                 plan = _limits(settings, pack, base)
@@ -321,98 +266,55 @@ def _train_packed(settings: Settings, worker_id: str, base: str, family: str, le
                 add(m)
     finally:
         for m in members.values():  # a job set up but never stepped (the pass failed first) is settled above
-            m.keepalive.stop()
+            m.close()
         pack.close()
         if cache is not None:
             cache.checkin()
-    if lead.ctx.job_id in join.skip:  # handed back: the single path claims it (fair share) and trains it
-        results.append(run_job(lead.ctx.job_id, worker_id=worker_id, settings=settings, cache=cache))
+    if lead.job_id in join.skip:  # handed back: the single path claims it (fair share) and trains it
+        results.append(run_job(lead.job_id, worker_id=worker_id, settings=settings, cache=cache))
     return results
 
 
-def _spec(settings: Settings, m: _Member):
-    from lora_engine.spec import TrainingSpec
-
-    return TrainingSpec.model_validate(resolve_inputs(settings, m.inputs, m.ctx.spec))
-
-
-def _hooks(settings: Settings, m: _Member):
-    from lora_engine.recipe import TrainHooks
-
-    beat = m.beat
-
-    def on_progress(p) -> None:
-        beat.on_metrics(p.step, p.epoch, {"loss": p.loss, "lr": p.lr})  # flushed by the heartbeat
-        beat.on_progress(p.step, p.total, p.loss)
-
-    return TrainHooks(on_progress=on_progress, should_stop=beat.should_stop,
-                     checkpoint_every=settings.checkpoint_every, checkpoint_dir=m.ctx.checkpoint_dir,
-                     on_checkpoint=beat.on_checkpoint, on_resume=beat.on_resume,
-                     divergence_factor=settings.divergence_factor,
-                     divergence_patience=settings.divergence_patience)
-
-
-def _leave(settings: Settings, worker_id: str, m: _Member, outcome, plan, stopped_cls) -> RunResult:
-    """Settle a job the moment it leaves the pack, as `run_job` settles a job alone."""
+def _leave(m: Attempt, outcome, plan, stopped_cls) -> RunResult:
+    """Settle a job the moment it leaves the pack, as a job alone is settled."""
     from orchestrator.errors import LeaseLost
     from orchestrator.services.leases import record_packed
 
-    m.keepalive.stop()
     try:
+        m.stop()
         if outcome.packed_with:
             try:
-                with session_scope(settings) as session:
-                    record_packed(session, m.ctx.job_id, worker_id, sorted(outcome.packed_with),
+                with session_scope(m.settings) as session:
+                    record_packed(session, m.job_id, m.worker_id, sorted(outcome.packed_with),
                                   limits=plan.to_dict() if plan is not None else None)
             except LeaseLost as lost:
-                return RunResult("lost", m.ctx.job_id, str(lost))
+                return RunResult("lost", m.job_id, str(lost))
         if outcome.status == "succeeded":
             stats = outcome.result.stats
-            usage = UsageRecord(device=stats.device, device_seconds=float(stats.device_s),
-                                wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,
-                                examples=int(stats.examples), tokens=int(stats.tokens))
             adapter = StagedAdapter(outcome.result.adapter_dir, int(stats.trainable_params),
                                     int(stats.total_params))
-            return _succeed(m.ctx, worker_id, JobResult(metrics=outcome.result.metrics, usage=usage,
-                                                        adapter=adapter))
-        usage = UsageRecord(device=_failed_usage(0.0).device, device_seconds=outcome.device_s,
+            return m.succeed(JobResult(metrics=outcome.result.metrics, usage=UsageRecord.of_run(stats),
+                                       adapter=adapter))
+        usage = UsageRecord(device=device_name(), device_seconds=outcome.device_s,
                             wall_seconds=time.monotonic() - m.started, examples=outcome.examples,
                             tokens=outcome.tokens)
         exc = outcome.error if outcome.status == "failed" else stopped_cls(outcome.step)
-        return _settle(settings, m.ctx.job_id, worker_id, m.ctx.attempt, exc, usage,
-                       cancel_requested=m.beat.cancel, spec=m.ctx.spec)
+        return m.settle(exc, usage)
     finally:
-        _clean_staging(m)
+        m.close()
 
 
-def _release(settings: Settings, worker_id: str, m: _Member, exc: Exception) -> RunResult:
+def _release(m: Attempt, exc: Exception) -> RunResult:
     """A job the pack cannot take goes back to the queue, no attempt used, to train alone."""
-    from orchestrator.errors import LeaseLost
-    from orchestrator.services.leases import requeue_job
-
-    m.keepalive.stop()
-    reason = f"not packed: {exc}"
-    log.info("job %s cannot join the pack (%s): back to the queue to train alone", m.ctx.job_id, exc)
+    log.info("job %s cannot join the pack (%s): back to the queue to train alone", m.job_id, exc)
     try:
-        _record(settings, lambda s: requeue_job(s, m.ctx.job_id, worker_id, reason, release=True))
-    except LeaseLost as lost:
-        return RunResult("lost", m.ctx.job_id, str(lost))
+        return m.release(f"not packed: {exc}")
     finally:
-        _clean_staging(m)
-    return RunResult("requeued", m.ctx.job_id, reason)
+        m.close()
 
 
-def _fail(settings: Settings, worker_id: str, m: _Member, exc: Exception) -> RunResult:
-    m.keepalive.stop()
+def _fail(m: Attempt, exc: Exception) -> RunResult:
     try:
-        return _settle(settings, m.ctx.job_id, worker_id, m.ctx.attempt, exc,
-                       _failed_usage(time.monotonic() - m.started), cancel_requested=m.beat.cancel,
-                       spec=m.ctx.spec)
+        return m.settle(exc)
     finally:
-        _clean_staging(m)
-
-
-def _clean_staging(m: _Member) -> None:
-    shutil.rmtree(m.ctx.staging_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):  # only if no other attempt is staging there
-        m.ctx.staging_dir.parent.rmdir()
+        m.close()

@@ -23,8 +23,8 @@ def run_job(self: Any, job_id: str) -> str:
     from celery.exceptions import Reject
 
     from worker import health
+    from worker.attempt import shutting_down
     from worker.runner import run_job as execute
-    from worker.runner import shutting_down
 
     if shutting_down():
         # This worker is stopping: hand the message back for another (or the restarted) worker.

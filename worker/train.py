@@ -10,10 +10,25 @@ from worker.executor import JobContext, JobResult, StagedAdapter
 
 def run_training(ctx: JobContext) -> JobResult:
     """Train the job's spec into `ctx.staging_dir`, resuming from the job's last checkpoint."""
-    from lora_engine.recipe import TrainHooks, train
+    from lora_engine.recipe import train
     from lora_engine.spec import TrainingSpec
 
     spec = TrainingSpec.model_validate(ctx.spec)
+    result = train(spec, ctx.staging_dir, data_dir=ctx.settings.data_dir, hooks=train_hooks(ctx),
+                   cache=ctx.cache)
+    stats = result.stats
+    adapter = StagedAdapter(result.adapter_dir, int(stats.trainable_params), int(stats.total_params))
+    # Every evaluation of the run once more, those before a resume included (the checkpoint
+    # carried them; points already written are replaced by the same values).
+    points = [Point(name, p.step, p.epoch, value) for p in result.eval_history
+              for name, value in holdout_series(p).items()]
+    return JobResult(metrics=result.metrics, usage=UsageRecord.of_run(stats), adapter=adapter, points=points)
+
+
+def train_hooks(ctx: JobContext):
+    """The recipe's hooks for a training job, alone or in a pack: progress (the Prometheus gauges,
+    the curve points, the heartbeat), phases, checkpoints and resumes, the divergence guard."""
+    from lora_engine.recipe import TrainHooks
 
     def on_progress(p) -> None:
         exporter.observe_progress(p.step, p.examples_per_s)
@@ -25,7 +40,7 @@ def run_training(ctx: JobContext) -> JobResult:
         if ctx.hooks.on_metrics is not None:
             ctx.hooks.on_metrics(point.step, point.epoch, holdout_series(point))
 
-    hooks = TrainHooks(
+    return TrainHooks(
         on_progress=on_progress,
         should_stop=ctx.hooks.should_stop,
         checkpoint_every=ctx.settings.checkpoint_every,
@@ -37,22 +52,6 @@ def run_training(ctx: JobContext) -> JobResult:
         divergence_factor=ctx.settings.divergence_factor,
         divergence_patience=ctx.settings.divergence_patience,
     )
-    result = train(spec, ctx.staging_dir, data_dir=ctx.settings.data_dir, hooks=hooks, cache=ctx.cache)
-    stats = result.stats
-    usage = UsageRecord(
-        device=stats.device,
-        device_seconds=float(stats.device_s),
-        wall_seconds=float(stats.wall_s),
-        peak_memory_bytes=stats.peak_mem_bytes,
-        examples=int(stats.examples),
-        tokens=int(stats.tokens),
-    )
-    adapter = StagedAdapter(result.adapter_dir, int(stats.trainable_params), int(stats.total_params))
-    # Every evaluation of the run once more, those before a resume included (the checkpoint
-    # carried them; points already written are replaced by the same values).
-    points = [Point(name, p.step, p.epoch, value) for p in result.eval_history
-              for name, value in holdout_series(p).items()]
-    return JobResult(metrics=result.metrics, usage=usage, adapter=adapter, points=points)
 
 
 def holdout_series(point) -> dict[str, float]:

@@ -115,7 +115,19 @@ def status(message: str) -> None:
 
 
 def open_session() -> Any:
-    """A registry session for one command (the embedded registry is created on first use)."""
-    from orchestrator.registry.db import session_scope
+    """A registry session for one command (the embedded registry is created on first use); the
+    jobs its services queued are sent to the workers once it is closed (`announce.sending_session`)."""
+    from orchestrator.announce import sending_session
 
-    return session_scope()
+    return sending_session(on_send_error=_broker_unreachable)
+
+
+def _broker_unreachable(job_ids: list[str], exc: Exception) -> None:
+    """The jobs are committed already, so a broker that cannot be reached is not a failure of the
+    command: the reconciler re-sends messages for queued jobs whose dispatch is old. Say so (one
+    line, no traceback) and carry on, so that a script never submits the job twice."""
+    reason = (str(exc).strip().splitlines() or [""])[0][:200]
+    status(f"warning: {len(job_ids)} job(s) queued and committed, but the broker could not be reached "
+           f"({type(exc).__name__}: {reason}); the reconciler (`lorafleet reconcile`, or a worker "
+           "with beat) will dispatch them. Do not resubmit: with the same --idempotency-key a "
+           "resubmission returns the same job.")

@@ -26,25 +26,6 @@ from orchestrator.registry.limits import BIG_INTEGER_MAX
 DEFAULT_LIST_LIMIT = 50
 
 
-def dispatch(job_ids: list[str]) -> None:
-    """Tell the workers these jobs are waiting (after the registry committed them).
-
-    The jobs are committed already, so a broker that cannot be reached is not a failure of the
-    submission: the reconciler re-sends messages for queued jobs whose dispatch is old. Say so
-    (one line, no traceback) and carry on, so that a script never submits the job twice.
-    """
-    from orchestrator.announce import announce_jobs
-
-    try:
-        announce_jobs(job_ids)
-    except Exception as exc:  # any broker/transport error: the reconciler dispatches later
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        status(f"warning: {len(job_ids)} job(s) queued and committed, but the broker could not be reached "
-               f"({type(exc).__name__}: {reason}); the reconciler (`lorafleet reconcile`, or a worker "
-               "with beat) will dispatch them. Do not resubmit: with the same --idempotency-key a "
-               "resubmission returns the same job.")
-
-
 @click.group(cls=LazyGroup, lazy={"metrics": "orchestrator.cli.job_results:metrics",
                                   "checkpoints": "orchestrator.cli.job_results:checkpoints"})
 def job() -> None:
@@ -93,8 +74,6 @@ def submit(
         job_id, state = queued.id, queued.state
     if not wait:
         emit({"id": job_id}, as_json, lambda v: click.echo(v["id"]))  # the id first, whatever follows
-    if state == "queued":
-        dispatch([job_id])
     if not wait:
         return
     from orchestrator.cli.live import follow
@@ -123,7 +102,6 @@ def submit_batch(file: Path, as_json: bool) -> None:
     with open_session() as session:
         jobs = [(j.id, j.state) for j in submit_all(session, items)]
     emit([{"id": job_id} for job_id, _ in jobs], as_json, lambda v: click.echo("\n".join(i["id"] for i in v)))
-    dispatch([job_id for job_id, state in jobs if state == "queued"])
 
 
 @job.command("list")
@@ -295,5 +273,4 @@ def retry(job_id: str, as_json: bool) -> None:
     with open_session() as session:
         retried = retry_job(session, job_id)
         view = {"id": retried.id, "state": retried.state}
-    dispatch([view["id"]])
     emit(view, as_json, print_record)

@@ -188,7 +188,6 @@ def report() -> None:
 def _queue_reevaluation(scope: dict[str, Any], wait: bool) -> None:
     """Queue re-evaluation jobs for the report's tenants / task / base model (validated first:
     nothing to re-evaluate is an error, nothing is queued); with `wait`, until they end."""
-    from orchestrator.cli.job import dispatch
     from orchestrator.cli.live import wait_all
     from orchestrator.services.reevaluation import submit_reevaluation
 
@@ -196,7 +195,6 @@ def _queue_reevaluation(scope: dict[str, Any], wait: bool) -> None:
         jobs = submit_reevaluation(session, tenant=scope["tenants"] or None, task=scope["task"],
                                    base_model=scope["base_model"])
         queued = [(j.id, len(j.spec["adapters"]), j.base_model) for j in jobs]
-    dispatch([job_id for job_id, _, _ in queued])
     for job_id, count, base in queued:
         status(f"queued re-evaluation {job_id}: {count} adapter(s) on {base}")
     if not wait:

@@ -69,9 +69,15 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                             -> Adapter | None   (train: adapter; evaluate: None; reevaluate: scores)
                   fail_job(s, job_id, worker_id, reason, usage=None) -> Job
                   mark_cancelled(s, job_id, worker_id, step=None, usage=None) -> Job
-                  requeue_job(s, job_id, worker_id, reason, usage=None) -> "queued" | "failed"
+                  requeue_job(s, job_id, worker_id, reason, usage=None, *, release=False,
+                            retry_in=None) -> "queued" | "failed" | "cancelled"
                   return_job(s, job_id, worker_id, reason) -> "queued" (a worker
                             fault: the attempt given back) | "cancelled"
+enqueue:          enqueue_job(s, job_id, countdown=None): a service records a queued job's message
+                            in its transaction; sent after the commit by the edge's session
+                            (announce.sending_session), forgotten on rollback. submit_job,
+                            submit_batch, retry_job, submit_reevaluation, requeue_job, return_job
+                            record theirs; no caller announces by hand
 workers:          register_worker(s, WorkerInfo(id, hostname, pid,
                             queue, device_kind, device_name, beat_seconds), now=None) -> Worker
                   worker_beat(s, worker_id, job_id|None, now=None, *, unhealthy=reason|None)

@@ -39,6 +39,7 @@ from orchestrator.services.datasets import (
     stored_file,
     unstored_dataset,
 )
+from orchestrator.services.enqueue import enqueue_job
 from orchestrator.services.estimates import Estimate, estimate_job
 from orchestrator.services.events import add_event
 from orchestrator.services.ids import resolve_id
@@ -61,7 +62,8 @@ class _Prepared:
     base_adapter_id: str | None = None
 
 
-def _check_priority(priority: Any) -> int:
+def check_priority(priority: Any) -> int:
+    """A job's priority, checked (an integer in -1000..1000; InvalidInput otherwise)."""
     if not isinstance(priority, int) or isinstance(priority, bool) or not -1000 <= priority <= 1000:
         raise InvalidInput(f"priority must be an integer between -1000 and 1000 (got {priority!r})")
     return priority
@@ -175,7 +177,7 @@ def _prepare(
     checked, neither stored (the caller removes `staged`)."""
     settings = settings or get_settings()
     tenant = tenant_or_404(session, tenant_slug)
-    _check_priority(priority)
+    check_priority(priority)
     key_ok = isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 255
     if idempotency_key is not None and not key_ok:
         raise InvalidInput("idempotency_key must be a non-empty string of at most 255 characters")
@@ -268,7 +270,8 @@ def _insert(session: Session, p: _Prepared, max_attempts: int) -> Job:
     return job
 
 
-def _max_attempts(max_attempts: int | None) -> int:
+def attempt_budget(max_attempts: int | None) -> int:
+    """A job's attempt budget: `max_attempts` checked (>= 1), or the configured default."""
     value = get_settings().max_attempts if max_attempts is None else max_attempts
     if not isinstance(value, int) or value < 1:
         raise InvalidInput(f"max_attempts must be an integer >= 1 (got {value!r})")
@@ -285,6 +288,14 @@ def _admit(session: Session, p: _Prepared, settings: Settings, queued_adding: in
     estimate = estimate_job(session, p.spec, p.dataset, settings)
     check_budget(session, p.tenant, estimate.device_seconds)
     return estimate
+
+
+def _sent_if_queued(session: Session, job: Job) -> Job:
+    """A submitted job, its message sent after the commit while it is queued (a job found by its
+    idempotency key too: an interrupted earlier submission may have lost its message)."""
+    if job.state == "queued":
+        enqueue_job(session, job.id)
+    return job
 
 
 @transactional
@@ -312,18 +323,18 @@ def submit_job(
                      settings)
         existing = _existing_for_key(session, p)
         if existing is not None:
-            return existing
-        attempts = _max_attempts(max_attempts)
+            return _sent_if_queued(session, existing)
+        attempts = attempt_budget(max_attempts)
         _admit(session, p, settings)
         try:
             with session.begin_nested():
-                return _insert(session, p, attempts)
+                job = _insert(session, p, attempts)
         except IntegrityError:
             # The same key submitted concurrently: the other transaction won, return its job.
-            existing = _existing_for_key(session, p)
-            if existing is None:
+            job = _existing_for_key(session, p)
+            if job is None:
                 raise
-            return existing
+        return _sent_if_queued(session, job)
     except BaseException:
         remove_staged(staged)
         raise
@@ -408,7 +419,7 @@ def submit_batch(
     if not items:
         raise InvalidInput("empty batch: nothing to submit")
     settings = settings or get_settings()
-    attempts = _max_attempts(max_attempts)
+    attempts = attempt_budget(max_attempts)
     problems: dict[int, list[str]] = {}
     prepared: list[_Prepared] = []
     seen_keys: dict[tuple[str, str], int] = {}
@@ -444,7 +455,8 @@ def submit_batch(
             check_queued(session, group[0].tenant, len(group))
             for p in group:
                 _admit(session, p, settings, queued_adding=len(group))
-        return [_existing_for_key(session, p) or _insert(session, p, attempts) for p in prepared]
+        return [_sent_if_queued(session, _existing_for_key(session, p) or _insert(session, p, attempts))
+                for p in prepared]
     except BaseException:
         remove_staged(staged)
         raise
@@ -555,5 +567,6 @@ def retry_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
     add_event(session, job, "retried", f"retried by the operator (was {previous}); "
               f"attempts {job.attempts + 1}..{job.max_attempts} allowed",
               {"attempts": job.attempts, "max_attempts": job.max_attempts})
+    enqueue_job(session, job.id)
     return job
 

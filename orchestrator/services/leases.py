@@ -24,11 +24,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from lora_engine.methods import PACKABLE_METHODS
 from orchestrator.errors import InvalidInput, LeaseLost
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, Job, Metric, Usage, utcnow
 from orchestrator.retries import has_attempts_left, released_budget
 from orchestrator.services._tx import readonly, transactional
+from orchestrator.services.enqueue import enqueue_job
 from orchestrator.services.events import add_event
 
 # Progress events: at most one per PROGRESS_EVENT_INTERVAL_S per job, plus the first and the last
@@ -99,14 +101,15 @@ def _candidates(session: Session, limit: int) -> list[str]:
 
 
 def claim_partners(
-    session: Session, worker_id: str, lease_seconds: float, *, base_model: str, methods: Sequence[str],
-    limit: int, accept: Callable[[Job], bool] = lambda job: True, now: datetime | None = None,
+    session: Session, worker_id: str, lease_seconds: float, *, base_model: str, limit: int,
+    accept: Callable[[Job], bool] = lambda job: True, now: datetime | None = None,
 ) -> list[Job]:
-    """Claim up to `limit` more queued training jobs on `base_model` with one of `methods`, in the
+    """Claim up to `limit` more queued training jobs on `base_model` with a packable method
+    (`lora_engine.methods.PACKABLE_METHODS`, the SQL side of `lora_engine.packing`'s rule), in the
     same fair-share order and under the same quotas as `claim_next`, each its own claim (lease,
     attempt, event). `accept` (a job not yet claimed) narrows the candidates further."""
     claimed: list[Job] = []
-    for job_id in _partner_candidates(session, base_model, tuple(methods), limit * 4 + 4):
+    for job_id in _partner_candidates(session, base_model, PACKABLE_METHODS, limit * 4 + 4):
         if len(claimed) >= limit:
             break
         candidate = repo.job(session, job_id)
@@ -129,7 +132,7 @@ def record_packed(session: Session, job_id: str, worker_id: str, partners: Seque
                   limits: Mapping[str, Any] | None = None) -> None:
     """A `packed` event: the jobs this one shared training rounds with (its usage is its token
     share), and the pack's limits (K, token budget, and the memory probe they came from)."""
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     data: dict[str, Any] = {"packed_with": sorted(partners)}
     if limits is not None:
         data["limits"] = dict(limits)
@@ -163,7 +166,7 @@ def _storage_over(session: Session, tenant_id: str) -> str | None:
     return storage_over(tenant, repo.storage_bytes(session, tenant_id))
 
 
-def _owned(session: Session, job_id: str, worker_id: str) -> Job:
+def owned_job(session: Session, job_id: str, worker_id: str) -> Job:
     """The job, row-locked, if it is running and leased to `worker_id`; else LeaseLost."""
     job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
     if job is None:
@@ -192,7 +195,7 @@ def heartbeat(
     per `event_interval_s`. LeaseLost if the job is no longer this worker's.
     """
     now = now or utcnow()
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     job.lease_expires_at = _lease(now, lease_seconds)
     job.heartbeat_at = now
     job.progress_step, job.progress_total = step, total
@@ -212,7 +215,7 @@ def record_checkpoint(
     session: Session, job_id: str, worker_id: str, step: int, path: str | None = None
 ) -> None:
     """A `checkpoint` event (the recipe saved one at `step`: a retry resumes from it)."""
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     add_event(session, job, "checkpoint", f"checkpoint at step {step}", {"step": step, "path": path})
 
 
@@ -225,7 +228,7 @@ def record_phase(session: Session, job_id: str, worker_id: str, phase: str, step
     saving); the next progress means training again."""
     if phase not in PHASE_MESSAGES:
         raise InvalidInput(f"unknown phase {phase!r}; allowed: {', '.join(PHASE_MESSAGES)}")
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     add_event(session, job, "phase", f"{PHASE_MESSAGES[phase]} at step {step}",
               {"phase": phase, "step": step})
 
@@ -233,7 +236,7 @@ def record_phase(session: Session, job_id: str, worker_id: str, phase: str, step
 @transactional
 def record_resume(session: Session, job_id: str, worker_id: str, step: int, path: str | None = None) -> None:
     """A `resumed` event: this attempt continues from the checkpoint at `step`."""
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     add_event(session, job, "resumed", f"resumed from the checkpoint at step {step}",
               {"step": step, "path": path, "attempt": job.attempts})
 
@@ -261,6 +264,14 @@ class UsageRecord:
     peak_memory_bytes: int | None = None
     examples: int = 0
     tokens: int = 0
+
+    @classmethod
+    def of_run(cls, stats: Any) -> UsageRecord:
+        """What a run cost, from the engine's run statistics (`lora_engine.recipe.RunStats`, or
+        any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`)."""
+        return cls(device=stats.device, device_seconds=float(stats.device_s),
+                   wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,
+                   examples=int(stats.examples), tokens=int(stats.tokens))
 
     @classmethod
     def coerce(cls, usage: UsageRecord | Mapping[str, Any]) -> UsageRecord:
@@ -348,7 +359,7 @@ def finish_job_success(
       scored (source 'reevaluation'); `metrics` should be empty.
     Returns the Adapter row (None for the kinds that train none). LeaseLost if not ours."""
     now = now or utcnow()
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     _check_outcome(job, adapter, reevaluated)
     row = None
     if adapter is not None:
@@ -394,7 +405,7 @@ def fail_job(
     """A permanent failure (bad data, invalid config...): `failed` with the reason in the job and
     its event. LeaseLost if not ours."""
     now = now or utcnow()
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
@@ -410,7 +421,7 @@ def mark_cancelled(
 ) -> Job:
     """The worker stopped on a cancel request: `cancelled`. LeaseLost if not ours."""
     now = now or utcnow()
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
@@ -436,7 +447,7 @@ def _back_to_queue(job: Job, reason: str) -> None:
     job.dispatched_at, job.dispatch_count = None, 0
 
 
-def _requeue_or_fail(session: Session, job: Job, reason: str, now: datetime, *, release: bool = False) -> str:
+def requeue_or_fail(session: Session, job: Job, reason: str, now: datetime, *, release: bool = False) -> str:
     """Back to the queue while attempts remain, else failed; returns the new state.
 
     A job whose cancel was requested is cancelled instead: no requeue revives it. `release`: the
@@ -460,18 +471,22 @@ def _requeue_or_fail(session: Session, job: Job, reason: str, now: datetime, *, 
 @transactional
 def requeue_job(
     session: Session, job_id: str, worker_id: str, reason: str, usage: UsageInput = None,
-    now: datetime | None = None, *, release: bool = False,
+    now: datetime | None = None, *, release: bool = False, retry_in: float | None = None,
 ) -> str:
     """A transient failure (device lost, OOM, a dropped connection...): back to `queued` while
     attempts < max_attempts (the retry resumes from the last checkpoint), else `failed`; a job
     with a cancel requested ends `cancelled`. `release=True`: a graceful shutdown handed it back,
-    which uses no attempt. Returns the new state. LeaseLost if not ours."""
+    which uses no attempt. A requeued job's message is sent `retry_in` seconds after the commit
+    (`orchestrator.services.enqueue`). Returns the new state. LeaseLost if not ours."""
     now = now or utcnow()
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
-    return _requeue_or_fail(session, job, reason, now, release=release)
+    state = requeue_or_fail(session, job, reason, now, release=release)
+    if state == "queued":
+        enqueue_job(session, job_id, retry_in)
+    return state
 
 
 @transactional
@@ -484,7 +499,7 @@ def return_job(
     why. A job whose cancel was requested is cancelled instead. Returns the new state. LeaseLost
     if not ours."""
     now = now or utcnow()
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     if _cancel_if_requested(session, job, reason, now):
         return "cancelled"
     job.attempts -= 1
@@ -492,4 +507,5 @@ def return_job(
     add_event(session, job, "requeued", f"{reason} (the worker's fault, not the job's: attempt given back)",
               {"attempt": job.attempts, "released": False, "worker_fault": True, "worker": worker_id,
                "step": job.progress_step}, ts=now)
+    enqueue_job(session, job_id)
     return "queued"

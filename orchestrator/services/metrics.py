@@ -16,7 +16,7 @@ from orchestrator.errors import InvalidInput
 from orchestrator.registry.models import Job, JobEvent, Metric, MetricPoint
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.jobs import job_or_404
-from orchestrator.services.leases import _owned
+from orchestrator.services.leases import owned_job
 
 SERIES_NAME_MAX = 64
 
@@ -57,7 +57,7 @@ def record_points(session: Session, job_id: str, worker_id: str, points: Sequenc
     the job is no longer this worker's."""
     if not points:
         return 0
-    job = _owned(session, job_id, worker_id)
+    job = owned_job(session, job_id, worker_id)
     for p in points:
         if not p.name or len(p.name) > SERIES_NAME_MAX:
             raise InvalidInput(f"metric series name must be 1..{SERIES_NAME_MAX} characters, got {p.name!r}")

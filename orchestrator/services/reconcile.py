@@ -57,7 +57,7 @@ def reconcile(
     """One reconciliation pass (see the module doc); returns what to dispatch and what moved."""
     # Here, not at the top: every `job submit` imports this module (for `mark_dispatched`), and
     # the worker's side of the leases is no part of a submit.
-    from orchestrator.services.leases import _requeue_or_fail
+    from orchestrator.services.leases import requeue_or_fail
 
     now = now or utcnow()
     result = ReconcileResult()
@@ -67,7 +67,7 @@ def reconcile(
                 job.lease_expires_at >= now - timedelta(seconds=lease_grace_s):
             continue  # finished or heartbeated meanwhile
         reason = f"lease of {job.lease_owner} expired at {job.lease_expires_at.isoformat()}"
-        state = _requeue_or_fail(session, job, reason, now)
+        state = requeue_or_fail(session, job, reason, now)
         if state == "queued":
             _record_dispatch(job, now)
             result.requeued.append(job.id)

@@ -24,8 +24,9 @@ from orchestrator.refs import spelled_as_id
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, Job, Tenant, utcnow
 from orchestrator.services._tx import transactional
+from orchestrator.services.enqueue import enqueue_job
 from orchestrator.services.events import add_event
-from orchestrator.services.jobs import _check_priority, _max_attempts
+from orchestrator.services.jobs import attempt_budget, check_priority
 from orchestrator.services.quotas import check_queued
 from orchestrator.services.tenants import tenant_or_404
 
@@ -70,8 +71,8 @@ def submit_reevaluation(
     ok_size = isinstance(eval_size, int) and not isinstance(eval_size, bool) and eval_size >= 1
     if eval_size is not None and not ok_size:
         raise InvalidInput(f"eval_size must be an integer >= 1 (got {eval_size!r})")
-    _check_priority(priority)
-    attempts = _max_attempts(max_attempts)
+    check_priority(priority)
+    attempts = attempt_budget(max_attempts)
     found: list[Adapter] = []
     for t in tenants or [None]:
         found += repo.adapters(session, tenant_id=t.id if t is not None else None, task=task,
@@ -104,5 +105,6 @@ def submit_reevaluation(
         session.flush()
         add_event(session, job, "submitted", f"re-evaluate {len(adapters)} adapter(s) ({', '.join(tasks)}) "
                   f"on {base}", {"priority": priority, "adapters": len(adapters)})
+        enqueue_job(session, job.id)
         jobs.append(job)
     return jobs

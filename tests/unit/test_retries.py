@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -26,9 +27,11 @@ from lora_engine.errors import (
 )
 from orchestrator.errors import LeaseLost, WorkerEnvironmentError
 from orchestrator.retries import (
+    Abort,
     Outcome,
     backoff,
     classify,
+    decide,
     describe,
     has_attempts_left,
     redispatch_wait,
@@ -144,9 +147,46 @@ def test_classify(make, outcome: Outcome):
 
 def test_a_stop_during_shutdown_is_a_release_unless_cancelled():
     stop = TrainingStopped(3)
-    assert classify(stop, cancel_requested=False, shutting_down=True) is Outcome.RELEASED
-    assert classify(stop, cancel_requested=True, shutting_down=True) is Outcome.CANCELLED
-    assert classify(stop, cancel_requested=False, shutting_down=False) is Outcome.CANCELLED
+    assert classify(stop, abort=Abort.SHUTDOWN) is Outcome.RELEASED
+    assert classify(stop, abort=Abort.CANCEL) is Outcome.CANCELLED
+    assert classify(stop, abort=None) is Outcome.CANCELLED
+    assert classify(stop, abort=Abort.PAUSE) is Outcome.RELEASED
+
+
+@pytest.mark.parametrize(
+    ("make", "abort", "outcome", "retry_in", "costs"),
+    [
+        (lambda: TrainingStopped(3), Abort.CANCEL, Outcome.CANCELLED, None, True),
+        (lambda: TrainingStopped(3), Abort.SHUTDOWN, Outcome.RELEASED, 0.0, False),
+        (lambda: TrainingStopped(3), Abort.PAUSE, Outcome.RELEASED, 0.0, False),
+        (lambda: ValueError("seed must be >= 0"), None, Outcome.FAILED, None, True),
+        (lambda: LeaseLost("job j is no longer w1's"), None, Outcome.LOST, None, True),
+    ],
+)
+def test_decide_says_again_when_and_whether_it_costs(make, abort, outcome, retry_in, costs):
+    decision = decide(make(), 2, abort=abort)
+    assert (decision.outcome, decision.retry_in, decision.costs_attempt) == (outcome, retry_in, costs)
+
+
+@pytest.mark.parametrize(("attempt", "delay"), [(1, 5.0), (3, 20.0), (50, 300.0)])
+def test_decide_jitters_the_backoff_within_its_half(attempt: int, delay: float):
+    rng = random.Random(7)
+    waits = [decide(ConnectionResetError(104, "reset"), attempt, rng=rng) for _ in range(200)]
+    assert all(d.outcome is Outcome.REQUEUED and d.costs_attempt for d in waits)
+    retry_in = [d.retry_in for d in waits]
+    assert all(delay / 2 <= r <= delay for r in retry_in)
+    assert len(set(retry_in)) > 100  # spread, not one value
+    assert decide(ConnectionResetError(104, "reset"), attempt, rng=random.Random(7)).retry_in == retry_in[0]
+
+
+def test_decide_holds_a_failure_against_a_broken_worker():
+    cause = ValueError("seed must be >= 0")
+    decision = decide(cause, 1, worker_faults=lambda: ["data folder /nope is missing (LORAFLEET_DATA_DIR)"])
+    assert (decision.outcome, decision.retry_in, decision.costs_attempt) == (Outcome.WORKER_FAULT, 0.0, False)
+    assert isinstance(decision.error, WorkerEnvironmentError) and decision.error.__cause__ is cause
+    asked = []
+    decide(TrainingStopped(1), 1, abort=Abort.CANCEL, worker_faults=lambda: asked.append(1) or ["x"])
+    assert not asked  # a cancel is never the worker's fault: its environment is not probed
 
 
 def test_missing_java_is_named():

@@ -10,7 +10,7 @@ from orchestrator.services.jobs import cancel_job, get_job, job_events, submit_j
 from orchestrator.services.leases import claim_job, mark_cancelled
 from orchestrator.services.reconcile import reconcile
 from orchestrator.services.tenants import create_tenant
-from worker.runner import KeepAlive, _Heartbeat
+from worker.attempt import Heartbeat, KeepAlive
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -24,7 +24,7 @@ def test_keepalive_holds_the_lease_until_stopped(registry_settings):
         job_id = submit_job(s, "acme", {"task": "sst2", "base_model": "tiny-bert", "max_steps": 2}).id
         assert claim_job(s, job_id, "w1", lease_seconds=LEASE_S) is not None
 
-    keepalive = KeepAlive(_Heartbeat(settings, job_id, "w1"), interval_s=LEASE_S / 4)
+    keepalive = KeepAlive(Heartbeat(settings, job_id, "w1"), interval_s=LEASE_S / 4)
     keepalive.start()
     try:
         time.sleep(3 * LEASE_S)
@@ -50,7 +50,7 @@ def test_keepalive_stops_when_the_lease_is_lost(registry_settings):
         claim_job(s, job_id, "w1", lease_seconds=60)
         cancel_job(s, job_id)
         mark_cancelled(s, job_id, "w1")
-    keepalive = KeepAlive(_Heartbeat(registry_settings, job_id, "w1"), interval_s=0.05)
+    keepalive = KeepAlive(Heartbeat(registry_settings, job_id, "w1"), interval_s=0.05)
     keepalive.start()
     keepalive.join(timeout=5)
     assert not keepalive.is_alive()  # LeaseLost ended it: it never writes for a job it lost

@@ -14,6 +14,7 @@ from orchestrator.services.jobs import get_job, job_events, submit_job
 from orchestrator.services.tenants import create_tenant
 from worker import packed as packed_worker
 from worker.packed import run_packed
+from worker.runner import run_job
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -133,3 +134,26 @@ def test_a_pack_takes_partners_of_its_own_pooling(registry_settings):
             assert detail.job.attempts == 1
             (event,) = [e for e in job_events(s, job_id) if e.kind == "packed"]
             assert event.data["packed_with"] == [partner]
+
+
+def test_a_packed_run_records_its_phases_as_a_solo_run_does(registry_settings):
+    settings = registry_settings.model_copy(update={"pack_max_jobs": 2, "pack_max_tokens": 2 * 4 * 64})
+    with session_scope(settings) as s:
+        create_tenant(s, "acme", max_running=3)
+        a1 = submit_job(s, "acme", {**SMALL, "task": "rte"}).id
+        a2 = submit_job(s, "acme", {**SMALL, "task": "mrpc", "seed": 3}).id
+    cache = BaseModelCache()
+    results = run_packed(a1, worker_id="w1", settings=settings, cache=cache)
+    assert {r.job_id: r.outcome for r in results} == {a1: "succeeded", a2: "succeeded"}
+    with session_scope(settings) as s:
+        solo = submit_job(s, "acme", {**SMALL, "task": "rte"}).id
+    assert run_job(solo, worker_id="w1", settings=settings, cache=cache).outcome == "succeeded"
+
+    def phases(job_id: str) -> list[str]:
+        with session_scope(settings) as s:
+            events = job_events(s, job_id)
+        assert any(e.kind == "packed" for e in events) == (job_id != solo)
+        return [e.data["phase"] for e in events if e.kind == "phase"]
+
+    assert phases(solo) == ["evaluating", "saving"]
+    assert phases(a1) == phases(a2) == phases(solo)

@@ -15,8 +15,8 @@ from orchestrator.services.adapters import get_adapter, list_adapters
 from orchestrator.services.jobs import submit_job
 from orchestrator.services.leases import UsageRecord, claim_job, requeue_job
 from orchestrator.services.tenants import create_tenant
+from worker.attempt import succeed
 from worker.executor import JobContext, JobHooks, JobResult, StagedAdapter
-from worker.runner import _succeed
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -42,7 +42,7 @@ def _result(ctx: JobContext) -> JobResult:
 
 def test_published_adapter_is_hashed_where_it_lies(registry_settings):
     ctx = _claimed(registry_settings, "w1")
-    outcome = _succeed(ctx, "w1", _result(ctx))
+    outcome = succeed(ctx, "w1", _result(ctx))
     with session_scope(registry_settings) as s:
         row = get_adapter(s, outcome.adapter_id)
     assert row.path == str(artifacts.adapter_path(registry_settings, ctx.tenant_id, row.id))
@@ -56,7 +56,7 @@ def test_a_refused_registration_leaves_no_folder(registry_settings):
         requeue_job(s, ctx.job_id, "w1", "lease expired")
         claim_job(s, ctx.job_id, "w2", 60)
     with pytest.raises(errors.LeaseLost):
-        _succeed(ctx, "w1", _result(ctx))
+        succeed(ctx, "w1", _result(ctx))
     tenant_root = registry_settings.artifacts / ctx.tenant_id
     assert [p.name for p in tenant_root.iterdir()] == [".staging"]  # the published folder is gone
     with session_scope(registry_settings) as s:
