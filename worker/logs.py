@@ -1,9 +1,10 @@
 """Worker log lines: text (Celery's format) or one JSON object per line (`--log-format json`,
 LORAFLEET_LOG_FORMAT=json), each carrying the job and tenant it is about.
 
-The runner binds the job it claimed (`bind_job`) and the task clears it when the message is done
-(`job_scope`), so every line logged in between — ours, Celery's, the engine's — names the job,
-and a log pipeline can filter one tenant's lines without parsing messages.
+The runner binds the job it claimed (`bind_job`) inside a `job_scope` that ends with the attempt
+(the task opens one for the whole message too), so every line logged in between — ours, Celery's,
+the engine's — names the job, and a log pipeline can filter one tenant's lines without parsing
+messages.
 """
 
 from __future__ import annotations

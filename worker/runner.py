@@ -20,7 +20,7 @@ from typing import Any
 from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
 from worker.attempt import Attempt, RunResult
-from worker.logs import bind_job
+from worker.logs import bind_job, job_scope
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,19 @@ def run_job(
             return RunResult("skipped", None, reason)
         attempt = Attempt.of(settings, worker_id, job, cache_for(cache))
     ctx = attempt.ctx
-    bind_job(ctx.job_id, ctx.tenant_id)  # every log line from here on names the job and its tenant
-    log.info("claimed %s job %s (attempt %d) as %s", ctx.kind, ctx.job_id, ctx.attempt, worker_id)
-    attempt.start()
-    try:
+    # Every log line until the attempt ends names the job and its tenant, and none after it (a
+    # caller that runs jobs in its own thread, as the benches and tests do, gets its context back).
+    with job_scope():
+        bind_job(ctx.job_id, ctx.tenant_id)
+        log.info("claimed %s job %s (attempt %d) as %s", ctx.kind, ctx.job_id, ctx.attempt, worker_id)
+        attempt.start()
         try:
-            result = executor_for(ctx.kind)(attempt.context())
+            try:
+                result = executor_for(ctx.kind)(attempt.context())
+            finally:
+                attempt.stop()
+            return attempt.succeed(result)
+        except Exception as exc:  # classified by the attempt; a bug surfaces as a requeue with its traceback
+            return attempt.settle(exc)
         finally:
-            attempt.stop()
-        return attempt.succeed(result)
-    except Exception as exc:  # classified by the attempt; a bug surfaces as a requeue with its traceback
-        return attempt.settle(exc)
-    finally:
-        attempt.close()
+            attempt.close()
