@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# method_of_flags and peft_flags live in methods.py; adapters.io and adapters.folder still import
-# them from here.
+# method_of_flags and peft_flags live in methods.py; docs/CONTRACTS.md and callers outside the
+# engine name them here.
 from lora_engine.methods import ADAPTER_METHODS, NAMES, method, method_of_flags, peft_flags  # noqa: F401
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")

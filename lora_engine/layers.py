@@ -114,8 +114,8 @@ VARIANTS = {"dora": DoRA}  # `Method.variant` -> its share of the layer; None: p
 class LoRALinear(nn.Module):
     """LoRA (or a variant) around an `nn.Linear` or a transformers `Conv1D` (fan_in_fan_out=True).
 
-    The method is given as PEFT's LoraConfig flags (`use_rslora`, `use_dora`; see methods.py);
-    its table entry says the scaling, the initialisation and the variant.
+    The method is given as PEFT's LoraConfig flags (`use_rslora`, `use_dora`, ...; see methods.py);
+    its table entry (named by `method`) says the scaling, the initialisation and the variant.
 
     Parameter names follow PEFT: `lora_A.weight` (r×in), `lora_B.weight` (out×r); DoRA adds
     `lora_magnitude` (out,), written to PEFT files as `lora_magnitude_vector`.
@@ -134,9 +134,7 @@ class LoRALinear(nn.Module):
         self.bias = base.bias
         self.r = r
         self.alpha = alpha
-        # PEFT's attributes for the method (adapters.io reads them, and a swap sets use_rslora).
-        self.use_rslora = bool(method.flags()["use_rslora"])
-        self.use_dora = bool(method.flags()["use_dora"])
+        self.method = method.name  # the table's entry (adapters.io reads it; a swap may change it)
         self.scaling = method.scale(alpha, r)
         factory = {"device": weight.device, "dtype": weight.dtype}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
@@ -230,9 +228,8 @@ class LoRALinear(nn.Module):
         return plain
 
     def extra_repr(self) -> str:
-        kind = method_of_flags(use_rslora=self.use_rslora, use_dora=self.use_dora)
-        return (f"in={self.in_features}, out={self.out_features}, {kind} r={self.r}, alpha={self.alpha}, "
-                f"fan_in_fan_out={self.fan_in_fan_out}, merged={self.merged}")
+        return (f"in={self.in_features}, out={self.out_features}, {self.method} r={self.r}, "
+                f"alpha={self.alpha}, fan_in_fan_out={self.fan_in_fan_out}, merged={self.merged}")
 
 
 class LoRAEmbedding(nn.Module):
@@ -255,7 +252,7 @@ class LoRAEmbedding(nn.Module):
         self.max_norm, self.norm_type = base.max_norm, base.norm_type
         self.scale_grad_by_freq, self.sparse = base.scale_grad_by_freq, base.sparse
         self.r, self.alpha = r, alpha
-        self.use_rslora, self.use_dora = bool(method.flags()["use_rslora"]), False
+        self.method = method.name
         self.scaling = method.scale(alpha, r)
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_embedding_A = nn.Parameter(torch.zeros(r, self.num_embeddings, **factory))

@@ -13,6 +13,8 @@ so `changes_base=True`).
     full     no       yes           no        -                              -        -
     none     no       no            no        - (trains nothing)             -        -
 
+(init_lora_weights is PEFT's default, True, for all three: they start A and B as PEFT does.)
+
 `changes_base`: a run writes into the base weights, so the base it ran on is no longer the base
 that was loaded: a warm cache must not hand it out again, a pack (one base shared by every job)
 cannot hold it, and re-evaluation cannot swap the next adapter onto it.
@@ -29,8 +31,16 @@ from types import MappingProxyType
 # scale stable as r grows, where α/r shrinks it.
 SCALINGS = {"alpha/r": lambda alpha, r: alpha / r, "alpha/sqrt(r)": lambda alpha, r: alpha / math.sqrt(r)}
 # PEFT's LoraConfig defaults for the flags that select a method: a flag an entry does not set
-# has this value for it (and in a config that does not mention it).
-PEFT_FLAG_DEFAULTS: dict[str, object] = {"use_rslora": False, "use_dora": False}
+# has this value for it (and in a config that does not mention it, or gives it as null).
+PEFT_FLAG_DEFAULTS: dict[str, object] = {"use_rslora": False, "use_dora": False, "init_lora_weights": True}
+# The flags every adapter entry spells out (`Method.flags`); another, such as init_lora_weights,
+# only where the entry sets it (a method that starts A and B its own way).
+SPELLED_FLAGS = ("use_rslora", "use_dora")
+# PEFT values that select the same method as another: init_lora_weights False (B random too) and
+# "gaussian" (A Gaussian) only choose where a plain LoRA starts; what they train loads as one.
+PEFT_FLAG_SYNONYMS: dict[str, tuple[tuple[object, object], ...]] = {
+    "init_lora_weights": ((False, True), ("gaussian", True)),
+}
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,9 @@ class Method:
       trained and saved, or, with `trains` False, nothing).
     changes_base: a run writes into the base weights (see the module doc).
     packable: may train in a pack beside other jobs on one shared base.
-    peft_flags: the LoraConfig fields that select it (`use_rslora`, `use_dora`, ...).
+    peft_flags: the LoraConfig fields that select it (`use_rslora`, `use_dora`, and any other of
+      `PEFT_FLAG_DEFAULTS` it sets, such as its own `init_lora_weights`); the adapter files, the
+      layers and the checks of a loaded adapter all read the method from them.
     scaling: the rule of `SCALINGS` for s in y = W0·x + s·B·A·x.
     init: how A and B start (`layers.INITIALISERS`): "default" is PEFT's (A kaiming-uniform,
       B zero; embeddings: A zero, B normal), so an injected model computes its base until trained.
@@ -67,6 +79,11 @@ class Method:
         if self.packable and (self.changes_base or not self.adapter):
             raise ValueError(f"method {self.name!r}: only an adapter over an unchanged base can be packed "
                              "(a pack shares one base between its jobs)")
+        unknown = sorted(set(self.peft_flags) - set(PEFT_FLAG_DEFAULTS))
+        if unknown:  # a config is read through PEFT_FLAG_DEFAULTS' keys: another flag would never match
+            raise ValueError(f"method {self.name!r}: {', '.join(unknown)} is no PEFT flag the table "
+                             f"reads; known: {', '.join(PEFT_FLAG_DEFAULTS)} (a new one needs its PEFT "
+                             "default there)")
         if self.adapter and (self.scaling not in SCALINGS or not self.peft_flags):
             raise ValueError(f"method {self.name!r}: an adapter method needs its PEFT flags and one of the "
                              f"scalings {', '.join(SCALINGS)}")
@@ -78,7 +95,11 @@ class Method:
         return SCALINGS[self.scaling](alpha, r)
 
     def flags(self) -> dict[str, object]:
-        """Every method-selecting PEFT flag with its value for this method."""
+        """The PEFT flags that select this method: `SPELLED_FLAGS` always, any other it sets."""
+        return {**{k: PEFT_FLAG_DEFAULTS[k] for k in SPELLED_FLAGS}, **self.peft_flags}
+
+    def config_flags(self) -> dict[str, object]:
+        """Every method-selecting PEFT flag with its value for this method (adapter_config.json)."""
         return {**PEFT_FLAG_DEFAULTS, **self.peft_flags}
 
 
@@ -109,13 +130,19 @@ def method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(BY_NAME)}") from None
 
 
-def peft_flags(name: str) -> dict[str, object]:
-    """{"use_rslora": ..., "use_dora": ...}: an adapter method as PEFT's LoraConfig spells it."""
+def adapter_method(name: str) -> Method:
+    """The entry of adapter method `name`; ValueError naming the adapter methods there are."""
     entry = BY_NAME.get(name)
     if entry is None or not entry.adapter:
         adapters = [n for n, m in BY_NAME.items() if m.adapter]
         raise ValueError(f"unknown LoRA method {name!r}; allowed: {', '.join(adapters)}")
-    return entry.flags()
+    return entry
+
+
+def peft_flags(name: str) -> dict[str, object]:
+    """{"use_rslora": ..., "use_dora": ..., and any other the entry sets}: an adapter method as
+    PEFT's LoraConfig spells it (`Method.flags`)."""
+    return adapter_method(name).flags()
 
 
 def method_of_flags(**flags: object) -> str:
@@ -124,7 +151,7 @@ def method_of_flags(**flags: object) -> str:
     which PEFT allows)."""
     given = {**PEFT_FLAG_DEFAULTS, **flags}
     for entry in BY_NAME.values():
-        if entry.adapter and entry.flags() == given:
+        if entry.adapter and entry.config_flags() == given:
             return entry.name
     shown = " together with ".join(k if v is True else f"{k}={v!r}" for k, v in flags.items()
                                    if v != PEFT_FLAG_DEFAULTS.get(k))
@@ -134,7 +161,22 @@ def method_of_flags(**flags: object) -> str:
                      f"use_rslora with use_dora, is not supported); allowed: {allowed}")
 
 
+def _read_flag(flag: str, value: object) -> object:
+    """`value` of PEFT flag `flag` as the value it selects the same method as (PEFT_FLAG_SYNONYMS);
+    compared with ==, so a value of any JSON type is safe."""
+    return next((to for given, to in PEFT_FLAG_SYNONYMS.get(flag, ()) if value == given), value)
+
+
+def peft_flag_values(flag: str) -> tuple[object, ...]:
+    """The values of PEFT flag `flag` that some method of the table is read from: PEFT's default,
+    its synonyms and the values the entries set (a config's null reads as the default)."""
+    values = [PEFT_FLAG_DEFAULTS[flag], *(given for given, _ in PEFT_FLAG_SYNONYMS.get(flag, ())),
+              *(m.peft_flags[flag] for m in BY_NAME.values() if flag in m.peft_flags)]
+    return tuple(dict.fromkeys(values))
+
+
 def method_of_peft_config(config: Mapping[str, object]) -> str:
     """The adapter method of a PEFT adapter_config.json: its method-selecting flags, each read as
-    PEFT reads it (absent: the default)."""
-    return method_of_flags(**{k: config[k] for k in PEFT_FLAG_DEFAULTS if config.get(k) is not None})
+    PEFT reads it (absent or null: the default; a synonym: the value it stands for)."""
+    return method_of_flags(**{k: _read_flag(k, config[k]) for k in PEFT_FLAG_DEFAULTS
+                              if config.get(k) is not None})

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lora_engine.budget import resolve_budget
 from lora_engine.catalog import ALL_TASKS, CUSTOM_TASKS, METHODS, TASKS, TaskInfo, method_defaults
 from lora_engine.errors import SpecError, shown
+from lora_engine.methods import BY_NAME
+from lora_engine.methods import method as method_entry
 from lora_engine.model_ref import MODEL_ALIASES, base_model_problem, base_pooling
 
 MAX_RANK = 1024
@@ -107,7 +109,7 @@ class TrainingSpec(BaseModel):
     @property
     def needs_train_rows(self) -> bool:
         """True while a value still waits for the training set's size (`resolved(train_rows=)`)."""
-        if self.method == "none":
+        if not method_entry(self.method).trains:
             return False
         auto_epochs = self.epochs in (None, AUTO) and not self.max_steps
         return auto_epochs or self.batch_size == AUTO or self.eval_every is None
@@ -121,7 +123,8 @@ class TrainingSpec(BaseModel):
         """
         info = self.info
         base_model = self.base_model or info.base_model
-        if self.method == "none":
+        entry = method_entry(self.method)
+        if not entry.trains:
             # Nothing is trained: no rank, no training defaults; only what evaluation reads. The
             # base model is scored as it is, with its own pooling (untuned.py).
             return self.model_copy(update={"rank": 0, "base_model": base_model,
@@ -130,7 +133,6 @@ class TrainingSpec(BaseModel):
         pooling = self.pooling
         if pooling == AUTO and not info.is_generation:
             pooling = base_pooling(base_model)
-        full = self.method == "full"
         arch = MODEL_ALIASES.get(self.base_model or info.base_model)
         method = method_defaults(info, self.method, arch, self.rank)
         update: dict[str, Any] = {
@@ -141,7 +143,7 @@ class TrainingSpec(BaseModel):
             "head_lr": self.head_lr if self.head_lr is not None else method["head_lr"],
             "warmup_ratio": self.warmup_ratio if self.warmup_ratio is not None else info.warmup_ratio,
             "max_length": self.max_length or info.max_length,
-            "targets": self.targets if (self.targets is not None or full) else method["targets"],
+            "targets": self.targets if (self.targets is not None or not entry.adapter) else method["targets"],
         }
         epochs = None if self.epochs in (None, AUTO) else self.epochs
         if self.max_steps:
@@ -209,15 +211,16 @@ def _size_problems(v: dict[str, Any]) -> list[str]:
     return problems
 
 
-# Fields only training reads: given with method 'none' they would be silently ignored.
+# Fields only training reads: given with a method that trains nothing ('none') they would be
+# silently ignored.
 UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "warmup_ratio", "init_from")
 
 
-def _untuned_problems(v: dict[str, Any]) -> list[str]:
-    problems = [f"{name}: not used by method 'none' (it evaluates the base model, trains nothing)"
+def _untuned_problems(v: dict[str, Any], method: str) -> list[str]:
+    problems = [f"{name}: not used by method {method!r} (it evaluates the base model, trains nothing)"
                 for name in UNTUNED_UNUSED if v.get(name) not in (None, AUTO)]
     if v.get("rank", 0) != 0:
-        problems.append("rank: method 'none' trains nothing; leave rank out or give 0 "
+        problems.append(f"rank: method {method!r} trains nothing; leave rank out or give 0 "
                         f"(got {shown(v['rank'])})")
     return problems
 
@@ -232,10 +235,12 @@ def _cross_field_problems(v: dict[str, Any], reported: set[str]) -> list[str]:
     if task is not None and task not in TASKS:
         problems.append(f"task: unknown task {shown(task)}; allowed: {', '.join(ALL_TASKS)}")
     method = v.get("method", "lora")
-    if method not in METHODS:
+    entry = BY_NAME.get(method) if isinstance(method, str) else None
+    if entry is None:
         problems.append(f"method: unknown method {shown(method)}; allowed: {', '.join(METHODS)}")
-    if method == "none":
-        problems += _untuned_problems(v)
+    trains_nothing = entry is not None and not entry.trains
+    if trains_nothing:
+        problems += _untuned_problems(v, method)
         problems += _bound_problems(v, reported | {"rank"})
     else:
         problems += _bound_problems(v, reported)
@@ -253,11 +258,11 @@ def _cross_field_problems(v: dict[str, Any], reported: set[str]) -> list[str]:
         if task in TASKS and TASKS[task].is_generation:
             problems.append("pooling: only a classification or regression head pools; "
                             f"task {task!r} generates text (leave pooling out)")
-        elif method == "none":
-            problems.append("pooling: not used by method 'none' (it evaluates the base model as it is, "
+        elif trains_nothing:
+            problems.append(f"pooling: not used by method {method!r} (it evaluates the base model as it is, "
                             "with the base model's own pooling)")
-    if method == "full" and targets:
-        problems.append("targets: not used by method 'full' (it trains every weight)")
+    if entry is not None and entry.trains and not entry.adapter and targets:
+        problems.append(f"targets: not used by method {method!r} (it trains every weight)")
 
     dataset = v.get("dataset")
     if task in CUSTOM_TASKS and not dataset:

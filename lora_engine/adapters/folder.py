@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lora_engine.catalog import KINDS, METHODS, POOLINGS, TaskInfo, method_of_flags
+from lora_engine.catalog import KINDS, METHODS, POOLINGS, TaskInfo
 from lora_engine.errors import AdapterError, shown
+from lora_engine.methods import method_of_peft_config
 from lora_engine.model_ref import alias_of
 from lora_engine.safe_json import DocumentError, loads
 from lora_engine.spec import BOUNDS, MAX_RANK, allowed_range
@@ -100,8 +101,7 @@ def lora_numbers_problem(config: dict) -> str | None:
 def method_of_config(config: dict) -> str:
     """The LoRA method an adapter_config.json describes (AdapterError for flags we do not run)."""
     try:
-        return method_of_flags(use_rslora=bool(config.get("use_rslora")),
-                               use_dora=bool(config.get("use_dora")))
+        return method_of_peft_config(config)
     except ValueError as exc:
         raise AdapterError(f"{CONFIG_NAME}: {exc}") from None
 

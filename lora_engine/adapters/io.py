@@ -46,7 +46,7 @@ from lora_engine.adapters.folder import (
     write_json,
 )
 from lora_engine.atomic import atomic_folder
-from lora_engine.catalog import KINDS, method_of_flags, peft_flags
+from lora_engine.catalog import KINDS
 from lora_engine.errors import AdapterError, LoraConfigError
 from lora_engine.inject import (
     LoraSettings,
@@ -57,7 +57,8 @@ from lora_engine.inject import (
     mark_only_lora_as_trainable,
     plan_injection,
 )
-from lora_engine.layers import is_lora_param, lora_scaling
+from lora_engine.layers import is_lora_param
+from lora_engine.methods import Method, adapter_method, peft_flag_values
 from lora_engine.model_ref import hub_id_of
 from lora_engine.safetensors_header import read_header
 
@@ -102,10 +103,9 @@ def _target_modules(model: nn.Module) -> list[str] | str:
 def _check_layers_match(layers: list[tuple[str, nn.Module]], settings: LoraSettings) -> None:
     """The config is written from `settings`: refuse a file whose tensors would contradict it."""
     for name, m in layers:
-        method = method_of_flags(use_rslora=m.use_rslora, use_dora=m.use_dora)
-        if (m.r, float(m.alpha), method) != (settings.rank, settings.lora_alpha, settings.method):
+        if (m.r, float(m.alpha), m.method) != (settings.rank, settings.lora_alpha, settings.method):
             raise AdapterError(
-                f"layer {name!r} is {method} r={m.r} alpha={m.alpha}, but the settings given to "
+                f"layer {name!r} is {m.method} r={m.r} alpha={m.alpha}, but the settings given to "
                 f"save_adapter say {settings.method} r={settings.rank} alpha={settings.lora_alpha}"
             )
 
@@ -166,12 +166,12 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
         "r": settings.rank,
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "lora_dropout": settings.dropout,
-        **peft_flags(settings.method),
+        # The method's flags (init_lora_weights included: PEFT's True unless its entry says otherwise).
+        **adapter_method(settings.method).config_flags(),
         "target_modules": _target_modules(model),
         "fan_in_fan_out": any(getattr(m, "fan_in_fan_out", False) for _, m in layers),
         "bias": bias,
         "modules_to_save": list(modules_to_save) or None,
-        "init_lora_weights": True,
         "inference_mode": True,
         "layers_to_transform": None,
         "layers_pattern": None,
@@ -206,7 +206,7 @@ def settings_from_config(config: dict) -> LoraSettings:
     unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
     if config.get("lora_bias"):
         unsupported.append("lora_bias")
-    if config.get("init_lora_weights") not in (True, False, None, "gaussian"):
+    if config.get("init_lora_weights") not in (None, *peft_flag_values("init_lora_weights")):
         unsupported.append(f"init_lora_weights={config.get('init_lora_weights')!r}")
     if unsupported:
         raise AdapterError(f"adapter uses PEFT features lorafleet does not support: {', '.join(unsupported)}")
@@ -262,7 +262,7 @@ def _expected_shapes(model: nn.Module, plan: list[tuple[str, nn.Module]], settin
         fan_in, fan_out = (w[0], w[1]) if m.__class__.__name__ == "Conv1D" else (w[1], w[0])
         out[f"{name}.lora_A.weight"] = (r, fan_in)
         out[f"{name}.lora_B.weight"] = (fan_out, r)
-        if settings.method == "dora":
+        if adapter_method(settings.method).variant == "dora":  # DoRA's magnitude, one per output row
             out[f"{name}.lora_magnitude"] = (fan_out,)
     return out
 
@@ -357,18 +357,19 @@ def _lora_tensor_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def swap_adapter(model: nn.Module, files: AdapterFiles) -> bool:
     """Put another adapter's tensors into a model that already carries LoRA layers, in place: no
     re-injection, no copy of the base. True when done; False (model untouched) when the adapter's
-    layers differ (other targets, rank, or DoRA vs not): strip and `load_adapter` it instead.
+    layers differ (other targets, rank, or the method's variant, e.g. DoRA vs not) or a method on
+    either side changes the base (`Method.changes_base`): strip and `load_adapter` it instead.
 
-    The adapter's scaling (alpha, rsLoRA) is set on every layer; its saved modules (heads) are
-    copied into the model's. A module it does not save keeps whatever the model holds: the caller
-    restores pristine heads first. Checked whole before anything changes, like `load_adapter`.
+    The adapter's method and scaling (alpha, rsLoRA) are set on every layer; its saved modules
+    (heads) are copied into the model's. A module it does not save keeps whatever the model holds:
+    the caller restores pristine heads first. Checked whole before anything changes, like `load_adapter`.
     """
     weights, settings = files.weights, files.settings
     current = _lora_tensor_shapes(model)
     wanted = {k: tuple(v.shape) for k, v in weights.items() if is_lora_param(k)}
     layers = lora_modules(model)
-    flags = peft_flags(settings.method)
-    if wanted != current or any(m.use_dora != flags["use_dora"] for _, m in layers):
+    entry = adapter_method(settings.method)
+    if wanted != current or any(_unswappable(adapter_method(m.method), entry) for _, m in layers):
         return False
     problems: list[str] = []
     bias = files.config.get("bias") or "none"
@@ -380,9 +381,15 @@ def swap_adapter(model: nn.Module, files: AdapterFiles) -> bool:
         for key, tensor in weights.items():
             state[key].copy_(tensor.to(device=state[key].device, dtype=state[key].dtype))
     for _, m in layers:
-        m.alpha, m.use_rslora = settings.lora_alpha, flags["use_rslora"]
-        m.scaling = lora_scaling(settings.lora_alpha, m.r, m.use_rslora)
+        m.alpha, m.method = settings.lora_alpha, entry.name
+        m.scaling = entry.scale(settings.lora_alpha, m.r)
     return True
+
+
+def _unswappable(layer: Method, adapter: Method) -> bool:
+    """True when an adapter of method `adapter` cannot take the place of a layer's of method `layer`:
+    another variant computes the update otherwise, and a base one of them changed is not the other's."""
+    return layer.variant != adapter.variant or layer.changes_base or adapter.changes_base
 
 
 def _top_saved(saved: set[str], model: nn.Module) -> set[str]:

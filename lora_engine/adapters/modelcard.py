@@ -19,6 +19,7 @@ from typing import Any
 
 from lora_engine.adapters.folder import AdapterMeta
 from lora_engine.catalog import GLUE_TASKS, TASKS
+from lora_engine.methods import BY_NAME
 from lora_engine.model_ref import hub_id_of
 
 PIPELINE_TAGS = {"classification": "text-classification", "regression": "text-classification",
@@ -74,13 +75,19 @@ def eval_results(task: str, kind: str, metrics: dict[str, dict[str, float]]) -> 
     return results
 
 
+def _whole_model(method: str) -> bool:
+    """True when a run of `method` saves the whole trained model, not a PEFT adapter ('full')."""
+    entry = BY_NAME.get(method)
+    return entry is not None and entry.trains and not entry.adapter
+
+
 def _pooling_lines(pooling: str, method: str) -> list[str]:
     """How the classifier reads a text, and, for a mean-pooled one, how to feed its head outside
     lorafleet (Hugging Face's BertForSequenceClassification pools the [CLS] token)."""
     if pooling != "mean":
         return ["Pooling: the head reads the last layer's first token ([CLS]), as Hugging Face's "
                 "sequence-classification models do.", ""]
-    if method == "full":
+    if _whole_model(method):
         load = ["from transformers import AutoModelForSequenceClassification, AutoTokenizer",
                 "clf = AutoModelForSequenceClassification.from_pretrained('<this folder>').eval()",
                 "tokenizer = AutoTokenizer.from_pretrained('<this folder>')"]
@@ -109,17 +116,18 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None)
     from huggingface_hub import ModelCard, ModelCardData
 
     method, alias, metrics, spec = meta.method, meta.base_model, meta.metrics, meta.spec or {}
+    whole = _whole_model(method)
     base = hub_id_of(alias)
     task = meta.task or "custom"
     kind = meta.kind or (TASKS[task].kind if task in TASKS else "classification")
     name = f"{task}-{method}-{alias}"
     data = ModelCardData(
-        base_model=base, library_name=None if method == "full" else "peft",
+        base_model=base, library_name=None if whole else "peft",
         pipeline_tag=PIPELINE_TAGS.get(kind), tags=[t for t in ("lorafleet", method, task) if t],
         model_name=name, eval_results=eval_results(task, kind, metrics) or None,
     )
     lines = [f"# {task} {method} adapter for {base}", ""]
-    what = "full fine-tuned model" if method == "full" else f"{method} adapter (Hugging Face PEFT format)"
+    what = "full fine-tuned model" if whole else f"{method} adapter (Hugging Face PEFT format)"
     lines.append(f"A {what} trained by lorafleet on the task `{task}`"
                  + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
     lines += ["", "## Use", ""]
@@ -132,7 +140,7 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None)
     call = "model.generate([...])" if kind == "generation" else "model.classify([...])"
     lines += ["", "```python", "import lora_engine as le", "model = le.load_for_inference('<this folder>')",
               call, "```", ""]
-    if method != "full" and alias != base:
+    if not whole and alias != base:
         auto = PEFT_AUTO_CLASS.get(kind, "AutoPeftModel")
         lines += ["With PEFT (the base model is fetched from the Hub):", "", "```python",
                   f"from peft import {auto}", f"model = {auto}.from_pretrained('<this folder>')", "```", ""]

@@ -142,3 +142,62 @@ def test_reevaluation_scores_a_base_changing_adapter_on_a_base_of_its_own(tmp_pa
     # Alone: one base per adapter, each evicted after it; otherwise one base, the second swapped in.
     assert (res.base_loads, res.injections, res.swaps, cache.evictions) == (
         (2, 2, 0, 2) if changes_base else (1, 1, 1, 0))
+
+
+# --- a method is one entry: a new row (and its initialiser) is all the adapter files need ---------
+
+def test_a_new_entry_and_its_initialiser_save_and_load_through_the_table(tiny_model, perturb_lora, tmp_path,
+                                                                         monkeypatch):
+    import json
+
+    import torch
+
+    from lora_engine import layers
+    from lora_engine.adapters.io import load_adapter, read_adapter_files, save_adapter
+    from lora_engine.inject import LoraSettings, inject_lora, lora_modules
+
+    started = []
+
+    def ones_init(layer):  # a start of its own, so the test sees the layer used it
+        started.append(layer)
+        torch.nn.init.ones_(layer.lora_A.weight)
+        torch.nn.init.zeros_(layer.lora_B.weight)
+
+    # A copy of LoRA that PEFT knows by its own init_lora_weights: one row, one initialiser.
+    monkeypatch.setitem(methods.BY_NAME, "lora-ones", dataclasses.replace(
+        methods.method("lora"), name="lora-ones", init="ones",
+        peft_flags={"use_rslora": False, "use_dora": False, "init_lora_weights": "ones"}))
+    monkeypatch.setitem(layers.INITIALISERS, "ones", ones_init)
+    with pytest.raises(ValueError, match="use_ones is no PEFT flag the table reads"):
+        dataclasses.replace(methods.method("lora"), peft_flags={"use_ones": True})
+
+    def save(method: str, folder: Path) -> dict:
+        model, _ = tiny_model("tiny-bert")
+        settings = LoraSettings(method=method, rank=4, alpha=8)
+        inject_lora(model, settings)
+        ones = [bool((m.lora_A.weight == 1).all()) for _, m in lora_modules(model)]
+        assert ones and all(ones) == (method == "lora-ones")  # the entry's initialiser, and only its
+        perturb_lora(model)
+        save_adapter(model, folder, base_model_name="tiny-bert", settings=settings,
+                     task_type="classification")
+        return {n: t.clone() for n, t in model.state_dict().items() if "lora_" in n}
+
+    saved = save("lora-ones", tmp_path / "ones")
+    config = json.loads((tmp_path / "ones" / "adapter_config.json").read_text())
+    save("lora", tmp_path / "lora")
+    plain = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    # The entry's flags are in the file; all else is LoRA's (whose init_lora_weights stays PEFT's True).
+    assert (config["init_lora_weights"], config["use_rslora"], config["use_dora"]) == ("ones", False, False)
+    assert plain["init_lora_weights"] is True
+    assert {k: v for k, v in config.items() if k != "init_lora_weights"} == {
+        k: v for k, v in plain.items() if k != "init_lora_weights"}
+
+    files = read_adapter_files(tmp_path / "ones")
+    assert files.settings.method == "lora-ones"
+    model, _ = tiny_model("tiny-bert")
+    started.clear()
+    load_adapter(model, files)
+    loaded = lora_modules(model)
+    assert len(started) == len(loaded) and {m.method for _, m in loaded} == {"lora-ones"}
+    state = model.state_dict()
+    assert saved.keys() <= state.keys() and all(torch.equal(state[n], t) for n, t in saved.items())
