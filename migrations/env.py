@@ -40,19 +40,40 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _pragma(connection, setting: str) -> None:
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA {setting}")
+    finally:
+        cursor.close()
+
+
 def run_migrations_online() -> None:
     url = _url()
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Batch mode rebuilds a table (copy, DROP, rename); with foreign keys enforced the
+                # DROP of a table other rows reference (a job's events) fails. SQLite ignores this
+                # pragma inside a transaction: set it on the driver's connection before the
+                # migration's transaction begins (a statement through SQLAlchemy would begin one).
+                _pragma(connection, "foreign_keys = OFF")
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,
-                render_as_batch=connection.dialect.name == "sqlite",
+                render_as_batch=sqlite,
                 compare_type=True,
             )
             with context.begin_transaction():
                 context.run_migrations()
+                if sqlite:
+                    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if dangling:
+                        raise RuntimeError(f"the migration left rows whose references dangle: {dangling[:5]}")
+            if sqlite:
+                _pragma(connection, "foreign_keys = ON")
     finally:
         engine.dispose()
 

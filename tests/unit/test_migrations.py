@@ -42,3 +42,49 @@ def test_upgrade_check_downgrade(empty_registry_url: str) -> None:
 def test_revision_files_are_date_prefixed() -> None:
     names = [p.name for p in (db.MIGRATIONS_DIR / "versions").glob("*.py")]
     assert names and all(n[:4].isdigit() and n[4] == "_" and n[7] == "_" for n in names), names
+
+
+# The head before this release's migrations: a registry in use at that revision must upgrade.
+PREVIOUS_HEAD = "2026_12_02_workers"
+
+
+@pytest.mark.parametrize("empty_registry_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_registry_in_use_upgrades_with_its_rows_intact(empty_registry_url: str) -> None:
+    """SQLite rebuilds a table to alter it (batch mode); with rows that reference it (events of
+    a job) a DROP TABLE under foreign-key enforcement fails, so a registry with jobs in it could
+    not be upgraded although an empty one could."""
+    from sqlalchemy import text
+
+    url = empty_registry_url
+    db.upgrade(url, PREVIOUS_HEAD)
+    tenant, job = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO tenants (id, slug, name, max_running, max_queued, created_at) "
+                              "VALUES (:t, 'acme', 'Acme', 2, 1000, CURRENT_TIMESTAMP)"), {"t": tenant})
+            ids = {"j": job, "t": tenant}
+            conn.execute(text(
+                "INSERT INTO jobs (id, tenant_id, state, kind, spec, task, method, rank, base_model, "
+                "priority, attempts, max_attempts, cancel_requested, dispatch_count, created_at) VALUES "
+                "(:j, :t, 'succeeded', 'train', '{}', 'sst2', 'lora', 8, 'tiny-bert', 0, 1, 3, false, 1, "
+                "CURRENT_TIMESTAMP)"), ids)
+            conn.execute(text("INSERT INTO job_events (job_id, tenant_id, ts, kind, message) "
+                              "VALUES (:j, :t, CURRENT_TIMESTAMP, 'submitted', 'sst2')"), ids)
+    finally:
+        engine.dispose()
+
+    db.upgrade(url)
+    assert db.current_revision(url) == db.head_revision()
+    db.check(url)
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id, state, base_adapter_id FROM jobs")).all() == [
+                (job, "succeeded", None)]
+            assert conn.execute(text("SELECT job_id, kind FROM job_events")).all() == [(job, "submitted")]
+            if conn.dialect.name == "sqlite":  # enforcement is back on, and nothing dangles
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    finally:
+        engine.dispose()
