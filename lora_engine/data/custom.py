@@ -2,8 +2,13 @@
 
 Row formats (one JSON object per line; blank lines are ignored):
 
-- classification: ``{"text": str, "text_pair": str (optional), "label": int | str}``
-- generation:     ``{"prompt": str, "completion": str}``
+- classification: ``{"text": str, "text_pair": str (optional), "label": int | str}`` (text_label)
+- generation:     ``{"prompt": str, "completion": str}`` (prompt_completion), or OpenAI's chat
+                  format ``{"messages": [...]}`` (chat; see `chat.py`, rendered when a job starts)
+
+A file holds one format: its first row's decides (`FORMATS` maps each to its kind), and a row of
+another format is a per-line error. `read_jsonl(path, None)` takes whichever format the file has
+(the API's upload, where the format decides the task kind); with a kind it takes that kind's.
 
 `validate_jsonl` checks the whole file the way a fine-tuning API validates an upload: every bad
 row is reported with its line number and the reason, all in one `DataValidationError`, and
@@ -28,6 +33,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_engine.data import chat
 from lora_engine.errors import DataValidationError
 from lora_engine.safe_json import DocumentError, loads
 
@@ -39,6 +45,12 @@ FIELDS = {
     "classification": {"text": True, "text_pair": False, "label": True},  # name -> required
     "generation": {"prompt": True, "completion": True},
 }
+# A file's format -> its task kind. A kind's first format is the one a row of no known format is
+# checked against (its messages then say which fields are missing).
+FORMATS = {"text_label": "classification", "prompt_completion": "generation", "chat": "generation"}
+FORMAT_NAMES = {"text_label": "text/label", "prompt_completion": "prompt/completion",
+                "chat": "chat (messages)"}
+_FORMAT_FIELDS = {"text_label": FIELDS["classification"], "prompt_completion": FIELDS["generation"]}
 _KIND_ALIASES = {"custom-classification": "classification", "custom-generation": "generation"}
 
 
@@ -81,16 +93,69 @@ def _row_problems(row, fields: dict[str, bool]) -> list[str]:
     return problems
 
 
-def validate_jsonl(
-    path: str | Path, kind: str, *, max_bytes: int = MAX_FILE_BYTES, min_labels: int = 2
-) -> list[dict]:
-    """All rows of a tenant's JSONL file, or DataValidationError listing every problem.
+def row_format(row) -> str | None:
+    """The format a decoded row is written in, by its keys (None: no known field)."""
+    if not isinstance(row, dict):
+        return None
+    if "messages" in row:
+        return "chat"
+    if "prompt" in row or "completion" in row:
+        return "prompt_completion"
+    if {"text", "text_pair", "label"} & set(row):
+        return "text_label"
+    return None
 
-    Returned rows hold exactly the known fields (optional ones as None); line numbers are 1-based.
-    `min_labels`: distinct labels a classification file needs (a validation file may hold fewer).
-    """
+
+def _formats_of(kind: str | None) -> tuple[str, ...]:
+    if kind is None:
+        return tuple(FORMATS)
     kind = _kind(kind)
-    fields = FIELDS[kind]
+    return tuple(f for f, k in FORMATS.items() if k == kind)
+
+
+def _problems_as(row, fmt: str) -> list[str]:
+    return chat.chat_row_problems(row) if fmt == "chat" else _row_problems(row, _FORMAT_FIELDS[fmt])
+
+
+def _kept(row: dict, fmt: str) -> dict:
+    if fmt == "chat":
+        return chat.normalized(row)
+    return {name: row.get(name) for name in _FORMAT_FIELDS[fmt]}
+
+
+def file_format(path: str | Path) -> str | None:
+    """The format of a VALIDATED file (its first row of a known format decides); reads one row."""
+    with Path(path).open("rb") as fh:
+        for raw in fh:
+            line = raw.decode("utf-8").removeprefix("\ufeff")
+            if line.strip():
+                fmt = row_format(loads(line, what="row"))
+                if fmt is not None:
+                    return fmt
+    return None
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    format: str  # a key of FORMATS
+    rows: list[dict]
+
+    @property
+    def kind(self) -> str:
+        return FORMATS[self.format]
+
+
+def read_jsonl(
+    path: str | Path, kind: str | None, *, max_bytes: int = MAX_FILE_BYTES, min_labels: int = 2
+) -> ParsedFile:
+    """The format and all rows of a tenant's JSONL file, or DataValidationError listing every problem.
+
+    `kind`: "classification" | "generation" takes that kind's formats only; None takes any format
+    (the file's first row decides). Returned rows hold exactly the known fields (optional ones as
+    None; chat rows their messages' role and content); line numbers are 1-based. `min_labels`:
+    distinct labels a classification file needs (a validation file may hold fewer).
+    """
+    allowed = _formats_of(kind)
     path = Path(path)
     if not path.is_file():
         raise DataValidationError(str(path), [(0, "no such file")])
@@ -101,6 +166,8 @@ def validate_jsonl(
     problems: list[tuple[int, str]] = []
     rows: list[dict] = []
     label_type: type | None = None
+    fmt: str | None = None  # the file's format, set by its first row of a known one
+    fmt_line = 0
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
@@ -118,28 +185,50 @@ def validate_jsonl(
             except DocumentError as exc:
                 problems.append((number, f"not valid JSON: {exc.reason}"))
                 continue
-            why = _row_problems(row, fields)
-            if not why and kind == "classification":
+            this = row_format(row)
+            if this not in allowed:  # no known field, or another kind's
+                if kind is None and fmt is None:
+                    problems.append((number, "no known field; a row is {\"messages\": [...]} (chat), "
+                                             "{\"prompt\", \"completion\"} or {\"text\", \"label\"}"))
+                    continue
+                # Checked as the file's format (else the kind's first): its messages name the
+                # missing and the stray fields.
+                this = fmt or allowed[0]
+            if fmt is None:
+                fmt, fmt_line = this, number
+            if this != fmt:
+                problems.append((number, f"a {FORMAT_NAMES[this]} row, but line {fmt_line} is "
+                                         f"{FORMAT_NAMES[fmt]}; a file holds one format"))
+                continue
+            why = _problems_as(row, this)
+            if not why and this == "text_label":
                 # One label type per file: mixing 1 and "1" would silently make two classes.
-                this = type(row["label"])
-                label_type = label_type or this
-                if this is not label_type:
+                this_type = type(row["label"])
+                label_type = label_type or this_type
+                if this_type is not label_type:
                     why = [f"label is a {_type_name(row['label'])}, but earlier rows use "
                            f"{'integers' if label_type is int else 'strings'}; use one label type"]
             if why:
                 problems.extend((number, reason) for reason in why)
                 continue
-            rows.append({name: row.get(name) for name in fields})
+            rows.append(_kept(row, this))
 
     if not rows and not problems:
         problems.append((0, "empty: no rows"))
-    if kind == "classification" and rows and not problems:
+    if fmt == "text_label" and rows and not problems:
         distinct = {r["label"] for r in rows}
         if len(distinct) < min_labels:
             problems.append((0, f"only one distinct label; classification needs at least {min_labels}"))
     if problems:
         raise DataValidationError(str(path), problems)
-    return rows
+    return ParsedFile(fmt, rows)
+
+
+def validate_jsonl(
+    path: str | Path, kind: str, *, max_bytes: int = MAX_FILE_BYTES, min_labels: int = 2
+) -> list[dict]:
+    """All rows of a tenant's JSONL file of `kind`, or DataValidationError (see `read_jsonl`)."""
+    return read_jsonl(path, kind, max_bytes=max_bytes, min_labels=min_labels).rows
 
 
 @dataclass(frozen=True)
@@ -160,7 +249,9 @@ def profile_rows(rows: list[dict], kind: str) -> DataProfile:
         key = json.dumps(row, sort_keys=True)
         duplicates += key in seen
         seen.add(key)
-        chars += sum(len(v) for k, v in row.items() if k != "label" and isinstance(v, str))
+        texts = [m["content"] for m in row["messages"]] if "messages" in row else [
+            v for k, v in row.items() if k != "label" and isinstance(v, str)]
+        chars += sum(map(len, texts))
     counts = None
     if kind == "classification":
         counts = {}
@@ -206,6 +297,7 @@ class CustomDataset:
     validation: list[dict]
     label_names: tuple[str, ...]  # () for generation
     validation_source: str  # "sibling file <path>" or "hold-out of N rows"
+    format: str = "text_label"  # a key of FORMATS
 
     def label_id(self, label: int | str) -> int:
         return self.label_names.index(str(label))
@@ -214,10 +306,15 @@ class CustomDataset:
 def load_custom(path: str | Path, kind: str, *, max_bytes: int = MAX_FILE_BYTES) -> CustomDataset:
     """Validate a tenant data set (and its sibling validation file if any) and split it."""
     kind = _kind(kind)
-    rows = validate_jsonl(path, kind, max_bytes=max_bytes)
+    parsed = read_jsonl(path, kind, max_bytes=max_bytes)
+    rows = parsed.rows
     sibling = validation_sibling(path)
     if sibling.is_file():
-        train, validation = rows, validate_jsonl(sibling, kind, max_bytes=max_bytes, min_labels=1)
+        val = read_jsonl(sibling, kind, max_bytes=max_bytes, min_labels=1)
+        if val.format != parsed.format:
+            raise DataValidationError(str(sibling), [(0, f"{FORMAT_NAMES[val.format]} rows, but the training "
+                                                         f"file's are {FORMAT_NAMES[parsed.format]}")])
+        train, validation = rows, val.rows
         source = f"sibling file {sibling}"
     else:
         if len(rows) < 2:
@@ -234,4 +331,4 @@ def load_custom(path: str | Path, kind: str, *, max_bytes: int = MAX_FILE_BYTES)
         if len({type(r["label"]) for r in both}) > 1:
             raise DataValidationError(str(sibling), [(0, "label type differs from the training file's")])
         names = label_names_of(both)
-    return CustomDataset(train, validation, names, source)
+    return CustomDataset(train, validation, names, source, parsed.format)
