@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from lora_engine.data import GenerationExample, load_examples
-from lora_engine.data.chat import MAX_MESSAGES, MAX_PROBLEMS_PER_ROW, plain_prompt, render_chat_dataset, render_row
+from lora_engine.data.chat import (
+    MAX_MESSAGES,
+    MAX_PROBLEMS_PER_ROW,
+    plain_prompt,
+    render_chat_dataset,
+    render_row,
+)
 from lora_engine.data.custom import file_format, read_jsonl, validate_jsonl
 from lora_engine.errors import DataValidationError
 from lora_engine.models import load_tokenizer
