@@ -27,11 +27,13 @@ def chat(*pairs: tuple[str, str], **extra) -> dict:
 
 
 GOOD = chat(("system", "Answer briefly."), ("user", "Capital of France?"), ("assistant", "Paris."))
+ANSWER = {"role": "assistant", "content": "a"}
 MULTI = chat(("user", "Hi"), ("assistant", "Hello."), ("user", "2+2?"), ("assistant", "4"))
 
 
 def write(path: Path, *rows) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -56,7 +58,8 @@ def test_the_format_decides_the_kind_and_rows_are_kept_as_role_and_content(tmp_p
     tl = read_jsonl(write(tmp_path / "t.jsonl", {"text": "a", "label": 0}, {"text": "b", "label": 1}), None)
     assert (pc.format, pc.kind, tl.format, tl.kind) == ("prompt_completion", "generation", "text_label",
                                                         "classification")
-    assert file_format(tmp_path / "c.jsonl") == "chat" and file_format(tmp_path / "p.jsonl") == "prompt_completion"
+    assert file_format(tmp_path / "c.jsonl") == "chat"
+    assert file_format(tmp_path / "p.jsonl") == "prompt_completion"
 
 
 def test_every_bad_chat_row_is_named_with_its_line_and_reason(tmp_path: Path):
@@ -68,19 +71,20 @@ def test_every_bad_chat_row_is_named_with_its_line_and_reason(tmp_path: Path):
         6: chat(("user", "q"), ("assistant", "a"), tools=[]),
         7: {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
                          {"role": "assistant", "content": "a"}]},
-        8: {"messages": [{"role": "user", "content": "q", "name": "bob"}, {"role": "assistant", "content": "a"}]},
+        8: {"messages": [{"role": "user", "content": "q", "name": "bob"}, ANSWER]},
         9: {"messages": []},
         10: {"messages": "hello"},
         11: chat(("assistant", "a")),  # nothing it answers
-        12: {"messages": [{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}]},
-        13: {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]},
+        12: {"messages": [{"role": "user", "content": "q", "weight": 1}, ANSWER]},
+        13: {"messages": [{"role": "user", "content": "q"}, {**ANSWER, "weight": 0}]},
         14: {"prompt": "a", "completion": "b"},  # another format than line 1's
         15: "[1, 2]",
     }
     path = write(tmp_path / "bad.jsonl", GOOD, *[bad[n] for n in sorted(bad)])
     found = problems(path)
     assert sorted(found) == sorted(bad)
-    expect = {2: "no assistant message", 3: "the last message is the 'user' one", 4: "'wizard'; allowed: system",
+    expect = {2: "no assistant message", 3: "the last message is the 'user' one",
+              4: "'wizard'; allowed: system",
               5: "messages[0].content is empty", 6: "unknown field(s) 'tools'", 7: "content must be a string",
               8: "unknown key(s) 'name'", 9: "'messages' is empty", 10: "'messages' must be a list",
               11: "only an assistant message", 12: "weight is only allowed on assistant messages",
@@ -88,7 +92,9 @@ def test_every_bad_chat_row_is_named_with_its_line_and_reason(tmp_path: Path):
               15: "not a JSON object"}
     for line, text in expect.items():
         assert any(text in why for why in found[line]), (line, found[line])
-    message = str(pytest.raises(DataValidationError, read_jsonl, path, None).value)
+    with pytest.raises(DataValidationError) as info:
+        read_jsonl(path, None)
+    message = str(info.value)
     assert "line 2:" in message and "14 invalid row(s)" in message
 
 
