@@ -61,7 +61,8 @@ def test_upload_stream_decides_the_kind_by_format_and_keeps_a_hostile_name_for_d
                                                         "text_label")
     assert upload_stream(session, "acme", jsonl(CHAT), "again.jsonl").id == chat.id  # the same bytes
 
-    bad = jsonl([CHAT[0], {"messages": [{"role": "user", "content": "q"}]}, {"prompt": "p", "completion": "c"}])
+    no_answer = {"messages": [{"role": "user", "content": "q"}]}
+    bad = jsonl([CHAT[0], no_answer, {"prompt": "p", "completion": "c"}])
     with pytest.raises(DataValidationError) as info:
         upload_stream(session, "acme", bad, "bad.jsonl")
     assert [n for n, _ in info.value.problems] == [2, 3] and str(info.value).startswith("bad.jsonl:")
