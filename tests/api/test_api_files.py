@@ -10,8 +10,8 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from orchestrator.services.keys import create_key
+
 from orchestrator.services.tenants import create_tenant
 
 pytestmark = pytest.mark.integration
