@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from orchestrator.services.keys import create_key
 
+from orchestrator.services.jobs import submit_job
 from orchestrator.services.tenants import create_tenant
 
 pytestmark = pytest.mark.integration
@@ -71,6 +73,11 @@ def test_files_upload_list_retrieve_content_delete(api_server, keys, tmp_path: P
     with pytest.raises(openai.BadRequestError, match="not served"):
         acme.files.content("builtin-e2e")
 
+    with api_server.session() as s:  # a queued job trains on the second file: it stays
+        job = submit_job(s, "acme", {"task": "custom-generation", "base_model": "tiny-gpt2", "max_steps": 1,
+                                     "dataset": second.id}, settings=api_server.settings)
+    with pytest.raises(openai.BadRequestError, match=job.id):
+        acme.files.delete(second.id)
     deleted = acme.files.delete(created.id)
     assert (deleted.id, deleted.deleted) == (created.id, True)
     with pytest.raises(openai.NotFoundError):
@@ -86,12 +93,20 @@ def test_bad_uploads_are_400s_that_say_what_is_wrong(api_server, keys, tmp_path:
         acme.files.create(file=bad.open("rb"), purpose="fine-tune")
     message = answer.value.body["message"]
     assert "line 2: no assistant message" in message and "line 3: a prompt/completion row" in message
-    assert "line 1" not in message and "line 4" not in message
+    assert "line 1:" not in message and "line 4:" not in message
     with pytest.raises(openai.BadRequestError) as wrong:
         acme.files.create(file=jsonl(tmp_path / "ok.jsonl", CHAT).open("rb"), purpose="assistants")
     assert "'fine-tune'" in wrong.value.body["message"] and wrong.value.body["param"] == "purpose"
     with pytest.raises(openai.BadRequestError, match="not valid JSON"):
         acme.files.create(file=("x.jsonl", b"{nope\n"), purpose="fine-tune")
+    for query in ({"limit": 0}, {"limit": 101}, {"order": "sideways"}):
+        with pytest.raises(openai.BadRequestError):
+            acme.files.list(**query)
+    with pytest.raises(openai.NotFoundError):
+        acme.files.list(after="not-a-file-of-mine")
+    no_file = httpx.post(api_server.base_url + "/v1/files", data={"purpose": "fine-tune"},
+                         headers={"Authorization": f"Bearer {keys['acme']}"})
+    assert no_file.status_code == 400 and no_file.json()["error"]["param"] == "file"
     assert [f.id for f in acme.files.list(limit=100).data] == before  # nothing was stored
 
 
