@@ -14,7 +14,7 @@ import pytest
 from orchestrator.services.keys import create_key
 
 from orchestrator.services.jobs import submit_job
-from orchestrator.services.tenants import create_tenant
+from orchestrator.services.tenants import create_tenant, set_tenant_quota
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +99,12 @@ def test_bad_uploads_are_400s_that_say_what_is_wrong(api_server, keys, tmp_path:
     assert "'fine-tune'" in wrong.value.body["message"] and wrong.value.body["param"] == "purpose"
     with pytest.raises(openai.BadRequestError, match="not valid JSON"):
         acme.files.create(file=("x.jsonl", b"{nope\n"), purpose="fine-tune")
+    with api_server.session() as s:
+        set_tenant_quota(s, "globex", max_storage_bytes=100)
+    with pytest.raises(openai.RateLimitError) as quota:
+        api_server.client(keys["globex"]).files.create(file=jsonl(tmp_path / "q.jsonl", CHAT).open("rb"),
+                                                       purpose="fine-tune")
+    assert quota.value.code == "insufficient_quota" and "100" in quota.value.body["message"]
     for query in ({"limit": 0}, {"limit": 101}, {"order": "sideways"}):
         with pytest.raises(openai.BadRequestError):
             acme.files.list(**query)
