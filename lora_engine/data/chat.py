@@ -142,9 +142,17 @@ def render_row(row: dict, tokenizer) -> dict[str, str]:
 
 def _rendered_text(path: Path, tokenizer) -> str:
     from lora_engine.data.custom import read_jsonl
+    from lora_engine.errors import DataValidationError
 
     rows = read_jsonl(path, "generation").rows  # checked again: the engine trusts no file unchecked
-    return "".join(json.dumps(render_row(row, tokenizer), ensure_ascii=False) + "\n" for row in rows)
+    out = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            out.append(json.dumps(render_row(row, tokenizer), ensure_ascii=False) + "\n")
+        except Exception as exc:  # a template's own rule (jinja's raise_exception: "no system role")
+            why = f"the base model's chat template refuses chat row {number}: {str(exc)[:300]}"
+            raise DataValidationError(str(path), [(0, why)]) from None
+    return "".join(out)
 
 
 def render_chat_dataset(data_file: str | Path, tokenizer) -> Path:

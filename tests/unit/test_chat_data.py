@@ -4,6 +4,7 @@ tokenizer has none)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -20,6 +21,18 @@ from lora_engine.data.chat import (
 from lora_engine.data.custom import file_format, read_jsonl, validate_jsonl
 from lora_engine.errors import DataValidationError
 from lora_engine.models import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """SmolLM2-135M-Instruct's tokenizer: a real chat template."""
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    """GPT-2's tokenizer: no chat template."""
+    return load_tokenizer("tiny-gpt2")
 
 
 def chat(*pairs: tuple[str, str], **extra) -> dict:
@@ -115,8 +128,7 @@ def test_hostile_rows_are_refused_within_bounds(tmp_path: Path):
     assert "unknown field(s) 'messages'" in as_classification[1][0]
 
 
-def test_rendering_with_smollm2s_chat_template_and_the_plain_fallback(tmp_path: Path):
-    smol = load_tokenizer("smollm2-135m")
+def test_rendering_with_smollm2s_chat_template_and_the_plain_fallback(smol, gpt2):
     assert smol.chat_template
     rendered = render_row(MULTI, smol)
     assert rendered["completion"] == "4"
@@ -124,7 +136,6 @@ def test_rendering_with_smollm2s_chat_template_and_the_plain_fallback(tmp_path: 
     assert rendered["prompt"] == expected
     assert rendered["prompt"].endswith("<|im_start|>assistant\n") and "Hello.<|im_end|>" in rendered["prompt"]
 
-    gpt2 = load_tokenizer("tiny-gpt2")
     assert not getattr(gpt2, "chat_template", None)
     plain = render_row(GOOD, gpt2)
     assert plain == {"prompt": "system: Answer briefly.\nuser: Capital of France?\nassistant: ",
@@ -132,14 +143,14 @@ def test_rendering_with_smollm2s_chat_template_and_the_plain_fallback(tmp_path: 
     assert plain["prompt"] == plain_prompt(GOOD["messages"][:2])
 
 
-def test_a_stored_chat_file_is_rendered_beside_it_once_and_trains_as_prompt_completion(tmp_path: Path):
+def test_a_stored_chat_file_is_rendered_beside_it_once_and_trains_as_prompt_completion(tmp_path: Path, smol,
+                                                                                       gpt2):
     folder = tmp_path / "ds"
     folder.mkdir()
     data = write(folder / "data.jsonl", *[chat(("user", f"q{i}"), ("assistant", f"a{i}")) for i in range(10)])
     write(folder / "data.validation.jsonl", chat(("user", "vq"), ("assistant", "va")))
     with pytest.raises(ValueError, match="not rendered"):
         load_examples("custom-generation", "train", data_dir=tmp_path, dataset=data)
-    gpt2 = load_tokenizer("tiny-gpt2")
     out = render_chat_dataset(data, gpt2)
     assert out.parent.parent == folder / "rendered" and out.name == "data.jsonl"
     assert render_chat_dataset(data, gpt2) == out  # the same content: the same copy
@@ -148,7 +159,22 @@ def test_a_stored_chat_file_is_rendered_beside_it_once_and_trains_as_prompt_comp
     assert len(train) == 10
     (val,) = load_examples("custom-generation", "validation", data_dir=tmp_path, dataset=out)
     assert val.completion == "va"
-    smol_out = render_chat_dataset(data, load_tokenizer("smollm2-135m"))
+    smol_out = render_chat_dataset(data, smol)
     assert smol_out != out and "<|im_start|>user\\nq0<|im_end|>" in smol_out.read_text()
     prompt_completion = write(tmp_path / "pc.jsonl", {"prompt": "a", "completion": "b"})
     assert render_chat_dataset(prompt_completion, gpt2) == prompt_completion
+
+
+def test_a_template_that_refuses_a_row_fails_the_job_with_the_reason(tmp_path: Path, smol):
+    """A chat template may raise for a row (Gemma's and Mistral's refuse a system message)."""
+    tok = copy.copy(smol)
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                         "{{ raise_exception('System role not supported') }}{% endif %}"
+                         "{{ m['content'] }}{% endfor %}")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    data = write(folder / "data.jsonl", MULTI, GOOD)
+    with pytest.raises(DataValidationError, match="refuses chat row 2: System role not supported"):
+        render_chat_dataset(data, tok)
+    assert not (folder / "rendered").exists()
+    assert "raise_exception" not in smol.chat_template  # the module's tokenizer is untouched
