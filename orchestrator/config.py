@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1",
         pattern=r"^[0-9A-Za-z.:-]{1,253}$",
-        description="address a worker's Prometheus exporter listens on (127.0.0.1: this machine only)",
+        description="address the Prometheus exporters (a worker's, the API's) listen on (127.0.0.1: this "
+                    "machine only)",
         json_schema_extra=_allowed("an IP address or host name of this machine, e.g. 127.0.0.1 or ::"),
     )
     log_format: Literal["text", "json"] = Field(

@@ -27,6 +27,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = Limiter(settings)
     install_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.api_body_limit)
+    if settings.api_metrics_port is not None:  # outermost: it also sees the 413s BodyLimit answers
+        from orchestrator.api.metrics import RequestMetrics
+
+        app.add_middleware(RequestMetrics)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     # One line per resource module: app.include_router(<module>.router)
 

@@ -101,6 +101,7 @@ def validation_error(exc: RequestValidationError) -> ApiError:
 
 
 HTTP_STATUS_TYPES = {401: "authentication_error", 403: "permission_error", 429: "requests"}
+HTTP_STATUS_CODES = {405: "method_not_allowed", 413: "request_too_large"}
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -122,7 +123,7 @@ def install_handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         error = ApiError(exc.status_code, message, type=HTTP_STATUS_TYPES.get(exc.status_code,
                                                                               "invalid_request_error"),
-                         headers=getattr(exc, "headers", None))
+                         code=HTTP_STATUS_CODES.get(exc.status_code), headers=getattr(exc, "headers", None))
         return error_response(error)
 
     @app.exception_handler(ServiceError)
