@@ -7,6 +7,9 @@ over the cap are refused while they stream in (body_limit.py).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,7 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="lorafleet", version="1",
                   description="The tenants' OpenAI-compatible fine-tuning API of lorafleet.",
-                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.settings = settings
     app.state.limiter = Limiter(settings)
     install_handlers(app)
@@ -34,11 +37,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     # One line per resource module: app.include_router(<module>.router)
 
-    # Last: anything else under /v1 is refused after the key is checked, so an unauthenticated
-    # caller learns nothing of which routes exist (401), an authenticated one gets 404 or 405.
+    # Anything else under /v1 is refused after the key is checked, so an unauthenticated caller
+    # learns nothing of which routes exist (401), an authenticated one gets 404 or 405. Routes
+    # match in order: it goes last, wherever a router is included.
     app.add_api_route("/v1/{path:path}", unknown_route, methods=list(ALL_METHODS), include_in_schema=False,
                       dependencies=[Depends(tenant_caller)])
+    catch_all_last(app)
     return app
+
+
+def catch_all_last(app: FastAPI) -> None:
+    app.router.routes.sort(key=lambda route: getattr(route, "endpoint", None) is unknown_route)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    catch_all_last(app)  # again: a router included after create_app returned must not be shadowed
+    yield
 
 
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -48,12 +63,15 @@ def unknown_route(request: Request) -> None:
     """404 for a path no route has; 405 for a path a route has under another method."""
     from starlette.routing import Match
 
+    allowed: set[str] = set()
     for route in request.app.routes:
         if getattr(route, "endpoint", None) is unknown_route:
             continue
         match, _ = route.matches(request.scope)
         if match == Match.PARTIAL:
-            raise StarletteHTTPException(405)
+            allowed.update(getattr(route, "methods", None) or ())
+    if allowed:
+        raise StarletteHTTPException(405, headers={"allow": ", ".join(sorted(allowed))})
     raise StarletteHTTPException(404)
 
 

@@ -16,6 +16,9 @@ from orchestrator.api.app import create_app
 from orchestrator.api.errors import ApiError
 from orchestrator.config import load_settings
 from orchestrator.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from orchestrator.registry.db import forget_engine, session_scope
+from orchestrator.services.keys import create_key
+from orchestrator.services.tenants import create_tenant
 
 CAP = 1024
 
@@ -53,8 +56,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     def raise_(what: str) -> None:
         raise raised[what]
 
+    @app.get("/v1/t/only-get")  # included after create_app: the catch-all must not shadow it
+    def only_get() -> dict:
+        return {"got": True}
+
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
+    forget_engine(app.state.settings.database_url)
 
 
 def error(response) -> dict:
@@ -90,9 +98,20 @@ def test_a_streamed_body_over_the_cap_is_413_while_it_is_read(api):
     assert api.post("/t/read", content=iter([b"x" * CAP])).json() == {"bytes": CAP}
 
 
-def test_unknown_methods_are_405_and_unknown_paths_404(api):
+def test_unknown_methods_are_405_and_unknown_paths_404(api, tmp_path_factory):
     assert api.delete("/healthz").status_code == 405 and error(api.delete("/healthz"))["message"]
     assert api.get("/nowhere").status_code == 404
+    assert api.get("/v1/t/only-get").json() == {"got": True}
+    # Under /v1 the key is checked first: without one, nothing tells which routes exist.
+    assert api.post("/v1/t/only-get").status_code == 401 and api.get("/v1/nowhere").status_code == 401
+    with session_scope(api.app.state.settings) as s:
+        create_tenant(s, "acme")
+        key = create_key(s, "acme")[1]
+    auth = {"authorization": f"Bearer {key}"}
+    answer = api.post("/v1/t/only-get", headers=auth)
+    assert answer.status_code == 405 and answer.headers["allow"] == "GET"
+    assert error(answer)["code"] == "method_not_allowed"
+    assert error(api.get("/v1/nowhere", headers=auth))["message"] == "Invalid URL (GET /v1/nowhere)"
 
 
 @pytest.mark.parametrize(("what", "status", "kind", "code"), [
@@ -111,3 +130,4 @@ def test_errors_map_to_their_status_and_openais_shape(api, what, status, kind, c
         assert error(answer)["message"] == "internal error" and "secret" not in answer.text
     if what == "quota":
         assert "1000 of 1000" in error(answer)["message"]
+
