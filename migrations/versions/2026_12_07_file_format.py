@@ -1,7 +1,7 @@
 """files: datasets.format, the rows' format (text_label | prompt_completion | chat)
 
 Revision ID: 2026_12_07_files
-Revises: 2026_12_06_refs
+Revises: 2026_12_07_apikeys
 Create Date: 2026-12-07 09:00:00+00:00
 
 A data set's format decides its task kind and how a job reads it: OpenAI's chat rows are rendered
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "2026_12_07_files"
-down_revision: str | None = "2026_12_06_refs"
+down_revision: str | None = "2026_12_07_apikeys"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

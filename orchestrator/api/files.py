@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import FileResponse
+
 from orchestrator.api.auth import Caller, tenant_caller
 from orchestrator.api.deps import db_session, settings
 from orchestrator.api.errors import ApiError
 from orchestrator.api.pages import Limit, page
-
 from orchestrator.config import Settings
 
 if TYPE_CHECKING:

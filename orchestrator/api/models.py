@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends
+
 from orchestrator.api.auth import Caller, tenant_caller
 from orchestrator.api.deps import db_session, settings
 from orchestrator.api.errors import ApiError
 from orchestrator.api.pages import page
-
 from orchestrator.config import Settings
 
 if TYPE_CHECKING:
