@@ -38,6 +38,9 @@ from lora_engine.errors import DataValidationError
 from lora_engine.safe_json import DocumentError, loads
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# Problems kept of an invalid file: far more than anyone reads (the message shows the first 50),
+# few enough that a file of millions of bad rows costs no memory; the rest are counted.
+MAX_PROBLEMS_KEPT = 1000
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_SEED = 20240611
 
@@ -135,6 +138,54 @@ def file_format(path: str | Path) -> str | None:
     return None
 
 
+class _LineCheck:
+    """One line of a file at a time: its problems (a list), its kept row (a dict), or None for a
+    blank line; remembers the file's format and label type from the rows before."""
+
+    def __init__(self, kind: str | None, allowed: tuple[str, ...]):
+        self.kind, self.allowed = kind, allowed
+        self.fmt: str | None = None  # the file's format, set by its first row of a known one
+        self.fmt_line = 0
+        self.label_type: type | None = None
+
+    def __call__(self, number: int, raw: bytes) -> list[str] | dict | None:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = f"byte {raw[exc.start]:#04x} at column {exc.start + 1}"
+            return [f"not valid UTF-8 ({bad}); save the file as UTF-8"]
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a BOM is an encoding mark, not data
+        if not line.strip():
+            return None
+        try:
+            row = loads(line, what="row")
+        except DocumentError as exc:
+            return [f"not valid JSON: {exc.reason}"]
+        this = row_format(row)
+        if this not in self.allowed:  # no known field, or another kind's
+            if self.kind is None and self.fmt is None:
+                return ["no known field; a row is {\"messages\": [...]} (chat), {\"prompt\", \"completion\"} "
+                        "or {\"text\", \"label\"}"]
+            # Checked as the file's format (else the kind's first): its messages name the missing
+            # and the stray fields.
+            this = self.fmt or self.allowed[0]
+        if self.fmt is None:
+            self.fmt, self.fmt_line = this, number
+        if this != self.fmt:
+            return [f"a {FORMAT_NAMES[this]} row, but line {self.fmt_line} is {FORMAT_NAMES[self.fmt]}; "
+                    f"a file holds one format"]
+        why = _problems_as(row, this)
+        if not why and this == "text_label":
+            # One label type per file: mixing 1 and "1" would silently make two classes.
+            this_type = type(row["label"])
+            self.label_type = self.label_type or this_type
+            if this_type is not self.label_type:
+                why = [f"label is a {_type_name(row['label'])}, but earlier rows use "
+                       f"{'integers' if self.label_type is int else 'strings'}; use one label type"]
+        return why or _kept(row, this)
+
+
 @dataclass(frozen=True)
 class ParsedFile:
     format: str  # a key of FORMATS
@@ -148,7 +199,8 @@ class ParsedFile:
 def read_jsonl(
     path: str | Path, kind: str | None, *, max_bytes: int = MAX_FILE_BYTES, min_labels: int = 2
 ) -> ParsedFile:
-    """The format and all rows of a tenant's JSONL file, or DataValidationError listing every problem.
+    """The format and all rows of a tenant's JSONL file, or DataValidationError listing every problem
+    (of the first `MAX_PROBLEMS_KEPT`; the invalid rows after them are counted).
 
     `kind`: "classification" | "generation" takes that kind's formats only; None takes any format
     (the file's first row decides). Returned rows hold exactly the known fields (optional ones as
@@ -165,53 +217,21 @@ def read_jsonl(
 
     problems: list[tuple[int, str]] = []
     rows: list[dict] = []
-    label_type: type | None = None
-    fmt: str | None = None  # the file's format, set by its first row of a known one
-    fmt_line = 0
+    check = _LineCheck(kind, allowed)
+    unlisted = 0  # invalid rows past MAX_PROBLEMS_KEPT: counted, not kept
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad = f"byte {raw[exc.start]:#04x} at column {exc.start + 1}"
-                problems.append((number, f"not valid UTF-8 ({bad}); save the file as UTF-8"))
-                continue
-            if number == 1:
-                line = line.removeprefix("\ufeff")  # a BOM is an encoding mark, not data
-            if not line.strip():
-                continue
-            try:
-                row = loads(line, what="row")
-            except DocumentError as exc:
-                problems.append((number, f"not valid JSON: {exc.reason}"))
-                continue
-            this = row_format(row)
-            if this not in allowed:  # no known field, or another kind's
-                if kind is None and fmt is None:
-                    problems.append((number, "no known field; a row is {\"messages\": [...]} (chat), "
-                                             "{\"prompt\", \"completion\"} or {\"text\", \"label\"}"))
-                    continue
-                # Checked as the file's format (else the kind's first): its messages name the
-                # missing and the stray fields.
-                this = fmt or allowed[0]
-            if fmt is None:
-                fmt, fmt_line = this, number
-            if this != fmt:
-                problems.append((number, f"a {FORMAT_NAMES[this]} row, but line {fmt_line} is "
-                                         f"{FORMAT_NAMES[fmt]}; a file holds one format"))
-                continue
-            why = _problems_as(row, this)
-            if not why and this == "text_label":
-                # One label type per file: mixing 1 and "1" would silently make two classes.
-                this_type = type(row["label"])
-                label_type = label_type or this_type
-                if this_type is not label_type:
-                    why = [f"label is a {_type_name(row['label'])}, but earlier rows use "
-                           f"{'integers' if label_type is int else 'strings'}; use one label type"]
-            if why:
-                problems.extend((number, reason) for reason in why)
-                continue
-            rows.append(_kept(row, this))
+            outcome = check(number, raw)
+            if isinstance(outcome, dict):
+                if not problems:  # an invalid file returns no rows: keep none once one is bad
+                    rows.append(outcome)
+            elif outcome and len(problems) >= MAX_PROBLEMS_KEPT:
+                unlisted += 1
+            elif outcome:
+                problems.extend((number, reason) for reason in outcome)
+    if unlisted:
+        problems.append((0, f"{unlisted} more invalid row(s) after line {problems[-1][0]}, not listed"))
+    fmt = check.fmt
 
     if not rows and not problems:
         problems.append((0, "empty: no rows"))

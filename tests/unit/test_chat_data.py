@@ -18,7 +18,7 @@ from lora_engine.data.chat import (
     render_chat_dataset,
     render_row,
 )
-from lora_engine.data.custom import file_format, read_jsonl, validate_jsonl
+from lora_engine.data.custom import MAX_PROBLEMS_KEPT, file_format, read_jsonl, validate_jsonl
 from lora_engine.errors import DataValidationError
 from lora_engine.models import load_tokenizer
 
@@ -178,3 +178,13 @@ def test_a_template_that_refuses_a_row_fails_the_job_with_the_reason(tmp_path: P
         render_chat_dataset(data, tok)
     assert not (folder / "rendered").exists()
     assert "raise_exception" not in smol.chat_template  # the module's tokenizer is untouched
+
+
+def test_a_file_of_countless_bad_rows_keeps_a_bounded_report(tmp_path: Path):
+    rows = [GOOD] + [{"messages": [{"role": "user", "content": "q"}]}] * (MAX_PROBLEMS_KEPT + 500)
+    with pytest.raises(DataValidationError) as info:
+        read_jsonl(write(tmp_path / "many.jsonl", *rows), None)
+    problems = info.value.problems
+    assert len(problems) == MAX_PROBLEMS_KEPT + 1 and problems[0][0] == 2
+    assert problems[-1] == (0, f"500 more invalid row(s) after line {MAX_PROBLEMS_KEPT + 1}, not listed")
+    assert len(str(info.value)) < 10_000
