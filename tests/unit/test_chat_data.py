@@ -188,3 +188,26 @@ def test_a_file_of_countless_bad_rows_keeps_a_bounded_report(tmp_path: Path):
     assert len(problems) == MAX_PROBLEMS_KEPT + 1 and problems[0][0] == 2
     assert problems[-1] == (0, f"500 more invalid row(s) after line {MAX_PROBLEMS_KEPT + 1}, not listed")
     assert len(str(info.value)) < 10_000
+
+
+def test_a_rendered_chat_file_is_its_prompt_completion_twin_and_trains(tmp_path: Path, gpt2):
+    """Rendering is the only step between a chat data set and the generation path: it writes the
+    prompt/completion file one would write by hand, and that file trains."""
+    from lora_engine.generate import DecodeSettings
+    from lora_engine.recipe import train
+
+    pairs = [(f"name[N{i % 5}], food[F{i % 3}]", f"N{i % 5} serves F{i % 3} food.") for i in range(20)]
+    folder = tmp_path / "chat"
+    folder.mkdir()
+    data = write(folder / "data.jsonl", *[chat(("system", "Describe."), ("user", q), ("assistant", a))
+                                          for q, a in pairs])
+    twin = write(tmp_path / "twin.jsonl", *[{"prompt": f"system: Describe.\nuser: {q}\nassistant: ",
+                                             "completion": a} for q, a in pairs])
+    spec = {"task": "custom-generation", "base_model": "tiny-llama", "max_steps": 2, "batch_size": 4,
+            "max_length": 48, "eval_size": 2}
+    decode = DecodeSettings(num_beams=1, no_repeat_ngram_size=0, max_new_tokens=4)
+    rendered = render_chat_dataset(data, gpt2)  # tiny-llama's tokenizer is GPT-2's: the plain template
+    assert rendered.read_bytes() == twin.read_bytes()
+    result = train({**spec, "dataset": str(rendered)}, tmp_path / "a", data_dir=tmp_path, decode=decode)
+    assert len(result.losses) == 2 and all(0 < loss < 20 for loss in result.losses)
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
