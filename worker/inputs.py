@@ -89,14 +89,14 @@ def _listed_adapters(session: Any, listed: list[dict[str, Any]], tenant_id: str)
 
 
 def rendered_chat(stored: Path, spec: dict[str, Any]) -> Path:
-    """The file a generation job trains on: a chat data set rendered with the chat template of the
-    base model this job trains (known only now; lora_engine.data.chat), else `stored` itself."""
+    """The file a generation job trains on: a chat data set (or a pair whose validation file is
+    chat) rendered with the chat template of the base model this job trains (known only now;
+    lora_engine.data.chat), else `stored` itself."""
     from lora_engine.catalog import TASKS
-    from lora_engine.data.chat import render_chat_dataset
-    from lora_engine.data.custom import file_format
+    from lora_engine.data.chat import needs_rendering, render_chat_dataset
 
     info = TASKS.get(spec.get("task"))  # type: ignore[arg-type]
-    if info is None or info.kind != "generation" or file_format(stored) != "chat":
+    if info is None or info.kind != "generation" or not needs_rendering(stored):
         return stored
     from lora_engine.models import load_tokenizer
 

@@ -144,33 +144,44 @@ def _rendered_text(path: Path, tokenizer) -> str:
     from lora_engine.data.custom import read_jsonl
     from lora_engine.errors import DataValidationError
 
-    rows = read_jsonl(path, "generation").rows  # checked again: the engine trusts no file unchecked
+    parsed = read_jsonl(path, "generation")  # checked again: the engine trusts no file unchecked
     out = []
-    for number, row in enumerate(rows, start=1):
+    for number, row in enumerate(parsed.rows, start=1):
         try:
-            out.append(json.dumps(render_row(row, tokenizer), ensure_ascii=False) + "\n")
+            rendered = render_row(row, tokenizer) if parsed.format == "chat" else row
         except Exception as exc:  # a template's own rule (jinja's raise_exception: "no system role")
             why = f"the base model's chat template refuses chat row {number}: {str(exc)[:300]}"
             raise DataValidationError(str(path), [(0, why)]) from None
+        out.append(json.dumps(rendered, ensure_ascii=False) + "\n")
     return "".join(out)
+
+
+def _pair(data_file: Path) -> list[Path]:
+    from lora_engine.data.custom import validation_sibling
+
+    sibling = validation_sibling(data_file)
+    return [data_file, sibling] if sibling.is_file() else [data_file]
+
+
+def needs_rendering(data_file: str | Path) -> bool:
+    """Whether a validated generation file (or its `.validation.jsonl` sibling) holds chat rows."""
+    from lora_engine.data.custom import file_format
+
+    return any(file_format(path) == "chat" for path in _pair(Path(data_file)))
 
 
 def render_chat_dataset(data_file: str | Path, tokenizer) -> Path:
     """The prompt/completion file a stored chat data set trains as with `tokenizer`: its rows (and
-    those of its `<name>.validation.jsonl` sibling, if any) rendered into
-    ``<folder>/rendered/<digest>/data.jsonl`` beside it (written once, atomically; the digest is
-    the rendered content's, so bases sharing a template share one copy and the copies go with the
-    data set's folder). A file that is not chat is returned as it is."""
+    those of its `<name>.validation.jsonl` sibling, if any; a prompt/completion one is copied as it
+    is) rendered into ``<folder>/rendered/<digest>/data.jsonl`` beside it (written once,
+    atomically; the digest is the rendered content's, so bases sharing a template share one copy,
+    and the copies go with the data set's folder). A pair without chat rows is returned as it is."""
     from lora_engine.atomic import atomic_folder
-    from lora_engine.data.custom import file_format, validation_sibling
 
     data_file = Path(data_file)
-    if file_format(data_file) != "chat":
+    if not needs_rendering(data_file):
         return data_file
-    sibling = validation_sibling(data_file)
-    texts = {data_file.name: _rendered_text(data_file, tokenizer)}
-    if sibling.is_file():
-        texts[sibling.name] = _rendered_text(sibling, tokenizer)
+    texts = {path.name: _rendered_text(path, tokenizer) for path in _pair(data_file)}
     digest = hashlib.sha256("\0".join(texts.values()).encode()).hexdigest()[:32]
     final = data_file.parent / "rendered" / digest
     if not (final / data_file.name).is_file():

@@ -41,6 +41,7 @@ def chat(*pairs: tuple[str, str], **extra) -> dict:
 
 GOOD = chat(("system", "Answer briefly."), ("user", "Capital of France?"), ("assistant", "Paris."))
 ANSWER = {"role": "assistant", "content": "a"}
+CHAT_QA = chat(("user", "q"), ("assistant", "a"))
 MULTI = chat(("user", "Hi"), ("assistant", "Hello."), ("user", "2+2?"), ("assistant", "4"))
 
 
@@ -211,3 +212,18 @@ def test_a_rendered_chat_file_is_its_prompt_completion_twin_and_trains(tmp_path:
     result = train({**spec, "dataset": str(rendered)}, tmp_path / "a", data_dir=tmp_path, decode=decode)
     assert len(result.losses) == 2 and all(0 < loss < 20 for loss in result.losses)
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+def test_a_pair_of_formats_renders_whichever_holds_chat(tmp_path: Path, gpt2):
+    """A training file and its validation sibling may differ (chat / prompt-completion): both
+    generation; the chat one is rendered, the other copied as it is."""
+    pc = {"prompt": "user: q\nassistant: ", "completion": "a"}
+    for train, val in ((CHAT_QA, pc), (pc, CHAT_QA)):
+        folder = tmp_path / f"{'chat' if train is CHAT_QA else 'pc'}-first"
+        folder.mkdir()
+        data = write(folder / "data.jsonl", *[train] * 3)
+        write(folder / "data.validation.jsonl", val)
+        out = render_chat_dataset(data, gpt2)
+        assert out != data
+        assert [json.loads(line) for line in out.read_text().splitlines()] == [pc] * 3
+        assert json.loads(out.with_name("data.validation.jsonl").read_text()) == pc
