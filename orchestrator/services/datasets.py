@@ -11,6 +11,11 @@ per label, mixed label types); then the staging folder is renamed to
 `data.validation.jsonl` when a validation file was given, which the engine reads as the validation
 split) and its sha256 is recorded. The same bytes uploaded again by the same tenant return the
 existing data set (so a retried `job submit --dataset FILE` stores nothing new).
+
+An upload over the network (`upload_stream`, the API's POST /v1/files) is read from its byte
+stream into the staging folder, at most `max_dataset_bytes` (TooLarge), and goes on the same way;
+its file name is kept for display only. The rows' format (`Dataset.format`, see
+`lora_engine.data.custom.FORMATS`) decides the kind when none is given.
 """
 
 from __future__ import annotations
@@ -146,7 +151,7 @@ def _same_format(shown: str, train: ParsedFile, validation: ParsedFile) -> None:
         raise DataValidationError(shown, [(0, "label type differs from the training file's")])
 
 
-def read_upload(stream: BinaryIO, dest: Path, cap: int) -> tuple[str, int]:
+def _read_upload(stream: BinaryIO, dest: Path, cap: int) -> tuple[str, int]:
     """Copy an upload's byte stream into lorafleet's new file `dest` (owner-only), at most `cap`
     bytes (one more is a refusal naming `SIZE_VAR`): (sha256, size)."""
     digest, size = hashlib.sha256(), 0
@@ -270,7 +275,7 @@ def upload_stream(
     name = display_name(filename)
     staged: list[Path] = [new_staging(settings)]
     try:
-        sha256, size = read_upload(stream, staged[0] / DATA_FILE, settings.max_dataset_bytes)
+        sha256, size = _read_upload(stream, staged[0] / DATA_FILE, settings.max_dataset_bytes)
         parsed = _validated(staged[0] / DATA_FILE, name, settings, kind, 2)
         checked = CheckedUpload(staged[0], name, parsed.kind, parsed.rows, sha256, size, format=parsed.format)
         dataset = store_dataset(session, tenant, checked, settings, staged)
