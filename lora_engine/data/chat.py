@@ -8,16 +8,13 @@ as OpenAI's fine-tuning API takes it. It trains what a generation row trains, on
     completion = the last assistant message's content (the generation path appends eos)
 
 The base model is known only when the job starts, so the upload stores the messages and the
-worker renders them (`render_chat_file`) with the tokenizer of the model it trains.
+worker renders them (`render_chat_dataset`, called by worker/inputs.py) with the tokenizer of the
+model it trains, into a prompt/completion file the engine reads like any other.
 
-A tokenizer without a chat template (GPT-2 and the tiny test models) gets `PLAIN_TEMPLATE`, one
-``<role>: <content>`` line per message then ``assistant: ``:
+A tokenizer without a chat template (GPT-2 and the tiny test models) gets `plain_prompt`, one
+``<role>: <content>`` line per message, then ``"assistant: "`` (its trailing space included), e.g.
+``"system: You answer in French.\nuser: Hello\nassistant: "``.
 
-    system: You answer in French.
-    user: Hello
-    assistant: ␠
-
-(␠: the prompt ends with "assistant: ", its space included.)
 Earlier assistant messages are context (OpenAI's weight 0); only the last one is learnt. OpenAI's
 optional per-message ``weight`` is accepted where it says exactly that (1 on the last assistant
 message, 0 on earlier ones) and refused otherwise, since lorafleet cannot learn from two assistant
@@ -25,8 +22,8 @@ messages of one row. Everything else OpenAI's format may carry (``name``, ``tool
 ``tool_calls``, content parts) is refused by name: nothing a row says is silently ignored.
 
 Bounds: a row's nesting is capped by `lora_engine.safe_json` (a chat row is 4 levels), its
-messages by `MAX_MESSAGES`, and the problems reported per row by `MAX_PROBLEMS_PER_ROW`, so a
-hostile row cannot make a validation report of millions of lines.
+messages by `MAX_MESSAGES`, the problems reported per row by `MAX_PROBLEMS_PER_ROW` (and per file
+by `custom.MAX_PROBLEMS_KEPT`), so a hostile file cannot make a report of millions of lines.
 """
 
 from __future__ import annotations
@@ -41,7 +38,6 @@ ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = ("role", "content", "weight")
 MAX_MESSAGES = 1024
 MAX_PROBLEMS_PER_ROW = 5
-PLAIN_TEMPLATE = "<role>: <content> lines, then 'assistant: '"
 
 
 def _type_name(value: Any) -> str:
@@ -124,13 +120,14 @@ def normalized(row: dict) -> dict:
 
 
 def plain_prompt(messages: Iterable[dict]) -> str:
-    """`PLAIN_TEMPLATE`: for a tokenizer without a chat template."""
+    """The prompt for a tokenizer without a chat template: ``<role>: <content>`` lines, then
+    ``"assistant: "``."""
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
 
 def render_row(row: dict, tokenizer) -> dict[str, str]:
     """{"prompt", "completion"} of a valid chat row with `tokenizer`'s chat template (see the
-    module docstring); `PLAIN_TEMPLATE` when the tokenizer has none."""
+    module docstring); `plain_prompt` when the tokenizer has none."""
     messages = row["messages"]
     context = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
     if getattr(tokenizer, "chat_template", None):
