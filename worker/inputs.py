@@ -6,7 +6,8 @@ registry's columns say what they are, and nothing guesses whether a string is an
 
 | the job's column / stored name  | what the executor gets                                         |
 |---------------------------------|----------------------------------------------------------------|
-| dataset_id                      | the stored data.jsonl, sha256 checked (dataset_for_training)   |
+| dataset_id                      | the stored data.jsonl, sha256 checked (dataset_for_training);  |
+|                                 |   a chat data set rendered with the base's chat template first |
 | init_from_adapter_id            | the adapter's folder, sha256 checked (verified_adapter)        |
 | base_adapter_id                 | the full fine-tune's folder, sha256 checked                    |
 | base_model spelled as a folder  | the folder, confined and walked again by `orchestrator.paths` |
@@ -87,6 +88,22 @@ def _listed_adapters(session: Any, listed: list[dict[str, Any]], tenant_id: str)
     return out
 
 
+def rendered_chat(stored: Path, spec: dict[str, Any]) -> Path:
+    """The file a generation job trains on: a chat data set (or a pair whose validation file is
+    chat) rendered with the chat template of the base model this job trains (known only now;
+    lora_engine.data.chat), else `stored` itself."""
+    from lora_engine.catalog import TASKS
+    from lora_engine.data.chat import needs_rendering, render_chat_dataset
+
+    info = TASKS.get(spec.get("task"))  # type: ignore[arg-type]
+    if info is None or info.kind != "generation" or not needs_rendering(stored):
+        return stored
+    from lora_engine.models import load_tokenizer
+
+    base = spec.get("base_model") or info.base_model
+    return render_chat_dataset(stored, load_tokenizer(base))
+
+
 def resolve_inputs(settings: Settings, inputs: JobInputs, spec: dict[str, Any]) -> dict[str, Any]:
     """The spec an executor runs (see the module docstring); raises for an input the job may not
     use (PathRefused, AdapterError, DataValidationError: the job's fault)."""
@@ -98,7 +115,8 @@ def resolve_inputs(settings: Settings, inputs: JobInputs, spec: dict[str, Any]) 
         out["base_model"] = local_base(settings, inputs)
     with session_scope(settings) as session:
         if inputs.dataset_id is not None:
-            out["dataset"] = str(dataset_for_training(session, inputs.dataset_id, inputs.tenant_id, settings))
+            stored = dataset_for_training(session, inputs.dataset_id, inputs.tenant_id, settings)
+            out["dataset"] = str(rendered_chat(stored, out))
         if inputs.init_from_adapter_id is not None:
             out["init_from"] = verified_adapter(session, inputs.init_from_adapter_id).path
         if inputs.kind == "reevaluate" and isinstance(spec.get("adapters"), list):
