@@ -232,8 +232,8 @@ def delete_dataset(
     dataset = dataset_or_404(session, dataset_id, tenant_id, f" for tenant {tenant!r}" if tenant else "")
     waiting = repo.active_jobs_of_dataset(session, dataset.id)
     if waiting:
-        raise InvalidState(f"data set {dataset.id} is used by {len(waiting)} queued or running job(s) "
-                           f"({', '.join(waiting[:3])}); cancel them or wait for them to end")
+        raise InvalidState(f"data set {dataset.id} is used by {len(waiting)} queued, running or paused "
+                           f"job(s) ({', '.join(waiting[:3])}); cancel them or wait for them to end")
     dataset.deleted_at = utcnow()
     session.flush()
     shutil.rmtree(dataset_dir(settings, dataset.tenant_id, dataset.id), ignore_errors=True)

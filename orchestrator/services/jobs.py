@@ -517,21 +517,22 @@ def job_events(
 
 @transactional
 def cancel_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
-    """Cancel: a queued job is cancelled now; a running one gets `cancel_requested` (the worker
+    """Cancel: a queued or paused job is cancelled now; a running one gets `cancel_requested` (the worker
     stops at its next progress hook and calls `mark_cancelled`); a finished one: InvalidState.
     Cancelling a running job twice is a no-op the second time."""
     job = job_or_404(session, job_id, tenant)
     session.refresh(job, with_for_update=True)  # serialise with a concurrent claim
-    if job.state == "queued":
+    if job.state in ("queued", "paused"):
+        was = job.state
         job.state, job.finished_at = "cancelled", utcnow()
-        add_event(session, job, "cancelled", "cancelled while queued")
+        add_event(session, job, "cancelled", f"cancelled while {was}")
     elif job.state == "running":
         if not job.cancel_requested:
             job.cancel_requested = True
             add_event(session, job, "cancel_requested", f"cancel requested; {job.lease_owner} will stop")
     else:
         raise InvalidState(
-            f"job {job.id} is already {job.state}; only queued or running jobs can be cancelled"
+            f"job {job.id} is already {job.state}; only queued, running or paused jobs can be cancelled"
         )
     return job
 
