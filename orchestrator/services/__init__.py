@@ -8,7 +8,8 @@ Conventions: every function takes a SQLAlchemy `Session` first (from
 Relationships are lazy="raise": use the returned fields/views, not `job.tenant`.
 Ids are UUID strings. Timestamps are tz-aware UTC. `tenant` arguments are slugs; None = all.
 Errors live on the ground floor (orchestrator.errors, imported from there): NotFound, Conflict,
-InvalidState, InvalidInput (a LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost;
+InvalidState, InvalidInput (a LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost,
+Unauthenticated;
 lora_engine SpecError for a bad spec. No retry policy here: the caller classifies.
 
 API
@@ -102,6 +103,16 @@ overview:         job_listing(s, tenant=None, state=None, limit=None, offset=0) 
 summary:          tenant_summary(s, tenant=None) -> [TenantSummary(slug, name, max_running,
                             jobs={state: n}, adapters, adapter_bytes, device_seconds, wall_seconds,
                             examples, tokens)] (.to_dict())
+keys:             create_key(s, tenant_slug, name=None, expires_days=None) -> (ApiKey, raw key)
+                  create_operator_key(s, name=None, expires_days=None) -> (ApiKey, raw key)
+                             (the raw key exists only in the return value; the row holds its sha256)
+                  list_keys(s, tenant_slug | None (operator keys)) -> [ApiKey]; key_dict(row)
+                  revoke_key(s, key_id) -> ApiKey (idempotent)
+                  authenticate(s, raw_key, now=None) -> KeyIdentity(key_id, tenant_id, tenant_slug,
+                             operator) | raises Unauthenticated (unknown, revoked, expired)
+                  touch_key(s, key_id, now=None); needs_touch(identity, now) (at most once a minute)
+rate_limits:      hit(s, bucket, window_start, expires_at) -> count after this one (upsert);
+                  counts(s, [(bucket, window_start)]) -> [count]   (the API's limits without Redis)
 views:            tenant_dict, job_dict, adapter_dict, event_dict, usage_dict (stable JSON keys)
 registry.models:  new_id() (for a new adapter id), JOB_STATES, TERMINAL_STATES
 """
