@@ -1,7 +1,7 @@
 """jobs for the tenants' API: state `paused`, pause_requested, metadata, suffix, validation data set
 
 Revision ID: 2026_12_07_jobs_api
-Revises: 2026_12_06_refs
+Revises: 2026_12_07_apikeys
 Create Date: 2026-12-07 09:00:00+00:00
 
 - `paused`: a job its tenant set aside (at a checkpoint when it was running); nothing claims or
@@ -19,7 +19,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "2026_12_07_jobs_api"
-down_revision: str | None = "2026_12_06_refs"
+down_revision: str | None = "2026_12_07_apikeys"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
