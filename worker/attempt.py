@@ -294,6 +294,7 @@ class Attempt:
         job_id, tenant_id, attempt = job.id, job.tenant_id, job.attempts
         for earlier in range(1, attempt):
             shutil.rmtree(artifacts.staging_path(settings, tenant_id, job_id, earlier), ignore_errors=True)
+            shutil.rmtree(artifacts.inputs_path(settings, tenant_id, job_id, earlier), ignore_errors=True)
         beat = Heartbeat(settings, job_id, worker_id)
         ctx = JobContext(job_id=job_id, tenant_id=tenant_id, kind=job.kind, attempt=attempt,
                          spec=dict(job.spec), settings=settings, hooks=beat.hooks(),
@@ -323,7 +324,8 @@ class Attempt:
         """The spec the work runs: its inputs read from the registry's columns (`worker.inputs`:
         stored objects by id, sha256 checked; a base folder confined again). The work itself
         never reads the registry."""
-        return resolve_inputs(self.settings, self.inputs, self.ctx.spec)
+        scratch = artifacts.inputs_path(self.settings, self.ctx.tenant_id, self.job_id, self.ctx.attempt)
+        return resolve_inputs(self.settings, self.inputs, self.ctx.spec, scratch)
 
     def context(self) -> JobContext:
         """What an executor gets: the job's context with its inputs resolved."""
@@ -391,6 +393,7 @@ class Attempt:
         self.stop()
         staging = self.ctx.staging_dir
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.with_name(staging.name + ".inputs"), ignore_errors=True)
         with contextlib.suppress(OSError):  # only if no other attempt is staging there
             staging.parent.rmdir()
 

@@ -159,10 +159,14 @@ def list_fine_tuning_jobs(session: Session, tenant: str, *, after: str | None = 
 def _event_object(event: JobEvent) -> dict[str, Any]:
     data = {k: v for k, v in (event.data or {}).items() if k in SHOWN_DATA}
     metrics = event.kind == "progress" and data.get("step") is not None
+    message = MESSAGES.get(event.kind, event.message)
     if metrics:
         data = {"step": data["step"], "total_steps": data.get("total"), "train_loss": data.get("loss")}
+        loss = data["train_loss"]
+        message = f"Step {data['step']}/{data['total_steps']}" + (
+            f": training loss={loss:.4f}" if isinstance(loss, int | float) else "")
     return {"id": str(event.id), "object": "fine_tuning.job.event", "created_at": _ts(event.ts),
-            "level": LEVELS.get(event.kind, "info"), "message": MESSAGES.get(event.kind, event.message),
+            "level": LEVELS.get(event.kind, "info"), "message": message,
             "type": "metrics" if metrics else "message", "data": data}
 
 
