@@ -26,7 +26,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 # The worker tests' tiny budget: a random-init 2-layer BERT, a few steps on small batches.
 TINY = {"method": "lora", "rank": 4, "max_steps": 3, "batch_size": 4, "eval_size": 16}
 # Long enough that a pause lands mid-training, short enough to finish soon after the resume.
-LONG_STEPS = 60
+LONG_STEPS = 300
 
 
 @pytest.fixture(scope="module")

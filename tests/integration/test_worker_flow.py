@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 # Long enough that a pause lands mid-training, short enough to finish soon after the resume.
-PAUSED_JOB_STEPS = 60
+PAUSED_JOB_STEPS = 200
 # Tiny real jobs: a random-init 2-layer BERT, a few optimiser steps on small batches.
 TINY = {
     "task": "sst2",
