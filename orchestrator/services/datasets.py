@@ -326,8 +326,8 @@ def remove_dataset(session: Session, dataset: Dataset, settings: Settings) -> Da
     """Inside a caller's transaction: `delete_dataset` of a data set already looked up."""
     waiting = repo.active_jobs_of_dataset(session, dataset.id)
     if waiting:
-        raise InvalidState(f"data set {dataset.id} is used by {len(waiting)} queued or running job(s) "
-                           f"({', '.join(waiting[:3])}); cancel them or wait for them to end")
+        raise InvalidState(f"data set {dataset.id} is used by {len(waiting)} queued, running or paused "
+                           f"job(s) ({', '.join(waiting[:3])}); cancel them or wait for them to end")
     dataset.deleted_at = utcnow()
     session.flush()
     shutil.rmtree(dataset_dir(settings, dataset.tenant_id, dataset.id), ignore_errors=True)

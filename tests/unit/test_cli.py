@@ -80,6 +80,13 @@ def test_submit_queues_a_job_and_sends_only_its_id(home: Path):
 
     shown = json.loads(run("job", "show", job_id, "--json").stdout)
     assert {"state", "attempts", "metrics", "adapter"} <= set(shown) and shown["adapter"] is None
+    # Pausing a queued job is immediate; resuming queues it again and sends its message.
+    assert json.loads(run("job", "pause", job_id, "--json").stdout)["state"] == "paused"
+    assert json.loads(run("job", "list", "--state", "paused", "--json").stdout)[0]["id"] == job_id
+    run("job", "resume", job_id)
+    with session_scope() as s:
+        assert get_job(s, job_id).job.state == "queued"
+    assert [m["args"] for m in queued_messages(home)] == [[job_id], [job_id]]
     # Cancelling a queued job is immediate.
     run("job", "cancel", job_id)
     with session_scope() as s:
