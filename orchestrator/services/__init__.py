@@ -133,7 +133,7 @@ adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifact
                   verified_adapter(s, adapter_id, tenant=None) -> Adapter (files match its sha256,
                             else lora_engine AdapterError; call before loading an adapter)
                   delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)
-                  owner_slugs(s, adapters) -> {tenant_id: slug} (what model names are spelled with)
+                  model_names_of(s, adapters) -> {adapter_id: "ft:..." name} (slug, job's suffix)
 overview:         job_listing(s, tenant=None, state=None, limit=None, offset=0) -> [ListedJob(job,
                             tenant_slug, headline=(metric, value)|None)] (.to_dict(): job_dict)
                   tenant_overview(s, slug) -> TenantOverview(tenant, summary, quotas)
