@@ -129,7 +129,8 @@ model_names:      model_name(adapter, tenant_slug, suffix=None) -> "ft:<base>:<t
 adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifacts>/<tenant>/<adapter>
                   (from orchestrator.artifacts, the one home of every artifact path)
                   list_adapters(s, tenant=None, task=None, base_model=None, include_deleted=False)
-                  get_adapter(s, adapter_id, tenant=None) -> Adapter
+                  get_adapter(s, adapter_id, tenant=None) -> Adapter (an id, a unique prefix or an
+                             `ft:` model name, as every adapter_id of this module)
                   verified_adapter(s, adapter_id, tenant=None) -> Adapter (files match its sha256,
                             else lora_engine AdapterError; call before loading an adapter)
                   delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)

@@ -20,7 +20,7 @@ from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.ids import resolve_id
-from orchestrator.services.model_names import model_name
+from orchestrator.services.model_names import model_name, parse_model_name
 from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
@@ -57,7 +57,9 @@ def model_names_of(session: Session, adapters: Sequence[Adapter]) -> dict[str, s
 
 
 def adapter_or_404(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
+    """The live adapter `adapter_id` names: its id, a unique prefix, or its `ft:` model name."""
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
+    adapter_id = parse_model_name(adapter_id) or adapter_id
     adapter_id = resolve_id(session, Adapter, adapter_id, tenant_id=tenant_id, what="adapter id",
                             live_only=True)
     row = repo.adapter(session, adapter_id, tenant_id=tenant_id)
