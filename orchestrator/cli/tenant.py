@@ -1,4 +1,5 @@
-"""`lorafleet tenant …`: create, list, show and rename tenants, change their quotas."""
+"""`lorafleet tenant …`: create, list, show and rename tenants, change their quotas, and their
+webhook endpoints (`tenant webhook add/list/remove`)."""
 
 from __future__ import annotations
 
@@ -114,3 +115,52 @@ def set_quota(slug: str, max_running: int | None, max_queued: int | None, device
     with open_session() as session:
         view = tenant_dict(set_tenant_quota(session, slug, max_running, max_queued=max_queued, **limits))
     emit(view, as_json, print_record)
+
+
+WEBHOOK_COLUMNS = ("id", "url", "created_at")
+
+
+@tenant.group("webhook")
+def webhook() -> None:
+    """A tenant's webhook endpoints: its jobs' ends (succeeded, failed, cancelled) are POSTed
+    there as OpenAI event objects, signed per the Standard Webhooks spec."""
+
+
+@webhook.command("add")
+@click.argument("slug")
+@click.argument("url")
+@json_option
+def webhook_add(slug: str, url: str, as_json: bool) -> None:
+    """Send tenant SLUG's job events to URL (http or https, no credentials in it). Prints the
+    endpoint's id and its signing secret: the secret is shown this once, keep it."""
+    from orchestrator.services.webhooks import create_webhook
+
+    with open_session() as session:
+        created = create_webhook(session, slug, url)
+    view = {"id": created.endpoint.id, "url": created.endpoint.url, "secret": created.secret}
+    emit(view, as_json, lambda v: echo(f"created webhook {v['id']} -> {v['url']}\nsecret (shown once): "
+                                       f"{v['secret']}"))
+
+
+@webhook.command("list")
+@click.argument("slug")
+@json_option
+def webhook_list(slug: str, as_json: bool) -> None:
+    """List tenant SLUG's webhook endpoints (never their secrets)."""
+    from orchestrator.services.webhooks import list_webhooks, webhook_dict
+
+    with open_session() as session:
+        views = [webhook_dict(e, slug) for e in list_webhooks(session, slug)]
+    emit(views, as_json, lambda v: print_table(v, WEBHOOK_COLUMNS))
+
+
+@webhook.command("remove")
+@click.argument("webhook_id")
+@json_option
+def webhook_remove(webhook_id: str, as_json: bool) -> None:
+    """Stop sending to webhook WEBHOOK_ID (deliveries not yet made are dropped)."""
+    from orchestrator.services.webhooks import remove_webhook, webhook_dict
+
+    with open_session() as session:
+        view = webhook_dict(remove_webhook(session, webhook_id))
+    emit(view, as_json, lambda v: echo(f"removed webhook {v['id']}"))

@@ -1,0 +1,61 @@
+"""Queries on the webhook tables (endpoints, the outbox, attempts). Tenant filtering lives here:
+`tenant_id` None means every tenant (the operator's and the senders' view)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from orchestrator.registry.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+
+
+def endpoint(session: Session, endpoint_id: str, tenant_id: str | None = None) -> WebhookEndpoint | None:
+    """An endpoint that was not removed (of `tenant_id` when given)."""
+    stmt = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
+                                         WebhookEndpoint.disabled_at.is_(None))
+    if tenant_id is not None:
+        stmt = stmt.where(WebhookEndpoint.tenant_id == tenant_id)
+    return session.scalars(stmt).one_or_none()
+
+
+def active_endpoints(session: Session, tenant_id: str | None = None) -> Sequence[WebhookEndpoint]:
+    """Endpoints not removed, oldest first."""
+    stmt = select(WebhookEndpoint).where(WebhookEndpoint.disabled_at.is_(None))
+    if tenant_id is not None:
+        stmt = stmt.where(WebhookEndpoint.tenant_id == tenant_id)
+    return session.scalars(stmt.order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)).all()
+
+
+def active_endpoint_count(session: Session, tenant_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(WebhookEndpoint).where(
+        WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.disabled_at.is_(None))) or 0
+
+
+def due_delivery_ids(session: Session, now: datetime, limit: int) -> list[str]:
+    """Pending deliveries whose time came, oldest due first, row-locked; rows another sender has
+    locked are skipped (PostgreSQL; SQLite's IMMEDIATE transaction serialises senders anyway)."""
+    stmt = (select(WebhookDelivery.id)
+            .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
+            .order_by(WebhookDelivery.next_attempt_at).limit(limit)
+            .with_for_update(skip_locked=True))
+    return list(session.scalars(stmt))
+
+
+def deliveries(session: Session, *, tenant_id: str | None = None, job_id: str | None = None,
+               endpoint_id: str | None = None) -> Sequence[WebhookDelivery]:
+    stmt = select(WebhookDelivery)
+    if tenant_id is not None:
+        stmt = stmt.where(WebhookDelivery.tenant_id == tenant_id)
+    if job_id is not None:
+        stmt = stmt.where(WebhookDelivery.job_id == job_id)
+    if endpoint_id is not None:
+        stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
+    return session.scalars(stmt.order_by(WebhookDelivery.created_at, WebhookDelivery.id)).all()
+
+
+def attempts(session: Session, delivery_id: str) -> Sequence[WebhookAttempt]:
+    return session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id)
+                           .order_by(WebhookAttempt.id)).all()
