@@ -75,7 +75,8 @@ def _floor(receiver: Receiver, settings, events: int) -> list[float]:
     with make_client(settings) as client:
         for i in range(events):
             started = time.time()
-            client.post(receiver.url, content=body, headers=signed_headers(secret, f"msg_{i}", int(started), body))
+            headers = signed_headers(secret, f"msg_{i}", int(started), body)
+            client.post(receiver.url, content=body, headers=headers)
             latencies.append(receiver.received[-1].at - started)
     return latencies
 
@@ -103,7 +104,8 @@ def main() -> None:
 
     sender = WebhookSender(settings)
     sender.start()
-    results["own_worker"] = _summary(_end_jobs(settings, f"own-worker-{os.getpid()}", receiver, args.events, rng))
+    own = _end_jobs(settings, f"own-worker-{os.getpid()}", receiver, args.events, rng)
+    results["own_worker"] = _summary(own)
     sender.stop()
     sender.join(10)
 
