@@ -22,6 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -29,7 +30,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import InvalidInput
 from orchestrator.services.webhook_outbox import DueDelivery
 from orchestrator.webhook_signing import signed_headers
-from orchestrator.webhook_urls import checked_target
+from orchestrator.webhook_urls import Target, checked_target
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def send(client: httpx.Client, due: DueDelivery, settings: Settings) -> Answer:
         return Answer(status, error, (time.monotonic() - started) * 1000.0)
 
     try:
-        target = checked_target(due.url, allow_private=not due.restricted or settings.webhook_allow_private)
+        target = (checked_target(due.url, allow_private=settings.webhook_allow_private) if due.restricted
+                  else Target(due.url, str(urlsplit(due.url).hostname)))  # the operator's: as given
     except InvalidInput as exc:
         return answer(None, f"refused: {exc}")
     body = due.payload.encode()
@@ -88,13 +90,13 @@ def send(client: httpx.Client, due: DueDelivery, settings: Settings) -> Answer:
 def deliver_due(settings: Settings, client: httpx.Client | None = None) -> DeliveryReport:
     """One sender pass (see the module doc)."""
     from orchestrator.registry.db import session_scope
-    from orchestrator.services.webhook_outbox import RetryPolicy, claim_due, record_attempt
+    from orchestrator.services.webhook_outbox import RetryPolicy, claim_due, has_due, record_attempt
 
     report = DeliveryReport()
     # A claim outlives its attempt: the request's timeout plus the time to record the answer.
     in_flight_s = settings.webhook_timeout_s * 2 + 30
     with session_scope(settings) as session:
-        due = claim_due(session, settings.webhook_batch, in_flight_s)
+        due = claim_due(session, settings.webhook_batch, in_flight_s) if has_due(session) else []
     if not due:
         return report
     own = client is None

@@ -117,16 +117,14 @@ class Target:
 
 
 def checked_target(url: str, *, allow_private: bool) -> Target:
-    """The target of a request to `url`; with `allow_private` False, every address its host
-    resolves to must be public (UnsafeAddress names the first that is not) and the request is
-    pinned to the first of them."""
+    """The target of a request to a tenant's `url`, pinned to the first address its host
+    resolves to; unless `allow_private`, every one of them must be public (UnsafeAddress names
+    the first that is not)."""
     parts = parse_url(url)
     host = str(parts.hostname)
-    if allow_private:
-        return Target(url, host)
     port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
     addresses = resolve(host, port)
-    for address in addresses:
+    for address in [] if allow_private else addresses:
         problem = address_problem(address)
         if problem:
             raise UnsafeAddress(f"the webhook url's host {host!r} is not allowed: {problem}; a webhook "

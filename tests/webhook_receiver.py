@@ -23,6 +23,7 @@ class Receiver:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.answer = 200
+        self.delay = 0.0  # seconds before answering (a slow receiver)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -39,10 +40,13 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 status = receiver.answer
+                time.sleep(receiver.delay)
                 with receiver._lock:
                     receiver.received.append(Received({k.lower(): v for k, v in self.headers.items()},
                                                       body, status, time.time()))
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("location", receiver.url + "/moved")
                 self.send_header("content-length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")

@@ -34,13 +34,14 @@ def active_endpoint_count(session: Session, tenant_id: str) -> int:
         WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.disabled_at.is_(None))) or 0
 
 
-def due_delivery_ids(session: Session, now: datetime, limit: int) -> list[str]:
-    """Pending deliveries whose time came, oldest due first, row-locked; rows another sender has
-    locked are skipped (PostgreSQL; SQLite's IMMEDIATE transaction serialises senders anyway)."""
+def due_delivery_ids(session: Session, now: datetime, limit: int, *, lock: bool = True) -> list[str]:
+    """Pending deliveries whose time came, oldest due first; `lock`: row-locked, and rows another
+    sender has locked are skipped (PostgreSQL; SQLite's IMMEDIATE transaction serialises senders)."""
     stmt = (select(WebhookDelivery.id)
             .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at).limit(limit)
-            .with_for_update(skip_locked=True))
+            .order_by(WebhookDelivery.next_attempt_at).limit(limit))
+    if lock:
+        stmt = stmt.with_for_update(skip_locked=True)
     return list(session.scalars(stmt))
 
 

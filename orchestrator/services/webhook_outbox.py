@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from orchestrator.registry import webhook_queries as wq
 from orchestrator.registry.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from orchestrator.retries import backoff, jittered
-from orchestrator.services._tx import transactional
+from orchestrator.services._tx import readonly, transactional
 
 EVENT_TYPES = {
     "succeeded": "fine_tuning.job.succeeded",
@@ -108,6 +108,13 @@ class DueDelivery:
     restricted: bool
     payload: str
     attempt: int
+
+
+@readonly
+def has_due(session: Session, now: datetime | None = None) -> bool:
+    """Whether any delivery is due: a read (no write lock on SQLite), so an idle sender polling
+    often costs the registry next to nothing."""
+    return bool(wq.due_delivery_ids(session, now or utcnow(), 1, lock=False))
 
 
 @transactional
