@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1",
         pattern=r"^[0-9A-Za-z.:-]{1,253}$",
-        description="address a worker's Prometheus exporter listens on (127.0.0.1: this machine only)",
+        description="address the Prometheus exporters (a worker's, the API's) listen on (127.0.0.1: this "
+                    "machine only)",
         json_schema_extra=_allowed("an IP address or host name of this machine, e.g. 127.0.0.1 or ::"),
     )
     log_format: Literal["text", "json"] = Field(
@@ -251,6 +252,54 @@ class Settings(BaseSettings):
         0.5, gt=0, le=1, description="share of the free device memory a packed round's activations may take",
         json_schema_extra=_allowed("a number > 0 and <= 1"),
     )
+    # The tenants' API (`lorafleet api serve`, orchestrator/api). It binds the loopback unless the
+    # operator names another address: it is the first door a stranger can knock on.
+    api_host: str = Field(
+        "127.0.0.1", pattern=r"^[0-9A-Za-z.:-]{1,253}$",
+        description="address `lorafleet api serve` listens on (127.0.0.1: this machine only)",
+        json_schema_extra=_allowed("an IP address or host name of this machine, e.g. 127.0.0.1 or 0.0.0.0"),
+    )
+    api_port: int = Field(
+        8000, ge=1, le=65535, description="port `lorafleet api serve` listens on",
+        json_schema_extra=_allowed("a TCP port 1..65535"),
+    )
+    api_rate_limit_per_minute: int = Field(
+        600, ge=1, le=INTEGER_MAX, description="requests one API key may make per minute (then 429)",
+        json_schema_extra=_allowed(f"an integer 1..{INTEGER_MAX}"),
+    )
+    api_auth_failure_limit: int = Field(
+        10, ge=1, le=INTEGER_MAX,
+        description="failed authentications one address may make per window before its requests get "
+                    "429 for a window",
+        json_schema_extra=_allowed(f"an integer 1..{INTEGER_MAX}"),
+    )
+    api_auth_failure_window_s: int = Field(
+        60, ge=1, le=86400, description="the window of api_auth_failure_limit, and how long a block lasts",
+        json_schema_extra=_allowed("a whole number of seconds 1..86400"),
+    )
+    api_max_body_bytes: int | None = Field(
+        None, ge=1,
+        description="largest request body the API reads (unset: max_dataset_bytes plus 1 MiB for a "
+                    "multipart upload's envelope)",
+        json_schema_extra=_allowed("an integer >= 1, or unset"),
+    )
+    api_metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="port of the API's Prometheus /metrics endpoint, on 127.0.0.1 (unset: none)",
+        json_schema_extra=_allowed("a TCP port 1..65535, or unset"),
+    )
+    # Behind a reverse proxy the client's address is in X-Forwarded-For; trusting it from anyone
+    # else would let a client pick the address its failed logins are counted against.
+    api_forwarded_allow_ips: str = Field(
+        "", pattern=r"^[0-9A-Fa-f.:/,* ]{0,1000}$",
+        description="addresses of reverse proxies whose X-Forwarded-For the API trusts (empty: none)",
+        json_schema_extra=_allowed("comma-separated IP addresses or networks, or *"),
+    )
+
+    @property
+    def api_body_limit(self) -> int:
+        """The request body cap of the API (api_max_body_bytes, else the data-set cap + 1 MiB)."""
+        return self.api_max_body_bytes or self.max_dataset_bytes + (1 << 20)
 
     # Webhooks (orchestrator.webhook_delivery): a sender polls the outbox every webhook_poll_s
     # (job end -> receiver well under a second), retries with back-off for webhook_give_up_s.

@@ -27,6 +27,10 @@ class InvalidState(ServiceError):
     """The job or adapter is not in a state that allows this (e.g. cancel a finished job)."""
 
 
+class Unauthenticated(ServiceError):
+    """An API key that is unknown, revoked or expired; the message says which (never the key)."""
+
+
 class LeaseLost(ServiceError):
     """The worker no longer owns the job's lease (expired and reclaimed, or the job ended)."""
 

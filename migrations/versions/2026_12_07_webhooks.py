@@ -1,7 +1,7 @@
 """webhooks: tenants' endpoints, the outbox of job events, one row per delivery attempt
 
 Revision ID: 2026_12_07_webhooks
-Revises: 2026_12_06_refs
+Revises: 2026_12_07_apikeys
 Create Date: 2026-12-07 09:00:00+00:00
 
 `webhook_deliveries` is written in the transaction that ends a job (one row per endpoint of its
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "2026_12_07_webhooks"
-down_revision: str | None = "2026_12_06_refs"
+down_revision: str | None = "2026_12_07_apikeys"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli.helpers import emit, json_option, open_session, print_record, print_table, status
+from orchestrator.cli.keys import tenant_key
 from orchestrator.cli.output import echo
 
 TENANT_COLUMNS = ("slug", "name", "max_running", "max_queued", "device_hours_per_month", "id", "created_at")
@@ -14,6 +15,9 @@ TENANT_COLUMNS = ("slug", "name", "max_running", "max_queued", "device_hours_per
 @click.group()
 def tenant() -> None:
     """Tenants: the owners of jobs and adapters."""
+
+
+tenant.add_command(tenant_key, "key")
 
 
 @tenant.command("create")

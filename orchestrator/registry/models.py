@@ -434,3 +434,36 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    """A key of the tenants' API. Only its sha256 is stored (a key is 32 random bytes, so a plain
+    hash is as strong as a slow one); `prefix` is the few characters shown to tell keys apart.
+    `tenant_id` NULL: an operator key, acting for the tenant its request names
+    (`OpenAI-Organization`). Revoked or expired keys stay listed, refused."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    # Renewed at most once a minute per key (a write per request would serialise SQLite).
+    last_used_at: Mapped[datetime | None]
+
+
+class RateCounter(Base):
+    """Requests counted per (bucket, fixed window) where every API process sees them, when there is
+    no Redis (embedded mode): a key's requests this minute, an address's failed logins."""
+
+    __tablename__ = "rate_counters"
+
+    bucket: Mapped[str] = mapped_column(String(120), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    # Old windows are deleted by age.
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -8,7 +8,8 @@ Conventions: every function takes a SQLAlchemy `Session` first (from
 Relationships are lazy="raise": use the returned fields/views, not `job.tenant`.
 Ids are UUID strings. Timestamps are tz-aware UTC. `tenant` arguments are slugs; None = all.
 Errors live on the ground floor (orchestrator.errors, imported from there): NotFound, Conflict,
-InvalidState, InvalidInput (a LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost;
+InvalidState, InvalidInput (a LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost,
+Unauthenticated;
 lora_engine SpecError for a bad spec. No retry policy here: the caller classifies.
 
 API
@@ -114,6 +115,16 @@ webhook_outbox:   job_ended(s, job) (inside every terminal transition's transact
                   record_attempt(s, delivery_id, status_code, error, duration_ms, RetryPolicy,
                             now=None, rng=None) -> "delivered" | "pending" | "failed"
                   Sending: orchestrator.webhook_delivery (deliver_due(settings), WebhookSender)
+keys:             create_key(s, tenant_slug, name=None, expires_days=None) -> (ApiKey, raw key)
+                  create_operator_key(s, name=None, expires_days=None) -> (ApiKey, raw key)
+                             (the raw key exists only in the return value; the row holds its sha256)
+                  list_keys(s, tenant_slug | None (operator keys)) -> [ApiKey]; key_dict(row)
+                  revoke_key(s, key_id) -> ApiKey (idempotent)
+                  authenticate(s, raw_key, now=None) -> KeyIdentity(key_id, tenant_id, tenant_slug,
+                             operator) | raises Unauthenticated (unknown, revoked, expired)
+                  touch_key(s, key_id, now=None); needs_touch(identity, now) (at most once a minute)
+rate_limits:      hit(s, bucket, window_start, expires_at) -> count after this one (upsert);
+                  counts(s, [(bucket, window_start)]) -> [count]   (the API's limits without Redis)
 views:            tenant_dict, job_dict, adapter_dict, event_dict, usage_dict (stable JSON keys)
 registry.models:  new_id() (for a new adapter id), JOB_STATES, TERMINAL_STATES
 """
