@@ -17,7 +17,9 @@ locks the rows it takes and pushes them past their attempt's timeout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +37,7 @@ from orchestrator.webhook_urls import Target, checked_target
 log = logging.getLogger(__name__)
 
 USER_AGENT = "lorafleet-webhooks/1"
-MAX_CONCURRENT = 8
+MAX_CONCURRENT = 32
 
 
 @dataclass
@@ -58,12 +60,60 @@ class Answer:
 
 def make_client(settings: Settings) -> httpx.Client:
     # trust_env=False: no proxy from the environment between the checked address and the request.
+    # No keep-alive: every attempt opens its own connection, which its deadline may cut.
     return httpx.Client(timeout=httpx.Timeout(settings.webhook_timeout_s), follow_redirects=False,
-                        trust_env=False, headers={"user-agent": USER_AGENT})
+                        trust_env=False, headers={"user-agent": USER_AGENT},
+                        limits=httpx.Limits(max_keepalive_connections=0))
+
+
+class Deadline:
+    """Cuts an attempt's connection `seconds` after it started, whatever it is doing: httpx's
+    timeouts bound each read, so a receiver trickling its answer a byte at a time would otherwise
+    hold a sender for as long as it likes. The socket comes from httpcore's `trace` extension."""
+
+    def __init__(self, seconds: float):
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            sock = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                self._sockets.append(sock)
+                expired = self._expired
+            if expired:
+                self._cut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._cut(sock)
+
+    @staticmethod
+    def _cut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked in another thread (close does not)
+
+    @property
+    def expired(self) -> bool:
+        return self._expired
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 def send(client: httpx.Client, due: DueDelivery, settings: Settings) -> Answer:
-    """One attempt of one delivery, signed now (a fresh `webhook-timestamp`, the same `webhook-id`)."""
+    """One attempt of one delivery, signed now (a fresh `webhook-timestamp`, the same `webhook-id`),
+    over within `webhook_timeout_s` whatever the receiver does."""
     started = time.monotonic()
 
     def answer(status: int | None, error: str | None) -> Answer:
@@ -77,14 +127,19 @@ def send(client: httpx.Client, due: DueDelivery, settings: Settings) -> Answer:
     body = due.payload.encode()
     headers = {**signed_headers(due.secret, due.id, int(time.time()), body),
                "content-type": "application/json", "host": target.host_header()}
-    extensions = {"sni_hostname": target.host} if target.address is not None else {}
-    try:
-        with client.stream("POST", target.connect_url(), content=body, headers=headers,
-                           extensions=extensions) as response:
-            ok = response.is_success
-            return answer(response.status_code, None if ok else f"HTTP {response.status_code}")
-    except httpx.HTTPError as exc:
-        return answer(None, f"{type(exc).__name__}: {exc}".strip())
+    with Deadline(settings.webhook_timeout_s) as deadline:
+        extensions: dict = {"trace": deadline.trace}
+        if target.address is not None:
+            extensions["sni_hostname"] = target.host
+        try:
+            with client.stream("POST", target.connect_url(), content=body, headers=headers,
+                               extensions=extensions) as response:
+                ok = response.is_success
+                return answer(response.status_code, None if ok else f"HTTP {response.status_code}")
+        except httpx.HTTPError as exc:
+            if deadline.expired:
+                return answer(None, f"no answer within {settings.webhook_timeout_s:g} s")
+            return answer(None, f"{type(exc).__name__}: {exc}".strip())
 
 
 def deliver_due(settings: Settings, client: httpx.Client | None = None) -> DeliveryReport:

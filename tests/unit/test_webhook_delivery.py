@@ -5,6 +5,8 @@ time; and where a checked request goes (the address pinned, the host name kept).
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
 import time
 
 import openai
@@ -57,7 +59,7 @@ def test_no_redirect_is_followed_and_a_slow_receiver_times_out(tmp_path, receive
         receiver.answer, receiver.delay = 200, 2.0
         started = time.monotonic()
         slow = send(client, _due(receiver.url), settings)
-    assert slow.status_code is None and "Timeout" in slow.error
+    assert slow.status_code is None and ("Timeout" in slow.error or slow.error == "no answer within 0.5 s")
     assert time.monotonic() - started < 1.5
 
 
@@ -80,3 +82,37 @@ def test_a_checked_request_goes_to_the_checked_address():
     assert (v6.connect_url(), v6.host_header()) == ("https://[2606:4700::1111]/x", "hooks.example")
     unpinned = Target("http://hooks.example/x", "hooks.example")
     assert unpinned.connect_url() == "http://hooks.example/x"
+
+
+def test_a_receiver_trickling_its_answer_is_cut_at_the_deadline(tmp_path):
+    """Each byte comes well within the read timeout; the attempt still ends at its deadline."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nx-slow: " + b"a" * 200:
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    settings = _settings(tmp_path)  # a 0.5 s timeout
+    try:
+        started = time.monotonic()
+        with make_client(settings) as client:
+            answer = send(client, _due(f"http://127.0.0.1:{port}/"), settings)
+        assert time.monotonic() - started < 1.5
+        assert answer.status_code is None and answer.error == "no answer within 0.5 s"
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
