@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "2026_12_07_webhooks"
 down_revision: str | None = "2026_12_07_apikeys"
@@ -20,6 +21,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+JSON_TYPE = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 
 def upgrade() -> None:
@@ -28,6 +30,8 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("tenant_id", sa.String(length=36), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("event_types", JSON_TYPE, nullable=True),
         sa.Column("secret", sa.String(length=128), nullable=False),
         sa.Column("restricted", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

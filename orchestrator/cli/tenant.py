@@ -121,7 +121,7 @@ def set_quota(slug: str, max_running: int | None, max_queued: int | None, device
     emit(view, as_json, print_record)
 
 
-WEBHOOK_COLUMNS = ("id", "url", "created_at")
+WEBHOOK_COLUMNS = ("id", "name", "url", "event_types", "created_at")
 
 
 @tenant.group("webhook")
@@ -133,17 +133,26 @@ def webhook() -> None:
 @webhook.command("add")
 @click.argument("slug")
 @click.argument("url")
+@click.option("--name", help="A display name (one line, at most 200 printable characters).")
+@click.option("--event", "events", multiple=True,
+              type=click.Choice(["fine_tuning.job.succeeded", "fine_tuning.job.failed",
+                                 "fine_tuning.job.cancelled"]),
+              help="Send only this event type (repeatable; default: all three).")
 @json_option
-def webhook_add(slug: str, url: str, as_json: bool) -> None:
+def webhook_add(slug: str, url: str, name: str | None, events: tuple[str, ...], as_json: bool) -> None:
     """Send tenant SLUG's job events to URL (http or https, no credentials in it). Prints the
     endpoint's id and its signing secret: the secret is shown this once, keep it."""
     from orchestrator.services.webhooks import create_webhook
 
     with open_session() as session:
-        created = create_webhook(session, slug, url)
+        created = create_webhook(session, slug, url, name=name, event_types=list(events) or None)
     view = {"id": created.endpoint.id, "url": created.endpoint.url, "secret": created.secret}
-    emit(view, as_json, lambda v: echo(f"created webhook {v['id']} -> {v['url']}\nsecret (shown once): "
-                                       f"{v['secret']}"))
+
+    def human(v: dict) -> None:
+        echo(f"created webhook {v['id']} -> {v['url']}")
+        echo(f"secret (shown once): {v['secret']}")
+
+    emit(view, as_json, human)
 
 
 @webhook.command("list")

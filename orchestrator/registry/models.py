@@ -380,6 +380,9 @@ class WebhookEndpoint(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = _tenant_fk()
     url: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # The event types it receives (a subset of services.webhook_outbox.EVENT_TYPES); None: all.
+    event_types: Mapped[list[str] | None] = mapped_column(JSONType)
     secret: Mapped[str] = mapped_column(String(128))
     restricted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

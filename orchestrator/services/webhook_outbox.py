@@ -66,10 +66,12 @@ def event_payload(event_id: str, job: Job) -> str:
 
 def job_ended(session: Session, job: Job) -> list[WebhookDelivery]:
     """Inside the transaction that moved `job` to a terminal state: its event, one delivery per
-    active endpoint of its tenant."""
+    active endpoint of its tenant that receives events of its type."""
     if job.state not in EVENT_TYPES:
         raise ValueError(f"job {job.id} is {job.state}: only a job that ended has a webhook event")
-    endpoints = wq.active_endpoints(session, job.tenant_id)
+    kind = EVENT_TYPES[job.state]
+    endpoints = [ep for ep in wq.active_endpoints(session, job.tenant_id)
+                 if ep.event_types is None or kind in ep.event_types]
     if not endpoints:
         return []
     now = utcnow()

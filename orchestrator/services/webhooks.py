@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from orchestrator.errors import InvalidInput, NotFound
+from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.registry import webhook_queries as wq
 from orchestrator.registry.models import WebhookDelivery, WebhookEndpoint, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.tenants import tenant_or_404
+from orchestrator.services.webhook_outbox import EVENT_TYPES
 from orchestrator.text import printable
 from orchestrator.webhook_signing import new_secret
 from orchestrator.webhook_urls import checked_target, parse_url
@@ -34,21 +35,50 @@ class CreatedWebhook:
     secret: str  # shown to its owner once, here; never again
 
 
+MAX_NAME_CHARS = 200
+
+
+def checked_name(name: object) -> str:
+    """An endpoint's display name: one line of at most MAX_NAME_CHARS printable characters."""
+    if name is None:
+        return ""
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise InvalidInput(f"a webhook name is one line of at most {MAX_NAME_CHARS} printable characters")
+    return name
+
+
+def checked_event_types(event_types: object) -> list[str] | None:
+    """The event types an endpoint receives (None: every one lorafleet sends)."""
+    if event_types is None:
+        return None
+    allowed = list(EVENT_TYPES.values())
+    if not isinstance(event_types, list | tuple) or not event_types or len(event_types) > len(allowed) * 4:
+        raise InvalidInput(f"event_types is a non-empty list of: {', '.join(allowed)}")
+    unknown = [t for t in event_types if t not in allowed]
+    if unknown:
+        shown = ", ".join(printable(repr(t))[:80] for t in unknown[:5])
+        raise InvalidInput(f"lorafleet sends no event of type {shown}; allowed: {', '.join(allowed)}")
+    return [t for t in allowed if t in event_types]
+
+
 @transactional
 def create_webhook(session: Session, tenant_slug: str, url: str, *, restricted: bool = False,
-                   allow_private: bool = False) -> CreatedWebhook:
-    """Register `url` for the tenant's job events. `restricted` (the API): its host must resolve
-    to public addresses unless `allow_private`. InvalidInput names what is wrong with the URL."""
+                   allow_private: bool = False, name: str | None = None,
+                   event_types: list[str] | None = None) -> CreatedWebhook:
+    """Register `url` for the tenant's job events (`event_types`, default all). `restricted` (the
+    API): its host must resolve to public addresses unless `allow_private`. InvalidInput names
+    what is wrong with the URL, the name or the event types; Conflict at the endpoint limit."""
     parse_url(url)
+    name, types = checked_name(name), checked_event_types(event_types)
     if restricted:
         checked_target(url, allow_private=allow_private)
     tenant = tenant_or_404(session, tenant_slug)
     if wq.active_endpoint_count(session, tenant.id) >= MAX_ENDPOINTS_PER_TENANT:
-        raise InvalidInput(f"tenant {tenant.slug} already has {MAX_ENDPOINTS_PER_TENANT} webhook endpoints, "
-                           "the most allowed; remove one first")
+        raise Conflict(f"tenant {tenant.slug} already has {MAX_ENDPOINTS_PER_TENANT} webhook endpoints, "
+                       "the most allowed; remove one first")
     secret = new_secret()
-    endpoint = WebhookEndpoint(tenant_id=tenant.id, url=url, secret=secret, restricted=restricted,
-                               created_at=utcnow())
+    endpoint = WebhookEndpoint(tenant_id=tenant.id, url=url, name=name, event_types=types, secret=secret,
+                               restricted=restricted, created_at=utcnow())
     session.add(endpoint)
     session.flush()
     return CreatedWebhook(endpoint, secret)
@@ -89,4 +119,9 @@ def remove_webhook(session: Session, webhook_id: str, tenant: str | None = None)
 def webhook_dict(endpoint: WebhookEndpoint, tenant_slug: str | None = None) -> dict[str, object]:
     """The endpoint's stable JSON view: never its secret."""
     return {"id": endpoint.id, "tenant_id": endpoint.tenant_id, "tenant": tenant_slug, "url": endpoint.url,
+            "name": endpoint.name, "event_types": endpoint_event_types(endpoint),
             "restricted": endpoint.restricted, "created_at": endpoint.created_at.isoformat()}
+
+
+def endpoint_event_types(endpoint: WebhookEndpoint) -> list[str]:
+    return list(endpoint.event_types) if endpoint.event_types is not None else list(EVENT_TYPES.values())

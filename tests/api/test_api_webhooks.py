@@ -86,6 +86,30 @@ def test_bad_bodies_are_400s_that_say_why(clients, body, says):
     assert says in answer.value.message
 
 
+def test_the_openai_clients_own_webhook_calls(clients):
+    acme, globex = clients["acme"], clients["globex"]
+    made = [acme.webhooks.create(url=f"https://127.0.0.1/{i}", name=f"hook {i}",
+                                 event_types=["fine_tuning.job.failed", "fine_tuning.job.succeeded"])
+            for i in range(3)]
+    assert all(m.signing_secret.startswith("whsec_") and m.object == "webhook_endpoint" for m in made)
+    assert made[0].event_types == ["fine_tuning.job.succeeded", "fine_tuning.job.failed"]
+    first = acme.webhooks.list(limit=2)
+    assert [e.id for e in first.data] == [made[2].id, made[1].id] and first.has_more  # newest first
+    assert [e.id for e in acme.webhooks.list(limit=2, after=made[1].id).data] == [made[0].id]
+    assert [e.id for e in acme.webhooks.list(limit=1)] == [m.id for m in reversed(made)]  # pages by `after`
+    got = acme.webhooks.retrieve(made[0].id)
+    assert (got.name, got.url) == ("hook 0", "https://127.0.0.1/0")
+    assert "signing_secret" not in got.model_dump() or got.model_dump().get("signing_secret") is None
+    with pytest.raises(openai.NotFoundError):
+        globex.webhooks.retrieve(made[0].id)
+    with pytest.raises(openai.BadRequestError) as answer:
+        acme.webhooks.create(url="https://127.0.0.1/x", name="x", event_types=["batch.completed"])
+    assert answer.value.body["param"] == "event_types" and "batch.completed" in answer.value.message
+    for m in made:
+        assert acme.webhooks.delete(m.id).deleted
+    assert acme.webhooks.list().data == []
+
+
 def test_an_endpoint_made_here_receives_the_tenants_events(api_server, clients, receiver):
     created = _post(clients["acme"], {"url": receiver.url})
     try:

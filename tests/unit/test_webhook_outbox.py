@@ -154,6 +154,24 @@ def test_no_endpoints_no_outbox_rows(session, job_spec):
     assert _deliveries(session) == []
 
 
+def test_an_endpoint_gets_only_the_event_types_it_asked_for(session, job_spec):
+    create_tenant(session, "acme")
+    failures = create_webhook(session, "acme", "https://hooks.example/f", name="pager",
+                              event_types=["fine_tuning.job.failed"]).endpoint
+    everything = create_webhook(session, "acme", "https://hooks.example/all").endpoint
+    cancelled, failed = _cancel_queued(session, job_spec), _fail(session, job_spec)
+    assert [r.endpoint_id for r in _deliveries(session, cancelled)] == [everything.id]
+    assert {r.endpoint_id for r in _deliveries(session, failed)} == {everything.id, failures.id}
+    view = webhook_dict(list_webhooks(session, "acme")[0])
+    assert (view["name"], view["event_types"]) == ("pager", ["fine_tuning.job.failed"])
+    for bad, says in ((["fine_tuning.job.paused"], "no event of type"), ([], "non-empty"),
+                      ("fine_tuning.job.failed", "list")):
+        with pytest.raises(InvalidInput, match=says):
+            create_webhook(session, "acme", "https://hooks.example/", event_types=bad)
+    with pytest.raises(InvalidInput, match="printable"):
+        create_webhook(session, "acme", "https://hooks.example/", name="two\nlines")
+
+
 def test_a_rolled_back_ending_leaves_no_delivery(session, job_spec):
     create_tenant(session, "acme")
     create_webhook(session, "acme", "https://hooks.example/")
