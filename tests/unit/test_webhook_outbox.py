@@ -122,27 +122,28 @@ ENDINGS = {
 }
 
 
-@pytest.mark.parametrize("ending", list(ENDINGS))
-def test_every_terminal_transition_writes_one_delivery_per_endpoint(session, job_spec, ending):
+def test_every_terminal_transition_writes_one_delivery_per_endpoint(session, job_spec):
     create_tenant(session, "acme", max_running=5)
     create_tenant(session, "other")
     mine = {create_webhook(session, "acme", f"https://hooks.example/{i}").endpoint.id for i in range(2)}
     removed = create_webhook(session, "acme", "https://hooks.example/gone").endpoint.id
     remove_webhook(session, removed)
     create_webhook(session, "other", "https://other.example/")
-    job_id = ENDINGS[ending](session, job_spec)
-    state = get_job(session, job_id).job.state
-    rows = _deliveries(session)
-    assert {r.endpoint_id for r in rows} == mine and len(rows) == 2
-    assert len({r.id for r in rows}) == 2 and all(r.id.startswith("msg_") for r in rows)
-    for row in rows:
-        body = json.loads(row.payload)
-        assert body["type"] == f"fine_tuning.job.{state}" == row.event_type
-        assert body["data"] == {"id": job_id} and body["object"] == "event"
-        assert body["id"] == row.event_id and row.event_id.startswith("evt_")
-        assert isinstance(body["created_at"], int)
-        assert (row.state, row.attempts, row.job_id) == ("pending", 0, job_id)
-    assert rows[0].event_id == rows[1].event_id  # one event, delivered to each endpoint
+    for ending, end in ENDINGS.items():
+        job_id = end(session, job_spec)
+        state = get_job(session, job_id).job.state
+        rows = _deliveries(session, job_id)
+        assert {r.endpoint_id for r in rows} == mine and len(rows) == 2, ending
+        assert len({r.id for r in rows}) == 2 and all(r.id.startswith("msg_") for r in rows)
+        for row in rows:
+            body = json.loads(row.payload)
+            assert body["type"] == f"fine_tuning.job.{state}" == row.event_type, ending
+            assert body["data"] == {"id": job_id} and body["object"] == "event"
+            assert body["id"] == row.event_id and row.event_id.startswith("evt_")
+            assert isinstance(body["created_at"], int)
+            assert (row.state, row.attempts, row.job_id) == ("pending", 0, job_id)
+        assert rows[0].event_id == rows[1].event_id  # one event, delivered to each endpoint
+    assert len(_deliveries(session)) == 2 * len(ENDINGS)  # nothing for the other tenant's endpoint
 
 
 def test_no_endpoints_no_outbox_rows(session, job_spec):
