@@ -330,7 +330,8 @@ class Settings(BaseSettings):
     # Through the API, a webhook URL must resolve to public addresses only (no loopback, private,
     # link-local, multicast or reserved ones), at registration and at every delivery.
     webhook_allow_private: bool = Field(
-        False, description="let the API register webhook URLs on loopback/private addresses (tests)",
+        False, description="let tenants' webhook URLs reach loopback/private addresses (tests; set it alike "
+                           "for the API and the senders: they check it at registration and at delivery)",
         json_schema_extra=_allowed("true or false"),
     )
 
