@@ -177,3 +177,24 @@ def webhook_remove(webhook_id: str, as_json: bool) -> None:
     with open_session() as session:
         view = webhook_dict(remove_webhook(session, webhook_id))
     emit(view, as_json, lambda v: echo(f"removed webhook {v['id']}"))
+
+
+@webhook.command("deliveries")
+@click.argument("webhook_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def webhook_deliveries(webhook_id: str, limit: int, as_json: bool) -> None:
+    """Show webhook WEBHOOK_ID's latest deliveries and every attempt of each (status or error)."""
+    from orchestrator.services.webhooks import webhook_deliveries as deliveries
+
+    with open_session() as session:
+        views = [d.to_dict() for d in deliveries(session, webhook_id, limit=limit)]
+
+    def human(rows: list[dict]) -> None:
+        for row in rows:
+            last = row["tries"][-1] if row["tries"] else None
+            answer = "" if last is None else f", last: {last['status_code'] or last['error']}"
+            echo(f"{row['id']}  {row['event_type']}  job {row['job_id']}  {row['state']}  "
+                 f"{row['attempts']} attempt(s){answer}")
+
+    emit(views, as_json, human)

@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session
 from orchestrator.registry.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 
-def endpoint(session: Session, endpoint_id: str, tenant_id: str | None = None) -> WebhookEndpoint | None:
-    """An endpoint that was not removed (of `tenant_id` when given)."""
-    stmt = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
-                                         WebhookEndpoint.disabled_at.is_(None))
+def endpoint(session: Session, endpoint_id: str, tenant_id: str | None = None, *,
+             include_removed: bool = False) -> WebhookEndpoint | None:
+    """An endpoint (of `tenant_id` when given), not removed unless `include_removed`."""
+    stmt = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+    if not include_removed:
+        stmt = stmt.where(WebhookEndpoint.disabled_at.is_(None))
     if tenant_id is not None:
         stmt = stmt.where(WebhookEndpoint.tenant_id == tenant_id)
     return session.scalars(stmt).one_or_none()
@@ -46,7 +48,8 @@ def due_delivery_ids(session: Session, now: datetime, limit: int, *, lock: bool 
 
 
 def deliveries(session: Session, *, tenant_id: str | None = None, job_id: str | None = None,
-               endpoint_id: str | None = None) -> Sequence[WebhookDelivery]:
+               endpoint_id: str | None = None, limit: int | None = None) -> Sequence[WebhookDelivery]:
+    """Deliveries, newest first."""
     stmt = select(WebhookDelivery)
     if tenant_id is not None:
         stmt = stmt.where(WebhookDelivery.tenant_id == tenant_id)
@@ -54,9 +57,15 @@ def deliveries(session: Session, *, tenant_id: str | None = None, job_id: str | 
         stmt = stmt.where(WebhookDelivery.job_id == job_id)
     if endpoint_id is not None:
         stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
-    return session.scalars(stmt.order_by(WebhookDelivery.created_at, WebhookDelivery.id)).all()
+    stmt = stmt.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    return session.scalars(stmt if limit is None else stmt.limit(limit)).all()
 
 
-def attempts(session: Session, delivery_id: str) -> Sequence[WebhookAttempt]:
-    return session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id)
-                           .order_by(WebhookAttempt.id)).all()
+def attempts_of(session: Session, delivery_ids: Sequence[str]) -> dict[str, list[WebhookAttempt]]:
+    """Each delivery's attempts in order (one query)."""
+    found: dict[str, list[WebhookAttempt]] = {d: [] for d in delivery_ids}
+    if delivery_ids:
+        stmt = select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(delivery_ids))
+        for attempt in session.scalars(stmt.order_by(WebhookAttempt.id)):
+            found[attempt.delivery_id].append(attempt)
+    return found

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.registry import webhook_queries as wq
-from orchestrator.registry.models import WebhookDelivery, WebhookEndpoint, utcnow
+from orchestrator.registry.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.webhook_outbox import EVENT_TYPES
@@ -102,6 +102,38 @@ def webhook_or_404(session: Session, webhook_id: str, tenant: str | None = None)
 @readonly
 def get_webhook(session: Session, webhook_id: str, tenant: str | None = None) -> WebhookEndpoint:
     return webhook_or_404(session, webhook_id, tenant)
+
+
+@dataclass(frozen=True)
+class DeliveryDetail:
+    delivery: WebhookDelivery
+    attempts: list[WebhookAttempt]
+
+    def to_dict(self) -> dict[str, object]:
+        d = self.delivery
+        return {"id": d.id, "event_id": d.event_id, "event_type": d.event_type, "job_id": d.job_id,
+                "state": d.state, "attempts": d.attempts, "created_at": d.created_at.isoformat(),
+                "next_attempt_at": d.next_attempt_at.isoformat() if d.state == "pending" else None,
+                "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+                "tries": [{"ts": a.ts.isoformat(), "status_code": a.status_code, "error": a.error,
+                           "duration_ms": round(a.duration_ms, 1)} for a in self.attempts]}
+
+
+MAX_DELIVERIES_SHOWN = 1000
+
+
+@readonly
+def webhook_deliveries(session: Session, webhook_id: str, tenant: str | None = None,
+                       limit: int = 50) -> list[DeliveryDetail]:
+    """An endpoint's deliveries (removed endpoints too), newest first, each with its attempts."""
+    if not 1 <= limit <= MAX_DELIVERIES_SHOWN:
+        raise InvalidInput(f"limit must be 1..{MAX_DELIVERIES_SHOWN} (got {limit})")
+    tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
+    if wq.endpoint(session, webhook_id, tenant_id, include_removed=True) is None:
+        raise NotFound(f"no webhook endpoint {printable(webhook_id)!r}")
+    rows = wq.deliveries(session, endpoint_id=webhook_id, limit=limit)
+    tries = wq.attempts_of(session, [r.id for r in rows])
+    return [DeliveryDetail(r, tries[r.id]) for r in rows]
 
 
 @transactional

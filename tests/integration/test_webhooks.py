@@ -15,13 +15,12 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from sqlalchemy import select
 
 from orchestrator.announce import announce_jobs
 from orchestrator.registry.db import session_scope
-from orchestrator.registry.models import WebhookAttempt, WebhookDelivery
 from orchestrator.services.jobs import cancel_job, get_job, submit_job
 from orchestrator.services.tenants import create_tenant
+from orchestrator.services.webhooks import DeliveryDetail, webhook_deliveries
 from tests.integration.faults import start_reconciler, stop_process
 from tests.integration.workers import ROOT, LiveWorker, wait_for
 from tests.webhook_receiver import Receiver
@@ -69,19 +68,18 @@ def _register(worker: LiveWorker, slug: str, url: str, max_running: int) -> str:
     assert set(created) == {"id", "url", "secret"} and created["secret"].startswith("whsec_")
     listed = _cli(worker, "tenant", "webhook", "list", slug, "--json")
     assert created["id"] in listed and created["secret"] not in listed
-    return created["secret"]
+    return created
 
 
-def _deliveries(worker: LiveWorker, job_id: str) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
+def _deliveries(worker: LiveWorker, webhook_id: str, job_id: str) -> list[DeliveryDetail]:
     with session_scope(worker.settings) as s:
-        rows = s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).all()
-        return [(d, list(s.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id == d.id)
-                                   .order_by(WebhookAttempt.id)))) for d in rows]
+        return [d for d in webhook_deliveries(s, webhook_id) if d.delivery.job_id == job_id]
 
 
 def test_a_jobs_end_reaches_the_receiver_signed(live_worker: LiveWorker, sender, receiver: Receiver):
     slug = f"hooked-{live_worker.mode}"
-    secret = _register(live_worker, slug, receiver.url, max_running=2)
+    webhook = _register(live_worker, slug, receiver.url, max_running=2)
+    secret = webhook["secret"]
     with session_scope(live_worker.settings) as s:
         job_id = submit_job(s, slug, dict(TINY), settings=live_worker.settings).id
     announce_jobs([job_id], settings=live_worker.settings)
@@ -96,14 +94,15 @@ def test_a_jobs_end_reaches_the_receiver_signed(live_worker: LiveWorker, sender,
     assert event.created_at == int(job.finished_at.timestamp())
     with pytest.raises(openai.InvalidWebhookSignatureError):
         client.webhooks.unwrap(got.body, got.headers, secret="whsec_" + "QUFB" * 8)
-    [(delivery, attempts)] = wait_for(lambda: [d for d in _deliveries(live_worker, job_id)
-                                               if d[0].state == "delivered"], 10, "the delivery's record")
-    assert delivery.id == webhook_id and [a.status_code for a in attempts] == [200]
+    [detail] = wait_for(lambda: [d for d in _deliveries(live_worker, webhook["id"], job_id)
+                                 if d.delivery.state == "delivered"], 10, "the delivery's record")
+    assert detail.delivery.id == webhook_id and [a.status_code for a in detail.attempts] == [200]
 
 
 def test_a_receiver_down_then_up_gets_each_event_once(live_worker: LiveWorker, sender, receiver: Receiver):
     slug = f"flaky-{live_worker.mode}"
-    secret = _register(live_worker, slug, receiver.url, max_running=0)  # its jobs stay queued
+    webhook = _register(live_worker, slug, receiver.url, max_running=0)  # its jobs stay queued
+    secret = webhook["secret"]
     receiver.close()  # down: connection refused
     with session_scope(live_worker.settings) as s:
         job_ids = [submit_job(s, slug, dict(TINY), settings=live_worker.settings).id for _ in range(2)]
@@ -111,8 +110,9 @@ def test_a_receiver_down_then_up_gets_each_event_once(live_worker: LiveWorker, s
             cancel_job(s, job_id)
 
     def refused_attempts() -> bool:
-        return all(len(attempts) >= 2 and all(a.status_code is None for a in attempts)
-                   for job_id in job_ids for _, attempts in _deliveries(live_worker, job_id))
+        details = [d for job_id in job_ids for d in _deliveries(live_worker, webhook["id"], job_id)]
+        return len(details) == 2 and all(
+            len(d.attempts) >= 2 and all(a.status_code is None for a in d.attempts) for d in details)
 
     wait_for(refused_attempts, 30, "refused attempts while the receiver is down", live_worker)
     receiver.answer = 503
@@ -134,9 +134,10 @@ def test_a_receiver_down_then_up_gets_each_event_once(live_worker: LiveWorker, s
         assert rejected and all(r.body == got.body for r in rejected)  # the same event every time
         assert int(got.headers["webhook-timestamp"]) > int(rejected[0].headers["webhook-timestamp"])
     assert seen == set(job_ids)
-    for job_id in job_ids:
-        [(delivery, attempts)] = _deliveries(live_worker, job_id)
-        codes = [a.status_code for a in attempts]
-        assert delivery.state == "delivered" and delivery.attempts == len(attempts)
+    shown = json.loads(_cli(live_worker, "tenant", "webhook", "deliveries", webhook["id"], "--json"))
+    assert sorted(d["job_id"] for d in shown) == sorted(job_ids)
+    for row in shown:
+        codes = [t["status_code"] for t in row["tries"]]
+        assert row["state"] == "delivered" and row["attempts"] == len(codes)
         assert codes[-1] == 200 and 503 in codes and codes[:2] == [None, None]
-        assert all(a.error for a in attempts[:-1])
+        assert all(t["error"] for t in row["tries"][:-1])
