@@ -110,6 +110,8 @@ webhooks:         create_webhook(s, tenant_slug, url, *, restricted=False, allow
                   list_webhooks(s, tenant=None) -> [WebhookEndpoint]; get_webhook(s, id, tenant=None);
                   remove_webhook(s, id, tenant=None) (disabled; its pending deliveries failed);
                   webhook_dict(endpoint, tenant_slug=None) (no secret)
+                  webhook_deliveries(s, webhook_id, tenant=None, limit=50) -> [DeliveryDetail(
+                            delivery, attempts)] newest first (.to_dict(); removed endpoints too)
 webhook_outbox:   job_ended(s, job) (inside every terminal transition's transaction: one delivery
                             per active endpoint of the tenant taking that event type; not a
                             transaction of its own); has_due(s) (a read)

@@ -27,7 +27,13 @@ from orchestrator.services.leases import (
 from orchestrator.services.reconcile import reconcile
 from orchestrator.services.tenants import create_tenant
 from orchestrator.services.webhook_outbox import RetryPolicy, claim_due, record_attempt
-from orchestrator.services.webhooks import create_webhook, list_webhooks, remove_webhook, webhook_dict
+from orchestrator.services.webhooks import (
+    create_webhook,
+    list_webhooks,
+    remove_webhook,
+    webhook_deliveries,
+    webhook_dict,
+)
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -241,6 +247,11 @@ def test_removing_an_endpoint_drops_its_pending_deliveries(session, job_spec):
     _fail(session, job_spec)
     remove_webhook(session, endpoint.id, tenant="acme")
     assert [r.state for r in _deliveries(session)] == ["failed"]
+    [shown] = webhook_deliveries(session, endpoint.id, tenant="acme")  # history stays readable
+    assert (shown.to_dict()["state"], shown.attempts) == ("failed", [])
+    create_tenant(session, "other")
+    with pytest.raises(NotFound):
+        webhook_deliveries(session, endpoint.id, tenant="other")
     assert claim_due(session, 10, 30, now=utcnow() + timedelta(seconds=1)) == []
     assert list_webhooks(session, "acme") == []
     with pytest.raises(NotFound):
