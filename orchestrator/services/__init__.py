@@ -120,8 +120,9 @@ reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=
 files:            the API's files: a tenant's data sets + the built-ins (builtin-glue-<task>, builtin-e2e)
                   list_files(s, tenant, after=None, limit=20, order="desc", purpose=None)
                              -> ([FileView], has_more); get_file(s, id, tenant) -> FileView (.to_dict():
-                             OpenAI's file object); file_content(s, id, tenant) -> Path;
-                  delete_file(s, id, tenant) -> id (built-ins refused; in use by jobs refused)
+                             OpenAI's file object); file_content(s, id, tenant) -> Path | bytes
+                             (a job's result file "result-<job id>": its CSV);
+                  delete_file(s, id, tenant) -> id (built-ins, result files, files jobs use: refused)
                   training_source(s, file_id, tenant) -> ("task", name) | ("dataset", Dataset)
                              (inside the caller's transaction: the job's submission)
 model_names:      model_name(adapter, tenant_slug, suffix=None) -> "ft:<base>:<tenant>:<suffix|task>:<id>"

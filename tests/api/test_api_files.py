@@ -141,6 +141,13 @@ def test_models_list_retrieve_and_delete_only_the_tenants_own(api_server, keys):
     adapter_id, job_id = _adapter_for(api_server, keys["acme"])
     name = f"ft:tiny-bert:acme:my-bot:{adapter_id}"  # the job's suffix names it
     assert acme.fine_tuning.jobs.retrieve(job_id).fine_tuned_model == name  # one name everywhere
+    (result_id,) = acme.fine_tuning.jobs.retrieve(job_id).result_files  # served by /v1/files too
+    assert acme.files.retrieve(result_id).purpose == "fine-tune-results"
+    assert acme.files.content(result_id).read().decode().startswith("step,epoch")
+    with pytest.raises(openai.NotFoundError):
+        globex.files.content(result_id)
+    with pytest.raises(openai.BadRequestError, match="result file"):
+        acme.files.delete(result_id)
     models = {m.id: m for m in acme.models.list().data}
     assert models["smollm2-135m"].owned_by == "lorafleet" and models["tiny-bert"].object == "model"
     assert models[name].owned_by == "acme" and models[name].created > 1_700_000_000
