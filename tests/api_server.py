@@ -36,6 +36,7 @@ REDIS_URL = os.environ.get("LORAFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 DATA_DIR = os.environ.get("LORAFLEET_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 API_MODES = ["embedded", "cluster"]
 START_TIMEOUT_S = 60
+ENGINE_VARIABLES = ("LORAFLEET_DATA_CACHE", "LORAFLEET_MODEL_CACHE", "LORAFLEET_DEVICE")
 
 
 def free_port() -> int:
@@ -118,8 +119,8 @@ def start_api(env: dict[str, str], *, port: int | None = None, log_path: Path | 
 
 def api_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of an embedded-mode API (and of the test talking to its registry)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LORAFLEET_") or k in ("LORAFLEET_DATA_CACHE",)}
+    # Hermetic: none of the caller's LORAFLEET_* settings, but the engine's own caches and device.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_") or k in ENGINE_VARIABLES}
     env.update({
         "HF_HUB_OFFLINE": "1",
         "LORAFLEET_HOME": str(home),

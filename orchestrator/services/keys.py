@@ -22,6 +22,7 @@ from lora_engine.errors import shown
 from orchestrator.errors import InvalidInput, NotFound, Unauthenticated
 from orchestrator.registry.models import ApiKey, Tenant, utcnow
 from orchestrator.services._tx import readonly, transactional
+from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404, validate_display_name
 
 KEY_PREFIX = "lf-"
@@ -91,8 +92,11 @@ def list_keys(session: Session, tenant_slug: str | None) -> Sequence[ApiKey]:
 
 @transactional
 def revoke_key(session: Session, key_id: str) -> ApiKey:
-    """Revoke a key: refused from the next request on. Revoking it again changes nothing."""
-    row = session.get(ApiKey, key_id) if isinstance(key_id, str) and len(key_id) <= 36 else None
+    """Revoke a key (its id, or a unique prefix of it): refused from the next request on.
+    Revoking it again changes nothing."""
+    row = None
+    if isinstance(key_id, str) and len(key_id) <= 36:
+        row = session.get(ApiKey, resolve_id(session, ApiKey, key_id, what="API key id"))
     if row is None:
         raise NotFound(f"no API key {shown(key_id)} (see `lorafleet tenant key list TENANT`)")
     if row.revoked_at is None:
