@@ -127,13 +127,13 @@ def authenticate(session: Session, raw_key: str, now: datetime | None = None) ->
                             .where(ApiKey.hash == digest)).first()
     # The index finds the row; the comparison itself takes the same time wherever they differ.
     if found is None or not hmac.compare_digest(found[0].hash, digest):
-        raise Unauthenticated("unknown API key")
+        raise Unauthenticated("the key is unknown")
     row, slug = found
     if row.revoked_at is not None:
-        raise Unauthenticated(f"API key {row.prefix}… was revoked")
+        raise Unauthenticated(f"the key {row.prefix}… was revoked")
     if row.expires_at is not None and row.expires_at <= now:
         when = row.expires_at.isoformat(timespec="seconds")
-        raise Unauthenticated(f"API key {row.prefix}… expired at {when}")
+        raise Unauthenticated(f"the key {row.prefix}… expired at {when}")
     return KeyIdentity(row.id, row.tenant_id, slug, row.last_used_at)
 
 
