@@ -85,7 +85,7 @@ def reconcile_once(
     redispatch_after_s: float | None = None,
 ) -> dict[str, list[str]]:
     """One reconciler pass: requeue/fail/cancel expired leases, then (re-)send messages for
-    queued jobs. Returns {"dispatched", "requeued", "failed", "cancelled"} (job ids)."""
+    queued jobs. Returns {"dispatched", "requeued", "failed", "cancelled", "paused"} (job ids)."""
     from orchestrator.registry.db import session_scope
 
     # From the submodule itself: once `orchestrator.services.reconcile` (the module) is imported,
@@ -101,4 +101,4 @@ def reconcile_once(
         )
     send_run_jobs(list(result.dispatch), settings=settings)
     return {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed,
-            "cancelled": result.cancelled}
+            "cancelled": result.cancelled, "paused": result.paused}

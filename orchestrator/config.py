@@ -229,6 +229,14 @@ class Settings(BaseSettings):
         description="default adapter + data set storage quota of a new tenant (unset: unlimited)",
         json_schema_extra=_allowed(f"an integer >= 0, at most {BIG_INTEGER_MAX}, or unset"),
     )
+    # The base models the tenants' API lets a tenant fine-tune (`services.base_models`): never a
+    # folder; a tenant's own full fine-tunes are allowed besides these, by name or id.
+    allowed_base_models: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="base models API tenants may fine-tune (unset: every packaged alias and every hub "
+                    "id in the local hub cache)",
+        json_schema_extra=_allowed("comma-separated aliases or hub ids (no folders), or unset"),
+    )
     # A batch is validated item by item before anything is written: its size bounds that work
     # (and the error listing a bad batch).
     max_batch_items: int = Field(
@@ -324,6 +332,23 @@ class Settings(BaseSettings):
             value = [part for part in value.split(":") if part.strip()]
             if not value:
                 raise ValueError("no folder given")
+        return value
+
+    @field_validator("allowed_base_models", mode="before")
+    @classmethod
+    def _parse_bases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_base_models", mode="after")
+    @classmethod
+    def _no_folders(cls, value: list[str] | None) -> list[str] | None:
+        from lora_engine.model_ref import is_folder_name
+
+        folders = [v for v in value or [] if is_folder_name(v) or "\\" in v or ".." in v]
+        if folders:
+            raise ValueError(f"a tenant never trains on a folder of this machine: {', '.join(folders)}")
         return value
 
     @field_validator("data_roots", mode="after")

@@ -32,6 +32,8 @@ EXAMPLES: dict[str, list[str]] = {
     "job list": ["lorafleet job list --tenant acme --state running --wide"],
     "job show": ["lorafleet job show 3f2a1b9c --json"],
     "job cancel": ["lorafleet job cancel 3f2a1b9c"],
+    "job pause": ["lorafleet job pause 3f2a1b9c && lorafleet job show 3f2a1b9c"],
+    "job resume": ["lorafleet job resume 3f2a1b9c && lorafleet job events --follow 3f2a1b9c"],
     "job retry": ["lorafleet job retry 3f2a1b9c && lorafleet job events --follow 3f2a1b9c"],
     "adapter list": ["lorafleet adapter list --tenant acme --task sst2"],
     "adapter show": ["lorafleet adapter show 8f2a81c1"],

@@ -159,7 +159,7 @@ def reconcile(every: float | None, lease_grace: float, redispatch_after: float, 
             as_json,
             lambda r: click.echo(
                 f"dispatched {len(r['dispatched'])}, requeued {len(r['requeued'])}, "
-                f"failed {len(r['failed'])}, cancelled {len(r['cancelled'])}"
+                f"failed {len(r['failed'])}, cancelled {len(r['cancelled'])}, paused {len(r['paused'])}"
             ),
         )
         if every is None:

@@ -29,12 +29,17 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from orchestrator.registry.states import JOB_STATES, TERMINAL_STATES
+
+__all__ = ["JOB_STATES", "TERMINAL_STATES"]  # re-exported: callers import the states from here too
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -44,13 +49,12 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
 # What a job does: train an adapter, evaluate a base model untuned (method 'none', no adapter),
 # or re-score existing adapters on one resident base (its spec lists the adapter ids).
 JOB_KINDS = ("train", "evaluate", "reevaluate")
 # Where a metric row comes from: the job's own run, or a later re-evaluation of its adapter.
 METRIC_SOURCES = ("job", "reevaluation")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 # JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -120,6 +124,9 @@ class Tenant(Base):
     )
 
 
+DATASET_FORMATS = "format IN ('text_label', 'prompt_completion', 'chat')"
+
+
 class Dataset(Base):
     """A tenant's uploaded, validated JSONL data set, stored by id under the artifacts root.
 
@@ -133,6 +140,9 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = _tenant_fk()
     kind: Mapped[str] = mapped_column(String(16))  # classification | generation
+    # The rows' format (lora_engine.data.custom.FORMATS): text_label (classification),
+    # prompt_completion or chat (generation; a chat file is rendered when a job starts).
+    format: Mapped[str] = mapped_column(String(24), default="text_label", server_default="text_label")
     name: Mapped[str] = mapped_column(String(255))  # the uploaded file's name (display only)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -150,6 +160,7 @@ class Dataset(Base):
 
     __table_args__ = (
         CheckConstraint("kind IN ('classification', 'generation')", name="kind_valid"),
+        CheckConstraint(DATASET_FORMATS, name="format_valid"),
         Index("ix_datasets_tenant_id_sha256", "tenant_id", "sha256"),
     )
 
@@ -175,7 +186,15 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set by a pause of a running job: its worker checkpoints and the job goes `paused`.
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     error: Mapped[str | None] = mapped_column(Text)
+    # The tenant's own labels (OpenAI's limits: `orchestrator.services.job_labels`) and the suffix
+    # of the adapter's model name; a held-out file that replaces the data's own validation split.
+    # (`metadata` is the declarative base's own attribute: the column is `metadata`, the field not.)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    validation_dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"))
     # The registered data set a custom task trains on (also in spec.dataset).
     dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"), index=True)
     init_from_adapter_id: Mapped[str | None] = mapped_column(
@@ -211,6 +230,8 @@ class Job(Base):
         # Reports: --since/--until windows, and the untuned baselines (kind 'evaluate') per task/base.
         Index("ix_jobs_created_at", "created_at"),
         Index("ix_jobs_kind_task_base_model", "kind", "task", "base_model"),
+        # A tenant's jobs newest first, paged by key (created_at, id): the API's job list.
+        Index("ix_jobs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
     )
 
 
