@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from orchestrator.services.keys import create_key
 
 from orchestrator.services.jobs import submit_job
+from orchestrator.services.keys import create_key
 from orchestrator.services.tenants import create_tenant, set_tenant_quota
 
 pytestmark = pytest.mark.integration
