@@ -225,3 +225,23 @@ def test_metrics_count_requests_by_route_template_and_status(api_server, tenant)
     assert 'route="/v1/{path:path}",status="401"' in scraped
     assert 'route="unmatched",status="413"' in scraped
     assert 'lorafleet_api_request_seconds_bucket{' in scraped and "no-such-route" not in scraped
+
+
+def test_a_streamed_upload_over_the_cap_is_413_and_malformed_json_a_400(api_server, tenant):
+    _, key = new_key(api_server, tenant)
+    auth = {"authorization": f"Bearer {key}"}
+    boundary = "lorafleetboundary"
+
+    def upload():  # no Content-Length: chunked, counted as the form parser reads it
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+               f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+               "Content-Type: application/jsonl\r\n\r\n").encode()
+        for _ in range(2 * BODY_CAP // 1024):
+            yield b'{"text": "x", "label": 0}\n' * 40
+
+    answer = httpx.post(api_server.base_url + "/v1/files", content=upload(), timeout=30,
+                        headers={**auth, "content-type": f"multipart/form-data; boundary={boundary}"})
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+    answer = httpx.post(api_server.base_url + "/v1/fine_tuning/jobs", content=b'{"model": "tiny-bert", ',
+                        headers={**auth, "content-type": "application/json"})
+    assert answer.status_code == 400 and "not valid JSON" in answer.json()["error"]["message"]
