@@ -5,7 +5,8 @@ free port of 127.0.0.1 with the given environment and waits for /healthz. The mo
 `api_server` fixture runs one per registry: `embedded` (a SQLite registry in a temporary home)
 and `cluster` (a fresh PostgreSQL database, migrated, and Redis as the broker: the database
 LORAFLEET_TEST_REDIS_URL names, flushed before and after). A test module adds settings by
-overriding the `api_settings_env` fixture. Keys come from the real service:
+overriding the `api_settings_env` fixture (the rate limits are set out of the way unless it sets
+them). Keys come from the real service:
 
     with api_server.session() as s:
         row, key = create_key(s, "acme")
@@ -128,6 +129,10 @@ def api_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
         "LORAFLEET_DATA_DIR": DATA_DIR,
         "LORAFLEET_DATA_ROOTS": f"{home.parent}:{ROOT}",
         "PYTHONPATH": str(ROOT),
+        # One address (127.0.0.1) and a few keys make every request of a test module: the limits
+        # are out of the way unless a module sets them (tests/api/test_api_core.py does).
+        "LORAFLEET_API_RATE_LIMIT_PER_MINUTE": "1000000",
+        "LORAFLEET_API_AUTH_FAILURE_LIMIT": "1000000",
         **(extra or {}),
     })
     return env
