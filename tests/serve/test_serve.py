@@ -82,6 +82,36 @@ def register(session, tenant: str, folder: Path, settings) -> tuple[str, str]:
     return model_names_of(session, [row])[row.id], row.path
 
 
+def trained_on_chat(session, settings, tenant: str, top: Path) -> tuple[str, str]:
+    """An adapter as a finished job on a chat data set leaves it (uploaded, submitted, claimed and
+    finished through the real services; its files made by `make_adapter`)."""
+    import json
+
+    from lora_engine.adapters.digest import adapter_files_digest
+    from orchestrator.registry.models import new_id
+    from orchestrator.services.adapters import model_names_of, new_adapter_path
+    from orchestrator.services.datasets import upload_dataset
+    from orchestrator.services.jobs import submit_job
+    from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
+
+    rows = top / "chat.jsonl"
+    rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(4)))
+    dataset = upload_dataset(session, tenant, rows, kind=None, settings=settings)
+    job = submit_job(session, tenant, {"task": "custom-generation", "dataset": dataset.id,
+                                       "base_model": "tiny-llama", "max_steps": 1}, settings=settings)
+    assert claim_job(session, job.id, "test-worker", 60) is not None
+    adapter_id = new_id()
+    folder = new_adapter_path(settings, job.tenant_id, adapter_id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_adapter(folder, "tiny-llama", "custom-generation", 5)
+    sha, size = adapter_files_digest(folder)
+    row = finish_job_success(session, job.id, "test-worker", AdapterRecord(
+        id=adapter_id, path=str(folder), sha256=sha, bytes=size, trainable_params=1, total_params=2), {})
+    return model_names_of(session, [row])[row.id], row.path
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     from orchestrator.config import load_settings
@@ -107,6 +137,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
             keys[tenant] = create_key(s, tenant)[1]
         for what, (tenant, *_rest) in made.items():
             names[what], paths[what] = register(s, tenant, folders[what], settings)
+        names["chat"], paths["chat"] = trained_on_chat(s, settings, "acme", top)
     # Room for one of the two generation adapters (of equal size), not for both.
     sizes = {what: sum(f.stat().st_size for f in Path(p).iterdir()) for what, p in paths.items()}
     env["LORAFLEET_SERVE_ADAPTER_CACHE_BYTES"] = str(sizes["gen_a"] + sizes["gen_b"] // 2)
@@ -142,7 +173,12 @@ def predicted(served: Served) -> dict[str, object]:
     from lora_engine.predict import load_for_inference
 
     greedy = DecodeSettings(num_beams=1, length_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=TOKENS)
+    # tiny-llama's tokenizer has no chat template: chat rows trained as lora_engine.data.chat's
+    # plain prompt, so the server must render a conversation the same way.
+    plain = "system: be brief\nuser: hello there\nassistant: "
+    chat = load_for_inference(served.paths["chat"])
     return {"gen_a": load_for_inference(served.paths["gen_a"]).generate([MR], decode=greedy)[0],
+            "chat": chat.generate([plain], decode=greedy, as_prompts=True)[0],
             "cls": load_for_inference(served.paths["cls"]).classify(["a fine film", "dull and long"])}
 
 
@@ -159,6 +195,14 @@ def test_completions_greedy_equal_adapter_predict(served: Served, predicted):
     assert chat.choices[0].message.content == predicted["gen_a"]
     assert chat.choices[0].message.role == "assistant"
     assert chat.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_chat_trained_adapter_reads_the_whole_conversation(served: Served, predicted):
+    chat = served.client().chat.completions.create(
+        model=served.names["chat"], max_tokens=TOKENS, temperature=0,
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}])
+    assert chat.choices[0].message.content == predicted["chat"]
+    assert chat.choices[0].message.content
 
 
 def test_streams_join_to_the_whole_answer(served: Served, predicted):
@@ -249,6 +293,9 @@ def test_bad_parameters_are_400_in_openais_shape(served: Served):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=model, messages=[{"role": "tool", "content": "x"}])
     assert error_of(caught.value)["param"].startswith("messages")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=model, prompt="word " * 600, max_tokens=TOKENS)
+    assert "context" in error_of(caught.value)["message"]
     wrong_kind = served.post("/v1/classify", {"model": model, "input": "x"})
     assert wrong_kind.status_code == 400 and wrong_kind.json()["error"]["code"] == "wrong_model_kind"
     assert served.post("/v1/classify", {"model": served.names["cls"], "input": []}).status_code == 400

@@ -127,6 +127,7 @@ class PredictorEngine:
         predictor = self.predictors[item.adapter_key]
         tok, s = predictor.tokenizer, item.sampling
         prompt_ids = encode_prompts(tok, [item.prompt])
+        check_context(predictor.model, len(prompt_ids[0]), s.max_tokens)
         if s.temperature == 0:
             greedy = DecodeSettings(num_beams=1, length_penalty=1.0, no_repeat_ngram_size=0,
                                     max_new_tokens=s.max_tokens, batch_size=1)
@@ -154,6 +155,18 @@ class PredictorEngine:
         ended = eos in row
         row = row[:row.index(eos)] if ended else row
         return row, ended or len(row) < s.max_tokens
+
+
+def check_context(model, prompt_tokens: int, max_tokens: int) -> None:
+    """A prompt and its answer must fit the model's positions (a longer one fails inside the model)."""
+    from lora_engine.errors import LoraFleetInputError
+
+    config = model.config
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if context and prompt_tokens + max_tokens > context:
+        raise LoraFleetInputError(f"the prompt is {prompt_tokens} tokens and max_tokens {max_tokens}: "
+                                  f"together more than this model's context of {context} tokens; "
+                                  "shorten the prompt or lower max_tokens")
 
 
 def _pieces(tokenizer, ids: list[int], text: str) -> tuple[str, ...]:
