@@ -252,11 +252,30 @@ def test_classify(served: Served, predicted):
     assert len(one["data"]) == 1 and one["data"][0]["label"] == predicted["cls"][0].label
 
 
+def test_a_base_model_answers_alone(served: Served):
+    from lora_engine.device import pick_device
+    from lora_engine.generate import DecodeSettings, generate_texts
+    from lora_engine.models import load_base_model
+
+    model, tok = load_base_model("tiny-llama", "generation")
+    greedy = DecodeSettings(num_beams=1, length_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=TOKENS)
+    prompt_ids = [tok(MR, add_special_tokens=False)["input_ids"]]
+    expected = generate_texts(model.eval(), prompt_ids, tokenizer=tok, device=pick_device(), settings=greedy)[0]
+    out = served.client().completions.create(model="tiny-llama", prompt=MR, max_tokens=TOKENS, temperature=0)
+    assert out.choices[0].text == expected
+    refused = served.post("/v1/classify", {"model": "tiny-bert", "input": "x"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+    with pytest.raises(openai.BadRequestError):  # an encoder generates nothing
+        served.client().completions.create(model="tiny-bert", prompt="x", max_tokens=2)
+
+
 def test_models_lists_only_own_adapters(served: Served):
     ids = {m.id for m in served.client().models.list()}
     assert {served.names["gen_a"], served.names["gen_b"], served.names["cls"]} <= ids
     assert served.names["theirs"] not in ids
-    assert {m.id for m in served.client("other").models.list()} == {served.names["theirs"]}
+    theirs = {m.id for m in served.client("other").models.list() if m.id.startswith("ft:")}
+    assert theirs == {served.names["theirs"]}
+    assert "tiny-llama" in ids  # the bases a tenant may use
 
 
 def error_of(exc: openai.APIStatusError) -> dict:

@@ -57,6 +57,9 @@ class Engine(Protocol):
 
     def remove_adapter(self, key: str) -> None: ...
 
+    def add_base(self, key: str, base_model: str) -> None:
+        """Load a base model alone (a causal LM) under `key`, to answer requests that name it."""
+
     def kind(self, key: str) -> str:
         """classification, regression or generation."""
 
@@ -90,6 +93,18 @@ class PredictorEngine:
 
     def remove_adapter(self, key: str) -> None:
         self.predictors.pop(key, None)
+
+    def add_base(self, key: str, base_model: str) -> None:
+        from lora_engine.adapters.folder import AdapterMeta
+        from lora_engine.models import load_base_model
+        from lora_engine.predict import Predictor
+
+        model, tokenizer = load_base_model(base_model, "generation")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.to(self.device.device)
+        meta = AdapterMeta(base_model=base_model, kind="generation", prompt_template="{prompt}")
+        self.predictors[key] = Predictor(model, tokenizer, meta, self.device, merged=True)
 
     def kind(self, key: str) -> str:
         return self.predictors[key].kind

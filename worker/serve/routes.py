@@ -23,7 +23,9 @@ from orchestrator.api.auth import Caller, tenant_caller
 from orchestrator.api.deps import db_session
 from orchestrator.api.errors import ApiError
 from orchestrator.errors import NotFound
+from orchestrator.services.base_models import base_problem, tenant_bases
 from orchestrator.services.inference import ServedAdapter, record_inference, served_adapter, served_adapters
+from orchestrator.services.model_names import parse_model_name
 from worker.serve.engine import Generated, Sampling
 from worker.serve.metrics import instruments
 from worker.serve.prompts import adapter_info
@@ -35,7 +37,7 @@ from worker.serve.schemas import (
     CompletionRequest,
     Decoding,
 )
-from worker.serve.server import ClassifyJob, GenerateJob, Served, Serving
+from worker.serve.server import ClassifyJob, GenerateJob, Served, Serving, base_target, is_base
 
 router = APIRouter()
 MAX_STOP_CHARS = 200
@@ -46,8 +48,30 @@ def serving(request: Request) -> Serving:
     return request.app.state.serving
 
 
-async def _adapter(session: Session, model: str, caller: Caller, kinds: Sequence[str], route: str
-                   ) -> ServedAdapter:
+def _base(request: Request, model: str, caller: Caller, kinds: Sequence[str], route: str
+          ) -> ServedAdapter | None:
+    """A base model the caller may use, served alone (generation only: a base's classifier head is
+    untrained); None when `model` names no such base."""
+    from lora_engine.model_ref import base_model_problem
+
+    settings = request.app.state.settings
+    if parse_model_name(model) is not None or base_problem(model, settings) is not None:
+        return None
+    if "generation" not in kinds:
+        raise ApiError(400, f"{model[:200]!r} is a base model; {route} serves your fine-tuned classifiers "
+                            "(ft: names)", param="model", code="wrong_model_kind")
+    problem = base_model_problem(model, needs_causal=True)
+    if problem:
+        raise ApiError(400, f"{model[:200]!r} does not generate text ({problem})", param="model",
+                       code="wrong_model_kind")
+    return base_target(model, caller.tenant_id)
+
+
+async def _adapter(session: Session, model: str, caller: Caller, kinds: Sequence[str], route: str,
+                   request: Request) -> ServedAdapter:
+    base = _base(request, model, caller, kinds, route)
+    if base is not None:
+        return base
     try:
         adapter = await run_in_threadpool(served_adapter, session, model, caller.tenant_slug)
     except NotFound as exc:
@@ -66,7 +90,8 @@ async def _record(session: Session, caller: Caller, adapter: ServedAdapter, rout
     tokens = instruments()["tokens"]
     tokens.labels("in").inc(prompt_tokens)
     tokens.labels("out").inc(completion_tokens)
-    await run_in_threadpool(record_inference, session, caller.tenant_id, adapter_id=adapter.id,
+    adapter_id = None if is_base(adapter) else adapter.id
+    await run_in_threadpool(record_inference, session, caller.tenant_id, adapter_id=adapter_id,
                             base_model=adapter.base_model, route=route, prompt_tokens=prompt_tokens,
                             completion_tokens=completion_tokens, device_seconds=served.device_seconds)
 
@@ -126,7 +151,7 @@ async def _generate(body: ChatRequest | CompletionRequest, caller: Caller, sessi
     samplings = _samplings(body, max_tokens, cap)
     if isinstance(body, CompletionRequest) and len(body.prompt) > MAX_INPUT_CHARS:
         raise ApiError(400, f"prompt holds more than {MAX_INPUT_CHARS} characters", param="prompt")
-    adapter = await _adapter(session, body.model, caller, ("generation",), route)
+    adapter = await _adapter(session, body.model, caller, ("generation",), route, request)
     messages = tuple(m.model_dump() for m in body.messages) if isinstance(body, ChatRequest) else None
     prompt = body.prompt if isinstance(body, CompletionRequest) else None
     job = GenerateJob(adapter, caller.tenant_slug, messages, prompt, samplings)
@@ -201,7 +226,7 @@ async def classify(body: ClassifyRequest, request: Request, caller: Caller = Dep
     if long is not None:
         raise ApiError(400, f"input[{long}] holds more than {MAX_INPUT_CHARS} characters", param="input")
     kinds = ("classification", "regression")
-    adapter = await _adapter(session, body.model, caller, kinds, "/v1/classify")
+    adapter = await _adapter(session, body.model, caller, kinds, "/v1/classify", request)
     served = await serving(request).classify(ClassifyJob(adapter, caller.tenant_slug, tuple(texts)))
     tokens = sum(r.tokens for r in served.outputs)
     await _record(session, caller, adapter, "classify", tokens, 0, served)
@@ -217,8 +242,12 @@ async def classify(body: ClassifyRequest, request: Request, caller: Caller = Dep
 
 
 @router.get("/v1/models")
-def list_models(caller: Caller = Depends(tenant_caller), session: Session = Depends(db_session)) -> Any:
-    """The models you can serve: your live adapters, by their `ft:` names."""
+def list_models(request: Request, caller: Caller = Depends(tenant_caller),
+                session: Session = Depends(db_session)) -> Any:
+    """The models you can serve: your live adapters, by their `ft:` names, then the base models."""
     adapters = served_adapters(session, caller.tenant_slug)
-    return {"object": "list", "data": [{"id": a.name, "object": "model", "created": a.created_at,
-                                        "owned_by": caller.tenant_slug} for a in adapters]}
+    bases = tenant_bases(request.app.state.settings)
+    return {"object": "list",
+            "data": [*({"id": a.name, "object": "model", "created": a.created_at,
+                        "owned_by": caller.tenant_slug} for a in adapters),
+                     *({"id": b, "object": "model", "created": 0, "owned_by": "lorafleet"} for b in bases)]}

@@ -20,6 +20,18 @@ from worker.serve.engine import ClassifyResult, Engine, Generated, GenerateItem,
 from worker.serve.metrics import instruments
 from worker.serve.prompts import adapter_info, apply_template, last_user_message
 
+BASE_PREFIX = "base:"  # the engine key of a base model served alone (never an adapter id: a UUID)
+
+
+def base_target(name: str, tenant_id: str) -> ServedAdapter:
+    """A request for base model `name` (one the tenant may use), in the shape of an adapter's."""
+    return ServedAdapter(id=BASE_PREFIX + name, tenant_id=tenant_id, name=name, path="", sha256="", bytes=0,
+                         base_model=name, task="", chat=True, created_at=0)
+
+
+def is_base(adapter: ServedAdapter) -> bool:
+    return adapter.id.startswith(BASE_PREFIX)
+
 
 @dataclass(frozen=True)
 class ClassifyJob:
@@ -47,6 +59,7 @@ class Serving:
     def __init__(self, engine: Engine, settings: Settings):
         self.engine, self.settings = engine, settings
         self.cache = AdapterCache(engine, settings.serve_adapter_cache_bytes)
+        self.bases: set[str] = set()  # one resident copy each, outside the adapters' bound
         self.batcher = Batcher(self.run, window_s=settings.serve_batch_window_ms / 1000,
                                max_batch=settings.serve_batch_max)
 
@@ -79,6 +92,12 @@ class Serving:
         from orchestrator.registry.db import session_scope
         from orchestrator.services.inference import verified_served
 
+        if is_base(job.adapter):
+            if job.adapter.id not in self.bases:
+                self.engine.add_base(job.adapter.id, job.adapter.base_model)
+                self.bases.add(job.adapter.id)
+            return
+
         def load() -> str:
             with session_scope(self.settings) as session:
                 return verified_served(session, job.adapter.id, job.tenant).path
@@ -101,6 +120,8 @@ class Serving:
         if job.messages is not None and job.adapter.chat:
             return self.engine.chat_prompt(job.adapter.id, job.messages)
         text = last_user_message(job.messages) if job.messages is not None else job.prompt
+        if is_base(job.adapter):
+            return text or ""
         return apply_template(adapter_info(job.adapter.path, job.adapter.sha256).prompt_template, text or "")
 
     def _generate(self, works: Sequence[Work]) -> None:
