@@ -260,7 +260,8 @@ def test_a_base_model_answers_alone(served: Served):
     model, tok = load_base_model("tiny-llama", "generation")
     greedy = DecodeSettings(num_beams=1, length_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=TOKENS)
     prompt_ids = [tok(MR, add_special_tokens=False)["input_ids"]]
-    expected = generate_texts(model.eval(), prompt_ids, tokenizer=tok, device=pick_device(), settings=greedy)[0]
+    expected = generate_texts(model.eval(), prompt_ids, tokenizer=tok, device=pick_device(),
+                              settings=greedy)[0]
     out = served.client().completions.create(model="tiny-llama", prompt=MR, max_tokens=TOKENS, temperature=0)
     assert out.choices[0].text == expected
     refused = served.post("/v1/classify", {"model": "tiny-bert", "input": "x"})
