@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("adapter_id", sa.String(length=36), nullable=True),
         sa.Column("base_model", sa.String(length=255), nullable=False),
         sa.Column("route", sa.String(length=32), nullable=False),
+        sa.Column("device", sa.String(length=128), nullable=False),
         sa.Column("requests", sa.Integer(), nullable=False),
         sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
         sa.Column("completion_tokens", sa.BigInteger(), nullable=False),

@@ -346,6 +346,7 @@ class InferenceUsage(Base):
     adapter_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("adapters.id"))
     base_model: Mapped[str] = mapped_column(String(255))
     route: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(128))  # priced as a job's usage is (report cost)
     requests: Mapped[int] = mapped_column(Integer, default=1)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -99,12 +99,13 @@ def served_adapters(session: Session, tenant: str) -> list[ServedAdapter]:
 
 
 @transactional
-def record_inference(session: Session, tenant_id: str, *, adapter_id: str | None, base_model: str, route: str,
-                     prompt_tokens: int, completion_tokens: int, device_seconds: float) -> None:
-    """One served request's cost, charged to its tenant."""
+def record_inference(session: Session, tenant_id: str, *, adapter_id: str | None, base_model: str,
+                     route: str, prompt_tokens: int, completion_tokens: int, device_seconds: float,
+                     device: str) -> None:
+    """One served request's cost, charged to its tenant (`device`: as lora_engine names it)."""
     session.add(InferenceUsage(tenant_id=tenant_id, adapter_id=adapter_id, base_model=base_model[:255],
-                               route=route[:32], requests=1, prompt_tokens=int(prompt_tokens),
-                               completion_tokens=int(completion_tokens),
+                               route=route[:32], device=device[:128], requests=1,
+                               prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens),
                                device_seconds=float(device_seconds), created_at=utcnow()))
 
 

@@ -95,9 +95,9 @@ def test_usage_is_summed_per_tenant(session, settings):
     for prompt, completion, seconds in ((10, 5, 0.5), (3, 0, 0.25)):
         record_inference(session, acme.id, adapter_id=adapter.id, base_model="tiny-llama",
                          route="completions", prompt_tokens=prompt, completion_tokens=completion,
-                         device_seconds=seconds)
+                         device_seconds=seconds, device="cpu")
     record_inference(session, globex.id, adapter_id=None, base_model="tiny-llama", route="classify",
-                     prompt_tokens=7, completion_tokens=0, device_seconds=1.0)
+                     prompt_tokens=7, completion_tokens=0, device_seconds=1.0, device="cuda:H100")
     totals = inference_totals(session)
     assert totals[acme.id] == {"requests": 2, "prompt_tokens": 13, "completion_tokens": 5,
                                "device_seconds": pytest.approx(0.75)}

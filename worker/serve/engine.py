@@ -52,6 +52,8 @@ class Generated:
 
 
 class Engine(Protocol):
+    device_name: str  # "cpu" or "cuda:<product>", as the cost report prices it
+
     def add_adapter(self, key: str, folder: str) -> int:
         """Load the adapter in `folder` under `key`; the bytes it holds resident."""
 
@@ -83,6 +85,7 @@ class PredictorEngine:
         from lora_engine.device import pick_device
 
         self.device = pick_device()
+        self.device_name = self.device.name
         self.predictors: dict[str, object] = {}
 
     def add_adapter(self, key: str, folder: str) -> int:

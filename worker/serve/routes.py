@@ -85,15 +85,16 @@ async def _adapter(session: Session, model: str, caller: Caller, kinds: Sequence
     return adapter
 
 
-async def _record(session: Session, caller: Caller, adapter: ServedAdapter, route: str, prompt_tokens: int,
-                  completion_tokens: int, served: Served) -> None:
+async def _record(request: Request, session: Session, caller: Caller, adapter: ServedAdapter, route: str,
+                  prompt_tokens: int, completion_tokens: int, served: Served) -> None:
     tokens = instruments()["tokens"]
     tokens.labels("in").inc(prompt_tokens)
     tokens.labels("out").inc(completion_tokens)
     adapter_id = None if is_base(adapter) else adapter.id
     await run_in_threadpool(record_inference, session, caller.tenant_id, adapter_id=adapter_id,
                             base_model=adapter.base_model, route=route, prompt_tokens=prompt_tokens,
-                            completion_tokens=completion_tokens, device_seconds=served.device_seconds)
+                            completion_tokens=completion_tokens, device_seconds=served.device_seconds,
+                            device=serving(request).engine.device_name)
 
 
 def _samplings(body: Decoding, max_tokens: int | None, cap: int) -> tuple[Sampling, ...]:
@@ -159,7 +160,7 @@ async def _generate(body: ChatRequest | CompletionRequest, caller: Caller, sessi
     results: list[Generated] = served.outputs
     prompt_tokens = results[0].prompt_tokens
     completion_tokens = sum(r.completion_tokens for r in results)
-    await _record(session, caller, adapter, route, prompt_tokens, completion_tokens, served)
+    await _record(request, session, caller, adapter, route, prompt_tokens, completion_tokens, served)
     return adapter, [_cut(r, body.stops()) for r in results], _usage(prompt_tokens, completion_tokens)
 
 
@@ -229,7 +230,7 @@ async def classify(body: ClassifyRequest, request: Request, caller: Caller = Dep
     adapter = await _adapter(session, body.model, caller, kinds, "/v1/classify", request)
     served = await serving(request).classify(ClassifyJob(adapter, caller.tenant_slug, tuple(texts)))
     tokens = sum(r.tokens for r in served.outputs)
-    await _record(session, caller, adapter, "classify", tokens, 0, served)
+    await _record(request, session, caller, adapter, "classify", tokens, 0, served)
     data = []
     for i, r in enumerate(served.outputs):
         row: dict[str, Any] = {"index": i, "label": r.label, "label_index": r.label_index,
