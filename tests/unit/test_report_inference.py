@@ -33,7 +33,7 @@ def test_cost_report_has_an_inference_section(session) -> None:
     lines = {line["tenant"]: line for line in json.loads(render(report, "json"))["inference"]}
     assert list(lines) == ["acme", "globex", None]
     acme_line = lines["acme"]
-    assert (acme_line["requests"], acme_line["prompt_tokens"], acme_line["completion_tokens"]) == (2, 700, 1300)
+    assert [acme_line[k] for k in ("requests", "prompt_tokens", "completion_tokens")] == [2, 700, 1300]
     assert lines["acme"]["money"] == 2.25 and lines["acme"]["cost_per_1k_tokens"] == 2.25 / 2.0
     assert (lines["globex"]["money"], lines["globex"]["unpriced_seconds"]) == (0.0, 3600.0)
     assert (lines[None]["requests"], lines[None]["device_seconds"], lines[None]["money"]) == (3, 7200.0, 2.25)
