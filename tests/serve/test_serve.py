@@ -127,7 +127,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     folders = {what: make_adapter(top / "made" / what, base, task, seed)
                for what, (_, base, task, seed) in made.items()}
     metrics_port = free_port()
-    env = api_env(home, {"LORAFLEET_SERVE_METRICS_PORT": str(metrics_port)})
+    env = api_env(home, {"LORAFLEET_SERVE_METRICS_PORT": str(metrics_port),
+                         "LORAFLEET_SERVE_BATCH_WINDOW_MS": "30"})  # concurrent requests meet
     settings = load_settings(env)
     db.ensure_schema(settings)
     keys, names, paths = {}, {}, {}
@@ -322,6 +323,35 @@ def test_bad_parameters_are_400_in_openais_shape(served: Served):
     unauthenticated = httpx.post(served.server.base_url + "/v1/completions",
                                  json={"model": model, "prompt": "x"})
     assert unauthenticated.status_code == 401
+
+
+def test_concurrent_requests_answer_as_alone(served: Served, predicted):
+    """Requests for several adapters at once (one engine batch when they meet in the window) each
+    get the answer they get alone; a neighbour's error (a prompt longer than the model's context)
+    is its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = served.client()
+    ask = {"prompt": MR, "max_tokens": TOKENS, "temperature": 0}
+    alone = {what: client.completions.create(model=served.names[what], **ask).choices[0].text
+             for what in ("gen_a", "chat")}
+
+    def one(what: str) -> str:
+        if what == "long":
+            try:
+                client.completions.create(model=served.names["gen_a"], prompt="word " * 600,
+                                          max_tokens=TOKENS)
+            except openai.BadRequestError as exc:
+                return exc.response.json()["error"]["code"] or "400"
+            return "answered"
+        return client.completions.create(model=served.names[what], **ask).choices[0].text
+
+    wanted = ["gen_a", "chat", "long", "gen_a", "chat"]
+    with ThreadPoolExecutor(len(wanted)) as pool:
+        got = list(pool.map(one, wanted))
+    assert alone["gen_a"] == predicted["gen_a"]
+    assert got[:2] + got[3:] == [alone["gen_a"], alone["chat"]] * 2
+    assert got[2] not in ("answered", alone["gen_a"])
 
 
 def test_lru_evicts_by_bytes_and_reloads(served: Served):

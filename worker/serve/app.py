@@ -25,7 +25,14 @@ BODY_LIMIT = 4 << 20  # a chat request of 1024 long messages fits; a data set do
 
 
 def make_engine():
-    """The engine this server runs (worker/serve/engine.py): replace here, nowhere else."""
+    """The engine this server runs: the batched one (worker/serve/batched.py) where the engine
+    package has `lora_engine.serving`, else one `lora_engine.predict` model per adapter."""
+    import importlib.util
+
+    if importlib.util.find_spec("lora_engine.serving") is not None:
+        from worker.serve.batched import BatchedEngine
+
+        return BatchedEngine()
     from worker.serve.engine import PredictorEngine
 
     return PredictorEngine()

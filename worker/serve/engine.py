@@ -7,7 +7,8 @@ items, each naming its adapter. `PredictorEngine` runs each adapter through
 loaded adapter, its own copy of the base, items served adapter by adapter. It is exact against
 `adapter predict` by construction and slow in memory; the batched engine
 (`lora_engine.serving.ServedBase`: one resident base per base model, mixed-adapter batches in
-one forward and one KV cache) replaces it by implementing the same protocol here.
+one forward and one KV cache) replaces it: `batched.BatchedEngine`, which `app.make_engine` picks
+wherever the engine package has `lora_engine.serving`.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class PredictorEngine:
         else:
             ids, ended = self._sample(predictor, prompt_ids[0], s, torch)
         text = tok.decode(ids, skip_special_tokens=True).strip()
-        return Generated(text, _pieces(tok, ids, text), len(prompt_ids[0]), len(ids),
+        return Generated(text, pieces_of(tok, ids, text), len(prompt_ids[0]), len(ids),
                          "stop" if ended else "length")
 
     def _sample(self, predictor, prompt: list[int], s: Sampling, torch) -> tuple[list[int], bool]:
@@ -187,7 +188,7 @@ def check_context(model, prompt_tokens: int, max_tokens: int) -> None:
                                   "shorten the prompt or lower max_tokens")
 
 
-def _pieces(tokenizer, ids: list[int], text: str) -> tuple[str, ...]:
+def pieces_of(tokenizer, ids: list[int], text: str) -> tuple[str, ...]:
     """`text` split where each token ends (its decoded prefix), so streamed pieces join to `text`."""
     pieces, emitted = [], 0
     for i in range(1, len(ids) + 1):

@@ -75,20 +75,39 @@ class Serving:
     # ---- the engine thread ------------------------------------------------------------------
 
     def run(self, batch: list[Work]) -> None:
+        """Every adapter of the batch made resident (pinned: none of them evicts another), then
+        one engine call per kind with every request, whatever its adapter."""
         instruments()["batch"].observe(len(batch))
-        groups: dict[tuple[str, str], list[Work]] = {}
+        pinned: set[str] = set()
+        ready: list[Work] = []
         for work in batch:
-            groups.setdefault((work.kind, work.payload.adapter.id), []).append(work)
-        for (kind, _), works in groups.items():
             try:
-                self._resident(works[0].payload)
-                (self._classify if kind == "classify" else self._generate)(works)
+                self._resident(work.payload, pinned)
             except BaseException as exc:
-                for work in works:
-                    if not work.future.done():
-                        work.future.set_exception(exc)
+                work.future.set_exception(exc)
+                continue
+            pinned.add(work.payload.adapter.id)
+            ready.append(work)
+        for kind, serve in (("classify", self._classify), ("generate", self._generate)):
+            works = [w for w in ready if w.kind == kind]
+            if works:
+                self._together(serve, works)
 
-    def _resident(self, job: ClassifyJob | GenerateJob) -> None:
+    def _together(self, serve, works: list[Work]) -> None:
+        """`serve(works)`; when that fails for a batch, each request again alone, so one request's
+        error (a prompt too long for the model) is its own and never its neighbours'."""
+        try:
+            serve(works)
+        except BaseException as exc:
+            if len(works) == 1:
+                if not works[0].future.done():
+                    works[0].future.set_exception(exc)
+                return
+            for work in works:
+                if not work.future.done():
+                    self._together(serve, [work])
+
+    def _resident(self, job: ClassifyJob | GenerateJob, pinned: set[str]) -> None:
         from orchestrator.registry.db import session_scope
         from orchestrator.services.inference import verified_served
 
@@ -102,7 +121,7 @@ class Serving:
             with session_scope(self.settings) as session:
                 return verified_served(session, job.adapter.id, job.tenant).path
 
-        self.cache.ensure(job.adapter.id, job.adapter.sha256, load)
+        self.cache.ensure(job.adapter.id, job.adapter.sha256, load, pinned)
 
     def _classify(self, works: Sequence[Work]) -> None:
         items = [(w.payload.adapter.id, text) for w in works for text in w.payload.texts]
