@@ -144,6 +144,10 @@ def one_client(env: dict[str, str], server: Server, key: str, runs: int) -> dict
                 t0 = time.perf_counter()
                 subprocess.run([script, *CLI_ARGS], env=served, cwd=ROOT, check=True, capture_output=True)
                 via_server.append(time.perf_counter() - t0)
+                # uvicorn closes a connection idle for 5 s: a new one, opened before the next timing.
+                conn.close()
+                conn.request("GET", "/healthz")
+                conn.getresponse().read()
     finally:
         conn.close()
         subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "cli-server", "stop"], env=served,
