@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -195,23 +196,51 @@ async def _load(port: int, keys: list[str], requests: int) -> tuple[list[float],
     return latencies, statuses, time.perf_counter() - t0
 
 
-def postgres_cpu_s(database: str) -> float:
-    """CPU seconds of the PostgreSQL backends connected to `database` (the API's pool)."""
+class PostgresCpu(threading.Thread):
+    """CPU seconds of the PostgreSQL backends connected to a database while it runs (the pool
+    opens and closes connections under load: each is sampled every 0.2 s; its CPU after the last
+    sample of a backend that exits is missed)."""
+
+    def __init__(self, database: str):
+        super().__init__(daemon=True)
+        import psycopg
+
+        from tests.registry_fixtures import PG_ADMIN_URL
+
+        self.conn = psycopg.connect(PG_ADMIN_URL, autocommit=True)
+        self.database, self.first, self.last = database, {}, {}
+        self.done = threading.Event()
+        self._sample(baseline=True)
+
+    def _sample(self, baseline: bool = False) -> None:
+        query = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+        for (pid,) in self.conn.execute(query, (self.database,)).fetchall():
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            self.first.setdefault(pid, t.user + t.system if baseline else 0.0)
+            self.last[pid] = t.user + t.system
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            self._sample()
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        self._sample()
+        self.conn.close()
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
+def _jobs_in_registry(database: str) -> int:
     import psycopg
 
-    from tests.registry_fixtures import PG_ADMIN_URL
+    from tests.registry_fixtures import pg_database_url
 
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        query = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
-        pids = [r[0] for r in conn.execute(query, (database,))]
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    with psycopg.connect(pg_database_url(database).replace("+psycopg", ""), autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
 
 
 def concurrent(server: Server, keys: list[str], requests: int, redis_client, queue: str,
@@ -219,16 +248,19 @@ def concurrent(server: Server, keys: list[str], requests: int, redis_client, que
     asyncio.run(_load(server.port, keys, CLIENTS * 2))  # warm every worker and connection
     queued_before = redis_client.llen(queue)
     memory_before = redis_client.info("memory")["used_memory"]
-    cpu_server0, cpu_postgres0 = server.cpu_s(), postgres_cpu_s(database)
+    cpu_server0, postgres = server.cpu_s(), PostgresCpu(database)
+    postgres.start()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     latencies, statuses, wall = asyncio.run(_load(server.port, keys, requests))
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_server = server.cpu_s() - cpu_server0
-    cpu_postgres = postgres_cpu_s(database) - cpu_postgres0
+    cpu_postgres = postgres.stop()
     accepted = statuses.get(200, 0)
-    # The message is sent once the request's session closes, after the response: wait for the last.
+    # A job's message is sent once its request's session closes, after the response: wait for the
+    # last ones. Nobody consumes the queue, so it must hold exactly one message per job submitted.
+    jobs = _jobs_in_registry(database)
     deadline = time.monotonic() + 10
-    while redis_client.llen(queue) - queued_before < accepted and time.monotonic() < deadline:
+    while redis_client.llen(queue) < jobs and time.monotonic() < deadline:
         time.sleep(0.05)
     grown = redis_client.llen(queue) - queued_before
     return {
@@ -237,7 +269,8 @@ def concurrent(server: Server, keys: list[str], requests: int, redis_client, que
         "generator_cores": round((r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / wall, 3),
         "server_cores": round(cpu_server / wall, 3),
         "postgres_cores": round(cpu_postgres / wall, 3),  # the backends serving this database
-        "queue_growth": grown, "queue_growth_per_submit": round(grown / max(accepted, 1), 3),
+        "queue_growth": grown,
+        "queue_messages_per_job_in_registry": round(redis_client.llen(queue) / jobs, 4),
         "redis_bytes_per_message": round((redis_client.info("memory")["used_memory"] - memory_before)
                                          / max(grown, 1)),
     }
