@@ -18,6 +18,11 @@ EXAMPLES: dict[str, list[str]] = {
     "tenant key create": ["lorafleet tenant key create acme --name ci --expires 90 --json"],
     "tenant key list": ["lorafleet tenant key list acme"],
     "tenant key revoke": ["lorafleet tenant key revoke 0d9b6c8e-2f4a-4e7b-9a51-3c2d1e0f9a87"],
+    "tenant webhook add": ["lorafleet tenant webhook add acme https://hooks.acme.example/lorafleet "
+                           "--event fine_tuning.job.failed --json"],
+    "tenant webhook list": ["lorafleet tenant webhook list acme --json"],
+    "tenant webhook remove": ["lorafleet tenant webhook remove 6a1f0c3e-8b2d-4c9a-9e7f-1d2c3b4a5e6f"],
+    "tenant webhook deliveries": ["lorafleet tenant webhook deliveries 6a1f0c3e --limit 5 --json"],
     "key create": ["lorafleet key create --operator --name ops --json"],
     "key list": ["lorafleet key list --operator --json"],
     "key revoke": ["lorafleet key revoke 0d9b6c8e-2f4a-4e7b-9a51-3c2d1e0f9a87"],
