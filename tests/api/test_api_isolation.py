@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -62,6 +64,7 @@ class World:
     ids: dict[str, str]  # globex's objects (file, result, job, event, model, webhook)
     missing: dict[str, str]  # the same shapes, naming nothing
     own: dict[str, str]  # acme's own job and file (for `after=` on its own pages)
+    http: httpx.Client  # one connection pool: a client per request costs more than the request
 
 
     def key(self, tenant: str = "acme", **kwargs: Any) -> str:
@@ -80,7 +83,7 @@ class World:
         headers = dict(kwargs.pop("headers", {}))
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        return httpx.request(method, self.api.base_url + path, headers=headers, timeout=30, **kwargs)
+        return self.http.request(method, self.api.base_url + path, headers=headers, **kwargs)
 
 
 def _finished_job(api: Any, tenant: str) -> tuple[str, str, str]:
@@ -107,7 +110,7 @@ def _finished_job(api: Any, tenant: str) -> tuple[str, str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(api_server) -> World:
+def world(api_server) -> Iterator[World]:
     import io
 
     from orchestrator.services.datasets import upload_stream
@@ -129,7 +132,8 @@ def world(api_server) -> World:
     fresh = [str(uuid.uuid4()) for _ in range(5)]
     missing = {"file": fresh[0], "result": f"result-{fresh[1]}", "job": fresh[1], "event": "999999999",
                "adapter": fresh[2], "model": f"ft:tiny-bert:globex:sst2:{fresh[2]}", "webhook": fresh[3]}
-    return World(api_server, ids, missing, {"job": own_job, "file": own_file})
+    with httpx.Client(timeout=30) as http:
+        yield World(api_server, ids, missing, {"job": own_job, "file": own_file}, http)
 
 
 # ---- the table: each route's requests that carry another tenant's ids ------------------------------------
@@ -338,6 +342,9 @@ def _any_request(world: World, route: tuple[str, str], key: str | None, **kwargs
     method, path = route
     values = {"file_id": world.own["file"], "job_id": world.own["job"], "model": "tiny-bert",
               "webhook_id": world.missing["webhook"]}
+    if method == "DELETE":  # nothing of acme's is deleted should a request get through
+        values = {"file_id": world.missing["file"], "model": world.missing["model"],
+                  "webhook_id": world.missing["webhook"]}
     body = BODIES.get(route)
     return world.request(method, url_of(path, values), key, **({"json": body} if body else {}), **kwargs)
 
@@ -420,11 +427,14 @@ def test_a_body_over_the_cap_is_413(world: World, route: tuple[str, str]) -> Non
 
 
 def test_over_the_rate_every_route_is_429_with_retry_after(world: World) -> None:
-    key = world.key()
-    for _ in range(RATE):
-        assert world.request("GET", "/v1/models", key).status_code == 200
-    for route in ROUTE_IDS:
-        answer = _any_request(world, route, key)
+    for _ in range(3):  # the count is per minute of the clock: a new minute, a fresh count; again
+        minute, key = time.time() // 60, world.key()
+        for _ in range(RATE):
+            assert world.request("GET", "/v1/models", key).status_code == 200
+        answers = [(route, _any_request(world, route, key)) for route in ROUTE_IDS]
+        if time.time() // 60 == minute:
+            break
+    for route, answer in answers:
         error = error_of(answer, 429)
         assert error["code"] == "rate_limit_exceeded", route
         assert 1 <= int(answer.headers["retry-after"]) <= 60
@@ -433,15 +443,12 @@ def test_over_the_rate_every_route_is_429_with_retry_after(world: World) -> None
 
 # ---- hostile input ---------------------------------------------------------------------------------------
 
-HOSTILE_IDS = ["x" * 10_000, "a/b", "..", "../..", "../../etc/passwd", "%2e%2e", "\x00", "abc\x00def",
-               "\u202e\u00e9\U0001f600",
-               "' OR '1'='1", "1; DROP TABLE jobs; --", "%", "_", "*", "\\", "ft:", "ft::::", "ft:a:b:c:\x00",
-               "result-", "result-\x00", "builtin-", "builtin-glue-\x00", " ", "\ud800", "00000000"]
-HOSTILE_QUERIES = [{"limit": "-1"}, {"limit": "0"}, {"limit": str(10**30)}, {"limit": "1e309"},
-                   {"limit": "abc"}, {"limit": "\x00"}, {"after": "x" * 10_000}, {"after": "\x00"},
-                   {"after": "' OR 1=1 --"}, {"after": "-1"}, {"after": "9" * 40}, {"after": "\ud800"},
-                   {"order": "sideways"}, {"metadata[a]": "\x00"}, {"metadata[\x00]": "b"},
-                   {"metadata['] ": "x"}, {"purpose": "\x00"}]
+HOSTILE_IDS = ["x" * 10_000, "a/b", "..", "../../etc/passwd", "%2e%2e", "abc\x00def",
+               "\u202e\u00e9\U0001f600", "' OR '1'='1", "%_*\\", "ft:a:b:c:\x00", "result-",
+               "builtin-glue-\x00", " ", "\ud800", "0000"]
+HOSTILE_QUERIES = [{"limit": "-1"}, {"limit": str(10**30)}, {"limit": "1e309"}, {"limit": "\x00"},
+                   {"after": "x" * 10_000}, {"after": "\x00"}, {"after": "' OR 1=1 --"}, {"after": "9" * 40},
+                   {"after": "\ud800"}, {"order": "sideways"}, {"metadata[a]": "\x00"}, {"metadata['] ": "x"}]
 
 
 def _hostile_urls(path: str) -> list[str]:
@@ -477,8 +484,8 @@ def test_hostile_ids_and_queries_are_4xx_in_openais_shape(world: World, route: t
                                f"{quote(v.encode('utf-8', 'surrogatepass'), safe='')}"
                                for k, v in query.items())
             target = httpx.URL(world.api.base_url + own + "?" + encoded)
-        answer = httpx.request(method, target, headers={"Authorization": f"Bearer {key}"},
-                               timeout=30, **({"json": body} if body else {}))
+        answer = world.http.request(method, target, headers={"Authorization": f"Bearer {key}"},
+                                    **({"json": body} if body else {}))
         if answer.status_code == 200:  # an odd query some routes ignore (order= on jobs, say)
             continue
         try:
@@ -500,9 +507,9 @@ OPTIONAL = {("POST", "/v1/fine_tuning/jobs"): ["validation_file", "suffix", "see
             ("POST", "/v1/webhooks"): ["name", "event_types"],
             ("POST", "/v1/webhook_endpoints"): ["name", "event_types"]}
 RAW = "@@raw@@"
-HOSTILE_VALUES = ["a\x00b", "\ud800", "x" * 30_000, -1, 10**40, 1.5, True, None, [], {}, [[[[[[[[]]]]]]]],
-                  {"a" * 300: "b"}, {"k\x00": "v"}, {"k": "\x00"}, {"k": {"k": {"k": 1}}}, RAW + "1e309",
-                  RAW + "-1e309", RAW + "NaN", RAW + '{"a": ' * 200 + "1" + "}" * 200]
+HOSTILE_VALUES = ["a\x00b", "\ud800", "x" * 30_000, -1, 10**40, True, [[[[[[[[]]]]]]]], {"a" * 300: "b"},
+                  {"k\x00": "v"}, {"k": {"k": {"k": 1}}}, RAW + "1e309", RAW + "NaN",
+                  RAW + '{"a": ' * 200 + "1" + "}" * 200]
 
 
 def _raw_json(body: dict) -> bytes:
