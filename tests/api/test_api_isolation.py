@@ -595,3 +595,20 @@ def test_odd_model_paths(world: World) -> None:
             answer = world.request(method, path, key)
             error_of(answer, (404, 403, 400, 405))
     assert world.request("GET", "/v1/models/tiny-bert", key).json()["id"] == "tiny-bert"
+
+
+def test_text_the_registry_cannot_hold_is_a_400_naming_where(world: World) -> None:
+    key = world.key()
+    cases = [("GET", f"/v1/fine_tuning/jobs/{world.own['job']}%00", {}, "job_id"),
+             ("GET", "/v1/files", {"params": {"after": "a\x00"}}, "after"),
+             ("POST", "/v1/fine_tuning/jobs", {"json": {**JOB_BODY, "metadata": {"team": "a\x00"}}},
+              "metadata.team"),
+             ("POST", "/v1/fine_tuning/jobs", {"json": {**JOB_BODY, "suffix": "\ud800"}}, "suffix"),
+             ("POST", "/v1/webhooks", {"json": {**WEBHOOK_BODY, "name": "n\x00"}}, "name")]
+    for method, path, kwargs, where in cases:
+        if "json" in kwargs:  # httpx would refuse to encode a lone surrogate: write it as JSON does
+            kwargs = {"content": json.dumps(kwargs["json"]).encode(),
+                      "headers": {"content-type": "application/json"}}
+        error = error_of(world.request(method, path, key, **kwargs), 400)
+        assert (error["param"], error["code"]) == (where, "invalid_characters"), error
+        assert where in error["message"] and ("NUL" in error["message"] or "surrogate" in error["message"])
