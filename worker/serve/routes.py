@@ -42,6 +42,7 @@ from worker.serve.server import ClassifyJob, GenerateJob, Served, Serving, base_
 router = APIRouter()
 MAX_STOP_CHARS = 200
 MAX_INPUT_CHARS = 100_000
+DEFAULT_CHAT_TOKENS = 128
 
 
 def serving(request: Request) -> Serving:
@@ -102,7 +103,9 @@ def _samplings(body: Decoding, max_tokens: int | None, cap: int) -> tuple[Sampli
     if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
         raise ApiError(400, f"stop takes at most {MAX_STOPS} sequences of at most {MAX_STOP_CHARS} "
                             "characters", param="stop")
-    tokens = max_tokens or min(16 if isinstance(body, CompletionRequest) else cap, cap)
+    # Unset: OpenAI's 16 for a completion; for a chat, a short answer that leaves a small model's
+    # context room for the conversation (the cap when that is lower).
+    tokens = max_tokens or min(16 if isinstance(body, CompletionRequest) else DEFAULT_CHAT_TOKENS, cap)
     if tokens > cap:
         raise ApiError(400, f"max_tokens is {tokens}; this server generates at most {cap} tokens per request "
                             "(LORAFLEET_SERVE_MAX_TOKENS)", param="max_tokens")
