@@ -243,8 +243,9 @@ class ServedBase:
         if limit is not None and len(prompt) + sampling.max_tokens > limit:
             raise LoraFleetInputError(f"the prompt's {len(prompt)} tokens plus max_tokens "
                                       f"{sampling.max_tokens} exceed this model's {limit} positions")
-        row = Row(next(self._handles), key, sampling, frozenset(stops_of(sampling, self.tokenizer.eos_token_id)),
-                  row_generator(sampling.seed, self.device.device), prompt)
+        stops = frozenset(stops_of(sampling, self.tokenizer.eos_token_id))
+        row = Row(next(self._handles), key, sampling, stops, row_generator(sampling.seed, self.device.device),
+                  prompt)
         self._pending.append(row)
         return row.handle
 
@@ -297,8 +298,8 @@ class ServedBase:
         width = ids.shape[1]
         self.routing.set([k for k, _ in groups], [n * width for _, n in groups])
         try:
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True).logits[:, -1].float()
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1].float()
         finally:
             self.routing.clear()
         return logits, [(layer.keys, layer.values) for layer in cache.layers]
