@@ -8,6 +8,9 @@ compared with `adapter predict` (`load_for_inference`) on the adapter alone.
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 
@@ -25,10 +28,15 @@ TEXTS = ["the quick brown fox jumps over the lazy dog", "hello world", "a"]
 PROMPTS = ["name[N1] eatType[pub]", "hello", "a much longer prompt than the others, with commas"]
 
 
+@functools.cache
+def base_model(alias: str, kind: str, labels: int | None):
+    return load_base_model(alias, kind, labels)[0]
+
+
 def make_adapter(folder, alias: str, kind: str, seed: int, settings: LoraSettings, *, labels: int = 3,
                  pooling: str = "cls"):
     """An adapter folder whose LoRA tensors and head are perturbed away from their initial values."""
-    model, _ = load_base_model(alias, kind, labels if kind == "classification" else None)
+    model = copy.deepcopy(base_model(alias, kind, labels if kind == "classification" else None))
     inject_lora(model, settings)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
