@@ -204,3 +204,24 @@ def test_refusals_are_specific(classifiers, generators):
         gen.start(None, [], Sampling())
     with pytest.raises(LoraFleetInputError, match="does not classify"):
         gen.classify([(None, "x")])
+
+
+def test_stop_ids_end_a_row_and_a_cancelled_row_leaves_the_others_untouched(generators):
+    served = ServedBase.load("tiny-llama", "generation")
+    served.add_adapter("a", generators["tiny-llama"]["a"])
+    ids = served.prompt_ids("a", PROMPTS[0])
+    free = run_alone(served, "a", ids, Sampling(max_tokens=5, stop_ids=()))
+    stop = free[2].token_id
+    stopped = run_alone(served, "a", ids, Sampling(max_tokens=5, stop_ids=(stop,)))
+    first_stop = next(i for i, t in enumerate(free) if t.token_id == stop)
+    assert len(stopped) == first_stop + 1 and stopped[-1].reason == "stop" and stopped[-1].token_id == stop
+    keep = served.start("a", ids, Sampling(max_tokens=5, stop_ids=()))
+    gone = served.start(None, served.prompt_ids(None, PROMPTS[2]), Sampling(max_tokens=5, stop_ids=()))
+    got = [served.step()]
+    served.cancel(gone)
+    while served.active:
+        got.append(served.step())
+    assert all(gone not in step for step in got[1:])
+    assert [s[keep].token_id for s in got] == [t.token_id for t in free]
+    with pytest.raises(LoraFleetInputError, match="no generating row"):
+        served.output_ids(keep)
