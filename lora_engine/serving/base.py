@@ -24,6 +24,8 @@ its cache left-padded to the batch's length or the batch's to its, and merged in
 leaves the cache. So a row's logits at every step are the ones it gets alone, up to float
 rounding (tests/unit/test_serving_engine.py checks 1e-5 in fp32, joins and early finishes
 included), and its tokens depend only on those logits and its own seed (sampling.py).
+
+Not thread-safe: one caller (the server's batching loop) drives it.
 """
 
 from __future__ import annotations
@@ -133,11 +135,16 @@ class ServedBase:
         """Forget the adapter (a no-op for an unknown key); refused while a row decodes with it."""
         if key not in self.adapters:
             return
-        busy = sum(r.key == key for r in self._rows + self._pending)
+        busy = self.busy(key)
         if busy:
             raise LoraFleetInputError(f"adapter {key!r} is in use by {busy} generating row(s)")
         for name in self.adapters.pop(key).layers:
             self.model.get_submodule(name).remove(key)
+
+    def busy(self, key: str) -> int:
+        """How many generating rows (decoding or waiting to join) use the adapter: an LRU evicts
+        only adapters with none."""
+        return sum(r.key == key for r in self._rows + self._pending)
 
     def adapter_meta(self, key: str) -> AdapterMeta:
         return self._adapter(key).meta
@@ -257,6 +264,7 @@ class ServedBase:
             self._keep(keep)
 
     def output_ids(self, handle: int) -> list[int]:
+        """The ids a row has generated so far (stop ids excluded), while it is in the batch."""
         for r in self._rows + self._pending:
             if r.handle == handle:
                 return list(r.output)
