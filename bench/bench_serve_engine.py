@@ -50,6 +50,10 @@ from lora_engine.models import load_base_model
 from lora_engine.serving import Sampling, ServedBase
 
 
+def progress(what: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -147,6 +151,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folders = make_adapters(Path(tmp), model_name, kind, args.adapters)
+        progress(f"{args.adapters} adapters written")
         keys = [f"a{i}" for i in range(args.adapters)]
         rng = random.Random(0)
         served = ServedBase.load(model_name, kind, pick_device("cpu"))
@@ -172,7 +177,9 @@ def main() -> None:
                                                                                   strict=True))
         run_mixed(served, requests[:args.clients], args.clients, kind, args.max_tokens)  # warm-up
         rss_loaded = rss_bytes()
+        progress("mixed: warm")
         mixed = run_mixed(served, requests, args.clients, kind, args.max_tokens)
+        progress(f"mixed: {mixed}")
         del served
 
         model, tokenizer = load_base_model(model_name, kind, 2 if kind == "classification" else None)
@@ -180,6 +187,7 @@ def main() -> None:
         load_adapter(model, files[keys[0]])
         model.eval()
         run_swap(model, tokenizer, files, requests[:4], args.clients, kind, args.max_tokens)  # warm-up
+        progress("swap: warm")
         swap = run_swap(model, tokenizer, files, requests, args.clients, kind, args.max_tokens)
 
     print(json.dumps({
