@@ -186,17 +186,13 @@ def _set_pad(tokenizer, model) -> None:
         gen.pad_token_id = tokenizer.pad_token_id
 
 
-def _load_tiny(arch: str, kind: str, labels: int | None):
-    tokenizer = gpt2_tokenizer() if arch in ("gpt2", "llama") else minilm_tokenizer()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+def _load_tiny(arch: str, kind: str, labels: int | None, tokenizer):
     cfg = tiny_config(arch, len(tokenizer), tokenizer.pad_token_id)
     if labels is not None:
         cfg.num_labels = labels
     with torch.random.fork_rng(devices=[]):  # identical weights every time, global RNG untouched
         torch.manual_seed(TINY_SEED)
-        model = _auto_class(kind).from_config(cfg)
-    return model, tokenizer
+        return _auto_class(kind).from_config(cfg)
 
 
 @contextmanager
@@ -217,6 +213,25 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def load_tokenizer(name: str):
+    """The tokenizer of base `name` as training uses it: with a pad token (EOS for a causal LM that
+    ships without one). `load_base_model` loads its tokenizer here too, so a caller may load one
+    first, on its own, to tokenise the data while the weights load (`recipe.setup`)."""
+    resolved = resolve_model(name)
+    if resolved.tiny:
+        tokenizer = gpt2_tokenizer() if resolved.arch in ("gpt2", "llama") else minilm_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+        except OSError as exc:
+            raise LoraFleetInputError(f"cannot load base model {name!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_base_model(name: str, kind: str, num_labels: int | None = None):
     """(model, tokenizer) for fine-tuning; kind: "classification" | "regression" | "generation".
 
@@ -226,20 +241,16 @@ def load_base_model(name: str, kind: str, num_labels: int | None = None):
     auto = _auto_class(kind)
     labels = _num_labels(kind, num_labels)
     resolved = resolve_model(name)
+    if kind == "generation" and not resolved.tiny and resolved.arch in ("bert", "roberta"):
+        raise LoraFleetInputError(f"{name!r} is an encoder ({resolved.arch}); generation needs a causal LM")
+    tokenizer = load_tokenizer(name)
     if resolved.tiny:
-        model, tokenizer = _load_tiny(resolved.arch, kind, labels)
+        model = _load_tiny(resolved.arch, kind, labels, tokenizer)
     else:
-        from transformers import AutoTokenizer
-
         kwargs = dict(resolved.load_kwargs)
         if labels is not None:
             kwargs["num_labels"] = labels
-        if kind == "generation" and resolved.arch in ("bert", "roberta"):
-            raise LoraFleetInputError(
-                f"{name!r} is an encoder ({resolved.arch}); generation needs a causal LM"
-            )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(resolved.path)
             with _quiet_loading():
                 model = auto.from_pretrained(resolved.path, **kwargs)
         except OSError as exc:
