@@ -213,6 +213,16 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def import_loaders() -> None:
+    """Import what the first `load_base_model` of a process imports: transformers' model and
+    tokenizer machinery, which pulls in torch.distributed.tensor, torch._dynamo and scipy.optimize
+    (~2 s of a quiet CPU, most of a cold SmolLM2-135M load). A worker calls it at ready, so its
+    first job pays for the base model's own load only."""
+    import transformers.modeling_utils
+    import transformers.tokenization_utils_tokenizers  # noqa: F401
+    from transformers.models.auto import modeling_auto, tokenization_auto  # noqa: F401
+
+
 def load_tokenizer(name: str):
     """The tokenizer of base `name` as training uses it: with a pad token (EOS for a causal LM that
     ships without one). `load_base_model` loads its tokenizer here too, so a caller may load one
