@@ -223,20 +223,32 @@ def import_loaders() -> None:
     from transformers.models.auto import modeling_auto, tokenization_auto  # noqa: F401
 
 
-def load_tokenizer(name: str):
-    """The tokenizer of base `name` as training uses it: with a pad token (EOS for a causal LM that
-    ships without one). `load_base_model` loads its tokenizer here too, so a caller may load one
-    first, on its own, to tokenise the data while the weights load (`recipe.setup`)."""
-    resolved = resolve_model(name)
+def _tokenizer_of(resolved: ResolvedModel):
+    """The base's tokenizer as it ships; OSError when it cannot be read."""
     if resolved.tiny:
-        tokenizer = gpt2_tokenizer() if resolved.arch in ("gpt2", "llama") else minilm_tokenizer()
-    else:
-        from transformers import AutoTokenizer
+        return gpt2_tokenizer() if resolved.arch in ("gpt2", "llama") else minilm_tokenizer()
+    from transformers import AutoTokenizer
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-        except OSError as exc:
-            raise LoraFleetInputError(f"cannot load base model {name!r}: {exc}") from exc
+    return AutoTokenizer.from_pretrained(resolved.path)
+
+
+def load_tokenizer(name: str):
+    """The tokenizer `load_base_model(name, ...)` pairs with the model (without its pad token):
+    what a chat data set is rendered with before the job trains (lora_engine.data.chat)."""
+    try:
+        return _tokenizer_of(resolve_model(name))
+    except OSError as exc:
+        raise LoraFleetInputError(f"cannot load the tokenizer of base model {name!r}: {exc}") from exc
+
+
+def training_tokenizer(name: str):
+    """The tokenizer `load_base_model(name, ...)` returns: with the pad token training pads with
+    (EOS for a causal LM that ships without one). A caller may load one first, on its own, to
+    tokenise the data while the weights load (`recipe.setup`)."""
+    try:
+        tokenizer = _tokenizer_of(resolve_model(name))
+    except OSError as exc:
+        raise LoraFleetInputError(f"cannot load base model {name!r}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -253,7 +265,7 @@ def load_base_model(name: str, kind: str, num_labels: int | None = None):
     resolved = resolve_model(name)
     if kind == "generation" and not resolved.tiny and resolved.arch in ("bert", "roberta"):
         raise LoraFleetInputError(f"{name!r} is an encoder ({resolved.arch}); generation needs a causal LM")
-    tokenizer = load_tokenizer(name)
+    tokenizer = training_tokenizer(name)
     if resolved.tiny:
         model = _load_tiny(resolved.arch, kind, labels, tokenizer)
     else:

@@ -324,11 +324,11 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
         model, tokenizer = load_model(spec, info, num_labels, cache)
         data = training_data(spec, training_examples(spec, data_dir=data_dir), tokenizer)
     else:
-        from lora_engine.models import load_tokenizer
+        from lora_engine.models import training_tokenizer
 
         def read_and_tokenise() -> TrainingData:
             examples = training_examples(spec, data_dir=data_dir)
-            return training_data(spec, examples, load_tokenizer(spec.base_model))
+            return training_data(spec, examples, training_tokenizer(spec.base_model))
 
         # The job's log context goes along (a line logged there still names the job).
         with ThreadPoolExecutor(1, thread_name_prefix="training-data") as pool:

@@ -4,6 +4,9 @@ typed, so no tenant input can point the worker or `adapter delete` outside the r
     <artifacts>/<tenant_id>/<adapter_id>/                  a published adapter (one rename: atomic)
     <artifacts>/<tenant_id>/checkpoints/<job_id>/          a job's checkpoints, kept across attempts
     <artifacts>/<tenant_id>/.staging/<job_id>-<attempt>/   where one attempt writes before publishing
+    <artifacts>/<tenant_id>/.staging/<job_id>-<attempt>.inputs/   what one attempt reads that is
+                                                           put together for it (a data set with the
+                                                           validation file that replaces its split)
 
 Checkpoints are keyed by the job, not the attempt: a requeued or retried job (on any worker that
 shares the volume) resumes from the last one. Staging is keyed by the attempt: a late writer from
@@ -46,3 +49,9 @@ def staging_path(settings: Settings, tenant_id: str, job_id: str, attempt: int) 
     if not isinstance(attempt, int) or attempt < 1:
         raise ValueError(f"attempt is 1-based (got {attempt!r})")
     return tenant_root(settings, tenant_id) / ".staging" / f"{_uuid(job_id, 'job_id')}-{attempt}"
+
+
+def inputs_path(settings: Settings, tenant_id: str, job_id: str, attempt: int) -> Path:
+    """`<artifacts>/<tenant_id>/.staging/<job_id>-<attempt>.inputs`: one attempt's assembled inputs."""
+    staging = staging_path(settings, tenant_id, job_id, attempt)
+    return staging.with_name(staging.name + ".inputs")

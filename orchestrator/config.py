@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1",
         pattern=r"^[0-9A-Za-z.:-]{1,253}$",
-        description="address a worker's Prometheus exporter listens on (127.0.0.1: this machine only)",
+        description="address the Prometheus exporters (a worker's, the API's) listen on (127.0.0.1: this "
+                    "machine only)",
         json_schema_extra=_allowed("an IP address or host name of this machine, e.g. 127.0.0.1 or ::"),
     )
     log_format: Literal["text", "json"] = Field(
@@ -228,6 +229,14 @@ class Settings(BaseSettings):
         description="default adapter + data set storage quota of a new tenant (unset: unlimited)",
         json_schema_extra=_allowed(f"an integer >= 0, at most {BIG_INTEGER_MAX}, or unset"),
     )
+    # The base models the tenants' API lets a tenant fine-tune (`services.base_models`): never a
+    # folder; a tenant's own full fine-tunes are allowed besides these, by name or id.
+    allowed_base_models: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="base models API tenants may fine-tune (unset: every packaged alias and every hub "
+                    "id in the local hub cache)",
+        json_schema_extra=_allowed("comma-separated aliases or hub ids (no folders), or unset"),
+    )
     # A batch is validated item by item before anything is written: its size bounds that work
     # (and the error listing a bad batch).
     max_batch_items: int = Field(
@@ -250,6 +259,88 @@ class Settings(BaseSettings):
     pack_memory_fraction: float = Field(
         0.5, gt=0, le=1, description="share of the free device memory a packed round's activations may take",
         json_schema_extra=_allowed("a number > 0 and <= 1"),
+    )
+    # The tenants' API (`lorafleet api serve`, orchestrator/api). It binds the loopback unless the
+    # operator names another address: it is the first door a stranger can knock on.
+    api_host: str = Field(
+        "127.0.0.1", pattern=r"^[0-9A-Za-z.:-]{1,253}$",
+        description="address `lorafleet api serve` listens on (127.0.0.1: this machine only)",
+        json_schema_extra=_allowed("an IP address or host name of this machine, e.g. 127.0.0.1 or 0.0.0.0"),
+    )
+    api_port: int = Field(
+        8000, ge=1, le=65535, description="port `lorafleet api serve` listens on",
+        json_schema_extra=_allowed("a TCP port 1..65535"),
+    )
+    api_rate_limit_per_minute: int = Field(
+        600, ge=1, le=INTEGER_MAX, description="requests one API key may make per minute (then 429)",
+        json_schema_extra=_allowed(f"an integer 1..{INTEGER_MAX}"),
+    )
+    api_auth_failure_limit: int = Field(
+        10, ge=1, le=INTEGER_MAX,
+        description="failed authentications one address may make per window before its requests get "
+                    "429 for a window",
+        json_schema_extra=_allowed(f"an integer 1..{INTEGER_MAX}"),
+    )
+    api_auth_failure_window_s: int = Field(
+        60, ge=1, le=86400, description="the window of api_auth_failure_limit, and how long a block lasts",
+        json_schema_extra=_allowed("a whole number of seconds 1..86400"),
+    )
+    api_max_body_bytes: int | None = Field(
+        None, ge=1,
+        description="largest request body the API reads (unset: max_dataset_bytes plus 1 MiB for a "
+                    "multipart upload's envelope)",
+        json_schema_extra=_allowed("an integer >= 1, or unset"),
+    )
+    api_metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="port of the API's Prometheus /metrics endpoint, on 127.0.0.1 (unset: none)",
+        json_schema_extra=_allowed("a TCP port 1..65535, or unset"),
+    )
+    # Behind a reverse proxy the client's address is in X-Forwarded-For; trusting it from anyone
+    # else would let a client pick the address its failed logins are counted against.
+    api_forwarded_allow_ips: str = Field(
+        "", pattern=r"^[0-9A-Fa-f.:/,* ]{0,1000}$",
+        description="addresses of reverse proxies whose X-Forwarded-For the API trusts (empty: none)",
+        json_schema_extra=_allowed("comma-separated IP addresses or networks, or *"),
+    )
+
+    @property
+    def api_body_limit(self) -> int:
+        """The request body cap of the API (api_max_body_bytes, else the data-set cap + 1 MiB)."""
+        return self.api_max_body_bytes or self.max_dataset_bytes + (1 << 20)
+
+    # Webhooks (orchestrator.webhook_delivery): a sender polls the outbox every webhook_poll_s
+    # (job end -> receiver well under a second), retries with back-off for webhook_give_up_s.
+    webhook_poll_s: float = Field(
+        0.5, gt=0, le=3600, description="seconds between a webhook sender's looks at the outbox",
+        json_schema_extra=_allowed("a number of seconds > 0, at most 3600"),
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="seconds one webhook request may take (connect + answer)",
+        json_schema_extra=_allowed("a number of seconds > 0, at most 300"),
+    )
+    webhook_retry_first_s: float = Field(
+        5.0, gt=0, description="back-off after a delivery's first failed attempt (doubling after each)",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    webhook_retry_cap_s: float = Field(
+        3600.0, gt=0, description="longest back-off between two attempts of one delivery",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    webhook_give_up_s: float = Field(
+        86400.0, gt=0, description="age after which a delivery that never succeeded is given up (failed)",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    webhook_batch: int = Field(
+        20, ge=1, le=1000, description="deliveries one sender pass takes at most (sent concurrently)",
+        json_schema_extra=_allowed("an integer 1..1000"),
+    )
+    # Through the API, a webhook URL must resolve to public addresses only (no loopback, private,
+    # link-local, multicast or reserved ones), at registration and at every delivery.
+    webhook_allow_private: bool = Field(
+        False, description="let tenants' webhook URLs reach loopback/private addresses (tests; set it alike "
+                           "for the API and the senders: they check it at registration and at delivery)",
+        json_schema_extra=_allowed("true or false"),
     )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -275,6 +366,23 @@ class Settings(BaseSettings):
             value = [part for part in value.split(":") if part.strip()]
             if not value:
                 raise ValueError("no folder given")
+        return value
+
+    @field_validator("allowed_base_models", mode="before")
+    @classmethod
+    def _parse_bases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_base_models", mode="after")
+    @classmethod
+    def _no_folders(cls, value: list[str] | None) -> list[str] | None:
+        from lora_engine.model_ref import is_folder_name
+
+        folders = [v for v in value or [] if is_folder_name(v) or "\\" in v or ".." in v]
+        if folders:
+            raise ValueError(f"a tenant never trains on a folder of this machine: {', '.join(folders)}")
         return value
 
     @field_validator("data_roots", mode="after")

@@ -27,6 +27,10 @@ class InvalidState(ServiceError):
     """The job or adapter is not in a state that allows this (e.g. cancel a finished job)."""
 
 
+class Unauthenticated(ServiceError):
+    """An API key that is unknown, revoked or expired; the message says which (never the key)."""
+
+
 class LeaseLost(ServiceError):
     """The worker no longer owns the job's lease (expired and reclaimed, or the job ended)."""
 
@@ -47,6 +51,10 @@ class InvalidInput(ServiceError, LoraFleetInputError):
 
 class QuotaExceeded(InvalidInput):
     """The tenant's quota (queued jobs, device-hours this month, storage) does not allow this."""
+
+
+class TooLarge(InvalidInput):
+    """An upload past its size cap (the API answers 413); the message names the cap's setting."""
 
 
 class BatchError(InvalidInput):

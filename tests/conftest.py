@@ -64,3 +64,7 @@ def perturb_lora():
         return model
 
     return perturb
+
+
+# The tenants' API as a real process, for every test module that asks (tests/api_server.py).
+from tests.api_server import api_server, api_settings_env  # noqa: E402, F401

@@ -70,7 +70,7 @@ def request_shutdown() -> None:
 class RunResult:
     """What happened to a message: `job_id` is None when there was nothing to claim."""
 
-    outcome: str  # "succeeded" | "failed" | "cancelled" | "requeued" | "lost" | "skipped"
+    outcome: str  # "succeeded" | "failed" | "cancelled" | "requeued" | "paused" | "lost" | "skipped"
     job_id: str | None
     detail: str = ""
     adapter_id: str | None = None
@@ -88,7 +88,7 @@ class Heartbeat:
     last_ok: float = field(default_factory=time.monotonic)  # ... and of the last that got through
     failures: int = 0  # heartbeats failed in a row
     retry_at: float = 0.0  # no heartbeat before this (backing off after a failure)
-    cancel: bool = False
+    stop: Abort | None = None  # why the registry asks the job to stop (cancel, pause), as last seen
     step: int = 0
     total: int | None = None
     loss: float | None = None
@@ -166,7 +166,7 @@ class Heartbeat:
             self.last_sent = now
             try:
                 with session_scope(self.settings) as session:
-                    self.cancel = heartbeat(session, self.job_id, self.worker_id, self.step, self.total,
+                    self.stop = heartbeat(session, self.job_id, self.worker_id, self.step, self.total,
                                             self.loss, self.settings.lease_seconds)
                     if self.points:
                         from orchestrator.services.metrics import record_points
@@ -186,9 +186,10 @@ class Heartbeat:
             self.failures, self.retry_at, self.last_ok = 0, 0.0, time.monotonic()
 
     def abort(self) -> Abort | None:
-        """Why the job is asked to stop, if it is: its cancel flag (as last seen) wins."""
-        if self.cancel:
-            return Abort.CANCEL
+        """Why the job is asked to stop, if it is: its cancel or pause flag (as last seen) wins
+        over this worker's shutdown (a paused job must not go back to the queue)."""
+        if self.stop is not None:
+            return self.stop
         return Abort.SHUTDOWN if _shutting_down else None
 
     def should_stop(self) -> bool:
@@ -293,6 +294,7 @@ class Attempt:
         job_id, tenant_id, attempt = job.id, job.tenant_id, job.attempts
         for earlier in range(1, attempt):
             shutil.rmtree(artifacts.staging_path(settings, tenant_id, job_id, earlier), ignore_errors=True)
+            shutil.rmtree(artifacts.inputs_path(settings, tenant_id, job_id, earlier), ignore_errors=True)
         beat = Heartbeat(settings, job_id, worker_id)
         ctx = JobContext(job_id=job_id, tenant_id=tenant_id, kind=job.kind, attempt=attempt,
                          spec=dict(job.spec), settings=settings, hooks=beat.hooks(),
@@ -322,7 +324,8 @@ class Attempt:
         """The spec the work runs: its inputs read from the registry's columns (`worker.inputs`:
         stored objects by id, sha256 checked; a base folder confined again). The work itself
         never reads the registry."""
-        return resolve_inputs(self.settings, self.inputs, self.ctx.spec)
+        scratch = artifacts.inputs_path(self.settings, self.ctx.tenant_id, self.job_id, self.ctx.attempt)
+        return resolve_inputs(self.settings, self.inputs, self.ctx.spec, scratch)
 
     def context(self) -> JobContext:
         """What an executor gets: the job's context with its inputs resolved."""
@@ -390,6 +393,7 @@ class Attempt:
         self.stop()
         staging = self.ctx.staging_dir
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.with_name(staging.name + ".inputs"), ignore_errors=True)
         with contextlib.suppress(OSError):  # only if no other attempt is staging there
             staging.parent.rmdir()
 

@@ -38,8 +38,9 @@ import zlib
 PROTOCOL = 1
 SOCKET_ENV = "LORAFLEET_CLI_SOCKET"
 # Commands that own their process (a worker's pid is recorded and signalled; the quickstart starts
-# workers) or manage the server: always run in the caller's process.
-LOCAL_COMMANDS = frozenset({"worker", "quickstart", "cli-server"})
+# workers; the API server is a long-lived process of its own) or manage the server: always run in
+# the caller's process.
+LOCAL_COMMANDS = frozenset({"worker", "quickstart", "cli-server", "api"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _HEADER = struct.Struct("!I")
 HEADER_BYTES = _HEADER.size
@@ -250,3 +251,7 @@ def main() -> None:
     from orchestrator.cli.main import cli
 
     cli()
+
+
+if __name__ == "__main__":
+    main()

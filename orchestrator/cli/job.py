@@ -1,4 +1,4 @@
-"""`lorafleet job …`: submit, list, show, follow, cancel and retry training jobs."""
+"""`lorafleet job …`: submit, list, show, follow, cancel, pause, resume and retry training jobs."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from orchestrator.cli.lazy import LazyGroup
 from orchestrator.cli.output import echo
 from orchestrator.cli.spec_options import SpecCommand, spec_from_options
 from orchestrator.registry.limits import BIG_INTEGER_MAX
+from orchestrator.registry.states import JOB_STATES
 
 DEFAULT_LIST_LIMIT = 50
 
@@ -106,7 +107,7 @@ def submit_batch(file: Path, as_json: bool) -> None:
 
 @job.command("list")
 @click.option("--tenant", help="Only this tenant's jobs.")
-@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--state", type=click.Choice(JOB_STATES))
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), default=DEFAULT_LIST_LIMIT,
               show_default=True, help="At most this many (newest first).")
 @click.option("--offset", type=click.IntRange(min=0, max=BIG_INTEGER_MAX), default=0,
@@ -260,6 +261,32 @@ def cancel(job_id: str, as_json: bool) -> None:
     with open_session() as session:
         cancelled = cancel_job(session, job_id)
         view = {"id": cancelled.id, "state": cancelled.state, "cancel_requested": cancelled.cancel_requested}
+    emit(view, as_json, print_record)
+
+
+@job.command("pause")
+@click.argument("job_id")
+@json_option
+def pause(job_id: str, as_json: bool) -> None:
+    """Pause a job: now if queued; if running, at its next checkpoint (`job resume` continues it)."""
+    from orchestrator.services.pausing import pause_job
+
+    with open_session() as session:
+        paused = pause_job(session, job_id)
+        view = {"id": paused.id, "state": paused.state, "pause_requested": paused.pause_requested}
+    emit(view, as_json, print_record)
+
+
+@job.command("resume")
+@click.argument("job_id")
+@json_option
+def resume(job_id: str, as_json: bool) -> None:
+    """Queue a paused job again; it continues from its checkpoint."""
+    from orchestrator.services.pausing import resume_job
+
+    with open_session() as session:
+        resumed = resume_job(session, job_id)
+        view = {"id": resumed.id, "state": resumed.state}
     emit(view, as_json, print_record)
 
 

@@ -36,6 +36,8 @@ COMMANDS = {
     "config": "orchestrator.cli.config:config",
     "cli-server": "orchestrator.cli.forkserver:cli_server",
     "status": "orchestrator.cli.status:status",
+    "key": "orchestrator.cli.keys:key",
+    "api": "orchestrator.cli.api:api",
 }
 
 

@@ -6,9 +6,8 @@ import click
 
 from orchestrator.cli.helpers import Column, json_option, open_session, print_json, print_table, wide_option
 from orchestrator.cli.output import ago, short_id
+from orchestrator.registry.states import JOB_STATES
 from orchestrator.text import redact_url
-
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 @click.command()
@@ -37,7 +36,7 @@ def status(wide: bool, as_json: bool) -> None:
     click.echo(f"registry {redact_url(settings.database_url)}")
     click.echo()
     rows = [{"tenant": slug, **counts} for slug, counts in fleet.jobs.items()]
-    print_table(rows, [Column("tenant"), *(Column(s, justify="right") for s in STATES)], wide=wide,
+    print_table(rows, [Column("tenant"), *(Column(s, justify="right") for s in JOB_STATES)], wide=wide,
                 empty="no tenants yet (lorafleet tenant create SLUG)")
     click.echo("\nworkers (by their last heartbeat)")
     print_table([{"worker": w.worker, "state": w.state,

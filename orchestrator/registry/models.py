@@ -29,12 +29,17 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from orchestrator.registry.states import JOB_STATES, TERMINAL_STATES
+
+__all__ = ["JOB_STATES", "TERMINAL_STATES"]  # re-exported: callers import the states from here too
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -44,13 +49,12 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
 # What a job does: train an adapter, evaluate a base model untuned (method 'none', no adapter),
 # or re-score existing adapters on one resident base (its spec lists the adapter ids).
 JOB_KINDS = ("train", "evaluate", "reevaluate")
 # Where a metric row comes from: the job's own run, or a later re-evaluation of its adapter.
 METRIC_SOURCES = ("job", "reevaluation")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 # JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -120,6 +124,9 @@ class Tenant(Base):
     )
 
 
+DATASET_FORMATS = "format IN ('text_label', 'prompt_completion', 'chat')"
+
+
 class Dataset(Base):
     """A tenant's uploaded, validated JSONL data set, stored by id under the artifacts root.
 
@@ -133,6 +140,9 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = _tenant_fk()
     kind: Mapped[str] = mapped_column(String(16))  # classification | generation
+    # The rows' format (lora_engine.data.custom.FORMATS): text_label (classification),
+    # prompt_completion or chat (generation; a chat file is rendered when a job starts).
+    format: Mapped[str] = mapped_column(String(24), default="text_label", server_default="text_label")
     name: Mapped[str] = mapped_column(String(255))  # the uploaded file's name (display only)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -150,6 +160,7 @@ class Dataset(Base):
 
     __table_args__ = (
         CheckConstraint("kind IN ('classification', 'generation')", name="kind_valid"),
+        CheckConstraint(DATASET_FORMATS, name="format_valid"),
         Index("ix_datasets_tenant_id_sha256", "tenant_id", "sha256"),
     )
 
@@ -175,7 +186,15 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set by a pause of a running job: its worker checkpoints and the job goes `paused`.
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     error: Mapped[str | None] = mapped_column(Text)
+    # The tenant's own labels (OpenAI's limits: `orchestrator.services.job_labels`) and the suffix
+    # of the adapter's model name; a held-out file that replaces the data's own validation split.
+    # (`metadata` is the declarative base's own attribute: the column is `metadata`, the field not.)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    validation_dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"))
     # The registered data set a custom task trains on (also in spec.dataset).
     dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"), index=True)
     init_from_adapter_id: Mapped[str | None] = mapped_column(
@@ -211,6 +230,8 @@ class Job(Base):
         # Reports: --since/--until windows, and the untuned baselines (kind 'evaluate') per task/base.
         Index("ix_jobs_created_at", "created_at"),
         Index("ix_jobs_kind_task_base_model", "kind", "task", "base_model"),
+        # A tenant's jobs newest first, paged by key (created_at, id): the API's job list.
+        Index("ix_jobs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
     )
 
 
@@ -359,3 +380,114 @@ class Worker(Base):
     # Set when its own environment failed `unhealthy_after` jobs in a row: it claims nothing more.
     unhealthy_reason: Mapped[str | None] = mapped_column(Text)
     unhealthy_since: Mapped[datetime | None]
+
+
+# What a webhook delivery is doing: waiting for its (next) attempt, done, or given up.
+WEBHOOK_DELIVERY_STATES = ("pending", "delivered", "failed")
+
+
+class WebhookEndpoint(Base):
+    """A URL a tenant receives its jobs' events at, and the secret each delivery is signed with.
+
+    The secret is a server-side secret (`whsec_` + base64 of random bytes): shown once when the
+    endpoint is created, never printed again. `restricted`: registered through the API, so its
+    host must resolve to public addresses only, checked at registration and at every delivery
+    (the operator's CLI may name any address). Removing an endpoint disables it (`disabled_at`):
+    its deliveries and their attempts stay as history.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = _tenant_fk()
+    url: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # The event types it receives (a subset of services.webhook_outbox.EVENT_TYPES); None: all.
+    event_types: Mapped[list[str] | None] = mapped_column(JSONType)
+    secret: Mapped[str] = mapped_column(String(128))
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one endpoint, written in the transaction that ended the job.
+
+    `id` is the Standard Webhooks `webhook-id` (`msg_<hex>`), the same on every attempt, so a
+    receiver can drop a duplicate; `payload` is the exact JSON body every attempt sends (text,
+    so each attempt signs the same bytes). `next_attempt_at` is when a sender may take it:
+    taking it pushes it forward by an in-flight lease, so a sender that dies mid-request leaves
+    it for another one (at least once).
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(36), ForeignKey("webhook_endpoints.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    job_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN (" + ", ".join(f"'{s}'" for s in WEBHOOK_DELIVERY_STATES) + ")", name="state_valid"
+        ),
+        # The senders' scan: pending deliveries by due time (partial: delivered ones pile up).
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
+    )
+
+
+class WebhookAttempt(Base):
+    """One try of a delivery: the receiver's status code (None: no answer) or the error, and how
+    long it took. Append-only."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), ForeignKey("webhook_deliveries.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    ts: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    """A key of the tenants' API. Only its sha256 is stored (a key is 32 random bytes, so a plain
+    hash is as strong as a slow one); `prefix` is the few characters shown to tell keys apart.
+    `tenant_id` NULL: an operator key, acting for the tenant its request names
+    (`OpenAI-Organization`). Revoked or expired keys stay listed, refused."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    # Renewed at most once a minute per key (a write per request would serialise SQLite).
+    last_used_at: Mapped[datetime | None]
+
+
+class RateCounter(Base):
+    """Requests counted per (bucket, fixed window) where every API process sees them, when there is
+    no Redis (embedded mode): a key's requests this minute, an address's failed logins."""
+
+    __tablename__ = "rate_counters"
+
+    bucket: Mapped[str] = mapped_column(String(120), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    # Old windows are deleted by age.
+    expires_at: Mapped[datetime] = mapped_column(index=True)

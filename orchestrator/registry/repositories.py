@@ -310,7 +310,9 @@ def imported_adapter_by_sha256(session: Session, tenant_id: str, sha256: str) ->
 
 
 def active_jobs_of_dataset(session: Session, dataset_id: str) -> list[str]:
-    stmt = select(Job.id).where(Job.dataset_id == dataset_id, Job.state.in_(("queued", "running")))
+    # A paused job will run again: its data set must stay.
+    uses = (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id)
+    stmt = select(Job.id).where(uses, Job.state.in_(("queued", "running", "paused")))
     return list(session.scalars(stmt.order_by(Job.created_at)))
 
 

@@ -8,7 +8,8 @@ Conventions: every function takes a SQLAlchemy `Session` first (from
 Relationships are lazy="raise": use the returned fields/views, not `job.tenant`.
 Ids are UUID strings. Timestamps are tz-aware UTC. `tenant` arguments are slugs; None = all.
 Errors live on the ground floor (orchestrator.errors, imported from there): NotFound, Conflict,
-InvalidState, InvalidInput (a LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost;
+InvalidState, InvalidInput (a LoraFleetInputError), BatchError(problems={index: [..]}), LeaseLost,
+Unauthenticated;
 lora_engine SpecError for a bad spec. No retry policy here: the caller classifies.
 
 API
@@ -29,6 +30,10 @@ datasets:         upload_dataset(s, tenant_slug, file, kind="classification", va
                   list_datasets(s, tenant=None); get_dataset(s, id, tenant=None);
                   delete_dataset(s, id, tenant=None) (refused while queued/running jobs use it)
                   dataset_for_training(s, id, tenant_id) -> the stored file, sha256 checked (worker)
+                  upload_stream(s, tenant_slug, stream, filename, kind=None) -> Dataset (bytes from
+                             the network, the API's upload; at most max_dataset_bytes: TooLarge)
+                  kind None: the file's format decides it (Dataset.format: text_label |
+                             prompt_completion | chat; chat rows are rendered when a job starts)
                   Paths a user passes are confined to settings.data_roots (orchestrator.paths).
 jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_key=None,
                              init_from_adapter_id=None, max_attempts=None, settings=None) -> Job
@@ -48,8 +53,30 @@ jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_
                              .to_dict() -> {"id", "state", "attempts", "metrics",
                                             "adapter": {"id", "path", ..} | None, ...}
                   job_events(s, job_id, after_id=None, tenant=None) -> [JobEvent] (ordered by id)
-                  cancel_job(s, job_id, tenant=None) -> Job   (queued: cancelled; running: flag)
+                  cancel_job(s, job_id, tenant=None) -> Job   (queued|paused: cancelled; running: flag)
+                  submit_within(s, tenant_slug, spec_dict, ..., labels=JobLabels(metadata, suffix,
+                             validation_dataset_id)) -> Job   (submit_job's work inside another
+                             service's transaction: the API's fine-tuning request)
                   retry_job(s, job_id, tenant=None) -> Job    (failed|cancelled -> queued, a fresh budget)
+pausing:          pause_job(s, job_id, tenant=None) -> Job   (queued: paused now; running:
+                             pause_requested, the worker checkpoints, the job goes `paused`, attempt
+                             given back; nothing claims or re-dispatches a paused job)
+                  resume_job(s, job_id, tenant=None) -> Job  (paused -> queued, sent after commit;
+                             resumes from its checkpoint; the queue quota applies)
+fine_tuning:      create_fine_tuning_job(s, tenant_slug, body, settings=None) -> Job (OpenAI's request
+                             mapped onto the spec; every problem in one RequestProblems(.param))
+                  fine_tuning_spec(s, tenant, body, settings) -> (spec dict, JobLabels) (inside one)
+                  metadata_problems(value) -> [str] (OpenAI's limits: 16 pairs, keys 64, values 512)
+                  default_lr(spec) -> float (what learning_rate_multiplier multiplies)
+fine_tuning_views: OpenAI's objects, one tenant's: get_fine_tuning_job(s, id, tenant) -> dict;
+                  list_fine_tuning_jobs(s, tenant, after=None, limit=20, metadata=None) -> (page,
+                             has_more) (keyset on (created_at, id), newest first; 3 queries a page);
+                  fine_tuning_events / fine_tuning_checkpoints(s, id, tenant, after=, limit=) ->
+                             (page, has_more) (newest first); result_file(s, "result-<job id>",
+                             tenant) -> (file object, CSV of the metrics history); job_object(...)
+base_models:      tenant_bases(settings) -> (names) (setting allowed_base_models, else every packaged
+                             alias and cached hub id); base_problem(name, settings) -> str | None
+                             (never a path)
 reevaluation:     submit_reevaluation(s, tenant=None|slug|[slugs], task=None, base_model=None,
                              eval_size=None, priority=0, max_attempts=None) -> [Job kind
                              "reevaluate"], one per (tenant, base model); nothing found: InvalidInput
@@ -57,7 +84,8 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                   claim_next(s, worker_id, lease_seconds, now=None) -> Job | None   (fair share)
                   unclaimable_reason(s, job_id) -> str
                   heartbeat(s, job_id, worker_id, step, total, loss, lease_seconds, now=None,
-                            event_interval_s=5.0) -> bool (cancel requested)   raises LeaseLost
+                            event_interval_s=5.0) -> retries.Abort.CANCEL | Abort.PAUSE | None (why
+                            to stop: a cancel wins over a pause)   raises LeaseLost
                   record_checkpoint(s, job_id, worker_id, step, path=None)
                   record_phase(s, job_id, worker_id, "evaluating"|"saving", step)   (a `phase` event)
                   record_resume(s, job_id, worker_id, step, path=None)   (a `resumed` event)
@@ -70,7 +98,8 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                   fail_job(s, job_id, worker_id, reason, usage=None) -> Job
                   mark_cancelled(s, job_id, worker_id, step=None, usage=None) -> Job
                   requeue_job(s, job_id, worker_id, reason, usage=None, *, release=False,
-                            retry_in=None) -> "queued" | "failed" | "cancelled"
+                            retry_in=None) -> "queued" | "failed" | "cancelled" | "paused" (a pause
+                            requested: paused, not queued)
                   return_job(s, job_id, worker_id, reason) -> "queued" (a worker
                             fault: the attempt given back) | "cancelled"
 enqueue:          enqueue_job(s, job_id, countdown=None): a service records a queued job's message
@@ -86,8 +115,17 @@ workers:          register_worker(s, WorkerInfo(id, hostname, pid,
                   worker_state(row, now) -> alive|unhealthy|lost|stopped
 reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=60)
                             -> ReconcileResult(dispatch=[ids to send], requeued=[..], failed=[..],
-                               cancelled=[..])
+                               cancelled=[..], paused=[..])
                   mark_dispatched(s, job_ids)   (after sending the messages for new jobs)
+files:            the API's files: a tenant's data sets + the built-ins (builtin-glue-<task>, builtin-e2e)
+                  list_files(s, tenant, after=None, limit=20, order="desc", purpose=None)
+                             -> ([FileView], has_more); get_file(s, id, tenant) -> FileView (.to_dict():
+                             OpenAI's file object); file_content(s, id, tenant) -> Path;
+                  delete_file(s, id, tenant) -> id (built-ins refused; in use by jobs refused)
+                  training_source(s, file_id, tenant) -> ("task", name) | ("dataset", Dataset)
+                             (inside the caller's transaction: the job's submission)
+model_names:      model_name(adapter, tenant_slug, suffix=None) -> "ft:<base>:<tenant>:<suffix|task>:<id>"
+                  parse_model_name(text) -> adapter id | None (the last ':' field)
 adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifacts>/<tenant>/<adapter>
                   (from orchestrator.artifacts, the one home of every artifact path)
                   list_adapters(s, tenant=None, task=None, base_model=None, include_deleted=False)
@@ -95,6 +133,7 @@ adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifact
                   verified_adapter(s, adapter_id, tenant=None) -> Adapter (files match its sha256,
                             else lora_engine AdapterError; call before loading an adapter)
                   delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)
+                  owner_slugs(s, adapters) -> {tenant_id: slug} (what model names are spelled with)
 overview:         job_listing(s, tenant=None, state=None, limit=None, offset=0) -> [ListedJob(job,
                             tenant_slug, headline=(metric, value)|None)] (.to_dict(): job_dict)
                   tenant_overview(s, slug) -> TenantOverview(tenant, summary, quotas)
@@ -102,6 +141,32 @@ overview:         job_listing(s, tenant=None, state=None, limit=None, offset=0) 
 summary:          tenant_summary(s, tenant=None) -> [TenantSummary(slug, name, max_running,
                             jobs={state: n}, adapters, adapter_bytes, device_seconds, wall_seconds,
                             examples, tokens)] (.to_dict())
+webhooks:         create_webhook(s, tenant_slug, url, *, restricted=False, allow_private=False,
+                            name=None, event_types=None (all)) -> CreatedWebhook(endpoint, secret)
+                            (the secret: returned here only; restricted (the API): public
+                            addresses only, orchestrator.webhook_urls; Conflict past 20 a tenant)
+                  list_webhooks(s, tenant=None) -> [WebhookEndpoint]; get_webhook(s, id, tenant=None);
+                  remove_webhook(s, id, tenant=None) (disabled; its pending deliveries failed);
+                  webhook_dict(endpoint, tenant_slug=None) (no secret)
+                  webhook_deliveries(s, webhook_id, tenant=None, limit=50) -> [DeliveryDetail(
+                            delivery, attempts)] newest first (.to_dict(); removed endpoints too)
+webhook_outbox:   job_ended(s, job) (inside every terminal transition's transaction: one delivery
+                            per active endpoint of the tenant taking that event type; not a
+                            transaction of its own); has_due(s) (a read)
+                  claim_due(s, limit, in_flight_s, now=None) -> [DueDelivery]  (senders)
+                  record_attempt(s, delivery_id, status_code, error, duration_ms, RetryPolicy,
+                            now=None, rng=None) -> "delivered" | "pending" | "failed"
+                  Sending: orchestrator.webhook_delivery (deliver_due(settings), WebhookSender)
+keys:             create_key(s, tenant_slug, name=None, expires_days=None) -> (ApiKey, raw key)
+                  create_operator_key(s, name=None, expires_days=None) -> (ApiKey, raw key)
+                             (the raw key exists only in the return value; the row holds its sha256)
+                  list_keys(s, tenant_slug | None (operator keys)) -> [ApiKey]; key_dict(row)
+                  revoke_key(s, key_id) -> ApiKey (idempotent)
+                  authenticate(s, raw_key, now=None) -> KeyIdentity(key_id, tenant_id, tenant_slug,
+                             operator) | raises Unauthenticated (unknown, revoked, expired)
+                  touch_key(s, key_id, now=None); needs_touch(identity, now) (at most once a minute)
+rate_limits:      hit(s, bucket, window_start, expires_at) -> count after this one (upsert);
+                  counts(s, [(bucket, window_start)]) -> [count]   (the API's limits without Redis)
 views:            tenant_dict, job_dict, adapter_dict, event_dict, usage_dict (stable JSON keys)
 registry.models:  new_id() (for a new adapter id), JOB_STATES, TERMINAL_STATES
 """

@@ -47,8 +47,20 @@ from orchestrator.services.inputs import Base, resolve_base
 from orchestrator.services.quotas import check_budget, check_queued, check_storage
 from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.views import JobDetail
+from orchestrator.services.webhook_outbox import job_ended
 
 BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_adapter_id")
+
+
+@dataclass(frozen=True)
+class JobLabels:
+    """What the tenants' API records beside the spec: the tenant's metadata, the suffix of the
+    adapter's model name, a data set of the tenant replacing the held-out split evaluation scores
+    (checked by the caller: the tenant's, of the training data's kind)."""
+
+    metadata: dict[str, str] | None = None
+    suffix: str | None = None
+    validation_dataset_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,9 +263,11 @@ def _existing_for_key(session: Session, p: _Prepared) -> Job | None:
     return existing
 
 
-def _insert(session: Session, p: _Prepared, max_attempts: int) -> Job:
+def _insert(session: Session, p: _Prepared, max_attempts: int, labels: JobLabels | None = None) -> Job:
+    labels = labels or JobLabels()
     spec = p.spec
     job = Job(
+        metadata_=labels.metadata, suffix=labels.suffix, validation_dataset_id=labels.validation_dataset_id,
         tenant_id=p.tenant.id, state="queued", kind="evaluate" if spec.method == "none" else "train",
         spec=_spec_json(spec), task=spec.task, method=spec.method,
         rank=spec.rank, base_model=spec.base_model or "", priority=p.priority,
@@ -316,6 +330,24 @@ def submit_job(
     With an idempotency key already used by this tenant for the same spec, the existing job is
     returned (whatever its state) and nothing new is written; for a different spec: Conflict.
     """
+    return submit_within(session, tenant_slug, spec_dict, priority, idempotency_key, init_from_adapter_id,
+                         max_attempts, settings)
+
+
+def submit_within(
+    session: Session,
+    tenant_slug: str,
+    spec_dict: Mapping[str, Any],
+    priority: int = 0,
+    idempotency_key: str | None = None,
+    init_from_adapter_id: str | None = None,
+    max_attempts: int | None = None,
+    settings: Settings | None = None,
+    *,
+    labels: JobLabels | None = None,
+) -> Job:
+    """Inside a service's transaction: `submit_job`'s work (the API's fine-tuning request adds
+    its `labels`)."""
     settings = settings or get_settings()
     staged: list[Path] = []
     try:
@@ -328,7 +360,7 @@ def submit_job(
         _admit(session, p, settings)
         try:
             with session.begin_nested():
-                job = _insert(session, p, attempts)
+                job = _insert(session, p, attempts, labels)
         except IntegrityError:
             # The same key submitted concurrently: the other transaction won, return its job.
             job = _existing_for_key(session, p)
@@ -517,21 +549,23 @@ def job_events(
 
 @transactional
 def cancel_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
-    """Cancel: a queued job is cancelled now; a running one gets `cancel_requested` (the worker
+    """Cancel: a queued or paused job is cancelled now; a running one gets `cancel_requested` (the worker
     stops at its next progress hook and calls `mark_cancelled`); a finished one: InvalidState.
     Cancelling a running job twice is a no-op the second time."""
     job = job_or_404(session, job_id, tenant)
     session.refresh(job, with_for_update=True)  # serialise with a concurrent claim
-    if job.state == "queued":
+    if job.state in ("queued", "paused"):
+        was = job.state
         job.state, job.finished_at = "cancelled", utcnow()
-        add_event(session, job, "cancelled", "cancelled while queued")
+        add_event(session, job, "cancelled", f"cancelled while {was}")
+        job_ended(session, job)
     elif job.state == "running":
         if not job.cancel_requested:
             job.cancel_requested = True
             add_event(session, job, "cancel_requested", f"cancel requested; {job.lease_owner} will stop")
     else:
         raise InvalidState(
-            f"job {job.id} is already {job.state}; only queued or running jobs can be cancelled"
+            f"job {job.id} is already {job.state}; only queued, running or paused jobs can be cancelled"
         )
     return job
 

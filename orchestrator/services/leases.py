@@ -28,10 +28,11 @@ from lora_engine.methods import PACKABLE_METHODS
 from orchestrator.errors import InvalidInput, LeaseLost
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, Job, Metric, Usage, utcnow
-from orchestrator.retries import has_attempts_left, released_budget
+from orchestrator.retries import Abort, has_attempts_left, released_budget
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.enqueue import enqueue_job
 from orchestrator.services.events import add_event
+from orchestrator.services.webhook_outbox import job_ended
 
 # Progress events: at most one per PROGRESS_EVENT_INTERVAL_S per job, plus the first and the last
 # step. The lease and the job's progress columns are updated on every heartbeat regardless, so
@@ -65,7 +66,7 @@ def claim_job(
         .where(Job.id == job_id, repo.claimable())
         .values(
             state="running", lease_owner=worker_id, lease_expires_at=expires, attempts=Job.attempts + 1,
-            started_at=now, heartbeat_at=now, cancel_requested=False, error=None,
+            started_at=now, heartbeat_at=now, cancel_requested=False, pause_requested=False, error=None,
             progress_step=None, progress_total=None, last_loss=None, progress_event_at=None,
         )
         .execution_options(synchronize_session=False)
@@ -188,8 +189,9 @@ def heartbeat(
     lease_seconds: float,
     now: datetime | None = None,
     event_interval_s: float = PROGRESS_EVENT_INTERVAL_S,
-) -> bool:
-    """Extend the lease, record progress; True when a cancel was requested (stop training).
+) -> Abort | None:
+    """Extend the lease, record progress; why training must stop, if it must: Abort.CANCEL (a
+    cancel was requested; it wins over a pause), Abort.PAUSE (checkpoint, then `paused`), else None.
 
     Writes a `progress` event on the first heartbeat, the last step, and otherwise at most once
     per `event_interval_s`. LeaseLost if the job is no longer this worker's.
@@ -207,7 +209,9 @@ def heartbeat(
         job.progress_event_at = now
         message = f"step {step}/{total}" + (f" loss {loss:.4f}" if loss is not None else "")
         add_event(session, job, "progress", message, {"step": step, "total": total, "loss": loss}, ts=now)
-    return job.cancel_requested
+    if job.cancel_requested:
+        return Abort.CANCEL
+    return Abort.PAUSE if job.pause_requested else None
 
 
 @transactional
@@ -306,9 +310,31 @@ def _usage_row(job: Job, usage: UsageInput) -> Usage | None:
     )
 
 
-def _end(job: Job, state: str, now: datetime, error: str | None = None) -> None:
+def _end(session: Session, job: Job, state: str, now: datetime, error: str | None = None) -> None:
+    """The job reaches terminal `state`: its webhook event is written in this same transaction."""
     job.state, job.finished_at, job.error = state, now, error
     job.lease_owner = job.lease_expires_at = None
+    job.pause_requested = False  # a pause that came too late: the job ended first
+    job_ended(session, job)
+
+
+def _pause_if_requested(session: Session, job: Job, reason: str, now: datetime, *, release: bool) -> bool:
+    """A job whose pause was requested goes `paused` where it would go back to the queue: nothing
+    claims it until its tenant resumes it (from its last checkpoint). `release`: the worker stopped
+    for the pause, so the attempt is given back, as for a graceful shutdown (an attempt that failed
+    meanwhile counts as it would have)."""
+    if not job.pause_requested:
+        return False
+    step = job.progress_step
+    job.state, job.pause_requested, job.error = "paused", False, None
+    job.lease_owner = job.lease_expires_at = None
+    job.dispatched_at, job.dispatch_count = None, 0
+    if release:
+        job.max_attempts = released_budget(job.max_attempts)
+    where = f" at step {step}" if step is not None else ""
+    add_event(session, job, "paused", f"paused{where} ({reason})", {"step": step, "attempt": job.attempts},
+              ts=now)
+    return True
 
 
 def _add_metrics(
@@ -377,7 +403,7 @@ def finish_job_success(
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
-    _end(job, "succeeded", now)
+    _end(session, job, "succeeded", now)
     summary = {split: dict(values) for split, values in metrics.items()}
     if row is not None:
         # The adapter is kept even past the storage quota (the work is done and paid for); the
@@ -409,7 +435,7 @@ def fail_job(
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
-    _end(job, "failed", now, reason)
+    _end(session, job, "failed", now, reason)
     add_event(session, job, "failed", reason, {"attempt": job.attempts}, ts=now)
     return job
 
@@ -425,7 +451,7 @@ def mark_cancelled(
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
-    _end(job, "cancelled", now)
+    _end(session, job, "cancelled", now)
     where = f" at step {step}" if step is not None else ""
     add_event(session, job, "cancelled", f"stopped by {worker_id}{where}", {"step": step}, ts=now)
     return job
@@ -435,7 +461,7 @@ def _cancel_if_requested(session: Session, job: Job, reason: str, now: datetime)
     """A job whose cancel was requested ends `cancelled` where it would go back to the queue."""
     if not job.cancel_requested:
         return False
-    _end(job, "cancelled", now)
+    _end(session, job, "cancelled", now)
     add_event(session, job, "cancelled", f"cancelled (cancel requested; {reason})",
               {"attempt": job.attempts}, ts=now)
     return True
@@ -450,11 +476,14 @@ def _back_to_queue(job: Job, reason: str) -> None:
 def requeue_or_fail(session: Session, job: Job, reason: str, now: datetime, *, release: bool = False) -> str:
     """Back to the queue while attempts remain, else failed; returns the new state.
 
-    A job whose cancel was requested is cancelled instead: no requeue revives it. `release`: the
+    A job whose cancel was requested is cancelled instead: no requeue revives it; one whose pause
+    was requested is paused (its worker stopped at a checkpoint for it, or was lost meanwhile). `release`: the
     worker handed the job back on a graceful shutdown, so the attempt does not count.
     """
     if _cancel_if_requested(session, job, reason, now):
         return "cancelled"
+    if _pause_if_requested(session, job, reason, now, release=release):
+        return "paused"
     if release:
         job.max_attempts = released_budget(job.max_attempts)
     if has_attempts_left(job.attempts, job.max_attempts):
@@ -463,7 +492,7 @@ def requeue_or_fail(session: Session, job: Job, reason: str, now: datetime, *, r
                   {"attempt": job.attempts, "released": release, "step": job.progress_step}, ts=now)
         return "queued"
     reason = f"{reason}; gave up after {job.attempts} attempt(s)"
-    _end(job, "failed", now, reason)
+    _end(session, job, "failed", now, reason)
     add_event(session, job, "failed", reason, {"attempt": job.attempts}, ts=now)
     return "failed"
 
@@ -503,6 +532,8 @@ def return_job(
     if _cancel_if_requested(session, job, reason, now):
         return "cancelled"
     job.attempts -= 1
+    if _pause_if_requested(session, job, reason, now, release=False):  # its attempt given back above
+        return "paused"
     _back_to_queue(job, reason)
     add_event(session, job, "requeued", f"{reason} (the worker's fault, not the job's: attempt given back)",
               {"attempt": job.attempts, "released": False, "worker_fault": True, "worker": worker_id,

@@ -4,7 +4,8 @@ Each pass (a periodic task, and `lorafleet reconcile`):
 1. running jobs whose lease expired more than `lease_grace_s` ago (the worker died or hung) go
    back to `queued` (event `requeued`), to `failed` once attempts reached max_attempts, or to
    `cancelled` when a cancel was requested meanwhile (a dead worker cannot obey it; the
-   reconciler must not revive the job);
+   reconciler must not revive the job), or `paused` when a pause was requested meanwhile (a
+   paused job is never dispatched: only its tenant's resume queues it again);
 2. queued jobs that may have lost their message are returned for re-dispatch, and their
    `dispatched_at` / `dispatch_count` recorded. A job is due when its last dispatch (or, never
    dispatched, its submission) is older than `retries.redispatch_wait` (doubling per message):
@@ -39,6 +40,7 @@ class ReconcileResult:
     requeued: list[str] = field(default_factory=list)  # expired leases returned to the queue
     failed: list[str] = field(default_factory=list)  # expired leases out of attempts
     cancelled: list[str] = field(default_factory=list)  # expired leases of jobs asked to cancel
+    paused: list[str] = field(default_factory=list)  # expired leases of jobs asked to pause
 
 
 def _record_dispatch(job: Job, now: datetime) -> None:
@@ -74,6 +76,8 @@ def reconcile(
             result.dispatch.append(job.id)
         elif state == "cancelled":  # its cancel was requested while its worker was dead
             result.cancelled.append(job.id)
+        elif state == "paused":  # likewise its pause: paused from its last checkpoint
+            result.paused.append(job.id)
         else:
             result.failed.append(job.id)
     # Never dispatched jobs wait `redispatch_after_s` too: their submitter is about to send.

@@ -80,6 +80,13 @@ def test_submit_queues_a_job_and_sends_only_its_id(home: Path):
 
     shown = json.loads(run("job", "show", job_id, "--json").stdout)
     assert {"state", "attempts", "metrics", "adapter"} <= set(shown) and shown["adapter"] is None
+    # Pausing a queued job is immediate; resuming queues it again and sends its message.
+    assert json.loads(run("job", "pause", job_id, "--json").stdout)["state"] == "paused"
+    assert json.loads(run("job", "list", "--state", "paused", "--json").stdout)[0]["id"] == job_id
+    run("job", "resume", job_id)
+    with session_scope() as s:
+        assert get_job(s, job_id).job.state == "queued"
+    assert [m["args"] for m in queued_messages(home)] == [[job_id], [job_id]]
     # Cancelling a queued job is immediate.
     run("job", "cancel", job_id)
     with session_scope() as s:
@@ -266,6 +273,14 @@ def succeeded_adapter(adapter_id: str) -> tuple[Path, str, int]:
         finish_job_success(s, job.id, "w1", AdapterRecord(adapter_id, str(path), sha, size, 1, 2),
                            {"validation": {"accuracy": 0.5}})
     return path, sha, size
+
+
+def test_adapter_show_and_list_print_the_model_name(home: Path):
+    adapter_id = "00000000-0000-4000-8000-000000000003"
+    succeeded_adapter(adapter_id)
+    model = f"ft:tiny-bert:acme:sst2:{adapter_id}"
+    assert json.loads(run("adapter", "show", adapter_id, "--json").stdout)["model"] == model
+    assert [a["model"] for a in json.loads(run("adapter", "list", "--json").stdout)] == [model]
 
 
 def test_report_benchmark_reevaluate_queues_one_job_per_base_and_sends_it(home: Path):

@@ -55,7 +55,8 @@ def published(port: str | dict) -> tuple[str, str]:
 
 
 def test_services_exist(config):
-    assert {"postgres", "redis", "migrate", "worker", "reconciler", "flower"} <= set(config["services"])
+    assert {"postgres", "redis", "migrate", "worker", "reconciler", "flower", "api"} <= \
+        set(config["services"])
 
 
 def test_worker_reserves_an_nvidia_gpu(config):
@@ -89,6 +90,19 @@ def test_workers_export_prometheus_metrics_and_keep_the_shared_environment(confi
     assert worker["environment"]["LORAFLEET_BROKER_URL"] == "redis://redis:6379/0"  # merged, not replaced
     assert "--log-format" in worker["command"]
     assert "ports" not in worker
+
+
+def test_the_api_serves_the_shared_registry_on_localhost_with_metrics_unpublished(config, tmp_path: Path):
+    services = config["services"]
+    api = services["api"]
+    assert api["command"][:3] == ["lorafleet", "api", "serve"]
+    registry = services["worker"]["environment"]["LORAFLEET_DATABASE_URL"]
+    assert api["environment"]["LORAFLEET_DATABASE_URL"] == registry
+    assert api["environment"]["LORAFLEET_BROKER_URL"].startswith("redis://redis:")  # counts in Redis
+    assert api["environment"]["LORAFLEET_API_METRICS_PORT"] == "9464"
+    assert api["environment"]["LORAFLEET_METRICS_HOST"] == "127.0.0.1"
+    assert [published(p) for p in api["ports"]] == [("127.0.0.1", "8000")]
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_secrets_come_from_the_env_file_only(config, tmp_path: Path):

@@ -219,7 +219,7 @@ FULL_MINILM = 25_000_000 * 4  # total params × 4 bytes (float32)
 # Per tenant, by hand from the fixture's table.
 EXPECTED_COST = {
     "acme": dict(
-        jobs={"queued": 0, "running": 0, "succeeded": 3, "failed": 1, "cancelled": 0},
+        jobs={"queued": 0, "running": 0, "paused": 0, "succeeded": 3, "failed": 1, "cancelled": 0},
         # cpu: J4 900 (failed); H100: J3 3600 + J1 1800 + J2 900 (lost) + 1800
         devices={"cpu": (900.0, 900.0), H100: (8100.0, 900.0)},
         money=(900 * CPU_P + 8100 * H100_P) / H,  # 9.125
@@ -232,7 +232,7 @@ EXPECTED_COST = {
         gain=40.625 + 37.5 + 25.0,
     ),
     "globex": dict(
-        jobs={"queued": 0, "running": 0, "succeeded": 5, "failed": 0, "cancelled": 0},
+        jobs={"queued": 0, "running": 0, "paused": 0, "succeeded": 5, "failed": 0, "cancelled": 0},
         # cpu: J8 450 + J5 3600 + J6 1800; H100: J7 900 + 900 (lost twice) + 3600, J15 900
         devices={"cpu": (5850.0, 0.0), H100: (6300.0, 1800.0)},
         money=(5850 * CPU_P + 6300 * H100_P) / H,  # 7.8125
@@ -244,7 +244,7 @@ EXPECTED_COST = {
         gain=31.25,  # only J5 is sst2 on minilm-l6
     ),
     "initech": dict(
-        jobs={"queued": 1, "running": 1, "succeeded": 4, "failed": 0, "cancelled": 1},
+        jobs={"queued": 1, "running": 1, "paused": 0, "succeeded": 4, "failed": 0, "cancelled": 1},
         # cpu: J10 450 (cancelled) + J13 900 + J16 450 + J14 450; H100: J9 900 + J12 900 (lost)
         devices={"cpu": (2250.0, 450.0), H100: (1800.0, 900.0)},
         money=(2250 * CPU_P + 1800 * H100_P) / H,  # 2.3125
@@ -292,7 +292,9 @@ def test_cost(reg) -> None:
         assert got["cost_per_quality_point"] == exp["quality_money"] / exp["gain"]
     total = data["total"]
     assert total["tenant"] is None
-    assert total["jobs"] == {"queued": 1, "running": 1, "succeeded": 12, "failed": 1, "cancelled": 1}
+    assert total["jobs"] == {
+        "queued": 1, "running": 1, "paused": 0, "succeeded": 12, "failed": 1, "cancelled": 1
+    }
     assert total["money"] == (9000 * CPU_P + 16200 * H100_P) / H == 19.25
     assert {d["device"]: (d["device_seconds"], d["spent_no_adapter_seconds"]) for d in total["devices"]} == {
         "cpu": (9000.0, 1350.0),
@@ -311,10 +313,10 @@ def test_cost(reg) -> None:
     )
 
     assert _md_rows(report, "Jobs by state") == [
-        ["acme", "0", "0", "3", "1", "0"],
-        ["globex", "0", "0", "5", "0", "0"],
-        ["initech", "1", "1", "4", "0", "1"],
-        ["TOTAL", "1", "1", "12", "1", "1"],
+        ["acme", "0", "0", "0", "3", "1", "0"],
+        ["globex", "0", "0", "0", "5", "0", "0"],
+        ["initech", "1", "1", "0", "4", "0", "1"],
+        ["TOTAL", "1", "1", "0", "12", "1", "1"],
     ]
     devices = _md_rows(report, "Device-hours and money by device type")
     assert devices[1] == ["acme", H100, "2.2500", "0.2500", "$4.0000", "$9.0000"]  # 8100 s, 900 s lost

@@ -99,7 +99,9 @@ def test_tenant_summary(session, registry_settings, adapter_files, job_spec) -> 
     rows = {r.slug: r.to_dict() for r in tenant_summary(session)}
     acme = rows["acme"]
     assert acme["name"] == "Acme Research"
-    assert acme["jobs"] == {"queued": 1, "running": 0, "succeeded": 2, "failed": 1, "cancelled": 0}
+    assert acme["jobs"] == {
+        "queued": 1, "running": 0, "paused": 0, "succeeded": 2, "failed": 1, "cancelled": 0
+    }
     assert (acme["adapters"], acme["adapter_bytes"]) == (2, 2000)
     assert acme["device_seconds"] == pytest.approx(22.5)  # failed attempts cost device time too
     assert (acme["examples"], acme["tokens"]) == (200, 1800)

@@ -26,6 +26,7 @@ from orchestrator.services.datasets import (
 )
 from orchestrator.services.jobs import cancel_job, get_job, job_events, plan_job, submit_batch, submit_job
 from orchestrator.services.leases import AdapterRecord, claim_job, claim_next, fail_job, finish_job_success
+from orchestrator.services.pausing import pause_job
 from orchestrator.services.quotas import month_start, tenant_quota_usage
 from orchestrator.services.tenants import create_tenant, get_tenant, set_tenant_quota
 
@@ -140,10 +141,13 @@ def test_a_job_names_its_data_set_by_id_and_the_worker_checks_the_hash(session, 
     with pytest.raises(DataValidationError, match="no longer matches the sha256"):
         dataset_for_training(session, job.dataset_id, job.tenant_id)
 
-    with pytest.raises(errors.InvalidState, match="used by 2 queued or running job"):
+    with pytest.raises(errors.InvalidState, match="used by 2 queued, running or paused"):
+        delete_dataset(session, job.dataset_id)
+    cancel_job(session, again.id)
+    pause_job(session, job.id)  # a paused job runs again later: its data must stay
+    with pytest.raises(errors.InvalidState, match="used by 1 queued, running or paused"):
         delete_dataset(session, job.dataset_id)
     cancel_job(session, job.id)
-    cancel_job(session, again.id)
     delete_dataset(session, job.dataset_id, tenant="acme")
     assert not path.parent.exists()
     with pytest.raises(errors.NotFound):

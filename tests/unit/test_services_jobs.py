@@ -11,6 +11,7 @@ from orchestrator import errors
 from orchestrator.config import get_settings
 from orchestrator.errors import QuotaExceeded
 from orchestrator.registry.models import Job, JobEvent, new_id
+from orchestrator.retries import Abort
 from orchestrator.services.adapters import new_adapter_path
 from orchestrator.services.jobs import (
     cancel_job,
@@ -207,7 +208,7 @@ def test_cancel_queued_is_immediate_running_sets_the_flag(session) -> None:
     assert (job.state, job.cancel_requested) == ("running", True)
     cancel_job(session, running.id)  # twice: no second event
     assert _kinds(session, running.id) == ["submitted", "claimed", "cancel_requested"]
-    assert heartbeat(session, running.id, "w1", 1, 5, 0.5, 60) is True  # the worker learns it
+    assert heartbeat(session, running.id, "w1", 1, 5, 0.5, 60) is Abort.CANCEL  # the worker learns it
     assert mark_cancelled(session, running.id, "w1", step=1).state == "cancelled"
     with pytest.raises(errors.InvalidState, match="already cancelled"):
         cancel_job(session, running.id)

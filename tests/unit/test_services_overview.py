@@ -60,7 +60,9 @@ def test_tenant_overview_merges_the_tenant_its_summary_and_its_quotas(session, r
     overview = tenant_overview(session, "acme")
     view = overview.to_dict()
     assert (view["slug"], view["max_running"]) == ("acme", 3)
-    assert view["jobs"] == {"queued": 1, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 0}
+    assert view["jobs"] == {
+        "queued": 1, "running": 0, "paused": 0, "succeeded": 1, "failed": 0, "cancelled": 0
+    }
     assert (view["adapters"], view["adapter_bytes"], view["device_seconds"]) == (1, 4000, 4.0)
     assert view["quotas"]["queued_jobs"] == {"used": 1, "limit": overview.tenant.max_queued}
     assert view["quotas"]["running_jobs"] == {"used": 0, "limit": 3}

@@ -46,7 +46,9 @@ def test_fleet_status(session):
 
     fleet = fleet_status(session, lease_seconds=60, now=t0 + timedelta(seconds=90))
 
-    assert fleet.jobs["acme"] == {"queued": 1, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert fleet.jobs["acme"] == {
+        "queued": 1, "running": 1, "paused": 0, "succeeded": 0, "failed": 0, "cancelled": 0
+    }
     assert fleet.jobs["beta"]["queued"] == 2 and fleet.jobs["beta"]["running"] == 1
     assert set(fleet.jobs["idle"].values()) == {0}
     assert fleet.queued_total == 3

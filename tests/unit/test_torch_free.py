@@ -54,3 +54,12 @@ def test_the_orchestrator_imports_only_torch_free_engine_modules():
         for name in _engine_imports(tree, local=local) - set(lora_engine.TORCH_FREE):
             outside.setdefault(name, []).append(str(path.relative_to(ROOT)))
     assert outside == {}
+
+
+def test_the_api_process_imports_no_torch_transformers_or_celery():
+    # The tenants' API trains nothing: its app, every router included, loads none of them.
+    probe = ("import sys, orchestrator.api.app as a; a.create_app(); "
+             "print(sorted(m for m in ('torch', 'transformers', 'celery') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,88 @@
+"""Who is calling: the `tenant_caller` dependency turns the request's key into a `Caller`.
+
+`Authorization: Bearer <key>` is checked against the registry on every request (a revoked or
+expired key is refused from the next request on). A tenant key acts for its tenant; an operator
+key for the tenant named by the `OpenAI-Organization` header (the openai client's
+`organization=`), without which tenant routes answer 400. Failed authentications are counted per
+address and a key's requests per minute (orchestrator/api/limits.py): over either limit, 429.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from orchestrator.api.deps import db_session
+from orchestrator.api.errors import ApiError
+from orchestrator.api.limits import limiter
+from orchestrator.errors import NotFound, Unauthenticated
+from orchestrator.registry.models import utcnow
+from orchestrator.services.keys import authenticate, needs_touch, touch_key
+from orchestrator.services.tenants import get_tenant
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+ORGANIZATION_HEADER = "OpenAI-Organization"
+MAX_KEY_CHARS = 200
+# Shown in /docs ("Authorize"); refusals are ours (401 in OpenAI's shape), not HTTPBearer's 403.
+bearer = HTTPBearer(auto_error=False, description="an API key: `lorafleet tenant key create TENANT`")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The key of a request and the tenant every query of the request is scoped to."""
+
+    key_id: str
+    tenant_id: str
+    tenant_slug: str
+    operator: bool
+
+
+def _unauthenticated(message: str) -> ApiError:
+    return ApiError(401, message, type="authentication_error", code="invalid_api_key")
+
+
+def tenant_caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                  session: Session = Depends(db_session)) -> Caller:
+    """The caller of a tenant route, or a 401/400/429 ApiError."""
+    limits = limiter(request.app)
+    address = request.client.host if request.client else "unknown"
+    limits.check_address(session, address)
+    if credentials is None or not credentials.credentials:
+        limits.failed(session, address)
+        raise _unauthenticated("You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
+                               "(make one with `lorafleet tenant key create TENANT`).")
+    raw = credentials.credentials
+    try:
+        if len(raw) > MAX_KEY_CHARS:
+            raise Unauthenticated("the key is unknown")
+        identity = authenticate(session, raw)
+    except Unauthenticated as exc:
+        limits.failed(session, address)
+        raise _unauthenticated(f"Incorrect API key provided: {exc}.") from None
+    limits.count_request(session, identity.key_id)
+    now = utcnow()
+    if needs_touch(identity, now):
+        touch_key(session, identity.key_id, now)
+    organization = request.headers.get(ORGANIZATION_HEADER)
+    if identity.operator:
+        if not organization:
+            raise ApiError(400, f"an operator key acts for the tenant named by the {ORGANIZATION_HEADER} "
+                                "header (the openai client's organization=); none was sent",
+                           param=ORGANIZATION_HEADER, code="missing_organization")
+        try:
+            tenant = get_tenant(session, organization)
+        except NotFound:
+            raise ApiError(400, f"the {ORGANIZATION_HEADER} header names no tenant",
+                           param=ORGANIZATION_HEADER, code="unknown_organization") from None
+        return Caller(identity.key_id, tenant.id, tenant.slug, operator=True)
+    if organization and organization not in (identity.tenant_slug, identity.tenant_id):
+        raise ApiError(400, f"this key belongs to another tenant than the {ORGANIZATION_HEADER} header "
+                            "names; leave the header out or name the key's own tenant",
+                       param=ORGANIZATION_HEADER, code="organization_mismatch")
+    assert identity.tenant_id is not None and identity.tenant_slug is not None
+    return Caller(identity.key_id, identity.tenant_id, identity.tenant_slug, operator=False)

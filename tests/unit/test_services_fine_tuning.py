@@ -1,0 +1,114 @@
+"""The OpenAI request -> spec mapping and the job objects, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_settings
+from orchestrator.services.datasets import upload_dataset
+from orchestrator.services.fine_tuning import (
+    RequestProblems,
+    create_fine_tuning_job,
+    default_lr,
+    metadata_problems,
+)
+from orchestrator.services.fine_tuning_views import get_fine_tuning_job, list_fine_tuning_jobs
+from orchestrator.services.tenants import create_tenant
+
+pytest_plugins = ["registry_fixtures"]
+TINY = {"rank": 4, "max_steps": 2}
+
+
+@pytest.fixture
+def settings(registry_url: str, tmp_path: Path):
+    return load_settings({
+        "LORAFLEET_HOME": str(tmp_path / "home"), "LORAFLEET_DATABASE_URL": registry_url,
+        "LORAFLEET_ARTIFACTS": str(tmp_path / "artifacts"),
+        "LORAFLEET_DATA_DIR": os.environ["LORAFLEET_DATA_DIR"],
+        "LORAFLEET_DATA_ROOTS": str(tmp_path), "LORAFLEET_ALLOWED_BASE_MODELS": "tiny-bert,tiny-llama",
+    })
+
+
+def _rows(path: Path, n: int, kind: str = "classification") -> Path:
+    if kind == "classification":
+        path.write_text("".join(f'{{"text": "row {i}", "label": {i % 2}}}\n' for i in range(n)))
+    else:
+        path.write_text("".join(f'{{"prompt": "say {i}", "completion": "{i}"}}\n' for i in range(n)))
+    return path
+
+
+def _problems(session, body, settings) -> list[str]:
+    with pytest.raises(RequestProblems) as caught:
+        create_fine_tuning_job(session, "acme", body, settings)
+    return caught.value.problems
+
+
+def test_the_learning_rate_multiplier_multiplies_the_methods_default(session, settings) -> None:
+    create_tenant(session, "acme")
+    body = {"model": "tiny-bert", "training_file": "builtin-glue-rte", "seed": 3,
+            "hyperparameters": {"learning_rate_multiplier": 0.5, "batch_size": 8},
+            "lorafleet": {**TINY, "method": "dora"}}
+    job = create_fine_tuning_job(session, "acme", body, settings)
+    assert (job.task, job.method, job.rank) == ("rte", "dora", 4)
+    assert (job.spec["seed"], job.spec["batch_size"]) == (3, 8)
+    assert job.spec["lr"] == pytest.approx(0.5 * default_lr({"task": "rte", "method": "dora", "rank": 4,
+                                                             "base_model": "tiny-bert"}))
+    view = get_fine_tuning_job(session, job.id, "acme")
+    assert view["hyperparameters"] == {"n_epochs": "auto", "batch_size": 8, "learning_rate_multiplier": 0.5}
+
+
+def test_the_operators_list_of_bases_and_never_a_path(session, settings) -> None:
+    create_tenant(session, "acme")
+    for model, expected in (("tiny-gpt2", "not a base model tenants may fine-tune"),
+                            ("./models/x", "is a path"), ("/etc", "is a path"), ("a/../../b", "is a path"),
+                            (7, "must be a non-empty string")):
+        problems = _problems(session, {"model": model, "training_file": "builtin-glue-sst2"}, settings)
+        assert any(p.startswith("model:") and expected in p for p in problems), (model, problems)
+
+
+def test_a_validation_file_is_the_tenants_own_of_the_same_kind(session, settings, tmp_path) -> None:
+    create_tenant(session, "acme")
+    create_tenant(session, "globex")
+    train = upload_dataset(session, "acme", _rows(tmp_path / "t.jsonl", 20), settings=settings)
+    held = upload_dataset(session, "acme", _rows(tmp_path / "v.jsonl", 4), settings=settings)
+    gen = upload_dataset(session, "acme", _rows(tmp_path / "g.jsonl", 4, "generation"), "generation",
+                         settings=settings)
+    theirs = upload_dataset(session, "globex", _rows(tmp_path / "o.jsonl", 4), settings=settings)
+    base = {"model": "tiny-bert", "training_file": train.id, "lorafleet": TINY}
+    job = create_fine_tuning_job(session, "acme", {**base, "validation_file": held.id}, settings)
+    assert job.task == "custom-classification"
+    assert (job.dataset_id, job.validation_dataset_id) == (train.id, held.id)
+    assert any("holds generation rows" in p for p in _problems(session, {**base, "validation_file": gen.id},
+                                                                settings))
+    assert any(p.startswith("validation_file: no file") for p in
+               _problems(session, {**base, "validation_file": theirs.id}, settings))
+    assert any("built-in task" in p for p in _problems(
+        session, {**base, "training_file": "builtin-glue-sst2", "validation_file": held.id}, settings))
+
+
+def test_metadata_limits() -> None:
+    assert metadata_problems({"a": "b"}) == []
+    assert metadata_problems({f"k{i}": "v" for i in range(16)}) == []
+    assert "at most 16 pairs" in metadata_problems({f"k{i}": "v" for i in range(17)})[0]
+    assert "keys are strings of 1 to 64" in metadata_problems({"k" * 65: "v"})[0]
+    assert "at most 512" in metadata_problems({"k": "v" * 513})[0]
+    assert "at most 512" in metadata_problems({"k": 1})[0]
+    assert "must be an object" in metadata_problems(["k", "v"])[0]
+
+
+def test_the_job_list_is_keyed_newest_first_and_scoped(session, settings) -> None:
+    create_tenant(session, "acme")
+    create_tenant(session, "globex")
+    body = {"model": "tiny-bert", "training_file": "builtin-glue-sst2", "lorafleet": TINY}
+    ids = [create_fine_tuning_job(session, "acme", {**body, "metadata": {"i": str(i % 2)}}, settings).id
+           for i in range(5)]
+    create_fine_tuning_job(session, "globex", body, settings)
+    page, more = list_fine_tuning_jobs(session, "acme", limit=3)
+    assert [j["id"] for j in page] == ids[::-1][:3] and more
+    page, more = list_fine_tuning_jobs(session, "acme", after=page[-1]["id"], limit=3)
+    assert [j["id"] for j in page] == ids[::-1][3:] and not more
+    odd, _ = list_fine_tuning_jobs(session, "acme", metadata={"i": "1"})
+    assert [j["id"] for j in odd] == [ids[3], ids[1]]
