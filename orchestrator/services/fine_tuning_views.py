@@ -121,9 +121,17 @@ def _objects(session: Session, jobs: Sequence[Job], tenant_slug: str) -> list[di
                        int(tokens.get(j.id) or 0)) for j in jobs]
 
 
+def fine_tuning_job_or_404(session: Session, job_id: str, tenant: str) -> Job:
+    """Inside a service: the tenant's job, or NotFound in the API's words (no CLI hint)."""
+    try:
+        return job_or_404(session, job_id, tenant)
+    except NotFound:
+        raise NotFound(f"no fine-tuning job {job_id[:80]!r}") from None
+
+
 @readonly
 def get_fine_tuning_job(session: Session, job_id: str, tenant: str) -> dict[str, Any]:
-    job = job_or_404(session, job_id, tenant)
+    job = fine_tuning_job_or_404(session, job_id, tenant)
     return _objects(session, [job], tenant)[0]
 
 
@@ -195,7 +203,7 @@ def fine_tuning_events(session: Session, job_id: str, tenant: str, *, after: str
                        limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
     """(a page of the job's events newest first, whether older ones follow), older than the event
     `after` (an id from an earlier page)."""
-    job = job_or_404(session, job_id, tenant)
+    job = fine_tuning_job_or_404(session, job_id, tenant)
     rows, more = _events_page(session, job, after, limit, None)
     return [_event_object(e) for e in rows], more
 
@@ -206,7 +214,7 @@ def fine_tuning_checkpoints(session: Session, job_id: str, tenant: str, *, after
     """(a page of the job's checkpoints newest first, whether older ones follow), as OpenAI's
     `fine_tuning.job.checkpoint` objects, from its `checkpoint` events (the training loss at
     each step from its metrics history)."""
-    job = job_or_404(session, job_id, tenant)
+    job = fine_tuning_job_or_404(session, job_id, tenant)
     rows, more = _events_page(session, job, after, limit, ("checkpoint",))
     steps = [int((e.data or {}).get("step") or 0) for e in rows]
     query = select(MetricPoint.step, MetricPoint.value).where(
