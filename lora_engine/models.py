@@ -217,6 +217,20 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def load_tokenizer(name: str):
+    """The tokenizer `load_base_model(name, ...)` pairs with the model (without its pad token):
+    what a chat data set is rendered with before the job trains (lora_engine.data.chat)."""
+    resolved = resolve_model(name)
+    if resolved.tiny:
+        return gpt2_tokenizer() if resolved.arch in ("gpt2", "llama") else minilm_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolved.path)
+    except OSError as exc:
+        raise LoraFleetInputError(f"cannot load the tokenizer of base model {name!r}: {exc}") from exc
+
+
 def load_base_model(name: str, kind: str, num_labels: int | None = None):
     """(model, tokenizer) for fine-tuning; kind: "classification" | "regression" | "generation".
 

@@ -53,6 +53,10 @@ class QuotaExceeded(InvalidInput):
     """The tenant's quota (queued jobs, device-hours this month, storage) does not allow this."""
 
 
+class TooLarge(InvalidInput):
+    """An upload past its size cap (the API answers 413); the message names the cap's setting."""
+
+
 class BatchError(InvalidInput):
     """Some items of a batch are invalid; nothing was queued. `problems`: {index: [problem]}; the
     message lists them, bounded like every list of problems (`lora_engine.errors.listed`)."""

@@ -6,10 +6,12 @@ registry's columns say what they are, and nothing guesses whether a string is an
 
 | the job's column / stored name  | what the executor gets                                         |
 |---------------------------------|----------------------------------------------------------------|
-| dataset_id                      | the stored data.jsonl, sha256 checked (dataset_for_training)   |
+| dataset_id                      | the stored data.jsonl, sha256 checked (dataset_for_training);  |
+|                                 |   a chat data set rendered with the base's chat template first |
 | validation_dataset_id           | with dataset_id: both stored files copied into the attempt's   |
-|                                 |   inputs folder as data.jsonl + data.validation.jsonl, so the  |
-|                                 |   validation file replaces the held-out split evaluation scores|
+|                                 |   inputs folder as data.jsonl + data.validation.jsonl (then    |
+|                                 |   rendered if chat): the validation file replaces the held-out |
+|                                 |   split evaluation scores                                      |
 | init_from_adapter_id            | the adapter's folder, sha256 checked (verified_adapter)        |
 | base_adapter_id                 | the full fine-tune's folder, sha256 checked                    |
 | base_model spelled as a folder  | the folder, confined and walked again by `orchestrator.paths` |
@@ -51,7 +53,7 @@ class JobInputs:
         return cls(tenant_id=job.tenant_id, kind=job.kind, base_model=job.base_model,
                    dataset_id=job.dataset_id, init_from_adapter_id=job.init_from_adapter_id,
                    base_adapter_id=job.base_adapter_id,
-                   validation_dataset_id=getattr(job, "validation_dataset_id", None))
+                   validation_dataset_id=job.validation_dataset_id)
 
 
 def base_folder(settings: Settings, name: str) -> Path:
@@ -106,6 +108,22 @@ def with_validation(train: Path, validation: Path, folder: Path) -> Path:
     return data
 
 
+def rendered_chat(stored: Path, spec: dict[str, Any]) -> Path:
+    """The file a generation job trains on: a chat data set (or a pair whose validation file is
+    chat) rendered with the chat template of the base model this job trains (known only now;
+    lora_engine.data.chat), else `stored` itself."""
+    from lora_engine.catalog import TASKS
+    from lora_engine.data.chat import needs_rendering, render_chat_dataset
+
+    info = TASKS.get(spec.get("task"))  # type: ignore[arg-type]
+    if info is None or info.kind != "generation" or not needs_rendering(stored):
+        return stored
+    from lora_engine.models import load_tokenizer
+
+    base = spec.get("base_model") or info.base_model
+    return render_chat_dataset(stored, load_tokenizer(base))
+
+
 def resolve_inputs(settings: Settings, inputs: JobInputs, spec: dict[str, Any],
                    scratch: Path | None = None) -> dict[str, Any]:
     """The spec an executor runs (see the module docstring); raises for an input the job may not
@@ -119,13 +137,14 @@ def resolve_inputs(settings: Settings, inputs: JobInputs, spec: dict[str, Any],
         out["base_model"] = local_base(settings, inputs)
     with session_scope(settings) as session:
         if inputs.dataset_id is not None:
-            out["dataset"] = str(dataset_for_training(session, inputs.dataset_id, inputs.tenant_id, settings))
+            stored = dataset_for_training(session, inputs.dataset_id, inputs.tenant_id, settings)
             if inputs.validation_dataset_id is not None:
                 if scratch is None:
                     raise ValueError("a job with a validation file needs its attempt's inputs folder")
                 validation = dataset_for_training(session, inputs.validation_dataset_id, inputs.tenant_id,
                                                   settings)
-                out["dataset"] = str(with_validation(Path(out["dataset"]), validation, scratch))
+                stored = with_validation(stored, validation, scratch)
+            out["dataset"] = str(rendered_chat(stored, out))
         if inputs.init_from_adapter_id is not None:
             out["init_from"] = verified_adapter(session, inputs.init_from_adapter_id).path
         if inputs.kind == "reevaluate" and isinstance(spec.get("adapters"), list):

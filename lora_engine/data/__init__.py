@@ -40,6 +40,11 @@ __all__ = [
 
 
 def _custom_examples(task: str, rows: list[dict], data: CustomDataset) -> list[Example]:
+    if data.format == "chat":
+        # Rendering needs the base model's tokenizer: the worker renders a chat data set into a
+        # prompt/completion file before the job runs (worker.inputs); reaching here is a bug.
+        raise ValueError("a chat data set trains once rendered with the base model's chat template "
+                         "(lora_engine.data.chat.render_chat_file); this file was not rendered")
     if task == "custom-generation":
         # A custom prompt is its own group: its references are the completions given for it.
         return [GenerationExample(r["prompt"], r["completion"], r["prompt"]) for r in rows]
@@ -116,7 +121,8 @@ def _count(task: str, data_dir: str, dataset: str | None, stamp: tuple[int, int]
         return glue.count_glue_rows(data_dir, task, "train")
     if task not in CUSTOM_TASKS:
         return e2e.count_e2e_rows(data_dir, "train")
-    return len(load_examples(task, "train", data_dir=data_dir, dataset=dataset))
+    # The split's rows, not its examples: a chat file counts before it is rendered (at submit).
+    return len(load_custom(dataset, task_info(task).kind).train)
 
 
 def count_train_rows(task: str, *, data_dir: str | Path, dataset: str | Path | None = None) -> int:

@@ -2,8 +2,13 @@
 
 Row formats (one JSON object per line; blank lines are ignored):
 
-- classification: ``{"text": str, "text_pair": str (optional), "label": int | str}``
-- generation:     ``{"prompt": str, "completion": str}``
+- classification: ``{"text": str, "text_pair": str (optional), "label": int | str}`` (text_label)
+- generation:     ``{"prompt": str, "completion": str}`` (prompt_completion), or OpenAI's chat
+                  format ``{"messages": [...]}`` (chat; see `chat.py`, rendered when a job starts)
+
+A file holds one format: its first row's decides (`FORMATS` maps each to its kind), and a row of
+another format is a per-line error. `read_jsonl(path, None)` takes whichever format the file has
+(the API's upload, where the format decides the task kind); with a kind it takes that kind's.
 
 `validate_jsonl` checks the whole file the way a fine-tuning API validates an upload: every bad
 row is reported with its line number and the reason, all in one `DataValidationError`, and
@@ -28,10 +33,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_engine.data import chat
 from lora_engine.errors import DataValidationError
 from lora_engine.safe_json import DocumentError, loads
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# Problems kept of an invalid file: far more than anyone reads (the message shows the first 50),
+# few enough that a file of millions of bad rows costs no memory; the rest are counted.
+MAX_PROBLEMS_KEPT = 1000
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_SEED = 20240611
 
@@ -39,6 +48,12 @@ FIELDS = {
     "classification": {"text": True, "text_pair": False, "label": True},  # name -> required
     "generation": {"prompt": True, "completion": True},
 }
+# A file's format -> its task kind. A kind's first format is the one a row of no known format is
+# checked against (its messages then say which fields are missing).
+FORMATS = {"text_label": "classification", "prompt_completion": "generation", "chat": "generation"}
+FORMAT_NAMES = {"text_label": "text/label", "prompt_completion": "prompt/completion",
+                "chat": "chat (messages)"}
+_FORMAT_FIELDS = {"text_label": FIELDS["classification"], "prompt_completion": FIELDS["generation"]}
 _KIND_ALIASES = {"custom-classification": "classification", "custom-generation": "generation"}
 
 
@@ -81,16 +96,118 @@ def _row_problems(row, fields: dict[str, bool]) -> list[str]:
     return problems
 
 
-def validate_jsonl(
-    path: str | Path, kind: str, *, max_bytes: int = MAX_FILE_BYTES, min_labels: int = 2
-) -> list[dict]:
-    """All rows of a tenant's JSONL file, or DataValidationError listing every problem.
+def row_format(row) -> str | None:
+    """The format a decoded row is written in, by its keys (None: no known field)."""
+    if not isinstance(row, dict):
+        return None
+    if "messages" in row:
+        return "chat"
+    if "prompt" in row or "completion" in row:
+        return "prompt_completion"
+    if {"text", "text_pair", "label"} & set(row):
+        return "text_label"
+    return None
 
-    Returned rows hold exactly the known fields (optional ones as None); line numbers are 1-based.
-    `min_labels`: distinct labels a classification file needs (a validation file may hold fewer).
-    """
+
+def _formats_of(kind: str | None) -> tuple[str, ...]:
+    if kind is None:
+        return tuple(FORMATS)
     kind = _kind(kind)
-    fields = FIELDS[kind]
+    return tuple(f for f, k in FORMATS.items() if k == kind)
+
+
+def _problems_as(row, fmt: str) -> list[str]:
+    return chat.chat_row_problems(row) if fmt == "chat" else _row_problems(row, _FORMAT_FIELDS[fmt])
+
+
+def _kept(row: dict, fmt: str) -> dict:
+    if fmt == "chat":
+        return chat.normalized(row)
+    return {name: row.get(name) for name in _FORMAT_FIELDS[fmt]}
+
+
+def file_format(path: str | Path) -> str | None:
+    """The format of a VALIDATED file (its first row of a known format decides); reads one row."""
+    with Path(path).open("rb") as fh:
+        for raw in fh:
+            line = raw.decode("utf-8").removeprefix("\ufeff")
+            if line.strip():
+                fmt = row_format(loads(line, what="row"))
+                if fmt is not None:
+                    return fmt
+    return None
+
+
+class _LineCheck:
+    """One line of a file at a time: its problems (a list), its kept row (a dict), or None for a
+    blank line; remembers the file's format and label type from the rows before."""
+
+    def __init__(self, kind: str | None, allowed: tuple[str, ...]):
+        self.kind, self.allowed = kind, allowed
+        self.fmt: str | None = None  # the file's format, set by its first row of a known one
+        self.fmt_line = 0
+        self.label_type: type | None = None
+
+    def __call__(self, number: int, raw: bytes) -> list[str] | dict | None:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = f"byte {raw[exc.start]:#04x} at column {exc.start + 1}"
+            return [f"not valid UTF-8 ({bad}); save the file as UTF-8"]
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a BOM is an encoding mark, not data
+        if not line.strip():
+            return None
+        try:
+            row = loads(line, what="row")
+        except DocumentError as exc:
+            return [f"not valid JSON: {exc.reason}"]
+        this = row_format(row)
+        if this not in self.allowed:  # no known field, or another kind's
+            if self.kind is None and self.fmt is None:
+                return ["no known field; a row is {\"messages\": [...]} (chat), {\"prompt\", \"completion\"} "
+                        "or {\"text\", \"label\"}"]
+            # Checked as the file's format (else the kind's first): its messages name the missing
+            # and the stray fields.
+            this = self.fmt or self.allowed[0]
+        if self.fmt is None:
+            self.fmt, self.fmt_line = this, number
+        if this != self.fmt:
+            return [f"a {FORMAT_NAMES[this]} row, but line {self.fmt_line} is {FORMAT_NAMES[self.fmt]}; "
+                    f"a file holds one format"]
+        why = _problems_as(row, this)
+        if not why and this == "text_label":
+            # One label type per file: mixing 1 and "1" would silently make two classes.
+            this_type = type(row["label"])
+            self.label_type = self.label_type or this_type
+            if this_type is not self.label_type:
+                why = [f"label is a {_type_name(row['label'])}, but earlier rows use "
+                       f"{'integers' if self.label_type is int else 'strings'}; use one label type"]
+        return why or _kept(row, this)
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    format: str  # a key of FORMATS
+    rows: list[dict]
+
+    @property
+    def kind(self) -> str:
+        return FORMATS[self.format]
+
+
+def read_jsonl(
+    path: str | Path, kind: str | None, *, max_bytes: int = MAX_FILE_BYTES, min_labels: int = 2
+) -> ParsedFile:
+    """The format and all rows of a tenant's JSONL file, or DataValidationError listing every problem
+    (of the first `MAX_PROBLEMS_KEPT`; the invalid rows after them are counted).
+
+    `kind`: "classification" | "generation" takes that kind's formats only; None takes any format
+    (the file's first row decides). Returned rows hold exactly the known fields (optional ones as
+    None; chat rows their messages' role and content); line numbers are 1-based. `min_labels`:
+    distinct labels a classification file needs (a validation file may hold fewer).
+    """
+    allowed = _formats_of(kind)
     path = Path(path)
     if not path.is_file():
         raise DataValidationError(str(path), [(0, "no such file")])
@@ -100,46 +217,38 @@ def validate_jsonl(
 
     problems: list[tuple[int, str]] = []
     rows: list[dict] = []
-    label_type: type | None = None
+    check = _LineCheck(kind, allowed)
+    unlisted = 0  # invalid rows past MAX_PROBLEMS_KEPT: counted, not kept
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad = f"byte {raw[exc.start]:#04x} at column {exc.start + 1}"
-                problems.append((number, f"not valid UTF-8 ({bad}); save the file as UTF-8"))
-                continue
-            if number == 1:
-                line = line.removeprefix("\ufeff")  # a BOM is an encoding mark, not data
-            if not line.strip():
-                continue
-            try:
-                row = loads(line, what="row")
-            except DocumentError as exc:
-                problems.append((number, f"not valid JSON: {exc.reason}"))
-                continue
-            why = _row_problems(row, fields)
-            if not why and kind == "classification":
-                # One label type per file: mixing 1 and "1" would silently make two classes.
-                this = type(row["label"])
-                label_type = label_type or this
-                if this is not label_type:
-                    why = [f"label is a {_type_name(row['label'])}, but earlier rows use "
-                           f"{'integers' if label_type is int else 'strings'}; use one label type"]
-            if why:
-                problems.extend((number, reason) for reason in why)
-                continue
-            rows.append({name: row.get(name) for name in fields})
+            outcome = check(number, raw)
+            if isinstance(outcome, dict):
+                if not problems:  # an invalid file returns no rows: keep none once one is bad
+                    rows.append(outcome)
+            elif outcome and len(problems) >= MAX_PROBLEMS_KEPT:
+                unlisted += 1
+            elif outcome:
+                problems.extend((number, reason) for reason in outcome)
+    if unlisted:
+        problems.append((0, f"{unlisted} more invalid row(s) after line {problems[-1][0]}, not listed"))
+    fmt = check.fmt
 
     if not rows and not problems:
         problems.append((0, "empty: no rows"))
-    if kind == "classification" and rows and not problems:
+    if fmt == "text_label" and rows and not problems:
         distinct = {r["label"] for r in rows}
         if len(distinct) < min_labels:
             problems.append((0, f"only one distinct label; classification needs at least {min_labels}"))
     if problems:
         raise DataValidationError(str(path), problems)
-    return rows
+    return ParsedFile(fmt, rows)
+
+
+def validate_jsonl(
+    path: str | Path, kind: str, *, max_bytes: int = MAX_FILE_BYTES, min_labels: int = 2
+) -> list[dict]:
+    """All rows of a tenant's JSONL file of `kind`, or DataValidationError (see `read_jsonl`)."""
+    return read_jsonl(path, kind, max_bytes=max_bytes, min_labels=min_labels).rows
 
 
 @dataclass(frozen=True)
@@ -160,7 +269,9 @@ def profile_rows(rows: list[dict], kind: str) -> DataProfile:
         key = json.dumps(row, sort_keys=True)
         duplicates += key in seen
         seen.add(key)
-        chars += sum(len(v) for k, v in row.items() if k != "label" and isinstance(v, str))
+        texts = [m["content"] for m in row["messages"]] if "messages" in row else [
+            v for k, v in row.items() if k != "label" and isinstance(v, str)]
+        chars += sum(map(len, texts))
     counts = None
     if kind == "classification":
         counts = {}
@@ -206,6 +317,7 @@ class CustomDataset:
     validation: list[dict]
     label_names: tuple[str, ...]  # () for generation
     validation_source: str  # "sibling file <path>" or "hold-out of N rows"
+    format: str = "text_label"  # a key of FORMATS
 
     def label_id(self, label: int | str) -> int:
         return self.label_names.index(str(label))
@@ -214,10 +326,15 @@ class CustomDataset:
 def load_custom(path: str | Path, kind: str, *, max_bytes: int = MAX_FILE_BYTES) -> CustomDataset:
     """Validate a tenant data set (and its sibling validation file if any) and split it."""
     kind = _kind(kind)
-    rows = validate_jsonl(path, kind, max_bytes=max_bytes)
+    parsed = read_jsonl(path, kind, max_bytes=max_bytes)
+    rows = parsed.rows
     sibling = validation_sibling(path)
     if sibling.is_file():
-        train, validation = rows, validate_jsonl(sibling, kind, max_bytes=max_bytes, min_labels=1)
+        val = read_jsonl(sibling, kind, max_bytes=max_bytes, min_labels=1)
+        if val.format != parsed.format:
+            raise DataValidationError(str(sibling), [(0, f"{FORMAT_NAMES[val.format]} rows, but the training "
+                                                         f"file's are {FORMAT_NAMES[parsed.format]}")])
+        train, validation = rows, val.rows
         source = f"sibling file {sibling}"
     else:
         if len(rows) < 2:
@@ -234,4 +351,4 @@ def load_custom(path: str | Path, kind: str, *, max_bytes: int = MAX_FILE_BYTES)
         if len({type(r["label"]) for r in both}) > 1:
             raise DataValidationError(str(sibling), [(0, "label type differs from the training file's")])
         names = label_names_of(both)
-    return CustomDataset(train, validation, names, source)
+    return CustomDataset(train, validation, names, source, parsed.format)

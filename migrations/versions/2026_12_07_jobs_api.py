@@ -19,7 +19,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "2026_12_07_jobs_api"
-down_revision: str | None = "2026_12_07_apikeys"
+down_revision: str | None = "2026_12_07_files"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

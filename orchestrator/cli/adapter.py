@@ -37,16 +37,15 @@ ADAPTER_COLUMNS = (
 def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
     """The adapter's view; `verified`: only if its files still match the registry's sha256."""
     from lora_engine.errors import AdapterError
-    from orchestrator.services.adapters import get_adapter, verified_adapter
+    from orchestrator.services.adapters import get_adapter, owner_slugs, verified_adapter
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
-        if not verified:
-            return adapter_dict(get_adapter(session, adapter_id))
         try:
-            return adapter_dict(verified_adapter(session, adapter_id))
+            row = verified_adapter(session, adapter_id) if verified else get_adapter(session, adapter_id)
         except AdapterError as exc:
             raise CliError(f"adapter {adapter_id}: {exc}") from None
+        return adapter_dict(row, owner_slugs(session, [row]).get(row.tenant_id))
 
 
 @click.group()
@@ -62,13 +61,13 @@ def adapter() -> None:
 @json_option
 def list_(tenant: str | None, task: str | None, base_model: str | None, wide: bool, as_json: bool) -> None:
     """List live adapters, oldest first."""
-    from orchestrator.services.adapters import list_adapters
+    from orchestrator.services.adapters import list_adapters, owner_slugs
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
-        views = [
-            adapter_dict(a) for a in list_adapters(session, tenant=tenant, task=task, base_model=base_model)
-        ]
+        rows = list_adapters(session, tenant=tenant, task=task, base_model=base_model)
+        slugs = owner_slugs(session, rows)
+        views = [adapter_dict(a, slugs.get(a.tenant_id)) for a in rows]
     emit(views, as_json, lambda v: print_table(v, ADAPTER_COLUMNS, wide=wide))
 
 

@@ -8,7 +8,7 @@ import click
 
 from orchestrator.cli.helpers import emit, json_option, open_session, print_record, print_table
 
-DATASET_COLUMNS = ("id", "tenant", "kind", "name", "rows", "bytes", "token_estimate", "created_at")
+DATASET_COLUMNS = ("id", "tenant", "kind", "format", "name", "rows", "bytes", "token_estimate", "created_at")
 
 
 @click.group()
@@ -21,7 +21,8 @@ def dataset() -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["classification", "generation"]), default="classification",
               show_default=True, help="classification rows {text, text_pair?, label}; generation {prompt, "
-              "completion}.")
+              "completion} or OpenAI's chat rows {messages: [...]} (rendered with the base model's chat "
+              "template when a job starts).")
 @click.option("--validation", type=click.Path(path_type=Path),
               help="A validation split (else 10% of the rows are held out).")
 @json_option

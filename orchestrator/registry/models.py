@@ -124,6 +124,9 @@ class Tenant(Base):
     )
 
 
+DATASET_FORMATS = "format IN ('text_label', 'prompt_completion', 'chat')"
+
+
 class Dataset(Base):
     """A tenant's uploaded, validated JSONL data set, stored by id under the artifacts root.
 
@@ -137,6 +140,9 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = _tenant_fk()
     kind: Mapped[str] = mapped_column(String(16))  # classification | generation
+    # The rows' format (lora_engine.data.custom.FORMATS): text_label (classification),
+    # prompt_completion or chat (generation; a chat file is rendered when a job starts).
+    format: Mapped[str] = mapped_column(String(24), default="text_label", server_default="text_label")
     name: Mapped[str] = mapped_column(String(255))  # the uploaded file's name (display only)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -154,6 +160,7 @@ class Dataset(Base):
 
     __table_args__ = (
         CheckConstraint("kind IN ('classification', 'generation')", name="kind_valid"),
+        CheckConstraint(DATASET_FORMATS, name="format_valid"),
         Index("ix_datasets_tenant_id_sha256", "tenant_id", "sha256"),
     )
 

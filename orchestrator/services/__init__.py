@@ -30,6 +30,10 @@ datasets:         upload_dataset(s, tenant_slug, file, kind="classification", va
                   list_datasets(s, tenant=None); get_dataset(s, id, tenant=None);
                   delete_dataset(s, id, tenant=None) (refused while queued/running jobs use it)
                   dataset_for_training(s, id, tenant_id) -> the stored file, sha256 checked (worker)
+                  upload_stream(s, tenant_slug, stream, filename, kind=None) -> Dataset (bytes from
+                             the network, the API's upload; at most max_dataset_bytes: TooLarge)
+                  kind None: the file's format decides it (Dataset.format: text_label |
+                             prompt_completion | chat; chat rows are rendered when a job starts)
                   Paths a user passes are confined to settings.data_roots (orchestrator.paths).
 jobs:             submit_job(s, tenant_slug, spec_dict, priority=0, idempotency_key=None,
                              init_from_adapter_id=None, max_attempts=None, settings=None) -> Job
@@ -113,6 +117,15 @@ reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=
                             -> ReconcileResult(dispatch=[ids to send], requeued=[..], failed=[..],
                                cancelled=[..], paused=[..])
                   mark_dispatched(s, job_ids)   (after sending the messages for new jobs)
+files:            the API's files: a tenant's data sets + the built-ins (builtin-glue-<task>, builtin-e2e)
+                  list_files(s, tenant, after=None, limit=20, order="desc", purpose=None)
+                             -> ([FileView], has_more); get_file(s, id, tenant) -> FileView (.to_dict():
+                             OpenAI's file object); file_content(s, id, tenant) -> Path;
+                  delete_file(s, id, tenant) -> id (built-ins refused; in use by jobs refused)
+                  training_source(s, file_id, tenant) -> ("task", name) | ("dataset", Dataset)
+                             (inside the caller's transaction: the job's submission)
+model_names:      model_name(adapter, tenant_slug, suffix=None) -> "ft:<base>:<tenant>:<suffix|task>:<id>"
+                  parse_model_name(text) -> adapter id | None (the last ':' field)
 adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifacts>/<tenant>/<adapter>
                   (from orchestrator.artifacts, the one home of every artifact path)
                   list_adapters(s, tenant=None, task=None, base_model=None, include_deleted=False)
@@ -120,6 +133,7 @@ adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifact
                   verified_adapter(s, adapter_id, tenant=None) -> Adapter (files match its sha256,
                             else lora_engine AdapterError; call before loading an adapter)
                   delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)
+                  owner_slugs(s, adapters) -> {tenant_id: slug} (what model names are spelled with)
 overview:         job_listing(s, tenant=None, state=None, limit=None, offset=0) -> [ListedJob(job,
                             tenant_slug, headline=(metric, value)|None)] (.to_dict(): job_dict)
                   tenant_overview(s, slug) -> TenantOverview(tenant, summary, quotas)

@@ -24,7 +24,7 @@ from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
     "adapter_or_404", "delete_adapter", "export_adapter", "get_adapter", "list_adapters", "new_adapter_path",
-    "verified_adapter",
+    "owner_slugs", "verified_adapter",
 ]
 
 
@@ -37,6 +37,12 @@ def list_adapters(
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
     return repo.adapters(session, tenant_id=tenant_id, task=task, base_model=base_model,
                          include_deleted=include_deleted)
+
+
+@readonly
+def owner_slugs(session: Session, adapters: Sequence[Adapter]) -> dict[str, str]:
+    """{tenant id: slug} of the adapters' tenants (what their model names are spelled with)."""
+    return repo.tenant_slugs(session, {a.tenant_id for a in adapters})
 
 
 def adapter_or_404(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:

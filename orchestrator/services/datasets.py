@@ -11,25 +11,33 @@ per label, mixed label types); then the staging folder is renamed to
 `data.validation.jsonl` when a validation file was given, which the engine reads as the validation
 split) and its sha256 is recorded. The same bytes uploaded again by the same tenant return the
 existing data set (so a retried `job submit --dataset FILE` stores nothing new).
+
+An upload over the network (`upload_stream`, the API's POST /v1/files) is read from its byte
+stream into the staging folder, at most `max_dataset_bytes` (TooLarge), and goes on the same way;
+its file name is kept for display only. The rows' format (`Dataset.format`, see
+`lora_engine.data.custom.FORMATS`) decides the kind when none is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
 from lora_engine.atomic import fsync_tree, move_into_place, private_dir
-from lora_engine.data.custom import profile_rows, sparse_label_problems, validate_jsonl
+from lora_engine.data.custom import FORMAT_NAMES, ParsedFile, profile_rows, read_jsonl, sparse_label_problems
 from lora_engine.errors import DataValidationError
 from orchestrator import paths
 from orchestrator.config import Settings, get_settings
-from orchestrator.errors import InvalidInput, InvalidState, NotFound
+from orchestrator.errors import InvalidInput, InvalidState, NotFound, TooLarge
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Dataset, Tenant, new_id, utcnow
 from orchestrator.services._tx import readonly, transactional
@@ -70,6 +78,7 @@ class CheckedUpload:
     validation_rows: list[dict] | None = None
     validation_sha256: str | None = None
     validation_size: int | None = None
+    format: str = "text_label"  # lora_engine.data.custom.FORMATS: it decides `kind`
 
     @property
     def data(self) -> Path:
@@ -77,49 +86,89 @@ class CheckedUpload:
         return self.staging / DATA_FILE
 
 
-def _copy_in(file: str | Path, settings: Settings, what: str, dest: Path, kind: str, min_labels: int
-             ) -> tuple[paths.CopiedFile, list[dict]]:
+def _validated(dest: Path, shown: str, settings: Settings, kind: str | None, min_labels: int) -> ParsedFile:
+    """lorafleet's copy `dest` validated whole; problems name the user's file (`shown`)."""
+    try:
+        parsed = read_jsonl(dest, kind, max_bytes=settings.max_dataset_bytes, min_labels=min_labels)
+        if min_labels > 1:
+            sparse_label_problems(dest, parsed.kind, MIN_ROWS_PER_LABEL)
+    except DataValidationError as exc:
+        raise DataValidationError(shown, exc.problems) from None
+    return parsed
+
+
+def _copy_in(file: str | Path, settings: Settings, what: str, dest: Path, kind: str | None, min_labels: int
+             ) -> tuple[paths.CopiedFile, ParsedFile]:
     """Copy the user's file to `dest` and validate the copy; problems name the user's file."""
     copied = paths.copy_file(file, settings, what, dest, cap=settings.max_dataset_bytes, cap_var=SIZE_VAR)
-    try:
-        rows = validate_jsonl(dest, kind, max_bytes=settings.max_dataset_bytes, min_labels=min_labels)
-        if min_labels > 1:
-            sparse_label_problems(dest, kind, MIN_ROWS_PER_LABEL)
-    except DataValidationError as exc:
-        raise DataValidationError(str(file), exc.problems) from None
-    return copied, rows
+    return copied, _validated(dest, str(file), settings, kind, min_labels)
+
+
+def _check_kind(kind: str | None) -> None:
+    if kind is not None and kind not in KINDS:
+        raise InvalidInput(f"unknown data set kind {kind!r}; allowed: {', '.join(KINDS)}")
+
+
+def new_staging(settings: Settings) -> Path:
+    """A new private folder under the artifacts root for one upload (removed by its caller)."""
+    staging = private_dir(settings.artifacts) / f".incoming-{uuid.uuid4().hex}"
+    staging.mkdir(mode=0o700)
+    return staging
 
 
 def check_dataset_files(
-    file: str | Path, kind: str, validation: str | Path | None = None, *, settings: Settings | None = None
+    file: str | Path, kind: str | None, validation: str | Path | None = None, *,
+    settings: Settings | None = None,
 ) -> CheckedUpload:
     """Copy an upload (confined, bounded) into a new staging folder and validate it whole; nothing
-    is registered. PathRefused / InvalidInput / DataValidationError (the staging folder removed)."""
+    is registered. `kind` None: the file's format decides it. PathRefused / InvalidInput /
+    DataValidationError (the staging folder removed)."""
     settings = settings or get_settings()
-    if kind not in KINDS:
-        raise InvalidInput(f"unknown data set kind {kind!r}; allowed: {', '.join(KINDS)}")
+    _check_kind(kind)
     paths.regular_file(file, settings, "dataset", cap=settings.max_dataset_bytes, cap_var=SIZE_VAR)
-    staging = private_dir(settings.artifacts) / f".incoming-{uuid.uuid4().hex}"
-    staging.mkdir(mode=0o700)
+    staging = new_staging(settings)
     try:
-        copied, rows = _copy_in(file, settings, "dataset", staging / DATA_FILE, kind, 2)
-        checked = CheckedUpload(staging, Path(str(file)).name, kind, rows, copied.sha256, copied.size)
+        copied, parsed = _copy_in(file, settings, "dataset", staging / DATA_FILE, kind, 2)
+        checked = CheckedUpload(staging, Path(str(file)).name, parsed.kind, parsed.rows, copied.sha256,
+                                copied.size, format=parsed.format)
         if validation is not None:
-            val, val_rows = _copy_in(validation, settings, "validation", staging / VALIDATION_FILE, kind, 1)
-            if kind == "classification" and type(val_rows[0]["label"]) is not type(rows[0]["label"]):
-                differs = "label type differs from the training file's"
-                raise DataValidationError(str(validation), [(0, differs)])
-            checked = CheckedUpload(staging, checked.name, kind, rows, copied.sha256, copied.size, val_rows,
-                                    val.sha256, val.size)
+            val, val_parsed = _copy_in(validation, settings, "validation", staging / VALIDATION_FILE,
+                                       parsed.kind, 1)
+            _same_format(str(validation), parsed, val_parsed)
+            checked = dataclasses.replace(checked, validation_rows=val_parsed.rows,
+                                          validation_sha256=val.sha256, validation_size=val.size)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return checked
 
 
+def _same_format(shown: str, train: ParsedFile, validation: ParsedFile) -> None:
+    if validation.format != train.format:
+        raise DataValidationError(shown, [(0, f"{FORMAT_NAMES[validation.format]} rows, but the training "
+                                              f"file's are {FORMAT_NAMES[train.format]}; use one format")])
+    if train.format == "text_label" and type(validation.rows[0]["label"]) is not type(train.rows[0]["label"]):
+        raise DataValidationError(shown, [(0, "label type differs from the training file's")])
+
+
+def _read_upload(stream: BinaryIO, dest: Path, cap: int) -> tuple[str, int]:
+    """Copy an upload's byte stream into lorafleet's new file `dest` (owner-only), at most `cap`
+    bytes (one more is a refusal naming `SIZE_VAR`): (sha256, size)."""
+    digest, size = hashlib.sha256(), 0
+    with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out:
+        while chunk := stream.read(min(1 << 20, cap + 1 - size)):
+            size += len(chunk)
+            if size > cap:
+                raise TooLarge(f"the file is over the limit of {cap} bytes ({SIZE_VAR})")
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest(), size
+
+
 def _same_upload(session: Session, tenant: Tenant, checked: CheckedUpload) -> Dataset | None:
     for existing in repo.datasets_by_sha256(session, tenant.id, checked.sha256):
-        if existing.kind == checked.kind and existing.validation_sha256 == checked.validation_sha256:
+        if (existing.kind, existing.format, existing.validation_sha256) == (
+                checked.kind, checked.format, checked.validation_sha256):
             return existing
     return None
 
@@ -147,7 +196,8 @@ def store_dataset(
         staged.append(final)
     profile = profile_rows(checked.rows, checked.kind)
     dataset = Dataset(
-        id=dataset_id, tenant_id=tenant.id, kind=checked.kind, name=checked.name[:255], path=str(final),
+        id=dataset_id, tenant_id=tenant.id, kind=checked.kind, format=checked.format, name=checked.name[:255],
+        path=str(final),
         sha256=checked.sha256, bytes=checked.size, rows=profile.rows, duplicate_rows=profile.duplicate_rows,
         label_counts=profile.label_counts, token_estimate=profile.token_estimate,
         validation_sha256=checked.validation_sha256, validation_bytes=checked.validation_size,
@@ -162,7 +212,8 @@ def store_dataset(
 def unstored_dataset(tenant: Tenant, checked: CheckedUpload) -> Dataset:
     """A Dataset object describing a checked upload, not stored nor added to the session (dry run)."""
     profile = profile_rows(checked.rows, checked.kind)
-    return Dataset(id=None, tenant_id=tenant.id, kind=checked.kind, name=checked.name[:255], path="",
+    return Dataset(id=None, tenant_id=tenant.id, kind=checked.kind, format=checked.format,
+                   name=checked.name[:255], path="",
                    sha256=checked.sha256, bytes=checked.size, rows=profile.rows,
                    duplicate_rows=profile.duplicate_rows, label_counts=profile.label_counts,
                    token_estimate=profile.token_estimate,
@@ -179,16 +230,54 @@ def upload_dataset(
     session: Session,
     tenant_slug: str,
     file: str | Path,
-    kind: str = "classification",
+    kind: str | None = "classification",
     validation: str | Path | None = None,
     settings: Settings | None = None,
 ) -> Dataset:
-    """Validate a tenant's JSONL file whole and store a copy by id (see the module docstring)."""
+    """Validate a tenant's JSONL file whole and store a copy by id (see the module docstring).
+    `kind` None: the file's format decides it (chat, prompt/completion: generation; text/label:
+    classification)."""
     settings = settings or get_settings()
     tenant = tenant_or_404(session, tenant_slug)
     checked = check_dataset_files(file, kind, validation, settings=settings)
     staged: list[Path] = [checked.staging]
     try:
+        dataset = store_dataset(session, tenant, checked, settings, staged)
+        session.flush()
+    except BaseException:
+        remove_staged(staged)
+        raise
+    return dataset
+
+
+def display_name(filename: str | None) -> str:
+    """An uploaded file's name as the registry keeps it (shown, never a path): at most 255
+    characters, without what a database text column refuses (NUL, lone surrogates)."""
+    name = (filename or "upload.jsonl").encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    return name[:255] or "upload.jsonl"
+
+
+@transactional
+def upload_stream(
+    session: Session,
+    tenant_slug: str,
+    stream: BinaryIO,
+    filename: str | None,
+    kind: str | None = None,
+    settings: Settings | None = None,
+) -> Dataset:
+    """`upload_dataset` for bytes that arrive over the network (the API's POST /v1/files): read
+    into a staging folder (at most `max_dataset_bytes`: TooLarge), validated whole, stored by id.
+    `kind` None: the file's format decides it. `filename` is kept for display only."""
+    settings = settings or get_settings()
+    _check_kind(kind)
+    tenant = tenant_or_404(session, tenant_slug)
+    name = display_name(filename)
+    staged: list[Path] = [new_staging(settings)]
+    try:
+        sha256, size = _read_upload(stream, staged[0] / DATA_FILE, settings.max_dataset_bytes)
+        parsed = _validated(staged[0] / DATA_FILE, name, settings, kind, 2)
+        checked = CheckedUpload(staged[0], name, parsed.kind, parsed.rows, sha256, size, format=parsed.format)
         dataset = store_dataset(session, tenant, checked, settings, staged)
         session.flush()
     except BaseException:
@@ -230,6 +319,11 @@ def delete_dataset(
     settings = settings or get_settings()
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
     dataset = dataset_or_404(session, dataset_id, tenant_id, f" for tenant {tenant!r}" if tenant else "")
+    return remove_dataset(session, dataset, settings)
+
+
+def remove_dataset(session: Session, dataset: Dataset, settings: Settings) -> Dataset:
+    """Inside a caller's transaction: `delete_dataset` of a data set already looked up."""
     waiting = repo.active_jobs_of_dataset(session, dataset.id)
     if waiting:
         raise InvalidState(f"data set {dataset.id} is used by {len(waiting)} queued, running or paused "

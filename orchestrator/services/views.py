@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.registry.models import Adapter, Dataset, Job, JobEvent, Tenant, Usage
+from orchestrator.services.model_names import model_name
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -21,7 +22,8 @@ def tenant_dict(t: Tenant) -> dict[str, Any]:
 
 
 def dataset_dict(d: Dataset, tenant_slug: str | None = None) -> dict[str, Any]:
-    return {"id": d.id, "tenant_id": d.tenant_id, "tenant": tenant_slug, "kind": d.kind, "name": d.name,
+    return {"id": d.id, "tenant_id": d.tenant_id, "tenant": tenant_slug, "kind": d.kind, "format": d.format,
+            "name": d.name,
             "rows": d.rows, "duplicate_rows": d.duplicate_rows, "label_counts": d.label_counts,
             "token_estimate": d.token_estimate, "bytes": d.bytes, "sha256": d.sha256,
             "validation_rows": d.validation_rows, "validation_sha256": d.validation_sha256,
@@ -61,9 +63,12 @@ def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
     }
 
 
-def adapter_dict(a: Adapter) -> dict[str, Any]:
+def adapter_dict(a: Adapter, tenant_slug: str | None = None, suffix: str | None = None) -> dict[str, Any]:
+    """`model`: the adapter's name (services.model_names), when its tenant's slug is given."""
     return {
-        "id": a.id, "tenant_id": a.tenant_id, "job_id": a.job_id, "path": a.path, "sha256": a.sha256,
+        "id": a.id, "tenant_id": a.tenant_id, "job_id": a.job_id,
+        "model": model_name(a, tenant_slug, suffix) if tenant_slug else None, "path": a.path,
+        "sha256": a.sha256,
         "bytes": a.bytes, "trainable_params": a.trainable_params, "total_params": a.total_params,
         "base_model": a.base_model, "task": a.task, "method": a.method, "rank": a.rank,
         "parent_adapter_id": a.parent_adapter_id, "created_at": _ts(a.created_at),
@@ -96,7 +101,7 @@ class JobDetail:
 
     def to_dict(self) -> dict[str, Any]:
         out = job_dict(self.job, self.tenant_slug)
-        out["adapter"] = adapter_dict(self.adapter) if self.adapter is not None else None
+        out["adapter"] = adapter_dict(self.adapter, self.tenant_slug) if self.adapter is not None else None
         out["metrics"] = self.metrics
         out["reevaluated"] = self.reevaluated
         out["usage"] = [usage_dict(u) for u in self.usage]

@@ -329,3 +329,22 @@ def test_running_job_pauses_at_a_checkpoint_and_resumes_from_it(live_worker: Liv
     resumed = [e for e in _events(live_worker, job_id) if e["kind"] == "resumed"]
     assert [e["data"]["step"] for e in resumed] == [step]  # from the checkpoint, not from step 0
     assert detail["attempts"] == 2 and len(detail["usage"]) == 2
+
+
+def test_a_chat_data_set_trains_rendered_with_the_jobs_base_model(live_worker: LiveWorker, tmp_path: Path):
+    """OpenAI's chat rows, uploaded as they are, are rendered by the worker when the job starts
+    (tiny-gpt2's tokenizer has no chat template: the plain `role: content` prompt)."""
+    tenant = _tenant(live_worker, "chatty")
+    data = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}"}]}
+            for i in range(12)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job_id = _submit(live_worker, tenant, task="custom-generation", base_model="tiny-gpt2", dataset=str(data),
+                     max_steps=1, eval_size=2, rank=2)
+    detail = _wait_terminal(live_worker, [job_id])[job_id]
+    assert detail["state"] == "succeeded", (detail, _events(live_worker, job_id))
+    stored = live_worker.settings.artifacts / detail["tenant_id"] / "datasets"
+    (rendered,) = stored.glob("*/rendered/*/data.jsonl")
+    first = json.loads(rendered.read_text().splitlines()[0])
+    assert first["prompt"].startswith("user: Say ") and first["prompt"].endswith("\nassistant: ")
+    assert set(detail["metrics"]["validation"]) >= {"rouge_l"}

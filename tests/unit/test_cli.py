@@ -275,6 +275,14 @@ def succeeded_adapter(adapter_id: str) -> tuple[Path, str, int]:
     return path, sha, size
 
 
+def test_adapter_show_and_list_print_the_model_name(home: Path):
+    adapter_id = "00000000-0000-4000-8000-000000000003"
+    succeeded_adapter(adapter_id)
+    model = f"ft:tiny-bert:acme:sst2:{adapter_id}"
+    assert json.loads(run("adapter", "show", adapter_id, "--json").stdout)["model"] == model
+    assert [a["model"] for a in json.loads(run("adapter", "list", "--json").stdout)] == [model]
+
+
 def test_report_benchmark_reevaluate_queues_one_job_per_base_and_sends_it(home: Path):
     adapter_id = "00000000-0000-4000-8000-000000000001"
     succeeded_adapter(adapter_id)
