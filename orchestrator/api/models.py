@@ -38,11 +38,17 @@ def base_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": OWNER}
 
 
-def adapter_object(adapter: Any, tenant_slug: str) -> dict[str, Any]:
+def adapter_object(adapter: Any, tenant_slug: str, suffix: str | None = None) -> dict[str, Any]:
     from orchestrator.services.model_names import model_name
 
-    return {"id": model_name(adapter, tenant_slug), "object": "model",
+    return {"id": model_name(adapter, tenant_slug, suffix), "object": "model",
             "created": int(adapter.created_at.timestamp()), "owned_by": tenant_slug}
+
+
+def _named(session: Session, adapter: Any, caller: Caller) -> dict[str, Any]:
+    from orchestrator.services.adapters import job_suffixes
+
+    return adapter_object(adapter, caller.tenant_slug, job_suffixes(session, [adapter]).get(adapter.id))
 
 
 def _adapter_of(session: Session, model: str, caller: Caller) -> Any | None:
@@ -69,11 +75,12 @@ def _not_found(model: str) -> ApiError:
 def list_models(caller: Tenant, session: Db,
                 config: Config) -> dict:
     """The bases this tenant may fine-tune, then its adapters (oldest first)."""
-    from orchestrator.services.adapters import list_adapters
+    from orchestrator.services.adapters import job_suffixes, list_adapters
 
     adapters = list_adapters(session, tenant=caller.tenant_slug)
-    data = [base_object(b) for b in tenant_bases(config)] + [adapter_object(a, caller.tenant_slug)
-                                                             for a in adapters]
+    suffixes = job_suffixes(session, adapters)
+    data = [base_object(b) for b in tenant_bases(config)] + [
+        adapter_object(a, caller.tenant_slug, suffixes.get(a.id)) for a in adapters]
     return page(data, False)
 
 
@@ -82,7 +89,7 @@ def retrieve_model(model: str, caller: Tenant, session: Db,
                    config: Config) -> dict:
     adapter = _adapter_of(session, model, caller)
     if adapter is not None:
-        return adapter_object(adapter, caller.tenant_slug)
+        return _named(session, adapter, caller)
     if model in tenant_bases(config):
         return base_object(model)
     raise _not_found(model)
@@ -96,7 +103,7 @@ def delete_model(model: str, caller: Tenant, session: Db,
 
     adapter = _adapter_of(session, model, caller)
     if adapter is not None:
-        name = adapter_object(adapter, caller.tenant_slug)["id"]
+        name = _named(session, adapter, caller)["id"]
         delete_adapter(session, adapter.id, caller.tenant_slug, config)
         return {"id": name, "object": "model", "deleted": True}
     if model in tenant_bases(config):

@@ -37,7 +37,7 @@ ADAPTER_COLUMNS = (
 def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
     """The adapter's view; `verified`: only if its files still match the registry's sha256."""
     from lora_engine.errors import AdapterError
-    from orchestrator.services.adapters import get_adapter, owner_slugs, verified_adapter
+    from orchestrator.services.adapters import get_adapter, job_suffixes, owner_slugs, verified_adapter
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
@@ -45,7 +45,8 @@ def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
             row = verified_adapter(session, adapter_id) if verified else get_adapter(session, adapter_id)
         except AdapterError as exc:
             raise CliError(f"adapter {adapter_id}: {exc}") from None
-        return adapter_dict(row, owner_slugs(session, [row]).get(row.tenant_id))
+        return adapter_dict(row, owner_slugs(session, [row]).get(row.tenant_id),
+                            job_suffixes(session, [row]).get(row.id))
 
 
 @click.group()
@@ -61,13 +62,13 @@ def adapter() -> None:
 @json_option
 def list_(tenant: str | None, task: str | None, base_model: str | None, wide: bool, as_json: bool) -> None:
     """List live adapters, oldest first."""
-    from orchestrator.services.adapters import list_adapters, owner_slugs
+    from orchestrator.services.adapters import job_suffixes, list_adapters, owner_slugs
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
         rows = list_adapters(session, tenant=tenant, task=task, base_model=base_model)
-        slugs = owner_slugs(session, rows)
-        views = [adapter_dict(a, slugs.get(a.tenant_id)) for a in rows]
+        slugs, suffixes = owner_slugs(session, rows), job_suffixes(session, rows)
+        views = [adapter_dict(a, slugs.get(a.tenant_id), suffixes.get(a.id)) for a in rows]
     emit(views, as_json, lambda v: print_table(v, ADAPTER_COLUMNS, wide=wide))
 
 

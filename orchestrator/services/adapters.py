@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_engine.errors import AdapterError
@@ -17,14 +18,14 @@ from orchestrator.artifacts import adapter_path as new_adapter_path
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import NotFound
 from orchestrator.registry import repositories as repo
-from orchestrator.registry.models import Adapter, utcnow
+from orchestrator.registry.models import Adapter, Job, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
-    "adapter_or_404", "delete_adapter", "export_adapter", "get_adapter", "list_adapters", "new_adapter_path",
-    "owner_slugs", "verified_adapter",
+    "adapter_or_404", "delete_adapter", "export_adapter", "get_adapter", "job_suffixes", "list_adapters",
+    "new_adapter_path", "owner_slugs", "verified_adapter",
 ]
 
 
@@ -43,6 +44,18 @@ def list_adapters(
 def owner_slugs(session: Session, adapters: Sequence[Adapter]) -> dict[str, str]:
     """{tenant id: slug} of the adapters' tenants (what their model names are spelled with)."""
     return repo.tenant_slugs(session, {a.tenant_id for a in adapters})
+
+
+@readonly
+def job_suffixes(session: Session, adapters: Sequence[Adapter]) -> dict[str, str]:
+    """{adapter id: the suffix its job was given} for the adapters whose job has one (what their
+    model names end with before the id; `model_names.model_name(adapter, slug, suffix)`)."""
+    ids = [a.job_id for a in adapters if a.job_id]
+    if not ids:
+        return {}
+    rows = session.execute(select(Adapter.id, Job.suffix).join(Job, Job.id == Adapter.job_id)
+                           .where(Job.id.in_(ids), Job.suffix.is_not(None))).tuples().all()
+    return dict(rows)
 
 
 def adapter_or_404(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
