@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from orchestrator.api.auth import Caller, tenant_caller
 from orchestrator.api.deps import db_session, settings
@@ -68,15 +68,23 @@ def list_files(caller: Tenant, session: Db, config: Config, after: str | None = 
 def retrieve_file(file_id: str, caller: Tenant, session: Db,
                   config: Config) -> dict:
     from orchestrator.services.files import get_file
+    from orchestrator.services.fine_tuning_views import result_file, result_job_id
 
+    if result_job_id(file_id) is not None:  # a job's metrics history (its `result_files`)
+        return result_file(session, file_id, caller.tenant_slug)[0]
     return get_file(session, file_id, caller.tenant_slug, config).to_dict()
 
 
 @router.get("/{file_id}/content", response_class=FileResponse)
 def file_content(file_id: str, caller: Tenant, session: Db,
-                 config: Config) -> FileResponse:
-    """The file's bytes exactly as uploaded (the built-in files' content is not served: 400)."""
+                 config: Config) -> Response:
+    """The file's bytes exactly as uploaded (the built-in files' content is not served: 400); a
+    job's result file: its metrics history as CSV."""
     from orchestrator.services.files import file_content as stored
+    from orchestrator.services.fine_tuning_views import result_file, result_job_id
+
+    if result_job_id(file_id) is not None:
+        return Response(result_file(session, file_id, caller.tenant_slug)[1], media_type="text/csv")
 
     # No filename in the headers: the name is the tenant's text, shown only in the JSON objects.
     return FileResponse(stored(session, file_id, caller.tenant_slug, config), media_type="application/jsonl")

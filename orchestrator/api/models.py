@@ -27,11 +27,11 @@ OWNER = "lorafleet"
 
 
 def tenant_bases(config: Settings) -> tuple[str, ...]:
-    """The base models tenants may fine-tune: the packaged aliases (torch-free, from
-    lora_engine.model_ref), until the operator's allowed-bases setting replaces them."""
-    from lora_engine.model_ref import MODEL_ALIASES
+    """The base models tenants may fine-tune (`services.base_models`: the operator's
+    allowed_base_models, else every packaged alias and cached hub id)."""
+    from orchestrator.services.base_models import tenant_bases as allowed
 
-    return tuple(MODEL_ALIASES)
+    return allowed(config)
 
 
 def base_object(name: str) -> dict[str, Any]:
