@@ -83,9 +83,13 @@ def reconcile_once(
     settings: Settings | None = None,
     lease_grace_s: float | None = None,
     redispatch_after_s: float | None = None,
+    webhooks: bool = True,
 ) -> dict[str, list[str]]:
     """One reconciler pass: requeue/fail/cancel expired leases, then (re-)send messages for
-    queued jobs. Returns {"dispatched", "requeued", "failed", "cancelled", "paused"} (job ids)."""
+    queued jobs, then (`webhooks`) send one batch of due webhook deliveries (a process that runs
+    a `webhook_delivery.WebhookSender` passes False). Returns {"dispatched", "requeued",
+    "failed", "cancelled", "paused"} (job ids) and, with `webhooks`, "webhooks_delivered"
+    (delivery ids)."""
     from orchestrator.registry.db import session_scope
 
     # From the submodule itself: once `orchestrator.services.reconcile` (the module) is imported,
@@ -100,5 +104,10 @@ def reconcile_once(
             redispatch_after_s=REDISPATCH_AFTER_S if redispatch_after_s is None else redispatch_after_s,
         )
     send_run_jobs(list(result.dispatch), settings=settings)
-    return {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed,
-            "cancelled": result.cancelled, "paused": result.paused}
+    report = {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed,
+              "cancelled": result.cancelled, "paused": result.paused}
+    if webhooks:
+        from orchestrator.webhook_delivery import deliver_due
+
+        report["webhooks_delivered"] = deliver_due(settings).delivered
+    return report

@@ -309,6 +309,40 @@ class Settings(BaseSettings):
         """The request body cap of the API (api_max_body_bytes, else the data-set cap + 1 MiB)."""
         return self.api_max_body_bytes or self.max_dataset_bytes + (1 << 20)
 
+    # Webhooks (orchestrator.webhook_delivery): a sender polls the outbox every webhook_poll_s
+    # (job end -> receiver well under a second), retries with back-off for webhook_give_up_s.
+    webhook_poll_s: float = Field(
+        0.5, gt=0, le=3600, description="seconds between a webhook sender's looks at the outbox",
+        json_schema_extra=_allowed("a number of seconds > 0, at most 3600"),
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="seconds one webhook request may take (connect + answer)",
+        json_schema_extra=_allowed("a number of seconds > 0, at most 300"),
+    )
+    webhook_retry_first_s: float = Field(
+        5.0, gt=0, description="back-off after a delivery's first failed attempt (doubling after each)",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    webhook_retry_cap_s: float = Field(
+        3600.0, gt=0, description="longest back-off between two attempts of one delivery",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    webhook_give_up_s: float = Field(
+        86400.0, gt=0, description="age after which a delivery that never succeeded is given up (failed)",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    webhook_batch: int = Field(
+        20, ge=1, le=1000, description="deliveries one sender pass takes at most (sent concurrently)",
+        json_schema_extra=_allowed("an integer 1..1000"),
+    )
+    # Through the API, a webhook URL must resolve to public addresses only (no loopback, private,
+    # link-local, multicast or reserved ones), at registration and at every delivery.
+    webhook_allow_private: bool = Field(
+        False, description="let tenants' webhook URLs reach loopback/private addresses (tests; set it alike "
+                           "for the API and the senders: they check it at registration and at delivery)",
+        json_schema_extra=_allowed("true or false"),
+    )
+
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("database_url", mode="after")

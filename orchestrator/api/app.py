@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.api import files, fine_tuning, models
+from orchestrator.api import files, fine_tuning, models, webhooks
 from orchestrator.api.auth import tenant_caller
 from orchestrator.api.body_limit import BodyLimit
 from orchestrator.api.errors import install_handlers
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fine_tuning.router)
     app.include_router(files.router)
     app.include_router(models.router)
+    app.include_router(webhooks.router)
 
     # Anything else under /v1 is refused after the key is checked, so an unauthenticated caller
     # learns nothing of which routes exist (401), an authenticated one gets 404 or 405. Routes

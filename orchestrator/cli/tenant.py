@@ -1,4 +1,5 @@
-"""`lorafleet tenant …`: create, list, show and rename tenants, change their quotas."""
+"""`lorafleet tenant …`: create, list, show and rename tenants, change their quotas, and their
+webhook endpoints (`tenant webhook add/list/remove`)."""
 
 from __future__ import annotations
 
@@ -118,3 +119,82 @@ def set_quota(slug: str, max_running: int | None, max_queued: int | None, device
     with open_session() as session:
         view = tenant_dict(set_tenant_quota(session, slug, max_running, max_queued=max_queued, **limits))
     emit(view, as_json, print_record)
+
+
+WEBHOOK_COLUMNS = ("id", "name", "url", "event_types", "created_at")
+
+
+@tenant.group("webhook")
+def webhook() -> None:
+    """A tenant's webhook endpoints: its jobs' ends (succeeded, failed, cancelled) are POSTed
+    there as OpenAI event objects, signed per the Standard Webhooks spec."""
+
+
+@webhook.command("add")
+@click.argument("slug")
+@click.argument("url")
+@click.option("--name", help="A display name (one line, at most 200 printable characters).")
+@click.option("--event", "events", multiple=True,
+              type=click.Choice(["fine_tuning.job.succeeded", "fine_tuning.job.failed",
+                                 "fine_tuning.job.cancelled"]),
+              help="Send only this event type (repeatable; default: all three).")
+@json_option
+def webhook_add(slug: str, url: str, name: str | None, events: tuple[str, ...], as_json: bool) -> None:
+    """Send tenant SLUG's job events to URL (http or https, no credentials in it). Prints the
+    endpoint's id and its signing secret: the secret is shown this once, keep it."""
+    from orchestrator.services.webhooks import create_webhook
+
+    with open_session() as session:
+        created = create_webhook(session, slug, url, name=name, event_types=list(events) or None)
+    view = {"id": created.endpoint.id, "url": created.endpoint.url, "secret": created.secret}
+
+    def human(v: dict) -> None:
+        echo(f"created webhook {v['id']} -> {v['url']}")
+        echo(f"secret (shown once): {v['secret']}")
+
+    emit(view, as_json, human)
+
+
+@webhook.command("list")
+@click.argument("slug")
+@json_option
+def webhook_list(slug: str, as_json: bool) -> None:
+    """List tenant SLUG's webhook endpoints (never their secrets)."""
+    from orchestrator.services.webhooks import list_webhooks, webhook_dict
+
+    with open_session() as session:
+        views = [webhook_dict(e, slug) for e in list_webhooks(session, slug)]
+    emit(views, as_json, lambda v: print_table(v, WEBHOOK_COLUMNS))
+
+
+@webhook.command("remove")
+@click.argument("webhook_id")
+@json_option
+def webhook_remove(webhook_id: str, as_json: bool) -> None:
+    """Stop sending to webhook WEBHOOK_ID (deliveries not yet made are dropped)."""
+    from orchestrator.services.webhooks import remove_webhook, webhook_dict
+
+    with open_session() as session:
+        view = webhook_dict(remove_webhook(session, webhook_id))
+    emit(view, as_json, lambda v: echo(f"removed webhook {v['id']}"))
+
+
+@webhook.command("deliveries")
+@click.argument("webhook_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def webhook_deliveries(webhook_id: str, limit: int, as_json: bool) -> None:
+    """Show webhook WEBHOOK_ID's latest deliveries and every attempt of each (status or error)."""
+    from orchestrator.services.webhooks import webhook_deliveries as deliveries
+
+    with open_session() as session:
+        views = [d.to_dict() for d in deliveries(session, webhook_id, limit=limit)]
+
+    def human(rows: list[dict]) -> None:
+        for row in rows:
+            last = row["tries"][-1] if row["tries"] else None
+            answer = "" if last is None else f", last: {last['status_code'] or last['error']}"
+            echo(f"{row['id']}  {row['event_type']}  job {row['job_id']}  {row['state']}  "
+                 f"{row['attempts']} attempt(s){answer}")
+
+    emit(views, as_json, human)

@@ -143,9 +143,15 @@ def reconcile(every: float | None, lease_grace: float, redispatch_after: float, 
     """Requeue (or fail) jobs whose lease expired; re-send messages for queued jobs that wait."""
     from orchestrator.announce import reconcile_once
 
+    if every is not None:  # a long-lived reconciler sends webhooks continuously, between its passes
+        from orchestrator.config import get_settings
+        from orchestrator.webhook_delivery import WebhookSender
+
+        WebhookSender(get_settings()).start()
     while True:
         try:
-            report = reconcile_once(lease_grace_s=lease_grace, redispatch_after_s=redispatch_after)
+            report = reconcile_once(lease_grace_s=lease_grace, redispatch_after_s=redispatch_after,
+                                    webhooks=every is None)
         except Exception as exc:  # a broker or registry blip must not end a periodic reconciler
             if every is None:
                 raise
@@ -160,6 +166,8 @@ def reconcile(every: float | None, lease_grace: float, redispatch_after: float, 
             lambda r: click.echo(
                 f"dispatched {len(r['dispatched'])}, requeued {len(r['requeued'])}, "
                 f"failed {len(r['failed'])}, cancelled {len(r['cancelled'])}, paused {len(r['paused'])}"
+                + (f", webhooks delivered {len(r['webhooks_delivered'])}"
+                   if "webhooks_delivered" in r else "")
             ),
         )
         if every is None:

@@ -382,6 +382,84 @@ class Worker(Base):
     unhealthy_since: Mapped[datetime | None]
 
 
+# What a webhook delivery is doing: waiting for its (next) attempt, done, or given up.
+WEBHOOK_DELIVERY_STATES = ("pending", "delivered", "failed")
+
+
+class WebhookEndpoint(Base):
+    """A URL a tenant receives its jobs' events at, and the secret each delivery is signed with.
+
+    The secret is a server-side secret (`whsec_` + base64 of random bytes): shown once when the
+    endpoint is created, never printed again. `restricted`: registered through the API, so its
+    host must resolve to public addresses only, checked at registration and at every delivery
+    (the operator's CLI may name any address). Removing an endpoint disables it (`disabled_at`):
+    its deliveries and their attempts stay as history.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = _tenant_fk()
+    url: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # The event types it receives (a subset of services.webhook_outbox.EVENT_TYPES); None: all.
+    event_types: Mapped[list[str] | None] = mapped_column(JSONType)
+    secret: Mapped[str] = mapped_column(String(128))
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one endpoint, written in the transaction that ended the job.
+
+    `id` is the Standard Webhooks `webhook-id` (`msg_<hex>`), the same on every attempt, so a
+    receiver can drop a duplicate; `payload` is the exact JSON body every attempt sends (text,
+    so each attempt signs the same bytes). `next_attempt_at` is when a sender may take it:
+    taking it pushes it forward by an in-flight lease, so a sender that dies mid-request leaves
+    it for another one (at least once).
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(36), ForeignKey("webhook_endpoints.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    job_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN (" + ", ".join(f"'{s}'" for s in WEBHOOK_DELIVERY_STATES) + ")", name="state_valid"
+        ),
+        # The senders' scan: pending deliveries by due time (partial: delivered ones pile up).
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
+    )
+
+
+class WebhookAttempt(Base):
+    """One try of a delivery: the receiver's status code (None: no answer) or the error, and how
+    long it took. Append-only."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), ForeignKey("webhook_deliveries.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    ts: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+
 class ApiKey(Base):
     """A key of the tenants' API. Only its sha256 is stored (a key is 32 random bytes, so a plain
     hash is as strong as a slow one); `prefix` is the few characters shown to tell keys apart.

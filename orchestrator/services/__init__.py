@@ -141,6 +141,22 @@ overview:         job_listing(s, tenant=None, state=None, limit=None, offset=0) 
 summary:          tenant_summary(s, tenant=None) -> [TenantSummary(slug, name, max_running,
                             jobs={state: n}, adapters, adapter_bytes, device_seconds, wall_seconds,
                             examples, tokens)] (.to_dict())
+webhooks:         create_webhook(s, tenant_slug, url, *, restricted=False, allow_private=False,
+                            name=None, event_types=None (all)) -> CreatedWebhook(endpoint, secret)
+                            (the secret: returned here only; restricted (the API): public
+                            addresses only, orchestrator.webhook_urls; Conflict past 20 a tenant)
+                  list_webhooks(s, tenant=None) -> [WebhookEndpoint]; get_webhook(s, id, tenant=None);
+                  remove_webhook(s, id, tenant=None) (disabled; its pending deliveries failed);
+                  webhook_dict(endpoint, tenant_slug=None) (no secret)
+                  webhook_deliveries(s, webhook_id, tenant=None, limit=50) -> [DeliveryDetail(
+                            delivery, attempts)] newest first (.to_dict(); removed endpoints too)
+webhook_outbox:   job_ended(s, job) (inside every terminal transition's transaction: one delivery
+                            per active endpoint of the tenant taking that event type; not a
+                            transaction of its own); has_due(s) (a read)
+                  claim_due(s, limit, in_flight_s, now=None) -> [DueDelivery]  (senders)
+                  record_attempt(s, delivery_id, status_code, error, duration_ms, RetryPolicy,
+                            now=None, rng=None) -> "delivered" | "pending" | "failed"
+                  Sending: orchestrator.webhook_delivery (deliver_due(settings), WebhookSender)
 keys:             create_key(s, tenant_slug, name=None, expires_days=None) -> (ApiKey, raw key)
                   create_operator_key(s, name=None, expires_days=None) -> (ApiKey, raw key)
                              (the raw key exists only in the return value; the row holds its sha256)

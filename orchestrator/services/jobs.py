@@ -47,6 +47,7 @@ from orchestrator.services.inputs import Base, resolve_base
 from orchestrator.services.quotas import check_budget, check_queued, check_storage
 from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.views import JobDetail
+from orchestrator.services.webhook_outbox import job_ended
 
 BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_adapter_id")
 
@@ -557,6 +558,7 @@ def cancel_job(session: Session, job_id: str, tenant: str | None = None) -> Job:
         was = job.state
         job.state, job.finished_at = "cancelled", utcnow()
         add_event(session, job, "cancelled", f"cancelled while {was}")
+        job_ended(session, job)
     elif job.state == "running":
         if not job.cancel_requested:
             job.cancel_requested = True

@@ -32,6 +32,7 @@ from orchestrator.retries import Abort, has_attempts_left, released_budget
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.enqueue import enqueue_job
 from orchestrator.services.events import add_event
+from orchestrator.services.webhook_outbox import job_ended
 
 # Progress events: at most one per PROGRESS_EVENT_INTERVAL_S per job, plus the first and the last
 # step. The lease and the job's progress columns are updated on every heartbeat regardless, so
@@ -309,10 +310,12 @@ def _usage_row(job: Job, usage: UsageInput) -> Usage | None:
     )
 
 
-def _end(job: Job, state: str, now: datetime, error: str | None = None) -> None:
+def _end(session: Session, job: Job, state: str, now: datetime, error: str | None = None) -> None:
+    """The job reaches terminal `state`: its webhook event is written in this same transaction."""
     job.state, job.finished_at, job.error = state, now, error
     job.lease_owner = job.lease_expires_at = None
     job.pause_requested = False  # a pause that came too late: the job ended first
+    job_ended(session, job)
 
 
 def _pause_if_requested(session: Session, job: Job, reason: str, now: datetime, *, release: bool) -> bool:
@@ -400,7 +403,7 @@ def finish_job_success(
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
-    _end(job, "succeeded", now)
+    _end(session, job, "succeeded", now)
     summary = {split: dict(values) for split, values in metrics.items()}
     if row is not None:
         # The adapter is kept even past the storage quota (the work is done and paid for); the
@@ -432,7 +435,7 @@ def fail_job(
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
-    _end(job, "failed", now, reason)
+    _end(session, job, "failed", now, reason)
     add_event(session, job, "failed", reason, {"attempt": job.attempts}, ts=now)
     return job
 
@@ -448,7 +451,7 @@ def mark_cancelled(
     usage_row = _usage_row(job, usage)
     if usage_row is not None:
         session.add(usage_row)
-    _end(job, "cancelled", now)
+    _end(session, job, "cancelled", now)
     where = f" at step {step}" if step is not None else ""
     add_event(session, job, "cancelled", f"stopped by {worker_id}{where}", {"step": step}, ts=now)
     return job
@@ -458,7 +461,7 @@ def _cancel_if_requested(session: Session, job: Job, reason: str, now: datetime)
     """A job whose cancel was requested ends `cancelled` where it would go back to the queue."""
     if not job.cancel_requested:
         return False
-    _end(job, "cancelled", now)
+    _end(session, job, "cancelled", now)
     add_event(session, job, "cancelled", f"cancelled (cancel requested; {reason})",
               {"attempt": job.attempts}, ts=now)
     return True
@@ -489,7 +492,7 @@ def requeue_or_fail(session: Session, job: Job, reason: str, now: datetime, *, r
                   {"attempt": job.attempts, "released": release, "step": job.progress_step}, ts=now)
         return "queued"
     reason = f"{reason}; gave up after {job.attempts} attempt(s)"
-    _end(job, "failed", now, reason)
+    _end(session, job, "failed", now, reason)
     add_event(session, job, "failed", reason, {"attempt": job.attempts}, ts=now)
     return "failed"
 
