@@ -15,6 +15,8 @@ import httpx
 import openai
 import pytest
 
+from orchestrator import artifacts
+from orchestrator.services.jobs import get_job
 from orchestrator.services.keys import create_key
 from orchestrator.services.tenants import create_tenant
 from tests.api_server import ApiProcess, start_api
@@ -26,7 +28,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 # The worker tests' tiny budget: a random-init 2-layer BERT, a few steps on small batches.
 TINY = {"method": "lora", "rank": 4, "max_steps": 3, "batch_size": 4, "eval_size": 16}
 # Long enough that a pause lands mid-training, short enough to finish soon after the resume.
-LONG_STEPS = 300
+LONG_STEPS = 200
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,7 @@ def test_create_follow_events_to_succeeded_and_retrieve(client: openai.OpenAI, l
     assert done.fine_tuned_model not in [m.id for m in client.models.list().data]
 
 
-def test_pause_a_running_job_then_resume_it_from_its_checkpoint(client: openai.OpenAI, live_worker):
+def test_pause_a_running_job_then_resume_it_from_its_checkpoint(client: openai.OpenAI, live_worker, api):
     job = client.fine_tuning.jobs.create(model="tiny-bert", training_file="builtin-glue-sst2",
                                          extra_body={"lorafleet": {**TINY, "max_steps": LONG_STEPS}})
     _training(client, job.id, live_worker)
@@ -115,6 +117,10 @@ def test_pause_a_running_job_then_resume_it_from_its_checkpoint(client: openai.O
     step = checkpoints[0].step_number
     assert 1 <= step < LONG_STEPS
     assert checkpoints[0].fine_tuned_model_checkpoint.endswith(f":ckpt-step-{step}")
+    with api.session() as s:  # the registry: lease released, the checkpoint's files on disk
+        row = get_job(s, job.id).job
+    assert (row.state, row.lease_owner, row.pause_requested) == ("paused", None, False)
+    assert list(artifacts.checkpoint_path(live_worker.settings, row.tenant_id, job.id).glob("step-*"))
     time.sleep(1.0)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"  # nothing picks it up
 
@@ -125,6 +131,11 @@ def test_pause_a_running_job_then_resume_it_from_its_checkpoint(client: openai.O
     assert any(e.message == f"resumed from the checkpoint at step {step}" for e in events)
     after = next(e for e in events if e.type == "metrics" and int(e.id) > int(checkpoints[0].id))
     assert after.data["step"] > step  # continued, not restarted from step 0
+    with api.session() as s:
+        detail = get_job(s, job.id)
+    # Two attempts, each with its usage; the pause gave its attempt back (budget + 1).
+    assert (detail.job.attempts, len(detail.usage)) == (2, 2)
+    assert detail.job.max_attempts == live_worker.settings.max_attempts + 1
 
 
 def test_cancel_a_running_job(client: openai.OpenAI, live_worker: LiveWorker):
