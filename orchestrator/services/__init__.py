@@ -134,6 +134,8 @@ adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifact
                             else lora_engine AdapterError; call before loading an adapter)
                   delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)
                   owner_slugs(s, adapters) -> {tenant_id: slug} (what model names are spelled with)
+                  job_suffixes(s, adapters) -> {adapter_id: suffix} (its job's API suffix: the name's
+                            fourth field; every adapter's name is model_name(a, slug, suffix))
 overview:         job_listing(s, tenant=None, state=None, limit=None, offset=0) -> [ListedJob(job,
                             tenant_slug, headline=(metric, value)|None)] (.to_dict(): job_dict)
                   tenant_overview(s, slug) -> TenantOverview(tenant, summary, quotas)
