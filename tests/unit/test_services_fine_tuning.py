@@ -112,3 +112,21 @@ def test_the_job_list_is_keyed_newest_first_and_scoped(session, settings) -> Non
     assert [j["id"] for j in page] == ids[::-1][3:] and not more
     odd, _ = list_fine_tuning_jobs(session, "acme", metadata={"i": "1"})
     assert [j["id"] for j in odd] == [ids[3], ids[1]]
+
+
+def test_the_default_bases_are_the_aliases_and_the_cached_hub_ids(tmp_path, monkeypatch) -> None:
+    from lora_engine.model_ref import MODEL_ALIASES
+    from orchestrator.config import ConfigError
+    from orchestrator.services.base_models import tenant_bases
+
+    cache = tmp_path / "hub"
+    (cache / "models--org--tiny-model" / "snapshots" / "abc").mkdir(parents=True)
+    (cache / "models--org--tiny-model" / "snapshots" / "abc" / "config.json").write_text("{}")
+    (cache / "models--org--no-snapshot").mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    home = {"LORAFLEET_HOME": str(tmp_path / "home")}
+    assert tenant_bases(load_settings(home)) == (*MODEL_ALIASES, "org/tiny-model")
+    chosen = load_settings({**home, "LORAFLEET_ALLOWED_BASE_MODELS": "tiny-bert"})
+    assert tenant_bases(chosen) == ("tiny-bert",)
+    with pytest.raises(ConfigError, match="never trains on a folder"):
+        load_settings({**home, "LORAFLEET_ALLOWED_BASE_MODELS": "tiny-bert,/models/x"})
