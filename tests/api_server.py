@@ -5,7 +5,8 @@ free port of 127.0.0.1 with the given environment and waits for /healthz. The mo
 `api_server` fixture runs one per registry: `embedded` (a SQLite registry in a temporary home)
 and `cluster` (a fresh PostgreSQL database, migrated, and Redis as the broker: the database
 LORAFLEET_TEST_REDIS_URL names, flushed before and after). A test module adds settings by
-overriding the `api_settings_env` fixture. Keys come from the real service:
+overriding the `api_settings_env` fixture (the rate limits are set out of the way unless it sets
+them). Keys come from the real service:
 
     with api_server.session() as s:
         row, key = create_key(s, "acme")
@@ -36,6 +37,7 @@ REDIS_URL = os.environ.get("LORAFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 DATA_DIR = os.environ.get("LORAFLEET_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 API_MODES = ["embedded", "cluster"]
 START_TIMEOUT_S = 60
+ENGINE_VARIABLES = ("LORAFLEET_DATA_CACHE", "LORAFLEET_MODEL_CACHE", "LORAFLEET_DEVICE")
 
 
 def free_port() -> int:
@@ -118,8 +120,8 @@ def start_api(env: dict[str, str], *, port: int | None = None, log_path: Path | 
 
 def api_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of an embedded-mode API (and of the test talking to its registry)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LORAFLEET_") or k in ("LORAFLEET_DATA_CACHE",)}
+    # Hermetic: none of the caller's LORAFLEET_* settings, but the engine's own caches and device.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_") or k in ENGINE_VARIABLES}
     env.update({
         "HF_HUB_OFFLINE": "1",
         "LORAFLEET_HOME": str(home),
@@ -127,6 +129,10 @@ def api_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
         "LORAFLEET_DATA_DIR": DATA_DIR,
         "LORAFLEET_DATA_ROOTS": f"{home.parent}:{ROOT}",
         "PYTHONPATH": str(ROOT),
+        # One address (127.0.0.1) and a few keys make every request of a test module: the limits
+        # are out of the way unless a module sets them (tests/api/test_api_core.py does).
+        "LORAFLEET_API_RATE_LIMIT_PER_MINUTE": "1000000",
+        "LORAFLEET_API_AUTH_FAILURE_LIMIT": "1000000",
         **(extra or {}),
     })
     return env

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from orchestrator.api import files, fine_tuning, models, webhooks
 from orchestrator.api.auth import tenant_caller
 from orchestrator.api.body_limit import BodyLimit
-from orchestrator.api.errors import install_handlers
+from orchestrator.api.errors import error_body, install_handlers, log
 from orchestrator.api.limits import Limiter
 from orchestrator.config import Settings, get_settings
 
@@ -84,15 +84,12 @@ def healthz(request: Request) -> JSONResponse:
     """200 when the registry answers a query; 503 (OpenAI's error shape) when it does not."""
     from sqlalchemy import text
 
-    from orchestrator.api.errors import error_body
     from orchestrator.registry.db import session_scope
 
-    try:
+    try:  # the schema check and one round trip: what every request will need
         with session_scope(request.app.state.settings) as session:
             session.execute(text("SELECT 1"))
     except Exception as exc:
-        from orchestrator.api.errors import log
-
         log.warning("health check: registry unavailable (%s: %s)", type(exc).__name__, str(exc)[:200])
         return JSONResponse(error_body("the registry does not answer", "server_error", code="unavailable"),
                             status_code=503)

@@ -17,6 +17,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.api.deps import db_session
 from orchestrator.api.errors import ApiError
+from orchestrator.api.limits import limiter
+from orchestrator.errors import NotFound, Unauthenticated
+from orchestrator.registry.models import utcnow
+from orchestrator.services.keys import authenticate, needs_touch, touch_key
+from orchestrator.services.tenants import get_tenant
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -44,12 +49,6 @@ def _unauthenticated(message: str) -> ApiError:
 def tenant_caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
                   session: Session = Depends(db_session)) -> Caller:
     """The caller of a tenant route, or a 401/400/429 ApiError."""
-    from orchestrator.api.limits import limiter
-    from orchestrator.errors import NotFound, Unauthenticated
-    from orchestrator.registry.models import utcnow
-    from orchestrator.services.keys import authenticate, needs_touch, touch_key
-    from orchestrator.services.tenants import get_tenant
-
     limits = limiter(request.app)
     address = request.client.host if request.client else "unknown"
     limits.check_address(session, address)
@@ -60,7 +59,7 @@ def tenant_caller(request: Request, credentials: HTTPAuthorizationCredentials | 
     raw = credentials.credentials
     try:
         if len(raw) > MAX_KEY_CHARS:
-            raise Unauthenticated("unknown API key")
+            raise Unauthenticated("the key is unknown")
         identity = authenticate(session, raw)
     except Unauthenticated as exc:
         limits.failed(session, address)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from orchestrator.api.errors import log
 from orchestrator.config import Settings
 
 if TYPE_CHECKING:
@@ -29,7 +30,5 @@ def db_session(request: Request) -> Iterator[Session]:
 
 
 def _broker_unreachable(job_ids: list[str], exc: Exception) -> None:
-    from orchestrator.api.errors import log
-
     log.warning("%d job(s) committed but not sent (%s: %s); the reconciler will send them",
                 len(job_ids), type(exc).__name__, str(exc)[:200])

@@ -22,6 +22,7 @@ from lora_engine.errors import shown
 from orchestrator.errors import InvalidInput, NotFound, Unauthenticated
 from orchestrator.registry.models import ApiKey, Tenant, utcnow
 from orchestrator.services._tx import readonly, transactional
+from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404, validate_display_name
 
 KEY_PREFIX = "lf-"
@@ -91,8 +92,11 @@ def list_keys(session: Session, tenant_slug: str | None) -> Sequence[ApiKey]:
 
 @transactional
 def revoke_key(session: Session, key_id: str) -> ApiKey:
-    """Revoke a key: refused from the next request on. Revoking it again changes nothing."""
-    row = session.get(ApiKey, key_id) if isinstance(key_id, str) and len(key_id) <= 36 else None
+    """Revoke a key (its id, or a unique prefix of it): refused from the next request on.
+    Revoking it again changes nothing."""
+    row = None
+    if isinstance(key_id, str) and len(key_id) <= 36:
+        row = session.get(ApiKey, resolve_id(session, ApiKey, key_id, what="API key id"))
     if row is None:
         raise NotFound(f"no API key {shown(key_id)} (see `lorafleet tenant key list TENANT`)")
     if row.revoked_at is None:
@@ -123,13 +127,13 @@ def authenticate(session: Session, raw_key: str, now: datetime | None = None) ->
                             .where(ApiKey.hash == digest)).first()
     # The index finds the row; the comparison itself takes the same time wherever they differ.
     if found is None or not hmac.compare_digest(found[0].hash, digest):
-        raise Unauthenticated("unknown API key")
+        raise Unauthenticated("the key is unknown")
     row, slug = found
     if row.revoked_at is not None:
-        raise Unauthenticated(f"API key {row.prefix}… was revoked")
+        raise Unauthenticated(f"the key {row.prefix}… was revoked")
     if row.expires_at is not None and row.expires_at <= now:
         when = row.expires_at.isoformat(timespec="seconds")
-        raise Unauthenticated(f"API key {row.prefix}… expired at {when}")
+        raise Unauthenticated(f"the key {row.prefix}… expired at {when}")
     return KeyIdentity(row.id, row.tenant_id, slug, row.last_used_at)
 
 

@@ -164,17 +164,18 @@ def test_a_key_over_its_requests_per_minute_gets_429_with_retry_after(api_server
 def test_counts_are_kept_where_every_api_process_sees_them(api_server, tenant):
     key_id, key = new_key(api_server, tenant)
     let_in(client(api_server, key))
-    if api_server.mode == "cluster":
-        import redis
+    import redis
 
-        from tests.api_server import REDIS_URL
+    from tests.api_server import REDIS_URL
 
-        assert redis.Redis.from_url(REDIS_URL).keys(f"lorafleet:api:rate:key:{key_id}:*")
-    else:
-        with api_server.session() as s:
-            rows = s.execute(text("SELECT count FROM rate_counters WHERE bucket = :bucket"),
-                             {"bucket": f"key:{key_id}"})
-            assert [count for (count,) in rows] == [1]
+    in_redis = redis.Redis.from_url(REDIS_URL).mget(redis.Redis.from_url(REDIS_URL).keys(
+        f"lorafleet:api:rate:key:{key_id}:*") or ["-"])
+    with api_server.session() as s:
+        rows = s.execute(text("SELECT count FROM rate_counters WHERE bucket = :bucket"),
+                         {"bucket": f"key:{key_id}"})
+        in_registry = [count for (count,) in rows]
+    # Cluster mode: Redis, shared by every API process of every machine; embedded: the registry.
+    assert (in_redis, in_registry) == (([b"1"], []) if api_server.mode == "cluster" else ([None], [1]))
 
 
 def test_too_many_failed_authentications_block_the_address(api_server, tenant):
@@ -224,3 +225,23 @@ def test_metrics_count_requests_by_route_template_and_status(api_server, tenant)
     assert 'route="/v1/{path:path}",status="401"' in scraped
     assert 'route="unmatched",status="413"' in scraped
     assert 'lorafleet_api_request_seconds_bucket{' in scraped and "no-such-route" not in scraped
+
+
+def test_a_streamed_upload_over_the_cap_is_413_and_malformed_json_a_400(api_server, tenant):
+    _, key = new_key(api_server, tenant)
+    auth = {"authorization": f"Bearer {key}"}
+    boundary = "lorafleetboundary"
+
+    def upload():  # no Content-Length: chunked, counted as the form parser reads it
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+               f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+               "Content-Type: application/jsonl\r\n\r\n").encode()
+        for _ in range(2 * BODY_CAP // 1024):
+            yield b'{"text": "x", "label": 0}\n' * 40
+
+    answer = httpx.post(api_server.base_url + "/v1/files", content=upload(), timeout=30,
+                        headers={**auth, "content-type": f"multipart/form-data; boundary={boundary}"})
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+    answer = httpx.post(api_server.base_url + "/v1/fine_tuning/jobs", content=b'{"model": "tiny-bert", ',
+                        headers={**auth, "content-type": "application/json"})
+    assert answer.status_code == 400 and "not valid JSON" in answer.json()["error"]["message"]

@@ -131,3 +131,12 @@ def test_errors_map_to_their_status_and_openais_shape(api, what, status, kind, c
     if what == "quota":
         assert "1000 of 1000" in error(answer)["message"]
 
+
+
+def test_health_is_503_when_the_registry_does_not_answer(tmp_path):
+    nowhere = "postgresql+psycopg://lorafleet@127.0.0.1:1/lorafleet?connect_timeout=2"  # nothing listens
+    app = create_app(load_settings({"LORAFLEET_HOME": str(tmp_path), "LORAFLEET_DATABASE_URL": nowhere}))
+    with TestClient(app) as client:
+        answer = client.get("/healthz")
+    assert answer.status_code == 503 and error(answer)["code"] == "unavailable"
+    assert "127.0.0.1:1" not in answer.text  # where the registry lives is not for callers
