@@ -45,6 +45,14 @@ MESSAGES = {
 # A metric-history series -> the result file's column (OpenAI's names where they exist).
 COLUMNS = {"loss": "train_loss", "lr": "learning_rate"}
 SAFE_KEY = re.compile(r"^[^\"\\\x00-\x1f]{1,64}$")
+# An absolute path of the operator's machines (two or more parts) in a message: only its last part shows.
+PATH_RE = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/:,;()]+/)+([^\s'\"/:,;()]*)")
+
+
+def redacted(text: str) -> str:
+    """`text` with every absolute path cut to its last part (`…/data.jsonl`): error messages and
+    events name the worker's files, which are the operator's, not the tenant's."""
+    return PATH_RE.sub(lambda m: "…/" + m.group(1), text)
 
 
 def training_file(job: Job) -> str | None:
@@ -82,7 +90,7 @@ def _estimated_finish(job: Job) -> int | None:
 def _error(job: Job) -> dict[str, Any] | None:
     if job.state != "failed":
         return None
-    return {"code": "job_failed", "message": job.error or "the job failed", "param": None}
+    return {"code": "job_failed", "message": redacted(job.error or "the job failed"), "param": None}
 
 
 def job_object(job: Job, tenant_slug: str, adapter: Adapter | None = None, base: Adapter | None = None,
@@ -167,7 +175,7 @@ def list_fine_tuning_jobs(session: Session, tenant: str, *, after: str | None = 
 def _event_object(event: JobEvent) -> dict[str, Any]:
     data = {k: v for k, v in (event.data or {}).items() if k in SHOWN_DATA}
     metrics = event.kind == "progress" and data.get("step") is not None
-    message = MESSAGES.get(event.kind, event.message)
+    message = MESSAGES.get(event.kind) or redacted(event.message)
     if metrics:
         data = {"step": data["step"], "total_steps": data.get("total"), "train_loss": data.get("loss")}
         loss = data["train_loss"]

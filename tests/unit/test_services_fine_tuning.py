@@ -130,3 +130,17 @@ def test_the_default_bases_are_the_aliases_and_the_cached_hub_ids(tmp_path, monk
     assert tenant_bases(chosen) == ("tiny-bert",)
     with pytest.raises(ConfigError, match="never trains on a folder"):
         load_settings({**home, "LORAFLEET_ALLOWED_BASE_MODELS": "tiny-bert,/models/x"})
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("DataValidationError: /srv/lf/artifacts/6e9/datasets/ab/data.jsonl line 3: no label",
+     "DataValidationError: …/data.jsonl line 3: no label"),
+    ("OSError: [Errno 2] No such file: '/root/.cache/hub/models--a/config.json'",
+     "OSError: [Errno 2] No such file: '…/config.json'"),
+    ("step 1/3 loss 0.5", "step 1/3 loss 0.5"),
+    ("see https://example.com/a/b", "see https://example.com/a/b"),
+])
+def test_messages_shown_to_a_tenant_cut_the_operators_paths(text, shown) -> None:
+    from orchestrator.services.fine_tuning_views import redacted
+
+    assert redacted(text) == shown
