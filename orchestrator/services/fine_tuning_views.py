@@ -16,11 +16,13 @@ import csv
 import io
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session
 
+from lora_engine.model_ref import is_folder_name
 from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.registry.models import Adapter, Job, JobEvent, MetricPoint, Usage
 from orchestrator.services._tx import readonly
@@ -74,6 +76,14 @@ def _hyperparameters(spec: Mapping[str, Any]) -> dict[str, Any]:
             "learning_rate_multiplier": multiplier}
 
 
+def _base_shown(job: Job) -> str:
+    """The job's base model as a tenant may see it: an alias or hub id; a folder (an operator's
+    CLI job) by its last part only, as model names spell it."""
+    if is_folder_name(job.base_model):
+        return PurePath(job.base_model).name or "local"
+    return job.base_model
+
+
 def _ts(value: Any) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
@@ -101,7 +111,7 @@ def job_object(job: Job, tenant_slug: str, adapter: Adapter | None = None, base:
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": _ts(job.created_at),
         "finished_at": _ts(job.finished_at) if job.state in ("succeeded", "failed", "cancelled") else None,
-        "model": model_name(base, tenant_slug) if base is not None else job.base_model,
+        "model": model_name(base, tenant_slug) if base is not None else _base_shown(job),
         "fine_tuned_model": model_name(adapter, tenant_slug, job.suffix) if adapter is not None else None,
         "organization_id": tenant_slug, "status": job.state, "hyperparameters": hyper,
         "training_file": training_file(job), "validation_file": job.validation_dataset_id,
@@ -228,7 +238,7 @@ def fine_tuning_checkpoints(session: Session, job_id: str, tenant: str, *, after
     query = select(MetricPoint.step, MetricPoint.value).where(
         MetricPoint.job_id == job.id, MetricPoint.name == "loss", MetricPoint.step.in_(steps))
     losses = dict(session.execute(query).tuples().all()) if steps else {}
-    name = f"ft:{job.base_model}:{tenant}:{job.suffix or job.task}:{job.id}"
+    name = f"ft:{_base_shown(job)}:{tenant}:{job.suffix or job.task}:{job.id}"
     out = []
     for event, step in zip(rows, steps, strict=True):
         metrics: dict[str, Any] = {"step": step}
