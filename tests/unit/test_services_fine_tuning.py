@@ -144,3 +144,26 @@ def test_messages_shown_to_a_tenant_cut_the_operators_paths(text, shown) -> None
     from orchestrator.services.fine_tuning_views import redacted
 
     assert redacted(text) == shown
+
+
+def test_a_fine_tuned_model_is_a_base_only_as_the_tenants_full_fine_tune(session, settings, adapter_files,
+                                                                         tmp_path) -> None:
+    from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
+    from orchestrator.services.model_names import model_name
+
+    create_tenant(session, "acme")
+    create_tenant(session, "globex")
+    body = {"model": "tiny-bert", "training_file": "builtin-glue-sst2", "lorafleet": TINY}
+    job = create_fine_tuning_job(session, "acme", body, settings)
+    claim_job(session, job.id, "w1", 60)
+    folder = adapter_files(tmp_path / "adapter")
+    lora = finish_job_success(session, job.id, "w1", AdapterRecord("11111111-2222-4333-8444-555555555555",
+                                                                   str(folder), "0" * 64, 128, 10, 100), {})
+    name = model_name(lora, "acme")
+    problems = _problems(session, {**body, "model": name}, settings)
+    assert any(p.startswith("model:") and "is a lora fine-tune; only a full fine-tune" in p for p in problems)
+    with pytest.raises(RequestProblems, match="no fine-tuned model"):
+        create_fine_tuning_job(session, "globex", {**body, "model": name}, settings)  # not theirs
+    with pytest.raises(RequestProblems, match="no fine-tuned model"):
+        create_fine_tuning_job(session, "acme", {**body, "model": "00000000-0000-4000-8000-000000000000"},
+                               settings)
