@@ -68,26 +68,21 @@ def list_files(caller: Tenant, session: Db, config: Config, after: str | None = 
 def retrieve_file(file_id: str, caller: Tenant, session: Db,
                   config: Config) -> dict:
     from orchestrator.services.files import get_file
-    from orchestrator.services.fine_tuning_views import result_file, result_job_id
 
-    if result_job_id(file_id) is not None:  # a job's metrics history (its `result_files`)
-        return result_file(session, file_id, caller.tenant_slug)[0]
     return get_file(session, file_id, caller.tenant_slug, config).to_dict()
 
 
-@router.get("/{file_id}/content", response_class=FileResponse)
-def file_content(file_id: str, caller: Tenant, session: Db,
-                 config: Config) -> Response:
-    """The file's bytes exactly as uploaded (the built-in files' content is not served: 400); a
-    job's result file: its metrics history as CSV."""
+@router.get("/{file_id}/content", response_class=Response)
+def file_content(file_id: str, caller: Tenant, session: Db, config: Config) -> Response:
+    """The file's bytes exactly as uploaded, or a job's result CSV (the built-in files' content is
+    not served: 400)."""
     from orchestrator.services.files import file_content as stored
-    from orchestrator.services.fine_tuning_views import result_file, result_job_id
 
-    if result_job_id(file_id) is not None:
-        return Response(result_file(session, file_id, caller.tenant_slug)[1], media_type="text/csv")
-
+    content = stored(session, file_id, caller.tenant_slug, config)
+    if isinstance(content, bytes):
+        return Response(content, media_type="text/csv")
     # No filename in the headers: the name is the tenant's text, shown only in the JSON objects.
-    return FileResponse(stored(session, file_id, caller.tenant_slug, config), media_type="application/jsonl")
+    return FileResponse(content, media_type="application/jsonl")
 
 
 @router.delete("/{file_id}")

@@ -32,13 +32,13 @@ MAX_METADATA_FILTERS = 16
 def create_job(caller: Tenant, session: Db, config: Config, body: Annotated[Any, Body()]) -> dict:
     """Create a fine-tuning job (OpenAI's request; lorafleet's own spec fields in `lorafleet`)."""
     from orchestrator.services.fine_tuning import RequestProblems, create_fine_tuning_job
-    from orchestrator.services.fine_tuning_views import get_fine_tuning_job
+    from orchestrator.services.fine_tuning_views import created_job_object
 
     try:
         job = create_fine_tuning_job(session, caller.tenant_slug, body, config)
     except RequestProblems as exc:
         raise ApiError(400, str(exc), param=exc.param) from None
-    return get_fine_tuning_job(session, job.id, caller.tenant_slug)
+    return created_job_object(session, job, caller.tenant_slug)
 
 
 @contextmanager

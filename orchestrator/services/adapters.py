@@ -10,7 +10,6 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_engine.errors import AdapterError
@@ -18,14 +17,21 @@ from orchestrator.artifacts import adapter_path as new_adapter_path
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import NotFound
 from orchestrator.registry import repositories as repo
-from orchestrator.registry.models import Adapter, Job, utcnow
+from orchestrator.registry.models import Adapter, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.ids import resolve_id
+from orchestrator.services.model_names import model_name, parse_model_name
 from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
-    "adapter_or_404", "delete_adapter", "export_adapter", "get_adapter", "job_suffixes", "list_adapters",
-    "new_adapter_path", "owner_slugs", "verified_adapter",
+    "adapter_or_404",
+    "delete_adapter",
+    "export_adapter",
+    "get_adapter",
+    "list_adapters",
+    "model_names_of",
+    "new_adapter_path",
+    "verified_adapter",
 ]
 
 
@@ -41,25 +47,19 @@ def list_adapters(
 
 
 @readonly
-def owner_slugs(session: Session, adapters: Sequence[Adapter]) -> dict[str, str]:
-    """{tenant id: slug} of the adapters' tenants (what their model names are spelled with)."""
-    return repo.tenant_slugs(session, {a.tenant_id for a in adapters})
-
-
-@readonly
-def job_suffixes(session: Session, adapters: Sequence[Adapter]) -> dict[str, str]:
-    """{adapter id: the suffix its job was given} for the adapters whose job has one (what their
-    model names end with before the id; `model_names.model_name(adapter, slug, suffix)`)."""
-    ids = [a.job_id for a in adapters if a.job_id]
-    if not ids:
-        return {}
-    rows = session.execute(select(Adapter.id, Job.suffix).join(Job, Job.id == Adapter.job_id)
-                           .where(Job.id.in_(ids), Job.suffix.is_not(None))).tuples().all()
-    return dict(rows)
+def model_names_of(session: Session, adapters: Sequence[Adapter]) -> dict[str, str]:
+    """{adapter id: its model name} (`services.model_names`: the tenant's slug, and the suffix of
+    the job that trained it, or its task for an adapter without one)."""
+    slugs = repo.tenant_slugs(session, {a.tenant_id for a in adapters})
+    suffixes = repo.job_suffixes(session, {a.job_id for a in adapters if a.job_id is not None})
+    return {a.id: model_name(a, slugs[a.tenant_id], suffixes.get(a.job_id) if a.job_id else None)
+            for a in adapters}
 
 
 def adapter_or_404(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
+    """The live adapter `adapter_id` names: its id, a unique prefix, or its `ft:` model name."""
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
+    adapter_id = parse_model_name(adapter_id) or adapter_id
     adapter_id = resolve_id(session, Adapter, adapter_id, tenant_id=tenant_id, what="adapter id",
                             live_only=True)
     row = repo.adapter(session, adapter_id, tenant_id=tenant_id)

@@ -280,6 +280,7 @@ def test_adapter_show_and_list_print_the_model_name(home: Path):
     succeeded_adapter(adapter_id)
     model = f"ft:tiny-bert:acme:sst2:{adapter_id}"
     assert json.loads(run("adapter", "show", adapter_id, "--json").stdout)["model"] == model
+    assert json.loads(run("adapter", "show", model, "--json").stdout)["id"] == adapter_id  # by its name too
     assert [a["model"] for a in json.loads(run("adapter", "list", "--json").stdout)] == [model]
 
 
