@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,46 @@ def test_a_fine_tuned_model_is_a_base_only_as_the_tenants_full_fine_tune(session
     with pytest.raises(RequestProblems, match="no fine-tuned model"):
         create_fine_tuning_job(session, "acme", {**body, "model": "00000000-0000-4000-8000-000000000000"},
                                settings)
+
+
+def test_a_page_of_a_tenant_whose_jobs_are_the_oldest_reads_its_own_index(session, settings) -> None:
+    """The page query walks ix_jobs_tenant_id_created_at_id, never the registry's newest jobs of
+    every tenant: with `tenant_id = :id`, PostgreSQL walked ix_jobs_created_at and filtered."""
+    from sqlalchemy import event, insert, text
+
+    from orchestrator.registry.models import Job
+
+    for slug in ("old", "new"):
+        create_tenant(session, slug)
+    body = {"model": "tiny-bert", "training_file": "builtin-glue-sst2", "lorafleet": TINY}
+    template = create_fine_tuning_job(session, "old", body, settings)
+    new_id = create_fine_tuning_job(session, "new", body, settings).tenant_id
+    row = {c.key: getattr(template, c.key) for c in Job.__mapper__.column_attrs}
+    start = template.created_at
+    # The old tenant's 6,000 jobs first, then 4,000 newer ones of another tenant.
+    rows = [{**row, "id": f"{i:08d}-0000-0000-0000-000000000000", "state": "succeeded",
+             "tenant_id": template.tenant_id if i < 6000 else new_id,
+             "created_at": start + timedelta(seconds=i)} for i in range(10_000)]
+    session.execute(insert(Job), rows)
+    session.execute(text("ANALYZE"))
+    session.commit()
+    statements = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "ORDER BY" in statement and "FROM jobs" in statement:
+            statements.append((statement, parameters))
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        page, more = list_fine_tuning_jobs(session, "old", limit=20)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert [j["id"] for j in page] == [r["id"] for r in rows[5999:5979:-1]] and more
+    (statement, parameters), = statements
+    explain = "EXPLAIN " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+    with engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute(explain + statement, parameters)
+        plan = "\n".join(str(r) for r in cursor.fetchall())
+    assert "ix_jobs_tenant_id_created_at_id" in plan and not re.search(r"\bix_jobs_created_at\b", plan), plan
