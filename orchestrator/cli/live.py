@@ -222,8 +222,8 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
 
 
 def wait_all(job_ids: list[str], *, quiet: bool = False) -> list[dict[str, Any]]:
-    """Poll until every job has ended or is paused; a line per job as it settles (unless `quiet`). Final details,
-    in the order given. Unknown ids fail before any waiting (NotFound)."""
+    """Poll until every job has ended or is paused; a line per job as it settles (unless `quiet`).
+    Final details, in the order given. Unknown ids fail before any waiting (NotFound)."""
     details = {job_id: job_detail(job_id) for job_id in job_ids}
     full_ids = [d["id"] for d in details.values()]  # prefixes resolved once
     pending = list(dict.fromkeys(full_ids))
