@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from orchestrator.api.auth import Caller, tenant_caller
 from orchestrator.api.deps import db_session, settings
@@ -72,14 +72,17 @@ def retrieve_file(file_id: str, caller: Tenant, session: Db,
     return get_file(session, file_id, caller.tenant_slug, config).to_dict()
 
 
-@router.get("/{file_id}/content", response_class=FileResponse)
-def file_content(file_id: str, caller: Tenant, session: Db,
-                 config: Config) -> FileResponse:
-    """The file's bytes exactly as uploaded (the built-in files' content is not served: 400)."""
+@router.get("/{file_id}/content", response_class=Response)
+def file_content(file_id: str, caller: Tenant, session: Db, config: Config) -> Response:
+    """The file's bytes exactly as uploaded, or a job's result CSV (the built-in files' content is
+    not served: 400)."""
     from orchestrator.services.files import file_content as stored
 
+    content = stored(session, file_id, caller.tenant_slug, config)
+    if isinstance(content, bytes):
+        return Response(content, media_type="text/csv")
     # No filename in the headers: the name is the tenant's text, shown only in the JSON objects.
-    return FileResponse(stored(session, file_id, caller.tenant_slug, config), media_type="application/jsonl")
+    return FileResponse(content, media_type="application/jsonl")
 
 
 @router.delete("/{file_id}")

@@ -1,6 +1,8 @@
-"""`/v1/models`: the base models a tenant may fine-tune and its own adapters, by their `ft:` names
-(`services.model_names`), as OpenAI's model objects. A tenant deletes its own adapters only: a
-base model is 403, another tenant's adapter 404 (it does not exist for this caller)."""
+"""`/v1/models`: the base models a tenant may fine-tune (`services.base_models.tenant_bases`: the
+operator's list, else the packaged aliases and cached hub ids) and its own adapters, by their
+`ft:` names (`services.model_names`, the job's suffix included), as OpenAI's model objects. A
+tenant deletes its own adapters only: a base model is 403, another tenant's adapter 404 (it does
+not exist for this caller)."""
 
 from __future__ import annotations
 
@@ -26,23 +28,20 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 OWNER = "lorafleet"
 
 
-def tenant_bases(config: Settings) -> tuple[str, ...]:
-    """The base models tenants may fine-tune: the packaged aliases (torch-free, from
-    lora_engine.model_ref), until the operator's allowed-bases setting replaces them."""
-    from lora_engine.model_ref import MODEL_ALIASES
-
-    return tuple(MODEL_ALIASES)
-
-
 def base_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": OWNER}
 
 
-def adapter_object(adapter: Any, tenant_slug: str) -> dict[str, Any]:
-    from orchestrator.services.model_names import model_name
+def adapter_object(adapter: Any, name: str, tenant_slug: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(adapter.created_at.timestamp()),
+            "owned_by": tenant_slug}
 
-    return {"id": model_name(adapter, tenant_slug), "object": "model",
-            "created": int(adapter.created_at.timestamp()), "owned_by": tenant_slug}
+
+def _named(session: Session, adapters: Any, tenant_slug: str) -> list[dict[str, Any]]:
+    from orchestrator.services.adapters import model_names_of
+
+    names = model_names_of(session, adapters)
+    return [adapter_object(a, names[a.id], tenant_slug) for a in adapters]
 
 
 def _adapter_of(session: Session, model: str, caller: Caller) -> Any | None:
@@ -66,37 +65,38 @@ def _not_found(model: str) -> ApiError:
 
 
 @router.get("")
-def list_models(caller: Tenant, session: Db,
-                config: Config) -> dict:
+def list_models(caller: Tenant, session: Db, config: Config) -> dict:
     """The bases this tenant may fine-tune, then its adapters (oldest first)."""
     from orchestrator.services.adapters import list_adapters
+    from orchestrator.services.base_models import tenant_bases
 
     adapters = list_adapters(session, tenant=caller.tenant_slug)
-    data = [base_object(b) for b in tenant_bases(config)] + [adapter_object(a, caller.tenant_slug)
-                                                             for a in adapters]
-    return page(data, False)
+    bases = [base_object(b) for b in tenant_bases(config)]
+    return page(bases + _named(session, adapters, caller.tenant_slug), False)
 
 
 @router.get("/{model:path}")
-def retrieve_model(model: str, caller: Tenant, session: Db,
-                   config: Config) -> dict:
+def retrieve_model(model: str, caller: Tenant, session: Db, config: Config) -> dict:
+    """A base this tenant may fine-tune, or one of its adapters by its `ft:` name."""
+    from orchestrator.services.base_models import tenant_bases
+
     adapter = _adapter_of(session, model, caller)
     if adapter is not None:
-        return adapter_object(adapter, caller.tenant_slug)
+        return _named(session, [adapter], caller.tenant_slug)[0]
     if model in tenant_bases(config):
         return base_object(model)
     raise _not_found(model)
 
 
 @router.delete("/{model:path}")
-def delete_model(model: str, caller: Tenant, session: Db,
-                 config: Config) -> dict:
+def delete_model(model: str, caller: Tenant, session: Db, config: Config) -> dict:
     """Delete one of the tenant's adapters (its files; the jobs that made it keep their history)."""
     from orchestrator.services.adapters import delete_adapter
+    from orchestrator.services.base_models import tenant_bases
 
     adapter = _adapter_of(session, model, caller)
     if adapter is not None:
-        name = adapter_object(adapter, caller.tenant_slug)["id"]
+        name = _named(session, [adapter], caller.tenant_slug)[0]["id"]
         delete_adapter(session, adapter.id, caller.tenant_slug, config)
         return {"id": name, "object": "model", "deleted": True}
     if model in tenant_bases(config):

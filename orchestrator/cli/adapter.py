@@ -37,7 +37,7 @@ ADAPTER_COLUMNS = (
 def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
     """The adapter's view; `verified`: only if its files still match the registry's sha256."""
     from lora_engine.errors import AdapterError
-    from orchestrator.services.adapters import get_adapter, owner_slugs, verified_adapter
+    from orchestrator.services.adapters import get_adapter, model_names_of, verified_adapter
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
@@ -45,7 +45,7 @@ def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
             row = verified_adapter(session, adapter_id) if verified else get_adapter(session, adapter_id)
         except AdapterError as exc:
             raise CliError(f"adapter {adapter_id}: {exc}") from None
-        return adapter_dict(row, owner_slugs(session, [row]).get(row.tenant_id))
+        return adapter_dict(row, model_names_of(session, [row])[row.id])
 
 
 @click.group()
@@ -61,13 +61,13 @@ def adapter() -> None:
 @json_option
 def list_(tenant: str | None, task: str | None, base_model: str | None, wide: bool, as_json: bool) -> None:
     """List live adapters, oldest first."""
-    from orchestrator.services.adapters import list_adapters, owner_slugs
+    from orchestrator.services.adapters import list_adapters, model_names_of
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
         rows = list_adapters(session, tenant=tenant, task=task, base_model=base_model)
-        slugs = owner_slugs(session, rows)
-        views = [adapter_dict(a, slugs.get(a.tenant_id)) for a in rows]
+        names = model_names_of(session, rows)
+        views = [adapter_dict(a, names[a.id]) for a in rows]
     emit(views, as_json, lambda v: print_table(v, ADAPTER_COLUMNS, wide=wide))
 
 
@@ -181,10 +181,12 @@ def import_(folder: Path, tenant: str, task: str | None, base_model: str | None,
       lorafleet adapter import --tenant acme --task sst2 ./my-peft-adapter
     """
     from orchestrator.services.imports import check_import, import_adapter
+    from orchestrator.services.model_names import model_name
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
         foreign, base = check_import(session, tenant, folder, task=task, base_model=base_model)
-        view = adapter_dict(import_adapter(session, tenant, foreign, base))
+        row = import_adapter(session, tenant, foreign, base)
+        view = adapter_dict(row, model_name(row, tenant))  # no job: no suffix, its task names it
     emit(view, as_json, lambda v: echo(f"imported adapter {v['id']} ({v['method']} r={v['rank']} on "
                                              f"{v['base_model']}, {v['bytes']} bytes)"))

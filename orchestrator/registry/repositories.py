@@ -46,6 +46,14 @@ def tenant_slugs(session: Session, tenant_ids: Iterable[str]) -> dict[str, str]:
     return {tid: slug for tid, slug in rows}
 
 
+def job_suffixes(session: Session, job_ids: Iterable[str]) -> dict[str, str | None]:
+    """{job id: its OpenAI suffix (None: none given)} of the given jobs."""
+    ids = set(job_ids)
+    if not ids:
+        return {}
+    return dict(session.execute(select(Job.id, Job.suffix).where(Job.id.in_(ids))).tuples().all())
+
+
 def lock_tenant(session: Session, tenant_id: str) -> Tenant | None:
     """The tenant row with a row lock (PostgreSQL; SQLite's IMMEDIATE transaction already is one).
 

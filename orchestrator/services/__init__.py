@@ -120,8 +120,9 @@ reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=
 files:            the API's files: a tenant's data sets + the built-ins (builtin-glue-<task>, builtin-e2e)
                   list_files(s, tenant, after=None, limit=20, order="desc", purpose=None)
                              -> ([FileView], has_more); get_file(s, id, tenant) -> FileView (.to_dict():
-                             OpenAI's file object); file_content(s, id, tenant) -> Path;
-                  delete_file(s, id, tenant) -> id (built-ins refused; in use by jobs refused)
+                             OpenAI's file object); file_content(s, id, tenant) -> Path | bytes
+                             (a job's result file "result-<job id>": its CSV);
+                  delete_file(s, id, tenant) -> id (built-ins, result files, files jobs use: refused)
                   training_source(s, file_id, tenant) -> ("task", name) | ("dataset", Dataset)
                              (inside the caller's transaction: the job's submission)
 model_names:      model_name(adapter, tenant_slug, suffix=None) -> "ft:<base>:<tenant>:<suffix|task>:<id>"
@@ -129,11 +130,12 @@ model_names:      model_name(adapter, tenant_slug, suffix=None) -> "ft:<base>:<t
 adapters:         new_adapter_path(settings, tenant_id, adapter_id) -> <artifacts>/<tenant>/<adapter>
                   (from orchestrator.artifacts, the one home of every artifact path)
                   list_adapters(s, tenant=None, task=None, base_model=None, include_deleted=False)
-                  get_adapter(s, adapter_id, tenant=None) -> Adapter
+                  get_adapter(s, adapter_id, tenant=None) -> Adapter (an id, a unique prefix or an
+                             `ft:` model name, as every adapter_id of this module)
                   verified_adapter(s, adapter_id, tenant=None) -> Adapter (files match its sha256,
                             else lora_engine AdapterError; call before loading an adapter)
                   delete_adapter(s, adapter_id, tenant=None, settings=None) -> Adapter (files removed)
-                  owner_slugs(s, adapters) -> {tenant_id: slug} (what model names are spelled with)
+                  model_names_of(s, adapters) -> {adapter_id: "ft:..." name} (slug, job's suffix)
 overview:         job_listing(s, tenant=None, state=None, limit=None, offset=0) -> [ListedJob(job,
                             tenant_slug, headline=(metric, value)|None)] (.to_dict(): job_dict)
                   tenant_overview(s, slug) -> TenantOverview(tenant, summary, quotas)

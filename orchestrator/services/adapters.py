@@ -20,11 +20,18 @@ from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Adapter, utcnow
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.ids import resolve_id
+from orchestrator.services.model_names import model_name, parse_model_name
 from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
-    "adapter_or_404", "delete_adapter", "export_adapter", "get_adapter", "list_adapters", "new_adapter_path",
-    "owner_slugs", "verified_adapter",
+    "adapter_or_404",
+    "delete_adapter",
+    "export_adapter",
+    "get_adapter",
+    "list_adapters",
+    "model_names_of",
+    "new_adapter_path",
+    "verified_adapter",
 ]
 
 
@@ -40,13 +47,19 @@ def list_adapters(
 
 
 @readonly
-def owner_slugs(session: Session, adapters: Sequence[Adapter]) -> dict[str, str]:
-    """{tenant id: slug} of the adapters' tenants (what their model names are spelled with)."""
-    return repo.tenant_slugs(session, {a.tenant_id for a in adapters})
+def model_names_of(session: Session, adapters: Sequence[Adapter]) -> dict[str, str]:
+    """{adapter id: its model name} (`services.model_names`: the tenant's slug, and the suffix of
+    the job that trained it, or its task for an adapter without one)."""
+    slugs = repo.tenant_slugs(session, {a.tenant_id for a in adapters})
+    suffixes = repo.job_suffixes(session, {a.job_id for a in adapters if a.job_id is not None})
+    return {a.id: model_name(a, slugs[a.tenant_id], suffixes.get(a.job_id) if a.job_id else None)
+            for a in adapters}
 
 
 def adapter_or_404(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:
+    """The live adapter `adapter_id` names: its id, a unique prefix, or its `ft:` model name."""
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
+    adapter_id = parse_model_name(adapter_id) or adapter_id
     adapter_id = resolve_id(session, Adapter, adapter_id, tenant_id=tenant_id, what="adapter id",
                             live_only=True)
     row = repo.adapter(session, adapter_id, tenant_id=tenant_id)

@@ -30,6 +30,7 @@ from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Dataset
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.datasets import dataset_or_404, remove_dataset, stored_file
+from orchestrator.services.fine_tuning_views import RESULT_PREFIX, result_file
 from orchestrator.services.tenants import tenant_or_404
 
 PURPOSE = "fine-tune"
@@ -48,6 +49,7 @@ class FileView:
     created: float  # Unix seconds, to the microsecond: the list's order (ties: by id)
     filename: str
     builtin: bool = False
+    purpose: str = PURPOSE
 
     @property
     def created_at(self) -> int:
@@ -55,7 +57,7 @@ class FileView:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": self.created_at,
-                "filename": self.filename, "purpose": PURPOSE, "status": "processed"}
+                "filename": self.filename, "purpose": self.purpose, "status": "processed"}
 
 
 def _builtin_files(settings: Settings, task: str) -> list[Path]:
@@ -116,8 +118,43 @@ def list_files(
     return page, start + limit < len(views)
 
 
-@readonly
+def _result_file(session: Session, file_id: str, tenant: str) -> tuple[FileView, str]:
+    view, content = result_file(session, file_id, tenant)
+    return FileView(view["id"], view["bytes"], float(view["created_at"]), view["filename"],
+                    purpose=view["purpose"]), content
+
+
+# get_file, file_content and delete_file send a job's result file (`result-<job id>`, its metrics
+# history as CSV: services.fine_tuning_views.result_file) to that service, anything else to the
+# data sets' own; each answer is one service call, one transaction.
+
+
 def get_file(session: Session, file_id: str, tenant: str, settings: Settings | None = None) -> FileView:
+    if file_id.startswith(RESULT_PREFIX):
+        return _result_file(session, file_id, tenant)[0]
+    return _get_file(session, file_id, tenant, settings)
+
+
+def file_content(session: Session, file_id: str, tenant: str, settings: Settings | None = None
+                 ) -> Path | bytes:
+    """A tenant's file as uploaded (the path of its stored `data.jsonl`), or a result file's CSV."""
+    if file_id.startswith(RESULT_PREFIX):
+        return _result_file(session, file_id, tenant)[1].encode()
+    return _file_content(session, file_id, tenant, settings)
+
+
+def delete_file(session: Session, file_id: str, tenant: str, settings: Settings | None = None) -> str:
+    """Delete a tenant's file (its data set: refused while queued, running or paused jobs use it,
+    naming them); a built-in file or a job's result file is refused. Returns the deleted id."""
+    if file_id.startswith(RESULT_PREFIX):
+        _result_file(session, file_id, tenant)  # NotFound unless it is the tenant's
+        raise InvalidInput(f"{file_id[:80]} is a job's result file: it is kept with its job and cannot be "
+                           f"deleted")
+    return _delete_file(session, file_id, tenant, settings)
+
+
+@readonly
+def _get_file(session: Session, file_id: str, tenant: str, settings: Settings | None = None) -> FileView:
     settings = settings or get_settings()
     if file_id.startswith(BUILTIN_PREFIX):
         return builtin_view(settings, _builtin_or_404(file_id))
@@ -125,8 +162,7 @@ def get_file(session: Session, file_id: str, tenant: str, settings: Settings | N
 
 
 @readonly
-def file_content(session: Session, file_id: str, tenant: str, settings: Settings | None = None) -> Path:
-    """The stored bytes of a tenant's file (its `data.jsonl`, as uploaded)."""
+def _file_content(session: Session, file_id: str, tenant: str, settings: Settings | None = None) -> Path:
     settings = settings or get_settings()
     if file_id.startswith(BUILTIN_PREFIX):
         _builtin_or_404(file_id)
@@ -139,9 +175,7 @@ def file_content(session: Session, file_id: str, tenant: str, settings: Settings
 
 
 @transactional
-def delete_file(session: Session, file_id: str, tenant: str, settings: Settings | None = None) -> str:
-    """Delete a tenant's file (its data set: refused while queued or running jobs use it, naming
-    them); a built-in one is refused. Returns the deleted id."""
+def _delete_file(session: Session, file_id: str, tenant: str, settings: Settings | None = None) -> str:
     if file_id.startswith(BUILTIN_PREFIX):
         _builtin_or_404(file_id)
         raise InvalidInput(f"{file_id} is a built-in data set, shared by every tenant and read-only: it "

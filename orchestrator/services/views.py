@@ -63,11 +63,10 @@ def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
     }
 
 
-def adapter_dict(a: Adapter, tenant_slug: str | None = None, suffix: str | None = None) -> dict[str, Any]:
-    """`model`: the adapter's name (services.model_names), when its tenant's slug is given."""
+def adapter_dict(a: Adapter, model: str | None = None) -> dict[str, Any]:
+    """`model`: the adapter's name (services.model_names; adapters.model_names_of)."""
     return {
-        "id": a.id, "tenant_id": a.tenant_id, "job_id": a.job_id,
-        "model": model_name(a, tenant_slug, suffix) if tenant_slug else None, "path": a.path,
+        "id": a.id, "tenant_id": a.tenant_id, "job_id": a.job_id, "model": model, "path": a.path,
         "sha256": a.sha256,
         "bytes": a.bytes, "trainable_params": a.trainable_params, "total_params": a.total_params,
         "base_model": a.base_model, "task": a.task, "method": a.method, "rank": a.rank,
@@ -101,7 +100,9 @@ class JobDetail:
 
     def to_dict(self) -> dict[str, Any]:
         out = job_dict(self.job, self.tenant_slug)
-        out["adapter"] = adapter_dict(self.adapter, self.tenant_slug) if self.adapter is not None else None
+        adapter = self.adapter
+        out["adapter"] = adapter_dict(adapter, model_name(adapter, self.tenant_slug, self.job.suffix)) \
+            if adapter is not None else None
         out["metrics"] = self.metrics
         out["reevaluated"] = self.reevaluated
         out["usage"] = [usage_dict(u) for u in self.usage]

@@ -19,6 +19,7 @@ from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.registry import webhook_queries as wq
 from orchestrator.registry.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from orchestrator.services._tx import readonly, transactional
+from orchestrator.services.ids import resolve_id
 from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.webhook_outbox import EVENT_TYPES
 from orchestrator.text import printable
@@ -91,9 +92,15 @@ def list_webhooks(session: Session, tenant: str | None = None) -> Sequence[Webho
     return wq.active_endpoints(session, tenant_id)
 
 
-def webhook_or_404(session: Session, webhook_id: str, tenant: str | None = None) -> WebhookEndpoint:
+def webhook_or_404(session: Session, webhook_id: str, tenant: str | None = None, *,
+                   include_removed: bool = False) -> WebhookEndpoint:
+    """The endpoint `webhook_id` (or a unique prefix of it, `services.ids`) names, of `tenant`
+    when given; NotFound otherwise."""
     tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
-    endpoint = wq.endpoint(session, webhook_id, tenant_id) if isinstance(webhook_id, str) else None
+    endpoint = None
+    if isinstance(webhook_id, str):
+        full = resolve_id(session, WebhookEndpoint, webhook_id, tenant_id=tenant_id, what="webhook id")
+        endpoint = wq.endpoint(session, full, tenant_id, include_removed=include_removed)
     if endpoint is None:
         raise NotFound(f"no webhook endpoint {printable(webhook_id)!r}")
     return endpoint
@@ -128,10 +135,8 @@ def webhook_deliveries(session: Session, webhook_id: str, tenant: str | None = N
     """An endpoint's deliveries (removed endpoints too), newest first, each with its attempts."""
     if not 1 <= limit <= MAX_DELIVERIES_SHOWN:
         raise InvalidInput(f"limit must be 1..{MAX_DELIVERIES_SHOWN} (got {limit})")
-    tenant_id = tenant_or_404(session, tenant).id if tenant is not None else None
-    if wq.endpoint(session, webhook_id, tenant_id, include_removed=True) is None:
-        raise NotFound(f"no webhook endpoint {printable(webhook_id)!r}")
-    rows = wq.deliveries(session, endpoint_id=webhook_id, limit=limit)
+    endpoint = webhook_or_404(session, webhook_id, tenant, include_removed=True)
+    rows = wq.deliveries(session, endpoint_id=endpoint.id, limit=limit)
     tries = wq.attempts_of(session, [r.id for r in rows])
     return [DeliveryDetail(r, tries[r.id]) for r in rows]
 

@@ -116,30 +116,38 @@ def test_bad_uploads_are_400s_that_say_what_is_wrong(api_server, keys, tmp_path:
     assert [f.id for f in acme.files.list(limit=100).data] == before  # nothing was stored
 
 
-def _adapter_for(api_server, tenant: str) -> str:
-    """A succeeded job of `tenant` with a registered adapter (registry-shaped files): its id."""
+def _adapter_for(api_server, key: str) -> tuple[str, str]:
+    """A fine-tuning job created through the API with a suffix, then claimed and finished with an
+    adapter (registry-shaped files) by the services a worker calls: (the adapter's id, the job's)."""
     from orchestrator.registry.models import new_id
     from orchestrator.services.adapters import new_adapter_path
-    from orchestrator.services.jobs import submit_job
     from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
     from tests.registry_fixtures import fake_adapter_files
 
+    job = api_server.client(key).fine_tuning.jobs.create(model="tiny-bert", training_file="builtin-glue-sst2",
+                                                         suffix="my-bot")
     settings = api_server.settings
     adapter_id = new_id()
     with api_server.session() as s:
-        job = submit_job(s, tenant, {"task": "sst2", "rank": 4, "base_model": "tiny-bert", "max_steps": 2},
-                         settings=settings)
-        claim_job(s, job.id, "w1", 60)
-        path = fake_adapter_files(new_adapter_path(settings, job.tenant_id, adapter_id))
+        claimed = claim_job(s, job.id, "w1", 60)
+        path = fake_adapter_files(new_adapter_path(settings, claimed.tenant_id, adapter_id))
         finish_job_success(s, job.id, "w1", AdapterRecord(adapter_id, str(path), "0" * 64, 64, 1, 2),
                            {"validation": {"accuracy": 0.5}})
-    return adapter_id
+    return adapter_id, job.id
 
 
 def test_models_list_retrieve_and_delete_only_the_tenants_own(api_server, keys):
     acme, globex = api_server.client(keys["acme"]), api_server.client(keys["globex"])
-    adapter_id = _adapter_for(api_server, "acme")
-    name = f"ft:tiny-bert:acme:sst2:{adapter_id}"
+    adapter_id, job_id = _adapter_for(api_server, keys["acme"])
+    name = f"ft:tiny-bert:acme:my-bot:{adapter_id}"  # the job's suffix names it
+    assert acme.fine_tuning.jobs.retrieve(job_id).fine_tuned_model == name  # one name everywhere
+    (result_id,) = acme.fine_tuning.jobs.retrieve(job_id).result_files  # served by /v1/files too
+    assert acme.files.retrieve(result_id).purpose == "fine-tune-results"
+    assert acme.files.content(result_id).read().decode().startswith("step,epoch")
+    with pytest.raises(openai.NotFoundError):
+        globex.files.content(result_id)
+    with pytest.raises(openai.BadRequestError, match="result file"):
+        acme.files.delete(result_id)
     models = {m.id: m for m in acme.models.list().data}
     assert models["smollm2-135m"].owned_by == "lorafleet" and models["tiny-bert"].object == "model"
     assert models[name].owned_by == "acme" and models[name].created > 1_700_000_000

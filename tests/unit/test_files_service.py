@@ -126,7 +126,6 @@ def test_training_source_maps_builtins_to_tasks_and_refuses_what_is_in_use(sessi
         delete_file(session, data.id, "acme")
 
 
-@pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
 def test_the_worker_renders_a_chat_data_set_with_the_jobs_base_model(session, roots):
     create_tenant(session, "acme")
     data = upload_stream(session, "acme", jsonl(CHAT), "chat.jsonl")

@@ -24,6 +24,7 @@ from orchestrator.services.leases import (
     requeue_job,
     return_job,
 )
+from orchestrator.services.pausing import pause_job
 from orchestrator.services.reconcile import reconcile
 from orchestrator.services.tenants import create_tenant
 from orchestrator.services.webhook_outbox import RetryPolicy, claim_due, record_attempt
@@ -81,6 +82,13 @@ def _cancel_queued(session, spec):
     return job.id
 
 
+def _cancel_paused(session, spec):
+    job = submit_job(session, "acme", spec)
+    pause_job(session, job.id)
+    cancel_job(session, job.id)
+    return job.id
+
+
 def _requeue_out_of_attempts(session, spec):
     job_id = _claimed(session, spec, max_attempts=1)
     assert requeue_job(session, job_id, "w1", "device lost") == "failed"
@@ -120,7 +128,8 @@ def _reconcile_cancel_requested(session, spec):
 
 ENDINGS = {
     "succeeded": _succeed, "failed": _fail, "cancelled-running": _cancel_running,
-    "cancelled-queued": _cancel_queued, "requeue-gave-up": _requeue_out_of_attempts,
+    "cancelled-queued": _cancel_queued, "cancelled-paused": _cancel_paused,
+    "requeue-gave-up": _requeue_out_of_attempts,
     "requeue-cancel-requested": _requeue_cancel_requested,
     "return-cancel-requested": _return_cancel_requested,
     "reconcile-gave-up": _reconcile_out_of_attempts,
@@ -247,7 +256,7 @@ def test_removing_an_endpoint_drops_its_pending_deliveries(session, job_spec):
     _fail(session, job_spec)
     remove_webhook(session, endpoint.id, tenant="acme")
     assert [r.state for r in _deliveries(session)] == ["failed"]
-    [shown] = webhook_deliveries(session, endpoint.id, tenant="acme")  # history stays readable
+    [shown] = webhook_deliveries(session, endpoint.id[:8], tenant="acme")  # history stays readable
     assert (shown.to_dict()["state"], shown.attempts) == ("failed", [])
     create_tenant(session, "other")
     with pytest.raises(NotFound):
