@@ -26,6 +26,7 @@ import os
 import socket
 import sqlite3
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,11 @@ RECONCILE = "lorafleet.reconcile"
 PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_max": 1, "interval_step": 0.2}
 
 _connections: dict[str, Connection] = {}
+# A kombu connection (its channel and producer) is not thread-safe, and the API sends from every
+# thread of its pool at once: unserialised, concurrent sends failed ("'NoneType' object has no
+# attribute 'hostname'") and left 1 job in 8 to the reconciler (bench/bench_api.py). A publish on
+# Redis is one LPUSH, so one sender at a time costs nothing measurable.
+_send_lock = threading.Lock()
 
 
 class BrokerSQLiteConnection(sqlite3.Connection):
@@ -157,12 +163,13 @@ def send_run_jobs(job_ids: list[str], *, settings: Settings | None = None,
     settings = settings or get_settings()
     messages = [task_message(RUN_JOB, [str(job_id)], countdown) for job_id in job_ids]
     if messages and not _insert_embedded(settings, messages):
-        connection = broker_connection(settings)
-        producer = connection.Producer(serializer="json")
-        for body, headers, properties in messages:
-            # The default exchange routes by queue name, on every transport, with nothing to declare.
-            producer.publish(body, exchange="", routing_key=settings.queue, headers=headers, delivery_mode=2,
-                             retry=True, retry_policy=PUBLISH_RETRY_POLICY, **properties)
+        with _send_lock:
+            connection = broker_connection(settings)
+            producer = connection.Producer(serializer="json")
+            for body, headers, properties in messages:
+                # The default exchange routes by queue name, on every transport, with nothing to declare.
+                producer.publish(body, exchange="", routing_key=settings.queue, headers=headers,
+                                 delivery_mode=2, retry=True, retry_policy=PUBLISH_RETRY_POLICY, **properties)
 
 
 def stored_message(body: Any, headers: dict[str, Any], properties: dict[str, Any], queue: str) -> str:

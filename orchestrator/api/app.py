@@ -19,6 +19,7 @@ from orchestrator.api.auth import tenant_caller
 from orchestrator.api.body_limit import BodyLimit
 from orchestrator.api.errors import error_body, install_handlers, log
 from orchestrator.api.limits import Limiter
+from orchestrator.api.storable import storable_text
 from orchestrator.config import Settings, get_settings
 
 
@@ -26,7 +27,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="lorafleet", version="1",
                   description="The tenants' OpenAI-compatible fine-tuning API of lorafleet.",
-                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan,
+                  # No 307 to the path with(out) a trailing slash: an unknown path is a 404 in
+                  # OpenAI's shape, answered after the key is checked (the catch-all below).
+                  redirect_slashes=False,
+                  # before any route: a NUL or lone surrogate in a path, query or JSON body is a 400
+                  dependencies=[Depends(storable_text)])
     app.state.settings = settings
     app.state.limiter = Limiter(settings)
     install_handlers(app)

@@ -358,6 +358,9 @@ def submit_within(
             return _sent_if_queued(session, existing)
         attempts = attempt_budget(max_attempts)
         _admit(session, p, settings)
+        if p.idempotency_key is None:
+            # Nothing to collide with: no savepoint, whose 2 round trips ran under the tenant's lock.
+            return _sent_if_queued(session, _insert(session, p, attempts, labels))
         try:
             with session.begin_nested():
                 job = _insert(session, p, attempts, labels)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import func, text, update
 from sqlalchemy.orm import Session
 
 from orchestrator.registry import repositories as repo
@@ -105,8 +105,13 @@ DISPATCH_CHUNK = 500
 def mark_dispatched(session: Session, job_ids: list[str], now: datetime | None = None) -> None:
     """Record that a message was sent for these jobs (call after sending, e.g. after submit):
     what `_record_dispatch` does to one loaded job, as one UPDATE per 500 ids (a submit-batch
-    of 1,000 jobs would otherwise load every job again, one query each)."""
+    of 1,000 jobs would otherwise load every job again, one query each).
+    On PostgreSQL the commit does not wait for its WAL flush: a record lost to a crash only
+    makes the reconciler send the jobs' messages again, which costs nothing (a second claim
+    finds nothing), and every submit would otherwise wait for a second flush."""
     now = now or utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
     for start in range(0, len(job_ids), DISPATCH_CHUNK):
         chunk = list(job_ids[start:start + DISPATCH_CHUNK])
         session.execute(
