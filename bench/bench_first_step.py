@@ -18,7 +18,8 @@ log), then `lorafleet job submit --max-steps 3 --wait` run one after the other a
 - `stages_s`: median seconds from `submitted` to each event kind before the first progress
   (`dispatched`, `claimed`, `phase`), to show which leg the time is in.
 - `load_s`: the base model loaded alone in a fresh subprocess (`lora_engine.models.load_base_model`,
-  the call the worker makes), after the engine's imports, which the worker does at ready.
+  the call the worker makes), after the imports the worker does at ready (the engine and
+  `lora_engine.models.import_loaders`): the base's own load time.
 
 `--before REV` runs the same measurements on the code of git revision REV too (extracted with
 `git archive` into a temporary folder; the worker and the CLI then import that code), in the same
@@ -53,8 +54,9 @@ JOB_TIMEOUT_S = 600
 LOAD_SNIPPET = """
 import json, sys, time
 from lora_engine.catalog import TASKS
-from lora_engine.models import load_base_model
+from lora_engine.models import import_loaders, load_base_model
 import lora_engine.recipe  # the worker imports the engine at ready, before any job
+import_loaders()  # and what a first load would import: what remains is the base's own load
 info = TASKS[sys.argv[2]]
 t0 = time.perf_counter()
 load_base_model(sys.argv[1], info.kind, info.num_labels if info.kind == "classification" else None)

@@ -14,7 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # libgomp's default busy-waiting turns a shared, oversubscribed CPU into a 10x slowdown.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-DEFAULT_DATA = os.environ.get("LORAFLEET_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+# Absolute: a bench may run code from another folder (bench_first_step's --before), where a relative
+# LORAFLEET_DATA_DIR such as ../shared/data names nothing.
+DEFAULT_DATA = os.path.abspath(os.environ.get("LORAFLEET_DATA_DIR", str(ROOT.parent / "shared" / "data")))
 
 
 def parse_overrides(items: list[str]) -> dict:

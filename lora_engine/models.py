@@ -186,17 +186,13 @@ def _set_pad(tokenizer, model) -> None:
         gen.pad_token_id = tokenizer.pad_token_id
 
 
-def _load_tiny(arch: str, kind: str, labels: int | None):
-    tokenizer = gpt2_tokenizer() if arch in ("gpt2", "llama") else minilm_tokenizer()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+def _load_tiny(arch: str, kind: str, labels: int | None, tokenizer):
     cfg = tiny_config(arch, len(tokenizer), tokenizer.pad_token_id)
     if labels is not None:
         cfg.num_labels = labels
     with torch.random.fork_rng(devices=[]):  # identical weights every time, global RNG untouched
         torch.manual_seed(TINY_SEED)
-        model = _auto_class(kind).from_config(cfg)
-    return model, tokenizer
+        return _auto_class(kind).from_config(cfg)
 
 
 @contextmanager
@@ -217,18 +213,45 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_tokenizer(name: str):
-    """The tokenizer `load_base_model(name, ...)` pairs with the model (without its pad token):
-    what a chat data set is rendered with before the job trains (lora_engine.data.chat)."""
-    resolved = resolve_model(name)
+def import_loaders() -> None:
+    """Import what the first `load_base_model` of a process imports: transformers' model and
+    tokenizer machinery, which pulls in torch.distributed.tensor, torch._dynamo and scipy.optimize
+    (~2 s of a quiet CPU, most of a cold SmolLM2-135M load). A worker calls it at ready, so its
+    first job pays for the base model's own load only."""
+    import transformers.modeling_utils
+    import transformers.tokenization_utils_tokenizers  # noqa: F401
+    from transformers.models.auto import modeling_auto, tokenization_auto  # noqa: F401
+
+
+def _tokenizer_of(resolved: ResolvedModel):
+    """The base's tokenizer as it ships; OSError when it cannot be read."""
     if resolved.tiny:
         return gpt2_tokenizer() if resolved.arch in ("gpt2", "llama") else minilm_tokenizer()
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(resolved.path)
+
+
+def load_tokenizer(name: str):
+    """The tokenizer `load_base_model(name, ...)` pairs with the model (without its pad token):
+    what a chat data set is rendered with before the job trains (lora_engine.data.chat)."""
     try:
-        return AutoTokenizer.from_pretrained(resolved.path)
+        return _tokenizer_of(resolve_model(name))
     except OSError as exc:
         raise LoraFleetInputError(f"cannot load the tokenizer of base model {name!r}: {exc}") from exc
+
+
+def training_tokenizer(name: str):
+    """The tokenizer `load_base_model(name, ...)` returns: with the pad token training pads with
+    (EOS for a causal LM that ships without one). A caller may load one first, on its own, to
+    tokenise the data while the weights load (`recipe.setup`)."""
+    try:
+        tokenizer = _tokenizer_of(resolve_model(name))
+    except OSError as exc:
+        raise LoraFleetInputError(f"cannot load base model {name!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_base_model(name: str, kind: str, num_labels: int | None = None):
@@ -240,20 +263,16 @@ def load_base_model(name: str, kind: str, num_labels: int | None = None):
     auto = _auto_class(kind)
     labels = _num_labels(kind, num_labels)
     resolved = resolve_model(name)
+    if kind == "generation" and not resolved.tiny and resolved.arch in ("bert", "roberta"):
+        raise LoraFleetInputError(f"{name!r} is an encoder ({resolved.arch}); generation needs a causal LM")
+    tokenizer = training_tokenizer(name)
     if resolved.tiny:
-        model, tokenizer = _load_tiny(resolved.arch, kind, labels)
+        model = _load_tiny(resolved.arch, kind, labels, tokenizer)
     else:
-        from transformers import AutoTokenizer
-
         kwargs = dict(resolved.load_kwargs)
         if labels is not None:
             kwargs["num_labels"] = labels
-        if kind == "generation" and resolved.arch in ("bert", "roberta"):
-            raise LoraFleetInputError(
-                f"{name!r} is an encoder ({resolved.arch}); generation needs a causal LM"
-            )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(resolved.path)
             with _quiet_loading():
                 model = auto.from_pretrained(resolved.path, **kwargs)
         except OSError as exc:

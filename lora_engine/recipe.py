@@ -34,10 +34,12 @@ prompt's hidden states never go through the 49k-wide vocabulary matrix.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,37 +274,83 @@ def resolve_spec(spec: TrainingSpec | dict, *, data_dir: str | Path) -> Training
     return spec
 
 
-def training_inputs(spec: TrainingSpec, *, data_dir: str | Path) -> tuple[list, tuple[str, ...]]:
-    """(training examples, label names) of a resolved spec."""
+def training_examples(spec: TrainingSpec, *, data_dir: str | Path) -> list:
+    """The training split of a resolved spec, held-out rows included."""
     from lora_engine.data import load_examples
 
-    return load_examples(spec.task, "train", data_dir=data_dir, dataset=spec.dataset), label_names_for(spec)
+    return load_examples(spec.task, "train", data_dir=data_dir, dataset=spec.dataset)
+
+
+def training_inputs(spec: TrainingSpec, *, data_dir: str | Path) -> tuple[list, tuple[str, ...]]:
+    """(training examples, label names) of a resolved spec."""
+    return training_examples(spec, data_dir=data_dir), label_names_for(spec)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A run's training split as `prepare_run` takes it: held-out rows apart, the rest tokenised."""
+
+    encoded: Any  # batching.Encoded of the rows trained on
+    holdout: list  # the rows scored during training (empty without `eval_holdout`)
+
+
+def training_data(spec: TrainingSpec, examples: list, tokenizer) -> TrainingData:
+    """Hold out the rows scored during training (here, so every path trains on the same rows) and
+    tokenise the rest (or take them from the token cache). Touches no RNG and no model."""
+    from lora_engine.data.batching import encode_examples
+
+    examples, holdout = split_holdout(examples, spec.eval_holdout or 0, spec.seed)
+    encoded = encode_examples(examples, tokenizer, spec.max_length)
+    if len(encoded) == 0:
+        raise LoraConfigError(f"max_length {spec.max_length} leaves no training row with a target token")
+    return TrainingData(encoded, holdout)
 
 
 def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: DeviceInfo | None = None) -> Run:
-    """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved."""
+    """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved.
+
+    When the base model must be loaded (no warm cache, or another base in it), the training data
+    are read and tokenised in a second thread meanwhile, with a tokenizer of their own (one
+    tokenizer object is not shared between threads: a call may reconfigure its truncation). Both
+    take seconds on a cold worker (SmolLM2: ~2.5 s load, E2E's 42k rows ~3 s to tokenise), and
+    the tokenizer's Rust core runs without the GIL, so on two cores the data cost little more than
+    the load alone. Tokenising touches no RNG: the run is the one a serial setup gives.
+    """
     info = spec.info
     device = device or pick_device()
-    examples, label_names = training_inputs(spec, data_dir=data_dir)
+    label_names = label_names_for(spec)
     num_labels = len(label_names) if info.kind == "classification" else None
-    model, tokenizer = load_model(spec, info, num_labels, cache)
+    if cache is not None and cache.key == (spec.base_model, info.kind, num_labels):
+        model, tokenizer = load_model(spec, info, num_labels, cache)
+        data = training_data(spec, training_examples(spec, data_dir=data_dir), tokenizer)
+    else:
+        from lora_engine.models import training_tokenizer
+
+        def read_and_tokenise() -> TrainingData:
+            examples = training_examples(spec, data_dir=data_dir)
+            return training_data(spec, examples, training_tokenizer(spec.base_model))
+
+        # The job's log context goes along (a line logged there still names the job).
+        with ThreadPoolExecutor(1, thread_name_prefix="training-data") as pool:
+            pending = pool.submit(contextvars.copy_context().run, read_and_tokenise)
+            model, tokenizer = load_model(spec, info, num_labels, cache)
+            data = pending.result()
     model.to(device.device)
-    return prepare_run(spec, model, tokenizer, examples=examples, label_names=label_names, device=device)
+    return prepare_run(spec, model, tokenizer, data=data, label_names=label_names, device=device)
 
 
-def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, examples, label_names: tuple[str, ...],
-                device: DeviceInfo) -> Run:
-    """Everything after the base model is loaded: seed, head, LoRA, data, schedule, optimizer.
+def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: TrainingData,
+                label_names: tuple[str, ...], device: DeviceInfo) -> Run:
+    """Everything after the base model is loaded and the data tokenised: seed, head, LoRA,
+    schedule, optimizer.
 
     The packed trainer calls it on a model that shows one job's view of a shared base, so a job
     starts from the same RNG draws, groups and data order packed as alone.
     """
-    from lora_engine.data.batching import BucketBatchSampler, encode_examples
+    from lora_engine.data.batching import BucketBatchSampler
     from lora_engine.inject import head_module_names
 
     info = spec.info
-    # The rows scored during training are held out here, so every path trains on the same rows.
-    examples, holdout = split_holdout(examples, spec.eval_holdout or 0, spec.seed)
     heads = head_module_names(model) if info.kind != "generation" else []
     if heads:  # what the head reads, in training and every evaluation (a full model saves it)
         set_pooling(model, spec.pooling)
@@ -310,9 +358,7 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, examples, la
     reset_head(model, heads)
     settings = _adapt(spec, model, heads)
 
-    encoded = encode_examples(examples, tokenizer, spec.max_length)
-    if len(encoded) == 0:
-        raise LoraConfigError(f"max_length {spec.max_length} leaves no training row with a target token")
+    encoded = data.encoded
     sampler = BucketBatchSampler(encoded.lengths, spec.batch_size, seed=spec.seed)
     total = total_optimizer_steps(len(sampler), epochs=spec.epochs, max_steps=spec.max_steps,
                                   grad_accum=spec.grad_accum)
@@ -324,7 +370,7 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, examples, la
     return Run(spec=spec, info=info, device=device, model=model, tokenizer=tokenizer, encoded=encoded,
                sampler=sampler, optimizer=optimizer, total_steps=total,
                warmup=warmup_steps(total, spec.warmup_ratio), trainable=trainable, heads=heads,
-               label_names=label_names, lora_settings=settings, holdout=holdout,
+               label_names=label_names, lora_settings=settings, holdout=data.holdout,
                selection=Selection(info.primary_metric, spec.patience or 0, spec.min_delta)
                if spec.eval_every else None)
 

@@ -110,12 +110,14 @@ def _ready(sender: Any = None, **_: Any) -> None:
 
     private_dir(settings.home)
     ensure_schema(settings)
-    # Import the engine (torch, transformers) now, not inside the first job: loading those
-    # libraries holds the GIL for seconds, during which the job's keep-alive thread cannot renew
-    # its lease. Importing is not initialising CUDA, so this is safe before a fork too.
-    import transformers  # noqa: F401
-
+    # Import the engine (torch, transformers, their model-loading machinery) now, not inside the
+    # first job: loading those libraries holds the GIL for seconds, during which the job's
+    # keep-alive thread cannot renew its lease, and the tenant waits for them before the first
+    # step. Importing is not initialising CUDA, so this is safe before a fork too.
     import lora_engine.recipe  # noqa: F401
+    from lora_engine.models import import_loaders
+
+    import_loaders()
 
     if not presence.is_prefork(getattr(sender, "controller", None)):
         presence.start(settings)  # this process runs the tasks (a prefork child registers itself)

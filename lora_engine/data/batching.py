@@ -35,21 +35,89 @@ from lora_engine.data.examples import ClassificationExample, GenerationExample
 IGNORE_INDEX = -100
 
 
+class Ragged(Sequence):
+    """Rows of ints of different lengths, stored flat: row i is `flat[offsets[i]:offsets[i + 1]]`.
+
+    A tokenised split lives in two numpy arrays instead of one Python list per row: E2E's 42k rows
+    (1M ids) read back from the token cache in milliseconds instead of ~0.7 s of list building,
+    and take 8 bytes an id instead of ~36. Indexing gives a row as a list of Python ints, as the
+    tokenizer returned it; rows are read-only.
+    """
+
+    __slots__ = ("flat", "offsets")
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self.flat, self.offsets = flat, offsets
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[int]]) -> Ragged:
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)), out=offsets[1:])
+        flat = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(offsets[-1]))
+        return cls(flat, offsets)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]  # negative indices, IndexError past the end
+        return self.flat[self.offsets[i]:self.offsets[i + 1]].tolist()
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Ragged):
+            return np.array_equal(self.offsets, other.offsets) and np.array_equal(self.flat, other.flat)
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+
+class PromptMasked(Sequence):
+    """Generation labels without storing them: row i is the ids of row i with its first `starts[i]`
+    positions (the prompt) replaced by `IGNORE_INDEX`."""
+
+    __slots__ = ("ids", "starts")
+
+    def __init__(self, ids: Ragged, starts: np.ndarray):
+        self.ids, self.starts = ids, starts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]
+        start = int(self.starts[i])
+        return [IGNORE_INDEX] * start + self.ids[i][start:]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, PromptMasked):
+            return self.ids == other.ids and np.array_equal(self.starts, other.starts)
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+
 @dataclass
 class Encoded:
     """One split, tokenised once. For generation, `labels[i]` is a list of label ids per token."""
 
     kind: str  # "classification" | "generation"
-    input_ids: list[list[int]]
-    labels: list
+    input_ids: Ragged
+    labels: Sequence  # a label per row (classification), `PromptMasked` rows (generation)
     pad_id: int
-    token_type_ids: list[list[int]] | None = None
+    token_type_ids: Ragged | None = None
     dropped: int = 0  # generation rows dropped because the prompt alone filled max_length
     kept: list[int] = field(default_factory=list)  # index into the examples of each encoded row
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return self.input_ids.lengths()
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -86,10 +154,10 @@ def encode_classification(
             type_ids[i] = types[j] if types is not None else None
     return Encoded(
         kind="classification",
-        input_ids=input_ids,
+        input_ids=Ragged.of(input_ids),
         labels=[ex.label for ex in examples],
         pad_id=_pad_id(tokenizer),
-        token_type_ids=type_ids if has_types else None,
+        token_type_ids=Ragged.of(type_ids) if has_types else None,
         kept=list(range(n)),
     )
 
@@ -113,18 +181,18 @@ def encode_generation(examples: Sequence[GenerationExample], tokenizer, max_leng
     by_prompt = dict(zip(distinct, encode_prompts(tokenizer, distinct), strict=True))
     prompts = [by_prompt[ex.prompt] for ex in examples]
     completions = tokenizer([ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
-    input_ids, labels, kept = [], [], []
+    input_ids, starts, kept = [], [], []
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         if len(p) >= max_length:
             continue
-        ids = (p + c + [eos])[:max_length]
-        input_ids.append(ids)
-        labels.append([IGNORE_INDEX] * len(p) + ids[len(p):])
+        input_ids.append((p + c + [eos])[:max_length])
+        starts.append(len(p))
         kept.append(i)
+    ids = Ragged.of(input_ids)
     return Encoded(
         kind="generation",
-        input_ids=input_ids,
-        labels=labels,
+        input_ids=ids,
+        labels=PromptMasked(ids, np.asarray(starts, dtype=np.int64)),
         pad_id=_pad_id(tokenizer),
         dropped=len(examples) - len(kept),
         kept=kept,

@@ -62,6 +62,7 @@ from lora_engine.recipe import (
     resume_run,
     save_run_checkpoint,
     training_batches,
+    training_data,
     training_inputs,
 )
 from lora_engine.spec import TrainingSpec
@@ -233,7 +234,8 @@ class Pack:
         try:
             with self._view(None, self._fresh_heads(spec, label_names)) as model:
                 plain = dict(model.named_modules())
-                run = prepare_run(spec, model, self.tokenizer, examples=examples, label_names=label_names,
+                data = training_data(spec, examples, self.tokenizer)
+                run = prepare_run(spec, model, self.tokenizer, data=data, label_names=label_names,
                                   device=self.device)
                 adapters = dict(lora_modules(model))
                 bad = [n for n, m in adapters.items() if not isinstance(m, LoRALinear) or m.fan_in_fan_out]

@@ -5,6 +5,8 @@ scopes every query (another tenant's job is a 404)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
@@ -37,6 +39,17 @@ def create_job(caller: Tenant, session: Db, config: Config, body: Annotated[Any,
     except RequestProblems as exc:
         raise ApiError(400, str(exc), param=exc.param) from None
     return created_job_object(session, job, caller.tenant_slug)
+
+
+@contextmanager
+def _job_named(job_id: str) -> Iterator[None]:
+    """A job service's NotFound in the API's words (the services' own name the CLI)."""
+    from orchestrator.errors import NotFound
+
+    try:
+        yield
+    except NotFound:
+        raise ApiError(404, f"no fine-tuning job {job_id[:80]!r}", code="not_found") from None
 
 
 def _metadata_filters(request: Request) -> dict[str, str]:
@@ -77,7 +90,8 @@ def cancel(job_id: str, caller: Tenant, session: Db) -> dict:
     from orchestrator.services.fine_tuning_views import get_fine_tuning_job
     from orchestrator.services.jobs import cancel_job
 
-    job = cancel_job(session, job_id, caller.tenant_slug)
+    with _job_named(job_id):
+        job = cancel_job(session, job_id, caller.tenant_slug)
     return get_fine_tuning_job(session, job.id, caller.tenant_slug)
 
 
@@ -87,7 +101,8 @@ def pause(job_id: str, caller: Tenant, session: Db) -> dict:
     from orchestrator.services.fine_tuning_views import get_fine_tuning_job
     from orchestrator.services.pausing import pause_job
 
-    job = pause_job(session, job_id, caller.tenant_slug)
+    with _job_named(job_id):
+        job = pause_job(session, job_id, caller.tenant_slug)
     return get_fine_tuning_job(session, job.id, caller.tenant_slug)
 
 
@@ -97,7 +112,8 @@ def resume(job_id: str, caller: Tenant, session: Db) -> dict:
     from orchestrator.services.fine_tuning_views import get_fine_tuning_job
     from orchestrator.services.pausing import resume_job
 
-    job = resume_job(session, job_id, caller.tenant_slug)
+    with _job_named(job_id):
+        job = resume_job(session, job_id, caller.tenant_slug)
     return get_fine_tuning_job(session, job.id, caller.tenant_slug)
 
 

@@ -231,10 +231,11 @@ def events(job_id: str, follow: bool, wide: bool, as_json: bool) -> None:
 @click.argument("job_ids", nargs=-1, required=True)
 @json_option
 def wait(job_ids: tuple[str, ...], as_json: bool) -> None:
-    """Wait until every JOB_ID has ended (ids or unique prefixes); exit 0 only if all succeeded.
+    """Wait until every JOB_ID has ended or is paused (ids or unique prefixes); exit 0 only if all
+    succeeded.
 
-    Prints a line per job as it ends; exits 1 if any failed or was cancelled, 3 if an id is
-    unknown. Ctrl-C stops waiting, not the jobs.
+    Prints a line per job as it settles; exits 1 if any failed, was cancelled or is paused, 3 if an
+    id is unknown. Ctrl-C stops waiting, not the jobs.
 
     \b
     Example:

@@ -27,6 +27,9 @@ from orchestrator.registry.models import TERMINAL_STATES as TERMINAL
 from orchestrator.text import printable
 
 POLL_SECONDS = 0.5
+# Where waiting stops: the ends, and `paused`, which nothing moves until someone resumes it (a
+# wait there would hang, not wait).
+SETTLED = (*TERMINAL, "paused")
 QUEUED_HINT_AFTER_S = 15.0
 EXIT_DETACHED = 130  # the shell's code for "stopped by Ctrl-C"
 
@@ -201,7 +204,7 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
             rate.see(detail["progress"]["step"])
             if view is not None:
                 view.show({**detail, "phase": current.of(detail)}, rate)
-            if detail["state"] in TERMINAL:
+            if detail["state"] in SETTLED:
                 return detail
             if detail["state"] == "queued" and hint_at and time.monotonic() > hint_at:
                 hint_at = 0.0
@@ -219,8 +222,8 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
 
 
 def wait_all(job_ids: list[str], *, quiet: bool = False) -> list[dict[str, Any]]:
-    """Poll until every job has ended; a line per job as it ends (unless `quiet`). Final details,
-    in the order given. Unknown ids fail before any waiting (NotFound)."""
+    """Poll until every job has ended or is paused; a line per job as it settles (unless `quiet`).
+    Final details, in the order given. Unknown ids fail before any waiting (NotFound)."""
     details = {job_id: job_detail(job_id) for job_id in job_ids}
     full_ids = [d["id"] for d in details.values()]  # prefixes resolved once
     pending = list(dict.fromkeys(full_ids))
@@ -229,7 +232,7 @@ def wait_all(job_ids: list[str], *, quiet: bool = False) -> list[dict[str, Any]]
         while pending:
             for job_id in list(pending):
                 detail = job_detail(job_id)
-                if detail["state"] in TERMINAL:
+                if detail["state"] in SETTLED:
                     finals[job_id] = detail
                     pending.remove(job_id)
                     if not quiet:

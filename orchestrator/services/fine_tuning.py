@@ -116,13 +116,30 @@ def _model(session: Session, req: _Request, tenant: str, settings: Settings) -> 
         return
     adapter_id = parse_model_name(model)
     if adapter_id is not None or (spelled_as_id(model) and not looks_like_path(model)):
-        req.spec["base_model"] = adapter_id or model  # the tenant's full fine-tune: submit checks it
+        _own_full_fine_tune(session, req, tenant, adapter_id or model)
         return
     why = base_problem(model, settings)
     if why:
         req.problem("model", why)
     else:
         req.spec["base_model"] = model
+
+
+def _own_full_fine_tune(session: Session, req: _Request, tenant: str, adapter_id: str) -> None:
+    """A base model named by the tenant's own fine-tuned model: only a full fine-tune is one."""
+    from orchestrator.services.adapters import adapter_or_404
+
+    shown = _shown(req.body["model"])
+    try:
+        row = adapter_or_404(session, adapter_id, tenant)
+    except (NotFound, InvalidInput):
+        req.problem("model", f"no fine-tuned model {shown} of yours; see GET /v1/models")
+        return
+    if row.method != "full":
+        req.problem("model", f"{shown} is a {row.method} fine-tune; only a full "
+                             f"fine-tune (lorafleet.method \"full\") can be the base model of another job")
+        return
+    req.spec["base_model"] = row.id  # the submit resolves it again, as for the CLI
 
 
 def _file(session: Session, req: _Request, field: str, tenant: str) -> tuple[str, Any] | None:

@@ -137,3 +137,33 @@ def test_another_tenants_job_does_not_exist(api_server, keys, acme) -> None:
             call()
     assert job.id not in [j.id for j in globex.fine_tuning.jobs.list(limit=100).data]
     assert acme.fine_tuning.jobs.retrieve(job.id).status == "queued"  # untouched
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("[1, 2]", "body: must be a JSON object"),
+    ('"x"', "body: must be a JSON object"),
+    ('{"model": "tiny-bert", "training_file": "builtin-glue-sst2", "hyperparameters": {"n_epochs": NaN}}',
+     "hyperparameters.n_epochs: must be a number"),
+    ('{"model": "tiny-bert", "training_file": "builtin-glue-sst2", "lorafleet": {"targets": '
+     + "[" * 5000 + "]" * 5000 + "}}", "parsing the body"),
+    ('{"model": "tiny-bert", "training_file": "builtin-glue-sst2", "seed": ' + "9" * 5000 + "}",
+     "parsing the body"),
+])
+def test_hostile_bodies_are_400s_in_openais_shape(api_server, keys, body, expected) -> None:
+    headers = {"Authorization": f"Bearer {keys['acme']}", "Content-Type": "application/json"}
+    answer = httpx.post(api_server.base_url + "/v1/fine_tuning/jobs", content=body, headers=headers)
+    assert answer.status_code == 400 and expected in answer.json()["error"]["message"], answer.text
+
+
+def test_bad_queries_are_400s_and_unknown_jobs_404s(api_server, keys) -> None:
+    base, auth = api_server.base_url + "/v1/fine_tuning/jobs", {"Authorization": f"Bearer {keys['acme']}"}
+    for url, status, expected in [
+        (f"{base}?colour=red", 400, "unknown query parameter 'colour'"),
+        (f"{base}?metadata[a%22b]=1", 400, "a filter is a key"),
+        (f"{base}?limit=1000", 400, "limit"),
+        (f"{base}/nope/events", 404, "no fine-tuning job 'nope'"),
+    ]:
+        answer = httpx.get(url, headers=auth)
+        assert answer.status_code == status and expected in answer.json()["error"]["message"], answer.text
+    answer = httpx.post(f"{base}/{'f' * 36}/pause", headers=auth)
+    assert answer.status_code == 404 and "no fine-tuning job" in answer.json()["error"]["message"]

@@ -3,7 +3,7 @@ and a real Celery worker sharing its registry and broker, embedded (SQLite) and 
 (PostgreSQL + Redis): create a job on a tiny model, follow its events to `succeeded`, retrieve
 it (fine-tuned model name, trained tokens, the metrics history as its result file); pause a
 running job and resume it from its checkpoint; cancel one; a validation file that replaces the
-held-out split."""
+held-out split; the fine-tuned model listed, then deleted."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import httpx
 import openai
 import pytest
 
+from orchestrator import artifacts
+from orchestrator.services.jobs import get_job
 from orchestrator.services.keys import create_key
 from orchestrator.services.tenants import create_tenant
 from tests.api_server import ApiProcess, start_api
@@ -26,7 +28,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 # The worker tests' tiny budget: a random-init 2-layer BERT, a few steps on small batches.
 TINY = {"method": "lora", "rank": 4, "max_steps": 3, "batch_size": 4, "eval_size": 16}
 # Long enough that a pause lands mid-training, short enough to finish soon after the resume.
-LONG_STEPS = 300
+LONG_STEPS = 200
 
 
 @pytest.fixture(scope="module")
@@ -90,22 +92,19 @@ def test_create_follow_events_to_succeeded_and_retrieve(client: openai.OpenAI, l
     listed = client.fine_tuning.jobs.list(extra_query={"metadata[session]": "1"}).data
     assert [j.id for j in listed] == [job.id] and listed[0].fine_tuned_model == done.fine_tuned_model
 
-    from orchestrator.services.fine_tuning_views import result_file
-
-    with live_worker_session(live_worker) as s:
-        view, content = result_file(s, done.result_files[0], "acme")
+    (result,) = done.result_files
+    content = client.files.content(result).text
     lines = content.splitlines()
     assert lines[0].startswith("step,epoch,train_loss,learning_rate") and len(lines) == TINY["max_steps"] + 1
-    assert view["bytes"] == len(content.encode())
+    assert client.files.retrieve(result).bytes == len(content.encode())
+
+    assert done.fine_tuned_model in [m.id for m in client.models.list().data]
+    assert client.models.retrieve(done.fine_tuned_model).owned_by == "acme"
+    assert client.models.delete(done.fine_tuned_model).deleted
+    assert done.fine_tuned_model not in [m.id for m in client.models.list().data]
 
 
-def live_worker_session(worker: LiveWorker):
-    from orchestrator.registry.db import session_scope
-
-    return session_scope(worker.settings)
-
-
-def test_pause_a_running_job_then_resume_it_from_its_checkpoint(client: openai.OpenAI, live_worker):
+def test_pause_a_running_job_then_resume_it_from_its_checkpoint(client: openai.OpenAI, live_worker, api):
     job = client.fine_tuning.jobs.create(model="tiny-bert", training_file="builtin-glue-sst2",
                                          extra_body={"lorafleet": {**TINY, "max_steps": LONG_STEPS}})
     _training(client, job.id, live_worker)
@@ -118,6 +117,10 @@ def test_pause_a_running_job_then_resume_it_from_its_checkpoint(client: openai.O
     step = checkpoints[0].step_number
     assert 1 <= step < LONG_STEPS
     assert checkpoints[0].fine_tuned_model_checkpoint.endswith(f":ckpt-step-{step}")
+    with api.session() as s:  # the registry: lease released, the checkpoint's files on disk
+        row = get_job(s, job.id).job
+    assert (row.state, row.lease_owner, row.pause_requested) == ("paused", None, False)
+    assert list(artifacts.checkpoint_path(live_worker.settings, row.tenant_id, job.id).glob("step-*"))
     time.sleep(1.0)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"  # nothing picks it up
 
@@ -128,6 +131,11 @@ def test_pause_a_running_job_then_resume_it_from_its_checkpoint(client: openai.O
     assert any(e.message == f"resumed from the checkpoint at step {step}" for e in events)
     after = next(e for e in events if e.type == "metrics" and int(e.id) > int(checkpoints[0].id))
     assert after.data["step"] > step  # continued, not restarted from step 0
+    with api.session() as s:
+        detail = get_job(s, job.id)
+    # Two attempts, each with its usage; the pause gave its attempt back (budget + 1).
+    assert (detail.job.attempts, len(detail.usage)) == (2, 2)
+    assert detail.job.max_attempts == live_worker.settings.max_attempts + 1
 
 
 def test_cancel_a_running_job(client: openai.OpenAI, live_worker: LiveWorker):
@@ -140,18 +148,15 @@ def test_cancel_a_running_job(client: openai.OpenAI, live_worker: LiveWorker):
     assert events[-1].message == "Fine-tuning job cancelled"
 
 
-def test_a_validation_file_replaces_the_held_out_split(client: openai.OpenAI, live_worker, api, tmp_path):
+def test_a_validation_file_replaces_the_held_out_split(client: openai.OpenAI, live_worker, tmp_path):
     """40 training rows, batch 4, one epoch: 10 steps when the validation file is the scored split,
     9 when a tenth of the rows is held out of training instead."""
-    from orchestrator.services.datasets import upload_dataset
-
     train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
     train.write_text("".join(f'{{"text": "row {i} is {"good" if i % 2 else "bad"}", "label": {i % 2}}}\n'
                              for i in range(40)))
     validation.write_text("".join(f'{{"text": "held {i}", "label": {i % 2}}}\n' for i in range(6)))
-    with api.session() as s:
-        train_id = upload_dataset(s, "acme", train, settings=live_worker.settings).id
-        validation_id = upload_dataset(s, "acme", validation, settings=live_worker.settings).id
+    train_id = client.files.create(file=train.open("rb"), purpose="fine-tune").id
+    validation_id = client.files.create(file=validation.open("rb"), purpose="fine-tune").id
     budget = {"method": "lora", "rank": 4, "eval_every": 0}
     hyper = {"n_epochs": 1, "batch_size": 4}
     jobs = [client.fine_tuning.jobs.create(model="tiny-bert", training_file=train_id, hyperparameters=hyper,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 from lora_engine.adapters.io import adapter_files_digest
 from lora_engine.errors import DataValidationError
-from orchestrator.announce import announce_jobs, reconcile_once, sending_session
+from orchestrator.announce import announce_jobs, reconcile_once
 from orchestrator.dispatch import broker_connection
 from orchestrator.errors import InvalidState
 from orchestrator.registry.db import session_scope
@@ -30,8 +29,6 @@ from tests.integration.workers import LiveWorker, wait_for
 pytestmark = pytest.mark.integration
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
-# Long enough that a pause lands mid-training, short enough to finish soon after the resume.
-PAUSED_JOB_STEPS = 200
 # Tiny real jobs: a random-init 2-layer BERT, a few optimiser steps on small batches.
 TINY = {
     "task": "sst2",
@@ -297,38 +294,6 @@ def test_fair_share_b_starts_within_a_few_claims_after_a_queued_200(live_worker:
 
     states = wait_for(all_ended, 60, "the started jobs to finish", live_worker)
     assert {states[j] for j in b_ids} == {"succeeded"}, states
-
-
-def test_running_job_pauses_at_a_checkpoint_and_resumes_from_it(live_worker: LiveWorker):
-    from orchestrator.services.pausing import pause_job, resume_job
-
-    tenant = _tenant(live_worker, "pauser")
-    job_id = _submit(live_worker, tenant, max_steps=PAUSED_JOB_STEPS)
-    wait_for(lambda: (_detail(live_worker, job_id)["progress"]["step"] or 0) >= 1, 90,
-             "the job to start training", live_worker)
-    with session_scope(live_worker.settings) as s:
-        assert pause_job(s, job_id, tenant=tenant).state == "running"  # a flag: the worker obeys it
-    paused = wait_for(lambda: (d := _detail(live_worker, job_id))["state"] != "running" and d, 60,
-                      "the job to pause", live_worker, interval=0.2)
-    assert paused["state"] == "paused", _events(live_worker, job_id)
-    events = _events(live_worker, job_id)
-    kinds = [e["kind"] for e in events]
-    last_checkpoint = len(kinds) - 1 - kinds[::-1].index("checkpoint")
-    assert kinds.index("pause_requested") < last_checkpoint < kinds.index("paused")  # saved for the pause
-    step = events[last_checkpoint]["data"]["step"]
-    assert 1 <= step < PAUSED_JOB_STEPS and events[kinds.index("paused")]["data"]["step"] == step
-    checkpoints = live_worker.settings.artifacts / paused["tenant_id"] / "checkpoints" / job_id
-    assert list(checkpoints.glob("step-*"))
-    time.sleep(1.5)  # nothing claims or re-dispatches it meanwhile
-    assert _detail(live_worker, job_id)["state"] == "paused"
-
-    with sending_session(live_worker.settings) as s:  # the edge: its message is sent after the commit
-        assert resume_job(s, job_id, tenant=tenant).state == "queued"
-    detail = _wait_terminal(live_worker, [job_id], timeout=120)[job_id]
-    assert detail["state"] == "succeeded", _events(live_worker, job_id)
-    resumed = [e for e in _events(live_worker, job_id) if e["kind"] == "resumed"]
-    assert [e["data"]["step"] for e in resumed] == [step]  # from the checkpoint, not from step 0
-    assert detail["attempts"] == 2 and len(detail["usage"]) == 2
 
 
 def test_a_chat_data_set_trains_rendered_with_the_jobs_base_model(live_worker: LiveWorker, tmp_path: Path):

@@ -209,3 +209,17 @@ def test_e2e_prompt_boundary_equals_joint_tokenisation(gpt2_tok):
     joint = gpt2_tok([e.prompt + e.completion for e in examples], add_special_tokens=False)["input_ids"]
     assert enc.dropped == 0
     assert [ids[:-1] for ids in enc.input_ids] == joint
+
+
+def test_ragged_rows_read_as_the_lists_they_were_built_from():
+    from lora_engine.data.batching import PromptMasked, Ragged
+
+    rows = [[5, 6, 7], [], [8], [9, 10]]
+    ragged = Ragged.of(rows)
+    assert len(ragged) == 4 and ragged.lengths().tolist() == [3, 0, 1, 2]
+    assert ragged[0] == [5, 6, 7] and ragged[-1] == [9, 10] and ragged[1:3] == [[], [8]]
+    assert type(ragged[0][0]) is int and ragged == rows and ragged == Ragged.of(rows) and ragged != rows[:3]
+    with pytest.raises(IndexError):
+        ragged[4]
+    labels = PromptMasked(ragged, np.array([2, 0, 1, 0]))
+    assert list(labels) == [[IGNORE_INDEX, IGNORE_INDEX, 7], [], [IGNORE_INDEX], [9, 10]]

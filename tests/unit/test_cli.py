@@ -83,6 +83,9 @@ def test_submit_queues_a_job_and_sends_only_its_id(home: Path):
     # Pausing a queued job is immediate; resuming queues it again and sends its message.
     assert json.loads(run("job", "pause", job_id, "--json").stdout)["state"] == "paused"
     assert json.loads(run("job", "list", "--state", "paused", "--json").stdout)[0]["id"] == job_id
+    # A paused job moves no more until resumed: waiting on it returns (exit 1), it does not hang.
+    waited = run("job", "wait", job_id, ok=False)
+    assert waited.exit_code == 1 and "paused" in waited.output
     run("job", "resume", job_id)
     with session_scope() as s:
         assert get_job(s, job_id).job.state == "queued"

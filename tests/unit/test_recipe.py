@@ -286,6 +286,57 @@ def test_a_mean_pooled_job_leaves_the_cached_base_as_loaded(tmp_path):
     assert warm.losses == cold.losses and warm.losses != res.losses
 
 
+def test_a_cold_setup_tokenises_meanwhile_in_a_thread_what_a_warm_one_tokenises_alone(monkeypatch):
+    """Loading the base, the data are read and tokenised in a second thread with a tokenizer of
+    their own; on a resident base, in the caller's thread with the base's. Same rows, same ids,
+    same held-out rows, same losses."""
+    import threading
+
+    from lora_engine import recipe
+    from lora_engine.data import token_cache
+    from lora_engine.device import pick_device
+
+    calls = []
+    real = recipe.training_data
+
+    def watched(spec, examples, tokenizer):
+        calls.append((threading.current_thread(), tokenizer))
+        return real(spec, examples, tokenizer)
+
+    monkeypatch.setattr(recipe, "training_data", watched)
+    monkeypatch.setenv("LORAFLEET_DATA_CACHE", "")  # in memory only, and forgotten below
+    token_cache.forget()
+    spec = recipe.resolve_spec({**SST2, "eval_every": 2, "eval_holdout": 16}, data_dir=DATA)
+    cache, device = BaseModelCache(), pick_device()
+    runs = []
+    for _ in range(2):  # cold: the cache loads the base; warm: it is resident
+        run = recipe.setup(spec, data_dir=DATA, cache=cache, device=device)
+        recipe.fit(run, TrainHooks())
+        runs.append(run)
+        cache.checkin()
+        token_cache.forget()  # the warm setup tokenises again, with the resident tokenizer
+    (cold_thread, cold_tok), (warm_thread, warm_tok) = calls
+    assert cold_thread.name.startswith("training-data") and cold_tok is not runs[0].tokenizer
+    assert warm_thread is threading.current_thread() and warm_tok is runs[1].tokenizer
+    cold, warm = runs
+    assert cache.loads == 1 and cache.hits == 1
+    assert warm.encoded.input_ids == cold.encoded.input_ids and warm.encoded.labels == cold.encoded.labels
+    assert warm.holdout == cold.holdout and len(cold.holdout) == 16
+    assert warm.losses == cold.losses and len(cold.losses) == 3
+
+
+def test_a_one_ulp_write_into_a_frozen_weight_evicts_the_cached_base(tmp_path):
+    """The fingerprint sums each tensor's bit patterns exactly: the smallest write shows."""
+    cache = BaseModelCache()
+    model, _ = cache.checkout("tiny-llama", "generation")
+    weight = model.get_submodule("model.layers.0.mlp.down_proj").weight
+    with torch.no_grad():
+        weight[3, 5] = torch.nextafter(weight[3, 5], torch.tensor(math.inf))
+    assert cache.checkin() is False and cache.evictions == 1
+    model, _ = cache.checkout("tiny-llama", "generation")
+    assert cache.loads == 2 and cache.checkin() is True  # untouched: kept
+
+
 def test_cache_evicts_after_full_finetune(tmp_path):
     cache = BaseModelCache()
     train({**SST2, "method": "full", "max_steps": 1}, tmp_path / "f", data_dir=DATA, cache=cache)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,101 @@ def test_the_job_list_is_keyed_newest_first_and_scoped(session, settings) -> Non
     assert [j["id"] for j in page] == ids[::-1][3:] and not more
     odd, _ = list_fine_tuning_jobs(session, "acme", metadata={"i": "1"})
     assert [j["id"] for j in odd] == [ids[3], ids[1]]
+
+
+def test_the_default_bases_are_the_aliases_and_the_cached_hub_ids(tmp_path, monkeypatch) -> None:
+    from lora_engine.model_ref import MODEL_ALIASES
+    from orchestrator.config import ConfigError
+    from orchestrator.services.base_models import tenant_bases
+
+    cache = tmp_path / "hub"
+    (cache / "models--org--tiny-model" / "snapshots" / "abc").mkdir(parents=True)
+    (cache / "models--org--tiny-model" / "snapshots" / "abc" / "config.json").write_text("{}")
+    (cache / "models--org--no-snapshot").mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    home = {"LORAFLEET_HOME": str(tmp_path / "home")}
+    assert tenant_bases(load_settings(home)) == (*MODEL_ALIASES, "org/tiny-model")
+    chosen = load_settings({**home, "LORAFLEET_ALLOWED_BASE_MODELS": "tiny-bert"})
+    assert tenant_bases(chosen) == ("tiny-bert",)
+    with pytest.raises(ConfigError, match="never trains on a folder"):
+        load_settings({**home, "LORAFLEET_ALLOWED_BASE_MODELS": "tiny-bert,/models/x"})
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("DataValidationError: /srv/lf/artifacts/6e9/datasets/ab/data.jsonl line 3: no label",
+     "DataValidationError: …/data.jsonl line 3: no label"),
+    ("OSError: [Errno 2] No such file: '/root/.cache/hub/models--a/config.json'",
+     "OSError: [Errno 2] No such file: '…/config.json'"),
+    ("step 1/3 loss 0.5", "step 1/3 loss 0.5"),
+    ("see https://example.com/a/b", "see https://example.com/a/b"),
+])
+def test_messages_shown_to_a_tenant_cut_the_operators_paths(text, shown) -> None:
+    from orchestrator.services.fine_tuning_views import redacted
+
+    assert redacted(text) == shown
+
+
+def test_a_fine_tuned_model_is_a_base_only_as_the_tenants_full_fine_tune(session, settings, adapter_files,
+                                                                         tmp_path) -> None:
+    from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
+    from orchestrator.services.model_names import model_name
+
+    create_tenant(session, "acme")
+    create_tenant(session, "globex")
+    body = {"model": "tiny-bert", "training_file": "builtin-glue-sst2", "lorafleet": TINY}
+    job = create_fine_tuning_job(session, "acme", body, settings)
+    claim_job(session, job.id, "w1", 60)
+    folder = adapter_files(tmp_path / "adapter")
+    lora = finish_job_success(session, job.id, "w1", AdapterRecord("11111111-2222-4333-8444-555555555555",
+                                                                   str(folder), "0" * 64, 128, 10, 100), {})
+    name = model_name(lora, "acme")
+    problems = _problems(session, {**body, "model": name}, settings)
+    assert any(p.startswith("model:") and "is a lora fine-tune; only a full fine-tune" in p for p in problems)
+    with pytest.raises(RequestProblems, match="no fine-tuned model"):
+        create_fine_tuning_job(session, "globex", {**body, "model": name}, settings)  # not theirs
+    with pytest.raises(RequestProblems, match="no fine-tuned model"):
+        create_fine_tuning_job(session, "acme", {**body, "model": "00000000-0000-4000-8000-000000000000"},
+                               settings)
+
+
+def test_a_page_of_a_tenant_whose_jobs_are_the_oldest_reads_its_own_index(session, settings) -> None:
+    """The page query walks ix_jobs_tenant_id_created_at_id, never the registry's newest jobs of
+    every tenant: with `tenant_id = :id`, PostgreSQL walked ix_jobs_created_at and filtered."""
+    from sqlalchemy import event, insert, text
+
+    from orchestrator.registry.models import Job
+
+    for slug in ("old", "new"):
+        create_tenant(session, slug)
+    body = {"model": "tiny-bert", "training_file": "builtin-glue-sst2", "lorafleet": TINY}
+    template = create_fine_tuning_job(session, "old", body, settings)
+    new_id = create_fine_tuning_job(session, "new", body, settings).tenant_id
+    row = {c.key: getattr(template, c.key) for c in Job.__mapper__.column_attrs}
+    start = template.created_at
+    # The old tenant's 6,000 jobs first, then 4,000 newer ones of another tenant.
+    rows = [{**row, "id": f"{i:08d}-0000-0000-0000-000000000000", "state": "succeeded",
+             "tenant_id": template.tenant_id if i < 6000 else new_id,
+             "created_at": start + timedelta(seconds=i)} for i in range(10_000)]
+    session.execute(insert(Job), rows)
+    session.execute(text("ANALYZE"))
+    session.commit()
+    statements = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "ORDER BY" in statement and "FROM jobs" in statement:
+            statements.append((statement, parameters))
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        page, more = list_fine_tuning_jobs(session, "old", limit=20)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert [j["id"] for j in page] == [r["id"] for r in rows[5999:5979:-1]] and more
+    (statement, parameters), = statements
+    explain = "EXPLAIN " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+    with engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute(explain + statement, parameters)
+        plan = "\n".join(str(r) for r in cursor.fetchall())
+    assert "ix_jobs_tenant_id_created_at_id" in plan and not re.search(r"\bix_jobs_created_at\b", plan), plan

@@ -8,10 +8,19 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from lora_engine.data import ClassificationExample, GenerationExample, token_cache
-from lora_engine.data.batching import encode_classification, encode_examples, encode_generation
+from lora_engine.data.batching import (
+    PromptMasked,
+    Ragged,
+    collate,
+    encode_classification,
+    encode_examples,
+    encode_generation,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -108,8 +117,8 @@ def test_any_change_to_rows_tokenizer_or_max_length_misses(cache, bert_tok):
     assert len(list(cache.glob("*.safetensors"))) == 8
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "inconsistent"])
-def test_a_damaged_or_foreign_file_is_ignored_and_rewritten(cache, bert_tok, damage):
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "inconsistent", "label starts"])
+def test_a_damaged_or_foreign_file_is_ignored_and_rewritten(cache, bert_tok, gpt2_tok, damage):
     first, _ = encode(PAIRS, bert_tok)
     (path,) = cache.glob("*.safetensors")
     data = path.read_bytes()
@@ -122,20 +131,19 @@ def test_a_damaged_or_foreign_file_is_ignored_and_rewritten(cache, bert_tok, dam
         encode(PAIRS[:2], bert_tok)
         (other,) = set(cache.glob("*.safetensors")) - {path}
         path.write_bytes(other.read_bytes())
-    else:  # offsets that point past the ids, in a file that safetensors still reads
-        from safetensors import safe_open
-        from safetensors.numpy import load, save
-
-        with safe_open(path, framework="np") as f:
-            metadata = f.metadata()
-        tensors = {name: array.copy() for name, array in load(data).items()}
-        tensors["offsets"][-1] += 5
-        path.write_bytes(save(tensors, metadata=metadata))
+    elif damage == "inconsistent":  # offsets that point past the ids, in a file that safetensors still reads
+        rewrite(path, lambda tensors: tensors["offsets"].__setitem__(-1, tensors["offsets"][-1] + 5))
+    rows, tok = (GENERATION, gpt2_tok) if damage == "label starts" else (PAIRS, bert_tok)
+    if damage == "label starts":  # a generation split whose prompt would run past its row
+        token_cache.forget()
+        first, _ = encode(rows, tok)
+        (path,) = set(cache.glob("*.safetensors")) - {path}
+        rewrite(path, lambda tensors: tensors["label_starts"].__setitem__(0, 10_000))
     token_cache.forget()
-    rebuilt, built = encode(PAIRS, bert_tok)
+    rebuilt, built = encode(rows, tok)
     assert built == 1 and same(rebuilt, first)
     token_cache.forget()
-    assert encode(PAIRS, bert_tok)[1] == 0  # the rewritten file serves the next process
+    assert encode(rows, tok)[1] == 0  # the rewritten file serves the next process
 
 
 def test_an_empty_cache_setting_keeps_nothing_on_disk(tmp_path, monkeypatch, bert_tok):
@@ -146,3 +154,49 @@ def test_an_empty_cache_setting_keeps_nothing_on_disk(tmp_path, monkeypatch, ber
     assert encode_examples(PAIRS, bert_tok, 32) is first  # the process still remembers it
     token_cache.forget()
     assert not list(tmp_path.iterdir())
+
+
+def rewrite(path: Path, change) -> None:
+    """Apply `change` to the arrays of a stored split and write it back, metadata kept."""
+    from safetensors import safe_open
+    from safetensors.numpy import load, save
+
+    with safe_open(path, framework="np") as f:
+        metadata = f.metadata()
+    tensors = {name: array.copy() for name, array in load(path.read_bytes()).items()}
+    change(tensors)
+    path.write_bytes(save(tensors, metadata=metadata))
+
+
+def test_a_split_read_back_is_the_files_arrays_not_rows_of_python_ints(cache, gpt2_tok):
+    """E2E's 42k rows took ~0.7 s to turn back into lists per row: the rows stay numpy arrays."""
+    first, _ = encode(GENERATION, gpt2_tok)
+    token_cache.forget()
+    from_disk, built = encode(GENERATION, gpt2_tok)
+    assert built == 0 and isinstance(from_disk.input_ids, Ragged)
+    assert isinstance(from_disk.labels, PromptMasked)
+    assert from_disk.input_ids.flat.dtype == np.int64 and from_disk.labels.ids is from_disk.input_ids
+    assert len(from_disk.input_ids.flat) == sum(len(r) for r in first.input_ids)
+    # What training reads is what tokenising gives, to the batch.
+    fresh = encode_generation(GENERATION, gpt2_tok, 32)
+    for name, value in collate(from_disk, [2, 0, 1]).inputs.items():
+        assert torch.equal(value, collate(fresh, [2, 0, 1]).inputs[name]), name
+
+
+def test_the_tokenizer_digest_ignores_the_state_a_call_leaves(bert_tok):
+    """The definition is cut from the backend's serialisation after its truncation and padding
+    (what the last call set), not parsed and re-serialised: the same digest whatever was called."""
+    fresh = copy.deepcopy(bert_tok)
+    used = copy.deepcopy(bert_tok)
+    used(["a b c", "d"], truncation=True, max_length=3, padding="max_length")
+    assert used.backend_tokenizer.truncation is not None and used.backend_tokenizer.padding is not None
+    assert token_cache.tokenizer_digest(used) == token_cache.tokenizer_digest(fresh)
+    serialised = fresh.backend_tokenizer.to_str()
+    definition = serialised[serialised.index(',"added_tokens":'):]
+    assert token_cache.definition_bytes(serialised) == definition.encode()
+    # Another layout is parsed instead: the per-call state still does not count.
+    parsed = json.loads(used.backend_tokenizer.to_str())
+    reordered = json.dumps({"model": parsed["model"], **{k: v for k, v in parsed.items() if k != "model"}})
+    parsed.update(truncation=None, padding=None)
+    assert token_cache.definition_bytes(reordered) == token_cache.definition_bytes(json.dumps(
+        {"model": parsed["model"], **{k: v for k, v in parsed.items() if k != "model"}}))
