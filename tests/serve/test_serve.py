@@ -123,7 +123,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     home = top / "home"
     home.mkdir()
     made = {"gen_a": ("acme", "tiny-llama", "e2e", 1), "gen_b": ("acme", "tiny-llama", "e2e", 2),
-            "cls": ("acme", "tiny-bert", "sst2", 3), "theirs": ("other", "tiny-llama", "e2e", 4)}
+            "cls": ("acme", "tiny-bert", "sst2", 3), "theirs": ("other", "tiny-llama", "e2e", 4),
+            "score": ("acme", "tiny-bert", "stsb", 6)}
     folders = {what: make_adapter(top / "made" / what, base, task, seed)
                for what, (_, base, task, seed) in made.items()}
     metrics_port = free_port()
@@ -240,6 +241,8 @@ def test_sampling_seed_n_and_stop(served: Served, predicted):
 
 
 def test_classify(served: Served, predicted):
+    from lora_engine.predict import load_for_inference
+
     texts = ["a fine film", "dull and long"]
     answer = served.post("/v1/classify", {"model": served.names["cls"], "input": texts})
     assert answer.status_code == 200, answer.text
@@ -249,6 +252,10 @@ def test_classify(served: Served, predicted):
         assert row["label"] == expected.label and row["label"] in ("negative", "positive")
         assert row["probs"] == pytest.approx(list(expected.probabilities), abs=1e-5)
     assert body["usage"]["prompt_tokens"] > 0
+    # A regression adapter (served by its own lora_engine.predict model) gives its score.
+    scored = served.post("/v1/classify", {"model": served.names["score"], "input": texts}).json()["data"]
+    expected = load_for_inference(served.paths["score"]).classify(texts)
+    assert [row["value"] for row in scored] == pytest.approx([p.value for p in expected], abs=1e-5)
     one = served.post("/v1/classify", {"model": served.names["cls"], "input": "a fine film"}).json()
     assert len(one["data"]) == 1 and one["data"][0]["label"] == predicted["cls"][0].label
 

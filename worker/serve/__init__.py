@@ -6,8 +6,9 @@
     prompts.py   how a request becomes an adapter's prompt (chat template or prompt template)
     batcher.py   the batching window: requests wait a few ms for company, one engine thread
     cache.py     the adapter LRU, bounded in bytes, sha256 verified on every load
-    engine.py    the seam to the model code (`Engine`), and `PredictorEngine` (one model per adapter)
+    engine.py    the seam to the model code (`Engine`), and `PredictorEngine` (one model per adapter:
+                 regression adapters and full fine-tunes)
     batched.py   `BatchedEngine` over lora_engine.serving (one resident base, mixed-adapter batches),
-                 chosen by app.make_engine wherever the engine package has it
+                 the engine app.make_engine runs
     metrics.py   Prometheus counters of the server
 """

@@ -25,17 +25,10 @@ BODY_LIMIT = 4 << 20  # a chat request of 1024 long messages fits; a data set do
 
 
 def make_engine():
-    """The engine this server runs: the batched one (worker/serve/batched.py) where the engine
-    package has `lora_engine.serving`, else one `lora_engine.predict` model per adapter."""
-    import importlib.util
+    """The engine this server runs (worker/serve/engine.py's `Engine`): replace here, nowhere else."""
+    from worker.serve.batched import BatchedEngine
 
-    if importlib.util.find_spec("lora_engine.serving") is not None:
-        from worker.serve.batched import BatchedEngine
-
-        return BatchedEngine()
-    from worker.serve.engine import PredictorEngine
-
-    return PredictorEngine()
+    return BatchedEngine()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

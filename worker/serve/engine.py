@@ -7,8 +7,8 @@ items, each naming its adapter. `PredictorEngine` runs each adapter through
 loaded adapter, its own copy of the base, items served adapter by adapter. It is exact against
 `adapter predict` by construction and slow in memory; the batched engine
 (`lora_engine.serving.ServedBase`: one resident base per base model, mixed-adapter batches in
-one forward and one KV cache) replaces it: `batched.BatchedEngine`, which `app.make_engine` picks
-wherever the engine package has `lora_engine.serving`.
+one forward and one KV cache) is `batched.BatchedEngine`, which the server runs (`app.make_engine`);
+it keeps this one for what ServedBase does not serve (regression adapters, full fine-tunes).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def folder_bytes(folder: str | Path) -> int:
 
 
 class PredictorEngine:
-    """`Engine` over `lora_engine.predict.Predictor`: one loaded model per adapter."""
+    """The adapter side of `Engine` over `lora_engine.predict.Predictor`: one loaded model per
+    adapter (BatchedEngine's fallback; it serves no base alone)."""
 
     def __init__(self) -> None:
         from lora_engine.device import pick_device
@@ -97,18 +98,6 @@ class PredictorEngine:
 
     def remove_adapter(self, key: str) -> None:
         self.predictors.pop(key, None)
-
-    def add_base(self, key: str, base_model: str) -> None:
-        from lora_engine.adapters.folder import AdapterMeta
-        from lora_engine.models import load_base_model
-        from lora_engine.predict import Predictor
-
-        model, tokenizer = load_base_model(base_model, "generation")
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.to(self.device.device)
-        meta = AdapterMeta(base_model=base_model, kind="generation", prompt_template="{prompt}")
-        self.predictors[key] = Predictor(model, tokenizer, meta, self.device, merged=True)
 
     def kind(self, key: str) -> str:
         return self.predictors[key].kind
