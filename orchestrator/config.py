@@ -309,6 +309,40 @@ class Settings(BaseSettings):
         """The request body cap of the API (api_max_body_bytes, else the data-set cap + 1 MiB)."""
         return self.api_max_body_bytes or self.max_dataset_bytes + (1 << 20)
 
+    # The inference server (`lorafleet serve`, worker/serve): the tenants' keys, torch in its process.
+    serve_host: str = Field(
+        "127.0.0.1", pattern=r"^[0-9A-Za-z.:-]{1,253}$",
+        description="address `lorafleet serve` listens on (127.0.0.1: this machine only)",
+        json_schema_extra=_allowed("an IP address or host name of this machine, e.g. 127.0.0.1 or 0.0.0.0"),
+    )
+    serve_port: int = Field(
+        8001, ge=1, le=65535, description="port `lorafleet serve` listens on",
+        json_schema_extra=_allowed("a TCP port 1..65535"),
+    )
+    serve_metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="port of the inference server's Prometheus /metrics endpoint (unset: none)",
+        json_schema_extra=_allowed("a TCP port 1..65535, or unset"),
+    )
+    serve_adapter_cache_bytes: int = Field(
+        1 << 30, ge=1,
+        description="adapter bytes the inference server keeps loaded (least recently used evicted)",
+        json_schema_extra=_allowed("an integer >= 1 (bytes)"),
+    )
+    serve_batch_window_ms: float = Field(
+        5.0, ge=0, le=1000,
+        description="milliseconds a request waits for others to share its forward pass",
+        json_schema_extra=_allowed("a number of milliseconds 0..1000"),
+    )
+    serve_batch_max: int = Field(
+        32, ge=1, le=1024, description="most requests one forward pass of the inference server takes",
+        json_schema_extra=_allowed("an integer 1..1024"),
+    )
+    serve_max_tokens: int = Field(
+        512, ge=1, le=32768, description="most tokens one inference request may generate (max_tokens)",
+        json_schema_extra=_allowed("an integer 1..32768"),
+    )
+
     # Webhooks (orchestrator.webhook_delivery): a sender polls the outbox every webhook_poll_s
     # (job end -> receiver well under a second), retries with back-off for webhook_give_up_s.
     webhook_poll_s: float = Field(

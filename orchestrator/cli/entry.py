@@ -40,7 +40,7 @@ SOCKET_ENV = "LORAFLEET_CLI_SOCKET"
 # Commands that own their process (a worker's pid is recorded and signalled; the quickstart starts
 # workers; the API server is a long-lived process of its own) or manage the server: always run in
 # the caller's process.
-LOCAL_COMMANDS = frozenset({"worker", "quickstart", "cli-server", "api"})
+LOCAL_COMMANDS = frozenset({"worker", "quickstart", "cli-server", "api", "serve"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _HEADER = struct.Struct("!I")
 HEADER_BYTES = _HEADER.size

@@ -27,6 +27,7 @@ EXAMPLES: dict[str, list[str]] = {
     "key list": ["lorafleet key list --operator --json"],
     "key revoke": ["lorafleet key revoke 0d9b6c8e-2f4a-4e7b-9a51-3c2d1e0f9a87"],
     "api serve": ["lorafleet api serve --port 8000 --workers 2"],
+    "serve": ["LORAFLEET_SERVE_ADAPTER_CACHE_BYTES=2000000000 lorafleet serve --host 127.0.0.1 --port 8001"],
     "dataset upload": ["lorafleet dataset upload --tenant acme --kind classification reviews.jsonl"],
     "dataset list": ["lorafleet dataset list --tenant acme"],
     "dataset show": ["lorafleet dataset show 5c1e9a20"],

@@ -38,6 +38,7 @@ COMMANDS = {
     "status": "orchestrator.cli.status:status",
     "key": "orchestrator.cli.keys:key",
     "api": "orchestrator.cli.api:api",
+    "serve": "orchestrator.cli.serve:serve",
 }
 
 

@@ -334,6 +334,26 @@ class Usage(Base):
     __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_usage_job_id_attempt"),)
 
 
+class InferenceUsage(Base):
+    """What one request to the inference server (`lorafleet serve`) cost its tenant: tokens in and
+    out, and device-seconds (a shared forward pass's time split between its requests by tokens)."""
+
+    __tablename__ = "inference_usage"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    # None: the request named a base model, not an adapter.
+    adapter_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("adapters.id"))
+    base_model: Mapped[str] = mapped_column(String(255))
+    route: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(128))  # priced as a job's usage is (report cost)
+    requests: Mapped[int] = mapped_column(Integer, default=1)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    device_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class MetricPoint(Base):
     """One point of a job's training curve: series `name` at optimizer step `step`.
 

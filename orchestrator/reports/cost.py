@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
 from orchestrator.errors import InvalidInput
-from orchestrator.registry.models import JOB_STATES, Adapter, Job, Usage
+from orchestrator.registry.models import JOB_STATES, Adapter, InferenceUsage, Job, Tenant, Usage
 from orchestrator.reports.references import FRACTION_METRICS
 from orchestrator.reports.scope import Filters, fetch_rows, join_primary_metric, prepare, scoped_jobs
 from orchestrator.reports.tables import GB, Column, Table, record
@@ -32,7 +32,7 @@ FULL_SIZE_RULE = (
     "full-checkpoint size = total_params × 4 bytes (float32, the dtype every base trains in) for "
     "adapter jobs; the measured checkpoint size for full fine-tuning jobs"
 )
-j, a, u = (x.__table__ for x in (Job, Adapter, Usage))
+j, a, u, iu, tn = (x.__table__ for x in (Job, Adapter, Usage, InferenceUsage, Tenant))
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -143,6 +143,34 @@ class AdapterPoint:
 
 
 @dataclass
+class InferenceLine:
+    """One tenant's use of the inference server (`lorafleet serve`); tenant None: the total."""
+
+    tenant: str | None
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    device_seconds: float
+    money: float
+    unpriced_seconds: float
+
+    def name(self) -> str:
+        return self.tenant if self.tenant is not None else "TOTAL"
+
+    @property
+    def cost_per_1k_tokens(self) -> float | None:
+        tokens = self.prompt_tokens + self.completion_tokens
+        return self.money / (tokens / 1000.0) if tokens else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "cost_per_1k_tokens": self.cost_per_1k_tokens}
+
+
+INFERENCE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "device_seconds", "money",
+                    "cost_per_1k_tokens")
+
+
+@dataclass
 class CostReport:
     filters: Filters
     prices: dict[str, float]
@@ -150,6 +178,7 @@ class CostReport:
     tenants: list[CostLine]
     total: CostLine
     points: list[AdapterPoint] = field(default_factory=list)  # filled only for charts
+    inference: list[InferenceLine] = field(default_factory=list)  # per tenant, then the total
 
     def to_dict(self) -> dict[str, Any]:
         p = self.storage_price_gb_month
@@ -161,6 +190,7 @@ class CostReport:
             "full_size_rule": FULL_SIZE_RULE,
             "tenants": [t.to_dict(p) for t in self.tenants],
             "total": self.total.to_dict(p),
+            "inference": [line.to_dict() for line in self.inference],
         }
 
     def records(self) -> list[dict[str, Any]]:
@@ -188,6 +218,10 @@ class CostReport:
                 "cost_per_quality_point",
             ):
                 out.append(record("tenant", name, d[name], tenant=tenant))
+        for inference in self.inference:
+            d = inference.to_dict()
+            for name in INFERENCE_FIELDS:
+                out.append(record("inference", name, d[name], tenant=inference.name()))
         return out
 
     def tables(self) -> list[Table[Any]]:
@@ -248,7 +282,24 @@ class CostReport:
             summary.notes.append("Some device time matched no price and is left out of the money.")
         jobs.keep_last = summary.keep_last = 1  # the TOTAL row
         devices.keep_last = len(self.total.devices)
-        return [jobs, devices, summary]
+        inference = Table(
+            "cost_inference",
+            "Inference (lorafleet serve)",
+            [Column("tenant", InferenceLine.name, "name"),
+             Column("requests", lambda t: t.requests, "int"),
+             Column("tokens in", lambda t: t.prompt_tokens, "int"),
+             Column("tokens out", lambda t: t.completion_tokens, "int"),
+             Column("device-h", lambda t: t.device_seconds / 3600.0, "hours"),
+             Column("money", lambda t: t.money, "money"),
+             Column("per 1k tokens", lambda t: t.cost_per_1k_tokens, "money"),
+             ],
+            self.inference,
+            ["Requests served, within the report's tenants, base model, task (of the adapter) and "
+             "dates; a shared forward pass's device time is split between its requests by tokens, "
+             "priced as training's."],
+        )
+        inference.keep_last = 1
+        return [jobs, devices, summary, inference] if self.inference else [jobs, devices, summary]
 
 
 # ---- SQL -------------------------------------------------------------------------------------
@@ -356,6 +407,37 @@ def cost_storage(f: Filters) -> Select[Any]:
         .cte("cost_storage")
     )
     return _rollup(per, [], ["adapters", "adapter_bytes", "full_bytes"])
+
+
+def cost_inference(f: Filters, prices: Mapping[str, float]) -> Select[Any]:
+    """What the inference server served per tenant (slug), then the total."""
+    price = price_per_hour(iu.c.device, prices)
+    stmt = (
+        select(
+            tn.c.slug.label("tenant"),
+            func.sum(iu.c.requests).label("requests"),
+            func.sum(iu.c.prompt_tokens).label("prompt_tokens"),
+            func.sum(iu.c.completion_tokens).label("completion_tokens"),
+            func.sum(iu.c.device_seconds).label("device_seconds"),
+            func.sum(iu.c.device_seconds * price).label("money_seconds"),
+            func.sum(case((price.is_(None), iu.c.device_seconds), else_=0.0)).label("unpriced_seconds"),
+        )
+        .select_from(iu.join(tn, tn.c.id == iu.c.tenant_id))
+        .group_by(tn.c.slug)
+    )
+    if f.tenants:
+        stmt = stmt.where(tn.c.slug.in_(f.tenants))
+    if f.task is not None:
+        stmt = stmt.where(iu.c.adapter_id.in_(select(a.c.id).where(a.c.task == f.task)))
+    if f.base_model is not None:
+        stmt = stmt.where(iu.c.base_model == f.base_model)
+    if f.since is not None:
+        stmt = stmt.where(iu.c.created_at >= f.since)
+    if f.until is not None:
+        stmt = stmt.where(iu.c.created_at < f.until)
+    sums = ["requests", "prompt_tokens", "completion_tokens", "device_seconds", "money_seconds",
+            "unpriced_seconds"]
+    return _rollup(stmt.cte("cost_inference"), [], sums)
 
 
 def baselines() -> Any:
@@ -527,7 +609,14 @@ def cost_report(
             )
             for r in fetch_rows(session, adapter_points(filters, prices))
         ]
+    inference = sorted(fetch_rows(session, cost_inference(filters, prices)),
+                       key=lambda r: (r["tenant"] is None, r["tenant"] or ""))
+    served = [InferenceLine(r["tenant"], int(r["requests"] or 0), int(r["prompt_tokens"] or 0),
+                            int(r["completion_tokens"] or 0), float(r["device_seconds"] or 0.0),
+                            float(r["money_seconds"] or 0.0) / 3600.0, float(r["unpriced_seconds"] or 0.0))
+              for r in inference if r["requests"]]
     return CostReport(
+        inference=served,
         filters=filters,
         prices=prices,
         storage_price_gb_month=storage_price_gb_month,

@@ -55,7 +55,7 @@ def published(port: str | dict) -> tuple[str, str]:
 
 
 def test_services_exist(config):
-    assert {"postgres", "redis", "migrate", "worker", "reconciler", "flower", "api"} <= \
+    assert {"postgres", "redis", "migrate", "worker", "reconciler", "flower", "api", "serve"} <= \
         set(config["services"])
 
 
@@ -103,6 +103,20 @@ def test_the_api_serves_the_shared_registry_on_localhost_with_metrics_unpublishe
     assert api["environment"]["LORAFLEET_METRICS_HOST"] == "127.0.0.1"
     assert [published(p) for p in api["ports"]] == [("127.0.0.1", "8000")]
     assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_the_inference_server_reserves_a_gpu_and_serves_the_shared_registry(config):
+    services = config["services"]
+    serve = services["serve"]
+    assert serve["command"][:2] == ["lorafleet", "serve"]
+    devices = serve["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) and int(d["count"]) == 1
+               for d in devices)
+    registry = services["worker"]["environment"]["LORAFLEET_DATABASE_URL"]
+    assert serve["environment"]["LORAFLEET_DATABASE_URL"] == registry
+    assert serve["environment"]["LORAFLEET_SERVE_METRICS_PORT"] == "9465"
+    assert [published(p) for p in serve["ports"]] == [("127.0.0.1", "8001")]
+    assert serve["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_secrets_come_from_the_env_file_only(config, tmp_path: Path):

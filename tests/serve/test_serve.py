@@ -1,0 +1,398 @@
+"""`lorafleet serve` as a real process (embedded registry), through the official openai client:
+tiny adapters made with lora_engine and registered by the real import service, served chat and
+completions (streamed and not), classify, isolation between tenants, OpenAI's errors, the
+adapter LRU evicting by bytes and reloading (its metrics), the usage recorded per tenant, and
+greedy output equal to `adapter predict`'s (lora_engine.predict) for the same adapter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.api_server import ROOT, ApiProcess, api_env, free_port
+
+pytestmark = pytest.mark.integration
+
+MR = "name[The Eagle], eatType[coffee shop], food[Italian], area[riverside]"
+TOKENS = 8
+START_TIMEOUT_S = 90
+
+
+@dataclass
+class Served:
+    server: ApiProcess
+    metrics_url: str
+    keys: dict[str, str]
+    names: dict[str, str]  # what -> ft: model name
+    paths: dict[str, str]
+
+    def client(self, tenant: str = "acme") -> openai.OpenAI:
+        return self.server.client(self.keys[tenant])
+
+    def post(self, path: str, body: dict, tenant: str = "acme") -> httpx.Response:
+        return httpx.post(self.server.base_url + path, json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {self.keys[tenant]}"})
+
+    def metric(self, name: str) -> float:
+        for line in httpx.get(self.metrics_url, timeout=10).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
+
+
+def make_adapter(folder: Path, base: str, task: str, seed: int) -> Path:
+    """A LoRA adapter of `base` for `task` with non-zero, seeded B matrices (and head)."""
+    import torch
+
+    from lora_engine.adapters.folder import AdapterMeta
+    from lora_engine.adapters.io import save_adapter
+    from lora_engine.catalog import TASKS
+    from lora_engine.inject import LoraSettings, inject_lora
+    from lora_engine.models import load_base_model
+
+    info = TASKS[task]
+    torch.manual_seed(seed)
+    model, _ = load_base_model(base, info.kind, len(info.label_names) or None)
+    settings = LoraSettings(rank=4)
+    inject_lora(model, settings)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(0.5 * torch.randn(p.shape, generator=gen))
+    meta = AdapterMeta.for_task(info, base_model=base, method="lora")
+    save_adapter(model, folder, base_model_name=base, settings=settings, task_type=info.kind, meta=meta)
+    return folder
+
+
+def register(session, tenant: str, folder: Path, settings) -> tuple[str, str]:
+    from orchestrator.services.adapters import model_names_of
+    from orchestrator.services.imports import check_import, import_adapter
+
+    foreign, base = check_import(session, tenant, folder, settings=settings)
+    row = import_adapter(session, tenant, foreign, base, settings=settings)
+    return model_names_of(session, [row])[row.id], row.path
+
+
+def trained_on_chat(session, settings, tenant: str, top: Path) -> tuple[str, str]:
+    """An adapter as a finished job on a chat data set leaves it (uploaded, submitted, claimed and
+    finished through the real services; its files made by `make_adapter`)."""
+    import json
+
+    from lora_engine.adapters.digest import adapter_files_digest
+    from orchestrator.registry.models import new_id
+    from orchestrator.services.adapters import model_names_of, new_adapter_path
+    from orchestrator.services.datasets import upload_dataset
+    from orchestrator.services.jobs import submit_job
+    from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
+
+    rows = top / "chat.jsonl"
+    rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(4)))
+    dataset = upload_dataset(session, tenant, rows, kind=None, settings=settings)
+    job = submit_job(session, tenant, {"task": "custom-generation", "dataset": dataset.id,
+                                       "base_model": "tiny-llama", "max_steps": 1}, settings=settings)
+    assert claim_job(session, job.id, "test-worker", 60) is not None
+    adapter_id = new_id()
+    folder = new_adapter_path(settings, job.tenant_id, adapter_id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_adapter(folder, "tiny-llama", "custom-generation", 5)
+    sha, size = adapter_files_digest(folder)
+    row = finish_job_success(session, job.id, "test-worker", AdapterRecord(
+        id=adapter_id, path=str(folder), sha256=sha, bytes=size, trainable_params=1, total_params=2), {})
+    return model_names_of(session, [row])[row.id], row.path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    from orchestrator.config import load_settings
+    from orchestrator.registry import db
+    from orchestrator.services.keys import create_key
+    from orchestrator.services.tenants import create_tenant
+
+    top = tmp_path_factory.mktemp("serve")
+    home = top / "home"
+    home.mkdir()
+    made = {"gen_a": ("acme", "tiny-llama", "e2e", 1), "gen_b": ("acme", "tiny-llama", "e2e", 2),
+            "cls": ("acme", "tiny-bert", "sst2", 3), "theirs": ("other", "tiny-llama", "e2e", 4),
+            "score": ("acme", "tiny-bert", "stsb", 6)}
+    folders = {what: make_adapter(top / "made" / what, base, task, seed)
+               for what, (_, base, task, seed) in made.items()}
+    metrics_port = free_port()
+    env = api_env(home, {"LORAFLEET_SERVE_METRICS_PORT": str(metrics_port),
+                         "LORAFLEET_SERVE_BATCH_WINDOW_MS": "30"})  # concurrent requests meet
+    settings = load_settings(env)
+    db.ensure_schema(settings)
+    keys, names, paths = {}, {}, {}
+    with db.session_scope(settings) as s:
+        for tenant in ("acme", "other"):
+            create_tenant(s, tenant)
+            keys[tenant] = create_key(s, tenant)[1]
+        for what, (tenant, *_rest) in made.items():
+            names[what], paths[what] = register(s, tenant, folders[what], settings)
+        names["chat"], paths["chat"] = trained_on_chat(s, settings, "acme", top)
+    # Room for one of the two generation adapters (of equal size), not for both.
+    sizes = {what: sum(f.stat().st_size for f in Path(p).iterdir()) for what, p in paths.items()}
+    env["LORAFLEET_SERVE_ADAPTER_CACHE_BYTES"] = str(sizes["gen_a"] + sizes["gen_b"] // 2)
+    port = free_port()
+    log_path = home / "serve.log"
+    argv = [sys.executable, "-m", "orchestrator.cli.entry", "serve", "--host", "127.0.0.1",
+            "--port", str(port)]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = ApiProcess(proc, f"http://127.0.0.1:{port}", env, log_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert server.alive(), f"lorafleet serve exited:\n{server.log()[-4000:]}"
+            try:
+                if httpx.get(server.base_url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"no /healthz:\n{server.log()[-4000:]}"
+            time.sleep(0.1)
+        yield Served(server, f"http://127.0.0.1:{metrics_port}/metrics", keys, names, paths)
+    finally:
+        server.stop()
+        db.forget_engine(settings.database_url)
+
+
+@pytest.fixture(scope="module")
+def predicted(served: Served) -> dict[str, object]:
+    """What `adapter predict` (lora_engine.predict, greedy) says for the adapters."""
+    from lora_engine.generate import DecodeSettings
+    from lora_engine.predict import load_for_inference
+
+    greedy = DecodeSettings(num_beams=1, length_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=TOKENS)
+    # tiny-llama's tokenizer has no chat template: chat rows trained as lora_engine.data.chat's
+    # plain prompt, so the server must render a conversation the same way.
+    plain = "system: be brief\nuser: hello there\nassistant: "
+    chat = load_for_inference(served.paths["chat"])
+    return {"gen_a": load_for_inference(served.paths["gen_a"]).generate([MR], decode=greedy)[0],
+            "chat": chat.generate([plain], decode=greedy, as_prompts=True)[0],
+            "cls": load_for_inference(served.paths["cls"]).classify(["a fine film", "dull and long"])}
+
+
+def test_completions_greedy_equal_adapter_predict(served: Served, predicted):
+    client = served.client()
+    out = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS, temperature=0)
+    assert out.choices[0].text == predicted["gen_a"]
+    assert out.choices[0].text  # a random tiny model still says something
+    assert out.usage.completion_tokens <= TOKENS and out.usage.prompt_tokens > 0
+    chat = client.chat.completions.create(model=served.names["gen_a"], max_tokens=TOKENS, temperature=0,
+                                          messages=[{"role": "system", "content": "be brief"},
+                                                    {"role": "user", "content": MR}])
+    # A prompt/completion (E2E) adapter reads the last user message through its own template.
+    assert chat.choices[0].message.content == predicted["gen_a"]
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_chat_trained_adapter_reads_the_whole_conversation(served: Served, predicted):
+    chat = served.client().chat.completions.create(
+        model=served.names["chat"], max_tokens=TOKENS, temperature=0,
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}])
+    assert chat.choices[0].message.content == predicted["chat"]
+    assert chat.choices[0].message.content
+
+
+def test_streams_join_to_the_whole_answer(served: Served, predicted):
+    client = served.client()
+    stream = client.chat.completions.create(model=served.names["gen_a"], max_tokens=TOKENS, temperature=0,
+                                            messages=[{"role": "user", "content": MR}], stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == predicted["gen_a"]
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish in (["stop"], ["length"])
+    pieces = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS,
+                                       temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in pieces) == predicted["gen_a"]
+
+
+def test_sampling_seed_n_and_stop(served: Served, predicted):
+    client = served.client()
+    ask = {"model": served.names["gen_a"], "prompt": MR, "max_tokens": TOKENS, "temperature": 1.5, "seed": 7}
+    first = client.completions.create(n=2, **ask)
+    again = client.completions.create(n=2, **ask)
+    assert [c.text for c in first.choices] == [c.text for c in again.choices]  # seeded: reproducible
+    assert [c.index for c in first.choices] == [0, 1]
+    whole = predicted["gen_a"]
+    assert len(whole) >= 4
+    stop = whole[2:4]
+    cut = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS,
+                                    temperature=0, stop=[stop])
+    assert cut.choices[0].text == whole[:whole.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_classify(served: Served, predicted):
+    from lora_engine.predict import load_for_inference
+
+    texts = ["a fine film", "dull and long"]
+    answer = served.post("/v1/classify", {"model": served.names["cls"], "input": texts})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [row["index"] for row in body["data"]] == [0, 1]
+    for row, expected in zip(body["data"], predicted["cls"], strict=True):
+        assert row["label"] == expected.label and row["label"] in ("negative", "positive")
+        assert row["probs"] == pytest.approx(list(expected.probabilities), abs=1e-5)
+    assert body["usage"]["prompt_tokens"] > 0
+    # A regression adapter (served by its own lora_engine.predict model) gives its score.
+    scored = served.post("/v1/classify", {"model": served.names["score"], "input": texts}).json()["data"]
+    expected = load_for_inference(served.paths["score"]).classify(texts)
+    assert [row["value"] for row in scored] == pytest.approx([p.value for p in expected], abs=1e-5)
+    one = served.post("/v1/classify", {"model": served.names["cls"], "input": "a fine film"}).json()
+    assert len(one["data"]) == 1 and one["data"][0]["label"] == predicted["cls"][0].label
+
+
+def test_a_base_model_answers_alone(served: Served):
+    from lora_engine.device import pick_device
+    from lora_engine.generate import DecodeSettings, generate_texts
+    from lora_engine.models import load_base_model
+
+    model, tok = load_base_model("tiny-llama", "generation")
+    greedy = DecodeSettings(num_beams=1, length_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=TOKENS)
+    prompt_ids = [tok(MR, add_special_tokens=False)["input_ids"]]
+    expected = generate_texts(model.eval(), prompt_ids, tokenizer=tok, device=pick_device(),
+                              settings=greedy)[0]
+    out = served.client().completions.create(model="tiny-llama", prompt=MR, max_tokens=TOKENS, temperature=0)
+    assert out.choices[0].text == expected
+    refused = served.post("/v1/classify", {"model": "tiny-bert", "input": "x"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+    with pytest.raises(openai.BadRequestError):  # an encoder generates nothing
+        served.client().completions.create(model="tiny-bert", prompt="x", max_tokens=2)
+
+
+def test_models_lists_only_own_adapters(served: Served):
+    ids = {m.id for m in served.client().models.list()}
+    assert {served.names["gen_a"], served.names["gen_b"], served.names["cls"]} <= ids
+    assert served.names["theirs"] not in ids
+    theirs = {m.id for m in served.client("other").models.list() if m.id.startswith("ft:")}
+    assert theirs == {served.names["theirs"]}
+    assert "tiny-llama" in ids  # the bases a tenant may use
+
+
+def error_of(exc: openai.APIStatusError) -> dict:
+    body = exc.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_another_tenants_adapter_and_unknown_models_are_404(served: Served):
+    client = served.client()
+    unknown = f"ft:tiny-llama:acme:e2e:{uuid.uuid4()}"
+    for model in (served.names["theirs"], unknown, "gpt-4o", "ft:nonsense"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.completions.create(model=model, prompt=MR, max_tokens=2)
+        error = error_of(caught.value)
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+    answer = served.post("/v1/classify", {"model": served.names["theirs"], "input": "x"})
+    assert answer.status_code == 404
+    # The other tenant reaches its own adapter with its own key.
+    assert served.client("other").completions.create(model=served.names["theirs"], prompt=MR, max_tokens=2)
+
+
+def test_bad_parameters_are_400_in_openais_shape(served: Served):
+    client = served.client()
+    model = served.names["gen_a"]
+    cases = [({"temperature": 5}, "temperature"), ({"n": 0}, "n"), ({"top_p": 0}, "top_p"),
+             ({"max_tokens": 100_000}, "max_tokens"), ({"extra_body": {"best_of": 3}}, "best_of"),
+             ({"stop": ["a", "b", "c", "d", "e"]}, "stop")]
+    for extra, param in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model=model, prompt=MR, **extra)
+        error = error_of(caught.value)
+        assert param in (error["param"] or "") + error["message"], error
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=model, messages=[{"role": "tool", "content": "x"}])
+    assert error_of(caught.value)["param"].startswith("messages")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=model, prompt="word " * 600, max_tokens=TOKENS)
+    assert "context" in error_of(caught.value)["message"]
+    wrong_kind = served.post("/v1/classify", {"model": model, "input": "x"})
+    assert wrong_kind.status_code == 400 and wrong_kind.json()["error"]["code"] == "wrong_model_kind"
+    assert served.post("/v1/classify", {"model": served.names["cls"], "input": []}).status_code == 400
+    unauthenticated = httpx.post(served.server.base_url + "/v1/completions",
+                                 json={"model": model, "prompt": "x"})
+    assert unauthenticated.status_code == 401
+
+
+def test_concurrent_requests_answer_as_alone(served: Served, predicted):
+    """Requests for several adapters at once (one engine batch when they meet in the window) each
+    get the answer they get alone; a neighbour's error (a prompt longer than the model's context)
+    is its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = served.client()
+    ask = {"prompt": MR, "max_tokens": TOKENS, "temperature": 0}
+    alone = {what: client.completions.create(model=served.names[what], **ask).choices[0].text
+             for what in ("gen_a", "chat")}
+
+    def one(what: str) -> str:
+        if what == "long":
+            try:
+                client.completions.create(model=served.names["gen_a"], prompt="word " * 600,
+                                          max_tokens=TOKENS)
+            except openai.BadRequestError as exc:
+                return exc.response.json()["error"]["code"] or "400"
+            return "answered"
+        return client.completions.create(model=served.names[what], **ask).choices[0].text
+
+    wanted = ["gen_a", "chat", "long", "gen_a", "chat"]
+    with ThreadPoolExecutor(len(wanted)) as pool:
+        got = list(pool.map(one, wanted))
+    assert alone["gen_a"] == predicted["gen_a"]
+    assert got[:2] + got[3:] == [alone["gen_a"], alone["chat"]] * 2
+    assert got[2] not in ("answered", alone["gen_a"])
+
+
+def test_lru_evicts_by_bytes_and_reloads(served: Served):
+    client = served.client()
+    ask = {"prompt": MR, "max_tokens": 2, "temperature": 0}
+    client.completions.create(model=served.names["gen_a"], **ask)
+    loads, evictions = (served.metric("lorafleet_serve_adapter_loads_total"),
+                        served.metric("lorafleet_serve_adapter_evictions_total"))
+    client.completions.create(model=served.names["gen_a"], **ask)  # resident: no load
+    assert served.metric("lorafleet_serve_adapter_loads_total") == loads
+    first_b = client.completions.create(model=served.names["gen_b"], **ask)  # a and b do not both fit
+    assert served.metric("lorafleet_serve_adapter_loads_total") == loads + 1
+    assert served.metric("lorafleet_serve_adapter_evictions_total") >= evictions + 1
+    client.completions.create(model=served.names["gen_a"], **ask)  # evicted: loaded again
+    assert served.metric("lorafleet_serve_adapter_loads_total") == loads + 2
+    assert served.metric("lorafleet_serve_adapter_cache_bytes") <= int(
+        served.server.env["LORAFLEET_SERVE_ADAPTER_CACHE_BYTES"])
+    again_b = client.completions.create(model=served.names["gen_b"], **ask)  # reloaded, same answer
+    assert again_b.choices[0].text == first_b.choices[0].text
+
+
+def test_usage_recorded_per_tenant(served: Served):
+    from orchestrator.services.inference import inference_totals
+    from orchestrator.services.tenants import get_tenant
+
+    with served.server.session() as s:
+        before = inference_totals(s, "acme")
+        acme = get_tenant(s, "acme").id
+    out = served.client().completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=3,
+                                             temperature=0)
+    with served.server.session() as s:
+        after = inference_totals(s, "acme")[acme]
+    was = before.get(acme, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "device_seconds": 0})
+    assert after["requests"] == was["requests"] + 1
+    assert after["prompt_tokens"] == was["prompt_tokens"] + out.usage.prompt_tokens
+    assert after["completion_tokens"] == was["completion_tokens"] + out.usage.completion_tokens
+    assert after["device_seconds"] > was["device_seconds"]

@@ -1,0 +1,63 @@
+"""The inference server's FastAPI application: `create_app(settings)` (uvicorn's app factory).
+
+The API's parts, reused as they are: its key check and rate limits (auth.py, limits.py), its
+error shape and handlers (errors.py), its body cap (body_limit.py), its request metrics and its
+404/405 for unknown routes after the key is checked. The engine is made when the app starts
+(lifespan): the first request does not pay for it, and a failure to load stops the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from orchestrator.api.app import ALL_METHODS, catch_all_last, healthz, unknown_route
+from orchestrator.api.auth import tenant_caller
+from orchestrator.api.body_limit import BodyLimit
+from orchestrator.api.errors import install_handlers
+from orchestrator.api.limits import Limiter
+from orchestrator.config import Settings, get_settings
+from worker.serve import routes
+
+BODY_LIMIT = 4 << 20  # a chat request of 1024 long messages fits; a data set does not belong here
+
+
+def make_engine():
+    """The engine this server runs (worker/serve/engine.py's `Engine`): replace here, nowhere else."""
+    from worker.serve.batched import BatchedEngine
+
+    return BatchedEngine()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="lorafleet serve", version="1",
+                  description="Inference with the tenants' adapters (OpenAI-compatible).",
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.limiter = Limiter(settings)
+    install_handlers(app)
+    app.add_middleware(BodyLimit, limit=min(settings.api_body_limit, BODY_LIMIT))
+    if settings.serve_metrics_port is not None:
+        from orchestrator.api.metrics import RequestMetrics
+
+        app.add_middleware(RequestMetrics)
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.include_router(routes.router)
+    app.add_api_route("/v1/{path:path}", unknown_route, methods=list(ALL_METHODS), include_in_schema=False,
+                      dependencies=[Depends(tenant_caller)])
+    catch_all_last(app)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    from worker.serve.server import Serving
+
+    app.state.serving = Serving(make_engine(), app.state.settings)
+    try:
+        yield
+    finally:
+        app.state.serving.close()
