@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 
 from orchestrator.cli.helpers import CliError, status
@@ -28,25 +31,32 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     ensure_schema(settings)  # the embedded registry is made now, not by the first request
     host, port = host or settings.api_host, port or settings.api_port
     proxies = settings.api_forwarded_allow_ips.strip()
-    metrics_folder = None
-    if settings.api_metrics_port is not None:
-        from orchestrator.api.metrics import serve_metrics
-
-        try:
-            metrics_folder = serve_metrics(settings.metrics_host, settings.api_metrics_port)
-        except OSError as exc:
-            where = f"{settings.metrics_host}:{settings.api_metrics_port}"
-            raise CliError(f"cannot serve metrics on {where} ({exc.strerror or exc}); set "
-                           "LORAFLEET_API_METRICS_PORT to a free port") from None
-        status(f"metrics on http://{settings.metrics_host}:{settings.api_metrics_port}/metrics")
-    status(f"lorafleet API on http://{host}:{port} (docs: /docs)")
-    try:
+    with metrics_exporter(settings.metrics_host, settings.api_metrics_port, "LORAFLEET_API_METRICS_PORT"):
+        status(f"lorafleet API on http://{host}:{port} (docs: /docs)")
         _run(host, port, workers, proxies)
-    finally:
-        if metrics_folder is not None:
-            import shutil
 
-            shutil.rmtree(metrics_folder, ignore_errors=True)
+
+@contextmanager
+def metrics_exporter(host: str, port: int | None, setting: str) -> Iterator[None]:
+    """Prometheus metrics of a uvicorn server (the API's, the inference server's) on `host:port`
+    while the block runs (nothing when `port` is None); its multiprocess folder removed after."""
+    if port is None:
+        yield
+        return
+    from orchestrator.api.metrics import serve_metrics
+
+    try:
+        folder = serve_metrics(host, port)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); set {setting} "
+                       "to a free port") from None
+    status(f"metrics on http://{host}:{port}/metrics")
+    try:
+        yield
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(host: str, port: int, workers: int, proxies: str) -> None:

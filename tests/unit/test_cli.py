@@ -319,3 +319,21 @@ def test_adapter_export_copies_a_verified_folder_whole_or_not_at_all(home: Path,
     changed = run("adapter", "export", adapter_id, str(tmp_path / "out" / "changed"), ok=False)
     assert changed.exit_code == 1 and "changed since it was registered" in changed.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new"]
+
+
+@pytest.mark.parametrize("command, setting", [(("api", "serve"), "LORAFLEET_API_METRICS_PORT"),
+                                               (("serve",), "LORAFLEET_SERVE_METRICS_PORT")])
+def test_a_taken_metrics_port_is_refused_before_serving(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         command, setting):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv(setting, str(port))
+        get_settings.cache_clear()
+        result = run(*command, "--port", "1", ok=False)
+    assert result.exit_code == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output + result.stderr
+    assert setting in result.output + result.stderr and "Traceback" not in result.output
