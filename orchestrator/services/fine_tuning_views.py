@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from lora_engine.model_ref import is_folder_name
 from orchestrator.errors import InvalidInput, NotFound
-from orchestrator.registry.models import Adapter, Job, JobEvent, MetricPoint, Usage
+from orchestrator.registry.models import TERMINAL_STATES, Adapter, Job, JobEvent, MetricPoint, Usage
 from orchestrator.services._tx import readonly
 from orchestrator.services.fine_tuning import default_lr
 from orchestrator.services.jobs import job_or_404
@@ -110,12 +110,12 @@ def job_object(job: Job, tenant_slug: str, adapter: Adapter | None = None, base:
     hyper = _hyperparameters(job.spec)
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": _ts(job.created_at),
-        "finished_at": _ts(job.finished_at) if job.state in ("succeeded", "failed", "cancelled") else None,
+        "finished_at": _ts(job.finished_at) if job.state in TERMINAL_STATES else None,
         "model": model_name(base, tenant_slug) if base is not None else _base_shown(job),
         "fine_tuned_model": model_name(adapter, tenant_slug, job.suffix) if adapter is not None else None,
         "organization_id": tenant_slug, "status": job.state, "hyperparameters": hyper,
         "training_file": training_file(job), "validation_file": job.validation_dataset_id,
-        "result_files": [RESULT_PREFIX + job.id] if job.state in ("succeeded", "failed", "cancelled") else [],
+        "result_files": [RESULT_PREFIX + job.id] if job.state in TERMINAL_STATES else [],
         "trained_tokens": trained_tokens if job.state == "succeeded" else None,
         "error": _error(job), "estimated_finish": _estimated_finish(job), "seed": job.spec.get("seed"),
         "metadata": job.metadata_, "user_provided_suffix": job.suffix, "integrations": [],
@@ -279,7 +279,7 @@ def result_file(session: Session, file_id: str, tenant: str) -> tuple[dict[str, 
         job = job_or_404(session, job_id or "", tenant)
     except (NotFound, InvalidInput):
         raise NotFound(f"no file {file_id[:80]!r}") from None
-    if job.state not in ("succeeded", "failed", "cancelled"):
+    if job.state not in TERMINAL_STATES:
         raise NotFound(f"no file {file_id[:80]!r} yet: job {job.id} is {job.state}")
     points = session.execute(select(MetricPoint.step, MetricPoint.epoch, MetricPoint.name, MetricPoint.value)
                              .where(MetricPoint.job_id == job.id, MetricPoint.tenant_id == job.tenant_id)
