@@ -16,10 +16,11 @@ engine thread (batcher.py: continuous batching), which calls the `Core` methods 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from orchestrator.config import Settings
 from orchestrator.services.inference import ServedAdapter
@@ -81,7 +82,7 @@ class Generated:
 
 
 class Generation:
-    """One generation request's rows, seen from both sides: the engine thread reports (`_send`),
+    """One generation request's rows, seen from both sides: the engine thread reports (`report`),
     the route reads `events()` on its event loop: ("text", choice, piece) as text is released
     (streaming requests only), ("end", choice, finish reason), then ("done", Generated)."""
 
@@ -98,10 +99,12 @@ class Generation:
         self.device_seconds = 0.0
         self.open = 0
 
-    def _send(self, *event) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+    def report(self, *event) -> None:
+        """From the engine thread: an event for the route."""
+        with contextlib.suppress(RuntimeError):  # a closed loop (the server stopped): nobody listens
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
-    def _result(self) -> Generated:
+    def summary(self) -> Generated:
         return Generated([Choice(t.text, r, n) for t, r, n in zip(self.texts, self.reasons, self.tokens,
                                                                   strict=True)],
                          self.prompt_tokens, self.device_seconds)
@@ -127,8 +130,8 @@ class Row:
     generation: Generation
     choice: int
     adapter: str
+    text: RowText
     weight: int  # tokens it feeds the next step: its prompt until its first step, then 1
-    text: RowText = field(repr=False, default=None)
 
 
 class Serving:
@@ -213,8 +216,8 @@ class Serving:
         generation.prompt_tokens = started.prompt_tokens
         tokenizer = self.engine.tokenizer(job.adapter.id)
         for choice, handle in enumerate(handles):
-            self.decoding[handle] = Row(generation, choice, job.adapter.id, started.prompt_tokens,
-                                        RowText(tokenizer, job.stops))
+            self.decoding[handle] = Row(generation, choice, job.adapter.id, RowText(tokenizer, job.stops),
+                                        started.prompt_tokens)
             generation.texts.append(self.decoding[handle].text)
             self.busy[job.adapter.id] += 1
         generation.open = len(handles)
@@ -245,7 +248,7 @@ class Serving:
             if finished:
                 piece += row.text.finish()
             if piece and generation.stream:
-                generation._send("text", row.choice, piece)
+                generation.report("text", row.choice, piece)
             if finished:
                 self._end(handle, reason or "stop")
         instruments()["rows"].set(len(self.decoding))
@@ -263,7 +266,7 @@ class Serving:
             row = self.decoding.pop(handle)
             self.engine.cancel(handle)
             self.busy[row.adapter] -= 1
-            row.generation._send("error", exc)
+            row.generation.report("error", exc)
         self.busy = +self.busy
         instruments()["rows"].set(0)
 
@@ -276,9 +279,9 @@ class Serving:
         generation.reasons[row.choice] = reason
         generation.open -= 1
         if generation.stream:
-            generation._send("end", row.choice, reason)
+            generation.report("end", row.choice, reason)
         if not generation.open:
-            generation._send("done", generation._result())
+            generation.report("done", generation.summary())
 
     def _resident(self, job: ClassifyJob | GenerateJob, pinned: set[str]) -> None:
         from orchestrator.registry.db import session_scope
