@@ -13,12 +13,14 @@ request when its answer arrives) each ask for a random adapter; the same request
   (b) one at a time: LORAFLEET_SERVE_BATCH_MAX=1: each request runs alone through its adapter
       (all 20 resident: no load or swap is counted against it).
 
-Reported per server and route: requests/s, generated tokens/s, latency p50/p99 (send to answer);
-the ratio (a)/(b). On the mixed server: the first request to a cold adapter (registry lookup,
-sha256 check, load, answer) against the same request once warm (medians of --cold adapters), and
-the server's RSS with the bases alone (after the first request of each kind, less that adapter's
-bytes) and with the 40 adapters loaded, against the adapters' bytes. Greedy decoding: both
-servers generate the same tokens. The load average is printed beside the figures.
+Reported per server and route: requests/s, generated tokens/s, latency p50/p99 (send to answer),
+the server's CPU per request (all its threads); the ratios (a)/(b) of requests/s and of requests
+per CPU-second of the server (what a shared machine's load does not move). On the mixed server:
+the first request to a cold adapter (registry lookup, sha256 check, load, answer) against the
+same request once warm (medians of --cold adapters), and the server's RSS with the bases alone
+(after the first request of each kind, less that adapter's bytes) and with the 40 adapters
+loaded, against the adapters' bytes. Greedy decoding: both servers generate the same tokens.
+The load average is printed beside the figures.
 
 usage: nice -n 10 python bench/bench_serve.py [--adapters 20] [--clients 32] [--classify 256]
            [--generate 64] [--max-tokens 16] [--cold 4]
@@ -134,9 +136,17 @@ def start_server(env: dict[str, str], home: Path, label: str) -> ApiProcess:
         time.sleep(0.2)
 
 
-def rss(server: ApiProcess) -> int:
+def processes(server: ApiProcess) -> list[psutil.Process]:
     proc = psutil.Process(server.proc.pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    return [proc, *proc.children(recursive=True)]
+
+
+def rss(server: ApiProcess) -> int:
+    return sum(p.memory_info().rss for p in processes(server))
+
+
+def cpu_seconds(server: ApiProcess) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in processes(server))
 
 
 def request_of(route: str, name: str, text: str, max_tokens: int) -> tuple[str, dict]:
@@ -155,7 +165,8 @@ async def one(client: httpx.AsyncClient, path: str, body: dict) -> tuple[float, 
 
 
 async def load(server: ApiProcess, key: str, requests: list[tuple[str, dict]], clients: int) -> dict:
-    """`clients` closed loops over `requests` (in order): throughput and latency."""
+    """`clients` closed loops over `requests` (in order): throughput, latency, and the server's
+    CPU per request (all its threads: HTTP, registry, engine)."""
     latencies: list[float] = []
     tokens = 0
     todo = iter(requests)
@@ -170,11 +181,12 @@ async def load(server: ApiProcess, key: str, requests: list[tuple[str, dict]], c
                 latencies.append(elapsed)
                 tokens += made
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds(server)
         await asyncio.gather(*(loop() for _ in range(clients)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, cpu_seconds(server) - cpu
     ordered = sorted(latencies)
     return {"requests": len(ordered), "requests_per_s": len(ordered) / wall, "tokens_per_s": tokens / wall,
+            "server_cpu_ms_per_request": 1000 * cpu / len(ordered), "server_cores": cpu / wall,
             "p50_ms": 1000 * statistics.median(ordered),
             "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
@@ -267,6 +279,10 @@ def main() -> None:
         result["ratio_requests_per_s"] = {
             route: result["mixed"][route]["requests_per_s"] / result["one_at_a_time"][route]["requests_per_s"]
             for route in BASES}
+        # Load-independent: requests per second of the server's own CPU (the machine is shared).
+        result["ratio_requests_per_cpu_second"] = {
+            route: result["one_at_a_time"][route]["server_cpu_ms_per_request"]
+            / result["mixed"][route]["server_cpu_ms_per_request"] for route in BASES}
         result["load_average_end"] = os.getloadavg()
         db.forget_engine(settings.database_url)
     print(json.dumps(result))

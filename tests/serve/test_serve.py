@@ -443,7 +443,11 @@ def test_a_request_arriving_mid_decode_joins_the_batch_and_streams_come_as_decod
 
 
 def test_a_stream_whose_client_goes_away_frees_its_row(served: Served):
-    client = served.client()
+    from orchestrator.services.inference import inference_totals
+
+    with served.server.session() as s:  # its own tenant: no other test's stream is charged there now
+        before = sum(t["requests"] for t in inference_totals(s, "other").values())
+    client = served.client("other")
     cancelled = served.metric("lorafleet_serve_rows_cancelled_total", 0.0)
     stream = client.completions.create(model="tiny-llama", prompt=MR, max_tokens=LONG, temperature=0,
                                        stream=True, n=2)
@@ -453,12 +457,20 @@ def test_a_stream_whose_client_goes_away_frees_its_row(served: Served):
     served.wait_for("lorafleet_serve_rows_cancelled_total", lambda v: v == cancelled + 2,
                     "the rows were dropped")
     assert served.metric(DECODING) == 0
+    deadline = time.monotonic() + 60  # what it generated is still charged (after the stream ended)
+    while True:
+        with served.server.session() as s:
+            if sum(t["requests"] for t in inference_totals(s, "other").values()) == before + 1:
+                break
+        assert time.monotonic() < deadline, "the cancelled stream's usage was not recorded"
+        time.sleep(0.1)
 
 
 def test_a_stop_string_ends_its_row_when_it_appears(served: Served, predicted):
     client = served.client()
     whole = predicted["gen_a"]
     full = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS, temperature=0)
+    assert full.choices[0].finish_reason == ("length" if full.usage.completion_tokens == TOKENS else "stop")
     stop = whole[2:4]
     cut = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS, temperature=0,
                                     stop=[stop, "never said"], n=2)
