@@ -25,7 +25,7 @@ MR = "name[The Eagle], eatType[coffee shop], food[Italian], area[riverside]"
 TOKENS = 8
 # A generation that outlasts the requests sent while it decodes: the bare tiny-llama base says
 # no end-of-sequence within it for MR (greedy, deterministic), so it runs to its length.
-LONG = 400
+LONG = 480
 DECODING = "lorafleet_serve_rows_decoding"
 JOINED = 'lorafleet_serve_joined_total{kind="%s"}'
 START_TIMEOUT_S = 90
