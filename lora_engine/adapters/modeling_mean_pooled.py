@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 
