@@ -166,9 +166,10 @@ def test_every_documented_loader_gives_lorafleets_logits(home, tmp_path):
         imported = runner.invoke(cli, ["adapter", "import", "--tenant", "acme", str(made), "--json"])
         assert imported.exit_code == 0, imported.output
         adapter_id = json.loads(imported.output)["id"]
-        exported = runner.invoke(cli, ["adapter", "export", adapter_id, str(tmp_path / "out" / name), "--json"])
-        merged = runner.invoke(cli, ["adapter", "export", adapter_id, str(tmp_path / "out" / f"{name}-merged"),
-                                     "--merged", "--json"])
+        out = tmp_path / "out"
+        exported = runner.invoke(cli, ["adapter", "export", adapter_id, str(out / name), "--json"])
+        merged = runner.invoke(cli, ["adapter", "export", adapter_id, str(out / f"{name}-merged"), "--merged",
+                                     "--json"])
         assert exported.exit_code == 0 and merged.exit_code == 0, exported.output + merged.output
         plain_view, merged_view = json.loads(exported.stdout), json.loads(merged.stdout)
         assert merged_view["merged"] and not plain_view["merged"]
@@ -186,8 +187,9 @@ def test_every_documented_loader_gives_lorafleets_logits(home, tmp_path):
         expected[name] = logits
         card = (Path(plain_view["path"]) / "README.md").read_text()
         snippet = next((b.split("```")[0] for b in card.split("```python")[1:] if "mean = " in b), None)
-        cases.append({"name": name, "kind": kind, "adapter": plain_view["path"], "merged": merged_view["path"],
-                      "batch": batch, "texts": TEXTS, "snippet": snippet, "stock": alias == "minilm-l6"})
+        cases.append({"name": name, "kind": kind, "adapter": plain_view["path"],
+                      "merged": merged_view["path"], "batch": batch, "texts": TEXTS, "snippet": snippet,
+                      "stock": alias == "minilm-l6"})
 
     _hub_cache(tmp_path / "hub")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
@@ -201,7 +203,7 @@ def test_every_documented_loader_gives_lorafleets_logits(home, tmp_path):
         torch.testing.assert_close(torch.tensor(got[name][way]), expected[name], atol=1e-5, rtol=1e-5,
                                    msg=f"{name}: {way}")
 
-    for name, _, kind, pooling, _ in ADAPTERS:
+    for name, _, _, pooling, _ in ADAPTERS:
         assert got[name]["merged_tokenizer_agrees"], name
         close(name, "merged")
         if pooling == "mean":
@@ -228,8 +230,9 @@ def test_a_cards_first_lines_say_which_loader_reproduces_it():
         body = render_model_card(meta).split("---\n", 2)[2].lstrip().splitlines()
         assert body[0].startswith("# ") and body[2].startswith("> **Loading:** ")
         assert f"{stock}` does not reproduce" in body[2] and "trust_remote_code=True" in body[2]
+    e2e = TASKS["e2e"]
     for meta in (AdapterMeta.for_task(TASKS["sst2"], base_model="minilm-l6", method="lora"),
-                 AdapterMeta.for_task(TASKS["e2e"], base_model="smollm2-135m", method="lora", pooling="mean")):
+                 AdapterMeta.for_task(e2e, base_model="smollm2-135m", method="lora", pooling="mean")):
         assert "**Loading:**" not in render_model_card(meta)
 
 
@@ -237,7 +240,8 @@ def test_a_merged_export_refuses_what_any_export_refuses(home, tmp_path):
     runner = CliRunner()
     assert runner.invoke(cli, ["tenant", "create", "acme"]).exit_code == 0
     _adapter(tmp_path / "made" / "a", "tiny-bert", "classification", "mean", "lora")
-    imported = runner.invoke(cli, ["adapter", "import", "--tenant", "acme", str(tmp_path / "made" / "a"), "--json"])
+    args = ["adapter", "import", "--tenant", "acme", str(tmp_path / "made" / "a"), "--json"]
+    imported = runner.invoke(cli, args)
     row = json.loads(imported.output)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
