@@ -130,8 +130,7 @@ def export_adapter(
     refused place, AdapterError when the adapter's files no longer match the registry.
     """
     from lora_engine.adapters.digest import adapter_files_digest, verify_adapter_files
-    from lora_engine.adapters.folder import read_adapter_meta
-    from lora_engine.adapters.modelcard import loader_notice, merged_notice
+    from lora_engine.adapters.modelcard import merged_notice
     from lora_engine.atomic import atomic_folder
     from orchestrator.destinations import folder_destination
 
@@ -156,5 +155,17 @@ def export_adapter(
             shutil.rmtree(source)
             notice = merged_notice(folder) if folder.remote_code else None
         else:
-            notice = loader_notice(read_adapter_meta(tmp))
+            notice = _loader_notice(tmp)
     return ExportedAdapter(row, target, merged, notice)
+
+
+def _loader_notice(folder: Path) -> str | None:
+    """`modelcard.loader_notice` of an adapter folder; None when its record cannot say (the files
+    are exported as they are either way)."""
+    from lora_engine.adapters.folder import read_adapter_meta
+    from lora_engine.adapters.modelcard import loader_notice
+
+    try:
+        return loader_notice(read_adapter_meta(folder))
+    except AdapterError:
+        return None
