@@ -30,7 +30,8 @@ from click.testing import CliRunner
 
 from lora_engine.adapters import modeling_mean_pooled
 from lora_engine.adapters.folder import AdapterMeta
-from lora_engine.adapters.io import save_adapter
+from lora_engine.adapters.io import save_adapter, save_full_model
+from lora_engine.adapters.merged_export import write_merged_folder
 from lora_engine.adapters.modelcard import render_model_card
 from lora_engine.catalog import TASKS
 from lora_engine.forward import classification_logits
@@ -52,6 +53,7 @@ ADAPTERS = [
     ("roberta-mean", "tiny-roberta", "classification", "mean", "lora"),
     ("gen-dora", "tiny-llama", "generation", "cls", "dora"),
 ]
+FULL = ("full", "tiny-bert", "classification", "mean", "full")
 
 LOADERS = """
 import json, sys, torch
@@ -87,13 +89,16 @@ import lora_engine as le
 from lora_engine.forward import classification_logits
 for case in cases:
     got = out[case["name"]]
-    if not case["stock"]:  # a tiny test model: no hub id for the stock loader to fetch
+    if case["kind"] == "generation":
+        continue
+    with torch.no_grad():
+        got["lorafleet"] = classification_logits(le.load_for_inference(case["adapter"]).model,
+                                                 batch_of(case)).tolist()
+    if not case["stock"]:  # a tiny test model (no hub id for the stock loader), or a full fine-tune
         continue
     peft = AutoPeftModelForSequenceClassification.from_pretrained(case["adapter"], num_labels=2).eval()
     with torch.no_grad():
         got["peft"] = peft(**batch_of(case)).logits.tolist()
-        got["lorafleet"] = classification_logits(le.load_for_inference(case["adapter"]).model,
-                                                 batch_of(case)).tolist()
         if case.get("snippet"):
             scope = {"texts": case["texts"]}
             exec(case["snippet"].replace("<this folder>", case["adapter"]), scope)
@@ -122,6 +127,19 @@ def _adapter(folder: Path, alias: str, kind: str, pooling: str, method: str) -> 
     meta = AdapterMeta.for_task(task, base_model=alias, method=method, pooling=pooling)
     save_adapter(model, folder, base_model_name=alias, settings=settings, task_type=kind,
                  modules_to_save=heads, meta=meta, card_stats={})
+
+
+def _full_model(folder: Path) -> None:
+    """A mean-pooled `full` fine-tune's folder (its head scaled so pooling shows)."""
+    from lora_engine.forward.encoder import set_pooling
+    from lora_engine.models import load_base_model
+
+    model, tokenizer = load_base_model("tiny-bert", "classification", 2)
+    set_pooling(model, "mean")
+    with torch.no_grad():
+        model.classifier.weight.mul_(40.0)
+    meta = AdapterMeta.for_task(TASKS["sst2"], base_model="tiny-bert", method="full", pooling="mean")
+    save_full_model(model, tokenizer, folder, meta)
 
 
 def _lorafleet_logits(folder: Path, kind: str) -> tuple[dict[str, list], torch.Tensor]:
@@ -191,6 +209,14 @@ def test_every_documented_loader_gives_lorafleets_logits(home, tmp_path):
                       "merged": merged_view["path"], "batch": batch, "texts": TEXTS, "snippet": snippet,
                       "stock": alias == "minilm-l6"})
 
+    # A mean-pooled full fine-tune (no adapter: its own weights) exports merged the same way.
+    full = tmp_path / "made" / "full"
+    _full_model(full)
+    assert write_merged_folder(full, tmp_path / "out" / "full-merged").remote_code
+    batch, expected["full"] = _lorafleet_logits(full, "classification")
+    cases.append({"name": "full", "kind": "classification", "adapter": str(full), "stock": False,
+                  "merged": str(tmp_path / "out" / "full-merged"), "batch": batch, "texts": TEXTS})
+
     _hub_cache(tmp_path / "hub")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": str(ROOT)}
@@ -203,7 +229,7 @@ def test_every_documented_loader_gives_lorafleets_logits(home, tmp_path):
         torch.testing.assert_close(torch.tensor(got[name][way]), expected[name], atol=1e-5, rtol=1e-5,
                                    msg=f"{name}: {way}")
 
-    for name, _, _, pooling, _ in ADAPTERS:
+    for name, _, kind, pooling, _ in [*ADAPTERS, FULL]:
         assert got[name]["merged_tokenizer_agrees"], name
         close(name, "merged")
         if pooling == "mean":
@@ -212,9 +238,10 @@ def test_every_documented_loader_gives_lorafleets_logits(home, tmp_path):
             assert "contains custom code" in got[name]["merged_untrusted"]
         else:
             close(name, "merged_untrusted")  # a plain transformers model: no code of ours needed
-        if "peft" not in got[name]:  # a tiny test model: no hub counterpart for the stock loader
+        if kind != "generation":
+            close(name, "lorafleet")
+        if "peft" not in got[name]:  # no hub counterpart for the stock loader
             continue
-        close(name, "lorafleet")
         if pooling == "mean":
             close(name, "card")
             # What the notice warns of: the stock loader feeds [CLS] and gets other logits.
