@@ -106,9 +106,9 @@ def loader_notice(meta: AdapterMeta) -> str | None:
     return (f"{stock} does not reproduce this {what}: it feeds the head the first token ([CLS]), but "
             "the head was trained on the mean of the last layer, so loaded that way it scores lower "
             "without any error. Load it with lorafleet (`lora_engine.load_for_inference(folder)`), feed "
-            "the head that mean as the model card shows, or export it with `lorafleet adapter export "
-            "--merged`, whose folder loads with `AutoModelForSequenceClassification.from_pretrained("
-            "folder, trust_remote_code=True)`.")
+            "the head that mean as the model card (README.md) shows, or export it with `lorafleet "
+            "adapter export --merged`, whose folder loads with `AutoModelForSequenceClassification"
+            ".from_pretrained(folder, trust_remote_code=True)`.")
 
 
 def merged_notice(merged: MergedFolder) -> str:
@@ -166,6 +166,7 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
     task = meta.task or "custom"
     kind = _kind(meta)
     name = f"{task}-{method}-{alias}" + ("-merged" if merged is not None else "")
+    notice = loader_notice(meta)
     data = ModelCardData(
         base_model=base, library_name="transformers" if whole or merged is not None else "peft",
         pipeline_tag=PIPELINE_TAGS.get(kind), tags=[t for t in ("lorafleet", method, task) if t],
@@ -178,7 +179,6 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
         lines.append(f"{made}, trained by lorafleet on the task `{task}`, as a plain transformers folder.")
     else:
         lines = [f"# {task} {method} adapter for {base}", ""]
-        notice = loader_notice(meta)
         if notice:
             lines += [f"> **Loading:** {notice}", ""]
         what = "full fine-tuned model" if whole else f"{method} adapter (Hugging Face PEFT format)"
@@ -200,7 +200,7 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
         call = "model.generate([...])" if kind == "generation" else "model.classify([...])"
         lines += ["", "```python", "import lora_engine as le",
                   "model = le.load_for_inference('<this folder>')", call, "```", ""]
-        if not whole and alias != base:
+        if not whole and alias != base and notice is None:  # else: the recipe under Pooling
             auto = PEFT_AUTO_CLASS.get(kind, "AutoPeftModel")
             lines += ["With PEFT (the base model is fetched from the Hub):", "", "```python",
                       f"from peft import {auto}", f"model = {auto}.from_pretrained('<this folder>')",
