@@ -92,12 +92,15 @@ class Heartbeat:
     step: int = 0
     total: int | None = None
     loss: float | None = None
+    grad_norm: float | None = None
     points: list = field(default_factory=list)  # metric-history points not yet written
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def on_progress(self, step: int, total: int | None, loss: float | None) -> None:
+    def on_progress(self, step: int, total: int | None, loss: float | None,
+                    grad_norm: float | None = None) -> None:
         self.step, self.total = int(step), total
         self.loss = None if loss is None else float(loss)
+        self.grad_norm = None if grad_norm is None else float(grad_norm)
         now = time.monotonic()
         last_step = total is not None and step >= total
         if now - self.last_sent < HEARTBEAT_MIN_INTERVAL_S and not last_step and self.last_sent:
@@ -167,7 +170,7 @@ class Heartbeat:
             try:
                 with session_scope(self.settings) as session:
                     self.stop = heartbeat(session, self.job_id, self.worker_id, self.step, self.total,
-                                            self.loss, self.settings.lease_seconds)
+                                            self.loss, self.settings.lease_seconds, grad_norm=self.grad_norm)
                     if self.points:
                         from orchestrator.services.metrics import record_points
 

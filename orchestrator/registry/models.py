@@ -357,9 +357,10 @@ class InferenceUsage(Base):
 class MetricPoint(Base):
     """One point of a job's training curve: series `name` at optimizer step `step`.
 
-    Series: 'loss' and 'lr' every step; '<split>/<metric>' (e.g. 'validation/accuracy') for an
-    evaluation repeated during training. Unique per (job, name, step): an attempt that resumes
-    from a checkpoint and redoes steps overwrites their points (exact resume: the same values).
+    Series: 'loss', 'lr' and 'grad_norm' (the gradient's L2 norm before clipping) every step;
+    '<split>/<metric>' (e.g. 'validation/accuracy') for an evaluation repeated during training.
+    Unique per (job, name, step): an attempt that resumes from a checkpoint and redoes steps
+    overwrites their points (exact resume: the same values).
     """
 
     __tablename__ = "metric_history"

@@ -189,12 +189,14 @@ def heartbeat(
     lease_seconds: float,
     now: datetime | None = None,
     event_interval_s: float = PROGRESS_EVENT_INTERVAL_S,
+    grad_norm: float | None = None,
 ) -> Abort | None:
     """Extend the lease, record progress; why training must stop, if it must: Abort.CANCEL (a
     cancel was requested; it wins over a pause), Abort.PAUSE (checkpoint, then `paused`), else None.
 
-    Writes a `progress` event on the first heartbeat, the last step, and otherwise at most once
-    per `event_interval_s`. LeaseLost if the job is no longer this worker's.
+    Writes a `progress` event (step, total, loss, and the step's gradient norm before clipping when
+    the work trains) on the first heartbeat, the last step, and otherwise at most once per
+    `event_interval_s`. LeaseLost if the job is no longer this worker's.
     """
     now = now or utcnow()
     job = owned_job(session, job_id, worker_id)
@@ -207,8 +209,12 @@ def heartbeat(
     last_step = total is not None and step >= total
     if last is None or last_step or (now - last).total_seconds() >= event_interval_s:
         job.progress_event_at = now
-        message = f"step {step}/{total}" + (f" loss {loss:.4f}" if loss is not None else "")
-        add_event(session, job, "progress", message, {"step": step, "total": total, "loss": loss}, ts=now)
+        message = (f"step {step}/{total}" + (f" loss {loss:.4f}" if loss is not None else "")
+                   + (f" grad norm {grad_norm:.4g}" if grad_norm is not None else ""))
+        data = {"step": step, "total": total, "loss": loss}
+        if grad_norm is not None:
+            data["grad_norm"] = float(grad_norm)
+        add_event(session, job, "progress", message, data, ts=now)
     if job.cancel_requested:
         return Abort.CANCEL
     return Abort.PAUSE if job.pause_requested else None
