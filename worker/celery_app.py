@@ -36,6 +36,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_ready,
+    worker_shutdown,
     worker_shutting_down,
 )
 
@@ -98,6 +99,14 @@ def _shutting_down(**_: Any) -> None:
     from worker.attempt import request_shutdown
 
     request_shutdown()
+
+
+@worker_shutdown.connect
+def _tracking_flushed(**_: Any) -> None:
+    """The MLflow sink's last pass: the runs of the jobs that just ended, within a request's timeout."""
+    from worker import tracking
+
+    tracking.close(timeout_s=get_settings().mlflow_timeout_s)
 
 
 @worker_ready.connect

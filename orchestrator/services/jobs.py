@@ -56,11 +56,13 @@ BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_a
 class JobLabels:
     """What the tenants' API records beside the spec: the tenant's metadata, the suffix of the
     adapter's model name, a data set of the tenant replacing the held-out split evaluation scores
-    (checked by the caller: the tenant's, of the training data's kind)."""
+    (checked by the caller: the tenant's, of the training data's kind); `tracking` False: the job
+    stays out of the operator's MLflow (the API's `integrations`, the CLI's `--no-tracking`)."""
 
     metadata: dict[str, str] | None = None
     suffix: str | None = None
     validation_dataset_id: str | None = None
+    tracking: bool = True
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,7 @@ def _insert(session: Session, p: _Prepared, max_attempts: int, labels: JobLabels
     spec = p.spec
     job = Job(
         metadata_=labels.metadata, suffix=labels.suffix, validation_dataset_id=labels.validation_dataset_id,
+        tracking=labels.tracking,
         tenant_id=p.tenant.id, state="queued", kind="evaluate" if spec.method == "none" else "train",
         spec=_spec_json(spec), task=spec.task, method=spec.method,
         rank=spec.rank, base_model=spec.base_model or "", priority=p.priority,
@@ -322,6 +325,8 @@ def submit_job(
     init_from_adapter_id: str | None = None,
     max_attempts: int | None = None,
     settings: Settings | None = None,
+    *,
+    labels: JobLabels | None = None,
 ) -> Job:
     """Queue one job; returns it (state `queued`). Nothing is written when anything is invalid.
 
@@ -331,7 +336,7 @@ def submit_job(
     returned (whatever its state) and nothing new is written; for a different spec: Conflict.
     """
     return submit_within(session, tenant_slug, spec_dict, priority, idempotency_key, init_from_adapter_id,
-                         max_attempts, settings)
+                         max_attempts, settings, labels=labels)
 
 
 def submit_within(
