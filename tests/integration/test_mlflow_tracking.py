@@ -202,7 +202,9 @@ def test_a_job_is_one_mlflow_run_and_an_opted_out_job_none(worker: LiveWorker,
         want = sorted((p.step, p.value) for p in history if p.name == name)
         assert sorted((m["step"], m["value"]) for m in got) == [(s, pytest.approx(v)) for s, v in want], name
     assert [p.step for p in history if p.name == "loss"] == [1, 2, 3]
-    finals = {f"{m.split}/{m.name}": m.value for m in detail.metrics}
+    finals = {f"{split}/{name}": value for split, values in detail.metrics.items()
+              for name, value in values.items()}
+    assert finals
     logged = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     for key, value in finals.items():
         assert logged[key] == pytest.approx(value), key

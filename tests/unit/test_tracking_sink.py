@@ -10,6 +10,9 @@ import json
 import socket
 import time
 
+import pytest
+
+from orchestrator.config import ConfigError, load_settings
 from orchestrator.registry.db import session_scope
 from orchestrator.services.jobs import JobLabels, job_events, submit_job
 from orchestrator.services.tenants import create_tenant
@@ -28,6 +31,16 @@ def _closed_port() -> int:
 def _tracking(settings, job_id: str) -> list:
     with session_scope(settings) as s:
         return [e for e in job_events(s, job_id) if e.kind == "tracking"]
+
+
+def test_the_tracking_server_is_an_http_url_of_the_operator(tmp_path) -> None:
+    home = {"LORAFLEET_HOME": str(tmp_path)}
+    assert load_settings(home).mlflow_tracking_uri == ""  # off by default
+    given = load_settings({**home, "LORAFLEET_MLFLOW_TRACKING_URI": "https://u:p@mlflow.example/"})
+    assert given.mlflow_tracking_uri == "https://u:p@mlflow.example"
+    for bad in ("file:///tmp/mlruns", "databricks", "sqlite:///x.db"):
+        with pytest.raises(ConfigError, match=r"LORAFLEET_MLFLOW_TRACKING_URI=.*allowed: an http"):
+            load_settings({**home, "LORAFLEET_MLFLOW_TRACKING_URI": bad})
 
 
 def test_spec_params_flatten_and_keep_values_as_data() -> None:
