@@ -82,7 +82,8 @@ def test_a_job_opts_out_of_mlflow_through_integrations(api_server, acme) -> None
     from orchestrator.services.jobs import get_job
 
     out = create(acme, integrations=[{"type": "mlflow", "mlflow": {"enabled": False}}])
-    assert [i.model_dump() for i in out.integrations] == [{"type": "mlflow", "mlflow": {"enabled": False}}]
+    opted_out = [{"type": "mlflow", "mlflow": {"enabled": False}}]
+    assert [i.model_dump(exclude_none=True) for i in out.integrations] == opted_out
     kept = create(acme, integrations=[{"type": "mlflow", "mlflow": {"enabled": True}}])
     plain = create(acme)
     assert kept.integrations == [] and plain.integrations == []

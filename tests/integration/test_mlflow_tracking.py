@@ -143,8 +143,8 @@ def _ended(worker: LiveWorker, *job_ids: str) -> None:
     assert [_state(worker, j) for j in job_ids] == ["succeeded"] * len(job_ids), worker.log()[-3000:]
 
 
-def _get(server: MlflowServer, path: str, **params: str) -> dict:
-    answer = httpx.get(f"{server.url}{API}/{path}", params=params, timeout=10)
+def _get(server: MlflowServer, endpoint: str, **params: str) -> dict:
+    answer = httpx.get(f"{server.url}{API}/{endpoint}", params=params, timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
