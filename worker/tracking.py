@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import artifacts
@@ -64,7 +64,6 @@ class _Job:
     first_failure: float | None = None
     retry_at: float = 0.0
     last_error: str = ""
-    added: float = field(default_factory=time.monotonic)
 
 
 class Sink(threading.Thread):

@@ -75,6 +75,7 @@ def test_submit_queues_a_job_and_sends_only_its_id(home: Path):
     job_id = json.loads(result.stdout)["id"]
     with session_scope() as s:
         job = get_job(s, job_id).to_dict()
+        assert get_job(s, job_id).job.tracking  # in the operator's MLflow, where one is set
     assert (job["state"], job["method"], job["rank"], job["spec"]["max_steps"]) == ("queued", "dora", 4, 10)
     assert queued_messages(home) == [{"task": "lorafleet.run_job", "args": [job_id], "kwargs": {}}]
 
@@ -94,6 +95,11 @@ def test_submit_queues_a_job_and_sends_only_its_id(home: Path):
     run("job", "cancel", job_id)
     with session_scope() as s:
         assert get_job(s, job_id).job.state == "cancelled"
+    # --no-tracking: the job stays out of the operator's MLflow server.
+    untracked = json.loads(run("job", "submit", "--tenant", "acme", "--task", "sst2", "--max-steps", "10",
+                               "--base-model", "tiny-bert", "--no-tracking", "--json").stdout)["id"]
+    with session_scope() as s:
+        assert not get_job(s, untracked).job.tracking
 
 
 def test_bad_spec_lists_every_problem_and_writes_nothing(home: Path):
