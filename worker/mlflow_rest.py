@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import httpx
 
@@ -62,7 +62,12 @@ class MlflowClient:
     """One tracking server (`base_url`: the operator's LORAFLEET_MLFLOW_TRACKING_URI)."""
 
     def __init__(self, base_url: str, timeout_s: float):
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, follow_redirects=False)
+        # `user:password@` in the URL becomes basic auth, and leaves the URL: httpx logs each
+        # request's URL, and errors may quote it.
+        url = httpx.URL(base_url.rstrip("/"))
+        auth = (unquote(url.username), unquote(url.password)) if url.username or url.password else None
+        self.http = httpx.Client(base_url=url.copy_with(username=None, password=None), auth=auth,
+                                 timeout=timeout_s, follow_redirects=False)
 
     def close(self) -> None:
         self.http.close()

@@ -207,8 +207,8 @@ class Sink(threading.Thread):
         if job.metadata:  # the tenant's keys are data: one JSON value, never tag names
             tags["lorafleet.metadata"] = json.dumps(job.metadata, sort_keys=True)[:TAG_VALUE_MAX]
         if run is None:
-            run = self.client.create_run(experiment, job.id, _ms(job.created_at.timestamp()),
-                                         {TAG_JOB: job.id})
+            started = job.started_at or job.created_at
+            run = self.client.create_run(experiment, job.id, _ms(started.timestamp()), {TAG_JOB: job.id})
         self.client.log_batch(run.run_id, params=spec_params(job.spec), tags=tags)
         return run
 

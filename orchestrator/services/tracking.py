@@ -37,6 +37,7 @@ class TrackedJob:
     suffix: str | None
     metadata: dict[str, str] | None
     created_at: datetime
+    started_at: datetime | None
     finished_at: datetime | None
     adapter_id: str | None  # once succeeded with an adapter
     # {"<split>/<name>": value}: what the job measured at its end (source 'job')
@@ -73,7 +74,8 @@ def tracked_job(session: Session, job_id: str) -> TrackedJob | None:
     return TrackedJob(id=job.id, tenant_id=job.tenant_id, tenant_slug=slug, kind=job.kind, state=job.state,
                       tracking=job.tracking, spec=dict(job.spec), suffix=job.suffix,
                       metadata=dict(job.metadata_) if job.metadata_ else None, created_at=job.created_at,
-                      finished_at=job.finished_at, adapter_id=adapter_id, final_metrics=finals)
+                      started_at=job.started_at, finished_at=job.finished_at, adapter_id=adapter_id,
+                      final_metrics=finals)
 
 
 @readonly

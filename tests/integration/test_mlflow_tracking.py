@@ -1,8 +1,10 @@
 """The MLflow sink end to end: a real `mlflow server` process (temporary SQLite backend store,
 artifacts served through it), a real worker process (embedded registry and broker) whose
 LORAFLEET_MLFLOW_TRACKING_URI points at it, real tiny jobs; every run read back through MLflow's
-own REST API: params, metric steps, tags, the adapter's files. Then the server is stopped: a job
-still succeeds, its `tracking` warning event is recorded, and the worker takes the next job.
+own REST API: params, metric steps, tags, the adapter's files. A run the server refuses (the
+tenant's experiment deleted) is given up at once with a `tracking` event. Then the server is
+stopped: a job still succeeds, its `tracking` warning event is recorded, and the worker takes the
+next job.
 
 The server is started once for the module (it takes ~10-15 s), the worker too; the back-off is
 shortened through the environment. The sink is the same for either registry (its queries are
@@ -222,6 +224,23 @@ def test_a_job_is_one_mlflow_run_and_an_opted_out_job_none(worker: LiveWorker,
     # The opted-out job: no run anywhere, no warning either.
     assert all(r["info"]["run_name"] != opted_out for r in _runs(mlflow_server, tenant))
     assert _tracking_events(worker, tracked) == [] and _tracking_events(worker, opted_out) == []
+
+
+def test_a_refused_run_is_given_up_at_once_with_a_warning(worker: LiveWorker,
+                                                          mlflow_server: MlflowServer) -> None:
+    """The tenant's experiment was deleted on the server (a 4xx for every new run): no retry loop,
+    one `tracking` event quoting MLflow's answer, the job succeeded."""
+    tenant = "acme-deleted"
+    with session_scope(worker.settings) as s:
+        create_tenant(s, tenant, max_running=2)
+    created = httpx.post(f"{mlflow_server.url}{API}/experiments/create", json={"name": tenant}, timeout=10)
+    httpx.post(f"{mlflow_server.url}{API}/experiments/delete",
+               json={"experiment_id": created.json()["experiment_id"]}, timeout=10).raise_for_status()
+    job_id = _submit(worker, tenant)
+    _ended(worker, job_id)
+    [event] = wait_for(lambda: _tracking_events(worker, job_id), 60, "the tracking warning", worker)
+    assert "MLflow refused" in event.message and "HTTP 400" in event.data["error"]
+    assert _runs(mlflow_server, tenant) == []
 
 
 def test_mlflow_down_the_job_succeeds_with_a_tracking_warning(worker: LiveWorker,
