@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
@@ -48,6 +48,8 @@ class MlflowError(Exception):
 class Run:
     run_id: str
     artifact_uri: str
+    # The latest step MLflow holds per metric key (a run an earlier attempt wrote: what not to resend)
+    latest_steps: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,9 @@ class MlflowClient:
 
 def _run(data: Mapping[str, Any]) -> Run:
     info = data["info"]
-    return Run(run_id=str(info["run_id"]), artifact_uri=str(info.get("artifact_uri", "")))
+    metrics = (data.get("data") or {}).get("metrics") or []
+    return Run(run_id=str(info["run_id"]), artifact_uri=str(info.get("artifact_uri", "")),
+               latest_steps={str(m["key"]): int(m.get("step", 0)) for m in metrics})
 
 
 def _files(folder: Path) -> Iterable[Path]:

@@ -9,7 +9,8 @@
     attempt ends    → ended(job)    once the job is terminal: its final metrics, the adapter
                                     folder as the artifact `adapter/`, the run's end status
                                     (FINISHED / FAILED / KILLED); a requeued job's run stays open
-                                    for its next attempt (on any worker: found by its job id tag)
+                                    for its next attempt (on any worker: found by its job id tag;
+                                    the steps MLflow already holds are not sent again)
 
 The registry is the buffer: the thread holds a cursor per job, not its points, so MLflow being
 down costs no memory but `mlflow_max_jobs` small records; past that the oldest job is dropped.
@@ -181,6 +182,8 @@ class Sink(threading.Thread):
             return True
         if entry.run is None:
             entry.run = self._open_run(job)
+            entry.last_step = max(entry.run.latest_steps.values(), default=0)
+        sent = entry.run.latest_steps  # a found run: the steps an earlier attempt sent are not sent again
         while True:
             with session_scope(self.settings) as session:
                 points = points_after(session, job.id, entry.cursor, POINTS_PER_READ)
@@ -188,7 +191,8 @@ class Sink(threading.Thread):
                 break
             now_ms = _ms(time.time())
             self.client.log_batch(entry.run.run_id, [
-                MetricValue(_name(p.name), p.value, p.step, now_ms) for p in points if _finite(p.value)])
+                MetricValue(_name(p.name), p.value, p.step, now_ms) for p in points
+                if _finite(p.value) and p.step > sent.get(_name(p.name), -1)])
             entry.cursor = points[-1].id
             entry.last_step = max(entry.last_step, *(p.step for p in points))
         if not job.ended:
@@ -216,7 +220,8 @@ class Sink(threading.Thread):
         run = entry.run
         assert run is not None
         finals = [MetricValue(_name(k), v, entry.last_step, _ms(time.time()))
-                  for k, v in sorted(job.final_metrics.items()) if _finite(v)]
+                  for k, v in sorted(job.final_metrics.items())
+                  if _finite(v) and run.latest_steps.get(_name(k), -1) < entry.last_step]
         self.client.log_batch(run.run_id, finals)
         if job.adapter_id is not None:
             folder = artifacts.adapter_path(self.settings, job.tenant_id, job.adapter_id)

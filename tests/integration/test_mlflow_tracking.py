@@ -42,6 +42,7 @@ from tests.integration.workers import (
     wait_for,
     worker_env,
 )
+from worker.tracking import Sink
 
 pytestmark = pytest.mark.integration
 
@@ -220,6 +221,24 @@ def test_a_job_is_one_mlflow_run_and_an_opted_out_job_none(worker: LiveWorker,
     weights = httpx.get(f"{mlflow_server.url}/api/2.0/mlflow-artifacts/artifacts/{root}/adapter/"
                         "adapter_model.safetensors", timeout=30)
     assert weights.content == (folder / "adapter_model.safetensors").read_bytes()
+
+    # Another attempt (a sink on another worker, here this process's) finds the run by its tag and
+    # sends nothing twice: the same history, the same final metrics, the run still FINISHED.
+    def histories() -> dict[str, int]:
+        return {key: len(_get(mlflow_server, "metrics/get-history", run_id=run_id, metric_key=key)["metrics"])
+                for key in sorted(series | set(finals))}
+
+    before = histories()
+    other = Sink(worker.settings)
+    try:
+        other.watch(tracked)
+        other.ended(tracked)
+        other.pass_once()
+        assert not other.jobs
+    finally:
+        other.client.close()
+    assert histories() == before
+    assert [r["info"]["status"] for r in _runs(mlflow_server, tenant)] == ["FINISHED"]
 
     # The opted-out job: no run anywhere, no warning either.
     assert all(r["info"]["run_name"] != opted_out for r in _runs(mlflow_server, tenant))

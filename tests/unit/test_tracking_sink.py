@@ -6,6 +6,7 @@ run written to a real `mlflow server` is tests/integration/test_mlflow_tracking.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
@@ -17,6 +18,8 @@ from orchestrator.registry.db import session_scope
 from orchestrator.services.jobs import JobLabels, job_events, submit_job
 from orchestrator.services.tenants import create_tenant
 from tests.registry_fixtures import SPEC
+from tests.webhook_receiver import Receiver
+from worker.mlflow_rest import MlflowClient, MlflowError
 from worker.tracking import PARAM_VALUE_MAX, Sink, spec_params
 
 pytest_plugins = ["registry_fixtures"]
@@ -41,6 +44,25 @@ def test_the_tracking_server_is_an_http_url_of_the_operator(tmp_path) -> None:
     for bad in ("file:///tmp/mlruns", "databricks", "sqlite:///x.db"):
         with pytest.raises(ConfigError, match=r"LORAFLEET_MLFLOW_TRACKING_URI=.*allowed: an http"):
             load_settings({**home, "LORAFLEET_MLFLOW_TRACKING_URI": bad})
+
+
+def test_basic_auth_leaves_the_url_and_answers_are_classified() -> None:
+    """Against a real local HTTP server: the URL's user:password@ goes as an Authorization header
+    (httpx logs URLs); 503 is worth another try, 400 is not."""
+    receiver = Receiver()
+    try:
+        client = MlflowClient(receiver.url.replace("http://", "http://ops:s%40cret@"), timeout_s=5)
+        assert "s@cret" not in str(client.http.base_url) and "ops" not in str(client.http.base_url)
+        for status, transient in ((503, True), (429, True), (400, False)):
+            receiver.answer = status
+            with pytest.raises(MlflowError) as caught:
+                client.finish_run("r1", "FINISHED", 0)
+            assert caught.value.transient is transient and f"HTTP {status}" in str(caught.value)
+        auth = {r.headers["authorization"] for r in receiver.received}
+        assert auth == {"Basic " + base64.b64encode(b"ops:s@cret").decode()}
+        client.close()
+    finally:
+        receiver.close()
 
 
 def test_spec_params_flatten_and_keep_values_as_data() -> None:
