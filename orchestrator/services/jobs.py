@@ -49,7 +49,7 @@ from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.views import JobDetail
 from orchestrator.services.webhook_outbox import job_ended
 
-BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_adapter_id")
+BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_adapter_id", "tracking")
 
 
 @dataclass(frozen=True)
@@ -434,7 +434,10 @@ def _split_item(item: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
     tenant = item.get("tenant")
     if not isinstance(tenant, str):
         raise InvalidInput("missing 'tenant' (the tenant's slug)")
-    options = {k: item[k] for k in ("priority", "idempotency_key", "init_from_adapter_id") if k in item}
+    options = {k: item[k] for k in ("priority", "idempotency_key", "init_from_adapter_id", "tracking")
+               if k in item}
+    if not isinstance(options.get("tracking", True), bool):
+        raise InvalidInput(f"'tracking' must be true or false (got {options['tracking']!r})")
     if "spec" in item:
         extra = sorted(set(item) - set(BATCH_ITEM_KEYS))
         if extra:
@@ -462,6 +465,7 @@ def submit_batch(
     attempts = attempt_budget(max_attempts)
     problems: dict[int, list[str]] = {}
     prepared: list[_Prepared] = []
+    labels: list[JobLabels] = []  # beside `prepared`: an item's `tracking: false`
     seen_keys: dict[tuple[str, str], int] = {}
     staged: list[Path] = []
     try:
@@ -485,6 +489,7 @@ def submit_batch(
                     continue
                 seen_keys[key] = i
             prepared.append(p)
+            labels.append(JobLabels(tracking=options.get("tracking", True)))
         if problems:
             raise BatchError(problems)
         fresh = [p for p in prepared if _existing_for_key(session, p) is None]
@@ -495,8 +500,8 @@ def submit_batch(
             check_queued(session, group[0].tenant, len(group))
             for p in group:
                 _admit(session, p, settings, queued_adding=len(group))
-        return [_sent_if_queued(session, _existing_for_key(session, p) or _insert(session, p, attempts))
-                for p in prepared]
+        return [_sent_if_queued(session, _existing_for_key(session, p) or _insert(session, p, attempts, lab))
+                for p, lab in zip(prepared, labels, strict=True)]
     except BaseException:
         remove_staged(staged)
         raise

@@ -120,10 +120,13 @@ def test_submit_batch_is_all_or_nothing(home: Path, tmp_path: Path):
         {"tenant": "acme", "task": t, "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
         for t in ("sst2", "mrpc", "rte")
     ]
-    bad = [*good, {"tenant": "globex", "task": "cola", "method": "qlora"}]
+    good[2]["tracking"] = False  # out of the operator's MLflow
+    bad = [*good, {"tenant": "globex", "task": "cola", "method": "qlora"},
+           {"tenant": "acme", "spec": {"task": "sst2"}, "tracking": "no"}]
     (tmp_path / "bad.yaml").write_text(json.dumps(bad))  # JSON is YAML
     result = run("job", "submit-batch", str(tmp_path / "bad.yaml"), ok=False)
     assert result.exit_code == 1 and "item 3" in result.stderr
+    assert "'tracking' must be true or false" in result.stderr
     with session_scope() as s:
         assert list_jobs(s) == []
 
@@ -134,6 +137,8 @@ def test_submit_batch_is_all_or_nothing(home: Path, tmp_path: Path):
     ]
     with session_scope() as s:
         assert sorted(j.id for j in list_jobs(s, tenant="acme", state="queued")) == sorted(ids)
+        assert [get_job(s, i).job.tracking for i in ids] == [True, True, False]
+        assert "tracking" not in get_job(s, ids[2]).job.spec
     assert sorted(m["args"][0] for m in queued_messages(home)) == sorted(ids)
 
 
