@@ -32,7 +32,7 @@ from orchestrator.config import Settings
 from orchestrator.registry.db import session_scope
 from orchestrator.retries import Abort, Outcome, backoff, decide, describe, is_transient
 from orchestrator.services.leases import UsageRecord
-from worker import health
+from worker import health, tracking
 from worker.executor import JobContext, JobHooks, JobResult
 from worker.inputs import JobInputs, resolve_inputs
 
@@ -317,6 +317,7 @@ class Attempt:
     def start(self) -> Attempt:
         self.started = time.monotonic()
         self.keepalive.start()
+        tracking.watch(self.settings, self.job_id)
         return self
 
     def stop(self) -> None:
@@ -392,8 +393,10 @@ class Attempt:
         return RunResult("requeued", self.job_id, reason)
 
     def close(self) -> None:
-        """The keep-alive stopped and this attempt's staging folder removed."""
+        """The keep-alive stopped and this attempt's staging folder removed (its outcome is
+        recorded by now: the MLflow sink may end the job's run)."""
         self.stop()
+        tracking.ended(self.settings, self.job_id)
         staging = self.ctx.staging_dir
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(staging.with_name(staging.name + ".inputs"), ignore_errors=True)

@@ -32,6 +32,7 @@ from sqlalchemy import (
     false,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -195,6 +196,8 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     suffix: Mapped[str | None] = mapped_column(String(64))
     validation_dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"))
+    # False: the tenant opted this job out of the operator's MLflow tracking (`integrations`).
+    tracking: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # The registered data set a custom task trains on (also in spec.dataset).
     dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"), index=True)
     init_from_adapter_id: Mapped[str | None] = mapped_column(
