@@ -314,7 +314,8 @@ def compare_report(session: Session, filters: Filters) -> CompareReport:
         groups.setdefault((row.task, row.base_model), []).append(row)
     for group in groups.values():
         # The reference is full fine-tuning as it usually runs (without gradient checkpointing).
-        full = min((r for r in group if r.method == "full"), key=lambda r: r.gradient_checkpointing, default=None)
+        full = min((r for r in group if r.method == "full"), key=lambda r: r.gradient_checkpointing,
+                   default=None)
         untuned = next((r for r in group if r.method == "none"), None)
         for row in group:
             if row.method == "none":

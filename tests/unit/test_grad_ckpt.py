@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from lora_engine.errors import SpecError
-from lora_engine.forward import reference_classification_logits, training_loss
-from lora_engine.forward import recompute
+from lora_engine.forward import recompute, reference_classification_logits, training_loss
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora, mark_only_lora_as_trainable
 from lora_engine.models import load_base_model
 from lora_engine.packing import refusal
@@ -82,7 +81,8 @@ def test_encoder_reference_forward_obeys_the_same_switch():
     model, tok = adapted("tiny-bert", "classification", labels=3)
     batch = dict(tok(TEXTS, padding=True, return_tensors="pt"))
     layers = model.bert.encoder.layer
-    same_step_with_and_without(model, layers, lambda: reference_classification_logits(model, batch).square().sum())
+    same_step_with_and_without(model, layers,
+                               lambda: reference_classification_logits(model, batch).square().sum())
 
 
 def test_decoder_step_is_the_same_with_checkpointing():
