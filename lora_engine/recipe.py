@@ -63,7 +63,7 @@ from lora_engine.checkpoint import (
 )
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, seed_everything, synchronize
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
-from lora_engine.forward import training_loss
+from lora_engine.forward import recompute, training_loss
 from lora_engine.forward.encoder import set_pooling
 from lora_engine.methods import method
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
@@ -132,6 +132,10 @@ class RunStats:
     peak_mem_bytes: int
     examples: int
     tokens: int
+    # Peak minus the memory once the model was loaded (None in a pack, which loads once for all),
+    # and the mean device time of this attempt's optimizer steps: what gradient checkpointing trades.
+    activation_mem_bytes: int | None = None
+    step_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,10 @@ class Run:
     examples: int = 0
     tokens: int = 0
     device_s: float = 0.0
+    # This attempt's optimizer steps and their device time (not checkpointed: a resumed attempt
+    # counts its own).
+    fit_steps: int = 0
+    fit_s: float = 0.0
 
 
 def label_names_for(spec: TrainingSpec) -> tuple[str, ...]:
@@ -360,6 +368,7 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: Traini
     seed_everything(spec.seed)
     reset_head(model, heads)
     settings = _adapt(spec, model, heads)
+    recompute.set_enabled(model, spec.gradient_checkpointing)
 
     encoded = data.encoded
     sampler = BucketBatchSampler(encoded.lengths, spec.batch_size, seed=spec.seed)
@@ -545,7 +554,10 @@ def end_step(run: Run, hooks: TrainHooks, step_loss: float, grad_norm: float, pa
         raise TrainingDiverged(run.step + 1, step_loss, why)
     apply_update(run)
     run.losses.append(step_loss)
-    run.device_s += time.perf_counter() - since
+    took = time.perf_counter() - since
+    run.device_s += took
+    run.fit_s += took
+    run.fit_steps += 1
     if hooks.on_progress is not None:
         hooks.on_progress(progress_event(run, step_loss, pace.rate(), grad_norm))
     if run.selection is not None and (run.step % run.spec.eval_every == 0 or run.step == run.total_steps):
@@ -671,6 +683,7 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
     mem.start()
     try:
         run = setup(spec, data_dir=data_dir, cache=cache, device=device)
+        mem.mark_loaded()
         resumed = resume_run(run, hooks.checkpoint_dir)
         if resumed is not None and hooks.on_resume is not None:
             hooks.on_resume(run.step, resumed)
@@ -716,7 +729,9 @@ def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wa
     adapter_bytes = folder_bytes(folder)
     stats = RunStats(trainable_params=trainable, total_params=total, adapter_bytes=adapter_bytes,
                      wall_s=time.perf_counter() - wall0, device_s=run.device_s, device=run.device.name,
-                     peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens)
+                     peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens,
+                     activation_mem_bytes=mem.activation_bytes(),
+                     step_s=run.fit_s / run.fit_steps if run.fit_steps else None)
     return TrainResult(adapter_dir=folder, metrics=metrics, stats=stats, losses=list(run.losses),
                        eval_history=list(run.selection.history) if run.selection is not None else [])
 

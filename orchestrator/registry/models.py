@@ -180,6 +180,7 @@ class Job(Base):
     method: Mapped[str] = mapped_column(String(16))
     rank: Mapped[int] = mapped_column(Integer)
     base_model: Mapped[str] = mapped_column(String(255))
+    gradient_checkpointing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     priority: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -332,6 +333,10 @@ class Usage(Base):
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     examples: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Training only: peak minus the memory once the model was loaded, and the mean device time of
+    # an optimizer step (what gradient checkpointing trades; `report compare`).
+    activation_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    step_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_usage_job_id_attempt"),)

@@ -40,7 +40,8 @@ from orchestrator.services.webhook_outbox import job_ended
 # writes ~200 events, not 10k).
 PROGRESS_EVENT_INTERVAL_S = 5.0
 
-USAGE_FIELDS = ("device", "device_seconds", "wall_seconds", "peak_memory_bytes", "examples", "tokens")
+USAGE_FIELDS = ("device", "device_seconds", "wall_seconds", "peak_memory_bytes", "examples", "tokens",
+                "activation_memory_bytes", "step_seconds")
 
 
 def _lease(now: datetime, lease_seconds: float) -> datetime:
@@ -274,14 +275,19 @@ class UsageRecord:
     peak_memory_bytes: int | None = None
     examples: int = 0
     tokens: int = 0
+    activation_memory_bytes: int | None = None  # peak minus the memory once the model was loaded
+    step_seconds: float | None = None  # mean device time of the attempt's optimizer steps
 
     @classmethod
     def of_run(cls, stats: Any) -> UsageRecord:
         """What a run cost, from the engine's run statistics (`lora_engine.recipe.RunStats`, or
-        any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`)."""
+        any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`,
+        and optionally `activation_mem_bytes`, `step_s`)."""
         return cls(device=stats.device, device_seconds=float(stats.device_s),
                    wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,
-                   examples=int(stats.examples), tokens=int(stats.tokens))
+                   examples=int(stats.examples), tokens=int(stats.tokens),
+                   activation_memory_bytes=getattr(stats, "activation_mem_bytes", None),
+                   step_seconds=getattr(stats, "step_s", None))
 
     @classmethod
     def coerce(cls, usage: UsageRecord | Mapping[str, Any]) -> UsageRecord:
@@ -291,7 +297,8 @@ class UsageRecord:
         unknown = sorted(set(usage) - set(USAGE_FIELDS))
         if unknown:
             raise InvalidInput(f"unknown usage fields {unknown}; allowed: {', '.join(USAGE_FIELDS)}")
-        peak = usage.get("peak_memory_bytes")
+        peak, activation, step = (usage.get(k) for k in ("peak_memory_bytes", "activation_memory_bytes",
+                                                          "step_seconds"))
         return cls(
             device=str(usage.get("device", "cpu")),
             device_seconds=float(usage.get("device_seconds", 0.0)),
@@ -299,6 +306,8 @@ class UsageRecord:
             peak_memory_bytes=None if peak is None else int(peak),
             examples=int(usage.get("examples", 0)),
             tokens=int(usage.get("tokens", 0)),
+            activation_memory_bytes=None if activation is None else int(activation),
+            step_seconds=None if step is None else float(step),
         )
 
 
@@ -312,7 +321,8 @@ def _usage_row(job: Job, usage: UsageInput) -> Usage | None:
     return Usage(
         job_id=job.id, tenant_id=job.tenant_id, attempt=job.attempts, device=u.device,
         device_seconds=u.device_seconds, wall_seconds=u.wall_seconds, peak_memory_bytes=u.peak_memory_bytes,
-        examples=u.examples, tokens=u.tokens,
+        examples=u.examples, tokens=u.tokens, activation_memory_bytes=u.activation_memory_bytes,
+        step_seconds=u.step_seconds,
     )
 
 
