@@ -1,7 +1,7 @@
 """gradient checkpointing: the job's switch, and what it trades in each attempt's usage
 
 Revision ID: 2026_12_08_grad_ckpt
-Revises: 2026_12_07_inference_usage
+Revises: 2026_12_08_job_tracking
 Create Date: 2026-12-08 09:00:00+00:00
 
 `jobs.gradient_checkpointing` is denormalised from the spec (reports group by it);
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "2026_12_08_grad_ckpt"
-down_revision: str | None = "2026_12_07_inference_usage"
+down_revision: str | None = "2026_12_08_job_tracking"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
