@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
 
 from lora_engine.adapters.digest import adapter_files_digest
 from lora_engine.errors import AdapterError
@@ -32,6 +29,8 @@ from orchestrator.services.inference import (
 from orchestrator.services.jobs import submit_job
 from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
 from orchestrator.services.tenants import create_tenant
+from tests.registry_fixtures import statements
+from worker.serve.lookup import AdapterLookup
 
 pytest_plugins = ["registry_fixtures"]
 
@@ -48,23 +47,6 @@ def settings(registry_url: str, tmp_path: Path):
         "LORAFLEET_ARTIFACTS": str(tmp_path / "artifacts"), "LORAFLEET_DATA_ROOTS": str(data),
         "LORAFLEET_DATA_DIR": os.environ["LORAFLEET_DATA_DIR"],
     })
-
-
-@contextmanager
-def statements(session) -> Iterator[list[str]]:
-    """The SQL statements `session`'s engine runs inside the block (not the transactions' BEGIN)."""
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        if not statement.lstrip().upper().startswith("BEGIN"):
-            seen.append(statement)
-
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def trained(session, settings, slug: str, row: dict):
@@ -92,7 +74,7 @@ def test_names_find_only_the_tenants_own_live_adapters(session, settings):
     theirs = trained(session, settings, "globex", PAIR)
     names = model_names_of(session, [chat, pairs, theirs])
     acme = chat.tenant_id
-    with statements(session) as seen:
+    with statements(settings.database_url) as seen:
         served = served_adapter(session, names[chat.id], acme)
     assert len(seen) == 1, seen  # the server looks every uncached request up: one statement
     assert (served.id, served.name, served.sha256) == (chat.id, names[chat.id], chat.sha256)
@@ -127,3 +109,21 @@ def test_usage_is_summed_per_tenant(session, settings):
                                "device_seconds": pytest.approx(0.75)}
     assert inference_totals(session, "globex") == {globex.id: {"requests": 1, "prompt_tokens": 7,
                                                                "completion_tokens": 0, "device_seconds": 1.0}}
+
+
+def test_the_servers_lookup_keeps_a_name_until_its_adapter_is_deleted(session, settings):
+    """worker/serve/lookup.py: a name found once is answered from memory (no statement) while its
+    folder is there; `adapter delete` removes the folder, and the next lookup finds it gone."""
+    acme = create_tenant(session, "acme")
+    adapter = trained(session, settings, "acme", PAIR)
+    name = model_names_of(session, [adapter])[adapter.id]
+    lookup = AdapterLookup(ttl_s=300)
+    assert lookup.find(session, name, acme.id).id == adapter.id
+    with statements(settings.database_url) as seen:
+        assert lookup.find(session, name, acme.id).id == adapter.id
+    assert seen == []
+    with pytest.raises(errors.NotFound):
+        lookup.find(session, name, create_tenant(session, "globex").id)  # kept per tenant
+    delete_adapter(session, adapter.id, "acme", settings=settings)
+    with pytest.raises(errors.NotFound):
+        lookup.find(session, name, acme.id)
