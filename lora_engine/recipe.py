@@ -170,6 +170,9 @@ class Run:
     examples: int = 0
     tokens: int = 0
     device_s: float = 0.0
+    # Data parallel across ranks (multidevice.parallel.DataParallel): this rank trains its slice
+    # of every batch and the gradients are averaged before each update; None: one process.
+    parallel: Any = None
 
 
 def label_names_for(spec: TrainingSpec) -> tuple[str, ...]:
@@ -389,7 +392,8 @@ def train_rows(spec: TrainingSpec, *, data_dir: str | Path) -> int:
 
 
 def _fingerprint(spec: TrainingSpec) -> str:
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    # `devices` places the run, it does not change its math: a checkpoint resumes on any count.
+    return json.dumps(spec.model_dump(mode="json", exclude={"devices"}), sort_keys=True)
 
 
 def save_run_checkpoint(run: Run, folder: Path) -> Path:
@@ -442,7 +446,10 @@ def training_batches(run: Run) -> Iterator:
     from lora_engine.data.batching import collate
 
     for indices in run.sampler.forever():
-        yield collate(run.encoded, indices)
+        if run.parallel is None:
+            yield collate(run.encoded, indices)
+        else:  # this rank's slice of the batch
+            yield run.parallel.shard(run.encoded, indices)
 
 
 @dataclass
@@ -528,7 +535,10 @@ def end_step(run: Run, hooks: TrainHooks, step_loss: float, params: list[nn.Para
     weights); then the update (clip, step, zero_grad), the step's loss, its device time (from
     `since`), the progress hook, an evaluation of the held-out rows when due, a checkpoint when
     due or stopping; TrainingStopped (after the checkpoint) when `hooks.should_stop()`.
+    Data parallel: the ranks' gradients and losses are averaged first, so every rank decides alike.
     """
+    if run.parallel is not None:
+        step_loss = run.parallel.sync_step(params, step_loss)
     why = divergence([*run.losses, step_loss], hooks.divergence_factor, hooks.divergence_patience)
     if why is not None:
         raise TrainingDiverged(run.step + 1, step_loss, why)
@@ -571,7 +581,7 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             batch = next(batches)
             inputs = {k: v.to(dev.device, non_blocking=True) for k, v in batch.inputs.items()}
             with autocast(dev):
-                loss = training_loss(model, inputs, kind) / run.spec.grad_accum
+                loss = training_loss(model, inputs, kind) * batch.share / run.spec.grad_accum
             loss.backward()
             step_loss += loss.item()  # waits for the device: the step's device time ends here
             pace.count(run, batch)

@@ -212,7 +212,7 @@ class Pack:
             raise LoraConfigError(f"a {spec.pooling}-pooled job cannot join a pack of {pooling}-pooled "
                                   "jobs: it trains in another pack or alone")
         why = refusal(method=spec.method, arch=self.arch, kind=kind, evaluates=bool(spec.eval_every),
-                      continues_adapter=spec.init_from is not None)
+                      continues_adapter=spec.init_from is not None, devices=spec.devices)
         if why is not None:
             raise LoraConfigError(why)
 
