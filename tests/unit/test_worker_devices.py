@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from orchestrator.config import load_settings
 from orchestrator.registry.db import forget_engine, session_scope
-from orchestrator.registry.models import Usage
-from orchestrator.services.jobs import cancel_job, get_job, job_events, submit_job
+from orchestrator.registry.models import Job, Usage
+from orchestrator.services.jobs import cancel_job, job_events, submit_job
 from orchestrator.services.tenants import create_tenant
 from worker.runner import run_job
 
@@ -86,7 +86,7 @@ def test_a_killed_rank_ends_the_attempt_within_the_lease_and_the_job_resumes(tmp
         assert "RankFailed: rank 1 of 2 was killed by signal 9" in first.detail
         assert rank_pids() == {}  # ...and takes every rank with it
         with session_scope(settings) as s:
-            job = get_job(s, job_id)
+            job = s.get(Job, job_id)
             assert (job.state, job.attempts) == ("queued", 1)
 
         thread, out = in_thread(lambda: run_job(job_id, worker_id="w:1", settings=settings, cache=None))
@@ -98,7 +98,7 @@ def test_a_killed_rank_ends_the_attempt_within_the_lease_and_the_job_resumes(tmp
         assert out["result"].outcome == "cancelled"  # the cancel reached rank 0: every rank stopped
         assert rank_pids() == {}
         with session_scope(settings) as s:
-            job = get_job(s, job_id)
+            job = s.get(Job, job_id)
             usage = s.execute(select(Usage.device_seconds, Usage.wall_seconds).where(Usage.job_id == job_id)
                               .order_by(Usage.attempt)).all()
         assert job.state == "cancelled"
