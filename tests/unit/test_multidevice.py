@@ -63,9 +63,9 @@ def assert_same_run(run, reference):
     b = load_file(str(reference.adapter_dir / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
-        # Per tensor, not per element: Adam normalises each coordinate's update, so one whose
-        # gradient is ~0 turns float noise (summation order) into a visible step of its own.
-        assert float((a[name] - b[name]).norm()) <= 1e-4 * float(b[name].norm()), name
+        # Per tensor, not per element: Adam's first update is ~lr·sign(g) per coordinate, so one
+        # whose gradient is ~0 takes its sign from float noise (the slices' summation order).
+        assert float((a[name] - b[name]).norm()) <= 1e-3 * float(b[name].norm()), name
     assert (run.stats.examples, run.stats.tokens) == (reference.stats.examples, reference.stats.tokens)
 
 
