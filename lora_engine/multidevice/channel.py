@@ -8,20 +8,19 @@
     <run>/store            the process group's rendezvous (torch FileStore: no port to pick)
 
 Files, not pipes: a rank is a process of its own (spawned as torchrun spawns them), and a
-folder is what survives any of them dying. Every document is JSON (no pickle), read back through
-`safe_json.loads`.
+folder is what survives any of them dying. Every document is JSON (no pickle). The folder is the
+launcher's private one (mode 0700) and only its own ranks write there: nothing in it comes from
+outside, so it is read with `json` itself, whose NaN a metric may need (safe_json refuses it).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from lora_engine import errors
-from lora_engine.safe_json import loads
 
 PLAN, EVENTS, STOP, RESULT, STORE = "plan.json", "events.jsonl", "stop", "result.json", "store"
 
@@ -46,12 +45,13 @@ class Plan:
 
     @classmethod
     def read(cls, folder: Path) -> Plan:
-        data = loads((folder / PLAN).read_bytes(), what=str(folder / PLAN))
+        data = read_json(folder / PLAN)
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def read_json(path: Path) -> Any:
+    """A document one of this run's own processes wrote (see the module docstring)."""
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def append_event(folder: Path, kind: str, **data: Any) -> None:
@@ -75,7 +75,7 @@ class EventReader:
             return []
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self.offset += len(complete)
-        return [loads(line, what=str(self.path)) for line in complete.splitlines() if line.strip()]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 # --- errors: a rank's exception, rebuilt in the launcher as the same type ----------------------------
@@ -91,7 +91,7 @@ def describe_error(exc: BaseException, *, collective: bool) -> dict[str, Any]:
     """What rank writes about the exception it raised. `collective`: a failed collective (a peer
     died or hung), not a problem of the rank's own."""
     return {"type": type(exc).__name__, "message": str(exc), "collective": collective,
-            "step": getattr(exc, "step", None), "loss": finite_or_none(float(getattr(exc, "loss", 0.0))),
+            "step": getattr(exc, "step", None), "loss": getattr(exc, "loss", None),
             "why": str(exc).partition("): ")[2] if isinstance(exc, errors.TrainingDiverged) else None,
             "problems": getattr(exc, "problems", None),
             "errno": getattr(exc, "errno", None) if isinstance(exc, OSError) else None}
@@ -103,9 +103,7 @@ def rebuild_error(report: dict[str, Any]) -> BaseException:
     if kind == "TrainingStopped":
         return errors.TrainingStopped(int(report["step"]))
     if kind == "TrainingDiverged":
-        loss = report["loss"]
-        return errors.TrainingDiverged(int(report["step"]), math.nan if loss is None else loss,
-                                       report["why"] or message)
+        return errors.TrainingDiverged(int(report["step"]), float(report["loss"]), report["why"] or message)
     if kind == "SpecError" and isinstance(report.get("problems"), list):
         return errors.SpecError([str(p) for p in report["problems"]])
     if report.get("errno") is not None:

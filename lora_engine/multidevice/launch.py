@@ -35,9 +35,9 @@ from lora_engine.multidevice.channel import (
     EventReader,
     Plan,
     error_file,
+    read_json,
     rebuild_error,
 )
-from lora_engine.safe_json import loads
 
 POLL_S = 0.2
 KILL_GRACE_S = 5.0
@@ -112,9 +112,7 @@ def relay(event: dict, hooks) -> None:
     elif kind == "resume" and hooks.on_resume is not None:
         hooks.on_resume(int(event["step"]), Path(event["path"]))
     elif kind == "evaluate" and hooks.on_evaluate is not None:
-        score = event["score"]
-        hooks.on_evaluate(EvalPoint(event["step"], event["epoch"], float("-inf") if score is None else score,
-                                    event["metrics"]))
+        hooks.on_evaluate(EvalPoint(**event))
     elif kind == "phase" and hooks.on_phase is not None:
         hooks.on_phase(event["phase"])
 
@@ -126,7 +124,7 @@ def failure(folder: Path, ranks: Ranks) -> BaseException:
     for r in range(len(ranks.procs)):
         path = error_file(folder, r)
         if path.is_file():
-            reports[r] = loads(path.read_bytes(), what=str(path))
+            reports[r] = read_json(path)
     own = [r for r in sorted(reports) if not reports[r]["collective"]]
     if own:
         return rebuild_error(reports[own[0]])
@@ -145,12 +143,10 @@ def read_result(folder: Path):
     from lora_engine.recipe import RunStats, TrainResult
     from lora_engine.selection import EvalPoint
 
-    doc = loads((folder / RESULT).read_bytes(), what=str(folder / RESULT))
-    history = [EvalPoint(p["step"], p["epoch"], float("-inf") if p["score"] is None else p["score"],
-                         p["metrics"]) for p in doc["eval_history"]]
+    doc = read_json(folder / RESULT)
     return TrainResult(adapter_dir=Path(doc["adapter_dir"]), metrics=doc["metrics"],
-                       stats=RunStats(**doc["stats"]),
-                       losses=[float("nan") if x is None else x for x in doc["losses"]], eval_history=history)
+                       stats=RunStats(**doc["stats"]), losses=doc["losses"],
+                       eval_history=[EvalPoint(**p) for p in doc["eval_history"]])
 
 
 def train_on_devices(spec, output_dir: str | Path, *, data_dir: str | Path, devices: int, hooks=None,

@@ -32,7 +32,6 @@ from lora_engine.multidevice.channel import (
     append_event,
     describe_error,
     error_file,
-    finite_or_none,
 )
 from lora_engine.multidevice.parallel import DataParallel
 
@@ -84,7 +83,7 @@ def rank_hooks(plan: Plan, folder: Path, parallel: DataParallel):
         checkpoint_dir=Path(plan.checkpoint_dir) if plan.checkpoint_dir else None,
         on_checkpoint=lambda step, path: append_event(folder, "checkpoint", step=step, path=str(path)),
         on_evaluate=lambda p: append_event(folder, "evaluate", step=p.step, epoch=p.epoch,
-                                           score=finite_or_none(p.score), metrics=p.metrics),
+                                           score=p.score, metrics=p.metrics),
         on_phase=lambda phase: append_event(folder, "phase", phase=phase),
     )
 
@@ -114,11 +113,8 @@ def train_rank(plan: Plan, folder: Path, parallel: DataParallel):
 
 
 def write_result(folder: Path, result) -> None:
-    fin = finite_or_none
     doc = {"adapter_dir": str(result.adapter_dir), "metrics": result.metrics, "stats": asdict(result.stats),
-           "losses": [fin(x) for x in result.losses],
-           "eval_history": [{"step": p.step, "epoch": p.epoch, "score": fin(p.score), "metrics": p.metrics}
-                            for p in result.eval_history]}
+           "losses": result.losses, "eval_history": [asdict(p) for p in result.eval_history]}
     tmp = folder / (RESULT + ".tmp")
     tmp.write_text(json.dumps(doc), encoding="utf-8")
     tmp.replace(folder / RESULT)

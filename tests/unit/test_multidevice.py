@@ -120,3 +120,27 @@ def test_a_slice_of_an_uneven_batch_weighs_its_share_of_the_global_mean():
     # A rank with no row of a one-row batch trains a row at share 0 (it still joins the step).
     lonely = ranks[1].shard(encoded, [4])
     assert lonely.share == 0.0 and lonely.examples == 1
+
+
+def test_a_ranks_error_reaches_the_retry_policy_as_its_own_type():
+    import errno
+
+    from lora_engine.errors import RankFailed, SpecError, TrainingDiverged
+    from lora_engine.multidevice.channel import describe_error, rebuild_error
+    from orchestrator.retries import Outcome, classify
+
+    def again(exc):
+        return rebuild_error(json.loads(json.dumps(describe_error(exc, collective=False))))
+
+    stopped = again(TrainingStopped(7))
+    assert isinstance(stopped, TrainingStopped) and stopped.step == 7
+    diverged = again(TrainingDiverged(3, float("nan"), "the loss is not finite (try a lower learning rate)"))
+    assert isinstance(diverged, TrainingDiverged) and str(diverged) == str(
+        TrainingDiverged(3, float("nan"), "the loss is not finite (try a lower learning rate)"))
+    assert again(SpecError(["rank: too big"])).problems == ["rank: too big"]
+    full = again(OSError(errno.ENOSPC, "No space left on device"))
+    assert classify(full) is Outcome.FAILED  # storage full: an operator's, not retried
+    assert classify(again(RuntimeError("CUDA out of memory"))) is Outcome.REQUEUED
+    assert classify(again(ValueError("label 9 out of range"))) is Outcome.FAILED
+    assert classify(again(KeyboardInterrupt())) is Outcome.FAILED  # unknown types: by their text
+    assert classify(RankFailed("rank 1 of 2 was killed by signal 9")) is Outcome.REQUEUED
