@@ -90,7 +90,6 @@ def rank_hooks(plan: Plan, folder: Path, parallel: DataParallel):
 
 def train_rank(plan: Plan, folder: Path, parallel: DataParallel):
     """This rank's part of the run; rank 0 returns the TrainResult, the others None."""
-    from lora_engine.checkpoint import latest_checkpoint
     from lora_engine.device import PeakMemory, pick_device
     from lora_engine.recipe import end_run, fit, resolve_spec, resume_run, setup
 
@@ -105,7 +104,7 @@ def train_rank(plan: Plan, folder: Path, parallel: DataParallel):
     parallel.align(list(run.trainable.values()))
     hooks = rank_hooks(plan, folder, parallel)
     if resumed is not None and parallel.rank == 0:
-        append_event(folder, "resume", step=run.step, path=str(latest_checkpoint(plan.checkpoint_dir)))
+        append_event(folder, "resume", step=run.step, path=str(resumed))
     fit(run, hooks)
     if parallel.rank != 0:
         return None
