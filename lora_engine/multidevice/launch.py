@@ -66,8 +66,10 @@ class Ranks:
     def __init__(self, folder: Path, devices: int):
         threads = threads_per_rank(devices)
         command = [sys.executable, "-m", "lora_engine.multidevice.rank", str(folder)]
-        self.procs = [subprocess.Popen(command, env=rank_env(r, devices, folder, threads))
-                      for r in range(devices)]
+        # Their own session: a terminal's Ctrl-C reaches the launcher alone, which stops them
+        # through rank 0 (a checkpoint first); they die with it if it is killed (rank.py).
+        self.procs = [subprocess.Popen(command, env=rank_env(r, devices, folder, threads),
+                                       start_new_session=True) for r in range(devices)]
         self.first_failed: int | None = None
 
     @property

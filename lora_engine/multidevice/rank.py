@@ -142,7 +142,8 @@ def main(argv: list[str]) -> int:
         return 0
     except BaseException as exc:  # reported whole to the launcher, which rebuilds it
         rank = parallel.rank if parallel is not None else int(os.environ.get("RANK", "0"))
-        report = describe_error(exc, collective=collective_failure(exc))
+        # Interrupted (a signal, an exit) is not the job's problem either: the attempt is retried.
+        report = describe_error(exc, collective=collective_failure(exc) or not isinstance(exc, Exception))
         error_file(folder, rank).write_text(json.dumps(report), encoding="utf-8")
         if not isinstance(exc, Exception):
             raise
