@@ -1,7 +1,7 @@
 """devices: jobs.devices (how many devices a job spans) and workers.devices (how many a worker owns)
 
 Revision ID: 2026_12_08_devices
-Revises: 2026_12_07_inference_usage
+Revises: 2026_12_08_grad_ckpt
 Create Date: 2026-12-08 09:00:00+00:00
 
 A job with `devices: N` is claimed only by a worker process that owns at least N devices, and
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "2026_12_08_devices"
-down_revision: str | None = "2026_12_07_inference_usage"
+down_revision: str | None = "2026_12_08_grad_ckpt"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
