@@ -6,9 +6,10 @@
    loaded: a bad submission fails in milliseconds with every problem listed.
 2. `setup()` loads the base model (or takes it from a warm `BaseModelCache`), re-initialises the
    head from the seed, injects LoRA (or unfreezes everything for `full`), tokenises the data once
-   and builds AdamW with four parameter groups: {body, head} × {decayed, not decayed}. Weight decay
-   skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying a gain towards 0 would
-   shrink activations rather than regularise.
+   (the rows of each batch when it is first drawn, the rest in a second thread meanwhile; see
+   `data/streaming.py`) and builds AdamW with four parameter groups: {body, head} × {decayed, not
+   decayed}. Weight decay skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying
+   a gain towards 0 would shrink activations rather than regularise.
 3. `fit()` runs optimizer steps: `grad_accum` micro-batches, each loss divided by `grad_accum` so
    the update is that of one batch `grad_accum` times larger; gradient norm clipped to 1.0; the
    learning rate of every group is `base_lr · lr_factor(step)` (see `schedule.py`).
@@ -37,9 +38,10 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,19 +290,22 @@ def training_inputs(spec: TrainingSpec, *, data_dir: str | Path) -> tuple[list, 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """A run's training split as `prepare_run` takes it: held-out rows apart, the rest tokenised."""
+    """A run's training split as `prepare_run` takes it: held-out rows apart, the rest tokenised
+    or being tokenised."""
 
-    encoded: Any  # batching.Encoded of the rows trained on
+    encoded: Any  # batching.Encoded of the rows trained on, or streaming.PendingEncoded
     holdout: list  # the rows scored during training (empty without `eval_holdout`)
 
 
 def training_data(spec: TrainingSpec, examples: list, tokenizer) -> TrainingData:
     """Hold out the rows scored during training (here, so every path trains on the same rows) and
-    tokenise the rest (or take them from the token cache). Touches no RNG and no model."""
-    from lora_engine.data.batching import encode_examples
+    take the rest from the token cache, or as a split tokenised as its rows are asked for
+    (`streaming.pending_split`: only what decides the rows trained on is tokenised here).
+    Touches no RNG and no model."""
+    from lora_engine.data.streaming import pending_split
 
     examples, holdout = split_holdout(examples, spec.eval_holdout or 0, spec.seed)
-    encoded = encode_examples(examples, tokenizer, spec.max_length)
+    encoded = pending_split(examples, tokenizer, spec.max_length)
     if len(encoded) == 0:
         raise LoraConfigError(f"max_length {spec.max_length} leaves no training row with a target token")
     return TrainingData(encoded, holdout)
@@ -310,11 +315,14 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
     """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved.
 
     When the base model must be loaded (no warm cache, or another base in it), the training data
-    are read and tokenised in a second thread meanwhile, with a tokenizer of their own (one
-    tokenizer object is not shared between threads: a call may reconfigure its truncation). Both
-    take seconds on a cold worker (SmolLM2: ~2.5 s load, E2E's 42k rows ~3 s to tokenise), and
-    the tokenizer's Rust core runs without the GIL, so on two cores the data cost little more than
-    the load alone. Tokenising touches no RNG: the run is the one a serial setup gives.
+    are read in a second thread meanwhile, with a tokenizer of its own (one tokenizer object is
+    not shared between threads: a call may reconfigure its truncation). That thread hands the
+    split over as soon as the rows trained on are known (`streaming.PendingEncoded`; for
+    generation, once every distinct prompt is tokenised), then tokenises the rest while the base
+    loads and the first steps run; a batch whose rows are not done yet has them tokenised first.
+    Step 1 then waits for the load and one chunk of rows (E2E: ~0.5 s of the data's ~3 s of CPU,
+    against SmolLM2's ~2.5 s load). On a resident base the rows are tokenised in the job's thread
+    as batches ask for them. Tokenising touches no RNG: the run is the one a serial setup gives.
     """
     info = spec.info
     device = device or pick_device()
@@ -324,19 +332,37 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
         model, tokenizer = load_model(spec, info, num_labels, cache)
         data = training_data(spec, training_examples(spec, data_dir=data_dir), tokenizer)
     else:
-        from lora_engine.models import training_tokenizer
-
-        def read_and_tokenise() -> TrainingData:
-            examples = training_examples(spec, data_dir=data_dir)
-            return training_data(spec, examples, training_tokenizer(spec.base_model))
-
-        # The job's log context goes along (a line logged there still names the job).
-        with ThreadPoolExecutor(1, thread_name_prefix="training-data") as pool:
-            pending = pool.submit(contextvars.copy_context().run, read_and_tokenise)
-            model, tokenizer = load_model(spec, info, num_labels, cache)
-            data = pending.result()
+        handed = beside_the_load(spec, data_dir)
+        model, tokenizer = load_model(spec, info, num_labels, cache)
+        data = handed.result()
     model.to(device.device)
     return prepare_run(spec, model, tokenizer, data=data, label_names=label_names, device=device)
+
+
+def beside_the_load(spec: TrainingSpec, data_dir: str | Path) -> Future:
+    """Start the "training-data" thread of a cold setup: read the split, hold rows out, hand the
+    `TrainingData` over (the future), then tokenise the rest of the rows. The thread does not
+    outlive the split's tokenising; the job's log context goes along (a line logged there still
+    names the job)."""
+    from lora_engine.data.streaming import PendingEncoded
+    from lora_engine.models import training_tokenizer
+
+    handed: Future = Future()
+
+    def read_and_tokenise() -> None:
+        try:
+            examples = training_examples(spec, data_dir=data_dir)
+            data = training_data(spec, examples, training_tokenizer(spec.base_model))
+        except BaseException as exc:  # the job's thread raises it, from `handed.result()`
+            handed.set_exception(exc)
+            return
+        handed.set_result(data)
+        if isinstance(data.encoded, PendingEncoded):
+            data.encoded.tokenise_rest()
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(read_and_tokenise,), name="training-data", daemon=True).start()
+    return handed
 
 
 def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: TrainingData,
@@ -442,7 +468,7 @@ def training_batches(run: Run) -> Iterator:
     from lora_engine.data.batching import collate
 
     for indices in run.sampler.forever():
-        yield collate(run.encoded, indices)
+        yield collate(run.encoded.ready(indices), indices)
 
 
 @dataclass
