@@ -94,7 +94,7 @@ class PendingEncoded:
             self._kept = list(range(len(examples)))
             self._labels = [ex.label for ex in examples]
         self._examples, self._all = examples, len(examples)
-        n = len(self._kept)
+        self._n = n = len(self._kept)
         self._rows: list[list[int] | None] = [None] * n
         self._types: list[list[int] | None] = [None] * n
         self._has_types = False
@@ -106,7 +106,7 @@ class PendingEncoded:
         self.lengths = PendingLengths(self)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._n
 
     # --- rows on demand ---------------------------------------------------------------------------
 
