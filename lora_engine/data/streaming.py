@@ -108,6 +108,10 @@ class PendingEncoded:
     def __len__(self) -> int:
         return self._n
 
+    def rows_done(self) -> int:
+        """Rows tokenised so far."""
+        return self._n - self._left
+
     # --- rows on demand ---------------------------------------------------------------------------
 
     def ready(self, indices: Sequence[int]) -> Encoded | RowsSoFar:
