@@ -316,13 +316,14 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
 
     When the base model must be loaded (no warm cache, or another base in it), the training data
     are read in a second thread meanwhile, with a tokenizer of its own (one tokenizer object is
-    not shared between threads: a call may reconfigure its truncation). That thread hands the
-    split over as soon as the rows trained on are known (`streaming.PendingEncoded`; for
-    generation, once every distinct prompt is tokenised), then tokenises the rest while the base
-    loads and the first steps run; a batch whose rows are not done yet has them tokenised first.
-    Step 1 then waits for the load and one chunk of rows (E2E: ~0.5 s of the data's ~3 s of CPU,
-    against SmolLM2's ~2.5 s load). On a resident base the rows are tokenised in the job's thread
-    as batches ask for them. Tokenising touches no RNG: the run is the one a serial setup gives.
+    not shared between threads: a call may reconfigure its truncation), and handed over as soon
+    as the rows trained on are known (`streaming.PendingEncoded`; for generation, once every
+    distinct prompt is tokenised). From then on a batch tokenises its chunk's rows when it is
+    first drawn, in the job's thread, and the rows no batch asked for are tokenised once training
+    is over (`finish_tokenising`), so they compete with no step. Step 1 waits for the load and one
+    chunk (E2E: ~1 s of the data's ~3.5 s of CPU). On a resident base the rows are tokenised in
+    the job's thread as batches ask for them. Tokenising touches no RNG: the run is the one a
+    serial setup gives.
     """
     info = spec.info
     device = device or pick_device()
@@ -341,10 +342,8 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
 
 def beside_the_load(spec: TrainingSpec, data_dir: str | Path) -> Future:
     """Start the "training-data" thread of a cold setup: read the split, hold rows out, hand the
-    `TrainingData` over (the future), then tokenise the rest of the rows. The thread does not
-    outlive the split's tokenising; the job's log context goes along (a line logged there still
-    names the job)."""
-    from lora_engine.data.streaming import PendingEncoded
+    `TrainingData` over (the future) once the rows trained on are known. The job's log context
+    goes along (a line logged there still names the job)."""
     from lora_engine.models import training_tokenizer
 
     handed: Future = Future()
@@ -357,8 +356,6 @@ def beside_the_load(spec: TrainingSpec, data_dir: str | Path) -> Future:
             handed.set_exception(exc)
             return
         handed.set_result(data)
-        if isinstance(data.encoded, PendingEncoded):
-            data.encoded.tokenise_rest()
 
     context = contextvars.copy_context()
     threading.Thread(target=context.run, args=(read_and_tokenise,), name="training-data", daemon=True).start()
@@ -680,6 +677,7 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
     device = device or pick_device()
     mem = PeakMemory(device)
     mem.start()
+    run = None
     try:
         run = setup(spec, data_dir=data_dir, cache=cache, device=device)
         resumed = resume_run(run, hooks.checkpoint_dir)
@@ -692,6 +690,24 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
         if cache is not None:
             # A method that changed the base weights: the cache must not hand them out again.
             cache.checkin(dirty=method(spec.method).changes_base)
+        if run is not None:
+            finish_tokenising(run)
+
+
+def finish_tokenising(run: Run) -> threading.Thread | None:
+    """The rows of the training split no batch asked for, tokenised in a "training-data" thread
+    once training is over (the token cache then has the split for the next job on the same data):
+    only when the split's tokenizer is its own (a cold setup's), never the run's, which the
+    caller goes on using (the warm base's next job, in this thread). The thread, or None."""
+    from lora_engine.data.streaming import PendingEncoded
+
+    split = run.encoded
+    if not isinstance(split, PendingEncoded) or split.rows_done() == len(split) or split.uses(run.tokenizer):
+        return None
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(split.tokenise_rest,),
+                              name="training-data", daemon=True)
+    thread.start()
+    return thread
 
 
 def end_run(run: Run, hooks: TrainHooks, output_dir: Path, *, data_dir: str | Path, mem: PeakMemory,

@@ -108,6 +108,10 @@ class PendingEncoded:
     def __len__(self) -> int:
         return self._n
 
+    def uses(self, tokenizer) -> bool:
+        """Whether the rows still to tokenise go through `tokenizer` (the object itself)."""
+        return self._tokenizer is tokenizer
+
     def rows_done(self) -> int:
         """Rows tokenised so far."""
         return self._n - self._left

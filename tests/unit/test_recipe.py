@@ -380,26 +380,16 @@ def test_a_diverging_run_stops_before_writing_anything(tmp_path):
 
 def test_step_one_comes_before_the_split_is_tokenised_and_trains_as_a_pretokenised_run(tmp_path,
                                                                                          monkeypatch):
-    """A cold setup hands the split over once the rows trained on are known: step 1 tokenises its
-    own chunk, the "training-data" thread the rest (held here until step 1 is done). The losses,
-    rows and ids are those of a run whose split was tokenised before it began (the token cache's)."""
-    import threading
-
+    """A cold setup hands the split over once the rows trained on are known: each batch tokenises
+    its chunk when first drawn, and the rows no batch asked for are tokenised in a "training-data"
+    thread once training is over. The losses, rows and ids are those of a run whose split was
+    tokenised before it began (the token cache's, filled by that thread)."""
     from lora_engine import recipe
     from lora_engine.data import token_cache
     from lora_engine.data.batching import Encoded
     from lora_engine.data.streaming import PendingEncoded
     from lora_engine.device import pick_device
 
-    step_one, threads, at_step_one = threading.Event(), [], []
-    real = PendingEncoded.tokenise_rest
-
-    def held(split):
-        threads.append(threading.current_thread().name)
-        assert step_one.wait(120)
-        real(split)
-
-    monkeypatch.setattr(PendingEncoded, "tokenise_rest", held)
     monkeypatch.setenv("LORAFLEET_DATA_CACHE", "")  # in memory only, and forgotten below
     token_cache.forget()
     data = write_jsonl(tmp_path / "g.jsonl", gen_rows(600))
@@ -407,23 +397,21 @@ def test_step_one_comes_before_the_split_is_tokenised_and_trains_as_a_pretokenis
                                 "max_steps": 4, "batch_size": 2, "max_length": 24}, data_dir=DATA)
     device = pick_device()
     streamed = recipe.setup(spec, data_dir=DATA, device=device)
-
-    def progress(p):
-        if p.step == 1:
-            at_step_one.append((type(streamed.encoded), streamed.encoded.rows_done(), len(streamed.encoded)))
-            step_one.set()
-
-    try:
-        recipe.fit(streamed, TrainHooks(on_progress=progress))
-    finally:
-        step_one.set()
-    whole = streamed.encoded.complete()
-    [(kind, done, rows)] = at_step_one
-    assert kind is PendingEncoded and threads == ["training-data"]
-    assert 0 < done <= 2 * 100 < rows  # a chunk (100 rows of batch 2) or two, of ~540
+    done_at = []
+    recipe.fit(streamed, TrainHooks(on_progress=lambda p: done_at.append(streamed.encoded.rows_done())))
+    assert type(streamed.encoded) is PendingEncoded and not streamed.encoded.uses(streamed.tokenizer)
+    rows = len(streamed.encoded)
+    # A chunk is 100 rows (batch 2 x 50): step 1 tokenised one, four steps at most four, of ~540.
+    assert 0 < done_at[0] <= 100 and done_at[-1] <= 400 < rows
+    thread = recipe.finish_tokenising(streamed)
+    assert thread.name == "training-data"
+    thread.join(120)
+    assert streamed.encoded.rows_done() == rows
     pretokenised = recipe.setup(spec, data_dir=DATA, device=device)  # the split from the token cache
     token_cache.forget()
-    assert type(pretokenised.encoded) is Encoded and pretokenised.encoded is whole
+    whole = pretokenised.encoded
+    assert type(whole) is Encoded and whole is streamed.encoded.complete()
+    assert recipe.finish_tokenising(pretokenised) is None
     recipe.fit(pretokenised, TrainHooks())
     assert pretokenised.losses == streamed.losses and len(streamed.losses) == 4
     assert streamed.encoded.input_ids == whole.input_ids and streamed.encoded.labels == whole.labels
