@@ -36,6 +36,7 @@ prompt's hidden states never go through the 49k-wide vocabulary matrix.
 from __future__ import annotations
 
 import contextvars
+import copy
 import json
 import math
 import threading
@@ -696,14 +697,16 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
 
 def finish_tokenising(run: Run) -> threading.Thread | None:
     """The rows of the training split no batch asked for, tokenised in a "training-data" thread
-    once training is over (the token cache then has the split for the next job on the same data):
-    only when the split's tokenizer is its own (a cold setup's), never the run's, which the
-    caller goes on using (the warm base's next job, in this thread). The thread, or None."""
+    once training is over (the token cache then has the split for the next job on the same data).
+    The thread uses the split's own tokenizer (a cold setup's), or a copy of the run's, which this
+    thread goes on using (the warm base's next job). The thread, or None when nothing is left."""
     from lora_engine.data.streaming import PendingEncoded
 
     split = run.encoded
-    if not isinstance(split, PendingEncoded) or split.rows_done() == len(split) or split.uses(run.tokenizer):
+    if not isinstance(split, PendingEncoded) or split.rows_done() == len(split):
         return None
+    if split.uses(run.tokenizer):
+        split.use(copy.deepcopy(run.tokenizer))  # ~0.2 s for SmolLM2's
     thread = threading.Thread(target=contextvars.copy_context().run, args=(split.tokenise_rest,),
                               name="training-data", daemon=True)
     thread.start()

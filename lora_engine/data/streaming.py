@@ -3,8 +3,8 @@ for the whole split.
 
     encoded = pending_split(examples, tokenizer, max_length)   # token cache hit: the whole split
     BucketBatchSampler(encoded.lengths, ...)                   # lengths read a chunk at a time
-    collate(encoded.ready(indices), indices)                   # waits for those rows only
-    encoded.tokenise_rest()                                    # a second thread, meanwhile
+    collate(encoded.ready(indices), indices)                   # tokenises those rows first
+    encoded.tokenise_rest()                                    # the rest: a thread, after training
 
 Why: tokenising E2E's 41k completions is ~2.2 s of one core, more than SmolLM2's own load on a
 busy machine, and step 1 needs only the rows of its batch's chunk (the sampler sorts one chunk of
@@ -22,11 +22,12 @@ others; the sampler's random draws do not depend on the lengths (`BucketBatchSam
 the last row is tokenised, the whole `Encoded` is built as the eager functions build it and handed
 to the token cache (`token_cache.keeper`), so the next job on the same data starts from it.
 
-Threads: every call on the tokenizer holds the split's turn, so the thread that tokenises the
-rest in parts of `PART_ROWS` and the training thread asking for a chunk never use the tokenizer at
-once (a call reconfigures its truncation). The training thread goes first: the background thread
-does not take its next turn while the training thread waits for one, so a chunk waits for at most
-the part being tokenised. With no background thread, the asking thread tokenises what it asks for.
+Where the rows are tokenised: a batch's chunk in the training thread, when the batch is first
+drawn (~0.04 s a chunk); the rows no batch asked for in a thread of its own once training is over
+(`recipe.finish_tokenising`), so that work competes with no step (beside step 1 it would take one
+of the step's two cores for ~2 s, on E2E). Every call on the tokenizer holds the split's
+turn, so two threads never use it at once (a call reconfigures its truncation); a thread asking
+for rows goes first, waiting at most for the part of `PART_ROWS` being tokenised.
 """
 
 from __future__ import annotations
@@ -111,6 +112,16 @@ class PendingEncoded:
     def uses(self, tokenizer) -> bool:
         """Whether the rows still to tokenise go through `tokenizer` (the object itself)."""
         return self._tokenizer is tokenizer
+
+    def use(self, tokenizer) -> None:
+        """Tokenise the rows still to do with `tokenizer` (the same definition: the cache key was
+        made of the first), e.g. a copy a background thread may own."""
+        self._turn(asking=True)
+        try:
+            if self._encoded is None:
+                self._tokenizer = tokenizer
+        finally:
+            self._end_turn()
 
     def rows_done(self) -> int:
         """Rows tokenised so far."""
