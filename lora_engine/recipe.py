@@ -36,7 +36,6 @@ prompt's hidden states never go through the 49k-wide vocabulary matrix.
 from __future__ import annotations
 
 import contextvars
-import copy
 import json
 import math
 import threading
@@ -345,6 +344,7 @@ def beside_the_load(spec: TrainingSpec, data_dir: str | Path) -> Future:
     """Start the "training-data" thread of a cold setup: read the split, hold rows out, hand the
     `TrainingData` over (the future) once the rows trained on are known. The job's log context
     goes along (a line logged there still names the job)."""
+    from lora_engine.data.streaming import PendingEncoded
     from lora_engine.models import training_tokenizer
 
     handed: Future = Future()
@@ -352,7 +352,10 @@ def beside_the_load(spec: TrainingSpec, data_dir: str | Path) -> Future:
     def read_and_tokenise() -> None:
         try:
             examples = training_examples(spec, data_dir=data_dir)
-            data = training_data(spec, examples, training_tokenizer(spec.base_model))
+            tokenizer = training_tokenizer(spec.base_model)
+            data = training_data(spec, examples, tokenizer)
+            if isinstance(data.encoded, PendingEncoded):
+                data.encoded.own(tokenizer)  # loaded here for the data alone
         except BaseException as exc:  # the job's thread raises it, from `handed.result()`
             handed.set_exception(exc)
             return
@@ -698,15 +701,14 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
 def finish_tokenising(run: Run) -> threading.Thread | None:
     """The rows of the training split no batch asked for, tokenised in a "training-data" thread
     once training is over (the token cache then has the split for the next job on the same data).
-    The thread uses the split's own tokenizer (a cold setup's), or a copy of the run's, which this
-    thread goes on using (the warm base's next job). The thread, or None when nothing is left."""
+    The thread uses the split's own tokenizer (a cold setup's), or a copy of the one it had (the
+    run's, which this thread goes on using). The thread, or None when nothing is left."""
     from lora_engine.data.streaming import PendingEncoded
 
     split = run.encoded
     if not isinstance(split, PendingEncoded) or split.rows_done() == len(split):
         return None
-    if split.uses(run.tokenizer):
-        split.use(copy.deepcopy(run.tokenizer))  # ~0.2 s for SmolLM2's
+    split.own_copy()  # a warm run's split tokenises with the run's tokenizer, which goes on serving
     thread = threading.Thread(target=contextvars.copy_context().run, args=(split.tokenise_rest,),
                               name="training-data", daemon=True)
     thread.start()

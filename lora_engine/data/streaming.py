@@ -32,6 +32,7 @@ for rows goes first, waiting at most for the part of `PART_ROWS` being tokenised
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 
@@ -67,10 +68,12 @@ def pending_split(examples: Sequence, tokenizer, max_length: int) -> Encoded | P
     key = token_cache.cache_key(examples, tokenizer, max_length)
     if key is None:  # nothing to remember it by: tokenised at once, as before
         return encode_examples(examples, tokenizer, max_length)
-    known = token_cache.recall(key)
-    if known is not None:
+    known = token_cache.recall(key) or token_cache.in_progress(key)
+    if known is not None:  # a split another job began is taken up where it is
         return known
-    return PendingEncoded(examples, tokenizer, max_length, on_complete=token_cache.keeper(key))
+    split = PendingEncoded(examples, tokenizer, max_length, on_complete=token_cache.keeper(key))
+    token_cache.track(key, split)
+    return split
 
 
 class PendingEncoded:
@@ -82,6 +85,7 @@ class PendingEncoded:
     def __init__(self, examples: Sequence, tokenizer, max_length: int, *,
                  on_complete: Callable[[Encoded], None] | None = None):
         self._tokenizer, self._max_length, self._on_complete = tokenizer, max_length, on_complete
+        self._owned = False  # the tokenizer may be the caller's, used by it elsewhere
         self.pad_id = pad_id_of(tokenizer)
         generation = bool(examples) and isinstance(examples[0], GenerationExample)
         self.kind = "generation" if generation else "classification"
@@ -109,17 +113,21 @@ class PendingEncoded:
     def __len__(self) -> int:
         return self._n
 
-    def uses(self, tokenizer) -> bool:
-        """Whether the rows still to tokenise go through `tokenizer` (the object itself)."""
-        return self._tokenizer is tokenizer
+    def own(self, tokenizer) -> None:
+        """Declare `tokenizer`, when it is the one this split tokenises with, used by nothing else
+        (a cold setup's data thread loaded it for the split alone)."""
+        self._owned = self._owned or self._tokenizer is tokenizer
 
-    def use(self, tokenizer) -> None:
-        """Tokenise the rows still to do with `tokenizer` (the same definition: the cache key was
-        made of the first), e.g. a copy a background thread may own."""
+    def owns_tokenizer(self) -> bool:
+        return self._owned
+
+    def own_copy(self) -> None:
+        """Tokenise the rows still to do with a copy of the tokenizer that is the split's alone
+        (~0.2 s for SmolLM2's), so a thread of its own may: the caller goes on using the first."""
         self._turn(asking=True)
         try:
-            if self._encoded is None:
-                self._tokenizer = tokenizer
+            if self._encoded is None and not self._owned:
+                self._tokenizer, self._owned = copy.deepcopy(self._tokenizer), True
         finally:
             self._end_turn()
 

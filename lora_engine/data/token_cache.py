@@ -49,6 +49,7 @@ _memory: OrderedDict[str, Encoded] = OrderedDict()
 # A split finished in a background thread is kept from there (`keeper`): one lock for the level.
 _memory_lock = threading.Lock()
 _generation = [0]  # counts `forget()` calls: a split tokenised across one is not remembered
+_in_progress: OrderedDict[str, object] = OrderedDict()  # key -> a streaming.PendingEncoded
 # id(tokenizer) -> (a weak reference to it, len(tokenizer), digest); the reference tells a reused id
 _tokenizer_digests: dict[int, tuple[weakref.ref, int, str]] = {}
 
@@ -150,12 +151,30 @@ def recall(key: str) -> Encoded | None:
     return encoded
 
 
+def track(key: str, split) -> None:
+    """Remember `split`, still being tokenised (`streaming.PendingEncoded`), under `key` until its
+    keeper has it: the next job on the same data takes it up where it is (the last `MEMORY_SLOTS`)."""
+    with _memory_lock:
+        _in_progress[key] = split
+        _in_progress.move_to_end(key)
+        while len(_in_progress) > MEMORY_SLOTS:
+            _in_progress.popitem(last=False)
+
+
+def in_progress(key: str):
+    """The split `track`ed under `key` and not yet complete, or None."""
+    with _memory_lock:
+        return _in_progress.get(key)
+
+
 def keeper(key: str) -> Callable[[Encoded], None]:
     """What remembers the split of `key` once it is tokenised, in memory and on disk; a split
     finished after `forget()` (tokenised meanwhile in a background thread) is not remembered."""
     generation = _generation[0]
 
     def keep(encoded: Encoded) -> None:
+        with _memory_lock:
+            _in_progress.pop(key, None)
         if _generation[0] != generation:
             return
         folder = cache_dir()
@@ -181,6 +200,7 @@ def forget() -> None:
     with _memory_lock:
         _generation[0] += 1
         _memory.clear()
+        _in_progress.clear()
     _tokenizer_digests.clear()
 
 

@@ -399,10 +399,12 @@ def test_step_one_comes_before_the_split_is_tokenised_and_trains_as_a_pretokenis
     streamed = recipe.setup(spec, data_dir=DATA, device=device)
     done_at = []
     recipe.fit(streamed, TrainHooks(on_progress=lambda p: done_at.append(streamed.encoded.rows_done())))
-    assert type(streamed.encoded) is PendingEncoded and not streamed.encoded.uses(streamed.tokenizer)
+    assert type(streamed.encoded) is PendingEncoded and streamed.encoded.owns_tokenizer()
     rows = len(streamed.encoded)
     # A chunk is 100 rows (batch 2 x 50): step 1 tokenised one, four steps at most four, of ~540.
     assert 0 < done_at[0] <= 100 and done_at[-1] <= 400 < rows
+    # The next job on the same data, meanwhile, takes the split up where it is.
+    assert recipe.setup(spec, data_dir=DATA, device=device).encoded is streamed.encoded
     thread = recipe.finish_tokenising(streamed)
     assert thread.name == "training-data"
     thread.join(120)
