@@ -6,8 +6,8 @@
    loaded: a bad submission fails in milliseconds with every problem listed.
 2. `setup()` loads the base model (or takes it from a warm `BaseModelCache`), re-initialises the
    head from the seed, injects LoRA (or unfreezes everything for `full`), tokenises the data once
-   (the rows of each batch when it is first drawn, the rest in a second thread meanwhile; see
-   `data/streaming.py`) and builds AdamW with four parameter groups: {body, head} × {decayed, not
+   (the rows of each batch when it is first drawn, the rest in a thread once training is over;
+   see `data/streaming.py`) and builds AdamW with four parameter groups: {body, head} × {decayed, not
    decayed}. Weight decay skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying
    a gain towards 0 would shrink activations rather than regularise.
 3. `fit()` runs optimizer steps: `grad_accum` micro-batches, each loss divided by `grad_accum` so
