@@ -1,7 +1,8 @@
 """Who is calling: the `tenant_caller` dependency turns the request's key into a `Caller`.
 
 `Authorization: Bearer <key>` is checked against the registry on every request (a revoked or
-expired key is refused from the next request on). A tenant key acts for its tenant; an operator
+expired key is refused from the next request on; the inference server keeps a verified key a few
+seconds: worker/serve/auth.py). A tenant key acts for its tenant; an operator
 key for the tenant named by the `OpenAI-Organization` header (the openai client's
 `organization=`), without which tenant routes answer 400. Failed authentications are counted per
 address and a key's requests per minute (orchestrator/api/limits.py): over either limit, 429.
