@@ -46,6 +46,7 @@ from lora_engine.inject import set_module
 from lora_engine.model_ref import alias_of
 from lora_engine.packed.routing import Routing
 from lora_engine.serving.adapter import ServedAdapter, read_served_adapter
+from lora_engine.serving.attention import LengthBuckets
 from lora_engine.serving.layer import ServedLinear
 from lora_engine.serving.sampling import GREEDY, Sampling, next_token, row_generator, stops_of
 
@@ -190,22 +191,23 @@ class ServedBase:
             token_counts.append(sum(lengths[start:start + n]))
             start += n
         hidden, packing, first = encoder.embed(self.model, inputs)
-        self.routing.set([k for k, _ in groups], token_counts)
+        # The last layer computes every token only when some row's head reads the mean of them.
+        means_needed = any(self.adapters[k].meta.pooling == "mean" for k, _ in groups if k != BARE)
+        self.routing.set([k for k, _ in groups], token_counts, [n for _, n in groups])
         try:
-            states = encoder.encode(self.model, hidden, packing, None)  # every token: any pooling
+            states = encoder.encode(self.model, hidden, LengthBuckets(lengths, hidden.device, hidden.dtype),
+                                    None if means_needed else first)
         finally:
             self.routing.clear()
-        means = None
+        means = packing.row_means(states) if means_needed else None
+        firsts = states.index_select(0, first) if means_needed else states  # (rows, hidden)
         results: list[ClassifyResult | None] = [None] * len(items)
         start = 0
         for key, n in groups:
             rows = torch.arange(start, start + n, device=states.device)
             adapter = self.adapters.get(key)
-            if adapter is not None and adapter.meta.pooling == "mean":
-                means = packing.row_means(states) if means is None else means
-                pooled = means.index_select(0, rows)
-            else:
-                pooled = states.index_select(0, first.index_select(0, rows))
+            mean = adapter is not None and adapter.meta.pooling == "mean"
+            pooled = (means if mean else firsts).index_select(0, rows)
             heads = adapter.heads if adapter is not None else {}
             logits = encoder.head_logits(self.model, pooled, classifier=heads.get("classifier"),
                                          pooler=heads.get(f"{self.model.base_model_prefix}.pooler")).float()
