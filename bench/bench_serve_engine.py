@@ -1,7 +1,7 @@
 """Serving many adapters from one resident base: mixed-adapter batches vs one adapter at a time.
 
-20 adapters (LoRA r=8 on the default targets, tensors perturbed so that every adapter answers
-differently) of one base, and a stream of requests each naming a random adapter, arriving in
+20 adapters (LoRA r=8 on the default targets, A, B and head perturbed so that every adapter
+answers differently) of one base, and a stream of requests each naming a random adapter, arriving in
 waves of `--clients` (the concurrent clients). Two servers in one process, on the same requests:
 
   (a) mixed: `lora_engine.serving.ServedBase` with the 20 adapters resident; a wave is one
@@ -29,7 +29,6 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import random
@@ -65,21 +64,24 @@ def rss_bytes() -> int:
 
 
 def make_adapters(root: Path, model_name: str, kind: str, count: int) -> list[Path]:
-    base, _ = load_base_model(model_name, kind, 2 if kind == "classification" else None)
+    """`count` adapters of one shape: one injected model, its LoRA tensors (A and B) and head set
+    to their initial values plus a seeded perturbation before each save (no copy of the base)."""
+    model, _ = load_base_model(model_name, kind, 2 if kind == "classification" else None)
+    settings = LoraSettings(rank=8)
+    inject_lora(model, settings)
+    own = {name: p for name, p in model.named_parameters()
+           if "lora_" in name or name.startswith("classifier")}
+    initial = {name: p.detach().clone() for name, p in own.items()}
+    labels = ("negative", "positive") if kind == "classification" else ()
+    meta = AdapterMeta(base_model=model_name, kind=kind, num_labels=2 if labels else None,
+                       label_names=labels, max_length=64 if labels else None,
+                       prompt_template=None if labels else "{prompt}")
     folders = []
     for i in range(count):
-        model = copy.deepcopy(base)
-        settings = LoraSettings(rank=8)
-        inject_lora(model, settings)
         gen = torch.Generator().manual_seed(i)
         with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name or name.startswith("classifier"):
-                    p.add_(0.02 * torch.randn(p.shape, generator=gen))
-        labels = ("negative", "positive") if kind == "classification" else ()
-        meta = AdapterMeta(base_model=model_name, kind=kind, num_labels=2 if labels else None,
-                           label_names=labels, max_length=64 if labels else None,
-                           prompt_template=None if labels else "{prompt}")
+            for name, p in own.items():
+                p.copy_(initial[name] + 0.02 * torch.randn(p.shape, generator=gen))
         folders.append(save_adapter(model, root / f"a{i}", base_model_name=model_name, settings=settings,
                                     task_type=kind, meta=meta))
     return folders
