@@ -37,11 +37,14 @@ from torch import nn
 from lora_engine.layers import LoRALinear
 from lora_engine.packed.routing import Routing
 
+INITIAL_SLOTS = 32  # slots a layer's stack gets with its first adapter (unused ones are never written)
+
 
 class LoRAStack:
     """The plain-LoRA adapters of one layer in slots: A as (slots, R, in), Bᵀ as (slots, R, out), the
     scaling as (slots,), R the largest rank held (a smaller rank's extra rows are zeros, which add
-    exactly nothing). Slot 0 is the zero adapter. Freed slots are reused; the stack doubles when full."""
+    exactly nothing). Slot 0 is the zero adapter. Freed slots are reused; a full stack doubles.
+    Allocated with `empty`: a slot is written before any row reads it."""
 
     def __init__(self, in_features: int, out_features: int, like: torch.Tensor):
         self.in_features, self.out_features = in_features, out_features
@@ -50,12 +53,11 @@ class LoRAStack:
         self.rank = 0
         self._like = like
         self.a = self.bt = self.scale = None
-        self._alloc(2, 1)
+        self._alloc(1, 1)  # the zero slot; room for the adapters comes with the first
 
     def _alloc(self, capacity: int, rank: int) -> None:
         old_a, old_bt, old_scale, old_rank = self.a, self.bt, self.scale, self.rank
         factory = {"device": self._like.device, "dtype": self._like.dtype}
-        # empty, not zeros: a slot is written before it is read, so unused capacity costs no pages
         self.a = torch.empty(capacity, rank, self.in_features, **factory)
         self.bt = torch.empty(capacity, rank, self.out_features, **factory)
         self.scale = torch.zeros(capacity, **factory)
@@ -75,7 +77,10 @@ class LoRAStack:
         """Copy the adapter into a free slot and make its own tensors views of that slot."""
         free = sorted(set(range(1, self.a.shape[0])) - set(self.slots.values()))
         if layer.r > self.rank or not free:
-            self._alloc(self.a.shape[0] * (1 if free else 2), max(self.rank, layer.r))
+            # Room for INITIAL_SLOTS adapters at once: each regrowth leaves the old stack to the
+            # allocator, which keeps it resident (RSS), so regrow rarely.
+            capacity = self.a.shape[0] if free else max(INITIAL_SLOTS, 2 * self.a.shape[0])
+            self._alloc(capacity, max(self.rank, layer.r))
             self._repoint()
             free = free or [len(self.slots) + 1]
         slot = free[0]

@@ -1,7 +1,7 @@
 """The serving engine's batched paths: length-bucketed attention equals the trainer's padded
 attention, a classify batch of very different lengths (padding inside buckets) gives each row its
-solo logits, and the slotted LoRA stack keeps every row exact through DoRA neighbours, removals,
-slot reuse and a rank larger than any before."""
+solo logits, and the slotted LoRA stack keeps every row exact through DoRA neighbours, growth,
+removals, slot reuse and a rank larger than any before."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from lora_engine.forward.packing import Packing
 from lora_engine.inject import LoraSettings
-from lora_engine.serving import Sampling, ServedBase
+from lora_engine.serving import Sampling, ServedBase, layer
 from lora_engine.serving.attention import LengthBuckets, cut_by_length
 from tests.unit.test_serving_engine import ATOL, make_adapter, run_alone
 
@@ -62,7 +62,8 @@ def test_classify_rows_of_very_different_lengths_get_their_solo_logits(tmp_path)
         torch.testing.assert_close(m.logits, served.classify([item])[0].logits, atol=ATOL, rtol=0)
 
 
-def test_decode_rows_stay_exact_through_dora_removals_and_slot_reuse(tmp_path):
+def test_decode_rows_stay_exact_through_dora_removals_and_slot_reuse(tmp_path, monkeypatch):
+    monkeypatch.setattr(layer, "INITIAL_SLOTS", 2)  # the stacks grow (and regrow) with three adapters
     served = ServedBase.load("tiny-llama", "generation")
     folders = {"a": make_adapter(tmp_path / "a", "tiny-llama", "generation", 4, LoraSettings(rank=2)),
                "d": make_adapter(tmp_path / "d", "tiny-llama", "generation", 5,
