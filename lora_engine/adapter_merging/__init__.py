@@ -52,11 +52,13 @@ def merge_options_problems(how: object, weights: Sequence[object] | None, densit
     if weights is not None:
         ok = [type(w) in (int, float) and math.isfinite(w) and abs(w) <= MAX_ABS_WEIGHT for w in weights]
         if not all(ok):
-            problems.append(f"weights must be finite numbers between -{MAX_ABS_WEIGHT:g} and {MAX_ABS_WEIGHT:g}")
+            problems.append(f"weights must be finite numbers between -{MAX_ABS_WEIGHT:g} and "
+                            f"{MAX_ABS_WEIGHT:g}")
         elif len(weights) != n_parents:
             problems.append(f"{len(weights)} weight(s) for {n_parents} adapters: give one per adapter")
         elif has_head and sum(weights) <= 0:  # type: ignore[arg-type]
-            problems.append("the weights must sum to more than 0: the classifier heads are averaged with them")
+            problems.append("the weights must sum to more than 0: the classifier heads are averaged "
+                            "with them")
         elif all(w == 0 for w in weights):
             problems.append("at least one weight must be non-zero")
     if density is not None:

@@ -94,8 +94,9 @@ def parents_problems(parents: Sequence[Parent], how: str) -> list[str]:
                             "averaged")
         labels = sorted({tuple(p.meta.label_names) for p in parents})
         if len(labels) > 1:
-            problems.append("the classifiers have different label sets "
-                            f"({' / '.join(','.join(x) or '-' for x in labels)}): their heads cannot be averaged")
+            shown = " / ".join(",".join(x) or "-" for x in labels)
+            problems.append(f"the classifiers have different label sets ({shown}): their heads cannot be "
+                            "averaged")
     targets = {type(p.files.config.get("target_modules")) for p in parents}
     if len(targets) > 1:
         problems.append("the adapters name their target modules in different forms (a list and a pattern)")

@@ -101,7 +101,8 @@ def test_lora_matrices_are_peft_add_weighted_adapter(tiny_model, perturb_lora, t
 @pytest.mark.parametrize(("alias", "kind"), CASES[:2])
 def test_merged_folder_loads_in_peft_and_here_with_same_outputs(tiny_model, tiny_inputs, perturb_lora,
                                                                  tmp_path, alias, kind):
-    folders = [_parent(tiny_model, perturb_lora, tmp_path / f"p{i}", alias, kind, seed=i + 1) for i in range(2)]
+    folders = [_parent(tiny_model, perturb_lora, tmp_path / f"p{i}", alias, kind, seed=i + 1)
+               for i in range(2)]
     merged = merge_adapter_folders(folders, tmp_path / "m", how="ties", weights=[0.6, 0.4], density=0.5,
                                    parent_ids=["a", "b"])
     assert merged.rank == 4
@@ -137,15 +138,16 @@ def test_cat_is_the_exact_weighted_sum_of_updates(tiny_model, perturb_lora, tmp_
     ours, rank = merged_tensors(parents, WEIGHTS, "cat", 0.5)
     assert rank == 6
     key = next(k for k in ours if k.endswith("lora_A.weight")).removesuffix(".lora_A.weight")
-    expected = sum(w * p.scaling * p.files.weights[f"{key}.lora_B.weight"] @ p.files.weights[f"{key}.lora_A.weight"]
-                   for p, w in zip(parents, WEIGHTS, strict=True))
+    w_of = lambda p, factor: p.files.weights[f"{key}.lora_{factor}.weight"]  # noqa: E731
+    expected = sum(w * p.scaling * w_of(p, "B") @ w_of(p, "A") for p, w in zip(parents, WEIGHTS, strict=True))
     torch.testing.assert_close(ours[f"{key}.lora_B.weight"] @ ours[f"{key}.lora_A.weight"], expected)
 
 
 def test_refused_before_writing(tiny_model, perturb_lora, tmp_path):
     lora4 = _parent(tiny_model, perturb_lora, tmp_path / "a", "tiny-bert", "classification", seed=1)
     lora2 = _parent(tiny_model, perturb_lora, tmp_path / "b", "tiny-bert", "classification", seed=2, rank=2)
-    dora = _parent(tiny_model, perturb_lora, tmp_path / "c", "tiny-bert", "classification", seed=3, method="dora")
+    dora = _parent(tiny_model, perturb_lora, tmp_path / "c", "tiny-bert", "classification", seed=3,
+                   method="dora")
     two_labels = tmp_path / "d"
     torch.manual_seed(4)
     model, _ = tiny_model("tiny-bert", "classification", num_labels=2)
