@@ -383,3 +383,5 @@ def test_adapter_merge_queues_a_job_the_worker_runs_and_lists_the_parents(home: 
     assert listed == {ids["a"]: [], ids["b"]: [], ids["g"]: [], merged["id"]: [ids["a"], ids["b"]]}
     assert merged["model"] == f"ft:tiny-bert:acme:merge-ties:{merged['id']}"
     assert "merge ties r4" in run("job", "list").stdout
+    run("job", "metrics", job["id"])  # no training curves: an empty history, not an error
+    assert json.loads(run("report", "cost", "--format", "json").stdout)

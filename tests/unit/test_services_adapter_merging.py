@@ -21,6 +21,7 @@ from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, Usage
 from orchestrator.services.adapter_merging import submit_merge
 from orchestrator.services.adapters import (
+    delete_adapter,
     get_adapter,
     list_adapters,
     model_names_of,
@@ -139,3 +140,17 @@ def test_refused_at_the_door_and_nothing_queued(session, registry_settings) -> N
     cat = submit_merge(session, "acme", [a, rank2], "cat")  # cat merges ranks that differ
     assert (cat.rank, cat.spec["parents"][0]["weight"]) == (6, 0.5)
     assert get_adapter(session, a).id == a
+
+
+def test_a_parent_gone_before_the_merge_runs_fails_the_job(session, registry_settings) -> None:
+    create_tenant(session, "acme")
+    a = _adapter(session, registry_settings, "acme", seed=1)
+    b = _adapter(session, registry_settings, "acme", seed=2)
+    job = submit_merge(session, "acme", [a, b], "linear")
+    session.commit()
+    delete_adapter(session, b, settings=registry_settings)
+    session.commit()
+    result = run_job(job.id, worker_id="w2", settings=registry_settings, cache=None)
+    assert result.outcome == "failed" and f"parent adapter {b}" in result.detail
+    with session_scope(registry_settings) as s:
+        assert [x.id for x in list_adapters(s, tenant="acme")] == [a]  # nothing half-registered
