@@ -7,8 +7,8 @@ base per task (`lora_engine.reevaluation.reevaluate`, the same rows for all).
 Budgets are small on purpose (a shared 2-core box): the parents are short runs, so the numbers
 say how a merge compares with its parents at this budget, not what the task can reach.
 
-usage: python bench/bench_merge.py [--tasks sst2,e2e] [--sst2-steps 150] [--e2e-steps 40]
-       [--sst2-eval 500] [--e2e-eval 24] [--seeds 1,2] [--out DIR]
+usage: python bench/bench_merge.py [--tasks sst2,e2e] [--sst2-steps 100] [--e2e-steps 24]
+       [--sst2-eval 400] [--e2e-eval 16] [--seeds 1,2] [--out DIR]
 Prints one JSON object and a Markdown table.
 """
 
@@ -35,12 +35,13 @@ HOWS = ("linear", "ties", "dare_linear")
 HEADLINE = {"sst2": "accuracy", "e2e": "bleu"}
 
 
-def parents(task: str, steps: int, eval_size: int, seeds: list[int], root: Path) -> dict[str, Path]:
+def parents(task: str, steps: int, seeds: list[int], root: Path) -> dict[str, Path]:
     out = {}
     for seed in seeds:
         folder = root / f"{task}-seed{seed}"
+        # The run's own evaluation is one row: every adapter is scored below, on the same rows.
         spec = {"task": task, "base_model": BASES[task], "max_steps": steps, "seed": seed,
-                "eval_size": eval_size, "rank": 8}
+                "eval_size": 1, "rank": 8}
         t0 = time.perf_counter()
         train(spec, folder, data_dir=DATA)
         print(f"trained {folder.name} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
@@ -62,10 +63,10 @@ def merges(task: str, parent_folders: dict[str, Path], root: Path) -> dict[str, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="sst2,e2e")
-    ap.add_argument("--sst2-steps", type=int, default=150)
-    ap.add_argument("--e2e-steps", type=int, default=40)
-    ap.add_argument("--sst2-eval", type=int, default=500)
-    ap.add_argument("--e2e-eval", type=int, default=24)
+    ap.add_argument("--sst2-steps", type=int, default=100)
+    ap.add_argument("--e2e-steps", type=int, default=24)
+    ap.add_argument("--sst2-eval", type=int, default=400)
+    ap.add_argument("--e2e-eval", type=int, default=16)
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--out", type=Path, default=None, help="keep the adapters here (default: a temp folder)")
     args = ap.parse_args()
@@ -75,7 +76,7 @@ def main() -> None:
     for task in args.tasks.split(","):
         steps = args.sst2_steps if task == "sst2" else args.e2e_steps
         eval_size = args.sst2_eval if task == "sst2" else args.e2e_eval
-        folders = parents(task, steps, eval_size, seeds, root)
+        folders = parents(task, steps, seeds, root)
         folders.update(merges(task, folders, root))
         t0 = time.perf_counter()
         scored = reevaluate([AdapterToScore(id=name, folder=f, task=task, base_model=BASES[task])
@@ -88,7 +89,7 @@ def main() -> None:
         report[task]["_budget"] = {"steps": steps, "eval_size": eval_size}
     print(json.dumps(report, indent=2))
     for task, rows in report.items():
-        names = [k for k in next(v for k, v in rows.items() if k != "_budget") if True]
+        names = list(next(v for k, v in rows.items() if k != "_budget"))
         print(f"\n{task} ({BASES[task]}, {rows['_budget']['steps']} steps, "
               f"{rows['_budget']['eval_size']} validation {'rows' if task == 'sst2' else 'prompts'})\n")
         print("| adapter | " + " | ".join(names) + " |")

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from lora_engine.errors import shown
+
 HOWS = ("linear", "cat", "ties", "dare_linear", "dare_ties")
 USES_DENSITY = frozenset({"ties", "dare_linear", "dare_ties"})
 RANDOM = frozenset({"dare_linear", "dare_ties"})
@@ -46,7 +48,7 @@ def merge_options_problems(how: object, weights: Sequence[object] | None, densit
     """Every problem with a merge's options (empty: fine). `weights` None: the defaults."""
     problems = []
     if how not in HOWS:
-        problems.append(f"unknown merge method {how!r}; allowed: {', '.join(HOWS)}")
+        problems.append(f"unknown merge method {shown(how)}; allowed: {', '.join(HOWS)}")
     if not 2 <= n_parents <= MAX_PARENTS:
         problems.append(f"a merge takes 2 to {MAX_PARENTS} adapters (got {n_parents})")
     if weights is not None:
@@ -63,7 +65,7 @@ def merge_options_problems(how: object, weights: Sequence[object] | None, densit
             problems.append("at least one weight must be non-zero")
     if density is not None:
         if type(density) not in (int, float) or not math.isfinite(density) or not 0 < density <= 1:
-            problems.append(f"density must be a number in (0, 1] (got {density!r})")
+            problems.append(f"density must be a number in (0, 1] (got {shown(density)})")
         elif how not in USES_DENSITY and how in HOWS:
             problems.append(f"density applies to {', '.join(sorted(USES_DENSITY))}, not to {how}")
     return problems

@@ -18,9 +18,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from lora_engine.adapter_merging import RANDOM, USES_DENSITY, default_weights, merge_options_problems
+from lora_engine.adapter_merging import (
+    HOWS,
+    MAX_PARENTS,
+    RANDOM,
+    USES_DENSITY,
+    default_weights,
+    merge_options_problems,
+)
 from lora_engine.catalog import TASKS
-from lora_engine.errors import AdapterError
+from lora_engine.errors import AdapterError, shown
 from lora_engine.methods import BY_NAME as METHODS
 from lora_engine.spec import MAX_RANK
 from orchestrator.errors import InvalidInput
@@ -35,6 +42,10 @@ from orchestrator.services.quotas import check_budget, check_queued, check_stora
 from orchestrator.services.tenants import tenant_or_404
 
 MAX_SEED = 2**31 - 1
+# The API's request body (`merge_request`): its field -> submit_merge's argument.
+REQUEST_FIELDS = {"models": "adapters", "method": "how", "weights": "weights", "density": "density",
+                  "seed": "seed", "suffix": "suffix"}
+MAX_REF_CHARS = 300
 
 
 def _mergeable_method(name: str) -> str | None:
@@ -102,7 +113,7 @@ def submit_merge(
     attempts = attempt_budget(max_attempts)
     problems = merge_options_problems(how, None if weights is None else list(weights), density, len(adapters))
     if seed is not None and (type(seed) is not int or not 0 <= seed <= MAX_SEED):
-        problems.append(f"seed must be an integer from 0 to {MAX_SEED} (got {seed!r})")
+        problems.append(f"seed must be an integer from 0 to {MAX_SEED} (got {shown(seed)})")
     if suffix is not None and (not isinstance(suffix, str) or len(suffix) > MAX_SUFFIX
                                or not SUFFIX_RE.match(suffix)):
         problems.append(f"suffix must be 1 to {MAX_SUFFIX} letters, digits, '.', '_' or '-'")
@@ -123,8 +134,8 @@ def submit_merge(
         except AdapterError as exc:
             raise InvalidInput(f"cannot merge: {exc}") from None
         if len(labels) > 1:
-            shown = " / ".join(",".join(x) or "-" for x in sorted(labels))
-            problems.append(f"the classifiers have different label sets ({shown}): their heads cannot be "
+            sets = " / ".join(",".join(x) or "-" for x in sorted(labels))
+            problems.append(f"the classifiers have different label sets ({sets}): their heads cannot be "
                             "averaged")
     if problems:
         raise InvalidInput("cannot merge: " + "; ".join(problems))
@@ -149,6 +160,38 @@ def submit_merge(
               {"priority": priority, "parents": [a.id for a in parents], "how": how})
     enqueue_job(session, job.id)
     return job
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def merge_request(body: Any) -> dict[str, Any]:
+    """submit_merge's arguments from the API's JSON body (shapes only; the service checks the
+    rest): InvalidInput naming every field that is wrong or unknown."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object: {\"models\": [...], \"method\": ...}")
+    problems = [f"unknown field {str(k)[:40]!r}; allowed: {', '.join(REQUEST_FIELDS)}"
+                for k in body if k not in REQUEST_FIELDS][:5]
+    models, how = body.get("models"), body.get("method")
+    if not (isinstance(models, list) and 2 <= len(models) <= MAX_PARENTS
+            and all(isinstance(m, str) and 0 < len(m) <= MAX_REF_CHARS for m in models)):
+        problems.append(f"models: a list of 2 to {MAX_PARENTS} adapter names (ft:…) or ids")
+    if not isinstance(how, str):
+        problems.append(f"method: one of {', '.join(HOWS)}")
+    weights = body.get("weights")
+    if weights is not None and not (isinstance(weights, list) and len(weights) <= MAX_PARENTS
+                                    and all(_number(w) for w in weights)):
+        problems.append("weights: a list of numbers, one per model")
+    if body.get("density") is not None and not _number(body["density"]):
+        problems.append("density: a number in (0, 1]")
+    if body.get("seed") is not None and type(body["seed"]) is not int:
+        problems.append(f"seed: an integer from 0 to {MAX_SEED}")
+    if body.get("suffix") is not None and not isinstance(body["suffix"], str):
+        problems.append(f"suffix: 1 to {MAX_SUFFIX} letters, digits, '.', '_' or '-'")
+    if problems:
+        raise InvalidInput("cannot merge: " + "; ".join(problems))
+    return {REQUEST_FIELDS[k]: v for k, v in body.items()}
 
 
 def merge_parent_ids(spec: dict) -> list[str]:
