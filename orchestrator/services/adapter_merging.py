@@ -4,11 +4,12 @@ Everything is checked at the door, before anything is written: the options
 (`lora_engine.adapter_merging.merge_options_problems`), the parents by id within the tenant (another
 tenant's adapter is as unknown as one that never existed), and what makes them mergeable: one base
 model, one task, one method that is plain LoRA (a DoRA adapter's magnitude vector has no weighted
-merge; a full fine-tune is a whole model), one rank unless `cat`, their files intact (sha256),
-and for a classifier the same label set (its head is averaged). The job's spec lists the parents
-by id with their weights; the worker reads each verified folder by id (`worker.inputs`) and writes
-the new adapter (`worker.merging`). On success `record_parents` links the new adapter to its
-parents (`adapter_parents`), in the transaction that registers it.
+merge; a full fine-tune is a whole model), their files intact (sha256) and of one rank unless
+`cat` (the rank the files hold), and for a classifier the same label set (its head is averaged).
+The job's spec lists the parents by id with their weights; the worker reads each verified folder
+by id (`worker.inputs`) and writes the new adapter (`worker.merging`). On success
+`record_parents` links the new adapter to its parents (`adapter_parents`), in the transaction
+that registers it.
 """
 
 from __future__ import annotations
@@ -61,15 +62,36 @@ def _mergeable_method(name: str) -> str | None:
 
 
 def _label_names(row: Adapter) -> tuple[str, ...]:
-    from lora_engine.adapters.digest import verify_adapter_files
     from lora_engine.adapters.folder import read_adapter_meta
 
-    verify_adapter_files(row.path, row.sha256)
     return tuple(read_adapter_meta(row.path).label_names)
 
 
+def _file_rank(row: Adapter) -> int:
+    """The rank the adapter's files hold (sha256 checked first): what the merge multiplies. (A
+    method that trains at one rank and stores another records the stored one in its config.)"""
+    from lora_engine.adapters.digest import verify_adapter_files
+    from lora_engine.adapters.folder import read_adapter_config
+
+    verify_adapter_files(row.path, row.sha256)
+    rank = read_adapter_config(row.path).get("r")
+    if type(rank) is not int or rank < 1:
+        raise AdapterError(f"adapter {row.id}: its adapter_config.json holds no rank")
+    return rank
+
+
+def rank_problems(ranks: Sequence[int], how: str) -> list[str]:
+    """Why parents of these ranks cannot be merged with `how` (empty: they can)."""
+    if how != "cat" and len(set(ranks)) > 1:
+        return [f"the adapters have ranks {', '.join(map(str, sorted(set(ranks))))}: {how} needs one rank "
+                "(only cat merges different ranks)"]
+    if how == "cat" and sum(ranks) > MAX_RANK:
+        return [f"cat adds the ranks up to {sum(ranks)}, over the largest rank {MAX_RANK}"]
+    return []
+
+
 def parents_problems(parents: Sequence[Adapter], how: str) -> list[str]:
-    """Why these (registry) adapters cannot be merged together, without reading their files."""
+    """Why these (registry) adapters cannot be merged together, from their registry rows."""
     problems = []
     for row in parents:
         why = _mergeable_method(row.method)
@@ -80,13 +102,6 @@ def parents_problems(parents: Sequence[Adapter], how: str) -> list[str]:
         values = sorted({get(a) for a in parents})
         if len(values) > 1:
             problems.append(f"the adapters differ in {what} ({', '.join(values)}): they must share it")
-    ranks = sorted({a.rank for a in parents})
-    if how != "cat" and len(ranks) > 1:
-        problems.append(f"the adapters have ranks {', '.join(map(str, ranks))}: {how} needs one rank "
-                        "(only cat merges different ranks)")
-    if how == "cat" and sum(a.rank for a in parents) > MAX_RANK:
-        problems.append(f"cat adds the ranks up to {sum(a.rank for a in parents)}, over the largest rank "
-                        f"{MAX_RANK}")
     return problems
 
 
@@ -124,15 +139,19 @@ def submit_merge(
     if repeated:
         raise InvalidInput(f"cannot merge: adapter {', '.join(repeated)} is given more than once")
     problems = parents_problems(parents, how)
+    if problems:
+        raise InvalidInput("cannot merge: " + "; ".join(problems))
     weights = default_weights(len(parents)) if weights is None else [float(w) for w in weights]
     task = parents[0].task
     has_head = task in TASKS and TASKS[task].kind != "generation"
-    if not problems and has_head:
+    try:  # the files, as the worker will read them (it checks them again)
+        ranks = [_file_rank(a) for a in parents]
+        labels = {_label_names(a) for a in parents} if has_head else set()
+    except AdapterError as exc:
+        raise InvalidInput(f"cannot merge: {exc}") from None
+    problems = rank_problems(ranks, how)
+    if has_head:
         problems += merge_options_problems(how, weights, density, len(parents), has_head=True)
-        try:
-            labels = {_label_names(a) for a in parents}
-        except AdapterError as exc:
-            raise InvalidInput(f"cannot merge: {exc}") from None
         if len(labels) > 1:
             sets = " / ".join(",".join(x) or "-" for x in sorted(labels))
             problems.append(f"the classifiers have different label sets ({sets}): their heads cannot be "
@@ -143,7 +162,7 @@ def submit_merge(
     check_storage(session, owner, None)
     check_budget(session, owner, None)
     first = parents[0]
-    rank = sum(a.rank for a in parents) if how == "cat" else first.rank
+    rank = sum(ranks) if how == "cat" else ranks[0]
     spec: dict[str, Any] = {
         "how": how, "parents": [{"id": a.id, "weight": w} for a, w in zip(parents, weights, strict=True)],
         "density": (0.5 if density is None else float(density)) if how in USES_DENSITY else None,

@@ -170,7 +170,9 @@ def test_bad_queries_are_400s_and_unknown_jobs_404s(api_server, keys) -> None:
 
 
 def _generation_adapter(api_server, tenant: str) -> str:
-    """A finished E2E job's adapter (files the door does not open: no head to compare)."""
+    """A finished E2E job's adapter (files of a config and zeros: the door checks their sha256 and
+    rank; the worker, which would read the tensors, does not run here)."""
+    from lora_engine.adapters.digest import adapter_files_digest
     from orchestrator.registry.models import new_id
     from orchestrator.services.adapters import new_adapter_path
     from orchestrator.services.jobs import submit_job
@@ -183,7 +185,8 @@ def _generation_adapter(api_server, tenant: str) -> str:
                          settings=api_server.settings)
         claim_job(s, job.id, "w1", 60)
         path = fake_adapter_files(new_adapter_path(api_server.settings, job.tenant_id, adapter_id))
-        finish_job_success(s, job.id, "w1", AdapterRecord(adapter_id, str(path), "0" * 64, 64, 1, 2), {})
+        sha256, size = adapter_files_digest(path)
+        finish_job_success(s, job.id, "w1", AdapterRecord(adapter_id, str(path), sha256, size, 1, 2), {})
     return f"ft:tiny-llama:{tenant}:e2e:{adapter_id}"
 
 
