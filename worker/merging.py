@@ -23,7 +23,7 @@ def run_merge(ctx: JobContext) -> JobResult:
     parents = ctx.spec.get("parents")
     if not isinstance(parents, list) or not all(isinstance(p, dict) and p.get("path") for p in parents):
         raise LoraFleetInputError("a merge job's spec must list its parents (id, weight) with their folders")
-    started, cpu = time.monotonic(), time.process_time()
+    started = time.monotonic()
     ctx.hooks.on_progress(0, 1, None)
     merged = merge_adapter_folders([p["path"] for p in parents], ctx.staging_dir, how=ctx.spec["how"],
                                    weights=[float(p["weight"]) for p in parents],
@@ -31,8 +31,7 @@ def run_merge(ctx: JobContext) -> JobResult:
                                    parent_ids=[p["id"] for p in parents])
     ctx.hooks.on_progress(1, 1, None)
     wall = time.monotonic() - started
-    usage = UsageRecord(device="cpu", device_seconds=min(time.process_time() - cpu, wall) or wall,
-                        wall_seconds=wall)
+    usage = UsageRecord(device="cpu", device_seconds=wall, wall_seconds=wall)
     total = int(ctx.spec.get("base_params") or 0) + merged.trainable_params
     return JobResult(metrics={}, usage=usage,
                      adapter=StagedAdapter(merged.folder, merged.trainable_params, total))

@@ -90,7 +90,7 @@ def rank_problems(ranks: Sequence[int], how: str) -> list[str]:
     return []
 
 
-def parents_problems(parents: Sequence[Adapter], how: str) -> list[str]:
+def registry_problems(parents: Sequence[Adapter], how: str) -> list[str]:
     """Why these (registry) adapters cannot be merged together, from their registry rows."""
     problems = []
     for row in parents:
@@ -138,7 +138,7 @@ def submit_merge(
     repeated = sorted({a.id for a in parents if sum(b.id == a.id for b in parents) > 1})
     if repeated:
         raise InvalidInput(f"cannot merge: adapter {', '.join(repeated)} is given more than once")
-    problems = parents_problems(parents, how)
+    problems = registry_problems(parents, how)
     if problems:
         raise InvalidInput("cannot merge: " + "; ".join(problems))
     weights = default_weights(len(parents)) if weights is None else [float(w) for w in weights]
