@@ -29,6 +29,8 @@ import math
 from collections.abc import Sequence
 
 from lora_engine.errors import shown
+from lora_engine.methods import BY_NAME as METHODS
+from lora_engine.spec import MAX_RANK
 
 HOWS = ("linear", "cat", "ties", "dare_linear", "dare_ties")
 USES_DENSITY = frozenset({"ties", "dare_linear", "dare_ties"})
@@ -69,3 +71,25 @@ def merge_options_problems(how: object, weights: Sequence[object] | None, densit
         elif how not in USES_DENSITY and how in HOWS:
             problems.append(f"density applies to {', '.join(sorted(USES_DENSITY))}, not to {how}")
     return problems
+
+
+def method_problem(name: str) -> str | None:
+    """Why an adapter of method `name` cannot be merged (None: it can)."""
+    entry = METHODS.get(name)
+    if entry is None or not entry.adapter:
+        return f"a {name} fine-tune is a whole model, not a LoRA adapter"
+    if entry.variant is not None:
+        return (f"a {name} adapter cannot be merged: its magnitude vector has no weighted merge (PEFT's "
+                "add_weighted_adapter would keep the first parent's, computed for another update); "
+                "merge lora or rslora adapters")
+    return None
+
+
+def rank_problems(ranks: Sequence[int], how: str) -> list[str]:
+    """Why parents of these ranks cannot be merged with `how` (empty: they can)."""
+    if how != "cat" and len(set(ranks)) > 1:
+        return [f"the adapters have ranks {', '.join(map(str, sorted(set(ranks))))}: {how} needs one rank "
+                "(only cat merges different ranks)"]
+    if how == "cat" and sum(ranks) > MAX_RANK:
+        return [f"cat adds the ranks up to {sum(ranks)}, over the largest rank {MAX_RANK}"]
+    return []

@@ -22,7 +22,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lora_engine.adapter_merging import DEFAULT_DENSITY, RANDOM, merge_options_problems
+from lora_engine.adapter_merging import (
+    DEFAULT_DENSITY,
+    RANDOM,
+    merge_options_problems,
+    method_problem,
+    rank_problems,
+)
 from lora_engine.adapter_merging.combine import ModuleLora, average_modules, merge_module
 from lora_engine.adapters.folder import CONFIG_NAME, WEIGHTS_NAME, AdapterMeta, write_adapter_meta, write_json
 from lora_engine.adapters.io import AdapterFiles, read_adapter_files, read_adapter_meta, to_peft_key
@@ -30,7 +36,6 @@ from lora_engine.atomic import atomic_folder
 from lora_engine.errors import AdapterError
 from lora_engine.layers import is_lora_param
 from lora_engine.methods import method as method_entry
-from lora_engine.spec import MAX_RANK
 
 # Our key names of a module's LoRA factors (adapters.io.from_peft_key), linear and embedding.
 FACTORS = {".lora_A.weight": ".lora_B.weight", ".lora_embedding_A": ".lora_embedding_B"}
@@ -71,22 +76,15 @@ def parents_problems(parents: Sequence[Parent], how: str) -> list[str]:
     """Why these adapters cannot be merged together (empty: they can)."""
     problems = []
     for p in parents:
-        entry = method_entry(p.files.settings.method)
-        if entry.variant is not None:
-            problems.append(f"{p.folder.name}: a {entry.name} adapter cannot be merged (its {entry.variant} "
-                            "magnitude has no weighted merge; merge plain LoRA or rsLoRA adapters)")
+        why = method_problem(p.files.settings.method)
+        if why:
+            problems.append(f"{p.folder.name}: {why}")
     for what, get in (("base model", lambda p: p.meta.base_model), ("kind", lambda p: p.meta.kind),
                       ("task", lambda p: p.meta.task)):
         values = sorted({str(get(p)) for p in parents})
         if len(values) > 1:
             problems.append(f"the adapters differ in {what} ({', '.join(values)}): they must share it")
-    ranks = sorted({p.files.settings.rank for p in parents})
-    if how != "cat" and len(ranks) > 1:
-        problems.append(f"the adapters have ranks {', '.join(map(str, ranks))}: {how} needs one rank "
-                        "(only cat merges different ranks)")
-    if how == "cat" and sum(p.files.settings.rank for p in parents) > MAX_RANK:
-        problems.append(f"cat adds the ranks up to {sum(p.files.settings.rank for p in parents)}, over the "
-                        f"largest rank {MAX_RANK}")
+    problems += rank_problems([p.files.settings.rank for p in parents], how)
     heads = [{k: tuple(v.shape) for k, v in p.files.weights.items() if not is_lora_param(k)} for p in parents]
     if any(heads):
         if any(h != heads[0] for h in heads):

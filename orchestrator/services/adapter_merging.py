@@ -26,11 +26,11 @@ from lora_engine.adapter_merging import (
     USES_DENSITY,
     default_weights,
     merge_options_problems,
+    method_problem,
+    rank_problems,
 )
 from lora_engine.catalog import TASKS
 from lora_engine.errors import AdapterError, shown
-from lora_engine.methods import BY_NAME as METHODS
-from lora_engine.spec import MAX_RANK
 from orchestrator.errors import InvalidInput
 from orchestrator.registry.models import Adapter, AdapterParent, Job, utcnow
 from orchestrator.services._tx import transactional
@@ -47,18 +47,6 @@ MAX_SEED = 2**31 - 1
 REQUEST_FIELDS = {"models": "adapters", "method": "how", "weights": "weights", "density": "density",
                   "seed": "seed", "suffix": "suffix"}
 MAX_REF_CHARS = 300
-
-
-def _mergeable_method(name: str) -> str | None:
-    """Why an adapter of method `name` cannot be merged (None: it can)."""
-    entry = METHODS.get(name)
-    if entry is None or not entry.adapter:
-        return f"a {name} fine-tune is a whole model, not a LoRA adapter"
-    if entry.variant is not None:
-        return (f"a {name} adapter cannot be merged: its magnitude vector has no weighted merge (PEFT's "
-                "add_weighted_adapter would keep the first parent's, computed for another update); "
-                "merge lora or rslora adapters")
-    return None
 
 
 def _label_names(row: Adapter) -> tuple[str, ...]:
@@ -80,21 +68,11 @@ def _file_rank(row: Adapter) -> int:
     return rank
 
 
-def rank_problems(ranks: Sequence[int], how: str) -> list[str]:
-    """Why parents of these ranks cannot be merged with `how` (empty: they can)."""
-    if how != "cat" and len(set(ranks)) > 1:
-        return [f"the adapters have ranks {', '.join(map(str, sorted(set(ranks))))}: {how} needs one rank "
-                "(only cat merges different ranks)"]
-    if how == "cat" and sum(ranks) > MAX_RANK:
-        return [f"cat adds the ranks up to {sum(ranks)}, over the largest rank {MAX_RANK}"]
-    return []
-
-
 def registry_problems(parents: Sequence[Adapter], how: str) -> list[str]:
     """Why these (registry) adapters cannot be merged together, from their registry rows."""
     problems = []
     for row in parents:
-        why = _mergeable_method(row.method)
+        why = method_problem(row.method)
         if why:
             problems.append(f"adapter {row.id}: {why}")
     for what, get in (("base model", lambda a: a.base_model), ("task", lambda a: a.task),
