@@ -27,8 +27,10 @@ DATA = benchlib.DEFAULT_DATA
 
 from lora_engine.adapter_merging.folders import merge_adapter_folders  # noqa: E402
 from lora_engine.cache import BaseModelCache  # noqa: E402
+from lora_engine.catalog import TASKS  # noqa: E402
 from lora_engine.recipe import train  # noqa: E402
 from lora_engine.reevaluation import AdapterToScore, reevaluate  # noqa: E402
+from lora_engine.untuned import evaluate_untuned  # noqa: E402
 
 BASES = {"sst2": "minilm-l6", "e2e": "smollm2-135m"}
 HOWS = ("linear", "ties", "dare_linear")
@@ -39,13 +41,15 @@ def parents(task: str, steps: int, seeds: list[int], root: Path) -> dict[str, Pa
     out = {}
     for seed in seeds:
         folder = root / f"{task}-seed{seed}"
+        out[f"seed {seed}"] = folder
+        if (folder / "adapter_config.json").is_file():  # trained by an earlier run with this --out
+            continue
         # The run's own evaluation is one row: every adapter is scored below, on the same rows.
         spec = {"task": task, "base_model": BASES[task], "max_steps": steps, "seed": seed,
                 "eval_size": 1, "rank": 8}
         t0 = time.perf_counter()
         train(spec, folder, data_dir=DATA)
         print(f"trained {folder.name} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        out[f"seed {seed}"] = folder
     return out
 
 
@@ -53,10 +57,12 @@ def merges(task: str, parent_folders: dict[str, Path], root: Path) -> dict[str, 
     out = {}
     for how in HOWS:
         folder = root / f"{task}-{how}"
+        out[f"merge {how}"] = folder
+        if folder.is_dir():
+            continue
         merge_adapter_folders(list(parent_folders.values()), folder, how=how,
                               weights=[1 / len(parent_folders)] * len(parent_folders),
                               density=None if how == "linear" else 0.5, seed=0)
-        out[f"merge {how}"] = folder
     return out
 
 
@@ -68,7 +74,8 @@ def main() -> None:
     ap.add_argument("--sst2-eval", type=int, default=400)
     ap.add_argument("--e2e-eval", type=int, default=16)
     ap.add_argument("--seeds", default="1,2")
-    ap.add_argument("--out", type=Path, default=None, help="keep the adapters here (default: a temp folder)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="keep the adapters here (default: a temp folder); adapters already there are reused")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-merge-"))
@@ -86,6 +93,10 @@ def main() -> None:
         if scored.skipped:
             print(f"skipped: {scored.skipped}", file=sys.stderr)
         report[task] = {name: scored.scores[name]["validation"] for name in folders if name in scored.scores}
+        if TASKS[task].kind == "generation":  # the untuned base as a reference (a classifier's is chance)
+            report[task]["untuned base"] = evaluate_untuned(
+                {"task": task, "base_model": BASES[task], "method": "none", "eval_size": eval_size},
+                data_dir=DATA, meteor=False).metrics["validation"]
         report[task]["_budget"] = {"steps": steps, "eval_size": eval_size}
     print(json.dumps(report, indent=2))
     for task, rows in report.items():
