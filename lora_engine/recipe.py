@@ -10,7 +10,9 @@
    skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying a gain towards 0 would
    shrink activations rather than regularise.
 3. `fit()` runs optimizer steps: `grad_accum` micro-batches, each loss divided by `grad_accum` so
-   the update is that of one batch `grad_accum` times larger; gradient norm clipped to 1.0; the
+   the update is that of one batch `grad_accum` times larger; gradient norm clipped to 1.0 (the
+   norm before clipping, which `clip_grad_norm_` computes anyway, is reported with each step's
+   progress and read in the same device sync as the step's last loss: no sync of its own); the
    learning rate of every group is `base_lr · lr_factor(step)` (see `schedule.py`).
    Hooks: progress every step, should-stop every step (checkpoint, then `TrainingStopped`),
    checkpoint every N steps (each reported to `on_checkpoint` once on disk); a run resumes from
@@ -61,7 +63,7 @@ from lora_engine.checkpoint import (
 )
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, seed_everything, synchronize
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
-from lora_engine.forward import training_loss
+from lora_engine.forward import recompute, training_loss
 from lora_engine.forward.encoder import set_pooling
 from lora_engine.methods import method
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
@@ -85,6 +87,7 @@ class Progress:
     tokens: int  # non-pad tokens trained so far (whole run, across resumes)
     lr: float = 0.0  # the body's learning rate used by this step
     epoch: float = 0.0  # epochs done after this step (fractional)
+    grad_norm: float | None = None  # the step's gradient norm before clipping (L2, all trainables)
 
 
 @dataclass
@@ -129,6 +132,10 @@ class RunStats:
     peak_mem_bytes: int
     examples: int
     tokens: int
+    # Peak minus the memory once the model was loaded (None in a pack, which loads once for all),
+    # and the mean device time of this attempt's optimizer steps: what gradient checkpointing trades.
+    activation_mem_bytes: int | None = None
+    step_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,10 @@ class Run:
     examples: int = 0
     tokens: int = 0
     device_s: float = 0.0
+    # This attempt's optimizer steps and their device time (not checkpointed: a resumed attempt
+    # counts its own).
+    fit_steps: int = 0
+    fit_s: float = 0.0
 
 
 def label_names_for(spec: TrainingSpec) -> tuple[str, ...]:
@@ -357,6 +368,7 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: Traini
     seed_everything(spec.seed)
     reset_head(model, heads)
     settings = _adapt(spec, model, heads)
+    recompute.set_enabled(model, spec.gradient_checkpointing)
 
     encoded = data.encoded
     sampler = BucketBatchSampler(encoded.lengths, spec.batch_size, seed=spec.seed)
@@ -484,9 +496,14 @@ def abandon_step(run: Run, start: tuple, hooks: TrainHooks) -> None:
     raise TrainingStopped(run.step)
 
 
-def apply_update(run: Run, params: list[nn.Parameter]) -> None:
-    """Clip the accumulated gradient, take the optimizer step, clear the gradients, count the step."""
-    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+def clip_gradients(params: list[nn.Parameter]) -> torch.Tensor:
+    """Clip the step's accumulated gradient to norm GRAD_CLIP in place; its norm before clipping,
+    left on the device: the caller reads it in the device sync the step makes anyway."""
+    return torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+
+
+def apply_update(run: Run) -> None:
+    """Take the optimizer step on the clipped gradient, clear the gradients, count the step."""
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
@@ -513,30 +530,36 @@ def divergence(losses: list[float], factor: float | None, patience: int) -> str 
     return None
 
 
-def progress_event(run: Run, step_loss: float, examples_per_s: float) -> Progress:
+def progress_event(run: Run, step_loss: float, examples_per_s: float, grad_norm: float | None = None
+                   ) -> Progress:
     """The progress of the step `run` just took."""
     epoch = run.step * run.spec.grad_accum / max(len(run.sampler), 1)
     return Progress(run.step, run.total_steps, step_loss, examples_per_s, run.tokens,
-                    run.optimizer.param_groups[0]["lr"], epoch)
+                    run.optimizer.param_groups[0]["lr"], epoch, grad_norm)
 
 
-def end_step(run: Run, hooks: TrainHooks, step_loss: float, params: list[nn.Parameter], pace: Pace, *,
+def end_step(run: Run, hooks: TrainHooks, step_loss: float, grad_norm: float, pace: Pace, *,
              since: float) -> None:
-    """Everything after the backward passes of one optimizer step, alone or in a pack.
+    """Everything after the backward passes and the clipping (`clip_gradients`, whose norm is
+    `grad_norm`) of one optimizer step, alone or in a pack.
 
     A diverging loss raises TrainingDiverged before the update (nothing non-finite reaches the
-    weights); then the update (clip, step, zero_grad), the step's loss, its device time (from
-    `since`), the progress hook, an evaluation of the held-out rows when due, a checkpoint when
-    due or stopping; TrainingStopped (after the checkpoint) when `hooks.should_stop()`.
+    weights); then the update (step, zero_grad), the step's loss, its device time (from
+    `since`), the progress hook (with the loss and the gradient norm), an evaluation of the
+    held-out rows when due, a checkpoint when due or stopping; TrainingStopped (after the
+    checkpoint) when `hooks.should_stop()`.
     """
     why = divergence([*run.losses, step_loss], hooks.divergence_factor, hooks.divergence_patience)
     if why is not None:
         raise TrainingDiverged(run.step + 1, step_loss, why)
-    apply_update(run, params)
+    apply_update(run)
     run.losses.append(step_loss)
-    run.device_s += time.perf_counter() - since
+    took = time.perf_counter() - since
+    run.device_s += took
+    run.fit_s += took
+    run.fit_steps += 1
     if hooks.on_progress is not None:
-        hooks.on_progress(progress_event(run, step_loss, pace.rate()))
+        hooks.on_progress(progress_event(run, step_loss, pace.rate(), grad_norm))
     if run.selection is not None and (run.step % run.spec.eval_every == 0 or run.step == run.total_steps):
         if hooks.on_phase is not None:
             hooks.on_phase("evaluating")
@@ -573,9 +596,13 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             with autocast(dev):
                 loss = training_loss(model, inputs, kind) / run.spec.grad_accum
             loss.backward()
-            step_loss += loss.item()  # waits for the device: the step's device time ends here
             pace.count(run, batch)
-        end_step(run, hooks, step_loss, params, pace, since=t_step)
+            if micro + 1 < run.spec.grad_accum:
+                step_loss += loss.item()
+        # The last loss and the gradient norm in one read: the step's one device sync (its
+        # device time ends here), as when the loss alone was read.
+        last, grad_norm = torch.stack([loss.detach().float(), clip_gradients(params).float()]).tolist()
+        end_step(run, hooks, step_loss + last, grad_norm, pace, since=t_step)
 
 
 # --- evaluation + output --------------------------------------------------------------------------
@@ -656,6 +683,7 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
     mem.start()
     try:
         run = setup(spec, data_dir=data_dir, cache=cache, device=device)
+        mem.mark_loaded()
         resumed = resume_run(run, hooks.checkpoint_dir)
         if resumed is not None and hooks.on_resume is not None:
             hooks.on_resume(run.step, resumed)
@@ -701,7 +729,9 @@ def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wa
     adapter_bytes = folder_bytes(folder)
     stats = RunStats(trainable_params=trainable, total_params=total, adapter_bytes=adapter_bytes,
                      wall_s=time.perf_counter() - wall0, device_s=run.device_s, device=run.device.name,
-                     peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens)
+                     peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens,
+                     activation_mem_bytes=mem.activation_bytes(),
+                     step_s=run.fit_s / run.fit_steps if run.fit_steps else None)
     return TrainResult(adapter_dir=folder, metrics=metrics, stats=stats, losses=list(run.losses),
                        eval_history=list(run.selection.history) if run.selection is not None else [])
 

@@ -101,6 +101,10 @@ class TrainingSpec(BaseModel):
     # engine used alone; the worker passes the stored, hash-checked file).
     dataset: str | None = None
     init_from: str | None = None  # an adapter folder to start from (lineage)
+    # Recompute each layer's activations in the backward pass instead of keeping them: about half
+    # the activation memory for about a third more step time (bench/bench_grad_ckpt.py); the
+    # numbers trained are the same.
+    gradient_checkpointing: bool = False
 
     @property
     def info(self) -> TaskInfo:
@@ -213,12 +217,13 @@ def _size_problems(v: dict[str, Any]) -> list[str]:
 
 # Fields only training reads: given with a method that trains nothing ('none') they would be
 # silently ignored.
-UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "warmup_ratio", "init_from")
+UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "warmup_ratio", "init_from",
+                  "gradient_checkpointing")
 
 
 def _untuned_problems(v: dict[str, Any], method: str) -> list[str]:
     problems = [f"{name}: not used by method {method!r} (it evaluates the base model, trains nothing)"
-                for name in UNTUNED_UNUSED if v.get(name) not in (None, AUTO)]
+                for name in UNTUNED_UNUSED if v.get(name) not in (None, AUTO) and v.get(name) is not False]
     if v.get("rank", 0) != 0:
         problems.append(f"rank: method {method!r} trains nothing; leave rank out or give 0 "
                         f"(got {shown(v['rank'])})")

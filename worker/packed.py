@@ -68,7 +68,8 @@ def _packable(job, settings: Settings) -> str | None:
     # A job on a full fine-tune (base_adapter_id) reads its base from that adapter, verified on
     # the single path first, as a parent it continues is.
     return packable(method=job.method, arch=arch, kind=kind, evaluates=_evaluates(job),
-                    continues_adapter=job.init_from_adapter_id is not None or job.base_adapter_id is not None)
+                    continues_adapter=job.init_from_adapter_id is not None or job.base_adapter_id is not None,
+                    recomputes=bool(job.spec.get("gradient_checkpointing")))
 
 
 def _pooling(base_model: str, spec: dict) -> str:

@@ -33,8 +33,8 @@ def train_hooks(ctx: JobContext):
     def on_progress(p) -> None:
         exporter.observe_progress(p.step, p.examples_per_s)
         if ctx.hooks.on_metrics is not None:  # before the heartbeat, which flushes the points
-            ctx.hooks.on_metrics(p.step, p.epoch, {"loss": p.loss, "lr": p.lr})
-        ctx.hooks.on_progress(p.step, p.total, p.loss)
+            ctx.hooks.on_metrics(p.step, p.epoch, {"loss": p.loss, "lr": p.lr, "grad_norm": p.grad_norm})
+        ctx.hooks.on_progress(p.step, p.total, p.loss, p.grad_norm)
 
     def on_evaluate(point) -> None:  # an evaluation during training: its curves, at the next beat
         if ctx.hooks.on_metrics is not None:

@@ -40,7 +40,8 @@ from orchestrator.services.webhook_outbox import job_ended
 # writes ~200 events, not 10k).
 PROGRESS_EVENT_INTERVAL_S = 5.0
 
-USAGE_FIELDS = ("device", "device_seconds", "wall_seconds", "peak_memory_bytes", "examples", "tokens")
+USAGE_FIELDS = ("device", "device_seconds", "wall_seconds", "peak_memory_bytes", "examples", "tokens",
+                "activation_memory_bytes", "step_seconds")
 
 
 def _lease(now: datetime, lease_seconds: float) -> datetime:
@@ -189,12 +190,14 @@ def heartbeat(
     lease_seconds: float,
     now: datetime | None = None,
     event_interval_s: float = PROGRESS_EVENT_INTERVAL_S,
+    grad_norm: float | None = None,
 ) -> Abort | None:
     """Extend the lease, record progress; why training must stop, if it must: Abort.CANCEL (a
     cancel was requested; it wins over a pause), Abort.PAUSE (checkpoint, then `paused`), else None.
 
-    Writes a `progress` event on the first heartbeat, the last step, and otherwise at most once
-    per `event_interval_s`. LeaseLost if the job is no longer this worker's.
+    Writes a `progress` event (step, total, loss, and the step's gradient norm before clipping when
+    the work trains) on the first heartbeat, the last step, and otherwise at most once per
+    `event_interval_s`. LeaseLost if the job is no longer this worker's.
     """
     now = now or utcnow()
     job = owned_job(session, job_id, worker_id)
@@ -207,8 +210,12 @@ def heartbeat(
     last_step = total is not None and step >= total
     if last is None or last_step or (now - last).total_seconds() >= event_interval_s:
         job.progress_event_at = now
-        message = f"step {step}/{total}" + (f" loss {loss:.4f}" if loss is not None else "")
-        add_event(session, job, "progress", message, {"step": step, "total": total, "loss": loss}, ts=now)
+        message = (f"step {step}/{total}" + (f" loss {loss:.4f}" if loss is not None else "")
+                   + (f" grad norm {grad_norm:.4g}" if grad_norm is not None else ""))
+        data = {"step": step, "total": total, "loss": loss}
+        if grad_norm is not None:
+            data["grad_norm"] = float(grad_norm)
+        add_event(session, job, "progress", message, data, ts=now)
     if job.cancel_requested:
         return Abort.CANCEL
     return Abort.PAUSE if job.pause_requested else None
@@ -268,14 +275,19 @@ class UsageRecord:
     peak_memory_bytes: int | None = None
     examples: int = 0
     tokens: int = 0
+    activation_memory_bytes: int | None = None  # peak minus the memory once the model was loaded
+    step_seconds: float | None = None  # mean device time of the attempt's optimizer steps
 
     @classmethod
     def of_run(cls, stats: Any) -> UsageRecord:
         """What a run cost, from the engine's run statistics (`lora_engine.recipe.RunStats`, or
-        any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`)."""
+        any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`,
+        and optionally `activation_mem_bytes`, `step_s`)."""
         return cls(device=stats.device, device_seconds=float(stats.device_s),
                    wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,
-                   examples=int(stats.examples), tokens=int(stats.tokens))
+                   examples=int(stats.examples), tokens=int(stats.tokens),
+                   activation_memory_bytes=getattr(stats, "activation_mem_bytes", None),
+                   step_seconds=getattr(stats, "step_s", None))
 
     @classmethod
     def coerce(cls, usage: UsageRecord | Mapping[str, Any]) -> UsageRecord:
@@ -285,7 +297,8 @@ class UsageRecord:
         unknown = sorted(set(usage) - set(USAGE_FIELDS))
         if unknown:
             raise InvalidInput(f"unknown usage fields {unknown}; allowed: {', '.join(USAGE_FIELDS)}")
-        peak = usage.get("peak_memory_bytes")
+        peak, activation, step = (usage.get(k) for k in ("peak_memory_bytes", "activation_memory_bytes",
+                                                          "step_seconds"))
         return cls(
             device=str(usage.get("device", "cpu")),
             device_seconds=float(usage.get("device_seconds", 0.0)),
@@ -293,6 +306,8 @@ class UsageRecord:
             peak_memory_bytes=None if peak is None else int(peak),
             examples=int(usage.get("examples", 0)),
             tokens=int(usage.get("tokens", 0)),
+            activation_memory_bytes=None if activation is None else int(activation),
+            step_seconds=None if step is None else float(step),
         )
 
 
@@ -306,7 +321,8 @@ def _usage_row(job: Job, usage: UsageInput) -> Usage | None:
     return Usage(
         job_id=job.id, tenant_id=job.tenant_id, attempt=job.attempts, device=u.device,
         device_seconds=u.device_seconds, wall_seconds=u.wall_seconds, peak_memory_bytes=u.peak_memory_bytes,
-        examples=u.examples, tokens=u.tokens,
+        examples=u.examples, tokens=u.tokens, activation_memory_bytes=u.activation_memory_bytes,
+        step_seconds=u.step_seconds,
     )
 
 

@@ -150,6 +150,17 @@ def test_lora_run_writes_peft_adapter_card_and_stats(tmp_path):
     assert s.examples == 3 * 8 and s.device == "cpu" and s.peak_mem_bytes > 100 * 2**20  # torch alone
     assert s.adapter_bytes == sum(p.stat().st_size for p in res.adapter_dir.iterdir())
     assert 0 < s.device_s <= s.wall_s
+    assert s.activation_mem_bytes is not None and 0 <= s.activation_mem_bytes <= s.peak_mem_bytes
+    assert 0 < 3 * s.step_s <= s.device_s  # the mean of the three steps' device time
+
+
+def test_gradient_checkpointing_trains_the_same_numbers(tmp_path):
+    spec = {**SST2, "dropout": 0.1}
+    plain = train(spec, tmp_path / "a", data_dir=DATA)
+    recomputed = train({**spec, "gradient_checkpointing": True}, tmp_path / "b", data_dir=DATA)
+    assert recomputed.losses == pytest.approx(plain.losses, rel=1e-5)
+    meta = json.loads((recomputed.adapter_dir / "lorafleet.json").read_text())
+    assert meta["spec"]["gradient_checkpointing"] is True
 
 
 def test_warmup_and_decay_reach_the_optimizer(tmp_path):
