@@ -1,7 +1,7 @@
 """merged adapters: job kind `merge`, and `adapter_parents` (a merged adapter's parents)
 
 Revision ID: 2026_12_08_merges
-Revises: 2026_12_08_grad_ckpt
+Revises: 2026_12_08_devices
 Create Date: 2026-12-08 09:00:00+00:00
 
 - jobs.kind gains 'merge' (`lorafleet adapter merge`: the worker merges the parents' LoRA
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "2026_12_08_merges"
-down_revision: str | None = "2026_12_08_grad_ckpt"
+down_revision: str | None = "2026_12_08_devices"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
