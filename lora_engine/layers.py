@@ -4,7 +4,16 @@
     DoRA  (Liu et al. 2024):  y = (m / ‖W0 + s·B·A‖_row) ⊙ (W0·x + s·B·A·x) + b
 
 A ∈ R^{r×in} starts kaiming-uniform and B ∈ R^{out×r} starts at zero, so an injected model computes
-exactly its base model until B is trained. The DoRA magnitude m starts at ‖W0‖_row and, as in PEFT
+exactly its base model until B is trained. PiSSA and OLoRA start A and B from W0 itself and train
+on its residual, so the model computes its base there too (up to float rounding):
+
+    PiSSA (Meng et al. 2024):     W0 = U·S·Vᵀ;  B0 = U_r·√(S_r/s),  A0 = √(S_r/s)·V_rᵀ
+    OLoRA (Büyükakyüz 2024):      W0 = Q·R;     B0 = Q_r,           A0 = R_r
+    both:                         W0 ← W0 − s·B0·A0  (the residual the run trains on)
+
+as PEFT's `pissa_init` (full SVD, `init_lora_weights="pissa"`) and `olora_init` compute them, in
+float32 whatever the weight's dtype. The layer keeps A0 and B0 (`initial_A`, `initial_B`, buffers
+outside the state dict) for the adapter's conversion to a plain LoRA on the untouched base. The DoRA magnitude m starts at ‖W0‖_row and, as in PEFT
 (and section 4.3 of the DoRA paper), the row norm is treated as a constant in the backward pass.
 
 The base `weight` and `bias` are the very Parameter objects of the module replaced, registered under
@@ -56,9 +65,39 @@ def _default_init(layer: LoRALinear) -> None:
     nn.init.zeros_(layer.lora_B.weight)
 
 
+def _start_on_residual(layer: LoRALinear, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> None:
+    """A, B ← a, b; W0 ← w − s·b·a (all float32, (out, in)); remember a and b as A0, B0."""
+    with torch.no_grad():
+        dtype = layer.weight.dtype
+        layer.lora_A.weight.copy_(a)
+        layer.lora_B.weight.copy_(b)
+        residual = (w - layer.scaling * b @ a).to(dtype)
+        layer.weight.data.copy_(residual.t() if layer.fan_in_fan_out else residual)
+    layer.register_buffer("initial_A", layer.lora_A.weight.detach().clone(), persistent=False)
+    layer.register_buffer("initial_B", layer.lora_B.weight.detach().clone(), persistent=False)
+
+
+def _pissa_init(layer: LoRALinear) -> None:
+    """PEFT's `init_lora_weights="pissa"`: the top r singular triplets of W0, split evenly between
+    B and A, divided by s so that s·B0·A0 is W0's principal part."""
+    w = layer.base_weight_oi().detach().to(torch.float32)
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    root = torch.sqrt(sv[: layer.r] / layer.scaling)
+    _start_on_residual(layer, root[:, None] * vh[: layer.r], u[:, : layer.r] * root[None, :], w)
+
+
+def _olora_init(layer: LoRALinear) -> None:
+    """PEFT's `init_lora_weights="olora"`: W0 = Q·R, B0 = the first r columns of Q (orthonormal),
+    A0 = the first r rows of R. (PEFT factors the weight as stored, which for GPT-2's Conv1D is
+    (in, out) and gives A and B the wrong shapes; here it is always (out, in).)"""
+    w = layer.base_weight_oi().detach().to(torch.float32)
+    q, r = torch.linalg.qr(w)
+    _start_on_residual(layer, r[: layer.r], q[:, : layer.r], w)
+
+
 # How a method's A and B start (`Method.init`). An initialiser that writes into the base weight
 # (PiSSA's residual) belongs to a method whose entry says `changes_base=True`.
-INITIALISERS = {"default": _default_init}
+INITIALISERS = {"default": _default_init, "pissa": _pissa_init, "olora": _olora_init}
 
 
 class DoRA:
@@ -114,16 +153,18 @@ VARIANTS = {"dora": DoRA}  # `Method.variant` -> its share of the layer; None: p
 class LoRALinear(nn.Module):
     """LoRA (or a variant) around an `nn.Linear` or a transformers `Conv1D` (fan_in_fan_out=True).
 
-    The method is given as PEFT's LoraConfig flags (`use_rslora`, `use_dora`, ...; see methods.py);
-    its table entry (named by `method`) says the scaling, the initialisation and the variant.
+    The method is named (`method`) or given as PEFT's LoraConfig flags (`use_rslora`, `use_dora`,
+    ...; see methods.py; LoRA+ has LoRA's flags, so only its name says it); its table entry says
+    the scaling, the initialisation and the variant.
 
     Parameter names follow PEFT: `lora_A.weight` (r×in), `lora_B.weight` (out×r); DoRA adds
     `lora_magnitude` (out,), written to PEFT files as `lora_magnitude_vector`.
     """
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, **peft_flags: object):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, *,
+                 method: str | None = None, **peft_flags: object):
         super().__init__()
-        method = method_entry(method_of_flags(**peft_flags))
+        method = method_entry(method or method_of_flags(**peft_flags))
         self.fan_in_fan_out = is_conv1d(base)
         weight = base.weight
         if self.fan_in_fan_out:
