@@ -13,14 +13,16 @@ on its residual, so the model computes its base there too (up to float rounding)
 
 as PEFT's `pissa_init` (full SVD, `init_lora_weights="pissa"`) and `olora_init` compute them, in
 float32 whatever the weight's dtype. The layer keeps A0 and B0 (`initial_A`, `initial_B`, buffers
-outside the state dict) for the adapter's conversion to a plain LoRA on the untouched base. The DoRA magnitude m starts at ‖W0‖_row and, as in PEFT
-(and section 4.3 of the DoRA paper), the row norm is treated as a constant in the backward pass.
+outside the state dict) for the adapter's conversion to a plain LoRA on the untouched base.
+
+The DoRA magnitude m starts at ‖W0‖_row and, as in PEFT (and section 4.3 of the DoRA paper), the
+row norm is treated as a constant in the backward pass.
 
 The base `weight` and `bias` are the very Parameter objects of the module replaced, registered under
 the same names, so the model's base state-dict keys do not change (`c_attn.weight` stays
 `c_attn.weight`) and a base checkpoint still loads into an injected model.
 
-Which method a layer runs is its entry in methods.py (given as PEFT's flags): the entry's scaling
+Which method a layer runs is its entry in methods.py (named, or given as PEFT's flags): the entry's scaling
 rule, its initialiser (`INITIALISERS`) and its variant (`VARIANTS`: DoRA; none for LoRA and
 rsLoRA). `LoRALinear.update(x, result)` adds the adapter's share to the base output, the shape of
 PEFT's `LoraVariant.forward`: the layer's own forward and the packed layer (one call per job's

@@ -223,7 +223,8 @@ LR_RULES: dict[str, tuple[Callable[[str, nn.Parameter], str], dict[str, Callable
 
 
 def param_groups(model: nn.Module, heads: list[str], *, lr: float, head_lr: float | None,
-                 weight_decay: float, lr_rule: str | None = None, lr_ratio: float | None = None) -> list[dict]:
+                 weight_decay: float, lr_rule: str | None = None,
+                 lr_ratio: float | None = None) -> list[dict]:
     """AdamW groups {body, head} × {decay, no decay} (× the body's rates of `lr_rule`, LoRA+'s);
     empty groups are left out.
 
@@ -275,7 +276,6 @@ def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
         return None
     if spec.init_from:
         from lora_engine.adapters.io import load_adapter, settings_from_config
-
         from lora_engine.inject import lora_modules
 
         settings = settings_from_config(load_adapter(model, spec.init_from))
