@@ -280,13 +280,14 @@ class LoRAEmbedding(nn.Module):
 
     As PEFT (and loralib), A (r×num_embeddings) starts at zero and B (dim×r) at N(0, 1), so the
     update is zero at start; PEFT names them `lora_embedding_A` / `lora_embedding_B`. No dropout
-    (PEFT applies none to embeddings). The method, as PEFT's flags, must be one whose entry allows
+    (PEFT applies none to embeddings). The method, named or as PEFT's flags, must be one whose entry allows
     embeddings (`Method.embeddings`; not DoRA).
     """
 
-    def __init__(self, base: nn.Embedding, r: int, alpha: float, **peft_flags: object):
+    def __init__(self, base: nn.Embedding, r: int, alpha: float, *, method: str | None = None,
+                 **peft_flags: object):
         super().__init__()
-        method = method_entry(method_of_flags(**peft_flags))
+        method = method_entry(method or method_of_flags(**peft_flags))
         if not method.embeddings:
             raise ValueError(f"method {method.name!r} adapts linear layers only, not embeddings")
         self.num_embeddings, self.embedding_dim = base.weight.shape

@@ -108,10 +108,6 @@ class Method:
                              f"scalings {', '.join(SCALINGS)}")
         if not self.trains and (self.adapter or self.changes_base):
             raise ValueError(f"method {self.name!r} trains nothing: it has no adapter and leaves the base")
-        if self.adapter and self.changes_base and self.stored_as is None:
-            # Its files, as trained, need the residual base it ran on: nothing could use them.
-            raise ValueError(f"method {self.name!r} changes the base: its adapter must be stored as "
-                             "another method's (stored_as) that runs on the untouched base")
 
     @property
     def stored_method(self) -> str:

@@ -232,7 +232,7 @@ def settings_from_config(config: dict) -> LoraSettings:
         raise AdapterError(f"{CONFIG_NAME}: {problem}")
     r, alpha = config["r"], float(config["lora_alpha"])
     method = method_of_config(config)
-    if adapter_method(method).changes_base:
+    if adapter_method(method).stored_method != method:  # PiSSA/OLoRA: only ever stored converted
         raise AdapterError(
             f"adapter_config.json: init_lora_weights={config.get('init_lora_weights')!r} is a {method} "
             "adapter as trained, which needs the residual base it ran on; save it converted to a plain "
