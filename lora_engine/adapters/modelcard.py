@@ -110,6 +110,22 @@ def _pooling_lines(pooling: str, method: str) -> list[str]:
             "# RoBERTa: logits = body.classifier(mean)", "```", ""]
 
 
+def _stored_as_lines(method: str, spec: dict) -> list[str]:
+    """For a method whose files hold another's form (methods.Method.stored_as): what was trained and
+    what the files are."""
+    entry = BY_NAME.get(method)
+    if entry is None or entry.stored_as is None:
+        return []
+    rank = spec.get("rank")
+    if entry.stored_rank_factor == 1:
+        return ["", f"The files are a plain {entry.stored_as} adapter: {method} changes only how it was "
+                "trained."]
+    return ["", f"Trained as {method} r={rank} on the base model's residual; stored, as PEFT's "
+            "`save_pretrained(..., path_initial_model_for_weight_conversion=...)` converts it, as a plain "
+            f"{entry.stored_as} adapter of rank {entry.stored_rank(rank) if isinstance(rank, int) else '2r'} "
+            "on the unchanged base model, which is what loads it."]
+
+
 def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None) -> str:
     """Markdown model card with Hub metadata for the adapter (or full model) `meta` describes; its
     metrics and spec come from `meta`, `stats` are the run's statistics."""
@@ -130,6 +146,7 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None)
     what = "full fine-tuned model" if whole else f"{method} adapter (Hugging Face PEFT format)"
     lines.append(f"A {what} trained by lorafleet on the task `{task}`"
                  + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
+    lines += _stored_as_lines(method, spec)
     lines += ["", "## Use", ""]
     if meta.label_names:
         lines.append("Labels: " + ", ".join(f"{i} = `{n}`" for i, n in enumerate(meta.label_names)) + ".")

@@ -160,6 +160,8 @@ def test_a_pissa_run_stores_an_adapter_peft_scores_alike(tmp_path):
     config = json.loads((res.adapter_dir / "adapter_config.json").read_text())
     stored = (meta["method"], meta["spec"]["rank"], config["r"], config["init_lora_weights"])
     assert stored == ("pissa", 4, 8, True)
+    card = (res.adapter_dir / "README.md").read_text()
+    assert "Trained as pissa r=4 on the base model's residual" in card and "adapter of rank 8" in card
 
     # PEFT's loader (and its merge) on a fresh, untouched base, scored by lorafleet's evaluation.
     base, tokenizer = load_base_model("minilm-l6", "classification", 2)
