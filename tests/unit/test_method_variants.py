@@ -216,3 +216,19 @@ def test_a_packed_loraplus_job_trains_as_alone(tmp_path):
     # LoRA+'s rates are not LoRA's: the same job at ratio 1 (plain LoRA rates) takes another path.
     same = train({**jobs["plus"], "loraplus_lr_ratio": 1.0}, tmp_path / "ratio-1", data_dir=DATA)
     assert not np.allclose(same.losses[1:], solo["plus"].losses[1:], rtol=0, atol=1e-6)
+
+
+def test_reevaluation_swaps_a_stored_pissa_adapter_onto_the_shared_base(tmp_path):
+    from lora_engine.cache import BaseModelCache
+    from lora_engine.recipe import train
+    from lora_engine.reevaluation import AdapterToScore, reevaluate
+
+    spec = {"task": "sst2", "base_model": "tiny-bert", "max_steps": 2, "batch_size": 8, "eval_size": 16,
+            "max_length": 32, "rank": 4}
+    runs = {m: train({**spec, "method": m, "rank": 8 if m == "lora" else 4}, tmp_path / m, data_dir=DATA)
+            for m in ("lora", "pissa")}
+    res = reevaluate([AdapterToScore(m, r.adapter_dir, "sst2", "tiny-bert") for m, r in runs.items()],
+                     data_dir=DATA, cache=BaseModelCache(), eval_size=16)
+    # Stored as a LoRA of rank 8 on the untouched base: one base, the second adapter swapped in.
+    assert (res.skipped, res.base_loads, res.injections, res.swaps) == ({}, 1, 1, 1)
+    assert res.scores["pissa"] == runs["pissa"].metrics
