@@ -145,3 +145,9 @@ def test_every_method_is_a_compare_row_with_the_same_columns(session) -> None:
         assert row.recommendation.startswith(("best trade-off — ", f"{row.label}: "))
     best = [r.method for r in rows if r.recommendation.startswith("best trade-off")]
     assert best == ["pissa"]  # within 1 point of the top (0.875), the smallest checkpoint
+    from orchestrator.reports.render import render
+
+    report = compare_report(session, make_filters())
+    markdown, html = render(report, "md"), render(report, "html")
+    for label in ("loraplus r=8", "pissa r=8", "olora r=8", "untuned base"):
+        assert f"| {label} |" in markdown and label in html
