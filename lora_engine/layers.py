@@ -68,11 +68,16 @@ def _default_init(layer: LoRALinear) -> None:
 
 
 def _start_on_residual(layer: LoRALinear, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> None:
-    """A, B ← a, b; W0 ← w − s·b·a (all float32, (out, in)); remember a and b as A0, B0."""
+    """A, B ← a, b; W0 ← w − s·b·a (all float32, (out, in)); remember a and b as A0, B0.
+
+    The residual is taken from A0 and B0 as the layer holds them (rounded to a half-precision
+    layer's dtype), so that W_res + s·B0·A0 is W0 to float32 rounding and the stored conversion
+    (`adapters.io`) is exact whatever the dtype; for float32 layers that is PEFT's arithmetic."""
     with torch.no_grad():
         dtype = layer.weight.dtype
         layer.lora_A.weight.copy_(a)
         layer.lora_B.weight.copy_(b)
+        a, b = layer.lora_A.weight.float(), layer.lora_B.weight.float()
         residual = (w - layer.scaling * b @ a).to(dtype)
         layer.weight.data.copy_(residual.t() if layer.fan_in_fan_out else residual)
     layer.register_buffer("initial_A", layer.lora_A.weight.detach().clone(), persistent=False)

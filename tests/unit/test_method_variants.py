@@ -232,3 +232,28 @@ def test_reevaluation_swaps_a_stored_pissa_adapter_onto_the_shared_base(tmp_path
     # Stored as a LoRA of rank 8 on the untouched base: one base, the second adapter swapped in.
     assert (res.skipped, res.base_loads, res.injections, res.swaps) == ({}, 1, 1, 1)
     assert res.scores["pissa"] == runs["pissa"].metrics
+
+
+@pytest.mark.parametrize("method", ["pissa", "olora"])
+@pytest.mark.parametrize(("layer_type", "dtype"), [("linear", torch.float32), ("linear", torch.bfloat16),
+                                                   ("conv1d", torch.float32)])
+def test_the_residual_and_the_start_add_up_to_w0(method, layer_type, dtype):
+    from transformers.pytorch_utils import Conv1D
+
+    from lora_engine.layers import LoRALinear
+
+    torch.manual_seed(0)
+    base = (torch.nn.Linear(32, 24) if layer_type == "linear" else Conv1D(24, 32)).to(dtype)
+    w0 = (base.weight.t() if layer_type == "conv1d" else base.weight).detach().float().clone()
+    layer = LoRALinear(base, 4, 8.0, method=method)
+    assert layer.lora_A.weight.dtype == dtype and layer.lora_A.weight.shape == (4, 32)
+    residual = layer.base_weight_oi().float()
+    assert (residual - w0).abs().max() > 0.1 * w0.abs().max()  # the start was taken out of W0 ...
+    rebuilt = residual + layer.scaling * layer.initial_B.float() @ layer.initial_A.float()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # ... and adds back to it (bf16: one rounding)
+    torch.testing.assert_close(rebuilt, w0, atol=tol * w0.abs().max().item(), rtol=0)
+    x = torch.randn(5, 32, dtype=dtype)
+    # The layer computes the untouched base (base's own weight is the residual now: shared).
+    expected = x.float() @ w0.t() + base.bias.float()
+    atol = 1e-4 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(layer(x).float(), expected, atol=atol, rtol=0)
