@@ -257,3 +257,19 @@ def test_the_residual_and_the_start_add_up_to_w0(method, layer_type, dtype):
     expected = x.float() @ w0.t() + base.bias.float()
     atol = 1e-4 if dtype == torch.float32 else 0.1
     torch.testing.assert_close(layer(x).float(), expected, atol=atol, rtol=0)
+
+
+def test_loraplus_continues_a_lora_adapter_and_pissa_is_continued_as_its_stored_lora(tmp_path):
+    from lora_engine.errors import LoraConfigError
+    from lora_engine.recipe import train
+
+    spec = {"task": "sst2", "base_model": "tiny-bert", "max_steps": 1, "batch_size": 8, "eval_size": 8,
+            "max_length": 32, "rank": 4}
+    lora = train(spec, tmp_path / "lora", data_dir=DATA).adapter_dir
+    plus = train({**spec, "method": "loraplus", "init_from": str(lora)}, tmp_path / "plus", data_dir=DATA)
+    assert json.loads((plus.adapter_dir / "lorafleet.json").read_text())["method"] == "loraplus"
+    pissa = train({**spec, "method": "pissa"}, tmp_path / "pissa", data_dir=DATA).adapter_dir
+    more = train({**spec, "rank": 8, "init_from": str(pissa)}, tmp_path / "more", data_dir=DATA)
+    assert json.loads((more.adapter_dir / "adapter_config.json").read_text())["r"] == 8
+    with pytest.raises(LoraConfigError, match="init_from adapter is lora r=8, the spec asks for dora r=8"):
+        train({**spec, "rank": 8, "method": "dora", "init_from": str(pissa)}, tmp_path / "no", data_dir=DATA)
