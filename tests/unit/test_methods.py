@@ -3,9 +3,10 @@
 - the table keeps the method lists and their order, refuses an entry that contradicts itself, and
   is torch-free (with the packability rule), so the CLI and the worker may read it;
 - the packability rule against a hand-made table of jobs, edges included;
-- one entry's `changes_base` is what the base cache, the pack and re-evaluation obey: a LoRA
-  method whose entry said it changed the base (as PiSSA's will) gets its base evicted after
-  training, is refused by a pack, and is re-evaluated on a base of its own.
+- one entry's `changes_base` is what the base cache, the pack and re-evaluation obey: PiSSA and
+  OLoRA get their base evicted after training and are refused by a pack; a LoRA method whose
+  adapter needed the changed base (a hypothetical entry) is re-evaluated on a base of its own
+  (PiSSA's and OLoRA's are stored converted to plain LoRA: tests/unit/test_method_variants.py).
 """
 
 from __future__ import annotations
