@@ -2,9 +2,11 @@
 
     python examples/merge_for_deployment.py out/reviews deploy/reviews-merged
 
-The result has no LoRA layers: `AutoModelForSequenceClassification.from_pretrained(DEST)` loads
-it strictly, serving needs neither lora_engine nor PEFT, and it runs as fast as the base model.
-The script checks that the merged model's outputs equal the adapter's before saving.
+The result has no LoRA layers: `AutoModelForSequenceClassification.from_pretrained(DEST,
+trust_remote_code=True)` loads it (a mean-pooled classifier's pooling ships in DEST as a small
+module), serving needs neither lora_engine nor PEFT, and it runs as fast as the base model.
+`lorafleet adapter export ADAPTER_ID DEST --merged` does the same for a registered adapter. The
+script checks that the merged model's outputs equal the adapter's.
 """
 
 from __future__ import annotations
@@ -15,24 +17,26 @@ from pathlib import Path
 import torch
 
 import lora_engine as le
+from lora_engine.forward import classification_logits
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("adapter", help="adapter folder")
+    parser.add_argument("adapter", help="adapter folder (a classifier)")
     parser.add_argument("dest", type=Path, help="new folder for the merged model")
     args = parser.parse_args()
+    le.write_merged_folder(args.adapter, args.dest)
+
+    from transformers import AutoModelForSequenceClassification
+
     predictor = le.load_for_inference(args.adapter)  # the base model with the adapter, not merged
-    model, tokenizer = predictor.model, predictor.tokenizer
-    merged = le.export_merged(model)  # a deep copy; `model` keeps its LoRA layers
-    batch = tokenizer(["a quick check", "of the merged weights"], return_tensors="pt", padding=True)
-    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
-    with torch.no_grad():
-        gap = (model(**batch).logits - merged(**batch).logits).abs().max().item()
+    merged = AutoModelForSequenceClassification.from_pretrained(args.dest, trust_remote_code=True).eval()
+    batch = dict(predictor.tokenizer(["a quick check", "of the merged weights"], return_tensors="pt",
+                                     padding=True))
+    with torch.no_grad():  # lorafleet's logits (pooled as the head was trained) against the folder's
+        gap = (classification_logits(predictor.model, batch) - merged(**batch).logits).abs().max().item()
     if gap > 1e-4:
-        raise SystemExit(f"merged outputs differ from the adapter's by {gap:.2e}; not saving")
-    merged.save_pretrained(args.dest)
-    tokenizer.save_pretrained(args.dest)
+        raise SystemExit(f"merged outputs differ from the adapter's by {gap:.2e}")
     print(f"saved {args.dest} (max |logit gap| {gap:.1e})")
 
 

@@ -53,6 +53,7 @@ _PUBLIC = {
     "merge_lora": "lora_engine.inject",
     "unmerge_lora": "lora_engine.inject",
     "export_merged": "lora_engine.inject",
+    "write_merged_folder": "lora_engine.adapters.merged_export",
     "save_adapter": "lora_engine.adapters.io",
     "load_adapter": "lora_engine.adapters.io",
     "train": "lora_engine.recipe",
@@ -85,10 +86,12 @@ __all__ = [  # the same names as _PUBLIC (a test checks)
     "train",
     "unmerge_lora",
     "validate_spec",
+    "write_merged_folder",
 ]
 
 if TYPE_CHECKING:
     from lora_engine.adapters.io import load_adapter, save_adapter
+    from lora_engine.adapters.merged_export import write_merged_folder
     from lora_engine.inject import (
         LoraSettings,
         export_merged,

@@ -98,6 +98,8 @@ class PeakMemory:
         self._sampled = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.loaded: int | None = None
+        self.peak: int | None = None
 
     def start(self) -> None:
         if self.info.is_cuda:
@@ -113,7 +115,23 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self._sampled = max(self._sampled, _current_rss_bytes())
 
+    def mark_loaded(self) -> None:
+        """The memory now, with the model loaded and before the first step: what the activations
+        (and the optimizer's state) come on top of."""
+        self.loaded = (int(torch.cuda.memory_allocated(self.info.device)) if self.info.is_cuda
+                       else _current_rss_bytes())
+
+    def activation_bytes(self) -> int | None:
+        """Peak minus the memory at `mark_loaded` (None without it). Call after `peak_bytes`."""
+        if self.loaded is None or self.peak is None:
+            return None
+        return max(self.peak - self.loaded, 0)
+
     def peak_bytes(self) -> int:
+        self.peak = self._peak_bytes()
+        return self.peak
+
+    def _peak_bytes(self) -> int:
         if self.info.is_cuda:
             return int(torch.cuda.max_memory_allocated(self.info.device))
         self._stop.set()

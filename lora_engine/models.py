@@ -196,10 +196,11 @@ def _load_tiny(arch: str, kind: str, labels: int | None, tokenizer):
 
 
 @contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Load without transformers' chatter: a fresh classification head is the point of fine-tuning,
-    so its "LOAD REPORT ... classifier.weight MISSING" warning and the weight-loading progress bar
-    tell a worker's log nothing. Errors still surface (as exceptions)."""
+def quiet_transformers() -> Iterator[None]:
+    """Load (or save) without transformers' chatter: a fresh classification head is the point of
+    fine-tuning, so its "LOAD REPORT ... classifier.weight MISSING" warning and the weight-loading
+    and -writing progress bars tell a worker's log (or a CLI's stderr) nothing. Errors still
+    surface (as exceptions)."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -273,7 +274,7 @@ def load_base_model(name: str, kind: str, num_labels: int | None = None):
         if labels is not None:
             kwargs["num_labels"] = labels
         try:
-            with _quiet_loading():
+            with quiet_transformers():
                 model = auto.from_pretrained(resolved.path, **kwargs)
         except OSError as exc:
             raise LoraFleetInputError(f"cannot load base model {name!r}: {exc}") from exc

@@ -6,11 +6,14 @@
    loaded: a bad submission fails in milliseconds with every problem listed.
 2. `setup()` loads the base model (or takes it from a warm `BaseModelCache`), re-initialises the
    head from the seed, injects LoRA (or unfreezes everything for `full`), tokenises the data once
-   and builds AdamW with four parameter groups: {body, head} × {decayed, not decayed}. Weight decay
-   skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying a gain towards 0 would
-   shrink activations rather than regularise.
+   (the rows of each batch when it is first drawn, the rest in a thread once training is over;
+   see `data/streaming.py`) and builds AdamW with four parameter groups: {body, head} × {decayed, not
+   decayed}. Weight decay skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying
+   a gain towards 0 would shrink activations rather than regularise.
 3. `fit()` runs optimizer steps: `grad_accum` micro-batches, each loss divided by `grad_accum` so
-   the update is that of one batch `grad_accum` times larger; gradient norm clipped to 1.0; the
+   the update is that of one batch `grad_accum` times larger; gradient norm clipped to 1.0 (the
+   norm before clipping, which `clip_grad_norm_` computes anyway, is reported with each step's
+   progress and read in the same device sync as the step's last loss: no sync of its own); the
    learning rate of every group is `base_lr · lr_factor(step)` (see `schedule.py`).
    Hooks: progress every step, should-stop every step (checkpoint, then `TrainingStopped`),
    checkpoint every N steps (each reported to `on_checkpoint` once on disk); a run resumes from
@@ -38,9 +41,10 @@ import contextvars
 import dataclasses
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +66,7 @@ from lora_engine.checkpoint import (
 )
 from lora_engine.device import DeviceInfo, PeakMemory, autocast, pick_device, seed_everything, synchronize
 from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStopped
-from lora_engine.forward import training_loss
+from lora_engine.forward import recompute, training_loss
 from lora_engine.forward.encoder import set_pooling
 from lora_engine.methods import method
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
@@ -86,6 +90,7 @@ class Progress:
     tokens: int  # non-pad tokens trained so far (whole run, across resumes)
     lr: float = 0.0  # the body's learning rate used by this step
     epoch: float = 0.0  # epochs done after this step (fractional)
+    grad_norm: float | None = None  # the step's gradient norm before clipping (L2, all trainables)
 
 
 @dataclass
@@ -130,6 +135,10 @@ class RunStats:
     peak_mem_bytes: int
     examples: int
     tokens: int
+    # Peak minus the memory once the model was loaded (None in a pack, which loads once for all),
+    # and the mean device time of this attempt's optimizer steps: what gradient checkpointing trades.
+    activation_mem_bytes: int | None = None
+    step_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,13 @@ class Run:
     examples: int = 0
     tokens: int = 0
     device_s: float = 0.0
+    # This attempt's optimizer steps and their device time (not checkpointed: a resumed attempt
+    # counts its own).
+    fit_steps: int = 0
+    fit_s: float = 0.0
+    # Data parallel across ranks (multidevice.parallel.DataParallel): this rank trains its slice
+    # of every batch and the gradients are averaged before each update; None: one process.
+    parallel: Any = None
 
 
 def label_names_for(spec: TrainingSpec) -> tuple[str, ...]:
@@ -321,19 +337,22 @@ def training_inputs(spec: TrainingSpec, *, data_dir: str | Path) -> tuple[list, 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """A run's training split as `prepare_run` takes it: held-out rows apart, the rest tokenised."""
+    """A run's training split as `prepare_run` takes it: held-out rows apart, the rest tokenised
+    or being tokenised."""
 
-    encoded: Any  # batching.Encoded of the rows trained on
+    encoded: Any  # batching.Encoded of the rows trained on, or streaming.PendingEncoded
     holdout: list  # the rows scored during training (empty without `eval_holdout`)
 
 
 def training_data(spec: TrainingSpec, examples: list, tokenizer) -> TrainingData:
     """Hold out the rows scored during training (here, so every path trains on the same rows) and
-    tokenise the rest (or take them from the token cache). Touches no RNG and no model."""
-    from lora_engine.data.batching import encode_examples
+    take the rest from the token cache, or as a split tokenised as its rows are asked for
+    (`streaming.pending_split`: only what decides the rows trained on is tokenised here).
+    Touches no RNG and no model."""
+    from lora_engine.data.streaming import pending_split
 
     examples, holdout = split_holdout(examples, spec.eval_holdout or 0, spec.seed)
-    encoded = encode_examples(examples, tokenizer, spec.max_length)
+    encoded = pending_split(examples, tokenizer, spec.max_length)
     if len(encoded) == 0:
         raise LoraConfigError(f"max_length {spec.max_length} leaves no training row with a target token")
     return TrainingData(encoded, holdout)
@@ -343,11 +362,15 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
     """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved.
 
     When the base model must be loaded (no warm cache, or another base in it), the training data
-    are read and tokenised in a second thread meanwhile, with a tokenizer of their own (one
-    tokenizer object is not shared between threads: a call may reconfigure its truncation). Both
-    take seconds on a cold worker (SmolLM2: ~2.5 s load, E2E's 42k rows ~3 s to tokenise), and
-    the tokenizer's Rust core runs without the GIL, so on two cores the data cost little more than
-    the load alone. Tokenising touches no RNG: the run is the one a serial setup gives.
+    are read in a second thread meanwhile, with a tokenizer of its own (one tokenizer object is
+    not shared between threads: a call may reconfigure its truncation), and handed over as soon
+    as the rows trained on are known (`streaming.PendingEncoded`; for generation, once every
+    distinct prompt is tokenised). From then on a batch tokenises its chunk's rows when it is
+    first drawn, in the job's thread, and the rows no batch asked for are tokenised once training
+    is over (`finish_tokenising`), so they compete with no step. Step 1 waits for the load and one
+    chunk (E2E: ~1 s of the data's ~3.5 s of CPU). On a resident base the rows are tokenised in
+    the job's thread as batches ask for them. Tokenising touches no RNG: the run is the one a
+    serial setup gives.
     """
     info = spec.info
     device = device or pick_device()
@@ -357,19 +380,37 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
         model, tokenizer = load_model(spec, info, num_labels, cache)
         data = training_data(spec, training_examples(spec, data_dir=data_dir), tokenizer)
     else:
-        from lora_engine.models import training_tokenizer
-
-        def read_and_tokenise() -> TrainingData:
-            examples = training_examples(spec, data_dir=data_dir)
-            return training_data(spec, examples, training_tokenizer(spec.base_model))
-
-        # The job's log context goes along (a line logged there still names the job).
-        with ThreadPoolExecutor(1, thread_name_prefix="training-data") as pool:
-            pending = pool.submit(contextvars.copy_context().run, read_and_tokenise)
-            model, tokenizer = load_model(spec, info, num_labels, cache)
-            data = pending.result()
+        handed = beside_the_load(spec, data_dir)
+        model, tokenizer = load_model(spec, info, num_labels, cache)
+        data = handed.result()
     model.to(device.device)
     return prepare_run(spec, model, tokenizer, data=data, label_names=label_names, device=device)
+
+
+def beside_the_load(spec: TrainingSpec, data_dir: str | Path) -> Future:
+    """Start the "training-data" thread of a cold setup: read the split, hold rows out, hand the
+    `TrainingData` over (the future) once the rows trained on are known. The job's log context
+    goes along (a line logged there still names the job)."""
+    from lora_engine.data.streaming import PendingEncoded
+    from lora_engine.models import training_tokenizer
+
+    handed: Future = Future()
+
+    def read_and_tokenise() -> None:
+        try:
+            examples = training_examples(spec, data_dir=data_dir)
+            tokenizer = training_tokenizer(spec.base_model)
+            data = training_data(spec, examples, tokenizer)
+            if isinstance(data.encoded, PendingEncoded):
+                data.encoded.own(tokenizer)  # loaded here for the data alone
+        except BaseException as exc:  # the job's thread raises it, from `handed.result()`
+            handed.set_exception(exc)
+            return
+        handed.set_result(data)
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(read_and_tokenise,), name="training-data", daemon=True).start()
+    return handed
 
 
 def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: TrainingData,
@@ -390,6 +431,7 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: Traini
     seed_everything(spec.seed)
     reset_head(model, heads)
     settings = _adapt(spec, model, heads)
+    recompute.set_enabled(model, spec.gradient_checkpointing)
 
     encoded = data.encoded
     sampler = BucketBatchSampler(encoded.lengths, spec.batch_size, seed=spec.seed)
@@ -423,7 +465,8 @@ def train_rows(spec: TrainingSpec, *, data_dir: str | Path) -> int:
 
 
 def _fingerprint(spec: TrainingSpec) -> str:
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    # `devices` places the run, it does not change its math: a checkpoint resumes on any count.
+    return json.dumps(spec.model_dump(mode="json", exclude={"devices"}), sort_keys=True)
 
 
 def save_run_checkpoint(run: Run, folder: Path) -> Path:
@@ -476,7 +519,11 @@ def training_batches(run: Run) -> Iterator:
     from lora_engine.data.batching import collate
 
     for indices in run.sampler.forever():
-        yield collate(run.encoded, indices)
+        rows = run.encoded.ready(indices)
+        if run.parallel is None:
+            yield collate(rows, indices)
+        else:  # this rank's slice of the batch
+            yield run.parallel.shard(rows, indices)
 
 
 @dataclass
@@ -518,9 +565,14 @@ def abandon_step(run: Run, start: tuple, hooks: TrainHooks) -> None:
     raise TrainingStopped(run.step)
 
 
-def apply_update(run: Run, params: list[nn.Parameter]) -> None:
-    """Clip the accumulated gradient, take the optimizer step, clear the gradients, count the step."""
-    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+def clip_gradients(params: list[nn.Parameter]) -> torch.Tensor:
+    """Clip the step's accumulated gradient to norm GRAD_CLIP in place; its norm before clipping,
+    left on the device: the caller reads it in the device sync the step makes anyway."""
+    return torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+
+
+def apply_update(run: Run) -> None:
+    """Take the optimizer step on the clipped gradient, clear the gradients, count the step."""
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
@@ -547,30 +599,36 @@ def divergence(losses: list[float], factor: float | None, patience: int) -> str 
     return None
 
 
-def progress_event(run: Run, step_loss: float, examples_per_s: float) -> Progress:
+def progress_event(run: Run, step_loss: float, examples_per_s: float, grad_norm: float | None = None
+                   ) -> Progress:
     """The progress of the step `run` just took."""
     epoch = run.step * run.spec.grad_accum / max(len(run.sampler), 1)
     return Progress(run.step, run.total_steps, step_loss, examples_per_s, run.tokens,
-                    run.optimizer.param_groups[0]["lr"], epoch)
+                    run.optimizer.param_groups[0]["lr"], epoch, grad_norm)
 
 
-def end_step(run: Run, hooks: TrainHooks, step_loss: float, params: list[nn.Parameter], pace: Pace, *,
+def end_step(run: Run, hooks: TrainHooks, step_loss: float, grad_norm: float, pace: Pace, *,
              since: float) -> None:
-    """Everything after the backward passes of one optimizer step, alone or in a pack.
+    """Everything after the backward passes and the clipping (`clip_gradients`, whose norm is
+    `grad_norm`) of one optimizer step, alone or in a pack.
 
     A diverging loss raises TrainingDiverged before the update (nothing non-finite reaches the
-    weights); then the update (clip, step, zero_grad), the step's loss, its device time (from
-    `since`), the progress hook, an evaluation of the held-out rows when due, a checkpoint when
-    due or stopping; TrainingStopped (after the checkpoint) when `hooks.should_stop()`.
+    weights); then the update (step, zero_grad), the step's loss, its device time (from
+    `since`), the progress hook (with the loss and the gradient norm), an evaluation of the
+    held-out rows when due, a checkpoint when due or stopping; TrainingStopped (after the
+    checkpoint) when `hooks.should_stop()`.
     """
     why = divergence([*run.losses, step_loss], hooks.divergence_factor, hooks.divergence_patience)
     if why is not None:
         raise TrainingDiverged(run.step + 1, step_loss, why)
-    apply_update(run, params)
+    apply_update(run)
     run.losses.append(step_loss)
-    run.device_s += time.perf_counter() - since
+    took = time.perf_counter() - since
+    run.device_s += took
+    run.fit_s += took
+    run.fit_steps += 1
     if hooks.on_progress is not None:
-        hooks.on_progress(progress_event(run, step_loss, pace.rate()))
+        hooks.on_progress(progress_event(run, step_loss, pace.rate(), grad_norm))
     if run.selection is not None and (run.step % run.spec.eval_every == 0 or run.step == run.total_steps):
         if hooks.on_phase is not None:
             hooks.on_phase("evaluating")
@@ -605,11 +663,18 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             batch = next(batches)
             inputs = {k: v.to(dev.device, non_blocking=True) for k, v in batch.inputs.items()}
             with autocast(dev):
-                loss = training_loss(model, inputs, kind) / run.spec.grad_accum
+                loss = training_loss(model, inputs, kind) * batch.share / run.spec.grad_accum
             loss.backward()
-            step_loss += loss.item()  # waits for the device: the step's device time ends here
             pace.count(run, batch)
-        end_step(run, hooks, step_loss, params, pace, since=t_step)
+            if micro + 1 < run.spec.grad_accum:
+                step_loss += loss.item()
+        last = loss.detach().float()
+        if run.parallel is not None:  # every rank: the mean of the ranks' gradients and step losses
+            step_loss, last = 0.0, run.parallel.sync_step(params, last + step_loss)
+        # The last loss and the gradient norm in one read: the step's one device sync (its
+        # device time ends here), as when the loss alone was read.
+        last, grad_norm = torch.stack([last, clip_gradients(params).float()]).tolist()
+        end_step(run, hooks, step_loss + last, grad_norm, pace, since=t_step)
 
 
 # --- evaluation + output --------------------------------------------------------------------------
@@ -688,8 +753,10 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
     device = device or pick_device()
     mem = PeakMemory(device)
     mem.start()
+    run = None
     try:
         run = setup(spec, data_dir=data_dir, cache=cache, device=device)
+        mem.mark_loaded()
         resumed = resume_run(run, hooks.checkpoint_dir)
         if resumed is not None and hooks.on_resume is not None:
             hooks.on_resume(run.step, resumed)
@@ -700,6 +767,25 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
         if cache is not None:
             # A method that changed the base weights: the cache must not hand them out again.
             cache.checkin(dirty=method(spec.method).changes_base)
+        if run is not None:
+            finish_tokenising(run)
+
+
+def finish_tokenising(run: Run) -> threading.Thread | None:
+    """The rows of the training split no batch asked for, tokenised in a "training-data" thread
+    once training is over (the token cache then has the split for the next job on the same data).
+    The thread uses the split's own tokenizer (a cold setup's), or a copy of the one it had (the
+    run's, which this thread goes on using). The thread, or None when nothing is left."""
+    from lora_engine.data.streaming import PendingEncoded
+
+    split = run.encoded
+    if not isinstance(split, PendingEncoded) or split.rows_done() == len(split):
+        return None
+    split.own_copy()  # a warm run's split tokenises with the run's tokenizer, which goes on serving
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(split.tokenise_rest,),
+                              name="training-data", daemon=True)
+    thread.start()
+    return thread
 
 
 def end_run(run: Run, hooks: TrainHooks, output_dir: Path, *, data_dir: str | Path, mem: PeakMemory,
@@ -735,7 +821,9 @@ def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wa
     adapter_bytes = folder_bytes(folder)
     stats = RunStats(trainable_params=trainable, total_params=total, adapter_bytes=adapter_bytes,
                      wall_s=time.perf_counter() - wall0, device_s=run.device_s, device=run.device.name,
-                     peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens)
+                     peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens,
+                     activation_mem_bytes=mem.activation_bytes(),
+                     step_s=run.fit_s / run.fit_steps if run.fit_steps else None)
     return TrainResult(adapter_dir=folder, metrics=metrics, stats=stats, losses=list(run.losses),
                        eval_history=list(run.selection.history) if run.selection is not None else [])
 

@@ -22,9 +22,9 @@ from lora_engine.methods import method as method_entry
 from lora_engine.model_ref import MODEL_ALIASES, base_model_problem, base_pooling
 
 MAX_RANK = 1024
-# LoRA+'s default ηB/ηA: the paper's recommendation for its tasks, and what LLaMA-Factory and
-# axolotl examples use with PEFT's `create_loraplus_optimizer`.
+# LoRA+'s default ηB/ηA (2^4, the LoRA+ paper's choice; PEFT's create_loraplus_optimizer has no default).
 LORAPLUS_LR_RATIO = 16.0
+MAX_DEVICES = 64
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # Every number of a spec is finite and inside these bounds: (low, high, low inclusive). The
@@ -48,6 +48,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "patience": (0, 1000, True),
     "min_delta": (0, 1.0, True),
     "loraplus_lr_ratio": (1, 1024, True),
+    "devices": (1, MAX_DEVICES, True),  # the fleet's own bound is a setting (max_job_devices)
 }
 # Text and lists are bounded too: base_model lands in a 255-character registry column, a path is
 # at most PATH_MAX, and a module name or a list of them longer than these is no model's.
@@ -107,6 +108,13 @@ class TrainingSpec(BaseModel):
     init_from: str | None = None  # an adapter folder to start from (lineage)
     # LoRA+ only: B's learning rate over A's (lr). None: LORAPLUS_LR_RATIO.
     loraplus_lr_ratio: float | None = None
+    # Recompute each layer's activations in the backward pass instead of keeping them: about half
+    # the activation memory for about a third more step time (bench/bench_grad_ckpt.py); the
+    # numbers trained are the same.
+    gradient_checkpointing: bool = False
+    # Devices one training run spans (data parallel, lora_engine.multidevice): the global batch
+    # is split across them, so the run's math is that of one device.
+    devices: int = 1
 
     @property
     def info(self) -> TaskInfo:
@@ -222,12 +230,12 @@ def _size_problems(v: dict[str, Any]) -> list[str]:
 # Fields only training reads: given with a method that trains nothing ('none') they would be
 # silently ignored.
 UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "warmup_ratio", "init_from",
-                  "loraplus_lr_ratio")
+                  "loraplus_lr_ratio", "gradient_checkpointing")
 
 
 def _untuned_problems(v: dict[str, Any], method: str) -> list[str]:
     problems = [f"{name}: not used by method {method!r} (it evaluates the base model, trains nothing)"
-                for name in UNTUNED_UNUSED if v.get(name) not in (None, AUTO)]
+                for name in UNTUNED_UNUSED if v.get(name) not in (None, AUTO) and v.get(name) is not False]
     if v.get("rank", 0) != 0:
         problems.append(f"rank: method {method!r} trains nothing; leave rank out or give 0 "
                         f"(got {shown(v['rank'])})")

@@ -138,6 +138,21 @@ class Settings(BaseSettings):
         "gpu", min_length=1, description="Celery queue of training jobs",
         json_schema_extra=_allowed("a queue name"),
     )
+    # Several devices for one job (lora_engine.multidevice): a worker process owns `worker_devices`
+    # (`lorafleet worker --devices K`) and claims jobs whose spec asks for at most that many.
+    worker_devices: int = Field(
+        1, ge=1, le=64, description="devices this worker process owns (`lorafleet worker --devices K`)",
+        json_schema_extra=_allowed("an integer from 1 to 64"),
+    )
+    max_job_devices: int = Field(
+        8, ge=1, le=64, description="the most devices one job may ask for (spec field devices)",
+        json_schema_extra=_allowed("an integer from 1 to 64"),
+    )
+    rank_timeout_s: float = Field(
+        300.0, gt=0, le=24 * 3600,
+        description="seconds a rank of a multi-device job waits for its peers before the attempt fails",
+        json_schema_extra=_allowed("a number of seconds > 0, at most a day"),
+    )
     # Money per device-hour by device type ("cpu", "cuda:NVIDIA H100 ...": prefix match on "cuda").
     prices: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES),
@@ -331,11 +346,12 @@ class Settings(BaseSettings):
     )
     serve_batch_window_ms: float = Field(
         5.0, ge=0, le=1000,
-        description="milliseconds a request waits for others to share its forward pass",
+        description="milliseconds a request waits for others when nothing is decoding",
         json_schema_extra=_allowed("a number of milliseconds 0..1000"),
     )
     serve_batch_max: int = Field(
-        32, ge=1, le=1024, description="most requests one forward pass of the inference server takes",
+        32, ge=1, le=1024,
+        description="most generation rows decoding together, and classify requests per forward",
         json_schema_extra=_allowed("an integer 1..1024"),
     )
     serve_max_tokens: int = Field(
@@ -377,7 +393,52 @@ class Settings(BaseSettings):
         json_schema_extra=_allowed("true or false"),
     )
 
+    # MLflow (worker/tracking): the operator's tracking server, never a tenant's. Each job is one run
+    # there, written by a worker's own thread from what the registry holds; when the server is down
+    # the thread backs off and finally gives up (a `tracking` warning event), the job never waits.
+    mlflow_tracking_uri: str = Field(
+        "",
+        description="MLflow tracking server the workers log each job to, as one run (empty: none); the "
+                    "server should run with --serve-artifacts for the adapter to be logged",
+        json_schema_extra=_allowed("an http:// or https:// URL (user:password@ for basic auth), or empty"),
+    )
+    mlflow_flush_s: float = Field(
+        2.0, gt=0, le=3600, description="seconds between a worker's MLflow passes (new points, ended jobs)",
+        json_schema_extra=_allowed("a number of seconds > 0, at most 3600"),
+    )
+    mlflow_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="seconds one MLflow request may take (connect + answer)",
+        json_schema_extra=_allowed("a number of seconds > 0, at most 300"),
+    )
+    mlflow_retry_first_s: float = Field(
+        2.0, gt=0, description="back-off after a job's first failed MLflow request (doubling after each)",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    mlflow_retry_cap_s: float = Field(
+        120.0, gt=0, description="longest back-off between two MLflow tries for one job",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    mlflow_give_up_s: float = Field(
+        1800.0, gt=0,
+        description="how long a job's MLflow run is retried after its first failure before it is given up "
+                    "(a `tracking` warning event on the job)",
+        json_schema_extra=_allowed("a number of seconds > 0"),
+    )
+    mlflow_max_jobs: int = Field(
+        64, ge=1, le=100_000,
+        description="jobs a worker keeps waiting for MLflow at once; past it the oldest is given up (a "
+                    "`tracking` warning event): the bound on what MLflow being down holds in memory",
+        json_schema_extra=_allowed("an integer 1..100000"),
+    )
+
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("mlflow_tracking_uri", mode="after")
+    @classmethod
+    def _mlflow_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"unknown scheme {value.split(':', 1)[0]!r}")
+        return value.rstrip("/")
 
     @field_validator("database_url", mode="after")
     @classmethod

@@ -32,7 +32,7 @@ from orchestrator.config import Settings
 from orchestrator.registry.db import session_scope
 from orchestrator.retries import Abort, Outcome, backoff, decide, describe, is_transient
 from orchestrator.services.leases import UsageRecord
-from worker import health
+from worker import health, tracking
 from worker.executor import JobContext, JobHooks, JobResult
 from worker.inputs import JobInputs, resolve_inputs
 
@@ -92,12 +92,15 @@ class Heartbeat:
     step: int = 0
     total: int | None = None
     loss: float | None = None
+    grad_norm: float | None = None
     points: list = field(default_factory=list)  # metric-history points not yet written
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def on_progress(self, step: int, total: int | None, loss: float | None) -> None:
+    def on_progress(self, step: int, total: int | None, loss: float | None,
+                    grad_norm: float | None = None) -> None:
         self.step, self.total = int(step), total
         self.loss = None if loss is None else float(loss)
+        self.grad_norm = None if grad_norm is None else float(grad_norm)
         now = time.monotonic()
         last_step = total is not None and step >= total
         if now - self.last_sent < HEARTBEAT_MIN_INTERVAL_S and not last_step and self.last_sent:
@@ -167,7 +170,7 @@ class Heartbeat:
             try:
                 with session_scope(self.settings) as session:
                     self.stop = heartbeat(session, self.job_id, self.worker_id, self.step, self.total,
-                                            self.loss, self.settings.lease_seconds)
+                                            self.loss, self.settings.lease_seconds, grad_norm=self.grad_norm)
                     if self.points:
                         from orchestrator.services.metrics import record_points
 
@@ -265,9 +268,9 @@ def device_name() -> str:
         return "unknown"
 
 
-def failed_usage(wall_s: float) -> UsageRecord:
-    """An attempt that raised still cost its wall time on a device."""
-    return UsageRecord(device=device_name(), device_seconds=wall_s, wall_seconds=wall_s)
+def failed_usage(wall_s: float, devices: int = 1) -> UsageRecord:
+    """An attempt that raised still cost its wall time on each of its devices."""
+    return UsageRecord(device=device_name(), device_seconds=devices * wall_s, wall_seconds=wall_s)
 
 
 @dataclass
@@ -314,6 +317,7 @@ class Attempt:
     def start(self) -> Attempt:
         self.started = time.monotonic()
         self.keepalive.start()
+        tracking.watch(self.settings, self.job_id)
         return self
 
     def stop(self) -> None:
@@ -344,7 +348,8 @@ class Attempt:
 
         self.stop()
         settings, job_id, worker_id = self.settings, self.job_id, self.worker_id
-        usage = usage if usage is not None else failed_usage(time.monotonic() - self.started)
+        usage = usage if usage is not None else failed_usage(time.monotonic() - self.started,
+                                                             devices=int(self.ctx.spec.get("devices", 1)))
         abort = self.beat.abort()
         decision = decide(exc, self.ctx.attempt, abort=abort, worker_faults=self._worker_faults)
         outcome, exc = decision.outcome, decision.error
@@ -389,8 +394,10 @@ class Attempt:
         return RunResult("requeued", self.job_id, reason)
 
     def close(self) -> None:
-        """The keep-alive stopped and this attempt's staging folder removed."""
+        """The keep-alive stopped and this attempt's staging folder removed (its outcome is
+        recorded by now: the MLflow sink may end the job's run)."""
         self.stop()
+        tracking.ended(self.settings, self.job_id)
         staging = self.ctx.staging_dir
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(staging.with_name(staging.name + ".inputs"), ignore_errors=True)

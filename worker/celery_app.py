@@ -35,7 +35,9 @@ from celery.signals import (
     beat_embedded_init,
     worker_init,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
+    worker_shutdown,
     worker_shutting_down,
 )
 
@@ -98,6 +100,16 @@ def _shutting_down(**_: Any) -> None:
     from worker.attempt import request_shutdown
 
     request_shutdown()
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _tracking_flushed(**_: Any) -> None:
+    """The MLflow sink's last pass (the worker's, or a prefork child's own): the runs of the jobs
+    that just ended, within a request's timeout."""
+    from worker import tracking
+
+    tracking.close(timeout_s=get_settings().mlflow_timeout_s)
 
 
 @worker_ready.connect

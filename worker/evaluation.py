@@ -54,7 +54,7 @@ def run_reevaluation(ctx: JobContext) -> JobResult:
         raise NothingScored(f"none of the {len(listed)} adapters could be re-evaluated ({reasons})")
     result = reevaluate(adapters, data_dir=ctx.settings.data_dir, cache=ctx.cache,
                         eval_size=ctx.spec.get("eval_size"),
-                        on_progress=lambda done, total: ctx.hooks.on_progress(done, total, None),
+                        on_progress=lambda done, total: ctx.hooks.on_progress(done, total, None, None),
                         should_stop=ctx.hooks.should_stop)
     skipped = {**refused, **result.skipped}
     for adapter_id, reason in sorted(skipped.items()):

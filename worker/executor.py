@@ -24,7 +24,8 @@ from orchestrator.services.metrics import Point
 class JobHooks:
     """The lifecycle's side of a running job (heartbeat, cancel flag, checkpoint events)."""
 
-    on_progress: Callable[[int, int | None, float | None], None]  # (step, total, loss)
+    # (step, total, loss, gradient norm before clipping: training steps only)
+    on_progress: Callable[[int, int | None, float | None, float | None], None]
     should_stop: Callable[[], bool]  # cancel requested, or the worker shutting down
     on_checkpoint: Callable[[int, Path], None]  # (step, folder) once the checkpoint is on disk
     on_resume: Callable[[int, Path], None]  # (step, folder) the work resumed from

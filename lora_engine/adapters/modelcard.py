@@ -4,7 +4,12 @@ Made with huggingface_hub's `ModelCard` / `ModelCardData`, so the YAML front mat
 Hub reads: the base model's hub id, `library_name: peft`, tags, and the evaluation results as
 `model-index` entries (one per metric and split). The Markdown body repeats the metrics as a
 table, says what data each split's rows are, and records the resolved training spec and the run's
-statistics. Pure text rendering; `adapters.io` writes it into the folder it builds.
+statistics. Pure text rendering; `adapters.io` writes it into the folder it builds, and
+`adapters.merged_export` into a merged export (then it says how transformers alone loads that).
+
+Where Hugging Face's stock loader would not give lorafleet's outputs (a mean-pooled classifier:
+transformers' BERT and RoBERTa classifiers feed the head the first token), the card says so in its
+first lines, with the loaders that do (`loader_notice`; `adapter export` prints it too).
 
 What a split is, said as it is (`measured_on`): lorafleet's GLUE `validation` rows are held out of
 GLUE's training split (GLUE's own validation set is not in the data folder), so a GLUE adapter's
@@ -15,12 +20,15 @@ comparable with published GLUE results; E2E's `validation` is the challenge's of
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_engine.adapters.folder import AdapterMeta
 from lora_engine.catalog import GLUE_TASKS, TASKS
 from lora_engine.methods import BY_NAME
 from lora_engine.model_ref import hub_id_of
+
+if TYPE_CHECKING:
+    from lora_engine.adapters.merged_export import MergedFolder
 
 PIPELINE_TAGS = {"classification": "text-classification", "regression": "text-classification",
                  "generation": "text-generation"}
@@ -81,6 +89,41 @@ def _whole_model(method: str) -> bool:
     return entry is not None and entry.trains and not entry.adapter
 
 
+def _kind(meta: AdapterMeta) -> str:
+    task = meta.task or "custom"
+    return meta.kind or (TASKS[task].kind if task in TASKS else "classification")
+
+
+def loader_notice(meta: AdapterMeta) -> str | None:
+    """Why the stock Hugging Face loader of the folder `meta` describes would not give lorafleet's
+    outputs, and which loaders do; None when it would."""
+    if _kind(meta) == "generation" or meta.pooling != "mean":
+        return None
+    if _whole_model(meta.method):
+        stock, what = "transformers' `AutoModelForSequenceClassification`", "model"
+    else:
+        stock, what = "PEFT's `AutoPeftModelForSequenceClassification`", "adapter"
+    return (f"{stock} does not reproduce this {what}: it feeds the head the first token ([CLS]), but "
+            "the head was trained on the mean of the last layer, so loaded that way it scores lower "
+            "without any error. Load it with lorafleet (`lora_engine.load_for_inference(folder)`), feed "
+            "the head that mean as the model card (README.md) shows, or export it with `lorafleet "
+            "adapter export --merged`, whose folder loads with `AutoModelForSequenceClassification"
+            ".from_pretrained(folder, trust_remote_code=True)`.")
+
+
+def merged_notice(merged: MergedFolder) -> str:
+    """How transformers alone loads a merged export, and why trust_remote_code where it is needed."""
+    args = "folder, trust_remote_code=True" if merged.remote_code else "folder"
+    line = f"Load it with `{merged.auto_class}.from_pretrained({args})`"
+    if not merged.remote_code:
+        return line + ": a plain transformers model, no PEFT or lorafleet needed."
+    return (line + ": the head reads the mean of the last layer over the real tokens (as it was "
+            "trained), not the [CLS] token transformers' own classifier reads; that pooling ships "
+            "beside the weights as a small module named in config.json's `auto_map`, and without "
+            "trust_remote_code=True transformers refuses the folder instead of pooling [CLS] (pass it "
+            "to `AutoTokenizer` too, which reads the same config).")
+
+
 def _pooling_lines(pooling: str, method: str) -> list[str]:
     """How the classifier reads a text, and, for a mean-pooled one, how to feed its head outside
     lorafleet (Hugging Face's BertForSequenceClassification pools the [CLS] token)."""
@@ -126,27 +169,39 @@ def _stored_as_lines(method: str, spec: dict) -> list[str]:
             "on the unchanged base model, which is what loads it."]
 
 
-def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None) -> str:
-    """Markdown model card with Hub metadata for the adapter (or full model) `meta` describes; its
-    metrics and spec come from `meta`, `stats` are the run's statistics."""
+def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
+                      merged: MergedFolder | None = None) -> str:
+    """Markdown model card with Hub metadata for the adapter (or full model) `meta` describes, or
+    for its merged export (`merged`); its metrics and spec come from `meta`, `stats` are the run's
+    statistics."""
     from huggingface_hub import ModelCard, ModelCardData
 
     method, alias, metrics, spec = meta.method, meta.base_model, meta.metrics, meta.spec or {}
     whole = _whole_model(method)
     base = hub_id_of(alias)
     task = meta.task or "custom"
-    kind = meta.kind or (TASKS[task].kind if task in TASKS else "classification")
-    name = f"{task}-{method}-{alias}"
+    kind = _kind(meta)
+    name = f"{task}-{method}-{alias}" + ("-merged" if merged is not None else "")
+    notice = loader_notice(meta)
     data = ModelCardData(
-        base_model=base, library_name=None if whole else "peft",
+        base_model=base, library_name="transformers" if whole or merged is not None else "peft",
         pipeline_tag=PIPELINE_TAGS.get(kind), tags=[t for t in ("lorafleet", method, task) if t],
         model_name=name, eval_results=eval_results(task, kind, metrics) or None,
     )
-    lines = [f"# {task} {method} adapter for {base}", ""]
-    what = "full fine-tuned model" if whole else f"{method} adapter (Hugging Face PEFT format)"
-    lines.append(f"A {what} trained by lorafleet on the task `{task}`"
-                 + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
-    lines += _stored_as_lines(method, spec)
+    if merged is not None:
+        lines = [f"# {task} {method} model for {base}, merged", "",
+                 f"> **Loading:** {merged_notice(merged)}", ""]
+        made = "A full fine-tune" if whole else f"A {method} adapter merged into the weights of `{base}`"
+        lines.append(f"{made}, trained by lorafleet on the task `{task}`, as a plain transformers folder.")
+    else:
+        lines = [f"# {task} {method} adapter for {base}", ""]
+        if notice:
+            lines += [f"> **Loading:** {notice}", ""]
+        what = "full fine-tuned model" if whole else f"{method} adapter (Hugging Face PEFT format)"
+        lines.append(f"A {what} trained by lorafleet on the task `{task}`"
+                     + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
+    if merged is None:  # a merged folder is no adapter: how the adapter's files are stored is moot
+        lines += _stored_as_lines(method, spec)
     lines += ["", "## Use", ""]
     if meta.label_names:
         lines.append("Labels: " + ", ".join(f"{i} = `{n}`" for i, n in enumerate(meta.label_names)) + ".")
@@ -154,15 +209,22 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None)
         lines.append(f"Prompt template: `{meta.prompt_template}`.")
     if meta.max_length:
         lines.append(f"Max length: {meta.max_length} tokens.")
-    call = "model.generate([...])" if kind == "generation" else "model.classify([...])"
-    lines += ["", "```python", "import lora_engine as le", "model = le.load_for_inference('<this folder>')",
-              call, "```", ""]
-    if not whole and alias != base:
-        auto = PEFT_AUTO_CLASS.get(kind, "AutoPeftModel")
-        lines += ["With PEFT (the base model is fetched from the Hub):", "", "```python",
-                  f"from peft import {auto}", f"model = {auto}.from_pretrained('<this folder>')", "```", ""]
-    if kind != "generation":
-        lines += _pooling_lines(meta.pooling, method)
+    if merged is not None:
+        remote = ", trust_remote_code=True" if merged.remote_code else ""
+        lines += ["", "```python", f"from transformers import {merged.auto_class}, AutoTokenizer",
+                  f"model = {merged.auto_class}.from_pretrained('<this folder>'{remote}).eval()",
+                  f"tokenizer = AutoTokenizer.from_pretrained('<this folder>'{remote})", "```", ""]
+    else:
+        call = "model.generate([...])" if kind == "generation" else "model.classify([...])"
+        lines += ["", "```python", "import lora_engine as le",
+                  "model = le.load_for_inference('<this folder>')", call, "```", ""]
+        if not whole and alias != base and notice is None:  # else: the recipe under Pooling
+            auto = PEFT_AUTO_CLASS.get(kind, "AutoPeftModel")
+            lines += ["With PEFT (the base model is fetched from the Hub):", "", "```python",
+                      f"from peft import {auto}", f"model = {auto}.from_pretrained('<this folder>')",
+                      "```", ""]
+        if kind != "generation":
+            lines += _pooling_lines(meta.pooling, method)
     lines += ["## Metrics", ""]
     if metrics:
         names = sorted({m for per in metrics.values() for m in per})

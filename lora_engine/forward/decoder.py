@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora_engine.data.batching import IGNORE_INDEX
+from lora_engine.forward import recompute
 from lora_engine.forward.packing import Packing, is_right_padded
 
 
@@ -70,10 +71,14 @@ def decode(model: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch
     `attention` (the packed trainer passes one spanning several batches)."""
     body = model.model
     for layer in body.layers[: model.config.num_hidden_layers]:
-        hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, packing,
-                                     model.training)
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = recompute.call(model, _layer, layer, hidden, cos, sin, packing, model.training)
     return body.norm(hidden)
+
+
+def _layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing,
+           training: bool) -> torch.Tensor:
+    hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, packing, training)
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 def packed_hidden(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Packing]:

@@ -22,6 +22,7 @@ from torch import nn
 
 from lora_engine.catalog import POOLINGS
 from lora_engine.errors import LoraConfigError
+from lora_engine.forward import recompute
 from lora_engine.forward.packing import Packing
 
 SUPPORTED = {"BertForSequenceClassification": "bert", "RobertaForSequenceClassification": "roberta"}
@@ -94,8 +95,8 @@ def encode(model: nn.Module, hidden: torch.Tensor, packing, first: torch.Tensor 
     spanning several batches)."""
     layers = getattr(model, SUPPORTED[type(model).__name__]).encoder.layer
     for i, layer in enumerate(layers):
-        hidden = _layer(layer, hidden, packing, first_only=first if i == len(layers) - 1 else None,
-                        training=model.training)
+        hidden = recompute.call(model, _layer, layer, hidden, packing,
+                                first_only=first if i == len(layers) - 1 else None, training=model.training)
     return hidden
 
 

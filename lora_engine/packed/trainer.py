@@ -55,6 +55,7 @@ from lora_engine.recipe import (
     TrainResult,
     abandon_step,
     begin_step,
+    clip_gradients,
     end_run,
     end_step,
     prepare_run,
@@ -212,7 +213,8 @@ class Pack:
             raise LoraConfigError(f"a {spec.pooling}-pooled job cannot join a pack of {pooling}-pooled "
                                   "jobs: it trains in another pack or alone")
         why = refusal(method=spec.method, arch=self.arch, kind=kind, evaluates=bool(spec.eval_every),
-                      continues_adapter=spec.init_from is not None)
+                      continues_adapter=spec.init_from is not None, recomputes=spec.gradient_checkpointing,
+                      devices=spec.devices)
         if why is not None:
             raise LoraConfigError(why)
 
@@ -307,18 +309,23 @@ class Pack:
         if saved is not None:
             self.probe = Probe(saved.total, tokens)
         total.backward()
-        values = torch.stack(losses).detach().tolist()  # one device sync, not one per job
+        # Jobs whose optimizer step ends with this round clip their own gradient now, so the
+        # losses and their gradient norms come back in one device sync, not one per job.
+        ending = [job for job in jobs if job.micro + 1 >= job.run.spec.grad_accum]
+        norms = [clip_gradients(job.params).float() for job in ending]
+        values = torch.stack([loss.detach().float() for loss in losses] + norms).tolist()
+        norm_of = {job.key: norm for job, norm in zip(ending, values[len(jobs):], strict=True)}
         spent = time.perf_counter() - t0
         self.real_tokens += tokens
         self.attention_slots += sum(b.inputs["attention_mask"].numel() for b in batches)
         out = []
-        for job, batch, value in zip(jobs, batches, values, strict=True):
+        for job, batch, value in zip(jobs, batches, values[:len(jobs)], strict=True):
             job.pace.count(job.run, batch)
             job.run.device_s += spent * batch.tokens / max(tokens, 1)
             job.step_loss += value
             job.micro += 1
             try:
-                outcome = self._after_micro(job)
+                outcome = self._after_micro(job, norm_of.get(job.key))
             except BaseException as exc:  # one job's hook or output failing fails that job only
                 outcome = _outcome(job, "failed", error=exc)
             if outcome is not None:
@@ -326,7 +333,8 @@ class Pack:
                 out.append(outcome)
         return out
 
-    def _after_micro(self, job: PackedJob) -> Outcome | None:
+    def _after_micro(self, job: PackedJob, grad_norm: float | None) -> Outcome | None:
+        """After a micro-batch of `job`; `grad_norm`: its clipped gradient's norm when its step ends."""
         run, hooks = job.run, job.hooks
         if job.micro < run.spec.grad_accum:
             if hooks.should_stop is not None and hooks.should_stop():
@@ -335,7 +343,7 @@ class Pack:
         job.micro = 0
         try:  # the recipe's own step end, drawing (checkpoints record it) from the job's stream
             with job.stream.active():
-                end_step(run, hooks, job.step_loss, job.params, job.pace, since=time.perf_counter())
+                end_step(run, hooks, job.step_loss, grad_norm, job.pace, since=time.perf_counter())
         except TrainingStopped:
             return _outcome(job, "stopped")
         if run.step >= run.total_steps:

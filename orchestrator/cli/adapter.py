@@ -15,6 +15,7 @@ from orchestrator.cli.helpers import (
     open_session,
     print_record,
     print_table,
+    status,
     wide_option,
 )
 from orchestrator.cli.output import echo
@@ -83,25 +84,39 @@ def show(adapter_id: str, as_json: bool) -> None:
 @adapter.command("export")
 @click.argument("adapter_id")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--merged", is_flag=True,
+              help="Merge into base: write a plain transformers folder (the LoRA merged into the base "
+                   "weights, the head beside them, safetensors) instead of the adapter's files.")
 @json_option
-def export(adapter_id: str, dest: Path, as_json: bool) -> None:
+def export(adapter_id: str, dest: Path, merged: bool, as_json: bool) -> None:
     """Copy the adapter's folder to DEST (new or empty), after checking its sha256.
 
-    The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`. DEST is never a device, a
-    dangling link, or a place inside the lorafleet home or the artifacts root.
+    The copy loads with `peft.PeftModel.from_pretrained(base, DEST)`. With --merged, DEST is a
+    transformers model folder: `AutoModelForSequenceClassification.from_pretrained(DEST,
+    trust_remote_code=True)` (a generation adapter: `AutoModelForCausalLM.from_pretrained(DEST)`)
+    gives lorafleet's outputs; a mean-pooled classifier's pooling ships in DEST as a small module.
+    When a stock loader would not reproduce the adapter (a mean-pooled head fed [CLS]), stderr
+    says so and which loader does. DEST is never a device, a dangling link, or a place inside the
+    lorafleet home or the artifacts root.
     """
     from lora_engine.errors import AdapterError
     from orchestrator.services.adapters import export_adapter
 
+    merge = None
+    if merged:
+        from lora_engine.adapters.merged_export import write_merged_folder as merge
     with open_session() as session:
         try:
-            row, path = export_adapter(session, adapter_id, dest)
+            done = export_adapter(session, adapter_id, dest, merge=merge)
         except AdapterError as exc:
             raise CliError(f"adapter {adapter_id}: {exc}") from None
         except OSError as exc:  # a full disk, no permission
             raise CliError(f"adapter export: cannot write {dest}: {exc.strerror or exc}; "
                            "nothing was written") from None
-        view = {"id": row.id, "path": str(path), "sha256": row.sha256}
+        view = {"id": done.adapter.id, "path": str(done.path), "sha256": done.adapter.sha256,
+                "merged": done.merged, "notice": done.notice}
+    if done.notice:
+        status(f"note: {done.notice}")
     emit(view, as_json, lambda v: echo(v["path"]))
 
 

@@ -43,6 +43,8 @@ def job() -> None:
 @click.option("--dry-run", is_flag=True,
               help="Validate everything, estimate examples, tokens, device-seconds, money; write nothing.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end, with a progress bar on stderr.")
+@click.option("--no-tracking", is_flag=True,
+              help="Keep this job out of the MLflow server the operator set (LORAFLEET_MLFLOW_TRACKING_URI).")
 @json_option
 def submit(
     tenant: str,
@@ -51,6 +53,7 @@ def submit(
     idempotency_key: str | None,
     dry_run: bool,
     wait: bool,
+    no_tracking: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -60,7 +63,7 @@ def submit(
     (validated whole and uploaded first). If the broker is down the job is still queued: its id
     is printed and the reconciler dispatches it later.
     """
-    from orchestrator.services.jobs import plan_job, submit_job
+    from orchestrator.services.jobs import JobLabels, plan_job, submit_job
 
     if options.get("max_steps") is not None and options.get("epochs") is not None:
         raise click.UsageError("give --max-steps or --epochs, not both")
@@ -71,7 +74,8 @@ def submit(
             plan = plan_job(session, tenant, spec, priority=priority)
             emit(plan.to_dict(), as_json, _print_plan)
             return
-        queued = submit_job(session, tenant, spec, priority=priority, idempotency_key=idempotency_key)
+        queued = submit_job(session, tenant, spec, priority=priority, idempotency_key=idempotency_key,
+                            labels=JobLabels(tracking=not no_tracking))
         job_id, state = queued.id, queued.state
     if not wait:
         emit({"id": job_id}, as_json, lambda v: click.echo(v["id"]))  # the id first, whatever follows

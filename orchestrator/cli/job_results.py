@@ -42,11 +42,13 @@ def sparkline(values: list[float], width: int = CURVE_WIDTH) -> str:
 
 @click.command("metrics")
 @click.argument("job_id")
-@click.option("--name", "names", multiple=True, help="Only this series (loss, lr, validation/accuracy...).")
+@click.option("--name", "names", multiple=True,
+              help="Only this series (loss, lr, grad_norm, holdout/accuracy...).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="table: one line per series; csv/json: every point.")
 def metrics(job_id: str, names: tuple[str, ...], fmt: str) -> None:
-    """A job's training curves: every step's loss and lr (and evaluations repeated in training).
+    """A job's training curves: every step's loss, lr and grad_norm (the gradient's norm before
+    clipping), and evaluations repeated in training.
 
     \b
     Examples:

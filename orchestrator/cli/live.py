@@ -1,9 +1,10 @@
 """Following a job until it ends: `job submit --wait`, `job events --follow`, `job wait`.
 
 Three renderings of the same polling loop, chosen by where stdout goes:
-- a terminal: one rich Live view on stdout — the job's phase, a bar, step, loss, throughput and
-  ETA on the bottom line, the events printed above it by the same console (so an event never
-  lands inside the bar's line);
+- a terminal: one rich Live view on stdout — the job's phase, a bar, step, loss, gradient norm
+  (before clipping, from the latest `progress` event), throughput and ETA on the bottom line,
+  the events printed above it by the same console (so an event never lands inside the bar's
+  line);
 - not a terminal (a pipe, a log file): one plain line per event, progress included;
 - `--json`: one JSON object per event.
 Ctrl-C detaches (the job keeps running) and says how to re-attach; the command exits 130.
@@ -107,13 +108,16 @@ class Phase:
 
 
 def progress_text(view: dict[str, Any], rate: Rate) -> str:
-    """'training  step 12/50  loss 0.412  3.1 it/s  96 ex/s  ETA 12s' (no bar: the plain form)."""
+    """'training  step 12/50  loss 0.412  grad norm 0.83  3.1 it/s  96 ex/s  ETA 12s' (no bar: the
+    plain form); the gradient norm is `view["grad_norm"]`, when the follower has seen one."""
     p = view["progress"]
     parts = [phase(view)]
     if p["step"] is not None:
         parts.append(f"step {p['step']}/{p['total'] or '?'}")
     if p.get("loss") is not None:
         parts.append(f"loss {p['loss']:.4g}")
+    if isinstance(view.get("grad_norm"), int | float):
+        parts.append(f"grad norm {view['grad_norm']:.3g}")
     steps_per_s = rate.steps_per_s()
     if steps_per_s is not None:
         parts.append(f"{steps_per_s:.2f} it/s")
@@ -181,6 +185,7 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
     """
     rate = Rate()
     current = Phase()
+    grad_norm: float | None = None  # the latest progress event's
     last_event: int | None = None
     hint_at = time.monotonic() + QUEUED_HINT_AFTER_S
     detail = job_detail(job_id)
@@ -193,6 +198,8 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
             for event in new_events(job_id, last_event):
                 last_event = event["id"]
                 current.see(event)
+                if event["kind"] == "progress":
+                    grad_norm = (event.get("data") or {}).get("grad_norm", grad_norm)
                 if as_json:
                     if show_events:
                         click.echo(json.dumps(jsonable(event)))
@@ -203,7 +210,7 @@ def follow(job_id: str, *, show_events: bool = True, as_json: bool = False) -> d
             detail = job_detail(job_id)
             rate.see(detail["progress"]["step"])
             if view is not None:
-                view.show({**detail, "phase": current.of(detail)}, rate)
+                view.show({**detail, "phase": current.of(detail), "grad_norm": grad_norm}, rate)
             if detail["state"] in SETTLED:
                 return detail
             if detail["state"] == "queued" and hint_at and time.monotonic() > hint_at:

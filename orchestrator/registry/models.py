@@ -32,6 +32,7 @@ from sqlalchemy import (
     false,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -179,6 +180,7 @@ class Job(Base):
     method: Mapped[str] = mapped_column(String(16))
     rank: Mapped[int] = mapped_column(Integer)
     base_model: Mapped[str] = mapped_column(String(255))
+    gradient_checkpointing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     priority: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -195,6 +197,8 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     suffix: Mapped[str | None] = mapped_column(String(64))
     validation_dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"))
+    # False: the tenant opted this job out of the operator's MLflow tracking (`integrations`).
+    tracking: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # The registered data set a custom task trains on (also in spec.dataset).
     dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id"), index=True)
     init_from_adapter_id: Mapped[str | None] = mapped_column(
@@ -216,6 +220,9 @@ class Job(Base):
     progress_step: Mapped[int | None] = mapped_column(Integer)
     progress_total: Mapped[int | None] = mapped_column(Integer)
     last_loss: Mapped[float | None] = mapped_column(Float)
+    # Devices the job spans (spec.devices): claimed only by a worker owning as many; counts that
+    # many against its tenant's running quota.
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     tenant: Mapped[Tenant] = relationship(lazy="raise")
 
@@ -224,6 +231,7 @@ class Job(Base):
             "state IN (" + ", ".join(f"'{s}'" for s in JOB_STATES) + ")", name="state_valid"
         ),
         CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in JOB_KINDS) + ")", name="kind_valid"),
+        CheckConstraint("devices >= 1", name="devices_positive"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
         # The claim counts a tenant's running jobs; the dispatcher scans queued ones.
         Index("ix_jobs_tenant_id_state", "tenant_id", "state"),
@@ -337,6 +345,10 @@ class Usage(Base):
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     examples: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Training only: peak minus the memory once the model was loaded, and the mean device time of
+    # an optimizer step (what gradient checkpointing trades; `report compare`).
+    activation_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    step_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_usage_job_id_attempt"),)
@@ -365,9 +377,10 @@ class InferenceUsage(Base):
 class MetricPoint(Base):
     """One point of a job's training curve: series `name` at optimizer step `step`.
 
-    Series: 'loss' and 'lr' every step; '<split>/<metric>' (e.g. 'validation/accuracy') for an
-    evaluation repeated during training. Unique per (job, name, step): an attempt that resumes
-    from a checkpoint and redoes steps overwrites their points (exact resume: the same values).
+    Series: 'loss', 'lr' and 'grad_norm' (the gradient's L2 norm before clipping) every step;
+    '<split>/<metric>' (e.g. 'validation/accuracy') for an evaluation repeated during training.
+    Unique per (job, name, step): an attempt that resumes from a checkpoint and redoes steps
+    overwrites their points (exact resume: the same values).
     """
 
     __tablename__ = "metric_history"
@@ -400,6 +413,8 @@ class Worker(Base):
     device_kind: Mapped[str] = mapped_column(String(16))  # "cpu" or "cuda"
     device_name: Mapped[str] = mapped_column(String(255))  # as jobs bill it: "cpu", "cuda:<product>"
     beat_seconds: Mapped[float] = mapped_column(Float)  # its heartbeat interval
+    # Devices it owns: it claims jobs that ask for at most as many.
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     started_at: Mapped[datetime]
     # The status lists the workers seen lately (an index: the table keeps every process ever started).
     last_seen: Mapped[datetime] = mapped_column(index=True)

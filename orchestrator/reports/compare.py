@@ -37,6 +37,8 @@ COMPARE_VALUES = (
     "device_seconds",
     "examples_per_second",
     "peak_memory_bytes",
+    "activation_memory_bytes",
+    "step_seconds",
     "majority_class_rate",
 )
 # A trained row within this many points of the best quality counts as "as good".
@@ -62,7 +64,10 @@ class CompareRow:
     device_seconds: float | None
     examples_per_second: float | None
     peak_memory_bytes: float | None
+    activation_memory_bytes: float | None = None  # peak minus the memory once the model was loaded
+    step_seconds: float | None = None  # device time per optimizer step
     majority_class_rate: float | None = None
+    gradient_checkpointing: bool = False
     size_ratio: float | None = None  # full's checkpoint ÷ this one's
     time_ratio: float | None = None  # full's device-seconds ÷ this one's
     memory_ratio: float | None = None  # full's peak memory ÷ this one's
@@ -74,7 +79,8 @@ class CompareRow:
     def label(self) -> str:
         if self.method == "none":
             return "untuned base"
-        return self.method if self.rank is None else f"{self.method} r={self.rank}"
+        label = self.method if self.rank is None else f"{self.method} r={self.rank}"
+        return f"{label} +grad ckpt" if self.gradient_checkpointing else label
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -112,7 +118,7 @@ class CompareReport:
                 getattr(r, name),
                 task=r.task,
                 base_model=r.base_model,
-                method=r.method,
+                method=f"{r.method}+grad_ckpt" if r.gradient_checkpointing else r.method,
                 rank=r.rank,
             )
             for r in self.rows
@@ -132,6 +138,8 @@ class CompareReport:
             Column("train dev-s", lambda r: r.device_seconds, "seconds"),
             Column("ex/s", lambda r: r.examples_per_second, "rate"),
             Column("peak MB", lambda r: r.peak_memory_bytes, "mb0"),
+            Column("act MB", lambda r: r.activation_memory_bytes, "mb0"),
+            Column("s/step", lambda r: r.step_seconds, "num"),
             Column("smaller", lambda r: r.size_ratio, "ratio"),
             Column("less time", lambda r: r.time_ratio, "ratio"),
             Column("less mem", lambda r: r.memory_ratio, "ratio"),
@@ -141,7 +149,9 @@ class CompareReport:
         notes = [
             "One row per task, base model, method and rank; medians over the n succeeded runs. Quality: "
             "the task's primary metric on validation data (points). Device-seconds, examples/s and peak "
-            "memory are the successful attempt's.",
+            "memory are the successful attempt's; act MB is its peak minus its memory once the model was "
+            "loaded (the activations and optimizer state), s/step its device time per optimizer step. "
+            "+grad ckpt: runs with gradient_checkpointing (activations recomputed in the backward pass).",
             "smaller / less time / less mem: full's checkpoint size, device-seconds, peak memory ÷ this "
             "row's. Δ: this row's quality minus full's (or the untuned base's), in points (pp).",
             "Best trade-off: of the trained rows within 1 pp of the best quality, the smallest checkpoint.",
@@ -179,6 +189,7 @@ def compare_rows(f: Filters) -> Select[Any]:
     sj = scoped_jobs(f, kinds=("train", "evaluate"))
     pm, mm = join_primary_metric(sj, sj.c.job_id, sj.c.task), m.alias("mm")
     rank_key = case((sj.c.method.in_(("full", "none")), 0), else_=sj.c.rank).label("rank_key")
+    recomputes = sj.c.gradient_checkpointing
     is_train = sj.c.kind == "train"
     dev_s = case((is_train, u.c.device_seconds))
     values = {
@@ -189,10 +200,12 @@ def compare_rows(f: Filters) -> Select[Any]:
         "device_seconds": dev_s,
         "examples_per_second": cast(case((is_train, u.c.examples)), Float) / func.nullif(dev_s, 0.0),
         "peak_memory_bytes": case((is_train, u.c.peak_memory_bytes)),
+        "activation_memory_bytes": case((is_train, u.c.activation_memory_bytes)),
+        "step_seconds": case((is_train, u.c.step_seconds)),
         "majority_class_rate": mm.c.value,
     }
-    keys = [sj.c.task, sj.c.base_model, sj.c.method, rank_key]
-    part = (sj.c.task, sj.c.base_model, sj.c.method, rank_key)
+    keys = [sj.c.task, sj.c.base_model, sj.c.method, rank_key, recomputes]
+    part = (sj.c.task, sj.c.base_model, sj.c.method, rank_key, recomputes)
     cols: list[Any] = [*keys]
     for name, expr in values.items():
         cols += [
@@ -226,18 +239,20 @@ def compare_rows(f: Filters) -> Select[Any]:
         middle = or_(rn == (n + 1) // 2, rn == (n + 2) // 2)
         return func.avg(case((and_(v.is_not(None), middle), cast(v, Float)))).label(name)
 
-    group = [runs.c.task, runs.c.base_model, runs.c.method, runs.c.rank_key]
+    group = [runs.c.task, runs.c.base_model, runs.c.method, runs.c.rank_key, runs.c.gradient_checkpointing]
     stmt = (
         select(
             runs.c.task,
             runs.c.base_model,
             runs.c.method,
             runs.c.rank_key.label("rank"),
+            runs.c.gradient_checkpointing,
             func.count().label("n"),
             *(median(name) for name in COMPARE_VALUES),
         )
         .group_by(*group)
-        .order_by(runs.c.task, runs.c.base_model, _method_order(runs.c.method), runs.c.rank_key)
+        .order_by(runs.c.task, runs.c.base_model, _method_order(runs.c.method), runs.c.rank_key,
+                  runs.c.gradient_checkpointing)
     )
     return stmt
 
@@ -294,6 +309,7 @@ def compare_report(session: Session, filters: Filters) -> CompareReport:
             method=r["method"],
             rank=None if r["method"] in ("full", "none") else int(r["rank"]),
             n=int(r["n"]),
+            gradient_checkpointing=bool(r["gradient_checkpointing"]),
             metric=TASKS[r["task"]].primary_metric if r["task"] in TASKS else "accuracy",
             **{name: r[name] for name in COMPARE_VALUES},
         )
@@ -303,7 +319,9 @@ def compare_report(session: Session, filters: Filters) -> CompareReport:
     for row in rows:
         groups.setdefault((row.task, row.base_model), []).append(row)
     for group in groups.values():
-        full = next((r for r in group if r.method == "full"), None)
+        # The reference is full fine-tuning as it usually runs (without gradient checkpointing).
+        full = min((r for r in group if r.method == "full"), key=lambda r: r.gradient_checkpointing,
+                   default=None)
         untuned = next((r for r in group if r.method == "none"), None)
         for row in group:
             if row.method == "none":

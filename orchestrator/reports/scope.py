@@ -115,6 +115,7 @@ def scoped_jobs(f: Filters, *, kinds: tuple[str, ...] | None = None) -> Any:
         j.c.method,
         j.c.rank,
         j.c.base_model,
+        j.c.gradient_checkpointing,
         j.c.attempts,
         j.c.created_at,
     ).join(t, t.c.id == j.c.tenant_id)

@@ -84,8 +84,9 @@ leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Jo
                   claim_next(s, worker_id, lease_seconds, now=None) -> Job | None   (fair share)
                   unclaimable_reason(s, job_id) -> str
                   heartbeat(s, job_id, worker_id, step, total, loss, lease_seconds, now=None,
-                            event_interval_s=5.0) -> retries.Abort.CANCEL | Abort.PAUSE | None (why
-                            to stop: a cancel wins over a pause)   raises LeaseLost
+                            event_interval_s=5.0, grad_norm=None) -> retries.Abort.CANCEL |
+                            Abort.PAUSE | None (why to stop: a cancel wins over a pause)
+                            raises LeaseLost
                   record_checkpoint(s, job_id, worker_id, step, path=None)
                   record_phase(s, job_id, worker_id, "evaluating"|"saving", step)   (a `phase` event)
                   record_resume(s, job_id, worker_id, step, path=None)   (a `resumed` event)

@@ -7,8 +7,10 @@ here for the services API.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -24,6 +26,7 @@ from orchestrator.services.model_names import model_name, parse_model_name
 from orchestrator.services.tenants import tenant_or_404
 
 __all__ = [
+    "ExportedAdapter",
     "adapter_or_404",
     "delete_adapter",
     "export_adapter",
@@ -103,11 +106,25 @@ def delete_adapter(
     return row
 
 
+@dataclass(frozen=True)
+class ExportedAdapter:
+    adapter: Adapter
+    path: Path  # where the export went
+    merged: bool  # a merged export (a plain transformers folder), else the adapter's own files
+    # What a user must know to load it right (a mean-pooled head that the stock loader would
+    # feed [CLS]; a merged export's trust_remote_code), or None.
+    notice: str | None
+
+
 @readonly
 def export_adapter(
-    session: Session, adapter_id: str, dest: Path, tenant: str | None = None, settings: Settings | None = None
-) -> tuple[Adapter, Path]:
-    """Copy a live adapter's folder, its sha256 checked, to `dest`: (the adapter, where it went).
+    session: Session, adapter_id: str, dest: Path, tenant: str | None = None,
+    settings: Settings | None = None, *, merge: Callable[[Path, Path], Any] | None = None,
+) -> ExportedAdapter:
+    """Copy a live adapter's folder, its sha256 checked, to `dest`; with `merge`, write its merged
+    export there instead: `merge(checked copy, folder)` (the CLI passes
+    `lora_engine.adapters.merged_export.write_merged_folder`, which needs torch: the services import
+    none) writes the LoRA merged into the base as a plain transformers folder.
 
     `dest` is checked first (orchestrator.destinations: a new or empty folder, never a device, a
     dangling link, the home or the artifacts root) and the copy is built beside it and renamed
@@ -115,6 +132,7 @@ def export_adapter(
     refused place, AdapterError when the adapter's files no longer match the registry.
     """
     from lora_engine.adapters.digest import adapter_files_digest, verify_adapter_files
+    from lora_engine.adapters.modelcard import merged_notice
     from lora_engine.atomic import atomic_folder
     from orchestrator.destinations import folder_destination
 
@@ -127,7 +145,28 @@ def export_adapter(
     if target.is_dir():
         target.rmdir()
     with atomic_folder(target) as tmp:
-        shutil.copytree(row.path, tmp, dirs_exist_ok=True)
-        if adapter_files_digest(tmp)[0] != row.sha256:
+        # A merged export copies the adapter aside first: what is merged is what was checked.
+        merged = merge is not None
+        source = tmp / ".adapter" if merged else tmp
+        shutil.copytree(row.path, source, dirs_exist_ok=True)
+        if adapter_files_digest(source)[0] != row.sha256:
             raise AdapterError(f"adapter {row.id} changed while it was being exported; nothing was written")
-    return row, target
+        if merge is not None:
+            folder = merge(source, tmp)
+            shutil.rmtree(source)
+            notice = merged_notice(folder) if folder.remote_code else None
+        else:
+            notice = _loader_notice(tmp)
+    return ExportedAdapter(row, target, merged, notice)
+
+
+def _loader_notice(folder: Path) -> str | None:
+    """`modelcard.loader_notice` of an adapter folder; None when its record cannot say (the files
+    are exported as they are either way)."""
+    from lora_engine.adapters.folder import read_adapter_meta
+    from lora_engine.adapters.modelcard import loader_notice
+
+    try:
+        return loader_notice(read_adapter_meta(folder))
+    except AdapterError:
+        return None

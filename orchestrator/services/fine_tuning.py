@@ -13,7 +13,10 @@ service as the CLI's `job submit` (`jobs.submit_within`): one set of rules, one 
     seed, suffix, metadata  spec seed; the job's suffix (its model name) and labels
     method                  {"type": "supervised"} only (OpenAI's training paradigm; a LoRA
                             method such as "pissa" there is pointed to lorafleet.method)
-    integrations            none exist here: any entry is refused, naming its type
+    integrations            lorafleet's one type, `mlflow`, shaped as OpenAI's `wandb` entry:
+                            [{"type": "mlflow", "mlflow": {"enabled": false}}] keeps the job out
+                            of the operator's MLflow server (a tenant never names a server);
+                            any other type is refused, naming the allowed one
     lorafleet               lorafleet's own spec fields (method lora|rslora|dora|loraplus|pissa|
                             olora|full, rank, alpha, loraplus_lr_ratio, targets, max_steps, ...),
                             validated by the same TrainingSpec
@@ -48,6 +51,8 @@ FIELDS = ("model", "training_file", "validation_file", "hyperparameters", "metho
           "metadata", "integrations", "lorafleet")
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 METHOD_TYPES = ("supervised",)
+INTEGRATION_TYPES = ("mlflow",)
+MLFLOW_FIELDS = ("enabled",)
 # What the request's other fields already say: not again in the `lorafleet` object.
 NOT_IN_LORAFLEET = {"task": "training_file", "dataset": "training_file", "base_model": "model",
                     "init_from": None}
@@ -91,6 +96,7 @@ class _Request:
         self.metadata: dict[str, str] | None = None
         self.suffix: str | None = None
         self.validation_dataset_id: str | None = None
+        self.tracking = True
 
     def problem(self, field: str, message: str) -> None:
         self.problems.append(f"{field}: {message}")
@@ -249,16 +255,50 @@ def _method(req: _Request) -> None:
 
 
 def _integrations(req: _Request) -> None:
+    """OpenAI's `integrations` list, with lorafleet's one type: `mlflow` (an opt-out of the
+    operator's tracking server; what a tenant sends there is data, never where to send it)."""
     value = req.body.get("integrations")
     if value is None:
         return
     if not isinstance(value, list):
         req.problem("integrations", f"must be a list (got {_shown(value)})")
         return
-    for i, item in enumerate(value[:10]):
-        kind = item.get("type") if isinstance(item, Mapping) else item
-        req.problem(f"integrations[{i}]", f"integration type {_shown(kind)} is not supported; lorafleet "
-                                          f"has no integrations (its events and webhooks report the job)")
+    if len(value) > len(INTEGRATION_TYPES):
+        req.problem("integrations", f"at most {len(INTEGRATION_TYPES)} entry, one per type "
+                                    f"(got {len(value)})")
+        return
+    allowed = ", ".join(repr(t) for t in INTEGRATION_TYPES)
+    for i, item in enumerate(value):
+        where = f"integrations[{i}]"
+        if not isinstance(item, Mapping):
+            req.problem(where, f"must be an object like {{\"type\": \"mlflow\", \"mlflow\": "
+                               f"{{\"enabled\": false}}}} (got {_shown(item)})")
+            continue
+        kind = item.get("type")
+        if kind not in INTEGRATION_TYPES:
+            req.problem(where, f"integration type {_shown(kind)} is not supported; "
+                               f"allowed: {allowed}")
+            continue
+        unknown = [k for k in item if k not in ("type", kind)]
+        if unknown:
+            req.problem(where, f"unknown field(s) {', '.join(_shown(k) for k in unknown[:10])}; "
+                               f"allowed: type, {kind}")
+        options = item.get(kind)
+        if options is None:
+            continue
+        if not isinstance(options, Mapping):
+            req.problem(f"{where}.{kind}", f"must be an object like {{\"enabled\": false}} "
+                                           f"(got {_shown(options)})")
+            continue
+        unknown = [k for k in options if k not in MLFLOW_FIELDS]
+        if unknown:
+            req.problem(f"{where}.{kind}", f"unknown field(s) {', '.join(_shown(k) for k in unknown[:10])}; "
+                                           f"allowed: {', '.join(MLFLOW_FIELDS)}")
+        enabled = options.get("enabled", True)
+        if not isinstance(enabled, bool):
+            req.problem(f"{where}.{kind}.enabled", f"must be true or false (got {_shown(enabled)})")
+        else:
+            req.tracking = enabled
 
 
 def _seed(req: _Request) -> None:
@@ -400,7 +440,7 @@ def fine_tuning_spec(session: Session, tenant: str, body: Any, settings: Setting
     if req.problems:
         raise RequestProblems(req.problems + _other_spec_problems(req.spec))
     return req.spec, JobLabels(metadata=req.metadata, suffix=req.suffix,
-                               validation_dataset_id=req.validation_dataset_id)
+                               validation_dataset_id=req.validation_dataset_id, tracking=req.tracking)
 
 
 @transactional

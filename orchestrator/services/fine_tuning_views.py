@@ -33,7 +33,7 @@ from orchestrator.services.tenants import tenant_or_404
 
 RESULT_PREFIX = "result-"
 BUILTIN_FILES = {"e2e": "builtin-e2e"}  # other built-in tasks: builtin-glue-<task>
-LEVELS = {"failed": "error", "requeued": "warn"}
+LEVELS = {"failed": "error", "requeued": "warn", "tracking": "warn"}
 # The event data a tenant sees (workers, paths and leases are the operator's).
 SHOWN_DATA = ("step", "total", "loss", "attempt", "adapter_id", "metrics", "phase", "storage_over_quota")
 # Events whose stored message names a worker: what the tenant reads instead.
@@ -118,7 +118,10 @@ def job_object(job: Job, tenant_slug: str, adapter: Adapter | None = None, base:
         "result_files": [RESULT_PREFIX + job.id] if job.state in TERMINAL_STATES else [],
         "trained_tokens": trained_tokens if job.state == "succeeded" else None,
         "error": _error(job), "estimated_finish": _estimated_finish(job), "seed": job.spec.get("seed"),
-        "metadata": job.metadata_, "user_provided_suffix": job.suffix, "integrations": [],
+        "metadata": job.metadata_, "user_provided_suffix": job.suffix,
+        # The tenant's opt-out, as it asked for it; a tracked job lists none (OpenAI's shape: the
+        # integrations the job was created with).
+        "integrations": [] if job.tracking else [{"type": "mlflow", "mlflow": {"enabled": False}}],
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
         "lorafleet": {"method": job.method, "rank": job.rank, "task": job.task, "kind": job.kind},
     }

@@ -49,18 +49,20 @@ from orchestrator.services.tenants import tenant_or_404
 from orchestrator.services.views import JobDetail
 from orchestrator.services.webhook_outbox import job_ended
 
-BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_adapter_id")
+BATCH_ITEM_KEYS = ("tenant", "spec", "priority", "idempotency_key", "init_from_adapter_id", "tracking")
 
 
 @dataclass(frozen=True)
 class JobLabels:
     """What the tenants' API records beside the spec: the tenant's metadata, the suffix of the
     adapter's model name, a data set of the tenant replacing the held-out split evaluation scores
-    (checked by the caller: the tenant's, of the training data's kind)."""
+    (checked by the caller: the tenant's, of the training data's kind); `tracking` False: the job
+    stays out of the operator's MLflow (the API's `integrations`, the CLI's `--no-tracking`)."""
 
     metadata: dict[str, str] | None = None
     suffix: str | None = None
     validation_dataset_id: str | None = None
+    tracking: bool = True
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def _prepare(
         raw["init_from"] = parent.path if parent is not None else str(folder)
     dataset, upload = _dataset_ref(session, tenant, raw, settings)
     spec = validate_spec(raw).resolved()
-    problems = _start_problems(parent, folder, spec, base)
+    problems = _start_problems(parent, folder, spec, base) + devices_problems(spec.devices, tenant, settings)
     if spec.method in LORA_METHODS:
         problems += filter(None, [target_problem(spec.base_model or "", spec.targets)])
     if problems:
@@ -228,6 +230,19 @@ def _prepare(
     return _Prepared(tenant, spec.model_copy(update=update), priority, idempotency_key,
                      parent.id if parent is not None else None, dataset,
                      base.adapter_id if base is not None else None)
+
+
+def devices_problems(devices: int, tenant: Tenant, settings: Settings) -> list[str]:
+    """A job's devices beyond what this fleet allows one job, or beyond its tenant's running
+    quota (it counts its devices: it could never start)."""
+    if devices > settings.max_job_devices:
+        return [f"devices: at most {settings.max_job_devices} per job on this fleet (got {devices}; "
+                "LORAFLEET_MAX_JOB_DEVICES)"]
+    if devices > tenant.max_running:
+        return [f"devices: tenant {tenant.slug!r} may run {tenant.max_running} device(s) at once and "
+                f"this job needs {devices}: it could never start; raise it (`lorafleet tenant set-quota "
+                f"{tenant.slug} --max-running {devices}`)"]
+    return []
 
 
 def _resolve_auto(spec: TrainingSpec, data_file: Path | None, settings: Settings) -> TrainingSpec:
@@ -268,9 +283,11 @@ def _insert(session: Session, p: _Prepared, max_attempts: int, labels: JobLabels
     spec = p.spec
     job = Job(
         metadata_=labels.metadata, suffix=labels.suffix, validation_dataset_id=labels.validation_dataset_id,
+        tracking=labels.tracking,
         tenant_id=p.tenant.id, state="queued", kind="evaluate" if spec.method == "none" else "train",
         spec=_spec_json(spec), task=spec.task, method=spec.method,
-        rank=spec.rank, base_model=spec.base_model or "", priority=p.priority,
+        rank=spec.rank, base_model=spec.base_model or "", gradient_checkpointing=spec.gradient_checkpointing,
+        priority=p.priority, devices=spec.devices,
         idempotency_key=p.idempotency_key, attempts=0, max_attempts=max_attempts,
         cancel_requested=False, init_from_adapter_id=p.init_from_adapter_id, dispatch_count=0,
         dataset_id=p.dataset.id if p.dataset is not None else None, base_adapter_id=p.base_adapter_id,
@@ -322,6 +339,8 @@ def submit_job(
     init_from_adapter_id: str | None = None,
     max_attempts: int | None = None,
     settings: Settings | None = None,
+    *,
+    labels: JobLabels | None = None,
 ) -> Job:
     """Queue one job; returns it (state `queued`). Nothing is written when anything is invalid.
 
@@ -331,7 +350,7 @@ def submit_job(
     returned (whatever its state) and nothing new is written; for a different spec: Conflict.
     """
     return submit_within(session, tenant_slug, spec_dict, priority, idempotency_key, init_from_adapter_id,
-                         max_attempts, settings)
+                         max_attempts, settings, labels=labels)
 
 
 def submit_within(
@@ -429,7 +448,10 @@ def _split_item(item: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
     tenant = item.get("tenant")
     if not isinstance(tenant, str):
         raise InvalidInput("missing 'tenant' (the tenant's slug)")
-    options = {k: item[k] for k in ("priority", "idempotency_key", "init_from_adapter_id") if k in item}
+    options = {k: item[k] for k in ("priority", "idempotency_key", "init_from_adapter_id", "tracking")
+               if k in item}
+    if not isinstance(options.get("tracking", True), bool):
+        raise InvalidInput(f"'tracking' must be true or false (got {options['tracking']!r})")
     if "spec" in item:
         extra = sorted(set(item) - set(BATCH_ITEM_KEYS))
         if extra:
@@ -457,6 +479,7 @@ def submit_batch(
     attempts = attempt_budget(max_attempts)
     problems: dict[int, list[str]] = {}
     prepared: list[_Prepared] = []
+    labels: list[JobLabels] = []  # beside `prepared`: an item's `tracking: false`
     seen_keys: dict[tuple[str, str], int] = {}
     staged: list[Path] = []
     try:
@@ -480,6 +503,7 @@ def submit_batch(
                     continue
                 seen_keys[key] = i
             prepared.append(p)
+            labels.append(JobLabels(tracking=options.get("tracking", True)))
         if problems:
             raise BatchError(problems)
         fresh = [p for p in prepared if _existing_for_key(session, p) is None]
@@ -490,8 +514,8 @@ def submit_batch(
             check_queued(session, group[0].tenant, len(group))
             for p in group:
                 _admit(session, p, settings, queued_adding=len(group))
-        return [_sent_if_queued(session, _existing_for_key(session, p) or _insert(session, p, attempts))
-                for p in prepared]
+        return [_sent_if_queued(session, _existing_for_key(session, p) or _insert(session, p, attempts, lab))
+                for p, lab in zip(prepared, labels, strict=True)]
     except BaseException:
         remove_staged(staged)
         raise

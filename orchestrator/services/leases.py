@@ -41,7 +41,8 @@ from orchestrator.services.webhook_outbox import job_ended
 # writes ~200 events, not 10k).
 PROGRESS_EVENT_INTERVAL_S = 5.0
 
-USAGE_FIELDS = ("device", "device_seconds", "wall_seconds", "peak_memory_bytes", "examples", "tokens")
+USAGE_FIELDS = ("device", "device_seconds", "wall_seconds", "peak_memory_bytes", "examples", "tokens",
+                "activation_memory_bytes", "step_seconds")
 
 
 def _lease(now: datetime, lease_seconds: float) -> datetime:
@@ -52,10 +53,12 @@ def _lease(now: datetime, lease_seconds: float) -> datetime:
 
 @transactional
 def claim_job(
-    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None,
+    devices: int = 1,
 ) -> Job | None:
-    """Claim a queued job for `worker_id`; the running Job, or None when it is not claimable
-    (unknown, not queued, or its tenant at quota: it stays queued for a later dispatch)."""
+    """Claim a queued job for `worker_id`, which owns `devices` devices; the running Job, or None
+    when it is not claimable (unknown, not queued, asking for more devices than the worker owns, or
+    its tenant at quota: it stays queued for a later dispatch)."""
     now = now or utcnow()
     expires = _lease(now, lease_seconds)
     tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
@@ -64,7 +67,7 @@ def claim_job(
     tenant = repo.lock_tenant(session, tenant_id)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, repo.claimable())
+        .where(Job.id == job_id, repo.claimable(devices))
         .values(
             state="running", lease_owner=worker_id, lease_expires_at=expires, attempts=Job.attempts + 1,
             started_at=now, heartbeat_at=now, cancel_requested=False, pause_requested=False, error=None,
@@ -84,22 +87,24 @@ def claim_job(
 
 
 def claim_next(
-    session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None, tries: int = 20
+    session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None, tries: int = 20,
+    devices: int = 1,
 ) -> Job | None:
-    """Claim the next job by fair share: the tenant with the fewest running jobs first, then
-    priority (high first), then age. None when nothing is claimable. Each attempt is its own
-    transaction (a candidate taken by another worker in between is skipped)."""
-    candidates = _candidates(session, tries)
+    """Claim the next job a worker owning `devices` devices can run, by fair share: the tenant
+    with the fewest running jobs first, then priority (high first), then age. None when nothing
+    is claimable. Each attempt is its own transaction (a candidate taken by another worker in
+    between is skipped)."""
+    candidates = _candidates(session, tries, devices)
     for job_id in candidates:
-        job = claim_job(session, job_id, worker_id, lease_seconds, now=now)
+        job = claim_job(session, job_id, worker_id, lease_seconds, now=now, devices=devices)
         if job is not None:
             return job
     return None
 
 
 @readonly
-def _candidates(session: Session, limit: int) -> list[str]:
-    return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit)]
+def _candidates(session: Session, limit: int, devices: int) -> list[str]:
+    return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit, devices=devices)]
 
 
 def claim_partners(
@@ -142,21 +147,24 @@ def record_packed(session: Session, job_id: str, worker_id: str, partners: Seque
 
 
 @readonly
-def unclaimable_reason(session: Session, job_id: str) -> str:
-    """Why a claim of this job found nothing (for the worker's log). Whether the quota holds it
-    back is the claim's own rule (`repo.claimable`), asked of the registry; the counts are only
-    the message's figures."""
+def unclaimable_reason(session: Session, job_id: str, devices: int = 1) -> str:
+    """Why a claim of this job by a worker owning `devices` found nothing (for the worker's log).
+    Whether the quota holds it back is the claim's own rule (`repo.claimable`), asked of the
+    registry; the counts are only the message's figures."""
     job = repo.job(session, job_id)
     if job is None:
         return f"no job {job_id}"
     if job.state != "queued":
         return f"job {job_id} is {job.state}"
-    if repo.is_claimable(session, job_id):
+    if job.devices > devices:
+        return f"job {job_id} needs {job.devices} devices; this worker owns {devices}"
+    if repo.is_claimable(session, job_id, devices):
         return f"job {job_id} is queued and claimable"
     tenant = repo.tenant_by_id(session, job.tenant_id)
     running = repo.running_count(session, job.tenant_id)
     limit = tenant.max_running if tenant is not None else "?"
-    return f"tenant {tenant.slug if tenant else job.tenant_id} is at its quota ({running}/{limit} running)"
+    return (f"tenant {tenant.slug if tenant else job.tenant_id} is at its quota ({running}/{limit} running"
+            + (f"; this job needs {job.devices}" if job.devices > 1 else "") + ")")
 
 
 def _storage_over(session: Session, tenant_id: str) -> str | None:
@@ -190,12 +198,14 @@ def heartbeat(
     lease_seconds: float,
     now: datetime | None = None,
     event_interval_s: float = PROGRESS_EVENT_INTERVAL_S,
+    grad_norm: float | None = None,
 ) -> Abort | None:
     """Extend the lease, record progress; why training must stop, if it must: Abort.CANCEL (a
     cancel was requested; it wins over a pause), Abort.PAUSE (checkpoint, then `paused`), else None.
 
-    Writes a `progress` event on the first heartbeat, the last step, and otherwise at most once
-    per `event_interval_s`. LeaseLost if the job is no longer this worker's.
+    Writes a `progress` event (step, total, loss, and the step's gradient norm before clipping when
+    the work trains) on the first heartbeat, the last step, and otherwise at most once per
+    `event_interval_s`. LeaseLost if the job is no longer this worker's.
     """
     now = now or utcnow()
     job = owned_job(session, job_id, worker_id)
@@ -208,8 +218,12 @@ def heartbeat(
     last_step = total is not None and step >= total
     if last is None or last_step or (now - last).total_seconds() >= event_interval_s:
         job.progress_event_at = now
-        message = f"step {step}/{total}" + (f" loss {loss:.4f}" if loss is not None else "")
-        add_event(session, job, "progress", message, {"step": step, "total": total, "loss": loss}, ts=now)
+        message = (f"step {step}/{total}" + (f" loss {loss:.4f}" if loss is not None else "")
+                   + (f" grad norm {grad_norm:.4g}" if grad_norm is not None else ""))
+        data = {"step": step, "total": total, "loss": loss}
+        if grad_norm is not None:
+            data["grad_norm"] = float(grad_norm)
+        add_event(session, job, "progress", message, data, ts=now)
     if job.cancel_requested:
         return Abort.CANCEL
     return Abort.PAUSE if job.pause_requested else None
@@ -269,14 +283,21 @@ class UsageRecord:
     peak_memory_bytes: int | None = None
     examples: int = 0
     tokens: int = 0
+    activation_memory_bytes: int | None = None  # peak minus the memory once the model was loaded
+    step_seconds: float | None = None  # mean device time of the attempt's optimizer steps
 
     @classmethod
-    def of_run(cls, stats: Any) -> UsageRecord:
+    def of_run(cls, stats: Any, devices: int = 1) -> UsageRecord:
         """What a run cost, from the engine's run statistics (`lora_engine.recipe.RunStats`, or
-        any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`)."""
-        return cls(device=stats.device, device_seconds=float(stats.device_s),
+        any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`,
+        and optionally `activation_mem_bytes`, `step_s`). A run across `devices` > 1 held every one
+        of them for its whole wall time: it bills N × wall."""
+        device_s = devices * float(stats.wall_s) if devices > 1 else float(stats.device_s)
+        return cls(device=stats.device, device_seconds=device_s,
                    wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,
-                   examples=int(stats.examples), tokens=int(stats.tokens))
+                   examples=int(stats.examples), tokens=int(stats.tokens),
+                   activation_memory_bytes=getattr(stats, "activation_mem_bytes", None),
+                   step_seconds=getattr(stats, "step_s", None))
 
     @classmethod
     def coerce(cls, usage: UsageRecord | Mapping[str, Any]) -> UsageRecord:
@@ -286,7 +307,8 @@ class UsageRecord:
         unknown = sorted(set(usage) - set(USAGE_FIELDS))
         if unknown:
             raise InvalidInput(f"unknown usage fields {unknown}; allowed: {', '.join(USAGE_FIELDS)}")
-        peak = usage.get("peak_memory_bytes")
+        peak, activation, step = (usage.get(k) for k in ("peak_memory_bytes", "activation_memory_bytes",
+                                                          "step_seconds"))
         return cls(
             device=str(usage.get("device", "cpu")),
             device_seconds=float(usage.get("device_seconds", 0.0)),
@@ -294,6 +316,8 @@ class UsageRecord:
             peak_memory_bytes=None if peak is None else int(peak),
             examples=int(usage.get("examples", 0)),
             tokens=int(usage.get("tokens", 0)),
+            activation_memory_bytes=None if activation is None else int(activation),
+            step_seconds=None if step is None else float(step),
         )
 
 
@@ -307,7 +331,8 @@ def _usage_row(job: Job, usage: UsageInput) -> Usage | None:
     return Usage(
         job_id=job.id, tenant_id=job.tenant_id, attempt=job.attempts, device=u.device,
         device_seconds=u.device_seconds, wall_seconds=u.wall_seconds, peak_memory_bytes=u.peak_memory_bytes,
-        examples=u.examples, tokens=u.tokens,
+        examples=u.examples, tokens=u.tokens, activation_memory_bytes=u.activation_memory_bytes,
+        step_seconds=u.step_seconds,
     )
 
 

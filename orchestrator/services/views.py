@@ -84,7 +84,8 @@ def event_dict(e: JobEvent) -> dict[str, Any]:
 def usage_dict(u: Usage) -> dict[str, Any]:
     return {"attempt": u.attempt, "device": u.device, "device_seconds": u.device_seconds,
             "wall_seconds": u.wall_seconds, "peak_memory_bytes": u.peak_memory_bytes,
-            "examples": u.examples, "tokens": u.tokens}
+            "examples": u.examples, "tokens": u.tokens, "activation_memory_bytes": u.activation_memory_bytes,
+            "step_seconds": u.step_seconds}
 
 
 @dataclass

@@ -78,6 +78,38 @@ def test_every_problem_of_a_request_in_one_400(acme) -> None:
     assert error["param"] == "colour" and error["type"] == "invalid_request_error"
 
 
+def test_a_job_opts_out_of_mlflow_through_integrations(api_server, acme) -> None:
+    from orchestrator.services.jobs import get_job
+
+    out = create(acme, integrations=[{"type": "mlflow", "mlflow": {"enabled": False}}])
+    opted_out = [{"type": "mlflow", "mlflow": {"enabled": False}}]
+    assert [i.model_dump(exclude_none=True) for i in out.integrations] == opted_out
+    kept = create(acme, integrations=[{"type": "mlflow", "mlflow": {"enabled": True}}])
+    plain = create(acme)
+    assert kept.integrations == [] and plain.integrations == []
+    with api_server.session() as s:  # what the worker's MLflow sink reads
+        assert [get_job(s, j.id).job.tracking for j in (out, kept, plain)] == [False, True, True]
+    assert acme.fine_tuning.jobs.retrieve(out.id).integrations[0].type == "mlflow"
+
+
+@pytest.mark.parametrize("integrations, expected", [
+    ([{"type": "wandb", "wandb": {"project": "x"}}], "integrations[0]: integration type 'wandb' is not "
+                                                     "supported; allowed: 'mlflow'"),
+    ([{"type": "mlflow", "mlflow": {"enabled": "no"}}],
+     "integrations[0].mlflow.enabled: must be true or false"),
+    ([{"type": "mlflow", "mlflow": {"tracking_uri": "http://evil.example"}}],
+     "integrations[0].mlflow: unknown field(s) 'tracking_uri'; allowed: enabled"),
+    ([{"type": "mlflow", "mlflow": {}, "url": "http://evil.example"}],
+     "integrations[0]: unknown field(s) 'url'; allowed: type, mlflow"),
+    ([{"type": "mlflow"}, {"type": "mlflow"}], "integrations: at most 1 entry"),
+    (["mlflow"], "integrations[0]: must be an object"),
+    ({"type": "mlflow"}, "integrations: must be a list"),
+])
+def test_integrations_are_checked_at_the_door(acme, integrations, expected) -> None:
+    error = refused(lambda: create(acme, integrations=integrations))
+    assert expected in error["message"] and error["param"].startswith("integrations"), error
+
+
 def test_spec_problems_come_under_the_requests_own_names(acme) -> None:
     error = refused(lambda: create(acme, hyperparameters={"n_epochs": 0, "batch_size": "auto"},
                                    extra_body={"lorafleet": {"rank": 5000}}))

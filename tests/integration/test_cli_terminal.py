@@ -1,7 +1,7 @@
 """What a person sees: `job submit --wait` and `job events --follow` in a real pseudo-terminal
 (tmux), against a real embedded worker. Assertions are on the screen: the job id comes first, the
-status line shows the loss and never carries event text, Ctrl-C detaches and says how to
-re-attach. Piped, the same commands print one plain line per event; `job wait` exits 0 only if
+status line shows the loss and the gradient norm and never carries event text, Ctrl-C detaches
+and says how to re-attach. Piped, the same commands print one plain line per event; `job wait` exits 0 only if
 every job succeeded. Hostile strings in the registry (escape sequences, rich markup) reach the
 terminal escaped, every command that shows them exits 0, and the terminal's title is untouched."""
 
@@ -127,7 +127,8 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     assert bars, "no status line on the screen:\n" + "\n".join(lines)
     for line in bars:
         assert not any(text in line for text in EVENT_TEXT), f"event text inside the status line: {line!r}"
-    assert re.search(rf"succeeded\s+step {STEPS}/{STEPS}\s+loss \d", bars[-1]), bars[-1]
+    # The loss and the gradient norm before clipping (the last progress event's).
+    assert re.search(rf"succeeded\s+step {STEPS}/{STEPS}\s+loss \S+\s+grad norm \d", bars[-1]), bars[-1]
     # Events appear above the status line, each on its own line.
     assert any(re.fullmatch(r"\d\d:\d\d:\d\d  claimed\s+claimed by .*", line) for line in lines), lines
     assert re.fullmatch(rf"succeeded in \S+: acc [0-9.]+; adapter [0-9a-f]{{8}} \(.*\)\. More: lorafleet "
@@ -162,10 +163,12 @@ def test_submit_wait_shows_the_id_first_and_the_loss_on_a_clean_status_line(embe
     assert re.search(r"^lorafleet_queue_depth 0", scraped, re.M)
     assert re.search(r'^lorafleet_worker_device_memory_bytes\{kind="(rss|allocated)"\} [1-9]', scraped, re.M)
 
-    # The worker recorded every step's loss and lr (metric history), read back by `job metrics`.
+    # The worker recorded every step's loss, lr and gradient norm (metric history), read back by
+    # `job metrics`.
     curves = json.loads(cli(embedded, "job", "metrics", job_id, "--format", "json").stdout)
-    assert set(curves) == {"loss", "lr"}
-    assert [p["step"] for p in curves["loss"]] == list(range(1, STEPS + 1))
+    assert set(curves) == {"loss", "lr", "grad_norm"}
+    assert [p["step"] for p in curves["loss"]] == [p["step"] for p in curves["grad_norm"]] == list(
+        range(1, STEPS + 1))
     epochs = [p["epoch"] for p in curves["loss"]]
     assert epochs == sorted(epochs) and 0 < epochs[0] < epochs[-1]
     assert all(p["value"] > 0 for p in curves["lr"]) and curves["lr"][-1]["value"] < max(

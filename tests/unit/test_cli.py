@@ -75,6 +75,7 @@ def test_submit_queues_a_job_and_sends_only_its_id(home: Path):
     job_id = json.loads(result.stdout)["id"]
     with session_scope() as s:
         job = get_job(s, job_id).to_dict()
+        assert get_job(s, job_id).job.tracking  # in the operator's MLflow, where one is set
     assert (job["state"], job["method"], job["rank"], job["spec"]["max_steps"]) == ("queued", "dora", 4, 10)
     assert queued_messages(home) == [{"task": "lorafleet.run_job", "args": [job_id], "kwargs": {}}]
 
@@ -94,6 +95,11 @@ def test_submit_queues_a_job_and_sends_only_its_id(home: Path):
     run("job", "cancel", job_id)
     with session_scope() as s:
         assert get_job(s, job_id).job.state == "cancelled"
+    # --no-tracking: the job stays out of the operator's MLflow server.
+    untracked = json.loads(run("job", "submit", "--tenant", "acme", "--task", "sst2", "--max-steps", "10",
+                               "--base-model", "tiny-bert", "--no-tracking", "--json").stdout)["id"]
+    with session_scope() as s:
+        assert not get_job(s, untracked).job.tracking
 
 
 def test_bad_spec_lists_every_problem_and_writes_nothing(home: Path):
@@ -114,10 +120,13 @@ def test_submit_batch_is_all_or_nothing(home: Path, tmp_path: Path):
         {"tenant": "acme", "task": t, "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
         for t in ("sst2", "mrpc", "rte")
     ]
-    bad = [*good, {"tenant": "globex", "task": "cola", "method": "qlora"}]
+    good[2]["tracking"] = False  # out of the operator's MLflow
+    bad = [*good, {"tenant": "globex", "task": "cola", "method": "qlora"},
+           {"tenant": "acme", "spec": {"task": "sst2"}, "tracking": "no"}]
     (tmp_path / "bad.yaml").write_text(json.dumps(bad))  # JSON is YAML
     result = run("job", "submit-batch", str(tmp_path / "bad.yaml"), ok=False)
     assert result.exit_code == 1 and "item 3" in result.stderr
+    assert "'tracking' must be true or false" in result.stderr
     with session_scope() as s:
         assert list_jobs(s) == []
 
@@ -128,6 +137,8 @@ def test_submit_batch_is_all_or_nothing(home: Path, tmp_path: Path):
     ]
     with session_scope() as s:
         assert sorted(j.id for j in list_jobs(s, tenant="acme", state="queued")) == sorted(ids)
+        assert [get_job(s, i).job.tracking for i in ids] == [True, True, False]
+        assert "tracking" not in get_job(s, ids[2]).job.spec
     assert sorted(m["args"][0] for m in queued_messages(home)) == sorted(ids)
 
 

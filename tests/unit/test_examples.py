@@ -51,13 +51,16 @@ def test_finetune_infer_and_merge(tmp_path: Path, capsys, monkeypatch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import lora_engine as le
+    from lora_engine.forward import classification_logits
 
-    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
-    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
-    batch = tok(["a fine film", "dreadful"], return_tensors="pt", padding=True)
+    merged = tmp_path / "merged"
+    plain = AutoModelForSequenceClassification.from_pretrained(merged, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged", trust_remote_code=True)
+    batch = dict(tok(["a fine film", "dreadful"], return_tensors="pt", padding=True))
     adapter = le.load_for_inference(tmp_path / "demo")
-    with torch.no_grad():
-        torch.testing.assert_close(plain(**batch).logits, adapter.model(**batch).logits, atol=1e-5, rtol=0)
+    with torch.no_grad():  # lorafleet's logits, pooled as the adapter was trained
+        torch.testing.assert_close(plain(**batch).logits, classification_logits(adapter.model, batch),
+                                   atol=1e-5, rtol=0)
 
 
 def test_the_glue_batch_file_queues_five_tasks(session):
@@ -81,7 +84,7 @@ def test_the_public_api_is_lazy_and_complete():
         "LoraSettings", "TrainHooks", "TrainResult", "TrainingSpec", "export_merged", "inject_lora",
         "load_adapter", "load_for_inference", "lora_state_dict", "mark_only_lora_as_trainable", "merge_lora",
         "save_adapter", "train", "unmerge_lora", "validate_spec", "evaluate_untuned", "reevaluate",
-        "AdapterToScore"])
+        "AdapterToScore", "write_merged_folder"])
     from lora_engine import inject
 
     assert le.mark_only_lora_as_trainable is inject.mark_only_lora_as_trainable

@@ -152,6 +152,26 @@ def test_mean_pooled_packed_runs_equal_solo_with_dropout(tmp_path, specs):
         assert json.loads((out[k].result.adapter_dir / "lorafleet.json").read_text())["pooling"] == "mean"
 
 
+def test_each_packed_job_reports_its_own_gradient_norm(tmp_path, specs):
+    # Per job of the pack, each step's norm before clipping is that job's own, as in its solo run
+    # (whose norms test_grad_norm checks by hand); "b" accumulates 2 micro-batches per step.
+    jobs = {k: {**specs[k], "max_steps": 3, "lr": 0.3} for k in ("a", "b")}
+    solo = {k: [] for k in jobs}
+    for k, s in jobs.items():
+        train(s, tmp_path / f"solo-{k}", data_dir=DATA, hooks=TrainHooks(on_progress=solo[k].append))
+    model, tok = load_base_model("tiny-bert", "classification", 2)
+    pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
+    packed = {k: [] for k in jobs}
+    for k, s in jobs.items():
+        pack.add(s, tmp_path / f"pack-{k}", TrainHooks(on_progress=packed[k].append), key=k)
+    pack.run()
+    for k in jobs:
+        assert [p.step for p in packed[k]] == [1, 2, 3]
+        np.testing.assert_allclose([p.grad_norm for p in packed[k]], [p.grad_norm for p in solo[k]],
+                                   rtol=1e-5, atol=0)
+    assert not np.allclose([p.grad_norm for p in packed["a"]], [p.grad_norm for p in packed["b"]])
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, specs):
     """Three solo runs and one packed run of the same three jobs (dropout on everywhere); in the

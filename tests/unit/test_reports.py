@@ -463,6 +463,8 @@ def test_compare(reg) -> None:
         "1,800.0",
         "2.2",
         "1,000",
+        "-",  # act MB: the fixture's usage predates it
+        "-",  # s/step
         "100×",
         "2.0×",
         "4.0×",
@@ -470,6 +472,47 @@ def test_compare(reg) -> None:
         "+31.2",
     ]
     assert md[4][:5] == ["sst2", "minilm-l6", "untuned base", "1", "50.0"]
+
+
+def test_compare_shows_what_gradient_checkpointing_trades(reg) -> None:
+    """A run with gradient_checkpointing is its own row beside the same method and rank without
+    it, with the medians of its activation memory and step time."""
+    from orchestrator.registry.models import Adapter, Job, Metric, Usage
+
+    s, ids = reg
+    plain = s.get(Job, ids["J1"])
+    for name, recomputes, activation, step in (("P", False, 800e6, 0.5), ("G1", True, 300e6, 0.6),
+                                                ("G2", True, 500e6, 0.7), ("G3", True, 350e6, 0.65)):
+        job = Job(tenant_id=plain.tenant_id, kind="train", state="succeeded", task="mrpc", method="lora",
+                  rank=8, base_model="minilm-l6", gradient_checkpointing=recomputes,
+                  spec={"task": "mrpc", "gradient_checkpointing": recomputes}, attempts=1, max_attempts=3,
+                  created_at=T0)
+        s.add(job)
+        s.flush()
+        s.add(Usage(job_id=job.id, tenant_id=job.tenant_id, attempt=1, device="cpu", device_seconds=90.0,
+                    wall_seconds=91.0, peak_memory_bytes=int(2e9), examples=100, tokens=1000,
+                    activation_memory_bytes=int(activation), step_seconds=step, created_at=T0))
+        adapter = Adapter(tenant_id=job.tenant_id, job_id=job.id, path=f"/a/{name}", sha256="0" * 64,
+                          bytes=1_000_000, trainable_params=100_000, total_params=25_000_000,
+                          base_model="minilm-l6", task="mrpc", method="lora", rank=8, created_at=T0)
+        s.add(adapter)
+        s.flush()
+        s.add(Metric(job_id=job.id, adapter_id=adapter.id, tenant_id=job.tenant_id, split="validation",
+                     name="f1", value=0.8, created_at=T0))
+    s.commit()
+    data = _json(compare_report(s, make_filters()))
+    rows = {(r["task"], r["label"]): r for r in data["rows"] if r["task"] == "mrpc"}
+    assert list(rows) == [("mrpc", "lora r=8"), ("mrpc", "lora r=8 +grad ckpt"), ("mrpc", "full")]
+    with_gc = rows[("mrpc", "lora r=8 +grad ckpt")]
+    assert (with_gc["n"], with_gc["activation_memory_bytes"], with_gc["step_seconds"]) == (3, 350e6, 0.65)
+    # The plain row: the fixture's J6 (no figures) and P: medians over the runs that have one.
+    without = rows[("mrpc", "lora r=8")]
+    assert (without["n"], without["activation_memory_bytes"], without["step_seconds"]) == (2, 800e6, 0.5)
+    md = _md_rows(compare_report(s, make_filters()), "Methods compared (per task and base model)")
+    gc_row = next(r for r in md if r[2] == "lora r=8 +grad ckpt")
+    assert gc_row[11:13] == ["350", "0.65"]
+    rec = _csv(compare_report(s, make_filters()))
+    assert float(rec[("compare", "", "mrpc", "lora+grad_ckpt", "8", "", "activation_memory_bytes")]) == 350e6
 
 
 # ---- CLI and files ---------------------------------------------------------------------------

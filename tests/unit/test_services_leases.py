@@ -184,7 +184,7 @@ def test_finish_records_adapter_metrics_and_usage_atomically(session, registry_s
     record = AdapterRecord(id=adapter_id, path=str(path), sha256="f" * 64, bytes=1234,
                                trainable_params=1500, total_params=400_000)
     usage = {"device": "cpu", "device_seconds": 12.5, "wall_seconds": 13.0, "peak_memory_bytes": 2**20,
-             "examples": 160, "tokens": 5000}
+             "examples": 160, "tokens": 5000, "activation_memory_bytes": 2**19, "step_seconds": 0.25}
     with pytest.raises(errors.InvalidInput, match="unknown usage fields"):  # nothing half-written
         finish_job_success(session, job.id, "w1", record, {"validation": {"accuracy": 0.5}}, {"gpus": 1})
     assert session.scalar(select(func.count()).select_from(Adapter)) == 0
