@@ -1,7 +1,7 @@
 """methods: an adapter's stored rank beside the rank it was trained at
 
 Revision ID: 2026_12_08_stored_rank
-Revises: 2026_12_08_devices
+Revises: 2026_12_08_merges
 Create Date: 2026-12-08 18:00:00+00:00
 
 PiSSA and OLoRA train rank r on a residual base and store the update as a plain LoRA of rank 2r
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "2026_12_08_stored_rank"
-down_revision: str | None = "2026_12_08_devices"
+down_revision: str | None = "2026_12_08_merges"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
