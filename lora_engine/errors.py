@@ -88,6 +88,12 @@ class TrainingStopped(Exception):
         super().__init__(f"training stopped on request at step {step}")
 
 
+class RankFailed(RuntimeError):
+    """A rank of a multi-device run died (killed, out of host memory, its device lost) or its
+    process group broke: the other ranks are stopped and the attempt ends; another attempt
+    resumes from the last checkpoint (transient: `orchestrator.retries`)."""
+
+
 class MissingTool(RuntimeError):
     """A program the run needs is not installed on this machine (e.g. Java for the E2E metrics).
 

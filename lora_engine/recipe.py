@@ -181,6 +181,9 @@ class Run:
     # counts its own).
     fit_steps: int = 0
     fit_s: float = 0.0
+    # Data parallel across ranks (multidevice.parallel.DataParallel): this rank trains its slice
+    # of every batch and the gradients are averaged before each update; None: one process.
+    parallel: Any = None
 
 
 def label_names_for(spec: TrainingSpec) -> tuple[str, ...]:
@@ -401,7 +404,8 @@ def train_rows(spec: TrainingSpec, *, data_dir: str | Path) -> int:
 
 
 def _fingerprint(spec: TrainingSpec) -> str:
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    # `devices` places the run, it does not change its math: a checkpoint resumes on any count.
+    return json.dumps(spec.model_dump(mode="json", exclude={"devices"}), sort_keys=True)
 
 
 def save_run_checkpoint(run: Run, folder: Path) -> Path:
@@ -454,7 +458,10 @@ def training_batches(run: Run) -> Iterator:
     from lora_engine.data.batching import collate
 
     for indices in run.sampler.forever():
-        yield collate(run.encoded, indices)
+        if run.parallel is None:
+            yield collate(run.encoded, indices)
+        else:  # this rank's slice of the batch
+            yield run.parallel.shard(run.encoded, indices)
 
 
 @dataclass
@@ -594,15 +601,22 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             batch = next(batches)
             inputs = {k: v.to(dev.device, non_blocking=True) for k, v in batch.inputs.items()}
             with autocast(dev):
-                loss = training_loss(model, inputs, kind) / run.spec.grad_accum
+                loss = training_loss(model, inputs, kind) * batch.share / run.spec.grad_accum
             loss.backward()
             pace.count(run, batch)
             if micro + 1 < run.spec.grad_accum:
                 step_loss += loss.item()
-        # The last loss and the gradient norm in one read: the step's one device sync (its
-        # device time ends here), as when the loss alone was read.
-        last, grad_norm = torch.stack([loss.detach().float(), clip_gradients(params).float()]).tolist()
-        end_step(run, hooks, step_loss + last, grad_norm, pace, since=t_step)
+        if run.parallel is None:
+            # The last loss and the gradient norm in one read: the step's one device sync (its
+            # device time ends here), as when the loss alone was read.
+            last, grad_norm = torch.stack([loss.detach().float(), clip_gradients(params).float()]).tolist()
+            step_loss += last
+        else:
+            # Data parallel: the ranks' gradients and losses are averaged before the clipping, so
+            # every rank clips, decides and updates alike.
+            step_loss = run.parallel.sync_step(params, step_loss + loss.item())
+            grad_norm = float(clip_gradients(params))
+        end_step(run, hooks, step_loss, grad_norm, pace, since=t_step)
 
 
 # --- evaluation + output --------------------------------------------------------------------------

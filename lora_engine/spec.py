@@ -22,6 +22,7 @@ from lora_engine.methods import method as method_entry
 from lora_engine.model_ref import MODEL_ALIASES, base_model_problem, base_pooling
 
 MAX_RANK = 1024
+MAX_DEVICES = 64
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # Every number of a spec is finite and inside these bounds: (low, high, low inclusive). The
@@ -44,6 +45,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "eval_holdout": (0, 1_000_000, True),
     "patience": (0, 1000, True),
     "min_delta": (0, 1.0, True),
+    "devices": (1, MAX_DEVICES, True),  # the fleet's own bound is a setting (max_job_devices)
 }
 # Text and lists are bounded too: base_model lands in a 255-character registry column, a path is
 # at most PATH_MAX, and a module name or a list of them longer than these is no model's.
@@ -105,6 +107,9 @@ class TrainingSpec(BaseModel):
     # the activation memory for about a third more step time (bench/bench_grad_ckpt.py); the
     # numbers trained are the same.
     gradient_checkpointing: bool = False
+    # Devices one training run spans (data parallel, lora_engine.multidevice): the global batch
+    # is split across them, so the run's math is that of one device.
+    devices: int = 1
 
     @property
     def info(self) -> TaskInfo:

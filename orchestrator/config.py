@@ -138,6 +138,21 @@ class Settings(BaseSettings):
         "gpu", min_length=1, description="Celery queue of training jobs",
         json_schema_extra=_allowed("a queue name"),
     )
+    # Several devices for one job (lora_engine.multidevice): a worker process owns `worker_devices`
+    # (`lorafleet worker --devices K`) and claims jobs whose spec asks for at most that many.
+    worker_devices: int = Field(
+        1, ge=1, le=64, description="devices this worker process owns (`lorafleet worker --devices K`)",
+        json_schema_extra=_allowed("an integer from 1 to 64"),
+    )
+    max_job_devices: int = Field(
+        8, ge=1, le=64, description="the most devices one job may ask for (spec field devices)",
+        json_schema_extra=_allowed("an integer from 1 to 64"),
+    )
+    rank_timeout_s: float = Field(
+        300.0, gt=0, le=24 * 3600,
+        description="seconds a rank of a multi-device job waits for its peers before the attempt fails",
+        json_schema_extra=_allowed("a number of seconds > 0, at most a day"),
+    )
     # Money per device-hour by device type ("cpu", "cuda:NVIDIA H100 ...": prefix match on "cuda").
     prices: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES),

@@ -22,7 +22,8 @@ once: again? when? does it cost the attempt? The services ask `has_attempts_left
 | infrastructure: OSError (connection, I/O on   | requeued  | may pass: another attempt after a back-off |
 |   a shared volume), registry or broker        |           |   resumes from the last checkpoint, until  |
 |   connection errors, device out of memory,    |           |   the attempts run out                     |
-|   a lost device (CUDA/NCCL errors)            |           |                                            |
+|   a lost device (CUDA/NCCL errors), a rank of |           |                                            |
+|   a multi-device job that died (RankFailed)   |           |                                            |
 | storage full or read-only (ENOSPC, EDQUOT,    | failed    | needs an operator; the reason says so      |
 |   EROFS, EACCES, EPERM, EFBIG)                |           |                                            |
 | anything else: bad input (LoraFleetInputError,| failed    | deterministic: the same code on the same   |
@@ -131,6 +132,10 @@ def is_transient(exc: BaseException) -> bool:
     if storage_fault(exc):
         return False
     if isinstance(exc, _infrastructure_errors()):
+        return True
+    from lora_engine.errors import RankFailed
+
+    if isinstance(exc, RankFailed):
         return True
     if isinstance(exc, RuntimeError):
         text = str(exc)

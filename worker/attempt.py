@@ -268,9 +268,9 @@ def device_name() -> str:
         return "unknown"
 
 
-def failed_usage(wall_s: float) -> UsageRecord:
-    """An attempt that raised still cost its wall time on a device."""
-    return UsageRecord(device=device_name(), device_seconds=wall_s, wall_seconds=wall_s)
+def failed_usage(wall_s: float, devices: int = 1) -> UsageRecord:
+    """An attempt that raised still cost its wall time on each of its devices."""
+    return UsageRecord(device=device_name(), device_seconds=devices * wall_s, wall_seconds=wall_s)
 
 
 @dataclass
@@ -348,7 +348,8 @@ class Attempt:
 
         self.stop()
         settings, job_id, worker_id = self.settings, self.job_id, self.worker_id
-        usage = usage if usage is not None else failed_usage(time.monotonic() - self.started)
+        usage = usage if usage is not None else failed_usage(time.monotonic() - self.started,
+                                                             devices=int(self.ctx.spec.get("devices", 1)))
         abort = self.beat.abort()
         decision = decide(exc, self.ctx.attempt, abort=abort, worker_faults=self._worker_faults)
         outcome, exc = decision.outcome, decision.error

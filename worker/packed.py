@@ -69,7 +69,7 @@ def _packable(job, settings: Settings) -> str | None:
     # the single path first, as a parent it continues is.
     return packable(method=job.method, arch=arch, kind=kind, evaluates=_evaluates(job),
                     continues_adapter=job.init_from_adapter_id is not None or job.base_adapter_id is not None,
-                    recomputes=bool(job.spec.get("gradient_checkpointing")))
+                    recomputes=bool(job.spec.get("gradient_checkpointing")), devices=job.devices)
 
 
 def _pooling(base_model: str, spec: dict) -> str:
@@ -104,12 +104,13 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
     with session_scope(settings) as session:
-        head = repo.claim_candidates(session, limit=1)
+        head = repo.claim_candidates(session, limit=1, devices=settings.worker_devices)
         lead = repo.job(session, head[0][0]) if head else None
         family = _packable(lead, settings) if lead is not None else None
         if family is None or not packing_enabled(settings):
             return [run_job(job_id, worker_id=worker_id, settings=settings, cache=cache)]
-        first = claim_job(session, lead.id, worker_id, settings.lease_seconds)
+        first = claim_job(session, lead.id, worker_id, settings.lease_seconds,
+                          devices=settings.worker_devices)
         if first is None:  # taken by another worker in between: claim as usual
             return [run_job(job_id, worker_id=worker_id, settings=settings, cache=cache)]
         cache = cache_for(cache)

@@ -62,7 +62,7 @@ class Presence(threading.Thread):
 
         kind, name = device()
         info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.settings.queue, kind, name,
-                          float(self.settings.heartbeat_seconds))
+                          float(self.settings.heartbeat_seconds), self.settings.worker_devices)
         with session_scope(self.settings) as session:
             register_worker(session, info)
 

@@ -1,4 +1,5 @@
-"""The `train` executor: one fine-tuning run through `lora_engine.recipe.train`."""
+"""The `train` executor: one fine-tuning run through `lora_engine.recipe.train`, or across its
+spec's `devices` through `lora_engine.multidevice` (data parallel ranks this process starts)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,22 @@ def run_training(ctx: JobContext) -> JobResult:
     from lora_engine.spec import TrainingSpec
 
     spec = TrainingSpec.model_validate(ctx.spec)
-    result = train(spec, ctx.staging_dir, data_dir=ctx.settings.data_dir, hooks=train_hooks(ctx),
-                   cache=ctx.cache)
+    if spec.devices > 1:  # its own ranks, started and ended here; this process keeps the hooks
+        from lora_engine.multidevice import train_on_devices
+
+        result = train_on_devices(spec, ctx.staging_dir, data_dir=ctx.settings.data_dir, devices=spec.devices,
+                                  hooks=train_hooks(ctx), timeout_s=ctx.settings.rank_timeout_s)
+    else:
+        result = train(spec, ctx.staging_dir, data_dir=ctx.settings.data_dir, hooks=train_hooks(ctx),
+                       cache=ctx.cache)
     stats = result.stats
     adapter = StagedAdapter(result.adapter_dir, int(stats.trainable_params), int(stats.total_params))
     # Every evaluation of the run once more, those before a resume included (the checkpoint
     # carried them; points already written are replaced by the same values).
     points = [Point(name, p.step, p.epoch, value) for p in result.eval_history
               for name, value in holdout_series(p).items()]
-    return JobResult(metrics=result.metrics, usage=UsageRecord.of_run(stats), adapter=adapter, points=points)
+    return JobResult(metrics=result.metrics, usage=UsageRecord.of_run(stats, spec.devices), adapter=adapter,
+                     points=points)
 
 
 def train_hooks(ctx: JobContext):

@@ -221,6 +221,9 @@ class Batch:
     examples: int
     tokens: int  # non-pad tokens (what "tokens trained" counts)
     target_tokens: int  # tokens that carry a loss (all rows for classification: one label each)
+    # What turns this batch's mean loss into its part of the mean over the whole batch: 1 for a
+    # whole batch; a data-parallel rank's slice gets its share (lora_engine.multidevice.parallel).
+    share: float = 1.0
 
 
 def _pad_rows(rows: list[list[int]], width: int, value: int) -> np.ndarray:

@@ -213,7 +213,8 @@ class Pack:
             raise LoraConfigError(f"a {spec.pooling}-pooled job cannot join a pack of {pooling}-pooled "
                                   "jobs: it trains in another pack or alone")
         why = refusal(method=spec.method, arch=self.arch, kind=kind, evaluates=bool(spec.eval_every),
-                      continues_adapter=spec.init_from is not None, recomputes=spec.gradient_checkpointing)
+                      continues_adapter=spec.init_from is not None, recomputes=spec.gradient_checkpointing,
+                      devices=spec.devices)
         if why is not None:
             raise LoraConfigError(why)
 

@@ -43,6 +43,8 @@ HELP = {
                               "memory for about a third more step time, same numbers",
     "pooling": "what a classifier's head reads: the first token (cls) or the mean of the last layer "
                "(mean); auto (default): the base model's own (MiniLM-L6: mean)",
+    "devices": "devices one run spans, data parallel (default 1); a worker started with "
+               "`--devices K` takes jobs of up to K",
 }
 
 

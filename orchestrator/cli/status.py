@@ -41,7 +41,8 @@ def status(wide: bool, as_json: bool) -> None:
     click.echo("\nworkers (by their last heartbeat)")
     print_table([{"worker": w.worker, "state": w.state,
                   "job": short_id(w.job, wide) if w.job else ("idle" if w.state == "alive" else "-"),
-                  "device": w.device or "-", "beat": ago(w.last_heartbeat, wide)} for w in fleet.workers],
+                  "device": (w.device or "-") + (f" x{w.devices}" if w.devices > 1 else ""),
+                  "beat": ago(w.last_heartbeat, wide)} for w in fleet.workers],
                 [Column("worker", flexible=True), Column("state"), Column("job"),
                  Column("device", flexible=True), Column("beat", "last beat", justify="right")], wide=wide,
                 empty="(no worker has registered: start one with `lorafleet worker`)")

@@ -28,10 +28,26 @@ def visible_devices(gpus: int, env: dict[str, str] | None = None) -> list[str]:
     return ids[:gpus]
 
 
+def device_groups(gpus: int | None, devices: int | None) -> list[list[str]]:
+    """The device ids of each worker process: --gpus N alone, one each; --devices K alone, one
+    process of K; both, N/K processes of K (N a multiple of K)."""
+    per = devices or 1
+    total = gpus if gpus is not None else per
+    if total % per:
+        raise click.UsageError(f"--gpus {gpus} is not a multiple of --devices {devices}")
+    ids = visible_devices(total)
+    return [ids[i:i + per] for i in range(0, total, per)]
+
+
 @click.command()
 @click.option(
     "--gpus", type=click.IntRange(min=1, max=64),
     help="Start one worker process per GPU (CUDA_VISIBLE_DEVICES=i).",
+)
+@click.option(
+    "--devices", type=click.IntRange(min=1, max=64),
+    help="Devices each worker process owns: it trains jobs of `devices` <= K across them (one rank "
+         "per device; on a CPU, K gloo processes). With --gpus N: N/K processes of K GPUs each.",
 )
 @click.option(
     "--concurrency",
@@ -46,7 +62,8 @@ def visible_devices(gpus: int, env: dict[str, str] | None = None) -> list[str]:
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]),
               help="Log lines as text or one JSON object per line (default: LORAFLEET_LOG_FORMAT).")
-def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_format: str | None) -> None:
+def worker(gpus: int | None, devices: int | None, concurrency: int, loglevel: str, beat: bool,
+           log_format: str | None) -> None:
     """Start a Celery worker that trains queued jobs (Ctrl-C stops it after a warm shutdown).
 
     Checks first that its jobs can run (artifacts writable; warns about a missing Java, data
@@ -60,6 +77,7 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
     Examples:
       lorafleet worker
       LORAFLEET_METRICS_PORT=9400 lorafleet worker --gpus 4 --log-format json
+      lorafleet worker --gpus 4 --devices 2     # two processes, two GPUs each
     """
     from worker.preflight import PreflightError, prepare_environment
 
@@ -68,15 +86,17 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
     except PreflightError as exc:
         raise click.ClickException(f"the worker cannot start: {exc}") from None
     queue = settings.queue
-    if gpus is None:
+    if gpus is None and devices is None:
         commands = [(dict(os.environ), worker_command(queue=queue, concurrency=concurrency, loglevel=loglevel,
                                                       beat=beat))]
     else:
-        # One process per GPU, each seeing only its own device: a process never initialises CUDA
-        # on a GPU it does not own, and a crash takes down one GPU's job only.
+        # One process per GPU (or per group of --devices GPUs), each seeing only its own: a
+        # process never initialises CUDA on a GPU it does not own, and a crash takes down its
+        # own devices' job only.
         commands = []
-        for index, device in enumerate(visible_devices(gpus)):
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
+        for index, group in enumerate(device_groups(gpus, devices)):
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group),
+                       LORAFLEET_WORKER_DEVICES=str(len(group)))
             if settings.metrics_port:  # one exporter per process
                 env["LORAFLEET_METRICS_PORT"] = str(settings.metrics_port + index)
             commands.append((env, worker_command(queue=queue, concurrency=concurrency, loglevel=loglevel,
@@ -89,8 +109,9 @@ def worker(gpus: int | None, concurrency: int, loglevel: str, beat: bool, log_fo
 
     procs = [subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=child_dies_with_me())
              for env, command in commands]
-    if gpus is not None:
-        status(f"started {gpus} worker process(es): {', '.join(str(p.pid) for p in procs)}")
+    if gpus is not None or devices is not None:
+        status(f"started {len(procs)} worker process(es) of {devices or 1} device(s) each: "
+               f"{', '.join(str(p.pid) for p in procs)}")
 
     def forward(signum: int, _frame: object) -> None:
         for proc in procs:

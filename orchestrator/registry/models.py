@@ -220,6 +220,9 @@ class Job(Base):
     progress_step: Mapped[int | None] = mapped_column(Integer)
     progress_total: Mapped[int | None] = mapped_column(Integer)
     last_loss: Mapped[float | None] = mapped_column(Float)
+    # Devices the job spans (spec.devices): claimed only by a worker owning as many; counts that
+    # many against its tenant's running quota.
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     tenant: Mapped[Tenant] = relationship(lazy="raise")
 
@@ -228,6 +231,7 @@ class Job(Base):
             "state IN (" + ", ".join(f"'{s}'" for s in JOB_STATES) + ")", name="state_valid"
         ),
         CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in JOB_KINDS) + ")", name="kind_valid"),
+        CheckConstraint("devices >= 1", name="devices_positive"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
         # The claim counts a tenant's running jobs; the dispatcher scans queued ones.
         Index("ix_jobs_tenant_id_state", "tenant_id", "state"),
@@ -401,6 +405,8 @@ class Worker(Base):
     device_kind: Mapped[str] = mapped_column(String(16))  # "cpu" or "cuda"
     device_name: Mapped[str] = mapped_column(String(255))  # as jobs bill it: "cpu", "cuda:<product>"
     beat_seconds: Mapped[float] = mapped_column(Float)  # its heartbeat interval
+    # Devices it owns: it claims jobs that ask for at most as many.
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     started_at: Mapped[datetime]
     # The status lists the workers seen lately (an index: the table keeps every process ever started).
     last_seen: Mapped[datetime] = mapped_column(index=True)

@@ -99,7 +99,9 @@ def jobs(
 
 
 def running_count(session: Session, tenant_id: str) -> int:
-    stmt = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.state == "running")
+    """The tenant's share of its running quota in use: its running jobs, each counted by its devices."""
+    stmt = select(func.coalesce(func.sum(Job.devices), 0)).where(Job.tenant_id == tenant_id,
+                                                                 Job.state == "running")
     return int(session.scalar(stmt) or 0)
 
 
@@ -109,7 +111,9 @@ def queued_count(session: Session, tenant_id: str) -> int:
 
 
 # ---- the claim: the quota rule and fair share, in one place ------------------------------------
-# A job is claimable when it is queued and its tenant runs fewer than `max_running` jobs.
+# A job is claimable when it is queued, the worker owns as many devices as it asks for, and its
+# devices fit under its tenant's `max_running` (running jobs count their devices: a `devices: 2`
+# job counts 2).
 # Fair share orders candidates by: the tenant's running jobs (fewest first), then the tenant that
 # was served longest ago (never first), then priority (high first), then age. The second key is
 # what lets tenant B's 5 jobs start right after A's 200 were queued, even when every job ends
@@ -117,41 +121,45 @@ def queued_count(session: Session, tenant_id: str) -> int:
 
 
 def running_subquery() -> Any:
-    """Correlated scalar subquery: running jobs of the outer `jobs` row's tenant."""
+    """Correlated scalar subquery: devices of the running jobs of the outer `jobs` row's tenant."""
     inner = Job.__table__.alias("running_jobs")
     return (
-        select(func.count())
-        .select_from(inner)
+        select(func.coalesce(func.sum(inner.c.devices), 0))
         .where(inner.c.tenant_id == Job.tenant_id, inner.c.state == "running")
         .scalar_subquery()
     )
 
 
-def under_running_quota(running: Any, max_running: Any) -> Any:
-    """The running-jobs quota, the one definition: a tenant's job may start while the tenant runs
-    fewer than `max_running` jobs (SQL expressions, so the claim's WHERE applies it)."""
-    return running < max_running
+def under_running_quota(running: Any, max_running: Any, devices: Any = 1) -> Any:
+    """The running quota, the one definition: a tenant's job of `devices` devices may start while
+    the devices of the tenant's running jobs plus its own stay within `max_running` (SQL
+    expressions, so the claim's WHERE applies it; one device each: fewer than `max_running` jobs)."""
+    return running + devices <= max_running
 
 
-def claimable() -> Any:
-    """The WHERE clause of a claim's conditional UPDATE on `jobs`: queued, tenant under quota."""
+def claimable(devices: int = 1) -> Any:
+    """The WHERE clause of a claim's conditional UPDATE on `jobs`: queued, asking for at most
+    the `devices` the claiming worker owns, its tenant under quota with it."""
     max_running = select(Tenant.max_running).where(Tenant.id == Job.tenant_id).scalar_subquery()
-    return (Job.state == "queued") & under_running_quota(running_subquery(), max_running)
+    return ((Job.state == "queued") & (Job.devices <= devices)
+            & under_running_quota(running_subquery(), max_running, Job.devices))
 
 
-def is_claimable(session: Session, job_id: str) -> bool:
-    """Whether a claim of this job would take it now (the claim's own WHERE clause, read only)."""
-    return session.scalar(select(Job.id).where(Job.id == job_id, claimable())) is not None
+def is_claimable(session: Session, job_id: str, devices: int = 1) -> bool:
+    """Whether a claim of this job by a worker owning `devices` would take it now (the claim's
+    own WHERE clause, read only)."""
+    return session.scalar(select(Job.id).where(Job.id == job_id, claimable(devices))) is not None
 
 
 def claim_candidates(
     session: Session, limit: int = 20, *, base_model: str | None = None, kind: str | None = None,
-    methods: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None, devices: int = 1,
 ) -> Sequence[tuple[str, str]]:
-    """(job_id, tenant_id) of claimable jobs in fair-share order (see above); optionally only jobs
-    on one base model, of one kind, with one of `methods` (a packed claim's partners)."""
+    """(job_id, tenant_id) of jobs a worker owning `devices` may claim, in fair-share order (see
+    above); optionally only jobs on one base model, of one kind, with one of `methods` (a packed
+    claim's partners)."""
     running = (
-        select(Job.tenant_id, func.count().label("n"))
+        select(Job.tenant_id, func.count().label("n"), func.sum(Job.devices).label("busy"))
         .where(Job.state == "running")
         .group_by(Job.tenant_id)
         .subquery()
@@ -161,7 +169,8 @@ def claim_candidates(
         select(Job.id, Job.tenant_id)
         .join(Tenant, Tenant.id == Job.tenant_id)
         .outerjoin(running, running.c.tenant_id == Job.tenant_id)
-        .where(Job.state == "queued", under_running_quota(n_running, Tenant.max_running),
+        .where(Job.state == "queued", Job.devices <= devices,
+               under_running_quota(func.coalesce(running.c.busy, 0), Tenant.max_running, Job.devices),
                *([Job.base_model == base_model] if base_model is not None else []),
                *([Job.kind == kind] if kind is not None else []),
                *([Job.method.in_(list(methods))] if methods is not None else []))

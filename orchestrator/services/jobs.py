@@ -202,7 +202,7 @@ def _prepare(
         raw["init_from"] = parent.path if parent is not None else str(folder)
     dataset, upload = _dataset_ref(session, tenant, raw, settings)
     spec = validate_spec(raw).resolved()
-    problems = _start_problems(parent, folder, spec, base)
+    problems = _start_problems(parent, folder, spec, base) + devices_problems(spec.devices, tenant, settings)
     if spec.method in LORA_METHODS:
         problems += filter(None, [target_problem(spec.base_model or "", spec.targets)])
     if problems:
@@ -230,6 +230,19 @@ def _prepare(
     return _Prepared(tenant, spec.model_copy(update=update), priority, idempotency_key,
                      parent.id if parent is not None else None, dataset,
                      base.adapter_id if base is not None else None)
+
+
+def devices_problems(devices: int, tenant: Tenant, settings: Settings) -> list[str]:
+    """A job's devices beyond what this fleet allows one job, or beyond its tenant's running
+    quota (it counts its devices: it could never start)."""
+    if devices > settings.max_job_devices:
+        return [f"devices: at most {settings.max_job_devices} per job on this fleet (got {devices}; "
+                "LORAFLEET_MAX_JOB_DEVICES)"]
+    if devices > tenant.max_running:
+        return [f"devices: tenant {tenant.slug!r} may run {tenant.max_running} device(s) at once and "
+                f"this job needs {devices}: it could never start; raise it (`lorafleet tenant set-quota "
+                f"{tenant.slug} --max-running {devices}`)"]
+    return []
 
 
 def _resolve_auto(spec: TrainingSpec, data_file: Path | None, settings: Settings) -> TrainingSpec:
@@ -274,7 +287,7 @@ def _insert(session: Session, p: _Prepared, max_attempts: int, labels: JobLabels
         tenant_id=p.tenant.id, state="queued", kind="evaluate" if spec.method == "none" else "train",
         spec=_spec_json(spec), task=spec.task, method=spec.method,
         rank=spec.rank, base_model=spec.base_model or "", gradient_checkpointing=spec.gradient_checkpointing,
-        priority=p.priority,
+        priority=p.priority, devices=spec.devices,
         idempotency_key=p.idempotency_key, attempts=0, max_attempts=max_attempts,
         cancel_requested=False, init_from_adapter_id=p.init_from_adapter_id, dispatch_count=0,
         dataset_id=p.dataset.id if p.dataset is not None else None, base_adapter_id=p.base_adapter_id,

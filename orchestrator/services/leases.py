@@ -52,10 +52,12 @@ def _lease(now: datetime, lease_seconds: float) -> datetime:
 
 @transactional
 def claim_job(
-    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None,
+    devices: int = 1,
 ) -> Job | None:
-    """Claim a queued job for `worker_id`; the running Job, or None when it is not claimable
-    (unknown, not queued, or its tenant at quota: it stays queued for a later dispatch)."""
+    """Claim a queued job for `worker_id`, which owns `devices` devices; the running Job, or None
+    when it is not claimable (unknown, not queued, asking for more devices than the worker owns, or
+    its tenant at quota: it stays queued for a later dispatch)."""
     now = now or utcnow()
     expires = _lease(now, lease_seconds)
     tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
@@ -64,7 +66,7 @@ def claim_job(
     tenant = repo.lock_tenant(session, tenant_id)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, repo.claimable())
+        .where(Job.id == job_id, repo.claimable(devices))
         .values(
             state="running", lease_owner=worker_id, lease_expires_at=expires, attempts=Job.attempts + 1,
             started_at=now, heartbeat_at=now, cancel_requested=False, pause_requested=False, error=None,
@@ -84,22 +86,24 @@ def claim_job(
 
 
 def claim_next(
-    session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None, tries: int = 20
+    session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None, tries: int = 20,
+    devices: int = 1,
 ) -> Job | None:
-    """Claim the next job by fair share: the tenant with the fewest running jobs first, then
-    priority (high first), then age. None when nothing is claimable. Each attempt is its own
-    transaction (a candidate taken by another worker in between is skipped)."""
-    candidates = _candidates(session, tries)
+    """Claim the next job a worker owning `devices` devices can run, by fair share: the tenant
+    with the fewest running jobs first, then priority (high first), then age. None when nothing
+    is claimable. Each attempt is its own transaction (a candidate taken by another worker in
+    between is skipped)."""
+    candidates = _candidates(session, tries, devices)
     for job_id in candidates:
-        job = claim_job(session, job_id, worker_id, lease_seconds, now=now)
+        job = claim_job(session, job_id, worker_id, lease_seconds, now=now, devices=devices)
         if job is not None:
             return job
     return None
 
 
 @readonly
-def _candidates(session: Session, limit: int) -> list[str]:
-    return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit)]
+def _candidates(session: Session, limit: int, devices: int) -> list[str]:
+    return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit, devices=devices)]
 
 
 def claim_partners(
@@ -142,21 +146,24 @@ def record_packed(session: Session, job_id: str, worker_id: str, partners: Seque
 
 
 @readonly
-def unclaimable_reason(session: Session, job_id: str) -> str:
-    """Why a claim of this job found nothing (for the worker's log). Whether the quota holds it
-    back is the claim's own rule (`repo.claimable`), asked of the registry; the counts are only
-    the message's figures."""
+def unclaimable_reason(session: Session, job_id: str, devices: int = 1) -> str:
+    """Why a claim of this job by a worker owning `devices` found nothing (for the worker's log).
+    Whether the quota holds it back is the claim's own rule (`repo.claimable`), asked of the
+    registry; the counts are only the message's figures."""
     job = repo.job(session, job_id)
     if job is None:
         return f"no job {job_id}"
     if job.state != "queued":
         return f"job {job_id} is {job.state}"
-    if repo.is_claimable(session, job_id):
+    if job.devices > devices:
+        return f"job {job_id} needs {job.devices} devices; this worker owns {devices}"
+    if repo.is_claimable(session, job_id, devices):
         return f"job {job_id} is queued and claimable"
     tenant = repo.tenant_by_id(session, job.tenant_id)
     running = repo.running_count(session, job.tenant_id)
     limit = tenant.max_running if tenant is not None else "?"
-    return f"tenant {tenant.slug if tenant else job.tenant_id} is at its quota ({running}/{limit} running)"
+    return (f"tenant {tenant.slug if tenant else job.tenant_id} is at its quota ({running}/{limit} running"
+            + (f"; this job needs {job.devices}" if job.devices > 1 else "") + ")")
 
 
 def _storage_over(session: Session, tenant_id: str) -> str | None:
@@ -279,11 +286,13 @@ class UsageRecord:
     step_seconds: float | None = None  # mean device time of the attempt's optimizer steps
 
     @classmethod
-    def of_run(cls, stats: Any) -> UsageRecord:
+    def of_run(cls, stats: Any, devices: int = 1) -> UsageRecord:
         """What a run cost, from the engine's run statistics (`lora_engine.recipe.RunStats`, or
         any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`,
-        and optionally `activation_mem_bytes`, `step_s`)."""
-        return cls(device=stats.device, device_seconds=float(stats.device_s),
+        and optionally `activation_mem_bytes`, `step_s`). A run across `devices` > 1 held every one
+        of them for its whole wall time: N x wall."""
+        device_s = devices * float(stats.wall_s) if devices > 1 else float(stats.device_s)
+        return cls(device=stats.device, device_seconds=device_s,
                    wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,
                    examples=int(stats.examples), tokens=int(stats.tokens),
                    activation_memory_bytes=getattr(stats, "activation_mem_bytes", None),

@@ -41,6 +41,7 @@ class WorkerSeen:
     stopped_at: datetime | None = None
     reason: str | None = None  # why it is unhealthy: its own environment failed its jobs
     unhealthy_since: datetime | None = None
+    devices: int = 1  # it owns: it takes jobs asking for at most as many
 
 
 @dataclass
@@ -104,7 +105,7 @@ def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None
             row.id, state, state == "alive", row.current_job_id, int(held.pop(row.id, 0)), row.last_seen,
             row.hostname, row.pid, row.queue, row.device_name, row.started_at, row.stopped_at,
             row.unhealthy_reason if state == "unhealthy" else None,
-            row.unhealthy_since if state == "unhealthy" else None))
+            row.unhealthy_since if state == "unhealthy" else None, row.devices))
     if held:  # lease owners without a row: seen through their jobs' heartbeats only
         alive_after = now - timedelta(seconds=lease_seconds)
         beats = session.execute(
@@ -130,10 +131,10 @@ def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None
                                       job.heartbeat_at))
 
     # Why each queued job waits, in the order a worker would take them.
-    n_running = (select(Job.tenant_id, func.count().label("n")).where(Job.state == "running")
-                 .group_by(Job.tenant_id).subquery())
+    n_running = (select(Job.tenant_id, func.count().label("n"), func.sum(Job.devices).label("busy"))
+                 .where(Job.state == "running").group_by(Job.tenant_id).subquery())
     queued = session.execute(
-        select(Job, Tenant.slug, Tenant.max_running, func.coalesce(n_running.c.n, 0))
+        select(Job, Tenant.slug, Tenant.max_running, func.coalesce(n_running.c.busy, 0))
         .join(Tenant, Tenant.id == Job.tenant_id)
         .outerjoin(n_running, n_running.c.tenant_id == Job.tenant_id)
         .where(Job.state == "queued")
@@ -142,10 +143,15 @@ def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None
     )
     any_alive = any(w.alive for w in out.workers)
     unhealthy = any(w.state == "unhealthy" for w in out.workers)
+    most_devices = max((w.devices for w in out.workers if w.alive), default=0)
     ahead = 0
     for job, slug, max_running, busy in queued:
-        if busy >= max_running:
-            why = f"tenant {slug} at its quota ({busy}/{max_running} running)"
+        if busy + job.devices > max_running:
+            needs = f"; it needs {job.devices}" if job.devices > 1 else ""
+            why = f"tenant {slug} at its quota ({busy}/{max_running} running{needs})"
+        elif any_alive and job.devices > most_devices:
+            why = (f"needs {job.devices} devices; no live worker has as many (the most is {most_devices}): "
+                   f"start one with `lorafleet worker --devices {job.devices}`")
         elif ahead:
             why = f"{ahead} claimable job(s) ahead of it"
             ahead += 1

@@ -35,6 +35,7 @@ class WorkerInfo:
     device_kind: str
     device_name: str
     beat_seconds: float
+    devices: int = 1  # it owns: it claims jobs asking for at most as many
 
 
 def worker_state(row: Worker, now: datetime) -> str:
@@ -58,6 +59,7 @@ def register_worker(session: Session, info: WorkerInfo, now: datetime | None = N
         session.add(row)
     row.hostname, row.pid, row.queue = info.hostname, info.pid, info.queue
     row.device_kind, row.device_name, row.beat_seconds = info.device_kind, info.device_name, info.beat_seconds
+    row.devices = info.devices
     row.started_at = row.last_seen = now
     row.stopped_at = row.current_job_id = row.unhealthy_reason = row.unhealthy_since = None
     return row

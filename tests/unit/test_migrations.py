@@ -80,8 +80,9 @@ def test_a_registry_in_use_upgrades_with_its_rows_intact(empty_registry_url: str
     engine = db.make_engine(url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT id, state, base_adapter_id FROM jobs")).all() == [
-                (job, "succeeded", None)]
+            # A job from before `devices` ran on one device.
+            assert conn.execute(text("SELECT id, state, base_adapter_id, devices FROM jobs")).all() == [
+                (job, "succeeded", None, 1)]
             assert conn.execute(text("SELECT job_id, kind FROM job_events")).all() == [(job, "submitted")]
             if conn.dialect.name == "sqlite":  # enforcement is back on, and nothing dangles
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
