@@ -69,7 +69,8 @@ def _packable(job, settings: Settings) -> str | None:
     # the single path first, as a parent it continues is.
     return packable(method=job.method, arch=arch, kind=kind, evaluates=_evaluates(job),
                     continues_adapter=job.init_from_adapter_id is not None or job.base_adapter_id is not None,
-                    recomputes=bool(job.spec.get("gradient_checkpointing")), devices=job.devices)
+                    recomputes=bool(job.spec.get("gradient_checkpointing")), devices=job.devices,
+                    quantize=job.quantize)
 
 
 def _pooling(base_model: str, spec: dict) -> str:
