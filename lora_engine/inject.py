@@ -170,7 +170,8 @@ def plan_injection(model: nn.Module, settings: LoraSettings) -> list[tuple[str, 
         if settings.rank > low:
             raise LoraConfigError(
                 f"rank {settings.rank} is too large for layer {name!r} of shape "
-                f"{tuple(module.weight.shape) if isinstance(module, nn.Embedding) else linear_shape(module)}: "
+                f"{tuple(module.weight.shape) if isinstance(module, nn.Embedding) else linear_shape(module)}"
+                ": "
                 f"allowed ranks are 1..{low}"
             )
     return found

@@ -33,11 +33,13 @@ INSTALL_HINT = "pip install 'lorafleet[qlora]' (bitsandbytes)"
 def bnb_config(quantize: str) -> Any:
     """transformers' `BitsAndBytesConfig` for `quantize` (QLoRA's NF4 recipe)."""
     if quantize not in QUANT_TYPES:
-        raise LoraConfigError(f"quantize: unknown quantisation {quantize!r}; allowed: {', '.join(QUANT_TYPES)}")
+        raise LoraConfigError(f"quantize: unknown quantisation {quantize!r}; "
+                              f"allowed: {', '.join(QUANT_TYPES)}")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        raise LoraConfigError(f"quantize: {quantize} needs bitsandbytes on this worker: {INSTALL_HINT}") from exc
+        raise LoraConfigError(f"quantize: {quantize} needs bitsandbytes on this worker: "
+                              f"{INSTALL_HINT}") from exc
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize,

@@ -324,7 +324,8 @@ def quantize_problems(quantize: str, entry: Any, task: Any, base: Any) -> list[s
     if isinstance(name, str):
         arch = base_arch(name)
         if arch not in QUANTIZABLE_ARCHS:
-            known = f"a {arch} model" if arch else "of an architecture this machine cannot read (not downloaded?)"
+            known = (f"a {arch} model" if arch
+                     else "of an architecture this machine cannot read (not downloaded?)")
             problems.append(f"quantize: base model {name!r} is {known}; {quantize} is for Llama-family "
                             f"causal LMs ({', '.join(QUANTIZABLE_ARCHS)}), e.g. smollm2-135m")
     return problems
