@@ -163,8 +163,8 @@ def claim_candidates(
     methods: Sequence[str] | None = None, devices: int = 1, device_kind: str = "cpu",
 ) -> Sequence[tuple[str, str]]:
     """(job_id, tenant_id) of jobs a worker owning `devices` of `device_kind` may claim, in
-    fair-share order (see above); optionally only jobs on one base model, of one kind, with one of `methods` (a packed
-    claim's partners)."""
+    fair-share order (see above); optionally only jobs on one base model, of one kind, with one
+    of `methods` (a packed claim's partners)."""
     running = (
         select(Job.tenant_id, func.count().label("n"), func.sum(Job.devices).label("busy"))
         .where(Job.state == "running")
