@@ -9,7 +9,7 @@ can join one only when
 - it does not evaluate during training (`eval_every`): a pack has no evaluation between steps,
   so the job would train on fewer rows and keep its last step instead of its best, unlike alone;
 - it does not continue an adapter (`init_from`): its parent is loaded and verified on the solo path;
-- it does not recompute activations (`gradient_checkpointing`): the packed forward keeps them.
+- it does not recompute activations (`gradient_checkpointing`): the packed forward keeps them;
 - it runs on one device (`devices`): a job across several trains alone, on its own ranks;
 - its base is not quantised (`quantize`): a pack shares one base, loaded in full precision.
 

@@ -6,9 +6,10 @@
    loaded: a bad submission fails in milliseconds with every problem listed.
 2. `setup()` loads the base model (or takes it from a warm `BaseModelCache`), re-initialises the
    head from the seed, injects LoRA (or unfreezes everything for `full`), tokenises the data once
-   and builds AdamW with four parameter groups: {body, head} × {decayed, not decayed}. Weight decay
-   skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying a gain towards 0 would
-   shrink activations rather than regularise.
+   (the rows of each batch when it is first drawn, the rest in a thread once training is over;
+   see `data/streaming.py`) and builds AdamW with four parameter groups: {body, head} × {decayed, not
+   decayed}. Weight decay skips 1-D tensors (biases, LayerNorm gains, DoRA magnitudes): decaying
+   a gain towards 0 would shrink activations rather than regularise.
 3. `fit()` runs optimizer steps: `grad_accum` micro-batches, each loss divided by `grad_accum` so
    the update is that of one batch `grad_accum` times larger; gradient norm clipped to 1.0 (the
    norm before clipping, which `clip_grad_norm_` computes anyway, is reported with each step's
@@ -39,9 +40,10 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,19 +304,22 @@ def training_inputs(spec: TrainingSpec, *, data_dir: str | Path) -> tuple[list, 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """A run's training split as `prepare_run` takes it: held-out rows apart, the rest tokenised."""
+    """A run's training split as `prepare_run` takes it: held-out rows apart, the rest tokenised
+    or being tokenised."""
 
-    encoded: Any  # batching.Encoded of the rows trained on
+    encoded: Any  # batching.Encoded of the rows trained on, or streaming.PendingEncoded
     holdout: list  # the rows scored during training (empty without `eval_holdout`)
 
 
 def training_data(spec: TrainingSpec, examples: list, tokenizer) -> TrainingData:
     """Hold out the rows scored during training (here, so every path trains on the same rows) and
-    tokenise the rest (or take them from the token cache). Touches no RNG and no model."""
-    from lora_engine.data.batching import encode_examples
+    take the rest from the token cache, or as a split tokenised as its rows are asked for
+    (`streaming.pending_split`: only what decides the rows trained on is tokenised here).
+    Touches no RNG and no model."""
+    from lora_engine.data.streaming import pending_split
 
     examples, holdout = split_holdout(examples, spec.eval_holdout or 0, spec.seed)
-    encoded = encode_examples(examples, tokenizer, spec.max_length)
+    encoded = pending_split(examples, tokenizer, spec.max_length)
     if len(encoded) == 0:
         raise LoraConfigError(f"max_length {spec.max_length} leaves no training row with a target token")
     return TrainingData(encoded, holdout)
@@ -324,11 +329,15 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
     """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved.
 
     When the base model must be loaded (no warm cache, or another base in it), the training data
-    are read and tokenised in a second thread meanwhile, with a tokenizer of their own (one
-    tokenizer object is not shared between threads: a call may reconfigure its truncation). Both
-    take seconds on a cold worker (SmolLM2: ~2.5 s load, E2E's 42k rows ~3 s to tokenise), and
-    the tokenizer's Rust core runs without the GIL, so on two cores the data cost little more than
-    the load alone. Tokenising touches no RNG: the run is the one a serial setup gives.
+    are read in a second thread meanwhile, with a tokenizer of its own (one tokenizer object is
+    not shared between threads: a call may reconfigure its truncation), and handed over as soon
+    as the rows trained on are known (`streaming.PendingEncoded`; for generation, once every
+    distinct prompt is tokenised). From then on a batch tokenises its chunk's rows when it is
+    first drawn, in the job's thread, and the rows no batch asked for are tokenised once training
+    is over (`finish_tokenising`), so they compete with no step. Step 1 waits for the load and one
+    chunk (E2E: ~1 s of the data's ~3.5 s of CPU). On a resident base the rows are tokenised in
+    the job's thread as batches ask for them. Tokenising touches no RNG: the run is the one a
+    serial setup gives.
     """
     info = spec.info
     device = device or pick_device()
@@ -338,19 +347,37 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
         model, tokenizer = load_model(spec, info, num_labels, cache)
         data = training_data(spec, training_examples(spec, data_dir=data_dir), tokenizer)
     else:
-        from lora_engine.models import training_tokenizer
-
-        def read_and_tokenise() -> TrainingData:
-            examples = training_examples(spec, data_dir=data_dir)
-            return training_data(spec, examples, training_tokenizer(spec.base_model))
-
-        # The job's log context goes along (a line logged there still names the job).
-        with ThreadPoolExecutor(1, thread_name_prefix="training-data") as pool:
-            pending = pool.submit(contextvars.copy_context().run, read_and_tokenise)
-            model, tokenizer = load_model(spec, info, num_labels, cache)
-            data = pending.result()
+        handed = beside_the_load(spec, data_dir)
+        model, tokenizer = load_model(spec, info, num_labels, cache)
+        data = handed.result()
     model.to(device.device)
     return prepare_run(spec, model, tokenizer, data=data, label_names=label_names, device=device)
+
+
+def beside_the_load(spec: TrainingSpec, data_dir: str | Path) -> Future:
+    """Start the "training-data" thread of a cold setup: read the split, hold rows out, hand the
+    `TrainingData` over (the future) once the rows trained on are known. The job's log context
+    goes along (a line logged there still names the job)."""
+    from lora_engine.data.streaming import PendingEncoded
+    from lora_engine.models import training_tokenizer
+
+    handed: Future = Future()
+
+    def read_and_tokenise() -> None:
+        try:
+            examples = training_examples(spec, data_dir=data_dir)
+            tokenizer = training_tokenizer(spec.base_model)
+            data = training_data(spec, examples, tokenizer)
+            if isinstance(data.encoded, PendingEncoded):
+                data.encoded.own(tokenizer)  # loaded here for the data alone
+        except BaseException as exc:  # the job's thread raises it, from `handed.result()`
+            handed.set_exception(exc)
+            return
+        handed.set_result(data)
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(read_and_tokenise,), name="training-data", daemon=True).start()
+    return handed
 
 
 def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: TrainingData,
@@ -458,10 +485,11 @@ def training_batches(run: Run) -> Iterator:
     from lora_engine.data.batching import collate
 
     for indices in run.sampler.forever():
+        rows = run.encoded.ready(indices)
         if run.parallel is None:
-            yield collate(run.encoded, indices)
+            yield collate(rows, indices)
         else:  # this rank's slice of the batch
-            yield run.parallel.shard(run.encoded, indices)
+            yield run.parallel.shard(rows, indices)
 
 
 @dataclass
@@ -606,17 +634,13 @@ def fit(run: Run, hooks: TrainHooks) -> None:
             pace.count(run, batch)
             if micro + 1 < run.spec.grad_accum:
                 step_loss += loss.item()
-        if run.parallel is None:
-            # The last loss and the gradient norm in one read: the step's one device sync (its
-            # device time ends here), as when the loss alone was read.
-            last, grad_norm = torch.stack([loss.detach().float(), clip_gradients(params).float()]).tolist()
-            step_loss += last
-        else:
-            # Data parallel: the ranks' gradients and losses are averaged before the clipping, so
-            # every rank clips, decides and updates alike.
-            step_loss = run.parallel.sync_step(params, step_loss + loss.item())
-            grad_norm = float(clip_gradients(params))
-        end_step(run, hooks, step_loss, grad_norm, pace, since=t_step)
+        last = loss.detach().float()
+        if run.parallel is not None:  # every rank: the mean of the ranks' gradients and step losses
+            step_loss, last = 0.0, run.parallel.sync_step(params, last + step_loss)
+        # The last loss and the gradient norm in one read: the step's one device sync (its
+        # device time ends here), as when the loss alone was read.
+        last, grad_norm = torch.stack([last, clip_gradients(params).float()]).tolist()
+        end_step(run, hooks, step_loss + last, grad_norm, pace, since=t_step)
 
 
 # --- evaluation + output --------------------------------------------------------------------------
@@ -695,6 +719,7 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
     device = device or pick_device()
     mem = PeakMemory(device)
     mem.start()
+    run = None
     try:
         run = setup(spec, data_dir=data_dir, cache=cache, device=device)
         mem.mark_loaded()
@@ -708,6 +733,25 @@ def train(spec: TrainingSpec | dict, output_dir: str | Path, *, data_dir: str | 
         if cache is not None:
             # A method that changed the base weights: the cache must not hand them out again.
             cache.checkin(dirty=method(spec.method).changes_base)
+        if run is not None:
+            finish_tokenising(run)
+
+
+def finish_tokenising(run: Run) -> threading.Thread | None:
+    """The rows of the training split no batch asked for, tokenised in a "training-data" thread
+    once training is over (the token cache then has the split for the next job on the same data).
+    The thread uses the split's own tokenizer (a cold setup's), or a copy of the one it had (the
+    run's, which this thread goes on using). The thread, or None when nothing is left."""
+    from lora_engine.data.streaming import PendingEncoded
+
+    split = run.encoded
+    if not isinstance(split, PendingEncoded) or split.rows_done() == len(split):
+        return None
+    split.own_copy()  # a warm run's split tokenises with the run's tokenizer, which goes on serving
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(split.tokenise_rest,),
+                              name="training-data", daemon=True)
+    thread.start()
+    return thread
 
 
 def end_run(run: Run, hooks: TrainHooks, output_dir: Path, *, data_dir: str | Path, mem: PeakMemory,

@@ -346,11 +346,12 @@ class Settings(BaseSettings):
     )
     serve_batch_window_ms: float = Field(
         5.0, ge=0, le=1000,
-        description="milliseconds a request waits for others to share its forward pass",
+        description="milliseconds a request waits for others when nothing is decoding",
         json_schema_extra=_allowed("a number of milliseconds 0..1000"),
     )
     serve_batch_max: int = Field(
-        32, ge=1, le=1024, description="most requests one forward pass of the inference server takes",
+        32, ge=1, le=1024,
+        description="most generation rows decoding together, and classify requests per forward",
         json_schema_extra=_allowed("an integer 1..1024"),
     )
     serve_max_tokens: int = Field(

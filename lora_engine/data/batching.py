@@ -122,8 +122,13 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def ready(self, indices: Sequence[int]) -> Encoded:
+        """What `collate` reads rows `indices` from: every row of a whole split is ready (a split
+        still being tokenised, `streaming.PendingEncoded`, waits for those rows first)."""
+        return self
 
-def _pad_id(tokenizer) -> int:
+
+def pad_id_of(tokenizer) -> int:
     # GPT-2 has no pad token; any id works for padding because padding is masked out everywhere.
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
@@ -131,15 +136,15 @@ def _pad_id(tokenizer) -> int:
     return int(pad)
 
 
-def encode_classification(
-    examples: Sequence[ClassificationExample], tokenizer, max_length: int
-) -> Encoded:
-    """Tokenise (text[, text_pair]) with truncation to `max_length`; one batch call per shape."""
+def classification_rows(examples: Sequence[ClassificationExample], tokenizer,
+                        max_length: int) -> tuple[list[list[int]], list[list[int] | None], bool]:
+    """(input ids, token type ids, whether the tokenizer gave type ids) of `examples`, truncated to
+    `max_length`; single texts and pairs in one batch call each (the batch API wants one or the
+    other). Rows are tokenised independently: any cut of a split into parts gives the same rows."""
     n = len(examples)
     input_ids: list[list[int] | None] = [None] * n
     type_ids: list[list[int] | None] = [None] * n
     has_types = False
-    # Single texts and pairs go in separate batch calls: the batch API wants one or the other.
     for paired in (False, True):
         idx = [i for i, ex in enumerate(examples) if (ex.text_pair is not None) == paired]
         if not idx:
@@ -152,19 +157,73 @@ def encode_classification(
         for j, i in enumerate(idx):
             input_ids[i] = enc["input_ids"][j]
             type_ids[i] = types[j] if types is not None else None
+    return input_ids, type_ids, has_types
+
+
+def classification_encoded(examples: Sequence[ClassificationExample], input_ids: Sequence[list[int]],
+                           type_ids: Sequence[list[int] | None], has_types: bool, pad_id: int) -> Encoded:
+    """The `Encoded` of a classification split from its rows' ids (`classification_rows`)."""
     return Encoded(
         kind="classification",
         input_ids=Ragged.of(input_ids),
         labels=[ex.label for ex in examples],
-        pad_id=_pad_id(tokenizer),
+        pad_id=pad_id,
         token_type_ids=Ragged.of(type_ids) if has_types else None,
-        kept=list(range(n)),
+        kept=list(range(len(examples))),
     )
+
+
+def encode_classification(
+    examples: Sequence[ClassificationExample], tokenizer, max_length: int
+) -> Encoded:
+    """Tokenise (text[, text_pair]) with truncation to `max_length`; one batch call per shape."""
+    input_ids, type_ids, has_types = classification_rows(examples, tokenizer, max_length)
+    return classification_encoded(examples, input_ids, type_ids, has_types, pad_id_of(tokenizer))
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     """Prompt ids exactly as training saw them (no special tokens added): use for generation too."""
     return tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+
+
+def eos_id_of(tokenizer) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; generation training needs one to learn to stop")
+    return int(eos)
+
+
+def generation_prompts(examples: Sequence[GenerationExample], tokenizer,
+                       max_length: int) -> tuple[list[list[int]], list[int]]:
+    """(each row's prompt ids, the rows kept): a row whose prompt alone fills `max_length` has no
+    completion token left to learn from and is dropped. Each distinct prompt is tokenised once
+    (E2E repeats every MR for each of its references: 4.9k of 42k)."""
+    distinct = list(dict.fromkeys(ex.prompt for ex in examples))
+    by_prompt = dict(zip(distinct, encode_prompts(tokenizer, distinct), strict=True))
+    prompts = [by_prompt[ex.prompt] for ex in examples]
+    return prompts, [i for i, p in enumerate(prompts) if len(p) < max_length]
+
+
+def generation_rows(completions: Sequence[str], prompts: Sequence[list[int]], tokenizer, max_length: int,
+                    eos: int) -> list[list[int]]:
+    """``prompt_ids + completion_ids + [eos]`` cut to `max_length`, row by row (a cut row loses its
+    tail and its eos, never its prompt); rows are tokenised independently of each other."""
+    ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    return [(p + c + [eos])[:max_length] for p, c in zip(prompts, ids, strict=True)]
+
+
+def generation_encoded(rows: Sequence[list[int]], starts: Sequence[int], kept: list[int], examples: int,
+                       pad_id: int) -> Encoded:
+    """The `Encoded` of a generation split from its kept rows' ids and prompt lengths."""
+    ids = Ragged.of(rows)
+    return Encoded(
+        kind="generation",
+        input_ids=ids,
+        labels=PromptMasked(ids, np.asarray(starts, dtype=np.int64)),
+        pad_id=pad_id,
+        dropped=examples - len(kept),
+        kept=kept,
+    )
 
 
 def encode_generation(examples: Sequence[GenerationExample], tokenizer, max_length: int) -> Encoded:
@@ -173,30 +232,12 @@ def encode_generation(examples: Sequence[GenerationExample], tokenizer, max_leng
     A row whose prompt alone fills `max_length` has no completion token left to learn from and is
     dropped (counted in `dropped`). A cut row loses its tail (and its eos), never its prompt.
     """
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos token; generation training needs one to learn to stop")
-    # Each distinct prompt once: E2E repeats every MR for each of its references (4.9k of 42k).
-    distinct = list(dict.fromkeys(ex.prompt for ex in examples))
-    by_prompt = dict(zip(distinct, encode_prompts(tokenizer, distinct), strict=True))
-    prompts = [by_prompt[ex.prompt] for ex in examples]
-    completions = tokenizer([ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
-    input_ids, starts, kept = [], [], []
-    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        if len(p) >= max_length:
-            continue
-        input_ids.append((p + c + [eos])[:max_length])
-        starts.append(len(p))
-        kept.append(i)
-    ids = Ragged.of(input_ids)
-    return Encoded(
-        kind="generation",
-        input_ids=ids,
-        labels=PromptMasked(ids, np.asarray(starts, dtype=np.int64)),
-        pad_id=_pad_id(tokenizer),
-        dropped=len(examples) - len(kept),
-        kept=kept,
-    )
+    eos = eos_id_of(tokenizer)
+    prompts, kept = generation_prompts(examples, tokenizer, max_length)
+    rows = generation_rows([examples[i].completion for i in kept], [prompts[i] for i in kept], tokenizer,
+                           max_length, eos)
+    starts = [len(prompts[i]) for i in kept]
+    return generation_encoded(rows, starts, kept, len(examples), pad_id_of(tokenizer))
 
 
 def encode_examples(examples: Sequence, tokenizer, max_length: int) -> Encoded:
@@ -289,7 +330,11 @@ class BucketBatchSampler:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         if bucket_factor < 1:
             raise ValueError(f"bucket_factor must be >= 1 (got {bucket_factor})")
-        self.lengths = np.asarray(lengths, dtype=np.int64)
+        # The lengths of a split still being tokenised (`streaming.PendingEncoded.lengths`) are
+        # read a chunk at a time, when a batch of that chunk is first handed out: the first
+        # batch needs one chunk's rows tokenised, not the whole split's.
+        self.lengths = (np.asarray(lengths, dtype=np.int64)
+                        if isinstance(lengths, Sequence | np.ndarray) else lengths)
         if len(self.lengths) == 0:
             raise ValueError("no rows to batch")
         self.batch_size = batch_size
@@ -299,38 +344,53 @@ class BucketBatchSampler:
         self.drop_last = drop_last
         self.epoch = 0
         self.position = 0
-        self._cache: tuple[int, list[np.ndarray]] | None = None
+        # epoch -> (row order, each batch's (chunk, start in the chunk), the chunks sorted so far)
+        self._plan: tuple[int, np.ndarray, list[tuple[int, int]], dict[int, np.ndarray]] | None = None
 
-    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        """All batches of `epoch` (index arrays), a pure function of the settings and `epoch`."""
-        if self._cache is not None and self._cache[0] == epoch:
-            return self._cache[1]
+    def plan(self, epoch: int) -> tuple[np.ndarray, list[tuple[int, int]], dict[int, np.ndarray]]:
+        """The batches of `epoch` without the rows' lengths: the row order, then where each batch
+        lies, (chunk, start within the chunk after sorting it by length), in batch order. The
+        draws are the same whatever the lengths: `permutation(rows)`, then `permutation(batches)`
+        (how many batches a chunk gives depends only on its size)."""
+        if self._plan is not None and self._plan[0] == epoch:
+            return self._plan[1:]
         n, bs = len(self.lengths), self.batch_size
         rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         chunk = bs * self.bucket_factor
-        batches = []
-        for start in range(0, n, chunk):
-            part = order[start : start + chunk]
-            part = part[np.argsort(self.lengths[part], kind="stable")]
-            batches.extend(part[i : i + bs] for i in range(0, len(part), bs))
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == bs]
+        spans: list[tuple[int, int]] = []
+        for c, start in enumerate(range(0, n, chunk)):
+            size = min(chunk, n - start)
+            spans.extend((c, i) for i in range(0, size, bs) if not (self.drop_last and size - i < bs))
         if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        self._cache = (epoch, batches)
-        return batches
+            spans = [spans[i] for i in rng.permutation(len(spans))]
+        self._plan = (epoch, order, spans, {})
+        return self._plan[1:]
+
+    def batch(self, epoch: int, k: int) -> np.ndarray:
+        """Batch `k` of `epoch` (an index array): its chunk sorted by length (stable), then cut."""
+        order, spans, sorted_chunks = self.plan(epoch)
+        c, start = spans[k]
+        part = sorted_chunks.get(c)
+        if part is None:
+            chunk = self.batch_size * self.bucket_factor
+            part = order[c * chunk:(c + 1) * chunk]
+            part = sorted_chunks[c] = part[np.argsort(self.lengths[part], kind="stable")]
+        return part[start:start + self.batch_size]
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """All batches of `epoch` (index arrays), a pure function of the settings and `epoch`."""
+        return [self.batch(epoch, k) for k in range(len(self.plan(epoch)[1]))]
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        return len(self.epoch_batches(self.epoch))
+        return len(self.plan(self.epoch)[1])
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.position >= len(self):
             self.epoch, self.position = self.epoch + 1, 0
-        batches = self.epoch_batches(self.epoch)
-        while self.position < len(batches):
-            batch = batches[self.position]
+        while self.position < len(self):
+            batch = self.batch(self.epoch, self.position)
             self.position += 1  # counted when handed out: a checkpoint taken now resumes after it
             yield batch.tolist()
 
@@ -358,6 +418,6 @@ class BucketBatchSampler:
         if diff:
             raise ValueError("sampler state does not match this data/batching: " + "; ".join(diff))
         epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position <= len(self.epoch_batches(epoch)):
+        if epoch < 0 or not 0 <= position <= len(self.plan(epoch)[1]):
             raise ValueError(f"sampler state out of range: epoch {epoch}, position {position}")
         self.epoch, self.position = epoch, position

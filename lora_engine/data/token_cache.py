@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -45,6 +46,10 @@ FORMAT = "2"  # 2: the tokenizer digest skips its per-call state by cutting, not
 MEMORY_SLOTS = 2
 
 _memory: OrderedDict[str, Encoded] = OrderedDict()
+# A split finished in a background thread is kept from there (`keeper`): one lock for the level.
+_memory_lock = threading.Lock()
+_generation = [0]  # counts `forget()` calls: a split tokenised across one is not remembered
+_in_progress: OrderedDict[str, object] = OrderedDict()  # key -> a streaming.PendingEncoded
 # id(tokenizer) -> (a weak reference to it, len(tokenizer), digest); the reference tells a reused id
 _tokenizer_digests: dict[int, tuple[weakref.ref, int, str]] = {}
 
@@ -126,27 +131,76 @@ def cached_encode(examples: Sequence, tokenizer, max_length: int, build: Callabl
     key = cache_key(examples, tokenizer, max_length)
     if key is None:
         return build()
-    if key in _memory:
-        _memory.move_to_end(key)
-        return _memory[key]
-    folder = cache_dir()
-    path = folder / f"{key}.safetensors" if folder is not None else None
-    encoded = read_encoded(path, key) if path is not None else None
+    encoded = recall(key)
     if encoded is None:
         encoded = build()
-        if path is not None:
+        keeper(key)(encoded)
+    return encoded
+
+
+def recall(key: str) -> Encoded | None:
+    """The split remembered under `key`, in memory or on disk (then kept in memory too), or None."""
+    with _memory_lock:
+        if key in _memory:
+            _memory.move_to_end(key)
+            return _memory[key]
+    folder = cache_dir()
+    encoded = read_encoded(folder / f"{key}.safetensors", key) if folder is not None else None
+    if encoded is not None:
+        _keep_in_memory(key, encoded)
+    return encoded
+
+
+def track(key: str, split) -> None:
+    """Remember `split`, still being tokenised (`streaming.PendingEncoded`), under `key` until its
+    keeper has it: the next job on the same data takes it up where it is (the last `MEMORY_SLOTS`)."""
+    with _memory_lock:
+        _in_progress[key] = split
+        _in_progress.move_to_end(key)
+        while len(_in_progress) > MEMORY_SLOTS:
+            _in_progress.popitem(last=False)
+
+
+def in_progress(key: str):
+    """The split `track`ed under `key` and not yet complete, or None."""
+    with _memory_lock:
+        return _in_progress.get(key)
+
+
+def keeper(key: str) -> Callable[[Encoded], None]:
+    """What remembers the split of `key` once it is tokenised, in memory and on disk; a split
+    finished after `forget()` (tokenised meanwhile in a background thread) is not remembered."""
+    generation = _generation[0]
+
+    def keep(encoded: Encoded) -> None:
+        with _memory_lock:
+            _in_progress.pop(key, None)
+        if _generation[0] != generation:
+            return
+        folder = cache_dir()
+        if folder is not None:
             # A read-only or full cache folder costs the next job a tokenisation, nothing else.
             with contextlib.suppress(OSError):
-                atomic_write_bytes(path, encoded_bytes(encoded, key), private=True)
-    _memory[key] = encoded
-    while len(_memory) > MEMORY_SLOTS:
-        _memory.popitem(last=False)
-    return encoded
+                atomic_write_bytes(folder / f"{key}.safetensors", encoded_bytes(encoded, key), private=True)
+        _keep_in_memory(key, encoded)
+
+    return keep
+
+
+def _keep_in_memory(key: str, encoded: Encoded) -> None:
+    with _memory_lock:
+        _memory[key] = encoded
+        _memory.move_to_end(key)
+        while len(_memory) > MEMORY_SLOTS:
+            _memory.popitem(last=False)
 
 
 def forget() -> None:
     """Drop the in-process level (tests; a worker that must not keep data between jobs)."""
-    _memory.clear()
+    with _memory_lock:
+        _generation[0] += 1
+        _memory.clear()
+        _in_progress.clear()
     _tokenizer_digests.clear()
 
 

@@ -63,11 +63,12 @@ class DataParallel:
         tokens = sum(len(encoded.input_ids[i]) for i in indices)
         return replace(local, examples=len(indices), tokens=tokens, share=share)
 
-    def sync_step(self, params: Sequence[nn.Parameter], step_loss: float) -> float:
-        """Average the ranks' accumulated gradients (in place) and step losses; the mean loss."""
+    def sync_step(self, params: Sequence[nn.Parameter], step_loss: torch.Tensor) -> torch.Tensor:
+        """Average the ranks' accumulated gradients (in place) and step losses (this rank's a
+        0-d tensor); the mean loss, a 0-d tensor on the device."""
         grads = [p.grad.reshape(-1).float() if p.grad is not None
                  else torch.zeros(p.numel(), device=p.device) for p in params]
-        flat = torch.cat([*grads, torch.tensor([step_loss], device=self.device)])
+        flat = torch.cat([*grads, step_loss.reshape(1).to(self.device, torch.float32)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world
         offset = 0
@@ -78,7 +79,7 @@ class DataParallel:
             else:
                 p.grad.copy_(chunk)
             offset += p.numel()
-        return float(flat[-1])
+        return flat[-1]
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's `flag` on every rank (a stop request: every rank stops at the same step)."""

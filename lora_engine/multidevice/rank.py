@@ -99,6 +99,7 @@ def train_rank(plan: Plan, folder: Path, parallel: DataParallel):
     mem = PeakMemory(device)
     mem.start()
     run = setup(spec, data_dir=plan.data_dir, device=device)
+    mem.mark_loaded()
     run.parallel = parallel
     resumed = resume_run(run, Path(plan.checkpoint_dir) if plan.checkpoint_dir else None)
     parallel.align(list(run.trainable.values()))

@@ -101,9 +101,12 @@ def export(adapter_id: str, dest: Path, merged: bool, as_json: bool) -> None:
     from lora_engine.errors import AdapterError
     from orchestrator.services.adapters import export_adapter
 
+    merge = None
+    if merged:
+        from lora_engine.adapters.merged_export import write_merged_folder as merge
     with open_session() as session:
         try:
-            done = export_adapter(session, adapter_id, dest, merged=merged)
+            done = export_adapter(session, adapter_id, dest, merge=merge)
         except AdapterError as exc:
             raise CliError(f"adapter {adapter_id}: {exc}") from None
         except OSError as exc:  # a full disk, no permission

@@ -7,9 +7,10 @@ here for the services API.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -118,11 +119,12 @@ class ExportedAdapter:
 @readonly
 def export_adapter(
     session: Session, adapter_id: str, dest: Path, tenant: str | None = None,
-    settings: Settings | None = None, *, merged: bool = False,
+    settings: Settings | None = None, *, merge: Callable[[Path, Path], Any] | None = None,
 ) -> ExportedAdapter:
-    """Copy a live adapter's folder, its sha256 checked, to `dest`; with `merged`, write its merged
-    export there instead (lora_engine.adapters.merged_export: the LoRA merged into the base, a plain
-    transformers folder), built from a copy whose sha256 was checked.
+    """Copy a live adapter's folder, its sha256 checked, to `dest`; with `merge`, write its merged
+    export there instead: `merge(checked copy, folder)` (the CLI passes
+    `lora_engine.adapters.merged_export.write_merged_folder`, which needs torch: the services import
+    none) writes the LoRA merged into the base as a plain transformers folder.
 
     `dest` is checked first (orchestrator.destinations: a new or empty folder, never a device, a
     dangling link, the home or the artifacts root) and the copy is built beside it and renamed
@@ -143,15 +145,14 @@ def export_adapter(
     if target.is_dir():
         target.rmdir()
     with atomic_folder(target) as tmp:
-        # With `merged`, the adapter is copied aside first: what is merged is what was checked.
+        # A merged export copies the adapter aside first: what is merged is what was checked.
+        merged = merge is not None
         source = tmp / ".adapter" if merged else tmp
         shutil.copytree(row.path, source, dirs_exist_ok=True)
         if adapter_files_digest(source)[0] != row.sha256:
             raise AdapterError(f"adapter {row.id} changed while it was being exported; nothing was written")
-        if merged:
-            from lora_engine.adapters.merged_export import write_merged_folder
-
-            folder = write_merged_folder(source, tmp)
+        if merge is not None:
+            folder = merge(source, tmp)
             shutil.rmtree(source)
             notice = merged_notice(folder) if folder.remote_code else None
         else:

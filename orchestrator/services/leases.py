@@ -297,7 +297,7 @@ class UsageRecord:
         """What a run cost, from the engine's run statistics (`lora_engine.recipe.RunStats`, or
         any object with its `device`, `device_s`, `wall_s`, `peak_mem_bytes`, `examples`, `tokens`,
         and optionally `activation_mem_bytes`, `step_s`). A run across `devices` > 1 held every one
-        of them for its whole wall time: N x wall."""
+        of them for its whole wall time: it bills N × wall."""
         device_s = devices * float(stats.wall_s) if devices > 1 else float(stats.device_s)
         return cls(device=stats.device, device_seconds=device_s,
                    wall_seconds=float(stats.wall_s), peak_memory_bytes=stats.peak_mem_bytes,

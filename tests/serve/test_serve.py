@@ -23,6 +23,11 @@ pytestmark = pytest.mark.integration
 
 MR = "name[The Eagle], eatType[coffee shop], food[Italian], area[riverside]"
 TOKENS = 8
+# A generation that outlasts the requests sent while it decodes: the bare tiny-llama base says
+# no end-of-sequence within it for MR (greedy, deterministic), so it runs to its length.
+LONG = 480
+DECODING = "lorafleet_serve_rows_decoding"
+JOINED = 'lorafleet_serve_joined_total{kind="%s"}'
 START_TIMEOUT_S = 90
 
 
@@ -41,11 +46,23 @@ class Served:
         return httpx.post(self.server.base_url + path, json=body, timeout=60,
                           headers={"Authorization": f"Bearer {self.keys[tenant]}"})
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, default: float | None = None) -> float:
+        """A series' value (`name` with its labels, as the exporter writes them); `default` for a
+        labelled series not yet counted."""
         for line in httpx.get(self.metrics_url, timeout=10).text.splitlines():
             if line.startswith(name + " "):
-                return float(line.split()[1])
+                return float(line.split()[-1])
+        if default is not None:
+            return default
         raise AssertionError(f"no metric {name}")
+
+    def wait_for(self, name: str, wanted, what: str) -> float:
+        """Poll a metric until `wanted(value)` (a deadline against a stuck server, not a timing)."""
+        deadline = time.monotonic() + 60
+        while not wanted(value := self.metric(name, 0.0)):
+            assert time.monotonic() < deadline, f"{what}: {name} stayed {value}"
+            time.sleep(0.05)
+        return value
 
 
 def make_adapter(folder: Path, base: str, task: str, seed: int) -> Path:
@@ -396,3 +413,77 @@ def test_usage_recorded_per_tenant(served: Served):
     assert after["prompt_tokens"] == was["prompt_tokens"] + out.usage.prompt_tokens
     assert after["completion_tokens"] == was["completion_tokens"] + out.usage.completion_tokens
     assert after["device_seconds"] > was["device_seconds"]
+
+
+def test_a_request_arriving_mid_decode_joins_the_batch_and_streams_come_as_decoded(served: Served, predicted):
+    """A long streamed generation is decoding (its first chunk is in the client's hands while the
+    server reports its row in the batch); a completion and a classify sent meanwhile are served
+    between its decode steps (counted as joins), the completion as greedy alone says."""
+    client = served.client()
+    assert served.metric(DECODING) == 0
+    joined = {kind: served.metric(JOINED % kind, 0.0) for kind in ("generate", "classify")}
+    long = client.completions.create(model="tiny-llama", prompt=MR, max_tokens=LONG, temperature=0,
+                                     stream=True)
+    chunks = iter(long)
+    first = next(chunks)
+    assert first.choices[0].text and first.choices[0].finish_reason is None
+    assert served.metric(DECODING) >= 1  # the first piece came before its generation ended
+    joining = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS,
+                                        temperature=0)
+    assert joining.choices[0].text == predicted["gen_a"]
+    texts = ["a fine film", "dull and long"]
+    labels = served.post("/v1/classify", {"model": served.names["cls"], "input": texts})
+    assert [row["label"] for row in labels.json()["data"]] == [p.label for p in predicted["cls"]]
+    assert served.metric(JOINED % "generate", 0.0) == joined["generate"] + 1
+    assert served.metric(JOINED % "classify", 0.0) == joined["classify"] + 1
+    more = [next(chunks) for _ in range(10)]
+    assert all(c.choices[0].text and c.choices[0].finish_reason is None for c in more)  # token by token
+    long.close()  # the rest is not wanted (its row leaves: the next test)
+    served.wait_for(DECODING, lambda v: v == 0, "the long row left")
+
+
+def test_a_stream_whose_client_goes_away_frees_its_row(served: Served):
+    from orchestrator.services.inference import inference_totals
+
+    with served.server.session() as s:  # its own tenant: no other test's stream is charged there now
+        before = sum(t["requests"] for t in inference_totals(s, "other").values())
+    client = served.client("other")
+    cancelled = served.metric("lorafleet_serve_rows_cancelled_total", 0.0)
+    stream = client.completions.create(model="tiny-llama", prompt=MR, max_tokens=LONG, temperature=0,
+                                       stream=True, n=2)
+    assert next(iter(stream)).choices[0].text
+    assert served.metric(DECODING) == 2  # n=2: two rows of the batch
+    stream.close()
+    served.wait_for("lorafleet_serve_rows_cancelled_total", lambda v: v == cancelled + 2,
+                    "the rows were dropped")
+    assert served.metric(DECODING) == 0
+    deadline = time.monotonic() + 60  # what it generated is still charged (after the stream ended)
+    while True:
+        with served.server.session() as s:
+            if sum(t["requests"] for t in inference_totals(s, "other").values()) == before + 1:
+                break
+        assert time.monotonic() < deadline, "the cancelled stream's usage was not recorded"
+        time.sleep(0.1)
+
+
+def test_a_stop_string_ends_its_row_when_it_appears(served: Served, predicted):
+    client = served.client()
+    whole = predicted["gen_a"]
+    full = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS, temperature=0)
+    assert full.choices[0].finish_reason == ("length" if full.usage.completion_tokens == TOKENS else "stop")
+    stop = whole[2:4]
+    cut = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS, temperature=0,
+                                    stop=[stop, "never said"], n=2)
+    for choice in cut.choices:
+        assert choice.text == whole[:whole.find(stop)] and choice.finish_reason == "stop"
+    # The rows left when the stop appeared: fewer tokens generated than the whole answer.
+    assert cut.usage.completion_tokens < 2 * full.usage.completion_tokens
+    streamed = list(client.chat.completions.create(model=served.names["gen_a"], max_tokens=TOKENS,
+                                                   temperature=0, stop=stop, stream=True,
+                                                   messages=[{"role": "user", "content": MR}]))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == whole[:whole.find(stop)]
+    assert [c.choices[0].finish_reason for c in streamed if c.choices[0].finish_reason] == ["stop"]
+    unstopped = client.completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=TOKENS,
+                                          temperature=0, stop="never said")
+    assert unstopped.choices[0].text == whole
+    assert unstopped.choices[0].finish_reason == full.choices[0].finish_reason

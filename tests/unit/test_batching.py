@@ -223,3 +223,76 @@ def test_ragged_rows_read_as_the_lists_they_were_built_from():
         ragged[4]
     labels = PromptMasked(ragged, np.array([2, 0, 1, 0]))
     assert list(labels) == [[IGNORE_INDEX, IGNORE_INDEX, 7], [], [IGNORE_INDEX], [9, 10]]
+
+
+# --- a split tokenised as its rows are asked for (data/streaming.py) ----------------------------------
+
+
+class AskedLengths:
+    """Row lengths that record which rows the sampler asked about."""
+
+    def __init__(self, lengths):
+        self.lengths, self.asked = np.asarray(lengths), set()
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __getitem__(self, rows):
+        self.asked.update(np.atleast_1d(rows).tolist())
+        return self.lengths[rows]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_the_sampler_reads_the_lengths_of_one_chunk_per_new_batch(drop_last):
+    """Lazy lengths give the very batches of an array, and a batch reads only its own chunk's."""
+    lengths = np.random.default_rng(4).integers(1, 60, size=1003)
+    eager = BucketBatchSampler(lengths, 8, seed=11, bucket_factor=5, drop_last=drop_last)
+    asked = AskedLengths(lengths)
+    lazy = BucketBatchSampler(asked, 8, seed=11, bucket_factor=5, drop_last=drop_last)
+    assert len(lazy) == len(eager) and not asked.asked  # the batch count needs no length
+    first = next(iter(lazy))
+    assert len(asked.asked) == 40 and set(first) <= asked.asked  # one chunk of 8 x 5 rows
+    lazy.load_state_dict(eager.state_dict())
+    assert epoch_lists(lazy, 0) == epoch_lists(eager, 0) and epoch_lists(lazy, 1) == epoch_lists(eager, 1)
+
+
+def streamed_rows(examples, tokenizer, max_length, asks):
+    """A PendingEncoded asked for `asks` (lists of rows) while a thread tokenises the rest."""
+    import threading
+
+    from lora_engine.data.streaming import PendingEncoded
+
+    split = PendingEncoded(examples, tokenizer, max_length)
+    seen = [collate(split.ready(rows), rows) for rows in asks[:1]]
+    assert split.rows_done() < len(split)  # nothing but the rows asked for so far
+    background = threading.Thread(target=split.tokenise_rest)
+    background.start()
+    seen += [collate(split.ready(rows), rows) for rows in asks[1:]]
+    background.join()
+    return split, seen
+
+
+def test_a_split_tokenised_in_parts_is_the_split_tokenised_at_once(gpt2_tok, bert_tok):
+    """Generation (rows dropped by a long prompt) and classification (pairs, type ids): the rows
+    asked for first, the rest in a thread, give the ids, labels, kept rows and batches of one call."""
+    from lora_engine.data import streaming
+
+    gen = [GenerationExample(("name[x] " * (i % 7)) + f"r{i}\n", f"reply {i} " * (i % 5 + 1), "g")
+           for i in range(1500)]
+    pairs = [ClassificationExample(f"text {i} " * (i % 9 + 1), f"pair {i}" if i % 3 else None, i % 2)
+             for i in range(1500)]
+    asks = [[1499, 3, 700], [5, 6], list(range(0, 1200, 7)), [3]]
+    for examples, tok, max_length in ((gen, gpt2_tok, 16), (pairs, bert_tok, 12)):
+        whole = encode_examples(examples, tok, max_length)
+        assert len(whole) < len(examples) or whole.token_type_ids is not None  # drops / type ids
+        kept_asks = [[r for r in rows if r < len(whole)] for rows in asks]
+        split, seen = streamed_rows(examples, tok, max_length, kept_asks)
+        assert split.rows_done() == len(split) == len(whole)
+        assert split.input_ids == whole.input_ids and split.labels == whole.labels
+        assert split.kept == whole.kept and split.dropped == whole.dropped
+        assert (split.token_type_ids is None) == (whole.token_type_ids is None)
+        for rows, batch in zip(kept_asks, seen, strict=True):
+            expected = collate(whole, rows)
+            assert all(torch.equal(batch.inputs[k], expected.inputs[k]) for k in expected.inputs)
+            assert (batch.tokens, batch.target_tokens) == (expected.tokens, expected.target_tokens)
+    assert streaming.PART_ROWS < 1500  # the thread took several turns

@@ -387,3 +387,44 @@ def test_a_diverging_run_stops_before_writing_anything(tmp_path):
                                divergence_patience=2))
     assert info.value.step <= 30 and info.value.step == len(steps) + 1
     assert not (tmp_path / "out").exists()
+
+
+def test_step_one_comes_before_the_split_is_tokenised_and_trains_as_a_pretokenised_run(tmp_path,
+                                                                                         monkeypatch):
+    """A cold setup hands the split over once the rows trained on are known: each batch tokenises
+    its chunk when first drawn, and the rows no batch asked for are tokenised in a "training-data"
+    thread once training is over. The losses, rows and ids are those of a run whose split was
+    tokenised before it began (the token cache's, filled by that thread)."""
+    from lora_engine import recipe
+    from lora_engine.data import token_cache
+    from lora_engine.data.batching import Encoded
+    from lora_engine.data.streaming import PendingEncoded
+    from lora_engine.device import pick_device
+
+    monkeypatch.setenv("LORAFLEET_DATA_CACHE", "")  # in memory only, and forgotten below
+    token_cache.forget()
+    data = write_jsonl(tmp_path / "g.jsonl", gen_rows(600))
+    spec = recipe.resolve_spec({"task": "custom-generation", "dataset": str(data), "base_model": "tiny-llama",
+                                "max_steps": 4, "batch_size": 2, "max_length": 24}, data_dir=DATA)
+    device = pick_device()
+    streamed = recipe.setup(spec, data_dir=DATA, device=device)
+    done_at = []
+    recipe.fit(streamed, TrainHooks(on_progress=lambda p: done_at.append(streamed.encoded.rows_done())))
+    assert type(streamed.encoded) is PendingEncoded and streamed.encoded.owns_tokenizer()
+    rows = len(streamed.encoded)
+    # A chunk is 100 rows (batch 2 x 50): step 1 tokenised one, four steps at most four, of ~540.
+    assert 0 < done_at[0] <= 100 and done_at[-1] <= 400 < rows
+    # The next job on the same data, meanwhile, takes the split up where it is.
+    assert recipe.setup(spec, data_dir=DATA, device=device).encoded is streamed.encoded
+    thread = recipe.finish_tokenising(streamed)
+    assert thread.name == "training-data"
+    thread.join(120)
+    assert streamed.encoded.rows_done() == rows
+    pretokenised = recipe.setup(spec, data_dir=DATA, device=device)  # the split from the token cache
+    token_cache.forget()
+    whole = pretokenised.encoded
+    assert type(whole) is Encoded and whole is streamed.encoded.complete()
+    assert recipe.finish_tokenising(pretokenised) is None
+    recipe.fit(pretokenised, TrainHooks())
+    assert pretokenised.losses == streamed.losses and len(streamed.losses) == 4
+    assert streamed.encoded.input_ids == whole.input_ids and streamed.encoded.labels == whole.labels

@@ -57,6 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from worker.serve.server import Serving
 
     app.state.serving = Serving(make_engine(), app.state.settings)
+    app.state.background = set()  # tasks that outlive their request (a gone stream's usage record)
     try:
         yield
     finally:

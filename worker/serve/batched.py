@@ -1,22 +1,24 @@
 """`Engine` over `lora_engine.serving.ServedBase`: one resident base per (base model, kind), the
 adapters of one base served in one forward (classification) or one KV cache (generation).
 
-Each engine batch (batcher.py) becomes one `classify` call per base, or one set of rows started
-together and stepped until every row ends. Regression adapters, which ServedBase does not serve,
+A classify batch (batcher.py) becomes one `classify` call per base; generation rows are started
+into their base's decode batch and every base is stepped once per `step()`, rows joining and
+leaving between steps. Regression adapters, which ServedBase does not serve,
 go through `PredictorEngine` (one model each).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from worker.serve.engine import (
+    Advance,
     ClassifyResult,
-    Generated,
     GenerateItem,
     PredictorEngine,
+    Started,
     check_context,
-    pieces_of,
 )
 
 SERVED_KINDS = ("classification", "generation")
@@ -32,6 +34,8 @@ class BatchedEngine:
         self.where: dict[str, object] = {}  # key -> the ServedBase holding it
         self.bare: set[str] = set()  # keys naming a base alone
         self.fallback = PredictorEngine()
+        self.handles = itertools.count(1)
+        self.rows: dict[int, tuple[object, int]] = {}  # our handle -> (ServedBase or fallback, its handle)
 
     def _base(self, base_model: str, kind: str):
         from lora_engine.serving import ServedBase
@@ -94,43 +98,52 @@ class BatchedEngine:
                 out[i] = ClassifyResult(r.label_index, r.label, r.probs, None, n)
         return [r for r in out if r is not None]
 
-    def generate(self, items: Sequence[GenerateItem]) -> list[Generated]:
+    def tokenizer(self, key: str):
+        return self.where[key].tokenizer if key in self.where else self.fallback.tokenizer(key)
+
+    # -- generation: rows of every base, each base's rows in one KV cache --------------------------
+    def start(self, item: GenerateItem) -> Started:
         from lora_engine.data.batching import encode_prompts
         from lora_engine.serving import Sampling
 
-        out: list[Generated | None] = [None] * len(items)
-        prompts = []
-        for item in items:  # every item checked before any row starts: a refusal leaves no row behind
-            base = self.where[item.adapter_key]
-            prompts.append(encode_prompts(base.tokenizer, [item.prompt])[0])
-            check_context(base.model, len(prompts[-1]), item.sampling.max_tokens)
-        rows: dict[tuple[int, int], tuple[object, int, list[int]]] = {}  # -> (base, item index, prompt)
-        bases = {}
-        try:
-            for i, (item, prompt) in enumerate(zip(items, prompts, strict=True)):
-                base, s = self.where[item.adapter_key], item.sampling
-                sampling = Sampling(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                                    seed=s.seed)
-                handle = base.start(self._route(item.adapter_key), prompt, sampling)
-                rows[id(base), handle] = (base, i, prompt)
-                bases[id(base)] = base
-        except BaseException:
-            for (_, handle), (base, _, _) in rows.items():
-                base.cancel(handle)
-            raise
-        outputs: dict[tuple[int, int], list[int]] = {k: [] for k in rows}
-        for base in bases.values():
-            while base.active:
-                for handle, token in base.step().items():
-                    key = (id(base), handle)
-                    if key not in rows:
-                        continue
-                    if token.reason != "stop":
-                        outputs[key].append(token.token_id)
-                    if token.finished:
-                        _, i, prompt = rows[key]
-                        ids = outputs[key]
-                        text = base.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                        pieces = pieces_of(base.tokenizer, ids, text)
-                        out[i] = Generated(text, pieces, len(prompt), len(ids), token.reason or "stop")
-        return [g for g in out if g is not None]
+        base = self.where.get(item.adapter_key)
+        if base is None:
+            started = self.fallback.start(item)
+            handle = next(self.handles)
+            self.rows[handle] = (self.fallback, started.handle)
+            return Started(handle, started.prompt_tokens)
+        prompt = encode_prompts(base.tokenizer, [item.prompt])[0]
+        s = item.sampling
+        check_context(base.model, len(prompt), s.max_tokens)
+        sampling = Sampling(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+        handle = next(self.handles)
+        self.rows[handle] = (base, base.start(self._route(item.adapter_key), prompt, sampling))
+        return Started(handle, len(prompt))
+
+    def step(self) -> dict[int, Advance]:
+        ours = {(id(holder), inner): handle for handle, (holder, inner) in self.rows.items()}
+        out: dict[int, Advance] = {}
+        for holder in {id(h): h for h, _ in self.rows.values()}.values():
+            if not holder.active:
+                continue
+            for inner, token in holder.step().items():
+                handle = ours.get((id(holder), inner))
+                if handle is None:
+                    continue
+                if isinstance(token, Advance):  # the fallback's whole row
+                    out[handle] = token
+                else:
+                    ids = () if token.reason == "stop" else (token.token_id,)
+                    out[handle] = Advance(ids, token.finished, token.reason)
+                if out[handle].finished:
+                    del self.rows[handle]
+        return out
+
+    def cancel(self, handle: int) -> None:
+        holder, inner = self.rows.pop(handle, (None, None))
+        if holder is not None:
+            holder.cancel(inner)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rows)

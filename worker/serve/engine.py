@@ -1,8 +1,9 @@
 """The seam between the server and the model code: `Engine`, and its first implementation.
 
 The server calls only what `Engine` declares, from one thread (batcher.py): adapters are added
-and removed by key (cache.py decides which), classification and generation take a batch of
-items, each naming its adapter. `PredictorEngine` runs each adapter through
+and removed by key (cache.py decides which), classification takes a batch of items, each naming
+its adapter, and generation is rows started, stepped and cancelled one decode step at a time
+(rows join and leave between steps: batcher.py). `PredictorEngine` runs each adapter through
 `lora_engine.predict.load_for_inference` (what `lorafleet adapter predict` runs): one model per
 loaded adapter, its own copy of the base, items served adapter by adapter. It is exact against
 `adapter predict` by construction and slow in memory; the batched engine
@@ -13,6 +14,7 @@ it keeps this one for what ServedBase does not serve (regression adapters, full 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +46,19 @@ class GenerateItem:
 
 
 @dataclass(frozen=True)
-class Generated:
-    text: str  # as `adapter predict` prints it: special tokens dropped, white space stripped
-    pieces: tuple[str, ...]  # `text` cut at token boundaries, for streaming
+class Started:
+    handle: int  # the row's name in `step()`'s answers and for `cancel`
     prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens reached)
+
+
+@dataclass(frozen=True)
+class Advance:
+    """A row's progress in one `step()`: its new tokens (an end-of-sequence id excluded) and,
+    when `finished`, why: "stop" (end of sequence) or "length" (max_tokens reached)."""
+
+    ids: tuple[int, ...]
+    finished: bool
+    reason: str | None = None
 
 
 class Engine(Protocol):
@@ -66,13 +75,29 @@ class Engine(Protocol):
     def kind(self, key: str) -> str:
         """classification, regression or generation."""
 
+    def tokenizer(self, key: str):
+        """The tokenizer of the model `key` generates with (to decode its ids)."""
+
     def chat_prompt(self, key: str, messages: Sequence[dict]) -> str:
         """The prompt a chat-trained adapter reads for `messages` (its base's chat template)."""
 
     def classify(self, items: Sequence[tuple[str, str]]) -> list[ClassifyResult]:
         """One result per (adapter key, text), in order."""
 
-    def generate(self, items: Sequence[GenerateItem]) -> list[Generated]: ...
+    def start(self, item: GenerateItem) -> Started:
+        """Queue a generation row (refused, LoraFleetInputError, before anything is queued when
+        its prompt and max_tokens do not fit); it joins the decoding rows at the next `step`."""
+
+    def step(self) -> dict[int, Advance]:
+        """One decode step of every row (the queued ones prefilled): {handle: Advance}. A finished
+        row has left when this returns."""
+
+    def cancel(self, handle: int) -> None:
+        """Drop a row now (its client went away, or a stop string ended it); unknown: ignored."""
+
+    @property
+    def active(self) -> bool:
+        """Whether any row is decoding or queued."""
 
 
 def folder_bytes(folder: str | Path) -> int:
@@ -89,6 +114,8 @@ class PredictorEngine:
         self.device = pick_device()
         self.device_name = self.device.name
         self.predictors: dict[str, object] = {}
+        self.handles = itertools.count(1)
+        self.done: dict[int, Advance] = {}
 
     def add_adapter(self, key: str, folder: str) -> int:
         from lora_engine.predict import load_for_inference
@@ -123,10 +150,12 @@ class PredictorEngine:
                 out[i] = ClassifyResult(p.label_id, p.label, tuple(p.probabilities), p.value, n)
         return [r for r in out if r is not None]
 
-    def generate(self, items: Sequence[GenerateItem]) -> list[Generated]:
-        return [self._generate_one(item) for item in items]
+    def tokenizer(self, key: str):
+        return self.predictors[key].tokenizer
 
-    def _generate_one(self, item: GenerateItem) -> Generated:
+    # Generation runs whole in `start` (one model per adapter: nothing to batch); `step` hands
+    # each row's tokens over at once.
+    def start(self, item: GenerateItem) -> Started:
         import torch
 
         from lora_engine.data.batching import encode_prompts
@@ -144,9 +173,20 @@ class PredictorEngine:
             ended = len(ids) < s.max_tokens
         else:
             ids, ended = self._sample(predictor, prompt_ids[0], s, torch)
-        text = tok.decode(ids, skip_special_tokens=True).strip()
-        return Generated(text, pieces_of(tok, ids, text), len(prompt_ids[0]), len(ids),
-                         "stop" if ended else "length")
+        handle = next(self.handles)
+        self.done[handle] = Advance(tuple(ids), True, "stop" if ended else "length")
+        return Started(handle, len(prompt_ids[0]))
+
+    def step(self) -> dict[int, Advance]:
+        done, self.done = self.done, {}
+        return done
+
+    def cancel(self, handle: int) -> None:
+        self.done.pop(handle, None)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.done)
 
     def _sample(self, predictor, prompt: list[int], s: Sampling, torch) -> tuple[list[int], bool]:
         tok = predictor.tokenizer
@@ -175,19 +215,3 @@ def check_context(model, prompt_tokens: int, max_tokens: int) -> None:
         raise LoraFleetInputError(f"the prompt is {prompt_tokens} tokens and max_tokens {max_tokens}: "
                                   f"together more than this model's context of {context} tokens; "
                                   "shorten the prompt or lower max_tokens")
-
-
-def pieces_of(tokenizer, ids: list[int], text: str) -> tuple[str, ...]:
-    """`text` split where each token ends (its decoded prefix), so streamed pieces join to `text`."""
-    pieces, emitted = [], 0
-    for i in range(1, len(ids) + 1):
-        prefix = tokenizer.decode(ids[:i], skip_special_tokens=True).lstrip()
-        if prefix.endswith("\ufffd"):
-            continue  # half a multi-byte character: wait for the rest
-        end = min(len(prefix), len(text))
-        if end > emitted:
-            pieces.append(text[emitted:end])
-            emitted = end
-    if emitted < len(text):
-        pieces.append(text[emitted:])
-    return tuple(pieces)

@@ -24,6 +24,16 @@ def instruments() -> dict[str, Any]:
         _metrics["cached"] = Gauge("lorafleet_serve_adapters_loaded", "adapters loaded",
                                    multiprocess_mode="livesum")
         _metrics["tokens"] = Counter("lorafleet_serve_tokens", "tokens served", ["direction"])
-        _metrics["batch"] = Histogram("lorafleet_serve_batch_requests", "requests per engine batch",
+        _metrics["batch"] = Histogram("lorafleet_serve_batch_requests", "requests per classify forward",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        _metrics["decode_rows"] = Histogram("lorafleet_serve_decode_rows", "generation rows per decode step",
+                                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        _metrics["rows"] = Gauge("lorafleet_serve_rows_decoding", "generation rows in the decode batch",
+                                 multiprocess_mode="livesum")
+        # Continuous batching at work: requests served while a generation batch was decoding
+        # (generation rows that joined it between steps, classify forwards run between steps).
+        _metrics["joined"] = Counter("lorafleet_serve_joined", "requests served between decode steps",
+                                     ["kind"])
+        _metrics["cancelled"] = Counter("lorafleet_serve_rows_cancelled",
+                                        "generation rows dropped because their client went away")
     return _metrics

@@ -1,17 +1,20 @@
 """The inference routes, as OpenAI (chat, completions, models) and vLLM/SGLang (classify) shape them.
 
-Every route authenticates with the tenants' keys (`orchestrator.api.auth.tenant_caller`); `model`
-names one of the caller's own live adapters by its `ft:` name: another tenant's, a deleted one
-or an unknown name all answer 404 alike. Each request's tokens and device-seconds are recorded
-for its tenant (`services.inference.record_inference`).
+Generation answers as the engine decodes: a stream sends each piece of text as soon as its token
+is decoded (server-sent events, as the openai client reads them), and a stop string ends its row
+in the batch when it appears. Every route authenticates with the tenants' keys
+(`orchestrator.api.auth.tenant_caller`); `model` names one of the caller's own live adapters by
+its `ft:` name: another tenant's, a deleted one or an unknown name all answer 404 alike. Each
+request's tokens and device-seconds are recorded for its tenant (`services.inference.record_inference`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -23,10 +26,11 @@ from orchestrator.api.auth import Caller, tenant_caller
 from orchestrator.api.deps import db_session
 from orchestrator.api.errors import ApiError
 from orchestrator.errors import NotFound
+from orchestrator.registry.db import session_scope
 from orchestrator.services.base_models import base_problem, tenant_bases
 from orchestrator.services.inference import ServedAdapter, record_inference, served_adapter, served_adapters
 from orchestrator.services.model_names import parse_model_name
-from worker.serve.engine import Generated, Sampling
+from worker.serve.engine import Sampling
 from worker.serve.metrics import instruments
 from worker.serve.prompts import adapter_info
 from worker.serve.schemas import (
@@ -37,7 +41,15 @@ from worker.serve.schemas import (
     CompletionRequest,
     Decoding,
 )
-from worker.serve.server import ClassifyJob, GenerateJob, Served, Serving, base_target, is_base
+from worker.serve.server import (
+    ClassifyJob,
+    Generated,
+    GenerateJob,
+    Generation,
+    Serving,
+    base_target,
+    is_base,
+)
 
 router = APIRouter()
 MAX_STOP_CHARS = 200
@@ -86,16 +98,26 @@ async def _adapter(session: Session, model: str, caller: Caller, kinds: Sequence
     return adapter
 
 
-async def _record(request: Request, session: Session, caller: Caller, adapter: ServedAdapter, route: str,
-                  prompt_tokens: int, completion_tokens: int, served: Served) -> None:
+async def _record(request: Request, session: Session | None, caller: Caller, adapter: ServedAdapter,
+                  route: str, prompt_tokens: int, completion_tokens: int, device_seconds: float) -> None:
+    """The request's usage, for its tenant; `session` None: in a session of its own (a stream
+    ends after its request's session has closed)."""
     tokens = instruments()["tokens"]
     tokens.labels("in").inc(prompt_tokens)
     tokens.labels("out").inc(completion_tokens)
-    adapter_id = None if is_base(adapter) else adapter.id
-    await run_in_threadpool(record_inference, session, caller.tenant_id, adapter_id=adapter_id,
-                            base_model=adapter.base_model, route=route, prompt_tokens=prompt_tokens,
-                            completion_tokens=completion_tokens, device_seconds=served.device_seconds,
-                            device=serving(request).engine.device_name)
+    settings = request.app.state.settings
+    usage = {"adapter_id": None if is_base(adapter) else adapter.id, "base_model": adapter.base_model,
+             "route": route, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "device_seconds": device_seconds, "device": serving(request).engine.device_name}
+
+    def record() -> None:
+        if session is not None:
+            record_inference(session, caller.tenant_id, **usage)
+            return
+        with session_scope(settings) as own:
+            record_inference(own, caller.tenant_id, **usage)
+
+    await run_in_threadpool(record)
 
 
 def _samplings(body: Decoding, max_tokens: int | None, cap: int) -> tuple[Sampling, ...]:
@@ -115,39 +137,13 @@ def _samplings(body: Decoding, max_tokens: int | None, cap: int) -> tuple[Sampli
     return tuple(Sampling(tokens, body.temperature, body.top_p, seed) for seed in seeds)
 
 
-def _cut(result: Generated, stops: list[str]) -> tuple[str, tuple[str, ...], str]:
-    """(text, streamed pieces, finish reason) with the text ending before its first stop sequence."""
-    ends = [i for i in (result.text.find(s) for s in stops) if i >= 0]
-    if not ends:
-        return result.text, result.pieces, result.finish_reason
-    end, pieces, at = min(ends), [], 0
-    for piece in result.pieces:
-        if at >= end:
-            break
-        pieces.append(piece[:end - at])
-        at += len(piece)
-    return result.text[:end], tuple(p for p in pieces if p), "stop"
-
-
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _sse(chunks: Iterator[dict]) -> StreamingResponse:
-    def events() -> Iterator[str]:
-        for chunk in chunks:
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
-
-
-Choice = tuple[str, tuple[str, ...], str]  # text, streamed pieces, finish reason
-
-
-async def _generate(body: ChatRequest | CompletionRequest, caller: Caller, session: Session, request: Request,
-                    route: str) -> tuple[ServedAdapter, list[Choice], dict[str, int]]:
+async def _start(body: ChatRequest | CompletionRequest, caller: Caller, session: Session, request: Request,
+                 route: str) -> tuple[ServedAdapter, Generation]:
+    """The request checked, its adapter found and its rows started (a refusal raises here)."""
     max_tokens = body.max_tokens
     if isinstance(body, ChatRequest):
         max_tokens = body.max_completion_tokens or max_tokens
@@ -158,65 +154,128 @@ async def _generate(body: ChatRequest | CompletionRequest, caller: Caller, sessi
     adapter = await _adapter(session, body.model, caller, ("generation",), route, request)
     messages = tuple(m.model_dump() for m in body.messages) if isinstance(body, ChatRequest) else None
     prompt = body.prompt if isinstance(body, CompletionRequest) else None
-    job = GenerateJob(adapter, caller.tenant_slug, messages, prompt, samplings)
-    served = await serving(request).generate(job)
-    results: list[Generated] = served.outputs
-    prompt_tokens = results[0].prompt_tokens
-    completion_tokens = sum(r.completion_tokens for r in results)
-    await _record(request, session, caller, adapter, route, prompt_tokens, completion_tokens, served)
-    return adapter, [_cut(r, body.stops()) for r in results], _usage(prompt_tokens, completion_tokens)
+    job = GenerateJob(adapter, caller.tenant_slug, messages, prompt, samplings, tuple(body.stops()))
+    return adapter, await serving(request).generate(job, stream=body.stream)
+
+
+def _completed(generated: Generated) -> tuple[int, int]:
+    return generated.prompt_tokens, sum(c.completion_tokens for c in generated.choices)
+
+
+async def _answer(body: ChatRequest | CompletionRequest, caller: Caller, session: Session, request: Request,
+                  route: str) -> Generated:
+    adapter, generation = await _start(body, caller, session, request, route)
+    generated = await generation.result()
+    await _record(request, session, caller, adapter, route, *_completed(generated), generated.device_seconds)
+    return generated
+
+
+def _stream(request: Request, caller: Caller, adapter: ServedAdapter, generation: Generation, route: str,
+            chunk: Callable[[tuple], dict | None], usage_wanted: bool) -> StreamingResponse:
+    """Server-sent events, one per piece of text as the engine releases it (`chunk` shapes an
+    event as the route's object), then the usage if asked, then [DONE]. A client that goes away
+    stops the stream: its rows leave the batch, and what they generated is still recorded."""
+
+    async def events() -> AsyncIterator[str]:
+        done = False
+        try:
+            async for event in generation.events():
+                if event[0] == "done":
+                    done = True
+                    prompt, completion = _completed(event[1])
+                    await _record(request, None, caller, adapter, route, prompt, completion,
+                                  event[1].device_seconds)
+                    if usage_wanted:
+                        yield _sse({**chunk(("usage",)), "choices": [], "usage": _usage(prompt, completion)})
+                    break
+                shaped = chunk(event)
+                if shaped is not None:
+                    yield _sse(shaped)
+            yield "data: [DONE]\n\n"
+        finally:
+            if not done:
+                serving(request).cancel(generation)
+                _in_background(request, _record_when_done(request, caller, adapter, route, generation))
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def _sse(chunk: dict) -> str:
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def _in_background(request: Request, coroutine) -> None:
+    tasks: set = request.app.state.background  # held: the loop keeps only weak references to tasks
+    task = asyncio.get_running_loop().create_task(coroutine)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _record_when_done(request: Request, caller: Caller, adapter: ServedAdapter, route: str,
+                            generation: Generation) -> None:
+    try:
+        generated = await generation.result()
+    except Exception:  # the server stopped: nothing more to record
+        return
+    await _record(request, None, caller, adapter, route, *_completed(generated), generated.device_seconds)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request, caller: Caller = Depends(tenant_caller),
                            session: Session = Depends(db_session)) -> Any:
     """A chat completion from one of your adapters (`model`: its `ft:` name)."""
-    _, choices, usage = await _generate(body, caller, session, request, "chat.completions")
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model}
     if not body.stream:
+        generated = await _answer(body, caller, session, request, "chat.completions")
         return {"id": ident, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": text},
-                             "finish_reason": reason, "logprobs": None}
-                            for i, (text, _, reason) in enumerate(choices)],
-                "usage": usage}
+                "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
+                             "finish_reason": c.finish_reason, "logprobs": None}
+                            for i, c in enumerate(generated.choices)],
+                "usage": _usage(*_completed(generated))}
+    adapter, generation = await _start(body, caller, session, request, "chat.completions")
+    spoken: set[int] = set()  # choices whose first chunk (the role) went out
 
-    def chunks() -> Iterator[dict]:
-        base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model}
-        for i, (_, pieces, reason) in enumerate(choices):
-            yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}]}
-            for piece in pieces:
-                yield {**base, "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": None}]}
-            yield {**base, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]}
-        if body.stream_options is not None and body.stream_options.include_usage:
-            yield {**base, "choices": [], "usage": usage}
+    def chunk(event: tuple) -> dict | None:
+        if event[0] == "usage":
+            return base
+        index = event[1]
+        delta: dict[str, Any] = {} if index in spoken else {"role": "assistant"}
+        spoken.add(index)
+        if event[0] == "text":
+            return {**base, "choices": [{"index": index, "delta": {**delta, "content": event[2]},
+                                         "finish_reason": None, "logprobs": None}]}
+        return {**base, "choices": [{"index": index, "delta": delta, "finish_reason": event[2],
+                                     "logprobs": None}]}
 
-    return _sse(chunks())
+    usage_wanted = body.stream_options is not None and body.stream_options.include_usage
+    return _stream(request, caller, adapter, generation, "chat.completions", chunk, usage_wanted)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, caller: Caller = Depends(tenant_caller),
                       session: Session = Depends(db_session)) -> Any:
     """A completion of `prompt` (through the adapter's prompt template) from one of your adapters."""
-    _, choices, usage = await _generate(body, caller, session, request, "completions")
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    base = {"id": ident, "object": "text_completion", "created": created, "model": body.model}
     if not body.stream:
+        generated = await _answer(body, caller, session, request, "completions")
         return {"id": ident, "object": "text_completion", "created": created, "model": body.model,
-                "choices": [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
-                            for i, (text, _, reason) in enumerate(choices)],
-                "usage": usage}
+                "choices": [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                            for i, c in enumerate(generated.choices)],
+                "usage": _usage(*_completed(generated))}
+    adapter, generation = await _start(body, caller, session, request, "completions")
 
-    def chunks() -> Iterator[dict]:
-        base = {"id": ident, "object": "text_completion", "created": created, "model": body.model}
-        for i, (_, pieces, reason) in enumerate(choices):
-            for piece in pieces:
-                choice = {"index": i, "text": piece, "finish_reason": None, "logprobs": None}
-                yield {**base, "choices": [choice]}
-            yield {**base, "choices": [{"index": i, "text": "", "finish_reason": reason, "logprobs": None}]}
-        if body.stream_options is not None and body.stream_options.include_usage:
-            yield {**base, "choices": [], "usage": usage}
+    def chunk(event: tuple) -> dict | None:
+        if event[0] == "usage":
+            return base
+        text, reason = (event[2], None) if event[0] == "text" else ("", event[2])
+        return {**base, "choices": [{"index": event[1], "text": text, "finish_reason": reason,
+                                     "logprobs": None}]}
 
-    return _sse(chunks())
+    usage_wanted = body.stream_options is not None and body.stream_options.include_usage
+    return _stream(request, caller, adapter, generation, "completions", chunk, usage_wanted)
 
 
 @router.post("/v1/classify")
@@ -233,7 +292,7 @@ async def classify(body: ClassifyRequest, request: Request, caller: Caller = Dep
     adapter = await _adapter(session, body.model, caller, kinds, "/v1/classify", request)
     served = await serving(request).classify(ClassifyJob(adapter, caller.tenant_slug, tuple(texts)))
     tokens = sum(r.tokens for r in served.outputs)
-    await _record(request, session, caller, adapter, "classify", tokens, 0, served)
+    await _record(request, session, caller, adapter, "classify", tokens, 0, served.device_seconds)
     data = []
     for i, r in enumerate(served.outputs):
         row: dict[str, Any] = {"index": i, "label": r.label, "label_index": r.label_index,
