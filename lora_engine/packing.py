@@ -62,7 +62,7 @@ def refusal(*, method: str, arch: str | None, kind: str, evaluates: bool = False
     if devices > 1:
         return f"a job across {devices} devices cannot be packed (a pack runs on one): it trains alone"
     if quantize is not None:
-        return (f"a job on a {quantize}-quantised base cannot be packed (a pack shares one base in full "
+        return (f"a job on an {quantize}-quantised base cannot be packed (a pack shares one base in full "
                 "precision): it trains alone")
     return None
 

@@ -297,26 +297,29 @@ def _cross_field_problems(v: dict[str, Any], reported: set[str]) -> list[str]:
         if problem:
             problems.append(problem)
     if v.get("quantize") is not None and "quantize" not in reported and not trains_nothing:
-        problems += quantize_problems(v.get("quantize"), entry, task, base)
+        problems += quantize_problems(v.get("quantize"), entry, task, base, v.get("devices", 1))
     init_from = v.get("init_from")
     if isinstance(init_from, str) and not (Path(init_from) / "adapter_config.json").is_file():
         problems.append(f"init_from: {init_from!r} is not an adapter folder (no adapter_config.json)")
     return problems
 
 
-def quantize_problems(quantize: str, entry: Any, task: Any, base: Any) -> list[str]:
+def quantize_problems(quantize: str, entry: Any, task: Any, base: Any, devices: Any = 1) -> list[str]:
     """Why a spec with `quantize` cannot run (none: it can): QLoRA trains a plain adapter over a
-    frozen Llama-family causal LM (`QUANTIZABLE_ARCHS`), so the method, the task and the base
-    must all allow it."""
+    frozen Llama-family causal LM (`QUANTIZABLE_ARCHS`) on one CUDA device, so the method, the
+    task, the base and the device count must all allow it."""
     problems = []
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1:
+        # Each rank would hold its own 4-bit base: plausible, but never run here (no GPU to check).
+        problems.append(f"quantize: an {quantize} job trains on one device (got devices: {devices})")
     if entry is not None and (not entry.adapter or entry.changes_base):
         allowed = ", ".join(n for n, m in BY_NAME.items() if quantizable_method(m))
         problems.append(f"quantize: method {entry.name!r} trains the base weights themselves, which a "
                         f"{quantize}-quantised base cannot; quantize is for adapter methods ({allowed})")
     elif entry is not None and entry.variant is not None:
-        allowed = ", ".join(n for n, m in BY_NAME.items() if quantizable_method(m))
+        allowed = " or ".join(n for n, m in BY_NAME.items() if quantizable_method(m))
         problems.append(f"quantize: method {entry.name!r} rescales by the norm of the whole weight every "
-                        f"step, which a {quantize} base holds only quantised; use {allowed} with quantize")
+                        f"step, which an {quantize} base holds only quantised; use {allowed} with quantize")
     if task in TASKS and not TASKS[task].is_generation:
         problems.append(f"quantize: task {task!r} trains a {TASKS[task].kind} head; quantize is for "
                         "generation tasks (a causal LM whose every linear layer but the output is quantised)")

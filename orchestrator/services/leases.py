@@ -162,7 +162,7 @@ def unclaimable_reason(session: Session, job_id: str, devices: int = 1, device_k
     if job.devices > devices:
         return f"job {job_id} needs {job.devices} devices; this worker owns {devices}"
     if job.quantize is not None and device_kind != "cuda":
-        return (f"job {job_id} trains on a {job.quantize}-quantised base, which needs a CUDA worker; "
+        return (f"job {job_id} trains on an {job.quantize}-quantised base, which needs a CUDA worker; "
                 f"this worker's device is {device_kind}")
     if repo.is_claimable(session, job_id, devices, device_kind):
         return f"job {job_id} is queued and claimable"

@@ -40,7 +40,7 @@ def test_a_cpu_worker_never_claims_an_nf4_job_and_status_says_why(registry_setti
     presence.register()
     result = run_job(job_id, worker_id=presence.id, settings=settings, cache=None)
     assert result.outcome == "skipped"
-    assert result.detail == (f"job {job_id} trains on a nf4-quantised base, which needs a CUDA worker; "
+    assert result.detail == (f"job {job_id} trains on an nf4-quantised base, which needs a CUDA worker; "
                              "this worker's device is cpu")
     with session_scope(settings) as s:
         assert (s.get(Job, job_id).state, s.get(Job, job_id).attempts) == ("queued", 0)
@@ -68,6 +68,7 @@ def test_a_cpu_worker_never_claims_an_nf4_job_and_status_says_why(registry_setti
     ({"task": "sst2", "base_model": "tiny-llama"}, "quantize: task 'sst2' trains a classification head"),
     ({"base_model": "tiny-gpt2"}, "quantize: base model 'tiny-gpt2' is a gpt2 model; nf4 is for Llama"),
     ({"quantize": "int8"}, "quantize: Input should be 'nf4'"),
+    ({"devices": 2}, "quantize: an nf4 job trains on one device (got devices: 2)"),
 ])
 def test_quantize_is_checked_at_the_door(change, says):
     with pytest.raises(SpecError) as err:
@@ -83,5 +84,5 @@ def test_what_quantize_allows():
         validate_spec({"task": "e2e", "method": "none", "base_model": "tiny-llama", "quantize": "nf4"})
     assert "quantize: not used by method 'none'" in " ".join(err.value.problems)
     assert refusal(method="lora", arch="llama", kind="generation", quantize="nf4") == (
-        "a job on a nf4-quantised base cannot be packed (a pack shares one base in full precision): "
+        "a job on an nf4-quantised base cannot be packed (a pack shares one base in full precision): "
         "it trains alone")
