@@ -205,9 +205,11 @@ class LoRALinear(nn.Module):
         if self.variant is not None:
             return self.variant.update(self, x, result)
         xd = self.lora_dropout(x) if self._has_dropout else x
-        if self._quantized:  # the 4-bit layer answers in the input's dtype; the adapter is fp32
-            xd = xd.to(self.lora_A.weight.dtype)
-            result = result.to(torch.promote_types(result.dtype, self.lora_A.weight.dtype))
+        if self._quantized:
+            # As PEFT's 4-bit LoRA layer: the update in the adapter's dtype (fp32; under autocast,
+            # the autocast dtype), added in the dtype the base output and the residual stream have.
+            a, b = self.lora_A.weight, self.lora_B.weight
+            return result + (F.linear(F.linear(xd.to(a.dtype), a), b) * self.scaling).to(result.dtype)
         h = F.linear(xd, self.lora_A.weight)
         out = torch.addmm(result.reshape(-1, self.out_features), h.reshape(-1, self.r),
                           self.lora_B.weight.t(), alpha=self.scaling)

@@ -51,7 +51,7 @@ def quantized_load_kwargs(quantize: str, device: torch.device) -> dict[str, Any]
     quantises as the weights reach the device, so they are placed there at load, not moved after).
     The layers left unquantised (embeddings, norms, the output layer) load in bf16 on CUDA, where
     the run computes in bf16, and in fp32 on the CPU, where it computes in fp32."""
-    return {"quantization_config": bnb_config(quantize), "device_map": {"": device},
+    return {"quantization_config": bnb_config(quantize), "device_map": {"": str(device)},
             "dtype": torch.bfloat16 if device.type == "cuda" else torch.float32}
 
 
