@@ -1,7 +1,7 @@
 """qlora: jobs.quantize (the quantisation a job's base loads with, "nf4"; NULL: full precision)
 
 Revision ID: 2026_12_09_qlora
-Revises: 2026_12_08_devices
+Revises: 2026_12_08_merges
 Create Date: 2026-12-09 09:00:00+00:00
 
 A job with `quantize: nf4` trains on a 4-bit base through bitsandbytes and is claimed only by a
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "2026_12_09_qlora"
-down_revision: str | None = "2026_12_08_devices"
+down_revision: str | None = "2026_12_08_merges"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
