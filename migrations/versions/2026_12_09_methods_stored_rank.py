@@ -1,8 +1,8 @@
 """methods: an adapter's stored rank beside the rank it was trained at
 
-Revision ID: 2026_12_08_stored_rank
-Revises: 2026_12_08_merges
-Create Date: 2026-12-08 18:00:00+00:00
+Revision ID: 2026_12_09_stored_rank
+Revises: 2026_12_09_qlora
+Create Date: 2026-12-09 18:00:00+00:00
 
 PiSSA and OLoRA train rank r on a residual base and store the update as a plain LoRA of rank 2r
 on the untouched base (lora_engine/methods.py): `adapters.rank` stays the trained rank (the job's)
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "2026_12_08_stored_rank"
-down_revision: str | None = "2026_12_08_merges"
+revision: str = "2026_12_09_stored_rank"
+down_revision: str | None = "2026_12_09_qlora"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
