@@ -72,7 +72,8 @@ def run_job(
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
     with session_scope(settings) as session:
-        job = claim_next(session, worker_id, settings.lease_seconds, devices=settings.worker_devices)
+        job = claim_next(session, worker_id, settings.lease_seconds, devices=settings.worker_devices,
+                         message=job_id)
         if job is None:
             reason = unclaimable_reason(session, job_id, settings.worker_devices)
             log.info("nothing to claim for message %s: %s", job_id, reason)
