@@ -1,7 +1,7 @@
 """Serving many adapters from one resident base: mixed-adapter batches vs one adapter at a time.
 
-20 adapters (LoRA r=8 on the default targets, tensors perturbed so that every adapter answers
-differently) of one base, and a stream of requests each naming a random adapter, arriving in
+20 adapters (LoRA r=8 on the default targets, A, B and head perturbed so that every adapter
+answers differently) of one base, and a stream of requests each naming a random adapter, arriving in
 waves of `--clients` (the concurrent clients). Two servers in one process, on the same requests:
 
   (a) mixed: `lora_engine.serving.ServedBase` with the 20 adapters resident; a wave is one
@@ -11,10 +11,14 @@ waves of `--clients` (the concurrent clients). Two servers in one process, on th
       swapped in (`adapters.io.swap_adapter`, tensors already in memory) and the request runs
       alone (`classification_logits`, or `generate_ids`: Hugging Face's KV-cached greedy decode).
 
-Reported per server: requests/s, generated tokens/s, latency p50/p99 (from the wave's arrival to
-the request's answer); the ratio (a)/(b); the process's RSS with the base alone and with the 20
-adapters resident against the adapters' bytes; a cold adapter's first request (read, checked,
-loaded, answered) against a warm one's. Greedy decoding: both servers generate the same tokens.
+The two servers take the waves in turn (wave 1: a then b, wave 2: b then a, ...), so on a shared
+machine whose load moves both meet the same load. Reported per server: requests/s, generated
+tokens/s, latency p50/p99 (from the wave's arrival to the request's answer), requests per CPU
+second of the process (steadier than the wall clock on a loaded machine), and for (b) the share of
+its time spent swapping; the ratios (a)/(b) by wall clock and by CPU; the process's RSS with the
+base alone and with the 20 adapters resident against the adapters' bytes; a cold adapter's first
+request (read, checked, loaded, answered) against a warm one's. Greedy decoding: both servers
+generate the same tokens.
 
 usage: nice -n 10 python bench/bench_serve_engine.py [--kind classification|generation]
            [--model minilm-l6 | smollm2-135m | tiny-bert ...] [--adapters 20] [--requests 128]
@@ -25,8 +29,8 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import os
 import random
 import statistics
 import sys
@@ -60,21 +64,24 @@ def rss_bytes() -> int:
 
 
 def make_adapters(root: Path, model_name: str, kind: str, count: int) -> list[Path]:
-    base, _ = load_base_model(model_name, kind, 2 if kind == "classification" else None)
+    """`count` adapters of one shape: one injected model, its LoRA tensors (A and B) and head set
+    to their initial values plus a seeded perturbation before each save (no copy of the base)."""
+    model, _ = load_base_model(model_name, kind, 2 if kind == "classification" else None)
+    settings = LoraSettings(rank=8)
+    inject_lora(model, settings)
+    own = {name: p for name, p in model.named_parameters()
+           if "lora_" in name or name.startswith("classifier")}
+    initial = {name: p.detach().clone() for name, p in own.items()}
+    labels = ("negative", "positive") if kind == "classification" else ()
+    meta = AdapterMeta(base_model=model_name, kind=kind, num_labels=2 if labels else None,
+                       label_names=labels, max_length=64 if labels else None,
+                       prompt_template=None if labels else "{prompt}")
     folders = []
     for i in range(count):
-        model = copy.deepcopy(base)
-        settings = LoraSettings(rank=8)
-        inject_lora(model, settings)
         gen = torch.Generator().manual_seed(i)
         with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name or name.startswith("classifier"):
-                    p.add_(0.02 * torch.randn(p.shape, generator=gen))
-        labels = ("negative", "positive") if kind == "classification" else ()
-        meta = AdapterMeta(base_model=model_name, kind=kind, num_labels=2 if labels else None,
-                           label_names=labels, max_length=64 if labels else None,
-                           prompt_template=None if labels else "{prompt}")
+            for name, p in own.items():
+                p.copy_(initial[name] + 0.02 * torch.randn(p.shape, generator=gen))
         folders.append(save_adapter(model, root / f"a{i}", base_model_name=model_name, settings=settings,
                                     task_type=kind, meta=meta))
     return folders
@@ -91,48 +98,68 @@ def waves(requests: list, size: int):
         yield requests[start:start + size]
 
 
-def run_mixed(served: ServedBase, requests, clients: int, kind: str, max_tokens: int) -> dict:
-    latencies, tokens = [], 0
-    t0 = time.perf_counter()
-    for wave in waves(requests, clients):
-        arrival = time.perf_counter()
+class Tally:
+    """One server's clock: wall and process CPU seconds over its waves, latencies, tokens."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self.latencies: list[float] = []
+        self.tokens = self.requests = 0
+        self.swap_s = 0.0  # (b) only: time spent swapping adapters in
+
+    def run(self, serve_wave, wave) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.tokens += serve_wave(wave, wall, self)
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+        self.requests += len(wave)
+
+    def summary(self) -> dict:
+        return {"requests_per_s": self.requests / self.wall, "tokens_per_s": self.tokens / self.wall,
+                "requests_per_cpu_s": self.requests / self.cpu, **percentiles(self.latencies),
+                **({"swap_share": self.swap_s / self.wall} if self.swap_s else {})}
+
+
+def mixed_server(served: ServedBase, kind: str, max_tokens: int):
+    """(a): a wave is one `classify` call, or rows started together and decoded in one batch."""
+    def serve_wave(wave, arrival: float, tally: Tally) -> int:
         if kind == "classification":
             served.classify(wave)
-            latencies += [time.perf_counter() - arrival] * len(wave)
-            continue
+            tally.latencies += [time.perf_counter() - arrival] * len(wave)
+            return 0
+        tokens = 0
         handles = {served.start(key, ids, Sampling(max_tokens=max_tokens)) for key, ids in wave}
         while served.active:
             for handle, token in served.step().items():
                 tokens += token.reason != "stop"
                 if token.finished and handle in handles:
-                    latencies.append(time.perf_counter() - arrival)
-    elapsed = time.perf_counter() - t0
-    return {"requests_per_s": len(requests) / elapsed, "tokens_per_s": tokens / elapsed,
-            **percentiles(latencies)}
+                    tally.latencies.append(time.perf_counter() - arrival)
+        return tokens
+    return serve_wave
 
 
-def run_swap(model, tokenizer, files: dict, requests, clients: int, kind: str, max_tokens: int) -> dict:
+def swap_server(model, tokenizer, files: dict, kind: str, max_tokens: int):
+    """(b): per request, its adapter swapped in, then the request alone."""
     device = pick_device("cpu")
     settings = DecodeSettings(num_beams=1, length_penalty=1.0, no_repeat_ngram_size=0,
                               max_new_tokens=max_tokens)
-    latencies, tokens = [], 0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for wave in waves(requests, clients):
-            arrival = time.perf_counter()
-            for key, item in wave:
-                if not swap_adapter(model, files[key]):
-                    raise RuntimeError("the bench's adapters all have one shape: swap must succeed")
-                if kind == "classification":
-                    enc = tokenizer(item, truncation=True, max_length=64, return_tensors="pt")
-                    classification_logits(model, dict(enc))
-                else:
-                    tokens += len(generate_ids(model, [item], tokenizer=tokenizer, device=device,
-                                               settings=settings)[0])
-                latencies.append(time.perf_counter() - arrival)
-    elapsed = time.perf_counter() - t0
-    return {"requests_per_s": len(requests) / elapsed, "tokens_per_s": tokens / elapsed,
-            **percentiles(latencies)}
+
+    def serve_wave(wave, arrival: float, tally: Tally) -> int:
+        tokens = 0
+        for key, item in wave:
+            t = time.perf_counter()
+            if not swap_adapter(model, files[key]):
+                raise RuntimeError("the bench's adapters all have one shape: swap must succeed")
+            tally.swap_s += time.perf_counter() - t
+            if kind == "classification":
+                enc = tokenizer(item, truncation=True, max_length=64, return_tensors="pt")
+                classification_logits(model, dict(enc))
+            else:
+                tokens += len(generate_ids(model, [item], tokenizer=tokenizer, device=device,
+                                           settings=settings)[0])
+            tally.latencies.append(time.perf_counter() - arrival)
+        return tokens
+    return serve_wave
 
 
 def main() -> None:
@@ -146,56 +173,63 @@ def main() -> None:
     args = parser.parse_args()
     kind = args.kind
     model_name = args.model or ("minilm-l6" if kind == "classification" else "smollm2-135m")
-    torch.set_grad_enabled(False)
     texts = [e.text for e in load_examples("sst2", "validation", data_dir=DEFAULT_DATA, limit=256)]
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         folders = make_adapters(Path(tmp), model_name, kind, args.adapters)
         progress(f"{args.adapters} adapters written")
         keys = [f"a{i}" for i in range(args.adapters)]
         rng = random.Random(0)
         served = ServedBase.load(model_name, kind, pick_device("cpu"))
+        mixed = mixed_server(served, kind, args.max_tokens)
         if kind == "classification":
             requests = [(rng.choice(keys), rng.choice(texts)) for _ in range(args.requests)]
-            served.classify([(None, t) for t in texts[:args.clients]])  # warm the allocator
+            mixed([(None, t) for t in texts[:args.clients]], time.perf_counter(), Tally())  # warm up
         else:
             prompts = [encode_prompts(served.tokenizer, [f"Review: {t}\nSentiment:"])[0] for t in texts]
             requests = [(rng.choice(keys), rng.choice(prompts)) for _ in range(args.requests)]
-            run_mixed(served, [(None, p) for p in prompts[:args.clients]], args.clients, kind, 2)
+            mixed_server(served, kind, 2)([(None, p) for p in prompts[:args.clients]], time.perf_counter(),
+                                          Tally())
         rss_base = rss_bytes()
 
+        probe = [(keys[0], requests[0][1])]
         t = time.perf_counter()
         cold_bytes = served.add_adapter(keys[0], folders[0])
-        probe = [(keys[0], requests[0][1])]
-        run_mixed(served, probe, 1, kind, args.max_tokens)
+        mixed(probe, t, Tally())
         cold_s = time.perf_counter() - t
         t = time.perf_counter()
-        run_mixed(served, probe, 1, kind, args.max_tokens)
+        mixed(probe, t, Tally())
         warm_s = time.perf_counter() - t
 
         adapter_bytes = cold_bytes + sum(served.add_adapter(k, f) for k, f in zip(keys[1:], folders[1:],
                                                                                   strict=True))
-        run_mixed(served, requests[:args.clients], args.clients, kind, args.max_tokens)  # warm-up
+        mixed(requests[:args.clients], time.perf_counter(), Tally())  # warm-up
         rss_loaded = rss_bytes()
-        progress("mixed: warm")
-        mixed = run_mixed(served, requests, args.clients, kind, args.max_tokens)
-        progress(f"mixed: {mixed}")
-        del served
 
         model, tokenizer = load_base_model(model_name, kind, 2 if kind == "classification" else None)
         files = {k: read_adapter_files(f) for k, f in zip(keys, folders, strict=True)}
         load_adapter(model, files[keys[0]])
         model.eval()
-        run_swap(model, tokenizer, files, requests[:4], args.clients, kind, args.max_tokens)  # warm-up
-        progress("swap: warm")
-        swap = run_swap(model, tokenizer, files, requests, args.clients, kind, args.max_tokens)
+        swap = swap_server(model, tokenizer, files, kind, args.max_tokens)
+        swap(requests[:4], time.perf_counter(), Tally())  # warm-up
+        progress("both servers warm")
+        # Wave by wave, each server in turn (the first alternating): both meet the same load.
+        tallies = {"mixed": Tally(), "swap": Tally()}
+        for i, wave in enumerate(waves(requests, args.clients)):
+            turns = [("mixed", mixed), ("swap", swap)]
+            for name, server in (turns if i % 2 == 0 else turns[::-1]):
+                tallies[name].run(server, wave)
+        mixed_out, swap_out = tallies["mixed"].summary(), tallies["swap"].summary()
+        progress(f"mixed: {mixed_out}; swap: {swap_out}")
 
     print(json.dumps({
         "kind": kind, "model": model_name, "adapters": args.adapters, "requests": args.requests,
         "clients": args.clients, "max_tokens": args.max_tokens if kind == "generation" else None,
         "threads": torch.get_num_threads(),
-        "mixed": mixed, "swap": swap,
-        "throughput_ratio": mixed["requests_per_s"] / swap["requests_per_s"],
+        "load_average": os.getloadavg()[0],
+        "mixed": mixed_out, "swap": swap_out,
+        "throughput_ratio": mixed_out["requests_per_s"] / swap_out["requests_per_s"],
+        "cpu_throughput_ratio": mixed_out["requests_per_cpu_s"] / swap_out["requests_per_cpu_s"],
         "rss_base_mb": rss_base / 2**20, "rss_loaded_mb": rss_loaded / 2**20,
         "adapters_mb": adapter_bytes / 2**20,
         "rss_growth_over_adapter_bytes": (rss_loaded - rss_base) / adapter_bytes,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 # each in a fresh interpreter, and checks that the orchestrator's imports of the engine are here).
 TORCH_FREE = (
     "lora_engine",
+    "lora_engine.adapter_merging",
     "lora_engine.adapters",
     "lora_engine.adapters.check",
     "lora_engine.adapters.digest",

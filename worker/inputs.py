@@ -17,6 +17,8 @@ registry's columns say what they are, and nothing guesses whether a string is an
 | base_model spelled as a folder  | the folder, confined and walked again by `orchestrator.paths` |
 |                                 |   with this worker's own roots and caps                        |
 | reevaluate: each listed adapter | its folder by id, sha256 checked (one that fails is skipped)   |
+| merge: each parent              | its folder by id, sha256 checked, the job's tenant's (one that |
+|                                 |   fails fails the job: a merge without a parent is another one) |
 
 A folder swapped for symlinks (into another tenant's artifacts, onto /etc) since the submission is
 refused here, before anything in it is opened: the job's own input, so it fails with the reason
@@ -95,6 +97,25 @@ def _listed_adapters(session: Any, listed: list[dict[str, Any]], tenant_id: str)
     return out
 
 
+def _merge_parents(session: Any, parents: list[dict[str, Any]], tenant_id: str) -> list[dict[str, Any]]:
+    """A merge job's parents with their verified folders; AdapterError for one that is gone,
+    changed or not the job's tenant's."""
+    from lora_engine.errors import AdapterError
+    from orchestrator.errors import NotFound
+    from orchestrator.services.adapters import verified_adapter
+
+    out = []
+    for item in parents:
+        try:
+            row = verified_adapter(session, item["id"])
+            if row.tenant_id != tenant_id:
+                raise NotFound(f"no adapter {item['id']!r} of this job's tenant")
+        except NotFound as exc:
+            raise AdapterError(f"parent adapter {item['id']}: {exc}") from None
+        out.append({**item, "path": row.path})
+    return out
+
+
 def with_validation(train: Path, validation: Path, folder: Path) -> Path:
     """`folder/data.jsonl` (a copy of `train`) beside `folder/data.validation.jsonl` (of
     `validation`): the engine's custom data reads a `.validation.jsonl` sibling as the split it
@@ -149,4 +170,6 @@ def resolve_inputs(settings: Settings, inputs: JobInputs, spec: dict[str, Any],
             out["init_from"] = verified_adapter(session, inputs.init_from_adapter_id).path
         if inputs.kind == "reevaluate" and isinstance(spec.get("adapters"), list):
             out["adapters"] = _listed_adapters(session, spec["adapters"], inputs.tenant_id)
+        if inputs.kind == "merge" and isinstance(spec.get("parents"), list):
+            out["parents"] = _merge_parents(session, spec["parents"], inputs.tenant_id)
     return out

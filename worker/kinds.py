@@ -9,12 +9,14 @@ from __future__ import annotations
 from lora_engine.errors import LoraFleetInputError
 from worker.evaluation import run_reevaluation, run_untuned_evaluation
 from worker.executor import Executor
+from worker.merging import run_merge
 from worker.train import run_training
 
 EXECUTORS: dict[str, Executor] = {
     "train": run_training,
     "evaluate": run_untuned_evaluation,
     "reevaluate": run_reevaluation,
+    "merge": run_merge,
 }
 
 

@@ -14,14 +14,16 @@ adapters: the rows are ordered by adapter so that each adapter's rows are one co
 every routed layer's input (`packed.routing.Routing`), and each range goes through its adapter.
 
 Classification (BERT / RoBERTa) runs the project's padding-free encoder (forward/encoder.py) on
-the rows' real tokens, then each row is pooled as its adapter was trained to be ([CLS] or mean)
-and read by its adapter's own head (`classifier`, and BERT's pooler when the adapter saves it).
+the rows' real tokens (attention by length buckets: attention.py; the last layer on first tokens
+only unless a row's adapter mean-pools), then each row is pooled as its adapter was trained to be
+([CLS] or mean) and read by its adapter's own head (`classifier`, and BERT's pooler when the
+adapter saves it).
 
 Generation keeps one KV cache for the batch. Rows are left-padded and carry explicit position ids,
 so a row's positions (GPT-2's learned positions, Llama's rotary angles) are those it has alone and
-the padding is masked out of attention. A row that joins is prefilled (with the other newcomers),
-its cache left-padded to the batch's length or the batch's to its, and merged in; a row that ends
-leaves the cache. So a row's logits at every step are the ones it gets alone, up to float
+the padding is masked out of attention. A row that joins is prefilled (with the other newcomers of
+similar length), its cache left-padded to the batch's length or the batch's to its, and merged in;
+a row that ends leaves the cache. So a row's logits at every step are the ones it gets alone, up to float
 rounding (tests/unit/test_serving_engine.py checks 1e-5 in fp32, joins and early finishes
 included), and its tokens depend only on those logits and its own seed (sampling.py).
 
@@ -46,6 +48,7 @@ from lora_engine.inject import set_module
 from lora_engine.model_ref import alias_of
 from lora_engine.packed.routing import Routing
 from lora_engine.serving.adapter import ServedAdapter, read_served_adapter
+from lora_engine.serving.attention import LengthBuckets, cut_by_length
 from lora_engine.serving.layer import ServedLinear
 from lora_engine.serving.sampling import GREEDY, Sampling, next_token, row_generator, stops_of
 
@@ -190,22 +193,23 @@ class ServedBase:
             token_counts.append(sum(lengths[start:start + n]))
             start += n
         hidden, packing, first = encoder.embed(self.model, inputs)
-        self.routing.set([k for k, _ in groups], token_counts)
+        # The last layer computes every token only when some row's head reads the mean of them.
+        means_needed = any(self.adapters[k].meta.pooling == "mean" for k, _ in groups if k != BARE)
+        self.routing.set([k for k, _ in groups], token_counts, [n for _, n in groups])
         try:
-            states = encoder.encode(self.model, hidden, packing, None)  # every token: any pooling
+            states = encoder.encode(self.model, hidden, LengthBuckets(lengths, hidden.device, hidden.dtype),
+                                    None if means_needed else first)
         finally:
             self.routing.clear()
-        means = None
+        means = packing.row_means(states) if means_needed else None
+        firsts = states.index_select(0, first) if means_needed else states  # (rows, hidden)
         results: list[ClassifyResult | None] = [None] * len(items)
         start = 0
         for key, n in groups:
             rows = torch.arange(start, start + n, device=states.device)
             adapter = self.adapters.get(key)
-            if adapter is not None and adapter.meta.pooling == "mean":
-                means = packing.row_means(states) if means is None else means
-                pooled = means.index_select(0, rows)
-            else:
-                pooled = states.index_select(0, first.index_select(0, rows))
+            mean = adapter is not None and adapter.meta.pooling == "mean"
+            pooled = (means if mean else firsts).index_select(0, rows)
             heads = adapter.heads if adapter is not None else {}
             logits = encoder.head_logits(self.model, pooled, classifier=heads.get("classifier"),
                                          pooler=heads.get(f"{self.model.base_model_prefix}.pooler")).float()
@@ -325,9 +329,16 @@ class ServedBase:
         self._keep([i for i, r in enumerate(self._rows) if r.handle not in out or not out[r.handle].finished])
 
     def _prefill(self, out: dict[int, Token]) -> None:
+        """The waiting rows' prompts, in buckets of similar length (each left-padded only to its own
+        longest: 32 prompts of 9-64 tokens padded to 64 were 2.5x the real tokens, and prefill is
+        compute), each bucket merged into the batch."""
+        pending, self._pending = self._pending, []
+        for bucket in cut_by_length([len(r.prompt) for r in pending]):
+            self._prefill_rows([pending[i] for i in bucket], out)
+
+    def _prefill_rows(self, rows: list[Row], out: dict[int, Token]) -> None:
         dev = self.device.device
-        rows = sorted(self._pending, key=lambda r: r.key)
-        self._pending = []
+        rows = sorted(rows, key=lambda r: r.key)
         width = max(len(r.prompt) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.api import files, fine_tuning, models, webhooks
+from orchestrator.api import files, fine_tuning, merges, models, webhooks
 from orchestrator.api.auth import tenant_caller
 from orchestrator.api.body_limit import BodyLimit
 from orchestrator.api.errors import error_body, install_handlers, log
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     # One line per resource module: app.include_router(<module>.router)
     app.include_router(fine_tuning.router)
+    app.include_router(merges.router)
     app.include_router(files.router)
     app.include_router(models.router)
     app.include_router(webhooks.router)

@@ -1,4 +1,4 @@
-"""`lorafleet adapter …`: list, show, export, delete, and predict with trained adapters."""
+"""`lorafleet adapter …`: list, show, export, delete, merge, and predict with trained adapters."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from lora_engine.adapter_merging import HOWS as MERGE_HOWS
 from orchestrator.cli.helpers import (
     CliError,
     Column,
@@ -18,7 +19,7 @@ from orchestrator.cli.helpers import (
     status,
     wide_option,
 )
-from orchestrator.cli.output import echo
+from orchestrator.cli.output import echo, short_id
 from orchestrator.text import printable
 
 ADAPTER_COLUMNS = (
@@ -32,13 +33,15 @@ ADAPTER_COLUMNS = (
     Column("created_at", "age", justify="right"),
     Column("job_id", "job", wide_only=True),
     Column("parent_adapter_id", "parent", wide_only=True),
+    Column("parents", "merged from", lambda v, wide: ",".join(short_id(p, wide) for p in v) or "-",
+           wide_only=True),
 )
 
 
 def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
     """The adapter's view; `verified`: only if its files still match the registry's sha256."""
     from lora_engine.errors import AdapterError
-    from orchestrator.services.adapters import get_adapter, model_names_of, verified_adapter
+    from orchestrator.services.adapters import get_adapter, model_names_of, parents_of, verified_adapter
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
@@ -46,7 +49,7 @@ def _adapter(adapter_id: str, *, verified: bool = False) -> dict[str, Any]:
             row = verified_adapter(session, adapter_id) if verified else get_adapter(session, adapter_id)
         except AdapterError as exc:
             raise CliError(f"adapter {adapter_id}: {exc}") from None
-        return adapter_dict(row, model_names_of(session, [row])[row.id])
+        return adapter_dict(row, model_names_of(session, [row])[row.id], parents_of(session, [row])[row.id])
 
 
 @click.group()
@@ -62,13 +65,13 @@ def adapter() -> None:
 @json_option
 def list_(tenant: str | None, task: str | None, base_model: str | None, wide: bool, as_json: bool) -> None:
     """List live adapters, oldest first."""
-    from orchestrator.services.adapters import list_adapters, model_names_of
+    from orchestrator.services.adapters import list_adapters, model_names_of, parents_of
     from orchestrator.services.views import adapter_dict
 
     with open_session() as session:
         rows = list_adapters(session, tenant=tenant, task=task, base_model=base_model)
-        names = model_names_of(session, rows)
-        views = [adapter_dict(a, names[a.id]) for a in rows]
+        names, parents = model_names_of(session, rows), parents_of(session, rows)
+        views = [adapter_dict(a, names[a.id], parents[a.id]) for a in rows]
     emit(views, as_json, lambda v: print_table(v, ADAPTER_COLUMNS, wide=wide))
 
 
@@ -133,6 +136,59 @@ def delete(adapter_id: str, yes: bool, as_json: bool) -> None:
         row = delete_adapter(session, adapter_id)
         view = {"id": row.id, "deleted_at": row.deleted_at}
     emit(view, as_json, print_record)
+
+
+def _weights(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(w) for w in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give numbers separated by commas, e.g. 0.7,0.3",
+                                 param_hint="--weights") from None
+
+
+@adapter.command("merge")
+@click.option("--tenant", required=True, help="Tenant slug (the adapters must all be this tenant's).")
+@click.argument("adapter_ids", nargs=-1, required=True)
+@click.option("--how", required=True, type=click.Choice(MERGE_HOWS),
+              help="PEFT's add_weighted_adapter method (cat: the ranks add up).")
+@click.option("--weights", help="One weight per adapter, comma-separated (default: equal, summing to 1).")
+@click.option("--density", type=float, help="ties / dare_*: the share of entries kept (default 0.5).")
+@click.option("--seed", type=int, help="dare_*: the seed of the random drops (default 0; recorded).")
+@click.option("--suffix", help="The new adapter's model-name suffix (default merge-<how>).")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first (-1000..1000).")
+@click.option("--wait", is_flag=True, help="Wait for the merge to end.")
+@json_option
+def merge(tenant: str, adapter_ids: tuple[str, ...], how: str, weights: str | None, density: float | None,
+          seed: int | None, suffix: str | None, priority: int, wait: bool, as_json: bool) -> None:
+    """Queue a job that merges ADAPTER_IDS (2 or more, one base, task and rank) into a new adapter.
+
+    Not LoRA merged into the base (that is `adapter export --merged`): a new adapter of the same
+    base whose LoRA matrices are PEFT's add_weighted_adapter of the parents'; a classifier's
+    head is their weighted average. `adapter show` lists the new adapter's parents.
+
+    Example:
+      lorafleet adapter merge --tenant acme 3f2a 9b1c --how ties --weights 0.6,0.4
+    """
+    from orchestrator.services.adapter_merging import submit_merge
+    from orchestrator.services.views import job_dict
+
+    with open_session() as session:
+        job = submit_merge(session, tenant, list(adapter_ids), how, _weights(weights), density, seed=seed,
+                           suffix=suffix, priority=priority)
+        view = job_dict(job, tenant)
+    if not wait:
+        emit(view, as_json, lambda v: echo(v["id"]))
+        return
+    from orchestrator.cli.live import follow
+
+    if not as_json:
+        echo(f"job {view['id']} {view['state']}  (Ctrl-C detaches; the job keeps running)")
+    detail = follow(view["id"], show_events=False, as_json=as_json)
+    emit(detail, as_json, lambda d: echo(f"adapter {(d.get('adapter') or {}).get('id')}"))
+    if detail["state"] != "succeeded":
+        raise CliError(f"job {view['id']} ended {detail['state']}: {detail.get('error') or ''}".rstrip(": "))
 
 
 @adapter.command("predict")

@@ -89,6 +89,8 @@ def result(view: Mapping[str, Any], headline: tuple[str, float] | None) -> str:
 def job_row(view: Mapping[str, Any], headline: tuple[str, float] | None) -> dict[str, Any]:
     """A job view (services.views.job_dict) plus the table's derived columns."""
     method = view["method"] if view["method"] in ("full", "none") else f"{view['method']} r{view['rank']}"
+    if view.get("kind") == "merge":  # the merge's method, not a training method
+        method = f"merge {(view.get('spec') or {}).get('how')} r{view['rank']}"
     seconds = took(view)
     return {**view, "method_rank": method, "result": result(view, headline),
             "took": duration(seconds) if seconds is not None else "-"}

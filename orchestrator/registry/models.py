@@ -52,8 +52,11 @@ NAMING_CONVENTION = {
 
 
 # What a job does: train an adapter, evaluate a base model untuned (method 'none', no adapter),
-# or re-score existing adapters on one resident base (its spec lists the adapter ids).
-JOB_KINDS = ("train", "evaluate", "reevaluate")
+# re-score existing adapters on one resident base (its spec lists the adapter ids), or merge
+# adapters of one base into a new one (its spec lists the parents; `AdapterParent` links them).
+JOB_KINDS = ("train", "evaluate", "reevaluate", "merge")
+# The kinds whose job ends with a new adapter.
+ADAPTER_JOB_KINDS = ("train", "merge")
 # Where a metric row comes from: the job's own run, or a later re-evaluation of its adapter.
 METRIC_SOURCES = ("job", "reevaluation")
 
@@ -280,6 +283,27 @@ class Adapter(Base):
 
     # The benchmark picks a tenant's latest (or best) adapter per task.
     __table_args__ = (Index("ix_adapters_tenant_id_task_created_at", "tenant_id", "task", "created_at"),)
+
+
+class AdapterParent(Base):
+    """A merged adapter's parents, in the merge's order, with the weight each was given.
+
+    (`Adapter.parent_adapter_id` is the one adapter a training job continued from; a merge has
+    several parents, so they are rows here.) The parents may be deleted later: the link stays.
+    """
+
+    __tablename__ = "adapter_parents"
+
+    adapter_id: Mapped[str] = mapped_column(String(36), ForeignKey("adapters.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[str] = mapped_column(String(36), ForeignKey("adapters.id"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    weight: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        CheckConstraint("position >= 0", name="position_nonneg"),
+        UniqueConstraint("adapter_id", "parent_id", name="uq_adapter_parents_adapter_id_parent_id"),
+    )
 
 
 class Metric(Base):

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from orchestrator.registry.models import Adapter, Dataset, Job, JobEvent, Metric, Tenant, Usage
+from orchestrator.registry.models import Adapter, AdapterParent, Dataset, Job, JobEvent, Metric, Tenant, Usage
 
 T = TypeVar("T")
 
@@ -293,6 +293,21 @@ def adapters(
     if not include_deleted:
         stmt = stmt.where(Adapter.deleted_at.is_(None))
     return session.scalars(stmt.order_by(Adapter.created_at, Adapter.id)).all()
+
+
+def adapter_parents(session: Session, adapter_ids: Iterable[str]) -> dict[str, list[str]]:
+    """{adapter id: its merge parents' ids in the merge's order} for those of `adapter_ids` that
+    were merged (the others are absent)."""
+    ids = list(set(adapter_ids))
+    if not ids:
+        return {}
+    rows = session.execute(select(AdapterParent.adapter_id, AdapterParent.parent_id)
+                           .where(AdapterParent.adapter_id.in_(ids))
+                           .order_by(AdapterParent.adapter_id, AdapterParent.position)).all()
+    out: dict[str, list[str]] = {}
+    for adapter_id, parent_id in rows:
+        out.setdefault(adapter_id, []).append(parent_id)
+    return out
 
 
 # ---- data sets -------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ __all__ = [
     "list_adapters",
     "model_names_of",
     "new_adapter_path",
+    "parents_of",
     "verified_adapter",
 ]
 
@@ -57,6 +58,13 @@ def model_names_of(session: Session, adapters: Sequence[Adapter]) -> dict[str, s
     suffixes = repo.job_suffixes(session, {a.job_id for a in adapters if a.job_id is not None})
     return {a.id: model_name(a, slugs[a.tenant_id], suffixes.get(a.job_id) if a.job_id else None)
             for a in adapters}
+
+
+@readonly
+def parents_of(session: Session, adapters: Sequence[Adapter]) -> dict[str, list[str]]:
+    """{adapter id: the ids of the adapters it was merged from} (empty list: not a merge)."""
+    found = repo.adapter_parents(session, [a.id for a in adapters])
+    return {a.id: found.get(a.id, []) for a in adapters}
 
 
 def adapter_or_404(session: Session, adapter_id: str, tenant: str | None = None) -> Adapter:

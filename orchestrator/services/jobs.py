@@ -555,10 +555,12 @@ def job_or_404(session: Session, job_id: str, tenant: str | None = None) -> Job:
 def get_job(session: Session, job_id: str, tenant: str | None = None) -> JobDetail:
     """A job with its tenant slug, adapter (once trained), metrics and usage."""
     job = job_or_404(session, job_id, tenant)
+    adapter = repo.adapter_of_job(session, job.id)
     return JobDetail(
         job=job,
         tenant_slug=repo.tenant_slugs(session, [job.tenant_id])[job.tenant_id],
-        adapter=repo.adapter_of_job(session, job.id),
+        adapter=adapter,
+        parents=repo.adapter_parents(session, [adapter.id]).get(adapter.id, []) if adapter else [],
         metrics=repo.metrics_of_job(session, job.id, tenant_id=job.tenant_id),
         usage=repo.usage_of_job(session, job.id, tenant_id=job.tenant_id),
         reevaluated=repo.reevaluation_metrics_of_job(session, job.id, tenant_id=job.tenant_id),

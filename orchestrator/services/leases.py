@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from lora_engine.methods import PACKABLE_METHODS
 from orchestrator.errors import InvalidInput, LeaseLost
 from orchestrator.registry import repositories as repo
-from orchestrator.registry.models import Adapter, Job, Metric, Usage, utcnow
+from orchestrator.registry.models import ADAPTER_JOB_KINDS, Adapter, Job, Metric, Usage, utcnow
 from orchestrator.retries import Abort, has_attempts_left, released_budget
 from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.enqueue import enqueue_job
@@ -388,12 +388,12 @@ def _add_metrics(
 def _check_outcome(
     job: Job, adapter: AdapterRecord | None, reevaluated: Mapping[str, Any] | None
 ) -> None:
-    """What a job of each kind must hand back: a training job an adapter; an untuned evaluation
-    nothing but metrics; a re-evaluation the scores of the adapters its spec lists."""
-    if job.kind == "train" and adapter is None:
-        raise InvalidInput(f"job {job.id} is a training job: it must finish with an adapter")
-    if job.kind != "train" and adapter is not None:
-        raise InvalidInput(f"job {job.id} is a {job.kind} job: it trains no adapter")
+    """What a job of each kind must hand back: a training or merge job an adapter; an untuned
+    evaluation nothing but metrics; a re-evaluation the scores of the adapters its spec lists."""
+    if job.kind in ADAPTER_JOB_KINDS and adapter is None:
+        raise InvalidInput(f"job {job.id} is a {job.kind} job: it must finish with an adapter")
+    if job.kind not in ADAPTER_JOB_KINDS and adapter is not None:
+        raise InvalidInput(f"job {job.id} is a {job.kind} job: it makes no adapter")
     if job.kind == "reevaluate":
         from orchestrator.services.reevaluation import reevaluate_adapter_ids
 
@@ -434,7 +434,11 @@ def finish_job_success(
             method=job.method, rank=job.rank, parent_adapter_id=job.init_from_adapter_id, created_at=now,
         )
         session.add(row)
-        session.flush()  # the adapter must exist before metrics reference it
+        session.flush()  # the adapter must exist before metrics (and parent links) reference it
+        if job.kind == "merge":
+            from orchestrator.services.adapter_merging import record_parents
+
+            record_parents(session, job, row)
     _add_metrics(session, job, row.id if row is not None else None, metrics, "job", now)
     for adapter_id, scored in (reevaluated or {}).items():
         _add_metrics(session, job, adapter_id, scored, "reevaluation", now)
@@ -449,6 +453,11 @@ def finish_job_success(
         over = _storage_over(session, job.tenant_id)
         data: dict[str, Any] = {"adapter_id": row.id, "metrics": summary}
         message = f"adapter {row.id} ({row.bytes} bytes)"
+        if job.kind == "merge":
+            from orchestrator.services.adapter_merging import merge_parent_ids
+
+            data["parents"] = merge_parent_ids(job.spec)
+            message += f", merged from {len(data['parents'])} adapters ({job.spec.get('how')})"
         if over:
             data["storage_over_quota"] = True
             message += f"; {over}"

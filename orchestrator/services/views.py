@@ -63,14 +63,15 @@ def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
     }
 
 
-def adapter_dict(a: Adapter, model: str | None = None) -> dict[str, Any]:
-    """`model`: the adapter's name (services.model_names; adapters.model_names_of)."""
+def adapter_dict(a: Adapter, model: str | None = None, parents: Sequence[str] = ()) -> dict[str, Any]:
+    """`model`: the adapter's name (services.model_names; adapters.model_names_of); `parents`: the
+    adapters it was merged from (adapters.parents_of; empty for a trained or imported one)."""
     return {
         "id": a.id, "tenant_id": a.tenant_id, "job_id": a.job_id, "model": model, "path": a.path,
         "sha256": a.sha256,
         "bytes": a.bytes, "trainable_params": a.trainable_params, "total_params": a.total_params,
         "base_model": a.base_model, "task": a.task, "method": a.method, "rank": a.rank,
-        "parent_adapter_id": a.parent_adapter_id, "created_at": _ts(a.created_at),
+        "parent_adapter_id": a.parent_adapter_id, "parents": list(parents), "created_at": _ts(a.created_at),
         "deleted_at": _ts(a.deleted_at),
     }
 
@@ -98,12 +99,14 @@ class JobDetail:
     usage: Sequence[Usage] = ()
     # A reevaluate job's scores {adapter_id: {split: {name: value}}}; empty for the other kinds.
     reevaluated: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # A merge job's adapter's parents (its spec lists them too); empty for the other kinds.
+    parents: Sequence[str] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = job_dict(self.job, self.tenant_slug)
         adapter = self.adapter
-        out["adapter"] = adapter_dict(adapter, model_name(adapter, self.tenant_slug, self.job.suffix)) \
-            if adapter is not None else None
+        out["adapter"] = adapter_dict(adapter, model_name(adapter, self.tenant_slug, self.job.suffix),
+                                      self.parents) if adapter is not None else None
         out["metrics"] = self.metrics
         out["reevaluated"] = self.reevaluated
         out["usage"] = [usage_dict(u) for u in self.usage]

@@ -199,3 +199,42 @@ def test_bad_queries_are_400s_and_unknown_jobs_404s(api_server, keys) -> None:
         assert answer.status_code == status and expected in answer.json()["error"]["message"], answer.text
     answer = httpx.post(f"{base}/{'f' * 36}/pause", headers=auth)
     assert answer.status_code == 404 and "no fine-tuning job" in answer.json()["error"]["message"]
+
+
+def _generation_adapter(api_server, tenant: str) -> str:
+    """A finished E2E job's adapter (files of a config and zeros: the door checks their sha256 and
+    rank; the worker, which would read the tensors, does not run here)."""
+    from lora_engine.adapters.digest import adapter_files_digest
+    from orchestrator.registry.models import new_id
+    from orchestrator.services.adapters import new_adapter_path
+    from orchestrator.services.jobs import submit_job
+    from orchestrator.services.leases import AdapterRecord, claim_job, finish_job_success
+    from tests.registry_fixtures import fake_adapter_files
+
+    adapter_id = new_id()
+    with api_server.session() as s:
+        job = submit_job(s, tenant, {"task": "e2e", "rank": 4, "base_model": "tiny-llama", "max_steps": 2},
+                         settings=api_server.settings)
+        claim_job(s, job.id, "w1", 60)
+        path = fake_adapter_files(new_adapter_path(api_server.settings, job.tenant_id, adapter_id))
+        sha256, size = adapter_files_digest(path)
+        finish_job_success(s, job.id, "w1", AdapterRecord(adapter_id, str(path), sha256, size, 1, 2), {})
+    return f"ft:tiny-llama:{tenant}:e2e:{adapter_id}"
+
+
+def test_a_merge_of_own_adapters_is_a_job_followed_like_any(api_server, keys, acme) -> None:
+    ours = [_generation_adapter(api_server, "acme") for _ in range(2)]
+    theirs = _generation_adapter(api_server, "globex")
+    job = acme.post("/fine_tuning/merges", cast_to=object,
+                    body={"models": ours, "method": "dare_linear", "weights": [0.5, 0.5], "seed": 7})
+    assert (job["object"], job["status"], job["lorafleet"]["kind"]) == ("fine_tuning.job", "queued", "merge")
+    assert acme.fine_tuning.jobs.retrieve(job["id"]).status == "queued"
+    with pytest.raises(openai.NotFoundError):  # another tenant's adapter: as if it did not exist
+        acme.post("/fine_tuning/merges", cast_to=object,
+                  body={"models": [ours[0], theirs], "method": "linear"})
+    error = refused(lambda: acme.post("/fine_tuning/merges", cast_to=object,
+                                      body={"models": ours, "method": "svd", "colour": 1}))
+    assert "unknown field 'colour'" in error["message"]
+    error = refused(lambda: acme.post("/fine_tuning/merges", cast_to=object,
+                                      body={"models": ours, "method": "svd"}))
+    assert "unknown merge method 'svd'" in error["message"]

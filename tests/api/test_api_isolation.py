@@ -172,6 +172,9 @@ ROUTES: dict[tuple[str, str], list[Case]] = {
         Case("model", body={**JOB_BODY, "model": "{model}"}),
         Case("model by adapter id", body={**JOB_BODY, "model": "{adapter}"}),
         Case("lorafleet.init_from", body={**JOB_BODY, "lorafleet": {"init_from": "{adapter}"}})],
+    ("POST", "/v1/fine_tuning/merges"): [
+        Case("models", body={"models": ["{model}", "{model}"], "method": "linear"}),
+        Case("models by adapter id", body={"models": ["{adapter}", "{adapter}"], "method": "ties"})],
     ("GET", "/v1/fine_tuning/jobs/{job_id}"): [Case("job", {"job_id": "{job}"})],
     ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): [Case("job", {"job_id": "{job}"})],
     ("POST", "/v1/fine_tuning/jobs/{job_id}/pause"): [Case("job", {"job_id": "{job}"})],
@@ -203,7 +206,8 @@ LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models", "/v1/webhooks", "/v1
 MAKERS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/webhooks", "/v1/webhook_endpoints"}
 # A JSON body each route accepts as far as its shape goes (the ids then decide the answer).
 BODIES = {("POST", "/v1/fine_tuning/jobs"): JOB_BODY, ("POST", "/v1/webhooks"): WEBHOOK_BODY,
-          ("POST", "/v1/webhook_endpoints"): WEBHOOK_BODY}
+          ("POST", "/v1/webhook_endpoints"): WEBHOOK_BODY,
+          ("POST", "/v1/fine_tuning/merges"): {"models": ["{model}", "{model}"], "method": "linear"}}
 ROUTE_IDS = sorted(ROUTES)
 FOREIGN = [(route, case) for route in ROUTE_IDS for case in ROUTES[route]]
 
@@ -506,6 +510,7 @@ BAD_BODIES = [
 # Each optional field of each JSON route, and the values thrown at every field.
 OPTIONAL = {("POST", "/v1/fine_tuning/jobs"): ["validation_file", "suffix", "seed", "metadata",
                                                "hyperparameters", "method", "integrations", "lorafleet"],
+            ("POST", "/v1/fine_tuning/merges"): ["weights", "density", "seed", "suffix"],
             ("POST", "/v1/webhooks"): ["name", "event_types"],
             ("POST", "/v1/webhook_endpoints"): ["name", "event_types"]}
 RAW = "@@raw@@"

@@ -221,6 +221,29 @@ def test_untuned_baseline_and_reevaluation_jobs_record_their_rows(live_worker: L
         assert len(s.scalars(select(Usage).where(Usage.job_id == reeval)).all()) == 1
 
 
+def test_a_merge_job_runs_on_the_worker_and_links_its_parents(live_worker: LiveWorker):
+    """Two trained adapters merged (ties) by the worker process: a new adapter whose files hash to
+    its registry sha256, its parents linked, no training metrics, no examples."""
+    from orchestrator.services.adapter_merging import submit_merge
+    from orchestrator.services.adapters import parents_of, verified_adapter
+
+    tenant = _tenant(live_worker, "blend")
+    trained = [_submit(live_worker, tenant, seed=5), _submit(live_worker, tenant, seed=7)]
+    details = _wait_terminal(live_worker, trained, timeout=120)
+    parents = [details[j]["adapter"]["id"] for j in trained]
+    with session_scope(live_worker.settings) as s:
+        merge = submit_merge(s, tenant, parents, "ties", [0.6, 0.4]).id
+    announce_jobs([merge], settings=live_worker.settings)
+    detail = _wait_terminal(live_worker, [merge], timeout=60)[merge]
+    assert detail["state"] == "succeeded", (detail, _events(live_worker, merge))
+    assert (detail["kind"], detail["metrics"], detail["usage"][0]["examples"]) == ("merge", {}, 0)
+    assert detail["adapter"]["parents"] == parents
+    with session_scope(live_worker.settings) as s:
+        row = verified_adapter(s, detail["adapter"]["id"])
+        assert parents_of(s, [row])[row.id] == parents
+    assert adapter_files_digest(row.path)[0] == row.sha256
+
+
 # Fair share: as cheap as a job gets (the untuned evaluate kind of tiny-bert on 2 rows). Last in
 # this module so that the worker is warm: the test pays for claims, not for a cold start.
 CHEAP = {"task": "sst2", "method": "none", "base_model": "tiny-bert", "eval_size": 2}

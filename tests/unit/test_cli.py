@@ -368,3 +368,51 @@ def test_a_taken_metrics_port_is_refused_before_serving(home: Path, monkeypatch:
     assert result.exit_code == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output + result.stderr
     assert setting in result.output + result.stderr and "Traceback" not in result.output
+
+
+def test_adapter_merge_queues_a_job_the_worker_runs_and_lists_the_parents(home: Path, tmp_path: Path):
+    import torch
+
+    from lora_engine.adapters.io import save_adapter
+    from lora_engine.inject import LoraSettings, head_module_names, inject_lora, mark_only_lora_as_trainable
+    from lora_engine.models import load_base_model
+    from worker.runner import run_job
+
+    run("tenant", "create", "acme")
+    run("tenant", "create", "globex")
+    ids = {}
+    for name, tenant in (("a", "acme"), ("b", "acme"), ("g", "globex")):
+        torch.manual_seed(len(ids))
+        model, _ = load_base_model("tiny-bert", "classification", 2)
+        settings = LoraSettings(rank=4, alpha=8)
+        inject_lora(model, settings)
+        mark_only_lora_as_trainable(model, modules_to_save=head_module_names(model))
+        save_adapter(model, tmp_path / name, base_model_name="tiny-bert", settings=settings,
+                     task_type="classification")
+        out = run("adapter", "import", "--tenant", tenant, "--task", "sst2", "--json", str(tmp_path / name))
+        ids[name] = json.loads(out.stdout)["id"]
+    refused = run("adapter", "merge", "--tenant", "acme", ids["a"], ids["g"], "--how", "ties", ok=False)
+    assert refused.exit_code != 0 and "no adapter" in refused.stderr  # globex's: unknown to acme
+    bad_weights = run("adapter", "merge", "--tenant", "acme", ids["a"], ids["b"], "--how", "linear",
+                      "--weights", "1,x", ok=False)
+    assert bad_weights.exit_code == 2
+    with session_scope() as s:
+        assert list_jobs(s) == []
+
+    job = json.loads(run("adapter", "merge", "--tenant", "acme", ids["a"], ids["b"], "--how", "ties",
+                         "--weights", "0.7,0.3", "--json").stdout)
+    assert (job["kind"], job["state"], job["spec"]["density"]) == ("merge", "queued", 0.5)
+    assert {"task": "lorafleet.run_job", "args": [job["id"]], "kwargs": {}} in queued_messages(home)
+    assert run_job(job["id"], worker_id="w1", settings=get_settings(), cache=None).outcome == "succeeded"
+
+    shown = json.loads(run("job", "show", job["id"], "--json").stdout)
+    merged = shown["adapter"]
+    assert merged["parents"] == [ids["a"], ids["b"]] and shown["metrics"] == {}
+    shown_adapter = json.loads(run("adapter", "show", merged["id"], "--json").stdout)
+    assert shown_adapter["parents"] == [ids["a"], ids["b"]]
+    listed = {a["id"]: a["parents"] for a in json.loads(run("adapter", "list", "--json").stdout)}
+    assert listed == {ids["a"]: [], ids["b"]: [], ids["g"]: [], merged["id"]: [ids["a"], ids["b"]]}
+    assert merged["model"] == f"ft:tiny-bert:acme:merge-ties:{merged['id']}"
+    assert "merge ties r4" in run("job", "list").stdout
+    run("job", "metrics", job["id"])  # no training curves: an empty history, not an error
+    assert json.loads(run("report", "cost", "--format", "json").stdout)

@@ -354,7 +354,7 @@ def test_metrics_carry_source_and_time_per_job_kind(session, registry_settings, 
     ev = _claimed_as(session, "acme", job_spec, "evaluate")
     record = AdapterRecord(id=new_id(), path="/x", sha256="0" * 64, bytes=1, trainable_params=1,
                                total_params=1)
-    with pytest.raises(errors.InvalidInput, match="trains no adapter"):
+    with pytest.raises(errors.InvalidInput, match="makes no adapter"):
         finish_job_success(session, ev, "w1", record, {"validation": {"accuracy": 0.5}})
     assert session.scalar(select(func.count()).select_from(Adapter)) == 2
     finish_job_success(session, ev, "w1", None,
