@@ -148,8 +148,11 @@ def _ready(sender: Any = None, **_: Any) -> None:
         # Unhealthy, it takes no more messages: they go to healthy workers. (The task runs in
         # this consumer's own thread, so it may cancel the consumer. A prefork child cannot
         # reach its parent's consumer: it refuses each message it is given, see `tasks.run_job`.)
-        health.on_unhealthy(lambda _reason: [sender.cancel_task_queue(queue) for queue in
-                                             worker_queues(settings.queue, settings.worker_devices)])
+        def stop_consuming(_reason: str) -> None:
+            for queue in worker_queues(settings.queue, settings.worker_devices):
+                sender.cancel_task_queue(queue)
+
+        health.on_unhealthy(stop_consuming)
     embedded = settings.database_url.startswith("sqlite")
     if embedded:
         ReconcilerThread(settings).start()
