@@ -18,6 +18,7 @@ from torch import nn
 from lora_engine.errors import LoraConfigError
 from lora_engine.layers import LORA_LAYERS, LoRAEmbedding, LoRALinear, is_conv1d, is_lora_param
 from lora_engine.methods import ADAPTER_METHODS, BY_NAME, peft_flags
+from lora_engine.quantize import linear_shape
 
 ALL_LINEAR = "all-linear"
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -160,7 +161,7 @@ def plan_injection(model: nn.Module, settings: LoraSettings) -> list[tuple[str, 
                                       "linear layers only")
             low = min(module.weight.shape)
         elif _is_linear(module):
-            low = min(module.weight.shape)
+            low = min(linear_shape(module))
         else:
             raise LoraConfigError(
                 f"target {name!r} is a {type(module).__name__}, not a Linear, Conv1D or Embedding; "
@@ -169,7 +170,9 @@ def plan_injection(model: nn.Module, settings: LoraSettings) -> list[tuple[str, 
         if settings.rank > low:
             raise LoraConfigError(
                 f"rank {settings.rank} is too large for layer {name!r} of shape "
-                f"{tuple(module.weight.shape)}: allowed ranks are 1..{low}"
+                f"{tuple(module.weight.shape) if isinstance(module, nn.Embedding) else linear_shape(module)}"
+                ": "
+                f"allowed ranks are 1..{low}"
             )
     return found
 

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_engine.errors import LoraConfigError
 from lora_engine.methods import SCALINGS, method_of_flags
 from lora_engine.methods import method as method_entry
+from lora_engine.quantize import is_quantized_linear, refuse_merge
 
 try:  # GPT-2's linear layer stores its weight transposed: (in, out)
     from transformers.pytorch_utils import Conv1D
@@ -126,7 +128,16 @@ class LoRALinear(nn.Module):
         method = method_entry(method_of_flags(**peft_flags))
         self.fan_in_fan_out = is_conv1d(base)
         weight = base.weight
-        if self.fan_in_fan_out:
+        # A bitsandbytes 4-bit base (lora_engine.quantize): its packed weight has no (out, in)
+        # shape and no matmul of ours reads it; its own forward computes W0·x + b. Kept outside
+        # the registered modules, so the state-dict keys stay the base's (`q_proj.weight`).
+        self._quantized: tuple[nn.Module, ...] = (base,) if is_quantized_linear(base) else ()
+        if self._quantized and method.variant is not None:
+            raise LoraConfigError(f"method {method.name!r} needs the whole base weight every step; "
+                                  "a quantised base holds it in 4 bits only: use lora or rslora")
+        if self._quantized:
+            self.out_features, self.in_features = base.out_features, base.in_features
+        elif self.fan_in_fan_out:
             self.in_features, self.out_features = weight.shape
         else:
             self.out_features, self.in_features = weight.shape
@@ -136,7 +147,8 @@ class LoRALinear(nn.Module):
         self.alpha = alpha
         self.method = method.name  # the table's entry (adapters.io reads it; a swap may change it)
         self.scaling = method.scale(alpha, r)
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        # The adapter of a quantised base trains in fp32 (as PEFT's QLoRA), whatever the 4-bit storage.
+        factory = {"device": weight.device, "dtype": torch.float32 if self._quantized else weight.dtype}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
         INITIALISERS[method.init](self)
@@ -167,7 +179,14 @@ class LoRALinear(nn.Module):
         return torch.linalg.norm(self.base_weight_oi() + delta, dim=1)
 
     # -- forward ----------------------------------------------------------------------------------
+    @property
+    def quantized_base(self) -> nn.Module | None:
+        """The bitsandbytes layer this wraps, when its base is quantised (else None)."""
+        return self._quantized[0] if self._quantized else None
+
     def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if self._quantized:
+            return self._quantized[0](x)
         return F.linear(x, self.base_weight_oi(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,6 +205,11 @@ class LoRALinear(nn.Module):
         if self.variant is not None:
             return self.variant.update(self, x, result)
         xd = self.lora_dropout(x) if self._has_dropout else x
+        if self._quantized:
+            # As PEFT's 4-bit LoRA layer: the update in the adapter's dtype (fp32; under autocast,
+            # the autocast dtype), added in the dtype the base output and the residual stream have.
+            a, b = self.lora_A.weight, self.lora_B.weight
+            return result + (F.linear(F.linear(xd.to(a.dtype), a), b) * self.scaling).to(result.dtype)
         h = F.linear(xd, self.lora_A.weight)
         out = torch.addmm(result.reshape(-1, self.out_features), h.reshape(-1, self.r),
                           self.lora_B.weight.t(), alpha=self.scaling)
@@ -197,6 +221,8 @@ class LoRALinear(nn.Module):
         """W ← W0 + s·B·A (DoRA: W ← m/‖W0 + s·B·A‖ ⊙ (W0 + s·B·A)). A no-op when already merged."""
         if self.merged:
             return
+        if self._quantized:
+            refuse_merge("merge an adapter")
         new = self.base_weight_oi() + self.delta_weight()
         if self.variant is not None:
             new = self.variant.merged(self, new)

@@ -240,10 +240,10 @@ def load_model(spec: TrainingSpec, info: TaskInfo, num_labels: int | None, cache
     """The spec's base model: checked out of a warm cache when given, else loaded."""
     kind = info.kind
     if cache is not None:
-        return cache.checkout(spec.base_model, kind, num_labels)
+        return cache.checkout(spec.base_model, kind, num_labels, quantize=spec.quantize)
     from lora_engine.models import load_base_model
 
-    return load_base_model(spec.base_model, kind, num_labels)
+    return load_base_model(spec.base_model, kind, num_labels, quantize=spec.quantize)
 
 
 def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
@@ -343,7 +343,7 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
     device = device or pick_device()
     label_names = label_names_for(spec)
     num_labels = len(label_names) if info.kind == "classification" else None
-    if cache is not None and cache.key == (spec.base_model, info.kind, num_labels):
+    if cache is not None and cache.key == cache.key_of(spec.base_model, info.kind, num_labels, spec.quantize):
         model, tokenizer = load_model(spec, info, num_labels, cache)
         data = training_data(spec, training_examples(spec, data_dir=data_dir), tokenizer)
     else:

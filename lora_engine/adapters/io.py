@@ -60,6 +60,7 @@ from lora_engine.inject import (
 from lora_engine.layers import is_lora_param
 from lora_engine.methods import Method, adapter_method, peft_flag_values
 from lora_engine.model_ref import hub_id_of
+from lora_engine.quantize import linear_shape
 from lora_engine.safetensors_header import read_header
 
 PEFT_PREFIX = "base_model.model."
@@ -259,7 +260,7 @@ def _expected_shapes(model: nn.Module, plan: list[tuple[str, nn.Module]], settin
             out[f"{name}.lora_embedding_B"] = (dim, r)
             continue
         w = m.weight.shape
-        fan_in, fan_out = (w[0], w[1]) if m.__class__.__name__ == "Conv1D" else (w[1], w[0])
+        fan_in, fan_out = (w[0], w[1]) if m.__class__.__name__ == "Conv1D" else linear_shape(m)[::-1]
         out[f"{name}.lora_A.weight"] = (r, fan_in)
         out[f"{name}.lora_B.weight"] = (fan_out, r)
         if adapter_method(settings.method).variant == "dora":  # DoRA's magnitude, one per output row

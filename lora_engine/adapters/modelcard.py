@@ -153,6 +153,16 @@ def _pooling_lines(pooling: str, method: str) -> list[str]:
             "# RoBERTa: logits = body.classifier(mean)", "```", ""]
 
 
+def quantized_notice(quantize: str, base: str) -> str:
+    """What a card says of an adapter trained on a quantised base (QLoRA), as PEFT documents it."""
+    return (f"Trained on an {quantize}-quantised `{base}` (QLoRA: bitsandbytes 4-bit NF4, double "
+            "quantisation, bf16 compute); the adapter itself is a plain LoRA adapter of the unquantised "
+            "base and loads on it in full precision, or on the base loaded 4-bit "
+            "(`BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4')`) as it was trained. "
+            "To merge it, load the unquantised base and merge there (PEFT's `merge_and_unload()`); "
+            "merging into the 4-bit weights is lossy, the merged weight being rounded back to 4 bits.")
+
+
 def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
                       merged: MergedFolder | None = None) -> str:
     """Markdown model card with Hub metadata for the adapter (or full model) `meta` describes, or
@@ -184,6 +194,8 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
         what = "full fine-tuned model" if whole else f"{method} adapter (Hugging Face PEFT format)"
         lines.append(f"A {what} trained by lorafleet on the task `{task}`"
                      + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
+    if spec.get("quantize") and merged is None:
+        lines += ["", quantized_notice(spec["quantize"], base)]
     lines += ["", "## Use", ""]
     if meta.label_names:
         lines.append("Labels: " + ", ".join(f"{i} = `{n}`" for i, n in enumerate(meta.label_names)) + ".")

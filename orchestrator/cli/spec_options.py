@@ -45,6 +45,8 @@ HELP = {
                "(mean); auto (default): the base model's own (MiniLM-L6: mean)",
     "devices": "devices one run spans, data parallel (default 1); a worker started with "
                "`--devices K` takes jobs of up to K",
+    "quantize": "QLoRA: nf4 loads the base 4-bit through bitsandbytes (a Llama-family base, lora or "
+                "rslora, a generation task; CUDA workers only)",
 }
 
 

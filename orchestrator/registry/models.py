@@ -226,6 +226,9 @@ class Job(Base):
     # Devices the job spans (spec.devices): claimed only by a worker owning as many; counts that
     # many against its tenant's running quota.
     devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The base's quantisation (spec.quantize, "nf4"), None for a full-precision base: such a job
+    # is claimed only by a CUDA worker (repositories.runs_on).
+    quantize: Mapped[str | None] = mapped_column(String(16))
 
     tenant: Mapped[Tenant] = relationship(lazy="raise")
 

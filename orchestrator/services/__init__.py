@@ -81,7 +81,8 @@ reevaluation:     submit_reevaluation(s, tenant=None|slug|[slugs], task=None, ba
                              eval_size=None, priority=0, max_attempts=None) -> [Job kind
                              "reevaluate"], one per (tenant, base model); nothing found: InvalidInput
 leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Job | None
-                  claim_next(s, worker_id, lease_seconds, now=None, devices=1, message=None)
+                  claim_next(s, worker_id, lease_seconds, now=None, devices=1, device_kind="cpu",
+                             message=None)
                             -> Job | None   (fair share; a job of the message's device count)
                   unclaimable_reason(s, job_id) -> str
                   heartbeat(s, job_id, worker_id, step, total, loss, lease_seconds, now=None,

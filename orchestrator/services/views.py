@@ -41,6 +41,7 @@ def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
         "method": job.method,
         "rank": job.rank,
         "base_model": job.base_model,
+        "quantize": job.quantize,
         "priority": job.priority,
         "idempotency_key": job.idempotency_key,
         "attempts": job.attempts,
