@@ -106,8 +106,8 @@ class TrainingSpec(BaseModel):
     # engine used alone; the worker passes the stored, hash-checked file).
     dataset: str | None = None
     init_from: str | None = None  # an adapter folder to start from (lineage)
-    # Recompute each layer's activations in the backward pass instead of keeping them: about half
-    # the activation memory for about a third more step time (bench/bench_grad_ckpt.py); the
+    # Recompute each layer's activations in the backward pass instead of keeping them: 0.38-0.42x
+    # the activation memory for 1.3-1.5x the step's CPU time (bench/bench_grad_ckpt.py); the
     # numbers trained are the same.
     gradient_checkpointing: bool = False
     # Devices one training run spans (data parallel, lora_engine.multidevice): the global batch

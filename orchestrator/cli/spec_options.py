@@ -39,8 +39,8 @@ HELP = {
     "min_delta": "the improvement an evaluation must beat the best by (default 0)",
     "eval_size": "validation rows to score (default: all)",
     "targets": "comma-separated module names, or all-linear",
-    "gradient_checkpointing": "recompute activations in the backward pass: about half the activation "
-                              "memory for about a third more step time, same numbers",
+    "gradient_checkpointing": "recompute activations in the backward pass: ~0.4x the activation "
+                              "memory for 1.3-1.5x the step time, same numbers",
     "pooling": "what a classifier's head reads: the first token (cls) or the mean of the last layer "
                "(mean); auto (default): the base model's own (MiniLM-L6: mean)",
     "devices": "devices one run spans, data parallel (default 1); a worker started with "
