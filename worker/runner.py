@@ -75,7 +75,7 @@ def run_job(
     with session_scope(settings) as session:
         kind = device()[0]
         job = claim_next(session, worker_id, settings.lease_seconds, devices=settings.worker_devices,
-                         device_kind=kind)
+                         device_kind=kind, message=job_id)
         if job is None:
             reason = unclaimable_reason(session, job_id, settings.worker_devices, kind)
             log.info("nothing to claim for message %s: %s", job_id, reason)

@@ -161,10 +161,12 @@ def is_claimable(session: Session, job_id: str, devices: int = 1, device_kind: s
 def claim_candidates(
     session: Session, limit: int = 20, *, base_model: str | None = None, kind: str | None = None,
     methods: Sequence[str] | None = None, devices: int = 1, device_kind: str = "cpu",
+    job_devices: int | None = None,
 ) -> Sequence[tuple[str, str]]:
     """(job_id, tenant_id) of jobs a worker owning `devices` of `device_kind` may claim, in
     fair-share order (see above); optionally only jobs on one base model, of one kind, with one
-    of `methods` (a packed claim's partners)."""
+    of `methods` (a packed claim's partners), asking for exactly `job_devices` (the device count
+    of the queue the worker's message came from)."""
     running = (
         select(Job.tenant_id, func.count().label("n"), func.sum(Job.devices).label("busy"))
         .where(Job.state == "running")
@@ -180,7 +182,8 @@ def claim_candidates(
                under_running_quota(func.coalesce(running.c.busy, 0), Tenant.max_running, Job.devices),
                *([Job.base_model == base_model] if base_model is not None else []),
                *([Job.kind == kind] if kind is not None else []),
-               *([Job.method.in_(list(methods))] if methods is not None else []))
+               *([Job.method.in_(list(methods))] if methods is not None else []),
+               *([Job.devices == job_devices] if job_devices is not None else []))
         .order_by(n_running, Tenant.last_claimed_at.is_not(None), Tenant.last_claimed_at,
                   Job.priority.desc(), Job.created_at, Job.id)
         .limit(limit)

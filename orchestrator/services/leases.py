@@ -89,13 +89,19 @@ def claim_job(
 
 def claim_next(
     session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None, tries: int = 20,
-    devices: int = 1, device_kind: str = "cpu",
+    devices: int = 1, device_kind: str = "cpu", message: str | None = None,
 ) -> Job | None:
     """Claim the next job a worker owning `devices` devices can run, by fair share: the tenant
     with the fewest running jobs first, then priority (high first), then age. None when nothing
     is claimable. Each attempt is its own transaction (a candidate taken by another worker in
-    between is skipped)."""
-    candidates = _candidates(session, tries, devices, device_kind)
+    between is skipped).
+
+    `message`: the job id of the message that woke the worker. Only jobs asking for as many
+    devices as that job are claimed: the message came from that device count's queue
+    (`orchestrator.dispatch.devices_queue`), and taking a job of another count would leave this
+    count's job without a message while the other job's message wakes a worker for nothing."""
+    job_devices = message_devices(session, message) if message else None
+    candidates = _candidates(session, tries, devices, device_kind, job_devices)
     for job_id in candidates:
         job = claim_job(session, job_id, worker_id, lease_seconds, now=now, devices=devices,
                         device_kind=device_kind)
@@ -105,9 +111,17 @@ def claim_next(
 
 
 @readonly
-def _candidates(session: Session, limit: int, devices: int, device_kind: str) -> list[str]:
+def _candidates(session: Session, limit: int, devices: int, device_kind: str,
+                job_devices: int | None) -> list[str]:
     return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit, devices=devices,
-                                                           device_kind=device_kind)]
+                                                           device_kind=device_kind, job_devices=job_devices)]
+
+
+@readonly
+def message_devices(session: Session, job_id: str) -> int | None:
+    """The devices the job of a message asks for: the device count of the queue it came on
+    (None: no such job, a stray message, which may wake the worker for any job it can run)."""
+    return session.scalar(select(Job.devices).where(Job.id == job_id))
 
 
 def claim_partners(
