@@ -22,6 +22,8 @@ from lora_engine.methods import method as method_entry
 from lora_engine.model_ref import MODEL_ALIASES, base_arch, base_model_problem, base_pooling
 
 MAX_RANK = 1024
+# LoRA+'s default ηB/ηA (2^4, the LoRA+ paper's choice; PEFT's create_loraplus_optimizer has no default).
+LORAPLUS_LR_RATIO = 16.0
 MAX_DEVICES = 64
 # Architectures whose base loads quantised (`quantize`): Llama-family causal LMs, whose linear
 # layers bitsandbytes replaces and whose modules our LoRA layers and padding-free forward call.
@@ -48,6 +50,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "eval_holdout": (0, 1_000_000, True),
     "patience": (0, 1000, True),
     "min_delta": (0, 1.0, True),
+    "loraplus_lr_ratio": (1, 1024, True),
     "devices": (1, MAX_DEVICES, True),  # the fleet's own bound is a setting (max_job_devices)
 }
 # Text and lists are bounded too: base_model lands in a 255-character registry column, a path is
@@ -106,6 +109,8 @@ class TrainingSpec(BaseModel):
     # engine used alone; the worker passes the stored, hash-checked file).
     dataset: str | None = None
     init_from: str | None = None  # an adapter folder to start from (lineage)
+    # LoRA+ only: B's learning rate over A's (lr). None: LORAPLUS_LR_RATIO.
+    loraplus_lr_ratio: float | None = None
     # Recompute each layer's activations in the backward pass instead of keeping them: 0.38-0.42x
     # the activation memory for 1.3-1.5x the step's CPU time (bench/bench_grad_ckpt.py); the
     # numbers trained are the same.
@@ -162,6 +167,8 @@ class TrainingSpec(BaseModel):
             "max_length": self.max_length or info.max_length,
             "targets": self.targets if (self.targets is not None or not entry.adapter) else method["targets"],
         }
+        if entry.lr_rule == "loraplus" and self.loraplus_lr_ratio is None:
+            update["loraplus_lr_ratio"] = LORAPLUS_LR_RATIO
         epochs = None if self.epochs in (None, AUTO) else self.epochs
         if self.max_steps:
             update["epochs"] = None
@@ -231,7 +238,7 @@ def _size_problems(v: dict[str, Any]) -> list[str]:
 # Fields only training reads: given with a method that trains nothing ('none') they would be
 # silently ignored.
 UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "warmup_ratio", "init_from",
-                  "gradient_checkpointing", "quantize")
+                  "loraplus_lr_ratio", "gradient_checkpointing", "quantize")
 
 
 def _untuned_problems(v: dict[str, Any], method: str) -> list[str]:
@@ -279,6 +286,12 @@ def _cross_field_problems(v: dict[str, Any], reported: set[str]) -> list[str]:
         elif trains_nothing:
             problems.append(f"pooling: not used by method {method!r} (it evaluates the base model as it is, "
                             "with the base model's own pooling)")
+    if v.get("loraplus_lr_ratio") is not None and entry is not None and entry.lr_rule != "loraplus":
+        problems.append(f"loraplus_lr_ratio: only method 'loraplus' reads it (got method {method!r})")
+    if entry is not None and entry.changes_base and entry.adapter and v.get("init_from"):
+        problems.append(f"init_from: method {method!r} starts from the base model's own weights; its "
+                        f"adapters are stored as {entry.stored_method} of rank {entry.stored_rank_factor}r: "
+                        f"continue one with method {entry.stored_method!r} and that rank")
     if entry is not None and entry.trains and not entry.adapter and targets:
         problems.append(f"targets: not used by method {method!r} (it trains every weight)")
 

@@ -153,6 +153,22 @@ def _pooling_lines(pooling: str, method: str) -> list[str]:
             "# RoBERTa: logits = body.classifier(mean)", "```", ""]
 
 
+def _stored_as_lines(method: str, spec: dict) -> list[str]:
+    """For a method whose files hold another's form (methods.Method.stored_as): what was trained and
+    what the files are."""
+    entry = BY_NAME.get(method)
+    if entry is None or entry.stored_as is None:
+        return []
+    rank = spec.get("rank")
+    if entry.stored_rank_factor == 1:
+        return ["", f"The files are a plain {entry.stored_as} adapter: {method} changes only how it was "
+                "trained."]
+    return ["", f"Trained as {method} r={rank} on the base model's residual; stored, as PEFT's "
+            "`save_pretrained(..., path_initial_model_for_weight_conversion=...)` converts it, as a plain "
+            f"{entry.stored_as} adapter of rank {entry.stored_rank(rank) if isinstance(rank, int) else '2r'} "
+            "on the unchanged base model, which is what loads it."]
+
+
 def quantized_notice(quantize: str, base: str) -> str:
     """What a card says of an adapter trained on a quantised base (QLoRA), as PEFT documents it."""
     return (f"Trained on an {quantize}-quantised `{base}` (QLoRA: bitsandbytes 4-bit NF4, double "
@@ -194,6 +210,8 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
         what = "full fine-tuned model" if whole else f"{method} adapter (Hugging Face PEFT format)"
         lines.append(f"A {what} trained by lorafleet on the task `{task}`"
                      + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
+    if merged is None:  # a merged folder is no adapter: how the adapter's files are stored is moot
+        lines += _stored_as_lines(method, spec)
     if spec.get("quantize") and merged is None:
         lines += ["", quantized_notice(spec["quantize"], base)]
     lines += ["", "## Use", ""]

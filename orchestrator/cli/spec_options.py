@@ -20,7 +20,10 @@ import click
 
 HELP = {
     "task": "GLUE task, e2e, custom-classification or custom-generation",
-    "method": "'none' trains nothing: it scores the untuned base model (a baseline)",
+    "method": "lora, rslora, dora, loraplus (B at loraplus_lr_ratio x A's lr), pissa / olora (A and B "
+              "from W0's SVD / QR, stored as a LoRA of rank 2r), full; 'none' trains nothing: it scores "
+              "the untuned base model (a baseline)",
+    "loraplus_lr_ratio": "loraplus only: B's learning rate over A's (default 16)",
     "rank": "LoRA rank (default 8)",
     "alpha": "LoRA alpha (default: 2 x rank)",
     "base_model": "model alias, local folder ('./name', '/path'), hub id ('org/name'), or the id of one "

@@ -263,6 +263,11 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any] | None]
 
 
+def _rank_of_row(context) -> int:
+    """An adapter row's stored rank when the insert names none: its rank."""
+    return context.get_current_parameters()["rank"]
+
+
 class Adapter(Base):
     __tablename__ = "adapters"
 
@@ -278,7 +283,10 @@ class Adapter(Base):
     base_model: Mapped[str] = mapped_column(String(255))
     task: Mapped[str] = mapped_column(String(64))
     method: Mapped[str] = mapped_column(String(16))
-    rank: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)  # the rank it was trained at (the job's)
+    # The rank of its files: 2·rank for PiSSA/OLoRA, stored as a plain LoRA of rank 2r on the
+    # untouched base (lora_engine/methods.py, `Method.stored_rank`); else the rank (the default).
+    stored_rank: Mapped[int] = mapped_column(Integer, default=_rank_of_row)
     parent_adapter_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("adapters.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Soft delete: the files are removed, the row stays so jobs and reports keep their history.

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lora_engine.methods import PACKABLE_METHODS
+from lora_engine.methods import method as method_entry
 from orchestrator.errors import InvalidInput, LeaseLost
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import ADAPTER_JOB_KINDS, Adapter, Job, Metric, Usage, utcnow
@@ -439,7 +440,8 @@ def finish_job_success(
             id=adapter.id, tenant_id=job.tenant_id, job_id=job.id, path=str(adapter.path),
             sha256=adapter.sha256, bytes=int(adapter.bytes), trainable_params=int(adapter.trainable_params),
             total_params=int(adapter.total_params), base_model=job.base_model, task=job.task,
-            method=job.method, rank=job.rank, parent_adapter_id=job.init_from_adapter_id, created_at=now,
+            method=job.method, rank=job.rank, stored_rank=method_entry(job.method).stored_rank(job.rank),
+            parent_adapter_id=job.init_from_adapter_id, created_at=now,
         )
         session.add(row)
         session.flush()  # the adapter must exist before metrics (and parent links) reference it
