@@ -1,5 +1,6 @@
 """All 8 GLUE tasks × {LoRA r=8, full fine-tuning} on MiniLM-L6 with the `auto` budget: score,
-trivial baseline, wall time and the budget the rule chose.
+trivial baseline, wall time and the budget the rule chose. `--methods` takes any method of the
+table (every adapter method at r=8 unless `--set rank=N`).
 
 Each run goes through `lora_engine.recipe.train` with the defaults only (auto epochs, batch size
 and lr, evaluation on a held-out slice of the training rows, early stopping, the best checkpoint
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from benchlib import DEFAULT_DATA, ROOT, parse_overrides
 
+from lora_engine.methods import ADAPTER_METHODS, NAMES
+
 GLUE = ("cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
 METHODS = ("lora", "full")
 
@@ -35,7 +38,7 @@ def one_run(task: str, method: str, args, work: Path) -> dict:
     from lora_engine.recipe import TrainHooks, train
 
     spec = {"task": task, "method": method, "base_model": args.model, **parse_overrides(args.set)}
-    if method == "lora":
+    if method in ADAPTER_METHODS:
         spec.setdefault("rank", 8)
     if args.max_steps:
         spec["max_steps"] = args.max_steps
@@ -120,7 +123,7 @@ def main() -> None:
     args = p.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
-    allowed = ("lora", "rslora", "dora", "full")
+    allowed = tuple(m for m in NAMES if m != "none")
     bad = [t for t in tasks if t not in GLUE] + [m for m in methods if m not in allowed]
     if bad:
         raise SystemExit(f"unknown task/method: {bad}; tasks: {', '.join(GLUE)}; "

@@ -4,7 +4,7 @@ This is the point of multi-tenant LoRA: the base weights are frozen, so after a 
 leaves the base as loaded (`methods.Method.changes_base` False: LoRA, rsLoRA, DoRA) the base model
 is exactly what was loaded, and only the small parts a job creates need to go: its LoRA layers and
 its classification head. `checkout()` hands out the resident model (loading it when the
-key (name, kind, num_labels) changed); `checkin()` makes it pristine again:
+key (name, kind, num_labels, quantize) changed); `checkin()` makes it pristine again:
 
 1. every LoRA layer is unmerged and replaced by a plain Linear / Conv1D / Embedding holding the
    very same base Parameter objects (no copy);
@@ -31,10 +31,14 @@ from torch import nn
 
 from lora_engine.inject import head_module_names, lora_modules, set_module
 from lora_engine.layers import LoRAEmbedding, LoRALinear
+from lora_engine.quantize import is_quantized_linear
 
 
 def _plain_twin(layer: nn.Module) -> nn.Module:
-    """The module `layer` wrapped, rebuilt around the same weight and bias Parameters."""
+    """The module `layer` wrapped, rebuilt around the same weight and bias Parameters (a quantised
+    base: the very bitsandbytes layer it wrapped)."""
+    if isinstance(layer, LoRALinear) and layer.quantized_base is not None:
+        return layer.quantized_base
     if isinstance(layer, LoRAEmbedding):
         plain = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx,
                              max_norm=layer.max_norm, norm_type=layer.norm_type,
@@ -87,8 +91,12 @@ def base_fingerprint(model: nn.Module, heads: list[str]) -> dict[str, int]:
     changes it."""
     out: dict[str, int] = {}
     seen: dict[tuple, int] = {}
+    # A 4-bit layer's packed weight and quantisation state are left out: no job writes them (a
+    # merge into one is refused, lora_engine.quantize), and bitsandbytes itself rewrites the state
+    # (its CPU kernel repacks it at the first inference call).
+    quantized = tuple(f"{n}.weight." for n, m in model.named_modules() if is_quantized_linear(m))
     for name, p in model.state_dict().items():
-        if _in_heads(name, heads) or not p.is_floating_point():
+        if _in_heads(name, heads) or not p.is_floating_point() or name.startswith(quantized):
             continue
         view = (p.data_ptr(), p.dtype, tuple(p.shape), p.stride(), p.device)
         if view not in seen:
@@ -122,16 +130,23 @@ class BaseModelCache:
     def key(self) -> tuple | None:
         return self._key
 
-    def checkout(self, name: str, kind: str, num_labels: int | None = None):
+    @staticmethod
+    def key_of(name: str, kind: str, num_labels: int | None = None, quantize: str | None = None) -> tuple:
+        """The cache key of a base: a quantised base is another model than the same base in full
+        precision (an nf4 job never trains on a cached bf16 base, nor the other way round)."""
+        return (name, kind, num_labels, quantize)
+
+    def checkout(self, name: str, kind: str, num_labels: int | None = None, quantize: str | None = None):
         """(model, tokenizer) for a job: the resident one when the key matches, else a fresh load."""
         if self._out:
             raise RuntimeError("the cached base model is already checked out; check it in first")
-        key = (name, kind, num_labels)
+        key = self.key_of(name, kind, num_labels, quantize)
         if self._model is not None and key == self._key:
             self.hits += 1
         else:
             self.clear()
-            model, tokenizer = self._loader(name, kind, num_labels)
+            model, tokenizer = (self._loader(name, kind, num_labels, quantize=quantize) if quantize
+                                else self._loader(name, kind, num_labels))
             self._model, self._tokenizer, self._key = model, tokenizer, key
             self._heads = head_module_names(model)
             self._head_copy = {n: t.detach().clone() for n, t in model.state_dict().items()
@@ -185,7 +200,7 @@ class BaseModelCache:
         model.config.classifier_pooling = self._pooling
         for p in model.parameters():
             p.grad = None
-            p.requires_grad_(True)
+            p.requires_grad_(p.is_floating_point())  # a 4-bit base's packed bytes never take one
         model.eval()
 
     def _evict(self) -> None:

@@ -17,7 +17,8 @@ from torch import nn
 
 from lora_engine.errors import LoraConfigError
 from lora_engine.layers import LORA_LAYERS, LoRAEmbedding, LoRALinear, is_conv1d, is_lora_param
-from lora_engine.methods import ADAPTER_METHODS, BY_NAME, peft_flags
+from lora_engine.methods import ADAPTER_METHODS, BY_NAME
+from lora_engine.quantize import linear_shape
 
 ALL_LINEAR = "all-linear"
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -160,7 +161,7 @@ def plan_injection(model: nn.Module, settings: LoraSettings) -> list[tuple[str, 
                                       "linear layers only")
             low = min(module.weight.shape)
         elif _is_linear(module):
-            low = min(module.weight.shape)
+            low = min(linear_shape(module))
         else:
             raise LoraConfigError(
                 f"target {name!r} is a {type(module).__name__}, not a Linear, Conv1D or Embedding; "
@@ -169,7 +170,9 @@ def plan_injection(model: nn.Module, settings: LoraSettings) -> list[tuple[str, 
         if settings.rank > low:
             raise LoraConfigError(
                 f"rank {settings.rank} is too large for layer {name!r} of shape "
-                f"{tuple(module.weight.shape)}: allowed ranks are 1..{low}"
+                f"{tuple(module.weight.shape) if isinstance(module, nn.Embedding) else linear_shape(module)}"
+                ": "
+                f"allowed ranks are 1..{low}"
             )
     return found
 
@@ -183,12 +186,12 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def inject_lora(model: nn.Module, settings: LoraSettings) -> list[str]:
     """Replace the target layers of `model` in place by LoRA layers; return their qualified names."""
     found = plan_injection(model, settings)
-    flags = peft_flags(settings.method)
     for name, module in found:
         if isinstance(module, nn.Embedding):  # plan_injection refused a method without embeddings
-            layer = LoRAEmbedding(module, settings.rank, settings.lora_alpha, **flags)
+            layer = LoRAEmbedding(module, settings.rank, settings.lora_alpha, method=settings.method)
         else:
-            layer = LoRALinear(module, settings.rank, settings.lora_alpha, settings.dropout, **flags)
+            layer = LoRALinear(module, settings.rank, settings.lora_alpha, settings.dropout,
+                               method=settings.method)
         layer.train(module.training)
         set_module(model, name, layer)
     return [n for n, _ in found]

@@ -4,14 +4,25 @@
     DoRA  (Liu et al. 2024):  y = (m / ‖W0 + s·B·A‖_row) ⊙ (W0·x + s·B·A·x) + b
 
 A ∈ R^{r×in} starts kaiming-uniform and B ∈ R^{out×r} starts at zero, so an injected model computes
-exactly its base model until B is trained. The DoRA magnitude m starts at ‖W0‖_row and, as in PEFT
-(and section 4.3 of the DoRA paper), the row norm is treated as a constant in the backward pass.
+exactly its base model until B is trained. PiSSA and OLoRA start A and B from W0 itself and train
+on its residual, so the model computes its base there too (up to float rounding):
+
+    PiSSA (Meng et al. 2024):     W0 = U·S·Vᵀ;  B0 = U_r·√(S_r/s),  A0 = √(S_r/s)·V_rᵀ
+    OLoRA (Büyükakyüz 2024):      W0 = Q·R;     B0 = Q_r,           A0 = R_r
+    both:                         W0 ← W0 − s·B0·A0  (the residual the run trains on)
+
+as PEFT's `pissa_init` (full SVD, `init_lora_weights="pissa"`) and `olora_init` compute them, in
+float32 whatever the weight's dtype. The layer keeps A0 and B0 (`initial_A`, `initial_B`, buffers
+outside the state dict) for the adapter's conversion to a plain LoRA on the untouched base.
+
+The DoRA magnitude m starts at ‖W0‖_row and, as in PEFT (and section 4.3 of the DoRA paper), the
+row norm is treated as a constant in the backward pass.
 
 The base `weight` and `bias` are the very Parameter objects of the module replaced, registered under
 the same names, so the model's base state-dict keys do not change (`c_attn.weight` stays
 `c_attn.weight`) and a base checkpoint still loads into an injected model.
 
-Which method a layer runs is its entry in methods.py (given as PEFT's flags): the entry's scaling
+Which method a layer runs is its entry in methods.py (named, or given as PEFT's flags): the entry's scaling
 rule, its initialiser (`INITIALISERS`) and its variant (`VARIANTS`: DoRA; none for LoRA and
 rsLoRA). `LoRALinear.update(x, result)` adds the adapter's share to the base output, the shape of
 PEFT's `LoraVariant.forward`: the layer's own forward and the packed layer (one call per job's
@@ -32,8 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_engine.errors import LoraConfigError
 from lora_engine.methods import SCALINGS, method_of_flags
 from lora_engine.methods import method as method_entry
+from lora_engine.quantize import is_quantized_linear, refuse_merge
 
 try:  # GPT-2's linear layer stores its weight transposed: (in, out)
     from transformers.pytorch_utils import Conv1D
@@ -56,9 +69,44 @@ def _default_init(layer: LoRALinear) -> None:
     nn.init.zeros_(layer.lora_B.weight)
 
 
+def _start_on_residual(layer: LoRALinear, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> None:
+    """A, B ← a, b; W0 ← w − s·b·a (all float32, (out, in)); remember a and b as A0, B0.
+
+    The residual is taken from A0 and B0 as the layer holds them (rounded to a half-precision
+    layer's dtype), so that W_res + s·B0·A0 is W0 to float32 rounding and the stored conversion
+    (`adapters.io`) is exact whatever the dtype; for float32 layers that is PEFT's arithmetic."""
+    with torch.no_grad():
+        dtype = layer.weight.dtype
+        layer.lora_A.weight.copy_(a)
+        layer.lora_B.weight.copy_(b)
+        a, b = layer.lora_A.weight.float(), layer.lora_B.weight.float()
+        residual = (w - layer.scaling * b @ a).to(dtype)
+        layer.weight.data.copy_(residual.t() if layer.fan_in_fan_out else residual)
+    layer.register_buffer("initial_A", layer.lora_A.weight.detach().clone(), persistent=False)
+    layer.register_buffer("initial_B", layer.lora_B.weight.detach().clone(), persistent=False)
+
+
+def _pissa_init(layer: LoRALinear) -> None:
+    """PEFT's `init_lora_weights="pissa"`: the top r singular triplets of W0, split evenly between
+    B and A, divided by s so that s·B0·A0 is W0's principal part."""
+    w = layer.base_weight_oi().detach().to(torch.float32)
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    root = torch.sqrt(sv[: layer.r] / layer.scaling)
+    _start_on_residual(layer, root[:, None] * vh[: layer.r], u[:, : layer.r] * root[None, :], w)
+
+
+def _olora_init(layer: LoRALinear) -> None:
+    """PEFT's `init_lora_weights="olora"`: W0 = Q·R, B0 = the first r columns of Q (orthonormal),
+    A0 = the first r rows of R. (PEFT factors the weight as stored, which for GPT-2's Conv1D is
+    (in, out) and gives A and B the wrong shapes; here it is always (out, in).)"""
+    w = layer.base_weight_oi().detach().to(torch.float32)
+    q, r = torch.linalg.qr(w)
+    _start_on_residual(layer, r[: layer.r], q[:, : layer.r], w)
+
+
 # How a method's A and B start (`Method.init`). An initialiser that writes into the base weight
 # (PiSSA's residual) belongs to a method whose entry says `changes_base=True`.
-INITIALISERS = {"default": _default_init}
+INITIALISERS = {"default": _default_init, "pissa": _pissa_init, "olora": _olora_init}
 
 
 class DoRA:
@@ -114,19 +162,30 @@ VARIANTS = {"dora": DoRA}  # `Method.variant` -> its share of the layer; None: p
 class LoRALinear(nn.Module):
     """LoRA (or a variant) around an `nn.Linear` or a transformers `Conv1D` (fan_in_fan_out=True).
 
-    The method is given as PEFT's LoraConfig flags (`use_rslora`, `use_dora`, ...; see methods.py);
-    its table entry (named by `method`) says the scaling, the initialisation and the variant.
+    The method is named (`method`) or given as PEFT's LoraConfig flags (`use_rslora`, `use_dora`,
+    ...; see methods.py; LoRA+ has LoRA's flags, so only its name says it); its table entry says
+    the scaling, the initialisation and the variant.
 
     Parameter names follow PEFT: `lora_A.weight` (r×in), `lora_B.weight` (out×r); DoRA adds
     `lora_magnitude` (out,), written to PEFT files as `lora_magnitude_vector`.
     """
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, **peft_flags: object):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, *,
+                 method: str | None = None, **peft_flags: object):
         super().__init__()
-        method = method_entry(method_of_flags(**peft_flags))
+        method = method_entry(method or method_of_flags(**peft_flags))
         self.fan_in_fan_out = is_conv1d(base)
         weight = base.weight
-        if self.fan_in_fan_out:
+        # A bitsandbytes 4-bit base (lora_engine.quantize): its packed weight has no (out, in)
+        # shape and no matmul of ours reads it; its own forward computes W0·x + b. Kept outside
+        # the registered modules, so the state-dict keys stay the base's (`q_proj.weight`).
+        self._quantized: tuple[nn.Module, ...] = (base,) if is_quantized_linear(base) else ()
+        if self._quantized and method.variant is not None:
+            raise LoraConfigError(f"method {method.name!r} needs the whole base weight every step; "
+                                  "a quantised base holds it in 4 bits only: use lora or rslora")
+        if self._quantized:
+            self.out_features, self.in_features = base.out_features, base.in_features
+        elif self.fan_in_fan_out:
             self.in_features, self.out_features = weight.shape
         else:
             self.out_features, self.in_features = weight.shape
@@ -136,7 +195,8 @@ class LoRALinear(nn.Module):
         self.alpha = alpha
         self.method = method.name  # the table's entry (adapters.io reads it; a swap may change it)
         self.scaling = method.scale(alpha, r)
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        # The adapter of a quantised base trains in fp32 (as PEFT's QLoRA), whatever the 4-bit storage.
+        factory = {"device": weight.device, "dtype": torch.float32 if self._quantized else weight.dtype}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
         INITIALISERS[method.init](self)
@@ -167,7 +227,14 @@ class LoRALinear(nn.Module):
         return torch.linalg.norm(self.base_weight_oi() + delta, dim=1)
 
     # -- forward ----------------------------------------------------------------------------------
+    @property
+    def quantized_base(self) -> nn.Module | None:
+        """The bitsandbytes layer this wraps, when its base is quantised (else None)."""
+        return self._quantized[0] if self._quantized else None
+
     def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if self._quantized:
+            return self._quantized[0](x)
         return F.linear(x, self.base_weight_oi(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,6 +253,11 @@ class LoRALinear(nn.Module):
         if self.variant is not None:
             return self.variant.update(self, x, result)
         xd = self.lora_dropout(x) if self._has_dropout else x
+        if self._quantized:
+            # As PEFT's 4-bit LoRA layer: the update in the adapter's dtype (fp32; under autocast,
+            # the autocast dtype), added in the dtype the base output and the residual stream have.
+            a, b = self.lora_A.weight, self.lora_B.weight
+            return result + (F.linear(F.linear(xd.to(a.dtype), a), b) * self.scaling).to(result.dtype)
         h = F.linear(xd, self.lora_A.weight)
         out = torch.addmm(result.reshape(-1, self.out_features), h.reshape(-1, self.r),
                           self.lora_B.weight.t(), alpha=self.scaling)
@@ -197,6 +269,8 @@ class LoRALinear(nn.Module):
         """W ← W0 + s·B·A (DoRA: W ← m/‖W0 + s·B·A‖ ⊙ (W0 + s·B·A)). A no-op when already merged."""
         if self.merged:
             return
+        if self._quantized:
+            refuse_merge("merge an adapter")
         new = self.base_weight_oi() + self.delta_weight()
         if self.variant is not None:
             new = self.variant.merged(self, new)
@@ -237,13 +311,14 @@ class LoRAEmbedding(nn.Module):
 
     As PEFT (and loralib), A (r×num_embeddings) starts at zero and B (dim×r) at N(0, 1), so the
     update is zero at start; PEFT names them `lora_embedding_A` / `lora_embedding_B`. No dropout
-    (PEFT applies none to embeddings). The method, as PEFT's flags, must be one whose entry allows
+    (PEFT applies none to embeddings). The method, named or as PEFT's flags, must be one whose entry allows
     embeddings (`Method.embeddings`; not DoRA).
     """
 
-    def __init__(self, base: nn.Embedding, r: int, alpha: float, **peft_flags: object):
+    def __init__(self, base: nn.Embedding, r: int, alpha: float, *, method: str | None = None,
+                 **peft_flags: object):
         super().__init__()
-        method = method_entry(method_of_flags(**peft_flags))
+        method = method_entry(method or method_of_flags(**peft_flags))
         if not method.embeddings:
             raise ValueError(f"method {method.name!r} adapts linear layers only, not embeddings")
         self.num_embeddings, self.embedding_dim = base.weight.shape

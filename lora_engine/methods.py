@@ -4,16 +4,28 @@ Pure data, no torch (the CLI and the worker read it). The layers, the injector, 
 base-model cache, the pack and re-evaluation ask an entry's fields; none of them tests a method's
 name. A new LoRA variant is a new row here plus, where it initialises A and B its own way, an
 initialiser in `layers.INITIALISERS` (PiSSA: the SVD of W0, and W0 replaced by its residual,
-so `changes_base=True`).
+so `changes_base=True`), and where it trains them at rates of their own, a rule of
+`recipe.LR_RULES` (LoRA+).
 
-    method   adapter  changes_base  packable  PEFT flags                     s        variant
-    lora     yes      no            yes       use_rslora=F, use_dora=F       α/r      -
-    rslora   yes      no            yes       use_rslora=T, use_dora=F       α/√r     -
-    dora     yes      no            yes       use_rslora=F, use_dora=T       α/r      dora
-    full     no       yes           no        -                              -        -
-    none     no       no            no        - (trains nothing)             -        -
+    method    adapter  changes_base  packable  PEFT flags                  s     init   lr rule   stored as
+    lora      yes      no            yes       use_rslora=F, use_dora=F    α/r   -      -         itself
+    rslora    yes      no            yes       use_rslora=T, use_dora=F    α/√r  -      -         itself
+    dora      yes      no            yes       use_dora=T                  α/r   -      -         itself
+    loraplus  yes      no            yes       (those of lora)             α/r   -      loraplus  lora
+    pissa     yes      yes           no        init_lora_weights="pissa"   α/r   pissa  -         lora, 2r
+    olora     yes      yes           no        init_lora_weights="olora"   α/r   olora  -         lora, 2r
+    full      no       yes           no        -                           -     -      -         -
+    none      no       no            no        - (trains nothing)          -     -      -         -
 
-(init_lora_weights is PEFT's default, True, for all three: they start A and B as PEFT does.)
+(init_lora_weights is PEFT's default, True, for lora, rslora, dora and loraplus: they start A and
+B as PEFT does; DoRA's variant is "dora".)
+
+`stored_as`: the adapter method the saved files describe, when it is not the method itself. LoRA+
+trains a plain LoRA at other rates: its files are a LoRA's. PiSSA and OLoRA train on a residual
+base (W0 − s·B0·A0): their files are converted as PEFT's `save_pretrained(...,
+path_initial_model_for_weight_conversion=...)` does, to a plain LoRA of rank 2r on the untouched
+base (A' = [A; A0], B' = [B, −B0], α' = 2α, so s·B'·A' = s·B·A − s·B0·A0, the update training
+made), so serving, re-evaluation and PEFT alone use them on the shared base.
 
 `changes_base`: a run writes into the base weights, so the base it ran on is no longer the base
 that was loaded: a warm cache must not hand it out again, a pack (one base shared by every job)
@@ -60,6 +72,10 @@ class Method:
     variant: None, the update is s·B·A·x added to the base output (fusable across a pack's
       jobs); "dora": magnitude and direction (`layers.VARIANTS`).
     embeddings: may adapt embedding layers.
+    lr_rule: None, every LoRA tensor at the spec's lr; "loraplus": B faster than A
+      (`recipe.LR_RULES`).
+    stored_as: the adapter method its saved files describe when not itself (see the module doc);
+      `stored_rank_factor`: the stored rank over the trained one (2 for a converted PiSSA/OLoRA).
     """
 
     name: str
@@ -73,6 +89,9 @@ class Method:
     init: str = "default"
     variant: str | None = None
     embeddings: bool = True
+    lr_rule: str | None = None
+    stored_as: str | None = None
+    stored_rank_factor: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peft_flags", MappingProxyType(dict(self.peft_flags)))
@@ -89,6 +108,15 @@ class Method:
                              f"scalings {', '.join(SCALINGS)}")
         if not self.trains and (self.adapter or self.changes_base):
             raise ValueError(f"method {self.name!r} trains nothing: it has no adapter and leaves the base")
+
+    @property
+    def stored_method(self) -> str:
+        """The adapter method its saved files describe (its own name unless `stored_as`)."""
+        return self.stored_as or self.name
+
+    def stored_rank(self, r: int) -> int:
+        """The rank of the saved files for a run of rank `r`."""
+        return r * self.stored_rank_factor
 
     def scale(self, alpha: float, r: int) -> float:
         """s for this method's update."""
@@ -112,6 +140,15 @@ BY_NAME: dict[str, Method] = {m.name: m for m in (
     Method("dora", "DoRA (Liu et al. 2024): y = m/‖W0 + s·B·A‖_row ⊙ (W0·x + s·B·A·x) + b", adapter=True,
            packable=True, peft_flags={"use_rslora": False, "use_dora": True}, variant="dora",
            embeddings=False),
+    Method("loraplus", f"LoRA+ (Hayou et al. 2024): {_LORA}, s = α/r, B trained at loraplus_lr_ratio × "
+           "A's learning rate", adapter=True, packable=True,
+           peft_flags={"use_rslora": False, "use_dora": False}, lr_rule="loraplus", stored_as="lora"),
+    Method("pissa", f"PiSSA (Meng et al. 2024): {_LORA} on W0's residual, A and B from W0's top r "
+           "singular vectors", adapter=True, changes_base=True, peft_flags={"init_lora_weights": "pissa"},
+           init="pissa", embeddings=False, stored_as="lora", stored_rank_factor=2),
+    Method("olora", f"OLoRA (Büyükakyüz 2024): {_LORA} on W0's residual, A and B from W0's QR "
+           "decomposition", adapter=True, changes_base=True, peft_flags={"init_lora_weights": "olora"},
+           init="olora", embeddings=False, stored_as="lora", stored_rank_factor=2),
     Method("full", "full fine-tuning: it trains the base model itself", adapter=False, changes_base=True),
     Method("none", "the untuned baseline: it trains nothing", adapter=False, trains=False),
 )}

@@ -115,6 +115,21 @@ def _model_type(config: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def base_arch(name: str) -> str | None:
+    """The architecture (config.json's `model_type`) of base model `name` as far as this machine
+    knows it without loading anything: an alias, a local folder, a hub id in the local cache;
+    None when it cannot tell (a hub id not downloaded yet, a folder without a readable config)."""
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]
+    if is_folder_name(name or ""):
+        config = Path(name).expanduser() / "config.json"
+        return _model_type(config) if config.is_file() else None
+    if HUB_ID.match(name or ""):
+        config = cached_hub_config(name)
+        return _model_type(config) if config is not None else None
+    return None
+
+
 def base_model_problem(name: str, *, needs_causal: bool = False) -> str | None:
     """Why `name` cannot be a base model here (None: it can), naming what is allowed."""
     allowed = f"use an alias ({', '.join(MODEL_ALIASES)}), a local model folder, or a hub id like 'org/name'"

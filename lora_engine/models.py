@@ -255,11 +255,25 @@ def training_tokenizer(name: str):
     return tokenizer
 
 
-def load_base_model(name: str, kind: str, num_labels: int | None = None):
+def _load_tiny_quantized(arch: str, kind: str, labels: int | None, tokenizer, quantize: str):
+    """A tiny model quantised as a real one is: written out and loaded back through bitsandbytes."""
+    import tempfile
+
+    from lora_engine.device import pick_device
+    from lora_engine.quantize import quantized_load_kwargs
+
+    model = _load_tiny(arch, kind, labels, tokenizer)
+    with tempfile.TemporaryDirectory(prefix="lorafleet-tiny-") as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
+        return _auto_class(kind).from_pretrained(tmp, **quantized_load_kwargs(quantize, pick_device().device))
+
+
+def load_base_model(name: str, kind: str, num_labels: int | None = None, quantize: str | None = None):
     """(model, tokenizer) for fine-tuning; kind: "classification" | "regression" | "generation".
 
     The tokenizer has a pad token and the model's config knows it (GPT-2/Llama classification
-    finds each row's last token through pad_token_id).
+    finds each row's last token through pad_token_id). `quantize` ("nf4"): the base loads
+    quantised through bitsandbytes, on the device this process trains on (lora_engine.quantize).
     """
     auto = _auto_class(kind)
     labels = _num_labels(kind, num_labels)
@@ -267,12 +281,19 @@ def load_base_model(name: str, kind: str, num_labels: int | None = None):
     if kind == "generation" and not resolved.tiny and resolved.arch in ("bert", "roberta"):
         raise LoraFleetInputError(f"{name!r} is an encoder ({resolved.arch}); generation needs a causal LM")
     tokenizer = training_tokenizer(name)
-    if resolved.tiny:
+    if resolved.tiny and quantize:
+        model = _load_tiny_quantized(resolved.arch, kind, labels, tokenizer, quantize)
+    elif resolved.tiny:
         model = _load_tiny(resolved.arch, kind, labels, tokenizer)
     else:
         kwargs = dict(resolved.load_kwargs)
         if labels is not None:
             kwargs["num_labels"] = labels
+        if quantize:
+            from lora_engine.device import pick_device
+            from lora_engine.quantize import quantized_load_kwargs
+
+            kwargs.update(quantized_load_kwargs(quantize, pick_device().device))
         try:
             with quiet_transformers():
                 model = auto.from_pretrained(resolved.path, **kwargs)

@@ -10,7 +10,8 @@ can join one only when
   so the job would train on fewer rows and keep its last step instead of its best, unlike alone;
 - it does not continue an adapter (`init_from`): its parent is loaded and verified on the solo path;
 - it does not recompute activations (`gradient_checkpointing`): the packed forward keeps them;
-- it runs on one device (`devices`): a job across several trains alone, on its own ranks.
+- it runs on one device (`devices`): a job across several trains alone, on its own ranks;
+- its base is not quantised (`quantize`): a pack shares one base, loaded in full precision.
 
 What a particular pack adds (the same base model, one pooling, room and token budget) is
 `Pack.check`'s; which layers the job's targets hit (LoRA on an embedding trains alone) is known
@@ -36,7 +37,8 @@ def pack_family(arch: str | None, kind: str) -> str | None:
 
 
 def refusal(*, method: str, arch: str | None, kind: str, evaluates: bool = False,
-            continues_adapter: bool = False, recomputes: bool = False, devices: int = 1) -> str | None:
+            continues_adapter: bool = False, recomputes: bool = False, devices: int = 1,
+            quantize: str | None = None) -> str | None:
     """Why a job cannot train in a pack (a sentence for the user), or None when it can."""
     entry = BY_NAME.get(method)
     if entry is None:
@@ -59,13 +61,18 @@ def refusal(*, method: str, arch: str | None, kind: str, evaluates: bool = False
                 "activations for all its jobs): train it alone")
     if devices > 1:
         return f"a job across {devices} devices cannot be packed (a pack runs on one): it trains alone"
+    if quantize is not None:
+        return (f"a job on an {quantize}-quantised base cannot be packed (a pack shares one base in full "
+                "precision): it trains alone")
     return None
 
 
 def packable(*, method: str, arch: str | None, kind: str, evaluates: bool = False,
-             continues_adapter: bool = False, recomputes: bool = False, devices: int = 1) -> str | None:
+             continues_adapter: bool = False, recomputes: bool = False, devices: int = 1,
+             quantize: str | None = None) -> str | None:
     """The packed forward ('encoder' / 'decoder') a job takes, or None when it trains alone."""
     if refusal(method=method, arch=arch, kind=kind, evaluates=evaluates,
-               continues_adapter=continues_adapter, recomputes=recomputes, devices=devices) is not None:
+               continues_adapter=continues_adapter, recomputes=recomputes, devices=devices,
+               quantize=quantize) is not None:
         return None
     return pack_family(arch, kind)

@@ -38,6 +38,7 @@ prompt's hidden states never go through the 49k-wide vocabulary matrix.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import math
 import threading
@@ -215,24 +216,51 @@ def reset_head(model: nn.Module, heads: list[str]) -> None:
                         module.bias.zero_()
 
 
+# LoRA+ (Hayou et al. 2024) as PEFT's `create_loraplus_optimizer` groups the body's tensors: B (and
+# any 1-D tensor) at lr × loraplus_lr_ratio, a LoRA embedding's A and B at a fixed small rate, the
+# rest (A) at lr. What PEFT's function does not know, lorafleet's head and weight decay, stay as
+# for every method: the head at head_lr, no decay on 1-D tensors.
+LORAPLUS_LR_EMBEDDING = 1e-6  # PEFT's `loraplus_lr_embedding` default (and the LoRA+ authors')
+
+
+def _loraplus_rate(name: str, p: nn.Parameter) -> str:
+    """"", "B" or "embedding": which LoRA+ rate a body tensor trains at."""
+    parts = name.split(".")
+    if "lora_embedding_A" in parts or "lora_embedding_B" in parts:
+        return "embedding"
+    return "B" if "lora_B" in parts or p.ndim == 1 else ""
+
+
+# `Method.lr_rule` -> (the rate's name for a body tensor, its lr given (lr, ratio)).
+LR_RULES: dict[str, tuple[Callable[[str, nn.Parameter], str], dict[str, Callable[[float, float], float]]]] = {
+    "loraplus": (_loraplus_rate, {"": lambda lr, ratio: lr, "B": lambda lr, ratio: lr * ratio,
+                                  "embedding": lambda lr, ratio: LORAPLUS_LR_EMBEDDING}),
+}
+
+
 def param_groups(model: nn.Module, heads: list[str], *, lr: float, head_lr: float | None,
-                 weight_decay: float) -> list[dict]:
-    """AdamW groups {body, head} × {decay, no decay}; empty groups are left out.
+                 weight_decay: float, lr_rule: str | None = None,
+                 lr_ratio: float | None = None) -> list[dict]:
+    """AdamW groups {body, head} × {decay, no decay} (× the body's rates of `lr_rule`, LoRA+'s);
+    empty groups are left out.
 
     No decay on 1-D tensors (biases, LayerNorm gains, DoRA magnitudes).
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    rate_of, rates = LR_RULES[lr_rule] if lr_rule is not None else (lambda n, p: "", {"": lambda lr, r: lr})
+    groups: dict[tuple[bool, bool, str], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_head = any(name == h or name.startswith(h + ".") for h in heads)
-        groups.setdefault((is_head, p.ndim >= 2), []).append(p)
+        rate = "" if is_head else rate_of(name, p)
+        groups.setdefault((is_head, p.ndim >= 2, rate), []).append(p)
     out = []
-    for (is_head, decay), params in sorted(groups.items()):
-        group_lr = head_lr if (is_head and head_lr is not None) else lr
+    for (is_head, decay, rate), params in sorted(groups.items()):
+        group_lr = head_lr if (is_head and head_lr is not None) else rates[rate](lr, lr_ratio)
         out.append({"params": params, "lr": group_lr, "initial_lr": group_lr,
                     "weight_decay": weight_decay if decay else 0.0,
-                    "name": ("head" if is_head else "body") + ("" if decay else "/no_decay")})
+                    "name": ("head" if is_head else "body") + (f"/{rate}" if rate else "")
+                    + ("" if decay else "/no_decay")})
     return out
 
 
@@ -240,10 +268,10 @@ def load_model(spec: TrainingSpec, info: TaskInfo, num_labels: int | None, cache
     """The spec's base model: checked out of a warm cache when given, else loaded."""
     kind = info.kind
     if cache is not None:
-        return cache.checkout(spec.base_model, kind, num_labels)
+        return cache.checkout(spec.base_model, kind, num_labels, quantize=spec.quantize)
     from lora_engine.models import load_base_model
 
-    return load_base_model(spec.base_model, kind, num_labels)
+    return load_base_model(spec.base_model, kind, num_labels, quantize=spec.quantize)
 
 
 def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
@@ -264,13 +292,18 @@ def _adapt(spec: TrainingSpec, model: nn.Module, heads: list[str]):
         return None
     if spec.init_from:
         from lora_engine.adapters.io import load_adapter, settings_from_config
+        from lora_engine.inject import lora_modules
 
         settings = settings_from_config(load_adapter(model, spec.init_from))
-        if settings.method != spec.method or settings.rank != spec.rank:
+        if settings.method != entry.stored_method or settings.rank != spec.rank:
             raise LoraConfigError(
                 f"init_from adapter is {settings.method} r={settings.rank}, the spec asks for "
                 f"{spec.method} r={spec.rank}: give the adapter's method and rank to continue it"
             )
+        # A LoRA adapter continued by LoRA+ (the same files, trained at other rates) is LoRA+'s now.
+        settings = dataclasses.replace(settings, method=entry.name)
+        for _, layer in lora_modules(model):
+            layer.method = entry.name
     else:
         from lora_engine.inject import inject_lora
 
@@ -343,7 +376,7 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
     device = device or pick_device()
     label_names = label_names_for(spec)
     num_labels = len(label_names) if info.kind == "classification" else None
-    if cache is not None and cache.key == (spec.base_model, info.kind, num_labels):
+    if cache is not None and cache.key == cache.key_of(spec.base_model, info.kind, num_labels, spec.quantize):
         model, tokenizer = load_model(spec, info, num_labels, cache)
         data = training_data(spec, training_examples(spec, data_dir=data_dir), tokenizer)
     else:
@@ -405,7 +438,8 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: Traini
     total = total_optimizer_steps(len(sampler), epochs=spec.epochs, max_steps=spec.max_steps,
                                   grad_accum=spec.grad_accum)
     optimizer = torch.optim.AdamW(
-        param_groups(model, heads, lr=spec.lr, head_lr=spec.head_lr, weight_decay=spec.weight_decay),
+        param_groups(model, heads, lr=spec.lr, head_lr=spec.head_lr, weight_decay=spec.weight_decay,
+                     lr_rule=method(spec.method).lr_rule, lr_ratio=spec.loraplus_lr_ratio),
         lr=spec.lr, betas=(0.9, 0.999), eps=1e-8,
     )
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -12,7 +12,8 @@ ordered by layout so those re-injections are as few as possible.
 
 An adapter whose method changes the base weights (`methods.Method.changes_base`) cannot have the
 next adapter swapped onto its base: it is scored in a group of its own, and its base is checked in
-dirty (evicted) afterwards.
+dirty (evicted) afterwards. (PiSSA and OLoRA change the base while training only: their files are
+a plain LoRA on the untouched base, read as such, and swapped like any other.)
 
 Heads: before each adapter the head tensors go back to the base's (`cache.reset_heads`), so an
 adapter that saves no pooler is scored with the pristine one; a head of another label count (SST-2

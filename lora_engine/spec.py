@@ -19,10 +19,15 @@ from lora_engine.catalog import ALL_TASKS, CUSTOM_TASKS, METHODS, TASKS, TaskInf
 from lora_engine.errors import SpecError, shown
 from lora_engine.methods import BY_NAME
 from lora_engine.methods import method as method_entry
-from lora_engine.model_ref import MODEL_ALIASES, base_model_problem, base_pooling
+from lora_engine.model_ref import MODEL_ALIASES, base_arch, base_model_problem, base_pooling
 
 MAX_RANK = 1024
+# LoRA+'s default ηB/ηA (2^4, the LoRA+ paper's choice; PEFT's create_loraplus_optimizer has no default).
+LORAPLUS_LR_RATIO = 16.0
 MAX_DEVICES = 64
+# Architectures whose base loads quantised (`quantize`): Llama-family causal LMs, whose linear
+# layers bitsandbytes replaces and whose modules our LoRA layers and padding-free forward call.
+QUANTIZABLE_ARCHS = ("llama",)
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # Every number of a spec is finite and inside these bounds: (low, high, low inclusive). The
@@ -45,6 +50,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "eval_holdout": (0, 1_000_000, True),
     "patience": (0, 1000, True),
     "min_delta": (0, 1.0, True),
+    "loraplus_lr_ratio": (1, 1024, True),
     "devices": (1, MAX_DEVICES, True),  # the fleet's own bound is a setting (max_job_devices)
 }
 # Text and lists are bounded too: base_model lands in a 255-character registry column, a path is
@@ -103,13 +109,20 @@ class TrainingSpec(BaseModel):
     # engine used alone; the worker passes the stored, hash-checked file).
     dataset: str | None = None
     init_from: str | None = None  # an adapter folder to start from (lineage)
-    # Recompute each layer's activations in the backward pass instead of keeping them: about half
-    # the activation memory for about a third more step time (bench/bench_grad_ckpt.py); the
+    # LoRA+ only: B's learning rate over A's (lr). None: LORAPLUS_LR_RATIO.
+    loraplus_lr_ratio: float | None = None
+    # Recompute each layer's activations in the backward pass instead of keeping them: 0.38-0.42x
+    # the activation memory for 1.3-1.5x the step's CPU time (bench/bench_grad_ckpt.py); the
     # numbers trained are the same.
     gradient_checkpointing: bool = False
     # Devices one training run spans (data parallel, lora_engine.multidevice): the global batch
     # is split across them, so the run's math is that of one device.
     devices: int = 1
+    # Load the frozen base quantised to 4-bit NF4 with double quantisation through bitsandbytes,
+    # computing in bf16 (QLoRA, Dettmers et al. 2023): about a quarter of the base's memory. A
+    # Llama-family causal base, an adapter method, a CUDA worker; the adapter is a plain LoRA
+    # adapter of the unquantised base (lora_engine.quantize).
+    quantize: Literal["nf4"] | None = None
 
     @property
     def info(self) -> TaskInfo:
@@ -154,6 +167,8 @@ class TrainingSpec(BaseModel):
             "max_length": self.max_length or info.max_length,
             "targets": self.targets if (self.targets is not None or not entry.adapter) else method["targets"],
         }
+        if entry.lr_rule == "loraplus" and self.loraplus_lr_ratio is None:
+            update["loraplus_lr_ratio"] = LORAPLUS_LR_RATIO
         epochs = None if self.epochs in (None, AUTO) else self.epochs
         if self.max_steps:
             update["epochs"] = None
@@ -223,7 +238,7 @@ def _size_problems(v: dict[str, Any]) -> list[str]:
 # Fields only training reads: given with a method that trains nothing ('none') they would be
 # silently ignored.
 UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "warmup_ratio", "init_from",
-                  "gradient_checkpointing")
+                  "loraplus_lr_ratio", "gradient_checkpointing", "quantize")
 
 
 def _untuned_problems(v: dict[str, Any], method: str) -> list[str]:
@@ -271,6 +286,12 @@ def _cross_field_problems(v: dict[str, Any], reported: set[str]) -> list[str]:
         elif trains_nothing:
             problems.append(f"pooling: not used by method {method!r} (it evaluates the base model as it is, "
                             "with the base model's own pooling)")
+    if v.get("loraplus_lr_ratio") is not None and entry is not None and entry.lr_rule != "loraplus":
+        problems.append(f"loraplus_lr_ratio: only method 'loraplus' reads it (got method {method!r})")
+    if entry is not None and entry.changes_base and entry.adapter and v.get("init_from"):
+        problems.append(f"init_from: method {method!r} starts from the base model's own weights; its "
+                        f"adapters are stored as {entry.stored_method} of rank {entry.stored_rank_factor}r: "
+                        f"continue one with method {entry.stored_method!r} and that rank")
     if entry is not None and entry.trains and not entry.adapter and targets:
         problems.append(f"targets: not used by method {method!r} (it trains every weight)")
 
@@ -288,10 +309,48 @@ def _cross_field_problems(v: dict[str, Any], reported: set[str]) -> list[str]:
         problem = base_model_problem(base, needs_causal=generation)
         if problem:
             problems.append(problem)
+    if v.get("quantize") is not None and "quantize" not in reported and not trains_nothing:
+        problems += quantize_problems(v.get("quantize"), entry, task, base, v.get("devices", 1))
     init_from = v.get("init_from")
     if isinstance(init_from, str) and not (Path(init_from) / "adapter_config.json").is_file():
         problems.append(f"init_from: {init_from!r} is not an adapter folder (no adapter_config.json)")
     return problems
+
+
+def quantize_problems(quantize: str, entry: Any, task: Any, base: Any, devices: Any = 1) -> list[str]:
+    """Why a spec with `quantize` cannot run (none: it can): QLoRA trains a plain adapter over a
+    frozen Llama-family causal LM (`QUANTIZABLE_ARCHS`) on one CUDA device, so the method, the
+    task, the base and the device count must all allow it."""
+    problems = []
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1:
+        # Each rank would hold its own 4-bit base: plausible, but never run here (no GPU to check).
+        problems.append(f"quantize: an {quantize} job trains on one device (got devices: {devices})")
+    if entry is not None and (not entry.adapter or entry.changes_base):
+        allowed = ", ".join(n for n, m in BY_NAME.items() if quantizable_method(m))
+        problems.append(f"quantize: method {entry.name!r} trains the base weights themselves, which a "
+                        f"{quantize}-quantised base cannot; quantize is for adapter methods ({allowed})")
+    elif entry is not None and entry.variant is not None:
+        allowed = " or ".join(n for n, m in BY_NAME.items() if quantizable_method(m))
+        problems.append(f"quantize: method {entry.name!r} rescales by the norm of the whole weight every "
+                        f"step, which an {quantize} base holds only quantised; use {allowed} with quantize")
+    if task in TASKS and not TASKS[task].is_generation:
+        problems.append(f"quantize: task {task!r} trains a {TASKS[task].kind} head; quantize is for "
+                        "generation tasks (a causal LM whose every linear layer but the output is quantised)")
+    name = base if isinstance(base, str) else (TASKS[task].base_model if task in TASKS else None)
+    if isinstance(name, str):
+        arch = base_arch(name)
+        if arch not in QUANTIZABLE_ARCHS:
+            known = (f"a {arch} model" if arch
+                     else "of an architecture this machine cannot read (not downloaded?)")
+            problems.append(f"quantize: base model {name!r} is {known}; {quantize} is for Llama-family "
+                            f"causal LMs ({', '.join(QUANTIZABLE_ARCHS)}), e.g. smollm2-135m")
+    return problems
+
+
+def quantizable_method(entry: Any) -> bool:
+    """A method whose adapter trains over a quantised base: an adapter that leaves the base as
+    loaded and adds s·B·A·x to its output (no variant needing the whole weight)."""
+    return entry.adapter and not entry.changes_base and entry.variant is None
 
 
 def validate_spec(data: dict[str, Any] | TrainingSpec) -> TrainingSpec:

@@ -1,8 +1,10 @@
 """Sending job messages and recording that they were sent: after commit, re-dispatch, reconcile.
 
 `orchestrator.dispatch.send_run_jobs` is the one function that puts a message on the broker;
-here it is paired with the registry's record of the dispatch, which the reconciler reads to
-re-send for queued jobs whose message may be lost (when: `orchestrator.retries.redispatch_wait`).
+here it is told each job's queue (its device count, `services.reconcile.by_devices`, read in the
+session that records the dispatch) and paired with the registry's record of the dispatch, which
+the reconciler reads to re-send for queued jobs whose message may be lost (when:
+`orchestrator.retries.redispatch_wait`).
 A crash between sending and recording is harmless: a second message finds nothing to claim.
 
 Services record the jobs to send in their transaction (`orchestrator.services.enqueue`); an edge
@@ -26,16 +28,24 @@ if TYPE_CHECKING:
 def announce_jobs(
     job_ids: list[str], *, settings: Settings | None = None, countdown: float | None = None
 ) -> None:
-    """Send a message per queued job (after the jobs were committed) and record the dispatch."""
+    """Send a message per queued job (after the jobs were committed), each on the queue of its
+    device count, and record the dispatch."""
     from orchestrator.registry.db import session_scope
-    from orchestrator.services.reconcile import mark_dispatched
+    from orchestrator.services.reconcile import by_devices, mark_dispatched
 
     settings = settings or get_settings()
     if not job_ids:
         return
-    send_run_jobs(list(job_ids), settings=settings, countdown=countdown)
     with session_scope(settings) as session:
+        # Sent before the record: a crash in between costs a second message, never a lost one.
+        send_by_devices(by_devices(session, list(job_ids)), settings, countdown)
         mark_dispatched(session, list(job_ids))
+
+
+def send_by_devices(groups: dict[int, list[str]], settings: Settings, countdown: float | None = None) -> None:
+    """Send the messages of job ids grouped by device count (`services.reconcile.by_devices`)."""
+    for devices, ids in groups.items():
+        send_run_jobs(ids, settings=settings, countdown=countdown, devices=devices)
 
 
 @contextmanager
@@ -94,7 +104,7 @@ def reconcile_once(
 
     # From the submodule itself: once `orchestrator.services.reconcile` (the module) is imported,
     # the package attribute of that name is the module, not the function.
-    from orchestrator.services.reconcile import LEASE_GRACE_S, REDISPATCH_AFTER_S, reconcile
+    from orchestrator.services.reconcile import LEASE_GRACE_S, REDISPATCH_AFTER_S, by_devices, reconcile
 
     settings = settings or get_settings()
     with session_scope(settings) as session:
@@ -103,7 +113,8 @@ def reconcile_once(
             lease_grace_s=LEASE_GRACE_S if lease_grace_s is None else lease_grace_s,
             redispatch_after_s=REDISPATCH_AFTER_S if redispatch_after_s is None else redispatch_after_s,
         )
-    send_run_jobs(list(result.dispatch), settings=settings)
+        groups = by_devices(session, list(result.dispatch)) if result.dispatch else {}
+    send_by_devices(groups, settings)
     report = {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed,
               "cancelled": result.cancelled, "paused": result.paused}
     if webhooks:

@@ -6,6 +6,16 @@ passes live in `orchestrator.announce`.
 The message carries only the job id; the registry is the source of truth, so a lost or duplicated
 message costs nothing (the reconciler re-sends, a second claim finds nothing).
 
+One queue per device count (`devices_queue`): a job asking for one device is announced on `gpu`,
+as always; one asking for N > 1 on `gpu.devices-N`, which only a worker owning N or more devices
+consumes (a worker of K devices consumes the queues of 1..K, `worker_queues`). A message is taken
+only by a worker that can claim its job, so a `devices: 2` job is heard at once by a worker of
+two, instead of being dropped by a worker of one and waiting for the reconciler's re-send (which
+backs off to 64 x `redispatch_after`). The worker woken by a message of N devices claims a job
+of N devices (`services.leases.claim_next(message=…)`), so every queued job keeps a message on
+its own queue. Handing a message back (a reject) was the other way: on a fleet of small workers
+it would circle between them until a big one is free, a busy loop on the broker.
+
 The sender is not a Celery app: `lorafleet job submit` is a short process, and importing and
 configuring Celery to send one message cost it more than the rest of the send (bench/RESULTS.md,
 "The submit path"). The message is Celery's task message, protocol 2 (headers, properties, body as
@@ -155,20 +165,32 @@ def task_message(task: str, args: list[Any], countdown: float | None = None,
     return body, headers, {"correlation_id": task_id, "reply_to": ""}
 
 
+def devices_queue(queue: str, devices: int) -> str:
+    """The queue of the messages of jobs asking for `devices` devices: `queue` itself for one
+    (every worker consumes it), `<queue>.devices-N` for N > 1 (workers owning N or more)."""
+    return queue if devices <= 1 else f"{queue}.devices-{devices}"
+
+
+def worker_queues(queue: str, devices: int) -> list[str]:
+    """The queues a worker owning `devices` devices consumes: those of every job it can claim."""
+    return [devices_queue(queue, n) for n in range(1, devices + 1)]
+
+
 def send_run_jobs(job_ids: list[str], *, settings: Settings | None = None,
-                  countdown: float | None = None) -> None:
-    """Queue one `lorafleet.run_job(job_id)` message per id on the GPU queue: the one function
-    that sends job messages (submit, the runner's re-dispatch after a back-off and the reconciler
-    all call it through `orchestrator.announce`)."""
+                  countdown: float | None = None, devices: int = 1) -> None:
+    """Queue one `lorafleet.run_job(job_id)` message per id on the queue of jobs asking for
+    `devices` devices: the one function that sends job messages (submit, the runner's re-dispatch
+    after a back-off and the reconciler all call it through `orchestrator.announce`)."""
     settings = settings or get_settings()
+    queue = devices_queue(settings.queue, devices)
     messages = [task_message(RUN_JOB, [str(job_id)], countdown) for job_id in job_ids]
-    if messages and not _insert_embedded(settings, messages):
+    if messages and not _insert_embedded(settings.broker_url, queue, messages):
         with _send_lock:
             connection = broker_connection(settings)
             producer = connection.Producer(serializer="json")
             for body, headers, properties in messages:
                 # The default exchange routes by queue name, on every transport, with nothing to declare.
-                producer.publish(body, exchange="", routing_key=settings.queue, headers=headers,
+                producer.publish(body, exchange="", routing_key=queue, headers=headers,
                                  delivery_mode=2, retry=True, retry_policy=PUBLISH_RETRY_POLICY, **properties)
 
 
@@ -186,11 +208,11 @@ def stored_message(body: Any, headers: dict[str, Any], properties: dict[str, Any
     })
 
 
-def _insert_embedded(settings: Settings, messages: list[tuple[Any, dict, dict]]) -> bool:
-    """Insert the messages into the embedded broker's queue in one transaction. False (nothing
+def _insert_embedded(broker_url: str, queue: str, messages: list[tuple[Any, dict, dict]]) -> bool:
+    """Insert the messages into the embedded broker's `queue` in one transaction. False (nothing
     written) when this is not an embedded broker, or its file has no such queue yet: kombu then
     sends them, creating its tables and the queue the first time."""
-    path = embedded_broker_file(settings.broker_url)
+    path = embedded_broker_file(broker_url)
     if path is None or not path.is_file():
         return False
     # A worker's poll holds the write lock for milliseconds; a lock held longer fails the send
@@ -200,7 +222,7 @@ def _insert_embedded(settings: Settings, messages: list[tuple[Any, dict, dict]])
         with connection:
             try:
                 row = connection.execute("SELECT id FROM kombu_queue WHERE name = ?",
-                                         (settings.queue,)).fetchone()
+                                         (queue,)).fetchone()
             except sqlite3.OperationalError as exc:  # an empty file: kombu has not created its tables
                 if "no such table" in str(exc):
                     return False
@@ -210,7 +232,7 @@ def _insert_embedded(settings: Settings, messages: list[tuple[Any, dict, dict]])
             connection.executemany(
                 "INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) "
                 "VALUES (1, NULL, ?, 1, ?)",
-                [(stored_message(body, headers, properties, settings.queue), row[0])
+                [(stored_message(body, headers, properties, queue), row[0])
                  for body, headers, properties in messages])
     finally:
         connection.close()

@@ -12,8 +12,11 @@ the longest job, the `gpu` queue. Here:
   (the solo pool runs tasks in the worker process itself; `lorafleet worker --gpus N` starts one
   such process per GPU);
 - on shutdown the running job checkpoints and goes back to the queue (see `_shutting_down`);
+- a worker owning K devices (`LORAFLEET_WORKER_DEVICES`) also consumes the queues of jobs of
+  2..K devices (`orchestrator.dispatch.worker_queues`), whatever `-Q` named: the messages of the
+  jobs it can claim, and no others;
 - a worker whose own environment failed `unhealthy_after` jobs in a row stops consuming its
-  queue (`worker.health`);
+  queues (`worker.health`);
 - an embedded worker runs the reconciler in a thread (`worker.reconciler`); a cluster runs
   `lorafleet reconcile --every` (its own container), or a beat schedule (`… worker --beat`);
 - the process that runs the tasks registers in the `workers` table and heartbeats there, idle
@@ -33,6 +36,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import (
     beat_embedded_init,
+    celeryd_after_setup,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -42,7 +46,7 @@ from celery.signals import (
 )
 
 from orchestrator.config import get_settings
-from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir
+from orchestrator.dispatch import RECONCILE, celery_config, ensure_broker_dir, worker_queues
 from worker import exporter, health, logs, preflight, presence  # noqa: F401 (they connect their signal handlers)
 from worker.transport import consumer_broker_url
 
@@ -69,6 +73,14 @@ _worker_pid: int | None = None  # the worker process (the parent of its pool and
 def _remember_worker(**_: Any) -> None:
     global _worker_pid
     _worker_pid = os.getpid()
+
+
+@celeryd_after_setup.connect
+def _consume_device_queues(instance: Any = None, **_: Any) -> None:
+    """The queues of the jobs this worker's devices can take (Celery's documented way to add
+    queues a worker always consumes, beside its `-Q`)."""
+    for queue in worker_queues(settings.queue, settings.worker_devices)[1:]:
+        instance.app.amqp.queues.select_add(queue)
 
 
 @beat_embedded_init.connect
@@ -136,13 +148,18 @@ def _ready(sender: Any = None, **_: Any) -> None:
         # Unhealthy, it takes no more messages: they go to healthy workers. (The task runs in
         # this consumer's own thread, so it may cancel the consumer. A prefork child cannot
         # reach its parent's consumer: it refuses each message it is given, see `tasks.run_job`.)
-        health.on_unhealthy(lambda _reason: sender.cancel_task_queue(settings.queue))
+        def stop_consuming(_reason: str) -> None:
+            for queue in worker_queues(settings.queue, settings.worker_devices):
+                sender.cancel_task_queue(queue)
+
+        health.on_unhealthy(stop_consuming)
     embedded = settings.database_url.startswith("sqlite")
     if embedded:
         ReconcilerThread(settings).start()
     logging.getLogger(__name__).info(
         "lorafleet worker ready: registry %s, queue %s, lease %ss, heartbeat %ss%s",
-        settings.database_url.split("@")[-1], settings.queue, settings.lease_seconds,
+        settings.database_url.split("@")[-1],
+        ",".join(worker_queues(settings.queue, settings.worker_devices)), settings.lease_seconds,
         settings.heartbeat_seconds,
         f", reconciling every {settings.reconcile_every_s}s" if embedded else "",
     )

@@ -36,6 +36,7 @@ from orchestrator.services.leases import UsageRecord
 from worker.attempt import Attempt, RunResult, device_name, shutting_down
 from worker.executor import JobResult, StagedAdapter
 from worker.inputs import base_folder, local_base
+from worker.presence import device
 from worker.runner import WARM_CACHE, cache_for, default_worker_id, run_job
 from worker.train import train_hooks
 
@@ -69,7 +70,8 @@ def _packable(job, settings: Settings) -> str | None:
     # the single path first, as a parent it continues is.
     return packable(method=job.method, arch=arch, kind=kind, evaluates=_evaluates(job),
                     continues_adapter=job.init_from_adapter_id is not None or job.base_adapter_id is not None,
-                    recomputes=bool(job.spec.get("gradient_checkpointing")), devices=job.devices)
+                    recomputes=bool(job.spec.get("gradient_checkpointing")), devices=job.devices,
+                    quantize=job.quantize)
 
 
 def _pooling(base_model: str, spec: dict) -> str:
@@ -99,12 +101,14 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
     """Claim and run the next job, packed with compatible queued jobs when it can be; one
     RunResult per job claimed. Never raises for a job's own failure (as `run_job`)."""
     from orchestrator.registry import repositories as repo
-    from orchestrator.services.leases import claim_job
+    from orchestrator.services.leases import claim_job, message_devices
 
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
     with session_scope(settings) as session:
-        head = repo.claim_candidates(session, limit=1, devices=settings.worker_devices)
+        # The head is a job of the message's device count, as `claim_next(message=…)` claims.
+        head = repo.claim_candidates(session, limit=1, devices=settings.worker_devices,
+                                     device_kind=device()[0], job_devices=message_devices(session, job_id))
         lead = repo.job(session, head[0][0]) if head else None
         family = _packable(lead, settings) if lead is not None else None
         if family is None or not packing_enabled(settings):

@@ -21,6 +21,7 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.registry.db import session_scope
 from worker.attempt import Attempt, RunResult
 from worker.logs import bind_job, job_scope
+from worker.presence import device
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,11 @@ def run_job(
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
     with session_scope(settings) as session:
-        job = claim_next(session, worker_id, settings.lease_seconds, devices=settings.worker_devices)
+        kind = device()[0]
+        job = claim_next(session, worker_id, settings.lease_seconds, devices=settings.worker_devices,
+                         device_kind=kind, message=job_id)
         if job is None:
-            reason = unclaimable_reason(session, job_id, settings.worker_devices)
+            reason = unclaimable_reason(session, job_id, settings.worker_devices, kind)
             log.info("nothing to claim for message %s: %s", job_id, reason)
             return RunResult("skipped", None, reason)
         attempt = Attempt.of(settings, worker_id, job, cache_for(cache))

@@ -60,6 +60,7 @@ from lora_engine.inject import (
 from lora_engine.layers import is_lora_param
 from lora_engine.methods import Method, adapter_method, peft_flag_values
 from lora_engine.model_ref import hub_id_of
+from lora_engine.quantize import linear_shape
 from lora_engine.safetensors_header import read_header
 
 PEFT_PREFIX = "base_model.model."
@@ -156,18 +157,24 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
     if modules_to_save is None:
         modules_to_save = head_module_names(model) if peft_task == "SEQ_CLS" else []
     tensors = lora_state_dict(model, bias=bias, modules_to_save=modules_to_save)
+    entry = adapter_method(settings.method)
+    if entry.changes_base:
+        tensors = {**tensors, **_on_untouched_base(layers)}
     weights = {to_peft_key(n): t.detach().to("cpu").contiguous() for n, t in tensors.items()}
-    alpha = settings.lora_alpha
+    # What the files describe: the method's stored form (a converted PiSSA/OLoRA: LoRA, rank 2r,
+    # α' = 2α so that s = α'/2r = α/r is unchanged, as PEFT converts it).
+    alpha = settings.lora_alpha * entry.stored_rank_factor
     config = {
         "peft_type": "LORA",
         "task_type": peft_task,
         # The hub id for an alias we ship, so PEFT and the Hub can resolve the base anywhere.
         "base_model_name_or_path": hub_id_of(base_model_name),
-        "r": settings.rank,
+        "r": entry.stored_rank(settings.rank),
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "lora_dropout": settings.dropout,
-        # The method's flags (init_lora_weights included: PEFT's True unless its entry says otherwise).
-        **adapter_method(settings.method).config_flags(),
+        # The flags of the method the files hold (init_lora_weights included: PEFT's True unless its
+        # entry says otherwise).
+        **adapter_method(entry.stored_method).config_flags(),
         "target_modules": _target_modules(model),
         "fan_in_fan_out": any(getattr(m, "fan_in_fan_out", False) for _, m in layers),
         "bias": bias,
@@ -186,6 +193,17 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
         save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         _finish_folder(tmp, meta, card_stats)
     return folder
+
+
+def _on_untouched_base(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
+    """A PiSSA/OLoRA run's update as a plain LoRA of rank 2r on the untouched base, as PEFT's
+    `subtract_mutated_init` computes it: W0 = W_res + s·B0·A0 and W0 + ΔW = W_res + s·B·A give
+    ΔW = s·(B·A − B0·A0) = s·[B, −B0]·[A; A0]."""
+    out = {}
+    for name, m in layers:
+        out[f"{name}.lora_A.weight"] = torch.cat([m.lora_A.weight, m.initial_A], dim=0)
+        out[f"{name}.lora_B.weight"] = torch.cat([m.lora_B.weight, -m.initial_B], dim=1)
+    return out
 
 
 def save_full_model(model: nn.Module, tokenizer, folder: str | os.PathLike, meta: AdapterMeta, *,
@@ -215,6 +233,12 @@ def settings_from_config(config: dict) -> LoraSettings:
         raise AdapterError(f"{CONFIG_NAME}: {problem}")
     r, alpha = config["r"], float(config["lora_alpha"])
     method = method_of_config(config)
+    if adapter_method(method).stored_method != method:  # PiSSA/OLoRA: only ever stored converted
+        raise AdapterError(
+            f"adapter_config.json: init_lora_weights={config.get('init_lora_weights')!r} is a {method} "
+            "adapter as trained, which needs the residual base it ran on; save it converted to a plain "
+            "LoRA on the untouched base (PEFT: save_pretrained(..., "
+            "path_initial_model_for_weight_conversion=...)) and import that")
     targets = config.get("target_modules")
     # A string is "all-linear" or a regex matched against whole module names, as PEFT does.
     if isinstance(targets, list | tuple):
@@ -259,7 +283,7 @@ def _expected_shapes(model: nn.Module, plan: list[tuple[str, nn.Module]], settin
             out[f"{name}.lora_embedding_B"] = (dim, r)
             continue
         w = m.weight.shape
-        fan_in, fan_out = (w[0], w[1]) if m.__class__.__name__ == "Conv1D" else (w[1], w[0])
+        fan_in, fan_out = (w[0], w[1]) if m.__class__.__name__ == "Conv1D" else linear_shape(m)[::-1]
         out[f"{name}.lora_A.weight"] = (r, fan_in)
         out[f"{name}.lora_B.weight"] = (fan_out, r)
         if adapter_method(settings.method).variant == "dora":  # DoRA's magnitude, one per output row

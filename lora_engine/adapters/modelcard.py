@@ -153,6 +153,32 @@ def _pooling_lines(pooling: str, method: str) -> list[str]:
             "# RoBERTa: logits = body.classifier(mean)", "```", ""]
 
 
+def _stored_as_lines(method: str, spec: dict) -> list[str]:
+    """For a method whose files hold another's form (methods.Method.stored_as): what was trained and
+    what the files are."""
+    entry = BY_NAME.get(method)
+    if entry is None or entry.stored_as is None:
+        return []
+    rank = spec.get("rank")
+    if entry.stored_rank_factor == 1:
+        return ["", f"The files are a plain {entry.stored_as} adapter: {method} changes only how it was "
+                "trained."]
+    return ["", f"Trained as {method} r={rank} on the base model's residual; stored, as PEFT's "
+            "`save_pretrained(..., path_initial_model_for_weight_conversion=...)` converts it, as a plain "
+            f"{entry.stored_as} adapter of rank {entry.stored_rank(rank) if isinstance(rank, int) else '2r'} "
+            "on the unchanged base model, which is what loads it."]
+
+
+def quantized_notice(quantize: str, base: str) -> str:
+    """What a card says of an adapter trained on a quantised base (QLoRA), as PEFT documents it."""
+    return (f"Trained on an {quantize}-quantised `{base}` (QLoRA: bitsandbytes 4-bit NF4, double "
+            "quantisation, bf16 compute); the adapter itself is a plain LoRA adapter of the unquantised "
+            "base and loads on it in full precision, or on the base loaded 4-bit "
+            "(`BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4')`) as it was trained. "
+            "To merge it, load the unquantised base and merge there (PEFT's `merge_and_unload()`); "
+            "merging into the 4-bit weights is lossy, the merged weight being rounded back to 4 bits.")
+
+
 def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
                       merged: MergedFolder | None = None) -> str:
     """Markdown model card with Hub metadata for the adapter (or full model) `meta` describes, or
@@ -184,6 +210,10 @@ def render_model_card(meta: AdapterMeta, *, stats: dict[str, Any] | None = None,
         what = "full fine-tuned model" if whole else f"{method} adapter (Hugging Face PEFT format)"
         lines.append(f"A {what} trained by lorafleet on the task `{task}`"
                      + (f" (lorafleet alias `{alias}`)." if alias != base else "."))
+    if merged is None:  # a merged folder is no adapter: how the adapter's files are stored is moot
+        lines += _stored_as_lines(method, spec)
+    if spec.get("quantize") and merged is None:
+        lines += ["", quantized_notice(spec["quantize"], base)]
     lines += ["", "## Use", ""]
     if meta.label_names:
         lines.append("Labels: " + ", ".join(f"{i} = `{n}`" for i, n in enumerate(meta.label_names)) + ".")

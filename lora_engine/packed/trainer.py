@@ -214,7 +214,7 @@ class Pack:
                                   "jobs: it trains in another pack or alone")
         why = refusal(method=spec.method, arch=self.arch, kind=kind, evaluates=bool(spec.eval_every),
                       continues_adapter=spec.init_from is not None, recomputes=spec.gradient_checkpointing,
-                      devices=spec.devices)
+                      devices=spec.devices, quantize=spec.quantize)
         if why is not None:
             raise LoraConfigError(why)
 

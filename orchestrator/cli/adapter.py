@@ -27,6 +27,7 @@ ADAPTER_COLUMNS = (
     Column("task"),
     Column("method"),
     Column("rank", justify="right"),
+    Column("stored_rank", "stored r", justify="right", wide_only=True),  # PiSSA/OLoRA: 2 x rank
     Column("base_model", "base model", flexible=True),
     Column("bytes", "size", justify="right"),
     Column("trainable_params", "trained", justify="right"),

@@ -20,7 +20,10 @@ import click
 
 HELP = {
     "task": "GLUE task, e2e, custom-classification or custom-generation",
-    "method": "'none' trains nothing: it scores the untuned base model (a baseline)",
+    "method": "lora, rslora, dora, loraplus (B at loraplus_lr_ratio x A's lr), pissa / olora (A and B "
+              "from W0's SVD / QR, stored as a LoRA of rank 2r), full; 'none' trains nothing: it scores "
+              "the untuned base model (a baseline)",
+    "loraplus_lr_ratio": "loraplus only: B's learning rate over A's (default 16)",
     "rank": "LoRA rank (default 8)",
     "alpha": "LoRA alpha (default: 2 x rank)",
     "base_model": "model alias, local folder ('./name', '/path'), hub id ('org/name'), or the id of one "
@@ -39,12 +42,14 @@ HELP = {
     "min_delta": "the improvement an evaluation must beat the best by (default 0)",
     "eval_size": "validation rows to score (default: all)",
     "targets": "comma-separated module names, or all-linear",
-    "gradient_checkpointing": "recompute activations in the backward pass: about half the activation "
-                              "memory for about a third more step time, same numbers",
+    "gradient_checkpointing": "recompute activations in the backward pass: ~0.4x the activation "
+                              "memory for 1.3-1.5x the step time, same numbers",
     "pooling": "what a classifier's head reads: the first token (cls) or the mean of the last layer "
                "(mean); auto (default): the base model's own (MiniLM-L6: mean)",
     "devices": "devices one run spans, data parallel (default 1); a worker started with "
                "`--devices K` takes jobs of up to K",
+    "quantize": "QLoRA: nf4 loads the base 4-bit through bitsandbytes (a Llama-family base, lora or "
+                "rslora, a generation task; CUDA workers only)",
 }
 
 

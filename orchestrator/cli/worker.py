@@ -39,6 +39,18 @@ def device_groups(gpus: int | None, devices: int | None) -> list[list[str]]:
     return [ids[i:i + per] for i in range(0, total, per)]
 
 
+def check_pool(devices: int | None, concurrency: int) -> None:
+    """Refuse --concurrency C > 1 with --devices K > 1: each of the C prefork children would
+    start K ranks on the same K devices at once, each believing it owns them all. Splitting the
+    devices between children is `--gpus C*K --devices K` already (one process per group)."""
+    if devices is not None and devices > 1 and concurrency > 1:
+        raise click.UsageError(
+            f"--concurrency {concurrency} with --devices {devices}: a worker process that owns several "
+            f"devices runs one job at a time across all of them (--concurrency 1); for several jobs "
+            f"at once start several processes of {devices} devices each with `--gpus N --devices "
+            f"{devices}` (N a multiple of {devices}), or use --concurrency without --devices")
+
+
 @click.command()
 @click.option(
     "--gpus", type=click.IntRange(min=1, max=64),
@@ -54,7 +66,8 @@ def device_groups(gpus: int | None, devices: int | None) -> list[list[str]]:
     type=click.IntRange(min=1, max=1024),
     default=1,
     show_default=True,
-    help="Jobs run at once per worker process (1: solo pool, the right choice for a GPU).",
+    help="Jobs run at once per worker process (1: solo pool, the right choice for a GPU; "
+         "not with --devices K > 1).",
 )
 @click.option("--loglevel", default="info", show_default=True)
 @click.option(
@@ -81,6 +94,7 @@ def worker(gpus: int | None, devices: int | None, concurrency: int, loglevel: st
     """
     from worker.preflight import PreflightError, prepare_environment
 
+    check_pool(devices, concurrency)
     try:
         settings = prepare_environment(log_format)
     except PreflightError as exc:

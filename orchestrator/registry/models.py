@@ -226,6 +226,9 @@ class Job(Base):
     # Devices the job spans (spec.devices): claimed only by a worker owning as many; counts that
     # many against its tenant's running quota.
     devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The base's quantisation (spec.quantize, "nf4"), None for a full-precision base: such a job
+    # is claimed only by a CUDA worker (repositories.runs_on).
+    quantize: Mapped[str | None] = mapped_column(String(16))
 
     tenant: Mapped[Tenant] = relationship(lazy="raise")
 
@@ -260,6 +263,11 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any] | None]
 
 
+def _rank_of_row(context) -> int:
+    """An adapter row's stored rank when the insert names none: its rank."""
+    return context.get_current_parameters()["rank"]
+
+
 class Adapter(Base):
     __tablename__ = "adapters"
 
@@ -275,7 +283,10 @@ class Adapter(Base):
     base_model: Mapped[str] = mapped_column(String(255))
     task: Mapped[str] = mapped_column(String(64))
     method: Mapped[str] = mapped_column(String(16))
-    rank: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)  # the rank it was trained at (the job's)
+    # The rank of its files: 2·rank for PiSSA/OLoRA, stored as a plain LoRA of rank 2r on the
+    # untouched base (lora_engine/methods.py, `Method.stored_rank`); else the rank (the default).
+    stored_rank: Mapped[int] = mapped_column(Integer, default=_rank_of_row)
     parent_adapter_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("adapters.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Soft delete: the files are removed, the row stays so jobs and reports keep their history.

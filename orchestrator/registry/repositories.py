@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, true
 from sqlalchemy.orm import Session
 
 from orchestrator.registry.models import Adapter, AdapterParent, Dataset, Job, JobEvent, Metric, Tenant, Usage
@@ -137,27 +137,36 @@ def under_running_quota(running: Any, max_running: Any, devices: Any = 1) -> Any
     return running + devices <= max_running
 
 
-def claimable(devices: int = 1) -> Any:
+def runs_on(device_kind: str) -> Any:
+    """Jobs a worker whose device is `device_kind` ("cpu" or "cuda") can train: a job on a
+    quantised base (`quantize`, bitsandbytes' 4-bit kernels) needs CUDA; every other job runs anywhere."""
+    return true() if device_kind == "cuda" else Job.quantize.is_(None)
+
+
+def claimable(devices: int = 1, device_kind: str = "cpu") -> Any:
     """The WHERE clause of a claim's conditional UPDATE on `jobs`: queued, asking for at most
-    the `devices` the claiming worker owns, its tenant under quota with it."""
+    the `devices` the claiming worker owns and a device it has (`runs_on`), its tenant under
+    quota with it."""
     max_running = select(Tenant.max_running).where(Tenant.id == Job.tenant_id).scalar_subquery()
-    return ((Job.state == "queued") & (Job.devices <= devices)
+    return ((Job.state == "queued") & (Job.devices <= devices) & runs_on(device_kind)
             & under_running_quota(running_subquery(), max_running, Job.devices))
 
 
-def is_claimable(session: Session, job_id: str, devices: int = 1) -> bool:
-    """Whether a claim of this job by a worker owning `devices` would take it now (the claim's
-    own WHERE clause, read only)."""
-    return session.scalar(select(Job.id).where(Job.id == job_id, claimable(devices))) is not None
+def is_claimable(session: Session, job_id: str, devices: int = 1, device_kind: str = "cpu") -> bool:
+    """Whether a claim of this job by a worker owning `devices` of `device_kind` would take it now
+    (the claim's own WHERE clause, read only)."""
+    return session.scalar(select(Job.id).where(Job.id == job_id, claimable(devices, device_kind))) is not None
 
 
 def claim_candidates(
     session: Session, limit: int = 20, *, base_model: str | None = None, kind: str | None = None,
-    methods: Sequence[str] | None = None, devices: int = 1,
+    methods: Sequence[str] | None = None, devices: int = 1, device_kind: str = "cpu",
+    job_devices: int | None = None,
 ) -> Sequence[tuple[str, str]]:
-    """(job_id, tenant_id) of jobs a worker owning `devices` may claim, in fair-share order (see
-    above); optionally only jobs on one base model, of one kind, with one of `methods` (a packed
-    claim's partners)."""
+    """(job_id, tenant_id) of jobs a worker owning `devices` of `device_kind` may claim, in
+    fair-share order (see above); optionally only jobs on one base model, of one kind, with one
+    of `methods` (a packed claim's partners), asking for exactly `job_devices` (the device count
+    of the queue the worker's message came from)."""
     running = (
         select(Job.tenant_id, func.count().label("n"), func.sum(Job.devices).label("busy"))
         .where(Job.state == "running")
@@ -169,11 +178,12 @@ def claim_candidates(
         select(Job.id, Job.tenant_id)
         .join(Tenant, Tenant.id == Job.tenant_id)
         .outerjoin(running, running.c.tenant_id == Job.tenant_id)
-        .where(Job.state == "queued", Job.devices <= devices,
+        .where(Job.state == "queued", Job.devices <= devices, runs_on(device_kind),
                under_running_quota(func.coalesce(running.c.busy, 0), Tenant.max_running, Job.devices),
                *([Job.base_model == base_model] if base_model is not None else []),
                *([Job.kind == kind] if kind is not None else []),
-               *([Job.method.in_(list(methods))] if methods is not None else []))
+               *([Job.method.in_(list(methods))] if methods is not None else []),
+               *([Job.devices == job_devices] if job_devices is not None else []))
         .order_by(n_running, Tenant.last_claimed_at.is_not(None), Tenant.last_claimed_at,
                   Job.priority.desc(), Job.created_at, Job.id)
         .limit(limit)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.reports.benchmark import BenchmarkReport
-from orchestrator.reports.compare import CompareReport
+from orchestrator.reports.compare import METHOD_ORDER, CompareReport
 from orchestrator.reports.cost import CostReport
 from orchestrator.reports.references import points
 from orchestrator.text import printable
@@ -69,9 +69,9 @@ def _task_base(row: Any) -> str:
 
 
 def _method_series(rows: list[Any]) -> list[Any]:
-    """Rows in the order the legend should read: untuned, lora by rank, rslora, dora, full."""
-    order = {"none": 0, "lora": 1, "rslora": 2, "dora": 3, "full": 4}
-    return sorted(rows, key=lambda r: (order.get(r.method, 5), r.rank or 0))
+    """Rows in the order the legend should read: untuned, then the methods as the compare table
+    orders them (the method table's order: lora by rank, rslora, dora, loraplus, ..., full)."""
+    return sorted(rows, key=lambda r: (METHOD_ORDER.get(r.method, len(METHOD_ORDER)), r.rank or 0))
 
 
 def _colours(report: CompareReport) -> dict[str, str]:

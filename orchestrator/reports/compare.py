@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from lora_engine.catalog import TASKS
+from lora_engine.methods import NAMES
 from orchestrator.registry.models import Adapter, Metric, Usage
 from orchestrator.reports.references import points
 from orchestrator.reports.scope import (
@@ -169,8 +170,13 @@ class CompareReport:
 # ---- SQL -------------------------------------------------------------------------------------
 
 
+# The untuned base first, then the methods in the order of their table (methods.py): every method
+# the table has gets its place, beside lora, rslora, dora and full.
+METHOD_ORDER = {"none": 0, **{name: i for i, name in enumerate((n for n in NAMES if n != "none"), start=1)}}
+
+
 def _method_order(method_col: Any) -> Any:
-    return case({"none": 0, "lora": 1, "rslora": 2, "dora": 3, "full": 4}, value=method_col, else_=5)
+    return case(METHOD_ORDER, value=method_col, else_=len(METHOD_ORDER))
 
 
 def compare_rows(f: Filters) -> Select[Any]:

@@ -11,13 +11,15 @@ service as the CLI's `job submit` (`jobs.submit_within`): one set of rules, one 
     method.supervised.        x the method's default lr -> lr; each a number or "auto"
       hyperparameters
     seed, suffix, metadata  spec seed; the job's suffix (its model name) and labels
-    method                  {"type": "supervised"} only
+    method                  {"type": "supervised"} only (OpenAI's training paradigm; a LoRA
+                            method such as "pissa" there is pointed to lorafleet.method)
     integrations            lorafleet's one type, `mlflow`, shaped as OpenAI's `wandb` entry:
                             [{"type": "mlflow", "mlflow": {"enabled": false}}] keeps the job out
                             of the operator's MLflow server (a tenant never names a server);
                             any other type is refused, naming the allowed one
-    lorafleet               lorafleet's own spec fields (method lora|rslora|dora|full, rank,
-                            alpha, targets, max_steps, ...), validated by the same TrainingSpec
+    lorafleet               lorafleet's own spec fields (method lora|rslora|dora|loraplus|pissa|
+                            olora|full, rank, alpha, loraplus_lr_ratio, targets, max_steps, ...),
+                            validated by the same TrainingSpec
 
 Every problem of a request is reported at once, in one `RequestProblems` (a 400 naming the first
 problem's field as `param`), each as `<field>: <what is wrong>` with the request's own field names.
@@ -34,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from lora_engine.catalog import TASKS, method_defaults
 from lora_engine.errors import SpecError, listed
+from lora_engine.methods import BY_NAME, NAMES
 from lora_engine.model_ref import MODEL_ALIASES
 from lora_engine.spec import AUTO, TrainingSpec
 from orchestrator.config import Settings, get_settings
@@ -234,7 +237,11 @@ def _method(req: _Request) -> None:
         req.problem("method", f"must be an object like {{\"type\": \"supervised\"}} (got {_shown(method)})")
         return
     kind = method.get("type")
-    if kind not in METHOD_TYPES:
+    if isinstance(kind, str) and kind in BY_NAME:  # a LoRA method where OpenAI names the paradigm
+        req.problem("method.type", f"{_shown(kind)} is a lorafleet method: give it as "
+                                   f"lorafleet.method (methods: {', '.join(NAMES)}); method.type is "
+                                   f"OpenAI's training paradigm, {', '.join(repr(t) for t in METHOD_TYPES)}")
+    elif kind not in METHOD_TYPES:
         req.problem("method.type", f"{_shown(kind)} is not supported; lorafleet fine-tunes with "
                                    f"{', '.join(repr(t) for t in METHOD_TYPES)} only")
     unknown = [k for k in method if k not in ("type", "supervised")]

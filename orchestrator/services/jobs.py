@@ -287,7 +287,7 @@ def _insert(session: Session, p: _Prepared, max_attempts: int, labels: JobLabels
         tenant_id=p.tenant.id, state="queued", kind="evaluate" if spec.method == "none" else "train",
         spec=_spec_json(spec), task=spec.task, method=spec.method,
         rank=spec.rank, base_model=spec.base_model or "", gradient_checkpointing=spec.gradient_checkpointing,
-        priority=p.priority, devices=spec.devices,
+        priority=p.priority, devices=spec.devices, quantize=spec.quantize,
         idempotency_key=p.idempotency_key, attempts=0, max_attempts=max_attempts,
         cancel_requested=False, init_from_adapter_id=p.init_from_adapter_id, dispatch_count=0,
         dataset_id=p.dataset.id if p.dataset is not None else None, base_adapter_id=p.base_adapter_id,

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lora_engine.methods import PACKABLE_METHODS
+from lora_engine.methods import method as method_entry
 from orchestrator.errors import InvalidInput, LeaseLost
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import ADAPTER_JOB_KINDS, Adapter, Job, Metric, Usage, utcnow
@@ -53,11 +54,12 @@ def _lease(now: datetime, lease_seconds: float) -> datetime:
 @transactional
 def claim_job(
     session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None,
-    devices: int = 1,
+    devices: int = 1, device_kind: str = "cpu",
 ) -> Job | None:
-    """Claim a queued job for `worker_id`, which owns `devices` devices; the running Job, or None
-    when it is not claimable (unknown, not queued, asking for more devices than the worker owns, or
-    its tenant at quota: it stays queued for a later dispatch)."""
+    """Claim a queued job for `worker_id`, which owns `devices` devices of `device_kind` ("cpu",
+    "cuda"); the running Job, or None when it is not claimable (unknown, not queued, asking for more
+    devices than the worker owns or a device it lacks, or its tenant at quota: it stays queued for
+    a later dispatch)."""
     now = now or utcnow()
     expires = _lease(now, lease_seconds)
     tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
@@ -66,7 +68,7 @@ def claim_job(
     tenant = repo.lock_tenant(session, tenant_id)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, repo.claimable(devices))
+        .where(Job.id == job_id, repo.claimable(devices, device_kind))
         .values(
             state="running", lease_owner=worker_id, lease_expires_at=expires, attempts=Job.attempts + 1,
             started_at=now, heartbeat_at=now, cancel_requested=False, pause_requested=False, error=None,
@@ -87,23 +89,39 @@ def claim_job(
 
 def claim_next(
     session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None, tries: int = 20,
-    devices: int = 1,
+    devices: int = 1, device_kind: str = "cpu", message: str | None = None,
 ) -> Job | None:
     """Claim the next job a worker owning `devices` devices can run, by fair share: the tenant
     with the fewest running jobs first, then priority (high first), then age. None when nothing
     is claimable. Each attempt is its own transaction (a candidate taken by another worker in
-    between is skipped)."""
-    candidates = _candidates(session, tries, devices)
+    between is skipped).
+
+    `message`: the job id of the message that woke the worker. Only jobs asking for as many
+    devices as that job are claimed: the message came from that device count's queue
+    (`orchestrator.dispatch.devices_queue`), and taking a job of another count would leave this
+    count's job without a message while the other job's message wakes a worker for nothing."""
+    job_devices = message_devices(session, message) if message else None
+    candidates = _candidates(session, tries, devices, device_kind, job_devices)
     for job_id in candidates:
-        job = claim_job(session, job_id, worker_id, lease_seconds, now=now, devices=devices)
+        job = claim_job(session, job_id, worker_id, lease_seconds, now=now, devices=devices,
+                        device_kind=device_kind)
         if job is not None:
             return job
     return None
 
 
 @readonly
-def _candidates(session: Session, limit: int, devices: int) -> list[str]:
-    return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit, devices=devices)]
+def _candidates(session: Session, limit: int, devices: int, device_kind: str,
+                job_devices: int | None) -> list[str]:
+    return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit, devices=devices,
+                                                           device_kind=device_kind, job_devices=job_devices)]
+
+
+@readonly
+def message_devices(session: Session, job_id: str) -> int | None:
+    """The devices the job of a message asks for: the device count of the queue it came on
+    (None: no such job, a stray message, which may wake the worker for any job it can run)."""
+    return session.scalar(select(Job.devices).where(Job.id == job_id))
 
 
 def claim_partners(
@@ -146,8 +164,9 @@ def record_packed(session: Session, job_id: str, worker_id: str, partners: Seque
 
 
 @readonly
-def unclaimable_reason(session: Session, job_id: str, devices: int = 1) -> str:
-    """Why a claim of this job by a worker owning `devices` found nothing (for the worker's log).
+def unclaimable_reason(session: Session, job_id: str, devices: int = 1, device_kind: str = "cpu") -> str:
+    """Why a claim of this job by a worker owning `devices` of `device_kind` found nothing (for
+    the worker's log).
     Whether the quota holds it back is the claim's own rule (`repo.claimable`), asked of the
     registry; the counts are only the message's figures."""
     job = repo.job(session, job_id)
@@ -157,7 +176,10 @@ def unclaimable_reason(session: Session, job_id: str, devices: int = 1) -> str:
         return f"job {job_id} is {job.state}"
     if job.devices > devices:
         return f"job {job_id} needs {job.devices} devices; this worker owns {devices}"
-    if repo.is_claimable(session, job_id, devices):
+    if job.quantize is not None and device_kind != "cuda":
+        return (f"job {job_id} trains on an {job.quantize}-quantised base, which needs a CUDA worker; "
+                f"this worker's device is {device_kind}")
+    if repo.is_claimable(session, job_id, devices, device_kind):
         return f"job {job_id} is queued and claimable"
     tenant = repo.tenant_by_id(session, job.tenant_id)
     running = repo.running_count(session, job.tenant_id)
@@ -418,7 +440,8 @@ def finish_job_success(
             id=adapter.id, tenant_id=job.tenant_id, job_id=job.id, path=str(adapter.path),
             sha256=adapter.sha256, bytes=int(adapter.bytes), trainable_params=int(adapter.trainable_params),
             total_params=int(adapter.total_params), base_model=job.base_model, task=job.task,
-            method=job.method, rank=job.rank, parent_adapter_id=job.init_from_adapter_id, created_at=now,
+            method=job.method, rank=job.rank, stored_rank=method_entry(job.method).stored_rank(job.rank),
+            parent_adapter_id=job.init_from_adapter_id, created_at=now,
         )
         session.add(row)
         session.flush()  # the adapter must exist before metrics (and parent links) reference it

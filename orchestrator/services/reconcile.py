@@ -11,7 +11,8 @@ Each pass (a periodic task, and `lorafleet reconcile`):
    dispatched, its submission) is older than `retries.redispatch_wait` (doubling per message):
    a job that waits behind busy workers is re-sent with exponential back-off instead of adding a
    message every pass (extra messages are harmless, the claim drops them, but they pile up).
-The caller sends the Celery messages for the returned ids (orchestrator never imports worker).
+The caller sends the Celery messages for the returned ids (orchestrator never imports worker),
+each on the queue of its job's device count (`by_devices`, `dispatch.devices_queue`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Job, utcnow
 from orchestrator.retries import redispatch_wait
-from orchestrator.services._tx import transactional
+from orchestrator.services._tx import readonly, transactional
 from orchestrator.services.events import add_event
 
 # Past its expiry a lease gets this many seconds more before its job is taken back: room for
@@ -117,3 +118,19 @@ def mark_dispatched(session: Session, job_ids: list[str], now: datetime | None =
         session.execute(
             update(Job).where(Job.id.in_(chunk), Job.state == "queued")
             .values(dispatched_at=now, dispatch_count=func.coalesce(Job.dispatch_count, 0) + 1))
+
+
+@readonly
+def by_devices(session: Session, job_ids: list[str]) -> dict[int, list[str]]:
+    """The ids grouped by the devices their jobs ask for, in order: the queue each message goes to
+    (`orchestrator.dispatch.devices_queue`). An id without a job (purged) goes with one device:
+    its message finds nothing to claim wherever it lands."""
+    devices: dict[str, int] = {}
+    for start in range(0, len(job_ids), DISPATCH_CHUNK):
+        chunk = list(job_ids[start:start + DISPATCH_CHUNK])
+        devices.update((job_id, n) for job_id, n in session.execute(
+            select(Job.id, Job.devices).where(Job.id.in_(chunk))))
+    groups: dict[int, list[str]] = {}
+    for job_id in job_ids:
+        groups.setdefault(devices.get(job_id) or 1, []).append(job_id)
+    return groups

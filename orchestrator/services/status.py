@@ -144,6 +144,9 @@ def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None
     any_alive = any(w.alive for w in out.workers)
     unhealthy = any(w.state == "unhealthy" for w in out.workers)
     most_devices = max((w.devices for w in out.workers if w.alive), default=0)
+    # A job on a quantised base needs CUDA (repositories.runs_on); a worker's device is named as
+    # jobs bill it: "cpu" or "cuda:<product>".
+    any_cuda = any(w.alive and (w.device or "").startswith("cuda") for w in out.workers)
     ahead = 0
     for job, slug, max_running, busy in queued:
         if busy + job.devices > max_running:
@@ -152,6 +155,10 @@ def fleet_status(session: Session, *, lease_seconds: float, now: datetime | None
         elif any_alive and job.devices > most_devices:
             why = (f"needs {job.devices} devices; no live worker has as many (the most is {most_devices}): "
                    f"start one with `lorafleet worker --devices {job.devices}`")
+        elif any_alive and job.quantize is not None and not any_cuda:
+            why = (f"needs a CUDA worker (quantize: {job.quantize}, bitsandbytes' 4-bit kernels); every live "
+                   "worker is on a CPU: start `lorafleet worker` on a GPU machine with "
+                   "`pip install 'lorafleet[qlora]'`")
         elif ahead:
             why = f"{ahead} claimable job(s) ahead of it"
             ahead += 1

@@ -41,6 +41,7 @@ def job_dict(job: Job, tenant_slug: str | None = None) -> dict[str, Any]:
         "method": job.method,
         "rank": job.rank,
         "base_model": job.base_model,
+        "quantize": job.quantize,
         "priority": job.priority,
         "idempotency_key": job.idempotency_key,
         "attempts": job.attempts,
@@ -71,6 +72,7 @@ def adapter_dict(a: Adapter, model: str | None = None, parents: Sequence[str] = 
         "sha256": a.sha256,
         "bytes": a.bytes, "trainable_params": a.trainable_params, "total_params": a.total_params,
         "base_model": a.base_model, "task": a.task, "method": a.method, "rank": a.rank,
+        "stored_rank": a.stored_rank,
         "parent_adapter_id": a.parent_adapter_id, "parents": list(parents), "created_at": _ts(a.created_at),
         "deleted_at": _ts(a.deleted_at),
     }

@@ -128,7 +128,11 @@ def test_not_an_adapter(tmp_path):
 def test_method_and_peft_flags_map_both_ways():
     assert [peft_flags(m) for m in LORA_METHODS] == [
         {"use_rslora": False, "use_dora": False}, {"use_rslora": True, "use_dora": False},
-        {"use_rslora": False, "use_dora": True}]
-    assert [method_of_flags(**peft_flags(m)) for m in LORA_METHODS] == list(LORA_METHODS)
-    with pytest.raises(ValueError, match="allowed: lora, rslora, dora"):
+        {"use_rslora": False, "use_dora": True}, {"use_rslora": False, "use_dora": False},
+        {"use_rslora": False, "use_dora": False, "init_lora_weights": "pissa"},
+        {"use_rslora": False, "use_dora": False, "init_lora_weights": "olora"}]
+    # LoRA+'s flags are LoRA's (only the optimizer differs): they read back as LoRA.
+    assert [method_of_flags(**peft_flags(m)) for m in LORA_METHODS] == [
+        "lora", "rslora", "dora", "lora", "pissa", "olora"]
+    with pytest.raises(ValueError, match="allowed: lora, rslora, dora, loraplus, pissa, olora"):
         peft_flags("full")

@@ -252,7 +252,7 @@ CASES = [
      "  item 49: missing 'tenant' (the tenant's slug)\n  ... and 70 more\n"),
     ("spec-problems-bounded", [*B, "{data}/many-fields.yaml"], "item 0: x49: unknown field; allowed fields: "
                                                                "task, method, rank,"),
-    ("spec-problems-counted", [*B, "{data}/many-fields.yaml"], "init_from\n  ... and 10 more\n"),
+    ("spec-problems-counted", [*B, "{data}/many-fields.yaml"], "quantize\n  ... and 10 more\n"),
     ("data-duplicate-key", [*U, "{data}/dupkey.jsonl"],
      "line 1: not valid JSON: key 'label' appears twice"),
     ("data-deep-row", [*U, "{data}/deep-row.jsonl"],

@@ -7,6 +7,8 @@ import base64
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,24 @@ def test_gpu_workers_split_the_visible_devices():
     assert visible_devices(2, {"CUDA_VISIBLE_DEVICES": "2,3,5"}) == ["2", "3"]
     with pytest.raises(UsageError, match="only 1 device"):
         visible_devices(2, {"CUDA_VISIBLE_DEVICES": "7"})
+
+
+def test_worker_refuses_concurrency_with_several_devices(home: Path):
+    """Each prefork child would start its ranks on all K devices at once: refused before any
+    process starts (its own process, so a worker it wrongly started dies with it at the timeout)."""
+    from orchestrator.cli.worker import check_pool
+
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "worker", "--devices", "2",
+                          "--concurrency", "2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert ("--concurrency 2 with --devices 2: a worker process that owns several devices runs one job "
+            "at a time across all of them (--concurrency 1); for several jobs at once start several "
+            "processes of 2 devices each with `--gpus N --devices 2` (N a multiple of 2), or use "
+            "--concurrency without --devices") in " ".join(out.stderr.split())
+    assert "started" not in out.stderr
+    for devices in (None, 1):
+        check_pool(devices, 4)  # one device per job: prefork children are fine (CPU machines)
+    check_pool(4, 1)
 
 
 def test_method_none_and_reevaluate_are_validated_before_anything_is_queued(home: Path):

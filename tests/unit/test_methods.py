@@ -3,9 +3,10 @@
 - the table keeps the method lists and their order, refuses an entry that contradicts itself, and
   is torch-free (with the packability rule), so the CLI and the worker may read it;
 - the packability rule against a hand-made table of jobs, edges included;
-- one entry's `changes_base` is what the base cache, the pack and re-evaluation obey: a LoRA
-  method whose entry said it changed the base (as PiSSA's will) gets its base evicted after
-  training, is refused by a pack, and is re-evaluated on a base of its own.
+- one entry's `changes_base` is what the base cache, the pack and re-evaluation obey: PiSSA and
+  OLoRA get their base evicted after training and are refused by a pack; a LoRA method whose
+  adapter needed the changed base (a hypothetical entry) is re-evaluated on a base of its own
+  (PiSSA's and OLoRA's are stored converted to plain LoRA: tests/unit/test_method_variants.py).
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ from lora_engine.packing import pack_family, packable, refusal  # noqa: E402
 
 
 def test_the_table_keeps_the_method_lists_in_order():
-    assert METHODS == methods.NAMES == ("lora", "rslora", "dora", "full", "none")
-    assert LORA_METHODS == methods.ADAPTER_METHODS == ("lora", "rslora", "dora")
-    assert methods.PACKABLE_METHODS == ("lora", "rslora", "dora")
-    assert [n for n, m in methods.BY_NAME.items() if m.changes_base] == ["full"]
-    assert [methods.method(n).scale(16, 4) for n in LORA_METHODS] == [4.0, 8.0, 4.0]
+    assert METHODS == methods.NAMES == (*LORA_METHODS, "full", "none")
+    assert LORA_METHODS == methods.ADAPTER_METHODS == ("lora", "rslora", "dora", "loraplus", "pissa", "olora")
+    assert methods.PACKABLE_METHODS == ("lora", "rslora", "dora", "loraplus")
+    assert [n for n, m in methods.BY_NAME.items() if m.changes_base] == ["pissa", "olora", "full"]
+    assert [methods.method(n).scale(16, 4) for n in LORA_METHODS] == [4.0, 8.0, 4.0, 4.0, 4.0, 4.0]
     assert methods.method_of_peft_config({"use_dora": True, "r": 8}) == "dora"
-    with pytest.raises(ValueError, match="unknown method 'qlora'; allowed: lora, rslora, dora, full, none"):
+    assert methods.method_of_peft_config({"init_lora_weights": "pissa"}) == "pissa"
+    # LoRA+ trains a LoRA at other rates: its files are a LoRA's; PiSSA's and OLoRA's a LoRA of rank 2r.
+    assert methods.method_of_peft_config({"r": 8}) == "lora"
+    assert [(methods.method(n).stored_method, methods.method(n).stored_rank(8)) for n in LORA_METHODS] == [
+        ("lora", 8), ("rslora", 8), ("dora", 8), ("lora", 8), ("lora", 16), ("lora", 16)]
+    with pytest.raises(ValueError, match="unknown method 'qlora'; allowed: lora, rslora, dora, loraplus, "
+                                         "pissa, olora, full, none"):
         methods.method("qlora")
 
 
@@ -61,7 +68,10 @@ def test_the_table_and_the_rule_import_no_torch():
     ({"method": "rslora", "arch": "llama", "kind": "generation"}, "decoder", None),
     ({"method": "full", "arch": "bert", "kind": "classification"}, None,
      "method 'full' cannot be packed (it changes the shared base weights); "
-     "packable methods: lora, rslora, dora"),
+     "packable methods: lora, rslora, dora, loraplus"),
+    ({"method": "pissa", "arch": "bert", "kind": "classification"}, None,
+     "method 'pissa' cannot be packed (it changes the shared base weights)"),
+    ({"method": "loraplus", "arch": "llama", "kind": "generation"}, "decoder", None),
     ({"method": "none", "arch": "bert", "kind": "classification"}, None, "(it trains nothing)"),
     ({"method": "qlora", "arch": "bert", "kind": "classification"}, None, "unknown method 'qlora'"),
     ({"method": "lora", "arch": "gpt2", "kind": "generation"}, None, "a generation job on a gpt2 base"),
@@ -81,7 +91,7 @@ def test_the_packability_rule(job, family, why):
         assert pack_family(job["arch"], job["kind"]) == family
 
 
-# --- a method that changes the base, as PiSSA's entry will say ------------------------------------
+# --- a method that changes the base (PiSSA, OLoRA; a hypothetical LoRA that did) ----------------
 
 SST2 = {"task": "sst2", "base_model": "tiny-bert", "max_steps": 1, "batch_size": 8, "eval_size": 8,
         "max_length": 32}
@@ -94,18 +104,19 @@ def lora_changes_the_base(monkeypatch):
                         dataclasses.replace(methods.method("lora"), changes_base=True, packable=False))
 
 
-def _train_twice_on_one_cache(tmp_path: Path):
+def _train_twice_on_one_cache(tmp_path: Path, method: str = "lora"):
     from lora_engine.cache import BaseModelCache
     from lora_engine.recipe import train
 
     cache = BaseModelCache()
     for seed in (1, 2):
-        train({**SST2, "seed": seed}, tmp_path / f"a{seed}", data_dir=DATA, cache=cache)
+        train({**SST2, "seed": seed, "method": method}, tmp_path / f"a{seed}", data_dir=DATA, cache=cache)
     return cache
 
 
-def test_the_base_cache_evicts_a_base_whose_method_changes_it(tmp_path, lora_changes_the_base):
-    cache = _train_twice_on_one_cache(tmp_path)
+@pytest.mark.parametrize("method", ["pissa", "olora"])
+def test_the_base_cache_evicts_a_base_whose_method_changes_it(tmp_path, method):
+    cache = _train_twice_on_one_cache(tmp_path, method)
     assert (cache.loads, cache.hits, cache.evictions) == (2, 0, 2)
 
 
@@ -114,15 +125,15 @@ def test_the_base_cache_serves_a_base_lora_leaves_as_loaded(tmp_path):
     assert (cache.loads, cache.hits, cache.evictions) == (1, 1, 0)
 
 
-def test_a_pack_refuses_a_method_that_changes_the_base(tmp_path, lora_changes_the_base):
+def test_a_pack_refuses_a_method_that_changes_the_base(tmp_path):
     from lora_engine.models import load_base_model
     from lora_engine.packed import Pack
 
     model, tok = load_base_model("tiny-bert", "classification", 2)
     pack = Pack(model, tok, data_dir=DATA, base_model="tiny-bert")
     before = {n for n, _ in model.named_modules()}
-    with pytest.raises(LoraConfigError, match=r"method 'lora' cannot be packed \(it changes the shared base"):
-        pack.add(SST2, tmp_path / "refused")
+    with pytest.raises(LoraConfigError, match=r"method 'pissa' cannot be packed \(it changes the shared"):
+        pack.add({**SST2, "method": "pissa"}, tmp_path / "refused")
     assert not pack.jobs and {n for n, _ in model.named_modules()} == before
 
 

@@ -1,6 +1,7 @@
 """Jobs across several devices, on SQLite and PostgreSQL: the spec field at the door, the claim
-(a worker takes jobs of at most the devices it owns), the running quota (a job counts its
-devices), the status's reason for a job no live worker can take, and the pack rule."""
+(a worker takes jobs of at most the devices it owns, of its message's device count), the running
+quota (a job counts its devices), the status's reason for a job no live worker can take, and the
+pack rule."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from orchestrator.registry.models import utcnow
 from orchestrator.services.jobs import submit_job
 from orchestrator.services.leases import UsageRecord, claim_next, unclaimable_reason
 from orchestrator.services.quotas import tenant_quota_usage
+from orchestrator.services.reconcile import by_devices
 from orchestrator.services.status import fleet_status
 from orchestrator.services.tenants import create_tenant
 from orchestrator.services.workers import WorkerInfo, register_worker
@@ -111,3 +113,18 @@ def test_the_worker_command_splits_gpus_into_groups_of_devices(monkeypatch):
     assert device_groups(4, 4) == [["4", "5", "6", "7"]]
     with pytest.raises(click.UsageError, match="--gpus 3 is not a multiple of --devices 2"):
         device_groups(3, 2)
+
+
+def test_a_message_wakes_a_worker_for_a_job_of_its_own_device_count(session):
+    """Each device count has its queue (`dispatch.devices_queue`): the worker woken by a message
+    claims a job of that message's count, never one whose own message waits on another queue."""
+    create_tenant(session, "acme", max_running=4)
+    narrow = submit_job(session, "acme", SPEC)  # older: first in fair-share order
+    wide = submit_job(session, "acme", dict(SPEC, devices=2))
+    assert by_devices(session, [narrow.id, wide.id, "no-such-job"]) == {1: [narrow.id, "no-such-job"],
+                                                                        2: [wide.id]}
+
+    claimed = claim_next(session, "big:1", 60, devices=2, message=wide.id)
+    assert claimed is not None and claimed.id == wide.id  # not the older one-device job
+    assert claim_next(session, "big:2", 60, devices=2, message=wide.id) is None  # no other 2-device job
+    assert claim_next(session, "big:2", 60, devices=2, message=narrow.id).id == narrow.id

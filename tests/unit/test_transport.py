@@ -123,10 +123,10 @@ def test_no_message_reaches_a_broker_file_without_the_queue(tmp_path: Path, monk
     path = Path(settings.broker_url.removeprefix("sqla+sqlite:///"))
     path.parent.mkdir(parents=True)
     sqlite3.connect(path).close()
-    assert not _insert_embedded(settings, [task_message("t", [])])
+    assert not _insert_embedded(settings.broker_url, settings.queue, [task_message("t", [])])
     with Connection(settings.broker_url) as conn:
         conn.SimpleQueue("another-queue").put({"x": 1})
-    assert not _insert_embedded(settings, [task_message("t", [])])
+    assert not _insert_embedded(settings.broker_url, settings.queue, [task_message("t", [])])
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT count(*) FROM kombu_message").fetchone() == (1,)
 
