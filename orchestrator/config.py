@@ -358,6 +358,25 @@ class Settings(BaseSettings):
         512, ge=1, le=32768, description="most tokens one inference request may generate (max_tokens)",
         json_schema_extra=_allowed("an integer 1..32768"),
     )
+    # What the server reads of the registry per request, kept a short while (worker/serve/auth.py,
+    # lookup.py): the revocation of a key, the deletion of an adapter whose folder is elsewhere
+    # than the artifacts, take effect within this many seconds.
+    serve_registry_cache_s: float = Field(
+        5.0, ge=0, le=300,
+        description="seconds the inference server trusts a verified key and a resolved adapter name "
+                    "(a revoked key or deleted adapter is refused within it; 0: checked every request)",
+        json_schema_extra=_allowed("a number of seconds 0..300"),
+    )
+    serve_usage_flush_ms: float = Field(
+        500.0, gt=0, le=60000,
+        description="milliseconds between the inference server's writes of its usage rows (and at stop)",
+        json_schema_extra=_allowed("a number of milliseconds > 0, at most 60000"),
+    )
+    serve_usage_flush_rows: int = Field(
+        256, ge=1, le=100000,
+        description="usage rows that make the inference server write them before its next tick",
+        json_schema_extra=_allowed("an integer 1..100000"),
+    )
 
     # Webhooks (orchestrator.webhook_delivery): a sender polls the outbox every webhook_poll_s
     # (job end -> receiver well under a second), retries with back-off for webhook_give_up_s.

@@ -13,6 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -124,6 +125,25 @@ def session(session_maker) -> Iterator:
 
 
 # ---- helpers for registry tests --------------------------------------------------------------
+
+@contextmanager
+def statements(url: str) -> Iterator[list[str]]:
+    """The SQL statements the process's engine of `url` runs inside the block (not BEGIN)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if not statement.lstrip().upper().startswith("BEGIN"):
+            seen.append(statement)
+
+    engine = db.get_engine(url)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
 
 SPEC = {"task": "sst2", "method": "lora", "rank": 4, "base_model": "tiny-bert", "max_steps": 5}
 

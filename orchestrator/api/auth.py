@@ -1,7 +1,8 @@
 """Who is calling: the `tenant_caller` dependency turns the request's key into a `Caller`.
 
 `Authorization: Bearer <key>` is checked against the registry on every request (a revoked or
-expired key is refused from the next request on). A tenant key acts for its tenant; an operator
+expired key is refused from the next request on; the inference server keeps a verified key a few
+seconds: worker/serve/auth.py). A tenant key acts for its tenant; an operator
 key for the tenant named by the `OpenAI-Organization` header (the openai client's
 `organization=`), without which tenant routes answer 400. Failed authentications are counted per
 address and a key's requests per minute (orchestrator/api/limits.py): over either limit, 429.
@@ -20,7 +21,7 @@ from orchestrator.api.errors import ApiError
 from orchestrator.api.limits import limiter
 from orchestrator.errors import NotFound, Unauthenticated
 from orchestrator.registry.models import utcnow
-from orchestrator.services.keys import authenticate, needs_touch, touch_key
+from orchestrator.services.keys import KeyIdentity, authenticate, needs_touch, touch_key
 from orchestrator.services.tenants import get_tenant
 
 if TYPE_CHECKING:
@@ -49,26 +50,47 @@ def _unauthenticated(message: str) -> ApiError:
 def tenant_caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
                   session: Session = Depends(db_session)) -> Caller:
     """The caller of a tenant route, or a 401/400/429 ApiError."""
-    limits = limiter(request.app)
-    address = request.client.host if request.client else "unknown"
-    limits.check_address(session, address)
-    if credentials is None or not credentials.credentials:
-        limits.failed(session, address)
-        raise _unauthenticated("You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
-                               "(make one with `lorafleet tenant key create TENANT`).")
-    raw = credentials.credentials
-    try:
-        if len(raw) > MAX_KEY_CHARS:
-            raise Unauthenticated("the key is unknown")
-        identity = authenticate(session, raw)
-    except Unauthenticated as exc:
-        limits.failed(session, address)
-        raise _unauthenticated(f"Incorrect API key provided: {exc}.") from None
-    limits.count_request(session, identity.key_id)
+    identity = verified_identity(request, credentials, session)
+    limiter(request.app).count_request(session, identity.key_id)
     now = utcnow()
     if needs_touch(identity, now):
         touch_key(session, identity.key_id, now)
-    organization = request.headers.get(ORGANIZATION_HEADER)
+    return caller_of(session, identity, request.headers.get(ORGANIZATION_HEADER))
+
+
+def verified_identity(request: Request, credentials: HTTPAuthorizationCredentials | None,
+                      session: Session) -> KeyIdentity:
+    """The identity of the request's key, checked against the registry (a 401 counted as a failed
+    authentication of the address; 429 while the address is blocked)."""
+    limits = limiter(request.app)
+    address = client_address(request)
+    limits.check_address(session, address)
+    raw = _present_key(request, credentials, session)
+    try:
+        if len(raw) > MAX_KEY_CHARS:
+            raise Unauthenticated("the key is unknown")
+        return authenticate(session, raw)
+    except Unauthenticated as exc:
+        limits.failed(session, address)
+        raise _unauthenticated(f"Incorrect API key provided: {exc}.") from None
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _present_key(request: Request, credentials: HTTPAuthorizationCredentials | None, session: Session) -> str:
+    """The key the request sent; a 401 (a failed authentication of its address) when none."""
+    if credentials is None or not credentials.credentials:
+        limiter(request.app).failed(session, client_address(request))
+        raise _unauthenticated("You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
+                               "(make one with `lorafleet tenant key create TENANT`).")
+    return credentials.credentials
+
+
+def caller_of(session: Session, identity: KeyIdentity, organization: str | None) -> Caller:
+    """Whom a verified key acts for: its tenant, or for an operator key the tenant `organization`
+    (the OpenAI-Organization header) names."""
     if identity.operator:
         if not organization:
             raise ApiError(400, f"an operator key acts for the tenant named by the {ORGANIZATION_HEADER} "

@@ -7,11 +7,17 @@ request until the window after it ends (one to two windows); a key over its per-
 gets 429 until its minute ends. Both answers carry `retry-after` (seconds).
 If the counter store fails, the request is let through (and logged): a limit must not take the
 API down with it.
+
+`ProcessLimiter` is for a server that runs as one process (`lorafleet serve`): without Redis it
+counts in its memory rather than the registry (no row written per request), so its limits are
+its own: a key may make its per-minute requests to the API and as many again to this server.
+With Redis it shares the API's counters.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -106,6 +112,33 @@ class Limiter:
             log.warning("rate limit counter unavailable (%s: %s); request let through",
                         type(exc).__name__, str(exc)[:200])
             return [0] * len(windows)
+
+
+class ProcessLimiter(Limiter):
+    """The same limits counted in this process's memory when there is no Redis (module docstring)."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.counts: dict[tuple[str, int], tuple[int, int]] = {}  # (bucket, start) -> (count, expiry)
+        self.lock = threading.Lock()  # the routes' dependencies run in a thread pool
+        self.pruned = 0  # the latest window start the expired counts were dropped at
+
+    def _hit(self, session: Session, bucket: str, start: int, window: int) -> int:
+        if self.redis is not None:
+            return super()._hit(session, bucket, start, window)
+        with self.lock:
+            count = self.counts.get((bucket, start), (0, 0))[0] + 1
+            if start > self.pruned:  # a later window: the expired go (once per window start, not per bucket)
+                self.counts = {k: v for k, v in self.counts.items() if v[1] >= start}
+                self.pruned = start
+            self.counts[(bucket, start)] = (count, start + 2 * window)
+            return count
+
+    def _peek(self, session: Session, windows: list[tuple[str, int]]) -> list[int]:
+        if self.redis is not None:
+            return super()._peek(session, windows)
+        with self.lock:
+            return [self.counts.get(w, (0, 0))[0] for w in windows]
 
 
 def _window_start(now: float, window: int) -> int:

@@ -163,11 +163,11 @@ webhook_outbox:   job_ended(s, job) (inside every terminal transition's transact
                   record_attempt(s, delivery_id, status_code, error, duration_ms, RetryPolicy,
                             now=None, rng=None) -> "delivered" | "pending" | "failed"
                   Sending: orchestrator.webhook_delivery (deliver_due(settings), WebhookSender)
-inference:        served_adapter(s, model, tenant) -> ServedAdapter (the tenant's live adapter an `ft:`
-                             name names; NotFound otherwise); verified_served(s, adapter_id, tenant)
-                             (sha256 checked); served_adapters(s, tenant);
-                  record_inference(s, tenant_id, adapter_id=, base_model=, route=, prompt_tokens=,
-                             completion_tokens=, device_seconds=, device=); inference_totals(s, tenant=None)
+inference:        served_adapter(s, model, tenant_id) -> ServedAdapter (the tenant's live adapter an `ft:`
+                             name names, one statement; NotFound otherwise); verified_served(s,
+                             adapter_id, tenant) (sha256 checked); served_adapters(s, tenant);
+                  record_inference(s, [InferenceRecord, ...]) (one row per request, one insert);
+                             inference_totals(s, tenant=None)
 keys:             create_key(s, tenant_slug, name=None, expires_days=None) -> (ApiKey, raw key)
                   create_operator_key(s, name=None, expires_days=None) -> (ApiKey, raw key)
                              (the raw key exists only in the return value; the row holds its sha256)

@@ -1,8 +1,10 @@
 """`lorafleet serve` as a real process (embedded registry), through the official openai client:
 tiny adapters made with lora_engine and registered by the real import service, served chat and
 completions (streamed and not), classify, isolation between tenants, OpenAI's errors, the
-adapter LRU evicting by bytes and reloading (its metrics), the usage recorded per tenant, and
-greedy output equal to `adapter predict`'s (lora_engine.predict) for the same adapter."""
+adapter LRU evicting by bytes and reloading (its metrics), the usage recorded per tenant (and
+written at a clean stop), a revoked key refused within the server's registry cache time, a
+deleted adapter 404 at once, and greedy output equal to `adapter predict`'s (lora_engine.predict)
+for the same adapter."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ LONG = 480
 DECODING = "lorafleet_serve_rows_decoding"
 JOINED = 'lorafleet_serve_joined_total{kind="%s"}'
 START_TIMEOUT_S = 90
+REGISTRY_CACHE_S = 1.0  # how long the server trusts a verified key (LORAFLEET_SERVE_REGISTRY_CACHE_S)
 
 
 @dataclass
@@ -146,7 +149,9 @@ def served(tmp_path_factory: pytest.TempPathFactory):
                for what, (_, base, task, seed) in made.items()}
     metrics_port = free_port()
     env = api_env(home, {"LORAFLEET_SERVE_METRICS_PORT": str(metrics_port),
-                         "LORAFLEET_SERVE_BATCH_WINDOW_MS": "30"})  # concurrent requests meet
+                         "LORAFLEET_SERVE_BATCH_WINDOW_MS": "30",  # concurrent requests meet
+                         "LORAFLEET_SERVE_REGISTRY_CACHE_S": str(REGISTRY_CACHE_S),
+                         "LORAFLEET_SERVE_USAGE_FLUSH_MS": "50"})
     settings = load_settings(env)
     db.ensure_schema(settings)
     keys, names, paths = {}, {}, {}
@@ -160,29 +165,37 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     # Room for one of the two generation adapters (of equal size), not for both.
     sizes = {what: sum(f.stat().st_size for f in Path(p).iterdir()) for what, p in paths.items()}
     env["LORAFLEET_SERVE_ADAPTER_CACHE_BYTES"] = str(sizes["gen_a"] + sizes["gen_b"] // 2)
+    server = start_serve(env, home / "serve.log")
+    try:
+        yield Served(server, f"http://127.0.0.1:{metrics_port}/metrics", keys, names, paths)
+    finally:
+        server.stop()
+        db.forget_engine(settings.database_url)
+
+
+def start_serve(env: dict[str, str], log_path: Path) -> ApiProcess:
+    """`lorafleet serve` with `env`, once it answers /healthz."""
     port = free_port()
-    log_path = home / "serve.log"
     argv = [sys.executable, "-m", "orchestrator.cli.entry", "serve", "--host", "127.0.0.1",
             "--port", str(port)]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     server = ApiProcess(proc, f"http://127.0.0.1:{port}", env, log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             assert server.alive(), f"lorafleet serve exited:\n{server.log()[-4000:]}"
             try:
                 if httpx.get(server.base_url + "/healthz", timeout=2).status_code == 200:
-                    break
+                    return server
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, f"no /healthz:\n{server.log()[-4000:]}"
             time.sleep(0.1)
-        yield Served(server, f"http://127.0.0.1:{metrics_port}/metrics", keys, names, paths)
-    finally:
+    except BaseException:
         server.stop()
-        db.forget_engine(settings.database_url)
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -406,9 +419,15 @@ def test_usage_recorded_per_tenant(served: Served):
         acme = get_tenant(s, "acme").id
     out = served.client().completions.create(model=served.names["gen_a"], prompt=MR, max_tokens=3,
                                              temperature=0)
-    with served.server.session() as s:
-        after = inference_totals(s, "acme")[acme]
     was = before.get(acme, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "device_seconds": 0})
+    deadline = time.monotonic() + 60  # written with the server's next batch (LORAFLEET_SERVE_USAGE_FLUSH_MS)
+    while True:
+        with served.server.session() as s:
+            after = inference_totals(s, "acme").get(acme, was)
+        if after["requests"] > was["requests"]:
+            break
+        assert time.monotonic() < deadline, "the request's usage was not written"
+        time.sleep(0.05)
     assert after["requests"] == was["requests"] + 1
     assert after["prompt_tokens"] == was["prompt_tokens"] + out.usage.prompt_tokens
     assert after["completion_tokens"] == was["completion_tokens"] + out.usage.completion_tokens
@@ -487,3 +506,71 @@ def test_a_stop_string_ends_its_row_when_it_appears(served: Served, predicted):
                                           temperature=0, stop="never said")
     assert unstopped.choices[0].text == whole
     assert unstopped.choices[0].finish_reason == full.choices[0].finish_reason
+
+
+def test_a_revoked_key_is_refused_within_the_registry_cache_time(served: Served):
+    """The server trusts a verified key REGISTRY_CACHE_S seconds (one registry check per key per
+    that time, not per request): once that has passed since its revocation, it is refused."""
+    from orchestrator.services.keys import create_key, revoke_key
+
+    with served.server.session() as s:
+        row, key = create_key(s, "acme", name="revoked-soon")
+    ask = {"model": served.names["cls"], "input": "a fine film"}
+    url, headers = served.server.base_url + "/v1/classify", {"Authorization": f"Bearer {key}"}
+    assert httpx.post(url, json=ask, headers=headers, timeout=60).is_success
+    with served.server.session() as s:
+        revoke_key(s, row.id)
+    time.sleep(REGISTRY_CACHE_S)
+    refused = httpx.post(url, json=ask, headers=headers, timeout=60)
+    assert refused.status_code == 401, refused.text
+    assert "revoked" in refused.json()["error"]["message"]
+
+
+def test_a_deleted_adapter_is_not_found_from_the_next_request(served: Served):
+    """The server keeps which adapter a name is; `adapter delete` removes its folder, which the
+    server looks for before it answers from memory: 404 at once, not after the cache time."""
+    from orchestrator.services.adapters import delete_adapter
+    from orchestrator.services.model_names import parse_model_name
+
+    top = Path(served.server.env["LORAFLEET_HOME"]).parent  # the fixture's data root
+    folder = make_adapter(top / "made" / "doomed", "tiny-bert", "sst2", 7)
+    with served.server.session() as s:
+        name, _ = register(s, "acme", folder, served.server.settings)
+    assert served.post("/v1/classify", {"model": name, "input": "a fine film"}).status_code == 200
+    with served.server.session() as s:
+        delete_adapter(s, parse_model_name(name), "acme", settings=served.server.settings)
+    gone = served.post("/v1/classify", {"model": name, "input": "a fine film"})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+
+def test_usage_waiting_to_be_written_is_written_at_a_clean_stop(served: Served):
+    """A second server whose usage writer waits (a minute, 100,000 rows): its requests' rows are
+    not in the registry while it runs, and all are there, tokens and all, after SIGTERM."""
+    from sqlalchemy import func, select
+
+    from orchestrator.registry.models import InferenceUsage
+
+    def rows() -> tuple[int, int]:
+        with served.server.session() as s:
+            u = InferenceUsage
+            count, tokens = s.execute(select(func.count(), func.coalesce(func.sum(u.prompt_tokens), 0))
+                                      .where(u.route == "classify")).one()
+        return int(count), int(tokens)
+
+    env = {k: v for k, v in served.server.env.items() if k != "LORAFLEET_SERVE_METRICS_PORT"}
+    env.update({"LORAFLEET_SERVE_USAGE_FLUSH_MS": "60000", "LORAFLEET_SERVE_USAGE_FLUSH_ROWS": "100000"})
+    home = Path(env["LORAFLEET_HOME"])
+    server = start_serve(env, home / "serve-stop.log")
+    try:
+        before = rows()
+        answers = [httpx.post(server.base_url + "/v1/classify", timeout=60,
+                              json={"model": served.names["cls"], "input": [f"text {i}"] * (1 + i % 3)},
+                              headers={"Authorization": f"Bearer {served.keys['acme']}"})
+                   for i in range(6)]
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        assert rows() == before  # waiting in the server: no transaction per request
+    finally:
+        server.stop()  # SIGTERM: uvicorn's graceful stop, then the app's shutdown
+    assert "Application shutdown complete" in server.log(), server.log()[-4000:]
+    tokens = sum(a.json()["usage"]["prompt_tokens"] for a in answers)
+    assert rows() == (before[0] + 6, before[1] + tokens)

@@ -8,9 +8,10 @@ import csv
 import io
 import json
 
+from orchestrator.registry.models import utcnow
 from orchestrator.reports import cost_report, make_filters
 from orchestrator.reports.render import render
-from orchestrator.services.inference import record_inference
+from orchestrator.services.inference import InferenceRecord, record_inference
 from orchestrator.services.tenants import create_tenant
 
 pytest_plugins = ["registry_fixtures"]
@@ -19,9 +20,9 @@ PRICES = {"cpu": 0.5, "cuda": 4.0}
 
 
 def serve(session, tenant_id: str, seconds: float, device: str, prompt: int, completion: int) -> None:
-    record_inference(session, tenant_id, adapter_id=None, base_model="tiny-llama", route="completions",
-                     prompt_tokens=prompt, completion_tokens=completion, device_seconds=seconds,
-                     device=device)
+    record = InferenceRecord(tenant_id, None, "tiny-llama", "completions", prompt, completion, seconds,
+                             device, utcnow())
+    record_inference(session, [record])
 
 
 def test_cost_report_has_an_inference_section(session) -> None:

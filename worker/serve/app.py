@@ -1,9 +1,11 @@
 """The inference server's FastAPI application: `create_app(settings)` (uvicorn's app factory).
 
-The API's parts, reused as they are: its key check and rate limits (auth.py, limits.py), its
-error shape and handlers (errors.py), its body cap (body_limit.py), its request metrics and its
-404/405 for unknown routes after the key is checked. The engine is made when the app starts
-(lifespan): the first request does not pay for it, and a failure to load stops the server.
+The API's parts, reused: its key check (kept a few seconds here: worker/serve/auth.py) and rate
+limits (counted in this process without Redis: limits.py's ProcessLimiter), its error shape and
+handlers (errors.py), its body cap (body_limit.py), its request metrics and its 404/405 for
+unknown routes after the key is checked. The engine is made when the app starts (lifespan): the
+first request does not pay for it, and a failure to load stops the server. The usage writer
+(usage.py) starts with it and writes its last rows when the server stops.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from orchestrator.api.app import ALL_METHODS, catch_all_last, healthz, unknown_route
-from orchestrator.api.auth import tenant_caller
 from orchestrator.api.body_limit import BodyLimit
 from orchestrator.api.errors import install_handlers
-from orchestrator.api.limits import Limiter
+from orchestrator.api.limits import ProcessLimiter
 from orchestrator.config import Settings, get_settings
 from worker.serve import routes
+from worker.serve.auth import serve_caller
+from worker.serve.lookup import AdapterLookup
+from worker.serve.ttl import TtlCache
 
 BODY_LIMIT = 4 << 20  # a chat request of 1024 long messages fits; a data set does not belong here
 
@@ -37,7 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Inference with the tenants' adapters (OpenAI-compatible).",
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.settings = settings
-    app.state.limiter = Limiter(settings)
+    app.state.limiter = ProcessLimiter(settings)
+    app.state.keys = TtlCache(settings.serve_registry_cache_s)
+    app.state.adapters = AdapterLookup(settings.serve_registry_cache_s)
     install_handlers(app)
     app.add_middleware(BodyLimit, limit=min(settings.api_body_limit, BODY_LIMIT))
     if settings.serve_metrics_port is not None:
@@ -47,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.include_router(routes.router)
     app.add_api_route("/v1/{path:path}", unknown_route, methods=list(ALL_METHODS), include_in_schema=False,
-                      dependencies=[Depends(tenant_caller)])
+                      dependencies=[Depends(serve_caller)])
     catch_all_last(app)
     return app
 
@@ -55,10 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from worker.serve.server import Serving
+    from worker.serve.usage import UsageWriter
 
     app.state.serving = Serving(make_engine(), app.state.settings)
+    app.state.usage = UsageWriter(app.state.settings)
     app.state.background = set()  # tasks that outlive their request (a gone stream's usage record)
     try:
         yield
     finally:
-        app.state.serving.close()
+        try:
+            app.state.serving.close()
+        finally:
+            app.state.usage.close()

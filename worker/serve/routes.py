@@ -3,9 +3,9 @@
 Generation answers as the engine decodes: a stream sends each piece of text as soon as its token
 is decoded (server-sent events, as the openai client reads them), and a stop string ends its row
 in the batch when it appears. Every route authenticates with the tenants' keys
-(`orchestrator.api.auth.tenant_caller`); `model` names one of the caller's own live adapters by
-its `ft:` name: another tenant's, a deleted one or an unknown name all answer 404 alike. Each
-request's tokens and device-seconds are recorded for its tenant (`services.inference.record_inference`).
+(`worker.serve.auth.serve_caller`); `model` names one of the caller's own live adapters by its
+`ft:` name (lookup.py): another tenant's, a deleted one or an unknown name all answer 404 alike.
+Each request's tokens and device-seconds are recorded for its tenant (usage.py: written in batches).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.api.auth import Caller, tenant_caller
+from orchestrator.api.auth import Caller
 from orchestrator.api.deps import db_session
 from orchestrator.api.errors import ApiError
 from orchestrator.errors import NotFound
-from orchestrator.registry.db import session_scope
 from orchestrator.services.base_models import base_problem, tenant_bases
-from orchestrator.services.inference import ServedAdapter, record_inference, served_adapter, served_adapters
+from orchestrator.services.inference import ServedAdapter, served_adapters
 from orchestrator.services.model_names import parse_model_name
+from worker.serve.auth import serve_caller
 from worker.serve.engine import Sampling
 from worker.serve.metrics import instruments
 from worker.serve.prompts import adapter_info
@@ -86,7 +86,7 @@ async def _adapter(session: Session, model: str, caller: Caller, kinds: Sequence
     if base is not None:
         return base
     try:
-        adapter = await run_in_threadpool(served_adapter, session, model, caller.tenant_slug)
+        adapter = await run_in_threadpool(request.app.state.adapters.find, session, model, caller.tenant_id)
     except NotFound as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
     kind = adapter_info(adapter.path, adapter.sha256).kind
@@ -98,26 +98,16 @@ async def _adapter(session: Session, model: str, caller: Caller, kinds: Sequence
     return adapter
 
 
-async def _record(request: Request, session: Session | None, caller: Caller, adapter: ServedAdapter,
-                  route: str, prompt_tokens: int, completion_tokens: int, device_seconds: float) -> None:
-    """The request's usage, for its tenant; `session` None: in a session of its own (a stream
-    ends after its request's session has closed)."""
+def _record(request: Request, caller: Caller, adapter: ServedAdapter, route: str, prompt_tokens: int,
+            completion_tokens: int, device_seconds: float) -> None:
+    """The request's usage, for its tenant (usage.py writes it with the next batch)."""
     tokens = instruments()["tokens"]
     tokens.labels("in").inc(prompt_tokens)
     tokens.labels("out").inc(completion_tokens)
-    settings = request.app.state.settings
-    usage = {"adapter_id": None if is_base(adapter) else adapter.id, "base_model": adapter.base_model,
-             "route": route, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "device_seconds": device_seconds, "device": serving(request).engine.device_name}
-
-    def record() -> None:
-        if session is not None:
-            record_inference(session, caller.tenant_id, **usage)
-            return
-        with session_scope(settings) as own:
-            record_inference(own, caller.tenant_id, **usage)
-
-    await run_in_threadpool(record)
+    request.app.state.usage.add(caller.tenant_id, adapter_id=None if is_base(adapter) else adapter.id,
+                                base_model=adapter.base_model, route=route, prompt_tokens=prompt_tokens,
+                                completion_tokens=completion_tokens, device_seconds=device_seconds,
+                                device=serving(request).engine.device_name)
 
 
 def _samplings(body: Decoding, max_tokens: int | None, cap: int) -> tuple[Sampling, ...]:
@@ -166,7 +156,7 @@ async def _answer(body: ChatRequest | CompletionRequest, caller: Caller, session
                   route: str) -> Generated:
     adapter, generation = await _start(body, caller, session, request, route)
     generated = await generation.result()
-    await _record(request, session, caller, adapter, route, *_completed(generated), generated.device_seconds)
+    _record(request, caller, adapter, route, *_completed(generated), generated.device_seconds)
     return generated
 
 
@@ -183,8 +173,7 @@ def _stream(request: Request, caller: Caller, adapter: ServedAdapter, generation
                 if event[0] == "done":
                     done = True
                     prompt, completion = _completed(event[1])
-                    await _record(request, None, caller, adapter, route, prompt, completion,
-                                  event[1].device_seconds)
+                    _record(request, caller, adapter, route, prompt, completion, event[1].device_seconds)
                     if usage_wanted:
                         yield _sse({**chunk(("usage",)), "choices": [], "usage": _usage(prompt, completion)})
                     break
@@ -218,11 +207,11 @@ async def _record_when_done(request: Request, caller: Caller, adapter: ServedAda
         generated = await generation.result()
     except Exception:  # the server stopped: nothing more to record
         return
-    await _record(request, None, caller, adapter, route, *_completed(generated), generated.device_seconds)
+    _record(request, caller, adapter, route, *_completed(generated), generated.device_seconds)
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatRequest, request: Request, caller: Caller = Depends(tenant_caller),
+async def chat_completions(body: ChatRequest, request: Request, caller: Caller = Depends(serve_caller),
                            session: Session = Depends(db_session)) -> Any:
     """A chat completion from one of your adapters (`model`: its `ft:` name)."""
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -254,7 +243,7 @@ async def chat_completions(body: ChatRequest, request: Request, caller: Caller =
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, request: Request, caller: Caller = Depends(tenant_caller),
+async def completions(body: CompletionRequest, request: Request, caller: Caller = Depends(serve_caller),
                       session: Session = Depends(db_session)) -> Any:
     """A completion of `prompt` (through the adapter's prompt template) from one of your adapters."""
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -279,7 +268,7 @@ async def completions(body: CompletionRequest, request: Request, caller: Caller 
 
 
 @router.post("/v1/classify")
-async def classify(body: ClassifyRequest, request: Request, caller: Caller = Depends(tenant_caller),
+async def classify(body: ClassifyRequest, request: Request, caller: Caller = Depends(serve_caller),
                    session: Session = Depends(db_session)) -> Any:
     """Labels for one text or a list (vLLM's and SGLang's shape), from one of your classifiers."""
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
@@ -292,7 +281,7 @@ async def classify(body: ClassifyRequest, request: Request, caller: Caller = Dep
     adapter = await _adapter(session, body.model, caller, kinds, "/v1/classify", request)
     served = await serving(request).classify(ClassifyJob(adapter, caller.tenant_slug, tuple(texts)))
     tokens = sum(r.tokens for r in served.outputs)
-    await _record(request, session, caller, adapter, "classify", tokens, 0, served.device_seconds)
+    _record(request, caller, adapter, "classify", tokens, 0, served.device_seconds)
     data = []
     for i, r in enumerate(served.outputs):
         row: dict[str, Any] = {"index": i, "label": r.label, "label_index": r.label_index,
@@ -305,7 +294,7 @@ async def classify(body: ClassifyRequest, request: Request, caller: Caller = Dep
 
 
 @router.get("/v1/models")
-def list_models(request: Request, caller: Caller = Depends(tenant_caller),
+def list_models(request: Request, caller: Caller = Depends(serve_caller),
                 session: Session = Depends(db_session)) -> Any:
     """The models you can serve: your live adapters, by their `ft:` names, then the base models."""
     adapters = served_adapters(session, caller.tenant_slug)
