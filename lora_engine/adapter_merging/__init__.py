@@ -30,7 +30,6 @@ from collections.abc import Sequence
 
 from lora_engine.errors import shown
 from lora_engine.methods import BY_NAME as METHODS
-from lora_engine.spec import MAX_RANK
 
 HOWS = ("linear", "cat", "ties", "dare_linear", "dare_ties")
 USES_DENSITY = frozenset({"ties", "dare_linear", "dare_ties"})
@@ -90,6 +89,8 @@ def rank_problems(ranks: Sequence[int], how: str) -> list[str]:
     if how != "cat" and len(set(ranks)) > 1:
         return [f"the adapters have ranks {', '.join(map(str, sorted(set(ranks))))}: {how} needs one rank "
                 "(only cat merges different ranks)"]
+    from lora_engine.spec import MAX_RANK  # the spec imports pydantic: not on `--help`'s path
+
     if how == "cat" and sum(ranks) > MAX_RANK:
         return [f"cat adds the ranks up to {sum(ranks)}, over the largest rank {MAX_RANK}"]
     return []
