@@ -234,11 +234,12 @@ def _prepare(
 
 def devices_problems(devices: int, tenant: Tenant, settings: Settings) -> list[str]:
     """A job's devices beyond what this fleet allows one job, or beyond its tenant's running
-    quota (it counts its devices: it could never start)."""
+    quota (it counts its devices: it could never start). A quota of 0 holds every job of the
+    tenant back on purpose (until it is raised): nothing is refused for it."""
     if devices > settings.max_job_devices:
         return [f"devices: at most {settings.max_job_devices} per job on this fleet (got {devices}; "
                 "LORAFLEET_MAX_JOB_DEVICES)"]
-    if devices > tenant.max_running:
+    if 0 < tenant.max_running < devices:
         return [f"devices: tenant {tenant.slug!r} may run {tenant.max_running} device(s) at once and "
                 f"this job needs {devices}: it could never start; raise it (`lorafleet tenant set-quota "
                 f"{tenant.slug} --max-running {devices}`)"]

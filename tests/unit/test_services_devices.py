@@ -90,6 +90,10 @@ def test_devices_are_checked_at_the_door(session):
     with pytest.raises(SpecError, match=r"may run 2 device\(s\) at once and this job needs 3: it could"):
         submit_job(session, "acme", dict(SPEC, devices=3))
     assert validate_spec(SPEC).devices == 1
+    # A quota of 0 holds the tenant's jobs back on purpose: they queue, whatever they need.
+    create_tenant(session, "held", max_running=0)
+    assert submit_job(session, "held", dict(SPEC, devices=2)).state == "queued"
+    assert submit_job(session, "held", SPEC).state == "queued"
 
 
 def test_a_job_across_devices_is_never_packed_and_bills_each_device():
