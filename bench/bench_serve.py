@@ -11,7 +11,11 @@ request when its answer arrives) each ask for a random adapter; the same request
       a forward; generation rows of any adapters share the KV-cached decode batch, joining it
       between steps and leaving when they end;
   (b) one at a time: LORAFLEET_SERVE_BATCH_MAX=1: each request runs alone through its adapter
-      (all 20 resident: no load or swap is counted against it).
+      (all 20 resident: no load or swap is counted against it);
+  (c) swapped (with --swapped): one at a time, and an adapter cache that holds one adapter
+      (LORAFLEET_SERVE_ADAPTER_CACHE_BYTES = the largest adapter's bytes): the adapter a request
+      names is loaded (sha256 checked) when it is not the last one used, as a server that swaps
+      one adapter in per request does.
 
 Reported per server and route: requests/s, generated tokens/s, latency p50/p99 (send to answer),
 the server's CPU per request (all its threads); the ratios (a)/(b) of requests/s and of requests
@@ -208,6 +212,7 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=64, help="completion requests per server")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--cold", type=int, default=4, help="cold adapters timed per route")
+    parser.add_argument("--swapped", action="store_true", help="also (c): one at a time, one adapter cached")
     args = parser.parse_args()
     if args.cold >= args.adapters:
         raise SystemExit("--cold must be below --adapters (the first adapter warms the base)")
@@ -240,8 +245,12 @@ def main() -> None:
                      for route, count in (("classify", args.classify), ("generate", args.generate))}
         adapter_bytes = sum(size for route in names for _, size in names[route])
 
-        for label, batch_max in (("mixed", 32), ("one_at_a_time", 1)):
-            server = start_server({**env, "LORAFLEET_SERVE_BATCH_MAX": str(batch_max)}, home, label)
+        servers = [("mixed", 32, env), ("one_at_a_time", 1, env)]
+        if args.swapped:
+            one = max(size for route in names for _, size in names[route])
+            servers.append(("swapped", 1, {**env, "LORAFLEET_SERVE_ADAPTER_CACHE_BYTES": str(one)}))
+        for label, batch_max, server_env in servers:
+            server = start_server({**server_env, "LORAFLEET_SERVE_BATCH_MAX": str(batch_max)}, home, label)
             try:
                 figures: dict = {"batch_max": batch_max}
                 if label == "mixed":
@@ -261,10 +270,10 @@ def main() -> None:
                         cold[route] = {"cold_ms": 1000 * statistics.median(firsts),
                                        "warm_ms": 1000 * statistics.median(agains)}
                     figures["cold_vs_warm"] = cold
-                progress(f"{label}: every adapter loaded")
-                for route in BASES:
+                for route in BASES:  # every adapter loaded once (the swapped server keeps the last)
                     for name, _ in names[route]:
                         timed(server, key, *request_of(route, name, texts[route][0], 1))
+                progress(f"{label}: every adapter loaded")
                 if label == "mixed":
                     figures["rss_all_adapters"] = rss(server)
                     figures["adapter_bytes"] = adapter_bytes
@@ -276,13 +285,15 @@ def main() -> None:
                 result[label] = figures
             finally:
                 server.stop()
-        result["ratio_requests_per_s"] = {
-            route: result["mixed"][route]["requests_per_s"] / result["one_at_a_time"][route]["requests_per_s"]
-            for route in BASES}
-        # Load-independent: requests per second of the server's own CPU (the machine is shared).
-        result["ratio_requests_per_cpu_second"] = {
-            route: result["one_at_a_time"][route]["server_cpu_ms_per_request"]
-            / result["mixed"][route]["server_cpu_ms_per_request"] for route in BASES}
+        for baseline in [label for label, _, _ in servers[1:]]:
+            suffix = "" if baseline == "one_at_a_time" else f"_vs_{baseline}"
+            result[f"ratio_requests_per_s{suffix}"] = {
+                route: result["mixed"][route]["requests_per_s"] / result[baseline][route]["requests_per_s"]
+                for route in BASES}
+            # Load-independent: requests per second of the server's own CPU (the machine is shared).
+            result[f"ratio_requests_per_cpu_second{suffix}"] = {
+                route: result[baseline][route]["server_cpu_ms_per_request"]
+                / result["mixed"][route]["server_cpu_ms_per_request"] for route in BASES}
         result["load_average_end"] = os.getloadavg()
         db.forget_engine(settings.database_url)
     print(json.dumps(result))
