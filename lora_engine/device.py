@@ -40,9 +40,7 @@ def pick_device(prefer: str | None = None) -> DeviceInfo:
 
     `prefer="cpu"` (or env LORAFLEET_DEVICE=cpu) forces the CPU, e.g. for exact-resume tests.
     """
-    prefer = prefer or os.environ.get("LORAFLEET_DEVICE")
-    if prefer not in (None, "", "auto", "cpu", "cuda"):
-        raise ValueError(f"device: unknown choice {prefer!r}; allowed: auto, cpu, cuda")
+    prefer = _preference(prefer)
     if prefer == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' was asked for but no CUDA device is available")
     if prefer != "cpu" and torch.cuda.is_available():
@@ -50,6 +48,27 @@ def pick_device(prefer: str | None = None) -> DeviceInfo:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         return DeviceInfo(dev, f"cuda:{torch.cuda.get_device_name(dev)}", dtype)
     return DeviceInfo(torch.device("cpu"), "cpu", None)
+
+
+def device_kind(prefer: str | None = None) -> str:
+    """"cuda" or "cpu", the kind `pick_device` chooses, without initialising CUDA: torch counts
+    the devices through NVML, so a process that forks workers afterwards (a Celery worker choosing
+    the queues it consumes) leaves them a usable CUDA."""
+    prefer = _preference(prefer)
+    if prefer == "cpu":
+        return "cpu"
+    if torch.cuda.device_count() > 0:
+        return "cuda"
+    if prefer == "cuda":
+        raise ValueError("device: 'cuda' was asked for but no CUDA device is available")
+    return "cpu"
+
+
+def _preference(prefer: str | None) -> str | None:
+    prefer = prefer or os.environ.get("LORAFLEET_DEVICE")
+    if prefer not in (None, "", "auto", "cpu", "cuda"):
+        raise ValueError(f"device: unknown choice {prefer!r}; allowed: auto, cpu, cuda")
+    return prefer
 
 
 def autocast(info: DeviceInfo):

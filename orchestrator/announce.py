@@ -1,7 +1,7 @@
 """Sending job messages and recording that they were sent: after commit, re-dispatch, reconcile.
 
 `orchestrator.dispatch.send_run_jobs` is the one function that puts a message on the broker;
-here it is told each job's queue (its device count, `services.reconcile.by_devices`, read in the
+here it is told each job's queue (its class, `services.reconcile.by_class`, read in the
 session that records the dispatch) and paired with the registry's record of the dispatch, which
 the reconciler reads to re-send for queued jobs whose message may be lost (when:
 `orchestrator.retries.redispatch_wait`).
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from orchestrator.config import Settings, get_settings
-from orchestrator.dispatch import send_run_jobs
+from orchestrator.dispatch import JobClass, send_run_jobs
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -29,23 +29,24 @@ def announce_jobs(
     job_ids: list[str], *, settings: Settings | None = None, countdown: float | None = None
 ) -> None:
     """Send a message per queued job (after the jobs were committed), each on the queue of its
-    device count, and record the dispatch."""
+    class (device count, CUDA), and record the dispatch."""
     from orchestrator.registry.db import session_scope
-    from orchestrator.services.reconcile import by_devices, mark_dispatched
+    from orchestrator.services.reconcile import by_class, mark_dispatched
 
     settings = settings or get_settings()
     if not job_ids:
         return
     with session_scope(settings) as session:
         # Sent before the record: a crash in between costs a second message, never a lost one.
-        send_by_devices(by_devices(session, list(job_ids)), settings, countdown)
+        send_by_class(by_class(session, list(job_ids)), settings, countdown)
         mark_dispatched(session, list(job_ids))
 
 
-def send_by_devices(groups: dict[int, list[str]], settings: Settings, countdown: float | None = None) -> None:
-    """Send the messages of job ids grouped by device count (`services.reconcile.by_devices`)."""
-    for devices, ids in groups.items():
-        send_run_jobs(ids, settings=settings, countdown=countdown, devices=devices)
+def send_by_class(groups: dict[JobClass, list[str]], settings: Settings,
+                  countdown: float | None = None) -> None:
+    """Send the messages of job ids grouped by class (`services.reconcile.by_class`)."""
+    for job, ids in groups.items():
+        send_run_jobs(ids, settings=settings, countdown=countdown, job=job)
 
 
 @contextmanager
@@ -104,7 +105,7 @@ def reconcile_once(
 
     # From the submodule itself: once `orchestrator.services.reconcile` (the module) is imported,
     # the package attribute of that name is the module, not the function.
-    from orchestrator.services.reconcile import LEASE_GRACE_S, REDISPATCH_AFTER_S, by_devices, reconcile
+    from orchestrator.services.reconcile import LEASE_GRACE_S, REDISPATCH_AFTER_S, by_class, reconcile
 
     settings = settings or get_settings()
     with session_scope(settings) as session:
@@ -113,8 +114,8 @@ def reconcile_once(
             lease_grace_s=LEASE_GRACE_S if lease_grace_s is None else lease_grace_s,
             redispatch_after_s=REDISPATCH_AFTER_S if redispatch_after_s is None else redispatch_after_s,
         )
-        groups = by_devices(session, list(result.dispatch)) if result.dispatch else {}
-    send_by_devices(groups, settings)
+        groups = by_class(session, list(result.dispatch)) if result.dispatch else {}
+    send_by_class(groups, settings)
     report = {"dispatched": result.dispatch, "requeued": result.requeued, "failed": result.failed,
               "cancelled": result.cancelled, "paused": result.paused}
     if webhooks:

@@ -6,15 +6,18 @@ passes live in `orchestrator.announce`.
 The message carries only the job id; the registry is the source of truth, so a lost or duplicated
 message costs nothing (the reconciler re-sends, a second claim finds nothing).
 
-One queue per device count (`devices_queue`): a job asking for one device is announced on `gpu`,
-as always; one asking for N > 1 on `gpu.devices-N`, which only a worker owning N or more devices
-consumes (a worker of K devices consumes the queues of 1..K, `worker_queues`). A message is taken
-only by a worker that can claim its job, so a `devices: 2` job is heard at once by a worker of
-two, instead of being dropped by a worker of one and waiting for the reconciler's re-send (which
-backs off to 64 x `redispatch_after`). The worker woken by a message of N devices claims a job
-of N devices (`services.leases.claim_next(message=…)`), so every queued job keeps a message on
-its own queue. Handing a message back (a reject) was the other way: on a fleet of small workers
-it would circle between them until a big one is free, a busy loop on the broker.
+One queue per class of job, what the job needs of a worker (`job_class`: its device count, and
+CUDA for a quantised base; `job_queue`): a job asking for one device is announced on `gpu`, as
+always; one asking for N > 1 on `gpu.devices-N`, which only a worker owning N or more devices
+consumes; an nf4 job on `gpu.cuda` (`gpu.cuda.devices-N`), which only a CUDA worker consumes (a
+worker of K devices consumes the queues of 1..K, a CUDA worker those of CPU jobs too:
+`worker_queues`). A message is taken only by a worker that can claim its job, so a `devices: 2`
+job is heard at once by a worker of two, instead of being dropped by a worker of one (or an nf4
+job by a CPU worker) and waiting for the reconciler's re-send (which backs off to 64 x
+`redispatch_after`). The worker woken by a message claims a job of the same class
+(`services.leases.claim_next(message=…)`), so every queued job keeps a message on its own
+queue. Handing a message back (a reject) was the other way: on a fleet of small workers it would
+circle between them until a big one is free, a busy loop on the broker.
 
 The sender is not a Celery app: `lorafleet job submit` is a short process, and importing and
 configuring Celery to send one message cost it more than the rest of the send (bench/RESULTS.md,
@@ -40,7 +43,7 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -165,24 +168,42 @@ def task_message(task: str, args: list[Any], countdown: float | None = None,
     return body, headers, {"correlation_id": task_id, "reply_to": ""}
 
 
-def devices_queue(queue: str, devices: int) -> str:
-    """The queue of the messages of jobs asking for `devices` devices: `queue` itself for one
-    (every worker consumes it), `<queue>.devices-N` for N > 1 (workers owning N or more)."""
-    return queue if devices <= 1 else f"{queue}.devices-{devices}"
+class JobClass(NamedTuple):
+    """What a job needs of a worker, which names its message's queue (`job_queue`)."""
+
+    devices: int = 1
+    cuda: bool = False
 
 
-def worker_queues(queue: str, devices: int) -> list[str]:
-    """The queues a worker owning `devices` devices consumes: those of every job it can claim."""
-    return [devices_queue(queue, n) for n in range(1, devices + 1)]
+def job_class(devices: int | None, quantize: str | None) -> JobClass:
+    """The class of a job from its registry columns: the one decision of a message's queue (submit,
+    re-dispatch and the reconciler all send through it). A quantised base needs CUDA, as the
+    claim's `registry.repositories.runs_on` says."""
+    return JobClass(max(devices or 1, 1), quantize is not None)
+
+
+def job_queue(queue: str, job: JobClass = JobClass()) -> str:
+    """The queue of the messages of jobs of this class: `queue` itself for one device and no CUDA
+    (every worker consumes it), `<queue>.devices-N` for N > 1 (workers owning N or more),
+    `<queue>.cuda[.devices-N]` for a job that needs CUDA (CUDA workers only)."""
+    base = f"{queue}.cuda" if job.cuda else queue
+    return base if job.devices <= 1 else f"{base}.devices-{job.devices}"
+
+
+def worker_queues(queue: str, devices: int, cuda: bool = False) -> list[str]:
+    """The queues a worker owning `devices` devices (of CUDA or not) consumes: those of every job it
+    can claim, `queue` first."""
+    return [job_queue(queue, JobClass(n, needs)) for needs in ((False, True) if cuda else (False,))
+            for n in range(1, devices + 1)]
 
 
 def send_run_jobs(job_ids: list[str], *, settings: Settings | None = None,
-                  countdown: float | None = None, devices: int = 1) -> None:
-    """Queue one `lorafleet.run_job(job_id)` message per id on the queue of jobs asking for
-    `devices` devices: the one function that sends job messages (submit, the runner's re-dispatch
-    after a back-off and the reconciler all call it through `orchestrator.announce`)."""
+                  countdown: float | None = None, job: JobClass = JobClass()) -> None:
+    """Queue one `lorafleet.run_job(job_id)` message per id on the queue of jobs of class `job`:
+    the one function that sends job messages (submit, the runner's re-dispatch after a back-off
+    and the reconciler all call it through `orchestrator.announce`)."""
     settings = settings or get_settings()
-    queue = devices_queue(settings.queue, devices)
+    queue = job_queue(settings.queue, job)
     messages = [task_message(RUN_JOB, [str(job_id)], countdown) for job_id in job_ids]
     if messages and not _insert_embedded(settings.broker_url, queue, messages):
         with _send_lock:

@@ -13,8 +13,9 @@ the longest job, the `gpu` queue. Here:
   such process per GPU);
 - on shutdown the running job checkpoints and goes back to the queue (see `_shutting_down`);
 - a worker owning K devices (`LORAFLEET_WORKER_DEVICES`) also consumes the queues of jobs of
-  2..K devices (`orchestrator.dispatch.worker_queues`), whatever `-Q` named: the messages of the
-  jobs it can claim, and no others;
+  2..K devices, and a CUDA worker (`lora_engine.device.device_kind`, `LORAFLEET_DEVICE`) those of
+  jobs that need CUDA (`orchestrator.dispatch.worker_queues`), whatever `-Q` named: the messages
+  of the jobs it can claim, and no others;
 - a worker whose own environment failed `unhealthy_after` jobs in a row stops consuming its
   queues (`worker.health`);
 - an embedded worker runs the reconciler in a thread (`worker.reconciler`); a cluster runs
@@ -75,11 +76,20 @@ def _remember_worker(**_: Any) -> None:
     _worker_pid = os.getpid()
 
 
+def consumed_queues() -> list[str]:
+    """The queues this worker consumes: those of the jobs its devices can take, `-Q`'s first. Their
+    kind comes from `device_kind` (fork-safe: the parent of a prefork pool asks too); the claim
+    asks `pick_device`, the same rule."""
+    from lora_engine.device import device_kind
+
+    return worker_queues(settings.queue, settings.worker_devices, cuda=device_kind() == "cuda")
+
+
 @celeryd_after_setup.connect
 def _consume_device_queues(instance: Any = None, **_: Any) -> None:
     """The queues of the jobs this worker's devices can take (Celery's documented way to add
     queues a worker always consumes, beside its `-Q`)."""
-    for queue in worker_queues(settings.queue, settings.worker_devices)[1:]:
+    for queue in consumed_queues()[1:]:
         instance.app.amqp.queues.select_add(queue)
 
 
@@ -149,7 +159,7 @@ def _ready(sender: Any = None, **_: Any) -> None:
         # this consumer's own thread, so it may cancel the consumer. A prefork child cannot
         # reach its parent's consumer: it refuses each message it is given, see `tasks.run_job`.)
         def stop_consuming(_reason: str) -> None:
-            for queue in worker_queues(settings.queue, settings.worker_devices):
+            for queue in consumed_queues():
                 sender.cancel_task_queue(queue)
 
         health.on_unhealthy(stop_consuming)
@@ -159,7 +169,7 @@ def _ready(sender: Any = None, **_: Any) -> None:
     logging.getLogger(__name__).info(
         "lorafleet worker ready: registry %s, queue %s, lease %ss, heartbeat %ss%s",
         settings.database_url.split("@")[-1],
-        ",".join(worker_queues(settings.queue, settings.worker_devices)), settings.lease_seconds,
+        ",".join(consumed_queues()), settings.lease_seconds,
         settings.heartbeat_seconds,
         f", reconciling every {settings.reconcile_every_s}s" if embedded else "",
     )

@@ -101,14 +101,14 @@ def run_packed(job_id: str, *, worker_id: str | None = None, settings: Settings 
     """Claim and run the next job, packed with compatible queued jobs when it can be; one
     RunResult per job claimed. Never raises for a job's own failure (as `run_job`)."""
     from orchestrator.registry import repositories as repo
-    from orchestrator.services.leases import claim_job, message_devices
+    from orchestrator.services.leases import claim_job, message_class
 
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
     with session_scope(settings) as session:
-        # The head is a job of the message's device count, as `claim_next(message=…)` claims.
+        # The head is a job of the message's class, as `claim_next(message=…)` claims.
         head = repo.claim_candidates(session, limit=1, devices=settings.worker_devices,
-                                     device_kind=device()[0], job_devices=message_devices(session, job_id))
+                                     device_kind=device()[0], job_class=message_class(session, job_id))
         lead = repo.job(session, head[0][0]) if head else None
         family = _packable(lead, settings) if lead is not None else None
         if family is None or not packing_enabled(settings):

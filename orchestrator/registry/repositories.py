@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Select, func, select, true
 from sqlalchemy.orm import Session
 
 from orchestrator.registry.models import Adapter, AdapterParent, Dataset, Job, JobEvent, Metric, Tenant, Usage
+
+if TYPE_CHECKING:
+    from orchestrator.dispatch import JobClass
 
 T = TypeVar("T")
 
@@ -143,6 +146,12 @@ def runs_on(device_kind: str) -> Any:
     return true() if device_kind == "cuda" else Job.quantize.is_(None)
 
 
+def of_class(job: JobClass) -> Any:
+    """Jobs of this class (`orchestrator.dispatch.job_class`): as many devices, and needing CUDA
+    (a quantised base, see `runs_on`) or not alike."""
+    return (Job.devices == job.devices) & (Job.quantize.is_not(None) if job.cuda else Job.quantize.is_(None))
+
+
 def claimable(devices: int = 1, device_kind: str = "cpu") -> Any:
     """The WHERE clause of a claim's conditional UPDATE on `jobs`: queued, asking for at most
     the `devices` the claiming worker owns and a device it has (`runs_on`), its tenant under
@@ -161,12 +170,12 @@ def is_claimable(session: Session, job_id: str, devices: int = 1, device_kind: s
 def claim_candidates(
     session: Session, limit: int = 20, *, base_model: str | None = None, kind: str | None = None,
     methods: Sequence[str] | None = None, devices: int = 1, device_kind: str = "cpu",
-    job_devices: int | None = None,
+    job_class: JobClass | None = None,
 ) -> Sequence[tuple[str, str]]:
     """(job_id, tenant_id) of jobs a worker owning `devices` of `device_kind` may claim, in
     fair-share order (see above); optionally only jobs on one base model, of one kind, with one
-    of `methods` (a packed claim's partners), asking for exactly `job_devices` (the device count
-    of the queue the worker's message came from)."""
+    of `methods` (a packed claim's partners), of `job_class` (`of_class`: the class of the queue
+    the worker's message came from)."""
     running = (
         select(Job.tenant_id, func.count().label("n"), func.sum(Job.devices).label("busy"))
         .where(Job.state == "running")
@@ -183,7 +192,7 @@ def claim_candidates(
                *([Job.base_model == base_model] if base_model is not None else []),
                *([Job.kind == kind] if kind is not None else []),
                *([Job.method.in_(list(methods))] if methods is not None else []),
-               *([Job.devices == job_devices] if job_devices is not None else []))
+               *([of_class(job_class)] if job_class is not None else []))
         .order_by(n_running, Tenant.last_claimed_at.is_not(None), Tenant.last_claimed_at,
                   Job.priority.desc(), Job.created_at, Job.id)
         .limit(limit)

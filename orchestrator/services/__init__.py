@@ -83,7 +83,7 @@ reevaluation:     submit_reevaluation(s, tenant=None|slug|[slugs], task=None, ba
 leases (worker):  claim_job(s, job_id, worker_id, lease_seconds, now=None) -> Job | None
                   claim_next(s, worker_id, lease_seconds, now=None, devices=1, device_kind="cpu",
                              message=None)
-                            -> Job | None   (fair share; a job of the message's device count)
+                            -> Job | None   (fair share; a job of the message's class)
                   unclaimable_reason(s, job_id) -> str
                   heartbeat(s, job_id, worker_id, step, total, loss, lease_seconds, now=None,
                             event_interval_s=5.0, grad_norm=None) -> retries.Abort.CANCEL |
@@ -120,7 +120,7 @@ reconcile:        reconcile(s, now=None, *, lease_grace_s=5, redispatch_after_s=
                             -> ReconcileResult(dispatch=[ids to send], requeued=[..], failed=[..],
                                cancelled=[..], paused=[..])
                   mark_dispatched(s, job_ids)   (after sending the messages for new jobs)
-                  by_devices(s, job_ids) -> {devices: [ids]}   (each message's queue)
+                  by_class(s, job_ids) -> {dispatch.JobClass: [ids]}   (each message's queue)
 files:            the API's files: a tenant's data sets + the built-ins (builtin-glue-<task>, builtin-e2e)
                   list_files(s, tenant, after=None, limit=20, order="desc", purpose=None)
                              -> ([FileView], has_more); get_file(s, id, tenant) -> FileView (.to_dict():

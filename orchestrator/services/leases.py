@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from lora_engine.methods import PACKABLE_METHODS
 from lora_engine.methods import method as method_entry
+from orchestrator.dispatch import JobClass, job_class
 from orchestrator.errors import InvalidInput, LeaseLost
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import ADAPTER_JOB_KINDS, Adapter, Job, Metric, Usage, utcnow
@@ -96,32 +97,33 @@ def claim_next(
     is claimable. Each attempt is its own transaction (a candidate taken by another worker in
     between is skipped).
 
-    `message`: the job id of the message that woke the worker. Only jobs asking for as many
-    devices as that job are claimed: the message came from that device count's queue
-    (`orchestrator.dispatch.devices_queue`), and taking a job of another count would leave this
-    count's job without a message while the other job's message wakes a worker for nothing."""
-    job_devices = message_devices(session, message) if message else None
-    candidates = _candidates(session, tries, devices, device_kind, job_devices)
+    `message`: the job id of the message that woke the worker. Only jobs of that job's class (as
+    many devices, and needing CUDA or not alike) are claimed: the message came from that class's
+    queue (`orchestrator.dispatch.job_queue`), and taking a job of another class would leave this
+    class's job without a message while the other job's message wakes a worker for nothing."""
+    job = message_class(session, message) if message else None
+    candidates = _candidates(session, tries, devices, device_kind, job)
     for job_id in candidates:
-        job = claim_job(session, job_id, worker_id, lease_seconds, now=now, devices=devices,
-                        device_kind=device_kind)
-        if job is not None:
-            return job
+        claimed = claim_job(session, job_id, worker_id, lease_seconds, now=now, devices=devices,
+                            device_kind=device_kind)
+        if claimed is not None:
+            return claimed
     return None
 
 
 @readonly
 def _candidates(session: Session, limit: int, devices: int, device_kind: str,
-                job_devices: int | None) -> list[str]:
+                job: JobClass | None) -> list[str]:
     return [job_id for job_id, _ in repo.claim_candidates(session, limit=limit, devices=devices,
-                                                           device_kind=device_kind, job_devices=job_devices)]
+                                                           device_kind=device_kind, job_class=job)]
 
 
 @readonly
-def message_devices(session: Session, job_id: str) -> int | None:
-    """The devices the job of a message asks for: the device count of the queue it came on
-    (None: no such job, a stray message, which may wake the worker for any job it can run)."""
-    return session.scalar(select(Job.devices).where(Job.id == job_id))
+def message_class(session: Session, job_id: str) -> JobClass | None:
+    """The class of the job of a message (`dispatch.job_class`): the queue it came on (None: no
+    such job, a stray message, which may wake the worker for any job it can run)."""
+    row = session.execute(select(Job.devices, Job.quantize).where(Job.id == job_id)).first()
+    return job_class(row[0], row[1]) if row is not None else None
 
 
 def claim_partners(

@@ -12,7 +12,8 @@ Each pass (a periodic task, and `lorafleet reconcile`):
    a job that waits behind busy workers is re-sent with exponential back-off instead of adding a
    message every pass (extra messages are harmless, the claim drops them, but they pile up).
 The caller sends the Celery messages for the returned ids (orchestrator never imports worker),
-each on the queue of its job's device count (`by_devices`, `dispatch.devices_queue`).
+each on the queue of its job's class, its device count and whether it needs CUDA (`by_class`,
+`dispatch.job_class`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
+from orchestrator.dispatch import JobClass, job_class
 from orchestrator.registry import repositories as repo
 from orchestrator.registry.models import Job, utcnow
 from orchestrator.retries import redispatch_wait
@@ -121,16 +123,16 @@ def mark_dispatched(session: Session, job_ids: list[str], now: datetime | None =
 
 
 @readonly
-def by_devices(session: Session, job_ids: list[str]) -> dict[int, list[str]]:
-    """The ids grouped by the devices their jobs ask for, in order: the queue each message goes to
-    (`orchestrator.dispatch.devices_queue`). An id without a job (purged) goes with one device:
-    its message finds nothing to claim wherever it lands."""
-    devices: dict[str, int] = {}
+def by_class(session: Session, job_ids: list[str]) -> dict[JobClass, list[str]]:
+    """The ids grouped by their jobs' class (`orchestrator.dispatch.job_class`), in order: the
+    queue each message goes to (`dispatch.job_queue`). An id without a job (purged) goes with the
+    plain class (one device, no CUDA): its message finds nothing to claim wherever it lands."""
+    classes: dict[str, JobClass] = {}
     for start in range(0, len(job_ids), DISPATCH_CHUNK):
         chunk = list(job_ids[start:start + DISPATCH_CHUNK])
-        devices.update((job_id, n) for job_id, n in session.execute(
-            select(Job.id, Job.devices).where(Job.id.in_(chunk))))
-    groups: dict[int, list[str]] = {}
+        rows = session.execute(select(Job.id, Job.devices, Job.quantize).where(Job.id.in_(chunk)))
+        classes.update((job_id, job_class(devices, quantize)) for job_id, devices, quantize in rows)
+    groups: dict[JobClass, list[str]] = {}
     for job_id in job_ids:
-        groups.setdefault(devices.get(job_id) or 1, []).append(job_id)
+        groups.setdefault(classes.get(job_id, JobClass()), []).append(job_id)
     return groups

@@ -13,11 +13,12 @@ from lora_engine.errors import SpecError
 from lora_engine.packing import refusal
 from lora_engine.spec import validate_spec
 from orchestrator.cli.worker import device_groups
+from orchestrator.dispatch import JobClass
 from orchestrator.registry.models import utcnow
 from orchestrator.services.jobs import submit_job
 from orchestrator.services.leases import UsageRecord, claim_next, unclaimable_reason
 from orchestrator.services.quotas import tenant_quota_usage
-from orchestrator.services.reconcile import by_devices
+from orchestrator.services.reconcile import by_class
 from orchestrator.services.status import fleet_status
 from orchestrator.services.tenants import create_tenant
 from orchestrator.services.workers import WorkerInfo, register_worker
@@ -120,13 +121,13 @@ def test_the_worker_command_splits_gpus_into_groups_of_devices(monkeypatch):
 
 
 def test_a_message_wakes_a_worker_for_a_job_of_its_own_device_count(session):
-    """Each device count has its queue (`dispatch.devices_queue`): the worker woken by a message
+    """Each device count has its queue (`dispatch.job_queue`): the worker woken by a message
     claims a job of that message's count, never one whose own message waits on another queue."""
     create_tenant(session, "acme", max_running=4)
     narrow = submit_job(session, "acme", SPEC)  # older: first in fair-share order
     wide = submit_job(session, "acme", dict(SPEC, devices=2))
-    assert by_devices(session, [narrow.id, wide.id, "no-such-job"]) == {1: [narrow.id, "no-such-job"],
-                                                                        2: [wide.id]}
+    assert by_class(session, [narrow.id, wide.id, "no-such-job"]) == {
+        JobClass(1, False): [narrow.id, "no-such-job"], JobClass(2, False): [wide.id]}
 
     claimed = claim_next(session, "big:1", 60, devices=2, message=wide.id)
     assert claimed is not None and claimed.id == wide.id  # not the older one-device job

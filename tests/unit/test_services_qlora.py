@@ -9,10 +9,12 @@ import pytest
 from lora_engine.errors import SpecError
 from lora_engine.packing import refusal
 from lora_engine.spec import validate_spec
+from orchestrator.dispatch import JobClass
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job
 from orchestrator.services.jobs import get_job, submit_job
-from orchestrator.services.leases import claim_next, unclaimable_reason
+from orchestrator.services.leases import claim_next, message_class, unclaimable_reason
+from orchestrator.services.reconcile import by_class
 from orchestrator.services.status import fleet_status
 from orchestrator.services.tenants import create_tenant
 from orchestrator.services.workers import WorkerInfo, register_worker
@@ -86,3 +88,23 @@ def test_what_quantize_allows():
     assert refusal(method="lora", arch="llama", kind="generation", quantize="nf4") == (
         "a job on an nf4-quantised base cannot be packed (a pack shares one base in full precision): "
         "it trains alone")
+
+
+def test_a_message_wakes_a_cuda_worker_for_a_job_of_its_own_class(session):
+    """An nf4 job's message has its own queue (`dispatch.job_queue`: `gpu.cuda`), which only CUDA
+    workers consume, beside `gpu`: a CUDA worker woken by either message claims a job of that
+    message's class, never one whose own message waits on the other queue."""
+    create_tenant(session, "acme", max_running=4)
+    nf4 = submit_job(session, "acme", NF4)  # older: first in fair-share order
+    plain = submit_job(session, "acme", PLAIN)
+    assert by_class(session, [nf4.id, plain.id]) == {JobClass(1, True): [nf4.id],
+                                                     JobClass(1, False): [plain.id]}
+    assert message_class(session, nf4.id) == JobClass(1, True)
+
+    assert claim_next(session, "cpu:1", 60, message=nf4.id) is None  # a CPU worker, whatever it hears
+    claimed = claim_next(session, "gpu:1", 60, device_kind="cuda", message=plain.id)
+    assert claimed is not None and claimed.id == plain.id  # not the older nf4 job
+    # No other plain job; the nf4 job's own message is on its way to a CUDA worker.
+    assert claim_next(session, "gpu:2", 60, device_kind="cuda", message=plain.id) is None
+    claimed = claim_next(session, "gpu:2", 60, device_kind="cuda", message=nf4.id)
+    assert claimed is not None and claimed.id == nf4.id
