@@ -414,6 +414,13 @@ def test_usage_recorded_per_tenant(served: Served):
     from orchestrator.services.inference import inference_totals
     from orchestrator.services.tenants import get_tenant
 
+    # Rows of earlier tests still decoding (a stream read in part) are recorded when they end, and
+    # usage is written in batches: count from a registry where nothing is pending.
+    deadline = time.monotonic() + 60
+    while served.metric(DECODING) != 0:
+        assert time.monotonic() < deadline, "an earlier request never ended"
+        time.sleep(0.05)
+    time.sleep(0.5)  # ten flush periods (LORAFLEET_SERVE_USAGE_FLUSH_MS is 50 here)
     with served.server.session() as s:
         before = inference_totals(s, "acme")
         acme = get_tenant(s, "acme").id
