@@ -40,7 +40,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,9 +48,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import psutil
-from benchlib import DEFAULT_DATA, ROOT
+from benchlib import DEFAULT_DATA
 
-from tests.api_server import ApiProcess, api_env, free_port
+from tests.api_server import ApiProcess, api_env, start_api
 
 START_TIMEOUT_S = 300
 TENANT = "bench"
@@ -117,27 +116,7 @@ def inputs() -> tuple[list[str], list[str]]:
 
 
 def start_server(env: dict[str, str], home: Path, label: str) -> ApiProcess:
-    port = free_port()
-    log_path = home / f"serve-{label}.log"
-    argv = [sys.executable, "-m", "orchestrator.cli.entry", "serve", "--host", "127.0.0.1",
-            "--port", str(port)]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    server = ApiProcess(proc, f"http://127.0.0.1:{port}", env, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if not server.alive():
-            raise SystemExit(f"lorafleet serve exited:\n{server.log()[-4000:]}")
-        try:
-            if httpx.get(server.base_url + "/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise SystemExit(f"no /healthz:\n{server.log()[-4000:]}")
-        time.sleep(0.2)
+    return start_api(env, log_path=home / f"serve-{label}.log", command=("serve",), timeout_s=START_TIMEOUT_S)
 
 
 def processes(server: ApiProcess) -> list[psutil.Process]:

@@ -92,22 +92,25 @@ class ApiProcess:
 
 
 def start_api(env: dict[str, str], *, port: int | None = None, log_path: Path | None = None,
-              mode: str = "embedded") -> ApiProcess:
-    """Start the API with `env` (the whole environment of the process) and wait for /healthz."""
+              mode: str = "embedded", command: tuple[str, ...] = ("api", "serve"),
+              timeout_s: float = START_TIMEOUT_S) -> ApiProcess:
+    """Start the API with `env` (the whole environment of the process) and wait for /healthz;
+    `command` ("serve",) starts the inference server the same way."""
     port = port or free_port()
     home = Path(env.get("LORAFLEET_HOME") or ROOT)
     log_path = log_path or home / f"api-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "orchestrator.cli.entry", "api", "serve", "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "orchestrator.cli.entry", *command, "--host", "127.0.0.1",
             "--port", str(port)]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     api = ApiProcess(proc, f"http://127.0.0.1:{port}", env, log_path, mode)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not api.alive():
-            pytest.fail(f"the API exited ({proc.returncode}) before it answered:\n{api.log()[-4000:]}")
+            pytest.fail(f"`lorafleet {' '.join(command)}` exited ({proc.returncode}) before it answered:\n"
+                        f"{api.log()[-4000:]}")
         try:
             if httpx.get(api.base_url + "/healthz", timeout=2).status_code == 200:
                 return api
@@ -115,7 +118,8 @@ def start_api(env: dict[str, str], *, port: int | None = None, log_path: Path | 
             pass
         time.sleep(0.1)
     api.stop()
-    pytest.fail(f"the API did not answer /healthz within {START_TIMEOUT_S} s:\n{api.log()[-4000:]}")
+    pytest.fail(f"`lorafleet {' '.join(command)}` did not answer /healthz within {timeout_s} s:\n"
+                f"{api.log()[-4000:]}")
 
 
 def api_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

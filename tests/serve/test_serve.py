@@ -8,8 +8,6 @@ for the same adapter."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,9 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.api_server import ROOT, ApiProcess, api_env, free_port
-
-pytestmark = pytest.mark.integration
+from tests.api_server import ApiProcess, api_env, free_port, start_api
 
 MR = "name[The Eagle], eatType[coffee shop], food[Italian], area[riverside]"
 TOKENS = 8
@@ -175,27 +171,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 def start_serve(env: dict[str, str], log_path: Path) -> ApiProcess:
     """`lorafleet serve` with `env`, once it answers /healthz."""
-    port = free_port()
-    argv = [sys.executable, "-m", "orchestrator.cli.entry", "serve", "--host", "127.0.0.1",
-            "--port", str(port)]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    server = ApiProcess(proc, f"http://127.0.0.1:{port}", env, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            assert server.alive(), f"lorafleet serve exited:\n{server.log()[-4000:]}"
-            try:
-                if httpx.get(server.base_url + "/healthz", timeout=2).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no /healthz:\n{server.log()[-4000:]}"
-            time.sleep(0.1)
-    except BaseException:
-        server.stop()
-        raise
+    return start_api(env, log_path=log_path, command=("serve",), timeout_s=START_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,12 @@ come from what the registry holds (the job's task and `eval_size`: the first row
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.api_server import ROOT, ApiProcess, free_port
+from tests.api_server import ApiProcess, start_api
 from tests.integration.workers import start_worker, stop_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
@@ -58,24 +55,7 @@ def train(env: dict[str, str], home: Path) -> tuple[str, str]:
 
 
 def start_serve(env: dict[str, str], home: Path) -> ApiProcess:
-    port = free_port()
-    log_path = home / "serve.log"
-    with open(log_path, "w") as log:
-        argv = [sys.executable, "-m", "orchestrator.cli.entry", "serve", "--host", "127.0.0.1",
-                "--port", str(port)]
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    server = ApiProcess(proc, f"http://127.0.0.1:{port}", env, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        assert server.alive(), f"lorafleet serve exited:\n{server.log()[-4000:]}"
-        try:
-            if httpx.get(server.base_url + "/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"no /healthz:\n{server.log()[-4000:]}"
-        time.sleep(0.1)
+    return start_api(env, log_path=home / "serve.log", command=("serve",), timeout_s=START_TIMEOUT_S)
 
 
 def test_a_classifiers_served_accuracy_equals_its_jobs_recorded_metric(tmp_path):
