@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_jsonable_python
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -266,12 +267,25 @@ def _spec_json(spec: TrainingSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude_none=True)
 
 
+def _same_spec(stored: dict[str, Any], spec: TrainingSpec) -> bool:
+    """Whether a stored spec is this one. A spec stored before a field was added lacks it, and meant
+    that field's default: a missing field matches the default, not another value."""
+    given = _spec_json(spec)
+    for name in set(stored) | set(given):
+        if name in stored and name in given:
+            if stored[name] != given[name]:
+                return False
+        elif name in stored or to_jsonable_python(TrainingSpec.model_fields[name].default) != given[name]:
+            return False
+    return True
+
+
 def _existing_for_key(session: Session, p: _Prepared) -> Job | None:
     """The job already submitted under this idempotency key (Conflict if its spec differs)."""
     if p.idempotency_key is None:
         return None
     existing = repo.job_by_idempotency_key(session, p.tenant.id, p.idempotency_key)
-    if existing is not None and existing.spec != _spec_json(p.spec):
+    if existing is not None and not _same_spec(existing.spec, p.spec):
         raise Conflict(
             f"idempotency key {p.idempotency_key!r} of tenant {p.tenant.slug!r} was used for job "
             f"{existing.id} with a different spec; use a new key for a new job"

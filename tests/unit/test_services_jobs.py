@@ -143,6 +143,20 @@ def test_idempotency_key_returns_the_existing_job(session) -> None:
     assert _count(session, Job) == 2
 
 
+def test_an_idempotency_key_matches_a_job_stored_before_the_spec_gained_fields(session) -> None:
+    create_tenant(session, "acme")
+    first = submit_job(session, "acme", SPEC, idempotency_key="k1")
+    job = session.get(Job, first.id)
+    added_later = ("devices", "gradient_checkpointing")
+    assert all(k in job.spec for k in added_later)
+    job.spec = {k: v for k, v in job.spec.items() if k not in added_later}  # as an older release stored it
+    session.commit()
+    assert submit_job(session, "acme", SPEC, idempotency_key="k1").id == first.id
+    with pytest.raises(errors.Conflict, match="different spec"):
+        submit_job(session, "acme", {**SPEC, "devices": 2}, idempotency_key="k1")
+    assert _count(session, Job) == 1
+
+
 def test_batch_is_all_or_nothing_with_per_item_problems(session) -> None:
     create_tenant(session, "acme")
     good = [{"tenant": "acme", "spec": {**SPEC, "task": t}} for t in ("sst2", "mrpc", "rte")]
