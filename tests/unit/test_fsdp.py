@@ -22,16 +22,20 @@ from lora_engine.multidevice import train_on_devices
 from lora_engine.multidevice.sharding import resident_state_bytes, shard_units, sharding_for
 from lora_engine.recipe import TrainHooks, train
 from lora_engine.spec import validate_spec
-from tests.unit.test_multidevice import (  # noqa: F401 - the module's fixtures: its spec, its reference
-    DATA,
-    RTOL,
-    assert_same_run,
-    reference,
-    spec,
-    stop_at_once,
-)
+from tests.unit.test_multidevice import DATA, RTOL, assert_same_run, minilm_spec, stop_at_once
 
 FSDP = {"devices": 2, "sharding": "fsdp"}
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> dict:
+    return minilm_spec(tmp_path_factory.mktemp("fsdp"))
+
+
+@pytest.fixture(scope="module")
+def reference(spec, tmp_path_factory):
+    """The uninterrupted one-process run: the curve every other run must draw."""
+    return train(spec, tmp_path_factory.mktemp("reference") / "out", data_dir=DATA)
 
 
 def sharded(spec: dict, out, hooks: TrainHooks | None = None):
@@ -46,7 +50,8 @@ def whole_state_bytes(stats, bytes_per=4) -> int:
 def test_a_one_process_checkpoint_resumes_sharded_on_the_reference_curve(spec, reference, tmp_path):
     ck = tmp_path / "ck"
     with pytest.raises(TrainingStopped):
-        train(spec, tmp_path / "one", data_dir=DATA, hooks=TrainHooks(should_stop=stop_at_once, checkpoint_dir=ck))
+        train(spec, tmp_path / "one", data_dir=DATA,
+              hooks=TrainHooks(should_stop=stop_at_once, checkpoint_dir=ck))
     steps = []
     two = sharded(spec, tmp_path / "two", TrainHooks(checkpoint_dir=ck, on_progress=steps.append))
     assert [p.step for p in steps] == [2, 3, 4]
@@ -73,10 +78,15 @@ def test_a_sharded_checkpoint_resumes_on_one_process_on_the_reference_curve(spec
 
 
 def test_full_fine_tuning_sharded_draws_the_one_process_curve_with_gradient_checkpointing(spec, tmp_path):
-    full = dict(spec, method="full", lr=1e-4, dropout=0.0)
+    # Evaluation during training too: every rank joins the sharded forward on the held-out rows,
+    # keeps its shard of the best weights, and a checkpoint gathers them whole.
+    full = dict(spec, method="full", lr=1e-4, eval_every=2, eval_holdout=8, patience=0)
     one = train(full, tmp_path / "one", data_dir=DATA)
-    two = sharded(dict(full, gradient_checkpointing=True), tmp_path / "two")
+    ck = tmp_path / "ck"
+    two = sharded(dict(full, gradient_checkpointing=True), tmp_path / "two",
+                  TrainHooks(checkpoint_dir=ck, checkpoint_every=2))
     np.testing.assert_allclose(two.losses, one.losses, rtol=RTOL, atol=0)
+    assert [(p.step, p.score) for p in two.eval_history] == [(p.step, p.score) for p in one.eval_history]
     a = load_file(str(two.adapter_dir / "model.safetensors"))
     b = load_file(str(one.adapter_dir / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -85,6 +95,9 @@ def test_full_fine_tuning_sharded_draws_the_one_process_curve_with_gradient_chec
     assert json.loads((two.adapter_dir / "config.json").read_text())["model_type"] == "bert"
     assert two.stats.sharding == "fsdp"
     assert 0.5 <= two.stats.state_bytes / whole_state_bytes(two.stats) < 0.52
+    ckpt = load_checkpoint(latest_checkpoint(ck))
+    assert ckpt.step == 4 and {f"best/{n}" for n in ckpt.trainable} == set(ckpt.extra)
+    assert all(ckpt.extra[f"best/{n}"].shape == t.shape for n, t in ckpt.trainable.items())
 
 
 def test_units_are_the_modules_each_forward_calls(tiny_model):
