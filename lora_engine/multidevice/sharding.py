@@ -17,10 +17,12 @@ ours and Hugging Face's, does call is each module that holds weights: Linear, Em
 LayerNorm/RMSNorm, and our LoRA layers (which read their base weight and A, B themselves: one
 unit each, with the frozen base and the trainable A, B; FSDP2 allows mixed requires_grad). So
 the units are those modules, each the root of its own FSDP state (no module above them runs
-`__call__` in our forward). Modules sharing a weight (a Llama's tied input embedding and LM head)
-are one unit (`fully_shard([embed, head])`), gathered from the first's forward to the last's.
-Gathering one Linear at a time costs more collectives than one per layer; what a layer unit would
-save is not worth routing every forward's layer call through a module here.
+`__call__` in our forward), each gathered for its forward and again for its backward. Modules
+sharing a weight (a Llama's tied input embedding and LM head) stay whole on every rank, their
+gradient all-reduced as in DataParallel: FSDP2 shards a shared weight only in a group of modules
+(`fully_shard([embed, head])`), and a group cannot be a root. Gathering one Linear at a time
+costs more collectives than one layer at a time; a layer unit, and one root above every unit,
+would need our forwards to call a module where they call a function.
 
 Gradient checkpointing (forward/recompute.py) wraps a layer's function: its units gather again
 when the backward recomputes them, which FSDP2 supports (tested).
@@ -82,66 +84,56 @@ def may_shard(asked: str, device: torch.device) -> bool:
 
 def place(run, parallel: DataParallel) -> DataParallel:
     """Put `run`'s model on this rank's device, whole or sharded (`sharding_for`); the
-    DataParallel that trains it. Sharding replaces the model's parameters, so the run's
-    optimizer is built again over them (before any step or resume)."""
+    DataParallel that trains it. Sharding replaces the model's parameters (and a move may), so
+    the run's optimizer is built again over those it has now (before any step or resume)."""
     from lora_engine.recipe import rebind_parameters
 
-    sharding = sharding_for(run.spec.sharding, run.model, parallel.device)
-    if sharding == "fsdp":
+    if sharding_for(run.spec.sharding, run.model, parallel.device) == "fsdp":
         shard_model(run.model, mesh_of(parallel))
         parallel = FullySharded(parallel.rank, parallel.world, parallel.device)
     # The whole model, or what no unit holds (buffers: position ids, rotary tables).
     run.model.to(parallel.device)
-    if sharding == "fsdp":
-        rebind_parameters(run)
+    rebind_parameters(run)
     run.parallel = parallel
     return parallel
 
 
-def shard_units(model: nn.Module) -> list[list[nn.Module]]:
-    """The modules FSDP gathers as one, in model order (see the module docstring): each LoRA
-    layer whole, each other module holding weights of its own, modules sharing one merged."""
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP gathers one at a time, in model order (see the module docstring): each
+    LoRA layer whole, each other module holding weights of its own; a module sharing a weight
+    with another (tied embeddings) is none: it stays whole on every rank."""
     from lora_engine.inject import lora_modules
 
     lora = {id(m) for _, m in lora_modules(model)}
-    units: list[list[nn.Module]] = []
+    units: list[nn.Module] = []
     inside_lora: set[int] = set()
     for module in model.modules():
         if id(module) in inside_lora:
             continue
         if id(module) in lora:
             inside_lora.update(id(m) for m in module.modules())
-            units.append([module])
+            units.append(module)
         elif any(True for _ in module.parameters(recurse=False)):
-            units.append([module])
-    # A weight shared by several units (tied embeddings) makes them one.
-    owner: dict[int, int] = {}
-    merged = list(range(len(units)))
-
-    def root(i: int) -> int:
-        while merged[i] != i:
-            i = merged[i]
-        return i
-
-    for i, unit in enumerate(units):
-        for p in (p for m in unit for p in m.parameters()):
-            j = owner.setdefault(id(p), i)
-            if root(j) != root(i):
-                merged[root(i)] = root(j)
-    groups: dict[int, list[nn.Module]] = {}
-    for i, unit in enumerate(units):
-        groups.setdefault(root(i), []).extend(unit)
-    return list(groups.values())
+            units.append(module)
+    holders: dict[int, int] = {}
+    for unit in units:
+        for p in unit.parameters():
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    return [u for u in units if all(holders[id(p)] == 1 for p in u.parameters())]
 
 
 def shard_model(model: nn.Module, mesh) -> int:
     """Shard `model` in place over `mesh` (its modules keep their names; their weights become
-    DTensors on the mesh's device); the number of units."""
+    DTensors on the mesh's device); the number of units.
+
+    Every unit is the root of its own FSDP state, so `reshard_after_forward` is given: FSDP keeps
+    a root's weights gathered from its forward to its backward unless told (it expects one root
+    around the whole forward, whose weights the backward needs first)."""
     from torch.distributed.fsdp import fully_shard
 
     units = shard_units(model)
     for unit in units:
-        fully_shard(unit[0] if len(unit) == 1 else unit, mesh=mesh)
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True)
     return len(units)
 
 
@@ -153,8 +145,8 @@ class FullySharded(DataParallel):
     sharding: ClassVar[str] = "fsdp"
 
     def sync_step(self, params: Sequence[nn.Parameter], step_loss: torch.Tensor) -> torch.Tensor:
-        """The step's mean loss; the gradients of weights left whole (none with `shard_units`'
-        units) averaged as in DataParallel, the sharded ones already are."""
+        """The step's mean loss; the gradients of weights left whole (tied ones, `shard_units`)
+        averaged as in DataParallel, the sharded ones already are (reduce-scatter)."""
         return super().sync_step([p for p in params if not isinstance(p, DTensor)], step_loss)
 
     def clip(self, params: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from lora_engine.checkpoint import latest_checkpoint, load_checkpoint
 from lora_engine.errors import SpecError, TrainingStopped
 from lora_engine.multidevice import train_on_devices
-from lora_engine.multidevice.sharding import resident_state_bytes, shard_units, sharding_for
+from lora_engine.multidevice.sharding import resident_state_bytes, shard_model, shard_units, sharding_for
 from lora_engine.recipe import TrainHooks, train
 from lora_engine.spec import validate_spec
 from tests.unit.test_multidevice import DATA, RTOL, assert_same_run, minilm_spec, stop_at_once
@@ -106,16 +106,43 @@ def test_units_are_the_modules_each_forward_calls(tiny_model):
     model, _ = tiny_model("tiny-bert")
     inject_lora(model, LoraSettings(method="lora", rank=4, alpha=8, dropout=0.0, targets=["query", "value"]))
     units = shard_units(model)
-    held = [id(p) for unit in units for m in unit for p in m.parameters()]
+    held = [id(p) for unit in units for p in unit.parameters()]
     assert sorted(held) == sorted({id(p) for p in model.parameters()})  # each weight in one unit
     lora = {id(m) for _, m in lora_modules(model)}
-    assert sum(1 for unit in units if id(unit[0]) in lora) == len(lora)  # a LoRA layer whole
-    # A Llama's tied input embedding and LM head: one unit of both.
+    assert sum(1 for unit in units if id(unit) in lora) == len(lora)  # a LoRA layer whole
+    # A Llama's tied input embedding and LM head: whole on every rank, the rest in units.
     llama, _ = tiny_model("tiny-llama", "generation")
     llama.config.tie_word_embeddings = True
     llama.tie_weights()
-    tied = [unit for unit in shard_units(llama) if llama.lm_head in unit]
-    assert tied == [[llama.model.embed_tokens, llama.lm_head]]
+    units = shard_units(llama)
+    assert llama.lm_head not in units and llama.model.embed_tokens not in units
+    assert sum(p.numel() for u in units for p in u.parameters()) == (
+        sum(p.numel() for p in llama.parameters()) - llama.lm_head.weight.numel())
+
+
+def test_each_unit_is_gathered_for_its_forward_alone(tiny_model, tmp_path):
+    """In a group of one (the math is the test above's), after a forward every weight is a shard
+    again, not the gathered tensor FSDP keeps for a root's backward by default."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from lora_engine.forward import training_loss
+    from lora_engine.inject import LoraSettings, inject_lora
+
+    model, tokenizer = tiny_model("tiny-bert")
+    inject_lora(model, LoraSettings(method="lora", rank=4, alpha=8, dropout=0.0, targets=["query", "value"]))
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        shard_model(model, init_device_mesh("cpu", (1,)))
+        inputs = dict(tokenizer(["a fine film", "dull"], return_tensors="pt", padding=True),
+                      labels=torch.tensor([1, 0]))
+        loss = training_loss(model.train(), inputs, "classification")
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        loss.backward()
+        assert all(isinstance(p.grad, DTensor) for p in model.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_auto_shards_only_what_does_not_fit_a_cuda_device(tiny_model):
