@@ -1,9 +1,15 @@
 """Fully sharded data parallel (FSDP2): each rank holds 1/W of every weight, gradient and
 optimizer state, for a run whose training state does not fit one device.
 
-    sharding_for(spec, model, device)  -> "replicate" | "fsdp"   (the spec's choice, or auto's)
-    shard_model(model, mesh)                                    (FSDP2 units, in place)
-    FullySharded(rank, world, device)                          (the DataParallel of a sharded run)
+    place(run, parallel) -> DataParallel     the run's model on this rank's device, whole or sharded
+    sharding_for(asked, model, device)        "replicate" | "fsdp": the spec's choice, or auto's
+    shard_model(model, mesh)                  FSDP2 units, in place
+    FullySharded(rank, world, device)         the DataParallel of a sharded run
+
+A run that may be sharded (`may_shard`) is built on the CPU and each rank moves only its shards
+to its device; its LoRA and head initialisation then draws from the CPU generator where a
+one-device CUDA run draws from the CUDA one (the same seed, other numbers: equal curves across
+process counts are a CPU property here, as bf16 makes them anyway).
 
 The math is `parallel.DataParallel`'s (the same slices of the same global batches, each slice's
 loss scaled by its share): FSDP's reduce-scatter averages the ranks' gradients as the all-reduce
