@@ -157,6 +157,14 @@ def read_result(folder: Path):
                        eval_history=[EvalPoint(**p) for p in doc["eval_history"]])
 
 
+def plan_for(spec, output_dir: str | Path, *, data_dir: str | Path, hooks, timeout_s: float) -> Plan:
+    """What every rank of a run reads (`channel.Plan`), from a resolved spec and the hooks' settings."""
+    return Plan(spec=spec.model_dump(mode="json"), output_dir=str(output_dir), data_dir=str(data_dir),
+                checkpoint_dir=str(hooks.checkpoint_dir) if hooks.checkpoint_dir is not None else None,
+                checkpoint_every=hooks.checkpoint_every, divergence_factor=hooks.divergence_factor,
+                divergence_patience=hooks.divergence_patience, timeout_s=timeout_s)
+
+
 def train_on_devices(spec, output_dir: str | Path, *, data_dir: str | Path, devices: int, hooks=None,
                      timeout_s: float = DEFAULT_TIMEOUT_S, on_start=None):
     """Train `spec` data-parallel on `devices` rank processes (see the module docstring).
@@ -168,10 +176,7 @@ def train_on_devices(spec, output_dir: str | Path, *, data_dir: str | Path, devi
     folder = Path(tempfile.mkdtemp(prefix="lorafleet-ranks-"))
     stop_sent = False
     try:
-        Plan(spec=spec.model_dump(mode="json"), output_dir=str(output_dir), data_dir=str(data_dir),
-             checkpoint_dir=str(hooks.checkpoint_dir) if hooks.checkpoint_dir is not None else None,
-             checkpoint_every=hooks.checkpoint_every, divergence_factor=hooks.divergence_factor,
-             divergence_patience=hooks.divergence_patience, timeout_s=timeout_s).write(folder)
+        plan_for(spec, output_dir, data_dir=data_dir, hooks=hooks, timeout_s=timeout_s).write(folder)
         ranks = Ranks(folder, devices)
         try:
             if on_start is not None:

@@ -168,3 +168,28 @@ def test_the_door_refuses_a_sharding_that_cannot_run(fields, problem):
 def test_the_door_takes_each_sharding_across_devices():
     for sharding in ("auto", "replicate", "fsdp"):
         assert validate_spec({"task": "sst2", "devices": 2, "sharding": sharding}).sharding == sharding
+
+
+def test_the_rank_entry_point_runs_under_torchrun_itself(spec, reference, tmp_path):
+    """`torchrun --standalone --nproc_per_node 2 -m lora_engine.multidevice.rank RUN_FOLDER` (env://
+    rendezvous on a port torchrun picks) trains the sharded run the launcher would."""
+    import os
+    import subprocess
+    import sys
+
+    from lora_engine.multidevice.channel import RESULT, read_json
+    from lora_engine.multidevice.launch import plan_for
+    from lora_engine.recipe import resolve_spec
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    resolved = resolve_spec(dict(spec, **FSDP), data_dir=DATA)
+    plan_for(resolved, tmp_path / "out", data_dir=DATA, hooks=TrainHooks(), timeout_s=120).write(folder)
+    outside = ("MASTER_ADDR", "MASTER_PORT", "LORAFLEET_RANK_STORE")
+    env = {k: v for k, v in os.environ.items() if k not in outside}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "lora_engine.multidevice.rank", str(folder)],
+                   env=dict(env, OMP_NUM_THREADS="1"), check=True, timeout=300, capture_output=True)
+    doc = read_json(folder / RESULT)
+    np.testing.assert_allclose(doc["losses"], reference.losses, rtol=RTOL, atol=0)
+    assert doc["stats"]["sharding"] == "fsdp" and (tmp_path / "out" / "adapter_model.safetensors").is_file()
