@@ -69,6 +69,7 @@ from lora_engine.errors import LoraConfigError, TrainingDiverged, TrainingStoppe
 from lora_engine.forward import recompute, training_loss
 from lora_engine.forward.encoder import set_pooling
 from lora_engine.methods import method
+from lora_engine.multidevice.local import local_view
 from lora_engine.schedule import lr_factor, total_optimizer_steps, warmup_steps
 from lora_engine.selection import EvalPoint, Selection, split_holdout
 from lora_engine.spec import TrainingSpec, validate_spec
@@ -139,6 +140,11 @@ class RunStats:
     # and the mean device time of this attempt's optimizer steps: what gradient checkpointing trades.
     activation_mem_bytes: int | None = None
     step_s: float | None = None
+    # A run across devices > 1: how its ranks held the model ("replicate" or "fsdp",
+    # multidevice.sharding) and rank 0's resident training state (its part of the weights, a
+    # gradient for each trainable one, the optimizer's state). None on one device.
+    sharding: str | None = None
+    state_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -358,8 +364,11 @@ def training_data(spec: TrainingSpec, examples: list, tokenizer) -> TrainingData
     return TrainingData(encoded, holdout)
 
 
-def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: DeviceInfo | None = None) -> Run:
+def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: DeviceInfo | None = None,
+          place: bool = True) -> Run:
     """Load, adapt and prepare everything for `fit()`. `spec` must be validated and resolved.
+    `place=False` leaves the model where it was loaded (the CPU), for a rank that places it
+    itself (`multidevice.sharding` puts only its shard of each weight on its device).
 
     When the base model must be loaded (no warm cache, or another base in it), the training data
     are read in a second thread meanwhile, with a tokenizer of its own (one tokenizer object is
@@ -383,7 +392,8 @@ def setup(spec: TrainingSpec, *, data_dir: str | Path, cache=None, device: Devic
         handed = beside_the_load(spec, data_dir)
         model, tokenizer = load_model(spec, info, num_labels, cache)
         data = handed.result()
-    model.to(device.device)
+    if place:
+        model.to(device.device)
     return prepare_run(spec, model, tokenizer, data=data, label_names=label_names, device=device)
 
 
@@ -437,18 +447,32 @@ def prepare_run(spec: TrainingSpec, model: nn.Module, tokenizer, *, data: Traini
     sampler = BucketBatchSampler(encoded.lengths, spec.batch_size, seed=spec.seed)
     total = total_optimizer_steps(len(sampler), epochs=spec.epochs, max_steps=spec.max_steps,
                                   grad_accum=spec.grad_accum)
-    optimizer = torch.optim.AdamW(
+    return Run(spec=spec, info=info, device=device, model=model, tokenizer=tokenizer, encoded=encoded,
+               sampler=sampler, optimizer=make_optimizer(spec, model, heads), total_steps=total,
+               warmup=warmup_steps(total, spec.warmup_ratio), trainable=trainable_of(model), heads=heads,
+               label_names=label_names, lora_settings=settings, holdout=data.holdout,
+               selection=Selection(info.primary_metric, spec.patience or 0, spec.min_delta)
+               if spec.eval_every else None)
+
+
+def make_optimizer(spec: TrainingSpec, model: nn.Module, heads: list[str]) -> torch.optim.Optimizer:
+    """AdamW over the model's trainable parameters in `param_groups`' groups."""
+    return torch.optim.AdamW(
         param_groups(model, heads, lr=spec.lr, head_lr=spec.head_lr, weight_decay=spec.weight_decay,
                      lr_rule=method(spec.method).lr_rule, lr_ratio=spec.loraplus_lr_ratio),
         lr=spec.lr, betas=(0.9, 0.999), eps=1e-8,
     )
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    return Run(spec=spec, info=info, device=device, model=model, tokenizer=tokenizer, encoded=encoded,
-               sampler=sampler, optimizer=optimizer, total_steps=total,
-               warmup=warmup_steps(total, spec.warmup_ratio), trainable=trainable, heads=heads,
-               label_names=label_names, lora_settings=settings, holdout=data.holdout,
-               selection=Selection(info.primary_metric, spec.patience or 0, spec.min_delta)
-               if spec.eval_every else None)
+
+
+def trainable_of(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rebind_parameters(run: Run) -> None:
+    """The run's optimizer and trainable tensors again, after its model's parameters were
+    replaced (sharded: `multidevice.sharding.shard_model`); before any step or resume."""
+    run.optimizer = make_optimizer(run.spec, run.model, run.heads)
+    run.trainable = trainable_of(run.model)
 
 
 def train_rows(spec: TrainingSpec, *, data_dir: str | Path) -> int:
@@ -465,19 +489,29 @@ def train_rows(spec: TrainingSpec, *, data_dir: str | Path) -> int:
 
 
 def _fingerprint(spec: TrainingSpec) -> str:
-    # `devices` places the run, it does not change its math: a checkpoint resumes on any count.
-    return json.dumps(spec.model_dump(mode="json", exclude={"devices"}), sort_keys=True)
+    # `devices` and `sharding` place the run, they do not change its math: a checkpoint resumes
+    # on any count, sharded or not.
+    return json.dumps(spec.model_dump(mode="json", exclude={"devices", "sharding"}), sort_keys=True)
 
 
-def save_run_checkpoint(run: Run, folder: Path) -> Path:
+def save_run_checkpoint(run: Run, folder: Path) -> Path | None:
+    """Write the run's checkpoint into `folder`; its path. Across ranks every rank calls it (a
+    sharded run gathers each tensor whole) and rank 0 alone writes (None elsewhere)."""
+    trainable = {n: p.detach() for n, p in run.trainable.items()}
+    optimizer = run.optimizer.state_dict()
+    extra = run.selection.tensors() if run.selection is not None else {}
+    if run.parallel is not None:
+        trainable = run.parallel.gathered(trainable)
+        optimizer = run.parallel.gathered_optimizer(optimizer)
+        extra = run.parallel.gathered(extra, like={f"best/{n}": p for n, p in run.trainable.items()})
+        if not run.parallel.writes:
+            return None
     meta = {"total_steps": run.total_steps, "losses": run.losses, "examples": run.examples,
             "tokens": run.tokens, "device_s": run.device_s, "spec": _fingerprint(run.spec)}
     if run.selection is not None:
         meta["selection"] = run.selection.to_meta()
-    ckpt = Checkpoint(step=run.step, trainable={n: p.detach() for n, p in run.trainable.items()},
-                      optimizer=run.optimizer.state_dict(), rng=capture_rng_state(),
-                      sampler=run.sampler.state_dict(), meta=meta,
-                      extra=run.selection.tensors() if run.selection is not None else {})
+    ckpt = Checkpoint(step=run.step, trainable=trainable, optimizer=optimizer, rng=capture_rng_state(),
+                      sampler=run.sampler.state_dict(), meta=meta, extra=extra)
     return save_checkpoint(folder, ckpt)
 
 
@@ -489,17 +523,27 @@ def restore_run(run: Run, path: Path) -> None:
                          "use an empty checkpoint_dir for a new spec")
     if set(ckpt.trainable) != set(run.trainable):
         raise ValueError(f"checkpoint {path} holds other trainable tensors than this model")
+    layout = run.parallel
     with torch.no_grad():
         for name, p in run.trainable.items():
-            p.copy_(ckpt.trainable[name].to(p.device, p.dtype))
-    run.optimizer.load_state_dict(ckpt.optimizer)
+            whole = ckpt.trainable[name]
+            p.copy_(layout.placed(whole, p) if layout is not None else whole.to(p.device, p.dtype))
+    optimizer = ckpt.optimizer
+    if layout is not None:
+        in_order = [p for group in run.optimizer.param_groups for p in group["params"]]
+        optimizer = layout.placed_optimizer(optimizer, in_order)
+    run.optimizer.load_state_dict(optimizer)
     run.sampler.load_state_dict(ckpt.sampler)
     run.step = ckpt.step
     run.losses = list(ckpt.meta["losses"])
     run.examples, run.tokens = int(ckpt.meta["examples"]), int(ckpt.meta["tokens"])
     run.device_s = float(ckpt.meta.get("device_s", 0.0))
     if run.selection is not None:
-        run.selection.load(ckpt.meta["selection"], ckpt.extra)
+        extra = ckpt.extra
+        if layout is not None:  # the best weights as this rank keeps them (`Selection.record`)
+            extra = {k: local_view(layout.placed(t, run.trainable[k[len("best/"):]])) if k.startswith("best/")
+                     else t for k, t in extra.items()}
+        run.selection.load(ckpt.meta["selection"], extra)
     restore_rng_state(ckpt.rng)
 
 
@@ -671,9 +715,10 @@ def fit(run: Run, hooks: TrainHooks) -> None:
         last = loss.detach().float()
         if run.parallel is not None:  # every rank: the mean of the ranks' gradients and step losses
             step_loss, last = 0.0, run.parallel.sync_step(params, last + step_loss)
+        norm = clip_gradients(params) if run.parallel is None else run.parallel.clip(params, GRAD_CLIP)
         # The last loss and the gradient norm in one read: the step's one device sync (its
         # device time ends here), as when the loss alone was read.
-        last, grad_norm = torch.stack([last, clip_gradients(params).float()]).tolist()
+        last, grad_norm = torch.stack([last, norm.float()]).tolist()
         end_step(run, hooks, step_loss + last, grad_norm, pace, since=t_step)
 
 
@@ -724,15 +769,26 @@ def adapter_meta(run: Run, metrics: dict) -> AdapterMeta:
                                 pooling=spec.pooling if run.heads else "cls")
 
 
-def write_output(run: Run, output_dir: Path, meta: AdapterMeta, card_stats: dict) -> Path:
-    """The adapter (PEFT format) or, for `full`, the whole model, with lorafleet.json and the card."""
+def write_output(run: Run, output_dir: Path, meta: AdapterMeta, card_stats: dict,
+                 state: dict[str, torch.Tensor] | None = None) -> Path:
+    """The adapter (PEFT format) or, for `full`, the whole model, with lorafleet.json and the card.
+    `state`: the model's tensors gathered whole from a sharded run (None: the model's own)."""
     from lora_engine.adapters.io import save_adapter, save_full_model
 
     if not method(run.spec.method).adapter:
-        return save_full_model(run.model, run.tokenizer, output_dir, meta, card_stats=card_stats)
+        return save_full_model(run.model, run.tokenizer, output_dir, meta, card_stats=card_stats, state=state)
     return save_adapter(run.model, output_dir, base_model_name=run.spec.base_model,
                         settings=run.lora_settings, task_type=run.info.kind, modules_to_save=run.heads,
-                        meta=meta, card_stats=card_stats)
+                        meta=meta, card_stats=card_stats, state=state)
+
+
+def placement_stats(run: Run) -> dict:
+    """RunStats' `sharding` and `state_bytes` of a run across ranks (nothing on one device)."""
+    if run.parallel is None:
+        return {}
+    from lora_engine.multidevice.sharding import local_state_bytes
+
+    return {"sharding": run.parallel.sharding, "state_bytes": local_state_bytes(run.model, run.optimizer)}
 
 
 # --- the whole run --------------------------------------------------------------------------------
@@ -789,10 +845,12 @@ def finish_tokenising(run: Run) -> threading.Thread | None:
 
 
 def end_run(run: Run, hooks: TrainHooks, output_dir: Path, *, data_dir: str | Path, mem: PeakMemory,
-            wall0: float, decode=None, meteor: bool = True) -> TrainResult:
+            wall0: float, decode=None, meteor: bool = True) -> TrainResult | None:
     """Everything after a run's last step, alone or in a pack: the best evaluation's weights back
     (with evaluation during training), phase "evaluating" and the final evaluation, phase "saving"
-    and the adapter folder, the run statistics (wall time from `wall0`, peak memory from `mem`)."""
+    and the adapter folder, the run statistics (wall time from `wall0`, peak memory from `mem`).
+    Every rank of a sharded run takes part (the forward and the gathering are collective); rank 0
+    writes and returns the result, the others None."""
     if run.selection is not None:
         run.selection.restore_best(run.trainable)
     t_eval = time.perf_counter()
@@ -808,22 +866,32 @@ def end_run(run: Run, hooks: TrainHooks, output_dir: Path, *, data_dir: str | Pa
     return finish_run(run, output_dir, metrics, mem=mem, wall0=wall0)
 
 
-def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wall0: float) -> TrainResult:
-    """Write the adapter folder + model card; gather the run statistics."""
+def finish_run(run: Run, output_dir: Path, metrics: dict, *, mem: PeakMemory, wall0: float
+               ) -> TrainResult | None:
+    """Write the adapter folder + model card; gather the run statistics (None on a rank that
+    does not write)."""
+    state = None
+    if run.parallel is not None:
+        # What the folder holds: an adapter the trainable tensors, a full model every one.
+        names = set(run.trainable) if method(run.spec.method).adapter else None
+        state = run.parallel.model_state(run.model, names)
+        if not run.parallel.writes:
+            return None
     meta = adapter_meta(run, metrics)
     trainable = sum(p.numel() for p in run.trainable.values())
     total = sum(p.numel() for p in run.model.parameters())
     card_stats = {"trainable_params": trainable, "total_params": total, "optimizer_steps": run.step,
                   "examples": run.examples, "tokens": run.tokens, "device": run.device.name,
                   "device_s": round(run.device_s, 2)}
-    folder = write_output(run, output_dir, meta, card_stats)
+    folder = write_output(run, output_dir, meta, card_stats, state)
     # Sizes only: whoever publishes the folder hashes it, once, where it finally lies.
     adapter_bytes = folder_bytes(folder)
     stats = RunStats(trainable_params=trainable, total_params=total, adapter_bytes=adapter_bytes,
                      wall_s=time.perf_counter() - wall0, device_s=run.device_s, device=run.device.name,
                      peak_mem_bytes=mem.peak_bytes(), examples=run.examples, tokens=run.tokens,
                      activation_mem_bytes=mem.activation_bytes(),
-                     step_s=run.fit_s / run.fit_steps if run.fit_steps else None)
+                     step_s=run.fit_s / run.fit_steps if run.fit_steps else None,
+                     **placement_stats(run))
     return TrainResult(adapter_dir=folder, metrics=metrics, stats=stats, losses=list(run.losses),
                        eval_history=list(run.selection.history) if run.selection is not None else [])
 

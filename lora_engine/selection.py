@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lora_engine.multidevice.local import local_view
+
 HOLDOUT_STREAM = 104_729  # a fixed second seed word: the slice does not move with other draws
 
 
@@ -71,7 +73,9 @@ class Selection:
         improved = point.score > self.best_score + self.min_delta
         if improved:
             self.best_step, self.best_score, self.bad_evals = point.step, point.score, 0
-            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}
+            # This rank's shard of a sharded weight (multidevice.sharding): a run across ranks
+            # keeps its best weights as it trains them; a checkpoint gathers them whole.
+            self.best_state = {n: local_view(p.detach()).to("cpu", copy=True) for n, p in trainable.items()}
         else:
             self.bad_evals += 1
             self.stopped_early = not final and self.patience > 0 and self.bad_evals >= self.patience
@@ -83,7 +87,7 @@ class Selection:
             return
         with torch.no_grad():
             for name, p in trainable.items():
-                p.copy_(self.best_state[name].to(p.device, p.dtype))
+                local_view(p).copy_(self.best_state[name].to(p.device, p.dtype))
 
     def summary(self) -> dict[str, float]:
         """The "selection" metrics a job records: best score, its step, how many evaluations."""

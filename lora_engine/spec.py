@@ -118,6 +118,13 @@ class TrainingSpec(BaseModel):
     # Devices one training run spans (data parallel, lora_engine.multidevice): the global batch
     # is split across them, so the run's math is that of one device.
     devices: int = 1
+    # How a run of devices > 1 holds the model (lora_engine.multidevice.sharding): "replicate",
+    # every rank the whole model (data parallel); "fsdp", each rank a 1/devices shard of every
+    # weight, gradient and optimizer state (FSDP2, gathered a unit at a time for its forward and
+    # backward); "auto", fsdp when the run's resident training state (weights, gradients and AdamW's
+    # two moments of what trains) would not fit one CUDA device, else replicate (a CPU: replicate).
+    # The numbers trained are the same either way: a checkpoint resumes under the other.
+    sharding: Literal["auto", "replicate", "fsdp"] = AUTO
     # Load the frozen base quantised to 4-bit NF4 with double quantisation through bitsandbytes,
     # computing in bf16 (QLoRA, Dettmers et al. 2023): about a quarter of the base's memory. A
     # Llama-family causal base, an adapter method, a CUDA worker; the adapter is a plain LoRA
@@ -238,7 +245,7 @@ def _size_problems(v: dict[str, Any]) -> list[str]:
 # Fields only training reads: given with a method that trains nothing ('none') they would be
 # silently ignored.
 UNTUNED_UNUSED = ("alpha", "targets", "lr", "head_lr", "epochs", "max_steps", "warmup_ratio", "init_from",
-                  "loraplus_lr_ratio", "gradient_checkpointing", "quantize")
+                  "loraplus_lr_ratio", "gradient_checkpointing", "quantize", "sharding")
 
 
 def _untuned_problems(v: dict[str, Any], method: str) -> list[str]:
@@ -309,12 +316,24 @@ def _cross_field_problems(v: dict[str, Any], reported: set[str]) -> list[str]:
         problem = base_model_problem(base, needs_causal=generation)
         if problem:
             problems.append(problem)
+    if v.get("sharding") not in (None, AUTO) and "sharding" not in reported and not trains_nothing:
+        problems += sharding_problems(v["sharding"], v.get("devices", 1))
     if v.get("quantize") is not None and "quantize" not in reported and not trains_nothing:
         problems += quantize_problems(v.get("quantize"), entry, task, base, v.get("devices", 1))
     init_from = v.get("init_from")
     if isinstance(init_from, str) and not (Path(init_from) / "adapter_config.json").is_file():
         problems.append(f"init_from: {init_from!r} is not an adapter folder (no adapter_config.json)")
     return problems
+
+
+def sharding_problems(sharding: str, devices: Any) -> list[str]:
+    """Why an explicit `sharding` cannot run (none: it can): it says how a run spreads over
+    several devices, so one device has nothing to shard or replicate. (`quantize` with devices > 1
+    is refused on its own, so a 4-bit base never meets FSDP.)"""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1:
+        return []
+    return [f"sharding: {sharding!r} says how a run spreads over several devices; give devices > 1 "
+            f"with it, or leave sharding out (got devices: {shown(devices)})"]
 
 
 def quantize_problems(quantize: str, entry: Any, task: Any, base: Any, devices: Any = 1) -> list[str]:

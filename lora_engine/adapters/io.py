@@ -132,7 +132,8 @@ def _kind_of(task_type: str | None) -> str | None:
 def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name: str,
                  settings: LoraSettings, task_type: str | None = None,
                  modules_to_save: Sequence[str] | None = None, meta: AdapterMeta | None = None,
-                 card_stats: dict | None = None, bias: str = "none") -> Path:
+                 card_stats: dict | None = None, bias: str = "none",
+                 state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the adapter of `model` to `folder` atomically (temp folder beside it, fsync, rename;
     an adapter already there is replaced only once the new one is complete).
 
@@ -141,6 +142,8 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
     head(s) for SEQ_CLS, else none.
     meta: the lorafleet.json record (default: the base model, the method and the kind);
     card_stats: run statistics for a README.md model card (None: no card).
+    state: the model's tensors by name, gathered whole from a sharded model (multidevice.sharding);
+    they stand in for the model's own (None: the model's own are whole).
     """
     layers = lora_modules(model)
     if not layers:
@@ -157,9 +160,11 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
     if modules_to_save is None:
         modules_to_save = head_module_names(model) if peft_task == "SEQ_CLS" else []
     tensors = lora_state_dict(model, bias=bias, modules_to_save=modules_to_save)
+    if state is not None:
+        tensors = {n: state.get(n, t) for n, t in tensors.items()}
     entry = adapter_method(settings.method)
     if entry.changes_base:
-        tensors = {**tensors, **_on_untouched_base(layers)}
+        tensors = {**tensors, **_on_untouched_base(layers, tensors)}
     weights = {to_peft_key(n): t.detach().to("cpu").contiguous() for n, t in tensors.items()}
     # What the files describe: the method's stored form (a converted PiSSA/OLoRA: LoRA, rank 2r,
     # α' = 2α so that s = α'/2r = α/r is unchanged, as PEFT converts it).
@@ -195,24 +200,27 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, *, base_model_name
     return folder
 
 
-def _on_untouched_base(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
+def _on_untouched_base(layers: list[tuple[str, nn.Module]], tensors: dict[str, torch.Tensor]
+                       ) -> dict[str, torch.Tensor]:
     """A PiSSA/OLoRA run's update as a plain LoRA of rank 2r on the untouched base, as PEFT's
     `subtract_mutated_init` computes it: W0 = W_res + s·B0·A0 and W0 + ΔW = W_res + s·B·A give
-    ΔW = s·(B·A − B0·A0) = s·[B, −B0]·[A; A0]."""
+    ΔW = s·(B·A − B0·A0) = s·[B, −B0]·[A; A0]. `tensors`: the adapter's A and B by name."""
     out = {}
     for name, m in layers:
-        out[f"{name}.lora_A.weight"] = torch.cat([m.lora_A.weight, m.initial_A], dim=0)
-        out[f"{name}.lora_B.weight"] = torch.cat([m.lora_B.weight, -m.initial_B], dim=1)
+        a, b = tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"]
+        out[f"{name}.lora_A.weight"] = torch.cat([a, m.initial_A.to(a.device, a.dtype)], dim=0)
+        out[f"{name}.lora_B.weight"] = torch.cat([b, -m.initial_B.to(b.device, b.dtype)], dim=1)
     return out
 
 
 def save_full_model(model: nn.Module, tokenizer, folder: str | os.PathLike, meta: AdapterMeta, *,
-                    card_stats: dict | None = None) -> Path:
+                    card_stats: dict | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
     """A `full` fine-tune: `save_pretrained` (safetensors) + tokenizer + lorafleet.json (+ card),
-    atomically, like an adapter."""
+    atomically, like an adapter. `state`: the model's state dict gathered whole from a sharded
+    model (None: the model's own)."""
     folder = Path(folder)
     with atomic_folder(folder, replace=True) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
         _finish_folder(tmp, meta, card_stats)
     return folder

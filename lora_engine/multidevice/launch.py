@@ -7,7 +7,8 @@ that claimed the job): it starts N rank processes (`rank.py`, the environment to
 workers; one gloo process per rank on a CPU, one device each on CUDA), turns rank 0's events into
 the caller's hooks (progress, checkpoint, resume, evaluate, phase), and passes its `should_stop`
 on as a stop file that rank 0 reads at the next step (every rank stops there, rank 0 writes the
-checkpoint). Rank 0 alone writes checkpoints and the adapter.
+checkpoint). Rank 0 alone writes checkpoints and the adapter. The ranks hold the model whole
+or sharded (the spec's `sharding`; `sharding.py`), which rank 0 reports once placed.
 
 Ending: when every rank exited 0, rank 0's result is returned. When one fails, the others are
 stopped at once (SIGTERM, then SIGKILL), and the error is raised in the caller as its own type
@@ -19,6 +20,7 @@ is killed before the error goes on.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -38,6 +40,8 @@ from lora_engine.multidevice.channel import (
     read_json,
     rebuild_error,
 )
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.2
 KILL_GRACE_S = 5.0
@@ -117,6 +121,8 @@ def relay(event: dict, hooks) -> None:
         hooks.on_evaluate(EvalPoint(**event))
     elif kind == "phase" and hooks.on_phase is not None:
         hooks.on_phase(event["phase"])
+    elif kind == "placed":  # the result's stats say it too (RunStats.sharding)
+        log.info("the ranks hold the model %s", "sharded (fsdp)" if event["sharding"] == "fsdp" else "whole")
 
 
 def failure(folder: Path, ranks: Ranks) -> BaseException:
@@ -151,6 +157,14 @@ def read_result(folder: Path):
                        eval_history=[EvalPoint(**p) for p in doc["eval_history"]])
 
 
+def plan_for(spec, output_dir: str | Path, *, data_dir: str | Path, hooks, timeout_s: float) -> Plan:
+    """What every rank of a run reads (`channel.Plan`), from a resolved spec and the hooks' settings."""
+    return Plan(spec=spec.model_dump(mode="json"), output_dir=str(output_dir), data_dir=str(data_dir),
+                checkpoint_dir=str(hooks.checkpoint_dir) if hooks.checkpoint_dir is not None else None,
+                checkpoint_every=hooks.checkpoint_every, divergence_factor=hooks.divergence_factor,
+                divergence_patience=hooks.divergence_patience, timeout_s=timeout_s)
+
+
 def train_on_devices(spec, output_dir: str | Path, *, data_dir: str | Path, devices: int, hooks=None,
                      timeout_s: float = DEFAULT_TIMEOUT_S, on_start=None):
     """Train `spec` data-parallel on `devices` rank processes (see the module docstring).
@@ -162,10 +176,7 @@ def train_on_devices(spec, output_dir: str | Path, *, data_dir: str | Path, devi
     folder = Path(tempfile.mkdtemp(prefix="lorafleet-ranks-"))
     stop_sent = False
     try:
-        Plan(spec=spec.model_dump(mode="json"), output_dir=str(output_dir), data_dir=str(data_dir),
-             checkpoint_dir=str(hooks.checkpoint_dir) if hooks.checkpoint_dir is not None else None,
-             checkpoint_every=hooks.checkpoint_every, divergence_factor=hooks.divergence_factor,
-             divergence_patience=hooks.divergence_patience, timeout_s=timeout_s).write(folder)
+        plan_for(spec, output_dir, data_dir=data_dir, hooks=hooks, timeout_s=timeout_s).write(folder)
         ranks = Ranks(folder, devices)
         try:
             if on_start is not None:

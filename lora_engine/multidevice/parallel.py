@@ -13,12 +13,17 @@ same update (equal slices make every share 1, as in DDP). One all-reduce per opt
 carries every gradient and the step's loss (LoRA's gradients are small; what DDP's bucketed
 overlap buys is not worth its wrapper here), so every rank applies the same update and sees the
 same loss: divergence, evaluation and early stopping decide alike on every rank.
+
+Every rank holds whole tensors here ("replicate"), so what a checkpoint or the adapter needs is
+at hand (`gathered`, `placed` and `model_state` change nothing); `sharding.FullySharded` is the
+same step over a sharded model, whose tensors those gather and lay out again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -46,6 +51,13 @@ class DataParallel:
     rank: int
     world: int
     device: torch.device
+
+    sharding: ClassVar[str] = "replicate"
+
+    @property
+    def writes(self) -> bool:
+        """Rank 0 alone writes checkpoints and the adapter."""
+        return self.rank == 0
 
     def shard(self, encoded, indices: Sequence[int]) -> Batch:
         """This rank's slice of the global batch `indices`, with its loss share and the global
@@ -93,3 +105,26 @@ class DataParallel:
         with torch.no_grad():
             for t in tensors:
                 dist.broadcast(t.data, src=0)
+
+    def clip(self, params: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip the (averaged, identical on every rank) gradient to `max_norm`; its norm before."""
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def gathered(self, tensors: dict[str, torch.Tensor], like: dict[str, torch.Tensor] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """The tensors as a checkpoint holds them: whole already."""
+        return tensors
+
+    def placed(self, whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A checkpoint's tensor as `like` holds it: whole, on its device, in its dtype."""
+        return whole.to(like.device, like.dtype)
+
+    def gathered_optimizer(self, state: dict[str, Any]) -> dict[str, Any]:
+        return state
+
+    def placed_optimizer(self, state: dict[str, Any], params: Sequence[nn.Parameter]) -> dict[str, Any]:
+        return state
+
+    def model_state(self, model: nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor] | None:
+        """The model's tensors to write, when not the model's own (None: they are)."""
+        return None

@@ -3,10 +3,13 @@
 Started by the launcher (`launch.py`) with the environment torchrun gives a worker (RANK,
 WORLD_SIZE, LOCAL_RANK) and the rendezvous file LORAFLEET_RANK_STORE; under `torchrun` itself
 (MASTER_ADDR/MASTER_PORT set) it joins by env:// instead. Every rank sets up the same run
-(`recipe.setup`), resumes from the same checkpoint and trains its slice of each batch
-(`parallel.DataParallel`); rank 0 alone reports progress, writes checkpoints, evaluates the
-finished run and writes the adapter. Every collective times out after the plan's `timeout_s`,
-and a rank whose launcher dies dies with it (PR_SET_PDEATHSIG): no group outlives its job.
+(`recipe.setup`), places it (the whole model on its device, or its shard of it:
+`sharding.place`), resumes from the same checkpoint and trains its slice of each batch
+(`parallel.DataParallel`, `sharding.FullySharded`); rank 0 alone reports progress and writes
+checkpoints and the adapter. A replicated run's rank 0 evaluates the finished run alone; a
+sharded run's ranks all take part in each forward (and in gathering what rank 0 writes).
+Every collective times out after the plan's `timeout_s`, and a rank whose launcher dies dies
+with it (PR_SET_PDEATHSIG): no group outlives its job.
 """
 
 from __future__ import annotations
@@ -66,21 +69,22 @@ def join_group(folder: Path, timeout_s: float) -> DataParallel:
 
 def rank_hooks(plan: Plan, folder: Path, parallel: DataParallel):
     """Rank 0 reports every hook as an event and reads the launcher's stop request; the others
-    only take part in the stop decision (every rank stops at the same step)."""
+    take part in the stop decision (every rank stops at the same step) and in each checkpoint
+    (a sharded run's is gathered from every rank; rank 0 writes it)."""
     from lora_engine.recipe import TrainHooks
 
     def should_stop() -> bool:
         return parallel.agree(parallel.rank == 0 and (folder / STOP).exists())
 
     common = {"should_stop": should_stop, "divergence_factor": plan.divergence_factor,
-              "divergence_patience": plan.divergence_patience}
+              "divergence_patience": plan.divergence_patience,
+              "checkpoint_every": plan.checkpoint_every if plan.checkpoint_dir else 0,
+              "checkpoint_dir": Path(plan.checkpoint_dir) if plan.checkpoint_dir else None}
     if parallel.rank != 0:
         return TrainHooks(**common)
     return TrainHooks(
         **common,
         on_progress=lambda p: append_event(folder, "progress", **asdict(p)),
-        checkpoint_every=plan.checkpoint_every if plan.checkpoint_dir else 0,
-        checkpoint_dir=Path(plan.checkpoint_dir) if plan.checkpoint_dir else None,
         on_checkpoint=lambda step, path: append_event(folder, "checkpoint", step=step, path=str(path)),
         on_evaluate=lambda p: append_event(folder, "evaluate", step=p.step, epoch=p.epoch,
                                            score=p.score, metrics=p.metrics),
@@ -91,6 +95,7 @@ def rank_hooks(plan: Plan, folder: Path, parallel: DataParallel):
 def train_rank(plan: Plan, folder: Path, parallel: DataParallel):
     """This rank's part of the run; rank 0 returns the TrainResult, the others None."""
     from lora_engine.device import PeakMemory, pick_device
+    from lora_engine.multidevice.sharding import may_shard, place
     from lora_engine.recipe import end_run, fit, resolve_spec, resume_run, setup
 
     wall0 = time.perf_counter()
@@ -98,17 +103,22 @@ def train_rank(plan: Plan, folder: Path, parallel: DataParallel):
     device = pick_device("cpu" if parallel.device.type == "cpu" else None)
     mem = PeakMemory(device)
     mem.start()
-    run = setup(spec, data_dir=plan.data_dir, device=device)
+    # A run that may be sharded is built on the CPU: only each rank's shard reaches its device.
+    built_on_cpu = may_shard(spec.sharding, device.device)
+    run = setup(spec, data_dir=plan.data_dir, device=device, place=not built_on_cpu)
+    parallel = place(run, parallel)
     mem.mark_loaded()
-    run.parallel = parallel
     resumed = resume_run(run, Path(plan.checkpoint_dir) if plan.checkpoint_dir else None)
-    parallel.align(list(run.trainable.values()))
+    if parallel.sharding == "replicate":
+        parallel.align(list(run.trainable.values()))
     hooks = rank_hooks(plan, folder, parallel)
-    if resumed is not None and parallel.rank == 0:
-        append_event(folder, "resume", step=run.step, path=str(resumed))
+    if parallel.rank == 0:
+        append_event(folder, "placed", sharding=parallel.sharding)
+        if resumed is not None:
+            append_event(folder, "resume", step=run.step, path=str(resumed))
     fit(run, hooks)
-    if parallel.rank != 0:
-        return None
+    if parallel.rank != 0 and parallel.sharding == "replicate":
+        return None  # rank 0 evaluates the whole model alone
     return end_run(run, hooks, Path(plan.output_dir), data_dir=plan.data_dir, mem=mem, wall0=wall0)
 
 

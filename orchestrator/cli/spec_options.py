@@ -48,6 +48,9 @@ HELP = {
                "(mean); auto (default): the base model's own (MiniLM-L6: mean)",
     "devices": "devices one run spans, data parallel (default 1); a worker started with "
                "`--devices K` takes jobs of up to K",
+    "sharding": "with devices > 1: replicate (every device the whole model), fsdp (each device a "
+                "1/N shard of the weights, gradients and optimizer state) or auto (default: fsdp when "
+                "that state would not fit one CUDA device; never on CPUs); same numbers either way",
     "quantize": "QLoRA: nf4 loads the base 4-bit through bitsandbytes (a Llama-family base, lora or "
                 "rslora, a generation task; CUDA workers only)",
 }

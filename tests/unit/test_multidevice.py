@@ -31,9 +31,8 @@ DATA = Path(os.environ["LORAFLEET_DATA_DIR"])
 RTOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("multidevice")
+def minilm_spec(root: Path) -> dict:
+    """A 4-step spec of 8-row batches of 40 rows on a MiniLM-L6 copy without dropout, in `root`."""
     base = root / "minilm-no-dropout"
     base.mkdir()
     for f in alias_folder("minilm-l6").iterdir():
@@ -49,6 +48,11 @@ def spec(tmp_path_factory) -> dict:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"task": "custom-classification", "dataset": str(data), "base_model": str(base), "max_steps": 4,
             "batch_size": 8, "dropout": 0.0, "lr": 1e-3, "eval_every": 0, "eval_size": 8}
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> dict:
+    return minilm_spec(tmp_path_factory.mktemp("multidevice"))
 
 
 @pytest.fixture(scope="module")
