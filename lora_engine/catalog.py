@@ -157,14 +157,16 @@ def method_defaults(info: TaskInfo, method_name: str, arch: str | None, rank: in
     the bert values). Generation tasks train no head (head_lr None); `full` trains every weight
     at one rate (head_lr None, targets None).
 
-    rsLoRA scales the update by alpha/sqrt(r) instead of alpha/r, sqrt(r) times LoRA's at the
-    same alpha; its default lr is LoRA's divided by sqrt(r) so the first steps move as far.
+    An adapter method's lr is LoRA's (the task's, else the architecture's) times its entry's
+    `lr_factor` (methods.py: LoRA+, PiSSA and OLoRA move further per step than LoRA). rsLoRA
+    scales the update by alpha/sqrt(r) instead of alpha/r, sqrt(r) times LoRA's at the same alpha;
+    its default lr is LoRA's divided by sqrt(r) so the first steps move as far.
     """
     arch_d = ARCH_DEFAULTS.get(arch or "bert", ARCH_DEFAULTS["bert"])
     entry = method(method_name)
     if not entry.adapter:
         return {"lr": info.full_lr or arch_d.full_lr, "head_lr": None, "targets": None}
-    lr = info.lora_lr or arch_d.lora_lr
+    lr = (info.lora_lr or arch_d.lora_lr) * entry.lr_factor
     if entry.scaling == "alpha/sqrt(r)":
         lr = lr / rank**0.5
     head_lr = None if info.kind == "generation" else (info.head_lr or arch_d.head_lr)

@@ -7,18 +7,19 @@ initialiser in `layers.INITIALISERS` (PiSSA: the SVD of W0, and W0 replaced by i
 so `changes_base=True`), and where it trains them at rates of their own, a rule of
 `recipe.LR_RULES` (LoRA+).
 
-    method    adapter  changes_base  packable  PEFT flags                  s     init   lr rule   stored as
-    lora      yes      no            yes       use_rslora=F, use_dora=F    α/r   -      -         itself
-    rslora    yes      no            yes       use_rslora=T, use_dora=F    α/√r  -      -         itself
-    dora      yes      no            yes       use_dora=T                  α/r   -      -         itself
-    loraplus  yes      no            yes       (those of lora)             α/r   -      loraplus  lora
-    pissa     yes      yes           no        init_lora_weights="pissa"   α/r   pissa  -         lora, 2r
-    olora     yes      yes           no        init_lora_weights="olora"   α/r   olora  -         lora, 2r
-    full      no       yes           no        -                           -     -      -         -
-    none      no       no            no        - (trains nothing)          -     -      -         -
+    method    adapter changes_base packable PEFT flags                  s     init   lr rule   lr ×  stored as
+    lora      yes     no           yes      use_rslora=F, use_dora=F    α/r   -      -         1     itself
+    rslora    yes     no           yes      use_rslora=T, use_dora=F    α/√r  -      -         1/√r  itself
+    dora      yes     no           yes      use_dora=T                  α/r   -      -         1     itself
+    loraplus  yes     no           yes      (those of lora)             α/r   -      loraplus  0.25  lora
+    pissa     yes     yes          no       init_lora_weights="pissa"   α/r   pissa  -         0.4   lora, 2r
+    olora     yes     yes          no       init_lora_weights="olora"   α/r   olora  -         0.4   lora, 2r
+    full      no      yes          no       -                           -     -      -         -     -
+    none      no      no           no       - (trains nothing)          -     -      -         -     -
 
 (init_lora_weights is PEFT's default, True, for lora, rslora, dora and loraplus: they start A and
-B as PEFT does; DoRA's variant is "dora".)
+B as PEFT does; DoRA's variant is "dora".) "lr ×": the default learning rate over LoRA's for the
+same task and base (`lr_factor`, `LR_FACTORS`; rsLoRA's 1/√r follows from its scaling).
 
 `stored_as`: the adapter method the saved files describe, when it is not the method itself. LoRA+
 trains a plain LoRA at other rates: its files are a LoRA's. PiSSA and OLoRA train on a residual
@@ -76,6 +77,10 @@ class Method:
       (`recipe.LR_RULES`).
     stored_as: the adapter method its saved files describe when not itself (see the module doc);
       `stored_rank_factor`: the stored rank over the trained one (2 for a converted PiSSA/OLoRA).
+    lr_factor: its default learning rate over LoRA's measured one for the same task and base
+      (`catalog.method_defaults`; rsLoRA's 1/√r comes from its scaling, not from here). A method
+      whose update moves further per optimizer step than LoRA's, which starts at B = 0, needs a
+      smaller rate (see `LR_FACTORS`).
     """
 
     name: str
@@ -92,6 +97,7 @@ class Method:
     lr_rule: str | None = None
     stored_as: str | None = None
     stored_rank_factor: int = 1
+    lr_factor: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peft_flags", MappingProxyType(dict(self.peft_flags)))
@@ -106,6 +112,9 @@ class Method:
         if self.adapter and (self.scaling not in SCALINGS or not self.peft_flags):
             raise ValueError(f"method {self.name!r}: an adapter method needs its PEFT flags and one of the "
                              f"scalings {', '.join(SCALINGS)}")
+        if not self.lr_factor > 0 or (not self.adapter and self.lr_factor != 1.0):
+            raise ValueError(f"method {self.name!r}: lr_factor must be > 0, and 1 for a method without an "
+                             f"adapter, whose default is full fine-tuning's lr (got {self.lr_factor})")
         if not self.trains and (self.adapter or self.changes_base):
             raise ValueError(f"method {self.name!r} trains nothing: it has no adapter and leaves the base")
 
@@ -131,6 +140,17 @@ class Method:
         return {**PEFT_FLAG_DEFAULTS, **self.peft_flags}
 
 
+# Default lr over LoRA's (`Method.lr_factor`), measured on CoLA with MiniLM-L6 (r=8, all linear
+# layers, the auto budget of 450 steps; bench/RESULTS.md, "LoRA+, PiSSA and OLoRA beside LoRA"):
+# at LoRA's 1e-3 all three stayed at the majority class (MCC 0.00, LoRA 24.46). Their update moves
+# further per step than LoRA's, whose B starts at zero: LoRA+ trains B 16x faster; PiSSA and OLoRA
+# start A and B at W0's singular values / R factor, so one AdamW step (each entry ±lr) changes W
+# 3.5x / 4.8x as much as LoRA's first step. LoRA+ at 2.5e-4 (B at 4e-3): MCC 22.35; PiSSA at
+# 1e-4 / 2e-4 / 4e-4: 15.54 / 16.44 / 23.68; OLoRA at 2e-4 / 4e-4: 19.33 / 22.40 (one seed; one
+# standard error of MCC there is ~3 points). PEFT's create_loraplus_optimizer advises about half
+# of LoRA's rate for LoRA+; the PiSSA paper trains at full fine-tuning's.
+LR_FACTORS = {"loraplus": 0.25, "pissa": 0.4, "olora": 0.4}
+
 _LORA = "y = W0·x + b + s·B·A·x"
 BY_NAME: dict[str, Method] = {m.name: m for m in (
     Method("lora", f"LoRA (Hu et al. 2021): {_LORA}, s = α/r", adapter=True, packable=True,
@@ -142,13 +162,16 @@ BY_NAME: dict[str, Method] = {m.name: m for m in (
            embeddings=False),
     Method("loraplus", f"LoRA+ (Hayou et al. 2024): {_LORA}, s = α/r, B trained at loraplus_lr_ratio × "
            "A's learning rate", adapter=True, packable=True,
-           peft_flags={"use_rslora": False, "use_dora": False}, lr_rule="loraplus", stored_as="lora"),
+           peft_flags={"use_rslora": False, "use_dora": False}, lr_rule="loraplus", stored_as="lora",
+           lr_factor=LR_FACTORS["loraplus"]),
     Method("pissa", f"PiSSA (Meng et al. 2024): {_LORA} on W0's residual, A and B from W0's top r "
            "singular vectors", adapter=True, changes_base=True, peft_flags={"init_lora_weights": "pissa"},
-           init="pissa", embeddings=False, stored_as="lora", stored_rank_factor=2),
+           init="pissa", embeddings=False, stored_as="lora", stored_rank_factor=2,
+           lr_factor=LR_FACTORS["pissa"]),
     Method("olora", f"OLoRA (Büyükakyüz 2024): {_LORA} on W0's residual, A and B from W0's QR "
            "decomposition", adapter=True, changes_base=True, peft_flags={"init_lora_weights": "olora"},
-           init="olora", embeddings=False, stored_as="lora", stored_rank_factor=2),
+           init="olora", embeddings=False, stored_as="lora", stored_rank_factor=2,
+           lr_factor=LR_FACTORS["olora"]),
     Method("full", "full fine-tuning: it trains the base model itself", adapter=False, changes_base=True),
     Method("none", "the untuned baseline: it trains nothing", adapter=False, trains=False),
 )}

@@ -34,6 +34,8 @@ def test_the_table_keeps_the_method_lists_in_order():
     assert methods.PACKABLE_METHODS == ("lora", "rslora", "dora", "loraplus")
     assert [n for n, m in methods.BY_NAME.items() if m.changes_base] == ["pissa", "olora", "full"]
     assert [methods.method(n).scale(16, 4) for n in LORA_METHODS] == [4.0, 8.0, 4.0, 4.0, 4.0, 4.0]
+    # The default lr over LoRA's (rsLoRA's 1/sqrt(r) comes from its scaling, in catalog.method_defaults).
+    assert [methods.method(n).lr_factor for n in METHODS] == [1.0, 1.0, 1.0, 0.25, 0.4, 0.4, 1.0, 1.0]
     assert methods.method_of_peft_config({"use_dora": True, "r": 8}) == "dora"
     assert methods.method_of_peft_config({"init_lora_weights": "pissa"}) == "pissa"
     # LoRA+ trains a LoRA at other rates: its files are a LoRA's; PiSSA's and OLoRA's a LoRA of rank 2r.
@@ -49,6 +51,8 @@ def test_the_table_keeps_the_method_lists_in_order():
     ({"changes_base": True}, "only an adapter over an unchanged base can be packed"),
     ({"scaling": "alpha*r"}, "needs its PEFT flags and one of the scalings"),
     ({"trains": False, "packable": False}, "trains nothing"),
+    ({"lr_factor": 0.0}, "lr_factor must be > 0"),
+    ({"adapter": False, "packable": False, "peft_flags": {}, "lr_factor": 0.5}, "and 1 for a method without"),
 ])
 def test_an_entry_that_contradicts_itself_is_refused(change, message):
     with pytest.raises(ValueError, match=message):

@@ -42,6 +42,14 @@ def test_method_aware_defaults():
     assert validate_spec({"task": "rte", "base_model": "tiny-roberta"}).resolved().targets is None
     rs = validate_spec({"task": "sst2", "method": "rslora", "rank": 16}).resolved()
     assert rs.lr == pytest.approx(ARCH_DEFAULTS["bert"].lora_lr / 4)  # alpha/sqrt(r): sqrt(16)x LoRA's
+    # At LoRA's lr, LoRA+, PiSSA and OLoRA stayed at CoLA's majority class (bench/RESULTS.md): their
+    # defaults are a factor of LoRA's (methods.LR_FACTORS), of a task's own LoRA lr too (E2E's).
+    expected = {"lora": 1e-3, "dora": 1e-3, "loraplus": 2.5e-4, "pissa": 4e-4, "olora": 4e-4}
+    for task in ("cola", "e2e"):
+        resolved = {m: validate_spec({"task": task, "method": m}).resolved().lr for m in expected}
+        assert resolved == pytest.approx(expected), task
+    assert (ARCH_DEFAULTS["bert"].lora_lr, TASKS["e2e"].lora_lr) == (1e-3, 1e-3)  # what the pins above read
+    assert validate_spec({"task": "sst2", "method": "pissa", "lr": 1e-3}).resolved().lr == 1e-3  # given: kept
     given = validate_spec({"task": "sst2", "lr": 1e-4, "batch_size": 8, "epochs": 2}).resolved(100)
     assert (given.lr, given.batch_size, given.epochs) == (1e-4, 8, 2)
     assert given.eval_every == 0 and given.patience == 0  # an explicit budget is followed exactly
