@@ -1,5 +1,5 @@
-"""Gradient checkpointing for our forwards: activations recomputed in the backward pass, as few as
-halve the memory the backward pass needs.
+"""Gradient checkpointing for our forwards: recompute in the backward pass the cheapest activations
+that halve what a step keeps for it.
 
 A run turns it on with Hugging Face's own switch (`model.activation_checkpointing_enable`), so the
 reference forward (the model's own, which recomputes every layer) and ours obey the same flag,
@@ -12,9 +12,11 @@ the shapes by `encoder` and `decoder`):
 
 1. Every layer's attention core (scores, softmax, dropout, probabilities·V) is recomputed from its
    q, k and v. Its tensors grow with the row length squared (B·H·L·L each: the probabilities, and
-   under dropout the mask and the dropped probabilities) and cost two small matmuls to redo: on
-   MiniLM-L6 at 32 × 128 they are ~45 % of a layer's activations, and recomputing them cost no
-   measurable CPU time (bench/RESULTS.md).
+   under dropout the mask, a float tensor on the CPU, and the dropped probabilities) and cost two
+   small matmuls to redo: on MiniLM-L6 at 32 × 128 they are ~45 % of a layer's activations (31 %
+   of the step's), and recomputing all of them was within noise of no checkpointing in a probe
+   (0.98× the CPU time; the allocations they no longer make pay for the matmuls). Where a fused
+   kernel runs (CUDA, long rows) it keeps no probabilities and the estimate counts none.
 2. Then whole layers, bottom first, the fewest that bring the estimated kept activations to half
    of what the step keeps without checkpointing (the loss's share included: a vocabulary-wide LM
    head keeps and, in the backward pass, creates several rows × vocabulary tensors that no layer
@@ -22,9 +24,18 @@ the shapes by `encoder` and `decoder`):
    layers' activations are freed by then, so a recomputed layer's transient adds to a smaller sum.
 
 Why not every layer whole: under LoRA the frozen base computes no weight gradients, so the backward
-pass costs about one forward, and recomputing five of MiniLM's six layers added ~33-48 % to a step
-(the goal is ≤ 35 %), for 0.38 of the memory where 0.5 was asked. Selective recomputation that
-keeps every weight matmul's output and redoes the rest was measured too: 0.67 of the memory.
+pass costs about one forward, and recomputing MiniLM's six layers added 33-48 % to a step (the
+issue's goal is ≤ 35 %) for 0.38 of the memory where 0.5 was asked. The plan recomputes three
+whole layers and three cores there (0.43 of the memory), and 26 of SmolLM2-135M's 30 layers, whose
+vocabulary-wide loss holds a third of the step's peak (0.48). Measured in bench/RESULTS.md.
+Selective recomputation that keeps every weight matmul's output and redoes the rest was measured
+too: 0.67 of the memory on MiniLM, short of the goal alone.
+
+The estimate counts per token what our forwards save (listed in `encoder._footprints` and
+`decoder._footprints`; against the resident memory measured per layer, within ~5 %: MiniLM 170 MB
+estimated vs 164 MB a layer, SmolLM2 19 vs 18 MB a core and 66 vs 70 MB a layer recomputed whole);
+the layer being differentiated counts once more (its recomputed activations and their gradients
+are alive together).
 """
 
 from __future__ import annotations
