@@ -1,5 +1,9 @@
 """Gradient checkpointing: activation memory per training token and step time, with and without.
 
+Two policies against the same baseline (no checkpointing): "plan", ours (`forward/recompute.py`:
+attention cores, then the fewest whole layers from the bottom), and "whole", every layer
+recomputed whole (what Hugging Face's switch does, and ours before), for comparison.
+
 The issue's setups: MiniLM-L6 classification at batch 32 × 128 tokens and SmolLM2-135M generation
 at batch 8 × 256, LoRA r=8 on the default targets, every row full length (consecutive real rows,
 SST-2 sentences / E2E MR + reference, joined until they fill it), dropout on as in training.
@@ -11,8 +15,8 @@ SST-2 sentences / E2E MR + reference, joined until they fill it), dropout on as 
   On a CPU the subprocess runs with a fixed malloc mmap threshold (MALLOC_MMAP_THRESHOLD_): glibc's
   default raises it as large blocks are freed, after which freed activations stay resident and
   the resident set stops following the live tensors.
-- Step time: both variants in one process on one model, taking their steps in turn (gradient
-  checkpointing switched per step), so background load hits them alike; medians of the wall time
+- Step time: the three variants in one process on one model, taking their steps in turn
+  (checkpointing switched per step), so background load hits them alike; medians of the wall time
   and, on a CPU, of the process's CPU time (with --threads 1, the one that load disturbs least).
 
 Goal (issue 26): ≤ 0.5× the activation memory at ≤ 1.35× the step time.
@@ -32,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -44,6 +48,7 @@ from lora_engine.forward import recompute, training_loss
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora, mark_only_lora_as_trainable
 from lora_engine.models import load_base_model
 
+VARIANTS = ("off", "whole", "plan")  # no checkpointing; every layer recomputed whole; our plan
 SETUPS = {
     "minilm": {"alias": "minilm-l6", "kind": "classification", "batch": 32, "length": 128},
     "smollm2": {"alias": "smollm2-135m", "kind": "generation", "batch": 8, "length": 256},
@@ -91,6 +96,20 @@ def build(setup: dict, device: str):
     return model, tok, opt
 
 
+@contextmanager
+def variant(model, name: str):
+    """Run steps as `name` says: "off", "plan" (recompute.plan's choice) or "whole" (its choice
+    replaced by every layer recomputed whole)."""
+    recompute.set_enabled(model, name != "off")
+    chosen = recompute.plan
+    if name == "whole":
+        recompute.plan = lambda m, layers, outside: [recompute.LAYER] * len(layers)
+    try:
+        yield
+    finally:
+        recompute.plan = chosen
+
+
 def one_step(model, opt, batch: dict, kind: str, device: str) -> float:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
     if device == "cuda":
@@ -106,27 +125,27 @@ def one_step(model, opt, batch: dict, kind: str, device: str) -> float:
     return time.perf_counter() - start
 
 
-def measure_memory(name: str, checkpointing: bool, steps: int, device: str) -> dict:
+def measure_memory(name: str, policy: str, steps: int, device: str) -> dict:
     """In this (fresh) process: peak minus loaded memory over `steps` steps."""
     setup = SETUPS[name]
     info = pick_device(device)
     mem = PeakMemory(info, interval=0.005)
     model, tok, opt = build(setup, device)
-    recompute.set_enabled(model, checkpointing)
     batch = make_batch(setup, tok, device)
     gc.collect()
     mem.start()
     mem.mark_loaded()
-    for _ in range(steps):
-        one_step(model, opt, batch, setup["kind"], device)
+    with variant(model, policy):
+        for _ in range(steps):
+            one_step(model, opt, batch, setup["kind"], device)
     mem.peak_bytes()
     tokens = setup["batch"] * setup["length"]
     return {"loaded_bytes": mem.loaded, "peak_bytes": mem.peak, "activation_bytes": mem.activation_bytes(),
             "activation_bytes_per_token": mem.activation_bytes() / tokens}
 
 
-def memory_in_subprocess(name: str, checkpointing: bool, args) -> dict:
-    cmd = [sys.executable, __file__, "--measure", name, "--checkpointing", str(int(checkpointing)),
+def memory_in_subprocess(name: str, policy: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--measure", name, "--policy", policy,
            "--mem-steps", str(args.mem_steps), "--device", args.device]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     if args.threads:
@@ -139,19 +158,18 @@ def step_times(name: str, args) -> dict:
     setup = SETUPS[name]
     model, tok, opt = build(setup, args.device)
     batch = make_batch(setup, tok, args.device)
-    wall: dict[bool, list[float]] = {False: [], True: []}
-    cpu: dict[bool, list[float]] = {False: [], True: []}
+    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for i in range(args.warmup + args.steps):
-        for checkpointing in (False, True):
-            recompute.set_enabled(model, checkpointing)
-            c0 = time.process_time()
-            took = one_step(model, opt, batch, setup["kind"], args.device)
+        for name_ in VARIANTS:
+            with variant(model, name_):
+                c0 = time.process_time()
+                took = one_step(model, opt, batch, setup["kind"], args.device)
             if i >= args.warmup:
-                wall[checkpointing].append(took)
-                cpu[checkpointing].append(time.process_time() - c0)
+                wall[name_].append(took)
+                cpu[name_].append(time.process_time() - c0)
     med = statistics.median
-    return {"step_s": med(wall[False]), "step_s_checkpointing": med(wall[True]),
-            "cpu_ratio": med(cpu[True]) / med(cpu[False])}
+    return {"step_s": {v: med(wall[v]) for v in VARIANTS}, "cpu_s": {v: med(cpu[v]) for v in VARIANTS}}
 
 
 def main() -> None:
@@ -163,32 +181,33 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--measure", help=argparse.SUPPRESS)
-    p.add_argument("--checkpointing", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--policy", choices=VARIANTS, default="off", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.measure:
-        print(json.dumps(measure_memory(args.measure, bool(args.checkpointing), args.mem_steps, args.device)))
+        print(json.dumps(measure_memory(args.measure, args.policy, args.mem_steps, args.device)))
         return
     out: dict = {"device": args.device, "load_avg_start": os.getloadavg()[0], "models": {}}
     for name in args.models.split(","):
-        plain, ckpt = memory_in_subprocess(name, False, args), memory_in_subprocess(name, True, args)
+        memory = {v: memory_in_subprocess(name, v, args) for v in VARIANTS}
         times = step_times(name, args)
         setup = SETUPS[name]
-        out["models"][name] = {
-            "batch": f"{setup['batch']} x {setup['length']}",
-            "activation_mb_per_1k_tokens": round(plain["activation_bytes_per_token"] * 1000 / 1e6, 3),
-            "activation_mb_per_1k_tokens_checkpointing":
-                round(ckpt["activation_bytes_per_token"] * 1000 / 1e6, 3),
-            "memory_ratio": round(ckpt["activation_bytes"] / max(plain["activation_bytes"], 1), 3),
-            "step_s": round(times["step_s"], 3),
-            "step_s_checkpointing": round(times["step_s_checkpointing"], 3),
-            "time_ratio": round(times["step_s_checkpointing"] / times["step_s"], 3),
-            "cpu_time_ratio": round(times["cpu_ratio"], 3) if args.device == "cpu" else None,
-            "memory": {"plain": plain, "checkpointing": ckpt},
-        }
-        m = out["models"][name]
-        m["goal_met"] = m["memory_ratio"] <= 0.5 and m["time_ratio"] <= 1.35
+        tokens, plain = setup["batch"] * setup["length"], memory["off"]["activation_bytes"]
+        m = out["models"][name] = {"batch": f"{setup['batch']} x {setup['length']}",
+                                   "step_s_off": round(times["step_s"]["off"], 3),
+                                   "activation_mb_per_1k_tokens_off": round(plain / tokens * 1000 / 1e6, 3)}
+        for v in VARIANTS[1:]:
+            kept = memory[v]["activation_bytes"]
+            m[v] = {"activation_mb_per_1k_tokens": round(kept / tokens * 1000 / 1e6, 3),
+                    "memory_ratio": round(kept / max(plain, 1), 3),
+                    "step_s": round(times["step_s"][v], 3),
+                    "time_ratio": round(times["step_s"][v] / times["step_s"]["off"], 3),
+                    "cpu_time_ratio": (round(times["cpu_s"][v] / times["cpu_s"]["off"], 3)
+                                       if args.device == "cpu" else None)}
+            ratio = m[v]["cpu_time_ratio"] if args.device == "cpu" else m[v]["time_ratio"]
+            m[v]["goal_met"] = m[v]["memory_ratio"] <= 0.5 and ratio <= 1.35
+        m["memory"] = memory
     out["load_avg_end"] = os.getloadavg()[0]
     print(json.dumps(out, indent=2))
 

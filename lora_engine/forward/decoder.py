@@ -18,7 +18,7 @@ from torch import nn
 
 from lora_engine.data.batching import IGNORE_INDEX
 from lora_engine.forward import recompute
-from lora_engine.forward.packing import Packing, is_right_padded
+from lora_engine.forward.packing import Packing, is_right_padded, keeps_probabilities
 
 
 def supports(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
@@ -39,7 +39,7 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> tor
 
 
 def _attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: Packing,
-               training: bool) -> torch.Tensor:
+               training: bool, mode: str) -> torch.Tensor:
     """LlamaAttention on packed tokens; `sin` carries rotate_half's sign (see `_rotary`)."""
     size = attn.head_dim
     q = attn.q_proj(hidden).view(hidden.shape[0], -1, size)
@@ -47,7 +47,7 @@ def _attention(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: to
     v = attn.v_proj(hidden).view(hidden.shape[0], -1, size)
     # The softmax scale rides on the queries' rotary factors: one multiply fewer per layer.
     q = _rotary(q, cos * attn.scaling, sin * attn.scaling)
-    ctx = packing.attention(q, _rotary(k, cos, sin), v, scale=1.0, causal=True,
+    ctx = recompute.attention(mode, packing.attention, q, _rotary(k, cos, sin), v, scale=1.0, causal=True,
                             dropout=attn.attention_dropout if training else 0.0)
     return attn.o_proj(ctx.reshape(ctx.shape[0], -1))
 
@@ -70,14 +70,44 @@ def decode(model: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch
     """Every layer and the final norm over packed tokens. `packing` is any object with Packing's
     `attention` (the packed trainer passes one spanning several batches)."""
     body = model.model
-    for layer in body.layers[: model.config.num_hidden_layers]:
-        hidden = recompute.call(model, _layer, layer, hidden, cos, sin, packing, model.training)
+    layers = body.layers[: model.config.num_hidden_layers]
+    if recompute.enabled(model):
+        modes = recompute.plan(model, _footprints(model, layers, hidden, packing),
+                               outside=loss_bytes(model, hidden))
+    else:
+        modes = [recompute.KEEP] * len(layers)
+    for layer, mode in zip(layers, modes, strict=True):
+        hidden = recompute.run(mode, _layer, layer, hidden, cos, sin, packing, model.training, mode)
     return body.norm(hidden)
 
 
+def _footprints(model: nn.Module, layers, hidden: torch.Tensor, packing) -> list[recompute.LayerBytes]:
+    """What each layer keeps for the backward pass (`recompute.LayerBytes`), in elements: the
+    attention core H·L per position of the padded rows (the probabilities; 3·H·L under attention
+    dropout; none where a fused kernel runs); per real token 3·intermediate (the gate's and up
+    projection's outputs and the activation's output) + 3·hidden (the norms' inputs, the rotated
+    queries) + what the adapters keep."""
+    cfg, tokens, element = model.config, hidden.shape[0], hidden.element_size()
+    dropout = getattr(cfg, "attention_dropout", 0.0)
+    per_query = cfg.num_attention_heads * packing.length * (3 if dropout else 1)
+    if not keeps_probabilities(hidden.device, packing.length):
+        per_query = 0
+    rest = (3 * cfg.intermediate_size + 3 * cfg.hidden_size) * tokens * element
+    return [recompute.LayerBytes(core=per_query * packing.batch * packing.length * element,
+                                 rest=rest + recompute.adapter_bytes(layer, tokens, element),
+                                 inputs=tokens * cfg.hidden_size * element) for layer in layers]
+
+
+def loss_bytes(model: nn.Module, hidden: torch.Tensor) -> int:
+    """At most what the LM head and loss hold at the step's peak: the logits of every token and
+    their log-probabilities, and in the backward pass the gradients of both (4 · N · vocabulary)."""
+    return 4 * hidden.shape[0] * model.config.vocab_size * 4
+
+
 def _layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing,
-           training: bool) -> torch.Tensor:
-    hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, packing, training)
+           training: bool, mode: str) -> torch.Tensor:
+    hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, packing, training,
+                                 mode)
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 

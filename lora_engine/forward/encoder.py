@@ -23,7 +23,7 @@ from torch import nn
 from lora_engine.catalog import POOLINGS
 from lora_engine.errors import LoraConfigError
 from lora_engine.forward import recompute
-from lora_engine.forward.packing import Packing
+from lora_engine.forward.packing import Packing, keeps_probabilities
 
 SUPPORTED = {"BertForSequenceClassification": "bert", "RobertaForSequenceClassification": "roberta"}
 
@@ -58,21 +58,22 @@ def supports(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
 
 
 def _self_attention(attn: nn.Module, hidden: torch.Tensor, packing: Packing, *,
-                    first_only: torch.Tensor | None, training: bool) -> torch.Tensor:
+                    first_only: torch.Tensor | None, training: bool, mode: str) -> torch.Tensor:
     """BertSelfAttention on packed tokens; with `first_only`, queries only at those packed rows."""
     heads, size = attn.num_attention_heads, attn.attention_head_size
     query_in = hidden if first_only is None else hidden.index_select(0, first_only)
     q = attn.query(query_in).view(-1, heads, size)
     k = attn.key(hidden).view(-1, heads, size)
     v = attn.value(hidden).view(-1, heads, size)
-    ctx = packing.attention(q, k, v, scale=attn.scaling, causal=False,
+    ctx = recompute.attention(mode, packing.attention, q, k, v, scale=attn.scaling, causal=False,
                             dropout=attn.dropout.p if training else 0.0, query_positions=first_only)
     return ctx.reshape(ctx.shape[0], heads * size)
 
 
 def _layer(layer: nn.Module, hidden: torch.Tensor, packing: Packing, *, first_only: torch.Tensor | None,
-           training: bool) -> torch.Tensor:
-    ctx = _self_attention(layer.attention.self, hidden, packing, first_only=first_only, training=training)
+           training: bool, mode: str) -> torch.Tensor:
+    ctx = _self_attention(layer.attention.self, hidden, packing, first_only=first_only, training=training,
+                          mode=mode)
     residual = hidden if first_only is None else hidden.index_select(0, first_only)
     attended = layer.attention.output(ctx, residual)  # dense, dropout, LayerNorm(x + residual)
     return layer.output(layer.intermediate(attended), attended)
@@ -94,10 +95,41 @@ def encode(model: nn.Module, hidden: torch.Tensor, packing, first: torch.Tensor 
     token). `packing` is any object with Packing's `attention` (the packed trainer passes one
     spanning several batches)."""
     layers = getattr(model, SUPPORTED[type(model).__name__]).encoder.layer
-    for i, layer in enumerate(layers):
-        hidden = recompute.call(model, _layer, layer, hidden, packing,
-                                first_only=first if i == len(layers) - 1 else None, training=model.training)
+    if recompute.enabled(model):
+        modes = recompute.plan(model, _footprints(model, layers, hidden, packing, first), outside=0)
+    else:
+        modes = [recompute.KEEP] * len(layers)
+    for i, (layer, mode) in enumerate(zip(layers, modes, strict=True)):
+        last = i == len(layers) - 1
+        hidden = recompute.run(mode, _layer, layer, hidden, packing, first_only=first if last else None,
+                               training=model.training, mode=mode)
     return hidden
+
+
+def _footprints(model: nn.Module, layers, hidden: torch.Tensor, packing: Packing,
+                first: torch.Tensor | None) -> list[recompute.LayerBytes]:
+    """What each layer keeps for the backward pass (`recompute.LayerBytes`), in elements: the
+    attention core H·L per query position of the padded rows (the probabilities; under dropout also
+    its mask and the dropped probabilities: 3·H·L; none where a fused kernel runs); per real token
+    7·hidden (q, k and v for the attention matmuls, the two LayerNorms' inputs, the two dropout
+    masks) + intermediate (the activation's input) + what the adapters keep. The last layer, queries
+    at the first tokens only, keeps k and v of every token and the rest for the first tokens."""
+    cfg, tokens, element = model.config, hidden.shape[0], hidden.element_size()
+    per_query = cfg.num_attention_heads * packing.length * (3 if cfg.attention_probs_dropout_prob else 1)
+    if not keeps_probabilities(hidden.device, packing.length):
+        per_query = 0
+    rest = 7 * cfg.hidden_size + cfg.intermediate_size
+    out = []
+    for i, layer in enumerate(layers):
+        adapters = recompute.adapter_bytes(layer, tokens, element)
+        if first is None or i < len(layers) - 1:
+            queries, rows, keys = packing.batch * packing.length, tokens, 0
+        else:
+            queries, rows, keys = packing.batch, first.numel(), 2 * cfg.hidden_size * tokens
+        out.append(recompute.LayerBytes(core=per_query * queries * element,
+                                        rest=(rest * rows + keys) * element + adapters,
+                                        inputs=tokens * cfg.hidden_size * element))
+    return out
 
 
 def first_token_states(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

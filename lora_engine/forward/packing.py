@@ -22,6 +22,13 @@ import torch.nn.functional as F
 SHORT_ROWS = 256
 
 
+def keeps_probabilities(device: torch.device, length: int) -> bool:
+    """Whether attention over rows of `length` tokens keeps its B·H·L·L probabilities for the
+    backward pass (the plain matmul-softmax-matmul path), rather than a fused kernel's output and
+    log-sum-exp."""
+    return device.type == "cpu" and length <= SHORT_ROWS
+
+
 def is_right_padded(attention_mask: torch.Tensor) -> bool:
     """Whether every row's real tokens form a prefix of it."""
     mask = attention_mask.bool()
@@ -128,7 +135,7 @@ class Packing:
                 raise ValueError("restricted queries take exactly one position per row")
             else:
                 queries = q.unsqueeze(2)  # (B, H, 1, D)
-        if q.device.type == "cpu" and self.length <= SHORT_ROWS:
+        if keeps_probabilities(q.device, self.length):
             out = self._short_attention(queries, keys, values, scale, causal, dropout)
         else:
             keep = None if causal else self.key_mask[:, None, None, :]

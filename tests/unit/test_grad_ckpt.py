@@ -2,8 +2,10 @@
 
 In training mode with dropout live, a step with checkpointing gives the loss and every gradient
 of a step without (the dropout masks are replayed), on our forwards and on the models' own; and
-each layer's forward really runs twice (once more in the backward pass), which is where the memory
-goes away. A run switches it per spec, also on a cached base a previous run switched on.
+what the plan recomputes really runs again in the backward pass, which is where the memory goes
+away: on an 8-layer encoder with long rows (a plan mixing whole layers and attention cores) the
+step keeps under half the bytes. A run switches it per spec, also on a cached base a previous run
+switched on.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import torch
 
 from lora_engine.errors import SpecError
 from lora_engine.forward import recompute, reference_classification_logits, training_loss
+from lora_engine.forward.recompute import ATTENTION, KEEP, LAYER, LayerBytes
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora, mark_only_lora_as_trainable
-from lora_engine.models import load_base_model
+from lora_engine.models import load_base_model, tiny_config
 from lora_engine.packing import refusal
 from lora_engine.spec import validate_spec
 
@@ -55,14 +58,16 @@ def layer_calls(model, layers, loss_of) -> int:
     return len(calls)
 
 
-def same_step_with_and_without(model, layers, loss_of) -> None:
+def same_step_with_and_without(model, layers, loss_of, recomputed_layers: int | None = None) -> None:
+    """Equal loss and gradients; `recomputed_layers` (default: all) layers' forwards ran again."""
     recompute.set_enabled(model, False)
     plain_loss, plain_grads = step(model, loss_of)
     plain_calls = layer_calls(model, layers, loss_of)
     recompute.set_enabled(model, True)
     assert recompute.enabled(model)
     ckpt_loss, ckpt_grads = step(model, loss_of)
-    assert layer_calls(model, layers, loss_of) == 2 * plain_calls  # every layer ran again in backward
+    again = len(layers) if recomputed_layers is None else recomputed_layers
+    assert layer_calls(model, layers, loss_of) == plain_calls + again  # ran again in the backward pass
     assert ckpt_loss == pytest.approx(plain_loss, rel=1e-6)
     assert ckpt_grads.keys() == plain_grads.keys() and plain_grads
     for name in plain_grads:
@@ -116,3 +121,70 @@ def test_spec_field_is_a_strict_bool_and_keeps_a_job_out_of_packs():
     assert validate_spec({"task": "sst2", "method": "none", "rank": 0, "gradient_checkpointing": False})
     why = refusal(method="lora", arch="bert", kind="classification", recomputes=True)
     assert why is not None and "gradient_checkpointing" in why
+
+
+def test_plan_recomputes_attention_cores_then_the_fewest_bottom_layers():
+    def plan(layers, outside=0):
+        model = torch.nn.Linear(1, 1)
+        model.is_activation_checkpointing = True
+        return recompute.plan(model, layers, outside)
+
+    long_rows = [LayerBytes(core=60, rest=10, inputs=1)] * 6  # the L² tensors dominate: cores suffice
+    assert plan(long_rows) == [ATTENTION] * 6
+    short_rows = [LayerBytes(core=10, rest=60, inputs=1)] * 6
+    # Without: 420 bytes. Cores recomputed: 360 kept + 70 for the layer being differentiated; each
+    # layer recomputed whole keeps 59 fewer: four bring it to 124 + 70 <= 210.
+    assert plan(short_rows) == [LAYER] * 4 + [ATTENTION] * 2  # bottom first, then no more
+    assert plan(short_rows, outside=1000) == [LAYER] * 6  # a big loss leaves no layer kept whole
+    off = torch.nn.Linear(1, 1)
+    assert recompute.plan(off, short_rows, 0) == [KEEP] * 6
+
+
+def deep_encoder():
+    """An 8-layer BERT classifier (hidden 64) with rows of 64 tokens: its plan mixes whole layers
+    (bottom) and attention cores."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config("bert", 500, 0, num_hidden_layers=8, num_labels=3))
+    inject_lora(model, LoraSettings(method="lora", rank=4, alpha=8, dropout=0.1, targets=None))
+    mark_only_lora_as_trainable(model, modules_to_save=head_module_names(model))
+    ids = torch.randint(5, 500, (4, 64))
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0
+    mask[3, 50:] = 0
+    batch = {"input_ids": ids * mask, "attention_mask": mask, "labels": torch.tensor([0, 2, 1, 0])}
+    return model.train(), batch
+
+
+def saved_bytes(model, batch) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass of one forward."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = training_loss(model, batch, "classification")
+    del loss
+    return sum(n for ptr, n in storages.items() if ptr not in params)
+
+
+def test_mixed_plan_is_the_same_step_and_keeps_under_half():
+    model, batch = deep_encoder()
+    layers = model.bert.encoder.layer
+    recompute.set_enabled(model, True)
+    # Hidden 64, intermediate 128, 4 heads, 64 tokens: per token a layer keeps 3·4·64 elements in
+    # its attention core and 7·64 + 128 + 2·2·64 (adapters) elsewhere; the plan recomputes three
+    # whole layers and the other layers' cores.
+    same_step_with_and_without(model, layers, lambda: training_loss(model, batch, "classification"),
+                               recomputed_layers=3)
+    recompute.set_enabled(model, False)
+    plain = saved_bytes(model, batch)
+    recompute.set_enabled(model, True)
+    kept = saved_bytes(model, batch)
+    # The checkpoints hold their inputs (hidden states, q, k, v) beside what autograd saves.
+    inputs = 4 * 64 * 64 * 4 * (3 + 3 * 5)
+    assert kept + inputs <= 0.5 * plain, (kept, inputs, plain)
