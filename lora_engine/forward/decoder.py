@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lora_engine.data.batching import IGNORE_INDEX
 from lora_engine.forward import recompute
@@ -73,7 +74,8 @@ def decode(model: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch
     layers = body.layers[: model.config.num_hidden_layers]
     if recompute.enabled(model):
         modes = recompute.plan(model, _footprints(model, layers, hidden, packing),
-                               outside=loss_bytes(model, hidden))
+                               outside=loss_bytes(model, hidden),
+                               kept_outside=loss_bytes(model, hidden, chunked=True))
     else:
         modes = [recompute.KEEP] * len(layers)
     for layer, mode in zip(layers, modes, strict=True):
@@ -98,10 +100,29 @@ def _footprints(model: nn.Module, layers, hidden: torch.Tensor, packing) -> list
                                  inputs=tokens * cfg.hidden_size * element) for layer in layers]
 
 
-def loss_bytes(model: nn.Module, hidden: torch.Tensor) -> int:
-    """At most what the LM head and loss hold at the step's peak: the logits of every token and
-    their log-probabilities, and in the backward pass the gradients of both (4 · N · vocabulary)."""
-    return 4 * hidden.shape[0] * model.config.vocab_size * 4
+def loss_bytes(model: nn.Module, hidden: torch.Tensor, chunked: bool = False) -> int:
+    """At most what the LM head and loss hold at the step's peak: the logits of every labelled row and
+    their log-probabilities, and in the backward pass the gradients of both (4 · rows · vocabulary).
+    `chunked` (`causal_lm_loss` under gradient checkpointing): one chunk's rows at a time, beside the
+    labelled rows' hidden states and their gradient."""
+    rows, vocab = hidden.shape[0], model.config.vocab_size
+    if not chunked:
+        return 4 * rows * vocab * 4
+    chunk = min(rows, loss_chunk_rows(vocab))
+    return 4 * chunk * vocab * 4 + 2 * rows * hidden.shape[1] * hidden.element_size()
+
+
+# Under gradient checkpointing the loss runs in chunks of labelled rows whose fp32 logits are at
+# most this many bytes (at its peak a chunk holds four rows × vocabulary tensors: logits,
+# log-probabilities and both gradients, so 128 MB). 32 MB is 170 rows of SmolLM2's 49,152-word
+# vocabulary: still a GEMM wide enough to run at full speed, and the ~1.6 GB its full loss holds at
+# 8 × 256 tokens comes down to a tenth, below one layer kept whole (~90 MB) times two.
+LOSS_CHUNK_BYTES = 32 * 2**20
+
+
+def loss_chunk_rows(vocab: int) -> int:
+    """Labelled rows per chunk of the checkpointed loss (`LOSS_CHUNK_BYTES` of fp32 logits)."""
+    return max(1, LOSS_CHUNK_BYTES // (4 * vocab))
 
 
 def _layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing,
@@ -128,5 +149,28 @@ def causal_lm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.T
     """Mean next-token cross-entropy over labelled positions (labels -100 elsewhere)."""
     hidden, packing = packed_hidden(model, inputs)
     rows, targets = labelled_rows(inputs, packing)
-    logits = model.get_output_embeddings()(hidden.index_select(0, rows))
+    selected = hidden.index_select(0, rows)
+    if recompute.enabled(model):
+        return _chunked_loss(model.get_output_embeddings(), selected, targets, model.config.vocab_size)
+    logits = model.get_output_embeddings()(selected)
     return F.cross_entropy(logits.float(), targets)
+
+
+def _chunked_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The same mean cross-entropy, the head and loss run on `loss_chunk_rows` rows at a time, each
+    chunk recomputed in the backward pass: only one chunk's vocabulary-wide tensors are ever alive
+    (a chunk keeps its input rows; the head's weight, tied to the input embedding in SmolLM2, gets
+    its gradient through each recompute like any parameter)."""
+    size = loss_chunk_rows(vocab)
+    total = None
+    for start in range(0, hidden.shape[0], size):
+        part = checkpoint(_summed_loss, head, hidden[start:start + size], targets[start:start + size],
+                          use_reentrant=False)
+        total = part if total is None else total + part
+    if total is None:  # no labelled row: F.cross_entropy's mean over nothing
+        return F.cross_entropy(head(hidden).float(), targets)
+    return total / hidden.shape[0]
+
+
+def _summed_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")

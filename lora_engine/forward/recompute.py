@@ -65,16 +65,19 @@ def enabled(model: nn.Module) -> bool:
     return asked and model.training and torch.is_grad_enabled()
 
 
-def plan(model: nn.Module, layers: Sequence[LayerBytes], outside: int) -> list[str]:
+def plan(model: nn.Module, layers: Sequence[LayerBytes], outside: int,
+         kept_outside: int | None = None) -> list[str]:
     """What each layer (bottom first) recomputes: KEEP, ATTENTION or LAYER. `outside`: the bytes the
-    rest of the step keeps at its peak (embeddings, head, loss), which nothing here recomputes."""
+    rest of the step keeps at its peak without checkpointing (embeddings, head, loss), which no layer
+    recompute removes; `kept_outside`: the same with checkpointing on (default `outside`; less where
+    the loss recomputes its own chunks, `decoder.causal_lm_loss`)."""
     if not enabled(model):
         return [KEEP] * len(layers)
     plain = outside + sum(layer.core + layer.rest for layer in layers)
     # In the backward pass the layer being differentiated has its activations alive again
     # (recomputed) beside their gradients: one layer's worth on top of what stays kept.
     working = max((layer.core + layer.rest for layer in layers), default=0)
-    kept = outside + sum(layer.rest for layer in layers)
+    kept = (outside if kept_outside is None else kept_outside) + sum(layer.rest for layer in layers)
     modes = [ATTENTION] * len(layers)
     for i, layer in enumerate(layers):
         if 2 * (kept + working) <= plain:
