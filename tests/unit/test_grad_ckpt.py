@@ -145,7 +145,7 @@ def test_chunked_loss_is_the_same_step(training, monkeypatch):
     loss_of = lambda: training_loss(model, batch, "generation")  # noqa: E731
     recompute.set_enabled(model, False)
     assert head_rows(model, loss_of) == [labelled]  # off: one head call, the path as before
-    same_step_with_and_without(model, model.model.layers, loss_of, recomputed_layers=0)
+    same_step_with_and_without(model, model.model.layers, loss_of)
     if training == "full":  # the tied embedding gets the head's gradient through the recomputes
         assert model.get_input_embeddings().weight.grad is not None
     chunks = -(-labelled // 4)
