@@ -118,7 +118,7 @@ def loss_bytes(model: nn.Module, hidden: torch.Tensor) -> int:
 # most this many bytes (at its peak a chunk holds four rows × vocabulary tensors: logits,
 # log-probabilities and both gradients, so 128 MB). 32 MB is 170 rows of SmolLM2's 49,152-word
 # vocabulary: still a GEMM wide enough to run at full speed, and the ~1.6 GB its full loss holds at
-# 8 × 256 tokens comes down to a tenth, below one layer kept whole (~90 MB) times two.
+# 8 × 256 tokens comes down to a twelfth, about two of its layers' kept activations.
 LOSS_CHUNK_BYTES = 32 * 2**20
 
 
