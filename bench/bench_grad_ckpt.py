@@ -96,6 +96,9 @@ def build(setup: dict, device: str):
     return model, tok, opt
 
 
+PLANNED: dict[str, int] = {}  # what the plan chose at the last step: layers recomputed whole, cores only
+
+
 @contextmanager
 def variant(model, name: str):
     """Run steps as `name` says: "off", "plan" (recompute.plan's choice) or "whole" (its choice
@@ -104,6 +107,13 @@ def variant(model, name: str):
     chosen = recompute.plan
     if name == "whole":
         recompute.plan = lambda m, layers, outside: [recompute.LAYER] * len(layers)
+    elif name == "plan":
+        def recorded(*args, **kwargs):
+            modes = chosen(*args, **kwargs)
+            PLANNED.update(whole_layers=modes.count(recompute.LAYER), cores=modes.count(recompute.ATTENTION))
+            return modes
+
+        recompute.plan = recorded
     try:
         yield
     finally:
@@ -207,6 +217,7 @@ def main() -> None:
                                        if args.device == "cpu" else None)}
             ratio = m[v]["cpu_time_ratio"] if args.device == "cpu" else m[v]["time_ratio"]
             m[v]["goal_met"] = m[v]["memory_ratio"] <= 0.5 and ratio <= 1.35
+        m["plan"]["chose"] = dict(PLANNED)
         m["memory"] = memory
     out["load_avg_end"] = os.getloadavg()[0]
     print(json.dumps(out, indent=2))

@@ -6,6 +6,11 @@ LM head), so LoRA and DoRA take part as in Hugging Face's forward, and the loss 
 operation on real tokens only and the LM head (a vocabulary-wide GEMM plus softmax, about a fifth
 of a small model's step) only at positions whose next token is labelled.
 
+Under gradient checkpointing the LM head and loss run in chunks of labelled rows, each recomputed
+in the backward pass (`_chunked_loss`): the logits of every labelled row, their log-probabilities
+and both gradients (~1.6 GB on SmolLM2-135M at 8 × 256, a third of the step's peak) would
+otherwise be a floor that no layer recompute lowers. Off, the path is the one-shot head as before.
+
 Positions follow Hugging Face's default for training batches (0..L-1 in every row), which is what
 right-padded batches need; other layouts go to the reference forward.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lora_engine.data.batching import IGNORE_INDEX
 from lora_engine.forward import recompute
@@ -99,9 +105,26 @@ def _footprints(model: nn.Module, layers, hidden: torch.Tensor, packing) -> list
 
 
 def loss_bytes(model: nn.Module, hidden: torch.Tensor) -> int:
-    """At most what the LM head and loss hold at the step's peak: the logits of every token and
-    their log-probabilities, and in the backward pass the gradients of both (4 · N · vocabulary)."""
+    """At most what the LM head and loss hold at the step's peak without checkpointing: the logits
+    of every token and their log-probabilities, and in the backward pass the gradients of both
+    (4 · N · vocabulary). The plan counts it on both sides although the checkpointed loss holds one
+    chunk's share: counting the chunk only let it keep 26 of SmolLM2's 30 layers (cores recomputed)
+    and the step measured 0.58 of the memory, its estimate of the kept layers being short
+    (bench/RESULTS.md); counted whole, the chunking is margin below half."""
     return 4 * hidden.shape[0] * model.config.vocab_size * 4
+
+
+# Under gradient checkpointing the loss runs in chunks of labelled rows whose fp32 logits are at
+# most this many bytes (at its peak a chunk holds four rows × vocabulary tensors: logits,
+# log-probabilities and both gradients, so 128 MB). 32 MB is 170 rows of SmolLM2's 49,152-word
+# vocabulary: still a GEMM wide enough to run at full speed, and the ~1.6 GB its full loss holds at
+# 8 × 256 tokens comes down to a twelfth, about two of its layers' kept activations.
+LOSS_CHUNK_BYTES = 32 * 2**20
+
+
+def loss_chunk_rows(vocab: int) -> int:
+    """Labelled rows per chunk of the checkpointed loss (`LOSS_CHUNK_BYTES` of fp32 logits)."""
+    return max(1, LOSS_CHUNK_BYTES // (4 * vocab))
 
 
 def _layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing,
@@ -128,5 +151,28 @@ def causal_lm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.T
     """Mean next-token cross-entropy over labelled positions (labels -100 elsewhere)."""
     hidden, packing = packed_hidden(model, inputs)
     rows, targets = labelled_rows(inputs, packing)
-    logits = model.get_output_embeddings()(hidden.index_select(0, rows))
+    selected = hidden.index_select(0, rows)
+    if recompute.enabled(model):
+        return _chunked_loss(model.get_output_embeddings(), selected, targets, model.config.vocab_size)
+    logits = model.get_output_embeddings()(selected)
     return F.cross_entropy(logits.float(), targets)
+
+
+def _chunked_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The same mean cross-entropy, the head and loss run on `loss_chunk_rows` rows at a time, each
+    chunk recomputed in the backward pass: only one chunk's vocabulary-wide tensors are ever alive
+    (a chunk keeps its input rows; the head's weight, tied to the input embedding in SmolLM2, gets
+    its gradient through each recompute like any parameter)."""
+    size = loss_chunk_rows(vocab)
+    total = None
+    for start in range(0, hidden.shape[0], size):
+        part = checkpoint(_summed_loss, head, hidden[start:start + size], targets[start:start + size],
+                          use_reentrant=False)
+        total = part if total is None else total + part
+    if total is None:  # no labelled row: F.cross_entropy's mean over nothing
+        return F.cross_entropy(head(hidden).float(), targets)
+    return total / hidden.shape[0]
+
+
+def _summed_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")

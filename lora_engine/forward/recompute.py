@@ -20,14 +20,18 @@ the shapes by `encoder` and `decoder`):
 2. Then whole layers, bottom first, the fewest that bring the estimated kept activations to half
    of what the step keeps without checkpointing (the loss's share included: a vocabulary-wide LM
    head keeps and, in the backward pass, creates several rows × vocabulary tensors that no layer
-   recompute removes). Bottom first, because the backward pass reaches them last: the upper
-   layers' activations are freed by then, so a recomputed layer's transient adds to a smaller sum.
+   recompute removes). With checkpointing on, the decoder's head and loss run in chunks of rows,
+   each recomputed in the backward pass (`decoder.causal_lm_loss`); the plan still counts the whole
+   loss (`decoder.loss_bytes` says why), so the chunking is margin. Bottom first, because the
+   backward pass reaches them last: the upper layers' activations are freed by then, so a
+   recomputed layer's transient adds to a smaller sum.
 
 Why not every layer whole: under LoRA the frozen base computes no weight gradients, so the backward
 pass costs about one forward, and recomputing MiniLM's six layers added 33-48 % to a step (the
 issue's goal is ≤ 35 %) for 0.38 of the memory where 0.5 was asked. The plan recomputes three
 whole layers and three cores there (0.43 of the memory), and 26 of SmolLM2-135M's 30 layers, whose
-vocabulary-wide loss holds a third of the step's peak (0.48). Measured in bench/RESULTS.md.
+vocabulary-wide loss held a third of the step's peak before it was chunked (0.48; with the chunked
+loss every layer whole measured 0.18 at 1.27× the CPU time). Measured in bench/RESULTS.md.
 Selective recomputation that keeps every weight matmul's output and redoes the rest was measured
 too: 0.67 of the memory on MiniLM, short of the goal alone.
 
@@ -67,7 +71,7 @@ def enabled(model: nn.Module) -> bool:
 
 def plan(model: nn.Module, layers: Sequence[LayerBytes], outside: int) -> list[str]:
     """What each layer (bottom first) recomputes: KEEP, ATTENTION or LAYER. `outside`: the bytes the
-    rest of the step keeps at its peak (embeddings, head, loss), which nothing here recomputes."""
+    rest of the step keeps at its peak (embeddings, head, loss), which no layer recompute removes."""
     if not enabled(model):
         return [KEEP] * len(layers)
     plain = outside + sum(layer.core + layer.rest for layer in layers)

@@ -5,7 +5,9 @@ of a step without (the dropout masks are replayed), on our forwards and on the m
 what the plan recomputes really runs again in the backward pass, which is where the memory goes
 away: on an 8-layer encoder with long rows (a plan mixing whole layers and attention cores) the
 step keeps under half the bytes. A run switches it per spec, also on a cached base a previous run
-switched on.
+switched on. The decoder's LM head and loss run in chunks of labelled rows under checkpointing,
+each recomputed in the backward pass: the same loss and gradients (the tied embedding's included,
+under full fine-tuning), and no vocabulary-wide tensor kept or computed for more than a chunk's rows.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from lora_engine.errors import SpecError
-from lora_engine.forward import recompute, reference_classification_logits, training_loss
+from lora_engine.forward import decoder, recompute, reference_classification_logits, training_loss
 from lora_engine.forward.recompute import ATTENTION, KEEP, LAYER, LayerBytes
 from lora_engine.inject import LoraSettings, head_module_names, inject_lora, mark_only_lora_as_trainable
 from lora_engine.models import load_base_model, tiny_config
@@ -98,6 +100,82 @@ def test_decoder_step_is_the_same_with_checkpointing():
     labels[batch["attention_mask"] == 0] = -100
     batch["labels"] = labels
     same_step_with_and_without(model, model.model.layers, lambda: training_loss(model, batch, "generation"))
+
+
+def generation_batch(tok) -> dict:
+    tok.pad_token = tok.pad_token or tok.eos_token
+    batch = dict(tok(TEXTS, padding=True, return_tensors="pt"))
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    return {**batch, "labels": labels}
+
+
+def fully_trained_llama():
+    """tiny-llama, every parameter trained (its LM head is the input embedding: tied), attention
+    dropout live."""
+    torch.manual_seed(0)
+    model, tok = load_base_model("tiny-llama", "generation")
+    model.config.attention_dropout = 0.1
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    model.requires_grad_(True)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    return model.train(), tok
+
+
+def head_rows(model, loss_of) -> list[int]:
+    """Rows of every LM head call (forward and recomputed) over one step."""
+    rows: list[int] = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: rows.append(out.shape[0]))
+    try:
+        step(model, loss_of)
+    finally:
+        handle.remove()
+    return rows
+
+
+@pytest.mark.parametrize("training", ["lora", "full"])
+def test_chunked_loss_is_the_same_step(training, monkeypatch):
+    model, tok = adapted("tiny-llama", "generation") if training == "lora" else fully_trained_llama()
+    batch = generation_batch(tok)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    vocab = model.config.vocab_size
+    monkeypatch.setattr(decoder, "LOSS_CHUNK_BYTES", 4 * vocab * 4)  # 4 rows a chunk
+    assert decoder.loss_chunk_rows(vocab) == 4 and labelled > 3 * 4
+    loss_of = lambda: training_loss(model, batch, "generation")  # noqa: E731
+    recompute.set_enabled(model, False)
+    assert head_rows(model, loss_of) == [labelled]  # off: one head call, the path as before
+    same_step_with_and_without(model, model.model.layers, loss_of)
+    if training == "full":  # the tied embedding gets the head's gradient through the recomputes
+        assert model.get_input_embeddings().weight.grad is not None
+    chunks = -(-labelled // 4)
+    rows = head_rows(model, loss_of)  # each chunk in the forward pass, then again in the backward
+    assert len(rows) == 2 * chunks and max(rows) == 4 and sum(rows) == 2 * labelled
+
+
+def test_chunked_loss_keeps_no_vocabulary_wide_tensor(monkeypatch):
+    model, tok = adapted("tiny-llama", "generation")
+    batch = generation_batch(tok)
+    vocab = model.config.vocab_size
+    monkeypatch.setattr(decoder, "LOSS_CHUNK_BYTES", 4 * vocab * 4)
+    saved: list[torch.Size] = []
+
+    def pack(t):
+        saved.append(t.shape)
+        return t
+
+    def vocabulary_wide() -> int:
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = training_loss(model, batch, "generation")
+        del loss
+        return sum(shape.numel() for shape in saved if shape and shape[-1] == vocab)
+
+    recompute.set_enabled(model, False)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert vocabulary_wide() >= labelled * vocab  # without: the logits of every row are kept
+    recompute.set_enabled(model, True)
+    assert vocabulary_wide() == 0  # with: each chunk's are recomputed, none kept
 
 
 def test_off_in_evaluation_and_switched_off_again():
